@@ -1,0 +1,75 @@
+"""Checks on a composed config that fail fast, before any data or weights are touched.
+
+Hydra already rejects unknown keys and unknown group options (with the list of valid choices);
+this module checks values and turns the ``schedule`` group into a list of phases.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import FinetuneError
+from .freezing import BN_POLICIES
+from .heads import HEADS
+from .optim import OPTIMIZERS, SCHEDULERS
+from .tasks.classification import PhaseOptim
+
+TASKS = ("classification",)
+_PHASE_OPTIM_KEYS = {f.name for f in fields(PhaseOptim)}
+
+
+class ConfigError(FinetuneError):
+    """A config value that cannot work."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a schedule: how long, which stages are frozen, how it optimises."""
+
+    name: str
+    epochs: int
+    freeze: int | str
+    optim: PhaseOptim
+
+
+def phases_from(cfg: DictConfig) -> list[Phase]:
+    """The schedule's phases; each phase may override any optimiser key of the schedule."""
+    schedule = cfg.schedule
+    if not schedule.phases:
+        raise ConfigError("schedule.phases is empty: give at least one phase, e.g. schedule=finetune")
+    base = {k: schedule[k] for k in _PHASE_OPTIM_KEYS}
+    phases = []
+    for i, raw in enumerate(schedule.phases):
+        raw = OmegaConf.to_container(raw, resolve=True)
+        unknown = set(raw) - _PHASE_OPTIM_KEYS - {"name", "epochs", "freeze"}
+        if unknown:
+            raise ConfigError(f"schedule.phases[{i}] has unknown keys {sorted(unknown)}; allowed: "
+                              f"name, epochs, freeze, {', '.join(sorted(_PHASE_OPTIM_KEYS))}")
+        epochs = raw.get("epochs")
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"schedule.phases[{i}].epochs={epochs!r}: must be a whole number >= 1")
+        optim = PhaseOptim(**(base | {k: raw[k] for k in _PHASE_OPTIM_KEYS & set(raw)}))
+        phases.append(Phase(raw.get("name", f"phase{i + 1}"), epochs, raw.get("freeze", cfg.backbone.freeze), optim))
+    return phases
+
+
+def validate(cfg: DictConfig) -> list[Phase]:
+    """Check every value that can be checked without data or weights; return the phases."""
+    _choice("task", cfg.task, TASKS)
+    _choice("head.kind", cfg.head.kind, HEADS)
+    _choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
+    if cfg.schedule.batch_size < 1:
+        raise ConfigError(f"schedule.batch_size={cfg.schedule.batch_size}: must be >= 1")
+    phases = phases_from(cfg)
+    for phase in phases:
+        _choice(f"optimizer of phase {phase.name!r}", phase.optim.optimizer, OPTIMIZERS)
+        _choice(f"scheduler of phase {phase.name!r}", phase.optim.scheduler, SCHEDULERS)
+        if phase.optim.lr <= 0:
+            raise ConfigError(f"lr of phase {phase.name!r} is {phase.optim.lr}: must be > 0")
+    return phases
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not known: choose one of {', '.join(map(str, allowed))}")

@@ -1,0 +1,38 @@
+"""New classification heads on top of pooled backbone features (a registry, one builder each)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def linear_head(in_features: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
+    """Dropout (optional) then one linear layer: the lecture's "new last layer"."""
+    layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
+    return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+
+
+def mlp_head(in_features: int, num_classes: int, hidden: Sequence[int] = (512,), dropout: float = 0.2,
+             activation: str = "gelu") -> nn.Module:
+    """Hidden layers (linear → activation → dropout) then the output layer."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"head.activation={activation!r}: choose one of {', '.join(_ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, int(size)), _ACTIVATIONS[activation]()]
+        layers += [nn.Dropout(dropout)] if dropout else []
+        width = int(size)
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
+HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear_head, "mlp": mlp_head}
+
+
+def build_head(kind: str, in_features: int, num_classes: int, **options) -> nn.Module:
+    """Build the head named ``kind`` (``head=linear`` or ``head=mlp``) with its config options."""
+    if kind not in HEADS:
+        raise ValueError(f"head.kind={kind!r}: choose one of {', '.join(HEADS)}")
+    return HEADS[kind](in_features, num_classes, **options)

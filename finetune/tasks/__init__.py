@@ -1,0 +1,1 @@
+"""LightningModules: a fine-tune model plus loss, metrics and per-phase optimisation."""

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real data in ../shared/data and Hydra composition of the real configs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from finetune.resources import conf_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The read-only real data folder; tests that need it skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """Compose the real ``conf/`` exactly as ``python -m finetune`` would, with overrides."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+
+
+def tiny_overrides(*extra: str) -> list[str]:
+    """A CPU-sized run: tiny images, few batches, no progress bar."""
+    return ["dataset.image_size=32", "trainer.progress_bar=false", "trainer.log_every_n_steps=1", *extra]
