@@ -45,7 +45,7 @@ def build_stage_map(model: nn.Module) -> StageMap:
     # Anything the model's matcher leaves out (e.g. a head norm) joins the last stage.
     matcher["_rest"] = [(r".*", _MERGE_WITH_PREVIOUS)]
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-    names += [n for n, m in model.named_modules() if n and not any(m.children())]
+    names += [n for n, _ in model.named_modules() if n]
     group_of = group_with_matcher(((n, None) for n in names), matcher, reverse=True)
     has_stem = "stem" in matcher
     label = {gid: ("stem" if has_stem and gid == 0 else f"stage{gid if has_stem else gid + 1}")
