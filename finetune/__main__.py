@@ -1,6 +1,7 @@
 """``python -m finetune dataset=… backbone=… schedule=…``: the Hydra command line."""
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def main(cfg: DictConfig) -> dict | None:
     """Compose the config once, then train; user errors print one clear message and exit 2."""
     from .run import train
 
+    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     try:
         return train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except FinetuneError as err:

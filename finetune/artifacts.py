@@ -1,4 +1,4 @@
-"""Everything written to disk goes through here: atomically (temp file + rename), never over user files."""
+"""Every file we write goes through here: atomically (temp file + rename)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 @contextmanager
@@ -36,11 +35,3 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON (indented, sorted keys) atomically."""
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written to a temp file and renamed: a crash never leaves half a file."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)

@@ -61,9 +61,9 @@ def suggest_models(name: str, limit: int = 5) -> list[str]:
     return difflib.get_close_matches(name, timm.list_models(), n=limit, cutoff=0.6)
 
 
-def create_backbone(record: WeightsRecord, in_chans: int = 3, drop_path_rate: float = 0.0) -> nn.Module:
+def create_backbone(record: WeightsRecord, in_chans: int = 3, drop_path_rate: float = 0.0, **kwargs) -> nn.Module:
     """A timm model without its classifier: ``forward`` returns pooled features."""
-    kwargs = {"num_classes": 0, "in_chans": in_chans}
+    kwargs |= {"num_classes": 0, "in_chans": in_chans}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     return create_model(record, **kwargs)

@@ -16,13 +16,13 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .artifacts import AtomicCheckpointIO, atomic_path, write_json, write_text
-from .backbones import build_stage_map, create_backbone
+from .artifacts import atomic_path, write_json, write_text
+from .checkpointing import AtomicCheckpointIO
 from .config import Phase, validate
 from .data.datamodule import ClassificationDataModule, Preprocessing, gray_preprocessing
 from .errors import FinetuneError
 from .freezing import FineTuneModel, FreezeError, frozen_stages, stage_status
-from .heads import build_head
+from .runs import build_model
 from .plots import epoch_history, plot_confusion, plot_curves
 from .tasks.classification import ClassificationTask
 from .weights import resolve_weights
@@ -40,14 +40,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size,
                                     cfg.dataset.num_workers, cfg.seed)
     in_chans = 1 if data.info.image_channels == 1 and cfg.dataset.grayscale == "adapt" else 3
-    backbone = create_backbone(record, in_chans=in_chans, drop_path_rate=cfg.backbone.drop_path_rate)
-    stage_map = build_stage_map(backbone)
-    frozen_per_phase = [_frozen(stage_map, p, cfg.backbone.name) for p in phases]
-    preprocessing = model_preprocessing(backbone, cfg.dataset.image_size, in_chans)
+    model = build_model(cfg, record, in_chans, data.info.num_classes)
+    frozen_per_phase = [_frozen(model.stage_map, p, cfg.backbone.name) for p in phases]
+    preprocessing = model_preprocessing(model.backbone, cfg.dataset.image_size, in_chans)
     data.set_preprocessing(preprocessing)
-    head = build_head(cfg.head.kind, backbone.num_features, data.info.num_classes,
-                      **{k: v for k, v in cfg.head.items() if k != "kind"})
-    model = FineTuneModel(backbone, head, stage_map)
 
     _write_run_record(cfg, run_dir, record.to_dict(), data, preprocessing, in_chans)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc",

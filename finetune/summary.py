@@ -350,3 +350,153 @@ def write_csv(rows_or_stages: Rows, path: str | os.PathLike[str]) -> None:
         writer = csv.writer(handle)
         writer.writerow(names)
         writer.writerows([_csv_value(getattr(r, n)) for n in names] for r in rows_or_stages)
+
+
+# --- command line: python -m finetune.summary backbone=resnet18 [input_size=224] [backbone.freeze=2] ---
+
+_CLI_DEFAULTS = {"input_size": None, "in_chans": "3", "classes": "1000", "format": "table", "out": None,
+                 "per": None}
+_FORMATS = ("table", "markdown", "csv")
+_PERS = ("layer", "stage", "both")
+
+
+def _split_args(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Summary's own ``key=value`` options, and every other argument as a Hydra override."""
+    own: dict[str, str | None] = dict(_CLI_DEFAULTS)
+    overrides = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in _CLI_DEFAULTS:
+            own[key] = value
+        elif sep:
+            overrides.append(arg)
+        else:
+            raise ValueError(f"argument {arg!r} is not key=value, e.g. backbone=resnet18 input_size=224")
+    return own, overrides
+
+
+def _positive_int(key: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{key}={value!r}: must be a positive whole number")
+    return int(value)
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+    return value
+
+
+def _compose(overrides: list[str]) -> Any:
+    """The real config (``conf/``) with the user's overrides, composed as ``python -m finetune`` does."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .resources import conf_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            return compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ValueError(str(err).split("\nConfig search path")[0]) from None
+
+
+def summarize(overrides: Sequence[str], input_size: int | None = None, in_chans: int = 3,
+              classes: int = 1000) -> tuple[str, list[LayerCount], list[StageCount]]:
+    """Title, layer rows and stage rows of the configured model (no weights loaded) with its freezing."""
+    import timm
+    from omegaconf import open_dict
+
+    from .freezing import frozen_stages
+    from .runs import build_model
+    from .weights import resolve_weights
+
+    cfg = _compose(list(overrides))
+    with open_dict(cfg):
+        cfg.dataset.image_size = input_size  # fixed-size models (ViTs) are built for the counted size
+    model = build_model(cfg, resolve_weights(cfg.backbone.name, pretrained=False), in_chans, classes)
+    model.set_frozen(frozen_stages(model.stage_map, cfg.backbone.freeze, cfg.backbone.name), cfg.backbone.bn)
+    if input_size is None:
+        input_size = timm.data.resolve_data_config(model=model.backbone)["input_size"][-1]
+    shape = (in_chans, input_size, input_size)
+    rows = count_layers(model, shape)
+    title = (f"{cfg.backbone.name} + {cfg.head.kind} head ({classes} classes), input {_shape(shape)}, "
+             f"backbone.freeze={cfg.backbone.freeze}")
+    return title, rows, roll_up(rows, model.stage_of)
+
+
+def _tables(per: str, rows: list[LayerCount], stages: list[StageCount]) -> list[tuple[str, Rows]]:
+    named: list[tuple[str, Rows]] = [("layers", rows), ("stages", stages)]
+    return [t for t in named if per == "both" or t[0] == f"{per}s"]
+
+
+def _render_text(fmt: str, title: str, tables: list[tuple[str, Rows]], width: int | None) -> str:
+    """Rich tables (plain text) or markdown sections for the chosen tables."""
+    import io
+
+    from rich.console import Console
+
+    if fmt == "markdown":
+        return f"# {title}\n\n" + "\n".join(f"## {name.capitalize()}\n\n{to_markdown(t)}" for name, t in tables)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width or 200, color_system=None)
+    for name, table in tables:
+        console.print(render_table(table, f"{title}: {name}"))
+    return buffer.getvalue()
+
+
+def _emit(fmt: str, per: str, title: str, rows: list[LayerCount], stages: list[StageCount],
+          out: str | None) -> None:
+    """Print the chosen tables, or write them atomically to ``out``."""
+    import shutil
+    import sys
+    import tempfile
+
+    from .artifacts import atomic_path, write_text
+
+    tables = _tables(per, rows, stages)
+    if fmt == "csv":
+        if out is not None:
+            with atomic_path(out) as tmp:
+                write_csv(tables[0][1], tmp)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            write_csv(tables[0][1], Path(folder) / "summary.csv")
+            sys.stdout.write((Path(folder) / "summary.csv").read_text())
+        return
+    width = None if out else max(shutil.get_terminal_size((200, 24)).columns, 160)
+    text = _render_text(fmt, title, tables, width)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_text(out, text)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m finetune.summary backbone=… [input_size=…] [in_chans=3] [classes=1000]
+    [format=table|markdown|csv] [out=FILE] [per=layer|stage|both]``; other ``key=value`` go to Hydra."""
+    import sys
+
+    from .errors import FinetuneError
+    from .freezing import FreezeError
+
+    try:
+        own, overrides = _split_args(sys.argv[1:] if argv is None else argv)
+        fmt = _choice("format", own["format"], _FORMATS)
+        per = _choice("per", own["per"] or ("layer" if fmt == "csv" else "both"), _PERS)
+        if fmt == "csv" and per == "both":
+            raise ValueError("format=csv writes one table: choose per=layer or per=stage")
+        title, rows, stages = summarize(
+            overrides, _positive_int("input_size", own["input_size"]),
+            _positive_int("in_chans", own["in_chans"]), _positive_int("classes", own["classes"]))
+        _emit(fmt, per, title, rows, stages, own["out"])
+    except (FinetuneError, FreezeError, ValueError, FileNotFoundError) as err:
+        print(f"finetune: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,6 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,9 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import RemoteEntryNotFoundError
 from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict, split_model_name_tag
 from timm.models._hub import download_from_hf, hf_split
+
+from .artifacts import atomic_path
+from .errors import FinetuneError
 
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "input_size", "crop_pct", "crop_mode")
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
@@ -63,7 +65,15 @@ class WeightsRecord:
                 "sha256": self.sha256, "preprocessing": preprocessing}
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsError(FinetuneError, ValueError):
+    """A weights request that cannot work: unknown model or tag, contradictory or unusable file."""
+
+
+class WeightsFileNotFoundError(FinetuneError, FileNotFoundError):
+    """``backbone.weights`` names a file that does not exist."""
+
+
+class WeightsNotFoundError(FinetuneError, RuntimeError):
     """No source could provide pretrained weights; the message lists every way to provide them."""
 
 
@@ -131,7 +141,7 @@ def resolve_weights(
     overrides = _normalize_preprocessing(preprocessing)
     if not pretrained:
         if weights is not None:
-            raise ValueError(f"backbone.weights={weights} contradicts backbone.pretrained=false; drop one")
+            raise WeightsError(f"backbone.weights={weights} contradicts backbone.pretrained=false; drop one")
         return WeightsRecord(arch, tag, "random", None, None, overrides)
     if weights is not None:
         return _from_explicit_file(arch, tag, Path(weights).expanduser(), overrides)
@@ -169,10 +179,10 @@ def _parse_model(model: str) -> tuple[str, str | None]:
     arch, tag = split_model_name_tag(model)
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
-        raise ValueError(f"Unknown timm model {arch!r}. Did you mean: {', '.join(close) or 'none close'}?")
+        raise WeightsError(f"Unknown timm model {arch!r}. Did you mean: {', '.join(close) or 'none close'}?")
     if tag and model not in timm.list_pretrained(f"{arch}.*"):
         close = difflib.get_close_matches(model, timm.list_pretrained(f"{arch}.*"), n=5, cutoff=0.0)
-        raise ValueError(f"Unknown pretrained tag {tag!r} for {arch}. Known: {', '.join(close) or 'none'}")
+        raise WeightsError(f"Unknown pretrained tag {tag!r} for {arch}. Known: {', '.join(close) or 'none'}")
     return arch, tag or None
 
 
@@ -180,7 +190,7 @@ def _normalize_preprocessing(preprocessing: Mapping[str, Any] | None) -> dict:
     """Validate keys; sequences become tuples and an int input_size becomes (3, n, n)."""
     unknown = set(preprocessing or {}) - set(PREPROCESSING_KEYS)
     if unknown:
-        raise ValueError(f"Unknown preprocessing keys {sorted(unknown)}; allowed: {PREPROCESSING_KEYS}")
+        raise WeightsError(f"Unknown preprocessing keys {sorted(unknown)}; allowed: {PREPROCESSING_KEYS}")
     out = {}
     for key, value in (preprocessing or {}).items():
         if key == "input_size" and isinstance(value, int):
@@ -198,7 +208,7 @@ def _record(arch: str, tag: str | None, source: str, path: Path, preprocessing: 
 def _from_explicit_file(arch: str, tag: str | None, path: Path, preprocessing: dict) -> WeightsRecord:
     """A user-given .safetensors/.pth: must exist and hold this architecture's tensors."""
     if not path.is_file():
-        raise FileNotFoundError(f"backbone.weights file not found: {path}")
+        raise WeightsFileNotFoundError(f"backbone.weights file not found: {path}; check the path (absolute, or relative to where you run finetune)")
     state_dict = load_state_dict(str(path))  # timm: weights_only, unwraps state_dict/model, strips module.
     _check_tensor_names(arch, state_dict, path)
     return _record(arch, tag, "file", path, preprocessing)
@@ -218,7 +228,7 @@ def _check_tensor_names(arch: str, state_dict: Mapping[str, Any], path: Path) ->
     expected = [name for name in _arch_shapes(arch) if not (heads and name.startswith(heads))]
     missing = [name for name in expected if name not in state_dict]
     if missing:
-        raise ValueError(f"{path} is not a timm {arch} state dict: {len(missing)} of {len(expected)} "
+        raise WeightsError(f"{path} is not a timm {arch} state dict: {len(missing)} of {len(expected)} "
                          f"tensors missing, e.g. {missing[:3]}; file has e.g. {list(state_dict)[:3]}")
 
 
@@ -261,14 +271,8 @@ def _convert_pip_weights(pip: PipWeights, source: Path, arch: str, target: Path)
     tensors = _convert_in_order(load_state_dict(str(source)), arch)
     info = {"source": f"pip:{pip.package}", "preprocessing": pip.preprocessing}
     metadata = {_METADATA_KEY: json.dumps(info, sort_keys=True)}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
     return target
 
 

@@ -1,0 +1,191 @@
+"""The data module: scans and checks the dataset at construction, serves batches once the model
+has said how to preprocess (`set_preprocessing`).
+
+Data flows one way: `dm.info` / `dm.in_chans` tell the model what it gets; the model answers with
+a Preprocessing. Batches are (float32 [B, C, H, W] normalized, int64 [B]) — multi-label: float32
+multi-hot [B, num_classes].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, get_worker_info
+
+from finetune.data.datasets import (
+    DatasetConfig,
+    DatasetError,
+    ImageDataset,
+    Samples,
+    class_counts,
+    load_source,
+)
+from finetune.data.transforms import (
+    Augment,
+    Preprocessing,
+    eval_transform,
+    gray_preprocessing,
+    is_deterministic,
+    seed_transform,
+    train_transform,
+)
+
+__all__ = ["ClassificationDataModule", "DataInfo", "Preprocessing", "gray_preprocessing"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the model needs to know about the data."""
+
+    class_names: list[str]
+    image_channels: int  # channels of the source images: 1 (all grayscale) or 3
+    class_counts: list[int]  # per class, train split (multi-label: positives per class)
+    multilabel: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Train/val/test loaders for an image classification dataset described by config groups."""
+
+    def __init__(
+        self,
+        dataset: DictConfig | Mapping,
+        augment: DictConfig | Mapping,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.config = DatasetConfig.from_mapping(_plain(dataset))
+        self.augment = self._effective_augment(Augment.from_mapping(_plain(augment)))
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        source = load_source(self.config)
+        if self.config.grayscale == "adapt" and source.image_channels == 3:
+            raise DatasetError(
+                "dataset.grayscale=adapt gives the model a 1-channel stem for grayscale images, but this "
+                "dataset has color images; use dataset.grayscale=replicate (the default) for RGB data"
+            )
+        self.splits: dict[str, Samples] = source.splits
+        self.skipped: int = source.skipped
+        self.info = DataInfo(
+            class_names=source.class_names,
+            image_channels=source.image_channels,
+            class_counts=class_counts(source.splits["train"].targets, len(source.class_names)),
+            multilabel=self.config.multilabel,
+        )
+        self._generator = torch.Generator().manual_seed(seed)
+        self._transforms: dict[str, A.Compose] = {}
+        log.info(
+            "dataset %s: %d classes, %d channel(s), images train/val/test = %s%s",
+            self.config.kind,
+            self.info.num_classes,
+            self.info.image_channels,
+            "/".join(str(n) for n in self.split_sizes.values()),
+            f", {self.skipped} unreadable skipped" if self.skipped else "",
+        )
+
+    def _effective_augment(self, augment: Augment) -> Augment:
+        if self.config.allow_flips or not (augment.hflip or augment.vflip):
+            return augment
+        log.info("dataset.allow_flips=false (a flip changes the label): augment.hflip/vflip set to 0")
+        return dataclasses.replace(augment, hflip=0.0, vflip=0.0)
+
+    @property
+    def in_chans(self) -> int:
+        """Channels the model should take: 1 with dataset.grayscale=adapt, else 3."""
+        return 1 if self.config.grayscale == "adapt" else 3
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split: {"train": ..., "val": ..., "test": ...}."""
+        return {name: len(samples) for name, samples in self.splits.items()}
+
+    @property
+    def train_transform_is_deterministic(self) -> bool:
+        """True when training applies no random op (augment=none), so features can be cached."""
+        return is_deterministic(self.augment)
+
+    def set_preprocessing(self, pre: Preprocessing) -> None:
+        """Adopt the model's size / mean / std / interpolation / in_chans and build the transforms."""
+        if pre.in_chans != self.in_chans:
+            raise ValueError(
+                f"Preprocessing.in_chans={pre.in_chans} but dataset.grayscale={self.config.grayscale} "
+                f"feeds {self.in_chans} channel(s); create the backbone with in_chans=dm.in_chans"
+            )
+        channels = self.info.image_channels
+        self._transforms = {
+            "train": train_transform(pre, channels, self.augment),
+            "eval": eval_transform(pre, channels),
+        }
+        for transform in self._transforms.values():
+            seed_transform(transform, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def sample_images(self, split: str, n: int) -> list[tuple[np.ndarray, int | list[int]]]:
+        """Up to n raw (untransformed HWC uint8) images of `split`, seeded, with their class index
+        (multi-label: the list of positive class indices)."""
+        samples = self._split(split)
+        rng = np.random.default_rng(self.seed)
+        index = np.sort(rng.choice(len(samples), size=min(n, len(samples)), replace=False))
+        channels = self.info.image_channels
+        return [(samples.image(i, channels), _plain_target(samples.targets[i])) for i in index]
+
+    def _split(self, split: str) -> Samples:
+        if split not in self.splits:
+            raise ValueError(f"split {split!r}; use one of {list(self.splits)}")
+        return self.splits[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self._transforms:
+            raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
+        transform = self._transforms["train" if split == "train" else "eval"]
+        dataset = ImageDataset(self._split(split), self.info.image_channels, transform)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+            generator=self._generator,
+            worker_init_fn=partial(_seed_worker, rank=self.trainer.global_rank if self.trainer else 0),
+        )
+
+
+def _seed_worker(worker_id: int, rank: int) -> None:
+    """Give each worker's copy of the transform its own stream, from the loader's generator and rank."""
+    dataset = get_worker_info().dataset
+    seed_transform(dataset.transform, (torch.initial_seed() + 1_000_003 * rank) % 2**32)
+
+
+def _plain(cfg: DictConfig | Mapping) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def _plain_target(target: np.ndarray) -> int | list[int]:
+    return [int(i) for i in np.flatnonzero(target)] if target.ndim else int(target)

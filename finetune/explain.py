@@ -1,0 +1,395 @@
+"""What a fine-tuned model looks at: top-k predictions, Grad-CAM, stage activations, first-layer filters.
+
+``python -m finetune.explain run=<run dir> inputs=<image | folder | glob> [topk=5] [stage=stage3]
+[channels=16] [filters=true] [out=<dir>]`` writes, per image, ``<out>/<image stem>/``:
+``topk.json``, ``gradcam.png`` (image | Grad-CAM overlay for the top-1 class) and
+``activations_<stage>.png`` (the ``channels`` strongest channels of that stage's output), plus
+``<out>/filters.png``: the backbone's first-layer convolution filters before (the pretrained weights
+the run started from) and after fine-tuning, side by side. ``out`` defaults to ``<run dir>/explain``.
+
+A stage's output is the last of its modules to finish a forward call with a spatial output
+(``B×C×H×W``, or ``B×tokens×C`` for ViTs) before global pooling starts: ``layer4`` for a ResNet,
+``bn2`` (conv head + norm + act) for an EfficientNet. Grad-CAM uses the last backbone stage's.
+Grad-CAM comes from ``grad-cam`` (pytorch-grad-cam).
+"""
+from __future__ import annotations
+
+import glob
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from pytorch_grad_cam import GradCAM  # noqa: E402
+from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from timm.layers import SelectAdaptivePool2d  # noqa: E402
+from torch import nn  # noqa: E402
+
+from .artifacts import atomic_path, write_json  # noqa: E402
+from .data.datasets import IMAGE_EXTENSIONS, read_image  # noqa: E402
+from .data.transforms import Preprocessing, eval_transform  # noqa: E402
+from .errors import FinetuneError  # noqa: E402
+from .freezing import FineTuneModel  # noqa: E402
+from .runs import LoadedRun, build_model, load_run  # noqa: E402
+from .weights import resolve_weights  # noqa: E402
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, SelectAdaptivePool2d)
+FILTER_BACKGROUND = 1.0  # white gaps between filter tiles
+MAX_FILTERS = 64
+
+
+# --- model internals ----------------------------------------------------------------------------
+
+
+def stage_outputs(model: FineTuneModel, x: torch.Tensor) -> dict[str, str]:
+    """Per backbone stage, the name (in ``model``) of the module whose output is the stage's output."""
+    finished: dict[str, str] = {}
+    pooling = False
+
+    def on_pool(*_: object) -> None:
+        nonlocal pooling
+        pooling = True
+
+    def on_output(name: str, stage: str) -> Callable[[nn.Module, tuple, object], None]:
+        def hook(_: nn.Module, __: tuple, output: object) -> None:
+            if not pooling and isinstance(output, torch.Tensor) and output.ndim in (3, 4):
+                finished[stage] = f"backbone.{name}"
+        return hook
+
+    handles = []
+    for name, module in model.backbone.named_modules():
+        if not name:
+            continue
+        if isinstance(module, _GLOBAL_POOLS):
+            handles.append(module.register_forward_pre_hook(on_pool))
+        handles.append(module.register_forward_hook(on_output(name, model.stage_map.stage_of(name))))
+    try:
+        with torch.no_grad():
+            model.backbone(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {stage: finished[stage] for stage in model.stage_map.stages if stage in finished}
+
+
+def as_maps(t: torch.Tensor) -> torch.Tensor:
+    """B×C×H×W as is; ViT tokens B×N×C without their prefix (class/register) tokens as B×C×√N×√N."""
+    if t.ndim == 4:
+        return t
+    side = math.isqrt(t.shape[1])
+    return t[:, -side * side:].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+
+
+def first_conv(model: FineTuneModel) -> nn.Conv2d:
+    """The backbone's first 2-D convolution (stem conv, or a ViT's patch embedding)."""
+    conv = next((m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise FinetuneError(f"{type(model.backbone).__name__} has no Conv2d layer: no filters to show")
+    return conv
+
+
+# --- what the model says and where it looks -----------------------------------------------------
+
+
+def top_k(logits: torch.Tensor, class_names: Sequence[str], k: int, multilabel: bool) -> list[dict]:
+    """The k most probable classes of one image (softmax; sigmoid per class when multi-label)."""
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [{"rank": r + 1, "class": class_names[i], "index": int(i), "probability": round(float(p), 6)}
+            for r, (p, i) in enumerate(zip(values.tolist(), indices.tolist()))]
+
+
+def grad_cam(model: FineTuneModel, x: torch.Tensor, class_index: int, layer: str) -> np.ndarray:
+    """Grad-CAM (H×W in [0, 1], at the input's size) of ``class_index`` at module ``layer``, one image."""
+    target = model.get_submodule(layer)
+    with GradCAM(model, [target], reshape_transform=as_maps) as cam:  # input grad: works with a frozen backbone
+        heatmap = cam(x.detach().clone().requires_grad_(True), targets=[ClassifierOutputTarget(class_index)])[0]
+    model.zero_grad(set_to_none=True)
+    return heatmap
+
+
+def strongest_channels(model: FineTuneModel, x: torch.Tensor, layer: str, n: int) -> tuple[list[int], np.ndarray]:
+    """The ``n`` channels of ``layer``'s output with the highest mean activation, and their maps (n×h×w)."""
+    captured: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: captured.append(as_maps(out)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    maps = captured[0][0].float().cpu()
+    order = maps.mean(dim=(1, 2)).argsort(descending=True)[:n]
+    return order.tolist(), maps[order].numpy()
+
+
+# --- first-layer filters ------------------------------------------------------------------------
+
+
+def filter_mosaic(weights: torch.Tensor, scale: torch.Tensor | None = None, gap: int = 1) -> np.ndarray:
+    """Filters (O×I×k×k) as one RGB image: a near-square grid of tiles, zoomed, white gaps.
+
+    Each filter maps to gray 0.5 ± w / (2·scale) (``scale``: per-filter, default max |w|), so
+    passing the pretrained filters' scale shows before and after on the same colour scale. 3 input
+    channels are shown as RGB, any other number as their mean in gray.
+    """
+    w = weights.detach().float().cpu()
+    scale = (w.abs().amax(dim=(1, 2, 3)) if scale is None else scale).clamp_min(1e-12)
+    tiles = (0.5 + w / (2 * scale[:, None, None, None])).clamp(0, 1)
+    tiles = tiles if tiles.shape[1] == 3 else tiles.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    n, _, kh, kw = tiles.shape
+    zoom = max(1, 36 // max(kh, kw))
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    th, tw = kh * zoom + gap, kw * zoom + gap
+    mosaic = np.full((rows * th + gap, cols * tw + gap, 3), FILTER_BACKGROUND, dtype=np.float32)
+    for i, tile in enumerate(tiles.permute(0, 2, 3, 1).numpy()):
+        r, c = divmod(i, cols)
+        big = np.kron(tile, np.ones((zoom, zoom, 1), dtype=np.float32))
+        mosaic[gap + r * th: gap + r * th + kh * zoom, gap + c * tw: gap + c * tw + kw * zoom] = big
+    return mosaic
+
+
+def pretrained_filters(run: LoadedRun) -> torch.Tensor | None:
+    """First-layer filters of the weights the run started from (None for a random-init run)."""
+    record = run.weights
+    if record["source"] == "random":
+        return None
+    name = f"{record['model']}.{record['tag']}" if record.get("tag") else record["model"]
+    file = record.get("file")
+    try:
+        found = resolve_weights(name, weights=file if file and Path(file).is_file() else None)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise FinetuneError(f"cannot load the pretrained weights this run started from: {err} "
+                            "(pass filters=false to skip the before/after filter grid)") from None
+    if found.sha256 != record["sha256"]:
+        raise FinetuneError(f"the pretrained weights found now ({found.file}, sha256 {found.sha256[:12]}…) are "
+                            f"not the ones this run started from (sha256 {str(record['sha256'])[:12]}…); "
+                            "pass filters=false to skip the before/after filter grid")
+    before = build_model(run.cfg, found, run.preprocessing.in_chans, len(run.class_names))
+    return first_conv(before).weight.detach()
+
+
+def plot_filters(before: torch.Tensor | None, after: torch.Tensor, path: Path, limit: int = MAX_FILTERS) -> Path:
+    """Before | after mosaics of the first ``limit`` filters on one colour scale, saved as PNG."""
+    shown = f"first {limit} of {after.shape[0]}" if after.shape[0] > limit else f"{after.shape[0]}"
+    after = after[:limit]
+    panels = [("after fine-tuning", filter_mosaic(after, None if before is None else
+                                                  before[:limit].abs().amax(dim=(1, 2, 3))))]
+    title = f"first-layer filters ({shown}, {after.shape[2]}x{after.shape[3]})"
+    if before is None:
+        title += ": the run started from random weights, no pretrained filters to compare"
+    else:
+        before = before[:limit]
+        change = float((after - before).norm() / before.norm().clamp_min(1e-12))
+        panels.insert(0, ("before (pretrained)", filter_mosaic(before)))
+        title += f"; relative change |after - before| / |before| = {change:.2%}"
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4), squeeze=False)
+    for ax, (label, mosaic) in zip(axes[0], panels):
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.set_title(label)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+# --- pictures of one image ----------------------------------------------------------------------
+
+
+def _display_rgb(image: np.ndarray) -> np.ndarray:
+    """HWC uint8 (1 or 3 channels) as float RGB in [0, 1]."""
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+    return rgb.astype(np.float32) / 255.0
+
+
+def plot_gradcam(image: np.ndarray, cam: np.ndarray, label: str, path: Path) -> Path:
+    """Image | Grad-CAM overlay (the CAM resized to the image), titled with the explained class."""
+    rgb = _display_rgb(image)
+    mask = cv2.resize(cam.astype(np.float32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    overlay = show_cam_on_image(rgb, np.clip(mask, 0, 1), use_rgb=True, image_weight=0.55)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    for ax, picture, title in zip(axes, (rgb, overlay), ("image", f"Grad-CAM: {label}")):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_activations(channels: list[int], maps: np.ndarray, title: str, path: Path) -> Path:
+    """A grid of activation maps, each on its own colour scale, labelled with its channel."""
+    cols = math.ceil(math.sqrt(len(channels)))
+    rows = math.ceil(len(channels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.9 * rows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, channel, activation in zip(axes.flat, channels, maps):
+        ax.imshow(activation, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"ch {channel}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
+
+
+# --- inputs and the whole explanation -----------------------------------------------------------
+
+
+def find_images(inputs: str) -> list[Path]:
+    """An image file, the images directly inside a folder, or the images a glob pattern matches."""
+    path = Path(inputs).expanduser()
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    elif path.is_file():
+        found = [path]
+    else:
+        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                       if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        raise FinetuneError(f"inputs={inputs}: no images found (give an image file, a folder of images or a "
+                            f"glob such as 'photos/*.jpg'; extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return found
+
+
+def model_input(path: Path, pre: Preprocessing) -> tuple[np.ndarray, torch.Tensor]:
+    """The decoded image (HWC uint8) and the model's 1×C×H×W input for it (the run's eval transform)."""
+    image = read_image(path, pre.in_chans)
+    if pre.in_chans == 1 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
+    return image, eval_transform(pre, image.shape[2])(image=image)["image"][None]
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What to write: top-k size, the stage whose activations to show, how many channels, filters or not."""
+
+    topk: int = 5
+    stage: str | None = None  # default: the middle backbone stage
+    channels: int = 16
+    filters: bool = True
+
+
+def _pick_stage(requested: str | None, outputs: dict[str, str]) -> str:
+    """The requested stage, or by default the middle one after the stem (stage3 of a ResNet's four)."""
+    if requested is None:
+        stages = [s for s in outputs if s != "stem"] or list(outputs)
+        return stages[len(stages) // 2]
+    if requested not in outputs:
+        raise FinetuneError(f"stage={requested!r}: this backbone's stages are {', '.join(outputs)}")
+    return requested
+
+
+def _folder_names(images: list[Path]) -> list[str]:
+    """One output folder name per image: its stem, numbered when stems repeat."""
+    names, seen = [], {}
+    for image in images:
+        seen[image.stem] = seen.get(image.stem, 0) + 1
+        names.append(image.stem if seen[image.stem] == 1 else f"{image.stem}_{seen[image.stem]}")
+    return names
+
+
+def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
+            options: ExplainOptions = ExplainOptions()) -> dict:
+    """Write the explanation files for every image in ``inputs``; return an index of what was written."""
+    run = load_run(run_dir)
+    images = find_images(inputs)
+    out = Path(out).expanduser() if out else run.run_dir / "explain"
+    if any(image.parent.resolve() == out.resolve() for image in images):
+        raise FinetuneError(f"out={out} holds the input images; choose another folder (default: <run>/explain)")
+    model = run.model.eval()
+    index: dict = {"run": str(run.run_dir), "checkpoint": str(run.checkpoint), "images": []}
+    if options.filters:
+        after = first_conv(model).weight.detach()
+        index["filters"] = str(plot_filters(pretrained_filters(run), after, out / "filters.png"))
+    outputs: dict[str, str] | None = None
+    for image_path, folder in zip(images, _folder_names(images)):
+        image, x = model_input(image_path, run.preprocessing)
+        outputs = outputs or stage_outputs(model, x)
+        stage = _pick_stage(options.stage, outputs)
+        cam_stage = list(outputs)[-1]
+        with torch.no_grad():
+            predictions = top_k(model(x)[0], run.class_names, options.topk, run.multilabel)
+        best = predictions[0]
+        cam = grad_cam(model, x, best["index"], outputs[cam_stage])
+        channels, maps = strongest_channels(model, x, outputs[stage], options.channels)
+        target = out / folder
+        entry = {
+            "image": str(image_path), "topk": predictions, "multilabel": run.multilabel,
+            "gradcam": {"class": best["class"], "index": best["index"], "layer": outputs[cam_stage]},
+            "activations": {"stage": stage, "layer": outputs[stage], "channels": channels},
+        }
+        write_json(target / "topk.json", entry)
+        plot_gradcam(image, cam, f"{best['class']} ({best['probability']:.1%})", target / "gradcam.png")
+        plot_activations(channels, maps, f"{stage} ({outputs[stage]}): {len(channels)} strongest channels",
+                         target / f"activations_{stage}.png")
+        index["images"].append({**entry, "folder": str(target)})
+    write_json(out / "explain.json", index)
+    return index
+
+
+# --- command line -------------------------------------------------------------------------------
+
+_OPTIONS = {"run": None, "inputs": None, "out": None, "topk": "5", "stage": None, "channels": "16",
+            "filters": "true"}
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
+    """``key=value`` arguments over the defaults; unknown keys and missing run/inputs are errors."""
+    values = dict(_OPTIONS)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in _OPTIONS:
+            raise FinetuneError(f"unknown argument {arg!r}; use key=value with keys {', '.join(_OPTIONS)}")
+        values[key] = value
+    missing = [k for k in ("run", "inputs") if not values[k]]
+    if missing:
+        raise FinetuneError(f"missing {' and '.join(f'{k}=…' for k in missing)}: "
+                            "python -m finetune.explain run=<run dir> inputs=<image | folder | glob>")
+    return values
+
+
+def _count(key: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise FinetuneError(f"{key}={value!r}: must be a positive whole number")
+    return int(value)
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise FinetuneError(f"{key}={value!r}: use true or false")
+    return value.lower() == "true"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m finetune.explain run=… inputs=… [topk=5] [stage=…] [channels=16] [filters=true] [out=…]``."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        options = ExplainOptions(topk=_count("topk", args["topk"]), stage=args["stage"],
+                                 channels=_count("channels", args["channels"]),
+                                 filters=_flag("filters", args["filters"]))
+        index = explain(args["run"], args["inputs"], args["out"], options)
+    except FinetuneError as err:
+        print(f"finetune: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(index["images"][0]["folder"]).parent
+    for entry in index["images"]:
+        best = entry["topk"][0]
+        print(f"{entry['image']}: {best['class']} ({best['probability']:.1%})")
+    print(f"explanations written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Build the fine-tune model from a config, and load a finished run directory back."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .backbones import build_stage_map, create_backbone
+from .data.datamodule import Preprocessing
+from .errors import FinetuneError
+from .freezing import FineTuneModel
+from .heads import build_head
+from .weights import WeightsRecord, resolve_weights
+
+
+def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
+    """Backbone (weights from ``record``) + the configured new head."""
+    kwargs = {}
+    if cfg.dataset.image_size and _fixed_input_size(record.model):
+        kwargs["img_size"] = cfg.dataset.image_size  # ViTs: timm resamples the position embeddings
+    backbone = create_backbone(record, in_chans=in_chans, drop_path_rate=cfg.backbone.drop_path_rate, **kwargs)
+    head = build_head(cfg.head.kind, backbone.num_features, num_classes,
+                      **{k: v for k, v in cfg.head.items() if k != "kind"})
+    return FineTuneModel(backbone, head, build_stage_map(backbone))
+
+
+def _fixed_input_size(model_name: str) -> bool:
+    """Models such as ViTs are built for one input size (timm can resample them to another)."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    return bool(pretrained_cfg and pretrained_cfg.fixed_input_size)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run: its config, model (best checkpoint, eval mode), classes and preprocessing."""
+
+    run_dir: Path
+    cfg: DictConfig
+    model: FineTuneModel
+    class_names: list[str]
+    multilabel: bool
+    preprocessing: Preprocessing
+    weights: dict
+    checkpoint: Path
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint) for a run directory or a checkpoint file inside one."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run_dir, path
+    for name in ("best.ckpt", "last.ckpt"):
+        if (path / "checkpoints" / name).is_file():
+            return path, path / "checkpoints" / name
+    raise FinetuneError(f"{path} is not a finetune run directory or checkpoint: expected "
+                        f"{path}/checkpoints/best.ckpt (pass run=<run dir> or run=<file>.ckpt)")
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Rebuild the model of a run and load its checkpoint (``weights_only``: no pickle is executed)."""
+    run_dir, ckpt = find_checkpoint(path)
+    for name in ("config.yaml", "data.json", "weights.json"):
+        if not (run_dir / name).is_file():
+            raise FinetuneError(f"{run_dir / name} is missing: {run_dir} is not a complete run directory")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    data = json.loads((run_dir / "data.json").read_text())
+    skeleton = resolve_weights(cfg.backbone.name, pretrained=False)  # the checkpoint holds every tensor
+    model = build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    pre = data["preprocessing"]
+    preprocessing = Preprocessing(size=tuple(pre["size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                                  interpolation=pre["interpolation"], in_chans=pre["in_chans"])
+    return LoadedRun(run_dir, cfg, model.eval(), data["class_names"], data["multilabel"], preprocessing,
+                     json.loads((run_dir / "weights.json").read_text()), ckpt)
