@@ -7,24 +7,43 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import FinetuneError
 from .resources import conf_dir
+
+RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")
 
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     """Compose the config once, then train; user errors print one clear message and exit 2."""
     from .run import train
+    from .runs import find_checkpoint
 
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     try:
+        if cfg.resume:
+            run_dir, checkpoint = find_checkpoint(cfg.resume, prefer=RESUME_CHECKPOINTS)
+            saved = OmegaConf.load(run_dir / "config.yaml")
+            print(f"resuming {run_dir} from {checkpoint.name} with the run's saved config")
+            return train(saved, run_dir, resume_from=checkpoint)
         return train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except FinetuneError as err:
         print(f"finetune: error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
+def _run_dir_for_resume(argv: list[str]) -> list[str]:
+    """``resume=<dir or ckpt>`` writes into that run directory instead of a new one."""
+    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    if not resume or any(a.startswith("hydra.run.dir=") for a in argv):
+        return argv
+    path = Path(resume).expanduser()
+    run_dir = path.parent.parent if path.is_file() and path.parent.name == "checkpoints" else path
+    return [*argv, f"hydra.run.dir={run_dir}"]
+
+
 if __name__ == "__main__":
+    sys.argv = _run_dir_for_resume(sys.argv)
     main()

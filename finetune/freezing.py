@@ -127,7 +127,7 @@ def stage_status(model: FineTuneModel) -> list[StageStatus]:
         norms = [m for n, m in model.named_modules()
                  if isinstance(m, _NormBase) and n and model.stage_of(n) == stage]
         mode = "-" if not norms else ("train" if all(m.training for m in norms)
-                                      else "eval (frozen)" if not any(m.training for m in norms) else "mixed")
+                                      else "eval" if not any(m.training for m in norms) else "mixed")
         rows.append(StageStatus(stage, sum(p.numel() for p in params),
                                 sum(p.numel() for p in params if p.requires_grad), len(norms), mode))
     return rows

@@ -48,13 +48,13 @@ class LoadedRun:
     checkpoint: Path
 
 
-def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> tuple[Path, Path]:
     """(run directory, checkpoint) for a run directory or a checkpoint file inside one."""
     path = Path(path).expanduser()
     if path.is_file():
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         return run_dir, path
-    for name in ("best.ckpt", "last.ckpt"):
+    for name in prefer:
         if (path / "checkpoints" / name).is_file():
             return path, path / "checkpoints" / name
     raise FinetuneError(f"{path} is not a finetune run directory or checkpoint: expected "

@@ -14,10 +14,12 @@ import hashlib
 import importlib
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import safetensors
 import safetensors.torch
@@ -282,12 +284,24 @@ def _hub_offline() -> bool:
     return hf_constants.HF_HUB_OFFLINE or env.upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def _hub_reachable() -> bool:
+    """One DNS lookup of the hub host: skips huggingface_hub's ~20 s of retries when offline."""
+    host = urlparse(hf_constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
 def _download_from_hub(cfg: PretrainedCfg) -> Path:
     """Download the tag's weights through timm's hub helper; OSError when that is impossible."""
     if not cfg.hf_hub_id:
         raise FileNotFoundError(f"timm has no Hugging Face hub weights for {cfg.architecture}.{cfg.tag}")
     if _hub_offline():
         raise ConnectionError("HF_HUB_OFFLINE is set, the hub was not tried")
+    if not _hub_reachable():
+        raise ConnectionError(f"{hf_constants.ENDPOINT} cannot be resolved: no network")
     missing: OSError | None = None
     for filename in _hf_filenames(cfg):
         try:

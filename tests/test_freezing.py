@@ -81,7 +81,7 @@ def test_frozen_modules_stay_in_eval_through_train_calls():
     bn_stem = model.backbone.conv1[1]
     bn_last = model.backbone.layer4[0].bn1
     assert not bn_stem.training and bn_last.training
-    assert [r.bn_mode for r in stage_status(model)][:3] == ["eval (frozen)", "eval (frozen)", "train"]
+    assert [r.bn_mode for r in stage_status(model)][:3] == ["eval", "eval", "train"]
 
 
 @pytest.mark.parametrize("arch,expected", [("resnet18", 4), ("efficientnet_lite0", 7), ("vit_small_patch16_224", 12),

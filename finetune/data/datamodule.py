@@ -29,6 +29,7 @@ from finetune.data.datasets import (
     class_counts,
     load_source,
 )
+from finetune.data.samplers import EpochShuffleSampler
 from finetune.data.transforms import (
     Augment,
     Preprocessing,
@@ -91,6 +92,7 @@ class ClassificationDataModule(L.LightningDataModule):
         )
         self._generator = torch.Generator().manual_seed(seed)
         self._transforms: dict[str, A.Compose] = {}
+        self.preprocessing: Preprocessing | None = None
         log.info(
             "dataset %s: %d classes, %d channel(s), images train/val/test = %s%s",
             self.config.kind,
@@ -128,6 +130,7 @@ class ClassificationDataModule(L.LightningDataModule):
                 f"Preprocessing.in_chans={pre.in_chans} but dataset.grayscale={self.config.grayscale} "
                 f"feeds {self.in_chans} channel(s); create the backbone with in_chans=dm.in_chans"
             )
+        self.preprocessing = pre
         channels = self.info.image_channels
         self._transforms = {
             "train": train_transform(pre, channels, self.augment),
@@ -145,6 +148,10 @@ class ClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split in order through the eval transform (for feature extraction and reports)."""
+        return self._loader(split, shuffle=False, transform="eval")
+
     def sample_images(self, split: str, n: int) -> list[tuple[np.ndarray, int | list[int]]]:
         """Up to n raw (untransformed HWC uint8) images of `split`, seeded, with their class index
         (multi-label: the list of positive class indices)."""
@@ -159,15 +166,15 @@ class ClassificationDataModule(L.LightningDataModule):
             raise ValueError(f"split {split!r}; use one of {list(self.splits)}")
         return self.splits[split]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, transform: str | None = None) -> DataLoader:
         if not self._transforms:
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
-        transform = self._transforms["train" if split == "train" else "eval"]
+        transform = self._transforms[transform or ("train" if split == "train" else "eval")]
         dataset = ImageDataset(self._split(split), self.info.image_channels, transform)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -16,6 +16,8 @@ from torchmetrics.classification import (
 from ..freezing import FineTuneModel, param_groups, stage_learning_rates
 from ..optim import build_optimizer, build_scheduler
 
+PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
+
 
 @dataclass(frozen=True)
 class PhaseOptim:
@@ -54,14 +56,21 @@ def classification_metrics(num_classes: int, multilabel: bool, full: bool) -> Me
 
 
 class ClassificationTask(L.LightningModule):
-    """Trains a ``FineTuneModel``; one instance per phase, sharing the same model."""
+    """Trains a ``FineTuneModel``; one instance per phase, sharing the same model.
+
+    Each phase's ``configure_optimizers`` builds a fresh optimizer and scheduler over the stages
+    trainable in that phase: no param group is ever added to a live optimizer.
+    """
 
     def __init__(self, model: FineTuneModel, num_classes: int, multilabel: bool = False,
-                 optim: PhaseOptim = PhaseOptim(), class_weights: torch.Tensor | None = None) -> None:
+                 optim: PhaseOptim = PhaseOptim(), class_weights: torch.Tensor | None = None,
+                 phase_index: int = 0, features_input: bool = False) -> None:
         super().__init__()
         self.model = model
         self.multilabel = multilabel
         self.optim = optim
+        self.phase_index = phase_index
+        self.features_input = features_input  # batches hold cached backbone features, not images
         self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss(weight=class_weights)
         self.train_metrics = classification_metrics(num_classes, multilabel, full=False).clone(prefix="train/")
         self.val_metrics = classification_metrics(num_classes, multilabel, full=False).clone(prefix="val/")
@@ -72,8 +81,8 @@ class ClassificationTask(L.LightningModule):
         return self.model(x)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, targets = batch
-        logits = self.model(images)
+        inputs, targets = batch
+        logits = self.model.head(inputs) if self.features_input else self.model(inputs)
         loss = self.loss_fn(logits, targets)
         return loss, logits.detach(), targets.int() if self.multilabel else targets
 
@@ -105,6 +114,9 @@ class ClassificationTask(L.LightningModule):
         self.test_results = {k: v.detach().cpu() for k, v in self.test_metrics.compute().items()}
         self.log_dict({f"test/{k}": v for k, v in self.test_results.items() if v.ndim == 0})
         self.test_metrics.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[PHASE_KEY] = self.phase_index
 
     def configure_optimizers(self):
         o = self.optim

@@ -1,0 +1,46 @@
+"""What a run prints: the per-stage table, the plan, the test results."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .freezing import FineTuneModel, stage_status
+from .summary import StageCount
+
+console = Console()
+
+
+def stage_table(model: FineTuneModel, counts: list[StageCount] | None, title: str) -> Table:
+    """Stem … head: parameters, trainable or frozen, BatchNorm mode, and the lecture's counts."""
+    table = Table(title=title, title_justify="left")
+    numeric = ("params", "trainable", "units", "connections")
+    columns = ("stage", "params", "trainable", "status", "BN mode", *(("units", "connections") if counts else ()))
+    for column in columns:
+        table.add_column(column, justify="right" if column in numeric else "left")
+    by_stage = {c.name: c for c in counts or []}
+    for row in stage_status(model):
+        cells = [row.stage, f"{row.params:,}", f"{row.trainable:,}", row.status, row.bn_mode]
+        if counts:
+            count = by_stage.get(row.stage)
+            cells += [f"{count.units:,}", f"{count.connections:,}"] if count else ["-", "-"]
+        table.add_row(*cells, style="dim" if row.status == "frozen" else None)
+    return table
+
+
+def results_table(metrics: dict) -> Table:
+    """Test metrics and wall time."""
+    table = Table(title="test results", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics["test"].items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("wall time", f"{metrics['wall_time_s']:.0f} s")
+    return table
+
+
+def print_results(metrics: dict, run_dir: Path) -> None:
+    """The test metrics as a table, then where everything was written."""
+    console.print(results_table(metrics))
+    console.print(f"run directory: [bold]{run_dir}[/bold]")

@@ -1,0 +1,74 @@
+"""Feature cache: when a phase trains only the head, run the frozen backbone once per image.
+
+Valid only when the backbone cannot change and sees the same input every epoch: every stage
+frozen, BatchNorm frozen (eval mode) and a deterministic training transform (augment=none).
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .data.datamodule import ClassificationDataModule
+from .data.samplers import EpochShuffleSampler
+from .errors import FinetuneError
+from .freezing import FineTuneModel
+
+CACHE_CHOICES = ("auto", "true", "false")
+
+
+def cache_blockers(model: FineTuneModel, data: ClassificationDataModule) -> list[str]:
+    """Why the current phase cannot use cached features (empty: it can)."""
+    reasons = []
+    if set(model.frozen) != set(model.stage_map.stages):
+        reasons.append("some backbone stages train in this phase (cache needs freeze=all)")
+    if model.bn_policy != "frozen":
+        reasons.append("backbone.bn=train updates BatchNorm statistics (cache needs bn=frozen)")
+    if not data.train_transform_is_deterministic:
+        reasons.append("the augment group applies random ops (cache needs augment=none)")
+    return reasons
+
+
+def use_feature_cache(setting: str | bool, model: FineTuneModel, data: ClassificationDataModule) -> bool:
+    """Decide ``data.cache_features=auto|true|false`` for the current phase."""
+    setting = str(setting).lower()
+    if setting not in CACHE_CHOICES:
+        raise FinetuneError(f"data.cache_features={setting!r}: choose one of {', '.join(CACHE_CHOICES)}")
+    blockers = cache_blockers(model, data)
+    if setting == "true" and blockers:
+        raise FinetuneError("data.cache_features=true but features cannot be cached: " + "; ".join(blockers)
+                            + ". Use data.cache_features=auto to cache only where it is exact.")
+    return setting != "false" and not blockers
+
+
+@torch.no_grad()
+def extract_features(model: FineTuneModel, loader: DataLoader, device: torch.device) -> TensorDataset:
+    """Pooled backbone features and targets of every batch, in loader order."""
+    was_training = model.training
+    model.eval()
+    backbone = model.backbone.to(device)
+    features, targets = [], []
+    for images, target in loader:
+        features.append(backbone(images.to(device)).cpu())
+        targets.append(target)
+    model.train(was_training)
+    return TensorDataset(torch.cat(features), torch.cat(targets))
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Cached features served exactly like the image loaders (same batch size, same epoch order)."""
+
+    def __init__(self, model: FineTuneModel, data: ClassificationDataModule, device: torch.device) -> None:
+        super().__init__()
+        self.batch_size, self.seed = data.batch_size, data.seed
+        self.datasets = {
+            "train": extract_features(model, data.eval_dataloader("train"), device),
+            "val": extract_features(model, data.val_dataloader(), device),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.datasets["train"]
+        return DataLoader(train, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(train), self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["val"], batch_size=self.batch_size)

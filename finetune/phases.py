@@ -1,0 +1,90 @@
+"""Run a schedule's phases. Each phase gets its own Trainer, optimizer, scheduler and frozen set;
+a resumed run continues in the phase its checkpoint was written in."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig
+
+from .checkpointing import AtomicCheckpointIO
+from .config import Phase
+from .data.datamodule import ClassificationDataModule
+from .display import console, stage_table
+from .errors import FinetuneError
+from .features import FeatureDataModule, use_feature_cache
+from .freezing import FineTuneModel
+from .summary import count_layers, roll_up
+from .tasks.classification import PHASE_KEY, ClassificationTask
+
+
+# Frozen stages are in eval mode on purpose (the BN policy); Lightning warns about it every phase.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+@dataclass(frozen=True)
+class PlannedPhase:
+    """A phase with the stages it freezes."""
+
+    phase: Phase
+    frozen: tuple[str, ...]
+
+
+def resume_point(checkpoint: Path | None) -> int:
+    """Index of the phase a checkpoint was written in (0 without a checkpoint)."""
+    if checkpoint is None:
+        return 0
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if PHASE_KEY not in state:
+        raise FinetuneError(f"{checkpoint} was not written by finetune (no phase record); resume=<run dir>")
+    return int(state[PHASE_KEY])
+
+
+def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: ClassificationDataModule,
+               plan: list[PlannedPhase], resume_from: Path | None = None) -> ModelCheckpoint:
+    """Fit every phase in order (from the resumed one); return the checkpoint callback (best/last)."""
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc",
+                                 mode="max", save_last=True, enable_version_counter=False,
+                                 auto_insert_metric_name=False)
+    start = resume_point(resume_from)
+    input_shape = (data.in_chans, *data.preprocessing.size)
+    for index, planned in enumerate(plan):
+        if index < start:
+            continue
+        phase = planned.phase
+        model.set_frozen(planned.frozen, cfg.backbone.bn)
+        counts = roll_up(count_layers(model, input_shape), model.stage_of)
+        console.print(stage_table(model, counts, f"phase {index + 1}/{len(plan)} {phase.name!r}: "
+                                                 f"{phase.epochs} epoch(s), freeze={phase.freeze}"))
+        trainer = make_trainer(cfg, run_dir, phase.name, phase.epochs, [checkpoint])
+        cached = use_feature_cache(cfg.data.cache_features, model, data)
+        phase_data = FeatureDataModule(model, data, trainer.strategy.root_device) if cached else data
+        if cached:
+            console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")
+        task = ClassificationTask(model, data.info.num_classes, data.info.multilabel, phase.optim,
+                                  phase_index=index, features_input=cached)
+        trainer.fit(task, datamodule=phase_data, ckpt_path=resume_from if index == start else None)
+    return checkpoint
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list) -> L.Trainer:
+    """A Lightning Trainer for one phase (or the test): its own loggers (``logs/<name>``)."""
+    t = cfg.trainer
+    loggers = [CSVLogger(run_dir, name="logs", version=name),
+               TensorBoardLogger(run_dir, name="tensorboard", version=name, default_hp_metric=False)]
+    progress = [RichProgressBar(leave=True)] if t.progress_bar else []
+    return L.Trainer(
+        max_epochs=epochs, accelerator=t.accelerator, devices=t.devices,
+        precision=t.precision, deterministic=t.deterministic, limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
+        log_every_n_steps=t.log_every_n_steps, logger=loggers,
+        callbacks=[*callbacks, LearningRateMonitor(logging_interval="step"), *progress],
+        enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()], default_root_dir=run_dir,
+    )

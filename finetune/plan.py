@@ -1,0 +1,61 @@
+"""``plan=true``: what each phase would do, printed without loading weights or images."""
+from __future__ import annotations
+
+import timm
+from omegaconf import DictConfig
+from rich.table import Table
+
+from .data.datamodule import ClassificationDataModule
+from .display import console, stage_table
+from .features import cache_blockers
+from .freezing import FineTuneModel, param_groups, stage_learning_rates
+from .weights import WeightsRecord
+
+
+def print_plan(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataModule, plan: list,
+               record: WeightsRecord) -> None:
+    """Per phase: stages frozen/trainable, lr per param group, BN mode; then data vs. model."""
+    console.print(f"[bold]plan[/bold]: {record.model} (weights: {record.source}), "
+                  f"{len(plan)} phase(s), nothing trained")
+    for index, planned in enumerate(plan):
+        phase = planned.phase
+        model.set_frozen(planned.frozen, cfg.backbone.bn)
+        console.print(stage_table(model, None, f"phase {index + 1} {phase.name!r}: {phase.epochs} epoch(s), "
+                                               f"freeze={phase.freeze}, {phase.optim.optimizer}, "
+                                               f"{phase.optim.scheduler}"))
+        o = phase.optim
+        rates = stage_learning_rates(model, o.lr, o.backbone_lr_mult, o.layer_decay)
+        groups = Table("param group", "lr", "weight decay", "tensors", title_justify="left")
+        for group in param_groups(model, rates, o.weight_decay):
+            groups.add_row(group["name"], f"{group['lr']:.3g}", f"{group['weight_decay']:g}", str(len(group["params"])))
+        console.print(groups)
+        blockers = cache_blockers(model, data)
+        console.print(f"feature cache ({cfg.data.cache_features}): "
+                      + ("possible" if not blockers else "off — " + "; ".join(blockers)))
+    console.print(data_table(cfg, model, data))
+
+
+def data_table(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataModule) -> Table:
+    """What the backbone's weights expect next to what the dataset provides."""
+    expected = timm.data.resolve_data_config(model=model.backbone)
+    pre, info = data.preprocessing, data.info
+    counts = [c for c in info.class_counts if c > 0]
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+    table = Table("", "pretrained weights expect", "this run feeds", title="data", title_justify="left")
+    table.add_row("input size", "x".join(map(str, expected["input_size"][1:])), "x".join(map(str, pre.size)))
+    table.add_row("channels", str(expected["input_size"][0]),
+                  f"{pre.in_chans} (images: {info.image_channels}, grayscale={cfg.dataset.grayscale})")
+    table.add_row("mean / std", f"{_fmt(expected['mean'])} / {_fmt(expected['std'])}",
+                  f"{_fmt(pre.mean)} / {_fmt(pre.std)}")
+    table.add_row("interpolation", expected["interpolation"], pre.interpolation)
+    table.add_row("classes", "", f"{info.num_classes}: " + ", ".join(
+        f"{n}={c}" for n, c in list(zip(info.class_names, info.class_counts))[:12]))
+    table.add_row("imbalance (max/min)", "", f"{max(counts) / min(counts):.1f}" if counts else "-")
+    table.add_row("split sizes", "", " / ".join(f"{k} {v}" for k, v in data.split_sizes.items()))
+    table.add_row("global batch", "", f"{cfg.schedule.batch_size} x {devices} device(s) = "
+                                      f"{cfg.schedule.batch_size * devices}")
+    return table
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"

@@ -1,0 +1,172 @@
+"""Phases: fresh optimisers per phase, real per-group lrs, frozen sets per phase, resume, feature cache."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune import run as run_module
+from finetune.optim import warmup_cosine_factor
+from finetune.tasks.classification import ClassificationTask
+
+from .conftest import compose_config
+
+FAST = ["backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32",
+        "trainer.progress_bar=false", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=2",
+        "trainer.deterministic=true"]
+TWO_PHASES = ["schedule=gradual", "schedule.phases=[{name: probe, epochs: 1, freeze: all, lr: 0.01, scheduler: cosine},"
+              "{name: top, epochs: 3, freeze: -1, scheduler: warmup_cosine, warmup_epochs: 1}]"]
+
+
+def lr_trace(run_dir: Path, phase: str, group: str) -> list[tuple[int, float]]:
+    with open(run_dir / "logs" / phase / "metrics.csv", newline="") as f:
+        return [(int(r["step"]), float(r[f"lr/{group}"])) for r in csv.DictReader(f) if r.get(f"lr/{group}")]
+
+
+@pytest.mark.slow
+def test_logged_group_lrs_follow_the_analytic_schedule_per_phase(tmp_path):
+    cfg = compose_config(*FAST, *TWO_PHASES, "trainer.limit_train_batches=4", "schedule.backbone_lr_mult=0.1")
+    run_module.train(cfg, tmp_path)
+    probe = lr_trace(tmp_path, "probe", "head")
+    assert [s for s, _ in probe] == [0, 1, 2, 3]
+    for step, lr in probe:
+        assert lr == pytest.approx(0.01 * warmup_cosine_factor(step, 4, 0), rel=1e-6)
+    top_head, top_stage = lr_trace(tmp_path, "top", "head"), lr_trace(tmp_path, "top", "stage4")
+    assert len(top_head) == 12 and not lr_trace(tmp_path, "probe", "stage4")  # frozen: no group at all
+    for (step, head), (_, stage) in zip(top_head, top_stage):
+        factor = warmup_cosine_factor(step, 12, 4)
+        assert head == pytest.approx(5e-3 * factor, rel=1e-6)
+        assert stage == pytest.approx(5e-4 * factor, rel=1e-6)  # the real lr of the stage group
+
+
+def _hashes(model) -> dict[str, str]:
+    return {k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest()
+            for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_each_phase_keeps_its_frozen_stages_and_trains_the_unfrozen(tmp_path, monkeypatch):
+    seen: list[tuple[tuple[str, ...], dict[str, str]]] = []
+    monkeypatch.setattr(ClassificationTask, "on_train_start",
+                        lambda self: seen.append((self.model.frozen, _hashes(self.model))))
+    monkeypatch.setattr(ClassificationTask, "on_train_end",
+                        lambda self: seen.append((self.model.frozen, _hashes(self.model))))
+    cfg = compose_config(*FAST, *TWO_PHASES, "trainer.limit_train_batches=3", "data.cache_features=false")
+    run_module.train(cfg, tmp_path)
+    (frozen1, start1), (_, end1), (frozen2, start2), (_, end2) = seen
+    assert set(frozen1) == {"stem", "stage1", "stage2", "stage3", "stage4"}
+    assert set(frozen2) == {"stem", "stage1", "stage2", "stage3"}
+    backbone = [k for k in start1 if k.startswith("backbone.")]
+    assert all(start1[k] == end1[k] for k in backbone)           # phase 1: whole backbone fixed
+    stage4 = [k for k in backbone if k.startswith("backbone.layer4.") and "num_batches" not in k]
+    below = [k for k in backbone if not k.startswith("backbone.layer4.")]
+    assert all(start2[k] == end2[k] for k in below)              # phase 2: stem..stage3 fixed (BN too)
+    assert all(start2[k] != end2[k] for k in stage4)             # …and the unfrozen stage trained
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _test_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())["test"]
+
+
+@pytest.mark.slow
+def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path):
+    args = [*FAST, *TWO_PHASES, "trainer.limit_train_batches=6"]
+    whole = _run([*args, "hydra.run.dir=whole"], tmp_path)
+    assert whole.wait(timeout=600) == 0, whole.stdout.read().decode()[-3000:]
+
+    killed = _run([*args, "hydra.run.dir=killed"], tmp_path)
+    marker = tmp_path / "killed" / "logs" / "top" / "metrics.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline and killed.poll() is None:
+        if marker.exists() and any(r.get("val/acc") for r in csv.DictReader(marker.open())):
+            break  # phase 2 finished an epoch (and wrote last.ckpt): kill it mid-phase
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists(), "the run finished before it was killed"
+
+    resumed = _run(["resume=killed"], tmp_path)
+    output = resumed.communicate(timeout=600)[0].decode()
+    assert resumed.returncode == 0, output[-3000:]
+    assert "resuming" in output
+    expected, got = _test_metrics(tmp_path / "whole"), _test_metrics(tmp_path / "killed")
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_resume_a_run_that_finished_phase_one_continues_into_phase_two(tmp_path):
+    first = compose_config(*FAST, "schedule=gradual", "trainer.limit_train_batches=3",
+                           "schedule.phases=[{name: probe, epochs: 1, freeze: all}]")
+    run_module.train(first, tmp_path)  # a run that stopped after phase 1
+    both = compose_config(*FAST, *TWO_PHASES, "trainer.limit_train_batches=3")
+    run_module.train(both, tmp_path, resume_from=tmp_path / "checkpoints" / "last.ckpt")
+    assert lr_trace(tmp_path, "top", "stage4"), "phase 2 did not run"
+    assert (tmp_path / "metrics.json").exists()
+
+
+def _head_after_probe(tmp_path: Path, cache: str, *extra: str) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = compose_config(*FAST, "schedule=linear_probe", "schedule.epochs=2", "trainer.limit_train_batches=5",
+                         f"data.cache_features={cache}", *extra)
+    run_module.train(cfg, tmp_path / cache)
+    state = torch.load(tmp_path / cache / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return state["model.head.0.weight"], state["model.head.0.bias"]
+
+
+@pytest.mark.slow
+def test_cached_features_give_the_same_head_as_the_live_backbone(tmp_path):
+    cached = _head_after_probe(tmp_path, "true")
+    live = _head_after_probe(tmp_path, "false")
+    for a, b in zip(cached, live):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_cache_turns_itself_off_with_random_augmentation_and_refuses_when_forced(tmp_path):
+    from finetune.data.datamodule import ClassificationDataModule
+    from finetune.features import use_feature_cache
+    from finetune.freezing import frozen_stages
+    from finetune.runs import build_model
+    from finetune.weights import resolve_weights
+
+    cfg = compose_config(*FAST, "schedule=linear_probe", "augment=light")
+    data = ClassificationDataModule(cfg.dataset, cfg.augment, 8, 0, 0)
+    model = build_model(cfg, resolve_weights("resnet10t", pretrained=False), data.in_chans, 10)
+    model.set_frozen(frozen_stages(model.stage_map, "all"), "frozen")
+    assert use_feature_cache("auto", model, data) is False
+    with pytest.raises(Exception, match="random ops"):
+        use_feature_cache("true", model, data)
+    model.set_frozen(frozen_stages(model.stage_map, 2), "frozen")
+    assert use_feature_cache("auto", model, data) is False
+
+
+def test_plan_prints_phases_and_fails_fast_on_inconsistent_configs(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "finetune", "plan=true", "schedule=gradual", *FAST[:3]],
+                        cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    for text in ("phase 1 'probe'", "phase 3 'all'", "stage4/no_decay", "imbalance", "global batch"):
+        assert text in ok.stdout
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
+    bad = {"schedule.phases=[]": "schedule.phases is empty",
+           "schedule.scheduler=linear": "scheduler",
+           "schedule.phases.1.freeze=9": "has 4 stages",
+           "dataset.grayscale=adapt dataset=imagefolder": "dataset.root"}
+    for override, message in bad.items():
+        out = subprocess.run([sys.executable, "-m", "finetune", "plan=true", "schedule=gradual", *FAST[:3],
+                              *override.split()], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert out.returncode != 0 and message in out.stderr, (override, out.stderr[-500:])
