@@ -1,6 +1,7 @@
 """``python -m finetune dataset=… backbone=… schedule=…``: the Hydra command line."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -17,21 +18,31 @@ RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> dict | None:
-    """Compose the config once, then train; user errors print one clear message and exit 2."""
-    from .run import train
-    from .runs import find_checkpoint
-
+    """Compose the config once, then train here or in launched workers; user errors exit 2."""
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     try:
-        if cfg.resume:
-            run_dir, checkpoint = find_checkpoint(cfg.resume, prefer=RESUME_CHECKPOINTS)
-            saved = OmegaConf.load(run_dir / "config.yaml")
-            print(f"resuming {run_dir} from {checkpoint.name} with the run's saved config")
-            return train(saved, run_dir, resume_from=checkpoint)
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return _run(cfg)
     except FinetuneError as err:
         print(f"finetune: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _run(cfg: DictConfig) -> dict | None:
+    from .distributed import launch_workers, wants_processes
+    from .run import train
+    from .runs import find_checkpoint
+
+    run_dir, resume_from = Path(HydraConfig.get().runtime.output_dir), None
+    if cfg.resume:
+        run_dir, resume_from = find_checkpoint(cfg.resume, prefer=RESUME_CHECKPOINTS)
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        print(f"resuming {run_dir} from {resume_from.name} with the run's saved config")
+    if not (wants_processes(cfg) and not cfg.plan):
+        return train(cfg, run_dir, resume_from)
+    code = launch_workers(cfg, run_dir, resume_from)
+    if code != 0:
+        raise FinetuneError(f"a worker process failed (exit code {code}); see its output above")
+    return json.loads((run_dir / "metrics.json").read_text())  # rank 0 printed the results
 
 
 def _run_dir_for_resume(argv: list[str]) -> list[str]:

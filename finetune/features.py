@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .data.datamodule import ClassificationDataModule
-from .data.samplers import EpochShuffleSampler
+from .data.samplers import split_sampler
 from .errors import FinetuneError
 from .freezing import FineTuneModel
 
@@ -67,8 +67,13 @@ class FeatureDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        train = self.datasets["train"]
-        return DataLoader(train, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(train), self.seed))
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["val"], batch_size=self.batch_size)
+        return self._loader("val", shuffle=False)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return DataLoader(dataset, batch_size=self.batch_size,
+                          sampler=split_sampler(len(dataset), shuffle, self.seed, rank, world))

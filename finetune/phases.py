@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig
 
 from .checkpointing import AtomicCheckpointIO
+from .distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
 from .config import Phase
 from .data.datamodule import ClassificationDataModule
 from .display import console, stage_table
@@ -26,6 +27,10 @@ from .tasks.classification import PHASE_KEY, ClassificationTask
 # Frozen stages are in eval mode on purpose (the BN policy); Lightning warns about it every phase.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# Phases share one checkpoint directory; torchmetrics values are synced across ranks already.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/")
+warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is deprecated")
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,13 @@ def resume_point(checkpoint: Path | None) -> int:
 
 
 def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: ClassificationDataModule,
-               plan: list[PlannedPhase], resume_from: Path | None = None) -> ModelCheckpoint:
-    """Fit every phase in order (from the resumed one); return the checkpoint callback (best/last)."""
+               plan: list[PlannedPhase], resume_from: Path | None = None) -> tuple[ModelCheckpoint, dict]:
+    """Fit every phase in order (from the resumed one).
+
+    Returns the checkpoint callback (best/last) and, under DDP, the per-rank parameter checksums
+    taken at the end of each phase.
+    """
+    consistency = RankConsistency()
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc",
                                  mode="max", save_last=True, enable_version_counter=False,
                                  auto_insert_metric_name=False)
@@ -59,18 +69,19 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: Class
             continue
         phase = planned.phase
         model.set_frozen(planned.frozen, cfg.backbone.bn)
-        counts = roll_up(count_layers(model, input_shape), model.stage_of)
-        console.print(stage_table(model, counts, f"phase {index + 1}/{len(plan)} {phase.name!r}: "
-                                                 f"{phase.epochs} epoch(s), freeze={phase.freeze}"))
-        trainer = make_trainer(cfg, run_dir, phase.name, phase.epochs, [checkpoint])
+        if is_global_zero():
+            counts = roll_up(count_layers(model, input_shape), model.stage_of)
+            console.print(stage_table(model, counts, f"phase {index + 1}/{len(plan)} {phase.name!r}: "
+                                                     f"{phase.epochs} epoch(s), freeze={phase.freeze}"))
+        trainer = make_trainer(cfg, run_dir, phase.name, phase.epochs, [checkpoint, consistency])
         cached = use_feature_cache(cfg.data.cache_features, model, data)
         phase_data = FeatureDataModule(model, data, trainer.strategy.root_device) if cached else data
-        if cached:
+        if cached and is_global_zero():
             console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")
         task = ClassificationTask(model, data.info.num_classes, data.info.multilabel, phase.optim,
                                   phase_index=index, features_input=cached)
         trainer.fit(task, datamodule=phase_data, ckpt_path=resume_from if index == start else None)
-    return checkpoint
+    return checkpoint, consistency.checksums
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list) -> L.Trainer:
@@ -79,12 +90,13 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
     loggers = [CSVLogger(run_dir, name="logs", version=name),
                TensorBoardLogger(run_dir, name="tensorboard", version=name, default_hp_metric=False)]
     progress = [RichProgressBar(leave=True)] if t.progress_bar else []
+    plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else [])]
     return L.Trainer(
-        max_epochs=epochs, accelerator=t.accelerator, devices=t.devices,
-        precision=t.precision, deterministic=t.deterministic, limit_train_batches=t.limit_train_batches,
+        max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, use_distributed_sampler=False, precision=t.precision, deterministic=t.deterministic, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
         log_every_n_steps=t.log_every_n_steps, logger=loggers,
         callbacks=[*callbacks, LearningRateMonitor(logging_interval="step"), *progress],
         enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()], default_root_dir=run_dir,
+        plugins=plugins, default_root_dir=run_dir,
     )

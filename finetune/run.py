@@ -16,7 +16,8 @@ from . import __version__
 from .artifacts import atomic_path, write_json, write_text
 from .config import Phase, validate
 from .data.datamodule import ClassificationDataModule, Preprocessing, gray_preprocessing
-from .display import console, print_results
+from .display import print_results
+from .distributed import is_global_zero
 from .errors import FinetuneError
 from .freezing import FreezeError, frozen_stages
 from .phases import PlannedPhase, make_trainer, run_phases
@@ -47,14 +48,18 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
         print_plan(cfg, model, data, plan, record)
         return {}
 
-    _write_run_record(cfg, run_dir, record.to_dict(), data)
-    checkpoint = run_phases(cfg, run_dir, model, data, plan, resume_from)
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    if is_global_zero():
+        _write_run_record(cfg, run_dir, record.to_dict(), data)
+    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, resume_from)
+    best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
+    best = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     task = ClassificationTask(model, data.info.num_classes, data.info.multilabel)
     task.load_state_dict(best)
     make_trainer(cfg, run_dir, "test", 1, []).test(task, datamodule=data, verbose=False)
+    if not is_global_zero():
+        return {}
     results = _write_results(run_dir, task.test_results, data.info.class_names, phases,
-                             time.perf_counter() - started)
+                             time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums})
     print_results(results, run_dir)
     return results
 
@@ -96,7 +101,7 @@ def _write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: Class
 
 
 def _write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
-                   phases: list[Phase], seconds: float) -> dict:
+                   phases: list[Phase], seconds: float, ddp: dict) -> dict:
     scalars = {k: round(float(v), 6) for k, v in results.items() if v.ndim == 0}
     per_class = {k: dict(zip(class_names, (round(float(x), 6) for x in v)))
                  for k, v in results.items() if v.ndim == 1}
@@ -109,7 +114,7 @@ def _write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names:
     plot_curves(epoch_history([p for p in logs if p.exists()]), plots / "curves.png")
     metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),
                "phases": [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases],
-               "finetune_version": __version__}
+               "finetune_version": __version__, **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 

@@ -29,7 +29,7 @@ from finetune.data.datasets import (
     class_counts,
     load_source,
 )
-from finetune.data.samplers import EpochShuffleSampler
+from finetune.data.samplers import split_sampler
 from finetune.data.transforms import (
     Augment,
     Preprocessing,
@@ -150,7 +150,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Any split in order through the eval transform (for feature extraction and reports)."""
-        return self._loader(split, shuffle=False, transform="eval")
+        return self._loader(split, shuffle=False, transform="eval", shard=False)
 
     def sample_images(self, split: str, n: int) -> list[tuple[np.ndarray, int | list[int]]]:
         """Up to n raw (untransformed HWC uint8) images of `split`, seeded, with their class index
@@ -166,7 +166,7 @@ class ClassificationDataModule(L.LightningDataModule):
             raise ValueError(f"split {split!r}; use one of {list(self.splits)}")
         return self.splits[split]
 
-    def _loader(self, split: str, shuffle: bool, transform: str | None = None) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, transform: str | None = None, shard: bool = True) -> DataLoader:
         if not self._transforms:
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
         transform = self._transforms[transform or ("train" if split == "train" else "eval")]
@@ -174,7 +174,7 @@ class ClassificationDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=split_sampler(len(dataset), shuffle, self.seed, *(self._rank_and_world() if shard else (0, 1))),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -182,6 +182,12 @@ class ClassificationDataModule(L.LightningDataModule):
             generator=self._generator,
             worker_init_fn=partial(_seed_worker, rank=self.trainer.global_rank if self.trainer else 0),
         )
+
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        """This process's shard under DDP (Lightning's own sampler replacement is off)."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
 def _seed_worker(worker_id: int, rank: int) -> None:

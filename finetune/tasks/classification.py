@@ -99,7 +99,7 @@ class ClassificationTask(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, logits, targets = self._step(batch)
         self.val_metrics.update(logits, targets)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
@@ -108,7 +108,7 @@ class ClassificationTask(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         loss, logits, targets = self._step(batch)
         self.test_metrics.update(logits, targets)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(targets))
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(targets), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = {k: v.detach().cpu() for k, v in self.test_metrics.compute().items()}

@@ -1,0 +1,82 @@
+"""Several processes: launch them once the config is composed, keep ranks honest, sync BatchNorm.
+
+``python -m finetune trainer=ddp`` composes the config once (Hydra, in this process), writes the
+resolved config to the run directory and starts ``finetune.worker`` processes with
+``torch.distributed.run``. Every worker reads that one file: no re-composition, one run directory.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import timm
+import torch
+from lightning.pytorch.plugins.layer_sync import LayerSync
+from omegaconf import DictConfig, OmegaConf
+
+from .artifacts import write_text
+from .errors import FinetuneError
+
+
+def launched_by_a_launcher() -> bool:
+    """True inside torchrun / torch.distributed.run / SLURM tasks: processes already exist."""
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def is_global_zero() -> bool:
+    """Rank 0 (or the only process): the one that writes the run directory."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def wants_processes(cfg: DictConfig) -> bool:
+    """The trainer group asks for more than one process and nobody launched them yet."""
+    t = cfg.trainer
+    several = str(t.strategy).startswith("ddp") and (int(t.devices) > 1 or int(t.num_nodes) > 1)
+    return several and not launched_by_a_launcher()
+
+
+def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> int:
+    """Write the resolved config once and run ``trainer.devices`` workers on this node."""
+    if int(cfg.trainer.num_nodes) > 1:
+        raise FinetuneError(
+            f"trainer.num_nodes={cfg.trainer.num_nodes}: start one launcher per node yourself, e.g. "
+            "`python -m finetune --cfg job --resolve <overrides> > exp.yaml`, then on every node "
+            "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.worker "
+            "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.worker ...` under SLURM)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={int(cfg.trainer.devices)}", "-m", "finetune.worker",
+               f"run_dir={run_dir}", f"config={config}", *([f"resume={resume_from}"] if resume_from else [])]
+    return subprocess.run(command, check=False).returncode
+
+
+class TimmSyncBatchNorm(LayerSync):
+    """SyncBatchNorm via timm, which keeps BatchNormAct layers' activations (torch's drops them)."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return timm.layers.convert_sync_batchnorm(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model  # SyncBatchNorm behaves as BatchNorm outside a process group
+
+
+class RankConsistency(L.Callback):
+    """After each phase, all ranks must hold identical parameters and buffers (else: fail loudly)."""
+
+    def __init__(self) -> None:
+        self.checksums: dict[str, list[float]] = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size < 2:
+            return
+        tensors = [*pl_module.parameters(), *pl_module.buffers()]
+        local = torch.stack([t.detach().double().sum() for t in tensors if t.is_floating_point()]).sum()
+        gathered = pl_module.all_gather(local).flatten().tolist()
+        phase = trainer.logger.version if trainer.logger else str(len(self.checksums))
+        self.checksums[str(phase)] = gathered
+        if max(gathered) - min(gathered) > 1e-9 * max(1.0, abs(gathered[0])):
+            raise RuntimeError(f"ranks diverged after phase {phase}: parameter checksums {gathered}")

@@ -1,0 +1,76 @@
+"""Several processes on CPU (gloo): one run dir, identical ranks, same result as one process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.data.samplers import EpochShuffleSampler, ShardSampler
+from finetune.sweep import write_summary
+
+TINY = ["backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32",
+        "trainer.progress_bar=false", "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1"]
+
+
+def finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "finetune", *args], cwd=cwd, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    return out
+
+
+def test_rank_shards_rebuild_the_single_process_batches():
+    single = list(EpochShuffleSampler(40, seed=3))
+    shards = [list(EpochShuffleSampler(40, seed=3, rank=r, world_size=2)) for r in range(2)]
+    per_rank_batch = 4
+    for step in range(40 // 8):
+        union = {i for shard in shards for i in shard[step * per_rank_batch:(step + 1) * per_rank_batch]}
+        assert union == set(single[step * 8:(step + 1) * 8])
+    evaluation = [list(ShardSampler(41, r, 2)) for r in range(2)]
+    assert sorted(evaluation[0] + evaluation[1]) == list(range(41))
+
+
+@pytest.mark.slow
+def test_two_process_run_one_run_dir_identical_ranks_across_an_unfreezing_phase(tmp_path):
+    out = finetune("trainer=ddp", *TINY, "trainer.limit_train_batches=4", "schedule=gradual",
+                   "schedule.phases.0.epochs=1", "schedule.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    checksums = metrics["ddp"]["param_checksums_per_rank"]
+    assert set(checksums) == {"probe", "last_stage", "all"}
+    for phase, ranks in checksums.items():
+        assert len(ranks) == 2 and ranks[0] == pytest.approx(ranks[1], abs=1e-9), phase
+    assert checksums["probe"] != checksums["last_stage"]  # the unfrozen stage did train
+    assert out.stdout.count("test results") == 1           # rank 0 alone reports
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+    probe = [*TINY, "schedule=linear_probe", "schedule.epochs=2", "trainer.limit_train_batches=6",
+             "trainer.deterministic=true"]
+    finetune(*probe, "schedule.batch_size=8", "hydra.run.dir=one", cwd=tmp_path)
+    finetune(*probe, "trainer=ddp", "schedule.batch_size=4", "trainer.limit_train_batches=6",
+             "hydra.run.dir=two", cwd=tmp_path)
+    heads = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+             for d in ("one", "two")]
+    for key in ("model.head.0.weight", "model.head.0.bias"):
+        torch.testing.assert_close(heads[0][key], heads[1][key], atol=1e-5, rtol=0)
+    accuracy = [json.loads((tmp_path / d / "metrics.json").read_text())["test"]["acc"] for d in ("one", "two")]
+    assert accuracy[0] == pytest.approx(accuracy[1], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_multirun_makes_one_dir_per_job_and_one_summary(tmp_path):
+    finetune("-m", "trainer=ddp", *TINY, "schedule=linear_probe", "schedule.epochs=1",
+             "trainer.limit_train_batches=3", "schedule.lr=0.01,0.001", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    table = (sweep / "sweep_summary.md").read_text().splitlines()
+    assert len(table) == 4 and "schedule.lr=0.01" in table[2] and "schedule.lr=0.001" in table[3]
+    assert write_summary(sweep)  # re-runnable
+    assert (sweep / "sweep_summary.csv").read_text().count("\n") == 3
