@@ -1,0 +1,247 @@
+"""Exports: head-only delta round trip, fingerprint check, parity gate on real images, atomic writes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from finetune import export as ex
+from finetune.data.transforms import Preprocessing
+from finetune.errors import FinetuneError
+from finetune.freezing import frozen_stages
+from finetune.run import train
+from finetune.runs import build_model
+from finetune.weights import resolve_weights, sha256_file
+
+from .conftest import compose_config
+
+CLASSES = ["cat", "dog", "bird", "fish"]
+PRE = Preprocessing((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
+
+
+def real_images() -> list[np.ndarray]:
+    """Photos shipped with scikit-image (one grayscale)."""
+    return [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee(), skimage.data.camera()]
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    """Stand-in "pretrained" resnet10t weights, given to the run as backbone.weights=<file>."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet10t.safetensors"
+    save_file(timm.create_model("resnet10t").state_dict(), str(path))
+    return path
+
+
+def resnet_cfg(weights_file: Path, freeze: str | int = "all"):
+    return compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights_file}",
+                          f"backbone.freeze={freeze}", "dataset.image_size=32")
+
+
+def trained_bundle(weights_file: Path, freeze: str | int) -> ex.ModelBundle:
+    """resnet10t from the weights file, stages frozen by ``freeze``, a few SGD steps in train mode."""
+    cfg = resnet_cfg(weights_file, freeze)
+    record = resolve_weights("resnet10t", weights_file)
+    model = build_model(cfg, record, 3, len(CLASSES))
+    model.set_frozen(frozen_stages(model.stage_map, freeze), "frozen")
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    torch.manual_seed(1)
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 4, (4,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return ex.ModelBundle(model.eval(), cfg, CLASSES, False, PRE, 3, record.to_dict(), origin="test")
+
+
+@pytest.fixture(scope="module")
+def probe_bundle(weights_file) -> ex.ModelBundle:
+    return trained_bundle(weights_file, "all")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One real linear-probe run of efficientnet_lite0 (pip ImageNet weights) on digits, CPU-sized."""
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    cfg = compose_config("backbone=efficientnet_lite0", "schedule=linear_probe", "schedule.epochs=1",
+                         "dataset.image_size=32", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                         "trainer.limit_test_batches=2", "trainer.progress_bar=false")
+    train(cfg, run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_bundle(trained_run) -> ex.ModelBundle:
+    return ex.ModelBundle.from_run(trained_run)
+
+
+@pytest.fixture(scope="module")
+def val_images(run_bundle) -> list[np.ndarray]:
+    return ex.validation_images(run_bundle.cfg)
+
+
+def logits(model: torch.nn.Module, images: list[np.ndarray], pre: Preprocessing = PRE) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(ex.preprocess(images, pre)))
+
+
+# --- head export ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("freeze", ["all", -1])
+def test_head_export_reloads_to_the_same_logits(tmp_path, weights_file, freeze):
+    bundle = trained_bundle(weights_file, freeze)
+    result = ex.export(bundle, "head", tmp_path, real_images())
+    delta = load_file(result.path)
+    last = bundle.model.stage_map.stages[-1]
+    assert {bundle.model.stage_of(k) for k in delta} == ({"head"} if freeze == "all" else {"head", last})
+    if freeze != "all":  # the fine-tuned stage's BatchNorm statistics travel with the head
+        assert any(k.endswith("running_mean") for k in delta)
+    reloaded = ex.load_head_export(result.path)
+    assert (logits(reloaded, real_images()) - logits(bundle.model, real_images())).abs().max() <= 1e-6
+
+
+def test_head_export_metadata(tmp_path, probe_bundle):
+    path = ex.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
+    meta = ex.load_export(path).metadata
+    assert meta["class_names"] == CLASSES and meta["task"] == "classification"
+    assert meta["preprocessing"] == PRE.to_dict()
+    assert meta["weights"]["sha256"] == probe_bundle.weights["sha256"] and len(meta["fingerprint"]) == 64
+    assert meta["delta"]["stages"] == ["head"] and meta["finetune_version"]
+
+
+def test_head_export_refuses_other_backbone_weights(tmp_path, weights_file, probe_bundle):
+    path = ex.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
+    tensors = load_file(weights_file)
+    tensors["conv1.0.weight"][0, 0, 0, 0] += 1e-3  # one value of a frozen stem tensor
+    other = tmp_path / "other.safetensors"
+    save_file(tensors, str(other))
+    with pytest.raises(FinetuneError, match="weights=<file>") as err:
+        ex.load_head_export(path, weights=other)
+    assert sha256_file(weights_file) in str(err.value)
+
+
+def test_linear_probe_head_export_is_tiny(tmp_path, trained_run):
+    [result] = ex.export_run(trained_run, ["head"], out=tmp_path)
+    assert set(load_file(result.path)) == {"head.0.weight", "head.0.bias"}
+    assert result.bytes < 100_000
+    assert (trained_run / "checkpoints" / "best.ckpt").stat().st_size > 10_000_000
+
+
+def test_full_safetensors_export_needs_no_pretrained_weights(tmp_path, probe_bundle, monkeypatch):
+    path = ex.export(probe_bundle, "safetensors", tmp_path, real_images()[:2]).path
+    assert ex.load_export(path).metadata["fingerprint"] == ex.fingerprint({})
+    resolve = ex.resolve_weights
+
+    def without_pretrained(name, weights=None, pretrained=True, **kwargs):
+        assert not pretrained, "a full export must load without the pretrained weights"
+        return resolve(name, weights, pretrained, **kwargs)
+
+    monkeypatch.setattr(ex, "resolve_weights", without_pretrained)
+    reloaded = ex.load_head_export(path)
+    assert torch.equal(logits(reloaded, real_images()), logits(probe_bundle.model, real_images()))
+
+
+# --- ONNX / TorchScript and the parity gate ------------------------------------------------------
+
+
+def test_onnx_export_passes_parity_and_a_tampered_sidecar_fails(tmp_path, trained_run, run_bundle, val_images):
+    [result] = ex.export_run(trained_run, ["onnx"], out=tmp_path)
+    assert result.parity.passed and result.parity.images == ex.PARITY_IMAGES
+    assert result.parity.max_abs_diff <= 1e-4
+    sidecar = ex.sidecar_path(result.path)
+    meta = json.loads(sidecar.read_text())
+    assert meta["opset"] >= 17 and meta["class_names"] == [str(d) for d in range(10)]
+    assert ex.load_export(result.path).logits(val_images[:3]).shape == (3, 10)  # dynamic batch axis
+    meta["preprocessing"]["mean"] = [0.485, 0.456, 0.406]  # ImageNet mean instead of the weights' 0.5
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(FinetuneError, match="parity check"):
+        ex.check_parity(run_bundle, result.path, val_images)
+
+
+def test_failed_parity_keeps_no_export(tmp_path, run_bundle, val_images, monkeypatch):
+    metadata = ex._metadata
+
+    def drifted(bundle, fmt):
+        return metadata(bundle, fmt) | {"preprocessing": {**bundle.preprocessing.to_dict(), "std": [0.25] * 3}}
+
+    monkeypatch.setattr(ex, "_metadata", drifted)
+    with pytest.raises(FinetuneError, match="not kept"):
+        ex.export(run_bundle, "onnx", tmp_path, val_images)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torchscript_export_matches_torch(tmp_path, run_bundle, val_images):
+    result = ex.export(run_bundle, "torchscript", tmp_path, val_images)
+    assert result.parity.passed and ex.sidecar_path(result.path).is_file()
+    expected = logits(run_bundle.model, val_images, run_bundle.preprocessing).numpy()
+    actual = ex.load_export(result.path).logits(val_images)
+    assert np.abs(actual - expected).max() <= 1e-4
+    assert (actual.argmax(1) == expected.argmax(1)).all()
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def test_failed_write_leaves_no_partial_or_temp_file(tmp_path, probe_bundle, monkeypatch):
+    def broken_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a safetensors file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ex, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ex.export(probe_bundle, "head", tmp_path, real_images()[:1])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_export_is_not_overwritten(tmp_path, probe_bundle):
+    path = ex.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
+    path.write_bytes(b"user's file")
+    with pytest.raises(FinetuneError, match="overwrite=true"):
+        ex.export(probe_bundle, "head", tmp_path, real_images()[:1])
+    assert path.read_bytes() == b"user's file"
+    ex.export(probe_bundle, "head", tmp_path, real_images()[:1], overwrite=True)
+    assert ex.load_export(path).class_names == CLASSES
+
+
+def test_cli_exports_and_reports_errors(tmp_path, trained_run, capsys):
+    out = tmp_path / "exports"
+    assert ex.main([f"run={trained_run}", "format=head", f"out={out}"]) == 0
+    assert (out / "head.safetensors").is_file()
+    assert ex.main([f"run={trained_run}", "format=head", f"out={out}"]) == 2
+    assert "finetune: error:" in capsys.readouterr().err
+    assert ex.main([f"run={trained_run}", "format=pb"]) == 2
+    assert "head, safetensors, onnx, torchscript" in capsys.readouterr().err
+    assert ex.main(["run"]) == 2 and "unexpected argument" in capsys.readouterr().err
+
+
+# --- re-targeting --------------------------------------------------------------------------------
+
+
+def test_init_head_from_copies_matching_rows(tmp_path, weights_file, probe_bundle):
+    path = ex.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
+    names = ["fish", "zebra", "cat"]
+    target = build_model(resnet_cfg(weights_file), resolve_weights("resnet10t", weights_file), 3, len(names))
+    untouched = target.head[-1].weight[1].clone()
+    assert ex.init_head_from(target, names, path) == ["fish", "cat"]
+    source, layer = probe_bundle.model.head[-1], target.head[-1]
+    for i, j in ((0, CLASSES.index("fish")), (2, CLASSES.index("cat"))):
+        assert torch.equal(layer.weight[i], source.weight[j]) and layer.bias[i] == source.bias[j]
+    assert torch.equal(layer.weight[1], untouched)
+
+
+def test_init_head_from_a_run_directory_checks_the_backbone(trained_run, weights_file, run_bundle):
+    cfg = compose_config("backbone=efficientnet_lite0", "backbone.pretrained=false", "dataset.image_size=32")
+    target = build_model(cfg, resolve_weights(cfg.backbone.name, pretrained=False), 3, 2)
+    assert ex.init_head_from(target, ["7", "seven"], trained_run) == ["7"]
+    assert torch.equal(target.head[-1].weight[0], run_bundle.model.head[-1].weight[7])
+    other = build_model(resnet_cfg(weights_file), resolve_weights("resnet10t", weights_file), 3, 2)
+    with pytest.raises(FinetuneError, match="same backbone"):
+        ex.init_head_from(other, ["7", "seven"], trained_run)
