@@ -9,8 +9,8 @@ the run started from) and after fine-tuning, side by side. ``out`` defaults to `
 
 A stage's output is the last of its modules to finish a forward call with a spatial output
 (``B×C×H×W``, or ``B×tokens×C`` for ViTs) before global pooling starts: ``layer4`` for a ResNet,
-``bn2`` (conv head + norm + act) for an EfficientNet. Grad-CAM uses the last backbone stage's.
-Grad-CAM comes from ``grad-cam`` (pytorch-grad-cam).
+``bn2`` (conv head + norm + act) for an EfficientNet. Grad-CAM (from ``grad-cam``, i.e.
+pytorch-grad-cam) uses the last backbone stage's output; for ViTs the stage before it.
 """
 from __future__ import annotations
 
@@ -50,9 +50,18 @@ MAX_FILTERS = 64
 # --- model internals ----------------------------------------------------------------------------
 
 
-def stage_outputs(model: FineTuneModel, x: torch.Tensor) -> dict[str, str]:
-    """Per backbone stage, the name (in ``model``) of the module whose output is the stage's output."""
-    finished: dict[str, str] = {}
+@dataclass(frozen=True)
+class StageOutput:
+    """The module (name in the model) whose output is a stage's output, and that output's H×W."""
+
+    layer: str
+    size: tuple[int, int]
+    tokens: bool  # a ViT's B×N×C tokens rather than B×C×H×W maps
+
+
+def stage_outputs(model: FineTuneModel, x: torch.Tensor) -> dict[str, StageOutput]:
+    """Per backbone stage (stem first), the module whose output is the stage's output for input ``x``."""
+    finished: dict[str, StageOutput] = {}
     pooling = False
 
     def on_pool(*_: object) -> None:
@@ -62,7 +71,7 @@ def stage_outputs(model: FineTuneModel, x: torch.Tensor) -> dict[str, str]:
     def on_output(name: str, stage: str) -> Callable[[nn.Module, tuple, object], None]:
         def hook(_: nn.Module, __: tuple, output: object) -> None:
             if not pooling and isinstance(output, torch.Tensor) and output.ndim in (3, 4):
-                finished[stage] = f"backbone.{name}"
+                finished[stage] = StageOutput(f"backbone.{name}", tuple(as_maps(output).shape[-2:]), output.ndim == 3)
         return hook
 
     handles = []
@@ -79,6 +88,13 @@ def stage_outputs(model: FineTuneModel, x: torch.Tensor) -> dict[str, str]:
         for handle in handles:
             handle.remove()
     return {stage: finished[stage] for stage in model.stage_map.stages if stage in finished}
+
+
+def cam_stage_of(outputs: dict[str, StageOutput]) -> str:
+    """Grad-CAM's stage: the last one; for ViTs the one before it (with class-token pooling no gradient
+    reaches the last block's patch tokens)."""
+    stages = list(outputs)
+    return stages[-2] if outputs[stages[-1]].tokens and len(stages) > 1 else stages[-1]
 
 
 def as_maps(t: torch.Tensor) -> torch.Tensor:
@@ -215,7 +231,7 @@ def plot_gradcam(image: np.ndarray, cam: np.ndarray, label: str, path: Path) -> 
     rgb = _display_rgb(image)
     mask = cv2.resize(cam.astype(np.float32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
     overlay = show_cam_on_image(rgb, np.clip(mask, 0, 1), use_rgb=True, image_weight=0.55)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4 * rgb.shape[0] / rgb.shape[1] + 0.6))
     for ax, picture, title in zip(axes, (rgb, overlay), ("image", f"Grad-CAM: {label}")):
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(title, fontsize=10)
@@ -282,7 +298,11 @@ class ExplainOptions:
     filters: bool = True
 
 
-def _pick_stage(requested: str | None, outputs: dict[str, str]) -> str:
+def _size(size: tuple[int, int]) -> str:
+    return "x".join(map(str, size))
+
+
+def _pick_stage(requested: str | None, outputs: dict[str, StageOutput]) -> str:
     """The requested stage, or by default the middle one after the stem (stage3 of a ResNet's four)."""
     if requested is None:
         stages = [s for s in outputs if s != "stem"] or list(outputs)
@@ -304,8 +324,8 @@ def _folder_names(images: list[Path]) -> list[str]:
 def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
             options: ExplainOptions = ExplainOptions()) -> dict:
     """Write the explanation files for every image in ``inputs``; return an index of what was written."""
-    run = load_run(run_dir)
     images = find_images(inputs)
+    run = load_run(run_dir)
     out = Path(out).expanduser() if out else run.run_dir / "explain"
     if any(image.parent.resolve() == out.resolve() for image in images):
         raise FinetuneError(f"out={out} holds the input images; choose another folder (default: <run>/explain)")
@@ -314,27 +334,29 @@ def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
     if options.filters:
         after = first_conv(model).weight.detach()
         index["filters"] = str(plot_filters(pretrained_filters(run), after, out / "filters.png"))
-    outputs: dict[str, str] | None = None
+    outputs: dict[str, StageOutput] | None = None
     for image_path, folder in zip(images, _folder_names(images)):
         image, x = model_input(image_path, run.preprocessing)
         outputs = outputs or stage_outputs(model, x)
         stage = _pick_stage(options.stage, outputs)
-        cam_stage = list(outputs)[-1]
+        cam_stage = cam_stage_of(outputs)
         with torch.no_grad():
             predictions = top_k(model(x)[0], run.class_names, options.topk, run.multilabel)
         best = predictions[0]
-        cam = grad_cam(model, x, best["index"], outputs[cam_stage])
-        channels, maps = strongest_channels(model, x, outputs[stage], options.channels)
+        cam_at, shown = outputs[cam_stage], outputs[stage]
+        cam = grad_cam(model, x, best["index"], cam_at.layer)
+        channels, maps = strongest_channels(model, x, shown.layer, options.channels)
         target = out / folder
         entry = {
             "image": str(image_path), "topk": predictions, "multilabel": run.multilabel,
-            "gradcam": {"class": best["class"], "index": best["index"], "layer": outputs[cam_stage]},
-            "activations": {"stage": stage, "layer": outputs[stage], "channels": channels},
+            "gradcam": {"class": best["class"], "index": best["index"], "layer": cam_at.layer},
+            "activations": {"stage": stage, "layer": shown.layer, "channels": channels},
         }
         write_json(target / "topk.json", entry)
-        plot_gradcam(image, cam, f"{best['class']} ({best['probability']:.1%})", target / "gradcam.png")
-        plot_activations(channels, maps, f"{stage} ({outputs[stage]}): {len(channels)} strongest channels",
-                         target / f"activations_{stage}.png")
+        plot_gradcam(image, cam, f"{best['class']} ({best['probability']:.1%}) at {_size(cam_at.size)}",
+                     target / "gradcam.png")
+        plot_activations(channels, maps, f"{stage} ({shown.layer}, {_size(shown.size)}): "
+                         f"{len(channels)} strongest channels", target / f"activations_{stage}.png")
         index["images"].append({**entry, "folder": str(target)})
     write_json(out / "explain.json", index)
     return index
