@@ -26,7 +26,7 @@ def epoch_history(metric_csvs: list[Path]) -> dict[str, list[tuple[int, float]]]
                     continue
                 last_epoch = max(last_epoch, epoch)
                 for key, value in row.items():
-                    if value and key not in ("epoch", "step") and (key.endswith("_epoch") or key.startswith("val/")):
+                    if value and key.startswith(("train/", "val/")) and not key.endswith("_step"):
                         series.setdefault(key, []).append((offset + epoch + 1, float(value)))
         offset += last_epoch + 1
     return series
@@ -45,6 +45,7 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path) -> Path 
                 ax.plot(xs, ys, marker="o", label=key.split("/")[0])
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend()
         ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -16,13 +16,16 @@ from . import __version__
 from .artifacts import atomic_path, write_json, write_text
 from .config import Phase, validate
 from .data.datamodule import ClassificationDataModule, Preprocessing, gray_preprocessing
-from .display import print_results
+from .display import console, print_results
 from .distributed import is_global_zero
 from .errors import FinetuneError
+from .export import export_run, init_head_from
+from .export import print_results as print_exports
 from .freezing import FreezeError, frozen_stages
 from .phases import PlannedPhase, make_trainer, run_phases
 from .plan import print_plan
 from .plots import epoch_history, plot_confusion, plot_curves
+from .report import write_report
 from .runs import build_model
 from .tasks.classification import ClassificationTask
 from .weights import resolve_weights
@@ -42,6 +45,10 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
             model = build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, data.info.num_classes)
     else:
         model = build_model(cfg, record, data.in_chans, data.info.num_classes)
+    if cfg.init_from and not cfg.plan:
+        matched = init_head_from(model, data.info.class_names, cfg.init_from)
+        console.print(f"head initialised from {cfg.init_from}: {len(matched)}/{data.info.num_classes} "
+                      f"classes matched by name")
     plan = [PlannedPhase(p, _frozen(model.stage_map, p, cfg.backbone.name)) for p in phases]
     data.set_preprocessing(model_preprocessing(model.backbone, cfg.dataset.image_size, data.in_chans))
     if cfg.plan:
@@ -61,6 +68,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     results = _write_results(run_dir, task.test_results, data.info.class_names, phases,
                              time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums})
     print_results(results, run_dir)
+    print_exports(export_run(run_dir, ("head",)), console)  # the small, backbone-pinned artifact
+    console.print(f"report: {write_report(run_dir, data=data, model=model)}")
     return results
 
 

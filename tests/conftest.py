@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,18 @@ def compose_config(*overrides: str) -> DictConfig:
 def tiny_overrides(*extra: str) -> list[str]:
     """A CPU-sized run: tiny images, few batches, no progress bar."""
     return ["dataset.image_size=32", "trainer.progress_bar=false", "trainer.log_every_n_steps=1", *extra]
+
+
+FINISHED_RUN_ARGS = ["backbone=efficientnet_lite0", "schedule=linear_probe", "schedule.epochs=1",
+                     "dataset.image_size=32", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                     "trainer.progress_bar=false", "hydra.run.dir=run"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A real run directory (digits, pip ImageNet weights, 3 training batches), made once per session."""
+    base = tmp_path_factory.mktemp("finished_run")
+    out = subprocess.run([sys.executable, "-m", "finetune", *FINISHED_RUN_ARGS], cwd=base, capture_output=True,
+                         text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return base / "run"

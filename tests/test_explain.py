@@ -15,7 +15,6 @@ from finetune.data.transforms import Preprocessing, eval_transform
 from finetune.freezing import FineTuneModel
 from finetune.weights import create_model, resolve_weights
 
-from .test_report import finished_run  # noqa: F401  (the one real run directory, made once)
 
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 CLOCK = 409

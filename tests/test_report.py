@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,24 +15,7 @@ from PIL import Image
 from finetune.report import _table, datamodule_for, worst_mistakes, write_report
 from finetune.runs import load_run
 
-RUN_ARGS = ["backbone=efficientnet_lite0", "schedule=linear_probe", "schedule.epochs=1", "dataset.image_size=32",
-            "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.progress_bar=false",
-            "hydra.run.dir=run"]
 SECTIONS = ["Configuration", "Data", "Model", "Results", "Most confident mistakes"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A real run directory (digits, pip ImageNet weights, 3 training batches), made once per session:
-    test_explain imports this fixture and finds the run already there."""
-    base = tmp_path_factory.getbasetemp() / "finished_run"
-    run = base / "run"
-    if not (run / "metrics.json").is_file():
-        base.mkdir(exist_ok=True)
-        out = subprocess.run([sys.executable, "-m", "finetune", *RUN_ARGS], cwd=base, capture_output=True,
-                             text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-    return run
 
 
 class _Page(HTMLParser):

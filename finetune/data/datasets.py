@@ -1,9 +1,10 @@
 """Dataset sources: find a dataset's images, check them, split them.
 
 One loader per `dataset.kind` (see LOADERS) turns the dataset config into a Source: class names,
-train/val/test Samples and the channel count of the images. Scanning lists files and checks
-headers only (PIL `verify()`, plus a full decode for the rare files that check cannot vouch for),
-opens files read-only and never writes to the user's folders.
+train/val/test Samples, the channel count of the images and the task type. Scanning lists files
+and checks headers only (PIL `verify()`, plus a full decode for the rare files that check cannot
+vouch for), opens files read-only and never writes to the user's folders. MedMNIST npz files
+(finetune.data.medmnist) and DICOM folders (finetune.data.dicom) load on demand.
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ from finetune.errors import FinetuneError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 GRAY_MODES = WIDE_GRAY_MODES | {"1", "L", "LA", "La", "F"}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 MAX_LISTED = 5  # problems spelled out in one error message
+# What the targets mean: binary / multi-class (one class per image, softmax + cross-entropy),
+# multi-label (any number, sigmoid + BCE), ordinal-regression (graded classes, e.g. RetinaMNIST:
+# trained and scored as multi-class, as in the MedMNIST benchmark).
+TASK_TYPES = ("binary", "multi-class", "multi-label", "ordinal-regression")
 
 
 class DatasetError(FinetuneError, ValueError):
@@ -51,6 +57,13 @@ class DatasetConfig:
     on_error: str = "raise"
     allow_flips: bool = True
     num_workers: int = 2
+    # dataset=medmnist
+    name: str | None = None  # subset, e.g. pneumoniamnist (see finetune.data.medmnist.MEDMNIST)
+    size: int = 28  # 28 | 64 | 128 | 224: which official file ({name}.npz or {name}_{size}.npz)
+    file: str | None = None  # an explicit .npz (relative to root or absolute)
+    download: bool = True  # fetch a missing file with the medmnist package (needs it and a network)
+    # dataset=dicom_folder
+    window: tuple[float, float] | None = None  # [center, width] instead of the files' own VOI
 
     @classmethod
     def from_mapping(cls, cfg: Mapping) -> DatasetConfig:
@@ -61,7 +74,8 @@ class DatasetConfig:
             raise DatasetError(f"unknown dataset key(s) {unknown}; known keys: {known}")
         if cfg.get("kind") not in LOADERS:
             raise DatasetError(f"dataset.kind={cfg.get('kind')!r}; use one of {sorted(LOADERS)}")
-        config = cls(**cfg)
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+        config = cls(**values)
         config._validate()
         return config
 
@@ -85,6 +99,16 @@ class DatasetConfig:
             raise DatasetError("dataset.multilabel=true needs dataset=csv (labels 'a;b' per row)")
         if self.csv is not None and self.kind != "csv":
             raise DatasetError(f"dataset.csv is only read by dataset=csv, not kind={self.kind}")
+        if (self.name is not None or self.file is not None) and self.kind != "medmnist":
+            raise DatasetError(f"dataset.name / dataset.file are read by dataset=medmnist, not kind={self.kind}")
+        if self.window is not None:
+            if self.kind != "dicom_folder":
+                raise DatasetError(f"dataset.window is read by dataset=dicom_folder, not kind={self.kind}")
+            if len(self.window) != 2 or not self.window[1] >= 1:
+                raise DatasetError(
+                    f"dataset.window={list(self.window)}: give [center, width] with width >= 1, "
+                    "e.g. dataset.window=[40,400] (CT soft tissue) or null for the files' own window"
+                )
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,7 @@ class Samples:
 
     images: Sequence[Path] | np.ndarray
     targets: np.ndarray  # int64 [N], or float32 multi-hot [N, num_classes]
+    window: tuple[float, float] | None = None  # DICOM files: [center, width] overriding their VOI
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -100,24 +125,28 @@ class Samples:
     def subset(self, index: np.ndarray) -> Samples:
         """The samples at `index`, in that order."""
         if isinstance(self.images, np.ndarray):
-            return Samples(self.images[index], self.targets[index])
-        return Samples([self.images[i] for i in index], self.targets[index])
+            return Samples(self.images[index], self.targets[index], self.window)
+        return Samples([self.images[i] for i in index], self.targets[index], self.window)
 
     def image(self, i: int, channels: int) -> np.ndarray:
         """Image `i` as HWC uint8 with `channels` channels."""
         if isinstance(self.images, np.ndarray):
             return self.images[i]
-        return read_image(self.images[i], channels)
+        return read_image(self.images[i], channels, self.window)
 
 
 @dataclass(frozen=True)
 class Source:
-    """What a loader found: class names, the three splits, channels, files skipped as unreadable."""
+    """What a loader found: class names, the three splits, channels, files skipped as unreadable,
+    the task type (None: binary / multi-class from the class count, or multi-label) and whether the
+    channels come from the dataset's metadata (then dataset.grayscale only concerns gray datasets)."""
 
     class_names: list[str]
     splits: dict[str, Samples]
     image_channels: int
     skipped: int = 0
+    task: str | None = None
+    channels_from_metadata: bool = False
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -137,15 +166,21 @@ class ImageDataset(torch.utils.data.Dataset):
 # --- images ---------------------------------------------------------------------------------
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
+def read_image(path: Path, channels: int, window: tuple[float, float] | None = None) -> np.ndarray:
     """Decode `path` to HWC uint8 with `channels` (1 or 3) channels, EXIF orientation applied.
 
     Grayscale modes stay 1 channel (16/32-bit ones scaled from the 16-bit range: v / 257); all
     other modes (RGBA, P, CMYK, ...) become RGB. A gray image in a 3-channel dataset is replicated.
+    DICOM files (.dcm) go through their modality LUT and VOI LUT / window (`window` overrides it).
     """
     try:
-        with Image.open(path) as im:
-            array = _to_array(ImageOps.exif_transpose(im))
+        if path.suffix.lower() in DICOM_EXTENSIONS:
+            from finetune.data.dicom import read_dicom
+
+            array = read_dicom(path, window)
+        else:
+            with Image.open(path) as im:
+                array = _to_array(ImageOps.exif_transpose(im))
     except Exception as e:  # any decoder failure: name the file
         raise DatasetError(f"cannot read image {path}: {e}") from e
     return np.repeat(array, 3, axis=2) if channels == 3 and array.shape[2] == 1 else array
@@ -167,7 +202,12 @@ def inspect_image(path: Path) -> int:
 
     PIL's `verify()` checks headers (and every PNG chunk's CRC). A JPEG is trusted when it ends
     with its end-of-image marker; other formats, and JPEGs cut short, are decoded to be sure.
+    DICOM files are decoded (pixel data and LUTs) by finetune.data.dicom.
     """
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        from finetune.data.dicom import inspect_dicom
+
+        return inspect_dicom(path)
     with Image.open(path) as im:
         mode, image_format = im.mode, im.format
         im.verify()
@@ -293,13 +333,27 @@ def load_digits_source(config: DatasetConfig) -> Source:
 
 def load_imagefolder(config: DatasetConfig) -> Source:
     """`root/<class>/*.jpg`, or `root/{train,val|valid,test}/<class>/*.jpg` when `root/train` exists."""
+    return _load_class_folders(config, IMAGE_EXTENSIONS)
+
+
+def load_dicom_folder(config: DatasetConfig) -> Source:
+    """`root/<class>/*.dcm` (or with train/val/test folders), like imagefolder; each file is one
+    image (multi-frame files: the middle frame) read through its modality and VOI LUTs."""
+    from finetune.data.dicom import require_pydicom
+
+    require_pydicom()
+    return _load_class_folders(config, DICOM_EXTENSIONS)
+
+
+def _load_class_folders(config: DatasetConfig, extensions: frozenset[str]) -> Source:
     root = _existing_dir(config.root, "dataset.root")
     folders = _split_folders(root)
     train_dir = folders["train"]
     class_names = sort_class_names([d.name for d in _subdirs(train_dir)])
+    example = sorted(extensions)[0]
     if not class_names:
         raise DatasetError(
-            f"no class folders in {train_dir}: expected {train_dir}/<class name>/<image>.jpg "
+            f"no class folders in {train_dir}: expected {train_dir}/<class name>/<image>{example} "
             "(one folder per class); set dataset.root to the folder that holds them"
         )
     index = {name: i for i, name in enumerate(class_names)}
@@ -313,10 +367,10 @@ def load_imagefolder(config: DatasetConfig) -> Source:
                     f"class folder {class_dir} has no matching folder in {train_dir}; every class needs "
                     f"training images (found classes there: {class_names})"
                 )
-            files = _image_files(class_dir)
+            files = _image_files(class_dir, extensions)
             if not files and split == "train":
                 raise DatasetError(
-                    f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                    f"class folder {class_dir} holds no images ({', '.join(sorted(extensions))}); "
                     "add images or remove the folder"
                 )
             paths += files
@@ -410,7 +464,7 @@ def _file_source(
     for split, (paths, targets) in parts.items():
         keep = [i for i, p in enumerate(paths) if p in channels]
         kept_targets = _targets([targets[i] for i in keep], config, len(class_names))
-        samples[split] = Samples([paths[i] for i in keep], kept_targets)
+        samples[split] = Samples([paths[i] for i in keep], kept_targets, config.window)
     _check_class_coverage(samples, class_names, where)
     splits = assemble_splits(samples, config, config.multilabel)
     image_channels = 1 if all(c == 1 for c in channels.values()) else 3
@@ -471,17 +525,17 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Image files under `folder` (recursively, following links), sorted; hidden entries skipped,
     other files (e.g. .gif, .txt) logged as ignored."""
     files = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files += [Path(dirpath, name) for name in sorted(filenames) if not name.startswith(".")]
-    ignored = [f for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS]
+    ignored = [f for f in files if f.suffix.lower() not in extensions]
     if ignored:
         log.info("ignored %d non-image file(s) in %s, e.g. %s", len(ignored), folder, ignored[0].name)
-    return [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+    return [f for f in files if f.suffix.lower() in extensions]
 
 
 def sort_class_names(names: set[str] | list[str]) -> list[str]:
@@ -491,8 +545,21 @@ def sort_class_names(names: set[str] | list[str]) -> list[str]:
     return sorted(names)
 
 
+def load_medmnist(config: DatasetConfig) -> Source:
+    """A MedMNIST v2 2D subset from its official npz (finetune.data.medmnist)."""
+    from finetune.data.medmnist import load_medmnist_source
+
+    return load_medmnist_source(config)
+
+
 Loader = Callable[[DatasetConfig], Source]
-LOADERS: dict[str, Loader] = {"digits": load_digits_source, "imagefolder": load_imagefolder, "csv": load_csv}
+LOADERS: dict[str, Loader] = {
+    "digits": load_digits_source,
+    "imagefolder": load_imagefolder,
+    "csv": load_csv,
+    "medmnist": load_medmnist,
+    "dicom_folder": load_dicom_folder,
+}
 
 
 def load_source(config: DatasetConfig) -> Source:
