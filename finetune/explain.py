@@ -35,6 +35,7 @@ from timm.layers import SelectAdaptivePool2d  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .artifacts import atomic_path, write_json  # noqa: E402
+from .cli import parse_args, parse_flag, positive_int, run_command  # noqa: E402
 from .data.datasets import IMAGE_EXTENSIONS, read_image  # noqa: E402
 from .data.transforms import Preprocessing, eval_transform  # noqa: E402
 from .errors import FinetuneError  # noqa: E402
@@ -368,50 +369,22 @@ _OPTIONS = {"run": None, "inputs": None, "out": None, "topk": "5", "stage": None
             "filters": "true"}
 
 
-def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
-    """``key=value`` arguments over the defaults; unknown keys and missing run/inputs are errors."""
-    values = dict(_OPTIONS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in _OPTIONS:
-            raise FinetuneError(f"unknown argument {arg!r}; use key=value with keys {', '.join(_OPTIONS)}")
-        values[key] = value
-    missing = [k for k in ("run", "inputs") if not values[k]]
-    if missing:
-        raise FinetuneError(f"missing {' and '.join(f'{k}=…' for k in missing)}: "
-                            "python -m finetune.explain run=<run dir> inputs=<image | folder | glob>")
-    return values
-
-
-def _count(key: str, value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise FinetuneError(f"{key}={value!r}: must be a positive whole number")
-    return int(value)
-
-
-def _flag(key: str, value: str) -> bool:
-    if value.lower() not in ("true", "false"):
-        raise FinetuneError(f"{key}={value!r}: use true or false")
-    return value.lower() == "true"
-
-
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune.explain run=… inputs=… [topk=5] [stage=…] [channels=16] [filters=true] [out=…]``."""
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        options = ExplainOptions(topk=_count("topk", args["topk"]), stage=args["stage"],
-                                 channels=_count("channels", args["channels"]),
-                                 filters=_flag("filters", args["filters"]))
-        index = explain(args["run"], args["inputs"], args["out"], options)
-    except FinetuneError as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    out = Path(index["images"][0]["folder"]).parent
+    return run_command(_explain_command, __doc__, argv)
+
+
+def _explain_command(argv: list[str]) -> None:
+    args = parse_args(argv, _OPTIONS, ["run", "inputs"], "finetune.explain")
+    options = ExplainOptions(topk=positive_int(args["topk"], "topk"), stage=args["stage"],
+                             channels=positive_int(args["channels"], "channels"),
+                             filters=parse_flag(args["filters"], "filters"))
+    index = explain(args["run"], args["inputs"], args["out"], options)
     for entry in index["images"]:
         best = entry["topk"][0]
         print(f"{entry['image']}: {best['class']} ({best['probability']:.1%})")
-    print(f"explanations written to {out}")
+    print(f"explanations written to {Path(index['images'][0]['folder']).parent}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -48,6 +48,7 @@ from torch import nn
 
 from . import __version__
 from .artifacts import atomic_path
+from .cli import parse_args, parse_flag, run_command
 from .config import phases_from
 from .data.datamodule import ClassificationDataModule
 from .data.datasets import IMAGE_EXTENSIONS, read_image
@@ -573,30 +574,6 @@ def init_head_from(model: FineTuneModel, class_names: list[str], source: str | P
 # --- command line --------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str], defaults: Mapping[str, str | None], required: Sequence[str],
-               command: str) -> dict[str, str | None]:
-    """``key=value`` arguments over ``defaults``; FinetuneError for unknown keys or missing ones."""
-    args = dict(defaults)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in defaults:
-            raise FinetuneError(f"{command}: unexpected argument {item!r}; use key=value with keys "
-                                f"{', '.join(defaults)}")
-        args[key] = value
-    missing = [k for k in required if not args.get(k)]
-    if missing:
-        raise FinetuneError(f"{command}: missing {', '.join(f'{k}=…' for k in missing)} (see --help)")
-    return args
-
-
-def parse_flag(value: str | None, key: str) -> bool:
-    """true/false (also 1/0, yes/no) → bool."""
-    text = (value or "false").strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise FinetuneError(f"{key}={value!r}: use true or false")
-    return text in ("true", "1", "yes")
-
-
 def print_results(results: Sequence[ExportResult], console: Console) -> None:
     """The exports written, their size and parity."""
     table = Table(title="exports (parity checked on real images)", title_justify="left")
@@ -612,20 +589,15 @@ def print_results(results: Sequence[ExportResult], console: Console) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune.export``: exit 0, or 2 with one ``finetune: error:`` line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return 0
-    try:
-        args = parse_args(argv, {"run": None, "format": "head", "out": None, "overwrite": "false",
-                                 "images": None, "weights": None}, ["run"], "finetune.export")
-        results = export_run(args["run"], args["format"].split(","), args["out"],
-                             parse_flag(args["overwrite"], "overwrite"), args["images"], args["weights"])
-    except (FinetuneError, OSError) as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(_export_command, __doc__, argv)
+
+
+def _export_command(argv: list[str]) -> None:
+    args = parse_args(argv, {"run": None, "format": "head", "out": None, "overwrite": "false",
+                             "images": None, "weights": None}, ["run"], "finetune.export")
+    results = export_run(args["run"], args["format"].split(","), args["out"],
+                         parse_flag(args["overwrite"], "overwrite"), args["images"], args["weights"])
     print_results(results, Console())
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from rich.progress import Progress
 from .artifacts import atomic_path, write_json
 from .data.datasets import read_image
 from .errors import FinetuneError
-from .export import FORMATS, LoadedExport, find_images, load_export, parse_args, parse_flag
+from .cli import parse_args, parse_flag, positive_int, run_command
+from .export import FORMATS, LoadedExport, find_images, load_export
 
 MULTILABEL_THRESHOLD = 0.5
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -128,32 +129,21 @@ def output_path(out: str | None, overwrite: bool) -> Path:
     return path
 
 
-def _int(value: str | None, key: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise FinetuneError(f"{key}={value!r}: use a whole number") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune.predict``: exit 0, or 2 with one ``finetune: error:`` line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return 0
-    try:
-        args = parse_args(argv, {"export": None, "inputs": None, "topk": "5", "out": None, "overwrite": "false",
-                                 "batch_size": "32", "weights": None}, ["export", "inputs"], "finetune.predict")
-        out = output_path(args["out"], parse_flag(args["overwrite"], "overwrite"))
-        paths = find_images(args["inputs"])
-        exported = load_export(resolve_export(args["export"]), args["weights"])
-        rows = predict(exported, paths, _int(args["topk"], "topk"), _int(args["batch_size"], "batch_size"))
-        write_predictions(rows, out, exported)
-    except (FinetuneError, OSError) as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(_predict_command, __doc__, argv)
+
+
+def _predict_command(argv: list[str]) -> None:
+    args = parse_args(argv, {"export": None, "inputs": None, "topk": "5", "out": None, "overwrite": "false",
+                             "batch_size": "32", "weights": None}, ["export", "inputs"], "finetune.predict")
+    out = output_path(args["out"], parse_flag(args["overwrite"], "overwrite"))
+    paths = find_images(args["inputs"])
+    exported = load_export(resolve_export(args["export"]), args["weights"])
+    rows = predict(exported, paths, positive_int(args["topk"], "topk"),
+                   positive_int(args["batch_size"], "batch_size"))
+    write_predictions(rows, out, exported)
     console.print(f"{len(rows)} prediction(s) from {exported.path.name} → [bold]{out}[/bold]")
-    return 0
 
 
 if __name__ == "__main__":

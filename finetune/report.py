@@ -26,6 +26,7 @@ from PIL import Image
 
 from . import __version__
 from .artifacts import write_text
+from .cli import parse_args, run_command
 from .config import phases_from
 from .data.datamodule import ClassificationDataModule
 from .data.transforms import Preprocessing
@@ -347,18 +348,15 @@ def write_report(run_dir: str | Path, data: ClassificationDataModule | None = No
     return write_text(run_dir / "report.html", render_report(run, data, model, mistakes, samples_per_class))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune.report run=<run dir>``: (re)write the run's report.html."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if len(args) != 1 or not args[0].startswith("run=") or args[0] == "run=":
-            raise FinetuneError("usage: python -m finetune.report run=<run dir>")
-        path = write_report(Path(args[0].removeprefix("run=")).expanduser())
-    except FinetuneError as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"report written to {path}")
+    return run_command(_report_command, main.__doc__, argv)
+
+
+def _report_command(argv: list[str]) -> None:
+    args = parse_args(argv, {"run": None}, ["run"], "finetune.report")
+    print(f"report written to {write_report(Path(args['run']).expanduser())}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

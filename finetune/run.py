@@ -68,7 +68,9 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     results = _write_results(run_dir, task.test_results, data.info.class_names, phases,
                              time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums})
     print_results(results, run_dir)
-    print_exports(export_run(run_dir, ("head",)), console)  # the small, backbone-pinned artifact
+    # The small head export needs the pretrained backbone to pin against; random init exports all.
+    default_export = "head" if record.source != "random" else "safetensors"
+    print_exports(export_run(run_dir, (default_export,)), console)
     console.print(f"report: {write_report(run_dir, data=data, model=model)}")
     return results
 

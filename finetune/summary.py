@@ -475,16 +475,19 @@ def _emit(fmt: str, per: str, title: str, rows: list[LayerCount], stages: list[S
         write_text(out, text)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune.summary backbone=… [input_size=…] [in_chans=3] [classes=1000]
     [format=table|markdown|csv] [out=FILE] [per=layer|stage|both]``; other ``key=value`` go to Hydra."""
-    import sys
+    from .cli import run_command
 
+    return run_command(_summary_command, main.__doc__, argv)
+
+
+def _summary_command(argv: list[str]) -> None:
     from .errors import FinetuneError
-    from .freezing import FreezeError
 
     try:
-        own, overrides = _split_args(sys.argv[1:] if argv is None else argv)
+        own, overrides = _split_args(argv)
         fmt = _choice("format", own["format"], _FORMATS)
         per = _choice("per", own["per"] or ("layer" if fmt == "csv" else "both"), _PERS)
         if fmt == "csv" and per == "both":
@@ -492,11 +495,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         title, rows, stages = summarize(
             overrides, _positive_int("input_size", own["input_size"]),
             _positive_int("in_chans", own["in_chans"]), _positive_int("classes", own["classes"]))
-        _emit(fmt, per, title, rows, stages, own["out"])
-    except (FinetuneError, FreezeError, ValueError, FileNotFoundError) as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except ValueError as err:  # bad values, including a freeze depth the backbone does not have
+        raise FinetuneError(str(err)) from None
+    _emit(fmt, per, title, rows, stages, own["out"])
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(main())

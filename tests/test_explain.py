@@ -96,7 +96,7 @@ def test_cli_explains_images_of_a_real_run(finished_run, tmp_path, capsys):
     Image.fromarray(skimage.data.chelsea()[::4, ::4]).save(images / "cat.jpg")
     Image.fromarray(skimage.data.camera()[::8, ::8]).save(images / "camera.png")
     before = sorted(images.iterdir())
-    E.main([f"run={finished_run}", f"inputs={images}", "topk=3", "stage=stage3", "channels=8"])
+    assert E.main([f"run={finished_run}", f"inputs={images}", "topk=3", "stage=stage3", "channels=8"]) == 0
     explain = finished_run / "explain"
     for name in ("cat", "camera"):
         for file in ("topk.json", "gradcam.png", "activations_stage3.png"):
@@ -113,9 +113,7 @@ def test_cli_explains_images_of_a_real_run(finished_run, tmp_path, capsys):
 def test_cli_errors_are_one_line_and_exit_2(finished_run, tmp_path, capsys):
     for argv, message in ([[f"run={finished_run}", f"inputs={tmp_path}/*.jpg"], "no images found"],
                           [[f"run={finished_run}"], "missing inputs="],
-                          [[f"run={finished_run}", f"inputs={tmp_path}", "colour=red"], "unknown argument"]):
-        with pytest.raises(SystemExit) as exit_:
-            E.main(argv)
-        assert exit_.value.code == 2
+                          [[f"run={finished_run}", f"inputs={tmp_path}", "colour=red"], "unexpected argument"]):
+        assert E.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("finetune: error:") and message in err
