@@ -70,7 +70,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
-    print_exports(export_run(run_dir, (default_export,)), console)
+    print_exports(export_run(run_dir, (default_export,), overwrite=resume_from is not None), console)
     console.print(f"report: {write_report(run_dir, data=data, model=model)}")
     return results
 
