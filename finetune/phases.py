@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig
 
@@ -16,7 +16,7 @@ from .checkpointing import AtomicCheckpointIO
 from .distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
 from .config import Phase
 from .data.datamodule import ClassificationDataModule
-from .display import console, stage_table
+from .display import ThrottledRichProgressBar, console, stage_table
 from .errors import FinetuneError
 from .features import FeatureDataModule, use_feature_cache
 from .freezing import FineTuneModel
@@ -89,7 +89,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
     t = cfg.trainer
     loggers = [CSVLogger(run_dir, name="logs", version=name),
                TensorBoardLogger(run_dir, name="tensorboard", version=name, default_hp_metric=False)]
-    progress = [RichProgressBar(leave=True)] if t.progress_bar else []
+    progress = [ThrottledRichProgressBar(t.log_every_n_steps, leave=True)] if t.progress_bar else []
     plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else [])]
     return L.Trainer(
         max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,

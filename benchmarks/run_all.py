@@ -1,0 +1,157 @@
+"""``make bench``: run every benchmark, write benchmarks/results/<name>.json and README.md.
+
+    python -m benchmarks.run_all            # everything (< 20 min on a 2-core CPU)
+    python -m benchmarks.run_all overhead frozen   # a subset (README keeps the other results)
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from .common import RESULTS, environment
+
+BENCHMARKS = ("overhead", "frozen", "memory", "pipeline", "accuracy", "gpu")
+
+
+def _load(name: str, out_dir: Path) -> dict | None:
+    path = out_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _ok(value: float, target: float, higher: bool = False) -> str:
+    return "✅" if (value >= target if higher else value <= target) else "❌"
+
+
+def table(out_dir: Path = RESULTS) -> str:
+    """The markdown summary of whatever result files exist."""
+    lines = ["# Benchmarks", "",
+             "Written by `make bench` (`python -m benchmarks.run_all`). Every ratio is measured side by side "
+             "in one process run: the sides alternate (interleaved repetitions) and the median is reported. "
+             "Raw numbers, settings and per-repetition ratios are in the JSON files next to this one.", ""]
+    r = _load("overhead", out_dir)
+    env = (r or {}).get("environment") or environment()
+    lines += [f"Machine: `{env['machine']}`, {env['cpu_count']} CPU cores, torch {env['torch']} "
+              f"({env['torch_threads']} threads), lightning {env['lightning']}, timm {env['timm']}; "
+              f"GPU: {env['cuda'] or 'none'}; load average at start {env['load_average_at_start']} "
+              f"(shared machine: other jobs were running), {env['date']}.", ""]
+    if r and "work_ms" in r["rows"][0]:
+        lines += ["## 1. Overhead: our stack vs a minimal PyTorch loop (target ≤ 1.05)", "",
+                  "Step = interval between batch starts (warm-up excluded). *Work* = the model's forward + "
+                  "backward + optimizer step, timed inside every step on both sides; *loop overhead* = step - work. "
+                  "*Ratio* = (work + stack overhead) / (work + minimal overhead): measured within each step, it "
+                  "survives the load of the shared machine; *raw ratio* = median over interleaved repetitions of "
+                  "stack step / minimal step (noisy here).", "",
+                  "| backbone | px | freeze | batch | work ms | stack ms/step | minimal ms/step | stack overhead ms | "
+                  "minimal overhead ms | raw ratio | ratio | |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            lines.append(f"| {row['backbone']} | {row['image_size']} | {row['freeze']} | {row['batch_size']} | "
+                         f"{row['work_ms']} | {row['stack_step_ms']} | {row['minimal_step_ms']} | "
+                         f"{row['stack_overhead_ms']} | {row['minimal_overhead_ms']} | {row['raw_ratio']:.2f} | "
+                         f"{row['ratio']:.3f} | {_ok(row['ratio'], r['target_ratio'])} |")
+        a = r["ablation"]
+        lines += ["", f"Where the overhead goes ({a['backbone']}, {a['image_size']} px, freeze={a['freeze']}, "
+                      f"batch {a['batch_size']}: the smallest step, so the stack's fixed cost shows most; "
+                      f"work {a['work_ms']} ms/step):", "",
+                  "| variant | loop overhead ms/step | ratio vs minimal | raw ratio |", "|---|---|---|---|"]
+        for k, v in a["sides"].items():
+            lines.append(f"| {k} | {v['loop_overhead_ms']} | {v['ratio']:.3f} | {v['raw_ratio']:.2f} |")
+        if r.get("profile"):
+            lines += ["", f"cProfile of one fit: [{r['profile']}]({r['profile']})."]
+        lines.append("")
+    r = _load("frozen", out_dir)
+    if r:
+        c = r["cache"]
+        lines += ["## 2. Frozen phases", "",
+                  f"Linear probe on {c['dataset']} at {c['image_size']} px ({c['backbone']}, batch {c['batch_size']}, "
+                  f"{c['batches_per_epoch']} batches/epoch), our stack:", "",
+                  "| live backbone ms/step | cached features ms/step | epoch speed-up (median of paired reps; "
+                  "target ≥ 10) | ratio of medians | one-time extraction s | speed-up over a whole probe incl. "
+                  "extraction |", "|---|---|---|---|---|---|",
+                  f"| {c['live_step_ms']} | {c['cached_step_ms']} | {c['epoch_speedup']} "
+                  f"{_ok(c['epoch_speedup'], c['target_epoch_speedup'], True)} | "
+                  f"{c['live_step_ms'] / c['cached_step_ms']:.1f} | {c['extraction_s']} | "
+                  f"{c['probe_speedup_incl_extraction']}x over {c['probe_epochs']} epochs |", ""]
+        for curve in r["curves"]:
+            depths = list(curve["step_ms"])
+            lines += [f"freeze=k step time relative to freeze=0 ({curve['backbone']}, {curve['image_size']} px, "
+                      f"batch {curve['batch_size']}):", "",
+                      "| freeze | " + " | ".join(depths) + " |", "|---" * (len(depths) + 1) + "|",
+                      "| ms/step | " + " | ".join(str(curve["step_ms"][d]) for d in depths) + " |",
+                      "| ratio | " + " | ".join(f"{curve['ratio_vs_freeze0'][d]:.2f}" for d in depths) + " |", ""]
+    r = _load("memory", out_dir)
+    if r:
+        lines += ["## 3. Memory of a training step (peak RSS growth, fresh process per setting)", "",
+                  "| backbone | px | batch | freeze | RSS growth MB | vs freeze=0 | peak RSS MB | trainable params |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s in r["settings"]:
+            for d, row in s["by_freeze"].items():
+                lines.append(f"| {s['backbone']} | {s['image_size']} | {s['batch_size']} | {d} | {row['growth_mb']} | "
+                             f"{row['growth_vs_freeze0']:.2f} | {row['rss_peak_mb']} | {row['trainable_params']:,} |")
+        lines.append("")
+    r = _load("pipeline", out_dir)
+    if r:
+        lines += ["## 4. Data pipeline vs model (target pipeline ≥ 2x model)", "",
+                  "| px | loader | pipeline img/s | model train img/s | ratio | other worker counts img/s |",
+                  "|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            ld = row["loader"]
+            key = f"pipeline_w{ld['num_workers']}"
+            others = ", ".join(f"{k.removeprefix('pipeline_')}: {v}" for k, v in row["images_per_s"].items()
+                               if k.startswith("pipeline") and k != key)
+            lines.append(f"| {row['image_size']} | {ld['num_workers']} workers, persistent={ld['persistent_workers']}, "
+                         f"pin_memory={ld['pin_memory']} | {row['images_per_s'][key]} | {row['images_per_s']['model']} | "
+                         f"{row['ratio_pipeline_over_model']} {_ok(row['ratio_pipeline_over_model'], row['target_ratio'], True)} | "
+                         f"{others} |")
+        lines += ["", f"Defaults: {r['defaults']}.", ""]
+    r = _load("accuracy", out_dir)
+    if r:
+        lines += [f"## 5. Accuracy per minute ({r['backbone']})", "",
+                  "| dataset | schedule | wall s | best val acc | test acc | val acc over time (s: acc) |",
+                  "|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            curve = ", ".join(f"{p['t_s']:.0f}: {p['val_acc']:.3f}" for p in row["curve"])
+            lines.append(f"| {row['dataset']} | {row['schedule']} | {row['wall_s']} | {row['best_val_acc']} | "
+                         f"{row['test_acc']} | {curve} |")
+        lines += ["", *[f"- {n}" for n in r.get("notes", [])], ""]
+    r = _load("gpu", out_dir)
+    if r:
+        lines += ["## 6. GPU", ""]
+        if "skipped" in r:
+            lines += [f"Skipped: {r['skipped']}. `benchmarks/gpu.py` runs it where CUDA exists (bf16 autocast, "
+                      "channels_last, torch.compile; images/s of our stack vs the minimal loop).", ""]
+        else:
+            lines += ["| backbone | px | batch | stack img/s | minimal img/s | compiled img/s |", "|---|---|---|---|---|---|"]
+            for row in r["rows"]:
+                ips = row["images_per_s"]
+                lines.append(f"| {row['backbone']} | {row['image_size']} | {row['batch_size']} | {ips['stack']} | "
+                             f"{ips['minimal']} | {ips['minimal_compiled']} |")
+            lines.append("")
+    timing = _load("run_all", out_dir)
+    if timing:
+        lines += [f"`make bench` took {timing['total_s'] / 60:.1f} min "
+                  f"({', '.join(f'{k} {v:.0f} s' for k, v in timing['seconds'].items())}).", ""]
+    return "\n".join(lines)
+
+
+def main(names: list[str] | None = None, quick: bool = False, out_dir: Path = RESULTS) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds, start = {}, time.perf_counter()
+    for name in names or BENCHMARKS:
+        t = time.perf_counter()
+        print(f"== benchmark {name}", flush=True)
+        importlib.import_module(f"benchmarks.{name}").main(quick=quick, out_dir=out_dir)
+        seconds[name] = round(time.perf_counter() - t, 1)
+        print(f"== {name}: {seconds[name]} s", flush=True)
+    if not names:
+        (out_dir / "run_all.json").write_text(json.dumps(
+            {"total_s": round(time.perf_counter() - start, 1), "seconds": seconds, "environment": environment()},
+            indent=2) + "\n")
+    (out_dir / "README.md").write_text(table(out_dir) + "\n")
+    return seconds
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or None)
