@@ -61,6 +61,9 @@ def validate(cfg: DictConfig) -> list[Phase]:
     _choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
     if cfg.schedule.batch_size < 1:
         raise ConfigError(f"schedule.batch_size={cfg.schedule.batch_size}: must be >= 1")
+    if cfg.threshold != "tune" and not (isinstance(cfg.threshold, (int, float)) and 0 < cfg.threshold < 1):
+        raise ConfigError(f"threshold={cfg.threshold!r}: use a probability in (0, 1) or threshold=tune "
+                          "(tuned on the validation split)")
     phases = phases_from(cfg)
     for phase in phases:
         _choice(f"optimizer of phase {phase.name!r}", phase.optim.optimizer, OPTIMIZERS)

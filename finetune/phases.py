@@ -21,7 +21,7 @@ from .errors import FinetuneError
 from .features import FeatureDataModule, use_feature_cache
 from .freezing import FineTuneModel
 from .summary import count_layers, roll_up
-from .tasks.classification import PHASE_KEY, ClassificationTask
+from .tasks.classification import PHASE_KEY, ClassificationTask, PhaseOptim
 
 
 # Frozen stages are in eval mode on purpose (the BN policy); Lightning warns about it every phase.
@@ -78,10 +78,18 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: Class
         phase_data = FeatureDataModule(model, data, trainer.strategy.root_device) if cached else data
         if cached and is_global_zero():
             console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")
-        task = ClassificationTask(model, data.info.num_classes, data.info.multilabel, phase.optim,
-                                  phase_index=index, features_input=cached)
+        task = phase_task(model, data, cfg, phase.optim, index, cached)
         trainer.fit(task, datamodule=phase_data, ckpt_path=resume_from if index == start else None)
     return checkpoint, consistency.checksums
+
+
+def phase_task(model: FineTuneModel, data: ClassificationDataModule, cfg: DictConfig, optim: PhaseOptim | None = None,
+               index: int = 0, features_input: bool = False) -> ClassificationTask:
+    """The LightningModule of one phase (or of the test): loss weights, task type and threshold."""
+    threshold = None if cfg.threshold == "tune" else float(cfg.threshold)
+    return ClassificationTask(model, data.info.num_classes, data.info.multilabel, optim or PhaseOptim(),
+                              class_weights=data.class_weights, phase_index=index, features_input=features_input,
+                              task=data.info.task, threshold=threshold)
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list) -> L.Trainer:

@@ -22,12 +22,11 @@ from .errors import FinetuneError
 from .export import export_run, init_head_from
 from .export import print_results as print_exports
 from .freezing import FreezeError, frozen_stages
-from .phases import PlannedPhase, make_trainer, run_phases
+from .phases import PlannedPhase, make_trainer, phase_task, run_phases
 from .plan import print_plan
 from .plots import epoch_history, plot_confusion, plot_curves
 from .report import write_report
 from .runs import build_model
-from .tasks.classification import ClassificationTask
 from .weights import resolve_weights
 
 
@@ -39,7 +38,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
                              preprocessing=_preprocessing_overrides(cfg))
     data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size,
-                                    cfg.dataset.num_workers, cfg.seed)
+                                    cfg.dataset.num_workers, cfg.seed, imbalance=cfg.imbalance)
     if cfg.plan:  # nothing is loaded: the model is built on the meta device
         with torch.device("meta"):
             model = build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, data.info.num_classes)
@@ -60,12 +59,14 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, resume_from)
     best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
     best = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    task = ClassificationTask(model, data.info.num_classes, data.info.multilabel)
+    task = phase_task(model, data, cfg)
     task.load_state_dict(best)
+    threshold = task.tune_threshold(data.eval_dataloader("val")) if cfg.threshold == "tune" else None
     make_trainer(cfg, run_dir, "test", 1, []).test(task, datamodule=data, verbose=False)
     if not is_global_zero():
         return {}
-    results = _write_results(run_dir, task.test_results, data.info.class_names, phases,
+    test_results = task.test_results | ({"threshold": torch.tensor(threshold)} if threshold is not None else {})
+    results = _write_results(run_dir, test_results, data.info.class_names, phases,
                              time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums})
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
@@ -107,7 +108,8 @@ def _write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: Class
         "class_names": info.class_names, "class_counts_train": info.class_counts,
         "image_channels": info.image_channels, "multilabel": info.multilabel,
         "grayscale": (cfg.dataset.grayscale if info.image_channels == 1 else "n/a (RGB images)"),
-        "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(),
+        "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(), "task": info.task,
+        "imbalance": {"asked": cfg.imbalance, "applied": data.imbalance},
     })
 
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, get_worker_info
 
 from finetune.data.datasets import (
+    TASK_TYPES,
     DatasetConfig,
     DatasetError,
     ImageDataset,
@@ -29,7 +30,8 @@ from finetune.data.datasets import (
     class_counts,
     load_source,
 )
-from finetune.data.samplers import split_sampler
+from finetune.data.imbalance import imbalance_ratio, loss_weights, resolve_imbalance
+from finetune.data.samplers import ClassBalancedSampler, split_sampler
 from finetune.data.transforms import (
     Augment,
     Preprocessing,
@@ -53,6 +55,17 @@ class DataInfo:
     image_channels: int  # channels of the source images: 1 (all grayscale) or 3
     class_counts: list[int]  # per class, train split (multi-label: positives per class)
     multilabel: bool = False
+    # binary | multi-class | multi-label | ordinal-regression (None: from multilabel / class count)
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            default = "multi-label" if self.multilabel else ("binary" if len(self.class_names) == 2 else "multi-class")
+            object.__setattr__(self, "task", default)
+        if self.task not in TASK_TYPES:
+            raise ValueError(f"DataInfo.task={self.task!r}; use one of {TASK_TYPES}")
+        if (self.task == "multi-label") != self.multilabel:
+            raise ValueError(f"DataInfo.task={self.task!r} disagrees with multilabel={self.multilabel}")
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +82,7 @@ class ClassificationDataModule(L.LightningDataModule):
         batch_size: int,
         num_workers: int,
         seed: int,
+        imbalance: str = "none",
     ) -> None:
         super().__init__()
         self.config = DatasetConfig.from_mapping(_plain(dataset))
@@ -78,18 +92,26 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         source = load_source(self.config)
         if self.config.grayscale == "adapt" and source.image_channels == 3:
-            raise DatasetError(
-                "dataset.grayscale=adapt gives the model a 1-channel stem for grayscale images, but this "
-                "dataset has color images; use dataset.grayscale=replicate (the default) for RGB data"
-            )
+            if not source.channels_from_metadata:
+                raise DatasetError(
+                    "dataset.grayscale=adapt gives the model a 1-channel stem for grayscale images, but this "
+                    "dataset has color images; use dataset.grayscale=replicate (the default) for RGB data"
+                )
+            log.info("dataset.grayscale=adapt concerns gray subsets; this one is RGB: 3-channel stem as pretrained")
         self.splits: dict[str, Samples] = source.splits
         self.skipped: int = source.skipped
+        multilabel = self.config.multilabel or source.task == "multi-label"
         self.info = DataInfo(
             class_names=source.class_names,
             image_channels=source.image_channels,
             class_counts=class_counts(source.splits["train"].targets, len(source.class_names)),
-            multilabel=self.config.multilabel,
+            multilabel=multilabel,
+            task=source.task,
         )
+        self.imbalance = resolve_imbalance(imbalance, self.info.class_counts, multilabel)
+        if imbalance != "none":
+            log.info("imbalance=%s → %s (train class counts %s, largest/smallest %.1f)", imbalance,
+                     self.imbalance, self.info.class_counts, imbalance_ratio(self.info.class_counts))
         self._generator = torch.Generator().manual_seed(seed)
         self._transforms: dict[str, A.Compose] = {}
         self.preprocessing: Preprocessing | None = None
@@ -110,8 +132,27 @@ class ClassificationDataModule(L.LightningDataModule):
 
     @property
     def in_chans(self) -> int:
-        """Channels the model should take: 1 with dataset.grayscale=adapt, else 3."""
-        return 1 if self.config.grayscale == "adapt" else 3
+        """Channels the model should take: 1 with dataset.grayscale=adapt (gray images), else 3."""
+        return 1 if self.config.grayscale == "adapt" and self.info.image_channels == 1 else 3
+
+    @property
+    def class_weights(self) -> torch.Tensor | None:
+        """Loss weights under imbalance=weighted_loss (CE class weights; multi-label: BCE pos_weight),
+        else None. Pass to ClassificationTask(class_weights=...)."""
+        if self.imbalance != "weighted_loss":
+            return None
+        return loss_weights(self.info.class_counts, self.info.multilabel, len(self.splits["train"]))
+
+    def train_sampler(self, rank: int | None = None, world_size: int | None = None) -> torch.utils.data.Sampler[int]:
+        """The training order of one rank (default: this trainer's): class-balanced under
+        imbalance=sampler, else shuffled. Indices refer to the train split, so cached features
+        (kept in train-split order) can use it too."""
+        own_rank, own_world = self._rank_and_world()
+        rank, world = (own_rank if rank is None else rank), (own_world if world_size is None else world_size)
+        train = self.splits["train"]
+        if self.imbalance == "sampler":
+            return ClassBalancedSampler(train.targets, seed=self.seed, num_replicas=world, rank=rank)
+        return split_sampler(len(train), True, self.seed, rank, world)
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -171,10 +212,14 @@ class ClassificationDataModule(L.LightningDataModule):
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
         transform = self._transforms[transform or ("train" if split == "train" else "eval")]
         dataset = ImageDataset(self._split(split), self.info.image_channels, transform)
+        if split == "train" and shuffle:
+            sampler = self.train_sampler()
+        else:
+            sampler = split_sampler(len(dataset), shuffle, self.seed, *(self._rank_and_world() if shard else (0, 1)))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=split_sampler(len(dataset), shuffle, self.seed, *(self._rank_and_world() if shard else (0, 1))),
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -78,6 +78,8 @@ class Augment:
     dropout: float = 0.0  # CoarseDropout probability
     dropout_holes: tuple[int, int] = (1, 4)  # CoarseDropout: number of holes (with dropout > 0)
     dropout_size: tuple[float, float] = (0.05, 0.15)  # CoarseDropout: hole side / image side
+    clahe: float = 0.0  # CLAHE (local contrast equalization) probability, training only
+    clahe_clip: float = 2.0  # CLAHE clip limit (higher: stronger contrast)
 
     @classmethod
     def from_mapping(cls, cfg: Mapping) -> Augment:
@@ -110,6 +112,8 @@ class Augment:
             "dropout": 0 <= self.dropout <= 1,
             "dropout_holes": _is_range(self.dropout_holes, 1, float("inf")),
             "dropout_size": _is_range(self.dropout_size, 1e-9, 1),
+            "clahe": 0 <= self.clahe <= 1,
+            "clahe_clip": self.clahe_clip >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -117,7 +121,7 @@ class Augment:
                 "augment value(s) out of range: "
                 + ", ".join(f"augment.{k}={getattr(self, k)}" for k in bad)
                 + " (probabilities in [0, 1], crop_scale [lo, hi] within (0, 1], rotate degrees, "
-                "shift/zoom fractions < 1, hue <= 0.5)"
+                "shift/zoom fractions < 1, hue <= 0.5, clahe_clip >= 1)"
             )
 
 
@@ -129,6 +133,8 @@ def _is_range(value: tuple, low: float, high: float) -> bool:
 def augment_ops(augment: Augment) -> list[A.BasicTransform]:
     """The random ops after the resize/crop step, in pipeline order (empty list: none switched on)."""
     ops: list[A.BasicTransform] = []
+    if augment.clahe:
+        ops.append(A.CLAHE(clip_limit=(1.0, augment.clahe_clip), tile_grid_size=(8, 8), p=augment.clahe))
     if augment.rotate or augment.shift or augment.zoom:
         ops.append(
             A.Affine(

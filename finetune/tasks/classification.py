@@ -1,22 +1,39 @@
-"""Image classification (multi-class or multi-label) as a LightningModule."""
+"""Image classification (binary, multi-class, multi-label; ordinal grades as multi-class) as a
+LightningModule, with the MedMNIST benchmark's metrics.
+
+The task type decides the head activation (softmax; sigmoid for multi-label), the loss
+(cross-entropy; BCE for multi-label) and the metrics. Metrics are fed probabilities, never raw
+logits (torchmetrics would guess from the value range whether to apply softmax/sigmoid):
+- scores: ``auc`` (binary: AUC of the positive class, index 1; multi-class: one-vs-rest macro;
+  multi-label: mean over labels — as MedMNIST's evaluator), ``acc_top5`` (> 5 classes, test);
+- decisions: ``acc``, ``balanced_acc`` (mean per-class recall; multi-label: mean over labels of
+  (TPR + TNR) / 2), ``f1_macro``, and in the test also per-class ``precision`` / ``recall`` and the
+  ``confusion`` matrix. Binary and multi-label decisions use ``threshold`` on the positive-class
+  probability (default 0.5, the same as argmax for two classes); ``tune_threshold`` picks it on
+  the validation split (maximal balanced accuracy), never on the test split.
+"""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
-    MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision,
-    MulticlassRecall, MultilabelAccuracy, MultilabelConfusionMatrix, MultilabelF1Score,
-    MultilabelPrecision, MultilabelRecall,
+    BinaryAUROC, MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix, MulticlassF1Score,
+    MulticlassPrecision, MulticlassRecall, MultilabelAccuracy, MultilabelAUROC, MultilabelConfusionMatrix,
+    MultilabelF1Score, MultilabelPrecision, MultilabelRecall, MultilabelStatScores,
 )
 
+from ..data.datasets import TASK_TYPES
 from ..freezing import FineTuneModel, param_groups, stage_learning_rates
 from ..optim import build_optimizer, build_scheduler
 
 PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
+THRESHOLD_TASKS = ("binary", "multi-label")  # tasks whose decision is a threshold on a probability
 
 
 @dataclass(frozen=True)
@@ -33,26 +50,137 @@ class PhaseOptim:
     warmup_epochs: float = 0.0
 
 
-def classification_metrics(num_classes: int, multilabel: bool, full: bool) -> MetricCollection:
-    """Accuracy and macro F1; with ``full`` also top-5, per-class precision/recall and confusion."""
-    if multilabel:
-        kw = {"num_labels": num_classes}
-        metrics = {"acc": MultilabelAccuracy(**kw), "f1_macro": MultilabelF1Score(average="macro", **kw)}
-        if full:
-            metrics |= {"precision": MultilabelPrecision(average=None, **kw),
-                        "recall": MultilabelRecall(average=None, **kw),
-                        "confusion": MultilabelConfusionMatrix(**kw)}
-        return MetricCollection(metrics)
-    kw = {"num_classes": num_classes}
-    metrics = {"acc": MulticlassAccuracy(average="micro", **kw),
-               "f1_macro": MulticlassF1Score(average="macro", **kw)}
-    if full:
-        if num_classes >= 5:
-            metrics["acc_top5"] = MulticlassAccuracy(average="micro", top_k=5, **kw)
-        metrics |= {"precision": MulticlassPrecision(average=None, **kw),
-                    "recall": MulticlassRecall(average=None, **kw),
-                    "confusion": MulticlassConfusionMatrix(**kw)}
-    return MetricCollection(metrics)
+def task_type(num_classes: int, multilabel: bool, task: str | None = None) -> str:
+    """The task: as given, else multi-label / binary (2 classes) / multi-class."""
+    if task is None:
+        task = "multi-label" if multilabel else ("binary" if num_classes == 2 else "multi-class")
+    if task not in TASK_TYPES:
+        raise ValueError(f"task={task!r}; use one of {TASK_TYPES}")
+    if (task == "multi-label") != multilabel:
+        raise ValueError(f"task={task!r} disagrees with multilabel={multilabel}")
+    if task == "binary" and num_classes != 2:
+        raise ValueError(f"a binary task has 2 classes, not {num_classes}")
+    return task
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """The head activation: sigmoid per label for multi-label, softmax over classes otherwise."""
+    logits = logits.float()
+    return logits.sigmoid() if task == "multi-label" else logits.softmax(dim=-1)
+
+
+def decide(probs: torch.Tensor, task: str, threshold: float | Sequence[float] | torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """Predicted labels: argmax (multi-class), p(class 1) >= threshold (binary), multi-hot
+    p >= threshold per label (multi-label; a scalar or one threshold per label)."""
+    if task in ("multi-class", "ordinal-regression"):
+        return probs.argmax(dim=-1)
+    t = torch.as_tensor(0.5 if threshold is None else threshold, dtype=probs.dtype, device=probs.device)
+    if task == "binary":
+        return (probs[:, 1] >= t).long()
+    return (probs >= t).int()
+
+
+class MultilabelBalancedAccuracy(MultilabelStatScores):
+    """Mean over labels of (TPR + TNR) / 2 (a label without positives or negatives counts its one side)."""
+
+    def __init__(self, num_labels: int, **kwargs) -> None:
+        super().__init__(num_labels=num_labels, average=None, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        tp, fp, tn, fn = self._final_state()
+        tpr = torch.where(tp + fn > 0, tp / (tp + fn).clamp(min=1), torch.nan)
+        tnr = torch.where(tn + fp > 0, tn / (tn + fp).clamp(min=1), torch.nan)
+        return torch.stack([tpr.float(), tnr.float()]).nanmean(dim=0).nanmean()
+
+
+class ClassificationMetrics(nn.Module):
+    """Score metrics (from probabilities) and decision metrics (from predicted labels) of one split."""
+
+    def __init__(self, num_classes: int, task: str, full: bool, auc: bool = True, prefix: str = "") -> None:
+        super().__init__()
+        self.task, self.prefix = task, prefix
+        scores: dict[str, nn.Module] = {}
+        if task == "multi-label":
+            kw = {"num_labels": num_classes}
+            if auc:
+                scores["auc"] = MultilabelAUROC(average="macro", **kw)
+            decisions = {"acc": MultilabelAccuracy(**kw), "balanced_acc": MultilabelBalancedAccuracy(**kw),
+                         "f1_macro": MultilabelF1Score(average="macro", **kw)}
+            if full:
+                decisions |= {"precision": MultilabelPrecision(average=None, **kw),
+                              "recall": MultilabelRecall(average=None, **kw),
+                              "confusion": MultilabelConfusionMatrix(**kw)}
+        else:
+            kw = {"num_classes": num_classes}
+            if auc:
+                scores["auc"] = BinaryAUROC() if task == "binary" else MulticlassAUROC(average="macro", **kw)
+            if full and num_classes > 5:
+                scores["acc_top5"] = MulticlassAccuracy(average="micro", top_k=5, **kw)
+            decisions = {"acc": MulticlassAccuracy(average="micro", **kw),
+                         "balanced_acc": MulticlassRecall(average="macro", **kw),
+                         "f1_macro": MulticlassF1Score(average="macro", **kw)}
+            if full:
+                decisions |= {"precision": MulticlassPrecision(average=None, **kw),
+                              "recall": MulticlassRecall(average=None, **kw),
+                              "confusion": MulticlassConfusionMatrix(**kw)}
+        self.scores = MetricCollection(scores, compute_groups=False) if scores else None
+        self.decisions = MetricCollection(decisions)
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor,
+               threshold: float | Sequence[float] | None = None) -> None:
+        probs = probabilities(logits.detach(), self.task)
+        targets = targets.int() if self.task == "multi-label" else targets.long()
+        if self.scores is not None:
+            for name, metric in self.scores.items():
+                metric.update(probs[:, 1] if self.task == "binary" and name == "auc" else probs, targets)
+        self.decisions.update(decide(probs, self.task, threshold), targets)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        values = dict(self.decisions.compute())
+        if self.scores is not None:
+            values |= {name: metric.compute() for name, metric in self.scores.items()}
+        return {f"{self.prefix}{k}": v for k, v in values.items()}
+
+    def reset(self) -> None:
+        self.decisions.reset()
+        if self.scores is not None:
+            for metric in self.scores.values():
+                metric.reset()
+
+
+def classification_metrics(num_classes: int, multilabel: bool, full: bool, task: str | None = None,
+                           auc: bool = True, prefix: str = "") -> ClassificationMetrics:
+    """Metrics of one split (see the module docstring); ``full`` adds the per-class ones."""
+    return ClassificationMetrics(num_classes, task_type(num_classes, multilabel, task), full, auc, prefix)
+
+
+def balanced_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold t on ``scores`` (predict positive when score >= t) that maximises balanced
+    accuracy on (scores, labels): midpoints between distinct scores are tried; ties go to the one
+    nearest 0.5. Without both positives and negatives: 0.5."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    pos, neg = np.sort(scores[labels]), np.sort(scores[~labels])
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.5
+    distinct = np.unique(scores)
+    candidates = np.concatenate([[distinct[0] - 1e-6], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + 1e-6]])
+    tpr = (len(pos) - np.searchsorted(pos, candidates, side="left")) / len(pos)
+    tnr = np.searchsorted(neg, candidates, side="left") / len(neg)
+    balanced = (tpr + tnr) / 2
+    best = np.flatnonzero(np.isclose(balanced, balanced.max(), rtol=0, atol=1e-12))
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, task: str) -> float | list[float]:
+    """Binary: one threshold on p(class 1); multi-label: one per label (each maximising balanced
+    accuracy on the given split — pass the validation split, never the test split)."""
+    probs, targets = probs.detach().cpu().numpy(), targets.detach().cpu().numpy()
+    if task == "binary":
+        return balanced_accuracy_threshold(probs[:, 1], targets == 1)
+    if task == "multi-label":
+        return [balanced_accuracy_threshold(probs[:, k], targets[:, k] > 0.5) for k in range(probs.shape[1])]
+    raise ValueError(f"a {task} task decides by argmax; thresholds apply to binary / multi-label tasks")
 
 
 class ClassificationTask(L.LightningModule):
@@ -64,31 +192,68 @@ class ClassificationTask(L.LightningModule):
 
     def __init__(self, model: FineTuneModel, num_classes: int, multilabel: bool = False,
                  optim: PhaseOptim = PhaseOptim(), class_weights: torch.Tensor | None = None,
-                 phase_index: int = 0, features_input: bool = False) -> None:
+                 phase_index: int = 0, features_input: bool = False, task: str | None = None,
+                 threshold: float | Sequence[float] | None = None) -> None:
+        """``class_weights``: cross-entropy class weights, or for multi-label the BCE ``pos_weight``
+        per label (ClassificationDataModule.class_weights gives either); not saved in checkpoints.
+        ``task``: binary | multi-class | multi-label | ordinal-regression (default: from
+        ``multilabel`` and the class count). ``threshold``: decision threshold of binary /
+        multi-label tasks (default 0.5; see ``tune_threshold``)."""
         super().__init__()
         self.model = model
         self.multilabel = multilabel
+        self.task = task_type(num_classes, multilabel, task)
+        self.threshold = threshold
         self.optim = optim
         self.phase_index = phase_index
         self.features_input = features_input  # batches hold cached backbone features, not images
-        self.loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss(weight=class_weights)
-        self.train_metrics = classification_metrics(num_classes, multilabel, full=False).clone(prefix="train/")
-        self.val_metrics = classification_metrics(num_classes, multilabel, full=False).clone(prefix="val/")
-        self.test_metrics = classification_metrics(num_classes, multilabel, full=True)
+        self.loss_fn = _loss(self.task, class_weights)
+        self.train_metrics = classification_metrics(num_classes, multilabel, False, self.task, auc=False,
+                                                    prefix="train/")
+        self.val_metrics = classification_metrics(num_classes, multilabel, False, self.task, prefix="val/")
+        self.test_metrics = classification_metrics(num_classes, multilabel, True, self.task)
         self.test_results: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.head(inputs) if self.features_input else self.model(inputs)
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs, targets = batch
-        logits = self.model.head(inputs) if self.features_input else self.model(inputs)
-        loss = self.loss_fn(logits, targets)
+        logits = self._logits(inputs)
+        loss = self.loss_fn(logits, targets.float() if self.multilabel else targets)
         return loss, logits.detach(), targets.int() if self.multilabel else targets
+
+    @torch.no_grad()
+    def predict_probabilities(self, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, targets) of every (inputs, targets) batch, model in eval mode, on the
+        model's device; the model's train/eval mode is restored afterwards."""
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        probs, targets = [], []
+        try:
+            for inputs, target in batches:
+                probs.append(probabilities(self._logits(inputs.to(device)), self.task).cpu())
+                targets.append(target.cpu())
+        finally:
+            self.model.train(was_training)
+        return torch.cat(probs), torch.cat(targets)
+
+    def tune_threshold(self, val_batches: Iterable) -> float | list[float] | None:
+        """Set (and return) the decision threshold that maximises balanced accuracy on the given
+        validation batches (e.g. ``data.eval_dataloader("val")``: every rank sees the whole split);
+        None for tasks decided by argmax. Call it before ``trainer.test``; never pass test data."""
+        if self.task not in THRESHOLD_TASKS:
+            return None
+        self.threshold = tune_thresholds(*self.predict_probabilities(val_batches), self.task)
+        return self.threshold
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, targets = self._step(batch)
-        self.train_metrics.update(logits, targets)
+        self.train_metrics.update(logits, targets)  # training decisions: threshold 0.5 / argmax
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return loss
 
@@ -107,11 +272,14 @@ class ClassificationTask(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, logits, targets = self._step(batch)
-        self.test_metrics.update(logits, targets)
+        self.test_metrics.update(logits, targets, self.threshold)
         self.log("test/loss", loss, on_epoch=True, batch_size=len(targets), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = {k: v.detach().cpu() for k, v in self.test_metrics.compute().items()}
+        if self.task in THRESHOLD_TASKS:  # recorded: a scalar (binary) or one per label (multi-label)
+            threshold = 0.5 if self.threshold is None else self.threshold
+            self.test_results["threshold"] = torch.as_tensor(threshold, dtype=torch.float32)
         self.log_dict({f"test/{k}": v for k, v in self.test_results.items() if v.ndim == 0})
         self.test_metrics.reset()
 
@@ -126,3 +294,17 @@ class ClassificationTask(L.LightningModule):
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         scheduler = build_scheduler(o.scheduler, optimizer, total, round(o.warmup_epochs * per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": scheduler | {"name": "lr"}}
+
+
+def _loss(task: str, class_weights: torch.Tensor | None) -> nn.Module:
+    """Cross-entropy (class weights) or, for multi-label, BCE with logits (pos_weight per label).
+    The weights are non-persistent buffers: they follow the module's device but stay out of
+    checkpoints, so a task built without them can load any checkpoint."""
+    weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    if task == "multi-label":
+        loss = nn.BCEWithLogitsLoss(pos_weight=weights)
+        loss.register_buffer("pos_weight", weights, persistent=False)
+    else:
+        loss = nn.CrossEntropyLoss(weight=weights)
+    loss.register_buffer("weight", None if task == "multi-label" else weights, persistent=False)
+    return loss
