@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 
 from omegaconf import DictConfig, OmegaConf
 
+from .data.imbalance import IMBALANCE_CHOICES
 from .errors import FinetuneError
 from .freezing import BN_POLICIES
 from .heads import HEADS
@@ -59,6 +60,7 @@ def validate(cfg: DictConfig) -> list[Phase]:
     _choice("task", cfg.task, TASKS)
     _choice("head.kind", cfg.head.kind, HEADS)
     _choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
+    _choice("imbalance", cfg.imbalance, IMBALANCE_CHOICES)
     if cfg.schedule.batch_size < 1:
         raise ConfigError(f"schedule.batch_size={cfg.schedule.batch_size}: must be >= 1")
     if cfg.threshold != "tune" and not (isinstance(cfg.threshold, (int, float)) and 0 < cfg.threshold < 1):

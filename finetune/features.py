@@ -60,7 +60,7 @@ class FeatureDataModule(L.LightningDataModule):
 
     def __init__(self, model: FineTuneModel, data: ClassificationDataModule, device: torch.device) -> None:
         super().__init__()
-        self.batch_size, self.seed = data.batch_size, data.seed
+        self.batch_size, self.seed, self.data = data.batch_size, data.seed, data
         self.datasets = {
             "train": extract_features(model, data.eval_dataloader("train"), device),
             "val": extract_features(model, data.val_dataloader(), device),
@@ -75,5 +75,6 @@ class FeatureDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return DataLoader(dataset, batch_size=self.batch_size,
-                          sampler=split_sampler(len(dataset), shuffle, self.seed, rank, world))
+        sampler = (self.data.train_sampler(rank, world) if split == "train" and shuffle  # imbalance=sampler too
+                   else split_sampler(len(dataset), shuffle, self.seed, rank, world))
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)

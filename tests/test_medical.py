@@ -294,6 +294,16 @@ def test_datamodule_sampler_follows_imbalance(shared_data):
     assert auto.imbalance == "weighted_loss" and auto.class_weights[0] > auto.class_weights[1]
 
 
+def test_cached_feature_phases_draw_with_the_balanced_sampler(tmp_path):
+    from finetune.features import FeatureDataModule
+
+    write_npz(tmp_path / "breastmnist.npz", sizes=(12, 4, 4))
+    dm = make_dm(medmnist_cfg(name="breastmnist", root=str(tmp_path)), imbalance="sampler", batch_size=4)
+    dm.set_preprocessing(Preprocessing((32, 32), (0.5,), (0.25,), "bilinear", 1))
+    features = FeatureDataModule(tiny_model(2).eval(), dm, torch.device("cpu"))
+    assert isinstance(features.train_dataloader().sampler, ClassBalancedSampler)  # imbalance=sampler holds here too
+
+
 # --- decision threshold ----------------------------------------------------------------------
 
 
@@ -414,7 +424,7 @@ def test_medical_augment_preset_is_geometry_only_and_maps_clahe():
 def test_recipes_compose_from_the_package(recipe):
     cfg = compose_config(f"+medical={recipe}")
     assert cfg.dataset.kind == "medmnist" and cfg.dataset.name in MEDMNIST
-    assert cfg.backbone.name == "tf_efficientnet_lite0" and cfg.imbalance in ("auto", "none", "weighted_loss")
+    assert cfg.backbone.name == "tf_efficientnet_lite0" and cfg.imbalance in ("auto", "none", "weighted_loss", "sampler")
     assert cfg.augment.color_jitter <= 0.1
     if recipe in ("pneumonia", "breast"):  # X-ray / ultrasound: no flips, 1-channel stem
         assert cfg.augment.hflip == 0 and cfg.dataset.grayscale == "adapt" and cfg.threshold == "tune"
