@@ -25,6 +25,11 @@ def _ok(value: float, target: float, higher: bool = False) -> str:
     return "✅" if (value >= target if higher else value <= target) else "❌"
 
 
+def _header(*columns: str) -> list[str]:
+    """A markdown table's header row and separator row."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def table(out_dir: Path = RESULTS) -> str:
     """The markdown summary of whatever result files exist."""
     lines = ["# Benchmarks", "",
@@ -44,8 +49,8 @@ def table(out_dir: Path = RESULTS) -> str:
                   "*Ratio* = (work + stack overhead) / (work + minimal overhead): measured within each step, it "
                   "survives the load of the shared machine; *raw ratio* = median over interleaved repetitions of "
                   "stack step / minimal step (noisy here).", "",
-                  "| backbone | px | freeze | batch | work ms | stack ms/step | minimal ms/step | stack overhead ms | "
-                  "minimal overhead ms | raw ratio | ratio | |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  *_header("backbone", "px", "freeze", "batch", "work ms", "stack ms/step", "minimal ms/step",
+                           "stack overhead ms", "minimal overhead ms", "raw ratio", "ratio", "")]
         for row in r["rows"]:
             lines.append(f"| {row['backbone']} | {row['image_size']} | {row['freeze']} | {row['batch_size']} | "
                          f"{row['work_ms']} | {row['stack_step_ms']} | {row['minimal_step_ms']} | "
@@ -55,7 +60,7 @@ def table(out_dir: Path = RESULTS) -> str:
         lines += ["", f"Where the overhead goes ({a['backbone']}, {a['image_size']} px, freeze={a['freeze']}, "
                       f"batch {a['batch_size']}: the smallest step, so the stack's fixed cost shows most; "
                       f"work {a['work_ms']} ms/step):", "",
-                  "| variant | loop overhead ms/step | ratio vs minimal | raw ratio |", "|---|---|---|---|"]
+                  *_header("variant", "loop overhead ms/step", "ratio vs minimal", "raw ratio")]
         for k, v in a["sides"].items():
             lines.append(f"| {k} | {v['loop_overhead_ms']} | {v['ratio']:.3f} | {v['raw_ratio']:.2f} |")
         if r.get("profile"):
@@ -67,9 +72,9 @@ def table(out_dir: Path = RESULTS) -> str:
         lines += ["## 2. Frozen phases", "",
                   f"Linear probe on {c['dataset']} at {c['image_size']} px ({c['backbone']}, batch {c['batch_size']}, "
                   f"{c['batches_per_epoch']} batches/epoch), our stack:", "",
-                  "| live backbone ms/step | cached features ms/step | epoch speed-up (median of paired reps; "
-                  "target ≥ 10) | ratio of medians | one-time extraction s | speed-up over a whole probe incl. "
-                  "extraction |", "|---|---|---|---|---|---|",
+                  *_header("live backbone ms/step", "cached features ms/step",
+                           "epoch speed-up (median of paired reps; target ≥ 10)", "ratio of medians",
+                           "one-time extraction s", "speed-up over a whole probe incl. extraction"),
                   f"| {c['live_step_ms']} | {c['cached_step_ms']} | {c['epoch_speedup']} "
                   f"{_ok(c['epoch_speedup'], c['target_epoch_speedup'], True)} | "
                   f"{c['live_step_ms'] / c['cached_step_ms']:.1f} | {c['extraction_s']} | "
@@ -78,14 +83,14 @@ def table(out_dir: Path = RESULTS) -> str:
             depths = list(curve["step_ms"])
             lines += [f"freeze=k step time relative to freeze=0 ({curve['backbone']}, {curve['image_size']} px, "
                       f"batch {curve['batch_size']}):", "",
-                      "| freeze | " + " | ".join(depths) + " |", "|---" * (len(depths) + 1) + "|",
+                      *_header("freeze", *depths),
                       "| ms/step | " + " | ".join(str(curve["step_ms"][d]) for d in depths) + " |",
                       "| ratio | " + " | ".join(f"{curve['ratio_vs_freeze0'][d]:.2f}" for d in depths) + " |", ""]
     r = _load("memory", out_dir)
     if r:
         lines += ["## 3. Memory of a training step (peak RSS growth, fresh process per setting)", "",
-                  "| backbone | px | batch | freeze | RSS growth MB | vs freeze=0 | peak RSS MB | trainable params |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  *_header("backbone", "px", "batch", "freeze", "RSS growth MB", "vs freeze=0", "peak RSS MB",
+                           "trainable params")]
         for s in r["settings"]:
             for d, row in s["by_freeze"].items():
                 lines.append(f"| {s['backbone']} | {s['image_size']} | {s['batch_size']} | {d} | {row['growth_mb']} | "
@@ -94,8 +99,8 @@ def table(out_dir: Path = RESULTS) -> str:
     r = _load("pipeline", out_dir)
     if r:
         lines += ["## 4. Data pipeline vs model (target pipeline ≥ 2x model)", "",
-                  "| px | loader | pipeline img/s | model train img/s | ratio | other worker counts img/s |",
-                  "|---|---|---|---|---|---|"]
+                  *_header("px", "loader", "pipeline img/s", "model train img/s", "ratio",
+                           "other worker counts img/s")]
         for row in r["rows"]:
             ld = row["loader"]
             key = f"pipeline_w{ld['num_workers']}"
@@ -109,8 +114,7 @@ def table(out_dir: Path = RESULTS) -> str:
     r = _load("accuracy", out_dir)
     if r:
         lines += [f"## 5. Accuracy per minute ({r['backbone']})", "",
-                  "| dataset | schedule | wall s | best val acc | test acc | val acc over time (s: acc) |",
-                  "|---|---|---|---|---|---|"]
+                  *_header("dataset", "schedule", "wall s", "best val acc", "test acc", "val acc over time (s: acc)")]
         for row in r["rows"]:
             curve = ", ".join(f"{p['t_s']:.0f}: {p['val_acc']:.3f}" for p in row["curve"])
             lines.append(f"| {row['dataset']} | {row['schedule']} | {row['wall_s']} | {row['best_val_acc']} | "
@@ -123,7 +127,7 @@ def table(out_dir: Path = RESULTS) -> str:
             lines += [f"Skipped: {r['skipped']}. `benchmarks/gpu.py` runs it where CUDA exists (bf16 autocast, "
                       "channels_last, torch.compile; images/s of our stack vs the minimal loop).", ""]
         else:
-            lines += ["| backbone | px | batch | stack img/s | minimal img/s | compiled img/s |", "|---|---|---|---|---|---|"]
+            lines += _header("backbone", "px", "batch", "stack img/s", "minimal img/s", "compiled img/s")
             for row in r["rows"]:
                 ips = row["images_per_s"]
                 lines.append(f"| {row['backbone']} | {row['image_size']} | {row['batch_size']} | {ips['stack']} | "

@@ -14,13 +14,14 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from finetune.data.options import dataclass_values
 from finetune.errors import FinetuneError
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,9 @@ class DatasetConfig:
     @classmethod
     def from_mapping(cls, cfg: Mapping) -> DatasetConfig:
         """Validate a `dataset` config; every problem raises DatasetError naming the key."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(cfg) - set(known))
-        if unknown:
-            raise DatasetError(f"unknown dataset key(s) {unknown}; known keys: {known}")
+        values = dataclass_values(cls, cfg, "dataset", DatasetError)
         if cfg.get("kind") not in LOADERS:
             raise DatasetError(f"dataset.kind={cfg.get('kind')!r}; use one of {sorted(LOADERS)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
         config = cls(**values)
         config._validate()
         return config

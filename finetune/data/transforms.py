@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import albumentations as A
 import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from finetune.data.options import dataclass_values
 from finetune.errors import FinetuneError
 
 INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
@@ -84,17 +85,13 @@ class Augment:
     @classmethod
     def from_mapping(cls, cfg: Mapping) -> Augment:
         """Validate an `augment` config; unknown keys and out-of-range values raise AugmentError."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(cfg) - set(known))
-        if unknown:
-            raise AugmentError(f"unknown augment key(s) {unknown}; known keys: {known}")
+        values = dataclass_values(cls, cfg, "augment", AugmentError)
         flags = sorted(k for k, v in cfg.items() if isinstance(v, bool))
         if flags:
             raise AugmentError(
                 f"augment key(s) {flags} take numbers, not true/false: e.g. augment.hflip=0.5 "
                 "(a probability), augment.hflip=0 to turn it off"
             )
-        values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()}
         augment = cls(**values)
         augment._validate()
         return augment
