@@ -13,14 +13,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
+import torch
+from torch.utils.data import TensorDataset
 
 from finetune.data.datamodule import ClassificationDataModule
 from finetune.features import FeatureDataModule
 from finetune.freezing import frozen_stages
 from finetune.phases import make_trainer
 from finetune.run import model_preprocessing
-from finetune.tasks.classification import ClassificationTask, PhaseOptim
+from finetune.tasks.base import PhaseOptim
+from finetune.tasks.classification import ClassificationTask
 
 from .common import RESULTS, build, fake_batches, interleaved, median, write_result
 from .overhead import StepTimer, minimal_side, step_intervals
@@ -54,16 +56,11 @@ def cache_vs_live(image_size: int = 64, repeats: int = 5, steps: int = 4, warmup
     model.set_frozen(frozen_stages(model.stage_map, "all"), "frozen")
     start = time.perf_counter()
     if extract:
-        features = FeatureDataModule(model, data, next(model.parameters()).device)
+        features = FeatureDataModule.extract(model, data, next(model.parameters()).device)
     else:  # tiny smoke setting: features of random tensors with the real shape
-        from torch.utils.data import TensorDataset
-        import torch
-        features = FeatureDataModule.__new__(FeatureDataModule)
-        L.LightningDataModule.__init__(features)
-        features.batch_size, features.seed = data.batch_size, data.seed
         n = len(data.splits["train"])
-        features.datasets = {s: TensorDataset(torch.randn(n, model.backbone.num_features),
-                                              torch.randint(0, 10, (n,))) for s in ("train", "val")}
+        features = FeatureDataModule(data, {s: TensorDataset(torch.randn(n, model.backbone.num_features),
+                                                             torch.randint(0, 10, (n,))) for s in ("train", "val")})
     extraction = time.perf_counter() - start
     num_classes = data.info.num_classes
     times = interleaved({

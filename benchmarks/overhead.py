@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from finetune.freezing import frozen_stages, param_groups, stage_learning_rates
 from finetune.phases import make_trainer
-from finetune.tasks.classification import ClassificationTask, PhaseOptim
+from finetune.tasks.base import PhaseOptim
+from finetune.tasks.classification import ClassificationTask
 
 from .common import RESULTS, build, fake_batches, interleaved, median, write_result
 

@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> dict | None:
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     try:
         return _run(cfg)
-    except FinetuneError as err:
+    except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
         print(f"finetune: error: {err}", file=sys.stderr)
         sys.exit(2)
 
@@ -37,7 +37,7 @@ def _run(cfg: DictConfig) -> dict | None:
         run_dir, resume_from = find_checkpoint(cfg.resume, prefer=RESUME_CHECKPOINTS)
         cfg = OmegaConf.load(run_dir / "config.yaml")
         print(f"resuming {run_dir} from {resume_from.name} with the run's saved config")
-    if not (wants_processes(cfg) and not cfg.plan):
+    if cfg.plan or not wants_processes(cfg):
         return train(cfg, run_dir, resume_from)
     code = launch_workers(cfg, run_dir, resume_from)
     if code != 0:
@@ -51,8 +51,9 @@ def _run_dir_for_resume(argv: list[str]) -> list[str]:
     if not resume or any(a.startswith("hydra.run.dir=") for a in argv):
         return argv
     path = Path(resume).expanduser()
-    run_dir = path.parent.parent if path.is_file() and path.parent.name == "checkpoints" else path
-    return [*argv, f"hydra.run.dir={run_dir}"]
+    if path.is_file():  # a checkpoint: its run directory holds it, usually in checkpoints/
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return [*argv, f"hydra.run.dir={path}"]
 
 
 if __name__ == "__main__":

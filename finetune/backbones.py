@@ -6,9 +6,7 @@ ViTs: ``stem`` then ``stage1`` … ``stageN`` (for a ViT each transformer block 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
-import timm
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
@@ -30,13 +28,8 @@ class StageMap:
         return len([s for s in self.stages if s != "stem"])
 
     def stage_of(self, name: str) -> str:
-        """Stage of a parameter, buffer or leaf-module name (as in ``named_modules``)."""
+        """Stage of a parameter, buffer or module name (as in ``named_modules``)."""
         return self.stage_by_name[name]
-
-    @cached_property
-    def index(self) -> dict[str, int]:
-        """Position of each stage, stem first."""
-        return {stage: i for i, stage in enumerate(self.stages)}
 
 
 def build_stage_map(model: nn.Module) -> StageMap:
@@ -52,13 +45,6 @@ def build_stage_map(model: nn.Module) -> StageMap:
              for gid in sorted(set(group_of.values()))}
     stage_by_name = {n: label[g] for n, g in group_of.items()}
     return StageMap(stages=tuple(label[g] for g in sorted(label)), stage_by_name=stage_by_name)
-
-
-def suggest_models(name: str, limit: int = 5) -> list[str]:
-    """Close timm model names for a typo'd ``name``."""
-    import difflib
-
-    return difflib.get_close_matches(name, timm.list_models(), n=limit, cutoff=0.6)
 
 
 def create_backbone(record: WeightsRecord, in_chans: int = 3, drop_path_rate: float = 0.0, **kwargs) -> nn.Module:

@@ -11,10 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data.imbalance import IMBALANCE_CHOICES
 from .errors import FinetuneError
+from .features import CACHE_CHOICES
 from .freezing import BN_POLICIES
 from .heads import HEADS
 from .optim import OPTIMIZERS, SCHEDULERS
-from .tasks.classification import PhaseOptim
+from .tasks.base import PhaseOptim
 
 TASKS = ("classification",)
 _PHASE_OPTIM_KEYS = {f.name for f in fields(PhaseOptim)}
@@ -66,6 +67,11 @@ def validate(cfg: DictConfig) -> list[Phase]:
     if cfg.threshold != "tune" and not (isinstance(cfg.threshold, (int, float)) and 0 < cfg.threshold < 1):
         raise ConfigError(f"threshold={cfg.threshold!r}: use a probability in (0, 1) or threshold=tune "
                           "(tuned on the validation split)")
+    _choice("data.cache_features", str(cfg.data.cache_features).lower(), CACHE_CHOICES)
+    t = cfg.trainer
+    if str(t.strategy).startswith("ddp") and not (isinstance(t.devices, int) and t.devices >= 1):
+        raise ConfigError(f"trainer.devices={t.devices!r}: with strategy={t.strategy} give the number of "
+                          "devices per node, e.g. trainer.devices=2")
     phases = phases_from(cfg)
     for phase in phases:
         _choice(f"optimizer of phase {phase.name!r}", phase.optim.optimizer, OPTIMIZERS)

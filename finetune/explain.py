@@ -14,7 +14,6 @@ pytorch-grad-cam) uses the last backbone stage's output; for ViTs the stage befo
 """
 from __future__ import annotations
 
-import glob
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -34,12 +33,14 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from timm.layers import SelectAdaptivePool2d  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .artifacts import atomic_path, write_json  # noqa: E402
+from .artifacts import write_json  # noqa: E402
 from .cli import parse_args, parse_flag, positive_int, run_command  # noqa: E402
-from .data.datasets import IMAGE_EXTENSIONS, read_image  # noqa: E402
-from .data.transforms import Preprocessing, eval_transform  # noqa: E402
+from .data.datasets import read_image  # noqa: E402
+from .data.transforms import Preprocessing  # noqa: E402
 from .errors import FinetuneError  # noqa: E402
+from .export import find_images, preprocess  # noqa: E402
 from .freezing import FineTuneModel  # noqa: E402
+from .plots import save_figure  # noqa: E402
 from .runs import LoadedRun, build_model, load_run  # noqa: E402
 from .weights import resolve_weights  # noqa: E402
 
@@ -110,7 +111,7 @@ def first_conv(model: FineTuneModel) -> nn.Conv2d:
     """The backbone's first 2-D convolution (stem conv, or a ViT's patch embedding)."""
     conv = next((m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
-        raise FinetuneError(f"{type(model.backbone).__name__} has no Conv2d layer: no filters to show")
+        raise FinetuneError(f"{type(model.backbone).__name__} has no Conv2d layer: no filters to show; pass filters=false")
     return conv
 
 
@@ -215,7 +216,7 @@ def plot_filters(before: torch.Tensor | None, after: torch.Tensor, path: Path, l
         ax.set_title(label)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 # --- pictures of one image ----------------------------------------------------------------------
@@ -237,7 +238,7 @@ def plot_gradcam(image: np.ndarray, cam: np.ndarray, label: str, path: Path) -> 
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_activations(channels: list[int], maps: np.ndarray, title: str, path: Path) -> Path:
@@ -251,42 +252,16 @@ def plot_activations(channels: list[int], maps: np.ndarray, title: str, path: Pa
         ax.imshow(activation, cmap="viridis", interpolation="nearest")
         ax.set_title(f"ch {channel}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 # --- inputs and the whole explanation -----------------------------------------------------------
 
 
-def find_images(inputs: str) -> list[Path]:
-    """An image file, the images directly inside a folder, or the images a glob pattern matches."""
-    path = Path(inputs).expanduser()
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    elif path.is_file():
-        found = [path]
-    else:
-        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                       if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS)
-    if not found:
-        raise FinetuneError(f"inputs={inputs}: no images found (give an image file, a folder of images or a "
-                            f"glob such as 'photos/*.jpg'; extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return found
-
-
 def model_input(path: Path, pre: Preprocessing) -> tuple[np.ndarray, torch.Tensor]:
     """The decoded image (HWC uint8) and the model's 1×C×H×W input for it (the run's eval transform)."""
     image = read_image(path, pre.in_chans)
-    if pre.in_chans == 1 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
-    return image, eval_transform(pre, image.shape[2])(image=image)["image"][None]
+    return image, torch.from_numpy(preprocess([image], pre))
 
 
 @dataclass(frozen=True)
@@ -328,7 +303,7 @@ def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
     images = find_images(inputs)
     run = load_run(run_dir)
     out = Path(out).expanduser() if out else run.run_dir / "explain"
-    if any(image.parent.resolve() == out.resolve() for image in images):
+    if any(out.resolve() in image.resolve().parents for image in images):
         raise FinetuneError(f"out={out} holds the input images; choose another folder (default: <run>/explain)")
     model = run.model.eval()
     index: dict = {"run": str(run.run_dir), "checkpoint": str(run.checkpoint), "images": []}

@@ -315,11 +315,6 @@ def _format_of(path: Path) -> Format:
 # --- loading any export --------------------------------------------------------------------------
 
 
-def _preprocessing(d: Mapping) -> Preprocessing:
-    return Preprocessing(size=tuple(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                         interpolation=d["interpolation"], in_chans=d["in_chans"])
-
-
 @cache
 def _transform(pre: Preprocessing, channels: int):
     return eval_transform(pre, channels)
@@ -346,7 +341,7 @@ class LoadedExport:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return _preprocessing(self.metadata["preprocessing"])
+        return Preprocessing.from_dict(self.metadata["preprocessing"])
 
     @property
     def class_names(self) -> list[str]:
@@ -389,7 +384,8 @@ def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str
     path = Path(path)
     spec = get_format(fmt) if fmt else _format_of(path)
     if not path.is_file():
-        raise FinetuneError(f"export {path} does not exist")
+        raise FinetuneError(f"export {path} does not exist; make one with "
+                            "python -m finetune.export run=<run dir> format=head,onnx")
     if spec.sidecar:
         metadata = _sidecar_metadata(path, sidecar or sidecar_path(path))
     else:
@@ -512,10 +508,10 @@ def export(bundle: ModelBundle, fmt: str, out_dir: str | Path, images: Sequence[
 
 
 def export_run(run: str | Path, formats: Sequence[str] = ("head",), out: str | Path | None = None,
-               overwrite: bool = False, images: str | None = None,
-               weights: str | None = None) -> list[ExportResult]:
+               overwrite: bool = False, images: str | None = None, weights: str | None = None,
+               parity_images: Sequence[np.ndarray] | None = None) -> list[ExportResult]:
     """Export a run directory (or checkpoint) in each format; parity on its validation images
-    unless ``images`` names other real images."""
+    (``parity_images`` when the caller already holds them) unless ``images`` names other files."""
     specs = [get_format(name) for name in dict.fromkeys(formats)]
     run_dir, _ = find_checkpoint(run)
     out_dir = Path(out).expanduser() if out else run_dir / "exports"
@@ -523,8 +519,10 @@ def export_run(run: str | Path, formats: Sequence[str] = ("head",), out: str | P
         _refuse_overwrite(spec.outputs(out_dir / spec.filename), overwrite)
     bundle = ModelBundle.from_run(run, weights)
     channels = bundle.image_channels
-    parity_images = ([read_image(p, channels) for p in find_images(images)[:PARITY_IMAGES]] if images
-                     else validation_images(bundle.cfg))
+    if images:
+        parity_images = [read_image(p, channels) for p in find_images(images)[:PARITY_IMAGES]]
+    elif parity_images is None:
+        parity_images = validation_images(bundle.cfg)
     return [export(bundle, spec.name, out_dir, parity_images, overwrite) for spec in specs]
 
 

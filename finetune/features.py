@@ -58,13 +58,16 @@ def extract_features(model: FineTuneModel, loader: DataLoader, device: torch.dev
 class FeatureDataModule(L.LightningDataModule):
     """Cached features served exactly like the image loaders (same batch size, same epoch order)."""
 
-    def __init__(self, model: FineTuneModel, data: ClassificationDataModule, device: torch.device) -> None:
+    def __init__(self, data: ClassificationDataModule, datasets: dict[str, TensorDataset]) -> None:
         super().__init__()
-        self.batch_size, self.seed, self.data = data.batch_size, data.seed, data
-        self.datasets = {
-            "train": extract_features(model, data.eval_dataloader("train"), device),
-            "val": extract_features(model, data.val_dataloader(), device),
-        }
+        self.batch_size, self.seed, self.data, self.datasets = data.batch_size, data.seed, data, datasets
+
+    @classmethod
+    def extract(cls, model: FineTuneModel, data: ClassificationDataModule,
+                device: torch.device) -> "FeatureDataModule":
+        """Run the frozen backbone once over the train and val images (eval transforms)."""
+        return cls(data, {"train": extract_features(model, data.eval_dataloader("train"), device),
+                          "val": extract_features(model, data.val_dataloader(), device)})
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

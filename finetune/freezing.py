@@ -14,12 +14,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from .backbones import StageMap
+from .errors import FinetuneError
 
 BN_POLICIES = ("frozen", "train")
 HEAD = "head"
 
 
-class FreezeError(ValueError):
+class FreezeError(FinetuneError, ValueError):
     """A freezing depth that does not fit the backbone."""
 
 

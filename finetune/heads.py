@@ -5,6 +5,8 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from .errors import FinetuneError
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -18,7 +20,7 @@ def mlp_head(in_features: int, num_classes: int, hidden: Sequence[int] = (512,),
              activation: str = "gelu") -> nn.Module:
     """Hidden layers (linear → activation → dropout) then the output layer."""
     if activation not in _ACTIVATIONS:
-        raise ValueError(f"head.activation={activation!r}: choose one of {', '.join(_ACTIVATIONS)}")
+        raise FinetuneError(f"head.activation={activation!r}: choose one of {', '.join(_ACTIVATIONS)}")
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden:
@@ -34,5 +36,5 @@ HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear_head, "mlp": mlp_
 def build_head(kind: str, in_features: int, num_classes: int, **options) -> nn.Module:
     """Build the head named ``kind`` (``head=linear`` or ``head=mlp``) with its config options."""
     if kind not in HEADS:
-        raise ValueError(f"head.kind={kind!r}: choose one of {', '.join(HEADS)}")
+        raise FinetuneError(f"head.kind={kind!r}: choose one of {', '.join(HEADS)}")
     return HEADS[kind](in_features, num_classes, **options)

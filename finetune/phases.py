@@ -21,7 +21,8 @@ from .errors import FinetuneError
 from .features import FeatureDataModule, use_feature_cache
 from .freezing import FineTuneModel
 from .summary import count_layers, roll_up
-from .tasks.classification import PHASE_KEY, ClassificationTask, PhaseOptim
+from .tasks.base import PHASE_KEY, PhaseOptim
+from .tasks.classification import ClassificationTask
 
 
 # Frozen stages are in eval mode on purpose (the BN policy); Lightning warns about it every phase.
@@ -45,7 +46,7 @@ def resume_point(checkpoint: Path | None) -> int:
     """Index of the phase a checkpoint was written in (0 without a checkpoint)."""
     if checkpoint is None:
         return 0
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     if PHASE_KEY not in state:
         raise FinetuneError(f"{checkpoint} was not written by finetune (no phase record); resume=<run dir>")
     return int(state[PHASE_KEY])
@@ -63,19 +64,20 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: Class
                                  mode="max", save_last=True, enable_version_counter=False,
                                  auto_insert_metric_name=False)
     start = resume_point(resume_from)
+    # Units and connections do not depend on freezing: one counting pass serves every phase table.
     input_shape = (data.in_chans, *data.preprocessing.size)
+    counts = roll_up(count_layers(model, input_shape), model.stage_of) if is_global_zero() else None
     for index, planned in enumerate(plan):
         if index < start:
             continue
         phase = planned.phase
         model.set_frozen(planned.frozen, cfg.backbone.bn)
         if is_global_zero():
-            counts = roll_up(count_layers(model, input_shape), model.stage_of)
             console.print(stage_table(model, counts, f"phase {index + 1}/{len(plan)} {phase.name!r}: "
                                                      f"{phase.epochs} epoch(s), freeze={phase.freeze}"))
         trainer = make_trainer(cfg, run_dir, phase.name, phase.epochs, [checkpoint, consistency])
         cached = use_feature_cache(cfg.data.cache_features, model, data)
-        phase_data = FeatureDataModule(model, data, trainer.strategy.root_device) if cached else data
+        phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device) if cached else data
         if cached and is_global_zero():
             console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")
         task = phase_task(model, data, cfg, phase.optim, index, cached)

@@ -48,7 +48,7 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path) -> Path 
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend()
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> Path:
@@ -67,12 +67,13 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> Pa
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
                         color="white" if matrix[i, j] > peak / 2 else "black", fontsize=8)
     ax.set_title("confusion matrix (test)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG atomically and close it."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path

@@ -31,9 +31,10 @@ from .config import phases_from
 from .data.datamodule import ClassificationDataModule
 from .data.transforms import Preprocessing
 from .errors import FinetuneError
-from .freezing import FineTuneModel, FreezeError, frozen_stages, stage_status
+from .freezing import FineTuneModel, frozen_stages, stage_status
 from .runs import load_run
 from .summary import count_layers, roll_up
+from .tasks.classification import decide, probabilities
 
 THUMB = 64  # thumbnail side in pixels
 MAX_SAMPLE_CLASSES = 20
@@ -157,8 +158,10 @@ def _test_batches(cfg: DictConfig, total: int) -> int:
     return min(total, int(limit)) if isinstance(limit, int) else min(total, math.ceil(float(limit) * total))
 
 
-def worst_mistakes(model: FineTuneModel, data: ClassificationDataModule, cfg: DictConfig, n: int) -> list[Mistake]:
-    """The ``n`` most confident wrong predictions on the test split (the batches the run tested)."""
+def worst_mistakes(model: FineTuneModel, data: ClassificationDataModule, cfg: DictConfig, n: int,
+                   threshold: float | list[float] | None = None) -> list[Mistake]:
+    """The ``n`` most confident wrong predictions on the test split (the batches the run tested),
+    decided as the test metrics were (argmax, or ``threshold`` for binary / multi-label tasks)."""
     if n <= 0 or not len(data.splits.get("test", ())):
         return []
     loader = data.test_dataloader()
@@ -173,20 +176,21 @@ def worst_mistakes(model: FineTuneModel, data: ClassificationDataModule, cfg: Di
             for i, (x, y) in enumerate(loader):
                 if i >= batches:
                     break
-                logits = model(x.to(ref.device, ref.dtype)).float().cpu()
-                probs.append(torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1))
+                probs.append(probabilities(model(x.to(ref.device, ref.dtype)).cpu(), data.info.task))
                 targets.append(y)
     finally:
         model.train(was_training)
     p, y = torch.cat(probs), torch.cat(targets)
+    decision = decide(p, data.info.task, threshold)
     if multilabel:
-        wrong = ((p > 0.5).float() != y).any(dim=1)
+        wrong = (decision != y.int()).any(dim=1)
         confidence = (p - y).abs().amax(dim=1)
         label = lambda row: ", ".join(names[j] for j in torch.flatnonzero(row).tolist()) or "(none)"  # noqa: E731
         true = [label(row) for row in y]
-        predicted = [label(row > 0.5) for row in p]
+        predicted = [label(row) for row in decision]
     else:
-        confidence, top = p.max(dim=1)
+        top = decision
+        confidence = p.gather(1, top[:, None]).squeeze(1)
         wrong = top != y
         true, predicted = [names[i] for i in y.tolist()], [names[i] for i in top.tolist()]
     order = [i for i in confidence.argsort(descending=True).tolist() if wrong[i]][:n]
@@ -271,10 +275,7 @@ def _stage_section(run: RunRecord, model: FineTuneModel) -> str:
     shape = (pre["in_chans"], *pre["size"])
     counted = {s.name: s for s in roll_up(count_layers(model, tuple(shape)), model.stage_of)}
     phases = phases_from(run.cfg)
-    try:
-        frozen = [set(frozen_stages(model.stage_map, p.freeze, run.cfg.backbone.name)) for p in phases]
-    except FreezeError as err:
-        raise FinetuneError(str(err)) from None
+    frozen = [set(frozen_stages(model.stage_map, p.freeze, run.cfg.backbone.name)) for p in phases]
     rows, css, statuses = [], [], stage_status(model)
     for status in statuses:
         c = counted.get(status.stage)
@@ -344,7 +345,7 @@ def write_report(run_dir: str | Path, data: ClassificationDataModule | None = No
         loaded = load_run(run_dir)
         model = model or loaded.model
         data = data or datamodule_for(loaded.cfg, loaded.preprocessing)
-    mistakes = worst_mistakes(model, data, run.cfg, worst)
+    mistakes = worst_mistakes(model, data, run.cfg, worst, run.metrics.get("test", {}).get("threshold"))
     return write_text(run_dir / "report.html", render_report(run, data, model, mistakes, samples_per_class))
 
 

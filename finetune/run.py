@@ -19,7 +19,7 @@ from .data.datamodule import ClassificationDataModule, Preprocessing, gray_prepr
 from .display import console, print_results
 from .distributed import is_global_zero
 from .errors import FinetuneError
-from .export import export_run, init_head_from
+from .export import PARITY_IMAGES, export_run, init_head_from
 from .export import print_results as print_exports
 from .freezing import FreezeError, frozen_stages
 from .phases import PlannedPhase, make_trainer, phase_task, run_phases
@@ -61,18 +61,22 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     best = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     task = phase_task(model, data, cfg)
     task.load_state_dict(best)
-    threshold = task.tune_threshold(data.eval_dataloader("val")) if cfg.threshold == "tune" else None
-    make_trainer(cfg, run_dir, "test", 1, []).test(task, datamodule=data, verbose=False)
+    tester = make_trainer(cfg, run_dir, "test", 1, [])
+    device = tester.strategy.root_device  # fit() hands the model back on the CPU
+    if cfg.threshold == "tune":
+        task.to(device).tune_threshold(data.eval_dataloader("val"))
+    tester.test(task, datamodule=data, verbose=False)
     if not is_global_zero():
         return {}
-    test_results = task.test_results | ({"threshold": torch.tensor(threshold)} if threshold is not None else {})
-    results = _write_results(run_dir, test_results, data.info.class_names, phases,
+    results = _write_results(run_dir, task.test_results, data.info.class_names, phases,
                              time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums})
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
-    print_exports(export_run(run_dir, (default_export,), overwrite=resume_from is not None), console)
-    console.print(f"report: {write_report(run_dir, data=data, model=model)}")
+    parity_images = [image for image, _ in data.sample_images("val", PARITY_IMAGES)]
+    print_exports(export_run(run_dir, (default_export,), overwrite=resume_from is not None,
+                             parity_images=parity_images), console)
+    console.print(f"report: {write_report(run_dir, data=data, model=model.to(device))}")
     return results
 
 
@@ -96,7 +100,11 @@ def model_preprocessing(backbone: torch.nn.Module, image_size: int | None, in_ch
     mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
     if in_chans == 1:
         mean, std = gray_preprocessing(mean, std)
-    return Preprocessing(size=size, mean=mean, std=std, interpolation=data_cfg["interpolation"], in_chans=in_chans)
+    try:
+        return Preprocessing(size=size, mean=mean, std=std, interpolation=data_cfg["interpolation"],
+                             in_chans=in_chans)
+    except ValueError as err:  # e.g. backbone.preprocessing.mean with the wrong number of values
+        raise FinetuneError(f"backbone.preprocessing / dataset.image_size: {err}") from None
 
 
 def _write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: ClassificationDataModule) -> None:

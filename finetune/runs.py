@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import build_stage_map, create_backbone
-from .data.datamodule import Preprocessing
+from .data.transforms import Preprocessing
 from .errors import FinetuneError
 from .freezing import FineTuneModel
 from .heads import build_head
@@ -73,8 +73,6 @@ def load_run(path: str | Path) -> LoadedRun:
     model = build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    pre = data["preprocessing"]
-    preprocessing = Preprocessing(size=tuple(pre["size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                                  interpolation=pre["interpolation"], in_chans=pre["in_chans"])
+    preprocessing = Preprocessing.from_dict(data["preprocessing"])
     return LoadedRun(run_dir, cfg, model.eval(), data["class_names"], data["multilabel"], preprocessing,
                      json.loads((run_dir / "weights.json").read_text()), ckpt)

@@ -52,6 +52,8 @@ from torch.nn.modules.pooling import (
     _MaxPoolNd,
 )
 
+from .errors import FinetuneError
+
 
 @dataclass(frozen=True)
 class LayerCount:
@@ -371,7 +373,7 @@ def _split_args(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
         elif sep:
             overrides.append(arg)
         else:
-            raise ValueError(f"argument {arg!r} is not key=value, e.g. backbone=resnet18 input_size=224")
+            raise FinetuneError(f"argument {arg!r} is not key=value, e.g. backbone=resnet18 input_size=224")
     return own, overrides
 
 
@@ -379,13 +381,13 @@ def _positive_int(key: str, value: str | None) -> int | None:
     if value is None:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{key}={value!r}: must be a positive whole number")
+        raise FinetuneError(f"{key}={value!r}: must be a positive whole number")
     return int(value)
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ValueError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+        raise FinetuneError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
     return value
 
 
@@ -401,7 +403,7 @@ def _compose(overrides: list[str]) -> Any:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             return compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ValueError(str(err).split("\nConfig search path")[0]) from None
+        raise FinetuneError(str(err).split("\nConfig search path")[0]) from None
 
 
 def summarize(overrides: Sequence[str], input_size: int | None = None, in_chans: int = 3,
@@ -484,19 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _summary_command(argv: list[str]) -> None:
-    from .errors import FinetuneError
-
-    try:
-        own, overrides = _split_args(argv)
-        fmt = _choice("format", own["format"], _FORMATS)
-        per = _choice("per", own["per"] or ("layer" if fmt == "csv" else "both"), _PERS)
-        if fmt == "csv" and per == "both":
-            raise ValueError("format=csv writes one table: choose per=layer or per=stage")
-        title, rows, stages = summarize(
-            overrides, _positive_int("input_size", own["input_size"]),
-            _positive_int("in_chans", own["in_chans"]), _positive_int("classes", own["classes"]))
-    except ValueError as err:  # bad values, including a freeze depth the backbone does not have
-        raise FinetuneError(str(err)) from None
+    own, overrides = _split_args(argv)
+    fmt = _choice("format", own["format"], _FORMATS)
+    per = _choice("per", own["per"] or ("layer" if fmt == "csv" else "both"), _PERS)
+    if fmt == "csv" and per == "both":
+        raise FinetuneError("format=csv writes one table: choose per=layer or per=stage")
+    title, rows, stages = summarize(
+        overrides, _positive_int("input_size", own["input_size"]),
+        _positive_int("in_chans", own["in_chans"]), _positive_int("classes", own["classes"]))
     _emit(fmt, per, title, rows, stages, own["out"])
 
 

@@ -231,7 +231,9 @@ def _check_tensor_names(arch: str, state_dict: Mapping[str, Any], path: Path) ->
     missing = [name for name in expected if name not in state_dict]
     if missing:
         raise WeightsError(f"{path} is not a timm {arch} state dict: {len(missing)} of {len(expected)} "
-                         f"tensors missing, e.g. {missing[:3]}; file has e.g. {list(state_dict)[:3]}")
+                         f"tensors missing, e.g. {missing[:3]}; file has e.g. {list(state_dict)[:3]}. "
+                         f"Pass a state dict saved from timm's {arch}, or set backbone.name to the "
+                         "file's architecture")
 
 
 def _stored_preprocessing(path: Path) -> dict:

@@ -10,26 +10,21 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .errors import FinetuneError
+from .cli import parse_args, run_command
 
 
 def main(argv: list[str]) -> int:
-    """Parse ``key=value`` arguments and train this rank."""
+    """Parse ``key=value`` arguments and train this rank; exit code 2 on bad input."""
+    return run_command(_train_rank, __doc__, argv)
+
+
+def _train_rank(argv: list[str]) -> None:
     from .run import train
 
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = set(args) - {"run_dir", "config", "resume"} or [a for a in argv if "=" not in a]
-    if unknown or "run_dir" not in args:
-        print("usage: python -m finetune.worker run_dir=DIR [config=FILE] [resume=CKPT]", file=sys.stderr)
-        return 2
+    args = parse_args(argv, {"run_dir": None, "config": None, "resume": None}, ["run_dir"], "finetune.worker")
     run_dir = Path(args["run_dir"])
-    try:
-        cfg = OmegaConf.load(args.get("config", run_dir / "config.yaml"))
-        train(cfg, run_dir, resume_from=Path(args["resume"]) if args.get("resume") else None)
-    except FinetuneError as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    cfg = OmegaConf.load(args["config"] or run_dir / "config.yaml")
+    train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from finetune.backbones import build_stage_map
 from finetune.freezing import (FineTuneModel, FreezeError, frozen_stages, param_groups, stage_learning_rates,
                                stage_status)
 from finetune.heads import build_head
-from finetune.tasks.classification import ClassificationTask, PhaseOptim
+from finetune.tasks.base import PhaseOptim
+from finetune.tasks.classification import ClassificationTask
 
 
 def make_model(arch: str, **kw) -> FineTuneModel:

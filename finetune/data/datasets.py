@@ -77,6 +77,8 @@ class DatasetConfig:
         return config
 
     def _validate(self) -> None:
+        if self.num_workers < 0:
+            raise DatasetError(f"dataset.num_workers={self.num_workers}: use 0 (load in the main process) or more")
         choices = {"grayscale": ("replicate", "adapt"), "on_error": ("raise", "skip")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -407,7 +409,8 @@ def load_csv(config: DatasetConfig) -> Source:
             + _listing(problems)
         )
     if "train" not in parts:
-        raise DatasetError(f"{csv_path}: no rows with split 'train'")
+        raise DatasetError(f"{csv_path}: no rows with split 'train'; mark the training rows split=train, "
+                           "or drop the split column to split the rows automatically")
     return _file_source(config, class_names, parts, where=str(csv_path))
 
 

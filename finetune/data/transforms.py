@@ -56,6 +56,12 @@ class Preprocessing:
         """JSON-ready form, for checkpoints and exports."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Preprocessing:
+        """The inverse of ``to_dict`` (a run's data.json, an export's metadata)."""
+        return cls(size=tuple(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   interpolation=d["interpolation"], in_chans=d["in_chans"])
+
 
 def gray_preprocessing(
     mean: Sequence[float], std: Sequence[float]
@@ -173,13 +179,13 @@ def train_transform(pre: Preprocessing, image_channels: int, augment: Augment) -
         first: A.BasicTransform = A.Resize(*pre.size, interpolation=interpolation)
     else:
         first = A.RandomResizedCrop(size=pre.size, scale=augment.crop_scale, interpolation=interpolation)
-    return _compose([first, *augment_ops(augment)], pre, image_channels)
+    return normalized_tensor([first, *augment_ops(augment)], pre, image_channels)
 
 
 def eval_transform(pre: Preprocessing, image_channels: int) -> A.Compose:
     """Direct resize to `pre.size`, then channels + normalize + tensor."""
     resize = A.Resize(*pre.size, interpolation=INTERPOLATIONS[pre.interpolation])
-    return _compose([resize], pre, image_channels)
+    return normalized_tensor([resize], pre, image_channels)
 
 
 def seed_transform(transform: A.Compose, seed: int) -> None:
@@ -187,7 +193,8 @@ def seed_transform(transform: A.Compose, seed: int) -> None:
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def _compose(ops: list[A.BasicTransform], pre: Preprocessing, image_channels: int) -> A.Compose:
+def normalized_tensor(ops: list[A.BasicTransform], pre: Preprocessing, image_channels: int) -> A.Compose:
+    """`ops`, then gray -> RGB when the model takes 3 channels, Normalize(mean, std) and ToTensorV2."""
     if image_channels == 3 and pre.in_chans == 1:
         raise ValueError("RGB images cannot feed a 1-channel model; use dataset.grayscale=replicate")
     if image_channels == 1 and pre.in_chans == 3:

@@ -15,9 +15,7 @@ logits (torchmetrics would guess from the value range whether to apply softmax/s
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
@@ -29,25 +27,10 @@ from torchmetrics.classification import (
 )
 
 from ..data.datasets import TASK_TYPES
-from ..freezing import FineTuneModel, param_groups, stage_learning_rates
-from ..optim import build_optimizer, build_scheduler
+from ..freezing import FineTuneModel
+from .base import PhasedTask, PhaseOptim
 
-PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
 THRESHOLD_TASKS = ("binary", "multi-label")  # tasks whose decision is a threshold on a probability
-
-
-@dataclass(frozen=True)
-class PhaseOptim:
-    """How one phase optimises: optimizer, real base lr of the head, backbone multiplier, schedule."""
-
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    backbone_lr_mult: float = 0.1
-    layer_decay: float | None = None
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    scheduler: str = "warmup_cosine"
-    warmup_epochs: float = 0.0
 
 
 def task_type(num_classes: int, multilabel: bool, task: str | None = None) -> str:
@@ -183,7 +166,7 @@ def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, task: str) -> fl
     raise ValueError(f"a {task} task decides by argmax; thresholds apply to binary / multi-label tasks")
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(PhasedTask):
     """Trains a ``FineTuneModel``; one instance per phase, sharing the same model.
 
     Each phase's ``configure_optimizers`` builds a fresh optimizer and scheduler over the stages
@@ -199,13 +182,10 @@ class ClassificationTask(L.LightningModule):
         ``task``: binary | multi-class | multi-label | ordinal-regression (default: from
         ``multilabel`` and the class count). ``threshold``: decision threshold of binary /
         multi-label tasks (default 0.5; see ``tune_threshold``)."""
-        super().__init__()
-        self.model = model
+        super().__init__(model, optim, phase_index)
         self.multilabel = multilabel
         self.task = task_type(num_classes, multilabel, task)
         self.threshold = threshold
-        self.optim = optim
-        self.phase_index = phase_index
         self.features_input = features_input  # batches hold cached backbone features, not images
         self.loss_fn = _loss(self.task, class_weights)
         self.train_metrics = classification_metrics(num_classes, multilabel, False, self.task, auc=False,
@@ -282,18 +262,6 @@ class ClassificationTask(L.LightningModule):
             self.test_results["threshold"] = torch.as_tensor(threshold, dtype=torch.float32)
         self.log_dict({f"test/{k}": v for k, v in self.test_results.items() if v.ndim == 0})
         self.test_metrics.reset()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[PHASE_KEY] = self.phase_index
-
-    def configure_optimizers(self):
-        o = self.optim
-        lrs = stage_learning_rates(self.model, o.lr, o.backbone_lr_mult, o.layer_decay)
-        optimizer = build_optimizer(o.optimizer, param_groups(self.model, lrs, o.weight_decay), o.momentum)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        scheduler = build_scheduler(o.scheduler, optimizer, total, round(o.warmup_epochs * per_epoch))
-        return {"optimizer": optimizer, "lr_scheduler": scheduler | {"name": "lr"}}
 
 
 def _loss(task: str, class_weights: torch.Tensor | None) -> nn.Module:

@@ -1,0 +1,48 @@
+"""What every task's LightningModule shares: one instance per phase over the same model, a fresh
+optimizer and scheduler per phase (never a param group added to a live optimizer), and the phase
+index written into every checkpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+
+from ..freezing import FineTuneModel, param_groups, stage_learning_rates
+from ..optim import build_optimizer, build_scheduler
+
+PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
+
+
+@dataclass(frozen=True)
+class PhaseOptim:
+    """How one phase optimises: optimizer, real base lr of the head, backbone multiplier, schedule."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.1
+    layer_decay: float | None = None
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    scheduler: str = "warmup_cosine"
+    warmup_epochs: float = 0.0
+
+
+class PhasedTask(L.LightningModule):
+    """Base of the task modules: ``model`` trained under ``optim`` in phase ``phase_index``."""
+
+    def __init__(self, model: FineTuneModel, optim: PhaseOptim, phase_index: int) -> None:
+        super().__init__()
+        self.model, self.optim, self.phase_index = model, optim, phase_index
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[PHASE_KEY] = self.phase_index
+
+    def configure_optimizers(self):
+        """Param groups named by stage with their real learning rates; the phase's scheduler."""
+        o = self.optim
+        lrs = stage_learning_rates(self.model, o.lr, o.backbone_lr_mult, o.layer_decay)
+        optimizer = build_optimizer(o.optimizer, param_groups(self.model, lrs, o.weight_decay), o.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = build_scheduler(o.scheduler, optimizer, total, round(o.warmup_epochs * per_epoch))
+        return {"optimizer": optimizer, "lr_scheduler": scheduler | {"name": "lr"}}
