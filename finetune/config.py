@@ -13,11 +13,14 @@ from .data.imbalance import IMBALANCE_CHOICES
 from .errors import FinetuneError
 from .features import CACHE_CHOICES
 from .freezing import BN_POLICIES
-from .heads import HEADS
+from .data.datasets import LOADERS
+from .data.segmentation import LAYOUTS
+from .heads import HEADS, SEGMENTATION_HEADS
 from .optim import OPTIMIZERS, SCHEDULERS
 from .tasks.base import PhaseOptim
+from .tasks.segmentation import LOSSES
 
-TASKS = ("classification",)
+TASKS = ("classification", "segmentation")
 _PHASE_OPTIM_KEYS = {f.name for f in fields(PhaseOptim)}
 
 
@@ -59,7 +62,12 @@ def phases_from(cfg: DictConfig) -> list[Phase]:
 def validate(cfg: DictConfig) -> list[Phase]:
     """Check every value that can be checked without data or weights; return the phases."""
     _choice("task", cfg.task, TASKS)
-    _choice("head.kind", cfg.head.kind, HEADS)
+    segmentation = cfg.task == "segmentation"
+    heads, datasets = (SEGMENTATION_HEADS, LAYOUTS) if segmentation else (HEADS, LOADERS)
+    _choice("head.kind", cfg.head.kind, heads, f"task={cfg.task} takes head=" + "|".join(heads))
+    _choice("dataset.kind", cfg.dataset.kind, datasets, f"task={cfg.task} takes dataset=" + "|".join(datasets))
+    if segmentation:
+        _validate_segmentation(cfg)
     _choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
     _choice("imbalance", cfg.imbalance, IMBALANCE_CHOICES)
     if cfg.schedule.batch_size < 1:
@@ -81,6 +89,20 @@ def validate(cfg: DictConfig) -> list[Phase]:
     return phases
 
 
-def _choice(key: str, value, allowed) -> None:
+def _choice(key: str, value, allowed, hint: str = "") -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not known: choose one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}={value!r} is not known: choose one of {', '.join(map(str, allowed))}"
+                          + (f" ({hint})" if hint else ""))
+
+
+def _validate_segmentation(cfg: DictConfig) -> None:
+    """Keys of the ``segmentation`` block, and settings that cannot apply to segmentation."""
+    _choice("segmentation.loss", cfg.segmentation.loss, LOSSES)
+    if not isinstance(cfg.segmentation.overlays, int) or cfg.segmentation.overlays < 0:
+        raise ConfigError(f"segmentation.overlays={cfg.segmentation.overlays!r}: a count of test images >= 0")
+    if str(cfg.data.cache_features).lower() == "true":
+        raise ConfigError("data.cache_features=true: segmentation trains on random crops, so backbone "
+                          "features cannot be cached; use data.cache_features=auto")
+    if cfg.imbalance != "none":
+        raise ConfigError(f"imbalance={cfg.imbalance} is for classification; for segmentation use "
+                          "segmentation.class_weights=true (weights from pixel frequencies)")

@@ -3,7 +3,9 @@ a resumed run continues in the phase its checkpoint was written in."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -52,15 +54,22 @@ def resume_point(checkpoint: Path | None) -> int:
     return int(state[PHASE_KEY])
 
 
-def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: ClassificationDataModule,
-               plan: list[PlannedPhase], resume_from: Path | None = None) -> tuple[ModelCheckpoint, dict]:
-    """Fit every phase in order (from the resumed one).
+TaskFactory = Callable[[PhaseOptim, int, bool], L.LightningModule]
+
+
+def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.LightningDataModule,
+               plan: list[PlannedPhase], resume_from: Path | None = None, make_task: TaskFactory | None = None,
+               monitor: str = "val/acc") -> tuple[ModelCheckpoint, dict]:
+    """Fit every phase in order (from the resumed one). ``make_task(optim, phase index, cached
+    features)`` builds each phase's LightningModule (default: classification); the best
+    checkpoint maximises ``monitor``.
 
     Returns the checkpoint callback (best/last) and, under DDP, the per-rank parameter checksums
     taken at the end of each phase.
     """
+    make_task = make_task or partial(phase_task, model, data, cfg)
     consistency = RankConsistency()
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc",
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                                  mode="max", save_last=True, enable_version_counter=False,
                                  auto_insert_metric_name=False)
     start = resume_point(resume_from)
@@ -80,7 +89,7 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: Class
         phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device) if cached else data
         if cached and is_global_zero():
             console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")
-        task = phase_task(model, data, cfg, phase.optim, index, cached)
+        task = make_task(phase.optim, index, cached)
         trainer.fit(task, datamodule=phase_data, ckpt_path=resume_from if index == start else None)
     return checkpoint, consistency.checksums
 

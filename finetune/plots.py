@@ -1,4 +1,4 @@
-"""Training curves and confusion matrices as PNG files (matplotlib, no display needed)."""
+"""Training curves, confusion matrices (matplotlib, no display needed) and segmentation overlays as PNG files."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from PIL import Image  # noqa: E402
+
 from .artifacts import atomic_path  # noqa: E402
+
+IGNORED_COLOR = (0, 0, 0)
 
 
 def epoch_history(metric_csvs: list[Path]) -> dict[str, list[tuple[int, float]]]:
@@ -32,9 +36,9 @@ def epoch_history(metric_csvs: list[Path]) -> dict[str, list[tuple[int, float]]]
     return series
 
 
-def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path) -> Path | None:
-    """Loss and accuracy per epoch (train vs val) side by side."""
-    panels = [("loss", ["train/loss_epoch", "val/loss"]), ("accuracy", ["train/acc", "val/acc"])]
+def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, metric: str = "acc") -> Path | None:
+    """Loss and ``metric`` (accuracy; Dice or mIoU for segmentation) per epoch, train vs val, side by side."""
+    panels = [("loss", ["train/loss_epoch", "val/loss"]), (metric, [f"train/{metric}", f"val/{metric}"])]
     if not any(k in series for _, keys in panels for k in keys):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -76,4 +80,48 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
+    return path
+
+
+def class_colors(num_classes: int) -> np.ndarray:
+    """One RGB colour (uint8) per class from matplotlib's tab20 / hsv maps (binary: black, red)."""
+    if num_classes == 2:
+        return np.array([[0, 0, 0], [255, 32, 32]], np.uint8)
+    cmap = plt.get_cmap("tab20" if num_classes <= 20 else "hsv", max(num_classes, 2))
+    return (np.array([cmap(i)[:3] for i in range(num_classes)]) * 255).astype(np.uint8)
+
+
+def colorize(mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """Class-index mask (HxW) as RGB; indices beyond the classes (ignored pixels) in black."""
+    lookup = np.zeros((256, 3), np.uint8)
+    lookup[: len(colors)] = colors
+    lookup[len(colors):] = IGNORED_COLOR
+    return lookup[mask]
+
+
+def save_mask(mask: np.ndarray, colors: np.ndarray, path: Path) -> Path:
+    """A class-index mask as a palette PNG: pixel values are class indices, shown in class colours."""
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(colors)] = colors
+    image.putpalette(palette.ravel().tolist())
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def save_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, colors: np.ndarray,
+                 path: Path, alpha: float = 0.5, background: int | None = None) -> Path:
+    """image | truth | prediction side by side, masks blended over the image (ignored pixels dark);
+    pixels of the ``background`` class (binary tasks: 0) are left untinted."""
+    rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+
+    def blend(mask: np.ndarray) -> np.ndarray:
+        tinted = (rgb * (1 - alpha) + colorize(mask, colors) * alpha).astype(np.uint8)
+        return tinted if background is None else np.where((mask == background)[..., None], rgb, tinted)
+
+    gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+    panel = np.concatenate([rgb, gap, blend(truth), gap, blend(prediction)], axis=1)
+    with atomic_path(path) as tmp:
+        Image.fromarray(panel).save(tmp, format="PNG")
     return path

@@ -32,11 +32,15 @@ from .weights import resolve_weights
 
 def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune as ``cfg`` says; write everything to ``run_dir``; return the metrics written."""
+    if cfg.task == "segmentation":
+        from .segment import train_segmentation
+
+        return train_segmentation(cfg, run_dir, resume_from)
     started = time.perf_counter()
     phases = validate(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
-                             preprocessing=_preprocessing_overrides(cfg))
+                             preprocessing=preprocessing_overrides(cfg))
     data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size,
                                     cfg.dataset.num_workers, cfg.seed, imbalance=cfg.imbalance)
     if cfg.plan:  # nothing is loaded: the model is built on the meta device
@@ -48,7 +52,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
         matched = init_head_from(model, data.info.class_names, cfg.init_from)
         console.print(f"head initialised from {cfg.init_from}: {len(matched)}/{data.info.num_classes} "
                       f"classes matched by name")
-    plan = [PlannedPhase(p, _frozen(model.stage_map, p, cfg.backbone.name)) for p in phases]
+    plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
     data.set_preprocessing(model_preprocessing(model.backbone, cfg.dataset.image_size, data.in_chans))
     if cfg.plan:
         print_plan(cfg, model, data, plan, record)
@@ -68,7 +72,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     tester.test(task, datamodule=data, verbose=False)
     if not is_global_zero():
         return {}
-    results = _write_results(run_dir, task.test_results, data.info.class_names, phases,
+    results = write_results(run_dir, task.test_results, data.info.class_names, phases,
                              time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums})
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
@@ -80,12 +84,14 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     return results
 
 
-def _preprocessing_overrides(cfg: DictConfig) -> dict:
+def preprocessing_overrides(cfg: DictConfig) -> dict:
+    """``backbone.preprocessing`` keys the user set (mean, std, …), as the weights resolver takes them."""
     pre = cfg.backbone.preprocessing
     return {k: (tuple(v) if k != "interpolation" else v) for k, v in pre.items() if v is not None}
 
 
-def _frozen(stage_map, phase: Phase, name: str) -> tuple[str, ...]:
+def frozen_for(stage_map, phase: Phase, name: str) -> tuple[str, ...]:
+    """Stages ``phase`` freezes; a depth that does not fit names the phase."""
     try:
         return frozen_stages(stage_map, phase.freeze, name)
     except FreezeError as err:
@@ -121,8 +127,9 @@ def _write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: Class
     })
 
 
-def _write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
-                   phases: list[Phase], seconds: float, ddp: dict) -> dict:
+def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
+                  phases: list[Phase], seconds: float, ddp: dict, curve_metric: str = "acc") -> dict:
+    """metrics.json (test scalars, per-class values, phases, wall time), confusion CSV/plot, curves."""
     scalars = {k: round(float(v), 6) for k, v in results.items() if v.ndim == 0}
     per_class = {k: dict(zip(class_names, (round(float(x), 6) for x in v)))
                  for k, v in results.items() if v.ndim == 1}
@@ -132,7 +139,7 @@ def _write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names:
         _write_confusion_csv(run_dir / "confusion_matrix.csv", matrix, class_names)
         plot_confusion(matrix, class_names, plots / "confusion_matrix.png")
     logs = [run_dir / "logs" / p.name / "metrics.csv" for p in phases]
-    plot_curves(epoch_history([p for p in logs if p.exists()]), plots / "curves.png")
+    plot_curves(epoch_history([p for p in logs if p.exists()]), plots / "curves.png", curve_metric)
     metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),
                "phases": [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases],
                "finetune_version": __version__, **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}

@@ -1,0 +1,102 @@
+"""Orchestration of ``task=segmentation``: the same phases, weights and freezing as classification,
+with a decoder head, crops for training and sliding-window evaluation on full images."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .artifacts import write_json, write_text
+from .config import validate
+from .data.segmentation import SegmentationDataModule
+from .decoders import build_segmentation_model
+from .display import console, print_results
+from .distributed import is_global_zero
+from .phases import PlannedPhase, make_trainer, run_phases
+from .plots import class_colors, save_mask, save_overlay
+from .run import frozen_for, model_preprocessing, preprocessing_overrides, write_results
+from .tasks.base import PhaseOptim
+from .tasks.segmentation import SegmentationTask, monitor_metric
+from .weights import resolve_weights
+
+
+def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
+    """Fine-tune an encoder + decoder as ``cfg`` says; write the run directory; return its metrics."""
+    started = time.perf_counter()
+    phases = validate(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = SegmentationDataModule(_plain(cfg.dataset), _plain(cfg.augment), cfg.schedule.batch_size, cfg.seed)
+    record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
+                             preprocessing=preprocessing_overrides(cfg))
+    info, options = data.info, {k: v for k, v in _plain(cfg.head).items() if k != "kind"}
+    model = build_segmentation_model(record, cfg.head.kind, data.in_chans, info.num_classes, **options)
+    plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
+    data.set_preprocessing(model_preprocessing(model.backbone.model, data.config.crop_size, data.in_chans))
+    seg = cfg.segmentation
+    class_weights = data.class_weights() if seg.class_weights else None
+
+    def make_task(optim: PhaseOptim = PhaseOptim(), index: int = 0, cached: bool = False) -> SegmentationTask:
+        return SegmentationTask(model, info.num_classes, info.ignore_index, data.config.crop_size, optim, index,
+                                seg.loss, class_weights, data.config.tile_overlap)
+
+    if is_global_zero():
+        _write_run_record(cfg, run_dir, record.to_dict(), data)
+    monitor = monitor_metric(info.num_classes)
+    checkpoint, checksums = run_phases(cfg, run_dir, model, data, plan, resume_from, make_task, monitor)
+    best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
+    task = make_task()
+    task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
+    make_trainer(cfg, run_dir, "test", 1, []).test(task, datamodule=data, verbose=False)
+    if not is_global_zero():
+        return {}
+    results = write_results(run_dir, task.test_results, info.class_names, phases, time.perf_counter() - started,
+                            {"param_checksums_per_rank": checksums}, curve_metric=monitor.split("/")[1])
+    print_results(results, run_dir)
+    written = write_predictions(task, data, "test", seg.overlays, run_dir / "predictions")
+    console.print(f"predicted masks and overlays of {written} test image(s): {run_dir / 'predictions'}")
+    return results
+
+
+@torch.no_grad()
+def write_predictions(task: SegmentationTask, data: SegmentationDataModule, split: str, count: int,
+                      out: Path) -> int:
+    """Predicted masks (palette PNG of class indices) and image | truth | prediction overlays for
+    the first ``count`` images of ``split``; returns how many were written."""
+    task.model.eval()
+    device = next(task.model.parameters()).device
+    colors = class_colors(data.info.num_classes)
+    loader = data.eval_dataloader(split)
+    written = 0
+    for i, (image, _) in enumerate(loader):
+        if i >= count:
+            break
+        prediction = task.predict_logits(image.to(device)).argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
+        raw, truth = data.raw_pair(split, i)
+        stem = data.splits[split][i].image.stem
+        save_mask(prediction, colors, out / f"{stem}_pred.png")
+        save_overlay(raw, truth, prediction, colors, out / f"{stem}_overlay.png",
+                     background=0 if data.info.binary else None)
+        written += 1
+    return written
+
+
+def _write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: SegmentationDataModule) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(run_dir / "weights.json", weights)
+    info = data.info
+    write_json(run_dir / "data.json", {
+        "task": "segmentation", "class_names": info.class_names, "ignore_index": info.ignore_index,
+        "pixel_counts_train": info.pixel_counts, "image_channels": info.image_channels,
+        "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(),
+        "tile": data.config.crop_size, "tile_overlap": data.config.tile_overlap,
+        "split_sizes": {name: len(pairs) for name, pairs in data.splits.items()},
+    })
+
+
+def _plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
