@@ -13,7 +13,9 @@ Formats (``format=``, comma-separated for several):
 
 Parity gate: "the export + the preprocessing its metadata records" must reproduce "the run's torch
 model + the run's preprocessing" on real validation images (max |Δlogit| within the format's
-tolerance, 100 % top-1 agreement); otherwise nothing is written and FinetuneError is raised.
+tolerance, 100 % top-1 agreement: per image, or per pixel for segmentation); otherwise nothing is
+written and FinetuneError is raised. Segmentation ONNX exports take any height and width that are
+multiples of 32; ``predict`` slides the recorded tile over larger images.
 Nothing is unpickled from an export: tensors are safetensors, metadata JSON.
 
     python -m finetune.export run=<run dir|checkpoint> [format=head,onnx] [out=<dir>] [overwrite=true]
@@ -52,7 +54,8 @@ from .cli import parse_args, parse_flag, run_command
 from .config import phases_from
 from .data.datamodule import ClassificationDataModule
 from .data.datasets import IMAGE_EXTENSIONS, read_image
-from .data.transforms import Preprocessing, eval_transform
+from .data.segmentation import SegmentationDataModule
+from .data.transforms import Preprocessing, eval_transform, normalized_tensor
 from .errors import FinetuneError
 from .freezing import FineTuneModel
 from .runs import build_model, find_checkpoint, load_run
@@ -62,6 +65,7 @@ EXPORT_VERSION = 1
 METADATA_KEY = "finetune"  # one key: safetensors writes several in random order
 ONNX_OPSET = 17
 PARITY_IMAGES = 8
+SEGMENTATION_KEYS = ("tile", "tile_overlap", "scale", "ignore_index")  # data.json entries a segmentation export keeps
 _QUIET = (DeprecationWarning, FutureWarning, torch.jit.TracerWarning)
 
 
@@ -82,15 +86,17 @@ class ModelBundle:
     training: dict = field(default_factory=dict)  # phases, BN policy, test metrics
     origin: str = ""
     backbone_weights: str | None = None  # pretrained weights file overriding the recorded one
+    segmentation: dict = field(default_factory=dict)  # tile, tile_overlap, ignore_index (segmentation runs)
 
     @classmethod
     def from_run(cls, path: str | Path, backbone_weights: str | None = None) -> ModelBundle:
         """The best checkpoint of a run directory (or the given checkpoint) and its records."""
         run = load_run(path)
         data = json.loads((run.run_dir / "data.json").read_text())
+        segmentation = {k: data[k] for k in SEGMENTATION_KEYS} if run.cfg.task == "segmentation" else {}
         return cls(run.model, run.cfg, run.class_names, run.multilabel, run.preprocessing,
                    data["image_channels"], run.weights, _training_summary(run.cfg, run.run_dir),
-                   str(run.checkpoint), backbone_weights)
+                   str(run.checkpoint), backbone_weights, segmentation)
 
 
 def _training_summary(cfg: DictConfig, run_dir: Path) -> dict:
@@ -109,6 +115,7 @@ def _metadata(bundle: ModelBundle, fmt: str) -> dict:
         "preprocessing": bundle.preprocessing.to_dict(), "image_channels": bundle.image_channels,
         "backbone": {"name": bundle.cfg.backbone.name, "in_chans": bundle.preprocessing.in_chans},
         "weights": weights, "training": bundle.training, "origin": bundle.origin,
+        **({"segmentation": bundle.segmentation} if bundle.segmentation else {}),
     }
 
 
@@ -220,10 +227,12 @@ def _example_input(bundle: ModelBundle) -> torch.Tensor:
 
 
 def _write_onnx(bundle: ModelBundle, path: Path) -> dict:
+    """Dynamic batch; for segmentation also dynamic height and width (multiples of 32)."""
+    axes = {0: "batch", 2: "height", 3: "width"} if bundle.segmentation else {0: "batch"}
     with _quiet():
         torch.onnx.export(bundle.model.eval(), (_example_input(bundle),), str(path), dynamo=False,
                           opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                          dynamic_axes={"input": axes, "logits": axes})
     return _metadata(bundle, "onnx") | {"sha256": sha256_file(path), "opset": ONNX_OPSET,
                                         "input": "input", "output": "logits"}
 
@@ -316,18 +325,20 @@ def _format_of(path: Path) -> Format:
 
 
 @cache
-def _transform(pre: Preprocessing, channels: int):
-    return eval_transform(pre, channels)
+def _transform(pre: Preprocessing, channels: int, full_size: bool):
+    return normalized_tensor([], pre, channels) if full_size else eval_transform(pre, channels)
 
 
-def preprocess(images: Sequence[np.ndarray], pre: Preprocessing) -> np.ndarray:
-    """HWC uint8 images (1 or 3 channels) → the model's NCHW float32 batch, as at evaluation."""
+def preprocess(images: Sequence[np.ndarray], pre: Preprocessing, full_size: bool = False) -> np.ndarray:
+    """HWC uint8 images (1 or 3 channels) → the model's NCHW float32 batch, as at evaluation:
+    resized to ``pre.size``, or normalized at their own size (``full_size``, segmentation; the
+    images must then share one size)."""
     batch = []
     for image in images:
         image = image[..., None] if image.ndim == 2 else image
         if image.shape[2] == 3 and pre.in_chans == 1:
             image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
-        batch.append(_transform(pre, image.shape[2])(image=image)["image"].numpy())
+        batch.append(_transform(pre, image.shape[2], full_size)(image=image)["image"].numpy())
     return np.stack(batch).astype(np.float32)
 
 
@@ -413,6 +424,18 @@ class Parity:
         return self.max_abs_diff <= self.tolerance and self.top1_agreement == 1.0
 
 
+def decision_agreement(actual: np.ndarray, expected: np.ndarray, tolerance: float) -> float:
+    """Share of decisions (top-1 class per image, or per pixel for [N, K, H, W] masks) that agree,
+    over those whose expected top-2 margin exceeds 2 x tolerance: a genuine tie may flip within
+    the logit tolerance, anything else may not."""
+    if expected.shape[1] < 2:
+        return 1.0
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * tolerance
+    same = actual.argmax(1) == expected.argmax(1)
+    return float(same[decisive].mean()) if decisive.any() else 1.0
+
+
 def _torch_logits(model: nn.Module, batch: np.ndarray) -> np.ndarray:
     return _torch_forward(model.eval())(batch)
 
@@ -431,7 +454,7 @@ def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndar
         parity = Parity(len(images), float("inf"), 0.0, spec.tolerance)
     else:
         parity = Parity(len(images), float(np.abs(actual - expected).max()),
-                        float((actual.argmax(1) == expected.argmax(1)).mean()), spec.tolerance)
+                        decision_agreement(actual, expected, spec.tolerance), spec.tolerance)
     if not parity.passed:
         raise FinetuneError(
             f"{spec.name} export failed the parity check on {len(images)} real image(s): max |Δlogit| = "
@@ -445,6 +468,10 @@ def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndar
 def validation_images(cfg: DictConfig, n: int = PARITY_IMAGES) -> list[np.ndarray]:
     """Up to ``n`` raw images of the run's validation split (rebuilt from its config)."""
     try:
+        if cfg.task == "segmentation":
+            data = SegmentationDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), {},
+                                          cfg.schedule.batch_size, cfg.seed)
+            return [data.raw_pair("val", i)[0] for i in range(min(n, len(data.splits["val"])))]
         data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size, 0, cfg.seed)
     except FinetuneError as err:
         raise FinetuneError(f"the parity check needs real images, but the run's dataset cannot be loaded "

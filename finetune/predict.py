@@ -5,6 +5,9 @@
                                [weights=<backbone weights file, for a head export>]
 
 ``export`` may be an export file, a folder of exports or a run directory (its ``exports/``).
+A segmentation export writes one mask per image instead: ``out`` is a folder (default
+./predicted_masks) of ``<image stem>_mask.png`` palette PNGs whose pixel values are class indices,
+predicted by sliding the export's recorded tile over the full image.
 Images get the preprocessing recorded in the export's metadata. Probabilities are softmax over
 classes, or a sigmoid per class for a multi-label model ("prediction" then lists every class with
 p >= 0.5). Output goes to ``out`` (default ./predictions.csv), never over an existing file unless
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import Progress
 
@@ -26,7 +30,7 @@ from .artifacts import atomic_path, write_json
 from .data.datasets import read_image
 from .errors import FinetuneError
 from .cli import parse_args, parse_flag, positive_int, run_command
-from .export import FORMATS, LoadedExport, find_images, load_export
+from .export import FORMATS, LoadedExport, find_images, load_export, preprocess
 
 MULTILABEL_THRESHOLD = 0.5
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -105,6 +109,39 @@ def write_predictions(rows: Sequence[Prediction], out: Path, exported: LoadedExp
     return out
 
 
+def predict_masks(exported: LoadedExport, paths: Sequence[Path], out_dir: Path, overwrite: bool = False) -> list[Path]:
+    """Class-index masks of full-size images (sliding window over the export), as palette PNGs."""
+    from .plots import class_colors, save_mask
+    from .tasks.segmentation import full_image_logits
+
+    targets = [out_dir / f"{p.stem}_mask.png" for p in paths]
+    clashes = sorted({t.name for t in targets if targets.count(t) > 1})
+    if clashes:
+        raise FinetuneError(f"several inputs would write {clashes[0]}: predict images with distinct names, "
+                            "or one folder at a time")
+    _refuse_existing([t for t in targets if t.exists()], overwrite)
+    tile, overlap, scale = (exported.metadata["segmentation"][k] for k in ("tile", "tile_overlap", "scale"))
+    colors = class_colors(len(exported.class_names))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(exported.forward(x.numpy()))
+
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("segmenting", total=len(paths))
+        for path, target in zip(paths, targets):
+            image = read_image(path, exported.preprocessing.in_chans)
+            batch = torch.from_numpy(preprocess([image], exported.preprocessing, full_size=True))
+            mask = full_image_logits(forward, batch, tile, overlap, scale).argmax(dim=1)[0].numpy()
+            save_mask(mask.astype(np.uint8), colors, target)
+            progress.advance(task)
+    return targets
+
+
+def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
+    if paths and not overwrite:
+        raise FinetuneError(f"{paths[0]} already exists; pass overwrite=true to replace it (or out=<another place>)")
+
+
 def resolve_export(path: str | Path) -> Path:
     """An export file as given; in a folder (or a run directory's exports/) the first of
     head.safetensors, model.safetensors, model.onnx, model.torchscript.pt."""
@@ -124,8 +161,7 @@ def output_path(out: str | None, overwrite: bool) -> Path:
     path = Path(out or "predictions.csv").expanduser()
     if path.suffix not in OUTPUT_SUFFIXES:
         raise FinetuneError(f"out={path}: use a .csv or .json file name")
-    if path.exists() and not overwrite:
-        raise FinetuneError(f"{path} already exists; pass overwrite=true to replace it (or out=<another file>)")
+    _refuse_existing([path] if path.exists() else [], overwrite)
     return path
 
 
@@ -137,9 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _predict_command(argv: list[str]) -> None:
     args = parse_args(argv, {"export": None, "inputs": None, "topk": "5", "out": None, "overwrite": "false",
                              "batch_size": "32", "weights": None}, ["export", "inputs"], "finetune.predict")
-    out = output_path(args["out"], parse_flag(args["overwrite"], "overwrite"))
+    overwrite = parse_flag(args["overwrite"], "overwrite")
     paths = find_images(args["inputs"])
     exported = load_export(resolve_export(args["export"]), args["weights"])
+    if exported.metadata["task"] == "segmentation":
+        out_dir = Path(args["out"] or "predicted_masks").expanduser()
+        masks = predict_masks(exported, paths, out_dir, overwrite)
+        console.print(f"{len(masks)} mask(s) from {exported.path.name} → [bold]{out_dir}[/bold]")
+        return
+    out = output_path(args["out"], overwrite)
     rows = predict(exported, paths, positive_int(args["topk"], "topk"),
                    positive_int(args["batch_size"], "batch_size"))
     write_predictions(rows, out, exported)

@@ -18,13 +18,17 @@ from .weights import WeightsRecord, resolve_weights
 
 
 def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
-    """Backbone (weights from ``record``) + the configured new head."""
+    """Backbone (weights from ``record``) + the configured new head (a decoder for segmentation)."""
+    options = {k: v for k, v in OmegaConf.to_container(cfg.head, resolve=True).items() if k != "kind"}
+    if cfg.task == "segmentation":
+        from .decoders import build_segmentation_model
+
+        return build_segmentation_model(record, cfg.head.kind, in_chans, num_classes, **options)
     kwargs = {}
     if cfg.dataset.image_size and _fixed_input_size(record.model):
         kwargs["img_size"] = cfg.dataset.image_size  # ViTs: timm resamples the position embeddings
     backbone = create_backbone(record, in_chans=in_chans, drop_path_rate=cfg.backbone.drop_path_rate, **kwargs)
-    head = build_head(cfg.head.kind, backbone.num_features, num_classes,
-                      **{k: v for k, v in cfg.head.items() if k != "kind"})
+    head = build_head(cfg.head.kind, backbone.num_features, num_classes, **options)
     return FineTuneModel(backbone, head, build_stage_map(backbone))
 
 
@@ -74,5 +78,5 @@ def load_run(path: str | Path) -> LoadedRun:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     preprocessing = Preprocessing.from_dict(data["preprocessing"])
-    return LoadedRun(run_dir, cfg, model.eval(), data["class_names"], data["multilabel"], preprocessing,
+    return LoadedRun(run_dir, cfg, model.eval(), data["class_names"], data.get("multilabel", False), preprocessing,
                      json.loads((run_dir / "weights.json").read_text()), ckpt)

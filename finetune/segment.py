@@ -13,11 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 from .artifacts import write_json, write_text
 from .config import validate
 from .data.segmentation import SegmentationDataModule
-from .decoders import build_segmentation_model
 from .display import console, print_results
 from .distributed import is_global_zero
+from .export import PARITY_IMAGES, export_run
+from .export import print_results as print_exports
 from .phases import PlannedPhase, make_trainer, run_phases
 from .plots import class_colors, save_mask, save_overlay
+from .runs import build_model
 from .run import frozen_for, model_preprocessing, preprocessing_overrides, write_results
 from .tasks.base import PhaseOptim
 from .tasks.segmentation import SegmentationTask, monitor_metric
@@ -32,8 +34,8 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
     data = SegmentationDataModule(_plain(cfg.dataset), _plain(cfg.augment), cfg.schedule.batch_size, cfg.seed)
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
                              preprocessing=preprocessing_overrides(cfg))
-    info, options = data.info, {k: v for k, v in _plain(cfg.head).items() if k != "kind"}
-    model = build_segmentation_model(record, cfg.head.kind, data.in_chans, info.num_classes, **options)
+    info = data.info
+    model = build_model(cfg, record, data.in_chans, info.num_classes)
     plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
     data.set_preprocessing(model_preprocessing(model.backbone.model, data.config.crop_size, data.in_chans))
     seg = cfg.segmentation
@@ -41,7 +43,7 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
 
     def make_task(optim: PhaseOptim = PhaseOptim(), index: int = 0, cached: bool = False) -> SegmentationTask:
         return SegmentationTask(model, info.num_classes, info.ignore_index, data.config.crop_size, optim, index,
-                                seg.loss, class_weights, data.config.tile_overlap)
+                                seg.loss, class_weights, data.config.tile_overlap, data.config.scale)
 
     if is_global_zero():
         _write_run_record(cfg, run_dir, record.to_dict(), data)
@@ -58,6 +60,11 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
     print_results(results, run_dir)
     written = write_predictions(task, data, "test", seg.overlays, run_dir / "predictions")
     console.print(f"predicted masks and overlays of {written} test image(s): {run_dir / 'predictions'}")
+    # The small head export needs the pretrained encoder to pin against; random init exports all.
+    default_export = "head" if record.source != "random" else "safetensors"
+    parity_images = [data.raw_pair("val", i)[0] for i in range(min(PARITY_IMAGES, len(data.splits["val"])))]
+    print_exports(export_run(run_dir, (default_export,), overwrite=resume_from is not None,
+                             parity_images=parity_images), console)
     return results
 
 
@@ -93,7 +100,7 @@ def _write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: Segme
         "task": "segmentation", "class_names": info.class_names, "ignore_index": info.ignore_index,
         "pixel_counts_train": info.pixel_counts, "image_channels": info.image_channels,
         "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(),
-        "tile": data.config.crop_size, "tile_overlap": data.config.tile_overlap,
+        "tile": data.config.crop_size, "tile_overlap": data.config.tile_overlap, "scale": data.config.scale,
         "split_sizes": {name: len(pairs) for name, pairs in data.splits.items()},
     })
 

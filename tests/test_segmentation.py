@@ -254,29 +254,96 @@ def test_metrics_match_a_hand_count_and_skip_ignored_pixels():
 # --- the command line ----------------------------------------------------------------------------
 
 
-def test_segmentation_run_learns_and_writes_masks_and_overlays(tmp_path):
-    squares(tmp_path / "data", n=16)
-    out = run_cli("task=segmentation", "dataset=seg_folder", f"dataset.root={tmp_path / 'data'}",
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory):
+    """A real segmentation run (pip ImageNet encoder, U-Net) on learnable squares, made once."""
+    base = tmp_path_factory.mktemp("seg_run")
+    squares(base / "data", n=16)
+    out = run_cli("task=segmentation", "dataset=seg_folder", f"dataset.root={base / 'data'}",
                   "dataset.mask_mode=binary", "dataset.crop_size=64", "dataset.num_workers=0",
                   "dataset.samples_per_image=4", "head=unet", "head.decoder_channels=[32,16,16,16,16]",
-                  "schedule.batch_size=8", "schedule.epochs=3", "schedule.lr=3e-3", "trainer.progress_bar=false",
-                  "segmentation.overlays=2", "hydra.run.dir=run", cwd=tmp_path)
+                  "backbone.freeze=2", "schedule.batch_size=8", "schedule.epochs=3", "schedule.lr=3e-3",
+                  "trainer.progress_bar=false", "segmentation.overlays=2", "hydra.run.dir=run", cwd=base)
     assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / "run"
-    metrics = json.loads((run / "metrics.json").read_text())
+    return base / "run"
+
+
+def test_segmentation_run_learns_and_writes_masks_and_overlays(seg_run):
+    metrics = json.loads((seg_run / "metrics.json").read_text())
     assert metrics["test"]["dice"] > 0.7, metrics["test"]  # chance (all foreground) is ~0.2
     assert metrics["test"]["auc"] > 0.9
     assert set(metrics["test_per_class"]["iou_per_class"]) == {"background", "foreground"}
-    predictions = sorted(p.name for p in (run / "predictions").iterdir())
+    predictions = sorted(p.name for p in (seg_run / "predictions").iterdir())
     assert len(predictions) == 4 and predictions[0].endswith("_overlay.png")
-    overlay = Image.open(run / "predictions" / predictions[0])
+    overlay = Image.open(seg_run / "predictions" / predictions[0])
     assert overlay.size == (3 * 64 + 8, 64)
-    mask = np.asarray(Image.open(run / "predictions" / predictions[1]))
+    mask = np.asarray(Image.open(seg_run / "predictions" / predictions[1]))
     assert set(np.unique(mask).tolist()) <= {0, 1}
-    assert json.loads((run / "data.json").read_text())["task"] == "segmentation"
+    assert json.loads((seg_run / "data.json").read_text())["task"] == "segmentation"
+
+
+def _best_model(run):
+    from finetune.runs import load_run
+
+    return load_run(run).model
+
+
+def test_head_export_of_a_segmentation_run_round_trips(seg_run):
+    from finetune.export import load_head_export
+
+    head = seg_run / "exports" / "head.safetensors"
+    assert head.is_file()  # every run writes one
+    model, rebuilt = _best_model(seg_run), load_head_export(head)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=1e-6)
+    from finetune.export import _embedded_metadata
+    stages = _embedded_metadata(head)["delta"]["stages"]
+    assert "head" in stages and not {"stem", "stage1", "stage2"} & set(stages)  # frozen: pinned, not stored
+
+
+def test_onnx_export_takes_any_size_and_predict_writes_masks(seg_run, tmp_path):
+    from finetune.export import export_run, load_export
+    from finetune.predict import main as predict_main
+
+    results = export_run(seg_run, ["onnx"], out=tmp_path / "exports")
+    assert results[0].parity.max_abs_diff <= 1e-4 and results[0].parity.top1_agreement == 1.0
+    exported = load_export(tmp_path / "exports" / "model.onnx")
+    x = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        expected = _best_model(seg_run)(x).numpy()
+    np.testing.assert_allclose(exported.forward(x.numpy()), expected, atol=1e-4)
+
+    images = sorted((seg_run.parent / "data" / "images").iterdir())[:3]
+    code = predict_main([f"export={tmp_path / 'exports' / 'model.onnx'}", f"inputs={','.join(map(str, images))}",
+                         f"out={tmp_path / 'masks'}"])
+    assert code == 0
+    for image in images:
+        predicted = np.asarray(Image.open(tmp_path / "masks" / f"{image.stem}_mask.png"))
+        truth = np.asarray(Image.open(seg_run.parent / "data" / "masks" / image.name)) // 255
+        assert predicted.shape == truth.shape and (predicted == truth).mean() > 0.9
+    assert predict_main([f"export={tmp_path / 'exports' / 'model.onnx'}", f"inputs={images[0]}",
+                         f"out={tmp_path / 'masks'}"]) == 2  # never overwritten without overwrite=true
 
 
 def test_classification_head_with_segmentation_fails_fast(tmp_path):
     out = run_cli("task=segmentation", "dataset=seg_folder", "dataset.root=/nonexistent", cwd=tmp_path)
     assert out.returncode == 2
     assert "head.kind='linear'" in out.stderr and "head=unet" in out.stderr
+
+
+def test_scale_resizes_for_the_model_and_reports_at_the_original_size(tmp_path):
+    from finetune.tasks.segmentation import full_image_logits
+
+    squares(tmp_path, n=6)
+    dm = SegmentationDataModule(seg_config(tmp_path, scale=2.0, crop_size=128), NONE_AUGMENT, 2, 0)
+    dm.set_preprocessing(_preprocessing())
+    images, masks = next(iter(dm.train_dataloader()))
+    assert images.shape[-2:] == (128, 128)  # a 64 px image doubled fills the 128 px crop
+    assert (masks != 255).all() and set(masks.unique().tolist()) == {0, 1}  # nearest: still binary
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 2, 1)
+    image = torch.randn(1, 3, 50, 70)
+    logits = full_image_logits(conv, image, tile=64, scale=2.0)
+    assert logits.shape == (1, 2, 50, 70)
+    assert torch.corrcoef(torch.stack([logits.flatten(), conv(image).detach().flatten()]))[0, 1] > 0.9

@@ -58,6 +58,7 @@ class SegDatasetConfig:
     test_fraction: float = 0.0  # held out of train when no test split is given
     split_seed: int = 0
     crop_size: int = 256  # training crop and sliding-window tile (a multiple of 32)
+    scale: float = 1.0  # images are resized by this factor for the model (> 1: thin structures); metrics at 1.0
     tile_overlap: float = 0.5  # sliding-window overlap between neighbouring tiles
     samples_per_image: int = 1  # random crops drawn from every training image per epoch
     grayscale: str = "replicate"  # replicate | adapt (1-channel stem for gray images)
@@ -77,6 +78,7 @@ class SegDatasetConfig:
             "crop_size": (isinstance(self.crop_size, int) and self.crop_size >= 32 and self.crop_size % 32 == 0,
                           "use a multiple of 32 (encoders downsample 32x), e.g. 256"),
             "tile_overlap": (0 <= self.tile_overlap < 1, "use a fraction in [0, 1), e.g. 0.5"),
+            "scale": (0.1 <= self.scale <= 4, "use a resize factor in [0.1, 4], e.g. 2 for thin vessels"),
             "samples_per_image": (isinstance(self.samples_per_image, int) and self.samples_per_image >= 1,
                                   "use a whole number >= 1"),
             "grayscale": (self.grayscale in ("replicate", "adapt"), "use replicate or adapt"),
@@ -405,10 +407,11 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def set_preprocessing(self, pre: Preprocessing) -> None:
         """Adopt the model's mean / std / in_chans; build the train (crop + augment) and eval transforms."""
-        crop = self.config.crop_size
+        crop, scale = self.config.crop_size, self.config.scale
         channels = self.info.image_channels
-        first = [A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0,
-                               fill_mask=self.config.ignore_index),
+        resize = [A.RandomScale((scale - 1, scale - 1), p=1.0)] if scale != 1 else []  # masks: nearest
+        first = [*resize, A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0,
+                                        fill_mask=self.config.ignore_index),
                  A.RandomCrop(crop, crop)]
         self.preprocessing = pre
         self._transforms = {"train": normalized_tensor([*first, *augment_ops(self.augment)], pre, channels),

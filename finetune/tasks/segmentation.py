@@ -112,14 +112,25 @@ def sliding_window_logits(model: nn.Module, image: torch.Tensor, tile: int, over
     return (total / count)[:, :, :height, :width]
 
 
+def full_image_logits(model: nn.Module, image: torch.Tensor, tile: int, overlap: float = 0.5,
+                      scale: float = 1.0) -> torch.Tensor:
+    """Logits of full images at their own resolution: resized by ``scale`` for the model (as in
+    training), sliding windows, and the logits resized back (bilinear)."""
+    if scale == 1:
+        return sliding_window_logits(model, image, tile, overlap)
+    scaled = F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False)
+    logits = sliding_window_logits(model, scaled, tile, overlap)
+    return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class SegmentationTask(PhasedTask):
     """Trains a ``FineTuneModel`` whose head is a segmentation decoder; one instance per phase."""
 
     def __init__(self, model: FineTuneModel, num_classes: int, ignore_index: int, tile: int,
                  optim: PhaseOptim = PhaseOptim(), phase_index: int = 0, loss: str = "ce_dice",
-                 class_weights: torch.Tensor | None = None, tile_overlap: float = 0.5) -> None:
+                 class_weights: torch.Tensor | None = None, tile_overlap: float = 0.5, scale: float = 1.0) -> None:
         super().__init__(model, optim, phase_index)
-        self.tile, self.tile_overlap = tile, tile_overlap
+        self.tile, self.tile_overlap, self.scale = tile, tile_overlap, scale
         self.loss_fn = SegmentationLoss(loss, ignore_index, class_weights)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index, prefix="val/")
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
@@ -130,7 +141,7 @@ class SegmentationTask(PhasedTask):
 
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Logits of full-size images by sliding window (the model's mode is left as it is)."""
-        return sliding_window_logits(self.model, image, self.tile, self.tile_overlap)
+        return full_image_logits(self.model, image, self.tile, self.tile_overlap, self.scale)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
