@@ -25,7 +25,7 @@ def cache_blockers(model: FineTuneModel, data: ClassificationDataModule) -> list
     if model.bn_policy != "frozen":
         reasons.append("backbone.bn=train updates BatchNorm statistics (cache needs bn=frozen)")
     if not data.train_transform_is_deterministic:
-        reasons.append("the augment group applies random ops (cache needs augment=none)")
+        reasons.append("training inputs are random (augment ops or segmentation crops; cache needs augment=none)")
     return reasons
 
 

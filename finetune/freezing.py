@@ -64,6 +64,12 @@ class FineTuneModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    @property
+    def timm_model(self) -> nn.Module:
+        """The timm model of the backbone, which carries its ``pretrained_cfg`` (a segmentation
+        encoder wraps it as ``backbone.model``)."""
+        return getattr(self.backbone, "model", self.backbone)
+
     def stage_of(self, name: str) -> str:
         """Stage of a name relative to this model (``backbone.…`` or ``head.…``)."""
         prefix, _, rest = name.partition(".")

@@ -37,9 +37,10 @@ def print_plan(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataMo
 
 def data_table(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataModule) -> Table:
     """What the backbone's weights expect next to what the dataset provides."""
-    expected = timm.data.resolve_data_config(model=model.backbone)
+    expected = timm.data.resolve_data_config(model=model.timm_model)
     pre, info = data.preprocessing, data.info
-    counts = [c for c in info.class_counts if c > 0]
+    per_class = getattr(info, "class_counts", None) or info.pixel_counts  # segmentation: train pixels
+    counts = [c for c in per_class if c > 0]
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     table = Table("", "pretrained weights expect", "this run feeds", title="data", title_justify="left")
     table.add_row("input size", "x".join(map(str, expected["input_size"][1:])), "x".join(map(str, pre.size)))
@@ -49,7 +50,7 @@ def data_table(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataMo
                   f"{_fmt(pre.mean)} / {_fmt(pre.std)}")
     table.add_row("interpolation", expected["interpolation"], pre.interpolation)
     table.add_row("classes", "", f"{info.num_classes}: " + ", ".join(
-        f"{n}={c}" for n, c in list(zip(info.class_names, info.class_counts))[:12]))
+        f"{n}={c}" for n, c in list(zip(info.class_names, per_class))[:12]))
     table.add_row("imbalance (max/min)", "", f"{max(counts) / min(counts):.1f}" if counts else "-")
     table.add_row("split sizes", "", " / ".join(f"{k} {v}" for k, v in data.split_sizes.items()))
     table.add_row("global batch", "", f"{cfg.schedule.batch_size} x {devices} device(s) = "

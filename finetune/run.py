@@ -59,7 +59,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
         return {}
 
     if is_global_zero():
-        _write_run_record(cfg, run_dir, record.to_dict(), data)
+        write_run_record(cfg, run_dir, record.to_dict(), _data_record(cfg, data))
     checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, resume_from)
     best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
     best = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -113,18 +113,23 @@ def model_preprocessing(backbone: torch.nn.Module, image_size: int | None, in_ch
         raise FinetuneError(f"backbone.preprocessing / dataset.image_size: {err}") from None
 
 
-def _write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: ClassificationDataModule) -> None:
+def write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: dict) -> None:
+    """The run directory's ``config.yaml`` (resolved), ``weights.json`` and ``data.json``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json(run_dir / "weights.json", weights)
+    write_json(run_dir / "data.json", data)
+
+
+def _data_record(cfg: DictConfig, data: ClassificationDataModule) -> dict:
     info = data.info
-    write_json(run_dir / "data.json", {
+    return {
         "class_names": info.class_names, "class_counts_train": info.class_counts,
         "image_channels": info.image_channels, "multilabel": info.multilabel,
         "grayscale": (cfg.dataset.grayscale if info.image_channels == 1 else "n/a (RGB images)"),
         "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(), "task": info.task,
         "imbalance": {"asked": cfg.imbalance, "applied": data.imbalance},
-    })
+    }
 
 
 def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],

@@ -2,6 +2,7 @@
 with a decoder head, crops for training and sliding-window evaluation on full images."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .artifacts import write_json, write_text
 from .config import validate
 from .data.segmentation import SegmentationDataModule
 from .display import console, print_results
@@ -18,9 +18,10 @@ from .distributed import is_global_zero
 from .export import PARITY_IMAGES, export_run
 from .export import print_results as print_exports
 from .phases import PlannedPhase, make_trainer, run_phases
+from .plan import print_plan
 from .plots import class_colors, save_mask, save_overlay
 from .runs import build_model
-from .run import frozen_for, model_preprocessing, preprocessing_overrides, write_results
+from .run import frozen_for, model_preprocessing, preprocessing_overrides, write_results, write_run_record
 from .tasks.base import PhaseOptim
 from .tasks.segmentation import SegmentationTask, monitor_metric
 from .weights import resolve_weights
@@ -35,9 +36,16 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
                              preprocessing=preprocessing_overrides(cfg))
     info = data.info
-    model = build_model(cfg, record, data.in_chans, info.num_classes)
+    if cfg.plan:  # no weights are loaded: the model is built on the meta device
+        with torch.device("meta"):
+            model = build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, info.num_classes)
+    else:
+        model = build_model(cfg, record, data.in_chans, info.num_classes)
     plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
-    data.set_preprocessing(model_preprocessing(model.backbone.model, data.config.crop_size, data.in_chans))
+    data.set_preprocessing(model_preprocessing(model.timm_model, data.config.crop_size, data.in_chans))
+    if cfg.plan:
+        print_plan(cfg, model, data, plan, record)
+        return {}
     seg = cfg.segmentation
     class_weights = data.class_weights() if seg.class_weights else None
 
@@ -46,7 +54,7 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
                                 seg.loss, class_weights, data.config.tile_overlap, data.config.scale)
 
     if is_global_zero():
-        _write_run_record(cfg, run_dir, record.to_dict(), data)
+        write_run_record(cfg, run_dir, record.to_dict(), _data_record(data))
     monitor = monitor_metric(info.num_classes)
     checkpoint, checksums = run_phases(cfg, run_dir, model, data, plan, resume_from, make_task, monitor)
     best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
@@ -91,18 +99,15 @@ def write_predictions(task: SegmentationTask, data: SegmentationDataModule, spli
     return written
 
 
-def _write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: SegmentationDataModule) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(run_dir / "weights.json", weights)
+def _data_record(data: SegmentationDataModule) -> dict:
     info = data.info
-    write_json(run_dir / "data.json", {
+    return {
         "task": "segmentation", "class_names": info.class_names, "ignore_index": info.ignore_index,
         "pixel_counts_train": info.pixel_counts, "image_channels": info.image_channels,
         "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(),
         "tile": data.config.crop_size, "tile_overlap": data.config.tile_overlap, "scale": data.config.scale,
-        "split_sizes": {name: len(pairs) for name, pairs in data.splits.items()},
-    })
+        "split_sizes": data.split_sizes,
+    }
 
 
 def _plain(cfg: DictConfig) -> dict:

@@ -347,3 +347,12 @@ def test_scale_resizes_for_the_model_and_reports_at_the_original_size(tmp_path):
     logits = full_image_logits(conv, image, tile=64, scale=2.0)
     assert logits.shape == (1, 2, 50, 70)
     assert torch.corrcoef(torch.stack([logits.flatten(), conv(image).detach().flatten()]))[0, 1] > 0.9
+
+
+def test_plan_shows_encoder_stages_and_decoder_without_training(tmp_path):
+    squares(tmp_path / "data", n=6)
+    out = run_cli("+segmentation=drive", "dataset=seg_folder", f"dataset.root={tmp_path / 'data'}",
+                  "dataset.class_names=[background,square]", "plan=true", "hydra.run.dir=run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "stage7" in out.stdout and "head/no_decay" in out.stdout and "square=" in out.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()

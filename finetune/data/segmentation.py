@@ -394,6 +394,11 @@ class SegmentationDataModule(L.LightningDataModule):
         return 1 if self.config.grayscale == "adapt" and self.info.image_channels == 1 else 3
 
     @property
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split: {"train": ..., "val": ..., "test": ...}."""
+        return {name: len(pairs) for name, pairs in self.splits.items()}
+
+    @property
     def train_transform_is_deterministic(self) -> bool:
         """Never: training draws random crops."""
         return False
