@@ -100,10 +100,13 @@ class ModelBundle:
 
 
 def _training_summary(cfg: DictConfig, run_dir: Path) -> dict:
+    """Phases, BN policy, test metrics and the decision threshold the run was tested with."""
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     phases = [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases_from(cfg)]
-    return {"phases": phases, "bn": cfg.backbone.bn, "test": metrics.get("test", {})}
+    per_label = metrics.get("test_per_class", {}).get("threshold")  # multi-label: one per class
+    threshold = list(per_label.values()) if per_label else metrics.get("test", {}).get("threshold")
+    return {"phases": phases, "bn": cfg.backbone.bn, "test": metrics.get("test", {}), "threshold": threshold}
 
 
 def _metadata(bundle: ModelBundle, fmt: str) -> dict:
@@ -361,6 +364,11 @@ class LoadedExport:
     @property
     def multilabel(self) -> bool:
         return self.metadata["multilabel"]
+
+    @property
+    def threshold(self) -> float | list[float] | None:
+        """Decision threshold of a binary / multi-label run (None: argmax, or 0.5 per label)."""
+        return self.metadata.get("training", {}).get("threshold")
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Logits for raw images, through the preprocessing the metadata records."""

@@ -10,7 +10,8 @@ A segmentation export writes one mask per image instead: ``out`` is a folder (de
 predicted by sliding the export's recorded tile over the full image.
 Images get the preprocessing recorded in the export's metadata. Probabilities are softmax over
 classes, or a sigmoid per class for a multi-label model ("prediction" then lists every class with
-p >= 0.5). Output goes to ``out`` (default ./predictions.csv), never over an existing file unless
+p >= its threshold). Binary and multi-label decisions use the threshold the run was tested with
+(``threshold=tune`` picks it on the validation split; default 0.5), recorded in the export. Output goes to ``out`` (default ./predictions.csv), never over an existing file unless
 overwrite=true.
 """
 from __future__ import annotations
@@ -56,12 +57,15 @@ def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
 
 
 def _predictions(paths: Sequence[Path], probs: np.ndarray, names: list[str], topk: int,
-                 multilabel: bool) -> list[Prediction]:
+                 multilabel: bool, threshold: float | list[float] | None = None) -> list[Prediction]:
     rows = []
     for path, p in zip(paths, probs):
         order = np.argsort(-p, kind="stable")[:topk]
         if multilabel:
-            label = ";".join(names[i] for i in np.flatnonzero(p >= MULTILABEL_THRESHOLD))
+            cut = MULTILABEL_THRESHOLD if threshold is None else np.asarray(threshold)
+            label = ";".join(names[i] for i in np.flatnonzero(p >= cut))
+        elif threshold is not None and len(names) == 2:  # binary: p(class 1) against the run's threshold
+            label = names[int(p[1] >= threshold)]
         else:
             label = names[order[0]]
         rows.append(Prediction(str(path), label, [(names[i], float(p[i])) for i in order]))
@@ -82,7 +86,7 @@ def predict(exported: LoadedExport, paths: Sequence[Path], topk: int = 5,
             batch = paths[start:start + batch_size]
             logits = exported.logits([read_image(p, channels) for p in batch])
             rows += _predictions(batch, probabilities(logits, exported.multilabel), exported.class_names,
-                                 topk, exported.multilabel)
+                                 topk, exported.multilabel, exported.threshold)
             progress.advance(task, len(batch))
     return rows
 

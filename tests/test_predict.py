@@ -133,3 +133,28 @@ def test_bad_arguments_fail_clearly(imagenet_exports, images, tmp_path, capsys):
     assert "no export in" in capsys.readouterr().err
     assert pr.main([f"export={imagenet_exports}", f"inputs={images}", "out=p.txt"]) == 2
     assert ".csv or .json" in capsys.readouterr().err
+
+
+def test_binary_and_multilabel_decisions_use_the_runs_threshold():
+    _predictions = pr._predictions
+
+    probs = np.array([[0.3, 0.7], [0.9, 0.1]])
+    argmax = _predictions(["a", "b"], probs, ["normal", "pneumonia"], 2, False)
+    tuned = _predictions(["a", "b"], probs, ["normal", "pneumonia"], 2, False, threshold=0.8)
+    assert [r.prediction for r in argmax] == ["pneumonia", "normal"]
+    assert [r.prediction for r in tuned] == ["normal", "normal"]  # 0.7 < the tuned 0.8
+    labels = _predictions(["a"], np.array([[0.6, 0.6]]), ["x", "y"], 2, True, threshold=[0.5, 0.7])
+    assert labels[0].prediction == "x"
+
+
+def test_exports_record_the_threshold_the_run_was_tested_with(tmp_path):
+    _training_summary = ex._training_summary
+
+    from .conftest import compose_config
+
+    cfg = compose_config()
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"acc": 0.9, "threshold": 0.42}}))
+    assert _training_summary(cfg, tmp_path)["threshold"] == 0.42
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"test": {"acc": 0.9}, "test_per_class": {"threshold": {"x": 0.3, "y": 0.6}}}))
+    assert _training_summary(cfg, tmp_path)["threshold"] == [0.3, 0.6]
