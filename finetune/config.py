@@ -106,3 +106,6 @@ def _validate_segmentation(cfg: DictConfig) -> None:
     if cfg.imbalance != "none":
         raise ConfigError(f"imbalance={cfg.imbalance} is for classification; for segmentation use "
                           "segmentation.class_weights=true (weights from pixel frequencies)")
+    if cfg.head.kind == "deeplabv3plus" and cfg.schedule.batch_size < 2:
+        raise ConfigError("head=deeplabv3plus needs schedule.batch_size >= 2 (its image-pooling branch "
+                          "normalizes over the batch); use a larger batch or head=unet")

@@ -32,8 +32,10 @@ class DecoderHead(nn.Module):
 
 
 def build_segmentation_model(record: WeightsRecord, decoder: str, in_chans: int, num_classes: int,
-                             **decoder_options) -> FineTuneModel:
+                             drop_path_rate: float = 0.0, **decoder_options) -> FineTuneModel:
     """Encoder ``record`` (pretrained unless its source is "random") + the ``decoder`` of smp."""
+    if drop_path_rate:
+        decoder_options["drop_path_rate"] = drop_path_rate  # reaches timm.create_model through smp
     if decoder not in SEGMENTATION_HEADS:
         raise FinetuneError(f"head.kind={decoder!r} for task=segmentation: choose one of "
                             f"{', '.join(SEGMENTATION_HEADS)} (e.g. head=unet)")

@@ -52,7 +52,7 @@ def results_table(metrics: dict) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics["test"].items():
-        table.add_row(key, f"{value:.4f}")
+        table.add_row(key, "-" if value is None else f"{value:.4f}")
     table.add_row("wall time", f"{metrics['wall_time_s']:.0f} s")
     return table
 

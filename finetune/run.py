@@ -135,9 +135,8 @@ def _data_record(cfg: DictConfig, data: ClassificationDataModule) -> dict:
 def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
                   phases: list[Phase], seconds: float, ddp: dict, curve_metric: str = "acc") -> dict:
     """metrics.json (test scalars, per-class values, phases, wall time), confusion CSV/plot, curves."""
-    scalars = {k: round(float(v), 6) for k, v in results.items() if v.ndim == 0}
-    per_class = {k: dict(zip(class_names, (round(float(x), 6) for x in v)))
-                 for k, v in results.items() if v.ndim == 1}
+    scalars = {k: _json_number(v) for k, v in results.items() if v.ndim == 0}
+    per_class = {k: dict(zip(class_names, (_json_number(x) for x in v))) for k, v in results.items() if v.ndim == 1}
     plots = run_dir / "plots"
     if "confusion" in results and results["confusion"].ndim == 2:
         matrix = results["confusion"].numpy().astype(np.int64)
@@ -150,6 +149,12 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
                "finetune_version": __version__, **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _json_number(value: torch.Tensor) -> float | None:
+    """A metric rounded for metrics.json; None where it is undefined (NaN, e.g. an absent class)."""
+    number = float(value)
+    return None if number != number else round(number, 6)
 
 
 def _write_confusion_csv(path: Path, matrix: np.ndarray, class_names: list[str]) -> None:

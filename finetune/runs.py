@@ -23,7 +23,8 @@ def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_class
     if cfg.task == "segmentation":
         from .decoders import build_segmentation_model
 
-        return build_segmentation_model(record, cfg.head.kind, in_chans, num_classes, **options)
+        return build_segmentation_model(record, cfg.head.kind, in_chans, num_classes,
+                                        cfg.backbone.drop_path_rate, **options)
     kwargs = {}
     if cfg.dataset.image_size and _fixed_input_size(record.model):
         kwargs["img_size"] = cfg.dataset.image_size  # ViTs: timm resamples the position embeddings

@@ -356,3 +356,38 @@ def test_plan_shows_encoder_stages_and_decoder_without_training(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "stage7" in out.stdout and "head/no_decay" in out.stdout and "square=" in out.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_class_absent_from_the_split_is_left_out_of_the_means():
+    target = torch.tensor([[[0, 0, 1, 255]]])
+    logits = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 1, 0]]]), 3).permute(0, 3, 1, 2).float()
+    metrics = SegmentationMetrics(3, ignore_index=255)
+    metrics.update(logits, target)
+    values = metrics.compute()
+    assert torch.isnan(values["iou_per_class"][2])  # class 2: never true, never predicted
+    assert values["miou"].item() == pytest.approx(0.5)  # (1/2 + 1/2) / 2, not / 3
+
+
+def test_a_batch_with_only_ignored_pixels_gives_a_zero_loss_not_nan():
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    for kind in ("ce", "dice", "ce_dice", "focal"):
+        loss = SegmentationLoss(kind, ignore_index=255)(logits, torch.full((2, 8, 8), 255))
+        assert loss.item() == 0.0
+        loss.backward()
+
+
+def test_mask_follows_the_image_exif_orientation(tmp_path):
+    image = np.zeros((64, 96, 3), np.uint8)  # stored 96 wide, 64 high; EXIF says: rotate 90°
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(4):
+        Image.fromarray(image).save(tmp_path / "images" / f"r{i}.jpg", exif=exif)
+        mask = np.zeros((64, 96), np.uint8)
+        mask[:, :10] = 255
+        m = Image.fromarray(mask)
+        m.save(tmp_path / "masks" / f"r{i}.png", exif=exif)
+    dm = SegmentationDataModule(seg_config(tmp_path), NONE_AUGMENT, 2, 0)
+    img, mask = dm.raw_pair("train", 0)
+    assert img.shape[:2] == mask.shape == (96, 64)

@@ -25,8 +25,8 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from finetune.data.datasets import GRAY_MODES, IMAGE_EXTENSIONS, DatasetError, read_image
 from finetune.data.options import dataclass_values
@@ -251,6 +251,7 @@ def read_mask(pair: Pair, config: SegDatasetConfig) -> np.ndarray:
     Raises DatasetError naming the file when its values do not fit ``dataset.mask_mode``.
     """
     with Image.open(pair.mask) as im:
+        im = ImageOps.exif_transpose(im)  # the same orientation rule as read_image
         raw = np.asarray(im.convert("RGB") if config.mask_mode == "palette" else im)
     if config.mask_mode == "palette":
         mask = _palette_to_index(raw, config, pair.mask)
@@ -267,7 +268,7 @@ def read_mask(pair: Pair, config: SegDatasetConfig) -> np.ndarray:
             mask = _binary(mask, pair.mask)
     if pair.fov is not None:
         with Image.open(pair.fov) as im:
-            fov = np.asarray(im.convert("L")) > 127
+            fov = np.asarray(ImageOps.exif_transpose(im).convert("L")) > 127
         mask = np.where(fov, mask, config.ignore_index).astype(np.uint8)
     return mask
 
@@ -303,7 +304,7 @@ def check_pairs(pairs: list[Pair], config: SegDatasetConfig, split: str) -> np.n
     counts = np.zeros(len(names), np.int64)
     for pair in pairs:
         with Image.open(pair.image) as im:
-            size = im.size
+            size = ImageOps.exif_transpose(im).size  # as read_image orients it
         mask = read_mask(pair, config)
         if mask.shape[::-1] != size:
             raise DatasetError(f"{split} mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} but its image "
@@ -379,7 +380,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
         self.splits = LAYOUTS[self.config.kind](self.config)
         counts = {name: check_pairs(pairs, self.config, name) for name, pairs in self.splits.items()}
-        self.info = SegInfo(self.config.names, image_channels(self.splits["train"]),
+        every_pair = [p for pairs in self.splits.values() for p in pairs]
+        self.info = SegInfo(self.config.names, image_channels(every_pair),
                             counts["train"].tolist(), self.config.ignore_index)
         if self.config.grayscale == "adapt" and self.info.image_channels == 3:
             raise DatasetError("dataset.grayscale=adapt needs grayscale images; these are RGB: use replicate")
@@ -415,7 +417,9 @@ class SegmentationDataModule(L.LightningDataModule):
         crop, scale = self.config.crop_size, self.config.scale
         channels = self.info.image_channels
         resize = [A.RandomScale((scale - 1, scale - 1), p=1.0)] if scale != 1 else []  # masks: nearest
-        first = [*resize, A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0,
+        # Pad with the mean colour (0 after Normalize, as evaluation pads); padded pixels are ignored.
+        mean = [255 * m for m in pre.mean] if channels == len(pre.mean) else [255 * float(np.mean(pre.mean))]
+        first = [*resize, A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=tuple(mean),
                                         fill_mask=self.config.ignore_index),
                  A.RandomCrop(crop, crop)]
         self.preprocessing = pre
@@ -429,8 +433,9 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
+        # drop_last: a last batch of one image breaks BatchNorm in decoders (DeepLabV3+ pooling)
         return self._loader("train", "train", self.batch_size, self.train_sampler(rank, world),
-                            self.config.samples_per_image)
+                            self.config.samples_per_image, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val", shard=True)
@@ -448,22 +453,26 @@ class SegmentationDataModule(L.LightningDataModule):
         pair = self.splits[split][i]
         return read_image(pair.image, 3), read_mask(pair, self.config)
 
-    def _loader(self, split: str, transform: str, batch_size: int, sampler, repeats: int = 1) -> DataLoader:
+    def _loader(self, split: str, transform: str, batch_size: int, sampler, repeats: int = 1,
+                drop_last: bool = False) -> DataLoader:
         if not self._transforms:
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
         workers = self.config.num_workers
         dataset = SegDataset(self.splits[split], self.config, self.info.image_channels,
                              self._transforms[transform], repeats)
+        if drop_last and len(sampler) < batch_size:
+            raise DatasetError(f"{len(sampler)} training crops per epoch (per device) is less than one batch of "
+                               f"{batch_size}: raise dataset.samples_per_image or lower schedule.batch_size")
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=partial(_seed_worker, seed=self.seed))
+                          drop_last=drop_last, worker_init_fn=partial(_seed_worker, seed=self.seed, rank=rank))
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
 
-def _seed_worker(worker_id: int, seed: int) -> None:
-    from torch.utils.data import get_worker_info
-
-    seed_transform(get_worker_info().dataset.transform, (torch.initial_seed() + seed) % 2**32)
+def _seed_worker(worker_id: int, seed: int, rank: int) -> None:
+    """Each worker of each rank draws its own augmentation stream."""
+    seed_transform(get_worker_info().dataset.transform, (torch.initial_seed() + seed + 1_000_003 * rank) % 2**32)

@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAUROC, MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score, MulticlassJaccardIndex,
-)
+from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassConfusionMatrix
 
 from ..freezing import FineTuneModel
 from .base import PhasedTask, PhaseOptim
@@ -32,7 +30,7 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         if kind not in LOSSES:
             raise ValueError(f"segmentation.loss={kind!r}: choose one of {', '.join(LOSSES)}")
-        self.parts = nn.ModuleList()
+        self.parts, self.ignore_index = nn.ModuleList(), ignore_index
         if kind in ("ce", "ce_dice"):
             ce = nn.CrossEntropyLoss(ignore_index=ignore_index)
             ce.register_buffer("weight", class_weights, persistent=False)  # follows the device, not saved
@@ -43,19 +41,32 @@ class SegmentationLoss(nn.Module):
             self.parts.append(smp.losses.FocalLoss("multiclass", ignore_index=ignore_index))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not (target != self.ignore_index).any():  # e.g. a crop outside the field of view: no signal
+            return logits.sum() * 0.0
         return sum(part(logits, target) for part in self.parts)
+
+
+def iou_and_dice(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class IoU = TP / (TP + FP + FN) and Dice = 2TP / (2TP + FP + FN) from a confusion matrix
+    (rows: truth); NaN for a class absent from both truth and prediction, so means skip it."""
+    confusion = confusion.double()
+    tp = confusion.diag()
+    fp, fn = confusion.sum(dim=0) - tp, confusion.sum(dim=1) - tp
+    union = tp + fp + fn
+    nan = torch.full_like(tp, float("nan"))
+    return torch.where(union > 0, tp / union, nan), torch.where(union > 0, 2 * tp / (union + tp), nan)
 
 
 class SegmentationMetrics(nn.Module):
     """Per-class IoU and Dice (F1), pixel accuracy, the pixel confusion matrix and, for two
-    classes, the foreground's pixel ROC AUC; means over the declared classes."""
+    classes, the foreground's pixel ROC AUC. Means (mIoU, mDice) run over the classes present in
+    the split's truth or predictions, so a class absent from a small split does not count as 0."""
 
     def __init__(self, num_classes: int, ignore_index: int, prefix: str = "") -> None:
         super().__init__()
         kw = {"num_classes": num_classes, "ignore_index": ignore_index}
         self.prefix, self.binary, self.ignore_index = prefix, num_classes == 2, ignore_index
         self.decisions = MetricCollection({
-            "iou": MulticlassJaccardIndex(average=None, **kw), "dice": MulticlassF1Score(average=None, **kw),
             "pixel_acc": MulticlassAccuracy(average="micro", **kw), "confusion": MulticlassConfusionMatrix(**kw),
         })
         self.auc = BinaryAUROC(thresholds=AUC_THRESHOLDS) if self.binary else None
@@ -68,8 +79,9 @@ class SegmentationMetrics(nn.Module):
 
     def compute(self) -> dict[str, torch.Tensor]:
         values = dict(self.decisions.compute())
-        per_class = {"iou": values["iou"], "dice": values["dice"]}
-        out = {"miou": per_class["iou"].mean(), "mdice": per_class["dice"].mean(),
+        iou, dice = iou_and_dice(values["confusion"])
+        per_class = {"iou": iou.float(), "dice": dice.float()}
+        out = {"miou": per_class["iou"].nanmean(), "mdice": per_class["dice"].nanmean(),
                "pixel_acc": values["pixel_acc"], "iou_per_class": per_class["iou"],
                "dice_per_class": per_class["dice"], "confusion": values["confusion"]}
         if self.binary:  # the foreground class is the one that matters
