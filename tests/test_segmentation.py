@@ -306,8 +306,8 @@ def test_onnx_export_takes_any_size_and_predict_writes_masks(seg_run, tmp_path):
     from finetune.export import export_run, load_export
     from finetune.predict import main as predict_main
 
-    results = export_run(seg_run, ["onnx"], out=tmp_path / "exports")
-    assert results[0].parity.max_abs_diff <= 1e-4 and results[0].parity.top1_agreement == 1.0
+    results = export_run(seg_run, ["onnx", "torchscript"], out=tmp_path / "exports")
+    assert all(r.parity.max_abs_diff <= 1e-4 and r.parity.top1_agreement == 1.0 for r in results)
     exported = load_export(tmp_path / "exports" / "model.onnx")
     x = torch.randn(1, 3, 96, 160)
     with torch.no_grad():
@@ -391,3 +391,25 @@ def test_mask_follows_the_image_exif_orientation(tmp_path):
     dm = SegmentationDataModule(seg_config(tmp_path), NONE_AUGMENT, 2, 0)
     img, mask = dm.raw_pair("train", 0)
     assert img.shape[:2] == mask.shape == (96, 64)
+
+
+def test_gray_images_can_feed_a_one_channel_encoder(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        gray = rng.integers(0, 255, (40, 40), dtype=np.uint8)
+        write_pair(tmp_path, f"g{i}", gray, (gray > 128).astype(np.uint8) * 255)
+    dm = SegmentationDataModule(seg_config(tmp_path, grayscale="adapt"), NONE_AUGMENT, 2, 0)
+    assert dm.info.image_channels == 1 and dm.in_chans == 1
+    from finetune.data.transforms import Preprocessing
+    dm.set_preprocessing(Preprocessing((32, 32), (0.5,), (0.5,), "bilinear", 1))
+    images, masks = next(iter(dm.train_dataloader()))
+    assert images.shape == (2, 1, 32, 32)
+    model = build_segmentation_model(resolve_weights("tf_efficientnet_lite0"), "unet", 1, 2,
+                                     decoder_channels=[16, 16, 16, 16, 16])
+    rgb = load_state_dict(resolve_weights("tf_efficientnet_lite0").file)["conv_stem.weight"]
+    stem = model.backbone.state_dict()["model.conv_stem.weight"]
+    torch.testing.assert_close(stem, rgb.sum(dim=1, keepdim=True))  # timm's adapt_input_conv: RGB summed
+    assert model(images).shape == (2, 2, 32, 32)
+    with pytest.raises(DatasetError, match="needs grayscale images"):
+        squares(tmp_path / "rgb", n=4)
+        SegmentationDataModule(seg_config(tmp_path / "rgb", grayscale="adapt"), NONE_AUGMENT, 2, 0)

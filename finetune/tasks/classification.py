@@ -80,7 +80,8 @@ class MultilabelBalancedAccuracy(MultilabelStatScores):
 class ClassificationMetrics(nn.Module):
     """Score metrics (from probabilities) and decision metrics (from predicted labels) of one split."""
 
-    def __init__(self, num_classes: int, task: str, full: bool, auc: bool = True, prefix: str = "") -> None:
+    def __init__(self, num_classes: int, task: str, full: bool, auc: bool = True, prefix: str = "",
+                 only_acc: bool = False) -> None:
         super().__init__()
         self.task, self.prefix = task, prefix
         scores: dict[str, nn.Module] = {}
@@ -108,6 +109,8 @@ class ClassificationMetrics(nn.Module):
                               "recall": MulticlassRecall(average=None, **kw),
                               "confusion": MulticlassConfusionMatrix(**kw)}
         self.scores = MetricCollection(scores, compute_groups=False) if scores else None
+        if only_acc:  # training: one cheap running metric per step (the benchmarks' largest overhead)
+            decisions = {"acc": decisions["acc"]}
         self.decisions = MetricCollection(decisions)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor,
@@ -133,9 +136,11 @@ class ClassificationMetrics(nn.Module):
 
 
 def classification_metrics(num_classes: int, multilabel: bool, full: bool, task: str | None = None,
-                           auc: bool = True, prefix: str = "") -> ClassificationMetrics:
-    """Metrics of one split (see the module docstring); ``full`` adds the per-class ones."""
-    return ClassificationMetrics(num_classes, task_type(num_classes, multilabel, task), full, auc, prefix)
+                           auc: bool = True, prefix: str = "", only_acc: bool = False) -> ClassificationMetrics:
+    """Metrics of one split (see the module docstring); ``full`` adds the per-class ones,
+    ``only_acc`` keeps accuracy alone (the training split)."""
+    return ClassificationMetrics(num_classes, task_type(num_classes, multilabel, task), full, auc, prefix,
+                                 only_acc)
 
 
 def balanced_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -189,7 +194,7 @@ class ClassificationTask(PhasedTask):
         self.features_input = features_input  # batches hold cached backbone features, not images
         self.loss_fn = _loss(self.task, class_weights)
         self.train_metrics = classification_metrics(num_classes, multilabel, False, self.task, auc=False,
-                                                    prefix="train/")
+                                                    prefix="train/", only_acc=True)
         self.val_metrics = classification_metrics(num_classes, multilabel, False, self.task, prefix="val/")
         self.test_metrics = classification_metrics(num_classes, multilabel, True, self.task)
         self.test_results: dict[str, torch.Tensor] = {}
