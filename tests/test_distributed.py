@@ -74,3 +74,19 @@ def test_ddp_multirun_makes_one_dir_per_job_and_one_summary(tmp_path):
     assert len(table) == 4 and "schedule.lr=0.01" in table[2] and "schedule.lr=0.001" in table[3]
     assert write_summary(sweep)  # re-runnable
     assert (sweep / "sweep_summary.csv").read_text().count("\n") == 3
+
+
+@pytest.mark.slow
+def test_two_process_segmentation_run_keeps_ranks_identical(tmp_path):
+    from .test_segmentation import squares
+
+    squares(tmp_path / "data", n=10)
+    finetune("trainer=ddp", "task=segmentation", "dataset=seg_folder", f"dataset.root={tmp_path / 'data'}",
+             "dataset.mask_mode=binary", "dataset.crop_size=32", "dataset.num_workers=0", "head=unet",
+             "head.decoder_channels=[16,16,16,16,16]", "backbone.name=resnet10t", "backbone.pretrained=false",
+             "schedule.batch_size=2", "schedule.epochs=1", "trainer.progress_bar=false", "segmentation.overlays=1",
+             "hydra.run.dir=run", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    ranks = metrics["ddp"]["param_checksums_per_rank"]["finetune"]
+    assert len(ranks) == 2 and ranks[0] == pytest.approx(ranks[1], abs=1e-9)
+    assert 0 <= metrics["test"]["miou"] <= 1 and (tmp_path / "run" / "exports" / "model.safetensors").is_file()
