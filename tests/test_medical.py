@@ -426,8 +426,10 @@ def test_recipes_compose_from_the_package(recipe):
     assert cfg.dataset.kind == "medmnist" and cfg.dataset.name in MEDMNIST
     assert cfg.backbone.name == "tf_efficientnet_lite0" and cfg.imbalance in ("auto", "none", "weighted_loss", "sampler")
     assert cfg.augment.color_jitter <= 0.1
-    if recipe in ("pneumonia", "breast"):  # X-ray / ultrasound: no flips, 1-channel stem
-        assert cfg.augment.hflip == 0 and cfg.dataset.grayscale == "adapt" and cfg.threshold == "tune"
+    if recipe in ("pneumonia", "breast"):  # X-ray / ultrasound: 1-channel stem, never flipped upside down
+        assert cfg.augment.vflip == 0 and cfg.dataset.grayscale == "adapt" and cfg.threshold == "tune"
+    if recipe == "pneumonia":  # a mirrored chest X-ray puts the heart on the wrong side
+        assert cfg.augment.hflip == 0
     override = compose_config(f"+medical={recipe}", "dataset.image_size=28")
     assert override.dataset.image_size == 28  # command-line overrides win over the recipe
 
