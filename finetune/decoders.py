@@ -61,13 +61,11 @@ def encoder_stage_map(encoder: nn.Module, arch: str) -> StageMap:
         classifier = timm.create_model(arch, num_classes=0)
     stages = build_stage_map(classifier)
     names = [n for n, _ in encoder.named_parameters()] + [n for n, _ in encoder.named_buffers()]
-    names += [n for n, _ in encoder.named_modules() if n]
+    names += [n for n, _ in encoder.named_modules() if n not in ("", "model")]  # not the wrappers themselves
     stage_by_name = {}
     for name in names:
         original = _classifier_name(name.removeprefix("model."), stages.stage_by_name)
         if original is None:
-            if name in ("model",):
-                continue
             raise FinetuneError(f"cannot place encoder tensor {name!r} of {arch} in a stage")
         stage_by_name[name] = stages.stage_of(original)
     used = [s for s in stages.stages if s in set(stage_by_name.values())]

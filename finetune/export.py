@@ -477,8 +477,7 @@ def validation_images(cfg: DictConfig, n: int = PARITY_IMAGES) -> list[np.ndarra
     """Up to ``n`` raw images of the run's validation split (rebuilt from its config)."""
     try:
         if cfg.task == "segmentation":
-            data = SegmentationDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), {},
-                                          cfg.schedule.batch_size, cfg.seed)
+            data = SegmentationDataModule(cfg.dataset, {}, cfg.schedule.batch_size, cfg.seed)
             return [data.raw_pair("val", i)[0] for i in range(min(n, len(data.splits["val"])))]
         data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size, 0, cfg.seed)
     except FinetuneError as err:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .data.datamodule import ClassificationDataModule
-from .data.samplers import split_sampler
+from .data.samplers import split_sampler, trainer_shard
 from .errors import FinetuneError
 from .freezing import FineTuneModel
 
@@ -77,7 +77,7 @@ class FeatureDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world = trainer_shard(self.trainer)
         sampler = (self.data.train_sampler(rank, world) if split == "train" and shuffle  # imbalance=sampler too
                    else split_sampler(len(dataset), shuffle, self.seed, rank, world))
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)

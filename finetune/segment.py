@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .config import validate
 from .data.segmentation import SegmentationDataModule
@@ -32,7 +32,7 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
     started = time.perf_counter()
     phases = validate(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = SegmentationDataModule(_plain(cfg.dataset), _plain(cfg.augment), cfg.schedule.batch_size, cfg.seed)
+    data = SegmentationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size, cfg.seed)
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
                              preprocessing=preprocessing_overrides(cfg))
     info = data.info
@@ -108,7 +108,3 @@ def _data_record(data: SegmentationDataModule) -> dict:
         "tile": data.config.crop_size, "tile_overlap": data.config.tile_overlap, "scale": data.config.scale,
         "split_sizes": data.split_sizes,
     }
-
-
-def _plain(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

@@ -18,8 +18,8 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, get_worker_info
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from finetune.data.datasets import (
     TASK_TYPES,
@@ -31,7 +31,8 @@ from finetune.data.datasets import (
     load_source,
 )
 from finetune.data.imbalance import imbalance_ratio, loss_weights, resolve_imbalance
-from finetune.data.samplers import ClassBalancedSampler, split_sampler
+from finetune.data.options import plain_dict
+from finetune.data.samplers import ClassBalancedSampler, split_sampler, trainer_shard
 from finetune.data.transforms import (
     Augment,
     Preprocessing,
@@ -39,6 +40,7 @@ from finetune.data.transforms import (
     gray_preprocessing,
     is_deterministic,
     seed_transform,
+    seed_worker,
     train_transform,
 )
 
@@ -85,8 +87,8 @@ class ClassificationDataModule(L.LightningDataModule):
         imbalance: str = "none",
     ) -> None:
         super().__init__()
-        self.config = DatasetConfig.from_mapping(_plain(dataset))
-        self.augment = self._effective_augment(Augment.from_mapping(_plain(augment)))
+        self.config = DatasetConfig.from_mapping(plain_dict(dataset))
+        self.augment = self._effective_augment(Augment.from_mapping(plain_dict(augment)))
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -147,7 +149,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """The training order of one rank (default: this trainer's): class-balanced under
         imbalance=sampler, else shuffled. Indices refer to the train split, so cached features
         (kept in train-split order) can use it too."""
-        own_rank, own_world = self._rank_and_world()
+        own_rank, own_world = trainer_shard(self.trainer)
         rank, world = (own_rank if rank is None else rank), (own_world if world_size is None else world_size)
         train = self.splits["train"]
         if self.imbalance == "sampler":
@@ -215,7 +217,7 @@ class ClassificationDataModule(L.LightningDataModule):
         if split == "train" and shuffle:
             sampler = self.train_sampler()
         else:
-            sampler = split_sampler(len(dataset), shuffle, self.seed, *(self._rank_and_world() if shard else (0, 1)))
+            sampler = split_sampler(len(dataset), shuffle, self.seed, *(trainer_shard(self.trainer) if shard else (0, 1)))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -225,24 +227,8 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
             generator=self._generator,
-            worker_init_fn=partial(_seed_worker, rank=self.trainer.global_rank if self.trainer else 0),
+            worker_init_fn=partial(seed_worker, rank=trainer_shard(self.trainer)[0]),
         )
-
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        """This process's shard under DDP (Lightning's own sampler replacement is off)."""
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-
-def _seed_worker(worker_id: int, rank: int) -> None:
-    """Give each worker's copy of the transform its own stream, from the loader's generator and rank."""
-    dataset = get_worker_info().dataset
-    seed_transform(dataset.transform, (torch.initial_seed() + 1_000_003 * rank) % 2**32)
-
-
-def _plain(cfg: DictConfig | Mapping) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def _plain_target(target: np.ndarray) -> int | list[int]:

@@ -46,6 +46,12 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.size, self.world_size))
 
 
+def trainer_shard(trainer) -> tuple[int, int]:
+    """(rank, world size) of this process under a Lightning trainer; (0, 1) without one. Our data
+    modules shard themselves (Lightning's own sampler replacement is off)."""
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
 def split_sampler(size: int, shuffle: bool, seed: int, rank: int, world_size: int) -> Sampler[int]:
     """Training order (shuffled per epoch) or evaluation order, sharded over ranks."""
     return EpochShuffleSampler(size, seed, rank, world_size) if shuffle else ShardSampler(size, rank, world_size)

@@ -16,6 +16,7 @@ Masks (``dataset.mask_mode``): ``index`` (pixel value = class index), ``binary``
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,12 +27,13 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
 
 from finetune.data.datasets import GRAY_MODES, IMAGE_EXTENSIONS, DatasetError, read_image
-from finetune.data.options import dataclass_values
-from finetune.data.samplers import split_sampler
-from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_transform
+from finetune.data.options import dataclass_values, plain_dict
+from finetune.data.samplers import split_sampler, trainer_shard
+from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_transform, seed_worker
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class SegDatasetConfig:
     num_workers: int = 2
 
     @classmethod
-    def from_mapping(cls, cfg: dict) -> SegDatasetConfig:
+    def from_mapping(cls, cfg: Mapping) -> SegDatasetConfig:
         """Validate the `dataset` group; every problem raises DatasetError naming the key."""
         config = cls(**dataclass_values(cls, cfg, "dataset", DatasetError))
         config._validate()
@@ -370,10 +372,11 @@ class SegInfo:
 class SegmentationDataModule(L.LightningDataModule):
     """Train crops and full-size val/test images of a segmentation dataset, checked at construction."""
 
-    def __init__(self, dataset: dict, augment: dict, batch_size: int, seed: int) -> None:
+    def __init__(self, dataset: DictConfig | Mapping, augment: DictConfig | Mapping, batch_size: int,
+                 seed: int) -> None:
         super().__init__()
-        self.config = SegDatasetConfig.from_mapping(dataset)
-        self.augment = Augment.from_mapping(augment)
+        self.config = SegDatasetConfig.from_mapping(plain_dict(dataset))
+        self.augment = Augment.from_mapping(plain_dict(augment))
         if self.augment.crop_scale is not None:
             log.info("augment.crop_scale is not used for segmentation: training takes random %d px crops "
                      "at native scale (augment.zoom changes the scale)", self.config.crop_size)
@@ -432,7 +435,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return split_sampler(len(self.splits["train"]) * self.config.samples_per_image, True, self.seed, rank, world)
 
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_and_world()
+        rank, world = trainer_shard(self.trainer)
         # drop_last: a last batch of one image breaks BatchNorm in decoders (DeepLabV3+ pooling)
         return self._loader("train", "train", self.batch_size, self.train_sampler(rank, world),
                             self.config.samples_per_image, drop_last=True)
@@ -445,7 +448,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader:
         """Full-size images of ``split`` in order, one per batch (sizes may differ)."""
-        rank, world = self._rank_and_world() if shard else (0, 1)
+        rank, world = trainer_shard(self.trainer) if shard else (0, 1)
         return self._loader(split, "eval", 1, split_sampler(len(self.splits[split]), False, self.seed, rank, world))
 
     def raw_pair(self, split: str, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -463,16 +466,6 @@ class SegmentationDataModule(L.LightningDataModule):
         if drop_last and len(sampler) < batch_size:
             raise DatasetError(f"{len(sampler)} training crops per epoch (per device) is less than one batch of "
                                f"{batch_size}: raise dataset.samples_per_image or lower schedule.batch_size")
-        rank = self.trainer.global_rank if self.trainer is not None else 0
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                          drop_last=drop_last, worker_init_fn=partial(_seed_worker, seed=self.seed, rank=rank))
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-
-def _seed_worker(worker_id: int, seed: int, rank: int) -> None:
-    """Each worker of each rank draws its own augmentation stream."""
-    seed_transform(get_worker_info().dataset.transform, (torch.initial_seed() + seed + 1_000_003 * rank) % 2**32)
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                          worker_init_fn=partial(seed_worker, rank=trainer_shard(self.trainer)[0]))

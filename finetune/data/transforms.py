@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
+from torch.utils.data import get_worker_info
 
 from finetune.data.options import dataclass_values
 from finetune.errors import FinetuneError
@@ -191,6 +193,12 @@ def eval_transform(pre: Preprocessing, image_channels: int) -> A.Compose:
 def seed_transform(transform: A.Compose, seed: int) -> None:
     """Give every op of `transform` one shared random stream started from `seed`."""
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def seed_worker(worker_id: int, rank: int) -> None:
+    """DataLoader ``worker_init_fn``: each worker of each rank gets its own augmentation stream,
+    derived from the loader's seeded generator (``torch.initial_seed()``) and the rank."""
+    seed_transform(get_worker_info().dataset.transform, (torch.initial_seed() + 1_000_003 * rank) % 2**32)
 
 
 def normalized_tensor(ops: list[A.BasicTransform], pre: Preprocessing, image_channels: int) -> A.Compose:
