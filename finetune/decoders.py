@@ -66,7 +66,9 @@ def encoder_stage_map(encoder: nn.Module, arch: str) -> StageMap:
     for name in names:
         original = _classifier_name(name.removeprefix("model."), stages.stage_by_name)
         if original is None:
-            raise FinetuneError(f"cannot place encoder tensor {name!r} of {arch} in a stage")
+            raise FinetuneError(f"cannot place encoder tensor {name!r} of {arch} in a backbone stage, so "
+                                "backbone.freeze cannot be honoured for it; use a CNN backbone such as resnet18 "
+                                "or efficientnet_lite0 for segmentation")
         stage_by_name[name] = stages.stage_of(original)
     used = [s for s in stages.stages if s in set(stage_by_name.values())]
     return StageMap(stages=tuple(used), stage_by_name=stage_by_name)

@@ -132,7 +132,8 @@ def _root(config: SegDatasetConfig) -> Path:
 
 def _by_stem(folder: Path, suffix: str = "") -> dict[str, Path]:
     if not folder.is_dir():
-        raise DatasetError(f"{folder} does not exist: the layout needs it (see conf/dataset/seg_folder.yaml)")
+        raise DatasetError(f"{folder} does not exist: put the files there, or name your folders with "
+                           "dataset.images_dir / dataset.masks_dir (layouts: conf/dataset/seg_folder.yaml)")
     files = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS | {".gif"}]
     return {p.stem.removesuffix(suffix) if suffix else p.stem: p for p in files}
 
@@ -170,7 +171,8 @@ def _list_pairs(root: Path, list_file: str, config: SegDatasetConfig) -> list[Pa
             pair = Pair(root / fields[0], root / fields[1])
             missing = [str(f) for f in (pair.image, pair.mask) if not f.is_file()]
             if missing:
-                raise DatasetError(f"{path}:{number}: {missing[0]} does not exist")
+                raise DatasetError(f"{path}:{number}: {missing[0]} does not exist (list-file paths are relative "
+                                   "to dataset.root); fix the line or the file name")
             pairs.append(pair)
     if stems:
         found = _folder_pairs(root, config)
@@ -296,7 +298,9 @@ def _palette_to_index(rgb: np.ndarray, config: SegDatasetConfig, path: Path) -> 
     if not known.all():
         colours = np.unique(code[~known])[:5]
         raise DatasetError(f"{path} has colours outside dataset.palette, e.g. "
-                           f"{[[(c >> 16) & 255, (c >> 8) & 255, c & 255] for c in colours.tolist()]}")
+                           f"{[[(c >> 16) & 255, (c >> 8) & 255, c & 255] for c in colours.tolist()]}: add each "
+                           "colour to dataset.palette with a name in dataset.class_names, or re-save the mask "
+                           "without anti-aliasing")
     return mask
 
 
