@@ -18,6 +18,7 @@ from .data.segmentation import LAYOUTS
 from .heads import HEADS, SEGMENTATION_HEADS
 from .optim import OPTIMIZERS, SCHEDULERS
 from .tasks.base import PhaseOptim
+from .tasks import classification, segmentation as segmentation_task
 from .tasks.segmentation import LOSSES
 
 TASKS = ("classification", "segmentation")
@@ -68,6 +69,8 @@ def validate(cfg: DictConfig) -> list[Phase]:
     _choice("dataset.kind", cfg.dataset.kind, datasets, f"task={cfg.task} takes dataset=" + "|".join(datasets))
     if segmentation:
         _validate_segmentation(cfg)
+    monitors = (segmentation_task if segmentation else classification).MONITORS
+    _choice("monitor", cfg.monitor, ("auto", *monitors), f"validation metrics of task={cfg.task}")
     _choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
     _choice("imbalance", cfg.imbalance, IMBALANCE_CHOICES)
     if cfg.schedule.batch_size < 1:

@@ -62,7 +62,7 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
                monitor: str = "val/acc") -> tuple[ModelCheckpoint, dict]:
     """Fit every phase in order (from the resumed one). ``make_task(optim, phase index, cached
     features)`` builds each phase's LightningModule (default: classification); the best
-    checkpoint maximises ``monitor``.
+    checkpoint maximises ``monitor`` (minimises it for a loss).
 
     Returns the checkpoint callback (best/last) and, under DDP, the per-rank parameter checksums
     taken at the end of each phase.
@@ -70,7 +70,7 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
     make_task = make_task or partial(phase_task, model, data, cfg)
     consistency = RankConsistency()
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                                 mode="max", save_last=True, enable_version_counter=False,
+                                 mode="min" if monitor.endswith("loss") else "max", save_last=True, enable_version_counter=False,
                                  auto_insert_metric_name=False)
     start = resume_point(resume_from)
     # Units and connections do not depend on freezing: one counting pass serves every phase table.

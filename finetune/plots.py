@@ -37,12 +37,15 @@ def epoch_history(metric_csvs: list[Path]) -> dict[str, list[tuple[int, float]]]
 
 
 def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, metric: str = "acc") -> Path | None:
-    """Loss and ``metric`` (accuracy; Dice or mIoU for segmentation) per epoch, train vs val, side by side."""
-    panels = [("loss", ["train/loss_epoch", "val/loss"]), (metric, [f"train/{metric}", f"val/{metric}"])]
+    """Loss and ``metric`` (the monitored one: accuracy, AUC, Dice, mIoU …) per epoch, train vs val,
+    side by side."""
+    panels = [("loss", ["train/loss_epoch", "val/loss"])]
+    if metric != "loss":
+        panels.append((metric, [f"train/{metric}", f"val/{metric}"]))
     if not any(k in series for _, keys in panels for k in keys):
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (title, keys) in zip(axes, panels):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
             if key in series:
                 xs, ys = zip(*series[key])

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import timm
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
@@ -27,6 +28,7 @@ from .plan import print_plan
 from .plots import epoch_history, plot_confusion, plot_curves
 from .report import write_report
 from .runs import build_model
+from .tasks.classification import monitor_metric
 from .weights import resolve_weights
 
 
@@ -53,6 +55,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
         console.print(f"head initialised from {cfg.init_from}: {len(matched)}/{data.info.num_classes} "
                       f"classes matched by name")
     plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
+    monitor = monitor_metric(data.info.task, cfg.threshold == "tune", cfg.monitor)
     data.set_preprocessing(model_preprocessing(model.backbone, cfg.dataset.image_size, data.in_chans))
     if cfg.plan:
         print_plan(cfg, model, data, plan, record)
@@ -60,7 +63,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
 
     if is_global_zero():
         write_run_record(cfg, run_dir, record.to_dict(), _data_record(cfg, data))
-    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, resume_from)
+    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, resume_from,
+                                               monitor=monitor)
     best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
     best = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     task = phase_task(model, data, cfg)
@@ -73,7 +77,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     if not is_global_zero():
         return {}
     results = write_results(run_dir, task.test_results, data.info.class_names, phases,
-                             time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums})
+                             time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums}, checkpoint)
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
@@ -133,8 +137,9 @@ def _data_record(cfg: DictConfig, data: ClassificationDataModule) -> dict:
 
 
 def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
-                  phases: list[Phase], seconds: float, ddp: dict, curve_metric: str = "acc") -> dict:
-    """metrics.json (test scalars, per-class values, phases, wall time), confusion CSV/plot, curves."""
+                  phases: list[Phase], seconds: float, ddp: dict, checkpoint: ModelCheckpoint) -> dict:
+    """metrics.json (test scalars, per-class values, phases, wall time, the validation score that
+    picked the tested checkpoint), confusion CSV/plot, curves of the monitored metric."""
     scalars = {k: _json_number(v) for k, v in results.items() if v.ndim == 0}
     per_class = {k: dict(zip(class_names, (_json_number(x) for x in v))) for k, v in results.items() if v.ndim == 1}
     plots = run_dir / "plots"
@@ -143,8 +148,11 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
         _write_confusion_csv(run_dir / "confusion_matrix.csv", matrix, class_names)
         plot_confusion(matrix, class_names, plots / "confusion_matrix.png")
     logs = [run_dir / "logs" / p.name / "metrics.csv" for p in phases]
-    plot_curves(epoch_history([p for p in logs if p.exists()]), plots / "curves.png", curve_metric)
+    monitored = checkpoint.monitor.split("/")[1]
+    plot_curves(epoch_history([p for p in logs if p.exists()]), plots / "curves.png", monitored)
+    best = None if checkpoint.best_model_score is None else _json_number(checkpoint.best_model_score)
     metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),
+               "checkpoint": {"monitor": checkpoint.monitor, "best": best},
                "phases": [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases],
                "finetune_version": __version__, **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}
     write_json(run_dir / "metrics.json", metrics)

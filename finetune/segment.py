@@ -36,6 +36,7 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
                              preprocessing=preprocessing_overrides(cfg))
     info = data.info
+    monitor = monitor_metric(info.num_classes, cfg.monitor)
     if cfg.plan:  # no weights are loaded: the model is built on the meta device
         with torch.device("meta"):
             model = build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, info.num_classes)
@@ -55,7 +56,6 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
 
     if is_global_zero():
         write_run_record(cfg, run_dir, record.to_dict(), _data_record(data))
-    monitor = monitor_metric(info.num_classes)
     checkpoint, checksums = run_phases(cfg, run_dir, model, data, plan, resume_from, make_task, monitor)
     best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
     task = make_task()
@@ -64,7 +64,7 @@ def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None 
     if not is_global_zero():
         return {}
     results = write_results(run_dir, task.test_results, info.class_names, phases, time.perf_counter() - started,
-                            {"param_checksums_per_rank": checksums}, curve_metric=monitor.split("/")[1])
+                            {"param_checksums_per_rank": checksums}, checkpoint)
     print_results(results, run_dir)
     written = write_predictions(task, data, "test", seg.overlays, run_dir / "predictions")
     console.print(f"predicted masks and overlays of {written} test image(s): {run_dir / 'predictions'}")

@@ -5,6 +5,7 @@ class folders in tmp_path). Fast cases use tiny synthetic npz files written to t
 """
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sys
@@ -22,8 +23,9 @@ from finetune.data.imbalance import loss_weights, resolve_imbalance
 from finetune.data.medmnist import MEDMNIST, official_file_name
 from finetune.data.samplers import ClassBalancedSampler
 from finetune.data.transforms import Augment, augment_ops
+from finetune.config import ConfigError, validate
 from finetune.tasks.classification import (
-    ClassificationTask, balanced_accuracy_threshold, classification_metrics, tune_thresholds,
+    ClassificationTask, balanced_accuracy_threshold, classification_metrics, monitor_metric, tune_thresholds,
 )
 
 from .conftest import REPO, compose_config
@@ -434,6 +436,23 @@ def test_recipes_compose_from_the_package(recipe):
     assert override.dataset.image_size == 28  # command-line overrides win over the recipe
 
 
+# --- checkpoint selection --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task, tuned, expected", [
+    ("binary", True, "val/auc"), ("binary", False, "val/acc"), ("multi-label", False, "val/auc"),
+    ("multi-class", True, "val/acc"), ("ordinal-regression", False, "val/acc")])
+def test_auto_monitor_is_threshold_free_when_the_threshold_comes_later(task, tuned, expected):
+    assert monitor_metric(task, tuned) == expected
+    assert monitor_metric(task, tuned, "balanced_acc") == "val/balanced_acc"  # an explicit choice wins
+
+
+def test_unknown_monitor_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match="monitor='dice'.*auc"):
+        validate(compose_config("monitor=dice"))  # a segmentation metric asked of a classifier
+    assert validate(compose_config("monitor=loss"))
+
+
 # --- end to end -------------------------------------------------------------------------------
 
 
@@ -450,7 +469,7 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
     monkeypatch.setattr(ClassificationTask, "tune_threshold", spy)
     cfg = compose_config("dataset=medmnist", "dataset.name=breastmnist", f"dataset.root={shared_data / 'medmnist'}",
                          "backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=28",
-                         "schedule.epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                         "schedule.epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
                          "trainer.progress_bar=false", "imbalance=weighted_loss", "threshold=tune")
     run_module.train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -458,6 +477,10 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
     assert 0 <= metrics["test"]["auc"] <= 1 and 0 < metrics["test"]["threshold"] < 1
     assert set(metrics["test_per_class"]["recall"]) == {"malignant", "normal, benign"}
     assert seen == [78]  # tuned on the 78 val images, never on the 156 test images
+    val_auc = [float(row["val/auc"]) for log in sorted((tmp_path / "logs").glob("*/metrics.csv"))
+               for row in csv.DictReader(log.open()) if row.get("val/auc")]
+    assert len(val_auc) == 2  # one validation per phase epoch: the checkpoint had a choice
+    assert metrics["checkpoint"] == {"monitor": "val/auc", "best": pytest.approx(max(val_auc), abs=1e-6)}
     data = json.loads((tmp_path / "data.json").read_text())
     assert data["grayscale"] == "adapt" and data["model_in_chans"] == 1 and data["task"] == "binary"
     assert data["imbalance"] == {"asked": "weighted_loss", "applied": "weighted_loss"}

@@ -13,6 +13,7 @@ from torch import nn
 
 from finetune.data.datasets import DatasetError
 from finetune.data.segmentation import SegmentationDataModule
+from finetune.errors import FinetuneError
 from finetune.decoders import build_segmentation_model
 from finetune.freezing import frozen_stages
 from finetune.tasks.segmentation import SegmentationLoss, SegmentationMetrics, sliding_window_logits
@@ -330,6 +331,18 @@ def test_classification_head_with_segmentation_fails_fast(tmp_path):
     out = run_cli("task=segmentation", "dataset=seg_folder", "dataset.root=/nonexistent", cwd=tmp_path)
     assert out.returncode == 2
     assert "head.kind='linear'" in out.stderr and "head=unet" in out.stderr
+
+
+def test_monitor_is_checked_against_the_task_before_training(tmp_path):
+    from finetune.tasks.segmentation import monitor_metric
+
+    assert monitor_metric(2) == "val/dice" and monitor_metric(5) == "val/miou"
+    assert monitor_metric(5, "loss") == "val/loss"
+    with pytest.raises(FinetuneError, match="monitor=dice.*5 classes.*miou"):
+        monitor_metric(5, "dice")  # a foreground score: logged for binary tasks only
+    out = run_cli("task=segmentation", "head=unet", "dataset=seg_folder", "dataset.root=/nonexistent",
+                  "monitor=balanced_acc", cwd=tmp_path)
+    assert out.returncode == 2 and "monitor='balanced_acc'" in out.stderr and "miou" in out.stderr
 
 
 def test_scale_resizes_for_the_model_and_reports_at_the_original_size(tmp_path):

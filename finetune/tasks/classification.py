@@ -31,6 +31,7 @@ from ..freezing import FineTuneModel
 from .base import PhasedTask, PhaseOptim
 
 THRESHOLD_TASKS = ("binary", "multi-label")  # tasks whose decision is a threshold on a probability
+MONITORS = ("acc", "auc", "balanced_acc", "f1_macro", "loss")  # validation metrics that can pick the checkpoint
 
 
 def task_type(num_classes: int, multilabel: bool, task: str | None = None) -> str:
@@ -141,6 +142,16 @@ def classification_metrics(num_classes: int, multilabel: bool, full: bool, task:
     ``only_acc`` keeps accuracy alone (the training split)."""
     return ClassificationMetrics(num_classes, task_type(num_classes, multilabel, task), full, auc, prefix,
                                  only_acc)
+
+
+def monitor_metric(task: str, threshold_tuned: bool, choice: str = "auto") -> str:
+    """The validation metric that picks the best checkpoint: ``val/<choice>``, or for ``auto`` the
+    AUC when the decision threshold is tuned after training or the task is multi-label (accuracy at
+    0.5 is then not the decision the run will make; AUC is threshold-free and, on a small val
+    split, far less coarse), else the accuracy."""
+    if choice == "auto":
+        choice = "auc" if task == "multi-label" or (task == "binary" and threshold_tuned) else "acc"
+    return f"val/{choice}"
 
 
 def balanced_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float:

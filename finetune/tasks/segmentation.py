@@ -14,10 +14,13 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassConfusionMatrix
 
+from ..errors import FinetuneError
 from ..freezing import FineTuneModel
 from .base import PhasedTask, PhaseOptim
 
 LOSSES = ("ce", "dice", "ce_dice", "focal")
+BINARY_MONITORS = ("dice", "iou", "auc")  # foreground scores, logged for binary tasks only
+MONITORS = ("miou", "mdice", "pixel_acc", *BINARY_MONITORS, "loss")  # validation metrics that can pick the checkpoint
 AUC_THRESHOLDS = 1000  # binned pixel ROC AUC: constant memory, within ~1e-3 of the exact value
 DIVISOR = 32  # encoders downsample 32x: inputs are padded to a multiple of it
 
@@ -184,6 +187,12 @@ class SegmentationTask(PhasedTask):
         self.test_metrics.reset()
 
 
-def monitor_metric(num_classes: int) -> str:
-    """The validation metric that picks the best checkpoint: foreground Dice (binary) or mIoU."""
-    return "val/dice" if num_classes == 2 else "val/miou"
+def monitor_metric(num_classes: int, choice: str = "auto") -> str:
+    """The validation metric that picks the best checkpoint: ``val/<choice>``, or for ``auto`` the
+    foreground Dice (binary) or the mIoU."""
+    if choice in BINARY_MONITORS and num_classes != 2:
+        raise FinetuneError(f"monitor={choice}: a foreground score of binary tasks; this dataset has "
+                          f"{num_classes} classes: use monitor=miou, mdice, pixel_acc or loss")
+    if choice == "auto":
+        choice = "dice" if num_classes == 2 else "miou"
+    return f"val/{choice}"
