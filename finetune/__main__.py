@@ -8,7 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .errors import FinetuneError
 from .resources import conf_dir
@@ -30,12 +30,12 @@ def main(cfg: DictConfig) -> dict | None:
 def _run(cfg: DictConfig) -> dict | None:
     from .distributed import launch_workers, wants_processes
     from .run import train
-    from .runs import find_checkpoint
+    from .runs import find_checkpoint, resume_config
 
     run_dir, resume_from = Path(HydraConfig.get().runtime.output_dir), None
     if cfg.resume:
         run_dir, resume_from = find_checkpoint(cfg.resume, prefer=RESUME_CHECKPOINTS)
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        cfg = resume_config(run_dir, cfg)
         print(f"resuming {run_dir} from {resume_from.name} with the run's saved config")
     if cfg.plan or not wants_processes(cfg):
         return train(cfg, run_dir, resume_from)

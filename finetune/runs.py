@@ -39,6 +39,15 @@ def _fixed_input_size(model_name: str) -> bool:
     return bool(pretrained_cfg and pretrained_cfg.fixed_input_size)
 
 
+def resume_config(run_dir: Path, current: DictConfig) -> DictConfig:
+    """The run's saved config, plus today's defaults for top-level keys added since it was
+    written (e.g. ``monitor``), so an older run directory can still be resumed."""
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    for key in current.keys() - saved.keys():
+        saved[key] = current[key]
+    return saved
+
+
 @dataclass
 class LoadedRun:
     """A finished run: its config, model (best checkpoint, eval mode), classes and preprocessing."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from finetune import run as run_module
 from finetune.optim import warmup_cosine_factor
@@ -170,3 +171,14 @@ def test_plan_prints_phases_and_fails_fast_on_inconsistent_configs(tmp_path):
         out = subprocess.run([sys.executable, "-m", "finetune", "plan=true", "schedule=gradual", *FAST[:3],
                               *override.split()], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert out.returncode != 0 and message in out.stderr, (override, out.stderr[-500:])
+
+
+def test_a_run_written_before_a_config_key_existed_resumes_with_its_default(tmp_path):
+    from finetune.runs import resume_config
+
+    current = compose_config("schedule.epochs=9")
+    old = OmegaConf.to_container(compose_config("schedule.epochs=2"))
+    del old["monitor"]  # a key added after this run was written
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    cfg = resume_config(tmp_path, current)
+    assert cfg.monitor == "auto" and cfg.schedule.epochs == 2  # new key: today's default; the rest: as saved
