@@ -436,6 +436,27 @@ def test_recipes_compose_from_the_package(recipe):
     assert override.dataset.image_size == 28  # command-line overrides win over the recipe
 
 
+def test_a_tuned_threshold_also_reports_the_decisions_at_one_half():
+    torch.manual_seed(0)
+    images, targets = torch.randn(16, 1, 32, 32), torch.tensor([0, 1] * 8)
+    model = tiny_model(2).eval()
+    p1 = ClassificationTask(model, 2).predict_probabilities([(images, targets)])[0][:, 1]
+    threshold = float(p1.sort().values[4:6].mean())  # between the 5th and 6th score: not 0.5's decisions
+    results = {}
+    for t in (threshold, None):
+        task = ClassificationTask(model, 2, threshold=t)
+        task.log = task.log_dict = lambda *args, **kwargs: None  # no Trainer here
+        with torch.no_grad():
+            task.test_step((images, targets), 0)
+        task.on_test_epoch_end()
+        results[t] = task.test_results
+    tuned, default = results[threshold], results[None]
+    assert float(tuned["acc"]) == pytest.approx(((p1 >= threshold).long() == targets).float().mean().item())
+    assert float(tuned["acc_at_0.5"]) == pytest.approx(((p1 >= 0.5).long() == targets).float().mean().item())
+    assert float(tuned["balanced_acc_at_0.5"]) == float(default["balanced_acc"])
+    assert not any(k.endswith("_at_0.5") for k in default)  # the default threshold: nothing to add
+
+
 # --- checkpoint selection --------------------------------------------------------------------
 
 
@@ -473,7 +494,7 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
                          "trainer.progress_bar=false", "imbalance=weighted_loss", "threshold=tune")
     run_module.train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"acc", "auc", "balanced_acc", "threshold"} <= set(metrics["test"])
+    assert {"acc", "auc", "balanced_acc", "threshold", "acc_at_0.5", "balanced_acc_at_0.5"} <= set(metrics["test"])
     assert 0 <= metrics["test"]["auc"] <= 1 and 0 < metrics["test"]["threshold"] < 1
     assert set(metrics["test_per_class"]["recall"]) == {"malignant", "normal, benign"}
     assert seen == [78]  # tuned on the 78 val images, never on the 156 test images
