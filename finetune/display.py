@@ -47,12 +47,15 @@ def stage_table(model: FineTuneModel, counts: list[StageCount] | None, title: st
 
 
 def results_table(metrics: dict) -> Table:
-    """Test metrics and wall time."""
+    """Test metrics, the validation score that picked the tested checkpoint, and wall time."""
     table = Table(title="test results", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics["test"].items():
         table.add_row(key, "-" if value is None else f"{value:.4f}")
+    chosen = metrics.get("checkpoint") or {}
+    if chosen.get("best") is not None:
+        table.add_row(f"tested checkpoint: best {chosen['monitor']}", f"{chosen['best']:.4f}")
     table.add_row("wall time", f"{metrics['wall_time_s']:.0f} s")
     return table
 

@@ -295,9 +295,12 @@ def _results_section(run: RunRecord) -> str:
     m = run.metrics
     if not m:
         return '<h2>Results</h2><p class="note">metrics.json is missing: the run did not finish.</p>'
-    scalars = [(k, f"{v:.4f}") for k, v in m.get("test", {}).items()]
+    scalars = [(k, "-" if v is None else f"{v:.4f}") for k, v in m.get("test", {}).items()]
     wall = m.get("wall_time_s")
     info = f"wall time {wall:.0f} s" if isinstance(wall, (int, float)) else ""
+    chosen = m.get("checkpoint") or {}
+    if chosen.get("best") is not None:
+        info += f"; the tested checkpoint had the best {chosen['monitor']}: {chosen['best']:.4f}"
     plots = run.run_dir / "plots"
     return (f"<h2>Results</h2><p>Test split; {escape(info)}.</p>"
             + '<div class="cols"><div><h3>Test metrics</h3>'

@@ -60,6 +60,8 @@ def test_report_is_one_self_contained_page_with_every_section(report, finished_r
     assert weights["sha256"] in html and "tf_efficientnet_lite0" in html
     assert ">stem<" in html and ">stage7<" in html and ">head<" in html and "phase probe" in html
     assert "f1_macro" in html and "true: <b>" in html
+    best = json.loads((finished_run / "metrics.json").read_text())["checkpoint"]["best"]
+    assert f"the tested checkpoint had the best val/acc: {best:.4f}" in html
 
 
 def test_worst_mistakes_are_wrong_and_most_confident_first(finished_run):
