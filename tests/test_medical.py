@@ -443,7 +443,7 @@ def test_a_tuned_threshold_also_reports_the_decisions_at_one_half():
     p1 = ClassificationTask(model, 2).predict_probabilities([(images, targets)])[0][:, 1]
     threshold = float(p1.sort().values[4:6].mean())  # between the 5th and 6th score: not 0.5's decisions
     results = {}
-    for t in (threshold, None):
+    for t in (threshold, None, 0.5):
         task = ClassificationTask(model, 2, threshold=t)
         task.log = task.log_dict = lambda *args, **kwargs: None  # no Trainer here
         with torch.no_grad():
@@ -454,7 +454,8 @@ def test_a_tuned_threshold_also_reports_the_decisions_at_one_half():
     assert float(tuned["acc"]) == pytest.approx(((p1 >= threshold).long() == targets).float().mean().item())
     assert float(tuned["acc_at_0.5"]) == pytest.approx(((p1 >= 0.5).long() == targets).float().mean().item())
     assert float(tuned["balanced_acc_at_0.5"]) == float(default["balanced_acc"])
-    assert not any(k.endswith("_at_0.5") for k in default)  # the default threshold: nothing to add
+    for t in (None, 0.5):  # the default threshold: nothing to add
+        assert not any(k.endswith("_at_0.5") for k in results[t])
 
 
 # --- checkpoint selection --------------------------------------------------------------------

@@ -283,7 +283,7 @@ class ClassificationTask(PhasedTask):
         if self.task in THRESHOLD_TASKS:  # recorded: a scalar (binary) or one per label (multi-label)
             threshold = 0.5 if self.threshold is None else self.threshold
             self.test_results["threshold"] = torch.as_tensor(threshold, dtype=torch.float32)
-            if self.threshold is not None:
+            if torch.as_tensor(threshold).ne(0.5).any():
                 at_default = self.default_test_metrics.compute().items()
                 self.test_results |= {f"{k}_at_0.5": v.detach().cpu() for k, v in at_default}
             self.default_test_metrics.reset()
