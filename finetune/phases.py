@@ -70,8 +70,8 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
     make_task = make_task or partial(phase_task, model, data, cfg)
     consistency = RankConsistency()
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                                 mode="min" if monitor.endswith("loss") else "max", save_last=True, enable_version_counter=False,
-                                 auto_insert_metric_name=False)
+                                 mode="min" if monitor.endswith("loss") else "max", save_last=True,
+                                 enable_version_counter=False, auto_insert_metric_name=False)
     start = resume_point(resume_from)
     # Units and connections do not depend on freezing: one counting pass serves every phase table.
     input_shape = (data.in_chans, *data.preprocessing.size)

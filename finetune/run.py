@@ -63,8 +63,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
 
     if is_global_zero():
         write_run_record(cfg, run_dir, record.to_dict(), _data_record(cfg, data))
-    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, resume_from,
-                                               monitor=monitor)
+    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, resume_from, monitor=monitor)
     best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
     best = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     task = phase_task(model, data, cfg)
@@ -77,7 +76,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     if not is_global_zero():
         return {}
     results = write_results(run_dir, task.test_results, data.info.class_names, phases,
-                             time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums}, checkpoint)
+                             time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums},
+                             checkpoint)
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
@@ -148,8 +148,8 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
         _write_confusion_csv(run_dir / "confusion_matrix.csv", matrix, class_names)
         plot_confusion(matrix, class_names, plots / "confusion_matrix.png")
     logs = [run_dir / "logs" / p.name / "metrics.csv" for p in phases]
-    monitored = checkpoint.monitor.split("/")[1]
-    plot_curves(epoch_history([p for p in logs if p.exists()]), plots / "curves.png", monitored)
+    plot_curves(epoch_history([p for p in logs if p.exists()]), plots / "curves.png",
+                checkpoint.monitor.removeprefix("val/"))
     best = None if checkpoint.best_model_score is None else _json_number(checkpoint.best_model_score)
     metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),
                "checkpoint": {"monitor": checkpoint.monitor, "best": best},
