@@ -69,9 +69,7 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
     """
     make_task = make_task or partial(phase_task, model, data, cfg)
     consistency = RankConsistency()
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                                 mode="min" if monitor.endswith("loss") else "max", save_last=True,
-                                 enable_version_counter=False, auto_insert_metric_name=False)
+    checkpoint = best_checkpoint(run_dir, monitor)
     start = resume_point(resume_from)
     # Units and connections do not depend on freezing: one counting pass serves every phase table.
     input_shape = (data.in_chans, *data.preprocessing.size)
@@ -92,6 +90,13 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
         task = make_task(phase.optim, index, cached)
         trainer.fit(task, datamodule=phase_data, ckpt_path=resume_from if index == start else None)
     return checkpoint, consistency.checksums
+
+
+def best_checkpoint(run_dir: Path, monitor: str) -> ModelCheckpoint:
+    """``checkpoints/best.ckpt`` (the best ``monitor``: lowest for a loss, else highest) and ``last.ckpt``."""
+    return ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+                           mode="min" if monitor.endswith("loss") else "max", save_last=True,
+                           enable_version_counter=False, auto_insert_metric_name=False)
 
 
 def phase_task(model: FineTuneModel, data: ClassificationDataModule, cfg: DictConfig, optim: PhaseOptim | None = None,

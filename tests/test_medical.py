@@ -469,6 +469,13 @@ def test_auto_monitor_is_threshold_free_when_the_threshold_comes_later(task, tun
     assert monitor_metric(task, tuned, "balanced_acc") == "val/balanced_acc"  # an explicit choice wins
 
 
+def test_a_loss_is_minimised_every_other_monitor_maximised(tmp_path):
+    from finetune.phases import best_checkpoint
+
+    assert best_checkpoint(tmp_path, "val/loss").mode == "min"
+    assert best_checkpoint(tmp_path, "val/auc").mode == "max"
+
+
 def test_unknown_monitor_is_refused_before_any_work():
     with pytest.raises(ConfigError, match="monitor='dice'.*auc"):
         validate(compose_config("monitor=dice"))  # a segmentation metric asked of a classifier
