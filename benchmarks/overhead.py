@@ -153,8 +153,6 @@ class PerStepRichProgressBar(RichProgressBar):
 def stack_side(cfg, model, loader, val_loader, warmup: int, task_cls=ClassificationTask,
                progress_bar_cls=None, **trainer_overrides) -> dict:
     """Per-step (interval, work) seconds of one ``trainer.fit`` of our stack over ``loader``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     import finetune.phases as phases
 
     cfg = cfg.copy()
@@ -167,9 +165,7 @@ def stack_side(cfg, model, loader, val_loader, warmup: int, task_cls=Classificat
         phases.ThrottledRichProgressBar = progress_bar_cls
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = ModelCheckpoint(dirpath=Path(tmp) / "checkpoints", filename="best", monitor="val/acc",
-                                         mode="max", save_last=True, enable_version_counter=False,
-                                         auto_insert_metric_name=False)
+            checkpoint = phases.best_checkpoint(Path(tmp), "val/acc")
             trainer = make_trainer(cfg, Path(tmp), "bench", 1, [timer, checkpoint])
             task = task_cls(model, 10, False, PhaseOptim())
             trainer.fit(task, train_dataloaders=loader, val_dataloaders=val_loader)
