@@ -18,8 +18,8 @@ from .data.segmentation import LAYOUTS
 from .heads import HEADS, SEGMENTATION_HEADS
 from .optim import OPTIMIZERS, SCHEDULERS
 from .tasks.base import PhaseOptim
-from .tasks import classification, segmentation as segmentation_task
-from .tasks.segmentation import LOSSES
+from .tasks.classification import MONITORS as CLASSIFICATION_MONITORS
+from .tasks.segmentation import LOSSES, MONITORS as SEGMENTATION_MONITORS
 
 TASKS = ("classification", "segmentation")
 _PHASE_OPTIM_KEYS = {f.name for f in fields(PhaseOptim)}
@@ -69,7 +69,7 @@ def validate(cfg: DictConfig) -> list[Phase]:
     _choice("dataset.kind", cfg.dataset.kind, datasets, f"task={cfg.task} takes dataset=" + "|".join(datasets))
     if segmentation:
         _validate_segmentation(cfg)
-    monitors = (segmentation_task if segmentation else classification).MONITORS
+    monitors = SEGMENTATION_MONITORS if segmentation else CLASSIFICATION_MONITORS
     _choice("monitor", cfg.monitor, ("auto", *monitors), f"validation metrics of task={cfg.task}")
     _choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
     _choice("imbalance", cfg.imbalance, IMBALANCE_CHOICES)
