@@ -1,7 +1,7 @@
 """5. Accuracy per minute: validation accuracy against wall time for a linear probe (cached
-features), gradual unfreezing and a full fine-tune, through the real ``finetune.run.train``.
+features), gradual unfreezing and a full fine-tune, through the real ``finetune.engine.train.train``.
 
-``finetune.phases.make_trainer`` is wrapped (in this process only) to add a callback that records
+``finetune.engine.phases.make_trainer`` is wrapped (in this process only) to add a callback that records
 (seconds since ``train`` started, phase, epoch, val/acc) after every validation; the final test
 metrics and the total wall time come from the run's metrics.json.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 
-from finetune import phases
+from finetune.engine import phases
 from finetune.resources import conf_dir
 
 from .common import HYMENOPTERA, MEDMNIST, RESULTS, compose, write_result
@@ -31,8 +31,8 @@ class Curve(L.Callback):
 
 
 def run(overrides: list[str]) -> dict:
-    """One ``finetune.run.train`` with a val-accuracy-vs-time curve."""
-    from finetune.run import train
+    """One ``finetune.engine.train.train`` with a val-accuracy-vs-time curve."""
+    from finetune.engine.train import train
 
     cfg = compose(*overrides)
     points: list[dict] = []

@@ -2,7 +2,7 @@
 
 (a) ``freeze=all`` (linear probe) on digits at 64 px: step (= epoch, same batch count) time of our
 stack training the head on a live frozen backbone vs on cached features
-(``finetune.features.FeatureDataModule``), plus the one-time extraction, so the amortised speed-up
+(``finetune.engine.features.FeatureDataModule``), plus the one-time extraction, so the amortised speed-up
 over a whole probe is reported too.
 (b) ``freeze=k`` vs ``freeze=0``: training-step time of tf_efficientnet_lite0 (minimal loop, same
 batches) for every depth k; frozen stages run forward only, so the curve falls with k.
@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.features import FeatureDataModule
-from finetune.freezing import frozen_stages
-from finetune.phases import make_trainer
-from finetune.run import model_preprocessing
+from finetune.engine.features import FeatureDataModule
+from finetune.models.freezing import frozen_stages
+from finetune.engine.phases import make_trainer
+from finetune.engine.train import model_preprocessing
 from finetune.tasks.base import PhaseOptim
 from finetune.tasks.classification import ClassificationTask
 

@@ -42,7 +42,7 @@ def _reset_peak() -> None:
 
 def child(backbone: str, image_size: int, freeze: str, batch_size: int, steps: int) -> dict:
     """One setting in this process: RSS before / after ``steps`` training steps."""
-    from finetune.freezing import frozen_stages, param_groups, stage_learning_rates
+    from finetune.models.freezing import frozen_stages, param_groups, stage_learning_rates
 
     from .common import build, fake_batches
 

@@ -1,6 +1,6 @@
 """1. Overhead of our training stack vs a minimal hand-written PyTorch loop.
 
-Our side: ``finetune.phases.make_trainer`` (loggers, LR monitor, rich progress bar, checkpoint
+Our side: ``finetune.engine.phases.make_trainer`` (loggers, LR monitor, rich progress bar, checkpoint
 callback) + ``ClassificationTask`` (loss, train metrics, ``self.log`` every step). Minimal side:
 ``for x, y in loader: loss = ce(model(x), y); zero_grad; backward; step`` with the same model
 (``FineTuneModel`` with the same frozen stages), the same pre-made batches (one DataLoader over a
@@ -25,8 +25,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from lightning.pytorch.callbacks import RichProgressBar
 from torch.utils.data import DataLoader
 
-from finetune.freezing import frozen_stages, param_groups, stage_learning_rates
-from finetune.phases import make_trainer
+from finetune.models.freezing import frozen_stages, param_groups, stage_learning_rates
+from finetune.engine.phases import make_trainer
 from finetune.tasks.base import PhaseOptim
 from finetune.tasks.classification import ClassificationTask
 
@@ -153,7 +153,7 @@ class PerStepRichProgressBar(RichProgressBar):
 def stack_side(cfg, model, loader, val_loader, warmup: int, task_cls=ClassificationTask,
                progress_bar_cls=None, **trainer_overrides) -> dict:
     """Per-step (interval, work) seconds of one ``trainer.fit`` of our stack over ``loader``."""
-    import finetune.phases as phases
+    import finetune.engine.phases as phases
 
     cfg = cfg.copy()
     for k, v in trainer_overrides.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.run import model_preprocessing
+from finetune.engine.train import model_preprocessing
 
 from .common import HYMENOPTERA, RESULTS, build, fake_batches, interleaved, median, write_result
 from .overhead import minimal_side

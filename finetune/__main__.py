@@ -10,8 +10,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .errors import FinetuneError
-from .resources import conf_dir
+from finetune.errors import FinetuneError
+from finetune.resources import conf_dir
 
 RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")
 
@@ -28,9 +28,9 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 def _run(cfg: DictConfig) -> dict | None:
-    from .distributed import launch_workers, wants_processes
-    from .run import train
-    from .runs import find_checkpoint, resume_config
+    from finetune.engine.distributed import launch_workers, wants_processes
+    from finetune.engine.train import train
+    from finetune.engine.runs import find_checkpoint, resume_config
 
     run_dir, resume_from = Path(HydraConfig.get().runtime.output_dir), None
     if cfg.resume:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from .errors import FinetuneError
+from finetune.errors import FinetuneError
 
 
 def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequence[str] | None) -> int:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from finetune.data.samplers import EpochShuffleSampler, ShardSampler
-from finetune.sweep import write_summary
+from finetune.engine.sweep import write_summary
 
 TINY = ["backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32",
         "trainer.progress_bar=false", "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1"]

@@ -9,11 +9,11 @@ import skimage.data
 import torch
 from PIL import Image
 
-from finetune import explain as E
-from finetune.backbones import build_stage_map
+from finetune.report import explain as E
+from finetune.models.backbones import build_stage_map
 from finetune.data.transforms import Preprocessing, eval_transform
-from finetune.freezing import FineTuneModel
-from finetune.weights import create_model, resolve_weights
+from finetune.models.freezing import FineTuneModel
+from finetune.models.weights import create_model, resolve_weights
 
 
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -11,13 +11,13 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from finetune import export as ex
+from finetune.export import formats as ex
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
-from finetune.freezing import frozen_stages
-from finetune.run import train
-from finetune.runs import build_model
-from finetune.weights import resolve_weights, sha256_file
+from finetune.models.freezing import frozen_stages
+from finetune.engine.train import train
+from finetune.engine.runs import build_model
+from finetune.models.weights import resolve_weights, sha256_file
 
 from .conftest import compose_config
 

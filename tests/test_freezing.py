@@ -9,10 +9,10 @@ import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune.backbones import build_stage_map
-from finetune.freezing import (FineTuneModel, FreezeError, frozen_stages, param_groups, stage_learning_rates,
+from finetune.models.backbones import build_stage_map
+from finetune.models.freezing import (FineTuneModel, FreezeError, frozen_stages, param_groups, stage_learning_rates,
                                stage_status)
-from finetune.heads import build_head
+from finetune.models.heads import build_head
 from finetune.tasks.base import PhaseOptim
 from finetune.tasks.classification import ClassificationTask
 

@@ -23,7 +23,7 @@ from finetune.data.imbalance import loss_weights, resolve_imbalance
 from finetune.data.medmnist import MEDMNIST, official_file_name
 from finetune.data.samplers import ClassBalancedSampler
 from finetune.data.transforms import Augment, augment_ops
-from finetune.config import ConfigError, validate
+from finetune.engine.config import ConfigError, validate
 from finetune.tasks.classification import (
     ClassificationTask, balanced_accuracy_threshold, classification_metrics, monitor_metric, tune_thresholds,
 )
@@ -68,8 +68,8 @@ def write_npz(path: Path, sizes=(12, 4, 6), num_classes: int = 2, label_shape: s
 
 
 def tiny_model(num_classes: int, in_chans: int = 1):
-    from finetune.backbones import build_stage_map
-    from finetune.freezing import FineTuneModel
+    from finetune.models.backbones import build_stage_map
+    from finetune.models.freezing import FineTuneModel
     import timm
 
     backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=in_chans)
@@ -297,7 +297,7 @@ def test_datamodule_sampler_follows_imbalance(shared_data):
 
 
 def test_cached_feature_phases_draw_with_the_balanced_sampler(tmp_path):
-    from finetune.features import FeatureDataModule
+    from finetune.engine.features import FeatureDataModule
 
     write_npz(tmp_path / "breastmnist.npz", sizes=(12, 4, 4))
     dm = make_dm(medmnist_cfg(name="breastmnist", root=str(tmp_path)), imbalance="sampler", batch_size=4)
@@ -470,7 +470,7 @@ def test_auto_monitor_is_threshold_free_when_the_threshold_comes_later(task, tun
 
 
 def test_a_loss_is_minimised_every_other_monitor_maximised(tmp_path):
-    from finetune.phases import best_checkpoint
+    from finetune.engine.phases import best_checkpoint
 
     assert best_checkpoint(tmp_path, "val/loss").mode == "min"
     assert best_checkpoint(tmp_path, "val/auc").mode == "max"
@@ -486,7 +486,7 @@ def test_unknown_monitor_is_refused_before_any_work():
 
 
 def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
-    from finetune import run as run_module
+    from finetune.engine import train as run_module
 
     seen = []
     tune = ClassificationTask.tune_threshold

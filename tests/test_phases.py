@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from finetune import run as run_module
-from finetune.optim import warmup_cosine_factor
+from finetune.engine import train as run_module
+from finetune.engine.optim import warmup_cosine_factor
 from finetune.tasks.classification import ClassificationTask
 
 from .conftest import compose_config
@@ -139,10 +139,10 @@ def test_cached_features_give_the_same_head_as_the_live_backbone(tmp_path):
 
 def test_cache_turns_itself_off_with_random_augmentation_and_refuses_when_forced(tmp_path):
     from finetune.data.datamodule import ClassificationDataModule
-    from finetune.features import use_feature_cache
-    from finetune.freezing import frozen_stages
-    from finetune.runs import build_model
-    from finetune.weights import resolve_weights
+    from finetune.engine.features import use_feature_cache
+    from finetune.models.freezing import frozen_stages
+    from finetune.engine.runs import build_model
+    from finetune.models.weights import resolve_weights
 
     cfg = compose_config(*FAST, "schedule=linear_probe", "augment=light")
     data = ClassificationDataModule(cfg.dataset, cfg.augment, 8, 0, 0)
@@ -174,7 +174,7 @@ def test_plan_prints_phases_and_fails_fast_on_inconsistent_configs(tmp_path):
 
 
 def test_a_run_written_before_a_config_key_existed_resumes_with_its_default(tmp_path):
-    from finetune.runs import resume_config
+    from finetune.engine.runs import resume_config
 
     current = compose_config("schedule.epochs=9")
     old = OmegaConf.to_container(compose_config("schedule.epochs=2"))

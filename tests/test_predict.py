@@ -13,12 +13,12 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from finetune import export as ex
-from finetune import predict as pr
+from finetune.export import formats as ex
+from finetune.export import predict as pr
 from finetune.errors import FinetuneError
-from finetune.run import model_preprocessing
-from finetune.runs import build_model
-from finetune.weights import create_model, resolve_weights
+from finetune.engine.train import model_preprocessing
+from finetune.engine.runs import build_model
+from finetune.models.weights import create_model, resolve_weights
 
 from .conftest import compose_config
 
@@ -59,7 +59,7 @@ def test_cli_predicts_a_cat_for_chelsea_into_the_working_directory(imagenet_expo
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "finetune.predict", f"export={imagenet_exports}",
+    done = subprocess.run([sys.executable, "-m", "finetune.export.predict", f"export={imagenet_exports}",
                            f"inputs={images / 'chelsea.png'}"], cwd=work, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     [row] = read_csv(work / "predictions.csv")

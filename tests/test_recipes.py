@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.config import validate
+from finetune.engine.config import validate
 from finetune.resources import recipes_dir
 
 from .conftest import compose_config

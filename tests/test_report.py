@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.report import _table, datamodule_for, worst_mistakes, write_report
-from finetune.runs import load_run
+from finetune.report.html import _table, datamodule_for, worst_mistakes, write_report
+from finetune.engine.runs import load_run
 
 SECTIONS = ["Configuration", "Data", "Model", "Results", "Most confident mistakes"]
 
@@ -81,7 +81,7 @@ def test_tables_escape_text():
 
 
 def test_report_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
-    from finetune.report import main
+    from finetune.report.html import main
 
     assert main([f"run={tmp_path}"]) == 2
     assert "finetune: error:" in capsys.readouterr().err

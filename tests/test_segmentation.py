@@ -14,10 +14,10 @@ from torch import nn
 from finetune.data.datasets import DatasetError
 from finetune.data.segmentation import SegmentationDataModule
 from finetune.errors import FinetuneError
-from finetune.decoders import build_segmentation_model
-from finetune.freezing import frozen_stages
+from finetune.models.decoders import build_segmentation_model
+from finetune.models.freezing import frozen_stages
 from finetune.tasks.segmentation import SegmentationLoss, SegmentationMetrics, sliding_window_logits
-from finetune.weights import load_state_dict, resolve_weights
+from finetune.models.weights import load_state_dict, resolve_weights
 
 from .test_cli import run_cli
 
@@ -284,13 +284,13 @@ def test_segmentation_run_learns_and_writes_masks_and_overlays(seg_run):
 
 
 def _best_model(run):
-    from finetune.runs import load_run
+    from finetune.engine.runs import load_run
 
     return load_run(run).model
 
 
 def test_head_export_of_a_segmentation_run_round_trips(seg_run):
-    from finetune.export import load_head_export
+    from finetune.export.formats import load_head_export
 
     head = seg_run / "exports" / "head.safetensors"
     assert head.is_file()  # every run writes one
@@ -298,14 +298,14 @@ def test_head_export_of_a_segmentation_run_round_trips(seg_run):
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=1e-6)
-    from finetune.export import _embedded_metadata
+    from finetune.export.formats import _embedded_metadata
     stages = _embedded_metadata(head)["delta"]["stages"]
     assert "head" in stages and not {"stem", "stage1", "stage2"} & set(stages)  # frozen: pinned, not stored
 
 
 def test_onnx_export_takes_any_size_and_predict_writes_masks(seg_run, tmp_path):
-    from finetune.export import export_run, load_export
-    from finetune.predict import main as predict_main
+    from finetune.export.formats import export_run, load_export
+    from finetune.export.predict import main as predict_main
 
     results = export_run(seg_run, ["onnx", "torchscript"], out=tmp_path / "exports")
     assert all(r.parity.max_abs_diff <= 1e-4 and r.parity.top1_agreement == 1.0 for r in results)

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from finetune.summary import (
+from finetune.models.summary import (
     LayerCount,
     StageCount,
     count_layers,

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from finetune import weights as W
-from finetune.weights import WeightsNotFoundError, create_model, resolve_weights, sha256_file
+from finetune.models import weights as W
+from finetune.models.weights import WeightsNotFoundError, create_model, resolve_weights, sha256_file
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MOBILENET_FILE = SHARED_DATA / "weights" / "mobilenetv2_100_imagenet_from_tflite_quant.pth"

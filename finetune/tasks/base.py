@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import lightning as L
 
-from ..freezing import FineTuneModel, param_groups, stage_learning_rates
-from ..optim import build_optimizer, build_scheduler
+from finetune.models.freezing import FineTuneModel, param_groups, stage_learning_rates
+from finetune.engine.optim import build_optimizer, build_scheduler
 
 PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
 

@@ -28,9 +28,9 @@ from torchmetrics.classification import (
     MultilabelF1Score, MultilabelPrecision, MultilabelRecall, MultilabelStatScores,
 )
 
-from ..data.datasets import TASK_TYPES
-from ..freezing import FineTuneModel
-from .base import PhasedTask, PhaseOptim
+from finetune.data.datasets import TASK_TYPES
+from finetune.models.freezing import FineTuneModel
+from finetune.tasks.base import PhasedTask, PhaseOptim
 
 THRESHOLD_TASKS = ("binary", "multi-label")  # tasks whose decision is a threshold on a probability
 MONITORS = ("acc", "auc", "balanced_acc", "f1_macro", "loss")  # validation metrics that can pick the checkpoint

@@ -14,9 +14,9 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassConfusionMatrix
 
-from ..errors import FinetuneError
-from ..freezing import FineTuneModel
-from .base import PhasedTask, PhaseOptim
+from finetune.errors import FinetuneError
+from finetune.models.freezing import FineTuneModel
+from finetune.tasks.base import PhasedTask, PhaseOptim
 
 LOSSES = ("ce", "dice", "ce_dice", "focal")
 BINARY_MONITORS = ("dice", "iou", "auc")  # foreground scores, logged for binary tasks only

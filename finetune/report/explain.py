@@ -1,6 +1,6 @@
 """What a fine-tuned model looks at: top-k predictions, Grad-CAM, stage activations, first-layer filters.
 
-``python -m finetune.explain run=<run dir> inputs=<image | folder | glob> [topk=5] [stage=stage3]
+``python -m finetune.report.explain run=<run dir> inputs=<image | folder | glob> [topk=5] [stage=stage3]
 [channels=16] [filters=true] [out=<dir>]`` writes, per image, ``<out>/<image stem>/``:
 ``topk.json``, ``gradcam.png`` (image | Grad-CAM overlay for the top-1 class) and
 ``activations_<stage>.png`` (the ``channels`` strongest channels of that stage's output), plus
@@ -33,16 +33,16 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from timm.layers import SelectAdaptivePool2d  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .artifacts import write_json  # noqa: E402
-from .cli import parse_args, parse_flag, positive_int, run_command  # noqa: E402
-from .data.datasets import read_image  # noqa: E402
-from .data.transforms import Preprocessing  # noqa: E402
-from .errors import FinetuneError  # noqa: E402
-from .export import find_images, preprocess  # noqa: E402
-from .freezing import FineTuneModel  # noqa: E402
-from .plots import save_figure  # noqa: E402
-from .runs import LoadedRun, build_model, load_run  # noqa: E402
-from .weights import resolve_weights  # noqa: E402
+from finetune.artifacts import write_json  # noqa: E402
+from finetune.cli import parse_args, parse_flag, positive_int, run_command  # noqa: E402
+from finetune.data.datasets import read_image  # noqa: E402
+from finetune.data.transforms import Preprocessing  # noqa: E402
+from finetune.errors import FinetuneError  # noqa: E402
+from finetune.export.formats import find_images, preprocess  # noqa: E402
+from finetune.models.freezing import FineTuneModel  # noqa: E402
+from finetune.report.plots import save_figure  # noqa: E402
+from finetune.engine.runs import LoadedRun, build_model, load_run  # noqa: E402
+from finetune.models.weights import resolve_weights  # noqa: E402
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, SelectAdaptivePool2d)
 FILTER_BACKGROUND = 1.0  # white gaps between filter tiles
@@ -345,12 +345,12 @@ _OPTIONS = {"run": None, "inputs": None, "out": None, "topk": "5", "stage": None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune.explain run=… inputs=… [topk=5] [stage=…] [channels=16] [filters=true] [out=…]``."""
+    """``python -m finetune.report.explain run=… inputs=… [topk=5] [stage=…] [channels=16] [filters=true] [out=…]``."""
     return run_command(_explain_command, __doc__, argv)
 
 
 def _explain_command(argv: list[str]) -> None:
-    args = parse_args(argv, _OPTIONS, ["run", "inputs"], "finetune.explain")
+    args = parse_args(argv, _OPTIONS, ["run", "inputs"], "finetune.report.explain")
     options = ExplainOptions(topk=positive_int(args["topk"], "topk"), stage=args["stage"],
                              channels=positive_int(args["channels"], "channels"),
                              filters=parse_flag(args["filters"], "filters"))

@@ -5,11 +5,11 @@ import timm
 from omegaconf import DictConfig
 from rich.table import Table
 
-from .data.datamodule import ClassificationDataModule
-from .display import console, stage_table
-from .features import cache_blockers
-from .freezing import FineTuneModel, param_groups, stage_learning_rates
-from .weights import WeightsRecord
+from finetune.data.datamodule import ClassificationDataModule
+from finetune.engine.display import console, stage_table
+from finetune.engine.features import cache_blockers
+from finetune.models.freezing import FineTuneModel, param_groups, stage_learning_rates
+from finetune.models.weights import WeightsRecord
 
 
 def print_plan(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataModule, plan: list,

@@ -31,8 +31,8 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict, split_model_name_tag
 from timm.models._hub import download_from_hf, hf_split
 
-from .artifacts import atomic_path
-from .errors import FinetuneError
+from finetune.artifacts import atomic_path
+from finetune.errors import FinetuneError
 
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "input_size", "crop_pct", "crop_mode")
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")

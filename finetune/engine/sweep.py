@@ -11,7 +11,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .artifacts import write_text
+from finetune.artifacts import write_text
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
-from .weights import WeightsRecord, create_model
+from finetune.models.weights import WeightsRecord, create_model
 
 _MERGE_WITH_PREVIOUS = (99999,)  # timm's marker for "belongs to the previous group"
 

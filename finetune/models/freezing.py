@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .backbones import StageMap
-from .errors import FinetuneError
+from finetune.models.backbones import StageMap
+from finetune.errors import FinetuneError
 
 BN_POLICIES = ("frozen", "train")
 HEAD = "head"

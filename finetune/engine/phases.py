@@ -14,17 +14,17 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig
 
-from .checkpointing import AtomicCheckpointIO
-from .distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
-from .config import Phase
-from .data.datamodule import ClassificationDataModule
-from .display import ThrottledRichProgressBar, console, stage_table
-from .errors import FinetuneError
-from .features import FeatureDataModule, use_feature_cache
-from .freezing import FineTuneModel
-from .summary import count_layers, roll_up
-from .tasks.base import PHASE_KEY, PhaseOptim
-from .tasks.classification import ClassificationTask
+from finetune.engine.checkpointing import AtomicCheckpointIO
+from finetune.engine.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
+from finetune.engine.config import Phase
+from finetune.data.datamodule import ClassificationDataModule
+from finetune.engine.display import ThrottledRichProgressBar, console, stage_table
+from finetune.errors import FinetuneError
+from finetune.engine.features import FeatureDataModule, use_feature_cache
+from finetune.models.freezing import FineTuneModel
+from finetune.models.summary import count_layers, roll_up
+from finetune.tasks.base import PHASE_KEY, PhaseOptim
+from finetune.tasks.classification import ClassificationTask
 
 
 # Frozen stages are in eval mode on purpose (the BN policy); Lightning warns about it every phase.

@@ -9,17 +9,17 @@ from dataclasses import dataclass, fields
 
 from omegaconf import DictConfig, OmegaConf
 
-from .data.imbalance import IMBALANCE_CHOICES
-from .errors import FinetuneError
-from .features import CACHE_CHOICES
-from .freezing import BN_POLICIES
-from .data.datasets import LOADERS
-from .data.segmentation import LAYOUTS
-from .heads import HEADS, SEGMENTATION_HEADS
-from .optim import OPTIMIZERS, SCHEDULERS
-from .tasks.base import PhaseOptim
-from .tasks.classification import MONITORS as CLASSIFICATION_MONITORS
-from .tasks.segmentation import LOSSES, MONITORS as SEGMENTATION_MONITORS
+from finetune.data.imbalance import IMBALANCE_CHOICES
+from finetune.errors import FinetuneError
+from finetune.engine.features import CACHE_CHOICES
+from finetune.models.freezing import BN_POLICIES
+from finetune.data.datasets import LOADERS
+from finetune.data.segmentation import LAYOUTS
+from finetune.models.heads import HEADS, SEGMENTATION_HEADS
+from finetune.engine.optim import OPTIMIZERS, SCHEDULERS
+from finetune.tasks.base import PhaseOptim
+from finetune.tasks.classification import MONITORS as CLASSIFICATION_MONITORS
+from finetune.tasks.segmentation import LOSSES, MONITORS as SEGMENTATION_MONITORS
 
 TASKS = ("classification", "segmentation")
 _PHASE_OPTIM_KEYS = {f.name for f in fields(PhaseOptim)}

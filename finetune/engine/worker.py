@@ -1,4 +1,4 @@
-"""One training process of a multi-process run: ``python -m finetune.worker run_dir=DIR config=FILE``.
+"""One training process of a multi-process run: ``python -m finetune.engine.worker run_dir=DIR config=FILE``.
 
 Started by ``python -m finetune trainer=ddp`` (see distributed.py), by ``torchrun`` or by SLURM's
 ``srun``. Reads the resolved config file; never composes a config itself.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .cli import parse_args, run_command
+from finetune.cli import parse_args, run_command
 
 
 def main(argv: list[str]) -> int:
@@ -19,9 +19,9 @@ def main(argv: list[str]) -> int:
 
 
 def _train_rank(argv: list[str]) -> None:
-    from .run import train
+    from finetune.engine.train import train
 
-    args = parse_args(argv, {"run_dir": None, "config": None, "resume": None}, ["run_dir"], "finetune.worker")
+    args = parse_args(argv, {"run_dir": None, "config": None, "resume": None}, ["run_dir"], "finetune.engine.worker")
     run_dir = Path(args["run_dir"])
     cfg = OmegaConf.load(args["config"] or run_dir / "config.yaml")
     train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)

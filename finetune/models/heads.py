@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from .errors import FinetuneError
+from finetune.errors import FinetuneError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -31,7 +31,7 @@ def mlp_head(in_features: int, num_classes: int, hidden: Sequence[int] = (512,),
 
 
 HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear_head, "mlp": mlp_head}
-# task=segmentation: segmentation_models_pytorch decoders (built in finetune.decoders)
+# task=segmentation: segmentation_models_pytorch decoders (built in finetune.models.decoders)
 SEGMENTATION_HEADS = ("unet", "fpn", "deeplabv3plus")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .artifacts import atomic_path
+from finetune.artifacts import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -3,7 +3,7 @@
 Configuration, data (class counts, sample images), the model's stages with their frozen/trainable
 status per phase, training curves, test metrics, the confusion matrix and the most confidently
 wrong test images. Images are embedded as base64 ``data:`` URIs; no external CSS or JavaScript,
-so the file can be mailed or archived alone. ``python -m finetune.report run=<run dir>`` rebuilds
+so the file can be mailed or archived alone. ``python -m finetune.report.html run=<run dir>`` rebuilds
 it from a finished run directory.
 """
 from __future__ import annotations
@@ -24,17 +24,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from . import __version__
-from .artifacts import write_text
-from .cli import parse_args, run_command
-from .config import phases_from
-from .data.datamodule import ClassificationDataModule
-from .data.transforms import Preprocessing
-from .errors import FinetuneError
-from .freezing import FineTuneModel, frozen_stages, stage_status
-from .runs import load_run
-from .summary import count_layers, roll_up
-from .tasks.classification import decide, probabilities
+from finetune import __version__
+from finetune.artifacts import write_text
+from finetune.cli import parse_args, run_command
+from finetune.engine.config import phases_from
+from finetune.data.datamodule import ClassificationDataModule
+from finetune.data.transforms import Preprocessing
+from finetune.errors import FinetuneError
+from finetune.models.freezing import FineTuneModel, frozen_stages, stage_status
+from finetune.engine.runs import load_run
+from finetune.models.summary import count_layers, roll_up
+from finetune.tasks.classification import decide, probabilities
 
 THUMB = 64  # thumbnail side in pixels
 MAX_SAMPLE_CLASSES = 20
@@ -353,12 +353,12 @@ def write_report(run_dir: str | Path, data: ClassificationDataModule | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune.report run=<run dir>``: (re)write the run's report.html."""
+    """``python -m finetune.report.html run=<run dir>``: (re)write the run's report.html."""
     return run_command(_report_command, main.__doc__, argv)
 
 
 def _report_command(argv: list[str]) -> None:
-    args = parse_args(argv, {"run": None}, ["run"], "finetune.report")
+    args = parse_args(argv, {"run": None}, ["run"], "finetune.report.html")
     print(f"report written to {write_report(Path(args['run']).expanduser())}")
 
 

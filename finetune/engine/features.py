@@ -9,10 +9,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .data.datamodule import ClassificationDataModule
-from .data.samplers import split_sampler, trainer_shard
-from .errors import FinetuneError
-from .freezing import FineTuneModel
+from finetune.data.datamodule import ClassificationDataModule
+from finetune.data.samplers import split_sampler, trainer_shard
+from finetune.errors import FinetuneError
+from finetune.models.freezing import FineTuneModel
 
 CACHE_CHOICES = ("auto", "true", "false")
 

@@ -1,6 +1,6 @@
 """Predict with any export: head / full safetensors, ONNX (onnxruntime) or TorchScript.
 
-    python -m finetune.predict export=<file or folder> inputs=<files, folders or globs> [topk=5]
+    python -m finetune.export.predict export=<file or folder> inputs=<files, folders or globs> [topk=5]
                                [out=predictions.csv|.json] [overwrite=true] [batch_size=32]
                                [weights=<backbone weights file, for a head export>]
 
@@ -27,11 +27,11 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from .artifacts import atomic_path, write_json
-from .data.datasets import read_image
-from .errors import FinetuneError
-from .cli import parse_args, parse_flag, positive_int, run_command
-from .export import FORMATS, LoadedExport, find_images, load_export, preprocess
+from finetune.artifacts import atomic_path, write_json
+from finetune.data.datasets import read_image
+from finetune.errors import FinetuneError
+from finetune.cli import parse_args, parse_flag, positive_int, run_command
+from finetune.export.formats import FORMATS, LoadedExport, find_images, load_export, preprocess
 
 MULTILABEL_THRESHOLD = 0.5
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -115,8 +115,8 @@ def write_predictions(rows: Sequence[Prediction], out: Path, exported: LoadedExp
 
 def predict_masks(exported: LoadedExport, paths: Sequence[Path], out_dir: Path, overwrite: bool = False) -> list[Path]:
     """Class-index masks of full-size images (sliding window over the export), as palette PNGs."""
-    from .plots import class_colors, save_mask
-    from .tasks.segmentation import full_image_logits
+    from finetune.report.plots import class_colors, save_mask
+    from finetune.tasks.segmentation import full_image_logits
 
     targets = [out_dir / f"{p.stem}_mask.png" for p in paths]
     clashes = sorted({t.name for t in targets if targets.count(t) > 1})
@@ -157,7 +157,7 @@ def resolve_export(path: str | Path) -> Path:
         if (folder / spec.filename).is_file():
             return folder / spec.filename
     raise FinetuneError(f"no export in {path}: expected one of {', '.join(f.filename for f in FORMATS.values())} "
-                        "(make one with python -m finetune.export run=<run dir>)")
+                        "(make one with python -m finetune.export.formats run=<run dir>)")
 
 
 def output_path(out: str | None, overwrite: bool) -> Path:
@@ -170,13 +170,13 @@ def output_path(out: str | None, overwrite: bool) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune.predict``: exit 0, or 2 with one ``finetune: error:`` line."""
+    """``python -m finetune.export.predict``: exit 0, or 2 with one ``finetune: error:`` line."""
     return run_command(_predict_command, __doc__, argv)
 
 
 def _predict_command(argv: list[str]) -> None:
     args = parse_args(argv, {"export": None, "inputs": None, "topk": "5", "out": None, "overwrite": "false",
-                             "batch_size": "32", "weights": None}, ["export", "inputs"], "finetune.predict")
+                             "batch_size": "32", "weights": None}, ["export", "inputs"], "finetune.export.predict")
     overwrite = parse_flag(args["overwrite"], "overwrite")
     paths = find_images(args["inputs"])
     exported = load_export(resolve_export(args["export"]), args["weights"])

@@ -9,19 +9,19 @@ import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .backbones import build_stage_map, create_backbone
-from .data.transforms import Preprocessing
-from .errors import FinetuneError
-from .freezing import FineTuneModel
-from .heads import build_head
-from .weights import WeightsRecord, resolve_weights
+from finetune.models.backbones import build_stage_map, create_backbone
+from finetune.data.transforms import Preprocessing
+from finetune.errors import FinetuneError
+from finetune.models.freezing import FineTuneModel
+from finetune.models.heads import build_head
+from finetune.models.weights import WeightsRecord, resolve_weights
 
 
 def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
     """Backbone (weights from ``record``) + the configured new head (a decoder for segmentation)."""
     options = {k: v for k, v in OmegaConf.to_container(cfg.head, resolve=True).items() if k != "kind"}
     if cfg.task == "segmentation":
-        from .decoders import build_segmentation_model
+        from finetune.models.decoders import build_segmentation_model
 
         return build_segmentation_model(record, cfg.head.kind, in_chans, num_classes,
                                         cfg.backbone.drop_path_rate, **options)

@@ -52,7 +52,7 @@ from torch.nn.modules.pooling import (
     _MaxPoolNd,
 )
 
-from .errors import FinetuneError
+from finetune.errors import FinetuneError
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,7 @@ def write_csv(rows_or_stages: Rows, path: str | os.PathLike[str]) -> None:
         writer.writerows([_csv_value(getattr(r, n)) for n in names] for r in rows_or_stages)
 
 
-# --- command line: python -m finetune.summary backbone=resnet18 [input_size=224] [backbone.freeze=2] ---
+# --- command line: python -m finetune.models.summary backbone=resnet18 [input_size=224] [backbone.freeze=2] ---
 
 _CLI_DEFAULTS = {"input_size": None, "in_chans": "3", "classes": "1000", "format": "table", "out": None,
                  "per": None}
@@ -397,7 +397,7 @@ def _compose(overrides: list[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .resources import conf_dir
+    from finetune.resources import conf_dir
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
@@ -412,9 +412,9 @@ def summarize(overrides: Sequence[str], input_size: int | None = None, in_chans:
     import timm
     from omegaconf import open_dict
 
-    from .freezing import frozen_stages
-    from .runs import build_model
-    from .weights import resolve_weights
+    from finetune.models.freezing import frozen_stages
+    from finetune.engine.runs import build_model
+    from finetune.models.weights import resolve_weights
 
     cfg = _compose(list(overrides))
     with open_dict(cfg):
@@ -457,7 +457,7 @@ def _emit(fmt: str, per: str, title: str, rows: list[LayerCount], stages: list[S
     import sys
     import tempfile
 
-    from .artifacts import atomic_path, write_text
+    from finetune.artifacts import atomic_path, write_text
 
     tables = _tables(per, rows, stages)
     if fmt == "csv":
@@ -478,9 +478,9 @@ def _emit(fmt: str, per: str, title: str, rows: list[LayerCount], stages: list[S
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune.summary backbone=… [input_size=…] [in_chans=3] [classes=1000]
+    """``python -m finetune.models.summary backbone=… [input_size=…] [in_chans=3] [classes=1000]
     [format=table|markdown|csv] [out=FILE] [per=layer|stage|both]``; other ``key=value`` go to Hydra."""
-    from .cli import run_command
+    from finetune.cli import run_command
 
     return run_command(_summary_command, main.__doc__, argv)
 

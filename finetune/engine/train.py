@@ -13,29 +13,29 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__
-from .artifacts import atomic_path, write_json, write_text
-from .config import Phase, validate
-from .data.datamodule import ClassificationDataModule, Preprocessing, gray_preprocessing
-from .display import console, print_results
-from .distributed import is_global_zero
-from .errors import FinetuneError
-from .export import PARITY_IMAGES, export_run, init_head_from
-from .export import print_results as print_exports
-from .freezing import FreezeError, frozen_stages
-from .phases import PlannedPhase, make_trainer, phase_task, run_phases
-from .plan import print_plan
-from .plots import epoch_history, plot_confusion, plot_curves
-from .report import write_report
-from .runs import build_model
-from .tasks.classification import monitor_metric
-from .weights import resolve_weights
+from finetune import __version__
+from finetune.artifacts import atomic_path, write_json, write_text
+from finetune.engine.config import Phase, validate
+from finetune.data.datamodule import ClassificationDataModule, Preprocessing, gray_preprocessing
+from finetune.engine.display import console, print_results
+from finetune.engine.distributed import is_global_zero
+from finetune.errors import FinetuneError
+from finetune.export.formats import PARITY_IMAGES, export_run, init_head_from
+from finetune.export.formats import print_results as print_exports
+from finetune.models.freezing import FreezeError, frozen_stages
+from finetune.engine.phases import PlannedPhase, make_trainer, phase_task, run_phases
+from finetune.engine.plan import print_plan
+from finetune.report.plots import epoch_history, plot_confusion, plot_curves
+from finetune.report.html import write_report
+from finetune.engine.runs import build_model
+from finetune.tasks.classification import monitor_metric
+from finetune.models.weights import resolve_weights
 
 
 def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune as ``cfg`` says; write everything to ``run_dir``; return the metrics written."""
     if cfg.task == "segmentation":
-        from .segment import train_segmentation
+        from finetune.engine.segment import train_segmentation
 
         return train_segmentation(cfg, run_dir, resume_from)
     started = time.perf_counter()

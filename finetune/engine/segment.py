@@ -11,20 +11,20 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from .config import validate
-from .data.segmentation import SegmentationDataModule
-from .display import console, print_results
-from .distributed import is_global_zero
-from .export import PARITY_IMAGES, export_run
-from .export import print_results as print_exports
-from .phases import PlannedPhase, make_trainer, run_phases
-from .plan import print_plan
-from .plots import class_colors, save_mask, save_overlay
-from .runs import build_model
-from .run import frozen_for, model_preprocessing, preprocessing_overrides, write_results, write_run_record
-from .tasks.base import PhaseOptim
-from .tasks.segmentation import SegmentationTask, monitor_metric
-from .weights import resolve_weights
+from finetune.engine.config import validate
+from finetune.data.segmentation import SegmentationDataModule
+from finetune.engine.display import console, print_results
+from finetune.engine.distributed import is_global_zero
+from finetune.export.formats import PARITY_IMAGES, export_run
+from finetune.export.formats import print_results as print_exports
+from finetune.engine.phases import PlannedPhase, make_trainer, run_phases
+from finetune.engine.plan import print_plan
+from finetune.report.plots import class_colors, save_mask, save_overlay
+from finetune.engine.runs import build_model
+from finetune.engine.train import frozen_for, model_preprocessing, preprocessing_overrides, write_results, write_run_record
+from finetune.tasks.base import PhaseOptim
+from finetune.tasks.segmentation import SegmentationTask, monitor_metric
+from finetune.models.weights import resolve_weights
 
 
 def train_segmentation(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:

@@ -18,7 +18,7 @@ written and FinetuneError is raised. Segmentation ONNX exports take any height a
 multiples of 32; ``predict`` slides the recorded tile over larger images.
 Nothing is unpickled from an export: tensors are safetensors, metadata JSON.
 
-    python -m finetune.export run=<run dir|checkpoint> [format=head,onnx] [out=<dir>] [overwrite=true]
+    python -m finetune.export.formats run=<run dir|checkpoint> [format=head,onnx] [out=<dir>] [overwrite=true]
                               [images=<files, folder or glob>] [weights=<backbone weights file>]
 
 ``out`` defaults to ``<run dir>/exports``; ``images`` replaces the run's validation images for the
@@ -48,18 +48,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
-from .artifacts import atomic_path
-from .cli import parse_args, parse_flag, run_command
-from .config import phases_from
-from .data.datamodule import ClassificationDataModule
-from .data.datasets import IMAGE_EXTENSIONS, read_image
-from .data.segmentation import SegmentationDataModule
-from .data.transforms import Preprocessing, eval_transform, normalized_tensor
-from .errors import FinetuneError
-from .freezing import FineTuneModel
-from .runs import build_model, find_checkpoint, load_run
-from .weights import WeightsNotFoundError, WeightsRecord, resolve_weights, sha256_file
+from finetune import __version__
+from finetune.artifacts import atomic_path
+from finetune.cli import parse_args, parse_flag, run_command
+from finetune.engine.config import phases_from
+from finetune.data.datamodule import ClassificationDataModule
+from finetune.data.datasets import IMAGE_EXTENSIONS, read_image
+from finetune.data.segmentation import SegmentationDataModule
+from finetune.data.transforms import Preprocessing, eval_transform, normalized_tensor
+from finetune.errors import FinetuneError
+from finetune.models.freezing import FineTuneModel
+from finetune.engine.runs import build_model, find_checkpoint, load_run
+from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights, sha256_file
 
 EXPORT_VERSION = 1
 METADATA_KEY = "finetune"  # one key: safetensors writes several in random order
@@ -209,7 +209,7 @@ def _mismatch(path: Path, metadata: dict, record: WeightsRecord, found: str, fro
             f"(source {expected['source']}), but the weights found now ({record.source}: {record.file}, "
             f"sha256 {record.sha256}) differ in its {frozen} frozen tensors (fingerprint {found[:12]}… "
             f"instead of {metadata['fingerprint'][:12]}…). Pass the original weights file: weights=<file> "
-            "(python -m finetune.predict … weights=<file>, load_head_export(path, weights=<file>), "
+            "(python -m finetune.export.predict … weights=<file>, load_head_export(path, weights=<file>), "
             "or train with backbone.weights=<file>)")
 
 
@@ -320,7 +320,7 @@ def get_format(name: str) -> Format:
 def _format_of(path: Path) -> Format:
     if path.suffix not in _BY_SUFFIX:
         raise FinetuneError(f"{path} is not a finetune export: expected a .safetensors, .onnx or "
-                            "TorchScript .pt file made by python -m finetune.export")
+                            "TorchScript .pt file made by python -m finetune.export.formats")
     return _BY_SUFFIX[path.suffix]
 
 
@@ -382,14 +382,14 @@ def _embedded_metadata(path: Path) -> dict:
     except Exception as err:  # safetensors raises its own error types for a broken header
         raise FinetuneError(f"cannot read {path} as safetensors: {err}") from None
     if raw is None:
-        raise FinetuneError(f"{path} has no finetune metadata: not made by python -m finetune.export")
+        raise FinetuneError(f"{path} has no finetune metadata: not made by python -m finetune.export.formats")
     return json.loads(raw)
 
 
 def _sidecar_metadata(path: Path, sidecar: Path) -> dict:
     if not sidecar.is_file():
         raise FinetuneError(f"{sidecar} is missing: the metadata (classes, preprocessing) of {path} lives "
-                            "there; re-export with python -m finetune.export")
+                            "there; re-export with python -m finetune.export.formats")
     metadata = json.loads(sidecar.read_text())
     if metadata.get("sha256") != sha256_file(path):
         raise FinetuneError(f"{sidecar} describes another model file than {path} (sha256 differs); "
@@ -404,7 +404,7 @@ def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str
     spec = get_format(fmt) if fmt else _format_of(path)
     if not path.is_file():
         raise FinetuneError(f"export {path} does not exist; make one with "
-                            "python -m finetune.export run=<run dir> format=head,onnx")
+                            "python -m finetune.export.formats run=<run dir> format=head,onnx")
     if spec.sidecar:
         metadata = _sidecar_metadata(path, sidecar or sidecar_path(path))
     else:
@@ -620,13 +620,13 @@ def print_results(results: Sequence[ExportResult], console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune.export``: exit 0, or 2 with one ``finetune: error:`` line."""
+    """``python -m finetune.export.formats``: exit 0, or 2 with one ``finetune: error:`` line."""
     return run_command(_export_command, __doc__, argv)
 
 
 def _export_command(argv: list[str]) -> None:
     args = parse_args(argv, {"run": None, "format": "head", "out": None, "overwrite": "false",
-                             "images": None, "weights": None}, ["run"], "finetune.export")
+                             "images": None, "weights": None}, ["run"], "finetune.export.formats")
     results = export_run(args["run"], args["format"].split(","), args["out"],
                          parse_flag(args["overwrite"], "overwrite"), args["images"], args["weights"])
     print_results(results, Console())

@@ -7,8 +7,8 @@ from lightning.pytorch.callbacks import RichProgressBar
 from rich.console import Console
 from rich.table import Table
 
-from .freezing import FineTuneModel, stage_status
-from .summary import StageCount
+from finetune.models.freezing import FineTuneModel, stage_status
+from finetune.models.summary import StageCount
 
 console = Console()
 

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
-from .artifacts import atomic_path  # noqa: E402
+from finetune.artifacts import atomic_path  # noqa: E402
 
 IGNORED_COLOR = (0, 0, 0)
 

@@ -1,7 +1,7 @@
 """Several processes: launch them once the config is composed, keep ranks honest, sync BatchNorm.
 
 ``python -m finetune trainer=ddp`` composes the config once (Hydra, in this process), writes the
-resolved config to the run directory and starts ``finetune.worker`` processes with
+resolved config to the run directory and starts ``finetune.engine.worker`` processes with
 ``torch.distributed.run``. Every worker reads that one file: no re-composition, one run directory.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from lightning.pytorch.plugins.layer_sync import LayerSync
 from omegaconf import DictConfig, OmegaConf
 
-from .artifacts import write_text
-from .errors import FinetuneError
+from finetune.artifacts import write_text
+from finetune.errors import FinetuneError
 
 
 def launched_by_a_launcher() -> bool:
@@ -44,12 +44,12 @@ def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = No
         raise FinetuneError(
             f"trainer.num_nodes={cfg.trainer.num_nodes}: start one launcher per node yourself, e.g. "
             "`python -m finetune --cfg job --resolve <overrides> > exp.yaml`, then on every node "
-            "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.worker "
-            "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.worker ...` under SLURM)")
+            "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.engine.worker "
+            "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.engine.worker ...` under SLURM)")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={int(cfg.trainer.devices)}", "-m", "finetune.worker",
+               f"--nproc_per_node={int(cfg.trainer.devices)}", "-m", "finetune.engine.worker",
                f"run_dir={run_dir}", f"config={config}", *([f"resume={resume_from}"] if resume_from else [])]
     return subprocess.run(command, check=False).returncode
 

@@ -13,11 +13,11 @@ import timm
 import torch
 from torch import nn
 
-from .backbones import StageMap, build_stage_map
-from .errors import FinetuneError
-from .freezing import FineTuneModel
-from .heads import SEGMENTATION_HEADS
-from .weights import WeightsRecord
+from finetune.models.backbones import StageMap, build_stage_map
+from finetune.errors import FinetuneError
+from finetune.models.freezing import FineTuneModel
+from finetune.models.heads import SEGMENTATION_HEADS
+from finetune.models.weights import WeightsRecord
 
 
 class DecoderHead(nn.Module):

@@ -1,0 +1,1 @@
+"""Exports (head, safetensors, ONNX, TorchScript), the parity gate, loading, predict."""

@@ -1,0 +1,1 @@
+"""The network: timm backbones (offline-first weights), stages and freezing, heads, decoders, layer counting."""
