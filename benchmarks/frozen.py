@@ -21,8 +21,8 @@ from finetune.engine.features import FeatureDataModule
 from finetune.models.freezing import frozen_stages
 from finetune.engine.phases import make_trainer
 from finetune.engine.train import model_preprocessing
-from finetune.tasks.base import PhaseOptim
-from finetune.tasks.classification import ClassificationTask
+from finetune.engine.schedule import PhaseOptim
+from finetune.tasks.classification.module import ClassificationTask
 
 from .common import RESULTS, build, fake_batches, interleaved, median, write_result
 from .overhead import StepTimer, minimal_side, step_intervals

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 
 from finetune.models.freezing import frozen_stages, param_groups, stage_learning_rates
 from finetune.engine.phases import make_trainer
-from finetune.tasks.base import PhaseOptim
-from finetune.tasks.classification import ClassificationTask
+from finetune.engine.schedule import PhaseOptim
+from finetune.tasks.classification.module import ClassificationTask
 
 from .common import RESULTS, build, fake_batches, interleaved, median, write_result
 

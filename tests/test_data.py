@@ -12,13 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from finetune.data import (
-    AugmentError,
-    ClassificationDataModule,
-    DatasetError,
-    Preprocessing,
-    gray_preprocessing,
-)
+from finetune.data.datamodule import ClassificationDataModule
+from finetune.data.datasets import DatasetError
+from finetune.data.transforms import AugmentError, Preprocessing, gray_preprocessing
 from finetune.data.datasets import read_image, sort_class_names, stratified_split
 from finetune.data.transforms import Augment, augment_ops, is_deterministic, train_transform
 

@@ -16,7 +16,7 @@ from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.models.freezing import frozen_stages
 from finetune.engine.train import train
-from finetune.engine.runs import build_model
+from finetune.models.factory import build_model
 from finetune.models.weights import resolve_weights, sha256_file
 
 from .conftest import compose_config

@@ -13,8 +13,8 @@ from finetune.models.backbones import build_stage_map
 from finetune.models.freezing import (FineTuneModel, FreezeError, frozen_stages, param_groups, stage_learning_rates,
                                stage_status)
 from finetune.models.heads import build_head
-from finetune.tasks.base import PhaseOptim
-from finetune.tasks.classification import ClassificationTask
+from finetune.engine.schedule import PhaseOptim
+from finetune.tasks.classification.module import ClassificationTask
 
 
 def make_model(arch: str, **kw) -> FineTuneModel:

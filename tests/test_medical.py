@@ -18,13 +18,15 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
-from finetune.data import ClassificationDataModule, DatasetError, Preprocessing
+from finetune.data.datamodule import ClassificationDataModule
+from finetune.data.datasets import DatasetError
+from finetune.data.transforms import Preprocessing
 from finetune.data.imbalance import loss_weights, resolve_imbalance
 from finetune.data.medmnist import MEDMNIST, official_file_name
 from finetune.data.samplers import ClassBalancedSampler
 from finetune.data.transforms import Augment, augment_ops
 from finetune.engine.config import ConfigError, validate
-from finetune.tasks.classification import (
+from finetune.tasks.classification.module import (
     ClassificationTask, balanced_accuracy_threshold, classification_metrics, monitor_metric, tune_thresholds,
 )
 

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from finetune.engine import train as run_module
 from finetune.engine.optim import warmup_cosine_factor
-from finetune.tasks.classification import ClassificationTask
+from finetune.tasks.classification.module import ClassificationTask
 
 from .conftest import compose_config
 
@@ -141,7 +141,7 @@ def test_cache_turns_itself_off_with_random_augmentation_and_refuses_when_forced
     from finetune.data.datamodule import ClassificationDataModule
     from finetune.engine.features import use_feature_cache
     from finetune.models.freezing import frozen_stages
-    from finetune.engine.runs import build_model
+    from finetune.models.factory import build_model
     from finetune.models.weights import resolve_weights
 
     cfg = compose_config(*FAST, "schedule=linear_probe", "augment=light")

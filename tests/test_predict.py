@@ -17,7 +17,7 @@ from finetune.export import formats as ex
 from finetune.export import predict as pr
 from finetune.errors import FinetuneError
 from finetune.engine.train import model_preprocessing
-from finetune.engine.runs import build_model
+from finetune.models.factory import build_model
 from finetune.models.weights import create_model, resolve_weights
 
 from .conftest import compose_config

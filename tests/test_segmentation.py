@@ -16,7 +16,7 @@ from finetune.data.segmentation import SegmentationDataModule
 from finetune.errors import FinetuneError
 from finetune.models.decoders import build_segmentation_model
 from finetune.models.freezing import frozen_stages
-from finetune.tasks.segmentation import SegmentationLoss, SegmentationMetrics, sliding_window_logits
+from finetune.tasks.segmentation.module import SegmentationLoss, SegmentationMetrics, sliding_window_logits
 from finetune.models.weights import load_state_dict, resolve_weights
 
 from .test_cli import run_cli
@@ -60,7 +60,7 @@ def test_binary_masks_map_255_to_1_and_splits_are_carved(tmp_path):
     assert dm.info.class_names == ["background", "foreground"]
     _, mask = dm.raw_pair("train", 0)
     assert set(np.unique(mask).tolist()) == {0, 1}
-    assert dm.info.pixel_counts[1] > 0 and sum(dm.info.pixel_counts) == 6 * 64 * 64
+    assert dm.info.class_counts[1] > 0 and sum(dm.info.class_counts) == 6 * 64 * 64
 
 
 def test_missing_mask_names_the_image(tmp_path):
@@ -116,7 +116,7 @@ def test_drive_layout_ignores_pixels_outside_the_field_of_view(shared_data):
     fov = np.asarray(Image.open(dm.splits["test"][0].fov).convert("L")) > 127
     assert image.shape[:2] == mask.shape == (584, 565)
     assert (mask[~fov] == 255).all() and set(np.unique(mask[fov]).tolist()) == {0, 1}
-    assert 0.05 < dm.info.pixel_counts[1] / sum(dm.info.pixel_counts) < 0.2  # vessels: ~12% of the FOV
+    assert 0.05 < dm.info.class_counts[1] / sum(dm.info.class_counts) < 0.2  # vessels: ~12% of the FOV
 
 
 def test_camvid_list_files_and_void(shared_data):
@@ -126,7 +126,7 @@ def test_camvid_list_files_and_void(shared_data):
                                  "splits": {"train": "train.txt", "val": "val.txt", "test": "test.txt"},
                                  "num_workers": 0}, NONE_AUGMENT, 2, 0)
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 60, "val": 20, "test": 40}
-    assert all(c > 0 for c in dm.info.pixel_counts)
+    assert all(c > 0 for c in dm.info.class_counts)
 
 
 def test_training_crops_move_image_and_mask_together(tmp_path):
@@ -334,7 +334,7 @@ def test_classification_head_with_segmentation_fails_fast(tmp_path):
 
 
 def test_monitor_is_checked_against_the_task_before_training(tmp_path):
-    from finetune.tasks.segmentation import monitor_metric
+    from finetune.tasks.segmentation.module import monitor_metric
 
     assert monitor_metric(2) == "val/dice" and monitor_metric(5) == "val/miou"
     assert monitor_metric(5, "loss") == "val/loss"
@@ -346,7 +346,7 @@ def test_monitor_is_checked_against_the_task_before_training(tmp_path):
 
 
 def test_scale_resizes_for_the_model_and_reports_at_the_original_size(tmp_path):
-    from finetune.tasks.segmentation import full_image_logits
+    from finetune.tasks.segmentation.module import full_image_logits
 
     squares(tmp_path, n=6)
     dm = SegmentationDataModule(seg_config(tmp_path, scale=2.0, crop_size=128), NONE_AUGMENT, 2, 0)

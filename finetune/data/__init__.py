@@ -1,14 +1,9 @@
-"""Data: dataset sources, transforms and the Lightning data module."""
+"""Data: dataset kinds, image checks, transforms and the Lightning data modules.
 
-from finetune.data.datamodule import ClassificationDataModule, DataInfo
-from finetune.data.datasets import DatasetError
-from finetune.data.transforms import AugmentError, Preprocessing, gray_preprocessing
+This file holds only the names the config checks need (no torch import); the loaders in the
+submodules are keyed by the same names.
+"""
 
-__all__ = [
-    "AugmentError",
-    "ClassificationDataModule",
-    "DataInfo",
-    "DatasetError",
-    "Preprocessing",
-    "gray_preprocessing",
-]
+CLASSIFICATION_DATASETS = ("digits", "imagefolder", "csv", "medmnist", "dicom_folder")  # finetune.data.datasets
+SEGMENTATION_DATASETS = ("seg_folder", "drive")  # finetune.data.segmentation
+IMBALANCE_CHOICES = ("none", "weighted_loss", "sampler", "auto")  # finetune.data.imbalance

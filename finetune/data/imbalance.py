@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
+from finetune.data import IMBALANCE_CHOICES
 from finetune.data.datasets import DatasetError
 
-IMBALANCE_CHOICES = ("none", "weighted_loss", "sampler", "auto")
 AUTO_RATIO = 3.0
 
 

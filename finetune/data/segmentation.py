@@ -361,7 +361,7 @@ class SegInfo:
 
     class_names: list[str]
     image_channels: int
-    pixel_counts: list[int]  # per class, train split (inside the field of view)
+    class_counts: list[int]  # pixels per class, train split (inside the field of view)
     ignore_index: int
 
     @property
@@ -377,14 +377,14 @@ class SegmentationDataModule(L.LightningDataModule):
     """Train crops and full-size val/test images of a segmentation dataset, checked at construction."""
 
     def __init__(self, dataset: DictConfig | Mapping, augment: DictConfig | Mapping, batch_size: int,
-                 seed: int) -> None:
+                 seed: int, class_weights: bool = False) -> None:
         super().__init__()
         self.config = SegDatasetConfig.from_mapping(plain_dict(dataset))
         self.augment = Augment.from_mapping(plain_dict(augment))
         if self.augment.crop_scale is not None:
             log.info("augment.crop_scale is not used for segmentation: training takes random %d px crops "
                      "at native scale (augment.zoom changes the scale)", self.config.crop_size)
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.weighted = batch_size, seed, class_weights
         self.splits = LAYOUTS[self.config.kind](self.config)
         counts = {name: check_pairs(pairs, self.config, name) for name, pairs in self.splits.items()}
         every_pair = [p for pairs in self.splits.values() for p in pairs]
@@ -412,9 +412,13 @@ class SegmentationDataModule(L.LightningDataModule):
         """Never: training draws random crops."""
         return False
 
-    def class_weights(self) -> torch.Tensor:
-        """Loss weights from train pixel frequencies: median frequency / class frequency."""
-        freq = np.asarray(self.info.pixel_counts, np.float64)
+    @property
+    def class_weights(self) -> torch.Tensor | None:
+        """Loss weights from train pixel frequencies (median frequency / class frequency) when the
+        data module was asked for them (segmentation.class_weights=true), else None."""
+        if not self.weighted:
+            return None
+        freq = np.asarray(self.info.class_counts, np.float64)
         freq = freq / max(freq.sum(), 1)
         weights = np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 0.0)
         return torch.as_tensor(weights, dtype=torch.float32)

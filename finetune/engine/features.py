@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from finetune.data.datamodule import ClassificationDataModule
 from finetune.data.samplers import split_sampler, trainer_shard
+from finetune.engine import CACHE_CHOICES
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
 
-CACHE_CHOICES = ("auto", "true", "false")
 
 
 def cache_blockers(model: FineTuneModel, data: ClassificationDataModule) -> list[str]:

@@ -12,6 +12,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
 
+from finetune.engine import SCHEDULERS
+
 OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "adamw": lambda groups, momentum: torch.optim.AdamW(groups),
     "sgd": lambda groups, momentum: torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0),
@@ -44,7 +46,6 @@ FACTORS: dict[str, Callable[[int, int, int], float]] = {
     "warmup_cosine": warmup_cosine_factor,
     "step": _step_factor,
 }
-SCHEDULERS = (*FACTORS, "onecycle", "plateau")
 
 
 def build_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_steps: int) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -16,15 +15,13 @@ from omegaconf import DictConfig
 
 from finetune.engine.checkpointing import AtomicCheckpointIO
 from finetune.engine.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
-from finetune.engine.config import Phase
-from finetune.data.datamodule import ClassificationDataModule
+from finetune.engine.schedule import Phase
 from finetune.engine.display import ThrottledRichProgressBar, console, stage_table
 from finetune.errors import FinetuneError
 from finetune.engine.features import FeatureDataModule, use_feature_cache
 from finetune.models.freezing import FineTuneModel
 from finetune.models.summary import count_layers, roll_up
-from finetune.tasks.base import PHASE_KEY, PhaseOptim
-from finetune.tasks.classification import ClassificationTask
+from finetune.engine.schedule import PHASE_KEY, PhaseOptim
 
 
 # Frozen stages are in eval mode on purpose (the BN policy); Lightning warns about it every phase.
@@ -58,16 +55,15 @@ TaskFactory = Callable[[PhaseOptim, int, bool], L.LightningModule]
 
 
 def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.LightningDataModule,
-               plan: list[PlannedPhase], resume_from: Path | None = None, make_task: TaskFactory | None = None,
-               monitor: str = "val/acc") -> tuple[ModelCheckpoint, dict]:
+               plan: list[PlannedPhase], make_task: TaskFactory, monitor: str,
+               resume_from: Path | None = None) -> tuple[ModelCheckpoint, dict]:
     """Fit every phase in order (from the resumed one). ``make_task(optim, phase index, cached
-    features)`` builds each phase's LightningModule (default: classification); the best
+    features)`` builds each phase's LightningModule (the task's); the best
     checkpoint maximises ``monitor`` (minimises it for a loss).
 
     Returns the checkpoint callback (best/last) and, under DDP, the per-rank parameter checksums
     taken at the end of each phase.
     """
-    make_task = make_task or partial(phase_task, model, data, cfg)
     consistency = RankConsistency()
     checkpoint = best_checkpoint(run_dir, monitor)
     start = resume_point(resume_from)
@@ -97,15 +93,6 @@ def best_checkpoint(run_dir: Path, monitor: str) -> ModelCheckpoint:
     return ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                            mode="min" if monitor.endswith("loss") else "max", save_last=True,
                            enable_version_counter=False, auto_insert_metric_name=False)
-
-
-def phase_task(model: FineTuneModel, data: ClassificationDataModule, cfg: DictConfig, optim: PhaseOptim | None = None,
-               index: int = 0, features_input: bool = False) -> ClassificationTask:
-    """The LightningModule of one phase (or of the test): loss weights, task type and threshold."""
-    threshold = None if cfg.threshold == "tune" else float(cfg.threshold)
-    return ClassificationTask(model, data.info.num_classes, data.info.multilabel, optim or PhaseOptim(),
-                              class_weights=data.class_weights, phase_index=index, features_input=features_input,
-                              task=data.info.task, threshold=threshold)
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list) -> L.Trainer:

@@ -39,7 +39,7 @@ def data_table(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataMo
     """What the backbone's weights expect next to what the dataset provides."""
     expected = timm.data.resolve_data_config(model=model.timm_model)
     pre, info = data.preprocessing, data.info
-    per_class = getattr(info, "class_counts", None) or info.pixel_counts  # segmentation: train pixels
+    per_class = info.class_counts  # images per class (segmentation: train pixels)
     counts = [c for c in per_class if c > 0]
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     table = Table("", "pretrained weights expect", "this run feeds", title="data", title_justify="left")

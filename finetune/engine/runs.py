@@ -1,42 +1,18 @@
-"""Build the fine-tune model from a config, and load a finished run directory back."""
+"""A run directory read back: its checkpoint, its saved config (for resume) and its model."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.models.backbones import build_stage_map, create_backbone
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-from finetune.models.heads import build_head
+from finetune.models.factory import build_model
 from finetune.models.weights import WeightsRecord, resolve_weights
-
-
-def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
-    """Backbone (weights from ``record``) + the configured new head (a decoder for segmentation)."""
-    options = {k: v for k, v in OmegaConf.to_container(cfg.head, resolve=True).items() if k != "kind"}
-    if cfg.task == "segmentation":
-        from finetune.models.decoders import build_segmentation_model
-
-        return build_segmentation_model(record, cfg.head.kind, in_chans, num_classes,
-                                        cfg.backbone.drop_path_rate, **options)
-    kwargs = {}
-    if cfg.dataset.image_size and _fixed_input_size(record.model):
-        kwargs["img_size"] = cfg.dataset.image_size  # ViTs: timm resamples the position embeddings
-    backbone = create_backbone(record, in_chans=in_chans, drop_path_rate=cfg.backbone.drop_path_rate, **kwargs)
-    head = build_head(cfg.head.kind, backbone.num_features, num_classes, **options)
-    return FineTuneModel(backbone, head, build_stage_map(backbone))
-
-
-def _fixed_input_size(model_name: str) -> bool:
-    """Models such as ViTs are built for one input size (timm can resample them to another)."""
-    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
-    return bool(pretrained_cfg and pretrained_cfg.fixed_input_size)
 
 
 def resume_config(run_dir: Path, current: DictConfig) -> DictConfig:

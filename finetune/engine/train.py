@@ -1,9 +1,14 @@
-"""Orchestration only: build the pieces, run the phases, test, write the run directory."""
+"""One ``train()`` for every task: build the pieces, run the phases, test, write the run directory.
+
+Everything task-specific is asked of the config's Task (``finetune.tasks``); this module never
+asks which task it runs.
+"""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -15,76 +20,67 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune import __version__
 from finetune.artifacts import atomic_path, write_json, write_text
-from finetune.engine.config import Phase, validate
-from finetune.data.datamodule import ClassificationDataModule, Preprocessing, gray_preprocessing
+from finetune.data.transforms import Preprocessing, gray_preprocessing
+from finetune.engine.config import validate
 from finetune.engine.display import console, print_results
 from finetune.engine.distributed import is_global_zero
+from finetune.engine.phases import PlannedPhase, make_trainer, run_phases
+from finetune.engine.plan import print_plan
+from finetune.engine.schedule import Phase
 from finetune.errors import FinetuneError
-from finetune.export.formats import PARITY_IMAGES, export_run, init_head_from
+from finetune.export.formats import PARITY_IMAGES, export_run
 from finetune.export.formats import print_results as print_exports
 from finetune.models.freezing import FreezeError, frozen_stages
-from finetune.engine.phases import PlannedPhase, make_trainer, phase_task, run_phases
-from finetune.engine.plan import print_plan
-from finetune.report.plots import epoch_history, plot_confusion, plot_curves
-from finetune.report.html import write_report
-from finetune.engine.runs import build_model
-from finetune.tasks.classification import monitor_metric
 from finetune.models.weights import resolve_weights
+from finetune.report.plots import epoch_history, plot_confusion, plot_curves
+from finetune.tasks import get_task
 
 
 def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune as ``cfg`` says; write everything to ``run_dir``; return the metrics written."""
-    if cfg.task == "segmentation":
-        from finetune.engine.segment import train_segmentation
-
-        return train_segmentation(cfg, run_dir, resume_from)
     started = time.perf_counter()
     phases = validate(cfg)
+    task = get_task(cfg.task)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
                              preprocessing=preprocessing_overrides(cfg))
-    data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size,
-                                    cfg.dataset.num_workers, cfg.seed, imbalance=cfg.imbalance)
+    data = task.data_module(cfg)
+    num_classes = data.info.num_classes
     if cfg.plan:  # nothing is loaded: the model is built on the meta device
         with torch.device("meta"):
-            model = build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, data.info.num_classes)
+            model = task.build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, num_classes)
     else:
-        model = build_model(cfg, record, data.in_chans, data.info.num_classes)
-    if cfg.init_from and not cfg.plan:
-        matched = init_head_from(model, data.info.class_names, cfg.init_from)
-        console.print(f"head initialised from {cfg.init_from}: {len(matched)}/{data.info.num_classes} "
-                      f"classes matched by name")
+        model = task.build_model(cfg, record, data.in_chans, num_classes)
+        task.prepare(cfg, model, data)
     plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
-    monitor = monitor_metric(data.info.task, cfg.threshold == "tune", cfg.monitor)
-    data.set_preprocessing(model_preprocessing(model.backbone, cfg.dataset.image_size, data.in_chans))
+    data.set_preprocessing(model_preprocessing(model.timm_model, task.input_size(cfg), data.in_chans))
     if cfg.plan:
         print_plan(cfg, model, data, plan, record)
         return {}
 
+    monitor = task.monitor(cfg, data)
     if is_global_zero():
-        write_run_record(cfg, run_dir, record.to_dict(), _data_record(cfg, data))
-    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, resume_from, monitor=monitor)
+        write_run_record(cfg, run_dir, record.to_dict(), task.data_record(cfg, data))
+    make_module = partial(task.lightning_module, cfg, model, data)
+    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, make_module, monitor, resume_from)
     best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
-    best = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    task = phase_task(model, data, cfg)
-    task.load_state_dict(best)
+    module = make_module()
+    module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     tester = make_trainer(cfg, run_dir, "test", 1, [])
-    device = tester.strategy.root_device  # fit() hands the model back on the CPU
-    if cfg.threshold == "tune":
-        task.to(device).tune_threshold(data.eval_dataloader("val"))
-    tester.test(task, datamodule=data, verbose=False)
+    module.to(tester.strategy.root_device)  # fit() hands the model back on the CPU
+    task.before_test(cfg, module, data)
+    tester.test(module, datamodule=data, verbose=False)
     if not is_global_zero():
         return {}
-    results = write_results(run_dir, task.test_results, data.info.class_names, phases,
-                             time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums},
-                             checkpoint)
+    results = write_results(run_dir, module.test_results, data.info.class_names, phases,
+                            time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums},
+                            checkpoint)
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
-    parity_images = [image for image, _ in data.sample_images("val", PARITY_IMAGES)]
     print_exports(export_run(run_dir, (default_export,), overwrite=resume_from is not None,
-                             parity_images=parity_images), console)
-    console.print(f"report: {write_report(run_dir, data=data, model=model.to(device))}")
+                             parity_images=task.parity_images(data, PARITY_IMAGES)), console)
+    task.after_test(cfg, module, data, run_dir)
     return results
 
 
@@ -123,17 +119,6 @@ def write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: dict) 
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json(run_dir / "weights.json", weights)
     write_json(run_dir / "data.json", data)
-
-
-def _data_record(cfg: DictConfig, data: ClassificationDataModule) -> dict:
-    info = data.info
-    return {
-        "class_names": info.class_names, "class_counts_train": info.class_counts,
-        "image_channels": info.image_channels, "multilabel": info.multilabel,
-        "grayscale": (cfg.dataset.grayscale if info.image_channels == 1 else "n/a (RGB images)"),
-        "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(), "task": info.task,
-        "imbalance": {"asked": cfg.imbalance, "applied": data.imbalance},
-    }
 
 
 def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],

@@ -51,21 +51,20 @@ from torch import nn
 from finetune import __version__
 from finetune.artifacts import atomic_path
 from finetune.cli import parse_args, parse_flag, run_command
-from finetune.engine.config import phases_from
-from finetune.data.datamodule import ClassificationDataModule
+from finetune.engine.schedule import phases_from
 from finetune.data.datasets import IMAGE_EXTENSIONS, read_image
-from finetune.data.segmentation import SegmentationDataModule
 from finetune.data.transforms import Preprocessing, eval_transform, normalized_tensor
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-from finetune.engine.runs import build_model, find_checkpoint, load_run
+from finetune.engine.runs import find_checkpoint, load_run
+from finetune.models.factory import build_model
+from finetune.tasks import get_task
 from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights, sha256_file
 
 EXPORT_VERSION = 1
 METADATA_KEY = "finetune"  # one key: safetensors writes several in random order
 ONNX_OPSET = 17
 PARITY_IMAGES = 8
-SEGMENTATION_KEYS = ("tile", "tile_overlap", "scale", "ignore_index")  # data.json entries a segmentation export keeps
 _QUIET = (DeprecationWarning, FutureWarning, torch.jit.TracerWarning)
 
 
@@ -86,17 +85,16 @@ class ModelBundle:
     training: dict = field(default_factory=dict)  # phases, BN policy, test metrics
     origin: str = ""
     backbone_weights: str | None = None  # pretrained weights file overriding the recorded one
-    segmentation: dict = field(default_factory=dict)  # tile, tile_overlap, ignore_index (segmentation runs)
+    task_metadata: dict = field(default_factory=dict)  # the task's own export keys (e.g. segmentation tiles)
 
     @classmethod
     def from_run(cls, path: str | Path, backbone_weights: str | None = None) -> ModelBundle:
         """The best checkpoint of a run directory (or the given checkpoint) and its records."""
         run = load_run(path)
         data = json.loads((run.run_dir / "data.json").read_text())
-        segmentation = {k: data[k] for k in SEGMENTATION_KEYS} if run.cfg.task == "segmentation" else {}
         return cls(run.model, run.cfg, run.class_names, run.multilabel, run.preprocessing,
                    data["image_channels"], run.weights, _training_summary(run.cfg, run.run_dir),
-                   str(run.checkpoint), backbone_weights, segmentation)
+                   str(run.checkpoint), backbone_weights, get_task(run.cfg.task).export_metadata(data))
 
 
 def _training_summary(cfg: DictConfig, run_dir: Path) -> dict:
@@ -118,7 +116,7 @@ def _metadata(bundle: ModelBundle, fmt: str) -> dict:
         "preprocessing": bundle.preprocessing.to_dict(), "image_channels": bundle.image_channels,
         "backbone": {"name": bundle.cfg.backbone.name, "in_chans": bundle.preprocessing.in_chans},
         "weights": weights, "training": bundle.training, "origin": bundle.origin,
-        **({"segmentation": bundle.segmentation} if bundle.segmentation else {}),
+        **bundle.task_metadata,
     }
 
 
@@ -231,7 +229,7 @@ def _example_input(bundle: ModelBundle) -> torch.Tensor:
 
 def _write_onnx(bundle: ModelBundle, path: Path) -> dict:
     """Dynamic batch; for segmentation also dynamic height and width (multiples of 32)."""
-    axes = {0: "batch", 2: "height", 3: "width"} if bundle.segmentation else {0: "batch"}
+    axes = {0: "batch", 2: "height", 3: "width"} if get_task(bundle.cfg.task).dense else {0: "batch"}
     with _quiet():
         torch.onnx.export(bundle.model.eval(), (_example_input(bundle),), str(path), dynamo=False,
                           opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"],
@@ -475,15 +473,13 @@ def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndar
 
 def validation_images(cfg: DictConfig, n: int = PARITY_IMAGES) -> list[np.ndarray]:
     """Up to ``n`` raw images of the run's validation split (rebuilt from its config)."""
+    task = get_task(cfg.task)
     try:
-        if cfg.task == "segmentation":
-            data = SegmentationDataModule(cfg.dataset, {}, cfg.schedule.batch_size, cfg.seed)
-            return [data.raw_pair("val", i)[0] for i in range(min(n, len(data.splits["val"])))]
-        data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size, 0, cfg.seed)
+        data = task.data_module(cfg)
     except FinetuneError as err:
         raise FinetuneError(f"the parity check needs real images, but the run's dataset cannot be loaded "
                             f"({err}); pass images=<files, folder or glob> instead") from None
-    return [image for image, _ in data.sample_images("val", n)]
+    return task.parity_images(data, n)
 
 
 def find_images(spec: str) -> list[Path]:

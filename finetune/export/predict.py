@@ -116,7 +116,7 @@ def write_predictions(rows: Sequence[Prediction], out: Path, exported: LoadedExp
 def predict_masks(exported: LoadedExport, paths: Sequence[Path], out_dir: Path, overwrite: bool = False) -> list[Path]:
     """Class-index masks of full-size images (sliding window over the export), as palette PNGs."""
     from finetune.report.plots import class_colors, save_mask
-    from finetune.tasks.segmentation import full_image_logits
+    from finetune.tasks.segmentation.module import full_image_logits
 
     targets = [out_dir / f"{p.stem}_mask.png" for p in paths]
     clashes = sorted({t.name for t in targets if targets.count(t) > 1})

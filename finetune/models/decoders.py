@@ -16,7 +16,7 @@ from torch import nn
 from finetune.models.backbones import StageMap, build_stage_map
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-from finetune.models.heads import SEGMENTATION_HEADS
+from finetune.models import DECODERS
 from finetune.models.weights import WeightsRecord
 
 
@@ -36,9 +36,9 @@ def build_segmentation_model(record: WeightsRecord, decoder: str, in_chans: int,
     """Encoder ``record`` (pretrained unless its source is "random") + the ``decoder`` of smp."""
     if drop_path_rate:
         decoder_options["drop_path_rate"] = drop_path_rate  # reaches timm.create_model through smp
-    if decoder not in SEGMENTATION_HEADS:
+    if decoder not in DECODERS:
         raise FinetuneError(f"head.kind={decoder!r} for task=segmentation: choose one of "
-                            f"{', '.join(SEGMENTATION_HEADS)} (e.g. head=unet)")
+                            f"{', '.join(DECODERS)} (e.g. head=unet)")
     try:
         net = smp.create_model(decoder, encoder_name=f"tu-{record.timm_name}",
                                encoder_weights=True if record.source != "random" else None,

@@ -15,8 +15,8 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from finetune.models.backbones import StageMap
 from finetune.errors import FinetuneError
+from finetune.models import BN_POLICIES
 
-BN_POLICIES = ("frozen", "train")
 HEAD = "head"
 
 

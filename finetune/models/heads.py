@@ -31,8 +31,6 @@ def mlp_head(in_features: int, num_classes: int, hidden: Sequence[int] = (512,),
 
 
 HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear_head, "mlp": mlp_head}
-# task=segmentation: segmentation_models_pytorch decoders (built in finetune.models.decoders)
-SEGMENTATION_HEADS = ("unet", "fpn", "deeplabv3plus")
 
 
 def build_head(kind: str, in_features: int, num_classes: int, **options) -> nn.Module:

@@ -41,7 +41,8 @@ from finetune.errors import FinetuneError  # noqa: E402
 from finetune.export.formats import find_images, preprocess  # noqa: E402
 from finetune.models.freezing import FineTuneModel  # noqa: E402
 from finetune.report.plots import save_figure  # noqa: E402
-from finetune.engine.runs import LoadedRun, build_model, load_run  # noqa: E402
+from finetune.engine.runs import LoadedRun, load_run  # noqa: E402
+from finetune.models.factory import build_model  # noqa: E402
 from finetune.models.weights import resolve_weights  # noqa: E402
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, SelectAdaptivePool2d)

@@ -27,14 +27,14 @@ from PIL import Image
 from finetune import __version__
 from finetune.artifacts import write_text
 from finetune.cli import parse_args, run_command
-from finetune.engine.config import phases_from
+from finetune.engine.schedule import phases_from
 from finetune.data.datamodule import ClassificationDataModule
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel, frozen_stages, stage_status
 from finetune.engine.runs import load_run
 from finetune.models.summary import count_layers, roll_up
-from finetune.tasks.classification import decide, probabilities
+from finetune.tasks.classification.module import decide, probabilities
 
 THUMB = 64  # thumbnail side in pixels
 MAX_SAMPLE_CLASSES = 20

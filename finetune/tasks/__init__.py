@@ -1,1 +1,17 @@
-"""LightningModules: a fine-tune model plus loss, metrics and per-phase optimisation."""
+"""Tasks: everything that differs between classification and segmentation, behind one interface
+(``finetune.tasks.base.Task``). Adding a task: a folder here with its Task, plus one line below."""
+from __future__ import annotations
+
+from finetune.engine.schedule import ConfigError
+from finetune.tasks.base import Task
+from finetune.tasks.classification import Classification
+from finetune.tasks.segmentation import Segmentation
+
+TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Segmentation())}
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``; a ConfigError lists the choices."""
+    if name not in TASKS:
+        raise ConfigError(f"task={name!r} is not known: choose one of {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,48 +1,93 @@
-"""What every task's LightningModule shares: one instance per phase over the same model, a fresh
-optimizer and scheduler per phase (never a param group added to a live optimizer), and the phase
-index written into every checkpoint."""
+"""The task seam: everything that differs between tasks sits behind one interface.
+
+``engine.train`` drives every task through these methods and never asks which task it runs. A
+task's config checks (``validate``) import no torch; every other method imports its heavy
+modules when called, so ``finetune --help`` and config errors stay fast.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
+from omegaconf import DictConfig, OmegaConf
 
-from finetune.models.freezing import FineTuneModel, param_groups, stage_learning_rates
-from finetune.engine.optim import build_optimizer, build_scheduler
+from finetune.engine.schedule import ConfigError
 
-PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
+if TYPE_CHECKING:
+    import lightning as L
+    import numpy as np
 
-
-@dataclass(frozen=True)
-class PhaseOptim:
-    """How one phase optimises: optimizer, real base lr of the head, backbone multiplier, schedule."""
-
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    backbone_lr_mult: float = 0.1
-    layer_decay: float | None = None
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    scheduler: str = "warmup_cosine"
-    warmup_epochs: float = 0.0
+    from finetune.engine.schedule import PhaseOptim
+    from finetune.models.freezing import FineTuneModel
+    from finetune.models.weights import WeightsRecord
 
 
-class PhasedTask(L.LightningModule):
-    """Base of the task modules: ``model`` trained under ``optim`` in phase ``phase_index``."""
+class Task:
+    """One kind of prediction (classification, segmentation): data, model, training module,
+    checkpoint metric, what is written after the test, export metadata and predict."""
 
-    def __init__(self, model: FineTuneModel, optim: PhaseOptim, phase_index: int) -> None:
-        super().__init__()
-        self.model, self.optim, self.phase_index = model, optim, phase_index
+    name: str = ""
+    heads: tuple[str, ...] = ()  # head.kind choices
+    datasets: tuple[str, ...] = ()  # dataset.kind choices
+    monitors: tuple[str, ...] = ()  # validation metrics that can pick the checkpoint
+    dense: bool = False  # one prediction per pixel: exports keep height and width dynamic
+    # Top-level keys this task does not read: key -> (the value that means "unused", why / what instead)
+    unsupported: Mapping[str, tuple[Any, str]] = {}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[PHASE_KEY] = self.phase_index
+    def validate(self, cfg: DictConfig) -> None:
+        """Refuse choices and keys this task cannot honour, by name, before any heavy work."""
+        from finetune.engine.config import choice
 
-    def configure_optimizers(self):
-        """Param groups named by stage with their real learning rates; the phase's scheduler."""
-        o = self.optim
-        lrs = stage_learning_rates(self.model, o.lr, o.backbone_lr_mult, o.layer_decay)
-        optimizer = build_optimizer(o.optimizer, param_groups(self.model, lrs, o.weight_decay), o.momentum)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        scheduler = build_scheduler(o.scheduler, optimizer, total, round(o.warmup_epochs * per_epoch))
-        return {"optimizer": optimizer, "lr_scheduler": scheduler | {"name": "lr"}}
+        choice("head.kind", cfg.head.kind, self.heads, f"task={self.name} takes head=" + "|".join(self.heads))
+        choice("dataset.kind", cfg.dataset.kind, self.datasets,
+               f"task={self.name} takes dataset=" + "|".join(self.datasets))
+        choice("monitor", cfg.monitor, ("auto", *self.monitors), f"validation metrics of task={self.name}")
+        for key, (unused, why) in self.unsupported.items():
+            value = OmegaConf.select(cfg, key)
+            if value != unused:
+                raise ConfigError(f"{key}={value!r} is not supported by task={self.name}: {why}")
+
+    def data_module(self, cfg: DictConfig) -> L.LightningDataModule:
+        """The data module of ``cfg.dataset`` (scanned and checked; no preprocessing yet)."""
+        raise NotImplementedError
+
+    def build_model(self, cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
+        """Backbone (weights from ``record``) + this task's new head or decoder."""
+        raise NotImplementedError
+
+    def input_size(self, cfg: DictConfig) -> int | None:
+        """Side of the model's training input (None: the backbone's pretrained size)."""
+        raise NotImplementedError
+
+    def prepare(self, cfg: DictConfig, model: FineTuneModel, data: L.LightningDataModule) -> None:
+        """Anything done to a freshly built model before training (e.g. ``init_from``)."""
+
+    def monitor(self, cfg: DictConfig, data: L.LightningDataModule) -> str:
+        """The validation metric that picks the best checkpoint (``val/...``)."""
+        raise NotImplementedError
+
+    def lightning_module(self, cfg: DictConfig, model: FineTuneModel, data: L.LightningDataModule,
+                         optim: PhaseOptim | None = None, phase_index: int = 0,
+                         features_input: bool = False) -> L.LightningModule:
+        """The LightningModule of one phase (or of the test) over ``model``."""
+        raise NotImplementedError
+
+    def data_record(self, cfg: DictConfig, data: L.LightningDataModule) -> dict:
+        """``data.json``: what a run directory needs to rebuild, export and report the model."""
+        raise NotImplementedError
+
+    def before_test(self, cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule) -> None:
+        """Decisions fixed on validation data before the test (e.g. a tuned threshold)."""
+
+    def after_test(self, cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule,
+                   run_dir: Path) -> None:
+        """Files written after the test besides metrics.json (e.g. predicted masks)."""
+
+    def parity_images(self, data: L.LightningDataModule, n: int) -> list[np.ndarray]:
+        """Up to ``n`` raw validation images for the export parity check."""
+        raise NotImplementedError
+
+    def export_metadata(self, data_record: Mapping) -> dict:
+        """Task-specific keys an export carries (from the run's ``data.json``)."""
+        return {}

@@ -30,10 +30,10 @@ from torchmetrics.classification import (
 
 from finetune.data.datasets import TASK_TYPES
 from finetune.models.freezing import FineTuneModel
-from finetune.tasks.base import PhasedTask, PhaseOptim
+from finetune.engine.schedule import PhaseOptim
+from finetune.tasks.phased import PhasedTask
 
 THRESHOLD_TASKS = ("binary", "multi-label")  # tasks whose decision is a threshold on a probability
-MONITORS = ("acc", "auc", "balanced_acc", "f1_macro", "loss")  # validation metrics that can pick the checkpoint
 
 
 def task_type(num_classes: int, multilabel: bool, task: str | None = None) -> str:

@@ -16,11 +16,10 @@ from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, Multicl
 
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-from finetune.tasks.base import PhasedTask, PhaseOptim
+from finetune.engine.schedule import PhaseOptim
+from finetune.tasks.phased import PhasedTask
+from finetune.tasks.segmentation import BINARY_MONITORS, LOSSES
 
-LOSSES = ("ce", "dice", "ce_dice", "focal")
-BINARY_MONITORS = ("dice", "iou", "auc")  # foreground scores, logged for binary tasks only
-MONITORS = ("miou", "mdice", "pixel_acc", *BINARY_MONITORS, "loss")  # validation metrics that can pick the checkpoint
 AUC_THRESHOLDS = 1000  # binned pixel ROC AUC: constant memory, within ~1e-3 of the exact value
 DIVISOR = 32  # encoders downsample 32x: inputs are padded to a multiple of it
 

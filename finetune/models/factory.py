@@ -1,0 +1,47 @@
+"""Build the fine-tune model a config describes: a timm backbone with a new head, or a timm
+encoder under an smp decoder. ``build_model`` asks the config's task which of the two."""
+from __future__ import annotations
+
+import timm
+from omegaconf import DictConfig, OmegaConf
+
+from finetune.models.backbones import build_stage_map, create_backbone
+from finetune.models.freezing import FineTuneModel
+from finetune.models.heads import build_head
+from finetune.models.weights import WeightsRecord
+
+
+def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
+    """Backbone (weights from ``record``) + the head or decoder of the config's task."""
+    from finetune.tasks import get_task
+
+    return get_task(cfg.task).build_model(cfg, record, in_chans, num_classes)
+
+
+def head_options(cfg: DictConfig) -> dict:
+    """The ``head`` group's keys besides ``kind``: options of the head or decoder builder."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.head, resolve=True).items() if k != "kind"}
+
+
+def build_classifier(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
+    """A timm backbone returning pooled features + the configured classification head."""
+    kwargs = {}
+    if cfg.dataset.image_size and _fixed_input_size(record.model):
+        kwargs["img_size"] = cfg.dataset.image_size  # ViTs: timm resamples the position embeddings
+    backbone = create_backbone(record, in_chans=in_chans, drop_path_rate=cfg.backbone.drop_path_rate, **kwargs)
+    head = build_head(cfg.head.kind, backbone.num_features, num_classes, **head_options(cfg))
+    return FineTuneModel(backbone, head, build_stage_map(backbone))
+
+
+def build_segmenter(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
+    """A timm ``features_only`` encoder + the configured smp decoder."""
+    from finetune.models.decoders import build_segmentation_model
+
+    return build_segmentation_model(record, cfg.head.kind, in_chans, num_classes, cfg.backbone.drop_path_rate,
+                                    **head_options(cfg))
+
+
+def _fixed_input_size(model_name: str) -> bool:
+    """Models such as ViTs are built for one input size (timm can resample them to another)."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    return bool(pretrained_cfg and pretrained_cfg.fixed_input_size)

@@ -1,0 +1,100 @@
+"""Image classification (binary, multi-class, multi-label, ordinal) as a Task."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig
+
+from finetune.data import CLASSIFICATION_DATASETS
+from finetune.engine.schedule import ConfigError
+from finetune.models import HEADS
+from finetune.tasks.base import Task
+
+MONITORS = ("acc", "auc", "balanced_acc", "f1_macro", "loss")
+
+
+class Classification(Task):
+    """A new head on pooled backbone features; metrics of the MedMNIST benchmark."""
+
+    name = "classification"
+    heads = HEADS
+    datasets = CLASSIFICATION_DATASETS
+    monitors = MONITORS
+    unsupported: Mapping[str, tuple[Any, str]] = {
+        "segmentation.loss": ("ce_dice", "the segmentation block is read by task=segmentation only"),
+        "segmentation.class_weights": (False, "for classification use imbalance=weighted_loss"),
+        "segmentation.overlays": (4, "the segmentation block is read by task=segmentation only"),
+    }
+
+    def validate(self, cfg: DictConfig) -> None:
+        super().validate(cfg)
+        t = cfg.threshold
+        if t != "tune" and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1):
+            raise ConfigError(f"threshold={t!r}: use a probability in (0, 1) or threshold=tune "
+                              "(tuned on the validation split)")
+
+    def data_module(self, cfg):
+        from finetune.data.datamodule import ClassificationDataModule
+
+        return ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size,
+                                        cfg.dataset.num_workers, cfg.seed, imbalance=cfg.imbalance)
+
+    def build_model(self, cfg, record, in_chans, num_classes):
+        from finetune.models.factory import build_classifier
+
+        return build_classifier(cfg, record, in_chans, num_classes)
+
+    def input_size(self, cfg):
+        return cfg.dataset.image_size
+
+    def prepare(self, cfg, model, data) -> None:
+        if not cfg.init_from:
+            return
+        from finetune.engine.display import console
+        from finetune.export.formats import init_head_from
+
+        matched = init_head_from(model, data.info.class_names, cfg.init_from)
+        console.print(f"head initialised from {cfg.init_from}: {len(matched)}/{data.info.num_classes} "
+                      "classes matched by name")
+
+    def monitor(self, cfg, data) -> str:
+        from finetune.tasks.classification.module import monitor_metric
+
+        return monitor_metric(data.info.task, cfg.threshold == "tune", cfg.monitor)
+
+    def lightning_module(self, cfg, model, data, optim=None, phase_index=0, features_input=False):
+        from finetune.engine.schedule import PhaseOptim
+        from finetune.tasks.classification.module import ClassificationTask
+
+        threshold = None if cfg.threshold == "tune" else float(cfg.threshold)
+        return ClassificationTask(model, data.info.num_classes, data.info.multilabel, optim or PhaseOptim(),
+                                  class_weights=data.class_weights, phase_index=phase_index,
+                                  features_input=features_input, task=data.info.task, threshold=threshold)
+
+    def data_record(self, cfg, data) -> dict:
+        info = data.info
+        return {
+            "task": info.task, "class_names": info.class_names, "class_counts_train": info.class_counts,
+            "image_channels": info.image_channels, "multilabel": info.multilabel,
+            "grayscale": (cfg.dataset.grayscale if info.image_channels == 1 else "n/a (RGB images)"),
+            "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(),
+            "imbalance": {"asked": cfg.imbalance, "applied": data.imbalance}, "split_sizes": data.split_sizes,
+            **({"window": list(data.config.window)} if data.config.window else {}),
+        }
+
+    def before_test(self, cfg, module, data) -> None:
+        if cfg.threshold == "tune":
+            module.tune_threshold(data.eval_dataloader("val"))
+
+    def after_test(self, cfg, module, data, run_dir) -> None:
+        from finetune.engine.display import console
+        from finetune.report.html import write_report
+
+        console.print(f"report: {write_report(run_dir, data=data, model=module.model)}")
+
+    def parity_images(self, data, n):
+        return [image for image, _ in data.sample_images("val", n)]
+
+    def export_metadata(self, data_record):
+        return {"window": data_record["window"]} if data_record.get("window") else {}
