@@ -1,10 +1,67 @@
-"""The small ``key=value`` command lines (export, predict, explain, report, summary)."""
+"""The ``finetune`` console command (also ``python -m finetune``): one subcommand per tool.
+
+``finetune <overrides>`` and ``finetune train <overrides>`` train (Hydra); ``predict``, ``export``,
+``summary``, ``explain``, ``report`` take ``key=value`` arguments; ``plan`` prints what training
+would do. A bad config is reported before torch or Lightning are imported.
+"""
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from finetune.errors import FinetuneError
+
+# name -> (module:function taking argv and returning an exit code, one line of help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("finetune.cli:train", "fine-tune a backbone (the default): finetune [train] dataset=... backbone=..."),
+    "plan": ("finetune.cli:plan", "print what each phase would train, without loading weights or images"),
+    "predict": ("finetune.export.predict:main", "predict images (or masks) with an export: export=... inputs=..."),
+    "export": ("finetune.export.formats:main", "export a run: head, safetensors, onnx, torchscript"),
+    "summary": ("finetune.models.summary:main", "count units, weights and connections per layer and stage"),
+    "explain": ("finetune.report.explain:main", "Grad-CAM, activations and filters of a run on your images"),
+    "report": ("finetune.report.html:main", "(re)write a run's report.html"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``finetune <command> ...``; anything else is a training command line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name = args[0] if args and args[0] in COMMANDS else "train"
+    rest = args[1:] if args and args[0] in COMMANDS else args
+    module, _, function = COMMANDS[name][0].partition(":")
+    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+
+
+def usage() -> str:
+    """``finetune --help``: the subcommands, one line each."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: finetune [command] [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "finetune train --help lists the config groups (dataset, backbone, schedule, head, augment,",
+              "trainer) and their options; finetune <command> --help explains a command."]
+    return "\n".join(lines)
+
+
+def train(argv: list[str]) -> int:
+    """Check the config (no torch yet), then train under Hydra."""
+    from finetune.engine.precheck import precheck
+
+    code = precheck(argv)
+    if code:
+        return code
+    from finetune.engine.hydra_app import run
+
+    run(argv)
+    return 0
+
+
+def plan(argv: list[str]) -> int:
+    """``finetune plan <overrides>`` = ``finetune train plan=true <overrides>``."""
+    return train([*argv, "plan=true"])
 
 
 def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequence[str] | None) -> int:

@@ -20,8 +20,39 @@ def run_cli(*args: str, cwd: Path, module: str = "finetune", timeout: int = 600)
                           timeout=timeout)
 
 
-def test_help_lists_config_groups_and_options(tmp_path):
+def test_help_lists_the_commands(tmp_path):
     out = run_cli("--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for command in ("train", "plan", "predict", "export", "summary", "explain", "report"):
+        assert f"\n  {command} " in out.stdout
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "summary", "explain", "report"])
+def test_every_command_has_help(tmp_path, command):
+    out = run_cli(command, "--help", cwd=tmp_path)
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    assert "=" in out.stdout  # the key=value arguments it takes
+
+
+def test_misspelt_key_gets_did_you_mean_before_torch_is_imported():
+    code = ("import sys; from finetune.cli import main; "
+            "code = main(['dataset.imagesize=64']); print(code, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False", "False"], out.stderr
+    assert "did you mean dataset.image_size?" in out.stderr
+    assert "+dataset" not in out.stderr  # not Hydra's advice to append the key
+
+
+def test_config_value_error_is_reported_before_torch_is_imported():
+    code = ("import sys; from finetune.cli import main; "
+            "code = main(['train', 'schedule.batch_size=0']); print(code, 'torch' in sys.modules)")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert out.stderr.startswith("finetune: error: schedule.batch_size=0")
+
+
+def test_train_help_lists_config_groups_and_options(tmp_path):
+    out = run_cli("train", "--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     for expected in ("dataset:", "backbone:", "schedule:", "head:", "augment:", "trainer:",
                      "efficientnet_lite0", "linear_probe", "imagefolder", "mlp"):

@@ -83,9 +83,23 @@ def _test_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())["test"]
 
 
+def _task_args(task: str, tmp_path: Path) -> tuple[list[str], str]:
+    """Tiny two-phase command line of ``task`` and the validation metric its epochs log."""
+    if task == "classification":
+        return [*FAST, *TWO_PHASES, "trainer.limit_train_batches=6"], "val/acc"
+    from .test_segmentation import squares
+
+    squares(tmp_path / "squares", n=10, size=64)
+    return ([*FAST, *TWO_PHASES, "task=segmentation", "dataset=seg_folder", f"dataset.root={tmp_path / 'squares'}",
+             "dataset.mask_mode=binary", "dataset.crop_size=32", "dataset.num_workers=0",
+             "dataset.samples_per_image=4", "head=unet", "head.decoder_channels=[16,16,16,16,16]",
+             "schedule.batch_size=4", "segmentation.overlays=1"], "val/dice")
+
+
 @pytest.mark.slow
-def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path):
-    args = [*FAST, *TWO_PHASES, "trainer.limit_train_batches=6"]
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path, task):
+    args, metric = _task_args(task, tmp_path)
     whole = _run([*args, "hydra.run.dir=whole"], tmp_path)
     assert whole.wait(timeout=600) == 0, whole.stdout.read().decode()[-3000:]
 
@@ -93,7 +107,7 @@ def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path)
     marker = tmp_path / "killed" / "logs" / "top" / "metrics.csv"
     deadline = time.time() + 600
     while time.time() < deadline and killed.poll() is None:
-        if marker.exists() and any(r.get("val/acc") for r in csv.DictReader(marker.open())):
+        if marker.exists() and any(r.get(metric) for r in csv.DictReader(marker.open())):
             break  # phase 2 finished an epoch (and wrote last.ckpt): kill it mid-phase
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)

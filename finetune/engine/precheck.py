@@ -1,0 +1,76 @@
+"""Check a training command line before anything heavy is imported: compose the config with
+Hydra's compose API, name a misspelt key with "did you mean", and run the config checks.
+
+Returns an exit code (2 with one ``finetune: error:`` line) or 0 to go on. Command lines this
+cannot judge alone (``-m`` sweeps, ``--cfg``, ``--help``, ``resume=``, Hydra's own flags) are left
+to Hydra and to ``train``, which check them again.
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Iterator, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from finetune.errors import FinetuneError
+from finetune.resources import conf_dir
+
+_MISSING = object()
+
+
+def precheck(argv: Sequence[str]) -> int:
+    """0 when the command line composes and passes the config checks, else 2 (message printed)."""
+    if any(a.startswith("-") for a in argv) or any(a.startswith(("resume=", "hydra.")) for a in argv):
+        return 0
+    try:
+        cfg = _compose(argv)
+    except HydraException:
+        message = misspelt_key(argv)
+        if message is None:
+            return 0  # Hydra reports it with its own words (e.g. the options of a group)
+        print(f"finetune: error: {message}", file=sys.stderr)
+        return 2
+    from finetune.engine.config import validate
+
+    try:
+        validate(cfg)
+    except FinetuneError as err:
+        print(f"finetune: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def misspelt_key(argv: Sequence[str]) -> str | None:
+    """For the first ``key=value`` whose key the composed config lacks: what to type instead."""
+    groups = [a for a in argv if "=" in a and "." not in a.split("=", 1)[0]]
+    try:
+        base = _compose(groups)
+    except HydraException:
+        return None
+    keys = list(_leaf_keys(base))
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if "=" not in arg or key.startswith(("+", "~")) or key in groups:
+            continue
+        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "finetune train --cfg job lists every key"
+            return f"{key} is not a key of this config ({arg!r}); {hint}"
+    return None
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            yield from _leaf_keys(value, f"{name}.")
+        else:
+            yield name
