@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from finetune.data.base import DataInfo, FinetuneDataModule
 from finetune.data.datasets import (
     TASK_TYPES,
     DatasetConfig,
@@ -32,7 +33,7 @@ from finetune.data.datasets import (
 )
 from finetune.data.imbalance import imbalance_ratio, loss_weights, resolve_imbalance
 from finetune.data.options import plain_dict
-from finetune.data.samplers import ClassBalancedSampler, split_sampler, trainer_shard
+from finetune.data.samplers import ClassBalancedSampler, split_sampler
 from finetune.data.transforms import (
     Augment,
     Preprocessing,
@@ -44,18 +45,16 @@ from finetune.data.transforms import (
     train_transform,
 )
 
-__all__ = ["ClassificationDataModule", "DataInfo", "Preprocessing", "gray_preprocessing"]
+__all__ = ["ClassificationDataModule", "ClassificationInfo", "Preprocessing", "gray_preprocessing"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DataInfo:
-    """What the model needs to know about the data."""
+class ClassificationInfo(DataInfo):
+    """What the model needs to know about classification data (class_counts: images per class,
+    multi-label: positives per class)."""
 
-    class_names: list[str]
-    image_channels: int  # channels of the source images: 1 (all grayscale) or 3
-    class_counts: list[int]  # per class, train split (multi-label: positives per class)
     multilabel: bool = False
     # binary | multi-class | multi-label | ordinal-regression (None: from multilabel / class count)
     task: str | None = None
@@ -69,12 +68,7 @@ class DataInfo:
         if (self.task == "multi-label") != self.multilabel:
             raise ValueError(f"DataInfo.task={self.task!r} disagrees with multilabel={self.multilabel}")
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(FinetuneDataModule):
     """Train/val/test loaders for an image classification dataset described by config groups."""
 
     def __init__(
@@ -86,12 +80,13 @@ class ClassificationDataModule(L.LightningDataModule):
         seed: int,
         imbalance: str = "none",
     ) -> None:
-        super().__init__()
-        self.config = DatasetConfig.from_mapping(plain_dict(dataset))
+        config = DatasetConfig.from_mapping(plain_dict(dataset))
+        super().__init__(config.grayscale, batch_size, seed)
+        self.config = config
         self.augment = self._effective_augment(Augment.from_mapping(plain_dict(augment)))
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.num_workers = num_workers
         source = load_source(self.config)
         if self.config.grayscale == "adapt" and source.image_channels == 3:
             if not source.channels_from_metadata:
@@ -103,7 +98,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.splits: dict[str, Samples] = source.splits
         self.skipped: int = source.skipped
         multilabel = self.config.multilabel or source.task == "multi-label"
-        self.info = DataInfo(
+        self.info = ClassificationInfo(
             class_names=source.class_names,
             image_channels=source.image_channels,
             class_counts=class_counts(source.splits["train"].targets, len(source.class_names)),
@@ -133,11 +128,6 @@ class ClassificationDataModule(L.LightningDataModule):
         return dataclasses.replace(augment, hflip=0.0, vflip=0.0)
 
     @property
-    def in_chans(self) -> int:
-        """Channels the model should take: 1 with dataset.grayscale=adapt (gray images), else 3."""
-        return 1 if self.config.grayscale == "adapt" and self.info.image_channels == 1 else 3
-
-    @property
     def class_weights(self) -> torch.Tensor | None:
         """Loss weights under imbalance=weighted_loss (CE class weights; multi-label: BCE pos_weight),
         else None. Pass to ClassificationTask(class_weights=...)."""
@@ -149,17 +139,11 @@ class ClassificationDataModule(L.LightningDataModule):
         """The training order of one rank (default: this trainer's): class-balanced under
         imbalance=sampler, else shuffled. Indices refer to the train split, so cached features
         (kept in train-split order) can use it too."""
-        own_rank, own_world = trainer_shard(self.trainer)
+        if self.imbalance != "sampler":
+            return super().train_sampler(rank, world_size)
+        own_rank, own_world = self.shard()
         rank, world = (own_rank if rank is None else rank), (own_world if world_size is None else world_size)
-        train = self.splits["train"]
-        if self.imbalance == "sampler":
-            return ClassBalancedSampler(train.targets, seed=self.seed, num_replicas=world, rank=rank)
-        return split_sampler(len(train), True, self.seed, rank, world)
-
-    @property
-    def split_sizes(self) -> dict[str, int]:
-        """Images per split: {"train": ..., "val": ..., "test": ...}."""
-        return {name: len(samples) for name, samples in self.splits.items()}
+        return ClassBalancedSampler(self.splits["train"].targets, seed=self.seed, num_replicas=world, rank=rank)
 
     @property
     def train_transform_is_deterministic(self) -> bool:
@@ -185,15 +169,9 @@ class ClassificationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def eval_dataloader(self, split: str) -> DataLoader:
+    def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader:
         """Any split in order through the eval transform (for feature extraction and reports)."""
-        return self._loader(split, shuffle=False, transform="eval", shard=False)
+        return self._loader(split, shuffle=False, transform="eval", shard=shard)
 
     def sample_images(self, split: str, n: int) -> list[tuple[np.ndarray, int | list[int]]]:
         """Up to n raw (untransformed HWC uint8) images of `split`, seeded, with their class index
@@ -217,7 +195,7 @@ class ClassificationDataModule(L.LightningDataModule):
         if split == "train" and shuffle:
             sampler = self.train_sampler()
         else:
-            sampler = split_sampler(len(dataset), shuffle, self.seed, *(trainer_shard(self.trainer) if shard else (0, 1)))
+            sampler = split_sampler(len(dataset), shuffle, self.seed, *(self.shard() if shard else (0, 1)))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -227,7 +205,7 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
             generator=self._generator,
-            worker_init_fn=partial(seed_worker, rank=trainer_shard(self.trainer)[0]),
+            worker_init_fn=partial(seed_worker, rank=self.shard()[0]),
         )
 
 

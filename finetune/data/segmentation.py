@@ -30,9 +30,10 @@ from PIL import Image, ImageOps
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from finetune.data.base import DataInfo, FinetuneDataModule
 from finetune.data.datasets import GRAY_MODES, IMAGE_EXTENSIONS, DatasetError, read_image
 from finetune.data.options import dataclass_values, plain_dict
-from finetune.data.samplers import split_sampler, trainer_shard
+from finetune.data.samplers import split_sampler
 from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_transform, seed_worker
 
 log = logging.getLogger(__name__)
@@ -356,61 +357,39 @@ class SegDataset(Dataset):
 
 
 @dataclass(frozen=True)
-class SegInfo:
-    """What the model needs to know about segmentation data."""
+class SegmentationInfo(DataInfo):
+    """What the model needs to know about segmentation data (class_counts: train pixels per class,
+    inside the field of view)."""
 
-    class_names: list[str]
-    image_channels: int
-    class_counts: list[int]  # pixels per class, train split (inside the field of view)
-    ignore_index: int
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
+    ignore_index: int = 255
     @property
     def binary(self) -> bool:
         return self.num_classes == 2
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(FinetuneDataModule):
     """Train crops and full-size val/test images of a segmentation dataset, checked at construction."""
 
     def __init__(self, dataset: DictConfig | Mapping, augment: DictConfig | Mapping, batch_size: int,
                  seed: int, class_weights: bool = False) -> None:
-        super().__init__()
-        self.config = SegDatasetConfig.from_mapping(plain_dict(dataset))
+        config = SegDatasetConfig.from_mapping(plain_dict(dataset))
+        super().__init__(config.grayscale, batch_size, seed)
+        self.config = config
         self.augment = Augment.from_mapping(plain_dict(augment))
         if self.augment.crop_scale is not None:
             log.info("augment.crop_scale is not used for segmentation: training takes random %d px crops "
                      "at native scale (augment.zoom changes the scale)", self.config.crop_size)
-        self.batch_size, self.seed, self.weighted = batch_size, seed, class_weights
+        self.weighted = class_weights
         self.splits = LAYOUTS[self.config.kind](self.config)
         counts = {name: check_pairs(pairs, self.config, name) for name, pairs in self.splits.items()}
         every_pair = [p for pairs in self.splits.values() for p in pairs]
-        self.info = SegInfo(self.config.names, image_channels(every_pair),
+        self.info = SegmentationInfo(self.config.names, image_channels(every_pair),
                             counts["train"].tolist(), self.config.ignore_index)
         if self.config.grayscale == "adapt" and self.info.image_channels == 3:
             raise DatasetError("dataset.grayscale=adapt needs grayscale images; these are RGB: use replicate")
-        self.preprocessing: Preprocessing | None = None
         self._transforms: dict[str, A.Compose] = {}
         log.info("dataset %s: %d classes, images train/val/test = %s", self.config.kind, self.info.num_classes,
                  "/".join(str(len(p)) for p in self.splits.values()))
-
-    @property
-    def in_chans(self) -> int:
-        """Channels the model takes: 1 with dataset.grayscale=adapt (gray images), else 3."""
-        return 1 if self.config.grayscale == "adapt" and self.info.image_channels == 1 else 3
-
-    @property
-    def split_sizes(self) -> dict[str, int]:
-        """Images per split: {"train": ..., "val": ..., "test": ...}."""
-        return {name: len(pairs) for name, pairs in self.splits.items()}
-
-    @property
-    def train_transform_is_deterministic(self) -> bool:
-        """Never: training draws random crops."""
-        return False
 
     @property
     def class_weights(self) -> torch.Tensor | None:
@@ -439,24 +418,19 @@ class SegmentationDataModule(L.LightningDataModule):
         for transform in self._transforms.values():
             seed_transform(transform, self.seed)
 
-    def train_sampler(self, rank: int, world: int) -> torch.utils.data.Sampler[int]:
-        return split_sampler(len(self.splits["train"]) * self.config.samples_per_image, True, self.seed, rank, world)
+    @property
+    def train_length(self) -> int:
+        """Random crops per epoch: samples_per_image of every training image."""
+        return len(self.splits["train"]) * self.config.samples_per_image
 
     def train_dataloader(self) -> DataLoader:
-        rank, world = trainer_shard(self.trainer)
         # drop_last: a last batch of one image breaks BatchNorm in decoders (DeepLabV3+ pooling)
-        return self._loader("train", "train", self.batch_size, self.train_sampler(rank, world),
+        return self._loader("train", "train", self.batch_size, self.train_sampler(),
                             self.config.samples_per_image, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val", shard=True)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test", shard=True)
 
     def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader:
         """Full-size images of ``split`` in order, one per batch (sizes may differ)."""
-        rank, world = trainer_shard(self.trainer) if shard else (0, 1)
+        rank, world = self.shard() if shard else (0, 1)
         return self._loader(split, "eval", 1, split_sampler(len(self.splits[split]), False, self.seed, rank, world))
 
     def raw_pair(self, split: str, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -476,4 +450,4 @@ class SegmentationDataModule(L.LightningDataModule):
                                f"{batch_size}: raise dataset.samples_per_image or lower schedule.batch_size")
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                          worker_init_fn=partial(seed_worker, rank=trainer_shard(self.trainer)[0]))
+                          worker_init_fn=partial(seed_worker, rank=self.shard()[0]))

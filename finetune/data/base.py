@@ -1,0 +1,92 @@
+"""What every task's data module answers, under one contract.
+
+A data module scans and checks its dataset when built, then tells the model what it needs
+(``info``: class names, channels, per-class counts; ``in_chans``); the model answers with a
+Preprocessing (``set_preprocessing``), after which the loaders work. Subclasses say how a split
+becomes a dataset and which transforms apply.
+"""
+from __future__ import annotations
+
+from collections.abc import Sized
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from finetune.data.samplers import split_sampler, trainer_shard
+from finetune.data.transforms import Preprocessing
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the model needs to know about the data, whatever the task."""
+
+    class_names: list[str]
+    image_channels: int  # channels of the source images: 1 (all grayscale) or 3
+    class_counts: list[int]  # per class in the train split: images, positives (multi-label) or pixels
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class FinetuneDataModule(L.LightningDataModule):
+    """Splits, channels, loaders, sampler and class weights of one dataset."""
+
+    info: DataInfo
+    splits: dict[str, Sized]  # "train", "val", "test"
+
+    def __init__(self, grayscale: str, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.grayscale, self.batch_size, self.seed = grayscale, batch_size, seed
+        self.preprocessing: Preprocessing | None = None
+
+    @property
+    def in_chans(self) -> int:
+        """Channels the model takes: 1 with dataset.grayscale=adapt and gray images, else 3."""
+        return 1 if self.grayscale == "adapt" and self.info.image_channels == 1 else 3
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split: {"train": ..., "val": ..., "test": ...}."""
+        return {name: len(split) for name, split in self.splits.items()}
+
+    @property
+    def class_weights(self) -> torch.Tensor | None:
+        """Loss weights the data asks for (None: unweighted)."""
+        return None
+
+    @property
+    def train_transform_is_deterministic(self) -> bool:
+        """True when training applies no random op, so backbone features can be cached."""
+        return False
+
+    def set_preprocessing(self, pre: Preprocessing) -> None:
+        """Adopt the model's preprocessing and build the transforms."""
+        raise NotImplementedError
+
+    def shard(self) -> tuple[int, int]:
+        """(rank, world size) of the trainer this module serves; (0, 1) outside one."""
+        return trainer_shard(self.trainer)
+
+    def train_sampler(self, rank: int | None = None, world_size: int | None = None) -> Sampler[int]:
+        """The training order of one rank (default: this trainer's), reshuffled every epoch."""
+        own_rank, own_world = self.shard()
+        rank, world = (own_rank if rank is None else rank), (own_world if world_size is None else world_size)
+        return split_sampler(self.train_length, True, self.seed, rank, world)
+
+    @property
+    def train_length(self) -> int:
+        """Training samples per epoch (before sharding)."""
+        return len(self.splits["train"])
+
+    def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader:
+        """``split`` in order through the evaluation transform (for features, reports, tuning)."""
+        raise NotImplementedError
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val", shard=True)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test", shard=True)
