@@ -13,9 +13,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.data.datasets import DatasetError
+from finetune.errors import DatasetError
 from finetune.data.transforms import AugmentError, Preprocessing, gray_preprocessing
-from finetune.data.datasets import read_image, sort_class_names, stratified_split
+from finetune.data.folders import sort_class_names
+from finetune.data.images import read_image
+from finetune.data.sources import stratified_split
 from finetune.data.transforms import Augment, augment_ops, is_deterministic, train_transform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -473,6 +475,17 @@ def test_preprocessing_helpers():
         Preprocessing((8, 8), (0.5,), (0.5,), "lanczos", 1)
 
 
-def test_dataset_yamls_share_the_common_keys():
-    keys = {name: set(dataset_cfg(name)) for name in ("digits", "imagefolder", "csv")}
-    assert keys["digits"] == keys["imagefolder"] == keys["csv"] - {"csv"}
+@pytest.mark.parametrize("kind", ["digits", "imagefolder", "csv", "medmnist", "dicom_folder"])
+def test_each_dataset_yaml_holds_exactly_the_keys_its_kind_reads(kind):
+    from dataclasses import fields
+
+    from finetune.data.configs import CONFIGS
+
+    assert set(dataset_cfg(kind)) == {f.name for f in fields(CONFIGS[kind])}
+
+
+def test_a_key_of_another_kind_is_refused_by_name():
+    from finetune.data.configs import dataset_config
+
+    with pytest.raises(DatasetError, match=r"unknown dataset \(kind=digits\) key\(s\) \['csv'\]"):
+        dataset_config({"kind": "digits", "csv": "labels.csv"})

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.data.datasets import DatasetError
+from finetune.errors import DatasetError
 from finetune.data.transforms import Preprocessing
 from finetune.data.imbalance import loss_weights, resolve_imbalance
 from finetune.data.medmnist import MEDMNIST, official_file_name

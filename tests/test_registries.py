@@ -8,12 +8,13 @@ from finetune import data, engine, models
 
 
 def test_light_names_match_the_builders() -> None:
-    from finetune.data.datasets import LOADERS
+    from finetune.data.configs import CONFIGS
+    from finetune.data.datasets import KINDS
     from finetune.data.segmentation import LAYOUTS
     from finetune.engine.optim import FACTORS, OPTIMIZERS
     from finetune.models.heads import HEADS
 
-    assert tuple(LOADERS) == data.CLASSIFICATION_DATASETS
+    assert tuple(KINDS) == tuple(CONFIGS) == data.CLASSIFICATION_DATASETS
     assert tuple(LAYOUTS) == data.SEGMENTATION_DATASETS
     assert tuple(OPTIMIZERS) == engine.OPTIMIZERS
     assert (*FACTORS, "onecycle", "plateau") == engine.SCHEDULERS

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from finetune.data.datasets import DatasetError
+from finetune.errors import DatasetError
 from finetune.data.segmentation import SegmentationDataModule
 from finetune.errors import FinetuneError
 from finetune.models.decoders import build_segmentation_model
@@ -290,7 +290,7 @@ def _best_model(run):
 
 
 def test_head_export_of_a_segmentation_run_round_trips(seg_run):
-    from finetune.export.formats import load_head_export
+    from finetune.export.tensors import load_head_export
 
     head = seg_run / "exports" / "head.safetensors"
     assert head.is_file()  # every run writes one
@@ -298,13 +298,14 @@ def test_head_export_of_a_segmentation_run_round_trips(seg_run):
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=1e-6)
-    from finetune.export.formats import _embedded_metadata
-    stages = _embedded_metadata(head)["delta"]["stages"]
+    from finetune.export.tensors import embedded_metadata
+    stages = embedded_metadata(head)["delta"]["stages"]
     assert "head" in stages and not {"stem", "stage1", "stage2"} & set(stages)  # frozen: pinned, not stored
 
 
 def test_onnx_export_takes_any_size_and_predict_writes_masks(seg_run, tmp_path):
-    from finetune.export.formats import export_run, load_export
+    from finetune.export.loading import load_export
+    from finetune.export.writing import export_run
     from finetune.export.predict import main as predict_main
 
     results = export_run(seg_run, ["onnx", "torchscript"], out=tmp_path / "exports")

@@ -10,30 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
 import albumentations as A
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from finetune.data.base import DataInfo, FinetuneDataModule
-from finetune.data.datasets import (
-    TASK_TYPES,
-    DatasetConfig,
-    DatasetError,
-    ImageDataset,
-    Samples,
-    class_counts,
-    load_source,
-)
+from finetune.data.configs import dataset_config
+from finetune.data.datasets import load_source
 from finetune.data.imbalance import imbalance_ratio, loss_weights, resolve_imbalance
 from finetune.data.options import plain_dict
 from finetune.data.samplers import ClassBalancedSampler, split_sampler
+from finetune.data.sources import TASK_TYPES, Samples, class_counts
+from finetune.errors import DatasetError
 from finetune.data.transforms import (
     Augment,
     Preprocessing,
@@ -68,6 +62,20 @@ class ClassificationInfo(DataInfo):
         if (self.task == "multi-label") != self.multilabel:
             raise ValueError(f"DataInfo.task={self.task!r} disagrees with multilabel={self.multilabel}")
 
+class ImageDataset(torch.utils.data.Dataset):
+    """Samples decoded and transformed: (image tensor [C, H, W], target tensor)."""
+
+    def __init__(self, samples: Samples, channels: int, transform: Callable[..., dict]) -> None:
+        self.samples, self.channels, self.transform = samples, channels, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.transform(image=self.samples.image(i, self.channels))["image"]
+        return image, torch.as_tensor(self.samples.targets[i])
+
+
 class ClassificationDataModule(FinetuneDataModule):
     """Train/val/test loaders for an image classification dataset described by config groups."""
 
@@ -80,7 +88,7 @@ class ClassificationDataModule(FinetuneDataModule):
         seed: int,
         imbalance: str = "none",
     ) -> None:
-        config = DatasetConfig.from_mapping(plain_dict(dataset))
+        config = dataset_config(plain_dict(dataset))
         super().__init__(config.grayscale, batch_size, seed)
         self.config = config
         self.augment = self._effective_augment(Augment.from_mapping(plain_dict(augment)))
@@ -97,7 +105,7 @@ class ClassificationDataModule(FinetuneDataModule):
             log.info("dataset.grayscale=adapt concerns gray subsets; this one is RGB: 3-channel stem as pretrained")
         self.splits: dict[str, Samples] = source.splits
         self.skipped: int = source.skipped
-        multilabel = self.config.multilabel or source.task == "multi-label"
+        multilabel = getattr(self.config, "multilabel", False) or source.task == "multi-label"
         self.info = ClassificationInfo(
             class_names=source.class_names,
             image_channels=source.image_channels,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.data.datasets import DatasetError
+from finetune.errors import DatasetError
 
 COLOR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from finetune.data import IMBALANCE_CHOICES
-from finetune.data.datasets import DatasetError
+from finetune.errors import DatasetError
 
 AUTO_RATIO = 3.0
 

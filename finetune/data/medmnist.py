@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.data.datasets import DatasetConfig, DatasetError, Samples, Source
+from finetune.data.configs import MedmnistConfig
+from finetune.data.sources import Samples, Source
+from finetune.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ MEDMNIST: dict[str, Subset] = {
 }
 
 
-def load_medmnist_source(config: DatasetConfig) -> Source:
+def load_medmnist_source(config: MedmnistConfig) -> Source:
     """Read (downloading if allowed and needed) the subset's npz and keep its official splits."""
     name = subset_name(config)
     subset = MEDMNIST[name]
@@ -102,7 +104,7 @@ def load_medmnist_source(config: DatasetConfig) -> Source:
     return Source(list(subset.labels), splits, image_channels, task=subset.task, channels_from_metadata=True)
 
 
-def subset_name(config: DatasetConfig) -> str:
+def subset_name(config: MedmnistConfig) -> str:
     """dataset.name, or the subset an explicit dataset.file is named after (longest known prefix)."""
     name = config.name
     if name is None and config.file is not None:
@@ -118,7 +120,7 @@ def subset_name(config: DatasetConfig) -> str:
     return name
 
 
-def npz_path(config: DatasetConfig, name: str) -> Path:
+def npz_path(config: MedmnistConfig, name: str) -> Path:
     """Where the npz is: dataset.file (absolute, or relative to the root), else the official name in
     the root (dataset.root; unset: $MEDMNIST_ROOT, else ~/.medmnist as the medmnist package uses)."""
     if config.size not in SIZES:
@@ -135,7 +137,7 @@ def official_file_name(name: str, size: int) -> str:
     return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
 
 
-def _download(config: DatasetConfig, name: str, path: Path) -> None:
+def _download(config: MedmnistConfig, name: str, path: Path) -> None:
     """Fetch the official file with the medmnist package; any failure: one error saying how to get it."""
     how = (f"Put the official file there (from {HOMEPAGE}, or with `pip install medmnist` and "
            f"`python -c \"import medmnist; medmnist.{MEDMNIST[name].python_class}(split='train', "

@@ -31,7 +31,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from finetune.data.base import DataInfo, FinetuneDataModule
-from finetune.data.datasets import GRAY_MODES, IMAGE_EXTENSIONS, DatasetError, read_image
+from finetune.data.images import GRAY_MODES, IMAGE_EXTENSIONS, read_image
+from finetune.errors import DatasetError
 from finetune.data.options import dataclass_values, plain_dict
 from finetune.data.samplers import split_sampler
 from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_transform, seed_worker

@@ -52,7 +52,7 @@ class Classification(Task):
         if not cfg.init_from:
             return
         from finetune.engine.display import console
-        from finetune.export.formats import init_head_from
+        from finetune.export.init_head import init_head_from
 
         matched = init_head_from(model, data.info.class_names, cfg.init_from)
         console.print(f"head initialised from {cfg.init_from}: {len(matched)}/{data.info.num_classes} "
@@ -80,7 +80,7 @@ class Classification(Task):
             "grayscale": (cfg.dataset.grayscale if info.image_channels == 1 else "n/a (RGB images)"),
             "model_in_chans": data.in_chans, "preprocessing": data.preprocessing.to_dict(),
             "imbalance": {"asked": cfg.imbalance, "applied": data.imbalance}, "split_sizes": data.split_sizes,
-            **({"window": list(data.config.window)} if data.config.window else {}),
+            **({"window": list(data.config.window)} if getattr(data.config, "window", None) else {}),
         }
 
     def before_test(self, cfg, module, data) -> None:
@@ -88,13 +88,25 @@ class Classification(Task):
             module.tune_threshold(data.eval_dataloader("val"))
 
     def after_test(self, cfg, module, data, run_dir) -> None:
-        from finetune.engine.display import console
-        from finetune.report.html import write_report
+        self.write_report(module, data, run_dir)
 
-        console.print(f"report: {write_report(run_dir, data=data, model=module.model)}")
+    def report_sections(self, run, data, model, options):
+        from finetune.tasks.classification.report import report_sections
+
+        return report_sections(run, data, model, options)
+
+    def explainer(self, run):
+        from finetune.tasks.classification.report import ClassificationExplainer
+
+        return ClassificationExplainer(run)
 
     def parity_images(self, data, n):
         return [image for image, _ in data.sample_images("val", n)]
 
     def export_metadata(self, data_record):
         return {"window": data_record["window"]} if data_record.get("window") else {}
+
+    def predict_files(self, exported, paths, options) -> str:
+        from finetune.tasks.classification.predict import predict_files
+
+        return predict_files(exported, paths, options)

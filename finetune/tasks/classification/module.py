@@ -28,7 +28,7 @@ from torchmetrics.classification import (
     MultilabelF1Score, MultilabelPrecision, MultilabelRecall, MultilabelStatScores,
 )
 
-from finetune.data.datasets import TASK_TYPES
+from finetune.data.sources import TASK_TYPES
 from finetune.models.freezing import FineTuneModel
 from finetune.engine.schedule import PhaseOptim
 from finetune.tasks.phased import PhasedTask

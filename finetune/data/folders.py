@@ -1,0 +1,235 @@
+"""Datasets of image files: class folders (``imagefolder``, ``dicom_folder``) and label files
+(``csv``). Scanning lists files and checks every image (finetune.data.images)."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from finetune.data.configs import CsvConfig, DicomFolderConfig, FolderConfig
+from finetune.data.images import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, check_images
+from finetune.data.sources import Samples, Source, assemble_splits, class_counts
+from finetune.errors import DatasetError, listing
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def load_imagefolder(config: FolderConfig) -> Source:
+    """`root/<class>/*.jpg`, or `root/{train,val|valid,test}/<class>/*.jpg` when `root/train` exists."""
+    return _load_class_folders(config, IMAGE_EXTENSIONS)
+
+
+def load_dicom_folder(config: DicomFolderConfig) -> Source:
+    """`root/<class>/*.dcm` (or with train/val/test folders), like imagefolder; each file is one
+    image (multi-frame files: the middle frame) read through its modality and VOI LUTs."""
+    from finetune.data.dicom import require_pydicom
+
+    require_pydicom()
+    return _load_class_folders(config, DICOM_EXTENSIONS)
+
+
+def _load_class_folders(config: FolderConfig, extensions: frozenset[str]) -> Source:
+    root = _existing_dir(config.root, "dataset.root")
+    folders = _split_folders(root)
+    train_dir = folders["train"]
+    class_names = sort_class_names([d.name for d in _subdirs(train_dir)])
+    example = sorted(extensions)[0]
+    if not class_names:
+        raise DatasetError(
+            f"no class folders in {train_dir}: expected {train_dir}/<class name>/<image>{example} "
+            "(one folder per class); set dataset.root to the folder that holds them"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    parts: dict[str, tuple[list[Path], list[int]]] = {}
+    for split, folder in folders.items():
+        paths: list[Path] = []
+        labels: list[int] = []
+        for class_dir in _subdirs(folder):
+            if class_dir.name not in index:
+                raise DatasetError(
+                    f"class folder {class_dir} has no matching folder in {train_dir}; every class needs "
+                    f"training images (found classes there: {class_names})"
+                )
+            files = _image_files(class_dir, extensions)
+            if not files and split == "train":
+                raise DatasetError(
+                    f"class folder {class_dir} holds no images ({', '.join(sorted(extensions))}); "
+                    "add images or remove the folder"
+                )
+            paths += files
+            labels += [index[class_dir.name]] * len(files)
+        parts[split] = (paths, labels)
+    return _file_source(config, class_names, parts, where=str(root))
+
+
+def load_csv(config: CsvConfig) -> Source:
+    """A CSV with columns path,label[,split]; paths relative to dataset.root or the CSV's folder."""
+    if config.csv is None:
+        raise DatasetError(
+            "dataset.csv is not set: pass dataset.csv=/path/to/labels.csv (columns path,label[,split])"
+        )
+    csv_path = Path(config.csv).expanduser()
+    if not csv_path.is_file():
+        raise DatasetError(f"dataset.csv={config.csv} is not a file (resolved to {csv_path.resolve()})")
+    base = _existing_dir(config.root, "dataset.root") if config.root else csv_path.parent
+    rows = _read_csv_rows(csv_path, config.multilabel)
+    class_names = sort_class_names({name for _, _, names, _ in rows for name in names})
+    index = {name: i for i, name in enumerate(class_names)}
+    problems: list[str] = []
+    parts: dict[str, tuple[list[Path], list]] = {}
+    for line, raw_path, names, split in rows:
+        path = Path(raw_path).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            problems.append(f"line {line}: {raw_path!r} not found (looked for {path})")
+            continue
+        target = [index[n] for n in names] if config.multilabel else index[names[0]]
+        paths, targets = parts.setdefault(split, ([], []))
+        paths.append(path)
+        targets.append(target)
+    if problems:
+        raise DatasetError(
+            f"{csv_path}: {len(problems)} image path(s) do not exist (relative paths start at {base}):\n  "
+            + listing(problems)
+        )
+    if "train" not in parts:
+        raise DatasetError(f"{csv_path}: no rows with split 'train'; mark the training rows split=train, "
+                           "or drop the split column to split the rows automatically")
+    return _file_source(config, class_names, parts, where=str(csv_path))
+
+
+def _read_csv_rows(csv_path: Path, multilabel: bool) -> list[tuple[int, str, list[str], str]]:
+    """(line, path, label names, split) per data row; bad rows raise, listing all of them."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise DatasetError(
+                f"{csv_path} lacks column(s) {missing} (found {columns}); its first line must be a "
+                "header 'path,label' with an optional third column 'split' (train/val/test)"
+            )
+        reader.fieldnames = columns
+        rows, problems = [], []
+        for row in reader:
+            line = reader.line_num
+            path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            split = (row.get("split") or "").strip().lower() if "split" in columns else "train"
+            names = [n.strip() for n in label.split(";") if n.strip()] if multilabel else [label]
+            if not path:
+                problems.append(f"line {line}: empty path")
+            elif not label or not names:
+                problems.append(f"line {line}: empty label for {path!r}")
+            elif split not in SPLIT_NAMES:
+                problems.append(f"line {line}: unknown split {split!r} for {path!r}; use train, val or test")
+            else:
+                rows.append((line, path, names, SPLIT_NAMES[split]))
+    if problems:
+        raise DatasetError(f"{csv_path}: {len(problems)} bad row(s):\n  " + listing(problems))
+    if not rows:
+        raise DatasetError(f"{csv_path} has no data rows")
+    return rows
+
+
+def _file_source(
+    config: FolderConfig,
+    class_names: list[str],
+    parts: dict[str, tuple[list[Path], list]],
+    where: str,
+) -> Source:
+    """Check the images of every split, drop unreadable ones, assemble and validate the splits."""
+    multilabel, window = getattr(config, "multilabel", False), getattr(config, "window", None)
+    if len(class_names) < 2:
+        raise DatasetError(
+            f"found {len(class_names)} class(es) {class_names} in {where}; classification needs at least 2"
+        )
+    all_paths = list(dict.fromkeys(p for paths, _ in parts.values() for p in paths))
+    channels = check_images(all_paths, config.on_error)
+    samples = {}
+    for split, (paths, targets) in parts.items():
+        keep = [i for i, p in enumerate(paths) if p in channels]
+        kept_targets = _targets([targets[i] for i in keep], multilabel, len(class_names))
+        samples[split] = Samples([paths[i] for i in keep], kept_targets, window)
+    _check_class_coverage(samples, class_names, where)
+    splits = assemble_splits(samples, config, multilabel)
+    image_channels = 1 if all(c == 1 for c in channels.values()) else 3
+    return Source(class_names, splits, image_channels, skipped=len(all_paths) - len(channels))
+
+
+def _targets(targets: list, multilabel: bool, num_classes: int) -> np.ndarray:
+    if not multilabel:
+        return np.asarray(targets, dtype=np.int64)
+    hot = np.zeros((len(targets), num_classes), dtype=np.float32)
+    for row, positives in enumerate(targets):
+        hot[row, positives] = 1.0
+    return hot
+
+
+def _check_class_coverage(parts: dict[str, Samples], class_names: list[str], where: str) -> None:
+    """Every class needs training images; name the ones that only appear in val/test or were all skipped."""
+    train = class_counts(parts["train"].targets, len(class_names))
+    elsewhere = [sum(c) for c in zip(*(class_counts(s.targets, len(class_names)) for s in parts.values()))]
+    missing = [
+        f"'{name}' ({'only in val/test' if others else 'no readable images'})"
+        for name, count, others in zip(class_names, train, elsewhere)
+        if count == 0
+    ]
+    if missing:
+        raise DatasetError(f"class(es) without training images in {where}: {', '.join(missing)}")
+
+
+def _existing_dir(value: str | None, key: str) -> Path:
+    if value is None:
+        raise DatasetError(f"{key} is not set: pass {key}=/path/to/your/images")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        state = "is not a folder" if path.exists() else "does not exist"
+        raise DatasetError(
+            f"{key}={value} {state} (resolved to {path.resolve()}); pass {key}=/path/to/your/images"
+        )
+    return path
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """{"train": ...} plus "val"/"test" when root holds train/ and those folders."""
+    if not (root / "train").is_dir():
+        return {"train": root}
+    folders = {"train": root / "train"}
+    vals = [root / name for name in ("val", "valid") if (root / name).is_dir()]
+    if len(vals) > 1:
+        raise DatasetError(f"{root} holds both val/ and valid/; keep one validation folder")
+    if vals:
+        folders["val"] = vals[0]
+    if (root / "test").is_dir():
+        folders["test"] = root / "test"
+    return folders
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    """Visible subfolders (hidden ones such as .ipynb_checkpoints are not classes)."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _image_files(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under `folder` (recursively, following links), sorted; hidden entries skipped,
+    other files (e.g. .gif, .txt) logged as ignored."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath, name) for name in sorted(filenames) if not name.startswith(".")]
+    ignored = [f for f in files if f.suffix.lower() not in extensions]
+    if ignored:
+        log.info("ignored %d non-image file(s) in %s, e.g. %s", len(ignored), folder, ignored[0].name)
+    return [f for f in files if f.suffix.lower() in extensions]
+
+
+def sort_class_names(names: set[str] | list[str]) -> list[str]:
+    """Numeric order when every name is an integer ("2" before "10"), else alphabetical."""
+    if names and all(n.isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
