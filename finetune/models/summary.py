@@ -2,7 +2,8 @@
 
 One forward pass on a zero tensor with forward hooks on every module that computes something:
 convolutions (incl. transposed), linear layers, pooling (incl. adaptive/global pooling and
-timm's fast global pools) and normalization layers. Pure activations, dropout, identity and
+timm's fast global pools), normalization layers and any module that defines
+``count_connections(input, output)``. Pure activations, dropout, identity and
 flatten get no row. Work done outside such modules (attention matmuls, residual adds,
 functional pooling such as a ViT's token mean) is not counted.
 
@@ -22,6 +23,10 @@ Modules called more than once (shared layers) get one row: units and connections
 over the calls (``calls`` says how many), weights are counted once, ``output_shape`` is that of
 the first call. Rows appear in the order of each module's first call, so weights with bias
 summed over all rows equal the parameters of the counted modules.
+
+Counting works on the meta device too (shapes only), which makes large models free to count.
+The ``summary`` command (``python -m finetune.models.summary``, ``finetune summary``) lives in
+``finetune.models.summary_cli``; ``main`` here is its entry point.
 """
 
 from __future__ import annotations
@@ -51,8 +56,6 @@ from torch.nn.modules.pooling import (
     _LPPoolNd,
     _MaxPoolNd,
 )
-
-from finetune.errors import FinetuneError
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,16 @@ def _window_area(kernel_size: int | tuple[int, ...], spatial_dims: int) -> int:
     return math.prod(kernel_size)
 
 
+def _counts_itself(module: nn.Module) -> bool:
+    """A module with its own ``count_connections(input, output) -> int`` (multiply-adds of one
+    call without bias), e.g. LeNet-5's trainable subsampling in ``finetune.models.papers``."""
+    return callable(getattr(module, "count_connections", None))
+
+
 def _connections(module: nn.Module, inp: Tensor, out: Tensor) -> int:
     """Multiply-adds (without bias) of one call."""
+    if _counts_itself(module):
+        return int(module.count_connections(inp, out))
     if isinstance(module, _ConvTransposeNd):
         return inp.numel() * module.weight[0].numel()
     if isinstance(module, _DENSE):
@@ -222,7 +233,7 @@ def count_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[La
     handles = [
         module.register_forward_hook(hook_for(name or type(module).__name__))
         for name, module in model.named_modules()
-        if isinstance(module, _COUNTED)
+        if isinstance(module, _COUNTED) or _counts_itself(module)
     ]
     try:
         with _eval_mode(model), torch.no_grad():
@@ -354,147 +365,11 @@ def write_csv(rows_or_stages: Rows, path: str | os.PathLike[str]) -> None:
         writer.writerows([_csv_value(getattr(r, n)) for n in names] for r in rows_or_stages)
 
 
-# --- command line: python -m finetune.models.summary backbone=resnet18 [input_size=224] [backbone.freeze=2] ---
-
-_CLI_DEFAULTS = {"input_size": None, "in_chans": "3", "classes": "1000", "format": "table", "out": None,
-                 "per": None}
-_FORMATS = ("table", "markdown", "csv")
-_PERS = ("layer", "stage", "both")
-
-
-def _split_args(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
-    """Summary's own ``key=value`` options, and every other argument as a Hydra override."""
-    own: dict[str, str | None] = dict(_CLI_DEFAULTS)
-    overrides = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in _CLI_DEFAULTS:
-            own[key] = value
-        elif sep:
-            overrides.append(arg)
-        else:
-            raise FinetuneError(f"argument {arg!r} is not key=value, e.g. backbone=resnet18 input_size=224")
-    return own, overrides
-
-
-def _positive_int(key: str, value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise FinetuneError(f"{key}={value!r}: must be a positive whole number")
-    return int(value)
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise FinetuneError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
-    return value
-
-
-def _compose(overrides: list[str]) -> Any:
-    """The real config (``conf/``) with the user's overrides, composed as ``python -m finetune`` does."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from finetune.resources import conf_dir
-
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            return compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise FinetuneError(str(err).split("\nConfig search path")[0]) from None
-
-
-def summarize(overrides: Sequence[str], input_size: int | None = None, in_chans: int = 3,
-              classes: int = 1000) -> tuple[str, list[LayerCount], list[StageCount]]:
-    """Title, layer rows and stage rows of the configured model (no weights loaded) with its freezing."""
-    import timm
-    from omegaconf import open_dict
-
-    from finetune.models.freezing import frozen_stages
-    from finetune.engine.runs import build_model
-    from finetune.models.weights import resolve_weights
-
-    cfg = _compose(list(overrides))
-    with open_dict(cfg):
-        cfg.dataset.image_size = input_size  # fixed-size models (ViTs) are built for the counted size
-    model = build_model(cfg, resolve_weights(cfg.backbone.name, pretrained=False), in_chans, classes)
-    model.set_frozen(frozen_stages(model.stage_map, cfg.backbone.freeze, cfg.backbone.name), cfg.backbone.bn)
-    if input_size is None:
-        input_size = timm.data.resolve_data_config(model=model.backbone)["input_size"][-1]
-    shape = (in_chans, input_size, input_size)
-    rows = count_layers(model, shape)
-    title = (f"{cfg.backbone.name} + {cfg.head.kind} head ({classes} classes), input {_shape(shape)}, "
-             f"backbone.freeze={cfg.backbone.freeze}")
-    return title, rows, roll_up(rows, model.stage_of)
-
-
-def _tables(per: str, rows: list[LayerCount], stages: list[StageCount]) -> list[tuple[str, Rows]]:
-    named: list[tuple[str, Rows]] = [("layers", rows), ("stages", stages)]
-    return [t for t in named if per == "both" or t[0] == f"{per}s"]
-
-
-def _render_text(fmt: str, title: str, tables: list[tuple[str, Rows]], width: int | None) -> str:
-    """Rich tables (plain text) or markdown sections for the chosen tables."""
-    import io
-
-    from rich.console import Console
-
-    if fmt == "markdown":
-        return f"# {title}\n\n" + "\n".join(f"## {name.capitalize()}\n\n{to_markdown(t)}" for name, t in tables)
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width or 200, color_system=None)
-    for name, table in tables:
-        console.print(render_table(table, f"{title}: {name}"))
-    return buffer.getvalue()
-
-
-def _emit(fmt: str, per: str, title: str, rows: list[LayerCount], stages: list[StageCount],
-          out: str | None) -> None:
-    """Print the chosen tables, or write them atomically to ``out``."""
-    import shutil
-    import sys
-    import tempfile
-
-    from finetune.artifacts import atomic_path, write_text
-
-    tables = _tables(per, rows, stages)
-    if fmt == "csv":
-        if out is not None:
-            with atomic_path(out) as tmp:
-                write_csv(tables[0][1], tmp)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            write_csv(tables[0][1], Path(folder) / "summary.csv")
-            sys.stdout.write((Path(folder) / "summary.csv").read_text())
-        return
-    width = None if out else max(shutil.get_terminal_size((200, 24)).columns, 160)
-    text = _render_text(fmt, title, tables, width)
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        write_text(out, text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune.models.summary backbone=… [input_size=…] [in_chans=3] [classes=1000]
-    [format=table|markdown|csv] [out=FILE] [per=layer|stage|both]``; other ``key=value`` go to Hydra."""
-    from finetune.cli import run_command
+    """The ``summary`` command; its body and ``--help`` live in ``finetune.models.summary_cli``."""
+    from finetune.models.summary_cli import main as summary_main
 
-    return run_command(_summary_command, main.__doc__, argv)
-
-
-def _summary_command(argv: list[str]) -> None:
-    own, overrides = _split_args(argv)
-    fmt = _choice("format", own["format"], _FORMATS)
-    per = _choice("per", own["per"] or ("layer" if fmt == "csv" else "both"), _PERS)
-    if fmt == "csv" and per == "both":
-        raise FinetuneError("format=csv writes one table: choose per=layer or per=stage")
-    title, rows, stages = summarize(
-        overrides, _positive_int("input_size", own["input_size"]),
-        _positive_int("in_chans", own["in_chans"]), _positive_int("classes", own["classes"]))
-    _emit(fmt, per, title, rows, stages, own["out"])
+    return summary_main(argv)
 
 
 if __name__ == "__main__":
