@@ -17,8 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("finetune.cli:train", "fine-tune a backbone (the default): finetune [train] dataset=... backbone=..."),
     "plan": ("finetune.cli:plan", "print what each phase would train, without loading weights or images"),
     "predict": ("finetune.export.predict:main", "predict images (or masks) with an export: export=... inputs=..."),
-    "export": ("finetune.export.formats:main", "export a run: head, safetensors, onnx, torchscript"),
-    "summary": ("finetune.models.summary:main", "count units, weights and connections per layer and stage"),
+    "export": ("finetune.export.cli:main", "export a run: head, safetensors, onnx, torchscript"),
+    "summary": ("finetune.report.summary:main", "count units, weights and connections per layer and stage"),
     "explain": ("finetune.report.explain:main", "Grad-CAM, activations and filters of a run on your images"),
     "report": ("finetune.report.html:main", "(re)write a run's report.html"),
 }

@@ -139,5 +139,6 @@ def test_wheel_install_finds_conf_and_recipes(tmp_path):
     assert conf.startswith(str(target)) and (Path(conf) / "config.yaml").is_file()
     assert (Path(conf) / "backbone" / "resnet18.yaml").is_file()
     assert recipes.startswith(str(target)) and Path(recipes).is_dir()
-    help_out = subprocess.run([PY, "-m", "finetune", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    help_out = subprocess.run([PY, "-m", "finetune", "train", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True)
     assert help_out.returncode == 0 and "linear_probe" in help_out.stdout

@@ -1,19 +1,27 @@
-"""Grad-CAM, activation maps and filter grids on real pretrained weights; the CLI on a real run."""
+"""Grad-CAM, activation maps and filter grids on real pretrained weights; the CLI on real classification
+and segmentation runs; the segmentation Grad-CAM target on a model whose answer is known."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import skimage.data
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
+from torch import nn
 
 from finetune.report import explain as E
 from finetune.models.backbones import build_stage_map
 from finetune.data.transforms import Preprocessing, eval_transform
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import create_model, resolve_weights
+from finetune.tasks.classification.report import top_k
+from finetune.tasks.segmentation.report import SegmentationExplainer
+
+from .test_report import SEG_CLASSES, seg_run  # noqa: F401  (the tiny segmentation run, made once)
 
 
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -51,7 +59,7 @@ def test_stage_outputs_end_before_global_pooling(outputs):
 def test_gradcam_of_a_cat_class_lies_on_the_cat(imagenet_model, chelsea, outputs):
     _, x = chelsea
     with torch.no_grad():
-        best = E.top_k(imagenet_model(x)[0], [str(i) for i in range(1000)], 5, multilabel=False)
+        best = top_k(imagenet_model(x)[0], [str(i) for i in range(1000)], 5, multilabel=False)
     assert best[0]["index"] in CATS and best[0]["probability"] > 0.5
     cam = E.grad_cam(imagenet_model, x, best[0]["index"], outputs["stage7"].layer)
     assert cam.shape == (224, 224) and 0 <= cam.min() and cam.max() <= 1
@@ -117,3 +125,84 @@ def test_cli_errors_are_one_line_and_exit_2(finished_run, tmp_path, capsys):
         assert E.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("finetune: error:") and message in err
+
+
+# --- segmentation ---------------------------------------------------------------------------------
+
+
+class _PerPixel(nn.Module):
+    """A segmentation model whose answer is known: 1x1 convolutions only, so each pixel's logits
+    depend on that pixel alone; class 1's logit is the pixel's brightness, class 0's its negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.head = nn.Conv2d(3, 2, 1), nn.Conv2d(2, 2, 1, bias=False)
+        with torch.no_grad():
+            self.backbone.weight.copy_(torch.tensor([[1 / 3] * 3, [-1 / 3] * 3])[:, :, None, None])
+            self.backbone.bias.zero_()
+            self.head.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]])[:, :, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def test_segmentation_gradcam_explains_a_class_over_its_predicted_pixels():
+    image = np.full((40, 50, 3), 20, np.uint8)  # not a multiple of 32: padded for the model, cropped back
+    image[8:24, 30:46] = 235
+    square = np.zeros((40, 50), bool)
+    square[8:24, 30:46] = True
+    pre = Preprocessing((32, 32), (0.5,) * 3, (0.5,) * 3, "bilinear", 3)
+    run = SimpleNamespace(class_names=["background", "square"], preprocessing=pre,
+                          cfg=OmegaConf.create({"dataset": {"scale": 1.0}}))
+    explainer, model = SegmentationExplainer(run), _PerPixel().eval()
+    x, valid = explainer.model_input(image)
+    assert x.shape == (1, 3, 64, 64) and valid == (40, 50)
+    with torch.no_grad():
+        logits = model(x)
+    explained = explainer.explain(logits, valid, 5)
+    assert (explained.index, explained.name) == (1, "square")  # the largest class besides class 0
+    assert [(e["class"], e["pixel_fraction"]) for e in explained.topk] == [
+        ("background", round(1 - square.mean(), 6)), ("square", round(square.mean(), 6))]
+    assert explained.caption == f"square ({square.mean():.1%} of pixels)"
+    # the target: class 1's logits summed over the pixels predicted as class 1, padding excluded
+    expected = logits[0, 1, :40, :50][torch.from_numpy(square)].sum()
+    torch.testing.assert_close(explained.target(logits[0]), expected)
+    cam = E.grad_cam(model, x, explained.target, "backbone")[:40, :50]
+    assert cam[square].min() > 0.9 and cam[~square].max() < 0.05  # on the square, nowhere else
+    background = E.grad_cam(model, x, _target(0, logits, valid), "backbone")[:40, :50]
+    assert background[~square].min() > 0.9 and background[square].max() < 0.05
+
+
+def _target(category: int, logits: torch.Tensor, valid: tuple[int, int]):
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    mask = torch.zeros(logits.shape[-2:])
+    mask[:valid[0], :valid[1]] = (logits[0, :, :valid[0], :valid[1]].argmax(dim=0) == category).float()
+    return SemanticSegmentationTarget(category, mask.numpy())
+
+
+def test_cli_explains_images_of_a_segmentation_run(seg_run, tmp_path, capsys):
+    stem = sorted(seg_run.glob("predictions/*_pred.png"))[0].name.removesuffix("_pred.png")
+    tested = seg_run.parent / "data" / "images" / f"{stem}.png"  # a test image the run predicted
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.open(tested).save(images / "tested.png")
+    Image.fromarray(np.asarray(Image.open(tested))[:50, :60]).save(images / "odd_size.png")
+    out = tmp_path / "explain"
+    assert E.main([f"run={seg_run}", f"inputs={images}", "channels=8", f"out={out}"]) == 0
+    assert "% of pixels)" in capsys.readouterr().out
+    for name in ("tested", "odd_size"):
+        for file in ("topk.json", "gradcam.png", "activations_stage3.png"):
+            assert (out / name / file).is_file(), (name, file)
+        record = json.loads((out / name / "topk.json").read_text())
+        assert {e["class"] for e in record["topk"]} <= set(SEG_CLASSES)
+        assert sum(e["pixel_fraction"] for e in record["topk"]) == pytest.approx(1, abs=1e-5)
+        assert record["gradcam"]["layer"] == "backbone.model.layer4"
+        assert record["activations"]["layer"] == "backbone.model.layer3" and len(record["activations"]["channels"]) == 8
+        gradcam = np.asarray(Image.open(out / name / "gradcam.png").convert("L"), dtype=np.float32)
+        assert gradcam.std() > 10  # image | Grad-CAM overlay, not a blank figure
+    # what is listed is what the run predicted for the same image (one tile: the same forward pass)
+    predicted = np.asarray(Image.open(seg_run / "predictions" / f"{stem}_pred.png"))
+    listed = {e["index"]: e["pixel_fraction"] for e in json.loads((out / "tested" / "topk.json").read_text())["topk"]}
+    assert listed == {c: round(float((predicted == c).mean()), 6) for c in np.unique(predicted).tolist()}
+    assert (out / "filters.png").is_file()  # random init: the fine-tuned filters alone

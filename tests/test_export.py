@@ -11,12 +11,12 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from finetune.export import formats as ex
+from finetune.export import bundle, cli, formats, init_head, loading, parity, tensors, writing
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.models.freezing import frozen_stages
 from finetune.engine.train import train
-from finetune.models.factory import build_model
+from finetune.tasks import build_model
 from finetune.models.weights import resolve_weights, sha256_file
 
 from .conftest import compose_config
@@ -44,7 +44,7 @@ def resnet_cfg(weights_file: Path, freeze: str | int = "all"):
                           f"backbone.freeze={freeze}", "dataset.image_size=32")
 
 
-def trained_bundle(weights_file: Path, freeze: str | int) -> ex.ModelBundle:
+def trained_bundle(weights_file: Path, freeze: str | int) -> bundle.ModelBundle:
     """resnet10t from the weights file, stages frozen by ``freeze``, a few SGD steps in train mode."""
     cfg = resnet_cfg(weights_file, freeze)
     record = resolve_weights("resnet10t", weights_file)
@@ -58,11 +58,11 @@ def trained_bundle(weights_file: Path, freeze: str | int) -> ex.ModelBundle:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return ex.ModelBundle(model.eval(), cfg, CLASSES, False, PRE, 3, record.to_dict(), origin="test")
+    return bundle.ModelBundle(model.eval(), cfg, CLASSES, False, PRE, 3, record.to_dict(), origin="test")
 
 
 @pytest.fixture(scope="module")
-def probe_bundle(weights_file) -> ex.ModelBundle:
+def probe_bundle(weights_file) -> bundle.ModelBundle:
     return trained_bundle(weights_file, "all")
 
 
@@ -78,18 +78,18 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_bundle(trained_run) -> ex.ModelBundle:
-    return ex.ModelBundle.from_run(trained_run)
+def run_bundle(trained_run) -> bundle.ModelBundle:
+    return bundle.ModelBundle.from_run(trained_run)
 
 
 @pytest.fixture(scope="module")
 def val_images(run_bundle) -> list[np.ndarray]:
-    return ex.validation_images(run_bundle.cfg)
+    return parity.validation_images(run_bundle.cfg)
 
 
 def logits(model: torch.nn.Module, images: list[np.ndarray], pre: Preprocessing = PRE) -> torch.Tensor:
     with torch.no_grad():
-        return model.eval()(torch.from_numpy(ex.preprocess(images, pre)))
+        return model.eval()(torch.from_numpy(loading.preprocess(images, pre)))
 
 
 # --- head export ---------------------------------------------------------------------------------
@@ -97,20 +97,20 @@ def logits(model: torch.nn.Module, images: list[np.ndarray], pre: Preprocessing 
 
 @pytest.mark.parametrize("freeze", ["all", -1])
 def test_head_export_reloads_to_the_same_logits(tmp_path, weights_file, freeze):
-    bundle = trained_bundle(weights_file, freeze)
-    result = ex.export(bundle, "head", tmp_path, real_images())
+    trained = trained_bundle(weights_file, freeze)
+    result = writing.export(trained, "head", tmp_path, real_images())
     delta = load_file(result.path)
-    last = bundle.model.stage_map.stages[-1]
-    assert {bundle.model.stage_of(k) for k in delta} == ({"head"} if freeze == "all" else {"head", last})
+    last = trained.model.stage_map.stages[-1]
+    assert {trained.model.stage_of(k) for k in delta} == ({"head"} if freeze == "all" else {"head", last})
     if freeze != "all":  # the fine-tuned stage's BatchNorm statistics travel with the head
         assert any(k.endswith("running_mean") for k in delta)
-    reloaded = ex.load_head_export(result.path)
-    assert (logits(reloaded, real_images()) - logits(bundle.model, real_images())).abs().max() <= 1e-6
+    reloaded = tensors.load_head_export(result.path)
+    assert (logits(reloaded, real_images()) - logits(trained.model, real_images())).abs().max() <= 1e-6
 
 
 def test_head_export_metadata(tmp_path, probe_bundle):
-    path = ex.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
-    meta = ex.load_export(path).metadata
+    path = writing.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
+    meta = loading.load_export(path).metadata
     assert meta["class_names"] == CLASSES and meta["task"] == "classification"
     assert meta["preprocessing"] == PRE.to_dict()
     assert meta["weights"]["sha256"] == probe_bundle.weights["sha256"] and len(meta["fingerprint"]) == 64
@@ -118,34 +118,34 @@ def test_head_export_metadata(tmp_path, probe_bundle):
 
 
 def test_head_export_refuses_other_backbone_weights(tmp_path, weights_file, probe_bundle):
-    path = ex.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
-    tensors = load_file(weights_file)
-    tensors["conv1.0.weight"][0, 0, 0, 0] += 1e-3  # one value of a frozen stem tensor
+    path = writing.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
+    state = load_file(weights_file)
+    state["conv1.0.weight"][0, 0, 0, 0] += 1e-3  # one value of a frozen stem tensor
     other = tmp_path / "other.safetensors"
-    save_file(tensors, str(other))
+    save_file(state, str(other))
     with pytest.raises(FinetuneError, match="weights=<file>") as err:
-        ex.load_head_export(path, weights=other)
+        tensors.load_head_export(path, weights=other)
     assert sha256_file(weights_file) in str(err.value)
 
 
 def test_linear_probe_head_export_is_tiny(tmp_path, trained_run):
-    [result] = ex.export_run(trained_run, ["head"], out=tmp_path)
+    [result] = writing.export_run(trained_run, ["head"], out=tmp_path)
     assert set(load_file(result.path)) == {"head.0.weight", "head.0.bias"}
     assert result.bytes < 100_000
     assert (trained_run / "checkpoints" / "best.ckpt").stat().st_size > 10_000_000
 
 
 def test_full_safetensors_export_needs_no_pretrained_weights(tmp_path, probe_bundle, monkeypatch):
-    path = ex.export(probe_bundle, "safetensors", tmp_path, real_images()[:2]).path
-    assert ex.load_export(path).metadata["fingerprint"] == ex.fingerprint({})
-    resolve = ex.resolve_weights
+    path = writing.export(probe_bundle, "safetensors", tmp_path, real_images()[:2]).path
+    assert loading.load_export(path).metadata["fingerprint"] == tensors.fingerprint({})
+    resolve = tensors.resolve_weights
 
     def without_pretrained(name, weights=None, pretrained=True, **kwargs):
         assert not pretrained, "a full export must load without the pretrained weights"
         return resolve(name, weights, pretrained, **kwargs)
 
-    monkeypatch.setattr(ex, "resolve_weights", without_pretrained)
-    reloaded = ex.load_head_export(path)
+    monkeypatch.setattr(tensors, "resolve_weights", without_pretrained)
+    reloaded = tensors.load_head_export(path)
     assert torch.equal(logits(reloaded, real_images()), logits(probe_bundle.model, real_images()))
 
 
@@ -153,36 +153,36 @@ def test_full_safetensors_export_needs_no_pretrained_weights(tmp_path, probe_bun
 
 
 def test_onnx_export_passes_parity_and_a_tampered_sidecar_fails(tmp_path, trained_run, run_bundle, val_images):
-    [result] = ex.export_run(trained_run, ["onnx"], out=tmp_path)
-    assert result.parity.passed and result.parity.images == ex.PARITY_IMAGES
+    [result] = writing.export_run(trained_run, ["onnx"], out=tmp_path)
+    assert result.parity.passed and result.parity.images == parity.PARITY_IMAGES
     assert result.parity.max_abs_diff <= 1e-4
-    sidecar = ex.sidecar_path(result.path)
+    sidecar = formats.sidecar_path(result.path)
     meta = json.loads(sidecar.read_text())
     assert meta["opset"] >= 17 and meta["class_names"] == [str(d) for d in range(10)]
-    assert ex.load_export(result.path).logits(val_images[:3]).shape == (3, 10)  # dynamic batch axis
+    assert loading.load_export(result.path).logits(val_images[:3]).shape == (3, 10)  # dynamic batch axis
     meta["preprocessing"]["mean"] = [0.485, 0.456, 0.406]  # ImageNet mean instead of the weights' 0.5
     sidecar.write_text(json.dumps(meta))
     with pytest.raises(FinetuneError, match="parity check"):
-        ex.check_parity(run_bundle, result.path, val_images)
+        parity.check_parity(run_bundle, result.path, val_images)
 
 
 def test_failed_parity_keeps_no_export(tmp_path, run_bundle, val_images, monkeypatch):
-    metadata = ex._metadata
+    metadata = bundle.metadata
 
-    def drifted(bundle, fmt):
-        return metadata(bundle, fmt) | {"preprocessing": {**bundle.preprocessing.to_dict(), "std": [0.25] * 3}}
+    def drifted(drifting, fmt):
+        return metadata(drifting, fmt) | {"preprocessing": {**drifting.preprocessing.to_dict(), "std": [0.25] * 3}}
 
-    monkeypatch.setattr(ex, "_metadata", drifted)
+    monkeypatch.setattr(formats, "metadata", drifted)  # the ONNX writer's metadata
     with pytest.raises(FinetuneError, match="not kept"):
-        ex.export(run_bundle, "onnx", tmp_path, val_images)
+        writing.export(run_bundle, "onnx", tmp_path, val_images)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_torchscript_export_matches_torch(tmp_path, run_bundle, val_images):
-    result = ex.export(run_bundle, "torchscript", tmp_path, val_images)
-    assert result.parity.passed and ex.sidecar_path(result.path).is_file()
+    result = writing.export(run_bundle, "torchscript", tmp_path, val_images)
+    assert result.parity.passed and formats.sidecar_path(result.path).is_file()
     expected = logits(run_bundle.model, val_images, run_bundle.preprocessing).numpy()
-    actual = ex.load_export(result.path).logits(val_images)
+    actual = loading.load_export(result.path).logits(val_images)
     assert np.abs(actual - expected).max() <= 1e-4
     assert (actual.argmax(1) == expected.argmax(1)).all()
 
@@ -191,46 +191,46 @@ def test_torchscript_export_matches_torch(tmp_path, run_bundle, val_images):
 
 
 def test_failed_write_leaves_no_partial_or_temp_file(tmp_path, probe_bundle, monkeypatch):
-    def broken_save(tensors, filename, metadata=None):
+    def broken_save(state, filename, metadata=None):
         Path(filename).write_bytes(b"half a safetensors file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ex, "save_file", broken_save)
+    monkeypatch.setattr(tensors, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        ex.export(probe_bundle, "head", tmp_path, real_images()[:1])
+        writing.export(probe_bundle, "head", tmp_path, real_images()[:1])
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_export_is_not_overwritten(tmp_path, probe_bundle):
-    path = ex.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
+    path = writing.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
     path.write_bytes(b"user's file")
     with pytest.raises(FinetuneError, match="overwrite=true"):
-        ex.export(probe_bundle, "head", tmp_path, real_images()[:1])
+        writing.export(probe_bundle, "head", tmp_path, real_images()[:1])
     assert path.read_bytes() == b"user's file"
-    ex.export(probe_bundle, "head", tmp_path, real_images()[:1], overwrite=True)
-    assert ex.load_export(path).class_names == CLASSES
+    writing.export(probe_bundle, "head", tmp_path, real_images()[:1], overwrite=True)
+    assert loading.load_export(path).class_names == CLASSES
 
 
 def test_cli_exports_and_reports_errors(tmp_path, trained_run, capsys):
     out = tmp_path / "exports"
-    assert ex.main([f"run={trained_run}", "format=head", f"out={out}"]) == 0
+    assert cli.main([f"run={trained_run}", "format=head", f"out={out}"]) == 0
     assert (out / "head.safetensors").is_file()
-    assert ex.main([f"run={trained_run}", "format=head", f"out={out}"]) == 2
+    assert cli.main([f"run={trained_run}", "format=head", f"out={out}"]) == 2
     assert "finetune: error:" in capsys.readouterr().err
-    assert ex.main([f"run={trained_run}", "format=pb"]) == 2
+    assert cli.main([f"run={trained_run}", "format=pb"]) == 2
     assert "head, safetensors, onnx, torchscript" in capsys.readouterr().err
-    assert ex.main(["run"]) == 2 and "unexpected argument" in capsys.readouterr().err
+    assert cli.main(["run"]) == 2 and "unexpected argument" in capsys.readouterr().err
 
 
 # --- re-targeting --------------------------------------------------------------------------------
 
 
 def test_init_head_from_copies_matching_rows(tmp_path, weights_file, probe_bundle):
-    path = ex.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
+    path = writing.export(probe_bundle, "head", tmp_path, real_images()[:1]).path
     names = ["fish", "zebra", "cat"]
     target = build_model(resnet_cfg(weights_file), resolve_weights("resnet10t", weights_file), 3, len(names))
     untouched = target.head[-1].weight[1].clone()
-    assert ex.init_head_from(target, names, path) == ["fish", "cat"]
+    assert init_head.init_head_from(target, names, path) == ["fish", "cat"]
     source, layer = probe_bundle.model.head[-1], target.head[-1]
     for i, j in ((0, CLASSES.index("fish")), (2, CLASSES.index("cat"))):
         assert torch.equal(layer.weight[i], source.weight[j]) and layer.bias[i] == source.bias[j]
@@ -240,8 +240,8 @@ def test_init_head_from_copies_matching_rows(tmp_path, weights_file, probe_bundl
 def test_init_head_from_a_run_directory_checks_the_backbone(trained_run, weights_file, run_bundle):
     cfg = compose_config("backbone=efficientnet_lite0", "backbone.pretrained=false", "dataset.image_size=32")
     target = build_model(cfg, resolve_weights(cfg.backbone.name, pretrained=False), 3, 2)
-    assert ex.init_head_from(target, ["7", "seven"], trained_run) == ["7"]
+    assert init_head.init_head_from(target, ["7", "seven"], trained_run) == ["7"]
     assert torch.equal(target.head[-1].weight[0], run_bundle.model.head[-1].weight[7])
     other = build_model(resnet_cfg(weights_file), resolve_weights("resnet10t", weights_file), 3, 2)
     with pytest.raises(FinetuneError, match="same backbone"):
-        ex.init_head_from(other, ["7", "seven"], trained_run)
+        init_head.init_head_from(other, ["7", "seven"], trained_run)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,9 +73,26 @@ def test_each_phase_keeps_its_frozen_stages_and_trains_the_unfrozen(tmp_path, mo
     assert all(start2[k] != end2[k] for k in stage4)             # …and the unfrozen stage trained
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=cwd, stdout=subprocess.PIPE,
+def _run(args: list[str], cwd: Path, command: tuple[str, ...] = ("-m", "finetune")) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *command, *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+# `python -m finetune` whose process SIGKILLs itself when phase 2 ("top") starts its second epoch: the
+# first epoch of phase 2 is then validated and checkpointed. A fixed point, not a race with a poller.
+KILLED_IN_PHASE_TWO = """
+import os, runpy, signal
+import lightning as L
+
+class KillInPhaseTwo(L.Callback):
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.logger is not None and trainer.logger.version == "top" and trainer.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+init = L.Trainer.__init__
+L.Trainer.__init__ = lambda self, *a, callbacks=(), **kw: init(self, *a, callbacks=[*callbacks, KillInPhaseTwo()], **kw)
+runpy.run_module("finetune", run_name="__main__", alter_sys=True)
+"""
 
 
 def _test_metrics(run_dir: Path) -> dict:
@@ -103,16 +119,12 @@ def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path,
     whole = _run([*args, "hydra.run.dir=whole"], tmp_path)
     assert whole.wait(timeout=600) == 0, whole.stdout.read().decode()[-3000:]
 
-    killed = _run([*args, "hydra.run.dir=killed"], tmp_path)
-    marker = tmp_path / "killed" / "logs" / "top" / "metrics.csv"
-    deadline = time.time() + 600
-    while time.time() < deadline and killed.poll() is None:
-        if marker.exists() and any(r.get(metric) for r in csv.DictReader(marker.open())):
-            break  # phase 2 finished an epoch (and wrote last.ckpt): kill it mid-phase
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert not (tmp_path / "killed" / "metrics.json").exists(), "the run finished before it was killed"
+    killed = _run([*args, "hydra.run.dir=killed"], tmp_path, ("-c", KILLED_IN_PHASE_TWO))
+    log = killed.communicate(timeout=600)[0].decode()
+    assert killed.returncode == -signal.SIGKILL, log[-3000:]
+    with open(tmp_path / "killed" / "logs" / "top" / "metrics.csv", newline="") as f:
+        assert sum(bool(r.get(metric)) for r in csv.DictReader(f)) == 1  # killed after phase 2's first epoch
+    assert not (tmp_path / "killed" / "metrics.json").exists()
 
     resumed = _run(["resume=killed"], tmp_path)
     output = resumed.communicate(timeout=600)[0].decode()
@@ -155,7 +167,7 @@ def test_cache_turns_itself_off_with_random_augmentation_and_refuses_when_forced
     from finetune.data.datamodule import ClassificationDataModule
     from finetune.engine.features import use_feature_cache
     from finetune.models.freezing import frozen_stages
-    from finetune.models.factory import build_model
+    from finetune.tasks import build_model
     from finetune.models.weights import resolve_weights
 
     cfg = compose_config(*FAST, "schedule=linear_probe", "augment=light")

@@ -1,7 +1,11 @@
-"""report.html: one self-contained page per run, rebuilt from a real (tiny) run directory."""
+"""report.html: one self-contained page per run of any task, rebuilt from a real (tiny) run directory."""
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -10,12 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from finetune.report.html import _table, datamodule_for, worst_mistakes, write_report
 from finetune.engine.runs import load_run
+from finetune.report.html import datamodule_for, write_report
+from finetune.report.page import table
+from finetune.tasks.classification.report import worst_mistakes
+
+from .test_cli import run_cli
+from .test_segmentation import squares
 
 SECTIONS = ["Configuration", "Data", "Model", "Results", "Most confident mistakes"]
+SEG_SECTIONS = ["Configuration", "Data", "Model", "Results", "Predicted masks"]
+SEG_CLASSES = ["background", "thing"]
+_SEG_RUNS: dict[str, Path] = {}
 
 
 class _Page(HTMLParser):
@@ -76,7 +89,7 @@ def test_worst_mistakes_are_wrong_and_most_confident_first(finished_run):
 
 
 def test_tables_escape_text():
-    html = _table(["<b>"], [["<script>alert(1)</script>"]])
+    html = table(["<b>"], [["<script>alert(1)</script>"]])
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;" in html
 
 
@@ -89,7 +102,9 @@ def test_report_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
+    if browser is None:  # CI (.ci/run) installs Debian's chromium: there a missing browser is a failure
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but chromium is not installed (.ci/run installs it with apt-get)")
         pytest.skip("chromium is not installed")
     shot = tmp_path / "report.png"
     with tempfile.TemporaryDirectory() as profile:
@@ -100,3 +115,83 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (2400, 1200)
     assert pixels.std() > 20 and (pixels < 100).mean() > 0.01  # text, tables and images, not a blank page
+
+
+# --- a segmentation run ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory) -> Path:
+    """A real segmentation run (index masks of two named classes, random-init resnet10t under a U-Net,
+    2 training batches, 2 test images), made once per session; test_explain.py uses it too."""
+    if "run" not in _SEG_RUNS:
+        base = tmp_path_factory.mktemp("seg_report_run")
+        squares(base / "data", n=10, foreground=1)
+        out = run_cli("task=segmentation", "dataset=seg_folder", f"dataset.root={base / 'data'}",
+                      f"dataset.class_names=[{','.join(SEG_CLASSES)}]", "dataset.test_fraction=0.2",
+                      "dataset.crop_size=64", "dataset.num_workers=0", "head=unet", "backbone.name=resnet10t",
+                      "backbone.pretrained=false", "schedule=linear_probe", "schedule.epochs=1",
+                      "schedule.batch_size=2", "trainer.limit_train_batches=2", "trainer.progress_bar=false",
+                      "segmentation.overlays=2", "hydra.run.dir=run", cwd=base)
+        assert out.returncode == 0, out.stderr[-3000:]
+        _SEG_RUNS["run"] = base / "run"
+    return _SEG_RUNS["run"]
+
+
+def _png(img: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))).convert("RGB"))
+
+
+def test_a_segmentation_run_writes_its_report_with_per_class_iou_and_dice(seg_run):
+    html = (seg_run / "report.html").read_text()  # written by the run itself, after its test
+    page = _Page()
+    page.feed(html)
+    assert page.h2 == SEG_SECTIONS
+    assert not {"script", "link", "iframe"} & set(page.tags)
+    assert all(img["src"].startswith("data:image/png;base64,") for img in page.images)
+    per_class = json.loads((seg_run / "metrics.json").read_text())["test_per_class"]
+    assert '<th class="n">test IoU</th><th class="n">test Dice</th>' in html
+    pixels = json.loads((seg_run / "data.json").read_text())["pixel_counts_train"]
+    for i, name in enumerate(SEG_CLASSES):
+        row = re.search(rf"<tr><td>{name}</td>(.*?)</tr>", html).group(1)
+        cells = re.findall(r'<td class="n">([^<]*)</td>', row)
+        iou, dice = per_class["iou_per_class"][name], per_class["dice_per_class"][name]
+        assert cells == [f"{pixels[i]:,}", f"{pixels[i] / sum(pixels):.1%}", f"{iou:.3f}", f"{dice:.3f}"]
+    alts = [img["alt"] for img in page.images]
+    assert {"training curves", "confusion matrix"} <= set(alts)
+    assert sum(alt.startswith("training image") for alt in alts) == 4
+    assert "resnet10t + unet head" in html and ">stage4<" in html and ">head<" in html and "phase probe" in html
+    assert "<td>miou</td>" in html and "sliding 64 px tiles" in html
+
+
+def test_segmentation_report_shows_the_masks_the_run_predicted_worst_first(seg_run, capsys):
+    from finetune.report.html import main
+    from finetune.tasks.segmentation.report import PANEL_SIDE
+
+    (seg_run / "report.html").unlink()
+    assert main([f"run={seg_run}"]) == 0  # rebuilt from the run directory alone
+    assert "report written to" in capsys.readouterr().out
+    html = (seg_run / "report.html").read_text()
+    page = _Page()
+    page.feed(html)
+    overlays = {img["alt"].split()[4].rstrip(":"): img for img in page.images
+                if img["alt"].startswith("overlay of test image")}
+    written = sorted(p.name.removesuffix("_overlay.png") for p in (seg_run / "predictions").glob("*_overlay.png"))
+    assert sorted(overlays) == written and len(written) == 2  # every tested image; the run wrote both
+    for stem, img in overlays.items():
+        shown, saved = _png(img), np.asarray(Image.open(seg_run / "predictions" / f"{stem}_overlay.png").convert("RGB"))
+        factor = PANEL_SIDE // saved.shape[1]  # image | truth | prediction enlarged without blur
+        assert shown.shape[1] == PANEL_SIDE and factor == 3
+        assert np.array_equal(shown[::factor, ::factor], saved)  # the same image, truth and predicted mask
+    scores = [float(v) for v in re.findall(r"IoU of thing <b>([0-9.]+)</b>", html)]
+    assert len(scores) == 2 and scores == sorted(scores)
+
+
+def test_image_score_is_the_foreground_iou_or_the_miou_of_one_image():
+    from finetune.tasks.segmentation.report import image_score
+
+    truth = torch.tensor([[0, 1, 1], [0, 0, 255]])
+    assert image_score(truth, torch.tensor([[1, 1, 0], [0, 0, 1]]), 2, 255) == pytest.approx(1 / 3)
+    assert image_score(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long), 2, 255) == 1.0
+    three = torch.tensor([[0, 1, 2, 2]])
+    assert image_score(three, torch.tensor([[0, 1, 2, 0]]), 4, 255) == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)

@@ -1,4 +1,4 @@
-"""``python -m finetune.models.summary``: the counting table of a configured model (frozen stages
+"""``finetune summary``: the counting table of a configured model (frozen stages
 marked), of a finished run's model, or of a published architecture."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import timm
 
 from finetune.engine.runs import load_run
-from finetune.models.summary import main
+from finetune.report.summary import main
 
 RESNET18 = ["backbone=resnet18", "input_size=64", "backbone.freeze=2"]
 FROZEN, TRAINABLE = ("stem", "stage1", "stage2"), ("stage3", "stage4", "head")
@@ -20,7 +20,7 @@ FROZEN, TRAINABLE = ("stem", "stage1", "stage2"), ("stage3", "stage4", "head")
 
 def test_cli_writes_stage_csv_with_frozen_stages_and_full_parameter_count(tmp_path):
     out = tmp_path / "stages.csv"
-    done = subprocess.run([sys.executable, "-m", "finetune.models.summary", *RESNET18, "format=csv", "per=stage",
+    done = subprocess.run([sys.executable, "-m", "finetune", "summary", *RESNET18, "format=csv", "per=stage",
                            f"out={out}"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

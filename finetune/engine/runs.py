@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-from finetune.models.factory import build_model
+from finetune.tasks import build_model
 from finetune.models.weights import WeightsRecord, resolve_weights
 
 

@@ -28,10 +28,12 @@ from finetune.engine.phases import PlannedPhase, make_trainer, run_phases
 from finetune.engine.plan import print_plan
 from finetune.engine.schedule import Phase
 from finetune.errors import FinetuneError
-from finetune.export.formats import PARITY_IMAGES, export_run
-from finetune.export.formats import print_results as print_exports
+from finetune.export.cli import print_results as print_exports
+from finetune.export.parity import PARITY_IMAGES
+from finetune.export.writing import export_run
 from finetune.models.freezing import FreezeError, frozen_stages
 from finetune.models.weights import resolve_weights
+from finetune.report.html import write_report
 from finetune.report.plots import epoch_history, plot_confusion, plot_curves
 from finetune.tasks import get_task
 
@@ -81,6 +83,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     print_exports(export_run(run_dir, (default_export,), overwrite=resume_from is not None,
                              parity_images=task.parity_images(data, PARITY_IMAGES)), console)
     task.after_test(cfg, module, data, run_dir)
+    console.print(f"report: {write_report(run_dir, data=data, model=module.model)}")
     return results
 
 

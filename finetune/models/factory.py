@@ -1,5 +1,5 @@
 """Build the fine-tune model a config describes: a timm backbone with a new head, or a timm
-encoder under an smp decoder. ``build_model`` asks the config's task which of the two."""
+encoder under an smp decoder (the tasks choose; ``finetune.tasks.build_model`` asks them)."""
 from __future__ import annotations
 
 import timm
@@ -9,13 +9,6 @@ from finetune.models.backbones import build_stage_map, create_backbone
 from finetune.models.freezing import FineTuneModel
 from finetune.models.heads import build_head
 from finetune.models.weights import WeightsRecord
-
-
-def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
-    """Backbone (weights from ``record``) + the head or decoder of the config's task."""
-    from finetune.tasks import get_task
-
-    return get_task(cfg.task).build_model(cfg, record, in_chans, num_classes)
 
 
 def head_options(cfg: DictConfig) -> dict:

@@ -26,7 +26,7 @@ summed over all rows equal the parameters of the counted modules.
 
 Counting works on the meta device too (shapes only), which makes large models free to count.
 The ``summary`` command (``python -m finetune.models.summary``, ``finetune summary``) lives in
-``finetune.models.summary_cli``; ``main`` here is its entry point.
+``finetune.report.summary``; ``main`` here is its entry point.
 """
 
 from __future__ import annotations
@@ -364,15 +364,3 @@ def write_csv(rows_or_stages: Rows, path: str | os.PathLike[str]) -> None:
         writer.writerow(names)
         writer.writerows([_csv_value(getattr(r, n)) for n in names] for r in rows_or_stages)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``summary`` command; its body and ``--help`` live in ``finetune.models.summary_cli``."""
-    from finetune.models.summary_cli import main as summary_main
-
-    return summary_main(argv)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

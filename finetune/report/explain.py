@@ -1,11 +1,16 @@
-"""What a fine-tuned model looks at: top-k predictions, Grad-CAM, stage activations, first-layer filters.
+"""What a fine-tuned model looks at: its predictions, Grad-CAM, stage activations, first-layer filters.
 
-``python -m finetune.report.explain run=<run dir> inputs=<image | folder | glob> [topk=5] [stage=stage3]
+``finetune explain run=<run dir> inputs=<image | folder | glob> [topk=5] [stage=stage3]
 [channels=16] [filters=true] [out=<dir>]`` writes, per image, ``<out>/<image stem>/``:
-``topk.json``, ``gradcam.png`` (image | Grad-CAM overlay for the top-1 class) and
-``activations_<stage>.png`` (the ``channels`` strongest channels of that stage's output), plus
-``<out>/filters.png``: the backbone's first-layer convolution filters before (the pretrained weights
-the run started from) and after fine-tuning, side by side. ``out`` defaults to ``<run dir>/explain``.
+``topk.json``, ``gradcam.png`` (image | Grad-CAM overlay) and ``activations_<stage>.png`` (the
+``channels`` strongest channels of that stage's output), plus ``<out>/filters.png``: the backbone's
+first-layer convolution filters before (the pretrained weights the run started from) and after
+fine-tuning, side by side. ``out`` defaults to ``<run dir>/explain``.
+
+What is listed and what Grad-CAM explains belong to the run's task (``Task.explainer``, in
+``finetune/tasks/<task>/report.py``): for classification the top-k classes and the top-1 class's
+logit; for segmentation the classes by share of predicted pixels and the summed logit of one
+predicted class over its predicted pixels (pytorch-grad-cam's ``SemanticSegmentationTarget``).
 
 A stage's output is the last of its modules to finish a forward call with a spatial output
 (``B×C×H×W``, or ``B×tokens×C`` for ViTs) before global pooling starts: ``layer4`` for a ResNet,
@@ -17,8 +22,9 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import matplotlib
@@ -35,15 +41,15 @@ from torch import nn  # noqa: E402
 
 from finetune.artifacts import write_json  # noqa: E402
 from finetune.cli import parse_args, parse_flag, positive_int, run_command  # noqa: E402
-from finetune.data.datasets import read_image  # noqa: E402
-from finetune.data.transforms import Preprocessing  # noqa: E402
+from finetune.data.images import read_image  # noqa: E402
 from finetune.errors import FinetuneError  # noqa: E402
-from finetune.export.formats import find_images, preprocess  # noqa: E402
+from finetune.export.loading import find_images  # noqa: E402
 from finetune.models.freezing import FineTuneModel  # noqa: E402
 from finetune.report.plots import save_figure  # noqa: E402
 from finetune.engine.runs import LoadedRun, load_run  # noqa: E402
-from finetune.models.factory import build_model  # noqa: E402
+from finetune.tasks import build_model  # noqa: E402
 from finetune.models.weights import resolve_weights  # noqa: E402
+from finetune.tasks import get_task  # noqa: E402
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, SelectAdaptivePool2d)
 FILTER_BACKGROUND = 1.0  # white gaps between filter tiles
@@ -78,8 +84,9 @@ def stage_outputs(model: FineTuneModel, x: torch.Tensor) -> dict[str, StageOutpu
         return hook
 
     handles = []
+    stage_by_name = model.stage_map.stage_by_name
     for name, module in model.backbone.named_modules():
-        if not name:
+        if name not in stage_by_name:  # the backbone itself, or a wrapper (a segmentation encoder's ``model``)
             continue
         if isinstance(module, _GLOBAL_POOLS):
             handles.append(module.register_forward_pre_hook(on_pool))
@@ -119,19 +126,42 @@ def first_conv(model: FineTuneModel) -> nn.Conv2d:
 # --- what the model says and where it looks -----------------------------------------------------
 
 
-def top_k(logits: torch.Tensor, class_names: Sequence[str], k: int, multilabel: bool) -> list[dict]:
-    """The k most probable classes of one image (softmax; sigmoid per class when multi-label)."""
-    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
-    values, indices = probs.topk(min(k, probs.numel()))
-    return [{"rank": r + 1, "class": class_names[i], "index": int(i), "probability": round(float(p), 6)}
-            for r, (p, i) in enumerate(zip(values.tolist(), indices.tolist()))]
+@dataclass(frozen=True)
+class Explained:
+    """What a task says about the model's output for one image: the listing written to
+    ``topk.json``, the class Grad-CAM explains (index, name), the pytorch-grad-cam target (a
+    callable on one image's output), a one-line caption and extra ``topk.json`` keys."""
+
+    topk: list[dict]
+    index: int
+    name: str
+    target: Callable[[torch.Tensor], torch.Tensor]
+    caption: str
+    extra: dict = field(default_factory=dict)
 
 
-def grad_cam(model: FineTuneModel, x: torch.Tensor, class_index: int, layer: str) -> np.ndarray:
-    """Grad-CAM (H×W in [0, 1], at the input's size) of ``class_index`` at module ``layer``, one image."""
-    target = model.get_submodule(layer)
-    with GradCAM(model, [target], reshape_transform=as_maps) as cam:  # input grad: works with a frozen backbone
-        heatmap = cam(x.detach().clone().requires_grad_(True), targets=[ClassifierOutputTarget(class_index)])[0]
+class Explainer(Protocol):
+    """The task-specific part of ``explain`` (``Task.explainer(run)``)."""
+
+    def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The 1×C×H×W model input for a decoded HWC uint8 image, and the (h, w) top-left part of
+        it that shows the image (the rest is padding)."""
+        ...
+
+    def explain(self, logits: torch.Tensor, valid: tuple[int, int], k: int) -> Explained:
+        """What to list (``k`` entries at most) and what Grad-CAM explains, from the model's output
+        for the input (``valid``: the (h, w) of it that shows the image)."""
+        ...
+
+
+def grad_cam(model: FineTuneModel, x: torch.Tensor, target: int | Callable[[torch.Tensor], torch.Tensor],
+             layer: str) -> np.ndarray:
+    """Grad-CAM (H×W in [0, 1], at the input's size) at module ``layer`` for one image: of a class
+    index's logit, or of any pytorch-grad-cam ``target`` (a callable on the image's output)."""
+    module = model.get_submodule(layer)
+    target = ClassifierOutputTarget(target) if isinstance(target, int) else target
+    with GradCAM(model, [module], reshape_transform=as_maps) as cam:  # input grad: works with a frozen backbone
+        heatmap = cam(x.detach().clone().requires_grad_(True), targets=[target])[0]
     model.zero_grad(set_to_none=True)
     return heatmap
 
@@ -259,12 +289,6 @@ def plot_activations(channels: list[int], maps: np.ndarray, title: str, path: Pa
 # --- inputs and the whole explanation -----------------------------------------------------------
 
 
-def model_input(path: Path, pre: Preprocessing) -> tuple[np.ndarray, torch.Tensor]:
-    """The decoded image (HWC uint8) and the model's 1×C×H×W input for it (the run's eval transform)."""
-    image = read_image(path, pre.in_chans)
-    return image, torch.from_numpy(preprocess([image], pre))
-
-
 @dataclass(frozen=True)
 class ExplainOptions:
     """What to write: top-k size, the stage whose activations to show, how many channels, filters or not."""
@@ -311,27 +335,29 @@ def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
     if options.filters:
         after = first_conv(model).weight.detach()
         index["filters"] = str(plot_filters(pretrained_filters(run), after, out / "filters.png"))
+    explainer = get_task(run.cfg.task).explainer(run)
     outputs: dict[str, StageOutput] | None = None
+    shape = None
     for image_path, folder in zip(images, _folder_names(images)):
-        image, x = model_input(image_path, run.preprocessing)
-        outputs = outputs or stage_outputs(model, x)
+        image = read_image(image_path, run.preprocessing.in_chans)
+        x, (height, width) = explainer.model_input(image)
+        if x.shape[-2:] != shape:  # segmentation inputs keep their own sizes
+            outputs, shape = stage_outputs(model, x), x.shape[-2:]
         stage = _pick_stage(options.stage, outputs)
         cam_stage = cam_stage_of(outputs)
         with torch.no_grad():
-            predictions = top_k(model(x)[0], run.class_names, options.topk, run.multilabel)
-        best = predictions[0]
+            explained = explainer.explain(model(x), (height, width), options.topk)
         cam_at, shown = outputs[cam_stage], outputs[stage]
-        cam = grad_cam(model, x, best["index"], cam_at.layer)
+        cam = grad_cam(model, x, explained.target, cam_at.layer)[:height, :width]
         channels, maps = strongest_channels(model, x, shown.layer, options.channels)
         target = out / folder
         entry = {
-            "image": str(image_path), "topk": predictions, "multilabel": run.multilabel,
-            "gradcam": {"class": best["class"], "index": best["index"], "layer": cam_at.layer},
+            "image": str(image_path), "topk": explained.topk, **explained.extra, "summary": explained.caption,
+            "gradcam": {"class": explained.name, "index": explained.index, "layer": cam_at.layer},
             "activations": {"stage": stage, "layer": shown.layer, "channels": channels},
         }
         write_json(target / "topk.json", entry)
-        plot_gradcam(image, cam, f"{best['class']} ({best['probability']:.1%}) at {_size(cam_at.size)}",
-                     target / "gradcam.png")
+        plot_gradcam(image, cam, f"{explained.caption} at {_size(cam_at.size)}", target / "gradcam.png")
         plot_activations(channels, maps, f"{stage} ({shown.layer}, {_size(shown.size)}): "
                          f"{len(channels)} strongest channels", target / f"activations_{stage}.png")
         index["images"].append({**entry, "folder": str(target)})
@@ -346,7 +372,7 @@ _OPTIONS = {"run": None, "inputs": None, "out": None, "topk": "5", "stage": None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune.report.explain run=… inputs=… [topk=5] [stage=…] [channels=16] [filters=true] [out=…]``."""
+    """``finetune explain run=… inputs=… [topk=5] [stage=…] [channels=16] [filters=true] [out=…]``."""
     return run_command(_explain_command, __doc__, argv)
 
 
@@ -357,8 +383,7 @@ def _explain_command(argv: list[str]) -> None:
                              filters=parse_flag(args["filters"], "filters"))
     index = explain(args["run"], args["inputs"], args["out"], options)
     for entry in index["images"]:
-        best = entry["topk"][0]
-        print(f"{entry['image']}: {best['class']} ({best['probability']:.1%})")
+        print(f"{entry['image']}: {entry['summary']}")
     print(f"explanations written to {Path(index['images'][0]['folder']).parent}")
 
 

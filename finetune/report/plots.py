@@ -113,10 +113,10 @@ def save_mask(mask: np.ndarray, colors: np.ndarray, path: Path) -> Path:
     return path
 
 
-def save_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, colors: np.ndarray,
-                 path: Path, alpha: float = 0.5, background: int | None = None) -> Path:
-    """image | truth | prediction side by side, masks blended over the image (ignored pixels dark);
-    pixels of the ``background`` class (binary tasks: 0) are left untinted."""
+def overlay_panel(image: np.ndarray, masks: list[np.ndarray], colors: np.ndarray, alpha: float = 0.5,
+                  background: int | None = None) -> np.ndarray:
+    """image | mask | mask … side by side (HWC uint8), each mask blended over the image (ignored
+    pixels dark); pixels of the ``background`` class (binary tasks: 0) are left untinted."""
     rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
 
     def blend(mask: np.ndarray) -> np.ndarray:
@@ -124,7 +124,17 @@ def save_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, c
         return tinted if background is None else np.where((mask == background)[..., None], rgb, tinted)
 
     gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
-    panel = np.concatenate([rgb, gap, blend(truth), gap, blend(prediction)], axis=1)
+    panels = [rgb]
+    for mask in masks:
+        panels += [gap, blend(mask)]
+    return np.concatenate(panels, axis=1)
+
+
+def save_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, colors: np.ndarray,
+                 path: Path, alpha: float = 0.5, background: int | None = None) -> Path:
+    """image | truth | prediction side by side, masks blended over the image (ignored pixels dark);
+    pixels of the ``background`` class (binary tasks: 0) are left untinted."""
+    panel = overlay_panel(image, [truth, prediction], colors, alpha, background)
     with atomic_path(path) as tmp:
         Image.fromarray(panel).save(tmp, format="PNG")
     return path

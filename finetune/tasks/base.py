@@ -6,7 +6,7 @@ modules when called, so ``finetune --help`` and config errors stay fast.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +18,14 @@ if TYPE_CHECKING:
     import lightning as L
     import numpy as np
 
+    from finetune.engine.runs import LoadedRun
     from finetune.engine.schedule import PhaseOptim
+    from finetune.export.loading import LoadedExport
+    from finetune.export.predict import PredictOptions
     from finetune.models.freezing import FineTuneModel
     from finetune.models.weights import WeightsRecord
+    from finetune.report.explain import Explainer
+    from finetune.report.page import ReportOptions, RunRecord, TaskSections
 
 
 class Task:
@@ -84,6 +89,21 @@ class Task:
                    run_dir: Path) -> None:
         """Files written after the test besides metrics.json (e.g. predicted masks)."""
 
+    def report_sections(self, run: RunRecord, data: L.LightningDataModule, model: FineTuneModel,
+                        options: ReportOptions) -> TaskSections:
+        """This task's sections of report.html (HTML strings, ``finetune.report.html``): about its
+        data (placed after the configuration) and about its predictions (after the results)."""
+        from finetune.report.page import TaskSections
+
+        return TaskSections()
+
+    def explainer(self, run: LoadedRun) -> Explainer:
+        """This task's part of ``finetune explain`` (``finetune.report.explain.Explainer``): the
+        model input for an image, what is listed, and the target Grad-CAM explains."""
+        from finetune.errors import FinetuneError
+
+        raise FinetuneError(f"finetune explain does not support task={self.name} yet")
+
     def parity_images(self, data: L.LightningDataModule, n: int) -> list[np.ndarray]:
         """Up to ``n`` raw validation images for the export parity check."""
         raise NotImplementedError
@@ -91,3 +111,8 @@ class Task:
     def export_metadata(self, data_record: Mapping) -> dict:
         """Task-specific keys an export carries (from the run's ``data.json``)."""
         return {}
+
+    def predict_files(self, exported: LoadedExport, paths: Sequence[Path], options: PredictOptions) -> str:
+        """``finetune predict``: predict image files with an export of this task, write the results
+        where ``options.out`` says (or this task's default) and return the one-line summary."""
+        raise NotImplementedError

@@ -87,9 +87,6 @@ class Classification(Task):
         if cfg.threshold == "tune":
             module.tune_threshold(data.eval_dataloader("val"))
 
-    def after_test(self, cfg, module, data, run_dir) -> None:
-        self.write_report(module, data, run_dir)
-
     def report_sections(self, run, data, model, options):
         from finetune.tasks.classification.report import report_sections
 

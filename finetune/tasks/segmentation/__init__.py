@@ -92,8 +92,23 @@ class Segmentation(Task):
         written = write_predictions(module, data, "test", cfg.segmentation.overlays, run_dir / "predictions")
         console.print(f"predicted masks and overlays of {written} test image(s): {run_dir / 'predictions'}")
 
+    def report_sections(self, run, data, model, options):
+        from finetune.tasks.segmentation.report import report_sections
+
+        return report_sections(run, data, model, options)
+
+    def explainer(self, run):
+        from finetune.tasks.segmentation.report import SegmentationExplainer
+
+        return SegmentationExplainer(run)
+
     def parity_images(self, data, n):
         return [data.raw_pair("val", i)[0] for i in range(min(n, len(data.splits["val"])))]
 
     def export_metadata(self, data_record):
         return {"segmentation": {k: data_record[k] for k in EXPORTED_KEYS}}
+
+    def predict_files(self, exported, paths, options) -> str:
+        from finetune.tasks.segmentation.predict import predict_files
+
+        return predict_files(exported, paths, options)

@@ -1,0 +1,72 @@
+"""What is exported: a trained model with its config and records, and the metadata every export carries."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from finetune import __version__
+from finetune.data.transforms import Preprocessing
+from finetune.engine.runs import load_run
+from finetune.engine.schedule import phases_from
+from finetune.models.freezing import FineTuneModel
+from finetune.tasks import get_task
+
+EXPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """Everything an export needs: the trained model, its config and what it predicts."""
+
+    model: FineTuneModel
+    cfg: DictConfig  # the run's resolved config (build_model rebuilds the architecture from it)
+    class_names: list[str]
+    multilabel: bool
+    preprocessing: Preprocessing
+    image_channels: int  # channels of the training images (1: grayscale data)
+    weights: dict  # WeightsRecord.to_dict() of the pretrained backbone
+    training: dict = field(default_factory=dict)  # phases, BN policy, test metrics
+    origin: str = ""
+    backbone_weights: str | None = None  # pretrained weights file overriding the recorded one
+    task_metadata: dict = field(default_factory=dict)  # the task's own export keys (e.g. segmentation tiles)
+
+    @classmethod
+    def from_run(cls, path: str | Path, backbone_weights: str | None = None) -> ModelBundle:
+        """The best checkpoint of a run directory (or the given checkpoint) and its records."""
+        run = load_run(path)
+        data = json.loads((run.run_dir / "data.json").read_text())
+        return cls(run.model, run.cfg, run.class_names, run.multilabel, run.preprocessing,
+                   data["image_channels"], run.weights, training_summary(run.cfg, run.run_dir),
+                   str(run.checkpoint), backbone_weights, get_task(run.cfg.task).export_metadata(data))
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """DICOM ``[center, width]`` the run read its images with (None: each file's own VOI)."""
+        window = self.task_metadata.get("window")
+        return tuple(window) if window else None
+
+
+def training_summary(cfg: DictConfig, run_dir: Path) -> dict:
+    """Phases, BN policy, test metrics and the decision threshold the run was tested with."""
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    phases = [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases_from(cfg)]
+    per_label = metrics.get("test_per_class", {}).get("threshold")  # multi-label: one per class
+    threshold = list(per_label.values()) if per_label else metrics.get("test", {}).get("threshold")
+    return {"phases": phases, "bn": cfg.backbone.bn, "test": metrics.get("test", {}), "threshold": threshold}
+
+
+def metadata(bundle: ModelBundle, fmt: str) -> dict:
+    """What every export records: classes, preprocessing, task, backbone, weights, training."""
+    weights = {k: bundle.weights.get(k) for k in ("model", "tag", "source", "sha256")}
+    return {
+        "export_version": EXPORT_VERSION, "format": fmt, "finetune_version": __version__,
+        "task": bundle.cfg.task, "multilabel": bundle.multilabel, "class_names": list(bundle.class_names),
+        "preprocessing": bundle.preprocessing.to_dict(), "image_channels": bundle.image_channels,
+        "backbone": {"name": bundle.cfg.backbone.name, "in_chans": bundle.preprocessing.in_chans},
+        "weights": weights, "training": bundle.training, "origin": bundle.origin,
+        **bundle.task_metadata,
+    }

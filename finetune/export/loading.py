@@ -1,0 +1,129 @@
+"""Opening any export for prediction: its metadata, a forward function, the preprocessing it records,
+and the image files it is given (photos, or DICOM read with the window the run was trained with)."""
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from finetune import __version__
+from finetune.data.images import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, read_image
+from finetune.data.transforms import Preprocessing, eval_transform, normalized_tensor
+from finetune.errors import FinetuneError
+from finetune.export.bundle import EXPORT_VERSION
+from finetune.export.formats import Forward, format_of, get_format, sidecar_path
+from finetune.export.tensors import embedded_metadata
+from finetune.models.weights import sha256_file
+
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS | DICOM_EXTENSIONS
+
+
+@cache
+def _transform(pre: Preprocessing, channels: int, full_size: bool):
+    return normalized_tensor([], pre, channels) if full_size else eval_transform(pre, channels)
+
+
+def preprocess(images: Sequence[np.ndarray], pre: Preprocessing, full_size: bool = False) -> np.ndarray:
+    """HWC uint8 images (1 or 3 channels) → the model's NCHW float32 batch, as at evaluation:
+    resized to ``pre.size``, or normalized at their own size (``full_size``, segmentation; the
+    images must then share one size)."""
+    batch = []
+    for image in images:
+        image = image[..., None] if image.ndim == 2 else image
+        if image.shape[2] == 3 and pre.in_chans == 1:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
+        batch.append(_transform(pre, image.shape[2], full_size)(image=image)["image"].numpy())
+    return np.stack(batch).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LoadedExport:
+    """An export ready to predict: its metadata and a forward function."""
+
+    path: Path
+    metadata: dict
+    forward: Forward
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.metadata["preprocessing"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.metadata["class_names"]
+
+    @property
+    def multilabel(self) -> bool:
+        return self.metadata["multilabel"]
+
+    @property
+    def threshold(self) -> float | list[float] | None:
+        """Decision threshold of a binary / multi-label run (None: argmax, or 0.5 per label)."""
+        return self.metadata.get("training", {}).get("threshold")
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """DICOM ``[center, width]`` the run was trained with (None: each file's own VOI)."""
+        window = self.metadata.get("window")
+        return tuple(window) if window else None
+
+    def read(self, path: Path) -> np.ndarray:
+        """One input file as the model's training images were read (channels; DICOM window)."""
+        return read_image(Path(path), self.preprocessing.in_chans, self.window)
+
+    def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Logits for raw images, through the preprocessing the metadata records."""
+        return self.forward(preprocess(images, self.preprocessing))
+
+
+def _sidecar_metadata(path: Path, sidecar: Path) -> dict:
+    if not sidecar.is_file():
+        raise FinetuneError(f"{sidecar} is missing: the metadata (classes, preprocessing) of {path} lives "
+                            "there; re-export with finetune export")
+    metadata = json.loads(sidecar.read_text())
+    if metadata.get("sha256") != sha256_file(path):
+        raise FinetuneError(f"{sidecar} describes another model file than {path} (sha256 differs); "
+                            "keep each export with its own .json, or re-export")
+    return metadata
+
+
+def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str | None = None,
+                sidecar: Path | None = None) -> LoadedExport:
+    """Open any export (format from the suffix unless ``fmt``); ``sidecar`` overrides ``<file>.json``."""
+    path = Path(path)
+    spec = get_format(fmt) if fmt else format_of(path)
+    if not path.is_file():
+        raise FinetuneError(f"export {path} does not exist; make one with "
+                            "finetune export run=<run dir> format=head,onnx")
+    if spec.sidecar:
+        metadata = _sidecar_metadata(path, sidecar or sidecar_path(path))
+    else:
+        metadata = embedded_metadata(path)
+    if metadata.get("export_version") != EXPORT_VERSION:
+        raise FinetuneError(f"{path}: export version {metadata.get('export_version')} is not supported by "
+                            f"finetune {__version__} (expects {EXPORT_VERSION})")
+    return LoadedExport(path, metadata, spec.load(path, metadata, None if weights is None else str(weights)))
+
+
+def find_images(spec: str) -> list[Path]:
+    """Image files (DICOM included) named by comma-separated files, folders (searched recursively) or globs."""
+    found: dict[Path, None] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        path = Path(part).expanduser()
+        if path.is_file():
+            candidates = [path]
+        elif path.is_dir():
+            candidates = sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            candidates = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        found |= dict.fromkeys(p for p in candidates if p.is_file() and p.suffix.lower() in INPUT_EXTENSIONS)
+    if not found:
+        raise FinetuneError(f"no images found in {spec!r}: give image files, folders or globs "
+                            f"(extensions {', '.join(sorted(INPUT_EXTENSIONS))}), comma-separated")
+    return list(found)

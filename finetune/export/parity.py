@@ -1,0 +1,81 @@
+"""The parity gate: "the export + the preprocessing its metadata records" must reproduce "the run's
+torch model + the run's preprocessing" on real images (max |Δlogit| within the format's tolerance,
+100 % top-1 agreement: per image, or per pixel for segmentation) before an export is kept."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from finetune.errors import FinetuneError
+from finetune.export.bundle import ModelBundle
+from finetune.export.formats import format_of, get_format, torch_forward
+from finetune.export.loading import load_export, preprocess
+from finetune.tasks import get_task
+
+PARITY_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Export vs the run's torch model on the same real images."""
+
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.top1_agreement == 1.0
+
+
+def decision_agreement(actual: np.ndarray, expected: np.ndarray, tolerance: float) -> float:
+    """Share of decisions (top-1 class per image, or per pixel for [N, K, H, W] masks) that agree,
+    over those whose expected top-2 margin exceeds 2 x tolerance: a genuine tie may flip within
+    the logit tolerance, anything else may not."""
+    if expected.shape[1] < 2:
+        return 1.0
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * tolerance
+    same = actual.argmax(1) == expected.argmax(1)
+    return float(same[decisive].mean()) if decisive.any() else 1.0
+
+
+def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndarray], *,
+                 fmt: str | None = None, sidecar: Path | None = None) -> Parity:
+    """Compare "export + its recorded preprocessing" with "torch model + the run's preprocessing";
+    FinetuneError when max |Δlogit| exceeds the format's tolerance or a top-1 class differs."""
+    if not images:
+        raise FinetuneError("the parity check needs at least one real image")
+    spec = get_format(fmt) if fmt else format_of(Path(path))
+    exported = load_export(path, bundle.backbone_weights, fmt=spec.name, sidecar=sidecar)
+    actual = exported.logits(images)
+    expected = torch_forward(bundle.model.eval())(preprocess(images, bundle.preprocessing))
+    if actual.shape != expected.shape:
+        parity = Parity(len(images), float("inf"), 0.0, spec.tolerance)
+    else:
+        parity = Parity(len(images), float(np.abs(actual - expected).max()),
+                        decision_agreement(actual, expected, spec.tolerance), spec.tolerance)
+    if not parity.passed:
+        raise FinetuneError(
+            f"{spec.name} export failed the parity check on {len(images)} real image(s): max |Δlogit| = "
+            f"{parity.max_abs_diff:.3g} (allowed {spec.tolerance:g}), top-1 agreement "
+            f"{parity.top1_agreement:.0%} (needed 100%). The exported model or the preprocessing in its "
+            f"metadata ({exported.metadata['preprocessing']}) differs from the run's "
+            f"({bundle.preprocessing.to_dict()}); the export was not kept")
+    return parity
+
+
+def validation_images(cfg: DictConfig, n: int = PARITY_IMAGES) -> list[np.ndarray]:
+    """Up to ``n`` raw images of the run's validation split (rebuilt from its config)."""
+    task = get_task(cfg.task)
+    try:
+        data = task.data_module(cfg)
+    except FinetuneError as err:
+        raise FinetuneError(f"the parity check needs real images, but the run's dataset cannot be loaded "
+                            f"({err}); pass images=<files, folder or glob> instead") from None
+    return task.parity_images(data, n)

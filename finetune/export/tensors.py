@@ -1,0 +1,124 @@
+"""Safetensors exports: the head-only delta (``head``) or every tensor (``safetensors``), and rebuilding
+the model from either. A head export stores only the tensors that differ from the pretrained backbone
+and pins the rest by a fingerprint (sha256 over the unchanged tensors); loading it refuses pretrained
+weights whose fingerprint differs. Nothing is unpickled: tensors are safetensors, metadata JSON."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from finetune.errors import FinetuneError
+from finetune.export.bundle import ModelBundle, metadata
+from finetune.tasks import build_model
+from finetune.models.freezing import FineTuneModel
+from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights
+
+METADATA_KEY = "finetune"  # one key: safetensors writes several in random order
+
+
+def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _resolve_backbone(cfg: DictConfig, weights: str | None) -> WeightsRecord:
+    name = cfg.backbone.name
+    try:
+        return resolve_weights(name, weights or cfg.backbone.weights)
+    except (ValueError, OSError, WeightsNotFoundError) as err:
+        raise FinetuneError(f"cannot find the pretrained weights of {name}: {err}\n"
+                            "pass the backbone weights file with weights=<file>") from None
+
+
+def _pretrained_backbone(bundle: ModelBundle) -> dict[str, torch.Tensor]:
+    """The pretrained backbone's tensors (``backbone.*``), from the weights the run was trained on."""
+    if not bundle.cfg.backbone.pretrained:
+        raise FinetuneError("format=head stores only what changed from the pretrained backbone, but this "
+                            "run started from random weights (backbone.pretrained=false): use format=safetensors")
+    record = _resolve_backbone(bundle.cfg, bundle.backbone_weights)
+    expected = bundle.weights.get("sha256")
+    if record.sha256 != expected:
+        raise FinetuneError(f"the pretrained weights found for {record.model} ({record.file}, sha256 "
+                            f"{record.sha256}) are not those the run was trained from (sha256 {expected}); "
+                            "pass the original file with weights=<file>")
+    reference = build_model(bundle.cfg, record, bundle.preprocessing.in_chans, len(bundle.class_names))
+    return {k: v for k, v in reference.state_dict().items() if k.startswith("backbone.")}
+
+
+def write_safetensors(bundle: ModelBundle, path: Path, head_only: bool) -> dict:
+    """Save the tensors that differ from the pretrained backbone (``head_only``) or all of them."""
+    state = bundle.model.state_dict()
+    reference = _pretrained_backbone(bundle) if head_only else {}
+    delta = {k: v.detach().contiguous() for k, v in state.items()
+             if k not in reference or not torch.equal(v, reference[k])}
+    frozen = {k: v for k, v in state.items() if k not in delta}
+    record = metadata(bundle, "head" if head_only else "safetensors") | {
+        "config": OmegaConf.to_container(bundle.cfg, resolve=True),
+        "fingerprint": fingerprint(frozen), "frozen_tensors": len(frozen),
+        "delta": {"tensors": len(delta), "stages": sorted({bundle.model.stage_of(k) for k in delta})},
+    }
+    save_file(delta, str(path), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
+    return record
+
+
+def embedded_metadata(path: Path) -> dict:
+    """The metadata a ``.safetensors`` export carries in its header."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except Exception as err:  # safetensors raises its own error types for a broken header
+        raise FinetuneError(f"cannot read {path} as safetensors: {err}") from None
+    if raw is None:
+        raise FinetuneError(f"{path} has no finetune metadata: not made by finetune export")
+    return json.loads(raw)
+
+
+def load_head_export(path: str | Path, weights: str | Path | None = None) -> FineTuneModel:
+    """Rebuild the model of a ``.safetensors`` export (eval mode). A head export rebuilds the backbone
+    from its pretrained weights (``weights``: that file, else the recorded one, else the usual
+    offline-first resolution) and refuses weights whose frozen tensors differ from those it was made on."""
+    path = Path(path)
+    return rebuild(path, embedded_metadata(path), None if weights is None else str(weights))
+
+
+def rebuild(path: Path, metadata: dict, weights: str | None) -> FineTuneModel:
+    """The model of a safetensors export whose ``metadata`` was already read (eval mode)."""
+    cfg = OmegaConf.create(metadata["config"])
+    if metadata["format"] == "head":
+        record = _resolve_backbone(cfg, weights)
+    else:
+        record = resolve_weights(cfg.backbone.name, pretrained=False)  # every tensor is in the file
+    model = build_model(cfg, record, metadata["backbone"]["in_chans"], len(metadata["class_names"]))
+    tensors = load_file(path)
+    state = model.state_dict()
+    unknown = sorted(set(tensors) - set(state))
+    if unknown:
+        raise FinetuneError(f"{path} holds tensors that {cfg.backbone.name} does not have, e.g. {unknown[:3]}")
+    frozen = {k: v for k, v in state.items() if k not in tensors}
+    found = fingerprint(frozen)
+    if found != metadata["fingerprint"]:
+        raise FinetuneError(_mismatch(path, metadata, record, found, len(frozen)))
+    model.load_state_dict(tensors, strict=False)
+    return model.eval()
+
+
+def _mismatch(path: Path, metadata: dict, record: WeightsRecord, found: str, frozen: int) -> str:
+    expected = metadata["weights"]
+    return (f"{path} was made on {expected['model']} backbone weights with sha256 {expected['sha256']} "
+            f"(source {expected['source']}), but the weights found now ({record.source}: {record.file}, "
+            f"sha256 {record.sha256}) differ in its {frozen} frozen tensors (fingerprint {found[:12]}… "
+            f"instead of {metadata['fingerprint'][:12]}…). Pass the original weights file: weights=<file> "
+            "(finetune predict … weights=<file>, load_head_export(path, weights=<file>), "
+            "or train with backbone.weights=<file>)")

@@ -1,0 +1,73 @@
+"""Writing exports of a model bundle or a run directory: atomically, never over an existing file
+unless asked, and kept only when the export passes the parity gate."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finetune.artifacts import atomic_path
+from finetune.data.images import read_image
+from finetune.engine.runs import find_checkpoint
+from finetune.errors import FinetuneError
+from finetune.export.bundle import ModelBundle
+from finetune.export.formats import get_format, sidecar_path
+from finetune.export.loading import find_images
+from finetune.export.parity import PARITY_IMAGES, Parity, check_parity, validation_images
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A written export that passed its parity check."""
+
+    format: str
+    path: Path
+    bytes: int
+    parity: Parity
+
+
+def _refuse_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FinetuneError(f"{existing[0]} already exists; pass overwrite=true to replace it "
+                            "(or out=<another folder>)")
+
+
+def export(bundle: ModelBundle, fmt: str, out_dir: str | Path, images: Sequence[np.ndarray],
+           overwrite: bool = False) -> ExportResult:
+    """Write one export into ``out_dir`` atomically, kept only if it passes the parity check."""
+    spec = get_format(fmt)
+    path = Path(out_dir) / spec.filename
+    _refuse_overwrite(spec.outputs(path), overwrite)
+    with ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(path))
+        metadata = spec.write(bundle, tmp)
+        sidecar = None
+        if spec.sidecar:
+            sidecar = stack.enter_context(atomic_path(sidecar_path(path)))
+            sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        parity = check_parity(bundle, tmp, images, fmt=spec.name, sidecar=sidecar)
+    return ExportResult(spec.name, path, path.stat().st_size, parity)
+
+
+def export_run(run: str | Path, formats: Sequence[str] = ("head",), out: str | Path | None = None,
+               overwrite: bool = False, images: str | None = None, weights: str | None = None,
+               parity_images: Sequence[np.ndarray] | None = None) -> list[ExportResult]:
+    """Export a run directory (or checkpoint) in each format; parity on its validation images
+    (``parity_images`` when the caller already holds them) unless ``images`` names other files."""
+    specs = [get_format(name) for name in dict.fromkeys(formats)]
+    run_dir, _ = find_checkpoint(run)
+    out_dir = Path(out).expanduser() if out else run_dir / "exports"
+    for spec in specs:
+        _refuse_overwrite(spec.outputs(out_dir / spec.filename), overwrite)
+    bundle = ModelBundle.from_run(run, weights)
+    if images:
+        parity_images = [read_image(p, bundle.image_channels, bundle.window)
+                         for p in find_images(images)[:PARITY_IMAGES]]
+    elif parity_images is None:
+        parity_images = validation_images(bundle.cfg)
+    return [export(bundle, spec.name, out_dir, parity_images, overwrite) for spec in specs]

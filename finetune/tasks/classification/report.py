@@ -1,0 +1,166 @@
+"""What a classification run adds to report.html and to ``finetune explain``.
+
+Report: a Data section (classes with train counts and per-class test metrics, seeded training
+samples per class) and the most confidently wrong test images. Explain: the top-k classes
+(softmax, or a sigmoid per class when multi-label) and Grad-CAM of the top-1 class's logit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from finetune.data.datamodule import ClassificationDataModule
+from finetune.engine.runs import LoadedRun
+from finetune.export.loading import preprocess
+from finetune.models.freezing import FineTuneModel
+from finetune.report.explain import Explained
+from finetune.report.page import (ReportOptions, RunRecord, TaskSections, array_img, number, table,
+                                  tested_batches)
+from finetune.tasks.classification.module import decide, probabilities
+
+MAX_SAMPLE_CLASSES = 20
+
+
+# --- report.html --------------------------------------------------------------------------------
+
+
+def report_sections(run: RunRecord, data: ClassificationDataModule, model: FineTuneModel,
+                    options: ReportOptions) -> TaskSections:
+    """Data (classes, samples) and the most confident mistakes on the test split."""
+    mistakes = worst_mistakes(model, data, run.cfg, options.worst, run.metrics.get("test", {}).get("threshold"))
+    return TaskSections(data=[_data_section(run, data, options.samples)],
+                        results=[_mistakes_section(mistakes, data)])
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """One wrong test prediction: split index, true and predicted labels, confidence in the prediction."""
+
+    index: int
+    true: str
+    predicted: str
+    confidence: float
+
+
+def worst_mistakes(model: FineTuneModel, data: ClassificationDataModule, cfg: DictConfig, n: int,
+                   threshold: float | list[float] | None = None) -> list[Mistake]:
+    """The ``n`` most confident wrong predictions on the test split (the batches the run tested),
+    decided as the test metrics were (argmax, or ``threshold`` for binary / multi-label tasks)."""
+    if n <= 0 or not len(data.splits.get("test", ())):
+        return []
+    loader = data.test_dataloader()
+    batches = tested_batches(cfg, len(loader))
+    ref = next(model.parameters())
+    multilabel, names = data.info.multilabel, data.info.class_names
+    was_training = model.training
+    model.eval()
+    probs, targets = [], []
+    try:
+        with torch.no_grad():
+            for i, (x, y) in enumerate(loader):
+                if i >= batches:
+                    break
+                probs.append(probabilities(model(x.to(ref.device, ref.dtype)).cpu(), data.info.task))
+                targets.append(y)
+    finally:
+        model.train(was_training)
+    p, y = torch.cat(probs), torch.cat(targets)
+    decision = decide(p, data.info.task, threshold)
+    if multilabel:
+        wrong = (decision != y.int()).any(dim=1)
+        confidence = (p - y).abs().amax(dim=1)
+        label = lambda row: ", ".join(names[j] for j in torch.flatnonzero(row).tolist()) or "(none)"  # noqa: E731
+        true = [label(row) for row in y]
+        predicted = [label(row) for row in decision]
+    else:
+        top = decision
+        confidence = p.gather(1, top[:, None]).squeeze(1)
+        wrong = top != y
+        true, predicted = [names[i] for i in y.tolist()], [names[i] for i in top.tolist()]
+    order = [i for i in confidence.argsort(descending=True).tolist() if wrong[i]][:n]
+    return [Mistake(i, true[i], predicted[i], float(confidence[i])) for i in order]
+
+
+def _samples_by_class(data: ClassificationDataModule, per_class: int) -> list[tuple[str, list[np.ndarray]]]:
+    """Up to ``per_class`` seeded training images of each of the first classes."""
+    samples = data.splits["train"]
+    targets = samples.targets
+    rng = np.random.default_rng(data.seed)
+    rows = []
+    for c, name in enumerate(data.info.class_names[:MAX_SAMPLE_CLASSES]):
+        members = np.flatnonzero(targets[:, c] > 0 if targets.ndim == 2 else targets == c)
+        chosen = np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False))
+        rows.append((name, [samples.image(int(i), data.info.image_channels) for i in chosen]))
+    return rows
+
+
+def _data_section(run: RunRecord, data: ClassificationDataModule, per_class: int) -> str:
+    names = run.data["class_names"]
+    counts = run.data.get("class_counts_train", [])
+    per_class_metrics = run.metrics.get("test_per_class", {})
+    header = ["class", "train images", *per_class_metrics]
+    rows = [[name, counts[i] if i < len(counts) else "-",
+             *(number(per_class_metrics[m].get(name, float("nan"))) for m in per_class_metrics)]
+            for i, name in enumerate(names)]
+    sizes = ", ".join(f"{k} {v:,}" for k, v in data.split_sizes.items())
+    classes_table = table(header, rows, numeric=tuple(range(1, len(header))))
+    classes = (classes_table if len(names) <= MAX_SAMPLE_CLASSES else
+               f"<details><summary>{len(names)} classes (click to show)</summary>{classes_table}</details>")
+    gallery = "".join(
+        f'<tr><td>{escape(name)}</td><td>'
+        + "".join(array_img(im, f"training image of {name}", "thumb") for im in images)
+        + "</td></tr>" for name, images in _samples_by_class(data, per_class))
+    more = (f'<p class="note">Samples of the first {MAX_SAMPLE_CLASSES} of {len(names)} classes.</p>'
+            if len(names) > MAX_SAMPLE_CLASSES else "")
+    return (f"<h2>Data</h2><p>{len(names)} classes{' (multi-label)' if run.data.get('multilabel') else ''}; "
+            f"images per split: {escape(sizes)}; source images have {run.data.get('image_channels')} channel(s).</p>"
+            + f'<div class="cols"><div><h3>Classes</h3>{classes}</div><div><h3>Training samples</h3>'
+            + f"<table><tbody>{gallery}</tbody></table>{more}</div></div>")
+
+
+def _mistakes_section(mistakes: list[Mistake], data: ClassificationDataModule) -> str:
+    if not mistakes:
+        return "<h2>Most confident mistakes</h2><p>No wrong predictions on the test images.</p>"
+    samples, channels = data.splits["test"], data.info.image_channels
+    cards = "".join(_mistake_card(m, samples.image(m.index, channels)) for m in mistakes)
+    return ("<h2>Most confident mistakes</h2><p>Wrong test predictions, highest confidence first.</p>"
+            + f'<div class="gallery">{cards}</div>')
+
+
+def _mistake_card(mistake: Mistake, image: np.ndarray) -> str:
+    picture = array_img(image, f"test image {mistake.index}", "", side=112)
+    return (f'<div class="card">{picture}<div>true: <b>{escape(mistake.true)}</b></div>'
+            f'<div class="bad">pred: <b>{escape(mistake.predicted)}</b> ({mistake.confidence:.0%})</div></div>')
+
+
+# --- finetune explain ---------------------------------------------------------------------------
+
+
+def top_k(logits: torch.Tensor, class_names: list[str], k: int, multilabel: bool) -> list[dict]:
+    """The k most probable classes of one image (softmax; sigmoid per class when multi-label)."""
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [{"rank": r + 1, "class": class_names[i], "index": int(i), "probability": round(float(p), 6)}
+            for r, (p, i) in enumerate(zip(values.tolist(), indices.tolist()))]
+
+
+class ClassificationExplainer:
+    """The image resized as at evaluation; the top-k classes; Grad-CAM of the top-1 class's logit."""
+
+    def __init__(self, run: LoadedRun) -> None:
+        self.run = run
+
+    def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = torch.from_numpy(preprocess([image], self.run.preprocessing))
+        return x, tuple(x.shape[-2:])
+
+    def explain(self, logits: torch.Tensor, valid: tuple[int, int], k: int) -> Explained:
+        listed = top_k(logits[0], self.run.class_names, k, self.run.multilabel)
+        best = listed[0]
+        return Explained(listed, best["index"], best["class"], ClassifierOutputTarget(best["index"]),
+                         f"{best['class']} ({best['probability']:.1%})", {"multilabel": self.run.multilabel})

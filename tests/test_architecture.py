@@ -1,0 +1,96 @@
+"""The architecture holds: light name lists match their registries, config checks import no torch,
+no import cycles, lower layers never import upper ones, no task branches outside finetune/tasks."""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import finetune
+from finetune import data, engine, models
+
+
+def test_light_names_match_the_builders() -> None:
+    from finetune.data.configs import CONFIGS
+    from finetune.data.datasets import KINDS
+    from finetune.data.segmentation import LAYOUTS
+    from finetune.engine.optim import FACTORS, OPTIMIZERS
+    from finetune.models.heads import HEADS
+
+    assert tuple(KINDS) == tuple(CONFIGS) == data.CLASSIFICATION_DATASETS
+    assert tuple(LAYOUTS) == data.SEGMENTATION_DATASETS
+    assert tuple(OPTIMIZERS) == engine.OPTIMIZERS
+    assert (*FACTORS, "onecycle", "plateau") == engine.SCHEDULERS
+    assert tuple(HEADS) == models.HEADS
+
+
+def test_config_checks_import_no_torch() -> None:
+    """What a config error needs must not import torch or Lightning (seconds of start-up)."""
+    code = ("import sys, finetune.engine.config, finetune.tasks; "
+            "print(sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- the layout: no import cycles, lower layers never reach up, no task branches outside tasks/ --
+
+PACKAGE = Path(finetune.__file__).parent
+LOWER = ("finetune.data", "finetune.models")  # import nothing from the layers that use them
+UPPER = ("finetune.engine", "finetune.tasks", "finetune.export", "finetune.report", "finetune.cli")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+def _graph(top_level_only: bool) -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in _imports(path, top_level_only) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def test_no_module_level_import_cycles() -> None:
+    graph, state, cycles = _graph(top_level_only=True), {}, []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in graph[node]:
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, [" -> ".join(c) for c in cycles]
+
+
+def test_data_and_models_never_import_the_layers_above() -> None:
+    graph = _graph(top_level_only=False)  # lazy imports count too
+    upward = sorted(f"{name} -> {m}" for name, deps in graph.items() if name.startswith(LOWER)
+                    for m in deps if m.startswith(UPPER))
+    assert not upward
+
+
+def test_no_task_branches_outside_tasks() -> None:
+    branches = re.compile(r"""task\s*[!=]=\s*["'](classification|segmentation)["']|["'](classification|segmentation)["']\s*[!=]=""")
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py") if "tasks" not in p.parts
+             for i, line in enumerate(p.read_text().splitlines(), 1) if branches.search(line)]
+    assert not found
