@@ -50,3 +50,25 @@ def finished_run(tmp_path_factory) -> Path:
                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "run"
+
+
+SEG_CLASSES = ["background", "thing"]
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_run(tmp_path_factory) -> Path:
+    """A real segmentation run (index masks of two named classes, random-init resnet10t under a U-Net,
+    2 training batches, 2 test images), made once per session."""
+    from .test_segmentation import squares
+
+    base = tmp_path_factory.mktemp("tiny_seg_run")
+    squares(base / "data", n=10, foreground=1)
+    args = ["task=segmentation", "dataset=seg_folder", f"dataset.root={base / 'data'}",
+            f"dataset.class_names=[{','.join(SEG_CLASSES)}]", "dataset.test_fraction=0.2", "dataset.crop_size=64",
+            "dataset.num_workers=0", "head=unet", "backbone.name=resnet10t", "backbone.pretrained=false",
+            "schedule=linear_probe", "schedule.epochs=1", "schedule.batch_size=2", "trainer.limit_train_batches=2",
+            "trainer.progress_bar=false", "segmentation.overlays=2", "hydra.run.dir=run"]
+    out = subprocess.run([sys.executable, "-m", "finetune", *args], cwd=base, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return base / "run"

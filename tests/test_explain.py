@@ -21,7 +21,7 @@ from finetune.models.weights import create_model, resolve_weights
 from finetune.tasks.classification.report import top_k
 from finetune.tasks.segmentation.report import SegmentationExplainer
 
-from .test_report import SEG_CLASSES, seg_run  # noqa: F401  (the tiny segmentation run, made once)
+from .conftest import SEG_CLASSES
 
 
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -181,15 +181,15 @@ def _target(category: int, logits: torch.Tensor, valid: tuple[int, int]):
     return SemanticSegmentationTarget(category, mask.numpy())
 
 
-def test_cli_explains_images_of_a_segmentation_run(seg_run, tmp_path, capsys):
-    stem = sorted(seg_run.glob("predictions/*_pred.png"))[0].name.removesuffix("_pred.png")
-    tested = seg_run.parent / "data" / "images" / f"{stem}.png"  # a test image the run predicted
+def test_cli_explains_images_of_a_segmentation_run(tiny_seg_run, tmp_path, capsys):
+    stem = sorted(tiny_seg_run.glob("predictions/*_pred.png"))[0].name.removesuffix("_pred.png")
+    tested = tiny_seg_run.parent / "data" / "images" / f"{stem}.png"  # a test image the run predicted
     images = tmp_path / "images"
     images.mkdir()
     Image.open(tested).save(images / "tested.png")
     Image.fromarray(np.asarray(Image.open(tested))[:50, :60]).save(images / "odd_size.png")
     out = tmp_path / "explain"
-    assert E.main([f"run={seg_run}", f"inputs={images}", "channels=8", f"out={out}"]) == 0
+    assert E.main([f"run={tiny_seg_run}", f"inputs={images}", "channels=8", f"out={out}"]) == 0
     assert "% of pixels)" in capsys.readouterr().out
     for name in ("tested", "odd_size"):
         for file in ("topk.json", "gradcam.png", "activations_stage3.png"):
@@ -202,7 +202,7 @@ def test_cli_explains_images_of_a_segmentation_run(seg_run, tmp_path, capsys):
         gradcam = np.asarray(Image.open(out / name / "gradcam.png").convert("L"), dtype=np.float32)
         assert gradcam.std() > 10  # image | Grad-CAM overlay, not a blank figure
     # what is listed is what the run predicted for the same image (one tile: the same forward pass)
-    predicted = np.asarray(Image.open(seg_run / "predictions" / f"{stem}_pred.png"))
+    predicted = np.asarray(Image.open(tiny_seg_run / "predictions" / f"{stem}_pred.png"))
     listed = {e["index"]: e["pixel_fraction"] for e in json.loads((out / "tested" / "topk.json").read_text())["topk"]}
     assert listed == {c: round(float((predicted == c).mean()), 6) for c in np.unique(predicted).tolist()}
     assert (out / "filters.png").is_file()  # random init: the fine-tuned filters alone

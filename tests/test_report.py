@@ -22,13 +22,10 @@ from finetune.report.html import datamodule_for, write_report
 from finetune.report.page import table
 from finetune.tasks.classification.report import worst_mistakes
 
-from .test_cli import run_cli
-from .test_segmentation import squares
+from .conftest import SEG_CLASSES
 
 SECTIONS = ["Configuration", "Data", "Model", "Results", "Most confident mistakes"]
 SEG_SECTIONS = ["Configuration", "Data", "Model", "Results", "Predicted masks"]
-SEG_CLASSES = ["background", "thing"]
-_SEG_RUNS: dict[str, Path] = {}
 
 
 class _Page(HTMLParser):
@@ -120,38 +117,20 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 # --- a segmentation run ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def seg_run(tmp_path_factory) -> Path:
-    """A real segmentation run (index masks of two named classes, random-init resnet10t under a U-Net,
-    2 training batches, 2 test images), made once per session; test_explain.py uses it too."""
-    if "run" not in _SEG_RUNS:
-        base = tmp_path_factory.mktemp("seg_report_run")
-        squares(base / "data", n=10, foreground=1)
-        out = run_cli("task=segmentation", "dataset=seg_folder", f"dataset.root={base / 'data'}",
-                      f"dataset.class_names=[{','.join(SEG_CLASSES)}]", "dataset.test_fraction=0.2",
-                      "dataset.crop_size=64", "dataset.num_workers=0", "head=unet", "backbone.name=resnet10t",
-                      "backbone.pretrained=false", "schedule=linear_probe", "schedule.epochs=1",
-                      "schedule.batch_size=2", "trainer.limit_train_batches=2", "trainer.progress_bar=false",
-                      "segmentation.overlays=2", "hydra.run.dir=run", cwd=base)
-        assert out.returncode == 0, out.stderr[-3000:]
-        _SEG_RUNS["run"] = base / "run"
-    return _SEG_RUNS["run"]
-
-
 def _png(img: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))).convert("RGB"))
 
 
-def test_a_segmentation_run_writes_its_report_with_per_class_iou_and_dice(seg_run):
-    html = (seg_run / "report.html").read_text()  # written by the run itself, after its test
+def test_a_segmentation_run_writes_its_report_with_per_class_iou_and_dice(tiny_seg_run):
+    html = (tiny_seg_run / "report.html").read_text()  # written by the run itself, after its test
     page = _Page()
     page.feed(html)
     assert page.h2 == SEG_SECTIONS
     assert not {"script", "link", "iframe"} & set(page.tags)
     assert all(img["src"].startswith("data:image/png;base64,") for img in page.images)
-    per_class = json.loads((seg_run / "metrics.json").read_text())["test_per_class"]
+    per_class = json.loads((tiny_seg_run / "metrics.json").read_text())["test_per_class"]
     assert '<th class="n">test IoU</th><th class="n">test Dice</th>' in html
-    pixels = json.loads((seg_run / "data.json").read_text())["pixel_counts_train"]
+    pixels = json.loads((tiny_seg_run / "data.json").read_text())["pixel_counts_train"]
     for i, name in enumerate(SEG_CLASSES):
         row = re.search(rf"<tr><td>{name}</td>(.*?)</tr>", html).group(1)
         cells = re.findall(r'<td class="n">([^<]*)</td>', row)
@@ -164,22 +143,22 @@ def test_a_segmentation_run_writes_its_report_with_per_class_iou_and_dice(seg_ru
     assert "<td>miou</td>" in html and "sliding 64 px tiles" in html
 
 
-def test_segmentation_report_shows_the_masks_the_run_predicted_worst_first(seg_run, capsys):
+def test_segmentation_report_shows_the_masks_the_run_predicted_worst_first(tiny_seg_run, capsys):
     from finetune.report.html import main
     from finetune.tasks.segmentation.report import PANEL_SIDE
 
-    (seg_run / "report.html").unlink()
-    assert main([f"run={seg_run}"]) == 0  # rebuilt from the run directory alone
+    (tiny_seg_run / "report.html").unlink()
+    assert main([f"run={tiny_seg_run}"]) == 0  # rebuilt from the run directory alone
     assert "report written to" in capsys.readouterr().out
-    html = (seg_run / "report.html").read_text()
+    html = (tiny_seg_run / "report.html").read_text()
     page = _Page()
     page.feed(html)
     overlays = {img["alt"].split()[4].rstrip(":"): img for img in page.images
                 if img["alt"].startswith("overlay of test image")}
-    written = sorted(p.name.removesuffix("_overlay.png") for p in (seg_run / "predictions").glob("*_overlay.png"))
+    written = sorted(p.name.removesuffix("_overlay.png") for p in (tiny_seg_run / "predictions").glob("*_overlay.png"))
     assert sorted(overlays) == written and len(written) == 2  # every tested image; the run wrote both
     for stem, img in overlays.items():
-        shown, saved = _png(img), np.asarray(Image.open(seg_run / "predictions" / f"{stem}_overlay.png").convert("RGB"))
+        shown, saved = _png(img), np.asarray(Image.open(tiny_seg_run / "predictions" / f"{stem}_overlay.png").convert("RGB"))
         factor = PANEL_SIDE // saved.shape[1]  # image | truth | prediction enlarged without blur
         assert shown.shape[1] == PANEL_SIDE and factor == 3
         assert np.array_equal(shown[::factor, ::factor], saved)  # the same image, truth and predicted mask

@@ -12,7 +12,7 @@ from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
 from finetune.tasks import build_model
-from finetune.models.weights import WeightsRecord, resolve_weights
+from finetune.models.weights import resolve_weights
 
 
 def resume_config(run_dir: Path, current: DictConfig) -> DictConfig:
