@@ -36,6 +36,7 @@ class LoadedRun:
     preprocessing: Preprocessing
     weights: dict
     checkpoint: Path
+    window: tuple[float, float] | None = None  # DICOM [center, width] the run read its files with
 
 
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> tuple[Path, Path]:
@@ -65,4 +66,5 @@ def load_run(path: str | Path) -> LoadedRun:
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     preprocessing = Preprocessing.from_dict(data["preprocessing"])
     return LoadedRun(run_dir, cfg, model.eval(), data["class_names"], data.get("multilabel", False), preprocessing,
-                     json.loads((run_dir / "weights.json").read_text()), ckpt)
+                     json.loads((run_dir / "weights.json").read_text()), ckpt,
+                     tuple(data["window"]) if data.get("window") else None)

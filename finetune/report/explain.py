@@ -339,7 +339,7 @@ def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
     outputs: dict[str, StageOutput] | None = None
     shape = None
     for image_path, folder in zip(images, _folder_names(images)):
-        image = read_image(image_path, run.preprocessing.in_chans)
+        image = read_image(image_path, run.preprocessing.in_chans, run.window)
         x, (height, width) = explainer.model_input(image)
         if x.shape[-2:] != shape:  # segmentation inputs keep their own sizes
             outputs, shape = stage_outputs(model, x), x.shape[-2:]
