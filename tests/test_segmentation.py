@@ -19,6 +19,7 @@ from finetune.models.freezing import frozen_stages
 from finetune.tasks.segmentation.module import SegmentationLoss, SegmentationMetrics, sliding_window_logits
 from finetune.models.weights import load_state_dict, resolve_weights
 
+from .conftest import compose_config
 from .test_cli import run_cli
 
 NONE_AUGMENT = {}
@@ -427,3 +428,24 @@ def test_gray_images_can_feed_a_one_channel_encoder(tmp_path):
     with pytest.raises(DatasetError, match="needs grayscale images"):
         squares(tmp_path / "rgb", n=4)
         SegmentationDataModule(seg_config(tmp_path / "rgb", grayscale="adapt"), NONE_AUGMENT, 2, 0)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("init_from=runs/old", "init_from"), ("threshold=tune", "threshold"), ("threshold=0.3", "threshold"),
+    ("imbalance=weighted_loss", "imbalance"),
+])
+def test_keys_segmentation_does_not_read_are_refused_by_name(override, key):
+    from finetune.engine.config import ConfigError, validate
+
+    cfg = compose_config("task=segmentation", "head=unet", "dataset=seg_folder", override)
+    with pytest.raises(ConfigError, match=rf"^{key}=.* is not supported by task=segmentation: "):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("override", ["segmentation.loss=dice", "segmentation.class_weights=true",
+                                      "segmentation.overlays=9"])
+def test_segmentation_keys_are_refused_for_classification(override):
+    from finetune.engine.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]}=.* is not supported by task=classification"):
+        validate(compose_config(override))
