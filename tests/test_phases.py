@@ -101,19 +101,21 @@ def _test_metrics(run_dir: Path) -> dict:
 
 def _task_args(task: str, tmp_path: Path) -> tuple[list[str], str]:
     """Tiny two-phase command line of ``task`` and the validation metric its epochs log."""
-    if task == "classification":
-        return [*FAST, *TWO_PHASES, "trainer.limit_train_batches=6"], "val/acc"
+    if task.startswith("classification"):
+        augment = ["augment=light"] if task.endswith("augmented") else []  # random crops, flips, colour
+        return [*FAST, *TWO_PHASES, *augment, "trainer.limit_train_batches=6"], "val/acc"
     from .test_segmentation import squares
 
     squares(tmp_path / "squares", n=10, size=64)
-    return ([*FAST, *TWO_PHASES, "task=segmentation", "dataset=seg_folder", f"dataset.root={tmp_path / 'squares'}",
+    fast = [a for a in FAST if not a.startswith("dataset.image_size")]  # segmentation: dataset.crop_size
+    return ([*fast, *TWO_PHASES, "task=segmentation", "dataset=seg_folder", f"dataset.root={tmp_path / 'squares'}",
              "dataset.mask_mode=binary", "dataset.crop_size=32", "dataset.num_workers=0",
              "dataset.samples_per_image=4", "head=unet", "head.decoder_channels=[16,16,16,16,16]",
              "schedule.batch_size=4", "segmentation.overlays=1"], "val/dice")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["classification", "segmentation"])
+@pytest.mark.parametrize("task", ["classification", "classification-augmented", "segmentation"])
 def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path, task):
     args, metric = _task_args(task, tmp_path)
     whole = _run([*args, "hydra.run.dir=whole"], tmp_path)

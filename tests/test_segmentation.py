@@ -449,3 +449,24 @@ def test_segmentation_keys_are_refused_for_classification(override):
 
     with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]}=.* is not supported by task=classification"):
         validate(compose_config(override))
+
+
+def test_metrics_count_pixels_without_the_deterministic_fallback(monkeypatch):
+    """Under trainer.deterministic=true torchmetrics would compare every pixel with every AUC bin
+    (pixels x 4000 bins: 131 GB for one 64 px batch of 8); the counts must come out the same, by bincount."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 2, 128, 128), torch.randint(0, 2, (2, 128, 128))
+    free = SegmentationMetrics(2, 255)
+    free.update(logits, target)
+    calls, bincount = [], torch.bincount
+    monkeypatch.setattr(torch, "bincount", lambda *a, **kw: calls.append(1) or bincount(*a, **kw))
+    torch.use_deterministic_algorithms(True)
+    try:
+        strict = SegmentationMetrics(2, 255)
+        strict.update(logits, target)
+        assert torch.are_deterministic_algorithms_enabled()  # the setting is restored
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert calls  # torch.bincount counted, not the pixels x bins comparison
+    for key, value in free.compute().items():
+        assert torch.equal(value, strict.compute()[key]), key

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 
 import albumentations as A
 import numpy as np
@@ -25,7 +24,7 @@ from finetune.data.configs import dataset_config
 from finetune.data.datasets import load_source
 from finetune.data.imbalance import imbalance_ratio, loss_weights, resolve_imbalance
 from finetune.data.options import plain_dict
-from finetune.data.samplers import ClassBalancedSampler, split_sampler
+from finetune.data.samplers import ClassBalancedSampler, SeededDraws, split_sampler
 from finetune.data.sources import TASK_TYPES, Samples, class_counts
 from finetune.errors import DatasetError
 from finetune.data.transforms import (
@@ -34,8 +33,8 @@ from finetune.data.transforms import (
     eval_transform,
     gray_preprocessing,
     is_deterministic,
+    seed_draw,
     seed_transform,
-    seed_worker,
     train_transform,
 )
 
@@ -65,13 +64,14 @@ class ClassificationInfo(DataInfo):
 class ImageDataset(torch.utils.data.Dataset):
     """Samples decoded and transformed: (image tensor [C, H, W], target tensor)."""
 
-    def __init__(self, samples: Samples, channels: int, transform: Callable[..., dict]) -> None:
-        self.samples, self.channels, self.transform = samples, channels, transform
+    def __init__(self, samples: Samples, channels: int, transform: Callable[..., dict], seed: int = 0) -> None:
+        self.samples, self.channels, self.transform, self.seed = samples, channels, transform, seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i = seed_draw(self.transform, key, self.seed)
         image = self.transform(image=self.samples.image(i, self.channels))["image"]
         return image, torch.as_tensor(self.samples.targets[i])
 
@@ -199,9 +199,9 @@ class ClassificationDataModule(FinetuneDataModule):
         if not self._transforms:
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
         transform = self._transforms[transform or ("train" if split == "train" else "eval")]
-        dataset = ImageDataset(self._split(split), self.info.image_channels, transform)
+        dataset = ImageDataset(self._split(split), self.info.image_channels, transform, self.seed)
         if split == "train" and shuffle:
-            sampler = self.train_sampler()
+            sampler = SeededDraws(self.train_sampler())
         else:
             sampler = split_sampler(len(dataset), shuffle, self.seed, *(self.shard() if shard else (0, 1)))
         return DataLoader(
@@ -213,7 +213,6 @@ class ClassificationDataModule(FinetuneDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
             generator=self._generator,
-            worker_init_fn=partial(seed_worker, rank=self.shard()[0]),
         )
 
 

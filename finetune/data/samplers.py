@@ -46,6 +46,26 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.size, self.world_size))
 
 
+class SeededDraws(Sampler[tuple[int, int]]):
+    """A training sampler's indices as ``(index, epoch)`` draws: the dataset seeds each sample's
+    random augmentation from them, so crops and flips depend on (seed, epoch, index) alone and a
+    resumed run trains on exactly the batches an uninterrupted one would."""
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((index, self.epoch) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def trainer_shard(trainer) -> tuple[int, int]:
     """(rank, world size) of this process under a Lightning trainer; (0, 1) without one. Our data
     modules shard themselves (Lightning's own sampler replacement is off)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 
 import albumentations as A
 import cv2
@@ -19,8 +18,8 @@ from finetune.data.base import DataInfo, FinetuneDataModule
 from finetune.data.images import read_image
 from finetune.data.masks import LAYOUTS, Pair, SegDatasetConfig, check_pairs, image_channels, read_mask
 from finetune.data.options import plain_dict
-from finetune.data.samplers import split_sampler
-from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_transform, seed_worker
+from finetune.data.samplers import SeededDraws, split_sampler
+from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_draw, seed_transform
 from finetune.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -31,15 +30,15 @@ class SegDataset(Dataset):
     ``repeats`` serves every pair that many times per epoch (one random crop each)."""
 
     def __init__(self, pairs: list[Pair], config: SegDatasetConfig, channels: int, transform: A.Compose,
-                 repeats: int = 1) -> None:
+                 repeats: int = 1, seed: int = 0) -> None:
         self.pairs, self.config, self.channels = pairs, config, channels
-        self.transform, self.repeats = transform, repeats
+        self.transform, self.repeats, self.seed = transform, repeats, seed
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeats
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = self.pairs[i % len(self.pairs)]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pair = self.pairs[seed_draw(self.transform, key, self.seed) % len(self.pairs)]
         out = self.transform(image=read_image(pair.image, self.channels), mask=read_mask(pair, self.config))
         return out["image"], torch.as_tensor(out["mask"]).long()
 
@@ -113,7 +112,7 @@ class SegmentationDataModule(FinetuneDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: a last batch of one image breaks BatchNorm in decoders (DeepLabV3+ pooling)
-        return self._loader("train", "train", self.batch_size, self.train_sampler(),
+        return self._loader("train", "train", self.batch_size, SeededDraws(self.train_sampler()),
                             self.config.samples_per_image, drop_last=True)
 
     def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader:
@@ -132,10 +131,9 @@ class SegmentationDataModule(FinetuneDataModule):
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
         workers = self.config.num_workers
         dataset = SegDataset(self.splits[split], self.config, self.info.image_channels,
-                             self._transforms[transform], repeats)
+                             self._transforms[transform], repeats, self.seed)
         if drop_last and len(sampler) < batch_size:
             raise DatasetError(f"{len(sampler)} training crops per epoch (per device) is less than one batch of "
                                f"{batch_size}: raise dataset.samples_per_image or lower schedule.batch_size")
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                          worker_init_fn=partial(seed_worker, rank=self.shard()[0]))
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)

@@ -15,9 +15,7 @@ from dataclasses import asdict, dataclass
 import albumentations as A
 import cv2
 import numpy as np
-import torch
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import get_worker_info
 
 from finetune.data.options import dataclass_values
 from finetune.errors import FinetuneError
@@ -195,10 +193,15 @@ def seed_transform(transform: A.Compose, seed: int) -> None:
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def seed_worker(worker_id: int, rank: int) -> None:
-    """DataLoader ``worker_init_fn``: each worker of each rank gets its own augmentation stream,
-    derived from the loader's seeded generator (``torch.initial_seed()``) and the rank."""
-    seed_transform(get_worker_info().dataset.transform, (torch.initial_seed() + 1_000_003 * rank) % 2**32)
+def seed_draw(transform: A.Compose, key: int | tuple[int, int], seed: int) -> int:
+    """The sample index of a dataset key; for a training draw ``(index, epoch)`` (see
+    ``samplers.SeededDraws``) the transform's random ops are first seeded from (seed, epoch, index),
+    so a sample is augmented the same way in any process, worker or resumed run."""
+    if isinstance(key, tuple):
+        index, epoch = key
+        seed_transform(transform, int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]))
+        return index
+    return key
 
 
 def normalized_tensor(ops: list[A.BasicTransform], pre: Preprocessing, image_channels: int) -> A.Compose:

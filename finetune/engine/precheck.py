@@ -2,7 +2,7 @@
 Hydra's compose API, name a misspelt key with "did you mean", and run the config checks.
 
 Returns an exit code (2 with one ``finetune: error:`` line) or 0 to go on. Command lines this
-cannot judge alone (``-m`` sweeps, ``--cfg``, ``--help``, ``resume=``, Hydra's own flags) are left
+cannot judge alone (``-m`` sweeps, ``--cfg``, ``--help``, ``resume=``) are left
 to Hydra and to ``train``, which check them again.
 """
 from __future__ import annotations
@@ -23,8 +23,9 @@ _MISSING = object()
 
 def precheck(argv: Sequence[str]) -> int:
     """0 when the command line composes and passes the config checks, else 2 (message printed)."""
-    if any(a.startswith("-") for a in argv) or any(a.startswith(("resume=", "hydra.")) for a in argv):
+    if any(a.startswith(("-", "resume=")) for a in argv):
         return 0
+    argv = [a for a in argv if not a.startswith("hydra.")]  # where Hydra writes, not what runs
     try:
         cfg = _compose(argv)
     except HydraException:

@@ -7,6 +7,9 @@ of the training crop size whose logits are averaged (``sliding_window_logits``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
@@ -59,6 +62,23 @@ def iou_and_dice(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(union > 0, tp / union, nan), torch.where(union > 0, 2 * tp / (union + tp), nan)
 
 
+@contextmanager
+def bincount_counting() -> Iterator[None]:
+    """Let torchmetrics count pixels with ``torch.bincount`` even under ``trainer.deterministic``.
+
+    Its deterministic fallback compares every pixel with every bin (pixels x bins memory: 131 GB
+    for one 64 px batch of a binned AUC). Counting integers with bincount has one exact result on
+    every device, so nothing deterministic is given up.
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 class SegmentationMetrics(nn.Module):
     """Per-class IoU and Dice (F1), pixel accuracy, the pixel confusion matrix and, for two
     classes, the foreground's pixel ROC AUC. Means (mIoU, mDice) run over the classes present in
@@ -74,10 +94,11 @@ class SegmentationMetrics(nn.Module):
         self.auc = BinaryAUROC(thresholds=AUC_THRESHOLDS) if self.binary else None
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.decisions.update(logits.argmax(dim=1), target)
-        if self.auc is not None:
-            keep = target != self.ignore_index
-            self.auc.update(logits.float().softmax(dim=1)[:, 1][keep], target[keep])
+        with bincount_counting():
+            self.decisions.update(logits.argmax(dim=1), target)
+            if self.auc is not None:
+                keep = target != self.ignore_index
+                self.auc.update(logits.float().softmax(dim=1)[:, 1][keep], target[keep])
 
     def compute(self) -> dict[str, torch.Tensor]:
         values = dict(self.decisions.compute())
