@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install install-cpu demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -14,8 +14,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# CPU-only machines: the CPU builds of the pinned torch/torchvision (no CUDA libraries), then `install`.
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_PINS := $(shell grep -E '^torch(vision)?==' constraints.txt)
+install-cpu:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --index-url $(TORCH_CPU_INDEX) $(TORCH_PINS)
+	$(MAKE) install
+	$(BIN)/python -c "import torch, sys; sys.exit(torch.version.cuda and 'torch ' + torch.__version__ + ' is a CUDA build: rm -rf $(VENV), then make install-cpu')"
+
 demo: install
-	$(BIN)/python -m finetune
+	$(BIN)/finetune
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -142,3 +142,13 @@ def test_wheel_install_finds_conf_and_recipes(tmp_path):
     help_out = subprocess.run([PY, "-m", "finetune", "train", "--help"], cwd=tmp_path, env=env, capture_output=True,
                               text=True)
     assert help_out.returncode == 0 and "linear_probe" in help_out.stdout
+
+
+def test_installed_console_command_runs(tmp_path):
+    """The `finetune` script the install puts next to the interpreter dispatches like python -m."""
+    script = Path(sys.executable).with_name("finetune")
+    assert script.is_file(), "reinstall: pip install -e . creates the finetune console script"
+    out = subprocess.run([str(script), "report", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "finetune report run=" in out.stdout
+    bad = subprocess.run([str(script), "schedule.lr=0"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("finetune: error: lr of phase")
