@@ -1,6 +1,6 @@
 """Several processes: launch them once the config is composed, keep ranks honest, sync BatchNorm.
 
-``python -m finetune trainer=ddp`` composes the config once (Hydra, in this process), writes the
+``finetune trainer=ddp`` composes the config once (Hydra, in this process), writes the
 resolved config to the run directory and starts ``finetune.engine.worker`` processes with
 ``torch.distributed.run``. Every worker reads that one file: no re-composition, one run directory.
 """
@@ -43,7 +43,7 @@ def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = No
     if int(cfg.trainer.num_nodes) > 1:
         raise FinetuneError(
             f"trainer.num_nodes={cfg.trainer.num_nodes}: start one launcher per node yourself, e.g. "
-            "`python -m finetune --cfg job --resolve <overrides> > exp.yaml`, then on every node "
+            "`finetune --cfg job --resolve <overrides> > exp.yaml`, then on every node "
             "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.engine.worker "
             "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.engine.worker ...` under SLURM)")
     run_dir.mkdir(parents=True, exist_ok=True)

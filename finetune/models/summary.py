@@ -25,8 +25,7 @@ the first call. Rows appear in the order of each module's first call, so weights
 summed over all rows equal the parameters of the counted modules.
 
 Counting works on the meta device too (shapes only), which makes large models free to count.
-The ``summary`` command (``python -m finetune.models.summary``, ``finetune summary``) lives in
-``finetune.report.summary``; ``main`` here is its entry point.
+The ``finetune summary`` command lives in ``finetune.report.summary``.
 """
 
 from __future__ import annotations

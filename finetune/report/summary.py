@@ -4,7 +4,7 @@ model, or of a published architecture.
 Three things can be counted; exactly one per call:
 
 * ``backbone=resnet18 [backbone.freeze=2] …`` (Hydra overrides of ``conf/``, the default): the
-  fine-tune model that ``python -m finetune`` would build (timm backbone + new head), frozen
+  fine-tune model that ``finetune`` would build (timm backbone + new head), frozen
   stages marked.
 * ``run=<run dir>``: the model a finished run trained (its ``config.yaml`` and ``data.json``: classes,
   input channels, input size), with the frozen set of its last phase.
@@ -148,7 +148,7 @@ def _uncounted(model: nn.Module, rows: list[LayerCount]) -> str:
 # --- backbone=… : the fine-tune model a config describes ---
 
 def _compose(overrides: list[str]) -> Any:
-    """The real config (``conf/``) with the user's overrides, composed as ``python -m finetune`` does."""
+    """The real config (``conf/``) with the user's overrides, composed as ``finetune`` does."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
