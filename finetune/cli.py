@@ -60,8 +60,18 @@ def train(argv: list[str]) -> int:
 
 
 def plan(argv: list[str]) -> int:
-    """``finetune plan <overrides>`` = ``finetune train plan=true <overrides>``."""
-    return train([*argv, "plan=true"])
+    """``finetune plan <overrides>`` = ``finetune train plan=true <overrides>``, composed with Hydra's
+    compose API: nothing is loaded and no run directory is made."""
+    if any(a.startswith("-") for a in argv):  # --help, --cfg …: Hydra's own flags
+        return train([*argv, "plan=true"])
+    from finetune.engine.precheck import precheck
+
+    code = precheck([*argv, "plan=true"])
+    if code:
+        return code
+    from finetune.engine.hydra_app import plan_only
+
+    return plan_only(argv)
 
 
 def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequence[str] | None) -> int:

@@ -101,7 +101,7 @@ def test_digits_end_to_end_reaches_high_accuracy_and_writes_the_run_dir(tmp_path
     assert metrics["test"]["acc_top5"] >= metrics["test"]["acc"]
     weights = json.loads((run / "weights.json").read_text())
     assert weights["source"].startswith(("pip:", "cache")) and len(weights["sha256"]) == 64
-    for name in ("config.yaml", "data.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+    for name in ("config.yaml", "data.json", "checkpoints/best.ckpt",
                  "confusion_matrix.csv", "plots/confusion_matrix.png", "plots/curves.png",
                  "logs/finetune/metrics.csv"):
         assert (run / name).is_file(), name

@@ -172,7 +172,7 @@ def test_csv_relative_and_absolute_paths_with_split_column(tmp_path):
     rows += [f"imgs/{images[6].name},yes,val", f"imgs/{images[7].name},no,valid"]
     rows += [f"{outside[0]},no,test", f"{outside[1]},yes, Test "]
     (tmp_path / "data" / "labels.csv").write_text("\n".join(rows) + "\n")
-    dm = make_dm(dataset_cfg("csv", csv=str(tmp_path / "data" / "labels.csv")), batch_size=4)
+    dm = make_dm(dataset_cfg("csv", csv=str(tmp_path / "data" / "labels.csv"), allow_outside_root=True), batch_size=4)
     assert dm.info.class_names == ["no", "yes"] and dm.info.class_counts == [3, 3]
     assert dm.split_sizes == {"train": 6, "val": 2, "test": 2}
     assert set(dm.splits["test"].images) == set(outside)

@@ -68,7 +68,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     """
     probe = [*TINY, "schedule=linear_probe", f"schedule.epochs={EPOCHS}", f"trainer.limit_train_batches={BATCHES}",
              "trainer.deterministic=true", "trainer.precision=64-true", "data.cache_features=false",
-             "schedule.optimizer=sgd", f"schedule.lr={LR}", f"schedule.momentum={MOMENTUM}"]
+             "schedule.optimizer=sgd", f"schedule.lr={LR}", f"schedule.momentum={MOMENTUM}", "checkpoints.keep=both"]
     finetune(*probe, "schedule.batch_size=8", "hydra.run.dir=one", cwd=tmp_path)
     finetune(*probe, "trainer=ddp", "schedule.batch_size=4", "hydra.run.dir=two", cwd=tmp_path)
     heads = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -305,7 +305,7 @@ def test_cached_feature_phases_draw_with_the_balanced_sampler(tmp_path):
     dm = make_dm(medmnist_cfg(name="breastmnist", root=str(tmp_path)), imbalance="sampler", batch_size=4)
     dm.set_preprocessing(Preprocessing((32, 32), (0.5,), (0.25,), "bilinear", 1))
     features = FeatureDataModule.extract(tiny_model(2).eval(), dm, torch.device("cpu"))
-    assert isinstance(features.train_dataloader().sampler, ClassBalancedSampler)  # imbalance=sampler holds here too
+    assert isinstance(features.train_dataloader().batch_sampler.sampler, ClassBalancedSampler)  # imbalance=sampler holds here too
 
 
 # --- decision threshold ----------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path,
 
 @pytest.mark.slow
 def test_resume_a_run_that_finished_phase_one_continues_into_phase_two(tmp_path):
-    first = compose_config(*FAST, "schedule=gradual", "trainer.limit_train_batches=3",
+    first = compose_config(*FAST, "schedule=gradual", "trainer.limit_train_batches=3", "checkpoints.keep=both",
                            "schedule.phases=[{name: probe, epochs: 1, freeze: all}]")
     run_module.train(first, tmp_path)  # a run that stopped after phase 1
     both = compose_config(*FAST, *TWO_PHASES, "trainer.limit_train_batches=3")
@@ -151,7 +151,7 @@ def test_resume_a_run_that_finished_phase_one_continues_into_phase_two(tmp_path)
 
 def _head_after_probe(tmp_path: Path, cache: str, *extra: str) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = compose_config(*FAST, "schedule=linear_probe", "schedule.epochs=2", "trainer.limit_train_batches=5",
-                         f"data.cache_features={cache}", *extra)
+                         f"data.cache_features={cache}", "checkpoints.keep=both", *extra)
     run_module.train(cfg, tmp_path / cache)
     state = torch.load(tmp_path / cache / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     return state["model.head.0.weight"], state["model.head.0.bias"]

@@ -81,6 +81,13 @@ class CsvConfig(FolderConfig):
 
     csv: str | None = None
     multilabel: bool = False  # "a;b" labels, multi-hot targets
+    on_duplicate: str = "error"  # a path listed twice: error (names the lines) | first (keep the first row)
+    allow_outside_root: bool = False  # accept paths (.., absolute) outside root / the CSV's folder
+
+    def validate(self) -> None:
+        super().validate()
+        if self.on_duplicate not in ("error", "first"):
+            raise DatasetError(f"dataset.on_duplicate={self.on_duplicate!r}; use one of ['error', 'first']")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import albumentations as A
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
 from finetune.data.base import DataInfo, FinetuneDataModule
 from finetune.data.configs import dataset_config
@@ -38,7 +38,7 @@ from finetune.data.transforms import (
     train_transform,
 )
 
-__all__ = ["ClassificationDataModule", "ClassificationInfo", "Preprocessing", "gray_preprocessing"]
+__all__ = ["ClassificationDataModule", "ClassificationInfo", "Preprocessing", "TrainBatches", "gray_preprocessing"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,29 @@ class ClassificationInfo(DataInfo):
             raise ValueError(f"DataInfo.task={self.task!r}; use one of {TASK_TYPES}")
         if (self.task == "multi-label") != self.multilabel:
             raise ValueError(f"DataInfo.task={self.task!r} disagrees with multilabel={self.multilabel}")
+
+class TrainBatches(BatchSampler):
+    """Training batches of ``sampler``, in its order; a last batch of exactly one sample is dropped.
+
+    BatchNorm cannot normalise a batch of one in training mode (PyTorch raises "Expected more than 1
+    value per channel when training"), so e.g. 14 images with batch size 13 train on one batch of 13
+    per epoch; the sample left out changes with every epoch's order. A last batch of two or more
+    samples is kept, and with ``batch_size=1`` nothing is dropped.
+    """
+
+    def __init__(self, sampler, batch_size: int) -> None:
+        super().__init__(sampler, batch_size, drop_last=False)
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if len(batch) == 1 and self.batch_size > 1:  # only the last batch can be short
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (rest > 1)
+
 
 class ImageDataset(torch.utils.data.Dataset):
     """Samples decoded and transformed: (image tensor [C, H, W], target tensor)."""
@@ -200,18 +223,17 @@ class ClassificationDataModule(FinetuneDataModule):
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
         transform = self._transforms[transform or ("train" if split == "train" else "eval")]
         dataset = ImageDataset(self._split(split), self.info.image_channels, transform, self.seed)
-        if split == "train" and shuffle:
-            sampler = SeededDraws(self.train_sampler())
+        if split == "train" and shuffle:  # a last batch of one sample is dropped (TrainBatches)
+            batching = {"batch_sampler": TrainBatches(SeededDraws(self.train_sampler()), self.batch_size)}
         else:
             sampler = split_sampler(len(dataset), shuffle, self.seed, *(self.shard() if shard else (0, 1)))
+            batching = {"batch_size": self.batch_size, "sampler": sampler, "drop_last": False}
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
+            **batching,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=False,
             generator=self._generator,
         )
 

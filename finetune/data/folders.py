@@ -2,7 +2,9 @@
 (``csv``). Scanning lists files and checks every image (finetune.data.images)."""
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 from finetune.data.configs import CsvConfig, DicomFolderConfig, FolderConfig
 from finetune.data.images import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, check_images
 from finetune.data.sources import Samples, Source, assemble_splits, class_counts
-from finetune.errors import DatasetError, listing
+from finetune.errors import MAX_LISTED, DatasetError, listing
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,12 @@ def load_csv(config: CsvConfig) -> Source:
         raise DatasetError(f"dataset.csv={config.csv} is not a file (resolved to {csv_path.resolve()})")
     base = _existing_dir(config.root, "dataset.root") if config.root else csv_path.parent
     rows = _read_csv_rows(csv_path, config.multilabel)
-    class_names = sort_class_names({name for _, _, names, _ in rows for name in names})
+    located = _locate_rows(csv_path, rows, base, config)
+    class_names = sort_class_names({name for (_, _, names, _), _ in located for name in names})
     index = {name: i for i, name in enumerate(class_names)}
     problems: list[str] = []
     parts: dict[str, tuple[list[Path], list]] = {}
-    for line, raw_path, names, split in rows:
-        path = Path(raw_path).expanduser()
-        path = path if path.is_absolute() else base / path
+    for (line, raw_path, names, split), path in located:
         if not path.is_file():
             problems.append(f"line {line}: {raw_path!r} not found (looked for {path})")
             continue
@@ -103,9 +104,63 @@ def load_csv(config: CsvConfig) -> Source:
     return _file_source(config, class_names, parts, where=str(csv_path))
 
 
+def _locate_rows(csv_path: Path, rows: list, base: Path, config: CsvConfig) -> list[tuple[tuple, Path]]:
+    """(row, path) per row: paths that leave ``base`` are refused unless dataset.allow_outside_root;
+    a path listed twice is refused (dataset.on_duplicate=error) or kept once (=first, counted)."""
+    located, outside, first_line, repeats = [], [], {}, []
+    inside = os.path.normpath(os.path.abspath(base))
+    for row in rows:
+        line, raw_path = row[0], row[1]
+        path = Path(raw_path).expanduser()
+        path = Path(os.path.normpath(os.path.abspath(path if path.is_absolute() else base / path)))
+        if os.path.commonpath([inside, str(path)]) != inside:
+            outside.append(f"line {line}: {raw_path!r}")
+        if path in first_line:
+            repeats.append(f"line {line} repeats line {first_line[path]} ({raw_path!r})")
+            continue
+        first_line[path] = line
+        located.append((row, path))
+    if outside and not config.allow_outside_root:
+        raise DatasetError(
+            f"{csv_path}: {len(outside)} path(s) lead outside {inside} ({_one_line(outside)}); set "
+            "dataset.root to a folder that holds every image, or dataset.allow_outside_root=true to allow them"
+        )
+    if repeats and config.on_duplicate == "error":
+        raise DatasetError(
+            f"{csv_path}: {len(repeats)} row(s) list an image already listed ({_one_line(repeats)}); remove "
+            "the repeated rows, or set dataset.on_duplicate=first to keep the first row of each image"
+        )
+    if repeats:
+        log.warning("%s: dropped %d repeated row(s) (dataset.on_duplicate=first): %s",
+                    csv_path, len(repeats), _one_line(repeats))
+    return located
+
+
+def _one_line(problems: list[str]) -> str:
+    """The first few problems on one line, and how many more there are."""
+    more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return "; ".join(problems[:MAX_LISTED]) + more
+
+
+def _csv_text(csv_path: Path) -> str:
+    """The CSV's text (UTF-8, with or without a byte-order mark); one clear error otherwise."""
+    data = csv_path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = bom + err.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise DatasetError(
+            f"{csv_path} is not UTF-8 text: byte 0x{data[offset]:02x} at line {line} (byte {offset} of the "
+            f"file) is {err.reason}; re-save the file as UTF-8 (spreadsheets: 'CSV UTF-8'; or "
+            f"iconv -f latin1 -t utf-8 {csv_path.name} > {csv_path.stem}-utf8.csv)"
+        ) from None
+
+
 def _read_csv_rows(csv_path: Path, multilabel: bool) -> list[tuple[int, str, list[str], str]]:
     """(line, path, label names, split) per data row; bad rows raise, listing all of them."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_csv_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in ("path", "label") if c not in columns]

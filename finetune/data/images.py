@@ -4,8 +4,10 @@ Checks open files read-only and never write to the user's folders.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
+import random
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,11 +57,13 @@ def _to_array(im: Image.Image) -> np.ndarray:
 
 
 def inspect_image(path: Path) -> int:
-    """Check cheaply that `path` is a whole, decodable image; return its channels (1 or 3).
+    """Check that `path` is a whole, decodable image; return its channels (1 or 3).
 
-    PIL's `verify()` checks headers (and every PNG chunk's CRC). A JPEG is trusted when it ends
-    with its end-of-image marker; other formats, and JPEGs cut short, are decoded to be sure.
-    DICOM files are decoded (pixel data and LUTs) by finetune.data.dicom.
+    PIL's `verify()` checks headers (and every PNG chunk's CRC); every other format is decoded in
+    full. A JPEG cut short and then closed with an end-of-image marker decodes without an error
+    (libjpeg fills the missing part with gray), so a JPEG is decoded a second time with filler
+    bytes placed before that marker: a whole file ignores them, a cut one decodes them as image
+    data and differs. DICOM files are decoded (pixel data and LUTs) by finetune.data.dicom.
     """
     if path.suffix.lower() in DICOM_EXTENSIONS:
         from finetune.data.dicom import inspect_dicom
@@ -68,16 +72,67 @@ def inspect_image(path: Path) -> int:
     with Image.open(path) as im:
         mode, image_format = im.mode, im.format
         im.verify()
-    if image_format != "PNG" and not (image_format == "JPEG" and _ends_with_jpeg_eoi(path)):
+    if image_format != "PNG":
         with Image.open(path) as im:
             im.load()
+            if image_format in ("JPEG", "MPO") and _jpeg_cut_short(path, im):
+                raise OSError("JPEG data ends early (the file was cut short, then closed with an "
+                              "end-of-image marker): re-copy or re-export the image")
     return 1 if mode in GRAY_MODES else 3
 
 
-def _ends_with_jpeg_eoi(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-2, os.SEEK_END)
-        return f.read(2) == b"\xff\xd9"
+# Filler for the second decode: no 0xFF byte (it would start a marker), varied bits, fixed.
+_JPEG_FILLER = bytes(random.Random(14).choice(range(1, 255)) for _ in range(1024))
+
+
+def _jpeg_cut_short(path: Path, decoded: Image.Image) -> bool:
+    """True when the entropy-coded data ends before the image does (see inspect_image).
+
+    Known gap: a cut inside the last few bytes of the final scan can decode the filler exactly as
+    libjpeg's own fill and pass."""
+    data = path.read_bytes()
+    if not data.endswith(b"\xff\xd9"):
+        return False  # decoding already failed on a JPEG without its end marker
+    if decoded.info.get("progressive") or decoded.info.get("progression"):
+        if not _progressive_scans_complete(data):
+            return True
+    try:
+        with Image.open(io.BytesIO(data[:-2] + _JPEG_FILLER + data[-2:])) as filled:
+            filled.load()
+            return filled.size != decoded.size or filled.tobytes() != decoded.tobytes()
+    except Exception:  # a whole file decodes the same with the filler: any failure means cut data
+        return True
+
+
+def _progressive_scans_complete(data: bytes) -> bool:
+    """Whether the scans of a progressive JPEG give every coefficient of every component its last
+    bit (a file cut between scans decodes cleanly, only blurred)."""
+    components: set[int] = set()
+    done: dict[int, set[int]] = {}
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker in (0xFF, 0x00, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xD9:
+            break
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        segment = data[pos + 4:pos + 2 + length]
+        if marker == 0xC2 and len(segment) >= 6:
+            components = {segment[6 + 3 * i] for i in range(segment[5]) if 6 + 3 * i < len(segment)}
+        elif marker == 0xDA and segment:
+            n = segment[0]
+            ids = [segment[1 + 2 * i] for i in range(n)]
+            ss, se, al = segment[1 + 2 * n], segment[2 + 2 * n], segment[3 + 2 * n] & 0x0F
+            if al == 0:
+                for cid in ids:
+                    done.setdefault(cid, set()).update(range(ss, se + 1))
+        pos += 2 + length
+    return bool(components) and all(len(done.get(c, ())) == 64 for c in components)
 
 
 def check_images(paths: Sequence[Path], on_error: str) -> dict[Path, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from finetune.data import IMBALANCE_CHOICES
 from finetune.engine import CACHE_CHOICES, OPTIMIZERS, SCHEDULERS
@@ -16,7 +16,11 @@ from finetune.engine.schedule import ConfigError, Phase, phases_from
 from finetune.models import BN_POLICIES
 from finetune.tasks import get_task
 
-__all__ = ["ConfigError", "choice", "validate"]
+__all__ = ["ConfigError", "KEEP_CHOICES", "choice", "validate"]
+
+# checkpoints.keep: what a finished run keeps. best.ckpt always stays: it is the tested checkpoint that
+# exports, report and explain read, so "last alone" is not offered.
+KEEP_CHOICES = ("best", "both")
 
 
 def validate(cfg: DictConfig) -> list[Phase]:
@@ -27,6 +31,9 @@ def validate(cfg: DictConfig) -> list[Phase]:
     if cfg.schedule.batch_size < 1:
         raise ConfigError(f"schedule.batch_size={cfg.schedule.batch_size}: must be >= 1")
     choice("data.cache_features", str(cfg.data.cache_features).lower(), CACHE_CHOICES)
+    choice("checkpoints.keep", OmegaConf.select(cfg, "checkpoints.keep", default="best"), KEEP_CHOICES,
+           "best: last.ckpt is removed once the run has tested; both keeps it to continue training later; "
+           "best.ckpt, the tested checkpoint, is always kept")
     t = cfg.trainer
     if str(t.strategy).startswith("ddp") and not (isinstance(t.devices, int) and t.devices >= 1):
         raise ConfigError(f"trainer.devices={t.devices!r}: with strategy={t.strategy} give the number of "

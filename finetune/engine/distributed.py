@@ -17,8 +17,11 @@ import torch
 from lightning.pytorch.plugins.layer_sync import LayerSync
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.artifacts import write_text
+from finetune.artifacts import CLAIMED, claim_run_dir, write_text
 from finetune.errors import FinetuneError
+
+
+LAUNCH_CONFIG = ".finetune-launch.yaml"  # the resolved config the launched workers read
 
 
 def launched_by_a_launcher() -> bool:
@@ -38,7 +41,8 @@ def wants_processes(cfg: DictConfig) -> bool:
     return several and not launched_by_a_launcher()
 
 
-def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> int:
+def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None,
+                   resumed: bool = False) -> int:
     """Write the resolved config once and run ``trainer.devices`` workers on this node."""
     if int(cfg.trainer.num_nodes) > 1:
         raise FinetuneError(
@@ -46,12 +50,19 @@ def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = No
             "`finetune --cfg job --resolve <overrides> > exp.yaml`, then on every node "
             "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.engine.worker "
             "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.engine.worker ...` under SLURM)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    # One directory for all ranks: the launcher owns it (claimed, or the run it resumes) and tells the
+    # workers so; a worker started without owner= (torchrun by hand) claims it on rank 0.
+    owner = CLAIMED.get(str(run_dir.absolute()), "resumed") if resumed else claim_run_dir(run_dir, hydra_files_allowed=True)
+    # Bookkeeping, not a result: rank 0 writes config.yaml itself once the data and weights are checked.
+    config = write_text(run_dir / LAUNCH_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={int(cfg.trainer.devices)}", "-m", "finetune.engine.worker",
-               f"run_dir={run_dir}", f"config={config}", *([f"resume={resume_from}"] if resume_from else [])]
-    return subprocess.run(command, check=False).returncode
+               f"run_dir={run_dir}", f"config={config}", f"owner={owner}",
+               *([f"resume={resume_from}"] if resume_from else [])]
+    try:
+        return subprocess.run(command, check=False).returncode
+    finally:
+        config.unlink(missing_ok=True)
 
 
 class TimmSyncBatchNorm(LayerSync):

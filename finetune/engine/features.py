@@ -9,12 +9,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune.data.datamodule import ClassificationDataModule
+from finetune.data.datamodule import ClassificationDataModule, TrainBatches
 from finetune.data.samplers import split_sampler, trainer_shard
 from finetune.engine import CACHE_CHOICES
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-
 
 
 def cache_blockers(model: FineTuneModel, data: ClassificationDataModule) -> list[str]:
@@ -78,6 +77,6 @@ class FeatureDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         rank, world = trainer_shard(self.trainer)
-        sampler = (self.data.train_sampler(rank, world) if split == "train" and shuffle  # imbalance=sampler too
-                   else split_sampler(len(dataset), shuffle, self.seed, rank, world))
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
+        if split == "train" and shuffle:  # imbalance=sampler too; the same batches as the image loader
+            return DataLoader(dataset, batch_sampler=TrainBatches(self.data.train_sampler(rank, world), self.batch_size))
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=split_sampler(len(dataset), shuffle, self.seed, rank, world))

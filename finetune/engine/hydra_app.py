@@ -1,6 +1,12 @@
 """``finetune [train] dataset=… backbone=… schedule=…``: the training command under Hydra.
 
 The config is composed once, here; training runs in this process or in launched workers.
+
+Run directories are owned by one run: the default ``hydra.run.dir`` / ``hydra.sweep.dir`` go through
+the ``unique_dir`` resolver, which creates the directory with ``os.mkdir`` (no ``exist_ok``) before
+Hydra writes anything, adding ``-2``, ``-3`` … to a name that is taken; an explicit ``hydra.run.dir``
+is claimed before Hydra starts and refused if it holds anything. A directory the run wrote nothing
+of its own into (``plan=true``, a run refused before training) is removed again.
 """
 from __future__ import annotations
 
@@ -11,55 +17,148 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from finetune.artifacts import CLAIMED, claim_run_dir, forget_claims, release_if_unused, unique_run_dir
 from finetune.errors import FinetuneError
 from finetune.resources import conf_dir
 
 RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")
+# Command lines after which Hydra prints something and runs no job: nothing to claim.
+NO_JOB_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+
+OmegaConf.register_new_resolver("unique_dir", unique_run_dir, use_cache=True, replace=True)
 
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     """Compose the config once, then train here or in launched workers; user errors exit 2."""
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return _run(cfg)
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
         print(f"finetune: error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        release_if_unused(output_dir)  # plan, or refused before the run wrote anything: no clutter
 
 
 def _run(cfg: DictConfig) -> dict | None:
     from finetune.engine.distributed import launch_workers, wants_processes
     from finetune.engine.train import train
-    from finetune.engine.runs import find_checkpoint, resume_config
 
-    run_dir, resume_from = Path(HydraConfig.get().runtime.output_dir), None
+    hydra_cfg = HydraConfig.get()
+    run_dir, resume_from = Path(hydra_cfg.runtime.output_dir), None
+    cfg_resumed = cfg.resume
     if cfg.resume:
-        run_dir, resume_from = find_checkpoint(cfg.resume, prefer=RESUME_CHECKPOINTS)
-        cfg = resume_config(run_dir, cfg)
-        print(f"resuming {run_dir} from {resume_from.name} with the run's saved config")
+        from finetune.engine.runs import prepare_resume
+
+        run_dir, resume_from, cfg = prepare_resume(cfg, list(hydra_cfg.overrides.task), prefer=RESUME_CHECKPOINTS)
+    elif not cfg.plan:
+        claim_run_dir(run_dir, hydra_files_allowed=True)  # a multirun job's directory; a no-op when claimed
     if cfg.plan or not wants_processes(cfg):
         return train(cfg, run_dir, resume_from)
-    code = launch_workers(cfg, run_dir, resume_from)
+    code = launch_workers(cfg, run_dir, resume_from, resumed=bool(cfg_resumed))
     if code != 0:
         raise FinetuneError(f"a worker process failed (exit code {code}); see its output above")
     return json.loads((run_dir / "metrics.json").read_text())  # rank 0 printed the results
 
 
+def _value(argv: list[str], key: str) -> str | None:
+    """The value of the last ``key=…`` (also ``+key=``/``++key=``) on the command line."""
+    values = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
 def run_dir_for_resume(argv: list[str]) -> list[str]:
-    """``resume=<dir or ckpt>`` writes into that run directory instead of a new one."""
-    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
-    if not resume or any(a.startswith("hydra.run.dir=") for a in argv):
+    """``resume=<dir or ckpt>`` writes into that run directory instead of a new one, and Hydra keeps
+    its hands off the run's ``.hydra/`` (the record of how the run was started)."""
+    resume = _value(argv, "resume")
+    if not resume or resume == "null":
         return argv
+    extra = [] if _value(argv, "hydra.output_subdir") else ["hydra.output_subdir=null"]
+    if _value(argv, "hydra.run.dir") is not None:
+        return [*argv, *extra]
     path = Path(resume).expanduser()
     if path.is_file():  # a checkpoint: its run directory holds it, usually in checkpoints/
         path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return [*argv, f"hydra.run.dir={path}"]
+    return [*argv, f"hydra.run.dir={path}", *extra]
+
+
+def check_resume_target(argv: list[str]) -> None:
+    """``resume=`` names a run directory (or a checkpoint): refused before Hydra opens a log file there."""
+    resume = _value(argv, "resume")
+    if resume in (None, "null"):
+        return
+    path = Path(resume).expanduser()
+    if path.is_file():
+        return
+    if not path.is_dir():
+        raise FinetuneError(f"resume={resume}: no such run directory or checkpoint")
+    if not any((path / name).is_file() for name in ("config.yaml", ".hydra/config.yaml")) \
+            and not list(path.glob("checkpoints/*.ckpt")):
+        raise FinetuneError(f"resume={resume}: not a finetune run directory (no config.yaml, no .hydra/config.yaml); "
+                            "resume= takes the directory a training run wrote")
+
+
+def claim_explicit_dirs(argv: list[str]) -> list[str]:
+    """An explicit ``hydra.run.dir`` (``hydra.sweep.dir`` with ``-m``) is claimed before Hydra writes
+    a file there: refused if it holds anything, so a finished run is never overwritten. A value with
+    an interpolation (``${now:…}``) goes through the ``unique_dir`` resolver instead. Returns the
+    directories claimed."""
+    if any(a.split("=", 1)[0] in NO_JOB_FLAGS for a in argv) or _value(argv, "resume") not in (None, "null"):
+        return []
+    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir"
+    value = _value(argv, key)
+    if value is None or "${" in value:
+        return []
+    claim_run_dir(value)
+    return [value]
+
+
+def _wrap_interpolated(argv: list[str]) -> list[str]:
+    """``hydra.run.dir=runs/${now:…}`` → made unique like the default one."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and "${" in value \
+                and not value.startswith("${unique_dir:"):
+            arg = f"{key}=${{unique_dir:{value}}}"
+        out.append(arg)
+    return out
 
 
 def run(overrides: list[str]) -> None:
     """Train with Hydra's command line (``overrides`` as typed after ``finetune train``)."""
-    sys.argv = [sys.argv[0], *run_dir_for_resume(overrides)]
-    main()
+    forget_claims()
+    try:
+        check_resume_target(overrides)
+        claimed = claim_explicit_dirs(overrides)
+    except FinetuneError as err:
+        print(f"finetune: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *run_dir_for_resume(_wrap_interpolated(overrides))]
+    try:
+        main()
+    finally:  # Hydra refused the command line after a directory was made for it: take it back
+        for directory in [*claimed, *list(CLAIMED)]:
+            release_if_unused(directory)
+        forget_claims()
+
+
+def plan_only(overrides: list[str]) -> int:
+    """``finetune plan …``: compose with Hydra's compose API and print the plan; no run directory."""
+    from hydra import compose, initialize_config_dir
+
+    from finetune.engine.train import train
+
+    overrides = [o for o in overrides if not o.lstrip("+").startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=[*overrides, "plan=true"])
+    try:
+        train(cfg, Path("."), None)  # plan=true returns before anything is written
+    except (FinetuneError, OSError) as err:
+        print(f"finetune: error: {err}", file=sys.stderr)
+        return 2
+    return 0

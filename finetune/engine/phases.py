@@ -11,8 +11,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from finetune.artifacts import log_version
 from finetune.engine.checkpointing import AtomicCheckpointIO
 from finetune.engine.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
 from finetune.engine.schedule import Phase
@@ -31,6 +32,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/")
 warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is deprecated")
+# The step-logging interval is clamped to the epoch's batches (ClampLogInterval) right after this warning.
+warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
 
 
 @dataclass(frozen=True)
@@ -88,26 +91,91 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
     return checkpoint, consistency.checksums
 
 
+class PhaseCheckpoint(ModelCheckpoint):
+    """One checkpoint callback for every phase's Trainer: ``best.ckpt`` competes across phases (the
+    best score carries over) and ``last.ckpt`` is written at the end of every epoch of every phase.
+
+    Lightning skips a save when ``trainer.global_step`` equals the step it last saved at; each phase's
+    new Trainer restarts at step 0, so a phase whose first epoch ends at the step where the previous
+    phase ended would silently not be checkpointed. The step record is reset for every Trainer.
+    Lightning also writes ``last.ckpt`` only in an epoch that saved a top-k checkpoint; an epoch that
+    did not improve the monitor still gets its ``last.ckpt`` here (resume never loses an epoch).
+    """
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's own key: checkpoints written before this class existed resume with their best score."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._last_global_step_saved = 0  # a new Trainer (phase): no step of it has been saved yet
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # nothing saved at this step
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def best_checkpoint(run_dir: Path, monitor: str) -> ModelCheckpoint:
     """``checkpoints/best.ckpt`` (the best ``monitor``: lowest for a loss, else highest) and ``last.ckpt``."""
-    return ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+    return PhaseCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                            mode="min" if monitor.endswith("loss") else "max", save_last=True,
                            enable_version_counter=False, auto_insert_metric_name=False)
+
+
+class ClampLogInterval(L.Callback):
+    """Log steps (loss, ``lr/*``) at least once per epoch: ``trainer.log_every_n_steps`` is lowered to
+    the epoch's training batches when it is larger (a small dataset would otherwise log no step)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches = trainer.num_training_batches
+        if isinstance(batches, int) and 0 < batches < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = batches
+
+
+class KeepCheckpoints(L.Callback):
+    """``checkpoints.keep``: once the test has run, ``best`` (the default) removes ``last.ckpt``, which
+    exists to resume an unfinished run; ``both`` keeps it. ``best.ckpt`` stays: it is the
+    tested checkpoint that exports, reports and ``explain`` read."""
+
+    def __init__(self, run_dir: Path, keep: str) -> None:
+        self.run_dir, self.keep = run_dir, keep
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.keep == "best":
+            (self.run_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+
+
+def checkpoints_keep(cfg: DictConfig) -> str:
+    """``checkpoints.keep`` (``best`` for a config written before the key existed)."""
+    return str(OmegaConf.select(cfg, "checkpoints.keep", default="best"))
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list) -> L.Trainer:
     """A Lightning Trainer for one phase (or the test): its own loggers (``logs/<name>``)."""
     t = cfg.trainer
-    loggers = [CSVLogger(run_dir, name="logs", version=name),
-               TensorBoardLogger(run_dir, name="tensorboard", version=name, default_hp_metric=False)]
-    progress = [ThrottledRichProgressBar(t.log_every_n_steps, leave=True)] if t.progress_bar else []
+    version = log_version(run_dir / "logs", name)  # a resumed phase logs to logs/<name>/attempt-<n>
+    loggers = [CSVLogger(run_dir, name="logs", version=version),
+               TensorBoardLogger(run_dir, name="tensorboard", version=version, default_hp_metric=False)]
+    progress = [ThrottledRichProgressBar(t.log_every_n_steps, phase=name, leave=True)] if t.progress_bar else []
     plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else [])]
     return L.Trainer(
         max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, use_distributed_sampler=False, precision=t.precision, deterministic=t.deterministic, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
         log_every_n_steps=t.log_every_n_steps, logger=loggers,
-        callbacks=[*callbacks, LearningRateMonitor(logging_interval="step"), *progress],
+        callbacks=[*callbacks, LearningRateMonitor(logging_interval="step"), ClampLogInterval(),
+                   KeepCheckpoints(run_dir, checkpoints_keep(cfg)), *progress],
         enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         plugins=plugins, default_root_dir=run_dir,
     )

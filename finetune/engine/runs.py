@@ -15,13 +15,133 @@ from finetune.tasks import build_model
 from finetune.models.weights import resolve_weights
 
 
-def resume_config(run_dir: Path, current: DictConfig) -> DictConfig:
+# Overrides a resume may change: they decide where and how fast the run goes, never what it computes.
+RESUME_SAFE_KEYS = ("resume", "resume_finished", "trainer.devices", "dataset.num_workers", "trainer.progress_bar")
+_ABSENT = object()
+
+
+def saved_config_path(run_dir: Path) -> Path | None:
+    """The run's resolved ``config.yaml``; Hydra's ``.hydra/config.yaml`` for a run killed before it
+    wrote its own; None for a directory no finetune run started."""
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            return path
+    return None
+
+
+def resume_config(run_dir: Path, current: DictConfig, overrides: list[str] = ()) -> DictConfig:
     """The run's saved config, plus today's defaults for top-level keys added since it was
-    written (e.g. ``monitor``), so an older run directory can still be resumed."""
-    saved = OmegaConf.load(run_dir / "config.yaml")
+    written (e.g. ``monitor``), so an older run directory can still be resumed; the resume-safe
+    ``overrides`` (``trainer.devices=…``) are applied."""
+    path = saved_config_path(run_dir) or run_dir / "config.yaml"
+    saved = OmegaConf.load(path)
     for key in current.keys() - saved.keys():
         saved[key] = current[key]
+    for key in (_override_key(o) for o in overrides):
+        if key in RESUME_SAFE_KEYS and not key.startswith("resume"):  # the record keeps resume: null
+            OmegaConf.update(saved, key, OmegaConf.select(current, key), force_add=True)
     return saved
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def _plain(value):
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def experiment_changes(saved: DictConfig, current: DictConfig, overrides: list[str]) -> list[str]:
+    """Overrides of a resume command line that would change the experiment (its data, model,
+    schedule, seed, task …): every one whose value differs from the run's saved config, or that
+    names a key the saved config cannot answer for (a recipe group)."""
+    changed = []
+    for override in overrides:
+        key = _override_key(override)
+        if key in RESUME_SAFE_KEYS or key == "hydra" or key.startswith("hydra."):
+            continue
+        try:
+            now = _plain(OmegaConf.select(current, key, default=_ABSENT))
+        except Exception:  # an interpolation that cannot be resolved: it cannot be checked either
+            now = _ABSENT
+        before = _plain(OmegaConf.select(saved, key, default=_ABSENT))
+        if now is _ABSENT or before is _ABSENT or now != before:
+            changed.append(override)
+    return changed
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """Refuse a checkpoint that is truncated, foreign or holds pickled objects (``weights_only``
+    blocks them) before anything in its run directory is rewritten."""
+    import pickle
+
+    from finetune.engine.schedule import PHASE_KEY
+
+    others = [p for p in sorted(ckpt.parent.glob("*.ckpt")) if p.name != ckpt.name]
+    advice = (f"resume from another checkpoint (resume={others[0]}) or start a new run" if others
+              else "start a new run")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise FinetuneError(f"{ckpt} holds Python objects that are not loaded for safety (weights_only): it was "
+                            f"not written by finetune; {advice}") from None
+    except Exception as err:  # truncated zip, not a torch file at all, …
+        text = str(err).strip()
+        reason = text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
+        raise FinetuneError(f"{ckpt} cannot be read ({reason}): it is truncated or not a checkpoint; "
+                            f"{advice}") from None
+    if not isinstance(state, dict) or PHASE_KEY not in state or "state_dict" not in state:
+        raise FinetuneError(f"{ckpt} was not written by finetune (no phase record); {advice}")
+
+
+def locate_resume(path: str | Path, prefer: tuple[str, ...]) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint or None when the run stopped before its first one) of ``resume=``."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return find_checkpoint(path, prefer)
+    if not path.is_dir():
+        raise FinetuneError(f"resume={path}: no such run directory or checkpoint")
+    for name in prefer:
+        if (path / "checkpoints" / name).is_file():
+            return path, path / "checkpoints" / name
+    if saved_config_path(path) is None:
+        raise FinetuneError(f"resume={path}: not a finetune run directory (no config.yaml, no .hydra/config.yaml); "
+                            "resume= takes the directory a training run wrote")
+    return path, None
+
+
+def prepare_resume(current: DictConfig, overrides: list[str],
+                   prefer: tuple[str, ...] = ("last.ckpt", "best.ckpt")) -> tuple[Path, Path | None, DictConfig]:
+    """Check a ``resume=`` command line completely before anything is written: the run exists, is not
+    finished (unless ``resume_finished=true``), the overrides do not change its experiment, and its
+    checkpoint loads. Then remove stray temporaries of interrupted writes. Returns (run directory,
+    checkpoint or None to start phase 1 from scratch, the config to continue with)."""
+    from finetune.artifacts import remove_stray_temporaries
+
+    run_dir, ckpt = locate_resume(current.resume, prefer)
+    if (run_dir / "metrics.json").exists() and not current.get("resume_finished", False):
+        raise FinetuneError(f"{run_dir} has finished (metrics.json exists); resuming would re-test it and rewrite "
+                            f"its metrics.json, exports and report: add resume_finished=true if that is what you "
+                            f"want, or start a new run")
+    cfg = resume_config(run_dir, current, overrides)
+    changed = experiment_changes(cfg, current, overrides)
+    if changed:
+        raise FinetuneError(f"resume={current.resume} continues the run with its saved config; these overrides "
+                            f"would change the experiment: {' '.join(changed)} (allowed when resuming: "
+                            f"{', '.join(k for k in RESUME_SAFE_KEYS if k != 'resume')}, hydra.*); start a new run "
+                            "to change them")
+    if ckpt is not None:
+        check_checkpoint(ckpt)
+    for stray in remove_stray_temporaries(run_dir):
+        print(f"removed {stray.relative_to(run_dir)} (left by an interrupted write)")
+    if ckpt is None:
+        print(f"resuming {run_dir}: it stopped before its first checkpoint, so phase 1 starts from the beginning "
+              "with the run's saved config")
+    else:
+        print(f"resuming {run_dir} from {ckpt.name} with the run's saved config")
+    return run_dir, ckpt, cfg
 
 
 @dataclass

@@ -19,8 +19,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from finetune import __version__
-from finetune.artifacts import atomic_path, write_json, write_text
+from finetune.artifacts import atomic_path, log_attempts, write_json, write_text
 from finetune.data.transforms import Preprocessing, gray_preprocessing
+from finetune.engine.advice import advise
 from finetune.engine.config import validate
 from finetune.engine.display import console, print_results
 from finetune.engine.distributed import is_global_zero
@@ -56,6 +57,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
         task.prepare(cfg, model, data)
     plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
     data.set_preprocessing(model_preprocessing(model.timm_model, task.input_size(cfg), data.in_chans))
+    advise(model, data)  # warnings for legal but unwise inputs (tiny image size, small val/test)
     if cfg.plan:
         print_plan(cfg, model, data, plan, record)
         return {}
@@ -135,8 +137,8 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
         matrix = results["confusion"].numpy().astype(np.int64)
         _write_confusion_csv(run_dir / "confusion_matrix.csv", matrix, class_names)
         plot_confusion(matrix, class_names, plots / "confusion_matrix.png")
-    logs = [run_dir / "logs" / p.name / "metrics.csv" for p in phases]
-    plot_curves(epoch_history([p for p in logs if p.exists()]), plots / "curves.png",
+    logs = [log_attempts(run_dir / "logs" / p.name) for p in phases]  # every attempt of a resumed phase
+    plot_curves(epoch_history([attempts for attempts in logs if attempts]), plots / "curves.png",
                 checkpoint.monitor.removeprefix("val/"))
     best = None if checkpoint.best_model_score is None else _json_number(checkpoint.best_model_score)
     metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),

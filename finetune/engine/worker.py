@@ -10,7 +10,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from finetune.artifacts import RUN_MARKER, claim_run_dir, marker_token
 from finetune.cli import parse_args, run_command
+from finetune.errors import FinetuneError
 
 
 def main(argv: list[str]) -> int:
@@ -19,13 +21,26 @@ def main(argv: list[str]) -> int:
 
 
 def _train_rank(argv: list[str]) -> None:
+    from finetune.engine.distributed import is_global_zero
     from finetune.engine.train import train
 
-    args = parse_args(argv, {"run_dir": None, "config": None, "resume": None}, ["run_dir"], "finetune.engine.worker")
+    args = parse_args(argv, {"run_dir": None, "config": None, "resume": None, "owner": None}, ["run_dir"],
+                      "finetune.engine.worker")
     run_dir = Path(args["run_dir"])
+    if is_global_zero() and not args["resume"]:
+        _check_owner(run_dir, args["owner"])
     cfg = OmegaConf.load(args["config"] or run_dir / "config.yaml")
     train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)
 
+
+def _check_owner(run_dir: Path, owner: str | None) -> None:
+    """Rank 0 makes sure the run directory is this run's: claimed by the launcher that started it
+    (``owner=<token>``; ``owner=resumed`` for a resumed run), else it claims the directory itself."""
+    if owner is None:
+        claim_run_dir(run_dir)
+    elif owner != "resumed" and marker_token(run_dir) != owner:
+        raise FinetuneError(f"{run_dir} is owned by another run (its {RUN_MARKER} does not match owner=); "
+                            "every run needs a directory of its own")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -108,7 +108,21 @@ def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str
     if metadata.get("export_version") != EXPORT_VERSION:
         raise FinetuneError(f"{path}: export version {metadata.get('export_version')} is not supported by "
                             f"finetune {__version__} (expects {EXPORT_VERSION})")
-    return LoadedExport(path, metadata, spec.load(path, metadata, None if weights is None else str(weights)))
+    forward = spec.load(path, metadata, None if weights is None else str(weights))
+    return LoadedExport(path, metadata, _checked_classes(forward, path, len(metadata.get("class_names") or [])))
+
+
+def _checked_classes(forward: Forward, path: Path, classes: int) -> Forward:
+    """``forward`` that refuses logits with another number of classes than the metadata lists
+    (ONNX / TorchScript files whose sidecar's class list was edited or swapped)."""
+    def checked(batch: np.ndarray) -> np.ndarray:
+        logits = forward(batch)
+        if logits.ndim >= 2 and logits.shape[1] != classes:
+            raise FinetuneError(f"{path}: its metadata lists {classes} class names but the model predicts "
+                                f"{logits.shape[1]} classes; the class list was edited or belongs to another "
+                                "export: re-export the run")
+        return logits
+    return checked
 
 
 def find_images(spec: str) -> list[Path]:

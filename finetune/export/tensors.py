@@ -1,11 +1,13 @@
 """Safetensors exports: the head-only delta (``head``) or every tensor (``safetensors``), and rebuilding
 the model from either. A head export stores only the tensors that differ from the pretrained backbone
 and pins the rest by a fingerprint (sha256 over the unchanged tensors); loading it refuses pretrained
-weights whose fingerprint differs. Nothing is unpickled: tensors are safetensors, metadata JSON."""
+weights whose fingerprint differs. The metadata also records a sha256 of every stored tensor, and
+loading refuses a file whose tensors differ from them. Nothing is unpickled: tensors are safetensors, metadata JSON."""
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from finetune.tasks import build_model
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights
 
+log = logging.getLogger(__name__)
+
 METADATA_KEY = "finetune"  # one key: safetensors writes several in random order
 
 
@@ -30,6 +34,14 @@ def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 over one tensor's dtype, shape and bytes (recorded per stored tensor, checked on load)."""
+    tensor = tensor.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -67,6 +79,7 @@ def write_safetensors(bundle: ModelBundle, path: Path, head_only: bool) -> dict:
     record = metadata(bundle, "head" if head_only else "safetensors") | {
         "config": OmegaConf.to_container(bundle.cfg, resolve=True),
         "fingerprint": fingerprint(frozen), "frozen_tensors": len(frozen),
+        "tensor_sha256": {name: tensor_sha256(tensor) for name, tensor in delta.items()},
         "delta": {"tensors": len(delta), "stages": sorted({bundle.model.stage_of(k) for k in delta})},
     }
     save_file(delta, str(path), metadata={METADATA_KEY: json.dumps(record, sort_keys=True)})
@@ -100,18 +113,63 @@ def rebuild(path: Path, metadata: dict, weights: str | None) -> FineTuneModel:
         record = _resolve_backbone(cfg, weights)
     else:
         record = resolve_weights(cfg.backbone.name, pretrained=False)  # every tensor is in the file
-    model = build_model(cfg, record, metadata["backbone"]["in_chans"], len(metadata["class_names"]))
-    tensors = load_file(path)
+    tensors = verified_tensors(path, metadata)
+    classes = len(metadata["class_names"])
+    model = build_model(cfg, record, metadata["backbone"]["in_chans"], classes)
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:
         raise FinetuneError(f"{path} holds tensors that {cfg.backbone.name} does not have, e.g. {unknown[:3]}")
+    _check_shapes(path, tensors, state, classes)
     frozen = {k: v for k, v in state.items() if k not in tensors}
     found = fingerprint(frozen)
     if found != metadata["fingerprint"]:
         raise FinetuneError(_mismatch(path, metadata, record, found, len(frozen)))
     model.load_state_dict(tensors, strict=False)
     return model.eval()
+
+
+def verified_tensors(path: Path, metadata: dict) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors export, each checked against the sha256 its metadata records;
+    one FinetuneError naming the first tensor that differs, is missing or was added."""
+    try:
+        tensors = load_file(path)
+    except Exception as err:  # safetensors raises its own error types for a broken file
+        raise FinetuneError(f"cannot read the tensors of {path} ({err}): the file is damaged; re-export "
+                            "it with finetune export run=<run dir>") from None
+    recorded = metadata.get("tensor_sha256")
+    if recorded is None:  # exports made before per-tensor hashes were recorded
+        log.warning("%s records no per-tensor sha256 (an older export): its tensors are not verified; "
+                    "re-export it to have them checked", path)
+        return tensors
+    fix = "the file was changed after export; re-export it with finetune export run=<run dir>"
+    extra, missing = sorted(set(tensors) - set(recorded)), sorted(set(recorded) - set(tensors))
+    if extra or missing:
+        name, state = (extra[0], "is not recorded in") if extra else (missing[0], "is missing from")
+        raise FinetuneError(f"{path}: tensor {name!r} {state} the export ({len(extra)} added, "
+                            f"{len(missing)} missing): {fix}")
+    for name in sorted(tensors):
+        if tensor_sha256(tensors[name]) != recorded[name]:
+            raise FinetuneError(f"{path}: tensor {name!r} does not match the sha256 recorded at export "
+                                f"({tuple(tensors[name].shape)}, {tensors[name].dtype}): {fix}")
+    return tensors
+
+
+def _check_shapes(path: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                  classes: int) -> None:
+    """Every stored tensor fits the rebuilt model; a head sized for another number of classes than
+    metadata["class_names"] lists is named with both counts."""
+    wrong = [(k, tuple(v.shape), tuple(state[k].shape)) for k, v in tensors.items() if v.shape != state[k].shape]
+    if not wrong:
+        return
+    name, stored, expected = next((w for w in wrong if w[2] and w[2][0] == classes and w[1] and w[1][0] != classes),
+                                  wrong[0])
+    if expected and expected[0] == classes and stored and stored[0] != classes:
+        raise FinetuneError(f"{path}: its metadata lists {classes} class names but its head predicts "
+                            f"{stored[0]} classes (tensor {name!r} has shape {stored}); the class list was "
+                            "edited or belongs to another export: re-export the run")
+    raise FinetuneError(f"{path}: tensor {name!r} has shape {stored} but the model its metadata describes "
+                        f"needs {expected} ({len(wrong)} tensor(s) differ): re-export the run")
 
 
 def _mismatch(path: Path, metadata: dict, record: WeightsRecord, found: str, frozen: int) -> str:

@@ -13,8 +13,12 @@ import difflib
 import hashlib
 import importlib
 import json
+import logging
 import os
+import pickle
+import re
 import socket
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,30 @@ from finetune.errors import FinetuneError
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "input_size", "crop_pct", "crop_mode")
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 _METADATA_KEY = "finetune"  # one key: safetensors orders several at random, changing the sha256
+
+
+class _LoadedOnce(logging.Filter):
+    """timm logs ``Loaded  from checkpoint '<file>'`` (an empty state-dict key) every time it reads a
+    weights file: building the model, checking an explicit file, exporting, reporting. Say it once
+    per file and process, as ``Loaded weights from checkpoint '<file>'``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not (message.startswith("Loaded ") and " from checkpoint " in message):
+            return True
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        if message.startswith("Loaded  from"):
+            record.msg, record.args = message.replace("Loaded  from", "Loaded weights from", 1), ()
+        return True
+
+
+logging.getLogger("timm.models._helpers").addFilter(_LoadedOnce())
 
 
 @dataclass(frozen=True)
@@ -211,9 +239,69 @@ def _from_explicit_file(arch: str, tag: str | None, path: Path, preprocessing: d
     """A user-given .safetensors/.pth: must exist and hold this architecture's tensors."""
     if not path.is_file():
         raise WeightsFileNotFoundError(f"backbone.weights file not found: {path}; check the path (absolute, or relative to where you run finetune)")
-    state_dict = load_state_dict(str(path))  # timm: weights_only, unwraps state_dict/model, strips module.
+    state_dict = _read_state_dict(path)
     _check_tensor_names(arch, state_dict, path)
     return _record(arch, tag, "file", path, preprocessing)
+
+
+_HOW_TO_PROVIDE = ("pass a timm-format state dict: a .safetensors file, or a .pth/.pt holding a plain "
+                   "dict of tensor names to tensors (torch.save(model.state_dict(), path))")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a user's weights file, read as timm will read it (safetensors by suffix, else
+    ``torch.load(weights_only=True)``, unwrapping state_dict / model); a WeightsError in one line
+    saying what the file is instead."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's pickle-protocol chatter
+            state_dict = load_state_dict(str(path))  # timm: weights_only, unwraps state_dict/model, strips module.
+    except safetensors.SafetensorError as err:
+        raise WeightsError(f"backbone.weights={path} is not a readable safetensors file ({err}); "
+                           f"{_HOW_TO_PROVIDE}") from None
+    except (AttributeError, TypeError, IndexError) if _loads_safely(path) else ():
+        state_dict = None  # it loaded, but timm's unwrapping expects a dict of tensors
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, KeyError, EOFError ...
+        raise WeightsError(f"backbone.weights={path} {_load_failure(err)}; {_HOW_TO_PROVIDE}") from None
+    if not isinstance(state_dict, Mapping) or not state_dict or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise WeightsError(f"backbone.weights={path} holds no state dict (names → tensors) but "
+                           f"{_describe(path)}; {_HOW_TO_PROVIDE}")
+    return dict(state_dict)
+
+
+def _loads_safely(path: Path) -> bool:
+    """Whether ``torch.load(weights_only=True)`` reads the file at all."""
+    return _describe(path) != "something else"
+
+
+def _load_failure(err: Exception) -> str:
+    """Why torch could not read a weights file, in a few words."""
+    text = str(err)
+    blocked = re.search(r"Unsupported globals?:?\s*(?:GLOBAL\s+)?([\w.]+)", text)
+    if blocked or "weights_only" in text or isinstance(err, pickle.UnpicklingError) and "load key" not in text:
+        what = f" (it needs {blocked.group(1).rstrip('.')})" if blocked else ""
+        return (f"is a pickle that a safe load refuses{what}: finetune reads weights with "
+                "torch.load(weights_only=True) and never runs pickled code")
+    if "PytorchStreamReader" in text or "zip archive" in text or isinstance(err, EOFError):
+        return "is a damaged PyTorch file (truncated or corrupt zip archive)"
+    return "is not a PyTorch or safetensors file (torch.load cannot read it)"
+
+
+def _describe(path: Path) -> str:
+    """What a torch file holds, in a few words (it loaded with weights_only, so this is safe)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - only for the message
+        return "something else"
+    if isinstance(obj, torch.Tensor):
+        return f"a single tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, Mapping):
+        kinds = sorted({type(v).__name__ for v in obj.values()})
+        return f"a dict of {len(obj)} entries ({', '.join(kinds[:3]) or 'empty'})"
+    return f"a {type(obj).__name__}" + (f" of {len(obj)} items" if hasattr(obj, "__len__") else "")
 
 
 def _arch_shapes(arch: str) -> dict[str, torch.Size]:

@@ -17,21 +17,29 @@ from finetune.artifacts import atomic_path  # noqa: E402
 IGNORED_COLOR = (0, 0, 0)
 
 
-def epoch_history(metric_csvs: list[Path]) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch series (``train/loss_epoch``, ``val/acc`` …) from Lightning CSV logs, phases in order."""
+def epoch_history(metric_csvs: list[Path | list[Path]]) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch series (``train/loss_epoch``, ``val/acc`` …) from Lightning CSV logs, phases in order.
+
+    Each item is one phase: its ``metrics.csv``, or the files of its attempts (a resumed phase logs
+    to ``logs/<phase>/attempt-<n>/``), oldest first; an epoch logged by a later attempt replaces it."""
     series: dict[str, list[tuple[int, float]]] = {}
     offset = 0
-    for path in metric_csvs:
+    for phase in metric_csvs:
+        attempts = [phase] if isinstance(phase, (str, Path)) else list(phase)
+        by_epoch: dict[str, dict[int, float]] = {}
         last_epoch = -1
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                epoch = int(float(row["epoch"])) if row.get("epoch") else None
-                if epoch is None:
-                    continue
-                last_epoch = max(last_epoch, epoch)
-                for key, value in row.items():
-                    if value and key.startswith(("train/", "val/")) and not key.endswith("_step"):
-                        series.setdefault(key, []).append((offset + epoch + 1, float(value)))
+        for path in attempts:
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    epoch = int(float(row["epoch"])) if row.get("epoch") else None
+                    if epoch is None:
+                        continue
+                    last_epoch = max(last_epoch, epoch)
+                    for key, value in row.items():
+                        if value and key and key.startswith(("train/", "val/")) and not key.endswith("_step"):
+                            by_epoch.setdefault(key, {})[epoch] = float(value)
+        for key, values in by_epoch.items():
+            series.setdefault(key, []).extend((offset + epoch + 1, value) for epoch, value in sorted(values.items()))
         offset += last_epoch + 1
     return series
 
