@@ -245,3 +245,17 @@ def test_init_head_from_a_run_directory_checks_the_backbone(trained_run, weights
     other = build_model(resnet_cfg(weights_file), resolve_weights("resnet10t", weights_file), 3, 2)
     with pytest.raises(FinetuneError, match="same backbone"):
         init_head.init_head_from(other, ["7", "seven"], trained_run)
+
+
+def test_parity_tolerance_is_relative_to_the_largest_logit():
+    """The demo's ONNX export differs by 2.5e-4 at logits near 15: float32 rounding, not a bug."""
+    from finetune.export.parity import decision_agreement, logit_scale
+
+    expected = np.array([[15.0, -3.0, 0.5], [0.2, 0.1, -0.4]], dtype=np.float32)
+    assert logit_scale(expected) == 15.0 and logit_scale(expected / 100) == 1.0
+    rounded = expected * np.float32(1 + 2e-5)  # relative float32-sized differences
+    tolerance = 1e-4 * logit_scale(expected)
+    assert np.abs(rounded - expected).max() > 1e-4  # beyond the absolute tolerance ...
+    assert np.abs(rounded - expected).max() <= tolerance  # ... within the relative one
+    assert decision_agreement(rounded, expected, tolerance) == 1.0
+    assert np.abs(expected + 0.01 - expected).max() > tolerance  # a real difference still fails

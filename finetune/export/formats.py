@@ -108,7 +108,7 @@ class Format:
 
     name: str
     filename: str
-    tolerance: float  # max |Δlogit| allowed by the parity gate
+    tolerance: float  # max |Δlogit| allowed by the parity gate, relative to the largest logit (absolute below 1)
     sidecar: bool  # metadata in <file>.json (else embedded in the file)
     write: Callable[[ModelBundle, Path], dict]
     load: Callable[[Path, dict, str | None], Forward]
