@@ -32,7 +32,7 @@ class Curve(L.Callback):
 
 def run(overrides: list[str]) -> dict:
     """One ``finetune.engine.train.train`` with a val-accuracy-vs-time curve."""
-    from finetune.engine.train import train
+    from finetune.commands.train import train
 
     cfg = compose(*overrides)
     points: list[dict] = []

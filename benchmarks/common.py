@@ -63,7 +63,7 @@ def compose(*overrides: str):
 def build(backbone: str, image_size: int, num_classes: int = 10, pretrained: bool = False,
           *overrides: str):
     """(cfg, FineTuneModel) for a conf/backbone group name, random init unless ``pretrained``."""
-    from finetune.tasks import build_model
+    from finetune.models.factory import build_model
     from finetune.models.weights import resolve_weights
 
     cfg = compose(f"backbone={backbone}", f"dataset.image_size={image_size}",

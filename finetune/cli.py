@@ -2,25 +2,27 @@
 
 ``finetune <overrides>`` and ``finetune train <overrides>`` train (Hydra); ``predict``, ``export``,
 ``summary``, ``explain``, ``report`` take ``key=value`` arguments; ``plan`` prints what training
-would do. A bad config is reported before torch or Lightning are imported.
+would do. Each command's body is in ``finetune.commands``, imported only when it is asked for, so a
+bad config is reported before torch or Lightning are imported.
 """
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping, Sequence
-
-from finetune.errors import FinetuneError
+from collections.abc import Sequence
 
 # name -> (module:function taking argv and returning an exit code, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("finetune.cli:train", "fine-tune a backbone (the default): finetune [train] dataset=... backbone=..."),
-    "plan": ("finetune.cli:plan", "print what each phase would train, without loading weights or images"),
-    "predict": ("finetune.export.predict:main", "predict images (or masks) with an export: export=... inputs=..."),
-    "export": ("finetune.export.cli:main", "export a run: head, safetensors, onnx, torchscript"),
-    "summary": ("finetune.report.summary:main", "count units, weights and connections per layer and stage"),
-    "explain": ("finetune.report.explain:main", "Grad-CAM, activations and filters of a run on your images"),
-    "report": ("finetune.report.html:main", "(re)write a run's report.html"),
+    "train": ("finetune.commands.train:command",
+              "fine-tune a backbone (the default): finetune [train] dataset=... backbone=..."),
+    "plan": ("finetune.commands.train:plan_command",
+             "print what each phase would train, without loading weights or images"),
+    "predict": ("finetune.commands.predict:main",
+                "predict images (or masks) with an export: export=... inputs=..."),
+    "export": ("finetune.commands.export:main", "export a run: head, safetensors, onnx, torchscript"),
+    "summary": ("finetune.commands.summary:main", "count units, weights and connections per layer and stage"),
+    "explain": ("finetune.commands.explain:main", "Grad-CAM, activations and filters of a run on your images"),
+    "report": ("finetune.commands.report:main", "(re)write a run's report.html"),
 }
 
 
@@ -44,81 +46,3 @@ def usage() -> str:
     lines += ["", "finetune train --help lists the config groups (dataset, backbone, schedule, head, augment,",
               "trainer) and their options; finetune <command> --help explains a command."]
     return "\n".join(lines)
-
-
-def train(argv: list[str]) -> int:
-    """Check the config (no torch yet), then train under Hydra."""
-    from finetune.engine.precheck import precheck
-
-    code = precheck(argv)
-    if code:
-        return code
-    from finetune.engine.hydra_app import run
-
-    run(argv)
-    return 0
-
-
-def plan(argv: list[str]) -> int:
-    """``finetune plan <overrides>`` = ``finetune train plan=true <overrides>``, composed with Hydra's
-    compose API: nothing is loaded and no run directory is made."""
-    if any(a.startswith("-") for a in argv):  # --help, --cfg …: Hydra's own flags
-        return train([*argv, "plan=true"])
-    from finetune.engine.precheck import precheck
-
-    code = precheck([*argv, "plan=true"])
-    if code:
-        return code
-    from finetune.engine.hydra_app import plan_only
-
-    return plan_only(argv)
-
-
-def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequence[str] | None) -> int:
-    """Run ``body(argv)``: ``--help`` prints ``doc``; a FinetuneError (or a file the OS refused)
-    prints one ``finetune: error:`` line and gives exit code 2."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    if {"-h", "--help"} & set(args):
-        print(doc)
-        return 0
-    try:
-        body(args)
-    except (FinetuneError, OSError) as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def parse_args(argv: Sequence[str], defaults: Mapping[str, str | None], required: Sequence[str],
-               command: str) -> dict[str, str | None]:
-    """``key=value`` arguments over ``defaults``; FinetuneError for unknown keys or missing ones."""
-    args = dict(defaults)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in defaults:
-            raise FinetuneError(f"{command}: unexpected argument {item!r}; use key=value with keys "
-                                f"{', '.join(defaults)}")
-        args[key] = value
-    missing = [k for k in required if not args.get(k)]
-    if missing:
-        raise FinetuneError(f"{command}: missing {', '.join(f'{k}=…' for k in missing)} (see --help)")
-    return args
-
-
-def parse_flag(value: str | None, key: str) -> bool:
-    """true/false (also 1/0, yes/no) → bool."""
-    text = (value or "false").strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise FinetuneError(f"{key}={value!r}: use true or false")
-    return text in ("true", "1", "yes")
-
-
-def positive_int(value: str | None, key: str) -> int:
-    """A whole number >= 1, or a FinetuneError naming the key."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise FinetuneError(f"{key}={value!r}: use a whole number >= 1")
-    return number

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
+from finetune.commands.explain import main as explain_main
 from finetune.report import explain as E
 from finetune.models.backbones import build_stage_map
 from finetune.data.transforms import Preprocessing, eval_transform
@@ -104,7 +105,7 @@ def test_cli_explains_images_of_a_real_run(finished_run, tmp_path, capsys):
     Image.fromarray(skimage.data.chelsea()[::4, ::4]).save(images / "cat.jpg")
     Image.fromarray(skimage.data.camera()[::8, ::8]).save(images / "camera.png")
     before = sorted(images.iterdir())
-    assert E.main([f"run={finished_run}", f"inputs={images}", "topk=3", "stage=stage3", "channels=8"]) == 0
+    assert explain_main([f"run={finished_run}", f"inputs={images}", "topk=3", "stage=stage3", "channels=8"]) == 0
     explain = finished_run / "explain"
     for name in ("cat", "camera"):
         for file in ("topk.json", "gradcam.png", "activations_stage3.png"):
@@ -122,7 +123,7 @@ def test_cli_errors_are_one_line_and_exit_2(finished_run, tmp_path, capsys):
     for argv, message in ([[f"run={finished_run}", f"inputs={tmp_path}/*.jpg"], "no images found"],
                           [[f"run={finished_run}"], "missing inputs="],
                           [[f"run={finished_run}", f"inputs={tmp_path}", "colour=red"], "unexpected argument"]):
-        assert E.main(argv) == 2
+        assert explain_main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("finetune: error:") and message in err
 
@@ -189,7 +190,7 @@ def test_cli_explains_images_of_a_segmentation_run(tiny_seg_run, tmp_path, capsy
     Image.open(tested).save(images / "tested.png")
     Image.fromarray(np.asarray(Image.open(tested))[:50, :60]).save(images / "odd_size.png")
     out = tmp_path / "explain"
-    assert E.main([f"run={tiny_seg_run}", f"inputs={images}", "channels=8", f"out={out}"]) == 0
+    assert explain_main([f"run={tiny_seg_run}", f"inputs={images}", "channels=8", f"out={out}"]) == 0
     assert "% of pixels)" in capsys.readouterr().out
     for name in ("tested", "odd_size"):
         for file in ("topk.json", "gradcam.png", "activations_stage3.png"):

@@ -11,16 +11,19 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from finetune.export import bundle, cli, formats, init_head, loading, parity, tensors, writing
+from finetune.commands import export as cli
+from finetune.export import bundle, formats, init_head, loading, parity, tensors, writing
+from finetune.tasks.registry import get_task
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.models.freezing import frozen_stages
-from finetune.engine.train import train
-from finetune.tasks import build_model
+from finetune.commands.train import train
+from finetune.models.factory import build_model
 from finetune.models.weights import resolve_weights, sha256_file
 
 from .conftest import compose_config
 
+CLASSIFICATION = get_task("classification")
 CLASSES = ["cat", "dog", "bird", "fish"]
 PRE = Preprocessing((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
 
@@ -79,12 +82,12 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_bundle(trained_run) -> bundle.ModelBundle:
-    return bundle.ModelBundle.from_run(trained_run)
+    return bundle.ModelBundle.from_run(trained_run, CLASSIFICATION)
 
 
 @pytest.fixture(scope="module")
 def val_images(run_bundle) -> list[np.ndarray]:
-    return parity.validation_images(run_bundle.cfg)
+    return parity.validation_images(run_bundle.cfg, CLASSIFICATION)
 
 
 def logits(model: torch.nn.Module, images: list[np.ndarray], pre: Preprocessing = PRE) -> torch.Tensor:
@@ -129,7 +132,7 @@ def test_head_export_refuses_other_backbone_weights(tmp_path, weights_file, prob
 
 
 def test_linear_probe_head_export_is_tiny(tmp_path, trained_run):
-    [result] = writing.export_run(trained_run, ["head"], out=tmp_path)
+    [result] = writing.export_run(trained_run, CLASSIFICATION, ["head"], out=tmp_path)
     assert set(load_file(result.path)) == {"head.0.weight", "head.0.bias"}
     assert result.bytes < 100_000
     assert (trained_run / "checkpoints" / "best.ckpt").stat().st_size > 10_000_000
@@ -153,7 +156,7 @@ def test_full_safetensors_export_needs_no_pretrained_weights(tmp_path, probe_bun
 
 
 def test_onnx_export_passes_parity_and_a_tampered_sidecar_fails(tmp_path, trained_run, run_bundle, val_images):
-    [result] = writing.export_run(trained_run, ["onnx"], out=tmp_path)
+    [result] = writing.export_run(trained_run, CLASSIFICATION, ["onnx"], out=tmp_path)
     assert result.parity.passed and result.parity.images == parity.PARITY_IMAGES
     assert result.parity.max_abs_diff <= 1e-4
     sidecar = formats.sidecar_path(result.path)

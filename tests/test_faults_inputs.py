@@ -28,12 +28,12 @@ from finetune.data.configs import CsvConfig
 from finetune.data.folders import load_csv
 from finetune.data.images import inspect_image
 from finetune.errors import DatasetError, FinetuneError
-from finetune.export import predict as pr
+from finetune.commands import predict as pr
 from finetune.export.bundle import ModelBundle
 from finetune.export.loading import load_export
 from finetune.export.writing import export
 from finetune.models.weights import WeightsError, resolve_weights
-from finetune.tasks import build_model
+from finetune.models.factory import build_model
 from finetune.data.transforms import Preprocessing
 
 from .conftest import compose_config

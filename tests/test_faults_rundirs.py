@@ -88,7 +88,7 @@ def test_runs_started_at_the_same_moment_get_different_directories(tmp_path):
 
 
 def test_the_default_run_and_sweep_dirs_are_made_unique_by_the_resolver(tmp_path, monkeypatch):
-    import finetune.engine.hydra_app  # noqa: F401  (registers the unique_dir resolver)
+    import finetune.commands.train  # noqa: F401  (registers the unique_dir resolver)
     from hydra import compose, initialize_config_dir
     from hydra.core.utils import setup_globals
 

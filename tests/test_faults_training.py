@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune.engine import train as run_module
+from finetune.commands import train as run_module
 from finetune.engine.phases import PhaseCheckpoint
 
 from .conftest import compose_config
@@ -130,10 +130,11 @@ def test_checkpoints_keep_and_step_logs_with_fewer_batches_than_the_log_interval
 
 
 def test_checkpoints_keep_refuses_other_values():
-    from finetune.engine.config import ConfigError, validate
+    from finetune.errors import ConfigError
+    from finetune.commands.precheck import check_config
 
     with pytest.raises(ConfigError, match=r"checkpoints.keep='all' is not known: choose one of best, both"):
-        validate(compose_config("checkpoints.keep=all"))
+        check_config(compose_config("checkpoints.keep=all"))
 
 
 # 4. A console a person can read.

@@ -25,7 +25,8 @@ from finetune.data.imbalance import loss_weights, resolve_imbalance
 from finetune.data.medmnist import MEDMNIST, official_file_name
 from finetune.data.samplers import ClassBalancedSampler
 from finetune.data.transforms import Augment, augment_ops
-from finetune.engine.config import ConfigError, validate
+from finetune.errors import ConfigError
+from finetune.commands.precheck import check_config
 from finetune.tasks.classification.module import (
     ClassificationTask, balanced_accuracy_threshold, classification_metrics, monitor_metric, tune_thresholds,
 )
@@ -480,15 +481,15 @@ def test_a_loss_is_minimised_every_other_monitor_maximised(tmp_path):
 
 def test_unknown_monitor_is_refused_before_any_work():
     with pytest.raises(ConfigError, match="monitor='dice'.*auc"):
-        validate(compose_config("monitor=dice"))  # a segmentation metric asked of a classifier
-    assert validate(compose_config("monitor=loss"))
+        check_config(compose_config("monitor=dice"))  # a segmentation metric asked of a classifier
+    assert check_config(compose_config("monitor=loss"))
 
 
 # --- end to end -------------------------------------------------------------------------------
 
 
 def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
-    from finetune.engine import train as run_module
+    from finetune.commands import train as run_module
 
     seen = []
     tune = ClassificationTask.tune_threshold

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from finetune.engine import train as run_module
+from finetune.commands import train as run_module
 from finetune.engine.optim import warmup_cosine_factor
 from finetune.tasks.classification.module import ClassificationTask
 
@@ -169,7 +169,7 @@ def test_cache_turns_itself_off_with_random_augmentation_and_refuses_when_forced
     from finetune.data.datamodule import ClassificationDataModule
     from finetune.engine.features import use_feature_cache
     from finetune.models.freezing import frozen_stages
-    from finetune.tasks import build_model
+    from finetune.models.factory import build_model
     from finetune.models.weights import resolve_weights
 
     cfg = compose_config(*FAST, "schedule=linear_probe", "augment=light")

@@ -17,15 +17,17 @@ from PIL import Image
 
 from finetune.data.images import read_image
 from finetune.engine.runs import load_run
-from finetune.engine.train import model_preprocessing, train
+from finetune.commands.train import train
+from finetune.engine.train import model_preprocessing
 from finetune.errors import FinetuneError
-from finetune.export import predict as pr
+from finetune.commands import predict as pr
 from finetune.export.bundle import ModelBundle, training_summary
 from finetune.export.loading import find_images, load_export, preprocess
+from finetune.export.predict import resolve_export
 from finetune.export.writing import export
-from finetune.tasks import build_model
+from finetune.models.factory import build_model
 from finetune.models.weights import create_model, resolve_weights
-from finetune.tasks import get_task
+from finetune.tasks.registry import get_task
 from finetune.tasks.classification import predict as cp
 
 from .conftest import compose_config
@@ -193,7 +195,7 @@ def test_dicom_predict_uses_the_exported_window(dicom_run, tmp_path):
     root, run_dir = dicom_run
     files = find_images(str(root))
     assert len(files) == 10 and {p.suffix for p in files} == {".dcm"}
-    exported = load_export(pr.resolve_export(run_dir))  # model.safetensors: random init exports every tensor
+    exported = load_export(resolve_export(run_dir))  # model.safetensors: random init exports every tensor
     assert exported.window == WINDOW and json.loads((run_dir / "data.json").read_text())["window"] == list(WINDOW)
 
     # predict reads each file exactly as training did (the run's data module, its window)

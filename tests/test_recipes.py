@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.engine.config import validate
+from finetune.commands.precheck import check_config
 from finetune.resources import recipes_dir
 
 from .conftest import compose_config
@@ -20,5 +20,5 @@ def test_recipes_exist_for_classification_and_medical_imaging():
 def test_recipe_composes_and_validates(recipe):
     cfg = compose_config(f"+{recipe.parent.name}={recipe.stem}")
     assert "schedule" not in cfg.get(recipe.parent.name, {}), "recipe must be a global package (# @package _global_)"
-    phases = validate(cfg)
+    phases = check_config(cfg)
     assert phases and all(p.epochs >= 1 for p in phases)

@@ -21,6 +21,7 @@ from finetune.engine.runs import load_run
 from finetune.report.html import datamodule_for, write_report
 from finetune.report.page import table
 from finetune.tasks.classification.report import worst_mistakes
+from finetune.tasks.registry import get_task
 
 from .conftest import SEG_CLASSES
 
@@ -54,7 +55,7 @@ class _Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def report(finished_run) -> Path:
-    return write_report(finished_run)
+    return write_report(finished_run, get_task("classification"))
 
 
 def test_report_is_one_self_contained_page_with_every_section(report, finished_run):
@@ -76,7 +77,7 @@ def test_report_is_one_self_contained_page_with_every_section(report, finished_r
 
 def test_worst_mistakes_are_wrong_and_most_confident_first(finished_run):
     run = load_run(finished_run)
-    data = datamodule_for(run.cfg, run.preprocessing)
+    data = datamodule_for(run.cfg, get_task("classification"), run.preprocessing)
     mistakes = worst_mistakes(run.model, data, run.cfg, 5)
     assert len(mistakes) == 5
     assert all(m.true != m.predicted for m in mistakes)
@@ -91,7 +92,7 @@ def test_tables_escape_text():
 
 
 def test_report_cli_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
-    from finetune.report.html import main
+    from finetune.commands.report import main
 
     assert main([f"run={tmp_path}"]) == 2
     assert "finetune: error:" in capsys.readouterr().err
@@ -144,7 +145,7 @@ def test_a_segmentation_run_writes_its_report_with_per_class_iou_and_dice(tiny_s
 
 
 def test_segmentation_report_shows_the_masks_the_run_predicted_worst_first(tiny_seg_run, capsys):
-    from finetune.report.html import main
+    from finetune.commands.report import main
     from finetune.tasks.segmentation.report import PANEL_SIDE
 
     (tiny_seg_run / "report.html").unlink()

@@ -16,6 +16,7 @@ from finetune.data.segmentation import SegmentationDataModule
 from finetune.errors import FinetuneError
 from finetune.models.decoders import build_segmentation_model
 from finetune.models.freezing import frozen_stages
+from finetune.tasks.registry import get_task
 from finetune.tasks.segmentation.module import SegmentationLoss, SegmentationMetrics, sliding_window_logits
 from finetune.models.weights import load_state_dict, resolve_weights
 
@@ -307,9 +308,9 @@ def test_head_export_of_a_segmentation_run_round_trips(seg_run):
 def test_onnx_export_takes_any_size_and_predict_writes_masks(seg_run, tmp_path):
     from finetune.export.loading import load_export
     from finetune.export.writing import export_run
-    from finetune.export.predict import main as predict_main
+    from finetune.commands.predict import main as predict_main
 
-    results = export_run(seg_run, ["onnx", "torchscript"], out=tmp_path / "exports")
+    results = export_run(seg_run, get_task("segmentation"), ["onnx", "torchscript"], out=tmp_path / "exports")
     assert all(r.parity.max_abs_diff <= 1e-4 and r.parity.top1_agreement == 1.0 for r in results)
     exported = load_export(tmp_path / "exports" / "model.onnx")
     x = torch.randn(1, 3, 96, 160)
@@ -435,20 +436,22 @@ def test_gray_images_can_feed_a_one_channel_encoder(tmp_path):
     ("imbalance=weighted_loss", "imbalance"),
 ])
 def test_keys_segmentation_does_not_read_are_refused_by_name(override, key):
-    from finetune.engine.config import ConfigError, validate
+    from finetune.errors import ConfigError
+    from finetune.commands.precheck import check_config
 
     cfg = compose_config("task=segmentation", "head=unet", "dataset=seg_folder", override)
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not supported by task=segmentation: "):
-        validate(cfg)
+        check_config(cfg)
 
 
 @pytest.mark.parametrize("override", ["segmentation.loss=dice", "segmentation.class_weights=true",
                                       "segmentation.overlays=9"])
 def test_segmentation_keys_are_refused_for_classification(override):
-    from finetune.engine.config import ConfigError, validate
+    from finetune.errors import ConfigError
+    from finetune.commands.precheck import check_config
 
     with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]}=.* is not supported by task=classification"):
-        validate(compose_config(override))
+        check_config(compose_config(override))
 
 
 def test_metrics_count_pixels_without_the_deterministic_fallback(monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 import timm
 
 from finetune.engine.runs import load_run
-from finetune.report.summary import main
+from finetune.commands.summary import main
 
 RESNET18 = ["backbone=resnet18", "input_size=64", "backbone.freeze=2"]
 FROZEN, TRAINABLE = ("stem", "stage1", "stage2"), ("stage3", "stage4", "head")

@@ -6,26 +6,25 @@ into a list of phases. It imports no torch: a bad config is reported in about a 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.data import IMBALANCE_CHOICES
 from finetune.engine import CACHE_CHOICES, OPTIMIZERS, SCHEDULERS
-from finetune.engine.schedule import ConfigError, Phase, phases_from
+from finetune.engine.schedule import Phase, phases_from
+from finetune.errors import ConfigError, choice
 from finetune.models import BN_POLICIES
-from finetune.tasks import get_task
 
-__all__ = ["ConfigError", "KEEP_CHOICES", "choice", "validate"]
+from finetune.tasks.base import Task
 
 # checkpoints.keep: what a finished run keeps. best.ckpt always stays: it is the tested checkpoint that
 # exports, report and explain read, so "last alone" is not offered.
 KEEP_CHOICES = ("best", "both")
 
 
-def validate(cfg: DictConfig) -> list[Phase]:
-    """Check every value that can be checked without data or weights; return the phases."""
-    get_task(cfg.task).validate(cfg)
+def validate(cfg: DictConfig, task: Task) -> list[Phase]:
+    """Check every value that can be checked without data or weights (``task`` checks its own
+    keys); return the phases."""
+    task.validate(cfg)
     choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
     choice("imbalance", cfg.imbalance, IMBALANCE_CHOICES)
     if cfg.schedule.batch_size < 1:
@@ -46,10 +45,3 @@ def validate(cfg: DictConfig) -> list[Phase]:
             raise ConfigError(f"lr of phase {phase.name!r} is {phase.optim.lr}: must be > 0")
     return phases
 
-
-def choice(key: str, value, allowed: Iterable, hint: str = "") -> None:
-    """ConfigError naming ``key`` unless ``value`` is one of ``allowed``."""
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not known: choose one of {', '.join(map(str, allowed))}"
-                          + (f" ({hint})" if hint else ""))

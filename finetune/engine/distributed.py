@@ -1,7 +1,7 @@
 """Several processes: launch them once the config is composed, keep ranks honest, sync BatchNorm.
 
 ``finetune trainer=ddp`` composes the config once (Hydra, in this process), writes the
-resolved config to the run directory and starts ``finetune.engine.worker`` processes with
+resolved config to the run directory and starts ``finetune.commands.worker`` processes with
 ``torch.distributed.run``. Every worker reads that one file: no re-composition, one run directory.
 """
 from __future__ import annotations
@@ -48,15 +48,15 @@ def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = No
         raise FinetuneError(
             f"trainer.num_nodes={cfg.trainer.num_nodes}: start one launcher per node yourself, e.g. "
             "`finetune --cfg job --resolve <overrides> > exp.yaml`, then on every node "
-            "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.engine.worker "
-            "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.engine.worker ...` under SLURM)")
+            "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.commands.worker "
+            "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.commands.worker ...` under SLURM)")
     # One directory for all ranks: the launcher owns it (claimed, or the run it resumes) and tells the
     # workers so; a worker started without owner= (torchrun by hand) claims it on rank 0.
     owner = CLAIMED.get(str(run_dir.absolute()), "resumed") if resumed else claim_run_dir(run_dir, hydra_files_allowed=True)
     # Bookkeeping, not a result: rank 0 writes config.yaml itself once the data and weights are checked.
     config = write_text(run_dir / LAUNCH_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={int(cfg.trainer.devices)}", "-m", "finetune.engine.worker",
+               f"--nproc_per_node={int(cfg.trainer.devices)}", "-m", "finetune.commands.worker",
                f"run_dir={run_dir}", f"config={config}", f"owner={owner}",
                *([f"resume={resume_from}"] if resume_from else [])]
     try:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-from finetune.tasks import build_model
+from finetune.models.factory import build_model
 from finetune.models.weights import resolve_weights
 
 
@@ -172,13 +172,19 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "l
                         f"{path}/checkpoints/best.ckpt (pass run=<run dir> or run=<file>.ckpt)")
 
 
-def load_run(path: str | Path) -> LoadedRun:
-    """Rebuild the model of a run and load its checkpoint (``weights_only``: no pickle is executed)."""
-    run_dir, ckpt = find_checkpoint(path)
+def run_config(path: str | Path) -> DictConfig:
+    """The saved config of a finished run directory (or of the run a checkpoint belongs to)."""
+    run_dir, _ = find_checkpoint(path)
     for name in ("config.yaml", "data.json", "weights.json"):
         if not (run_dir / name).is_file():
             raise FinetuneError(f"{run_dir / name} is missing: {run_dir} is not a complete run directory")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    return OmegaConf.load(run_dir / "config.yaml")
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Rebuild the model of a run and load its checkpoint (``weights_only``: no pickle is executed)."""
+    cfg = run_config(path)
+    run_dir, ckpt = find_checkpoint(path)
     data = json.loads((run_dir / "data.json").read_text())
     skeleton = resolve_weights(cfg.backbone.name, pretrained=False)  # the checkpoint holds every tensor
     model = build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))

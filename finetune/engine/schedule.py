@@ -5,13 +5,9 @@ from dataclasses import dataclass, fields
 
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.errors import FinetuneError
+from finetune.errors import ConfigError
 
 PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
-
-
-class ConfigError(FinetuneError):
-    """A config value that cannot work."""
 
 
 @dataclass(frozen=True)

@@ -29,21 +29,21 @@ from finetune.engine.phases import PlannedPhase, make_trainer, run_phases
 from finetune.engine.plan import print_plan
 from finetune.engine.schedule import Phase
 from finetune.errors import FinetuneError
-from finetune.export.cli import print_results as print_exports
 from finetune.export.parity import PARITY_IMAGES
 from finetune.export.writing import export_run
+from finetune.export.writing import print_results as print_exports
+from finetune.models.factory import build_model
 from finetune.models.freezing import FreezeError, frozen_stages
 from finetune.models.weights import resolve_weights
 from finetune.report.html import write_report
 from finetune.report.plots import epoch_history, plot_confusion, plot_curves
-from finetune.tasks import get_task
+from finetune.tasks.base import Task
 
 
-def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
-    """Fine-tune as ``cfg`` says; write everything to ``run_dir``; return the metrics written."""
+def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
+    """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written."""
     started = time.perf_counter()
-    phases = validate(cfg)
-    task = get_task(cfg.task)
+    phases = validate(cfg, task)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
                              preprocessing=preprocessing_overrides(cfg))
@@ -51,9 +51,9 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     num_classes = data.info.num_classes
     if cfg.plan:  # nothing is loaded: the model is built on the meta device
         with torch.device("meta"):
-            model = task.build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, num_classes)
+            model = build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, num_classes)
     else:
-        model = task.build_model(cfg, record, data.in_chans, num_classes)
+        model = build_model(cfg, record, data.in_chans, num_classes)
         task.prepare(cfg, model, data)
     plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
     data.set_preprocessing(model_preprocessing(model.timm_model, task.input_size(cfg), data.in_chans))
@@ -82,10 +82,10 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
-    print_exports(export_run(run_dir, (default_export,), overwrite=resume_from is not None,
+    print_exports(export_run(run_dir, task, (default_export,), overwrite=resume_from is not None,
                              parity_images=task.parity_images(data, PARITY_IMAGES)), console)
     task.after_test(cfg, module, data, run_dir)
-    console.print(f"report: {write_report(run_dir, data=data, model=module.model)}")
+    console.print(f"report: {write_report(run_dir, task, data=data, model=module.model)}")
     return results
 
 

@@ -12,7 +12,7 @@ from finetune.data.transforms import Preprocessing
 from finetune.engine.runs import load_run
 from finetune.engine.schedule import phases_from
 from finetune.models.freezing import FineTuneModel
-from finetune.tasks import get_task
+from finetune.tasks.base import Task
 
 EXPORT_VERSION = 1
 
@@ -32,15 +32,16 @@ class ModelBundle:
     origin: str = ""
     backbone_weights: str | None = None  # pretrained weights file overriding the recorded one
     task_metadata: dict = field(default_factory=dict)  # the task's own export keys (e.g. segmentation tiles)
+    dense: bool = False  # one prediction per pixel (the task's): exports keep height and width dynamic
 
     @classmethod
-    def from_run(cls, path: str | Path, backbone_weights: str | None = None) -> ModelBundle:
-        """The best checkpoint of a run directory (or the given checkpoint) and its records."""
+    def from_run(cls, path: str | Path, task: Task, backbone_weights: str | None = None) -> ModelBundle:
+        """The best checkpoint of a run directory (or the given checkpoint) of ``task`` and its records."""
         run = load_run(path)
         data = json.loads((run.run_dir / "data.json").read_text())
         return cls(run.model, run.cfg, run.class_names, run.multilabel, run.preprocessing,
                    data["image_channels"], run.weights, training_summary(run.cfg, run.run_dir),
-                   str(run.checkpoint), backbone_weights, get_task(run.cfg.task).export_metadata(data))
+                   str(run.checkpoint), backbone_weights, task.export_metadata(data), task.dense)
 
     @property
     def window(self) -> tuple[float, float] | None:

@@ -27,7 +27,6 @@ from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle, metadata
 from finetune.export.tensors import rebuild, write_safetensors
 from finetune.models.weights import sha256_file
-from finetune.tasks import get_task
 
 ONNX_OPSET = 17
 _QUIET = (DeprecationWarning, FutureWarning, torch.jit.TracerWarning)
@@ -53,7 +52,7 @@ def _example_input(bundle: ModelBundle) -> torch.Tensor:
 
 def _write_onnx(bundle: ModelBundle, path: Path) -> dict:
     """Dynamic batch; for dense tasks (segmentation) also dynamic height and width (multiples of 32)."""
-    axes = {0: "batch", 2: "height", 3: "width"} if get_task(bundle.cfg.task).dense else {0: "batch"}
+    axes = {0: "batch", 2: "height", 3: "width"} if bundle.dense else {0: "batch"}
     with _quiet():
         torch.onnx.export(bundle.model.eval(), (_example_input(bundle),), str(path), dynamo=False,
                           opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"],

@@ -14,7 +14,7 @@ from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle
 from finetune.export.formats import format_of, get_format, torch_forward
 from finetune.export.loading import load_export, preprocess
-from finetune.tasks import get_task
+from finetune.tasks.base import Task
 
 PARITY_IMAGES = 8
 
@@ -80,9 +80,8 @@ def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndar
     return parity
 
 
-def validation_images(cfg: DictConfig, n: int = PARITY_IMAGES) -> list[np.ndarray]:
-    """Up to ``n`` raw images of the run's validation split (rebuilt from its config)."""
-    task = get_task(cfg.task)
+def validation_images(cfg: DictConfig, task: Task, n: int = PARITY_IMAGES) -> list[np.ndarray]:
+    """Up to ``n`` raw images of the run's validation split (``task``'s data module, from its config)."""
     try:
         data = task.data_module(cfg)
     except FinetuneError as err:

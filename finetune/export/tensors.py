@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle, metadata
-from finetune.tasks import build_model
+from finetune.models.factory import build_model
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from finetune.artifacts import atomic_path
 from finetune.data.images import read_image
@@ -18,6 +20,7 @@ from finetune.export.bundle import ModelBundle
 from finetune.export.formats import get_format, sidecar_path
 from finetune.export.loading import find_images
 from finetune.export.parity import PARITY_IMAGES, Parity, check_parity, validation_images
+from finetune.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -54,20 +57,33 @@ def export(bundle: ModelBundle, fmt: str, out_dir: str | Path, images: Sequence[
     return ExportResult(spec.name, path, path.stat().st_size, parity)
 
 
-def export_run(run: str | Path, formats: Sequence[str] = ("head",), out: str | Path | None = None,
+def export_run(run: str | Path, task: Task, formats: Sequence[str] = ("head",), out: str | Path | None = None,
                overwrite: bool = False, images: str | None = None, weights: str | None = None,
                parity_images: Sequence[np.ndarray] | None = None) -> list[ExportResult]:
-    """Export a run directory (or checkpoint) in each format; parity on its validation images
+    """Export a run directory (or checkpoint) of ``task`` in each format; parity on its validation images
     (``parity_images`` when the caller already holds them) unless ``images`` names other files."""
     specs = [get_format(name) for name in dict.fromkeys(formats)]
     run_dir, _ = find_checkpoint(run)
     out_dir = Path(out).expanduser() if out else run_dir / "exports"
     for spec in specs:
         _refuse_overwrite(spec.outputs(out_dir / spec.filename), overwrite)
-    bundle = ModelBundle.from_run(run, weights)
+    bundle = ModelBundle.from_run(run, task, weights)
     if images:
         parity_images = [read_image(p, bundle.image_channels, bundle.window)
                          for p in find_images(images)[:PARITY_IMAGES]]
     elif parity_images is None:
-        parity_images = validation_images(bundle.cfg)
+        parity_images = validation_images(bundle.cfg, task)
     return [export(bundle, spec.name, out_dir, parity_images, overwrite) for spec in specs]
+
+
+def print_results(results: Sequence[ExportResult], console: Console) -> None:
+    """The exports written, their size and parity."""
+    table = Table(title="exports (parity checked on real images)", title_justify="left")
+    for column in ("format", "file", "size", "max |Δlogit|", "top-1 same"):
+        table.add_column(column, justify="left" if column in ("format", "file") else "right", no_wrap=True)
+    for r in results:
+        table.add_row(r.format, r.path.name, f"{r.bytes / 1024:,.1f} KiB", f"{r.parity.max_abs_diff:.2g}",
+                      f"{r.parity.top1_agreement:.0%} of {r.parity.images}")
+    console.print(table)
+    if results:
+        console.print(f"written to [bold]{results[0].path.parent}[/bold]")

@@ -1,14 +1,26 @@
-"""Build the fine-tune model a config describes: a timm backbone with a new head, or a timm
-encoder under an smp decoder (the tasks choose; ``finetune.tasks.build_model`` asks them)."""
+"""Build the fine-tune model a config describes: a timm backbone with a new head (``head=linear|mlp``)
+or a timm encoder under an smp decoder (``head=unet|fpn|deeplabv3plus``). The head kind decides, so
+a run directory or an export can be rebuilt from its config alone."""
 from __future__ import annotations
 
 import timm
 from omegaconf import DictConfig, OmegaConf
 
+from finetune.errors import FinetuneError
+from finetune.models import DECODERS, HEADS
 from finetune.models.backbones import build_stage_map, create_backbone
 from finetune.models.freezing import FineTuneModel
 from finetune.models.heads import build_head
 from finetune.models.weights import WeightsRecord
+
+
+def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
+    """Backbone (weights from ``record``) + the head or decoder ``cfg.head.kind`` names."""
+    if cfg.head.kind in HEADS:
+        return build_classifier(cfg, record, in_chans, num_classes)
+    if cfg.head.kind in DECODERS:
+        return build_segmenter(cfg, record, in_chans, num_classes)
+    raise FinetuneError(f"head.kind={cfg.head.kind!r}: choose one of {', '.join((*HEADS, *DECODERS))}")
 
 
 def head_options(cfg: DictConfig) -> dict:

@@ -25,7 +25,7 @@ the first call. Rows appear in the order of each module's first call, so weights
 summed over all rows equal the parameters of the counted modules.
 
 Counting works on the meta device too (shapes only), which makes large models free to count.
-The ``finetune summary`` command lives in ``finetune.report.summary``.
+The ``finetune summary`` command lives in ``finetune.commands.summary``.
 """
 
 from __future__ import annotations

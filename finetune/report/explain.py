@@ -20,8 +20,7 @@ pytorch-grad-cam) uses the last backbone stage's output; for ViTs the stage befo
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -40,16 +39,15 @@ from timm.layers import SelectAdaptivePool2d  # noqa: E402
 from torch import nn  # noqa: E402
 
 from finetune.artifacts import write_json  # noqa: E402
-from finetune.cli import parse_args, parse_flag, positive_int, run_command  # noqa: E402
 from finetune.data.images import read_image  # noqa: E402
 from finetune.errors import FinetuneError  # noqa: E402
 from finetune.export.loading import find_images  # noqa: E402
 from finetune.models.freezing import FineTuneModel  # noqa: E402
 from finetune.report.plots import save_figure  # noqa: E402
 from finetune.engine.runs import LoadedRun, load_run  # noqa: E402
-from finetune.tasks import build_model  # noqa: E402
+from finetune.models.factory import build_model  # noqa: E402
 from finetune.models.weights import resolve_weights  # noqa: E402
-from finetune.tasks import get_task  # noqa: E402
+from finetune.tasks.base import Task  # noqa: E402
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, SelectAdaptivePool2d)
 FILTER_BACKGROUND = 1.0  # white gaps between filter tiles
@@ -322,9 +320,10 @@ def _folder_names(images: list[Path]) -> list[str]:
     return names
 
 
-def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
+def explain(run_dir: str | Path, task: Task, inputs: str, out: str | Path | None = None,
             options: ExplainOptions = ExplainOptions()) -> dict:
-    """Write the explanation files for every image in ``inputs``; return an index of what was written."""
+    """Write the explanation files of a run of ``task`` for every image in ``inputs``; return an
+    index of what was written."""
     images = find_images(inputs)
     run = load_run(run_dir)
     out = Path(out).expanduser() if out else run.run_dir / "explain"
@@ -335,7 +334,7 @@ def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
     if options.filters:
         after = first_conv(model).weight.detach()
         index["filters"] = str(plot_filters(pretrained_filters(run), after, out / "filters.png"))
-    explainer = get_task(run.cfg.task).explainer(run)
+    explainer = task.explainer(run)
     outputs: dict[str, StageOutput] | None = None
     shape = None
     for image_path, folder in zip(images, _folder_names(images)):
@@ -364,28 +363,3 @@ def explain(run_dir: str | Path, inputs: str, out: str | Path | None = None,
     write_json(out / "explain.json", index)
     return index
 
-
-# --- command line -------------------------------------------------------------------------------
-
-_OPTIONS = {"run": None, "inputs": None, "out": None, "topk": "5", "stage": None, "channels": "16",
-            "filters": "true"}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``finetune explain run=… inputs=… [topk=5] [stage=…] [channels=16] [filters=true] [out=…]``."""
-    return run_command(_explain_command, __doc__, argv)
-
-
-def _explain_command(argv: list[str]) -> None:
-    args = parse_args(argv, _OPTIONS, ["run", "inputs"], "finetune.report.explain")
-    options = ExplainOptions(topk=positive_int(args["topk"], "topk"), stage=args["stage"],
-                             channels=positive_int(args["channels"], "channels"),
-                             filters=parse_flag(args["filters"], "filters"))
-    index = explain(args["run"], args["inputs"], args["out"], options)
-    for entry in index["images"]:
-        print(f"{entry['image']}: {entry['summary']}")
-    print(f"explanations written to {Path(index['images'][0]['folder']).parent}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,8 +10,6 @@ archived alone. ``finetune report run=<run dir>`` rebuilds it from a finished ru
 """
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -21,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune import __version__
 from finetune.artifacts import write_text
-from finetune.cli import parse_args, run_command
 from finetune.data.transforms import Preprocessing
 from finetune.engine.runs import load_run
 from finetune.engine.schedule import phases_from
@@ -29,7 +26,7 @@ from finetune.models.freezing import FineTuneModel, frozen_stages, stage_status
 from finetune.models.summary import count_layers, roll_up
 from finetune.report.page import (ReportOptions, RunRecord, TaskSections, file_img, key_values,
                                   table)
-from finetune.tasks import get_task
+from finetune.tasks.base import Task
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,sans-serif;color:#1f2328;
@@ -54,9 +51,9 @@ img.pair{height:112px;background:#f6f8fa;border:1px solid #d0d7de;margin:0 12px 
 """
 
 
-def datamodule_for(cfg: DictConfig, preprocessing: Preprocessing):
-    """The run's data module (of its task) rebuilt from its config, ready to serve its splits."""
-    data = get_task(cfg.task).data_module(cfg)
+def datamodule_for(cfg: DictConfig, task: Task, preprocessing: Preprocessing):
+    """The run's data module (``task``'s) rebuilt from its config, ready to serve its splits."""
+    data = task.data_module(cfg)
     data.set_preprocessing(preprocessing)
     return data
 
@@ -152,9 +149,9 @@ def render_report(run: RunRecord, model: FineTuneModel, sections: TaskSections) 
             + _results_section(run) + "".join(sections.results) + "</body></html>\n")
 
 
-def write_report(run_dir: str | Path, data=None, model: FineTuneModel | None = None, worst: int = 12,
+def write_report(run_dir: str | Path, task: Task, data=None, model: FineTuneModel | None = None, worst: int = 12,
                  samples_per_class: int = 4) -> Path:
-    """Write ``<run_dir>/report.html`` for a run of any task. Pass the in-memory ``data`` (its
+    """Write ``<run_dir>/report.html`` for a run of ``task``. Pass the in-memory ``data`` (its
     preprocessing set) and ``model`` (best weights) when you have them; what is missing is rebuilt
     from the run directory. ``worst``: test images shown as the task's worst predictions;
     ``samples_per_class``: training samples shown (per class where the task has them)."""
@@ -163,28 +160,14 @@ def write_report(run_dir: str | Path, data=None, model: FineTuneModel | None = N
     if model is None or data is None:
         loaded = load_run(run_dir)
         model = model or loaded.model
-        data = data or datamodule_for(loaded.cfg, loaded.preprocessing)
+        data = data or datamodule_for(loaded.cfg, task, loaded.preprocessing)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            sections = get_task(run.cfg.task).report_sections(run, data, model,
-                                                              ReportOptions(worst, samples_per_class))
+            sections = task.report_sections(run, data, model, ReportOptions(worst, samples_per_class))
             page = render_report(run, model, sections)
     finally:
         model.train(was_training)
     return write_text(run_dir / "report.html", page)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``finetune report run=<run dir>``: (re)write the run's report.html (any task: classification, segmentation)."""
-    return run_command(_report_command, main.__doc__, argv)
-
-
-def _report_command(argv: list[str]) -> None:
-    args = parse_args(argv, {"run": None}, ["run"], "finetune.report.html")
-    print(f"report written to {write_report(Path(args['run']).expanduser())}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

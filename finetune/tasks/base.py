@@ -3,6 +3,9 @@
 ``engine.train`` drives every task through these methods and never asks which task it runs. A
 task's config checks (``validate``) import no torch; every other method imports its heavy
 modules when called, so ``finetune --help`` and config errors stay fast.
+
+This module is the interface the libraries (``engine``, ``export``, ``report``) are handed; it
+imports none of them, so the hooks that take their objects name those types in their docstrings.
 """
 from __future__ import annotations
 
@@ -12,20 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.engine.schedule import ConfigError
+from finetune.errors import ConfigError, FinetuneError, choice
 
 if TYPE_CHECKING:
     import lightning as L
     import numpy as np
 
-    from finetune.engine.runs import LoadedRun
     from finetune.engine.schedule import PhaseOptim
-    from finetune.export.loading import LoadedExport
-    from finetune.export.predict import PredictOptions
     from finetune.models.freezing import FineTuneModel
-    from finetune.models.weights import WeightsRecord
-    from finetune.report.explain import Explainer
-    from finetune.report.page import ReportOptions, RunRecord, TaskSections
 
 
 class Task:
@@ -42,8 +39,6 @@ class Task:
 
     def validate(self, cfg: DictConfig) -> None:
         """Refuse choices and keys this task cannot honour, by name, before any heavy work."""
-        from finetune.engine.config import choice
-
         choice("head.kind", cfg.head.kind, self.heads, f"task={self.name} takes head=" + "|".join(self.heads))
         choice("dataset.kind", cfg.dataset.kind, self.datasets,
                f"task={self.name} takes dataset=" + "|".join(self.datasets))
@@ -55,10 +50,6 @@ class Task:
 
     def data_module(self, cfg: DictConfig) -> L.LightningDataModule:
         """The data module of ``cfg.dataset`` (scanned and checked; no preprocessing yet)."""
-        raise NotImplementedError
-
-    def build_model(self, cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
-        """Backbone (weights from ``record``) + this task's new head or decoder."""
         raise NotImplementedError
 
     def input_size(self, cfg: DictConfig) -> int | None:
@@ -89,19 +80,16 @@ class Task:
                    run_dir: Path) -> None:
         """Files written after the test besides metrics.json (e.g. predicted masks)."""
 
-    def report_sections(self, run: RunRecord, data: L.LightningDataModule, model: FineTuneModel,
-                        options: ReportOptions) -> TaskSections:
-        """This task's sections of report.html (HTML strings, ``finetune.report.html``): about its
-        data (placed after the configuration) and about its predictions (after the results)."""
-        from finetune.report.page import TaskSections
+    def report_sections(self, run: Any, data: L.LightningDataModule, model: FineTuneModel, options: Any) -> Any:
+        """This task's sections of report.html: a ``finetune.report.page.TaskSections`` (HTML about
+        its data, placed after the configuration, and about its predictions, after the results) for
+        a ``report.page.RunRecord`` under ``report.page.ReportOptions``."""
+        raise NotImplementedError
 
-        return TaskSections()
-
-    def explainer(self, run: LoadedRun) -> Explainer:
-        """This task's part of ``finetune explain`` (``finetune.report.explain.Explainer``): the
-        model input for an image, what is listed, and the target Grad-CAM explains."""
-        from finetune.errors import FinetuneError
-
+    def explainer(self, run: Any) -> Any:
+        """This task's part of ``finetune explain`` for an ``engine.runs.LoadedRun``: a
+        ``finetune.report.explain.Explainer`` (the model input for an image, what is listed, and the
+        target Grad-CAM explains)."""
         raise FinetuneError(f"finetune explain does not support task={self.name} yet")
 
     def parity_images(self, data: L.LightningDataModule, n: int) -> list[np.ndarray]:
@@ -112,7 +100,8 @@ class Task:
         """Task-specific keys an export carries (from the run's ``data.json``)."""
         return {}
 
-    def predict_files(self, exported: LoadedExport, paths: Sequence[Path], options: PredictOptions) -> str:
-        """``finetune predict``: predict image files with an export of this task, write the results
-        where ``options.out`` says (or this task's default) and return the one-line summary."""
+    def predict_files(self, exported: Any, paths: Sequence[Path], options: Any) -> str:
+        """``finetune predict``: predict image files with an ``export.loading.LoadedExport`` of this
+        task, write the results where ``options.out`` (``export.predict.PredictOptions``) says, or
+        this task's default, and return the one-line summary."""
         raise NotImplementedError

@@ -7,7 +7,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from finetune.data import CLASSIFICATION_DATASETS
-from finetune.engine.schedule import ConfigError
+from finetune.errors import ConfigError
 from finetune.models import HEADS
 from finetune.tasks.base import Task
 
@@ -39,11 +39,6 @@ class Classification(Task):
 
         return ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size,
                                         cfg.dataset.num_workers, cfg.seed, imbalance=cfg.imbalance)
-
-    def build_model(self, cfg, record, in_chans, num_classes):
-        from finetune.models.factory import build_classifier
-
-        return build_classifier(cfg, record, in_chans, num_classes)
 
     def input_size(self, cfg):
         return cfg.dataset.image_size

@@ -7,13 +7,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from finetune.data import SEGMENTATION_DATASETS
-from finetune.engine.schedule import ConfigError
+from finetune.errors import ConfigError, choice
 from finetune.models import DECODERS
 from finetune.tasks.base import Task
+from finetune.tasks.segmentation.choices import LOSSES, MONITORS
 
-LOSSES = ("ce", "dice", "ce_dice", "focal")
-BINARY_MONITORS = ("dice", "iou", "auc")  # foreground scores, logged for binary tasks only
-MONITORS = ("miou", "mdice", "pixel_acc", *BINARY_MONITORS, "loss")
 EXPORTED_KEYS = ("tile", "tile_overlap", "scale", "ignore_index")  # data.json entries an export keeps
 
 
@@ -34,8 +32,6 @@ class Segmentation(Task):
     }
 
     def validate(self, cfg: DictConfig) -> None:
-        from finetune.engine.config import choice
-
         super().validate(cfg)
         seg = cfg.segmentation
         choice("segmentation.loss", seg.loss, LOSSES)
@@ -53,11 +49,6 @@ class Segmentation(Task):
 
         return SegmentationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size, cfg.seed,
                                       class_weights=cfg.segmentation.class_weights)
-
-    def build_model(self, cfg, record, in_chans, num_classes):
-        from finetune.models.factory import build_segmenter
-
-        return build_segmenter(cfg, record, in_chans, num_classes)
 
     def input_size(self, cfg):
         return cfg.dataset.crop_size

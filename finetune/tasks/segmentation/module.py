@@ -21,7 +21,7 @@ from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
 from finetune.engine.schedule import PhaseOptim
 from finetune.tasks.phased import PhasedTask
-from finetune.tasks.segmentation import BINARY_MONITORS, LOSSES
+from finetune.tasks.segmentation.choices import BINARY_MONITORS, LOSSES
 
 AUC_THRESHOLDS = 1000  # binned pixel ROC AUC: constant memory, within ~1e-3 of the exact value
 DIVISOR = 32  # encoders downsample 32x: inputs are padded to a multiple of it

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from finetune.engine.schedule import Phase
 from finetune.errors import FinetuneError
 from finetune.resources import conf_dir
 
@@ -34,14 +35,21 @@ def precheck(argv: Sequence[str]) -> int:
             return 0  # Hydra reports it with its own words (e.g. the options of a group)
         print(f"finetune: error: {message}", file=sys.stderr)
         return 2
-    from finetune.engine.config import validate
-
     try:
-        validate(cfg)
+        check_config(cfg)
     except FinetuneError as err:
         print(f"finetune: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_config(cfg: DictConfig) -> list[Phase]:
+    """Every check that needs neither data nor weights: the config's task checks its own keys, the
+    engine the rest. Returns the schedule's phases."""
+    from finetune.engine.config import validate
+    from finetune.tasks.registry import get_task
+
+    return validate(cfg, get_task(cfg.task))
 
 
 def misspelt_key(argv: Sequence[str]) -> str | None:

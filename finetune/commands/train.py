@@ -1,4 +1,5 @@
-"""``finetune [train] dataset=… backbone=… schedule=…``: the training command under Hydra.
+"""``finetune [train] dataset=… backbone=… schedule=…`` and ``finetune plan …``: the training command
+under Hydra.
 
 The config is composed once, here; training runs in this process or in launched workers.
 
@@ -44,9 +45,40 @@ def main(cfg: DictConfig) -> dict | None:
         release_if_unused(output_dir)  # plan, or refused before the run wrote anything: no clutter
 
 
+def command(argv: list[str]) -> int:
+    """``finetune [train] <overrides>``: check the config (no torch yet), then train under Hydra."""
+    from finetune.commands.precheck import precheck
+
+    code = precheck(argv)
+    if code:
+        return code
+    run(argv)
+    return 0
+
+
+def plan_command(argv: list[str]) -> int:
+    """``finetune plan <overrides>`` = ``finetune train plan=true <overrides>``, composed with Hydra's
+    compose API: nothing is loaded and no run directory is made."""
+    if any(a.startswith("-") for a in argv):  # --help, --cfg …: Hydra's own flags
+        return command([*argv, "plan=true"])
+    from finetune.commands.precheck import precheck
+
+    code = precheck([*argv, "plan=true"])
+    if code:
+        return code
+    return plan_only(argv)
+
+
+def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
+    """Fine-tune as ``cfg`` says (its task from the registry), writing ``run_dir``; the metrics."""
+    from finetune.engine.train import train as train_task
+    from finetune.tasks.registry import get_task
+
+    return train_task(get_task(cfg.task), cfg, run_dir, resume_from)
+
+
 def _run(cfg: DictConfig) -> dict | None:
     from finetune.engine.distributed import launch_workers, wants_processes
-    from finetune.engine.train import train
 
     hydra_cfg = HydraConfig.get()
     run_dir, resume_from = Path(hydra_cfg.runtime.output_dir), None
@@ -150,8 +182,6 @@ def run(overrides: list[str]) -> None:
 def plan_only(overrides: list[str]) -> int:
     """``finetune plan …``: compose with Hydra's compose API and print the plan; no run directory."""
     from hydra import compose, initialize_config_dir
-
-    from finetune.engine.train import train
 
     overrides = [o for o in overrides if not o.lstrip("+").startswith("hydra.")]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):

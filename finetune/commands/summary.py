@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Output: [format=table|markdown|csv] [per=layer|stage|both] [out=FILE]. Any other key=value is a
     config override (as for training) and goes with backbone=… only."""
-    from finetune.cli import run_command
+    from finetune.commands.args import run_command
 
     return run_command(summary_command, main.__doc__, argv)
 
@@ -168,7 +168,7 @@ def summarize(overrides: Sequence[str], input_size: int | None = None, in_chans:
     import timm
     from omegaconf import open_dict
 
-    from finetune.engine.runs import build_model
+    from finetune.models.factory import build_model
     from finetune.models.freezing import frozen_stages
     from finetune.models.weights import resolve_weights
 
@@ -192,7 +192,8 @@ def summarize_run(path: str) -> Summary:
     """The run's model (skeleton: counts need no trained weights), frozen as in its last phase."""
     from omegaconf import OmegaConf
 
-    from finetune.engine.runs import build_model, find_checkpoint
+    from finetune.engine.runs import find_checkpoint
+    from finetune.models.factory import build_model
     from finetune.models.freezing import frozen_stages
     from finetune.models.weights import resolve_weights
 

@@ -1,4 +1,4 @@
-"""One training process of a multi-process run: ``python -m finetune.engine.worker run_dir=DIR config=FILE``.
+"""One training process of a multi-process run: ``python -m finetune.commands.worker run_dir=DIR config=FILE``.
 
 Started by ``python -m finetune trainer=ddp`` (see distributed.py), by ``torchrun`` or by SLURM's
 ``srun``. Reads the resolved config file; never composes a config itself.
@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from finetune.artifacts import RUN_MARKER, claim_run_dir, marker_token
-from finetune.cli import parse_args, run_command
+from finetune.commands.args import parse_args, run_command
 from finetune.errors import FinetuneError
 
 
@@ -22,10 +22,10 @@ def main(argv: list[str]) -> int:
 
 def _train_rank(argv: list[str]) -> None:
     from finetune.engine.distributed import is_global_zero
-    from finetune.engine.train import train
+    from finetune.commands.train import train
 
     args = parse_args(argv, {"run_dir": None, "config": None, "resume": None, "owner": None}, ["run_dir"],
-                      "finetune.engine.worker")
+                      "finetune.commands.worker")
     run_dir = Path(args["run_dir"])
     if is_global_zero() and not args["resume"]:
         _check_owner(run_dir, args["owner"])

@@ -28,28 +28,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 
-from finetune.cli import parse_args, parse_flag, run_command
-
-if TYPE_CHECKING:
-    from finetune.export.writing import ExportResult
-
-
-def print_results(results: Sequence[ExportResult], console: Console) -> None:
-    """The exports written, their size and parity."""
-    table = Table(title="exports (parity checked on real images)", title_justify="left")
-    for column in ("format", "file", "size", "max |Δlogit|", "top-1 same"):
-        table.add_column(column, justify="left" if column in ("format", "file") else "right", no_wrap=True)
-    for r in results:
-        table.add_row(r.format, r.path.name, f"{r.bytes / 1024:,.1f} KiB", f"{r.parity.max_abs_diff:.2g}",
-                      f"{r.parity.top1_agreement:.0%} of {r.parity.images}")
-    console.print(table)
-    if results:
-        console.print(f"written to [bold]{results[0].path.parent}[/bold]")
+from finetune.commands.args import parse_args, parse_flag, run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,9 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export_command(argv: list[str]) -> None:
     args = parse_args(argv, {"run": None, "format": "head", "out": None, "overwrite": "false",
                              "images": None, "weights": None}, ["run"], "finetune export")
-    from finetune.export.writing import export_run  # torch only once the arguments are good
+    from finetune.engine.runs import run_config  # torch only once the arguments are good
+    from finetune.export.writing import export_run, print_results
+    from finetune.tasks.registry import get_task
 
-    results = export_run(args["run"], args["format"].split(","), args["out"],
+    task = get_task(run_config(args["run"]).task)
+    results = export_run(args["run"], task, args["format"].split(","), args["out"],
                          parse_flag(args["overwrite"], "overwrite"), args["images"], args["weights"])
     print_results(results, Console())
 

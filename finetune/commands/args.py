@@ -1,0 +1,57 @@
+"""The small ``key=value`` command lines: parsing, ``--help`` and one ``finetune: error:`` line."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from finetune.errors import FinetuneError
+
+
+def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequence[str] | None) -> int:
+    """Run ``body(argv)``: ``--help`` prints ``doc``; a FinetuneError (or a file the OS refused)
+    prints one ``finetune: error:`` line and gives exit code 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(args):
+        print(doc)
+        return 0
+    try:
+        body(args)
+    except (FinetuneError, OSError) as err:
+        print(f"finetune: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def parse_args(argv: Sequence[str], defaults: Mapping[str, str | None], required: Sequence[str],
+               command: str) -> dict[str, str | None]:
+    """``key=value`` arguments over ``defaults``; FinetuneError for unknown keys or missing ones."""
+    args = dict(defaults)
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise FinetuneError(f"{command}: unexpected argument {item!r}; use key=value with keys "
+                                f"{', '.join(defaults)}")
+        args[key] = value
+    missing = [k for k in required if not args.get(k)]
+    if missing:
+        raise FinetuneError(f"{command}: missing {', '.join(f'{k}=…' for k in missing)} (see --help)")
+    return args
+
+
+def parse_flag(value: str | None, key: str) -> bool:
+    """true/false (also 1/0, yes/no) → bool."""
+    text = (value or "false").strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise FinetuneError(f"{key}={value!r}: use true or false")
+    return text in ("true", "1", "yes")
+
+
+def positive_int(value: str | None, key: str) -> int:
+    """A whole number >= 1, or a FinetuneError naming the key."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise FinetuneError(f"{key}={value!r}: use a whole number >= 1")
+    return number

@@ -1,0 +1,23 @@
+"""``finetune report run=<run dir>``: (re)write the run's report.html (any task: classification,
+segmentation)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from finetune.commands.args import parse_args, run_command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``finetune report``: exit 0, or 2 with one ``finetune: error:`` line."""
+    return run_command(_report_command, __doc__, argv)
+
+
+def _report_command(argv: list[str]) -> None:
+    args = parse_args(argv, {"run": None}, ["run"], "finetune report")
+    from finetune.engine.runs import run_config  # torch only once the arguments are good
+    from finetune.report.html import write_report
+    from finetune.tasks.registry import get_task
+
+    run_dir = Path(args["run"]).expanduser()
+    print(f"report written to {write_report(run_dir, get_task(run_config(run_dir).task))}")
