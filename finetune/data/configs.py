@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from finetune.data.options import dataclass_values
 from finetune.errors import DatasetError
@@ -18,6 +19,8 @@ class DatasetConfig:
     grayscale: str = "replicate"  # gray images: replicate to RGB | adapt (1-channel stem)
     allow_flips: bool = True  # False where a mirrored image changes its label
     num_workers: int = 2
+    # keys whose value is one of a few words: key -> the words (subclasses extend it)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"grayscale": ("replicate", "adapt")}
 
     @classmethod
     def from_mapping(cls, cfg: Mapping) -> DatasetConfig:
@@ -30,8 +33,9 @@ class DatasetConfig:
         """Check values (subclasses add their own keys)."""
         if self.num_workers < 0:
             raise DatasetError(f"dataset.num_workers={self.num_workers}: use 0 (load in the main process) or more")
-        if self.grayscale not in ("replicate", "adapt"):
-            raise DatasetError(f"dataset.grayscale={self.grayscale!r}; use one of ['replicate', 'adapt']")
+        for key, allowed in self.CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise DatasetError(f"dataset.{key}={getattr(self, key)!r}; use one of {list(allowed)}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
             raise DatasetError(
                 f"dataset.image_size={self.image_size!r}; use a positive int, or null for the backbone's size"
@@ -68,11 +72,7 @@ class FolderConfig(SplitDatasetConfig):
 
     root: str | None = None
     on_error: str = "raise"  # unreadable image: raise | skip
-
-    def validate(self) -> None:
-        super().validate()
-        if self.on_error not in ("raise", "skip"):
-            raise DatasetError(f"dataset.on_error={self.on_error!r}; use one of ['raise', 'skip']")
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**DatasetConfig.CHOICES, "on_error": ("raise", "skip")}
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,7 @@ class CsvConfig(FolderConfig):
     multilabel: bool = False  # "a;b" labels, multi-hot targets
     on_duplicate: str = "error"  # a path listed twice: error (names the lines) | first (keep the first row)
     allow_outside_root: bool = False  # accept paths (.., absolute) outside root / the CSV's folder
-
-    def validate(self) -> None:
-        super().validate()
-        if self.on_duplicate not in ("error", "first"):
-            raise DatasetError(f"dataset.on_duplicate={self.on_duplicate!r}; use one of ['error', 'first']")
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**FolderConfig.CHOICES, "on_duplicate": ("error", "first")}
 
 
 @dataclass(frozen=True)
