@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.artifacts import RUN_MARKER, forget_claims, log_attempts, log_version, unique_run_dir
+from finetune.engine.rundir import RUN_MARKER, forget_claims, log_attempts, log_version, unique_run_dir
 from finetune.report.plots import epoch_history
 
 from .conftest import compose_config
@@ -126,7 +126,7 @@ def test_an_explicit_run_dir_that_is_a_user_folder_is_refused_untouched(tmp_path
 
 
 def test_multirun_jobs_each_own_a_directory(tmp_path):
-    from finetune.artifacts import claim_run_dir
+    from finetune.engine.rundir import claim_run_dir
 
     sweep = Path(unique_run_dir(tmp_path / "multirun"))
     tokens = {claim_run_dir(sweep / str(n), hydra_files_allowed=True) for n in range(3)}

@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.artifacts import CLAIMED, claim_run_dir, forget_claims, release_if_unused, unique_run_dir
+from finetune.engine.rundir import CLAIMED, claim_run_dir, forget_claims, release_if_unused, unique_run_dir
 from finetune.errors import FinetuneError
 from finetune.resources import conf_dir
 

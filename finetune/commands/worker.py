@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from finetune.artifacts import RUN_MARKER, claim_run_dir, marker_token
+from finetune.engine.rundir import RUN_MARKER, claim_run_dir, marker_token
 from finetune.commands.args import parse_args, run_command
 from finetune.errors import FinetuneError
 

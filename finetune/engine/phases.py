@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.artifacts import log_version
+from finetune.engine.rundir import log_version
 from finetune.engine.checkpointing import AtomicCheckpointIO
 from finetune.engine.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
 from finetune.engine.schedule import Phase

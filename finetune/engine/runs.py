@@ -118,7 +118,7 @@ def prepare_resume(current: DictConfig, overrides: list[str],
     finished (unless ``resume_finished=true``), the overrides do not change its experiment, and its
     checkpoint loads. Then remove stray temporaries of interrupted writes. Returns (run directory,
     checkpoint or None to start phase 1 from scratch, the config to continue with)."""
-    from finetune.artifacts import remove_stray_temporaries
+    from finetune.engine.rundir import remove_stray_temporaries
 
     run_dir, ckpt = locate_resume(current.resume, prefer)
     if (run_dir / "metrics.json").exists() and not current.get("resume_finished", False):

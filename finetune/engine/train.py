@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from finetune import __version__
-from finetune.artifacts import atomic_path, log_attempts, write_json, write_text
+from finetune.artifacts import atomic_path, write_json, write_text
 from finetune.data.transforms import Preprocessing, gray_preprocessing
 from finetune.engine.advice import advise
 from finetune.engine.config import validate
@@ -27,6 +27,7 @@ from finetune.engine.display import console, print_results
 from finetune.engine.distributed import is_global_zero
 from finetune.engine.phases import PlannedPhase, make_trainer, run_phases
 from finetune.engine.plan import print_plan
+from finetune.engine.rundir import log_attempts
 from finetune.engine.schedule import Phase
 from finetune.errors import FinetuneError
 from finetune.export.parity import PARITY_IMAGES
