@@ -17,8 +17,7 @@ def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequen
     try:
         body(args)
     except (FinetuneError, OSError) as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        return 2
+        return print_error(err)
     return 0
 
 
@@ -55,3 +54,9 @@ def positive_int(value: str | None, key: str) -> int:
     if number < 1:
         raise FinetuneError(f"{key}={value!r}: use a whole number >= 1")
     return number
+
+
+def print_error(message: object) -> int:
+    """The one ``finetune: error:`` line a user sees (no traceback); the exit code, 2."""
+    print(f"finetune: error: {message}", file=sys.stderr)
+    return 2

@@ -8,7 +8,6 @@ to Hydra and to ``train``, which check them again.
 from __future__ import annotations
 
 import difflib
-import sys
 from collections.abc import Iterator, Sequence
 
 from hydra import compose, initialize_config_dir
@@ -16,6 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.engine.schedule import Phase
+from finetune.commands.args import print_error
 from finetune.errors import FinetuneError
 from finetune.resources import conf_dir
 
@@ -33,13 +33,11 @@ def precheck(argv: Sequence[str]) -> int:
         message = misspelt_key(argv)
         if message is None:
             return 0  # Hydra reports it with its own words (e.g. the options of a group)
-        print(f"finetune: error: {message}", file=sys.stderr)
-        return 2
+        return print_error(message)
     try:
         check_config(cfg)
     except FinetuneError as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        return 2
+        return print_error(err)
     return 0
 
 

@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.engine.rundir import CLAIMED, claim_run_dir, forget_claims, release_if_unused, unique_run_dir
+from finetune.commands.args import print_error
 from finetune.errors import FinetuneError
 from finetune.resources import conf_dir
 
@@ -39,8 +40,7 @@ def main(cfg: DictConfig) -> dict | None:
     try:
         return _run(cfg)
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
-        print(f"finetune: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(err))
     finally:
         release_if_unused(output_dir)  # plan, or refused before the run wrote anything: no clutter
 
@@ -113,8 +113,10 @@ def run_dir_for_resume(argv: list[str]) -> list[str]:
     if _value(argv, "hydra.run.dir") is not None:
         return [*argv, *extra]
     path = Path(resume).expanduser()
-    if path.is_file():  # a checkpoint: its run directory holds it, usually in checkpoints/
-        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if path.is_file():  # a checkpoint: its run directory holds it
+        from finetune.engine.runs import run_dir_of
+
+        path = run_dir_of(path)
     return [*argv, f"hydra.run.dir={path}", *extra]
 
 
@@ -168,8 +170,7 @@ def run(overrides: list[str]) -> None:
         check_resume_target(overrides)
         claimed = claim_explicit_dirs(overrides)
     except FinetuneError as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(err))
     sys.argv = [sys.argv[0], *run_dir_for_resume(_wrap_interpolated(overrides))]
     try:
         main()
@@ -189,6 +190,5 @@ def plan_only(overrides: list[str]) -> int:
     try:
         train(cfg, Path("."), None)  # plan=true returns before anything is written
     except (FinetuneError, OSError) as err:
-        print(f"finetune: error: {err}", file=sys.stderr)
-        return 2
+        return print_error(err)
     return 0

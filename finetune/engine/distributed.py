@@ -17,7 +17,8 @@ import torch
 from lightning.pytorch.plugins.layer_sync import LayerSync
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.artifacts import CLAIMED, claim_run_dir, write_text
+from finetune.artifacts import write_text
+from finetune.engine.rundir import CLAIMED, claim_run_dir
 from finetune.errors import FinetuneError
 
 

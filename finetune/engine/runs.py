@@ -159,11 +159,16 @@ class LoadedRun:
     window: tuple[float, float] | None = None  # DICOM [center, width] the run read its files with
 
 
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint file belongs to (it usually sits in ``checkpoints/``)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> tuple[Path, Path]:
     """(run directory, checkpoint) for a run directory or a checkpoint file inside one."""
     path = Path(path).expanduser()
     if path.is_file():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        run_dir = run_dir_of(path)
         return run_dir, path
     for name in prefer:
         if (path / "checkpoints" / name).is_file():
