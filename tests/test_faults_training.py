@@ -177,6 +177,8 @@ def test_timm_says_once_which_file_it_loaded(tmp_path, caplog):
             create_model(record, num_classes=0)
     loaded = [r.getMessage() for r in caplog.records if "from checkpoint" in r.getMessage()]
     assert loaded == [f"Loaded weights from checkpoint '{file}'"]
+    loading = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Loading pretrained weights")]
+    assert loading == [f"Loading pretrained weights from file ({file})"]
 
 
 def test_long_paths_are_printed_whole_when_output_is_not_a_terminal():

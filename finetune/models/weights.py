@@ -44,9 +44,10 @@ _METADATA_KEY = "finetune"  # one key: safetensors orders several at random, cha
 
 
 class _LoadedOnce(logging.Filter):
-    """timm logs ``Loaded  from checkpoint '<file>'`` (an empty state-dict key) every time it reads a
-    weights file: building the model, checking an explicit file, exporting, reporting. Say it once
-    per file and process, as ``Loaded weights from checkpoint '<file>'``."""
+    """timm logs ``Loading pretrained weights from file (<file>)`` and ``Loaded  from checkpoint
+    '<file>'`` (an empty state-dict key) every time it reads a weights file: building the model,
+    checking an explicit file, exporting, reporting. Say each once per file and process, the second
+    as ``Loaded weights from checkpoint '<file>'``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,7 +55,8 @@ class _LoadedOnce(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if not (message.startswith("Loaded ") and " from checkpoint " in message):
+        if not (message.startswith("Loading pretrained weights from file")
+                or (message.startswith("Loaded ") and " from checkpoint " in message)):
             return True
         if message in self.seen:
             return False
@@ -64,7 +66,9 @@ class _LoadedOnce(logging.Filter):
         return True
 
 
-logging.getLogger("timm.models._helpers").addFilter(_LoadedOnce())
+_LOADED_ONCE = _LoadedOnce()
+logging.getLogger("timm.models._helpers").addFilter(_LOADED_ONCE)
+logging.getLogger("timm.models._builder").addFilter(_LOADED_ONCE)
 
 
 @dataclass(frozen=True)
