@@ -3,6 +3,7 @@ no crash on a last batch of one sample, checkpoint and step-log hygiene, warning
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from finetune.commands import train as run_module
 from finetune.engine.phases import PhaseCheckpoint
+from finetune.engine.runs import load_run
 
 from .conftest import compose_config
 
@@ -117,13 +119,16 @@ def test_cached_features_use_the_same_batches_as_the_image_loader(tmp_path):
 
 # 3. Checkpoint and log hygiene.
 
-@pytest.mark.parametrize("keep", ["best", "both"])
+@pytest.mark.parametrize("keep", ["best", "last", "both"])
 def test_checkpoints_keep_and_step_logs_with_fewer_batches_than_the_log_interval(tmp_path, keep):
     cfg = compose_config(*TINY, "schedule=linear_probe", "schedule.epochs=1", "trainer.limit_train_batches=3",
                          "trainer.log_every_n_steps=50", f"checkpoints.keep={keep}")
     run_module.train(cfg, tmp_path)
-    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() == (keep == "both")
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file() == (keep != "last")
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() == (keep != "best")
+    tested = json.loads((tmp_path / "metrics.json").read_text())["checkpoint"]["tested"]
+    assert tested == ("last.ckpt" if keep == "last" else "best.ckpt")
+    assert load_run(tmp_path).checkpoint.name == tested  # exports, report and explain read the tested one
     rows = _csv_rows(tmp_path / "logs" / "probe" / "metrics.csv")  # linear_probe's one phase
     assert [int(r["step"]) for r in rows if r.get("lr/head")] == [2]  # 3 batches < 50: clamped to 3
     assert any(r.get("train/loss_step") for r in rows)
@@ -133,7 +138,7 @@ def test_checkpoints_keep_refuses_other_values():
     from finetune.errors import ConfigError
     from finetune.commands.precheck import check_config
 
-    with pytest.raises(ConfigError, match=r"checkpoints.keep='all' is not known: choose one of best, both"):
+    with pytest.raises(ConfigError, match=r"checkpoints.keep='all' is not known: choose one of best, last, both"):
         check_config(compose_config("checkpoints.keep=all"))
 
 

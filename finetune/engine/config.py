@@ -16,9 +16,9 @@ from finetune.models import BN_POLICIES
 
 from finetune.tasks.base import Task
 
-# checkpoints.keep: what a finished run keeps. best.ckpt always stays: it is the tested checkpoint that
-# exports, report and explain read, so "last alone" is not offered.
-KEEP_CHOICES = ("best", "both")
+# checkpoints.keep: what a finished run keeps, and so which checkpoint it tests (exports, report and
+# explain read the one kept; both: best).
+KEEP_CHOICES = ("best", "last", "both")
 
 
 def validate(cfg: DictConfig, task: Task) -> list[Phase]:
@@ -31,8 +31,8 @@ def validate(cfg: DictConfig, task: Task) -> list[Phase]:
         raise ConfigError(f"schedule.batch_size={cfg.schedule.batch_size}: must be >= 1")
     choice("data.cache_features", str(cfg.data.cache_features).lower(), CACHE_CHOICES)
     choice("checkpoints.keep", OmegaConf.select(cfg, "checkpoints.keep", default="best"), KEEP_CHOICES,
-           "best: last.ckpt is removed once the run has tested; both keeps it to continue training later; "
-           "best.ckpt, the tested checkpoint, is always kept")
+           "best: test the best validation epoch, then remove last.ckpt; last: test the final weights, then "
+           "remove best.ckpt; both: test best.ckpt and keep both (to continue training later)")
     t = cfg.trainer
     if str(t.strategy).startswith("ddp") and not (isinstance(t.devices, int) and t.devices >= 1):
         raise ConfigError(f"trainer.devices={t.devices!r}: with strategy={t.strategy} give the number of "

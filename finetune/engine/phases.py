@@ -145,15 +145,24 @@ class ClampLogInterval(L.Callback):
 
 class KeepCheckpoints(L.Callback):
     """``checkpoints.keep``: once the test has run, ``best`` (the default) removes ``last.ckpt``, which
-    exists to resume an unfinished run; ``both`` keeps it. ``best.ckpt`` stays: it is the
-    tested checkpoint that exports, reports and ``explain`` read."""
+    exists to resume an unfinished run; ``last`` removes ``best.ckpt`` (the run tested the final
+    weights); ``both`` keeps them. The checkpoint kept is the one exports, reports and ``explain`` read."""
 
     def __init__(self, run_dir: Path, keep: str) -> None:
         self.run_dir, self.keep = run_dir, keep
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.keep == "best":
-            (self.run_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+        if trainer.is_global_zero and self.keep != "both":
+            dropped = "last.ckpt" if self.keep == "best" else "best.ckpt"
+            (self.run_dir / "checkpoints" / dropped).unlink(missing_ok=True)
+
+
+def tested_checkpoint(run_dir: Path, checkpoint: ModelCheckpoint, keep: str) -> Path:
+    """The checkpoint a finished run tests: the final weights for ``checkpoints.keep=last``, else the
+    best validation epoch."""
+    if keep == "last":
+        return run_dir / "checkpoints" / "last.ckpt"
+    return Path(checkpoint.best_model_path or run_dir / "checkpoints" / "best.ckpt")
 
 
 def checkpoints_keep(cfg: DictConfig) -> str:

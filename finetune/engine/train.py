@@ -18,14 +18,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from finetune import __version__
+from finetune.version import __version__
 from finetune.artifacts import atomic_path, write_json, write_text
 from finetune.data.transforms import Preprocessing, gray_preprocessing
 from finetune.engine.advice import advise
 from finetune.engine.config import validate
 from finetune.engine.display import console, print_results
 from finetune.engine.distributed import is_global_zero
-from finetune.engine.phases import PlannedPhase, make_trainer, run_phases
+from finetune.engine.phases import PlannedPhase, checkpoints_keep, make_trainer, run_phases, tested_checkpoint
 from finetune.engine.plan import print_plan
 from finetune.engine.rundir import log_attempts
 from finetune.engine.schedule import Phase
@@ -68,9 +68,9 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
         write_run_record(cfg, run_dir, record.to_dict(), task.data_record(cfg, data))
     make_module = partial(task.lightning_module, cfg, model, data)
     checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, make_module, monitor, resume_from)
-    best_path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
+    tested = tested_checkpoint(run_dir, checkpoint, checkpoints_keep(cfg))
     module = make_module()
-    module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
+    module.load_state_dict(torch.load(tested, map_location="cpu", weights_only=True)["state_dict"])
     tester = make_trainer(cfg, run_dir, "test", 1, [])
     module.to(tester.strategy.root_device)  # fit() hands the model back on the CPU
     task.before_test(cfg, module, data)
@@ -79,7 +79,7 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
         return {}
     results = write_results(run_dir, module.test_results, data.info.class_names, phases,
                             time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums},
-                            checkpoint)
+                            checkpoint, tested.name)
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
@@ -128,9 +128,10 @@ def write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: dict) 
 
 
 def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
-                  phases: list[Phase], seconds: float, ddp: dict, checkpoint: ModelCheckpoint) -> dict:
+                  phases: list[Phase], seconds: float, ddp: dict, checkpoint: ModelCheckpoint,
+                  tested: str) -> dict:
     """metrics.json (test scalars, per-class values, phases, wall time, the validation score that
-    picked the tested checkpoint), confusion CSV/plot, curves of the monitored metric."""
+    picked the best checkpoint, which one was tested), confusion CSV/plot, curves of the monitored metric."""
     scalars = {k: _json_number(v) for k, v in results.items() if v.ndim == 0}
     per_class = {k: dict(zip(class_names, (_json_number(x) for x in v))) for k, v in results.items() if v.ndim == 1}
     plots = run_dir / "plots"
@@ -143,7 +144,7 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
                 checkpoint.monitor.removeprefix("val/"))
     best = None if checkpoint.best_model_score is None else _json_number(checkpoint.best_model_score)
     metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),
-               "checkpoint": {"monitor": checkpoint.monitor, "best": best},
+               "checkpoint": {"monitor": checkpoint.monitor, "best": best, "tested": tested},
                "phases": [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases],
                "finetune_version": __version__, **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}
     write_json(run_dir / "metrics.json", metrics)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from finetune import __version__
+from finetune.version import __version__
 from finetune.artifacts import write_text
 from finetune.data.transforms import Preprocessing
 from finetune.engine.runs import load_run
