@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; it replaces ``path`` (a folder or a file)
+    only if the block succeeds, so a folder export appears whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        mask = _umask()
+        for item in (tmp, *tmp.rglob("*")):  # mkdtemp (and safetensors) make 0700 / 0600
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+        if not path.exists():
+            os.rename(tmp, path)
+        else:  # overwrite: move the old one aside, put the new one in place, then delete the old one
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                os.replace(old / path.name, path)  # (if this fails too, the old one stays in ``old``)
+                os.rmdir(old)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "print what each phase would train, without loading weights or images"),
     "predict": ("finetune.commands.predict:main",
                 "predict images (or masks) with an export: export=... inputs=..."),
-    "export": ("finetune.commands.export:main", "export a run: head, safetensors, onnx, torchscript"),
+    "export": ("finetune.commands.export:main", "export a run: head, safetensors, onnx, pt2, timm folder"),
     "summary": ("finetune.commands.summary:main", "count units, weights and connections per layer and stage"),
     "explain": ("finetune.commands.explain:main", "Grad-CAM, activations and filters of a run on your images"),
     "report": ("finetune.commands.report:main", "(re)write a run's report.html"),

@@ -12,14 +12,21 @@ Formats (``format=``, comma-separated for several):
 * ``safetensors``: ``model.safetensors``, every tensor plus the same metadata (no pretrained weights
   needed to load it).
 * ``onnx``: ``model.onnx`` (opset 17, dynamic batch axis) + ``model.onnx.json`` sidecar.
-* ``torchscript``: ``model.torchscript.pt`` (``torch.jit.trace``) + ``model.torchscript.pt.json``.
+* ``pt2``: ``model.pt2`` (``torch.export``, dynamic batch axis) + ``model.pt2.json``; load it with
+  ``torch.export.load(path).module()``.
+* ``timm``: a folder ``timm/`` that plain timm opens (``timm.create_model("local-dir:<folder>",
+  pretrained=True)``; segmentation: ``smp.from_pretrained(<folder>)``), ready to upload to the
+  Hugging Face Hub; classification needs head=linear.
+* ``torchscript`` (deprecated: torch deprecates torch.jit; use pt2): ``model.torchscript.pt``.
 
-Parity gate: "the export + the preprocessing its metadata records" must reproduce "the run's torch
-model + the run's preprocessing" on real validation images (max |Δlogit| within the format's
-tolerance, 100 % top-1 agreement: per image, or per pixel for segmentation); otherwise nothing is
-written and the command fails. Segmentation ONNX exports take any height and width that are
-multiples of 32; ``finetune predict`` slides the recorded tile over larger images.
-Nothing is unpickled from an export: tensors are safetensors, metadata JSON.
+Every export folder also gets ``preprocess.py``: the reference preprocessing (numpy + Pillow) the
+metadata's ``input`` record describes step by step. Parity gate: "the export + that preprocess.py"
+must reproduce "the run's torch model + the run's own evaluation pipeline" on real validation
+images (max |Δlogit| within the format's tolerance, 100 % top-1 agreement: per image, or per pixel
+for segmentation); otherwise nothing is written and the command fails. Segmentation ONNX exports
+take any height and width that are multiples of 32; ``finetune predict`` slides the recorded tile
+over larger images. Nothing is unpickled from safetensors and ONNX exports; pt2 and TorchScript
+files use pickle: open them only from sources you trust.
 
 ``out`` defaults to ``<run dir>/exports``; ``images`` replaces the run's validation images for the
 parity check; ``weights`` is the pretrained backbone file when the recorded one is not found.

@@ -13,23 +13,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from finetune.data.reference import GRAY_MODES, load_image
 from finetune.errors import DatasetError, listing
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
-WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-GRAY_MODES = WIDE_GRAY_MODES | {"1", "L", "LA", "La", "F"}
 
 
 def read_image(path: Path, channels: int, window: tuple[float, float] | None = None) -> np.ndarray:
     """Decode `path` to HWC uint8 with `channels` (1 or 3) channels, EXIF orientation applied.
 
-    Grayscale modes stay 1 channel (16/32-bit ones scaled from the 16-bit range: v / 257); all
-    other modes (RGBA, P, CMYK, ...) become RGB. A gray image in a 3-channel dataset is replicated.
+    Files are decoded by ``finetune.data.reference.load_image``: grayscale modes stay 1 channel
+    (16/32-bit ones scaled from the 16-bit range: v / 257); all other modes (RGBA, P, CMYK, ...)
+    become RGB. A gray image in a 3-channel dataset is replicated.
     DICOM files (.dcm) go through their modality LUT and VOI LUT / window (`window` overrides it).
     """
     try:
@@ -38,22 +38,10 @@ def read_image(path: Path, channels: int, window: tuple[float, float] | None = N
 
             array = read_dicom(path, window)
         else:
-            with Image.open(path) as im:
-                array = _to_array(ImageOps.exif_transpose(im))
+            array = load_image(path)  # the reference decode every export ships
     except Exception as e:  # any decoder failure: name the file
         raise DatasetError(f"cannot read image {path}: {e}") from e
     return np.repeat(array, 3, axis=2) if channels == 3 and array.shape[2] == 1 else array
-
-
-def _to_array(im: Image.Image) -> np.ndarray:
-    if im.mode in WIDE_GRAY_MODES:
-        wide = np.clip(np.asarray(im, dtype=np.float32), 0, 65535)
-        return np.round(wide / 257).astype(np.uint8)[..., None]
-    if im.mode in GRAY_MODES:
-        return np.asarray(im.convert("L"))[..., None]
-    if im.mode in ("P", "PA"):
-        im = im.convert("RGBA")
-    return np.asarray(im.convert("RGB"))
 
 
 def inspect_image(path: Path) -> int:

@@ -3,7 +3,9 @@
 Train: RandomResizedCrop (with `augment.crop_scale`) or a direct resize to `size`, then the random
 ops the `augment` keys switch on. Eval: a direct resize to `size` (no crop_pct / center crop, so an
 export only has to repeat "resize to H x W, normalize"). Both end with gray -> RGB replication when
-the model takes 3 channels, Normalize(mean, std, max_pixel_value=255) and ToTensorV2.
+the model takes 3 channels, the normalization and ToTensorV2. Resizing and normalizing are the
+functions of ``finetune.data.reference`` (Pillow's antialiased ``Image.resize``; the file every
+export ships as ``preprocess.py``), so evaluation, predict and a deployment compute the same input.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from finetune.data import reference
 from finetune.data.options import dataclass_values
 from finetune.errors import FinetuneError
 
-INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+INTERPOLATIONS = tuple(reference.FILTERS)  # Pillow filters; each antialiases when downscaling
 
 
 class AugmentError(FinetuneError, ValueError):
@@ -172,20 +175,52 @@ def is_deterministic(augment: Augment) -> bool:
     return augment.crop_scale is None and not augment_ops(augment)
 
 
+class Resize(A.ImageOnlyTransform):
+    """Resize straight to ``size`` (H, W) with the reference's Pillow filter (antialiased)."""
+
+    def __init__(self, size: tuple[int, int], interpolation: str) -> None:
+        super().__init__(p=1.0)
+        self.size, self.interpolation = size, interpolation
+
+    def apply(self, img: np.ndarray, **params: object) -> np.ndarray:
+        return reference.resize(img, self.size, self.interpolation)
+
+
+class RandomResizedCrop(A.RandomResizedCrop):
+    """Albumentations' random crop (its parameters and random stream), resized by the reference."""
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float], interpolation: str) -> None:
+        super().__init__(size=size, scale=scale)
+        self.filter = interpolation
+
+    def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: object) -> np.ndarray:
+        x_min, y_min, x_max, y_max = crop_coords
+        return reference.resize(img[y_min:y_max, x_min:x_max], self.size, self.filter)
+
+
+class Normalize(A.ImageOnlyTransform):
+    """The reference's ``(value / 255 - mean) / std`` in float32."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__(p=1.0)
+        self.mean, self.std = mean, std
+
+    def apply(self, img: np.ndarray, **params: object) -> np.ndarray:
+        return reference.normalize(img, self.mean, self.std)
+
+
 def train_transform(pre: Preprocessing, image_channels: int, augment: Augment) -> A.Compose:
     """Random crop or resize to `pre.size`, the augment ops, then channels + normalize + tensor."""
-    interpolation = INTERPOLATIONS[pre.interpolation]
     if augment.crop_scale is None:
-        first: A.BasicTransform = A.Resize(*pre.size, interpolation=interpolation)
+        first: A.BasicTransform = Resize(pre.size, pre.interpolation)
     else:
-        first = A.RandomResizedCrop(size=pre.size, scale=augment.crop_scale, interpolation=interpolation)
+        first = RandomResizedCrop(pre.size, augment.crop_scale, pre.interpolation)
     return normalized_tensor([first, *augment_ops(augment)], pre, image_channels)
 
 
 def eval_transform(pre: Preprocessing, image_channels: int) -> A.Compose:
     """Direct resize to `pre.size`, then channels + normalize + tensor."""
-    resize = A.Resize(*pre.size, interpolation=INTERPOLATIONS[pre.interpolation])
-    return normalized_tensor([resize], pre, image_channels)
+    return normalized_tensor([Resize(pre.size, pre.interpolation)], pre, image_channels)
 
 
 def seed_transform(transform: A.Compose, seed: int) -> None:
@@ -210,4 +245,4 @@ def normalized_tensor(ops: list[A.BasicTransform], pre: Preprocessing, image_cha
         raise ValueError("RGB images cannot feed a 1-channel model; use dataset.grayscale=replicate")
     if image_channels == 1 and pre.in_chans == 3:
         ops = [*ops, A.ToRGB(num_output_channels=3)]
-    return A.Compose([*ops, A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()])
+    return A.Compose([*ops, Normalize(pre.mean, pre.std), ToTensorV2()])

@@ -7,14 +7,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from finetune import __version__
+from finetune.version import __version__
 from finetune.data.transforms import Preprocessing
 from finetune.engine.runs import load_run
 from finetune.engine.schedule import phases_from
 from finetune.models.freezing import FineTuneModel
 from finetune.tasks.base import Task
 
-EXPORT_VERSION = 1
+# 2: images resized by Pillow (antialiased), the "input" contract and preprocess.py (1: OpenCV resize)
+EXPORT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,31 @@ def metadata(bundle: ModelBundle, fmt: str) -> dict:
     return {
         "export_version": EXPORT_VERSION, "format": fmt, "finetune_version": __version__,
         "task": bundle.cfg.task, "multilabel": bundle.multilabel, "class_names": list(bundle.class_names),
-        "preprocessing": bundle.preprocessing.to_dict(), "image_channels": bundle.image_channels,
+        "preprocessing": bundle.preprocessing.to_dict(), "input": input_contract(bundle.preprocessing, bundle.dense),
+        "image_channels": bundle.image_channels,
         "backbone": {"name": bundle.cfg.backbone.name, "in_chans": bundle.preprocessing.in_chans},
         "weights": weights, "training": bundle.training, "origin": bundle.origin,
         **bundle.task_metadata,
+    }
+
+
+def input_contract(pre: Preprocessing, dense: bool) -> dict:
+    """Every preprocessing step, stated library-neutrally; ``preprocess.py`` (next to the export)
+    implements it with numpy and Pillow."""
+    resize = None if dense else {
+        "to_height_width": list(pre.size), "keep_aspect_ratio": False, "crop": None, "filter": pre.interpolation,
+        "antialias": True, "implementation": f"Pillow Image.resize((width, height), Image.Resampling.{pre.interpolation.upper()})"}
+    return {
+        "reference": "preprocess.py (numpy + Pillow): preprocess(files_or_arrays, metadata['preprocessing'])",
+        "decode": "8 bits per channel, EXIF orientation applied; 16/32-bit grayscale: round(value / 257); "
+                  "palette, RGBA, CMYK, ...: RGB, alpha dropped",
+        "channels": ("gray replicated to R, G, B" if pre.in_chans == 3 else
+                     "1 channel; RGB to Pillow's L = (299 R + 587 G + 114 B) / 1000"),
+        "resize": resize,
+        "whole_image": ("the model takes whole images of any size with sides that are multiples of 32; finetune "
+                        "predict slides the recorded tile over them (segmentation.tile, tile_overlap, scale)"
+                        if dense else None),
+        "scale": "value / 255 (float32)", "mean": list(pre.mean), "std": list(pre.std),
+        "normalize": "(value / 255 - mean) / std per channel", "channel_order": "RGB" if pre.in_chans == 3 else "gray",
+        "layout": "NCHW", "dtype": "float32",
     }

@@ -7,10 +7,20 @@ and loader. Adding a format is one writer, one loader and one line in ``FORMATS`
   needed to load it).
 * ``onnx``: ``model.onnx`` (opset 17, dynamic batch axis; segmentation also dynamic height and width,
   multiples of 32) + ``model.onnx.json`` sidecar.
-* ``torchscript``: ``model.torchscript.pt`` (``torch.jit.trace``) + ``model.torchscript.pt.json``.
+* ``pt2``: ``model.pt2`` (``torch.export``: the graph and its weights; dynamic batch axis, segmentation
+  also dynamic height and width, multiples of 32 from 64 up) + ``model.pt2.json`` sidecar. Load it with
+  ``torch.export.load(path).module()``; like every pickle-based format, only from a trusted source.
+* ``timm``: a folder ``timm/`` that plain timm (classification, ``timm.create_model("local-dir:<folder>",
+  pretrained=True)``) or segmentation_models_pytorch (``smp.from_pretrained(<folder>)``) opens without
+  finetune, + ``finetune.json`` inside (finetune.export.folders: layout, upload to the Hugging Face Hub).
+* ``torchscript`` (deprecated: use ``pt2``): ``model.torchscript.pt`` (``torch.jit.trace``) +
+  ``model.torchscript.pt.json``. torch 2.14 deprecates ``torch.jit.trace``, ``torch.jit.save`` and
+  ``torch.jit.load`` (each raises a FutureWarning "... is deprecated. Please switch to ``torch.export``");
+  the format still works, with those warnings hidden.
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -25,8 +35,11 @@ from torch import nn
 
 from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle, metadata
+from finetune.export.folders import FOLDER_METADATA, FOLDER_WEIGHTS, check_folder, load_folder, write_folder
 from finetune.export.tensors import rebuild, write_safetensors
 from finetune.models.weights import sha256_file
+
+log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 _QUIET = (DeprecationWarning, FutureWarning, torch.jit.TracerWarning)
@@ -57,11 +70,28 @@ def _write_onnx(bundle: ModelBundle, path: Path) -> dict:
         torch.onnx.export(bundle.model.eval(), (_example_input(bundle),), str(path), dynamo=False,
                           opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": axes, "logits": axes})
+    # the graph's tensor names; "input" is metadata()'s preprocessing contract
     return metadata(bundle, "onnx") | {"sha256": sha256_file(path), "opset": ONNX_OPSET,
-                                       "input": "input", "output": "logits"}
+                                       "input_name": "input", "output_name": "logits"}
+
+
+def _write_pt2(bundle: ModelBundle, path: Path) -> dict:
+    """``torch.export`` with a dynamic batch axis; for dense tasks (segmentation) also dynamic height
+    and width: multiples of 32 from 64 up (torch.export specializes a size-1 feature map at stride 32)."""
+    example = _example_input(bundle)
+    axes = {0: torch.export.Dim("batch", min=1)}
+    if bundle.dense:
+        axes |= {2: 32 * torch.export.Dim("height32", min=2), 3: 32 * torch.export.Dim("width32", min=2)}
+        example = torch.zeros(*example.shape[:2], *(max(64, side) for side in example.shape[2:]))
+    program = torch.export.export(bundle.model.eval(), (example,), dynamic_shapes=(axes,))
+    with open(path, "wb") as f:  # a file object: torch warns about a path not ending in .pt2 (the temp file)
+        torch.export.save(program, f)
+    return metadata(bundle, "pt2") | {"sha256": sha256_file(path), "torch": torch.__version__}
 
 
 def _write_torchscript(bundle: ModelBundle, path: Path) -> dict:
+    log.warning("format=torchscript is deprecated (torch deprecates torch.jit.trace / save / load): "
+                "use format=pt2")
     with _quiet():
         traced = torch.jit.trace(bundle.model.eval(), _example_input(bundle))
         torch.jit.save(traced, str(path))
@@ -71,12 +101,20 @@ def _write_torchscript(bundle: ModelBundle, path: Path) -> dict:
 # --- loaders: (file, its metadata, backbone weights file) -> forward -----------------------------
 
 
+@dataclass(frozen=True)
+class TorchForward:
+    """A numpy-in, numpy-out forward of a torch model (inference mode); ``module`` is the model."""
+
+    module: nn.Module
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(batch)).float().numpy()
+
+
 def torch_forward(model: nn.Module) -> Forward:
     """A numpy-in, numpy-out forward of a torch model (inference mode)."""
-    def forward(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(batch)).float().numpy()
-    return forward
+    return TorchForward(model)
 
 
 def _load_safetensors(path: Path, metadata: dict, weights: str | None) -> Forward:
@@ -98,32 +136,72 @@ def _load_torchscript(path: Path, metadata: dict, weights: str | None) -> Forwar
         return torch_forward(torch.jit.load(str(path), map_location="cpu").eval())
 
 
+def _load_pt2(path: Path, metadata: dict, weights: str | None) -> Forward:
+    with open(path, "rb") as f:  # as in _write_pt2
+        program = torch.export.load(f)
+    return torch_forward(program.module())  # eval mode was captured at export
+
+
+def _load_folder(path: Path, metadata: dict, weights: str | None) -> Forward:
+    return torch_forward(load_folder(path, metadata))
+
+
+def _supported(bundle: ModelBundle) -> None:
+    """Every model can be written in the formats without a ``check``."""
+
+
 # --- the registry --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Format:
-    """One export format: its file name, parity tolerance, writer and loader."""
+    """One export format: its file (or folder) name, parity tolerance, writer and loader."""
 
     name: str
     filename: str
     tolerance: float  # max |Δlogit| allowed by the parity gate, relative to the largest logit (absolute below 1)
-    sidecar: bool  # metadata in <file>.json (else embedded in the file)
-    write: Callable[[ModelBundle, Path], dict]
+    sidecar: bool  # metadata in a JSON sidecar (<file>.json; finetune.json inside a folder) else in the file
+    write: Callable[[ModelBundle, Path], dict]  # (bundle, temp file or empty temp folder) -> metadata
     load: Callable[[Path, dict, str | None], Forward]
+    folder: bool = False  # ``filename`` names a folder holding the model's files and its metadata
+    check: Callable[[ModelBundle], None] = _supported  # FinetuneError before anything is written
+    note: str = ""  # shown where the formats are listed, e.g. "deprecated: use pt2"
 
     def outputs(self, path: Path) -> list[Path]:
-        return [path, sidecar_path(path)] if self.sidecar else [path]
+        """What the export at ``path`` consists of (each refused if it exists, unless overwrite)."""
+        return [path, sidecar_path(path)] if self.sidecar and not self.folder else [path]
+
+    def metadata_file(self, path: Path) -> Path | None:
+        """Where the metadata of the export at ``path`` lives (None: embedded in the file)."""
+        if self.folder:
+            return path / FOLDER_METADATA
+        return sidecar_path(path) if self.sidecar else None
+
+    def model_file(self, path: Path) -> Path:
+        """The file whose sha256 the metadata records (a folder export: its weights file)."""
+        return path / FOLDER_WEIGHTS if self.folder else path
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.note})" if self.note else self.name
 
 
+# Tolerances, measured with float32 on CPU: pt2 and timm/smp folders reproduce the torch model exactly
+# (max |Δlogit| 0 on resnet10t, efficientnet_lite0, vit_tiny at 32 px and a resnet10t U-Net), so
+# pt2 allows 1e-5 (room for kernels a newer torch picks for the exported graph), the folders 1e-6
+# (the same modules on the same tensors); ONNX runtime fuses and reorders: 1e-4.
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("head", "head.safetensors", 1e-6, False, partial(write_safetensors, head_only=True), _load_safetensors),
     Format("safetensors", "model.safetensors", 1e-6, False, partial(write_safetensors, head_only=False),
            _load_safetensors),
     Format("onnx", "model.onnx", 1e-4, True, _write_onnx, _load_onnx),
-    Format("torchscript", "model.torchscript.pt", 1e-4, True, _write_torchscript, _load_torchscript),
+    Format("torchscript", "model.torchscript.pt", 1e-4, True, _write_torchscript, _load_torchscript,
+           note="deprecated: use pt2"),
+    Format("pt2", "model.pt2", 1e-5, True, _write_pt2, _load_pt2),
+    Format("timm", "timm", 1e-6, True, write_folder, _load_folder, folder=True, check=check_folder),
 )}
-_BY_SUFFIX = {".safetensors": FORMATS["head"], ".onnx": FORMATS["onnx"], ".pt": FORMATS["torchscript"]}
+_BY_SUFFIX = {".safetensors": FORMATS["head"], ".onnx": FORMATS["onnx"], ".pt": FORMATS["torchscript"],
+              ".pt2": FORMATS["pt2"]}
 
 
 def sidecar_path(path: Path) -> Path:
@@ -134,14 +212,20 @@ def sidecar_path(path: Path) -> Path:
 def get_format(name: str) -> Format:
     """The format called ``name``; FinetuneError lists the known ones."""
     if name not in FORMATS:
-        raise FinetuneError(f"format={name!r} is not known: use one or more of {', '.join(FORMATS)} "
-                            "(comma-separated)")
+        raise FinetuneError(f"format={name!r} is not known: use one or more of "
+                            f"{', '.join(f.label for f in FORMATS.values())} (comma-separated)")
     return FORMATS[name]
 
 
 def format_of(path: Path) -> Format:
-    """The format of an export file, from its suffix."""
+    """The format of an export: a file's from its suffix, a folder's from the metadata file it holds."""
+    if path.is_dir():
+        for spec in FORMATS.values():
+            if spec.folder and spec.metadata_file(path).is_file():
+                return spec
+        raise FinetuneError(f"{path} is a folder but not a finetune folder export (it has no {FOLDER_METADATA}): "
+                            "give an export file, or the timm/ folder made by finetune export format=timm")
     if path.suffix not in _BY_SUFFIX:
-        raise FinetuneError(f"{path} is not a finetune export: expected a .safetensors, .onnx or "
-                            "TorchScript .pt file made by finetune export")
+        raise FinetuneError(f"{path} is not a finetune export: expected a .safetensors, .onnx, .pt2 or "
+                            "TorchScript .pt file, or a timm/ folder, made by finetune export")
     return _BY_SUFFIX[path.suffix]

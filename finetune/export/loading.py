@@ -6,40 +6,30 @@ import glob
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
-import cv2
 import numpy as np
+from torch import nn
 
-from finetune import __version__
+from finetune.version import __version__
 from finetune.data.images import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, read_image
-from finetune.data.transforms import Preprocessing, eval_transform, normalized_tensor
+from finetune.data import reference
+from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
 from finetune.export.bundle import EXPORT_VERSION
-from finetune.export.formats import Forward, format_of, get_format, sidecar_path
+from finetune.export.formats import Forward, format_of, get_format
 from finetune.export.tensors import embedded_metadata
 from finetune.models.weights import sha256_file
 
 INPUT_EXTENSIONS = IMAGE_EXTENSIONS | DICOM_EXTENSIONS
 
 
-@cache
-def _transform(pre: Preprocessing, channels: int, full_size: bool):
-    return normalized_tensor([], pre, channels) if full_size else eval_transform(pre, channels)
-
-
 def preprocess(images: Sequence[np.ndarray], pre: Preprocessing, full_size: bool = False) -> np.ndarray:
-    """HWC uint8 images (1 or 3 channels) → the model's NCHW float32 batch, as at evaluation:
-    resized to ``pre.size``, or normalized at their own size (``full_size``, segmentation; the
-    images must then share one size)."""
-    batch = []
-    for image in images:
-        image = image[..., None] if image.ndim == 2 else image
-        if image.shape[2] == 3 and pre.in_chans == 1:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
-        batch.append(_transform(pre, image.shape[2], full_size)(image=image)["image"].numpy())
-    return np.stack(batch).astype(np.float32)
+    """HWC uint8 images (1 or 3 channels) → the model's NCHW float32 batch by the reference
+    preprocessing (``finetune.data.reference``, every export's ``preprocess.py``): resized to
+    ``pre.size``, or normalized at their own size (``full_size``, segmentation; the images must then
+    share one size)."""
+    return reference.preprocess(images, pre.to_dict(), full_size)
 
 
 @dataclass(frozen=True)
@@ -77,12 +67,27 @@ class LoadedExport:
         """One input file as the model's training images were read (channels; DICOM window)."""
         return read_image(Path(path), self.preprocessing.in_chans, self.window)
 
+    @property
+    def torch_module(self) -> nn.Module | None:
+        """The torch model behind ``forward`` (None for ONNX, which runs in onnxruntime)."""
+        return getattr(self.forward, "module", None)
+
+    @property
+    def whole_image(self) -> bool:
+        """The model takes whole images (segmentation), not images resized to one size."""
+        return self.metadata["input"]["resize"] is None
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's NCHW float32 input for decoded images, by the reference preprocessing."""
+        return preprocess(images, self.preprocessing, full_size=self.whole_image)
+
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Logits for raw images, through the preprocessing the metadata records."""
-        return self.forward(preprocess(images, self.preprocessing))
+        return self.forward(self.preprocess(images))
 
 
 def _sidecar_metadata(path: Path, sidecar: Path) -> dict:
+    """The metadata in ``sidecar``, refused unless it records the sha256 of the model file ``path``."""
     if not sidecar.is_file():
         raise FinetuneError(f"{sidecar} is missing: the metadata (classes, preprocessing) of {path} lives "
                             "there; re-export with finetune export")
@@ -95,19 +100,21 @@ def _sidecar_metadata(path: Path, sidecar: Path) -> dict:
 
 def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str | None = None,
                 sidecar: Path | None = None) -> LoadedExport:
-    """Open any export (format from the suffix unless ``fmt``); ``sidecar`` overrides ``<file>.json``."""
+    """Open any export: a file (format from the suffix unless ``fmt``) or a folder export (``timm/``);
+    ``sidecar`` overrides where the metadata is read (``<file>.json``, ``<folder>/finetune.json``)."""
     path = Path(path)
     spec = get_format(fmt) if fmt else format_of(path)
-    if not path.is_file():
+    if not (path.is_dir() if spec.folder else path.is_file()):
         raise FinetuneError(f"export {path} does not exist; make one with "
                             "finetune export run=<run dir> format=head,onnx")
     if spec.sidecar:
-        metadata = _sidecar_metadata(path, sidecar or sidecar_path(path))
+        metadata = _sidecar_metadata(spec.model_file(path), sidecar or spec.metadata_file(path))
     else:
         metadata = embedded_metadata(path)
     if metadata.get("export_version") != EXPORT_VERSION:
         raise FinetuneError(f"{path}: export version {metadata.get('export_version')} is not supported by "
-                            f"finetune {__version__} (expects {EXPORT_VERSION})")
+                            f"finetune {__version__} (expects {EXPORT_VERSION}); export the run again with "
+                            "finetune export run=<run dir> (its run directory is all it needs)")
     forward = spec.load(path, metadata, None if weights is None else str(weights))
     return LoadedExport(path, metadata, _checked_classes(forward, path, len(metadata.get("class_names") or [])))
 
@@ -122,6 +129,7 @@ def _checked_classes(forward: Forward, path: Path, classes: int) -> Forward:
                                 f"{logits.shape[1]} classes; the class list was edited or belongs to another "
                                 "export: re-export the run")
         return logits
+    checked.module = getattr(forward, "module", None)  # LoadedExport.torch_module
     return checked
 
 

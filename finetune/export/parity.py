@@ -1,8 +1,11 @@
-"""The parity gate: "the export + the preprocessing its metadata records" must reproduce "the run's
-torch model + the run's preprocessing" on real images (max |Δlogit| within the format's tolerance,
-100 % top-1 agreement: per image, or per pixel for segmentation) before an export is kept."""
+"""The parity gate: "the export + the reference preprocessing shipped beside it (``preprocess.py``,
+numpy + Pillow) following its metadata" must reproduce "the run's torch model + the run's own
+evaluation pipeline" on real images (max |Δlogit| within the format's tolerance, 100 % top-1
+agreement: per image, or per pixel for segmentation) before an export is kept."""
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +16,13 @@ from omegaconf import DictConfig
 from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle
 from finetune.export.formats import format_of, get_format, torch_forward
-from finetune.export.loading import load_export, preprocess
+from finetune.data import reference
+from finetune.data.transforms import eval_transform
+from finetune.export.loading import load_export
 from finetune.tasks.base import Task
 
 PARITY_IMAGES = 8
+REFERENCE = Path(reference.__file__)  # shipped with every export as preprocess.py
 
 
 @dataclass(frozen=True)
@@ -52,16 +58,34 @@ def logit_scale(expected: np.ndarray) -> float:
     return max(1.0, float(np.abs(expected).max()))
 
 
+def reference_preprocess(path: Path, images: Sequence[np.ndarray], spec: dict) -> np.ndarray:
+    """``images`` through the ``preprocess.py`` file at ``path`` (imported from that file, as a
+    deployment would), resized to the recorded size."""
+    loader = importlib.machinery.SourceFileLoader("finetune_export_preprocess", str(path))  # any suffix (a temp file)
+    module_spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.preprocess(list(images), spec)
+
+
+def run_pipeline(bundle: ModelBundle, images: Sequence[np.ndarray]) -> np.ndarray:
+    """``images`` through the run's own evaluation transform (albumentations, as in its test)."""
+    images = [image[..., None] if image.ndim == 2 else image for image in images]
+    return np.stack([eval_transform(bundle.preprocessing, image.shape[2])(image=image)["image"].numpy()
+                     for image in images])
+
+
 def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndarray], *,
-                 fmt: str | None = None, sidecar: Path | None = None) -> Parity:
-    """Compare "export + its recorded preprocessing" with "torch model + the run's preprocessing";
-    FinetuneError when max |Δlogit| exceeds the format's tolerance or a top-1 class differs."""
+                 fmt: str | None = None, sidecar: Path | None = None, reference: Path = REFERENCE) -> Parity:
+    """Compare "export + the reference preprocessing file ``reference`` (the ``preprocess.py`` shipped
+    with it)" with "torch model + the run's pipeline"; FinetuneError when max |Δlogit| exceeds the
+    format's tolerance or a top-1 class differs."""
     if not images:
         raise FinetuneError("the parity check needs at least one real image")
     spec = get_format(fmt) if fmt else format_of(Path(path))
     exported = load_export(path, bundle.backbone_weights, fmt=spec.name, sidecar=sidecar)
-    actual = exported.logits(images)
-    expected = torch_forward(bundle.model.eval())(preprocess(images, bundle.preprocessing))
+    actual = exported.forward(reference_preprocess(reference, images, exported.metadata["preprocessing"]))
+    expected = torch_forward(bundle.model.eval())(run_pipeline(bundle, images))
     scale = logit_scale(expected)
     tolerance = spec.tolerance * scale
     if actual.shape != expected.shape:

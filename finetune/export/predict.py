@@ -30,16 +30,18 @@ def refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
 
 
 def resolve_export(path: str | Path) -> Path:
-    """An export file as given; in a folder (or a run directory's exports/) the first of
-    head.safetensors, model.safetensors, model.onnx, model.torchscript.pt."""
+    """An export file or folder export (``timm/``) as given; in a folder of exports (or a run
+    directory's exports/) the first of head.safetensors, model.safetensors, model.onnx,
+    model.torchscript.pt, model.pt2, timm/."""
     from finetune.export.formats import FORMATS
 
     path = Path(path).expanduser()
-    if path.is_file():
+    if path.is_file() or any(spec.folder and spec.metadata_file(path).is_file() for spec in FORMATS.values()):
         return path
     folder = path / "exports" if (path / "exports").is_dir() else path
     for spec in FORMATS.values():
-        if (folder / spec.filename).is_file():
-            return folder / spec.filename
+        candidate = folder / spec.filename
+        if candidate.is_file() or (spec.folder and spec.metadata_file(candidate).is_file()):
+            return candidate
     raise FinetuneError(f"no export in {path}: expected one of {', '.join(f.filename for f in FORMATS.values())} "
                         "(make one with finetune export run=<run dir>)")

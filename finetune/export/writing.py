@@ -1,5 +1,5 @@
-"""Writing exports of a model bundle or a run directory: atomically, never over an existing file
-unless asked, and kept only when the export passes the parity gate."""
+"""Writing exports of a model bundle or a run directory: atomically (a file, or a whole folder),
+never over an existing one unless asked, and kept only when the export passes the parity gate."""
 from __future__ import annotations
 
 import json
@@ -12,15 +12,18 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from finetune.artifacts import atomic_path
+from finetune.artifacts import atomic_dir, atomic_path
 from finetune.data.images import read_image
 from finetune.engine.runs import find_checkpoint
 from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle
 from finetune.export.formats import get_format, sidecar_path
 from finetune.export.loading import find_images
-from finetune.export.parity import PARITY_IMAGES, Parity, check_parity, validation_images
+from finetune.export.parity import PARITY_IMAGES, REFERENCE, Parity, check_parity, validation_images
 from finetune.tasks.base import Task
+
+
+REFERENCE_NAME = "preprocess.py"  # next to every export
 
 
 @dataclass(frozen=True)
@@ -40,21 +43,43 @@ def _refuse_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
                             "(or out=<another folder>)")
 
 
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def export(bundle: ModelBundle, fmt: str, out_dir: str | Path, images: Sequence[np.ndarray],
            overwrite: bool = False) -> ExportResult:
     """Write one export into ``out_dir`` atomically, kept only if it passes the parity check."""
     spec = get_format(fmt)
-    path = Path(out_dir) / spec.filename
+    out = Path(out_dir)
+    path = out / spec.filename
+    spec.check(bundle)
     _refuse_overwrite(spec.outputs(path), overwrite)
+    _same_reference(out / REFERENCE_NAME, overwrite)
     with ExitStack() as stack:
-        tmp = stack.enter_context(atomic_path(path))
+        tmp = stack.enter_context(atomic_dir(path) if spec.folder else atomic_path(path))
         metadata = spec.write(bundle, tmp)
         sidecar = None
-        if spec.sidecar:
-            sidecar = stack.enter_context(atomic_path(sidecar_path(path)))
+        if spec.sidecar:  # a folder holds its own; a file's sidecar is written atomically beside it
+            sidecar = spec.metadata_file(tmp) if spec.folder else stack.enter_context(atomic_path(sidecar_path(path)))
             sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        parity = check_parity(bundle, tmp, images, fmt=spec.name, sidecar=sidecar)
-    return ExportResult(spec.name, path, path.stat().st_size, parity)
+        reference = out / REFERENCE_NAME
+        if not _same_reference(reference, overwrite):  # written with the export, kept only with it
+            reference = stack.enter_context(atomic_path(reference))
+            reference.write_text(REFERENCE.read_text())
+        if spec.folder:  # a folder travels alone (e.g. to the Hub): its own copy
+            (tmp / REFERENCE_NAME).write_text(REFERENCE.read_text())
+        parity = check_parity(bundle, tmp, images, fmt=spec.name, sidecar=sidecar, reference=reference)
+    return ExportResult(spec.name, path, _size(path), parity)
+
+
+def _same_reference(path: Path, overwrite: bool) -> bool:
+    """Whether ``path`` (``preprocess.py`` beside the exports) already holds this finetune's reference
+    preprocessing; other content is refused unless ``overwrite``."""
+    if path.is_file() and path.read_text() == REFERENCE.read_text():
+        return True
+    _refuse_overwrite([path], overwrite)
+    return False
 
 
 def export_run(run: str | Path, task: Task, formats: Sequence[str] = ("head",), out: str | Path | None = None,
@@ -67,7 +92,10 @@ def export_run(run: str | Path, task: Task, formats: Sequence[str] = ("head",), 
     out_dir = Path(out).expanduser() if out else run_dir / "exports"
     for spec in specs:
         _refuse_overwrite(spec.outputs(out_dir / spec.filename), overwrite)
+    _same_reference(out_dir / REFERENCE_NAME, overwrite)
     bundle = ModelBundle.from_run(run, task, weights)
+    for spec in specs:  # e.g. format=timm of an MLP head: refused before any format is written
+        spec.check(bundle)
     if images:
         parity_images = [read_image(p, bundle.image_channels, bundle.window)
                          for p in find_images(images)[:PARITY_IMAGES]]
