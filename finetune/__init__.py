@@ -1,3 +1,24 @@
-"""finetune: turn an ImageNet-pretrained timm backbone into a model for your images."""
+"""finetune: turn an ImageNet-pretrained timm backbone into a model for your images.
 
-__version__ = "0.1.0"
+The Python API: ``finetune.load(path)`` opens a run directory or an export and predicts
+(``finetune.api``); the command line is ``finetune`` (``finetune.cli``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from finetune.errors import FinetuneError
+from finetune.version import __version__
+
+if TYPE_CHECKING:
+    from finetune.api import Model
+
+__all__ = ["FinetuneError", "__version__", "load"]
+
+
+def load(path: str | Path, weights: str | Path | None = None) -> Model:
+    """A run directory, checkpoint, export file or export folder, ready to ``predict`` (see ``finetune.api``)."""
+    from finetune.api import load as load_model  # torch and friends only when a model is loaded
+
+    return load_model(path, weights)

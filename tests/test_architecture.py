@@ -40,10 +40,11 @@ PACKAGE = Path(finetune.__file__).parent
 # Top to bottom. A module may import its own layer and the ones below, never one above: the commands
 # look a task up and hand it to the libraries, which only know the Task interface (tasks.base).
 LAYERS = [
-    ("finetune.cli", "finetune.__main__", "finetune.commands"),
+    ("finetune.cli", "finetune.__main__", "finetune.commands", "finetune.api"),  # and the package's load()
     ("finetune.tasks",),  # the registry and the implementations; tasks.base sits with the libraries
     ("finetune.engine", "finetune.export", "finetune.report", "finetune.tasks.base"),
-    ("finetune.data", "finetune.models", "finetune.errors", "finetune.artifacts", "finetune.resources"),
+    ("finetune.data", "finetune.models", "finetune.errors", "finetune.artifacts", "finetune.resources",
+     "finetune.version"),
 ]
 
 
@@ -70,7 +71,10 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _layer(module: str) -> int:
-    """Index in LAYERS of the most specific prefix naming ``module`` (``finetune`` itself: the bottom)."""
+    """Index in LAYERS of the most specific prefix naming ``module``; the package itself is the API
+    facade (``finetune.load``), at the top."""
+    if module == "finetune":
+        return 0
     matches = [(len(prefix), i) for i, layer in enumerate(LAYERS) for prefix in layer
                if module == prefix or module.startswith(prefix + ".")]
     return max(matches)[1] if matches else len(LAYERS) - 1

@@ -10,6 +10,7 @@ imports none of them, so the hooks that take their objects name those types in t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
 
     from finetune.engine.schedule import PhaseOptim
     from finetune.models.freezing import FineTuneModel
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What ``finetune.load(...).predict(images)`` returns, one entry per image."""
+
+    class_names: list[str]
+    labels: list[str] | None = None  # classification: the decided label (multi-label: ";"-joined)
+    probabilities: Any = None  # classification: [N, classes] float64, softmax (sigmoid per label: multi-label)
+    masks: list | None = None  # segmentation: one [H, W] uint8 class-index mask at the image's own size
 
 
 class Task:
@@ -104,4 +115,8 @@ class Task:
         """``finetune predict``: predict image files with an ``export.loading.LoadedExport`` of this
         task, write the results where ``options.out`` (``export.predict.PredictOptions``) says, or
         this task's default, and return the one-line summary."""
+        raise NotImplementedError
+
+    def predict_arrays(self, exported: Any, images: Sequence[np.ndarray]) -> Predictions:
+        """The Python API's ``predict``: decoded HWC uint8 images through an ``export.loading.LoadedExport``."""
         raise NotImplementedError

@@ -102,3 +102,8 @@ class Classification(Task):
         from finetune.tasks.classification.predict import predict_files
 
         return predict_files(exported, paths, options)
+
+    def predict_arrays(self, exported, images):
+        from finetune.tasks.classification.predict import predict_arrays
+
+        return predict_arrays(exported, images)

@@ -13,6 +13,7 @@ from finetune.artifacts import atomic_path, write_json
 from finetune.errors import FinetuneError
 from finetune.export.loading import LoadedExport
 from finetune.export.predict import PredictOptions, console, refuse_existing
+from finetune.tasks.base import Predictions
 
 MULTILABEL_THRESHOLD = 0.5
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -52,6 +53,13 @@ def decide(paths: Sequence[Path | str], probs: np.ndarray, names: list[str], top
             label = names[order[0]]
         rows.append(Prediction(str(path), label, [(names[i], float(p[i])) for i in order]))
     return rows
+
+
+def predict_arrays(exported: LoadedExport, images: Sequence[np.ndarray]) -> Predictions:
+    """Labels and probabilities of decoded images (the Python API's ``predict``)."""
+    probs = probabilities(exported.logits(images), exported.multilabel)
+    rows = decide(range(len(images)), probs, exported.class_names, 1, exported.multilabel, exported.threshold)
+    return Predictions(exported.class_names, [row.prediction for row in rows], probs)
 
 
 def predict(exported: LoadedExport, paths: Sequence[Path], topk: int = 5,

@@ -103,3 +103,9 @@ class Segmentation(Task):
         from finetune.tasks.segmentation.predict import predict_files
 
         return predict_files(exported, paths, options)
+
+    def predict_arrays(self, exported, images):
+        from finetune.tasks.base import Predictions
+        from finetune.tasks.segmentation.predict import predict_mask
+
+        return Predictions(exported.class_names, masks=[predict_mask(exported, image) for image in images])

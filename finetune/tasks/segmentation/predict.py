@@ -9,7 +9,7 @@ import torch
 from rich.progress import Progress
 
 from finetune.errors import FinetuneError
-from finetune.export.loading import LoadedExport, preprocess
+from finetune.export.loading import LoadedExport
 from finetune.export.predict import PredictOptions, console, refuse_existing
 from finetune.report.plots import class_colors, save_mask
 from finetune.tasks.segmentation.module import full_image_logits
@@ -25,20 +25,25 @@ def predict_masks(exported: LoadedExport, paths: Sequence[Path], out_dir: Path, 
         raise FinetuneError(f"several inputs would write {clashes[0]}: predict images with distinct names, "
                             "or one folder at a time")
     refuse_existing([t for t in targets if t.exists()], overwrite)
-    tile, overlap, scale = (exported.metadata["segmentation"][k] for k in ("tile", "tile_overlap", "scale"))
     colors = class_colors(len(exported.class_names))
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("segmenting", total=len(paths))
+        for path, target in zip(paths, targets):
+            save_mask(predict_mask(exported, exported.read(path)), colors, target)
+            progress.advance(task)
+    return targets
+
+
+def predict_mask(exported: LoadedExport, image: np.ndarray) -> np.ndarray:
+    """The [H, W] uint8 class-index mask of one HWC uint8 image at its own size: the export's tile
+    slid over the image (resized by the run's ``scale`` for the model, as in training)."""
+    tile, overlap, scale = (exported.metadata["segmentation"][k] for k in ("tile", "tile_overlap", "scale"))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(exported.forward(x.numpy()))
 
-    with Progress(console=console, transient=False) as progress:
-        task = progress.add_task("segmenting", total=len(paths))
-        for path, target in zip(paths, targets):
-            batch = torch.from_numpy(preprocess([exported.read(path)], exported.preprocessing, full_size=True))
-            mask = full_image_logits(forward, batch, tile, overlap, scale).argmax(dim=1)[0].numpy()
-            save_mask(mask.astype(np.uint8), colors, target)
-            progress.advance(task)
-    return targets
+    batch = torch.from_numpy(exported.preprocess([image]))
+    return full_image_logits(forward, batch, tile, overlap, scale).argmax(dim=1)[0].numpy().astype(np.uint8)
 
 
 def predict_files(exported: LoadedExport, paths: Sequence[Path], options: PredictOptions) -> str:
