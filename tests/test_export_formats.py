@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
+from finetune.export.predict import resolve_export
 from finetune.export import bundle, folders, formats, loading, writing
 from finetune.export.parity import logit_scale
 from finetune.models.factory import build_model
@@ -184,6 +185,7 @@ def test_timm_folder_opens_in_plain_timm_with_the_same_logits(tmp_path, shared_d
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "finetune.json", "model.safetensors",
                                                         "preprocess.py"]
     assert sorted(p.name for p in folder.parent.iterdir()) == ["preprocess.py", "timm"]  # no temp folder left
+    assert resolve_export(folder) == resolve_export(folder.parent) == folder  # predict / finetune.load find it
     files = hymenoptera(shared_data)
     seen = isolated_python(TIMM_CODE, folder, tmp_path / "timm.npz", *files, cwd=tmp_path)
     pre = trained.preprocessing

@@ -1,14 +1,14 @@
-"""Predict with any export: head / full safetensors, ONNX (onnxruntime) or TorchScript.
+"""Predict with any export: head / full safetensors, ONNX (onnxruntime), pt2, a timm/ folder or TorchScript.
 
     finetune predict export=<file or folder> inputs=<files, folders or globs> [topk=5]
                      [out=predictions.csv|.json] [overwrite=true] [batch_size=32]
                      [weights=<backbone weights file, for a head export>]
 
-``export`` may be an export file, a folder of exports or a run directory (its ``exports/``).
+``export`` may be an export file, the ``timm/`` folder, a folder of exports or a run directory (its ``exports/``).
 ``inputs`` are images (.png, .jpg, ...) or DICOM files (.dcm, .dicom); DICOM files are read with
 the window the run was trained with (``dataset.window``, recorded in the export; none: each file's
 own VOI LUT / window).
-Images get the preprocessing recorded in the export's metadata. Probabilities are softmax over
+Images get the preprocessing recorded in the export's metadata (the export folder's preprocess.py). Probabilities are softmax over
 classes, or a sigmoid per class for a multi-label model ("prediction" then lists every class with
 p >= its threshold). Binary and multi-label decisions use the threshold the run was tested with
 (``threshold=tune`` picks it on the validation split; default 0.5), recorded in the export. Output
