@@ -66,6 +66,11 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def json_text(data: Any) -> str:
+    """The JSON text finetune writes: indented, sorted keys."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON (indented, sorted keys) atomically."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return write_text(path, json_text(data))

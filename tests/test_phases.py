@@ -127,11 +127,15 @@ def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path,
     with open(tmp_path / "killed" / "logs" / "top" / "metrics.csv", newline="") as f:
         assert sum(bool(r.get(metric)) for r in csv.DictReader(f)) == 1  # killed after phase 2's first epoch
     assert not (tmp_path / "killed" / "metrics.json").exists()
+    records = {name: (tmp_path / "killed" / name).stat() for name in ("config.yaml", "data.json", "weights.json")}
 
     resumed = _run(["resume=killed"], tmp_path)
     output = resumed.communicate(timeout=600)[0].decode()
     assert resumed.returncode == 0, output[-3000:]
     assert "resuming" in output
+    for name, before in records.items():  # the run's record is not rewritten, not even with the same text
+        after = (tmp_path / "killed" / name).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
     expected, got = _test_metrics(tmp_path / "whole"), _test_metrics(tmp_path / "killed")
     assert got.keys() == expected.keys()
     for key in expected:

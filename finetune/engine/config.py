@@ -6,6 +6,9 @@ into a list of phases. It imports no torch: a bad config is reported in about a 
 """
 from __future__ import annotations
 
+import importlib.util
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.data import IMBALANCE_CHOICES
@@ -19,6 +22,33 @@ from finetune.tasks.base import Task
 # checkpoints.keep: what a finished run keeps, and so which checkpoint it tests (exports, report and
 # explain read the one kept; both: best).
 KEEP_CHOICES = ("best", "last", "both")
+
+# Training options only some tasks honour: key -> (the value that means off, why a task may not). A task
+# lists the ones it honours in its ``training_options``; a config that turns on one it does not list
+# is refused by name. Read with ``setting``: a run written before a key existed resumes with it off.
+TASK_OPTIONS: dict[str, tuple[Any, str]] = {
+    "loss.label_smoothing": (0.0, "its loss takes hard labels (segmentation: per-pixel ce / dice / focal); "
+                                  "leave loss.label_smoothing=0"),
+    "mix.mixup": (0.0, "mixup blends whole images that carry one label each; leave mix.mixup=0"),
+    "mix.cutmix": (0.0, "cutmix pastes boxes between images that carry one label each; leave mix.cutmix=0"),
+}
+# logger.<key>: the Python package each optional logger needs.
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def setting(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    """``key`` of ``cfg``, or ``default`` for a config written before the key existed (a resumed run):
+    every training option added later is off by default."""
+    return OmegaConf.select(cfg, key, default=default)
+
+
+def mixes_batches(cfg: DictConfig) -> bool:
+    """True when ``mix.*`` mixes training batches (mixup or cutmix on, ``mix.prob`` > 0)."""
+    return bool((setting(cfg, "mix.mixup", 0.0) or setting(cfg, "mix.cutmix", 0.0)) and setting(cfg, "mix.prob", 1.0))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def validate(cfg: DictConfig, task: Task) -> list[Phase]:
@@ -37,6 +67,7 @@ def validate(cfg: DictConfig, task: Task) -> list[Phase]:
     if str(t.strategy).startswith("ddp") and not (isinstance(t.devices, int) and t.devices >= 1):
         raise ConfigError(f"trainer.devices={t.devices!r}: with strategy={t.strategy} give the number of "
                           "devices per node, e.g. trainer.devices=2")
+    _validate_training_options(cfg, task)
     phases = phases_from(cfg)
     for phase in phases:
         choice(f"optimizer of phase {phase.name!r}", phase.optim.optimizer, OPTIMIZERS)
@@ -45,3 +76,54 @@ def validate(cfg: DictConfig, task: Task) -> list[Phase]:
             raise ConfigError(f"lr of phase {phase.name!r} is {phase.optim.lr}: must be > 0")
     return phases
 
+
+def _validate_training_options(cfg: DictConfig, task: Task) -> None:
+    """Early stopping, gradient accumulation and clipping, label smoothing, mixup / cutmix, loggers."""
+    patience = setting(cfg, "schedule.early_stop.patience")
+    if patience is not None and not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1):
+        raise ConfigError(f"schedule.early_stop.patience={patience!r}: a whole number of epochs >= 1 "
+                          "(e.g. 3), or null to turn early stopping off")
+    min_delta = setting(cfg, "schedule.early_stop.min_delta", 0.0)
+    if not (_number(min_delta) and min_delta >= 0):
+        raise ConfigError(f"schedule.early_stop.min_delta={min_delta!r}: the smallest change of the monitored "
+                          "metric that counts as an improvement, a number >= 0 (e.g. 0.001)")
+    accumulate = setting(cfg, "trainer.accumulate_grad_batches", 1)
+    if not (isinstance(accumulate, int) and not isinstance(accumulate, bool) and accumulate >= 1):
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r}: a whole number of batches per "
+                          "optimizer step >= 1 (1: a step every batch)")
+    clip = setting(cfg, "trainer.gradient_clip_val")
+    if clip is not None and not (_number(clip) and clip > 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r}: the largest gradient norm, a number > 0 "
+                          "(e.g. 1.0), or null for no clipping")
+    smoothing = setting(cfg, "loss.label_smoothing", 0.0)
+    if not (_number(smoothing) and 0 <= smoothing < 1):
+        raise ConfigError(f"loss.label_smoothing={smoothing!r}: a number in [0, 1), e.g. 0.1 (0: off)")
+    for key in ("mix.mixup", "mix.cutmix"):
+        alpha = setting(cfg, key, 0.0)
+        if not (_number(alpha) and alpha >= 0):
+            raise ConfigError(f"{key}={alpha!r}: a Beta distribution alpha >= 0, e.g. 0.2 for mixup or "
+                              "1.0 for cutmix (0: off)")
+    prob = setting(cfg, "mix.prob", 1.0)
+    if not (_number(prob) and 0 <= prob <= 1):
+        raise ConfigError(f"mix.prob={prob!r}: the probability that a training batch is mixed, in [0, 1]")
+    honoured = task.training_options
+    for key, (off, why) in TASK_OPTIONS.items():
+        value = setting(cfg, key, off)
+        if value != off and key not in honoured:
+            raise ConfigError(f"{key}={value!r} is not supported by task={task.name}: {why}")
+    if mixes_batches(cfg) and str(cfg.data.cache_features).lower() == "true":
+        raise ConfigError("data.cache_features=true cannot be combined with mix.mixup / mix.cutmix: images are "
+                          "mixed before the backbone, cached features cannot be; use data.cache_features=auto "
+                          "(phases then train on images)")
+    experiment = setting(cfg, "logger.experiment", "finetune")
+    if not (isinstance(experiment, str) and experiment.strip()):
+        raise ConfigError(f"logger.experiment={experiment!r}: a name for the MLflow experiment / W&B project, "
+                          "e.g. logger.experiment=digits")
+    for key, package in LOGGER_PACKAGES.items():
+        on = setting(cfg, f"logger.{key}", key == "tensorboard")
+        if not isinstance(on, bool):
+            raise ConfigError(f"logger.{key}={on!r}: true or false (or pick a preset: logger=csv|tensorboard|"
+                              "mlflow|wandb|many)")
+        if on and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"logger.{key}=true needs the {package} package, which is not installed: "
+                              f"pip install {package} (or logger=tensorboard, the default)")

@@ -2,6 +2,7 @@
 a resumed run continues in the phase its checkpoint was written in."""
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,12 +10,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.engine.rundir import log_version
 from finetune.engine.checkpointing import AtomicCheckpointIO
+from finetune.engine.config import mixes_batches, setting
 from finetune.engine.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
 from finetune.engine.schedule import Phase
 from finetune.engine.display import ThrottledRichProgressBar, console, stage_table
@@ -81,8 +83,11 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
         if is_global_zero():
             console.print(stage_table(model, counts, f"phase {index + 1}/{len(plan)} {phase.name!r}: "
                                                      f"{phase.epochs} epoch(s), freeze={phase.freeze}"))
-        trainer = make_trainer(cfg, run_dir, phase.name, phase.epochs, [checkpoint, consistency])
-        cached = use_feature_cache(cfg.data.cache_features, model, data)
+        trainer = make_trainer(cfg, run_dir, phase.name, phase.epochs,
+                               [checkpoint, consistency, *early_stopping(cfg, monitor, phase.name)])
+        # Mixup / cutmix mix images before the backbone: cached features cannot be mixed, so a
+        # head-only phase trains on images (data.cache_features=true with mix.* is refused in validate).
+        cached = use_feature_cache("false" if mixes_batches(cfg) else cfg.data.cache_features, model, data)
         phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device) if cached else data
         if cached and is_global_zero():
             console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")
@@ -133,14 +138,53 @@ def best_checkpoint(run_dir: Path, monitor: str) -> ModelCheckpoint:
                            enable_version_counter=False, auto_insert_metric_name=False)
 
 
+class PhaseEarlyStopping(EarlyStopping):
+    """``schedule.early_stop``: end the phase when ``monitor`` has not improved by ``min_delta`` for
+    ``patience`` validations; the next phase starts as usual (each phase gets its own callback, so
+    its own count and best value).
+
+    Its state is saved in every checkpoint. A run resumed from the last checkpoint of a phase that
+    had stopped early (killed before the next phase wrote one) must not train that phase further:
+    Lightning does not save ``trainer.should_stop``, so it is set again from the restored state.
+    """
+
+    def __init__(self, monitor: str, patience: int, min_delta: float, phase: str) -> None:
+        super().__init__(monitor=monitor, patience=patience, min_delta=min_delta,
+                         mode="min" if monitor.endswith("loss") else "max")
+        self.phase = phase
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.wait_count >= self.patience:  # restored from a checkpoint written when this phase stopped
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.wait_count >= self.patience and trainer.is_global_zero:
+            console.print(f"phase {self.phase!r}: early stop after epoch {trainer.current_epoch} of "
+                          f"{trainer.max_epochs} ({self.monitor} did not improve by more than "
+                          f"{self.min_delta:g} in {self.patience} epoch(s))")
+
+
+def early_stopping(cfg: DictConfig, monitor: str, phase: str) -> list[PhaseEarlyStopping]:
+    """The phase's early-stopping callback (``schedule.early_stop.patience``), or none."""
+    patience = setting(cfg, "schedule.early_stop.patience")
+    if patience is None:
+        return []
+    return [PhaseEarlyStopping(monitor, patience, float(setting(cfg, "schedule.early_stop.min_delta", 0.0)), phase)]
+
+
 class ClampLogInterval(L.Callback):
     """Log steps (loss, ``lr/*``) at least once per epoch: ``trainer.log_every_n_steps`` is lowered to
-    the epoch's training batches when it is larger (a small dataset would otherwise log no step)."""
+    the epoch's optimizer steps (training batches / ``accumulate_grad_batches``, rounded up) when it is
+    larger (a small dataset would otherwise log no step)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         batches = trainer.num_training_batches
-        if isinstance(batches, int) and 0 < batches < trainer.log_every_n_steps:
-            trainer.log_every_n_steps = batches
+        if isinstance(batches, int) and batches > 0:
+            steps = math.ceil(batches / trainer.accumulate_grad_batches)
+            if steps < trainer.log_every_n_steps:
+                trainer.log_every_n_steps = steps
 
 
 class KeepCheckpoints(L.Callback):
@@ -170,12 +214,41 @@ def checkpoints_keep(cfg: DictConfig) -> str:
     return str(OmegaConf.select(cfg, "checkpoints.keep", default="best"))
 
 
+def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
+    """The ``logger`` group: CSV always (``logs/<name>``; a resumed phase logs to
+    ``logs/<name>/attempt-<n>``, every attempt kept), first, so ``trainer.logger`` is the CSV one;
+    then TensorBoard, MLflow (a file store in ``<run dir>/mlruns``) and W&B (offline) as switched on.
+    A config written before the group existed gets CSV + TensorBoard, as runs had then."""
+    version = log_version(run_dir / "logs", name)
+    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version=version)]
+    if setting(cfg, "logger.tensorboard", True):
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=version, default_hp_metric=False))
+    experiment = str(setting(cfg, "logger.experiment", "finetune"))
+    run_name = f"{run_dir.name}/{version}"  # one MLflow / W&B run per phase (and the test)
+    if setting(cfg, "logger.mlflow", False):
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(experiment_name=experiment, run_name=run_name,
+                                    tracking_uri=(run_dir / "mlruns").absolute().as_uri(),
+                                    tags={"finetune_run": str(run_dir), "phase": name}))
+    if setting(cfg, "logger.wandb", False):
+        import wandb
+        from lightning.pytorch.loggers import WandbLogger
+
+        if wandb.run is not None:  # the previous phase's run: one W&B run per phase
+            wandb.finish()
+        loggers.append(WandbLogger(project=experiment, name=run_name, group=run_dir.name, job_type=name,
+                                   save_dir=str(run_dir), offline=True))
+    return loggers
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list) -> L.Trainer:
-    """A Lightning Trainer for one phase (or the test): its own loggers (``logs/<name>``)."""
+    """A Lightning Trainer for one phase (or the test): its own loggers (``logs/<name>``), gradient
+    accumulation and clipping (``trainer.accumulate_grad_batches``, ``trainer.gradient_clip_val``:
+    the global L2 norm)."""
     t = cfg.trainer
-    version = log_version(run_dir / "logs", name)  # a resumed phase logs to logs/<name>/attempt-<n>
-    loggers = [CSVLogger(run_dir, name="logs", version=version),
-               TensorBoardLogger(run_dir, name="tensorboard", version=version, default_hp_metric=False)]
+    loggers = make_loggers(cfg, run_dir, name)
+    clip = setting(cfg, "trainer.gradient_clip_val")
     progress = [ThrottledRichProgressBar(t.log_every_n_steps, phase=name, leave=True)] if t.progress_bar else []
     plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else [])]
     return L.Trainer(
@@ -183,6 +256,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
         strategy=t.strategy, use_distributed_sampler=False, precision=t.precision, deterministic=t.deterministic, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
         log_every_n_steps=t.log_every_n_steps, logger=loggers,
+        accumulate_grad_batches=setting(cfg, "trainer.accumulate_grad_batches", 1),
+        gradient_clip_val=clip, gradient_clip_algorithm=None if clip is None else "norm",
         callbacks=[*callbacks, LearningRateMonitor(logging_interval="step"), ClampLogInterval(),
                    KeepCheckpoints(run_dir, checkpoints_keep(cfg)), *progress],
         enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,

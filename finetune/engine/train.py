@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.version import __version__
-from finetune.artifacts import atomic_path, write_json, write_text
+from finetune.artifacts import atomic_path, json_text, write_json, write_text
 from finetune.data.transforms import Preprocessing, gray_preprocessing
 from finetune.engine.advice import advise
 from finetune.engine.config import validate
@@ -120,18 +120,26 @@ def model_preprocessing(backbone: torch.nn.Module, image_size: int | None, in_ch
 
 
 def write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: dict) -> None:
-    """The run directory's ``config.yaml`` (resolved), ``weights.json`` and ``data.json``."""
+    """The run directory's ``config.yaml`` (resolved), ``weights.json`` and ``data.json``; a file that
+    already holds the same record (a resumed run) is left untouched."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(run_dir / "weights.json", weights)
-    write_json(run_dir / "data.json", data)
+    records = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), "weights.json": json_text(weights),
+               "data.json": json_text(data)}
+    for name, text in records.items():
+        path = run_dir / name
+        if not (path.is_file() and path.read_text() == text):
+            write_text(path, text)
 
 
 def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
                   phases: list[Phase], seconds: float, ddp: dict, checkpoint: ModelCheckpoint,
                   tested: str) -> dict:
     """metrics.json (test scalars, per-class values, phases, wall time, the validation score that
-    picked the best checkpoint, which one was tested), confusion CSV/plot, curves of the monitored metric."""
+    picked the best checkpoint, which one was tested), confusion CSV/plot, curves of the monitored metric.
+
+    Each phase records its planned ``epochs``, the ``epochs_run`` its logs show (every attempt of a
+    resumed phase) and ``stopped_epoch``: the last epoch (1-based) of a phase that early stopping
+    ended before its planned epochs, else None."""
     scalars = {k: _json_number(v) for k, v in results.items() if v.ndim == 0}
     per_class = {k: dict(zip(class_names, (_json_number(x) for x in v))) for k, v in results.items() if v.ndim == 1}
     plots = run_dir / "plots"
@@ -145,10 +153,26 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
     best = None if checkpoint.best_model_score is None else _json_number(checkpoint.best_model_score)
     metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),
                "checkpoint": {"monitor": checkpoint.monitor, "best": best, "tested": tested},
-               "phases": [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases],
+               "phases": [_phase_record(p, attempts) for p, attempts in zip(phases, logs)],
                "finetune_version": __version__, **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _phase_record(phase: Phase, attempts: list[Path]) -> dict:
+    """A phase's entry in metrics.json: its plan and the epochs its CSV logs show it ran."""
+    run = epochs_logged(attempts)
+    return {"name": phase.name, "epochs": phase.epochs, "freeze": phase.freeze, "epochs_run": run,
+            "stopped_epoch": run if 0 < run < phase.epochs else None}
+
+
+def epochs_logged(attempts: list[Path]) -> int:
+    """Epochs of one phase its ``metrics.csv`` files (every attempt) logged: the highest epoch + 1."""
+    last = -1
+    for path in attempts:
+        with open(path, newline="") as f:
+            last = max([last, *(int(float(row["epoch"])) for row in csv.DictReader(f) if row.get("epoch"))])
+    return last + 1
 
 
 def _json_number(value: torch.Tensor) -> float | None:

@@ -47,6 +47,8 @@ class Task:
     dense: bool = False  # one prediction per pixel: exports keep height and width dynamic
     # Top-level keys this task does not read: key -> (the value that means "unused", why / what instead)
     unsupported: Mapping[str, tuple[Any, str]] = {}
+    # Training options (engine/config.py) this task honours; a config turning on another is refused
+    training_options: tuple[str, ...] = ()
 
     def validate(self, cfg: DictConfig) -> None:
         """Refuse choices and keys this task cannot honour, by name, before any heavy work."""

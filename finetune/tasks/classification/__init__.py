@@ -21,6 +21,9 @@ class Classification(Task):
     heads = HEADS
     datasets = CLASSIFICATION_DATASETS
     monitors = MONITORS
+    # Training options of engine.config.TASK_OPTIONS this task honours (label smoothing: every task
+    # type; mixup / cutmix: single-label, refused for a multi-label dataset when the module is built).
+    training_options = ("loss.label_smoothing", "mix.mixup", "mix.cutmix")
     unsupported: Mapping[str, tuple[Any, str]] = {
         "segmentation.loss": ("ce_dice", "the segmentation block is read by task=segmentation only"),
         "segmentation.class_weights": (False, "for classification use imbalance=weighted_loss"),
@@ -36,9 +39,14 @@ class Classification(Task):
 
     def data_module(self, cfg):
         from finetune.data.datamodule import ClassificationDataModule
+        from finetune.engine.config import mixes_batches
 
-        return ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size,
+        data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size,
                                         cfg.dataset.num_workers, cfg.seed, imbalance=cfg.imbalance)
+        if data.info.multilabel and mixes_batches(cfg):  # known once the labels are read; before any weights
+            raise ConfigError("mix.mixup / mix.cutmix: this dataset is multi-label, and mixing is defined here "
+                              "for one label per image; leave mix.mixup=0 mix.cutmix=0")
+        return data
 
     def input_size(self, cfg):
         return cfg.dataset.image_size
@@ -59,13 +67,17 @@ class Classification(Task):
         return monitor_metric(data.info.task, cfg.threshold == "tune", cfg.monitor)
 
     def lightning_module(self, cfg, model, data, optim=None, phase_index=0, features_input=False):
+        from finetune.engine.config import setting
         from finetune.engine.schedule import PhaseOptim
         from finetune.tasks.classification.module import ClassificationTask
 
         threshold = None if cfg.threshold == "tune" else float(cfg.threshold)
         return ClassificationTask(model, data.info.num_classes, data.info.multilabel, optim or PhaseOptim(),
                                   class_weights=data.class_weights, phase_index=phase_index,
-                                  features_input=features_input, task=data.info.task, threshold=threshold)
+                                  features_input=features_input, task=data.info.task, threshold=threshold,
+                                  label_smoothing=setting(cfg, "loss.label_smoothing", 0.0),
+                                  mixup=setting(cfg, "mix.mixup", 0.0), cutmix=setting(cfg, "mix.cutmix", 0.0),
+                                  mix_prob=setting(cfg, "mix.prob", 1.0), seed=cfg.seed)
 
     def data_record(self, cfg, data) -> dict:
         info = data.info

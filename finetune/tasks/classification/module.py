@@ -13,6 +13,12 @@ logits (torchmetrics would guess from the value range whether to apply softmax/s
   the validation split (maximal balanced accuracy), never on the test split. With a threshold
   other than the default, the test also reports ``acc_at_0.5``, ``balanced_acc_at_0.5`` and
   ``f1_macro_at_0.5`` (the benchmark's decision).
+
+Training options (off by default): label smoothing (``loss.label_smoothing``: cross-entropy against
+1 - e + e/K on the class and e/K elsewhere; multi-label: BCE against y(1 - e) + e/2, timm's
+definition) and mixup / cutmix of training batches (``mix.*``, single-label only, timm's ``Mixup``
+with soft-target cross-entropy). Both change the training loss only: validation and test report
+the plain loss, and training accuracy is counted against each image's own label.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from torchmetrics.classification import (
 )
 
 from finetune.data.sources import TASK_TYPES
+from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
 from finetune.engine.schedule import PhaseOptim
 from finetune.tasks.phased import PhasedTask
@@ -184,6 +191,38 @@ def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, task: str) -> fl
     raise ValueError(f"a {task} task decides by argmax; thresholds apply to binary / multi-label tasks")
 
 
+class BatchMixer:
+    """timm's ``Mixup`` (mixup and / or cutmix, one draw per batch) on a training batch: the mixed
+    inputs and soft targets (label smoothing included). The inputs are copied, never mixed in place.
+
+    Every draw is seeded from (seed, phase, epoch, batch, rank) rather than numpy's global state, so a
+    resumed run mixes exactly as an uninterrupted one. timm mixes pairs (i, n-1-i) and asserts an
+    even batch; an odd last batch leaves its last image unmixed (smoothed one-hot target).
+    """
+
+    def __init__(self, num_classes: int, mixup: float, cutmix: float, prob: float, label_smoothing: float,
+                 seed: int) -> None:
+        from timm.data import Mixup
+
+        self.num_classes, self.label_smoothing, self.seed = num_classes, label_smoothing, seed
+        self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=0.5, mode="batch",
+                           label_smoothing=label_smoothing, num_classes=num_classes)
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, *key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from timm.data.mixup import mixup_target
+
+        inputs, even = inputs.clone(), len(inputs) - len(inputs) % 2
+        state = np.random.get_state()  # timm draws from numpy's global generator
+        np.random.seed(np.random.SeedSequence([self.seed, *key]).generate_state(1)[0])
+        try:
+            soft = [self.mixup(inputs[:even], targets[:even])[1]] if even else []  # mixes the view in place
+        finally:
+            np.random.set_state(state)
+        if even < len(inputs):
+            soft.append(mixup_target(targets[even:], self.num_classes, 1.0, self.label_smoothing))
+        return inputs, torch.cat(soft)
+
+
 class ClassificationTask(PhasedTask):
     """Trains a ``FineTuneModel``; one instance per phase, sharing the same model.
 
@@ -194,18 +233,36 @@ class ClassificationTask(PhasedTask):
     def __init__(self, model: FineTuneModel, num_classes: int, multilabel: bool = False,
                  optim: PhaseOptim = PhaseOptim(), class_weights: torch.Tensor | None = None,
                  phase_index: int = 0, features_input: bool = False, task: str | None = None,
-                 threshold: float | Sequence[float] | None = None) -> None:
+                 threshold: float | Sequence[float] | None = None, label_smoothing: float = 0.0,
+                 mixup: float = 0.0, cutmix: float = 0.0, mix_prob: float = 1.0, seed: int = 0) -> None:
         """``class_weights``: cross-entropy class weights, or for multi-label the BCE ``pos_weight``
         per label (ClassificationDataModule.class_weights gives either); not saved in checkpoints.
         ``task``: binary | multi-class | multi-label | ordinal-regression (default: from
         ``multilabel`` and the class count). ``threshold``: decision threshold of binary /
-        multi-label tasks (default 0.5; see ``tune_threshold``)."""
+        multi-label tasks (default 0.5; see ``tune_threshold``). ``label_smoothing``, ``mixup``,
+        ``cutmix`` (Beta alphas, 0: off), ``mix_prob``: the training options of the module
+        docstring; ``seed`` seeds the mixing draws."""
         super().__init__(model, optim, phase_index)
         self.multilabel = multilabel
         self.task = task_type(num_classes, multilabel, task)
         self.threshold = threshold
         self.features_input = features_input  # batches hold cached backbone features, not images
-        self.loss_fn = _loss(self.task, class_weights)
+        self.loss_fn = _loss(self.task, class_weights)  # validation and test: the plain loss
+        self.label_smoothing = float(label_smoothing)
+        self.mixer = None
+        if (mixup or cutmix) and mix_prob:
+            if self.multilabel:
+                raise FinetuneError("mix.mixup / mix.cutmix: the dataset is multi-label, and mixing is defined "
+                                    "here for one label per image; leave mix.mixup=0 mix.cutmix=0")
+            if features_input:
+                raise FinetuneError("mix.mixup / mix.cutmix mix images: they cannot train on cached features "
+                                    "(use data.cache_features=auto or false)")
+            self.mixer = BatchMixer(num_classes, mixup, cutmix, mix_prob, self.label_smoothing, seed)
+        # Training: label smoothing in the loss, or (mixing) in Mixup's soft targets; multi-label
+        # smooths its targets in training_step. None: the plain loss (the default).
+        single_label_smoothing = self.label_smoothing and not self.multilabel
+        self.train_loss_fn = (_loss(self.task, class_weights, 0.0 if self.mixer else self.label_smoothing)
+                              if single_label_smoothing or self.mixer else None)
         self.train_metrics = classification_metrics(num_classes, multilabel, False, self.task, auc=False,
                                                     prefix="train/", only_acc=True)
         self.val_metrics = classification_metrics(num_classes, multilabel, False, self.task, prefix="val/")
@@ -253,10 +310,28 @@ class ClassificationTask(PhasedTask):
         return self.threshold
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, logits, targets = self._step(batch)
+        if self.train_loss_fn is None and not self.label_smoothing:
+            loss, logits, targets = self._step(batch)
+        else:
+            loss, logits, targets = self._training_loss(batch, batch_idx)
         self.train_metrics.update(logits, targets)  # training decisions: threshold 0.5 / argmax
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return loss
+
+    def _training_loss(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, logits, hard targets) of a training batch under label smoothing and / or mixing."""
+        inputs, targets = batch
+        if self.mixer is not None:
+            inputs, soft = self.mixer(inputs, targets, self.phase_index, self.current_epoch, batch_idx,
+                                      self.global_rank)
+        elif self.multilabel:  # timm's multi-label smoothing: every label moves towards 0.5
+            soft = targets.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+        else:
+            soft = targets
+        logits = self._logits(inputs)
+        loss = (self.train_loss_fn or self.loss_fn)(logits, soft)
+        return loss, logits.detach(), targets.int() if self.multilabel else targets
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute(), prog_bar=True)
@@ -291,15 +366,16 @@ class ClassificationTask(PhasedTask):
         self.test_metrics.reset()
 
 
-def _loss(task: str, class_weights: torch.Tensor | None) -> nn.Module:
-    """Cross-entropy (class weights) or, for multi-label, BCE with logits (pos_weight per label).
-    The weights are non-persistent buffers: they follow the module's device but stay out of
-    checkpoints, so a task built without them can load any checkpoint."""
+def _loss(task: str, class_weights: torch.Tensor | None, label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy (class weights, label smoothing; it also takes soft targets) or, for
+    multi-label, BCE with logits (pos_weight per label). The weights are non-persistent buffers:
+    they follow the module's device but stay out of checkpoints, so a task built without them can
+    load any checkpoint."""
     weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
     if task == "multi-label":
         loss = nn.BCEWithLogitsLoss(pos_weight=weights)
         loss.register_buffer("pos_weight", weights, persistent=False)
     else:
-        loss = nn.CrossEntropyLoss(weight=weights)
+        loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
     loss.register_buffer("weight", None if task == "multi-label" else weights, persistent=False)
     return loss
