@@ -129,6 +129,8 @@ def test_checkpoints_keep_and_step_logs_with_fewer_batches_than_the_log_interval
     tested = json.loads((tmp_path / "metrics.json").read_text())["checkpoint"]["tested"]
     assert tested == ("last.ckpt" if keep == "last" else "best.ckpt")
     assert load_run(tmp_path).checkpoint.name == tested  # exports, report and explain read the tested one
+    report = (tmp_path / "report.html").read_text()
+    assert ("the tested checkpoint holds the final weights" in report) == (keep == "last")
     rows = _csv_rows(tmp_path / "logs" / "probe" / "metrics.csv")  # linear_probe's one phase
     assert [int(r["step"]) for r in rows if r.get("lr/head")] == [2]  # 3 batches < 50: clamped to 3
     assert any(r.get("train/loss_step") for r in rows)

@@ -512,7 +512,8 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
     val_auc = [float(row["val/auc"]) for log in sorted((tmp_path / "logs").glob("*/metrics.csv"))
                for row in csv.DictReader(log.open()) if row.get("val/auc")]
     assert len(val_auc) == 2  # one validation per phase epoch: the checkpoint had a choice
-    assert metrics["checkpoint"] == {"monitor": "val/auc", "best": pytest.approx(max(val_auc), abs=1e-6)}
+    assert metrics["checkpoint"] == {"monitor": "val/auc", "best": pytest.approx(max(val_auc), abs=1e-6),
+                                     "tested": "best.ckpt"}
     data = json.loads((tmp_path / "data.json").read_text())
     assert data["grayscale"] == "adapt" and data["model_in_chans"] == 1 and data["task"] == "binary"
     assert data["imbalance"] == {"asked": "weighted_loss", "applied": "weighted_loss"}

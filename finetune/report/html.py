@@ -123,7 +123,9 @@ def _results_section(run: RunRecord) -> str:
     wall = m.get("wall_time_s")
     info = f"wall time {wall:.0f} s" if isinstance(wall, (int, float)) else ""
     chosen = m.get("checkpoint") or {}
-    if chosen.get("best") is not None:
+    if chosen.get("tested") == "last.ckpt":  # checkpoints.keep=last
+        info += "; the tested checkpoint holds the final weights (checkpoints.keep=last)"
+    elif chosen.get("best") is not None:
         info += f"; the tested checkpoint had the best {chosen['monitor']}: {chosen['best']:.4f}"
     plots = run.run_dir / "plots"
     return (f"<h2>Results</h2><p>Test split; {escape(info)}.</p>"
