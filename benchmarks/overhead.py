@@ -146,8 +146,8 @@ class NoMetricsTask(ClassificationTask):
 class PerStepRichProgressBar(RichProgressBar):
     """Lightning's bar as we used it before: redraws and reads the metrics every batch."""
 
-    def __init__(self, every: int = 1, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, every: int = 1, phase: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)  # make_trainer's every / phase: the old bar had neither
 
 
 def stack_side(cfg, model, loader, val_loader, warmup: int, task_cls=ClassificationTask,

@@ -9,6 +9,14 @@ from benchmarks import accuracy, frozen, memory, overhead, pipeline, run_all
 from benchmarks.common import HYMENOPTERA
 
 
+def test_overhead_ablation_runs_every_side():
+    """Every side of the ablation builds its Trainer through make_trainer (make bench broke once when
+    make_trainer passed the progress bar an argument the old-bar stand-in did not take)."""
+    result = overhead.ablation("efficientnet_lite0", 32, "all", batch_size=2, steps=2, warmup=1, repeats=1)
+    assert {"stack", "no_progress_bar", "progress_bar_every_step (before the fix)", "minimal"} <= set(result["sides"])
+    assert all(side["step_ms"] > 0 for side in result["sides"].values())
+
+
 def test_overhead_measure_returns_positive_step_times():
     row = overhead.measure("efficientnet_lite0", 32, "all", batch_size=2, steps=2, warmup=1, repeats=1)
     assert row["stack_step_ms"] > 0 and row["minimal_step_ms"] > 0
