@@ -112,7 +112,7 @@ def test_label_smoothing_follows_its_formula_in_training_and_leaves_validation_p
     model, eps = nn.Linear(4, 3), 0.1  # the module only calls model(inputs)
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     task = ClassificationTask(model, 3, label_smoothing=eps)
-    loss, _, targets = task._training_loss((x, y), 0)
+    loss, _, targets = task._step((x, y), 0)
     log_p = F.log_softmax(model(x), dim=-1)
     expected = ((1 - eps) * -log_p[torch.arange(6), y] + eps * -log_p.mean(dim=-1)).mean()
     torch.testing.assert_close(loss, expected)
@@ -123,7 +123,7 @@ def test_label_smoothing_follows_its_formula_in_training_and_leaves_validation_p
 
     multi = ClassificationTask(model, 3, multilabel=True, label_smoothing=0.2)
     hot = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 1], [0, 0, 1], [1, 0, 0]])
-    loss = multi._training_loss((x, hot), 0)[0]
+    loss = multi._step((x, hot), 0)[0]
     torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(model(x), hot * 0.8 + 0.1))
 
 

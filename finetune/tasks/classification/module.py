@@ -258,11 +258,10 @@ class ClassificationTask(PhasedTask):
                 raise FinetuneError("mix.mixup / mix.cutmix mix images: they cannot train on cached features "
                                     "(use data.cache_features=auto or false)")
             self.mixer = BatchMixer(num_classes, mixup, cutmix, mix_prob, self.label_smoothing, seed)
-        # Training: label smoothing in the loss, or (mixing) in Mixup's soft targets; multi-label
-        # smooths its targets in training_step. None: the plain loss (the default).
-        single_label_smoothing = self.label_smoothing and not self.multilabel
-        self.train_loss_fn = (_loss(self.task, class_weights, 0.0 if self.mixer else self.label_smoothing)
-                              if single_label_smoothing or self.mixer else None)
+        # Training: label smoothing in the loss; with mixing it is in Mixup's soft targets, and
+        # multi-label smooths its targets in _step.
+        in_loss = 0.0 if self.mixer or self.multilabel else self.label_smoothing
+        self.train_loss_fn = _loss(self.task, class_weights, in_loss)
         self.train_metrics = classification_metrics(num_classes, multilabel, False, self.task, auc=False,
                                                     prefix="train/", only_acc=True)
         self.val_metrics = classification_metrics(num_classes, multilabel, False, self.task, prefix="val/")
@@ -278,11 +277,21 @@ class ClassificationTask(PhasedTask):
     def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model.head(inputs) if self.features_input else self.model(inputs)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], train_batch: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, logits, hard targets). A training batch (``train_batch``: its index) gets the
+        training options: mixing and label smoothing; validation and test the plain loss."""
         inputs, targets = batch
+        soft, loss_fn = (targets.float() if self.multilabel else targets), self.loss_fn
+        if train_batch is not None:
+            loss_fn = self.train_loss_fn
+            if self.mixer is not None:
+                inputs, soft = self.mixer(inputs, targets, self.phase_index, self.current_epoch, train_batch,
+                                          self.global_rank)
+            elif self.multilabel:  # timm's multi-label smoothing: every label moves towards 0.5
+                soft = soft * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
         logits = self._logits(inputs)
-        loss = self.loss_fn(logits, targets.float() if self.multilabel else targets)
-        return loss, logits.detach(), targets.int() if self.multilabel else targets
+        return loss_fn(logits, soft), logits.detach(), targets.int() if self.multilabel else targets
 
     @torch.no_grad()
     def predict_probabilities(self, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,28 +319,10 @@ class ClassificationTask(PhasedTask):
         return self.threshold
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.train_loss_fn is None and not self.label_smoothing:
-            loss, logits, targets = self._step(batch)
-        else:
-            loss, logits, targets = self._training_loss(batch, batch_idx)
+        loss, logits, targets = self._step(batch, batch_idx)
         self.train_metrics.update(logits, targets)  # training decisions: threshold 0.5 / argmax
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return loss
-
-    def _training_loss(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, logits, hard targets) of a training batch under label smoothing and / or mixing."""
-        inputs, targets = batch
-        if self.mixer is not None:
-            inputs, soft = self.mixer(inputs, targets, self.phase_index, self.current_epoch, batch_idx,
-                                      self.global_rank)
-        elif self.multilabel:  # timm's multi-label smoothing: every label moves towards 0.5
-            soft = targets.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-        else:
-            soft = targets
-        logits = self._logits(inputs)
-        loss = (self.train_loss_fn or self.loss_fn)(logits, soft)
-        return loss, logits.detach(), targets.int() if self.multilabel else targets
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute(), prog_bar=True)
