@@ -60,7 +60,7 @@ def validate(cfg: DictConfig, task: Task) -> list[Phase]:
     if cfg.schedule.batch_size < 1:
         raise ConfigError(f"schedule.batch_size={cfg.schedule.batch_size}: must be >= 1")
     choice("data.cache_features", str(cfg.data.cache_features).lower(), CACHE_CHOICES)
-    choice("checkpoints.keep", OmegaConf.select(cfg, "checkpoints.keep", default="best"), KEEP_CHOICES,
+    choice("checkpoints.keep", setting(cfg, "checkpoints.keep", "best"), KEEP_CHOICES,
            "best: test the best validation epoch, then remove last.ckpt; last: test the final weights, then "
            "remove best.ckpt; both: test best.ckpt and keep both (to continue training later)")
     t = cfg.trainer

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from finetune.engine.rundir import log_version
 from finetune.engine.checkpointing import AtomicCheckpointIO
@@ -211,7 +211,7 @@ def tested_checkpoint(run_dir: Path, checkpoint: ModelCheckpoint, keep: str) -> 
 
 def checkpoints_keep(cfg: DictConfig) -> str:
     """``checkpoints.keep`` (``best`` for a config written before the key existed)."""
-    return str(OmegaConf.select(cfg, "checkpoints.keep", default="best"))
+    return str(setting(cfg, "checkpoints.keep", "best"))
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
