@@ -34,23 +34,34 @@ from finetune.export.parity import PARITY_IMAGES
 from finetune.export.writing import export_run
 from finetune.export.writing import print_results as print_exports
 from finetune.models.factory import build_model
-from finetune.models.freezing import FreezeError, frozen_stages
-from finetune.models.weights import resolve_weights
+from finetune.models.freezing import FineTuneModel, FreezeError, frozen_stages
+from finetune.models.weights import WeightsRecord, resolve_weights
 from finetune.report.html import write_report
 from finetune.report.plots import epoch_history, plot_confusion, plot_curves
 from finetune.tasks.base import Task
 
 
-def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
-    """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written."""
-    started = time.perf_counter()
+@dataclasses.dataclass
+class Built:
+    """What a run trains: its phases (with the stages each freezes), weights record, data and model."""
+
+    phases: list[Phase]
+    plan: list[PlannedPhase]
+    record: WeightsRecord
+    data: L.LightningDataModule
+    model: FineTuneModel
+
+
+def build(task: Task, cfg: DictConfig) -> Built:
+    """Validate ``cfg``, resolve the weights, scan the data and build the model (on the meta device
+    for ``plan=true``: nothing is loaded), with the data's preprocessing set from the backbone."""
     phases = validate(cfg, task)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
                              preprocessing=preprocessing_overrides(cfg))
     data = task.data_module(cfg)
     num_classes = data.info.num_classes
-    if cfg.plan:  # nothing is loaded: the model is built on the meta device
+    if cfg.plan:
         with torch.device("meta"):
             model = build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, num_classes)
     else:
@@ -59,6 +70,14 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
     plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
     data.set_preprocessing(model_preprocessing(model.timm_model, task.input_size(cfg), data.in_chans))
     advise(model, data)  # warnings for legal but unwise inputs (tiny image size, small val/test)
+    return Built(phases, plan, record, data, model)
+
+
+def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
+    """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written."""
+    started = time.perf_counter()
+    built = build(task, cfg)
+    phases, plan, record, data, model = built.phases, built.plan, built.record, built.data, built.model
     if cfg.plan:
         print_plan(cfg, model, data, plan, record)
         return {}
