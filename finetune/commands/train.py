@@ -8,6 +8,9 @@ the ``unique_dir`` resolver, which creates the directory with ``os.mkdir`` (no `
 Hydra writes anything, adding ``-2``, ``-3`` … to a name that is taken; an explicit ``hydra.run.dir``
 is claimed before Hydra starts and refused if it holds anything. A directory the run wrote nothing
 of its own into (``plan=true``, a run refused before training) is removed again.
+
+Under a sweeper that optimises a number (``hydra/sweeper=optuna``) the task function returns the run's
+validation score (``finetune.engine.search``); otherwise nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.engine.rundir import CLAIMED, claim_run_dir, forget_claims, release_if_unused, unique_run_dir
+from finetune.engine.search import check_search, direction, is_search, objective
 from finetune.commands.args import print_error
 from finetune.errors import FinetuneError
 from finetune.resources import conf_dir
@@ -30,17 +34,24 @@ RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")
 NO_JOB_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
 
 OmegaConf.register_new_resolver("unique_dir", unique_run_dir, use_cache=True, replace=True)
+# hydra.sweeper.direction: ${search_direction:${monitor}} -> minimize for a loss, else maximize
+OmegaConf.register_new_resolver("search_direction", direction, replace=True)
 
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
-def main(cfg: DictConfig) -> dict | None:
-    """Compose the config once, then train here or in launched workers; user errors exit 2."""
+def main(cfg: DictConfig) -> float | None:
+    """Compose the config once, then train here or in launched workers; user errors exit 2 (a search
+    stops there). Returns the validation score a search optimises, else None."""
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return _run(cfg)
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
         sys.exit(print_error(err))
+    except Exception:  # a search records a failed trial and goes on (max_failure_rate): keep the why
+        if is_search(HydraConfig.get()):
+            logging.getLogger(__name__).exception("trial failed: %s", output_dir)
+        raise
     finally:
         release_if_unused(output_dir)  # plan, or refused before the run wrote anything: no clutter
 
@@ -77,7 +88,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     return train_task(get_task(cfg.task), cfg, run_dir, resume_from)
 
 
-def _run(cfg: DictConfig) -> dict | None:
+def _run(cfg: DictConfig) -> float | None:
     from finetune.engine.distributed import launch_workers, wants_processes
 
     hydra_cfg = HydraConfig.get()
@@ -89,12 +100,17 @@ def _run(cfg: DictConfig) -> dict | None:
         run_dir, resume_from, cfg = prepare_resume(cfg, list(hydra_cfg.overrides.task), prefer=RESUME_CHECKPOINTS)
     elif not cfg.plan:
         claim_run_dir(run_dir, hydra_files_allowed=True)  # a multirun job's directory; a no-op when claimed
+    searching = is_search(hydra_cfg)
+    if searching:
+        check_search(hydra_cfg, cfg)  # before any work: no -m, plan=true, the wrong direction
     if cfg.plan or not wants_processes(cfg):
-        return train(cfg, run_dir, resume_from)
-    code = launch_workers(cfg, run_dir, resume_from, resumed=bool(cfg_resumed))
-    if code != 0:
-        raise FinetuneError(f"a worker process failed (exit code {code}); see its output above")
-    return json.loads((run_dir / "metrics.json").read_text())  # rank 0 printed the results
+        metrics = train(cfg, run_dir, resume_from)
+    else:
+        code = launch_workers(cfg, run_dir, resume_from, resumed=bool(cfg_resumed))
+        if code != 0:
+            raise FinetuneError(f"a worker process failed (exit code {code}); see its output above")
+        metrics = json.loads((run_dir / "metrics.json").read_text())  # rank 0 printed the results
+    return objective(metrics) if searching else None
 
 
 def _value(argv: list[str], key: str) -> str | None:

@@ -1,0 +1,160 @@
+"""Sweeps and hyperparameter search: the summary ranks runs by the validation score that picked their
+checkpoint and marks test columns as not for selection; an Optuna study optimises that same score."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from finetune.commands import train as _registers_the_resolvers  # noqa: F401  (search_direction)
+from finetune.engine.search import TrialWithoutScore, check_search, objective
+from finetune.engine.sweep import write_summary
+from finetune.errors import ConfigError
+from finetune.resources import conf_dir
+
+
+def fake_run(sweep: Path, job: int, overrides: list[str], val: float | None = None, test: float | None = None,
+             monitor: str = "val/acc") -> None:
+    """A job directory as Hydra and a run leave it; without ``val`` it failed (no metrics.json)."""
+    (sweep / str(job) / ".hydra").mkdir(parents=True)
+    (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["+classification=digits", *overrides]))
+    if val is not None:
+        metrics = {"test": {"acc": test, "loss": 1 - test}, "wall_time_s": 3.0,
+                   "checkpoint": {"monitor": monitor, "best": val, "tested": "best.ckpt"}}
+        (sweep / str(job) / "metrics.json").write_text(json.dumps(metrics))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_summary_ranks_by_validation_marks_test_columns_and_names_optunas_best(tmp_path):
+    # The test scores run the other way round: a table sorted by them would pick run 0.
+    fake_run(tmp_path, 0, ["schedule.lr=0.001"], val=0.80, test=0.95)
+    fake_run(tmp_path, 1, ["schedule.lr=0.003"], val=0.90, test=0.70)
+    fake_run(tmp_path, 2, ["schedule.lr=0.01"], val=0.85, test=0.90)
+    fake_run(tmp_path, 3, ["schedule.lr=0.1"])  # failed: no metrics.json
+    (tmp_path / "optimization_results.yaml").write_text(
+        "name: optuna\nbest_params:\n  schedule.lr: 0.003\nbest_value: 0.9\n")
+    write_summary(tmp_path)
+
+    rows = read_csv(tmp_path / "sweep_summary.csv")
+    assert [r["run"] for r in rows] == ["1", "2", "0", "3"]
+    assert [r["rank"] for r in rows] == ["1", "2", "3", ""]
+    assert [r["status"] for r in rows] == ["finished"] * 3 + ["no metrics.json"]
+    assert rows[0]["swept"] == "schedule.lr=0.003" and rows[0]["val/acc"] == "0.9" and rows[0]["test/acc"] == "0.7"
+    notes, table = (tmp_path / "sweep_summary.md").read_text().split("\n\n")
+    assert notes.startswith("Ranked by val/acc (higher is better)") and "test columns are for reporting" in notes
+    assert "Optuna's best trial (optimization_results.yaml): value 0.9000 = run 1 (schedule.lr=0.003)" in notes
+    header = table.splitlines()[0]
+    assert "| val/acc (selection) |" in header and "| test/acc (not for selection) |" in header
+    assert "| test/loss (not for selection) |" in header
+
+
+def test_a_loss_ranks_lowest_first_mixed_monitors_and_failed_sweeps_are_not_ranked(tmp_path):
+    fake_run(tmp_path / "loss", 0, ["seed=0"], val=0.40, test=0.9, monitor="val/loss")
+    fake_run(tmp_path / "loss", 1, ["seed=1"], val=0.20, test=0.8, monitor="val/loss")
+    write_summary(tmp_path / "loss")
+    assert [r["run"] for r in read_csv(tmp_path / "loss" / "sweep_summary.csv")] == ["1", "0"]
+    assert "Ranked by val/loss (lower is better)" in (tmp_path / "loss" / "sweep_summary.md").read_text()
+
+    fake_run(tmp_path / "mixed", 0, ["monitor=loss"], val=0.40, test=0.9, monitor="val/loss")
+    fake_run(tmp_path / "mixed", 1, ["monitor=acc"], val=0.95, test=0.8)
+    write_summary(tmp_path / "mixed")
+    assert [r["rank"] for r in read_csv(tmp_path / "mixed" / "sweep_summary.csv")] == ["", ""]
+    assert "not ranked" in (tmp_path / "mixed" / "sweep_summary.md").read_text()
+
+    fake_run(tmp_path / "failed", 0, ["seed=0"])
+    write_summary(tmp_path / "failed")
+    assert (tmp_path / "failed" / "sweep_summary.md").read_text().startswith("No run finished")
+
+
+def hydra_config(*overrides: str):
+    """The ``hydra`` node a job of ``finetune -m <overrides>`` sees, and the job's config."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=[*overrides, "hydra.mode=MULTIRUN"], return_hydra_config=True)
+    return cfg.hydra, cfg
+
+
+def test_the_search_recipe_derives_its_direction_from_the_monitor():
+    check_search(*hydra_config("+classification=digits_search"))  # maximize val/acc
+    hydra_cfg, cfg = hydra_config("+classification=digits_search", "monitor=loss")
+    assert hydra_cfg.sweeper.direction == "minimize"
+    check_search(hydra_cfg, cfg)
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["hydra/sweeper=optuna"], "hydra.sweeper.direction=minimize, but trials report monitor=auto"),  # the default
+    (["+classification=digits_search", "monitor=loss", "hydra.sweeper.direction=maximize"],
+     "set hydra.sweeper.direction=minimize"),
+    (["+classification=digits_search", "hydra.sweeper.direction=[maximize,minimize]"], "give one direction"),
+    (["+classification=digits_search", "plan=true"], "plan=true trains nothing"),
+])
+def test_a_search_that_cannot_mean_what_it_says_is_refused(overrides, says):
+    with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("(", r"\(")):
+        check_search(*hydra_config(*overrides))
+
+
+def test_a_search_without_multirun_is_refused():
+    hydra_cfg, cfg = hydra_config("+classification=digits_search")
+    hydra_cfg.mode = "RUN"
+    with pytest.raises(ConfigError, match="runs only under -m"):
+        check_search(hydra_cfg, cfg)
+
+
+def test_the_objective_is_the_validation_score_that_picked_the_checkpoint():
+    metrics = {"test": {"acc": 0.99}, "checkpoint": {"monitor": "val/acc", "best": 0.875, "tested": "best.ckpt"}}
+    assert objective(metrics) == 0.875
+    with pytest.raises(TrialWithoutScore, match="val/acc never had a value"):
+        objective({"test": {"acc": 0.99}, "checkpoint": {"monitor": "val/acc", "best": None}})
+
+
+# Runs the real command line with optuna's Study.tell watched: the numbers the study was told, per trial.
+SPY = """
+import json, sys, optuna
+told, tell = {}, optuna.study.Study.tell
+def spy(self, *args, **kwargs):
+    told[kwargs["trial"].number] = kwargs.get("values")
+    return tell(self, *args, **kwargs)
+optuna.study.Study.tell = spy
+from finetune.cli import main
+code = main(sys.argv[1:])
+print("TOLD " + json.dumps(told))
+sys.exit(code)
+"""
+TINY_SEARCH = ["-m", "+classification=digits_search", "hydra.sweeper.n_trials=2", "backbone.freeze=4",  # fixed
+               "dataset.image_size=32",
+               "schedule.epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+               "trainer.progress_bar=false", "hydra.sweep.dir=sweep"]
+
+
+@pytest.mark.slow
+def test_an_optuna_search_optimises_each_runs_validation_score(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SPY, *TINY_SEARCH], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    told = json.loads(out.stdout.rsplit("TOLD ", 1)[1])
+    sweep = tmp_path / "sweep"
+    best = {}
+    for trial, values in told.items():  # one job per trial, in order (n_jobs: 1)
+        metrics = json.loads((sweep / trial / "metrics.json").read_text())
+        assert metrics["checkpoint"]["monitor"] == "val/acc" and values == [metrics["checkpoint"]["best"]]
+        best[trial] = metrics["checkpoint"]["best"]
+    assert len(best) == 2
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == max(best.values())
+    assert set(results["best_params"]) == {"schedule.lr", "loss.label_smoothing"}  # a plain value is not searched
+    assert all(yaml.safe_load((sweep / t / "config.yaml").read_text())["backbone"]["freeze"] == 4 for t in told)
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [float(r["val/acc"]) for r in rows] == sorted(best.values(), reverse=True)
+    assert all("schedule.lr=" in r["swept"] for r in rows)  # the trial's parameters, as its overrides
+    summary = (sweep / "sweep_summary.md").read_text()
+    assert "(not for selection)" in summary and "Optuna's best trial (optimization_results.yaml)" in summary
