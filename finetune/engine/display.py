@@ -82,15 +82,19 @@ class ThrottledRichProgressBar(RichProgressBar):
 
 
 def stage_table(model: FineTuneModel, counts: list[StageCount] | None, title: str) -> Table:
-    """Stem … head: parameters, trainable or frozen, BatchNorm mode, and the lecture's counts."""
+    """Stem … head: parameters (adapter parameters among them), trainable or frozen, BatchNorm mode,
+    and the lecture's counts."""
     table = Table(title=title, title_justify="left")
-    numeric = ("params", "trainable", "units", "connections")
-    columns = ("stage", "params", "trainable", "status", "BN mode", *(("units", "connections") if counts else ()))
+    adapter = f"{model.adapter.kind} params" if model.adapter else None
+    numeric = ("params", adapter, "trainable", "units", "connections")
+    columns = ("stage", "params", *((adapter,) if adapter else ()), "trainable", "status", "BN mode",
+               *(("units", "connections") if counts else ()))
     for column in columns:
         table.add_column(column, justify="right" if column in numeric else "left")
     by_stage = {c.name: c for c in counts or []}
     for row in stage_status(model):
-        cells = [row.stage, f"{row.params:,}", f"{row.trainable:,}", row.status, row.bn_mode]
+        cells = [row.stage, f"{row.params:,}", *((f"{row.adapter:,}",) if adapter else ()), f"{row.trainable:,}",
+                 row.status, row.bn_mode]
         if counts:
             count = by_stage.get(row.stage)
             cells += [f"{count.units:,}", f"{count.connections:,}"] if count else ["-", "-"]

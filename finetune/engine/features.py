@@ -2,6 +2,9 @@
 
 Valid only when the backbone cannot change and sees the same input every epoch: every stage
 frozen, BatchNorm frozen (eval mode) and a deterministic training transform (augment=none).
+Features are extracted at the start of each phase that uses them, from the backbone as it is then: a
+head-only phase after one that trained adapters (``backbone.adapter``) or stages sees the backbone as
+trained, and no cache outlives its phase.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ def cache_blockers(model: FineTuneModel, data: ClassificationDataModule) -> list
     """Why the current phase cannot use cached features (empty: it can)."""
     reasons = []
     if set(model.frozen) != set(model.stage_map.stages):
-        reasons.append("some backbone stages train in this phase (cache needs freeze=all)")
+        what = f"the {model.adapter.kind} adapters of some" if model.adapter else "some"
+        reasons.append(f"{what} backbone stages train in this phase (cache needs freeze=all)")
     if model.bn_policy != "frozen":
         reasons.append("backbone.bn=train updates BatchNorm statistics (cache needs bn=frozen)")
     if not data.train_transform_is_deterministic:

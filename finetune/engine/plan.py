@@ -31,8 +31,17 @@ def print_plan(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataMo
         console.print(groups)
         blockers = cache_blockers(model, data)
         console.print(f"feature cache ({cfg.data.cache_features}): "
-                      + ("possible" if not blockers else "off — " + "; ".join(blockers)))
+                      + ("possible" + _adapted_note(model, plan[:index]) if not blockers
+                         else "off — " + "; ".join(blockers)))
     console.print(data_table(cfg, model, data))
+
+
+def _adapted_note(model: FineTuneModel, before: list) -> str:
+    """What a cache holds after earlier phases trained adapters: never features of an older backbone."""
+    if model.adapter is None or all(set(p.frozen) == set(model.stage_map.stages) for p in before):
+        return ""
+    return (f" (extracted anew at the start of this phase, through the {model.adapter.kind} adapters as "
+            "trained so far; no earlier phase's cache is reused)")
 
 
 def data_table(cfg: DictConfig, model: FineTuneModel, data: ClassificationDataModule) -> Table:

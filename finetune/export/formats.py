@@ -2,7 +2,9 @@
 and loader. Adding a format is one writer, one loader and one line in ``FORMATS``.
 
 * ``head``: ``head.safetensors``, only the tensors that differ from the pretrained backbone (the new
-  head and every changed backbone tensor, BatchNorm buffers included) plus metadata (finetune.export.tensors).
+  head and every changed backbone tensor, BatchNorm buffers included; every LoRA / DoRA tensor) plus
+  metadata (finetune.export.tensors). The only format that keeps adapters as they are: every other
+  format stores a plain model with the adapters merged into its weights (finetune.export.merging).
 * ``safetensors``: ``model.safetensors``, every tensor plus the same metadata (no pretrained weights
   needed to load it).
 * ``onnx``: ``model.onnx`` (opset 17, dynamic batch axis; segmentation also dynamic height and width,
@@ -164,6 +166,7 @@ class Format:
     write: Callable[[ModelBundle, Path], dict]  # (bundle, temp file or empty temp folder) -> metadata
     load: Callable[[Path, dict, str | None], Forward]
     folder: bool = False  # ``filename`` names a folder holding the model's files and its metadata
+    adapters: bool = False  # stores LoRA / DoRA adapters as they are (else merged into plain weights)
     check: Callable[[ModelBundle], None] = _supported  # FinetuneError before anything is written
     note: str = ""  # shown where the formats are listed, e.g. "deprecated: use pt2"
 
@@ -191,7 +194,8 @@ class Format:
 # pt2 allows 1e-5 (room for kernels a newer torch picks for the exported graph), the folders 1e-6
 # (the same modules on the same tensors); ONNX runtime fuses and reorders: 1e-4.
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("head", "head.safetensors", 1e-6, False, partial(write_safetensors, head_only=True), _load_safetensors),
+    Format("head", "head.safetensors", 1e-6, False, partial(write_safetensors, head_only=True), _load_safetensors,
+           adapters=True),
     Format("safetensors", "model.safetensors", 1e-6, False, partial(write_safetensors, head_only=False),
            _load_safetensors),
     Format("onnx", "model.onnx", 1e-4, True, _write_onnx, _load_onnx),

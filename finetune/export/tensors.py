@@ -1,5 +1,6 @@
 """Safetensors exports: the head-only delta (``head``) or every tensor (``safetensors``), and rebuilding
 the model from either. A head export stores only the tensors that differ from the pretrained backbone
+(an adapter's own tensors always; loading rebuilds the adapter from the recorded config)
 and pins the rest by a fingerprint (sha256 over the unchanged tensors); loading it refuses pretrained
 weights whose fingerprint differs. The metadata also records a sha256 of every stored tensor, and
 loading refuses a file whose tensors differ from them. Nothing is unpickled: tensors are safetensors, metadata JSON."""
@@ -66,7 +67,9 @@ def _pretrained_backbone(bundle: ModelBundle) -> dict[str, torch.Tensor]:
                             f"{record.sha256}) are not those the run was trained from (sha256 {expected}); "
                             "pass the original file with weights=<file>")
     reference = build_model(bundle.cfg, record, bundle.preprocessing.in_chans, len(bundle.class_names))
-    return {k: v for k, v in reference.state_dict().items() if k.startswith("backbone.")}
+    added = {f"backbone.{n}" for n in reference.adapter.added} if reference.adapter else set()
+    # an adapter's own tensors (LoRA A and B …) are always stored: they are not in the pretrained weights
+    return {k: v for k, v in reference.state_dict().items() if k.startswith("backbone.") and k not in added}
 
 
 def write_safetensors(bundle: ModelBundle, path: Path, head_only: bool) -> dict:

@@ -19,7 +19,8 @@ from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle
 from finetune.export.formats import get_format, sidecar_path
 from finetune.export.loading import find_images
-from finetune.export.parity import PARITY_IMAGES, REFERENCE, Parity, check_parity, validation_images
+from finetune.export.merging import merged_bundle, needs_merge
+from finetune.export.parity import PARITY_IMAGES, REFERENCE, Parity, check_parity, run_pipeline, validation_images
 from finetune.tasks.base import Task
 
 
@@ -49,13 +50,17 @@ def _size(path: Path) -> int:
 
 def export(bundle: ModelBundle, fmt: str, out_dir: str | Path, images: Sequence[np.ndarray],
            overwrite: bool = False) -> ExportResult:
-    """Write one export into ``out_dir`` atomically, kept only if it passes the parity check."""
+    """Write one export into ``out_dir`` atomically, kept only if it passes the parity check. Formats
+    other than ``head`` get the adapters merged into plain weights, and the parity check compares them
+    with that merged model."""
     spec = get_format(fmt)
     out = Path(out_dir)
     path = out / spec.filename
     spec.check(bundle)
     _refuse_overwrite(spec.outputs(path), overwrite)
     _same_reference(out / REFERENCE_NAME, overwrite)
+    if images and not spec.adapters and needs_merge(bundle):
+        bundle = merged_bundle(bundle, run_pipeline(bundle, images))
     with ExitStack() as stack:
         tmp = stack.enter_context(atomic_dir(path) if spec.folder else atomic_path(path))
         metadata = spec.write(bundle, tmp)

@@ -1,6 +1,7 @@
 """Build the fine-tune model a config describes: a timm backbone with a new head (``head=linear|mlp``)
 or a timm encoder under an smp decoder (``head=unet|fpn|deeplabv3plus``). The head kind decides, so
-a run directory or an export can be rebuilt from its config alone."""
+a run directory or an export can be rebuilt from its config alone. ``backbone.adapter`` attaches
+LoRA / DoRA / BitFit to the backbone (finetune.models.adapters)."""
 from __future__ import annotations
 
 import timm
@@ -8,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.errors import FinetuneError
 from finetune.models import DECODERS, HEADS
+from finetune.models.adapters import AdapterSpec, attach_adapter
 from finetune.models.backbones import build_stage_map, create_backbone
 from finetune.models.freezing import FineTuneModel
 from finetune.models.heads import build_head
@@ -15,12 +17,17 @@ from finetune.models.weights import WeightsRecord
 
 
 def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
-    """Backbone (weights from ``record``) + the head or decoder ``cfg.head.kind`` names."""
+    """Backbone (weights from ``record``) + the head or decoder ``cfg.head.kind`` names, with the
+    adapter ``backbone.adapter`` names."""
     if cfg.head.kind in HEADS:
-        return build_classifier(cfg, record, in_chans, num_classes)
-    if cfg.head.kind in DECODERS:
-        return build_segmenter(cfg, record, in_chans, num_classes)
-    raise FinetuneError(f"head.kind={cfg.head.kind!r}: choose one of {', '.join((*HEADS, *DECODERS))}")
+        model = build_classifier(cfg, record, in_chans, num_classes)
+    elif cfg.head.kind in DECODERS:
+        model = build_segmenter(cfg, record, in_chans, num_classes)
+    else:
+        raise FinetuneError(f"head.kind={cfg.head.kind!r}: choose one of {', '.join((*HEADS, *DECODERS))}")
+    model.adapter, model.stage_map = attach_adapter(model.backbone, model.stage_map, AdapterSpec.from_config(cfg),
+                                                    record.model)
+    return model
 
 
 def head_options(cfg: DictConfig) -> dict:

@@ -4,15 +4,22 @@
 the first k stages, ``freeze=-k`` trains only the last k stages.  With ``bn="frozen"`` every module
 of a frozen stage stays in eval mode (BatchNorm keeps its running statistics, dropout/drop-path
 off) through every ``.train()`` call; with ``bn="train"`` their BatchNorm statistics keep updating.
+
+With an adapter (``finetune.models.adapters``) the pretrained weights of every stage stay fixed: a
+stage the phase trains trains only the adapter's parameters, and the BatchNorm policy holds for
+every stage (``bn="frozen"``: all BatchNorm layers in eval mode, the statistics stay the pretrained
+ones).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from copy import deepcopy
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from finetune.models.adapters import Adapter, merge_adapters
 from finetune.models.backbones import StageMap
 from finetune.errors import FinetuneError
 from finetune.models import BN_POLICIES
@@ -57,6 +64,7 @@ class FineTuneModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.stage_map = stage_map
+        self.adapter: Adapter | None = None  # backbone.adapter: what a trained stage trains (factory sets it)
         self.frozen: tuple[str, ...] = ()
         self.bn_policy = "frozen"
         self._eval_locked: tuple[str, ...] = ()
@@ -75,18 +83,41 @@ class FineTuneModel(nn.Module):
         prefix, _, rest = name.partition(".")
         return self.stage_map.stage_of(rest) if prefix == "backbone" else HEAD
 
+    def trains(self, name: str) -> bool:
+        """Whether parameter ``name`` trains in a stage a phase trains: always without an adapter, else
+        only the adapter's parameters (the head always trains)."""
+        prefix, _, rest = name.partition(".")
+        return self.adapter is None or prefix != "backbone" or self.adapter.trains(rest)
+
     def set_frozen(self, frozen: tuple[str, ...], bn_policy: str) -> None:
         """Freeze exactly these stages (unfreezing the others) under a BatchNorm policy."""
         if bn_policy not in BN_POLICIES:
             raise FreezeError(f"backbone.bn={bn_policy!r}: choose one of {', '.join(BN_POLICIES)}")
         self.frozen, self.bn_policy = tuple(frozen), bn_policy
         for name, param in self.named_parameters():
-            param.requires_grad_(self.stage_of(name) not in frozen)
-        self._eval_locked = tuple(
-            f"backbone.{name}" for name, stage in _module_stages(self.backbone, self.stage_map)
-            if bn_policy == "frozen" and stage in frozen
-        )
+            param.requires_grad_(self.stage_of(name) not in frozen and self.trains(name))
+        self._eval_locked = self._locked()
         self.train(self.training)
+
+    def _locked(self) -> tuple[str, ...]:
+        """Modules kept in eval mode: under ``bn="frozen"`` every module of a frozen stage, and with an
+        adapter every BatchNorm (the pretrained statistics stay)."""
+        if self.bn_policy != "frozen":
+            return ()
+        return tuple(f"backbone.{name}" for name, stage in _module_stages(self.backbone, self.stage_map)
+                     if stage in self.frozen or (self.adapter is not None and self._is_bn(name)))
+
+    def _is_bn(self, name: str) -> bool:
+        return isinstance(self.backbone.get_submodule(name), _NormBase)
+
+    def merged(self) -> FineTuneModel:
+        """A copy with the LoRA / DoRA updates folded into plain weights (the original is untouched)."""
+        copy = deepcopy(self)
+        if copy.adapter is not None:
+            merge_adapters(copy.backbone)
+            copy.adapter = replace(copy.adapter, merged=True)
+            copy._eval_locked = copy._locked()  # the adapted modules are gone
+        return copy
 
     def train(self, mode: bool = True) -> FineTuneModel:
         super().train(mode)
@@ -118,25 +149,34 @@ class StageStatus:
     trainable: int
     norm_layers: int
     bn_mode: str
+    adapter: int = 0  # parameters of the adapter (lora / dora / bitfit) in this stage
+    adapter_kind: str | None = None
 
     @property
     def status(self) -> str:
+        """trainable | frozen | the adapter kind (only its parameters train) | mixed | - (no parameters)."""
         if self.params == 0:
             return "-"
+        if self.adapter_kind and self.trainable and self.trainable == self.adapter:
+            return self.adapter_kind
         return "trainable" if self.trainable == self.params else "frozen" if self.trainable == 0 else "mixed"
 
 
 def stage_status(model: FineTuneModel) -> list[StageStatus]:
-    """Parameters, trainable parameters and BatchNorm mode per stage (stem … head)."""
+    """Parameters (adapter parameters among them), trainable parameters and BatchNorm mode per stage
+    (stem … head)."""
     rows = []
+    kind = model.adapter.kind if model.adapter else None
     for stage in (*model.stage_map.stages, HEAD):
-        params = [p for n, p in model.named_parameters() if model.stage_of(n) == stage]
+        named = [(n, p) for n, p in model.named_parameters() if model.stage_of(n) == stage]
+        params = [p for _, p in named]
+        adapter = sum(p.numel() for n, p in named if kind and stage != HEAD and model.trains(n))
         norms = [m for n, m in model.named_modules()
                  if isinstance(m, _NormBase) and n and model.stage_of(n) == stage]
         mode = "-" if not norms else ("train" if all(m.training for m in norms)
                                       else "eval" if not any(m.training for m in norms) else "mixed")
         rows.append(StageStatus(stage, sum(p.numel() for p in params),
-                                sum(p.numel() for p in params if p.requires_grad), len(norms), mode))
+                                sum(p.numel() for p in params if p.requires_grad), len(norms), mode, adapter, kind))
     return rows
 
 

@@ -104,13 +104,18 @@ def _stage_section(run: RunRecord, model: FineTuneModel) -> str:
     for status in statuses:
         c = counted.get(status.stage)
         flags = ["frozen" if status.stage in f else "trainable" for f in frozen]
+        trained = [f if f == "frozen" or status.stage == "head" or not model.adapter
+                   else model.adapter.kind if status.adapter else "frozen"  # only the adapter trains
+                   for f in flags]
         rows.append([status.stage, f"{status.params:,}", f"{c.units:,}" if c else "-",
-                     f"{c.connections_with_bias:,}" if c else "-", status.norm_layers, *flags])
+                     f"{c.connections_with_bias:,}" if c else "-", status.norm_layers, *trained])
         css.append(flags[-1])
     header = ["stage", "params", "units", "connections", "norm layers", *(f"phase {p.name}" for p in phases)]
     total = sum(s.params for s in statuses)
     return (f"<h2>Model</h2><p>{escape(run.cfg.backbone.name)} + {escape(run.cfg.head.kind)} head: "
-            f"{total:,} parameters; units and connections (multiply-adds) for one "
+            f"{total:,} parameters"
+            + (f" ({model.adapter.kind} adapter: {model.adapter.parameters:,} of them tunable)" if model.adapter else "")
+            + "; units and connections (multiply-adds) for one "
             f"{'x'.join(map(str, shape))} input. Colours follow the last phase.</p>"
             + table(header, rows, numeric=(1, 2, 3, 4), row_class=css))
 
