@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from finetune.errors import FinetuneError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequence[str] | None) -> int:
@@ -60,3 +64,14 @@ def print_error(message: object) -> int:
     """The one ``finetune: error:`` line a user sees (no traceback); the exit code, 2."""
     print(f"finetune: error: {message}", file=sys.stderr)
     return 2
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """The training config of ``overrides``, composed from ``conf/`` as ``finetune`` composes it
+    (Hydra's compose API: no run directory, no logging set-up). Hydra's errors pass through."""
+    from hydra import compose, initialize_config_dir
+
+    from finetune.resources import conf_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))

@@ -10,14 +10,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.engine.schedule import Phase
-from finetune.commands.args import print_error
+from finetune.commands.args import compose_config, print_error
 from finetune.errors import FinetuneError
-from finetune.resources import conf_dir
 
 _MISSING = object()
 
@@ -28,7 +26,7 @@ def precheck(argv: Sequence[str]) -> int:
         return 0
     argv = [a for a in argv if not a.startswith("hydra.")]  # where Hydra writes, not what runs
     try:
-        cfg = _compose(argv)
+        cfg = compose_config(argv)
     except HydraException:
         message = misspelt_key(argv)
         if message is None:
@@ -54,7 +52,7 @@ def misspelt_key(argv: Sequence[str]) -> str | None:
     """For the first ``key=value`` whose key the composed config lacks: what to type instead."""
     groups = [a for a in argv if "=" in a and "." not in a.split("=", 1)[0]]
     try:
-        base = _compose(groups)
+        base = compose_config(groups)
     except HydraException:
         return None
     keys = list(_leaf_keys(base))
@@ -67,11 +65,6 @@ def misspelt_key(argv: Sequence[str]) -> str | None:
             hint = f"did you mean {close[0]}?" if close else "finetune train --cfg job lists every key"
             return f"{key} is not a key of this config ({arg!r}); {hint}"
     return None
-
-
-def _compose(overrides: Sequence[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def _leaf_keys(cfg: DictConfig, prefix: str = "") -> Iterator[str]:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from finetune.commands.args import compose_config
 from finetune.errors import FinetuneError
 from finetune.models.summary import LayerCount, Rows, StageCount, count_layers, render_table, roll_up
 from finetune.models.summary import to_markdown, totals, write_csv
@@ -148,16 +149,12 @@ def _uncounted(model: nn.Module, rows: list[LayerCount]) -> str:
 # --- backbone=… : the fine-tune model a config describes ---
 
 def _compose(overrides: list[str]) -> Any:
-    """The real config (``conf/``) with the user's overrides, composed as ``finetune`` does."""
-    from hydra import compose, initialize_config_dir
+    """The real config (``conf/``) with the user's overrides; Hydra's errors as one FinetuneError."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from finetune.resources import conf_dir
-
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            return compose(config_name="config", overrides=overrides)
+        return compose_config(overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise FinetuneError(str(err).split("\nConfig search path")[0]) from None
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.engine.rundir import CLAIMED, claim_run_dir, forget_claims, release_if_unused, unique_run_dir
 from finetune.engine.search import check_search, direction, is_search, objective
-from finetune.commands.args import print_error
+from finetune.commands.args import compose_config, print_error
 from finetune.errors import FinetuneError
 from finetune.resources import conf_dir
 
@@ -198,11 +198,8 @@ def run(overrides: list[str]) -> None:
 
 def plan_only(overrides: list[str]) -> int:
     """``finetune plan …``: compose with Hydra's compose API and print the plan; no run directory."""
-    from hydra import compose, initialize_config_dir
-
     overrides = [o for o in overrides if not o.lstrip("+").startswith("hydra.")]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=[*overrides, "plan=true"])
+    cfg = compose_config([*overrides, "plan=true"])
     try:
         train(cfg, Path("."), None)  # plan=true returns before anything is written
     except (FinetuneError, OSError) as err:

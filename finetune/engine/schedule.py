@@ -56,3 +56,28 @@ def phases_from(cfg: DictConfig) -> list[Phase]:
         optim = PhaseOptim(**(base | {k: raw[k] for k in _PHASE_OPTIM_KEYS & set(raw)}))
         phases.append(Phase(raw.get("name", f"phase{i + 1}"), epochs, raw.get("freeze", cfg.backbone.freeze), optim))
     return phases
+
+
+def phase_index(phases: list[Phase], key: str) -> int:
+    """The phase called ``key``, or at index ``key`` of ``schedule.phases`` (from 0); a ConfigError
+    lists the phases."""
+    names = [p.name for p in phases]
+    if key in names:
+        return names.index(key)
+    if key.isdigit() and int(key) < len(phases):
+        return int(key)
+    listed = ", ".join(f"{i}={name}" for i, name in enumerate(names))
+    raise ConfigError(f"phase={key!r}: this schedule has no such phase; choose a name or an index from 0 ({listed})")
+
+
+def lr_key(cfg: DictConfig, index: int) -> str:
+    """The override that sets the base (head) lr of phase ``index`` and of no other phase.
+
+    A phase with its own ``lr`` has ``schedule.phases.<index>.lr``; a phase that reads ``schedule.lr``
+    has that key when it is the only one reading it, else ``++schedule.phases.<index>.lr`` (adds the
+    phase's own lr)."""
+    raw = cfg.schedule.phases
+    if "lr" in raw[index]:
+        return f"schedule.phases.{index}.lr"
+    shared = any("lr" not in p for i, p in enumerate(raw) if i != index)
+    return f"++schedule.phases.{index}.lr" if shared else "schedule.lr"
