@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .common import RESULTS, environment
 
-BENCHMARKS = ("overhead", "frozen", "memory", "pipeline", "accuracy", "gpu")
+BENCHMARKS = ("overhead", "frozen", "memory", "pipeline", "accuracy", "gpu", "advise")
 
 
 def _load(name: str, out_dir: Path) -> dict | None:
@@ -141,6 +141,29 @@ def table(out_dir: Path = RESULTS) -> str:
                 lines.append(f"| {row['backbone']} | {row['image_size']} | {row['batch_size']} | {ips['stack']} | "
                              f"{ips['minimal']} | {ips['minimal_compiled']} |")
             lines.append("")
+    r = _load("advise", out_dir)
+    if r:
+        lines += ["## 7. `finetune advise`: linear probes by stage instead of candidate trainings", "",
+                  "One fresh `python -m finetune advise …` process (imports included): train + val once through "
+                  "the frozen pretrained backbone, a logistic regression per stage. One training epoch costs about "
+                  "3x a forward pass over the train split (forward + backward), so advise costs about a third of one "
+                  "epoch plus the probes; each candidate run it replaces trains several epochs.", "",
+                  *_header("dataset", "px", "train / val", "wall s (target)", "build / features / probes s",
+                           "val acc by stage", "peak, domain, size", "recommendation")]
+        for row in r["rows"]:
+            t = row["seconds"]
+            curve = ", ".join(f"{s['acc']:.3f}" for s in row["stages"])
+            settings = " ".join(f"{k}={'null' if v is None else v}" for k, v in row["settings"].items())
+            lines.append(f"| {row['dataset']} | {row['image_size']} | {row['train']} / {row['val']} | {row['wall_s']} "
+                         f"({row['target_s']}) {_ok(row['wall_s'], row['target_s'])} | {t['build']} / {t['features']} / "
+                         f"{t['probes']} | {curve} | stage{row['peak']}, {row['domain']}, {row['size']} | "
+                         f"rule {row['rule']}: `{settings}` |")
+        lines += [*(f"- skipped {name}: its data is not in ../shared/data" for name in r.get("skipped", [])), ""]
+    r = _load("peers", out_dir)
+    if r:
+        from .peers import markdown
+
+        lines += [markdown(r), ""]
     timing = _load("run_all", out_dir)
     if timing:
         lines += [f"`make bench` took {timing['total_s'] / 60:.1f} min "
