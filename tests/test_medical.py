@@ -28,7 +28,8 @@ from finetune.data.transforms import Augment, augment_ops
 from finetune.errors import ConfigError
 from finetune.commands.precheck import check_config
 from finetune.tasks.classification.module import (
-    ClassificationTask, balanced_accuracy_threshold, classification_metrics, monitor_metric, tune_thresholds,
+    ClassificationTask, balanced_accuracy_threshold, classification_metrics, monitor_metric, probabilities,
+    tune_thresholds,
 )
 
 from .conftest import REPO, compose_config
@@ -341,11 +342,12 @@ def test_tune_threshold_reads_only_the_batches_it_is_given():
     images = torch.randn(12, 1, 32, 32)
     targets = torch.tensor([0, 1] * 6)
     val = [(images[:6], targets[:6]), (images[6:], targets[6:])]
-    threshold = module.tune_threshold(val)
-    assert module.threshold == threshold
-    probs, _ = module.predict_probabilities(val)
-    assert threshold == tune_thresholds(probs, targets, "binary")
-    assert ClassificationTask(tiny_model(3), 3).tune_threshold(val) is None  # argmax tasks: no threshold
+    module.fit_on_validation(val, temperature=False, threshold=True)
+    logits, _ = module.predict_logits(val)
+    assert module.threshold == tune_thresholds(probabilities(logits, "binary"), targets, "binary")
+    argmax = ClassificationTask(tiny_model(3), 3)
+    argmax.fit_on_validation(val, temperature=False, threshold=True)
+    assert argmax.threshold is None  # argmax tasks: no threshold
 
 
 # --- DICOM ------------------------------------------------------------------------------------
@@ -443,7 +445,7 @@ def test_a_tuned_threshold_also_reports_the_decisions_at_one_half():
     torch.manual_seed(0)
     images, targets = torch.randn(16, 1, 32, 32), torch.tensor([0, 1] * 8)
     model = tiny_model(2).eval()
-    p1 = ClassificationTask(model, 2).predict_probabilities([(images, targets)])[0][:, 1]
+    p1 = probabilities(ClassificationTask(model, 2).predict_logits([(images, targets)])[0], "binary")[:, 1]
     threshold = float(p1.sort().values[4:6].mean())  # between the 5th and 6th score: not 0.5's decisions
     results = {}
     for t in (threshold, None, 0.5):
@@ -492,13 +494,13 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
     from finetune.commands import train as run_module
 
     seen = []
-    tune = ClassificationTask.tune_threshold
+    fit = ClassificationTask.fit_on_validation
 
-    def spy(self, batches):
+    def spy(self, batches, temperature, threshold):
         seen.append(len(batches.dataset))
-        return tune(self, batches)
+        return fit(self, batches, temperature, threshold)
 
-    monkeypatch.setattr(ClassificationTask, "tune_threshold", spy)
+    monkeypatch.setattr(ClassificationTask, "fit_on_validation", spy)
     cfg = compose_config("dataset=medmnist", "dataset.name=breastmnist", f"dataset.root={shared_data / 'medmnist'}",
                          "backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=28",
                          "schedule.epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",

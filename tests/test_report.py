@@ -25,7 +25,7 @@ from finetune.tasks.registry import get_task
 
 from .conftest import SEG_CLASSES
 
-SECTIONS = ["Configuration", "Data", "Model", "Results", "Most confident mistakes"]
+SECTIONS = ["Configuration", "Data", "Model", "Results", "Calibration", "Most confident mistakes"]
 SEG_SECTIONS = ["Configuration", "Data", "Model", "Results", "Predicted masks"]
 
 

@@ -226,23 +226,93 @@ def test_each_new_key_refuses_a_bad_value_in_one_line(override, message):
     assert text.startswith(override.split("=")[0] + "=") and message in text and "\n" not in text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed")
 def test_mlflow_without_the_package_is_one_line_saying_how_to_install_it(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "finetune", "logger=mlflow"], cwd=tmp_path, capture_output=True,
+    """The package is hidden from this process (``sys.modules['mlflow'] = None``): the config check
+    refuses before any run directory is made, saying what to install."""
+    code = "import sys; sys.modules['mlflow'] = None; from finetune.cli import main; sys.exit(main(['logger=mlflow']))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
     assert out.stderr.startswith("finetune: error: logger.mlflow=true needs the mlflow package")
-    assert "pip install mlflow" in out.stderr and not (tmp_path / "runs").exists()
+    assert "pip install 'finetune[mlflow]'" in out.stderr and not (tmp_path / "runs").exists()
     if importlib.util.find_spec("wandb") is None:
         with pytest.raises(ConfigError, match="pip install wandb"):
             _validate("logger=wandb")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed")
-def test_mlflow_logs_every_phase_to_a_file_store_in_the_run_directory(tmp_path):
-    cfg = compose_config(*TINY, "schedule=linear_probe", "schedule.epochs=1", "trainer.limit_train_batches=2",
-                         "logger=mlflow")
+def test_mlflow_logs_every_phase_to_a_local_store_in_the_run_directory(tmp_path):
+    """Read back through MLflow's own client: one run per phase (and the test) in the run directory's
+    SQLite store, with the validation metric and the per-stage learning rate of each epoch / step."""
+    from mlflow.tracking import MlflowClient
+
+    from finetune.engine.phases import MLFLOW_DB
+
+    cfg = compose_config(*TINY, "schedule=linear_probe", "schedule.epochs=2", "trainer.limit_train_batches=2",
+                         "logger=mlflow", "logger.experiment=digits")
     run_module.train(cfg, tmp_path)
-    logged = {"/".join(p.parts[-2:]) for p in (tmp_path / "mlruns").rglob("*") if p.is_file()}
-    assert {"val/acc", "lr/head"} <= logged, sorted(logged)[:20]  # file store: metrics/<key>, "/" a folder
+    client = MlflowClient(f"sqlite:///{tmp_path / MLFLOW_DB}")
+    experiment = client.get_experiment_by_name("digits")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {f"{tmp_path.name}/probe", f"{tmp_path.name}/test"}
+    probe = runs[f"{tmp_path.name}/probe"]
+    assert probe.data.tags["phase"] == "probe" and probe.data.tags["finetune_run"] == str(tmp_path)
+    val = [m.value for m in client.get_metric_history(probe.info.run_id, "val/acc")]
+    csv_val = [float(r["val/acc"]) for r in _rows(tmp_path / "logs" / "probe" / "metrics.csv") if r.get("val/acc")]
+    assert len(val) == 2 and val == pytest.approx(csv_val, abs=1e-6)  # the same numbers as the CSV log
+    assert client.get_metric_history(probe.info.run_id, "lr/head")
+    assert "test/acc" in runs[f"{tmp_path.name}/test"].data.metrics
     assert (tmp_path / "logs" / "probe" / "metrics.csv").exists() and not (tmp_path / "tensorboard").exists()
+
+
+# 6. EMA of the weights
+
+def test_ema_update_is_the_warmed_up_recurrence_and_leaves_unchanged_values_bit_identical():
+    from torch.optim.swa_utils import AveragedModel
+
+    from finetune.engine.averaging import WeightsEMA, ema_decay
+
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16))
+    fixed = net[0].bias.detach().clone()
+    # Lightning's EMAWeightAveraging update (torch's get_ema_avg_fn) moves values that did not change:
+    assert not torch.equal(get_ema_avg_fn(0.999)(fixed.clone(), fixed, torch.tensor(1)), fixed)
+    ema = WeightsEMA(decay=0.999)
+    average = AveragedModel(net, use_buffers=True, multi_avg_fn=ema._update)
+    expected = net[0].weight.detach().clone()
+    average.update_parameters(net)  # the first update copies
+    for n in range(1, 6):
+        with torch.no_grad():
+            net[0].weight.add_(1.0)  # weights move, the bias does not
+        d = ema_decay(0.999, n)
+        expected = d * expected + (1 - d) * net[0].weight.detach()
+        average.update_parameters(net)
+    assert ema_decay(0.999, 1) == pytest.approx(1 - 2 ** (-2 / 3)) and ema_decay(0.999, 10**9) == 0.999
+    torch.testing.assert_close(average.module[0].weight, expected)
+    assert torch.equal(average.module[0].bias, fixed)  # bit-identical, not merely close
+    assert average.module[1].num_batches_tracked.dtype == torch.int64
+
+
+def test_ema_is_validated_tested_and_exported_and_frozen_stages_stay_bit_identical(tmp_path):
+    """A real run with ema.decay: the checkpoints hold the average (training weights beside it), the
+    export holds the average, and every tensor of the frozen stages equals the initial model's."""
+    from safetensors.torch import load_file
+
+    from finetune.engine.train import build
+
+    overrides = [*TINY, "schedule=linear_probe", "schedule.epochs=2", "trainer.limit_train_batches=3",
+                 "schedule.phases=[{name: top, epochs: 2, freeze: 2, lr: 0.05}]", "ema.decay=0.9",
+                 "checkpoints.keep=both", "logger=csv"]
+    initial = build(get_task("classification"), compose_config(*overrides)).model.state_dict()
+    run_module.train(compose_config(*overrides), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    average, current = state["state_dict"], state["current_model_state"]
+    frozen = [k for k in initial if k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1.", "backbone.layer2."))]
+    assert frozen and all(torch.equal(average[f"model.{k}"], initial[k]) for k in frozen)
+    assert all(torch.equal(current[f"model.{k}"], initial[k]) for k in frozen)
+    moved = [k for k in initial if k.startswith(("backbone.layer4.", "head.")) and initial[k].is_floating_point()]
+    assert any(not torch.equal(average[f"model.{k}"], current[f"model.{k}"]) for k in moved)  # a real average
+    exported = load_file(tmp_path / "exports" / "model.safetensors")
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert exported and all(torch.equal(v, best[f"model.{k}"]) for k, v in exported.items())

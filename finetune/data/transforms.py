@@ -30,6 +30,10 @@ class AugmentError(FinetuneError, ValueError):
     """An `augment` config the transform builder cannot honour; the message names the key."""
 
 
+# Test-time augmentation: the axes of an NCHW batch each flip mirrors (numpy and torch alike)
+FLIP_AXES: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What the model expects: input size (H, W), normalization, resampling and channels."""

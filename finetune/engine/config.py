@@ -15,7 +15,7 @@ from finetune.data import IMBALANCE_CHOICES
 from finetune.engine import CACHE_CHOICES, OPTIMIZERS, SCHEDULERS
 from finetune.engine.schedule import Phase, phases_from
 from finetune.errors import ConfigError, choice
-from finetune.models import BN_POLICIES
+from finetune.models import ADAPTERS, BN_POLICIES
 
 from finetune.tasks.base import Task
 
@@ -31,6 +31,8 @@ TASK_OPTIONS: dict[str, tuple[Any, str]] = {
                                   "leave loss.label_smoothing=0"),
     "mix.mixup": (0.0, "mixup blends whole images that carry one label each; leave mix.mixup=0"),
     "mix.cutmix": (0.0, "cutmix pastes boxes between images that carry one label each; leave mix.cutmix=0"),
+    "calibration": ("none", "temperature scaling is fitted to one prediction per image; leave calibration=none"),
+    "tta": (False, "flip averaging is implemented for one prediction per image, not for masks; leave tta=false"),
 }
 # logger.<key>: the Python package each optional logger needs.
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -56,6 +58,7 @@ def validate(cfg: DictConfig, task: Task) -> list[Phase]:
     keys); return the phases."""
     task.validate(cfg)
     choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
+    _validate_adapter(cfg)
     choice("imbalance", cfg.imbalance, IMBALANCE_CHOICES)
     if cfg.schedule.batch_size < 1:
         raise ConfigError(f"schedule.batch_size={cfg.schedule.batch_size}: must be >= 1")
@@ -77,8 +80,32 @@ def validate(cfg: DictConfig, task: Task) -> list[Phase]:
     return phases
 
 
+def _validate_adapter(cfg: DictConfig) -> None:
+    """``backbone.adapter`` and its rank, alpha and targets (a config without the keys: none)."""
+    kind = setting(cfg, "backbone.adapter", "none")
+    choice("backbone.adapter", kind, ADAPTERS, "lora / dora: low-rank updates of Linear and conv layers, bitfit: "
+           "biases and norm parameters; the pretrained weights stay fixed")
+    rank = setting(cfg, "backbone.adapter_rank", 8)
+    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+        raise ConfigError(f"backbone.adapter_rank={rank!r}: the rank of the low-rank update B·A, a whole number "
+                          ">= 1 (e.g. 8)")
+    alpha = setting(cfg, "backbone.adapter_alpha", 16)
+    if not (_number(alpha) and alpha > 0):
+        raise ConfigError(f"backbone.adapter_alpha={alpha!r}: the update is scaled by alpha / rank, a number > 0 "
+                          "(e.g. 16)")
+    targets = setting(cfg, "backbone.adapter_targets")
+    if targets is None:
+        return
+    if not (OmegaConf.is_list(targets) and targets and all(isinstance(t, str) and t.strip() for t in targets)):
+        raise ConfigError(f"backbone.adapter_targets={targets!r}: a list of module-name patterns, e.g. "
+                          "'[qkv,fc2]' or '[layer4.*.conv2]', or null for the default per architecture")
+    if kind not in ("lora", "dora"):
+        raise ConfigError(f"backbone.adapter_targets is set but backbone.adapter={kind}: targets choose the "
+                          "modules LoRA / DoRA adapt; use backbone.adapter=lora|dora, or adapter_targets=null")
+
+
 def _validate_training_options(cfg: DictConfig, task: Task) -> None:
-    """Early stopping, gradient accumulation and clipping, label smoothing, mixup / cutmix, loggers."""
+    """Early stopping, gradient accumulation and clipping, label smoothing, mixup / cutmix, EMA, loggers."""
     patience = setting(cfg, "schedule.early_stop.patience")
     if patience is not None and not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1):
         raise ConfigError(f"schedule.early_stop.patience={patience!r}: a whole number of epochs >= 1 "
@@ -115,6 +142,13 @@ def _validate_training_options(cfg: DictConfig, task: Task) -> None:
         raise ConfigError("data.cache_features=true cannot be combined with mix.mixup / mix.cutmix: images are "
                           "mixed before the backbone, cached features cannot be; use data.cache_features=auto "
                           "(phases then train on images)")
+    decay = setting(cfg, "ema.decay")
+    if decay is not None and not (_number(decay) and 0 < decay < 1):
+        raise ConfigError(f"ema.decay={decay!r}: the EMA decay per optimizer step, a number in (0, 1) such as "
+                          "0.999 (about the last 1,000 steps averaged), or null to turn the average off")
+    if not isinstance(setting(cfg, "ema.warmup", True), bool):
+        raise ConfigError(f"ema.warmup={setting(cfg, 'ema.warmup')!r}: true (the decay ramps up over the first "
+                          "updates, as timm's) or false")
     experiment = setting(cfg, "logger.experiment", "finetune")
     if not (isinstance(experiment, str) and experiment.strip()):
         raise ConfigError(f"logger.experiment={experiment!r}: a name for the MLflow experiment / W&B project, "
@@ -125,5 +159,6 @@ def _validate_training_options(cfg: DictConfig, task: Task) -> None:
             raise ConfigError(f"logger.{key}={on!r}: true or false (or pick a preset: logger=csv|tensorboard|"
                               "mlflow|wandb|many)")
         if on and importlib.util.find_spec(package) is None:
+            install = "'finetune[mlflow]'" if key == "mlflow" else package
             raise ConfigError(f"logger.{key}=true needs the {package} package, which is not installed: "
-                              f"pip install {package} (or logger=tensorboard, the default)")
+                              f"pip install {install} (or logger=tensorboard, the default)")

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig
 
+from finetune.engine.averaging import ema_callbacks
 from finetune.engine.rundir import log_version
 from finetune.engine.checkpointing import AtomicCheckpointIO
 from finetune.engine.config import mixes_batches, setting
@@ -36,6 +37,9 @@ warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(
 warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is deprecated")
 # The step-logging interval is clamped to the epoch's batches (ClampLogInterval) right after this warning.
 warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
+
+
+MLFLOW_DB = "mlflow.db"  # logger=mlflow: the run directory's tracking database (mlflow ui --backend-store-uri sqlite:///…)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,8 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
             console.print(stage_table(model, counts, f"phase {index + 1}/{len(plan)} {phase.name!r}: "
                                                      f"{phase.epochs} epoch(s), freeze={phase.freeze}"))
         trainer = make_trainer(cfg, run_dir, phase.name, phase.epochs,
-                               [checkpoint, consistency, *early_stopping(cfg, monitor, phase.name)])
+                               [checkpoint, consistency, *early_stopping(cfg, monitor, phase.name),
+                                *ema_callbacks(cfg)])
         # Mixup / cutmix mix images before the backbone: cached features cannot be mixed, so a
         # head-only phase trains on images (data.cache_features=true with mix.* is refused in validate).
         cached = use_feature_cache("false" if mixes_batches(cfg) else cfg.data.cache_features, model, data)
@@ -217,7 +222,8 @@ def checkpoints_keep(cfg: DictConfig) -> str:
 def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
     """The ``logger`` group: CSV always (``logs/<name>``; a resumed phase logs to
     ``logs/<name>/attempt-<n>``, every attempt kept), first, so ``trainer.logger`` is the CSV one;
-    then TensorBoard, MLflow (a file store in ``<run dir>/mlruns``) and W&B (offline) as switched on.
+    then TensorBoard, MLflow (a local store in the run directory: the SQLite database ``mlflow.db``,
+    artifacts in ``mlruns/``; MLflow 3 refuses its old file store) and W&B (offline) as switched on.
     A config written before the group existed gets CSV + TensorBoard, as runs had then."""
     version = log_version(run_dir / "logs", name)
     loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version=version)]
@@ -229,7 +235,8 @@ def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
         from lightning.pytorch.loggers import MLFlowLogger
 
         loggers.append(MLFlowLogger(experiment_name=experiment, run_name=run_name,
-                                    tracking_uri=(run_dir / "mlruns").absolute().as_uri(),
+                                    tracking_uri=f"sqlite:///{(run_dir / MLFLOW_DB).absolute()}",
+                                    artifact_location=(run_dir / "mlruns").absolute().as_uri(),
                                     tags={"finetune_run": str(run_dir), "phase": name}))
     if setting(cfg, "logger.wandb", False):
         import wandb

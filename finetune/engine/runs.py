@@ -16,7 +16,9 @@ from finetune.models.weights import resolve_weights
 
 
 # Overrides a resume may change: they decide where and how fast the run goes, never what it computes.
-RESUME_SAFE_KEYS = ("resume", "resume_finished", "trainer.devices", "dataset.num_workers", "trainer.progress_bar")
+# Keys a resume may change: how it runs and logs, and what is fitted / applied at the test only
+RESUME_SAFE_KEYS = ("resume", "resume_finished", "trainer.devices", "dataset.num_workers", "trainer.progress_bar",
+                    "logger", "calibration", "tta")
 _ABSENT = object()
 
 

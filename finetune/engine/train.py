@@ -98,7 +98,7 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
         return {}
     results = write_results(run_dir, module.test_results, data.info.class_names, phases,
                             time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums},
-                            checkpoint, tested.name)
+                            checkpoint, tested.name, task.test_record(cfg, module, data))
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
@@ -152,13 +152,13 @@ def write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: dict) 
 
 def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
                   phases: list[Phase], seconds: float, ddp: dict, checkpoint: ModelCheckpoint,
-                  tested: str) -> dict:
+                  tested: str, record: dict | None = None) -> dict:
     """metrics.json (test scalars, per-class values, phases, wall time, the validation score that
     picked the best checkpoint, which one was tested), confusion CSV/plot, curves of the monitored metric.
 
     Each phase records its planned ``epochs``, the ``epochs_run`` its logs show (every attempt of a
     resumed phase) and ``stopped_epoch``: the last epoch (1-based) of a phase that early stopping
-    ended before its planned epochs, else None."""
+    ended before its planned epochs, else None. ``record``: the task's own entries (``Task.test_record``)."""
     scalars = {k: _json_number(v) for k, v in results.items() if v.ndim == 0}
     per_class = {k: dict(zip(class_names, (_json_number(x) for x in v))) for k, v in results.items() if v.ndim == 1}
     plots = run_dir / "plots"
@@ -173,7 +173,8 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
     metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),
                "checkpoint": {"monitor": checkpoint.monitor, "best": best, "tested": tested},
                "phases": [_phase_record(p, attempts) for p, attempts in zip(phases, logs)],
-               "finetune_version": __version__, **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}
+               **(record or {}), "finetune_version": __version__,
+               **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from finetune.version import __version__
 from finetune.data.transforms import Preprocessing
+from finetune.engine.config import setting
 from finetune.engine.runs import load_run
 from finetune.engine.schedule import phases_from
 from finetune.models.freezing import FineTuneModel
@@ -52,13 +53,18 @@ class ModelBundle:
 
 
 def training_summary(cfg: DictConfig, run_dir: Path) -> dict:
-    """Phases, BN policy, test metrics and the decision threshold the run was tested with."""
+    """Phases, BN policy, EMA, test metrics and how the run turned logits into its tested predictions:
+    test-time flips (``tta``: their logits averaged with the image's), ``temperature`` (logits / T)
+    and the decision ``threshold``; predict and the Python API apply the same."""
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     phases = [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases_from(cfg)]
     per_label = metrics.get("test_per_class", {}).get("threshold")  # multi-label: one per class
     threshold = list(per_label.values()) if per_label else metrics.get("test", {}).get("threshold")
-    return {"phases": phases, "bn": cfg.backbone.bn, "test": metrics.get("test", {}), "threshold": threshold}
+    calibration = metrics.get("calibration", {})
+    return {"phases": phases, "bn": cfg.backbone.bn, "ema_decay": setting(cfg, "ema.decay"),
+            "test": metrics.get("test", {}), "tta": calibration.get("tta", []),
+            "temperature": calibration.get("temperature", 1.0), "threshold": threshold}
 
 
 def metadata(bundle: ModelBundle, fmt: str) -> dict:
@@ -71,6 +77,7 @@ def metadata(bundle: ModelBundle, fmt: str) -> dict:
         "image_channels": bundle.image_channels,
         "backbone": {"name": bundle.cfg.backbone.name, "in_chans": bundle.preprocessing.in_chans},
         "weights": weights, "training": bundle.training, "origin": bundle.origin,
+        "adapter": bundle.model.adapter.to_dict() if bundle.model.adapter else None,
         **bundle.task_metadata,
     }
 

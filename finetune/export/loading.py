@@ -14,7 +14,7 @@ from torch import nn
 from finetune.version import __version__
 from finetune.data.images import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, read_image
 from finetune.data import reference
-from finetune.data.transforms import Preprocessing
+from finetune.data.transforms import FLIP_AXES, Preprocessing
 from finetune.errors import FinetuneError
 from finetune.export.bundle import EXPORT_VERSION
 from finetune.export.formats import Forward, format_of, get_format
@@ -81,9 +81,22 @@ class LoadedExport:
         """The model's NCHW float32 input for decoded images, by the reference preprocessing."""
         return preprocess(images, self.preprocessing, full_size=self.whole_image)
 
+    @property
+    def tta(self) -> list[str]:
+        """Flips whose logits the run averaged with each image's at its test (``hflip``, ``vflip``, ``hvflip``)."""
+        return self.metadata.get("training", {}).get("tta", [])
+
+    @property
+    def temperature(self) -> float:
+        """The run's calibration temperature (logits / T; 1.0: not calibrated)."""
+        return float(self.metadata.get("training", {}).get("temperature", 1.0))
+
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits for raw images, through the preprocessing the metadata records."""
-        return self.forward(self.preprocess(images))
+        """Logits for raw images as the run was tested: the recorded preprocessing, the mean over the
+        image and its ``tta`` flips, divided by the ``temperature``."""
+        batch = self.preprocess(images)
+        views = [batch, *(np.ascontiguousarray(np.flip(batch, axis=FLIP_AXES[f])) for f in self.tta)]
+        return np.mean([self.forward(v) for v in views], axis=0) / self.temperature
 
 
 def _sidecar_metadata(path: Path, sidecar: Path) -> dict:

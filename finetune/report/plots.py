@@ -85,6 +85,27 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> Pa
     return save_figure(fig, path)
 
 
+def plot_reliability(bins: dict[str, dict], temperature: float, path: Path) -> Path:
+    """Reliability diagram of the test: observed frequency against mean confidence per bin (marker
+    area: the bin's share of predictions), before and after the temperature; the diagonal is perfect."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfectly calibrated")
+    runs = [("before", "uncalibrated")] if temperature == 1.0 else [("before", "T = 1"), ("after", f"T = {temperature:.2f}")]
+    for when, label in runs:
+        b = bins[when]
+        share = np.asarray(b["count"], dtype=float) / max(sum(b["count"]), 1)
+        ax.plot(b["confidence"], b["frequency"], marker="o", label=label)
+        ax.scatter(b["confidence"], b["frequency"], s=400 * share, alpha=0.25)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("reliability (test)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     """Write a figure as PNG atomically and close it."""
     fig.tight_layout()
@@ -146,3 +167,39 @@ def save_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, c
     with atomic_path(path) as tmp:
         Image.fromarray(panel).save(tmp, format="PNG")
     return path
+
+
+def plot_lr_scan(lrs: list[float], losses: list[float], suggestion: float | None, config_lr: float,
+                 path: Path, title: str) -> Path:
+    """A learning-rate range test: training loss against lr (log scale), the suggested lr and the
+    configured lr marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, np.where(np.isfinite(losses), losses, np.nan), color="tab:blue")  # a diverged step: a gap
+    ax.set_xscale("log")
+    ax.axvline(config_lr, color="gray", linestyle="--", label=f"configured lr {config_lr:.3g}")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", label=f"suggested lr {suggestion:.3g}")
+        ax.plot([suggestion], [losses[lrs.index(suggestion)]], marker="o", color="tab:red")
+    ax.set_xlabel("learning rate (head; every stage keeps its ratio)")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return save_figure(fig, path)
+
+
+def plot_stage_scores(stages: list[str], acc: list[float], auc: list[float | None], marked: int, path: Path,
+                      title: str) -> Path:
+    """Linear-probe val accuracy and AUC after each backbone stage; stage ``marked`` (0-based) highlighted."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(stages) + 2), 4))
+    x = np.arange(len(stages))
+    ax.plot(x, acc, marker="o", color="tab:blue", label="val accuracy")
+    ax.plot(x, [np.nan if a is None else a for a in auc], marker="s", color="tab:orange", label="val AUC")
+    ax.axvline(marked, color="gray", linestyle="--", label=f"peak: {stages[marked]}")
+    ax.set_xticks(x, stages, rotation=45 if len(stages) > 8 else 0)
+    ax.set_xlabel("features after stage (frozen backbone)")
+    ax.set_ylabel("linear probe on val")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

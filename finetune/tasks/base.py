@@ -89,6 +89,10 @@ class Task:
     def before_test(self, cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule) -> None:
         """Decisions fixed on validation data before the test (e.g. a tuned threshold)."""
 
+    def test_record(self, cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule) -> dict:
+        """Entries of metrics.json besides the test scalars (e.g. classification's calibration)."""
+        return {}
+
     def after_test(self, cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule,
                    run_dir: Path) -> None:
         """Files written after the test besides metrics.json (e.g. predicted masks)."""

@@ -7,11 +7,29 @@ from typing import Any
 from omegaconf import DictConfig
 
 from finetune.data import CLASSIFICATION_DATASETS
-from finetune.errors import ConfigError
+from finetune.engine.config import setting
+from finetune.errors import ConfigError, choice
 from finetune.models import HEADS
 from finetune.tasks.base import Task
 
 MONITORS = ("acc", "auc", "balanced_acc", "f1_macro", "loss")
+CALIBRATIONS = ("none", "temperature")
+
+
+def tta_flips(cfg: DictConfig, data: Any) -> tuple[str, ...]:
+    """``tta=true``: the flips the training augmentation applied (``augment.hflip`` / ``vflip`` as the
+    dataset allowed them), and both together when it applied both; refused when it applied none."""
+    if not setting(cfg, "tta", False):
+        return ()
+    augment = data.augment
+    flips = tuple(name for name, p in (("hflip", augment.hflip), ("vflip", augment.vflip)) if p > 0)
+    if not flips:
+        raise ConfigError("tta=true averages predictions over flipped copies of each image, but this training "
+                          "augmentation flipped no image (augment.hflip=0 and augment.vflip=0, or "
+                          "dataset.allow_flips=false): the model never learned that a mirrored image keeps its "
+                          "label, and for some data it does not (a mirrored chest X-ray, a digit). Turn on "
+                          "augment.hflip=0.5 where a mirror keeps the label, or leave tta=false")
+    return (*flips, "hvflip") if len(flips) == 2 else flips
 
 
 class Classification(Task):
@@ -23,7 +41,7 @@ class Classification(Task):
     monitors = MONITORS
     # Training options of engine.config.TASK_OPTIONS this task honours (label smoothing: every task
     # type; mixup / cutmix: single-label, refused for a multi-label dataset when the module is built).
-    training_options = ("loss.label_smoothing", "mix.mixup", "mix.cutmix")
+    training_options = ("loss.label_smoothing", "mix.mixup", "mix.cutmix", "calibration", "tta")
     unsupported: Mapping[str, tuple[Any, str]] = {
         "segmentation.loss": ("ce_dice", "the segmentation block is read by task=segmentation only"),
         "segmentation.class_weights": (False, "for classification use imbalance=weighted_loss"),
@@ -32,6 +50,11 @@ class Classification(Task):
 
     def validate(self, cfg: DictConfig) -> None:
         super().validate(cfg)
+        choice("calibration", setting(cfg, "calibration", "none"), CALIBRATIONS,
+               "none: the probabilities as trained; temperature: one temperature fitted on the validation split")
+        if not isinstance(setting(cfg, "tta", False), bool):
+            raise ConfigError(f"tta={setting(cfg, 'tta')!r}: true (average the test predictions over the flips the "
+                              "training augmentation used) or false")
         t = cfg.threshold
         if t != "tune" and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1):
             raise ConfigError(f"threshold={t!r}: use a probability in (0, 1) or threshold=tune "
@@ -46,6 +69,7 @@ class Classification(Task):
         if data.info.multilabel and mixes_batches(cfg):  # known once the labels are read; before any weights
             raise ConfigError("mix.mixup / mix.cutmix: this dataset is multi-label, and mixing is defined here "
                               "for one label per image; leave mix.mixup=0 mix.cutmix=0")
+        tta_flips(cfg, data)  # refused before any weights when the training never flipped an image
         return data
 
     def input_size(self, cfg):
@@ -77,7 +101,7 @@ class Classification(Task):
                                   features_input=features_input, task=data.info.task, threshold=threshold,
                                   label_smoothing=setting(cfg, "loss.label_smoothing", 0.0),
                                   mixup=setting(cfg, "mix.mixup", 0.0), cutmix=setting(cfg, "mix.cutmix", 0.0),
-                                  mix_prob=setting(cfg, "mix.prob", 1.0), seed=cfg.seed)
+                                  mix_prob=setting(cfg, "mix.prob", 1.0), seed=cfg.seed, tta=tta_flips(cfg, data))
 
     def data_record(self, cfg, data) -> dict:
         info = data.info
@@ -91,8 +115,19 @@ class Classification(Task):
         }
 
     def before_test(self, cfg, module, data) -> None:
-        if cfg.threshold == "tune":
-            module.tune_threshold(data.eval_dataloader("val"))
+        calibrate, tune = setting(cfg, "calibration", "none") == "temperature", cfg.threshold == "tune"
+        if calibrate or tune:
+            module.fit_on_validation(data.eval_dataloader("val"), temperature=calibrate, threshold=tune)
+
+    def test_record(self, cfg, module, data) -> dict:
+        # Without a test split the test is the val split: a temperature fitted there is scored in-sample.
+        return {"calibration": {"method": setting(cfg, "calibration", "none"), "fitted_on": "val",
+                                "test_is_val": data.splits["test"] is data.splits["val"], **module.calibration}}
+
+    def after_test(self, cfg, module, data, run_dir) -> None:
+        from finetune.report.plots import plot_reliability
+
+        plot_reliability(module.calibration["bins"], module.temperature, run_dir / "plots" / "reliability.png")
 
     def report_sections(self, run, data, model, options):
         from finetune.tasks.classification.report import report_sections

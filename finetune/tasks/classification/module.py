@@ -9,10 +9,17 @@ logits (torchmetrics would guess from the value range whether to apply softmax/s
 - decisions: ``acc``, ``balanced_acc`` (mean per-class recall; multi-label: mean over labels of
   (TPR + TNR) / 2), ``f1_macro``, and in the test also per-class ``precision`` / ``recall`` and the
   ``confusion`` matrix. Binary and multi-label decisions use ``threshold`` on the positive-class
-  probability (default 0.5, the same as argmax for two classes); ``tune_threshold`` picks it on
+  probability (default 0.5, the same as argmax for two classes); ``fit_on_validation`` picks it on
   the validation split (maximal balanced accuracy), never on the test split. With a threshold
   other than the default, the test also reports ``acc_at_0.5``, ``balanced_acc_at_0.5`` and
   ``f1_macro_at_0.5`` (the benchmark's decision).
+
+Before the test (``fit_on_validation``, on the validation split): a temperature T (``calibration=
+temperature``; see ``calibration.py``), then the threshold on the calibrated probabilities. The test
+divides its logits by T (1 without calibration), reports ``ece`` / ``adaptive_ece`` of the
+probabilities it decided with, and keeps the errors before and after T with reliability bins in
+``calibration``. Test-time augmentation (``tta``) averages the logits of the image and its flips,
+in the test and in what is fitted on validation (per-epoch validation stays un-augmented).
 
 Training options (off by default): label smoothing (``loss.label_smoothing``: cross-entropy against
 1 - e + e/K on the class and e/K elsewhere; multi-label: BCE against y(1 - e) + e/2, timm's
@@ -22,12 +29,12 @@ the plain loss, and training accuracy is counted against each image's own label.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import CatMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAUROC, MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix, MulticlassF1Score,
     MulticlassPrecision, MulticlassRecall, MultilabelAccuracy, MultilabelAUROC, MultilabelConfusionMatrix,
@@ -35,9 +42,11 @@ from torchmetrics.classification import (
 )
 
 from finetune.data.sources import TASK_TYPES
+from finetune.data.transforms import FLIP_AXES
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
 from finetune.engine.schedule import PhaseOptim
+from finetune.tasks.classification.calibration import calibration_errors, fit_temperature, negative_log_likelihood
 from finetune.tasks.phased import PhasedTask
 
 THRESHOLD_TASKS = ("binary", "multi-label")  # tasks whose decision is a threshold on a probability
@@ -191,6 +200,13 @@ def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, task: str) -> fl
     raise ValueError(f"a {task} task decides by argmax; thresholds apply to binary / multi-label tasks")
 
 
+def flip_averaged(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                  flips: Sequence[str]) -> torch.Tensor:
+    """Test-time augmentation: the mean of ``forward`` over the batch and its ``flips`` (``FLIP_AXES``)."""
+    views = [forward(inputs), *(forward(inputs.flip(FLIP_AXES[f])) for f in flips)]
+    return views[0] if len(views) == 1 else torch.stack(views).mean(dim=0)
+
+
 class BatchMixer:
     """timm's ``Mixup`` (mixup and / or cutmix, one draw per batch) on a training batch: the mixed
     inputs and soft targets (label smoothing included). The inputs are copied, never mixed in place.
@@ -234,14 +250,16 @@ class ClassificationTask(PhasedTask):
                  optim: PhaseOptim = PhaseOptim(), class_weights: torch.Tensor | None = None,
                  phase_index: int = 0, features_input: bool = False, task: str | None = None,
                  threshold: float | Sequence[float] | None = None, label_smoothing: float = 0.0,
-                 mixup: float = 0.0, cutmix: float = 0.0, mix_prob: float = 1.0, seed: int = 0) -> None:
+                 mixup: float = 0.0, cutmix: float = 0.0, mix_prob: float = 1.0, seed: int = 0,
+                 tta: Sequence[str] = ()) -> None:
         """``class_weights``: cross-entropy class weights, or for multi-label the BCE ``pos_weight``
         per label (ClassificationDataModule.class_weights gives either); not saved in checkpoints.
         ``task``: binary | multi-class | multi-label | ordinal-regression (default: from
         ``multilabel`` and the class count). ``threshold``: decision threshold of binary /
-        multi-label tasks (default 0.5; see ``tune_threshold``). ``label_smoothing``, ``mixup``,
+        multi-label tasks (default 0.5; see ``fit_on_validation``). ``label_smoothing``, ``mixup``,
         ``cutmix`` (Beta alphas, 0: off), ``mix_prob``: the training options of the module
-        docstring; ``seed`` seeds the mixing draws."""
+        docstring; ``seed`` seeds the mixing draws. ``tta``: flips (``FLIP_AXES``) whose logits are
+        averaged with the image's own in the test and in what is fitted on validation before it."""
         super().__init__(model, optim, phase_index)
         self.multilabel = multilabel
         self.task = task_type(num_classes, multilabel, task)
@@ -269,7 +287,11 @@ class ClassificationTask(PhasedTask):
         # With a tuned threshold, the decisions at 0.5 too: the MedMNIST benchmark's ACC is at 0.5.
         self.default_test_metrics = (classification_metrics(num_classes, multilabel, False, self.task, auc=False)
                                      if self.task in THRESHOLD_TASKS else None)
+        self.tta = tuple(tta)
+        self.temperature = 1.0  # fit_on_validation(temperature=True) sets it; the test divides logits by it
+        self.test_logits, self.test_targets = CatMetric(), CatMetric()  # uncalibrated, for the calibration record
         self.test_results: dict[str, torch.Tensor] = {}
+        self.calibration: dict = {}  # metrics.json "calibration": temperature, errors before / after, bins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -293,30 +315,41 @@ class ClassificationTask(PhasedTask):
         logits = self._logits(inputs)
         return loss_fn(logits, soft), logits.detach(), targets.int() if self.multilabel else targets
 
+    def eval_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits of the test: the mean over the image and its ``tta`` flips."""
+        return flip_averaged(self._logits, inputs, self.tta)
+
     @torch.no_grad()
-    def predict_probabilities(self, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probabilities, targets) of every (inputs, targets) batch, model in eval mode, on the
-        model's device; the model's train/eval mode is restored afterwards."""
+    def predict_logits(self, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uncalibrated ``eval_logits``, targets) of every (inputs, targets) batch, model in eval mode,
+        on the model's device; the model's train/eval mode is restored afterwards."""
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        probs, targets = [], []
+        logits, targets = [], []
         try:
             for inputs, target in batches:
-                probs.append(probabilities(self._logits(inputs.to(device)), self.task).cpu())
+                logits.append(self.eval_logits(inputs.to(device)).float().cpu())
                 targets.append(target.cpu())
         finally:
             self.model.train(was_training)
-        return torch.cat(probs), torch.cat(targets)
+        return torch.cat(logits), torch.cat(targets)
 
-    def tune_threshold(self, val_batches: Iterable) -> float | list[float] | None:
-        """Set (and return) the decision threshold that maximises balanced accuracy on the given
-        validation batches (e.g. ``data.eval_dataloader("val")``: every rank sees the whole split);
-        None for tasks decided by argmax. Call it before ``trainer.test``; never pass test data."""
-        if self.task not in THRESHOLD_TASKS:
-            return None
-        self.threshold = tune_thresholds(*self.predict_probabilities(val_batches), self.task)
-        return self.threshold
+    def fit_on_validation(self, val_batches: Iterable, temperature: bool, threshold: bool) -> None:
+        """Fix, on the validation batches (e.g. ``data.eval_dataloader("val")``: every rank sees the whole
+        split; never pass test data), what the test then applies: the temperature (``temperature``)
+        and, on the calibrated probabilities, the decision threshold maximising balanced accuracy
+        (``threshold``; binary and multi-label tasks, argmax tasks keep None)."""
+        logits, targets = self.predict_logits(val_batches)
+        if temperature:
+            self.temperature = fit_temperature(logits, targets, self.multilabel)
+            self.calibration["val"] = {
+                when: {"nll": round(float(negative_log_likelihood(logits / t, targets, self.multilabel)), 6),
+                       **_rounded(calibration_errors(probabilities(logits / t, self.task).numpy(),
+                                                     targets.numpy(), self.multilabel))}
+                for when, t in (("before", 1.0), ("after", self.temperature))}
+        if threshold and self.task in THRESHOLD_TASKS:
+            self.threshold = tune_thresholds(probabilities(logits / self.temperature, self.task), targets, self.task)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, targets = self._step(batch, batch_idx)
@@ -338,10 +371,16 @@ class ClassificationTask(PhasedTask):
         self.val_metrics.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
-        loss, logits, targets = self._step(batch)
+        inputs, targets = batch
+        raw = self.eval_logits(inputs)
+        logits = raw / self.temperature
+        loss = self.loss_fn(logits, targets.float() if self.multilabel else targets)
+        targets = targets.int() if self.multilabel else targets
         self.test_metrics.update(logits, targets, self.threshold)
         if self.default_test_metrics is not None:
             self.default_test_metrics.update(logits, targets)
+        self.test_logits.update(raw.float())
+        self.test_targets.update(targets.float())
         self.log("test/loss", loss, on_epoch=True, batch_size=len(targets), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
@@ -353,8 +392,27 @@ class ClassificationTask(PhasedTask):
                 at_default = self.default_test_metrics.compute().items()
                 self.test_results |= {f"{k}_at_0.5": v.detach().cpu() for k, v in at_default}
             self.default_test_metrics.reset()
+        self._record_calibration()
         self.log_dict({f"test/{k}": v for k, v in self.test_results.items() if v.ndim == 0})
         self.test_metrics.reset()
+
+    def _record_calibration(self) -> None:
+        """``test/ece`` and ``test/adaptive_ece`` of the probabilities the test decided with, and the
+        calibration record: temperature, errors before / after it, reliability-diagram bins."""
+        from finetune.tasks.classification.calibration import confidences, reliability_bins
+
+        raw, targets = self.test_logits.compute().cpu(), self.test_targets.compute().cpu().numpy()
+        self.test_logits.reset()
+        self.test_targets.reset()
+        targets = targets if self.multilabel else targets.astype(np.int64)
+        test, bins = {}, {}
+        for when, t in (("before", 1.0), ("after", self.temperature)):
+            probs = probabilities(raw / t, self.task).numpy()
+            test[when] = _rounded(calibration_errors(probs, targets, self.multilabel))
+            bins[when] = reliability_bins(*confidences(probs, targets, self.multilabel)).to_dict()
+        self.test_results |= {k: torch.tensor(v) for k, v in test["after"].items()}
+        self.calibration |= {"temperature": round(self.temperature, 6), "tta": list(self.tta), "test": test,
+                             "bins": bins}
 
 
 def _loss(task: str, class_weights: torch.Tensor | None, label_smoothing: float = 0.0) -> nn.Module:
@@ -370,3 +428,7 @@ def _loss(task: str, class_weights: torch.Tensor | None, label_smoothing: float 
         loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
     loss.register_buffer("weight", None if task == "multi-label" else weights, persistent=False)
     return loss
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in values.items()}

@@ -6,6 +6,7 @@ samples per class) and the most confidently wrong test images. Explain: the top-
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -19,9 +20,9 @@ from finetune.engine.runs import LoadedRun
 from finetune.export.loading import preprocess
 from finetune.models.freezing import FineTuneModel
 from finetune.report.explain import Explained
-from finetune.report.page import (ReportOptions, RunRecord, TaskSections, array_img, number, table,
+from finetune.report.page import (ReportOptions, RunRecord, TaskSections, array_img, file_img, number, table,
                                   tested_batches)
-from finetune.tasks.classification.module import decide, probabilities
+from finetune.tasks.classification.module import decide, flip_averaged, probabilities
 
 MAX_SAMPLE_CLASSES = 20
 
@@ -32,9 +33,11 @@ MAX_SAMPLE_CLASSES = 20
 def report_sections(run: RunRecord, data: ClassificationDataModule, model: FineTuneModel,
                     options: ReportOptions) -> TaskSections:
     """Data (classes, samples) and the most confident mistakes on the test split."""
-    mistakes = worst_mistakes(model, data, run.cfg, options.worst, run.metrics.get("test", {}).get("threshold"))
+    calibration = run.metrics.get("calibration", {})
+    mistakes = worst_mistakes(model, data, run.cfg, options.worst, run.metrics.get("test", {}).get("threshold"),
+                              calibration.get("temperature", 1.0), calibration.get("tta", ()))
     return TaskSections(data=[_data_section(run, data, options.samples)],
-                        results=[_mistakes_section(mistakes, data)])
+                        results=[_calibration_section(run), _mistakes_section(mistakes, data)])
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,11 @@ class Mistake:
 
 
 def worst_mistakes(model: FineTuneModel, data: ClassificationDataModule, cfg: DictConfig, n: int,
-                   threshold: float | list[float] | None = None) -> list[Mistake]:
+                   threshold: float | list[float] | None = None, temperature: float = 1.0,
+                   tta: Sequence[str] = ()) -> list[Mistake]:
     """The ``n`` most confident wrong predictions on the test split (the batches the run tested),
-    decided as the test metrics were (argmax, or ``threshold`` for binary / multi-label tasks)."""
+    decided as the test metrics were (the run's ``tta`` flips and ``temperature``; argmax, or
+    ``threshold`` for binary / multi-label tasks)."""
     if n <= 0 or not len(data.splits.get("test", ())):
         return []
     loader = data.test_dataloader()
@@ -65,7 +70,8 @@ def worst_mistakes(model: FineTuneModel, data: ClassificationDataModule, cfg: Di
             for i, (x, y) in enumerate(loader):
                 if i >= batches:
                     break
-                probs.append(probabilities(model(x.to(ref.device, ref.dtype)).cpu(), data.info.task))
+                logits = flip_averaged(model, x.to(ref.device, ref.dtype), tta)
+                probs.append(probabilities(logits.cpu() / temperature, data.info.task))
                 targets.append(y)
     finally:
         model.train(was_training)
@@ -84,6 +90,30 @@ def worst_mistakes(model: FineTuneModel, data: ClassificationDataModule, cfg: Di
         true, predicted = [names[i] for i in y.tolist()], [names[i] for i in top.tolist()]
     order = [i for i in confidence.argsort(descending=True).tolist() if wrong[i]][:n]
     return [Mistake(i, true[i], predicted[i], float(confidence[i])) for i in order]
+
+
+def _calibration_section(run: RunRecord) -> str:
+    """Temperature, calibration errors before / after it (val and test) and the reliability diagram."""
+    record = run.metrics.get("calibration")
+    if not record or "test" not in record:
+        return ""
+    fitted = record.get("method") == "temperature"
+    rows = [[split, when, *(number(values.get(k)) for k in ("ece", "adaptive_ece", "nll"))]
+            for split in ("val", "test") for when, values in record.get(split, {}).items()
+            if fitted or when == "before"]
+    views = " + ".join(["image", *record.get("tta", [])])
+    note = (f"One temperature T = {record['temperature']:.3f} fitted on the validation split (never the test) divides "
+            "the logits; decisions are unchanged, probabilities are rescaled. predict and the exports apply it."
+            if fitted else "Not calibrated (calibration=none): calibration=temperature fits one temperature on val.")
+    if fitted and record.get("test_is_val"):
+        note += (" This dataset has no test split: the test is the validation split the temperature was fitted "
+                 "on, so the calibrated test errors are in-sample (optimistic).")
+    return ("<h2>Calibration</h2><p>" + escape(note) + f" Test predictions average: {escape(views)}.</p>"
+            + '<div class="cols"><div>'
+            + table(["split", "temperature", "ECE", "adaptive ECE", "NLL"],
+                    [[r[0], "T" if r[1] == "after" else "1", *r[2:]] for r in rows], numeric=(2, 3, 4))
+            + f'</div><div style="flex:1">{file_img(run.run_dir / "plots" / "reliability.png", "reliability diagram")}'
+            + "</div></div>")
 
 
 def _samples_by_class(data: ClassificationDataModule, per_class: int) -> list[tuple[str, list[np.ndarray]]]:
