@@ -102,8 +102,10 @@ def _test_metrics(run_dir: Path) -> dict:
 def _task_args(task: str, tmp_path: Path) -> tuple[list[str], str]:
     """Tiny two-phase command line of ``task`` and the validation metric its epochs log."""
     if task.startswith("classification"):
-        augment = ["augment=light"] if task.endswith("augmented") else []  # random crops, flips, colour
-        return [*FAST, *TWO_PHASES, *augment, "trainer.limit_train_batches=6"], "val/acc"
+        # augmented: random crops, flips and colour; with an EMA of the weights, whose average and
+        # training weights must both resume (keep=last: the final weights are tested, whatever val says)
+        extra = ["augment=light", "ema.decay=0.9", "checkpoints.keep=last"] if task.endswith("augmented-ema") else []
+        return [*FAST, *TWO_PHASES, *extra, "trainer.limit_train_batches=6"], "val/acc"
     from .test_segmentation import squares
 
     squares(tmp_path / "squares", n=10, size=64)
@@ -115,7 +117,7 @@ def _task_args(task: str, tmp_path: Path) -> tuple[list[str], str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["classification", "classification-augmented", "segmentation"])
+@pytest.mark.parametrize("task", ["classification", "classification-augmented-ema", "segmentation"])
 def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path, task):
     args, metric = _task_args(task, tmp_path)
     whole = _run([*args, "hydra.run.dir=whole"], tmp_path)

@@ -46,7 +46,8 @@ from finetune.data.transforms import FLIP_AXES
 from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
 from finetune.engine.schedule import PhaseOptim
-from finetune.tasks.classification.calibration import calibration_errors, fit_temperature, negative_log_likelihood
+from finetune.tasks.classification.calibration import (calibration_errors, confidences, fit_temperature,
+                                                       negative_log_likelihood, reliability_bins)
 from finetune.tasks.phased import PhasedTask
 
 THRESHOLD_TASKS = ("binary", "multi-label")  # tasks whose decision is a threshold on a probability
@@ -399,18 +400,17 @@ class ClassificationTask(PhasedTask):
     def _record_calibration(self) -> None:
         """``test/ece`` and ``test/adaptive_ece`` of the probabilities the test decided with, and the
         calibration record: temperature, errors before / after it, reliability-diagram bins."""
-        from finetune.tasks.classification.calibration import confidences, reliability_bins
-
-        raw, targets = self.test_logits.compute().cpu(), self.test_targets.compute().cpu().numpy()
+        raw, targets = self.test_logits.compute().cpu(), self.test_targets.compute().cpu()
         self.test_logits.reset()
         self.test_targets.reset()
-        targets = targets if self.multilabel else targets.astype(np.int64)
+        targets = targets if self.multilabel else targets.long()
         test, bins = {}, {}
         for when, t in (("before", 1.0), ("after", self.temperature)):
             probs = probabilities(raw / t, self.task).numpy()
-            test[when] = _rounded(calibration_errors(probs, targets, self.multilabel))
-            bins[when] = reliability_bins(*confidences(probs, targets, self.multilabel)).to_dict()
-        self.test_results |= {k: torch.tensor(v) for k, v in test["after"].items()}
+            test[when] = _rounded({**calibration_errors(probs, targets.numpy(), self.multilabel),
+                                   "nll": negative_log_likelihood(raw / t, targets, self.multilabel)})
+            bins[when] = reliability_bins(*confidences(probs, targets.numpy(), self.multilabel)).to_dict()
+        self.test_results |= {k: torch.tensor(test["after"][k]) for k in ("ece", "adaptive_ece")}
         self.calibration |= {"temperature": round(self.temperature, 6), "tta": list(self.tta), "test": test,
                              "bins": bins}
 

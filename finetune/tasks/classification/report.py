@@ -98,9 +98,9 @@ def _calibration_section(run: RunRecord) -> str:
     if not record or "test" not in record:
         return ""
     fitted = record.get("method") == "temperature"
-    rows = [[split, when, *(number(values.get(k)) for k in ("ece", "adaptive_ece", "nll"))]
-            for split in ("val", "test") for when, values in record.get(split, {}).items()
-            if fitted or when == "before"]
+    rows = [[split, when, *(number(record[split][when].get(k)) for k in ("ece", "adaptive_ece", "nll"))]
+            for split in ("val", "test") for when in ("before", "after")
+            if when in record.get(split, {}) and (fitted or when == "before")]
     views = " + ".join(["image", *record.get("tta", [])])
     note = (f"One temperature T = {record['temperature']:.3f} fitted on the validation split (never the test) divides "
             "the logits; decisions are unchanged, probabilities are rescaled. predict and the exports apply it."
