@@ -4,6 +4,7 @@ every file."""
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -167,6 +168,25 @@ def test_resuming_a_finished_run_is_refused_unless_asked(finished, tmp_path):
     refused(out, "has finished (metrics.json exists)")
     assert "resume_finished=true" in out.stderr
     assert tree_hashes(run) == before
+
+
+def test_resume_finished_re_tests_without_training_and_may_calibrate(finished, tmp_path):
+    """``resume_finished=true`` re-tests the kept checkpoint; it never trains again (fit from
+    ``best.ckpt``, all a keep=best run keeps, would continue from the best epoch). The test-only
+    options ``calibration`` and ``tta`` may change; the training record stays."""
+    run = copy_run(finished, tmp_path)
+    before = json.loads((run / "metrics.json").read_text())
+    checkpoints, logs = tree_hashes(run / "checkpoints"), sorted(p.name for p in (run / "logs").rglob("*.csv"))
+    out = finetune(f"resume={run}", "resume_finished=true", "calibration=temperature", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = json.loads((run / "metrics.json").read_text())
+    assert tree_hashes(run / "checkpoints") == checkpoints  # nothing trained, nothing saved
+    assert sorted(p.name for p in (run / "logs").rglob("*.csv")) == logs + ["metrics.csv"]  # the test's log only
+    assert after["checkpoint"] == before["checkpoint"] and after["phases"] == before["phases"]
+    assert after["wall_time_s"] == before["wall_time_s"]
+    assert after["test"]["acc"] == before["test"]["acc"]  # a temperature changes no decision
+    assert after["calibration"]["method"] == "temperature" and after["calibration"]["temperature"] != 1.0
+    assert "calibration: temperature" in (run / "config.yaml").read_text()
 
 
 def test_resume_overrides_that_change_the_experiment_are_refused_by_name(finished, tmp_path):

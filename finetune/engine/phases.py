@@ -75,6 +75,9 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
     """
     consistency = RankConsistency()
     checkpoint = best_checkpoint(run_dir, monitor)
+    if resume_from is not None and (run_dir / "metrics.json").exists():  # resume_finished=true: re-test only
+        restore_best_record(checkpoint, resume_from, run_dir)
+        return checkpoint, consistency.checksums
     start = resume_point(resume_from)
     # Units and connections do not depend on freezing: one counting pass serves every phase table.
     input_shape = (data.in_chans, *data.preprocessing.size)
@@ -134,6 +137,17 @@ class PhaseCheckpoint(ModelCheckpoint):
     def _save_last_if_missed(self, trainer: L.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # nothing saved at this step
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def restore_best_record(checkpoint: ModelCheckpoint, saved: Path, run_dir: Path) -> None:
+    """A finished run is re-tested, never trained further (``fit`` from ``best.ckpt``, which is all a
+    ``checkpoints.keep=best`` run keeps, would train again from the best epoch): ``checkpoint`` takes
+    the best score and path recorded in the ``saved`` checkpoint, the path in this run directory."""
+    state = torch.load(saved, map_location="cpu", weights_only=True, mmap=True)
+    record = next((v for k, v in state.get("callbacks", {}).items() if k.startswith(ModelCheckpoint.__qualname__)), {})
+    checkpoint.best_model_score = record.get("best_model_score")
+    best = run_dir / "checkpoints" / "best.ckpt"
+    checkpoint.best_model_path = str(best) if best.is_file() else ""
 
 
 def best_checkpoint(run_dir: Path, monitor: str) -> ModelCheckpoint:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import time
 from functools import partial
 from pathlib import Path
@@ -97,7 +98,8 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
     if not is_global_zero():
         return {}
     results = write_results(run_dir, module.test_results, data.info.class_names, phases,
-                            time.perf_counter() - started, {"param_checksums_per_rank": rank_checksums},
+                            training_seconds(run_dir, resume_from, time.perf_counter() - started),
+                            {"param_checksums_per_rank": rank_checksums},
                             checkpoint, tested.name, task.test_record(cfg, module, data))
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
@@ -107,6 +109,14 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
     task.after_test(cfg, module, data, run_dir)
     console.print(f"report: {write_report(run_dir, task, data=data, model=module.model)}")
     return results
+
+
+def training_seconds(run_dir: Path, resume_from: Path | None, seconds: float) -> float:
+    """Wall time for metrics.json: a re-tested finished run keeps the training's, not the re-test's."""
+    previous = run_dir / "metrics.json"
+    if resume_from is not None and previous.is_file():
+        return float(json.loads(previous.read_text()).get("wall_time_s") or seconds)
+    return seconds
 
 
 def preprocessing_overrides(cfg: DictConfig) -> dict:
