@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-cpu demo test test-fast bench clean
+.PHONY: install install-cpu demo test test-fast bench bench-peers clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
+
+# finetune vs fastai, the HF Trainer and a plain timm loop (hours on a CPU); each peer gets its own venv
+# under benchmarks/.peers/. Options: make bench-peers ARGS="--datasets hymenoptera --seeds 0 --quick"
+bench-peers: install
+	$(BIN)/python -m benchmarks.peers $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runs outputs multirun
