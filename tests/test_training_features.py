@@ -19,7 +19,8 @@ from torch import nn
 from finetune.commands import train as run_module
 from finetune.engine.config import validate
 from finetune.errors import ConfigError, FinetuneError
-from finetune.tasks.classification.module import BatchMixer, ClassificationTask
+from finetune.tasks.classification.mixing import BatchMixer
+from finetune.tasks.classification.module import ClassificationTask
 from finetune.tasks.registry import get_task
 
 from .conftest import compose_config
