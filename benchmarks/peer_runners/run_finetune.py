@@ -1,0 +1,59 @@
+"""finetune itself, run with the project's python: its recipe (or default schedule) composed from
+``spec['finetune_overrides']`` and trained through ``finetune.commands.train.train``, as
+``python -m finetune`` does. A callback added to every phase's Trainer records the validation curve.
+
+    python run_finetune.py '<json spec>'      # prints one JSON result line
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import lightning as L
+from hydra import compose, initialize_config_dir
+from peerdata import Clock, emit, read_spec
+
+from finetune.commands.train import train
+from finetune.engine import phases
+from finetune.resources import conf_dir
+
+PACKAGES = ("finetune", "lightning", "torch", "torchvision", "timm", "albumentations", "numpy", "pillow")
+
+
+class Curve(L.Callback):
+    """Validation accuracy (and AUC where logged) after every epoch of every phase."""
+
+    def __init__(self, clock: Clock, last: dict) -> None:
+        self.clock, self.last = clock, last
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if "val/acc" in metrics:
+            self.last.clear()
+            self.last.update({k.removeprefix("val/"): round(float(metrics[k]), 6)
+                              for k in ("val/acc", "val/auc") if k in metrics})
+            self.clock.epoch(self.last["acc"])
+
+
+def main() -> None:
+    spec = read_spec()
+    clock, last = Clock(), {}
+    original = phases.make_trainer
+
+    def make_trainer(cfg, run_dir, name, epochs, callbacks):
+        return original(cfg, run_dir, name, epochs, [*callbacks, Curve(clock, last)])
+
+    phases.make_trainer = make_trainer
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=spec["finetune_overrides"])
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = train(cfg, Path(tmp) / "run")
+        record = json.loads((Path(tmp) / "run" / "weights.json").read_text())
+    test = {k: metrics["test"][k] for k in ("acc", "auc") if metrics["test"].get(k) is not None}
+    emit("finetune", spec, clock, dict(last), test if spec["has_test"] else None, PACKAGES,
+         weights_sha256=record.get("sha256"), overrides=spec["finetune_overrides"])
+
+
+if __name__ == "__main__":
+    main()

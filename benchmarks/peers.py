@@ -1,0 +1,388 @@
+"""``make bench-peers``: finetune against the tools users would pick instead, on the same machine.
+
+    python -m benchmarks.peers                                  # every dataset, its seeds, every peer
+    python -m benchmarks.peers --datasets hymenoptera --seeds 0 --peers finetune,fastai
+    python -m benchmarks.peers --quick                          # 64 px, 1 epoch, seed 0: checks the set-up
+
+Peers (``PEERS``): finetune with its recipe for the data; fastai ``vision_learner`` + ``fine_tune``
+with its defaults; the Hugging Face ``Trainer`` with its defaults; a plain timm + PyTorch loop as
+the floor. Each peer is a standalone script in ``benchmarks/peer_runners/`` run in a subprocess
+with its own python: it takes a JSON spec (data, image size, epochs, seed, threads, weights file)
+and prints one JSON result line (val/test accuracy, AUC for two classes, wall time, the
+validation curve with times, versions). Every peer gets the same splits (read by
+``peer_runners/peerdata.py``, which never imports finetune), the same pretrained weights file (the
+one finetune's resolver produces, loaded through ``timm.create_model(pretrained_cfg_overlay=...)``),
+image size, batch size, number of epochs, torch threads and loader workers. Runs are interleaved:
+the order of the tools rotates from seed to seed, and no two runs overlap.
+
+Virtual environments: every peer but finetune gets its own under ``benchmarks/.peers/<peer>/``
+(gitignored; created on first use with the pins in ``PEERS``; never the project's ``.venv``). torch
+and torchvision (``benchmarks/peers_constraints.txt``: the project's torch) are installed once
+into ``benchmarks/.peers/_torch`` and reach each peer venv through a ``.pth`` path entry placed
+after the venv's own packages: the same torch runs everywhere and its 5 GB of CUDA libraries are
+not copied three times. ``pip freeze`` of every peer venv goes into the results.
+
+Results: ``benchmarks/results/peers.json`` (every run; a rerun replaces runs with the same
+dataset, size, epochs, seed and tool, so seeds can be added later; ``settings`` are the latest
+invocation's: change threads, workers or batch size only with another ``--out``) and a section of
+``benchmarks/results/README.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .common import HYMENOPTERA, MEDMNIST, RESULTS, environment
+
+HERE = Path(__file__).resolve().parent
+RUNNERS = HERE / "peer_runners"
+PEERS_DIR = HERE / ".peers"
+CONSTRAINTS = HERE / "peers_constraints.txt"
+ARCH = "tf_efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A tool in the comparison: its runner script and the pinned packages of its venv (none: the project's)."""
+    script: str
+    requirements: tuple[str, ...]
+    how: str
+
+
+PEERS: dict[str, Peer] = {
+    "finetune": Peer("run_finetune.py", (), "its recipe for the data (`+classification=…` / `+medical=…`); with "
+                     "`--epochs N` the recipe's settings in one phase of N epochs training everything"),
+    "fastai": Peer("run_fastai.py", ("fastai==2.8.12", "timm==1.0.31"),
+                   "`vision_learner` (default head) + `fine_tune` (1 frozen epoch, default lr 2e-3), "
+                   "`Resize` + `aug_transforms()`"),
+    "hf_trainer": Peer("run_hf.py", ("transformers==5.24.0", "accelerate==1.15.0", "timm==1.0.31"),
+                       "`Trainer` defaults (AdamW lr 5e-5, linear decay, no weight decay), the HF example's "
+                       "RandomResizedCrop + flip"),
+    "plain": Peer("run_plain.py", ("timm==1.0.31",),
+                  "timm + PyTorch loop: AdamW (torch defaults), cosine per step, the recipe's augmentation"),
+}
+
+
+TEST_NOTE = ("finetune tests the checkpoint of its best val epoch (its default, checkpoints.keep=best); the other "
+             "tools test their final weights with argmax")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Data in the comparison: where it lies, its size in the issue, finetune's recipe for it."""
+    name: str
+    kind: str  # "folder" (root/train, root/val) | "medmnist" (an official npz)
+    path: Path
+    image_size: int
+    num_classes: int
+    has_test: bool
+    recipe: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    notes: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, Dataset] = {
+    "hymenoptera": Dataset("hymenoptera", "folder", HYMENOPTERA, 224, 2, False,
+                           ("+classification=hymenoptera",), (0, 1, 2),
+                           (("no test split: val/ is what every tool reports; finetune keeps its last "
+                             "checkpoint (checkpoints.keep=last) so no tool picks an epoch on the split it reports"),)),
+    "bloodmnist": Dataset("bloodmnist", "medmnist", MEDMNIST / "bloodmnist.npz", 64, 8, True, ("+medical=blood",),
+                          notes=(TEST_NOTE,)),
+    "breastmnist": Dataset("breastmnist", "medmnist", MEDMNIST / "breastmnist.npz", 128, 2, True,
+                           ("+medical=breast",), (0, 1, 2),
+                           (TEST_NOTE + "; its test acc also uses the decision threshold it tunes on val "
+                            "(threshold=tune): compare AUC, which no threshold changes",)),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every tool shares in one invocation."""
+    threads: int = 1
+    workers: int = 0
+    batch_size: int = 32
+    image_size: int | None = None  # None: each dataset's own
+    epochs: int | None = None      # None: finetune's recipe total; N: finetune runs one full phase of N epochs
+
+
+def shared_torch() -> Path:
+    """The site-packages holding the pinned torch + torchvision, installed once for all peer venvs."""
+    venv = PEERS_DIR / "_torch"
+    stamp = venv / ".installed"
+    if not (stamp.is_file() and stamp.read_text() == CONSTRAINTS.read_text()):
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        _pip(venv, "torch", "torchvision")  # versions from the constraints file
+        stamp.write_text(CONSTRAINTS.read_text())
+    return _site_packages(venv)
+
+
+def peer_python(name: str) -> Path:
+    """The python of a peer's venv, created with its pinned packages on first use; the project's for finetune."""
+    peer = PEERS[name]
+    if not peer.requirements:
+        return Path(sys.executable)
+    venv = PEERS_DIR / name
+    stamp = venv / ".installed"
+    wanted = "\n".join([*peer.requirements, CONSTRAINTS.read_text()])
+    if not (stamp.is_file() and stamp.read_text() == wanted):
+        print(f"== creating {venv} ({', '.join(peer.requirements)})", flush=True)
+        torch_site = shared_torch()
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        (_site_packages(venv) / "_peers_shared_torch.pth").write_text(f"{torch_site}\n")
+        _pip(venv, *peer.requirements)
+        stamp.write_text(wanted)
+    return venv / "bin" / "python"
+
+
+def _site_packages(venv: Path) -> Path:
+    return Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+
+
+def _pip(venv: Path, *requirements: str) -> None:
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS),
+                    *requirements], check=True)
+
+
+def freeze(name: str) -> list[str]:
+    """Every package a peer's python sees (its venv and the shared torch), as ``pip freeze`` writes them."""
+    if not PEERS[name].requirements:
+        return []
+    out = subprocess.run([str(peer_python(name)), "-m", "pip", "freeze"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def weights() -> dict:
+    """The timm-format EfficientNet-Lite0 ImageNet weights file finetune's own resolver produces (offline)."""
+    from finetune.models.weights import resolve_weights
+
+    record = resolve_weights(ARCH, None, True)
+    overlay = record.pretrained_cfg_overlay
+    return {"file": record.file, "sha256": record.sha256, "source": record.source,
+            "preprocessing": {k: overlay[k] for k in ("mean", "std", "interpolation", "crop_pct")}}
+
+
+def recipe(dataset: Dataset, settings: Settings, seed: int) -> tuple[list[str], dict]:
+    """finetune's overrides for one run, and the recipe's augmentation and total epochs (from its config)."""
+    from .common import compose
+
+    root = dataset.path if dataset.kind == "folder" else dataset.path.parent
+    size = settings.image_size or dataset.image_size
+    overrides = [*dataset.recipe, f"dataset.root={root}", f"dataset.image_size={size}", f"seed={seed}",
+                 f"dataset.num_workers={settings.workers}", f"schedule.batch_size={settings.batch_size}",
+                 "trainer.accelerator=cpu", "trainer.progress_bar=false", "logger=csv"]
+    if not dataset.has_test:
+        overrides.append("checkpoints.keep=last")
+    if settings.epochs:
+        overrides.append(f"schedule.phases=[{{name: all, epochs: {settings.epochs}, freeze: 0}}]")
+    cfg = compose(*overrides)
+    epochs = sum(int(phase.epochs) for phase in cfg.schedule.phases)
+    return overrides, {"augment": {k: cfg.augment[k] for k in ("hflip", "vflip", "rotate", "shift", "zoom")},
+                       "epochs": epochs, "unsupported": [k for k in ("crop_scale", "color_jitter", "dropout")
+                                                         if cfg.augment[k]]}
+
+
+def spec(dataset: Dataset, settings: Settings, seed: int, weights_info: dict) -> dict:
+    """The JSON spec every runner of one (dataset, seed) gets."""
+    overrides, from_recipe = recipe(dataset, settings, seed)
+    if from_recipe["unsupported"]:
+        raise ValueError(f"the plain runner cannot mirror augment {from_recipe['unsupported']} of {dataset.recipe}")
+    data = {"root": str(dataset.path)} if dataset.kind == "folder" else {"file": str(dataset.path)}
+    return {"dataset": dataset.name, "kind": dataset.kind, **data, "num_classes": dataset.num_classes,
+            "has_test": dataset.has_test, "image_size": settings.image_size or dataset.image_size,
+            "epochs": from_recipe["epochs"], "seed": seed, "threads": settings.threads, "workers": settings.workers,
+            "batch_size": settings.batch_size, "arch": ARCH, "weights": weights_info["file"],
+            "preprocessing": weights_info["preprocessing"], "augment": from_recipe["augment"],
+            "finetune_overrides": overrides}
+
+
+def run_peer(name: str, run_spec: dict) -> dict:
+    """One runner in a fresh subprocess with the shared thread settings; its result or its error."""
+    threads = str(run_spec["threads"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run([str(peer_python(name)), str(RUNNERS / PEERS[name].script), json.dumps(run_spec)],
+                              capture_output=True, text=True, cwd=cwd, env=env, check=False)
+    process_s = round(time.perf_counter() - started, 1)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines or not lines[-1].startswith("{"):
+        return {"tool": name, "error": (done.stderr or done.stdout).strip()[-2000:], "process_s": process_s}
+    return {**json.loads(lines[-1]), "tool": name, "process_s": process_s}
+
+
+def group(run: dict) -> tuple:
+    """Runs compared with each other: same data, image size and epochs."""
+    return run["dataset"], run["image_size"], run["epochs"]
+
+
+def key(run: dict) -> tuple:
+    """One run of one tool: a rerun replaces it."""
+    return *group(run), run["seed"], run["tool"]
+
+
+def main(datasets: list[str], seeds: list[int] | None, peers: list[str], settings: Settings,
+         out_dir: Path = RESULTS, max_minutes: float | None = None) -> dict:
+    """Run every (dataset, seed, peer), interleaved; write peers.json after each run and the table at the end."""
+    path = out_dir / "peers.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+    payload.update(benchmark="peers", environment=environment(), settings=asdict(settings), weights=weights())
+    payload.setdefault("peers", {}).update({n: {"requirements": list(PEERS[n].requirements), "how": PEERS[n].how,
+                                                "freeze": freeze(n)} for n in peers})
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    for dataset in (DATASETS[n] for n in datasets):
+        for i, seed in enumerate(seeds if seeds is not None else dataset.seeds):
+            run_spec = spec(dataset, settings, seed, payload["weights"])
+            for order, name in enumerate(peers[i % len(peers):] + peers[:i % len(peers)]):
+                if deadline and time.time() > deadline:
+                    print(f"== time is up: {dataset.name} seed {seed} {name} not run", flush=True)
+                    continue
+                print(f"== {dataset.name} {run_spec['image_size']} px, {run_spec['epochs']} epochs, seed {seed}: "
+                      f"{name}", flush=True)
+                run = {"dataset": dataset.name, "image_size": run_spec["image_size"], "epochs": run_spec["epochs"],
+                       "seed": seed, "order": order, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       **run_peer(name, run_spec)}
+                print(f"   {run.get('error', '').splitlines()[-1:] or run['val']} in {run['process_s']} s", flush=True)
+                payload["runs"] = [r for r in payload["runs"] if key(r) != key(run)] + [run]
+                out_dir.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(payload, indent=1) + "\n")
+    from .run_all import table
+
+    (out_dir / "README.md").write_text(table(out_dir) + "\n")
+    return payload
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _acc_at(run: dict, seconds: float) -> float | None:
+    """Validation accuracy of the last epoch a run finished within ``seconds``."""
+    done = [p["val_acc"] for p in run["curve"] if p["t_s"] <= seconds + 1e-9]
+    return done[-1] if done else None
+
+
+COLUMNS = ("dataset", "px", "schedule", "tool", "seeds", "epochs", "val acc (final)", "best val acc (any epoch)",
+           "test acc", "test AUC", "wall s", "s / epoch", "val acc at the fastest tool's wall time")
+
+
+def markdown(payload: dict) -> str:
+    """The peers section of benchmarks/results/README.md (and the main README)."""
+    s, env, w = payload["settings"], payload["environment"], payload["weights"]
+    ok = [r for r in payload["runs"] if "error" not in r]
+    lines = ["## 8. finetune vs the tools users would pick instead (`make bench-peers`)", "",
+             (f"Same machine ({env['cpu_count']} CPU cores, shared with other jobs; load average when the latest "
+             f"invocation started {env['load_average_at_start']}), one tool at a time, interleaved (the order "
+             f"rotates per seed). Every tool: `{ARCH}` with the same ImageNet weights file (sha256 "
+             f"{w['sha256'][:12]}…, from finetune's offline resolver: {w['source']}), the same splits, image size, "
+             f"batch {s['batch_size']}, epochs, "
+             f"{s['threads']} torch thread(s) (OMP_NUM_THREADS={s['threads']}) and {s['workers']} loader workers, "
+             "CPU. *Schedule*: *recipe* = finetune's recipe with its phases, the other tools the same number of "
+             "epochs; `--epochs N`: finetune trains everything for N epochs with the recipe's other settings. "
+             "*Wall s*: from the runner's start (after imports) to its last metric, data loading and model "
+             "building included (finetune's also its test pass and the files a run writes). *Val acc at the "
+             "fastest tool's wall time*: per seed, each tool's validation accuracy after the last epoch it had "
+             "finished when the fastest tool of that seed finished (read off its curve, not a separate run with "
+             "a shorter schedule)."), "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for dataset, px, epochs in sorted(set(map(group, ok))):
+        runs = [r for r in ok if group(r) == (dataset, px, epochs)]
+        budget = {seed: min(r["wall_s"] for r in runs if r["seed"] == seed) for seed in {r["seed"] for r in runs}}
+        for tool in [t for t in PEERS if any(r["tool"] == t for r in runs)]:
+            mine = sorted((r for r in runs if r["tool"] == tool), key=lambda r: r["seed"])
+            test = [r["test"] for r in mine if r.get("test")]
+            at_budget = [a for r in mine if (a := _acc_at(r, budget[r["seed"]])) is not None]
+            wall = statistics.mean(r["wall_s"] for r in mine)
+            lines.append(
+                f"| {dataset} | {px} | {schedule(runs)} | {tool} | {','.join(str(r['seed']) for r in mine)} | "
+                f"{epochs} | "
+                f"{_mean_sd([r['val']['acc'] for r in mine])} | "
+                f"{_mean_sd([max(p['val_acc'] for p in r['curve']) for r in mine])} | "
+                f"{_mean_sd([t['acc'] for t in test])} | {_mean_sd([t['auc'] for t in test if t.get('auc')])} | "
+                f"{wall:.0f} | {statistics.mean(r['wall_s'] / r['epochs_run'] for r in mine):.1f} | "
+                f"{_mean_sd(at_budget) if len(at_budget) == len(mine) else 'no epoch done'} "
+                f"({statistics.mean(budget[r['seed']] for r in mine):.0f} s) |")
+    lines += ["", ("Mean ± sample standard deviation over the seeds listed. How each tool was run and its versions "
+                   "(every package of each peer venv: `pip freeze` in peers.json):"), "",
+              "| tool | how | versions |", "|---|---|---|"]
+    for tool in payload["peers"]:
+        seen = next((r["versions"] for r in ok if r["tool"] == tool), {})
+        versions = ", ".join(f"{k} {v}" for k, v in seen.items()) or "not run"
+        lines.append(f"| {tool} | {PEERS[tool].how} | {versions} |")
+    lines += ["", *[f"- {dataset}: {note}" for dataset, d in DATASETS.items() for note in d.notes
+                    if any(r["dataset"] == dataset for r in ok)]]
+    failed = [r for r in payload["runs"] if "error" in r]
+    lines += [f"- failed: {r['dataset']} seed {r['seed']} {r['tool']}: {r['error'].splitlines()[-1]}" for r in failed]
+    lines += [f"- not measured: {note}" for note in missing(payload["runs"])]
+    return "\n".join(lines)
+
+
+NOT_BUILT = [("segmentation (finetune's U-Net recipe vs segmentation_models_pytorch with a plain loop, same "
+              "encoder weights): no runner yet")]
+
+
+def schedule(runs: list[dict]) -> str:
+    """"recipe" or "`--epochs N`", as the group's finetune runs show; "?" without one."""
+    overrides = next((r["overrides"] for r in runs if r["tool"] == "finetune"), None)
+    if overrides is None:
+        return "?"
+    if any(o.startswith("schedule.phases=") for o in overrides):
+        return f"`--epochs {runs[0]['epochs']}`"
+    return "recipe"
+
+
+def missing(runs: list[dict]) -> list[str]:
+    """Each dataset's default seeds (its own size, the recipe schedule) and every peer no successful run covers;
+    then what is not built."""
+    ok = [r for r in runs if "error" not in r]
+    recipe_groups = {g for g in map(group, ok) if schedule([r for r in ok if group(r) == g]) == "recipe"}
+    done = {(r["dataset"], r["tool"], r["seed"]) for r in ok
+            if group(r) in recipe_groups and r["image_size"] == DATASETS[r["dataset"]].image_size}
+    notes = []
+    for name, dataset in DATASETS.items():
+        gaps = {tool: [s for s in dataset.seeds if (name, tool, s) not in done] for tool in PEERS}
+        if all(len(seeds) == len(dataset.seeds) for seeds in gaps.values()):
+            notes.append(f"{name} ({dataset.image_size} px, finetune's recipe schedule): no tool")
+        else:
+            notes += [f"{name}: {tool} seed {', '.join(map(str, seeds))}" for tool, seeds in gaps.items() if seeds]
+    return notes + NOT_BUILT
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
+    parser.add_argument("--seeds", help="comma list (default: each dataset's own: 0,1,2 where the split is small)")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {', '.join(PEERS)}")
+    parser.add_argument("--epochs", type=int, help="every tool trains N epochs (finetune: one full phase); "
+                                                   "default: finetune's recipe total, the others the same count")
+    parser.add_argument("--image-size", type=int, help="override each dataset's size")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (OMP_NUM_THREADS)")
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes of every run")
+    parser.add_argument("--max-minutes", type=float, help="start no run after this many minutes")
+    parser.add_argument("--out", type=Path, help=f"results folder (default {RESULTS}; --quick: {PEERS_DIR / 'quick'})")
+    parser.add_argument("--quick", action="store_true", help="hymenoptera, 64 px, 1 epoch, seed 0: a set-up check")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.datasets, args.seeds, args.image_size, args.epochs = "hymenoptera", "0", 64, 1
+    settings = Settings(args.threads, args.workers, image_size=args.image_size, epochs=args.epochs)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    out = args.out or (PEERS_DIR / "quick" if args.quick else RESULTS)
+    return main(args.datasets.split(","), seeds, args.peers.split(","), settings, out, args.max_minutes)
+
+
+if __name__ == "__main__":
+    cli()
