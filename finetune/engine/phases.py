@@ -2,6 +2,7 @@
 a resumed run continues in the phase its checkpoint was written in."""
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Callable
@@ -75,7 +76,7 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
     """
     consistency = RankConsistency()
     checkpoint = best_checkpoint(run_dir, monitor)
-    if resume_from is not None and (run_dir / "metrics.json").exists():  # resume_finished=true: re-test only
+    if resume_from is not None and trained_every_phase(run_dir, plan):  # resume_finished=true: re-test only
         restore_best_record(checkpoint, resume_from, run_dir)
         return checkpoint, consistency.checksums
     start = resume_point(resume_from)
@@ -137,6 +138,16 @@ class PhaseCheckpoint(ModelCheckpoint):
     def _save_last_if_missed(self, trainer: L.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # nothing saved at this step
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def trained_every_phase(run_dir: Path, plan: list[PlannedPhase]) -> bool:
+    """Whether the run's metrics.json (a finished run) records every phase of ``plan`` as trained; a
+    plan with phases the run never trained continues training."""
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return False
+    trained = {p["name"] for p in json.loads(metrics.read_text()).get("phases", []) if p.get("epochs_run")}
+    return {planned.phase.name for planned in plan} <= trained
 
 
 def restore_best_record(checkpoint: ModelCheckpoint, saved: Path, run_dir: Path) -> None:
