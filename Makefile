@@ -11,9 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# --no-compile: Python writes the bytecode of the modules actually imported on first use, instead of pip
-	# compiling every file of torch, transformers, ... up front (most are never imported)
-	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 # CPU-only machines: the CPU builds of the pinned torch/torchvision (no CUDA libraries), then `install`.
