@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
-from finetune.commands.args import print_error
-from finetune.commands.args import compose_config
+from finetune.commands.args import compose_config, print_error, split_tool_args, tool_run_dir
 from finetune.errors import ConfigError, FinetuneError
 
 if TYPE_CHECKING:
@@ -50,35 +48,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from finetune.commands.precheck import precheck
 
     try:
-        out, overrides = split_args(args)
+        own, overrides = split_tool_args(args, {"out": None}, "+classification=hymenoptera dataset.root=DIR",
+                                         "advise writes its own run directory; choose it with out=DIR")
     except FinetuneError as err:
         return print_error(err)
     code = precheck(overrides)
     if code:
         return code
-    return run(overrides, out)
-
-
-def split_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """advise's own ``out=DIR`` and every other argument as a training override."""
-    out, overrides = None, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise FinetuneError(f"argument {arg!r} is not key=value, e.g. +classification=hymenoptera dataset.root=DIR")
-        if key.startswith("hydra."):
-            raise FinetuneError(f"{arg}: advise writes its own run directory; choose it with out=DIR")
-        if key == "out":
-            out = value
-        else:
-            overrides.append(arg)
-    return out, overrides
+    return run(overrides, own["out"])
 
 
 def run(overrides: list[str], out: str | None) -> int:
     """Check the config, claim the run directory, probe, recommend, write, print; an exit code."""
     from finetune.commands.precheck import check_config
-    from finetune.engine.rundir import claim_run_dir, forget_claims, release_if_unused, unique_run_dir
+    from finetune.engine.rundir import claim_run_dir, forget_claims, release_if_unused
     from finetune.tasks.registry import get_task
 
     cfg = compose_config(overrides)
@@ -97,9 +80,7 @@ def run(overrides: list[str], out: str | None) -> int:
             claim_run_dir(out)
             run_dir = Path(out)
         else:
-            stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-            dataset = cfg.dataset.get("name") or cfg.dataset.kind
-            run_dir = Path(unique_run_dir(f"runs/{stamp}_advise_{dataset}_{cfg.backbone.name}"))
+            run_dir = Path(tool_run_dir("advise", cfg))
         from finetune.engine.probing import measure
         from finetune.engine.recommend import recommend
 

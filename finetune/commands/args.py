@@ -75,3 +75,32 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def split_tool_args(argv: Sequence[str], defaults: Mapping[str, str | None], example: str,
+                    hydra_hint: str) -> tuple[dict[str, str | None], list[str]]:
+    """A tool that takes training overrides (``lr-find``, ``advise``): its own ``key=value`` options
+    (``defaults``) and every other argument as a training override; ``hydra.*`` is refused with
+    ``hydra_hint`` (the tool chooses its directory)."""
+    own, overrides = dict(defaults), []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise FinetuneError(f"argument {arg!r} is not key=value, e.g. {example}")
+        if key.startswith("hydra."):
+            raise FinetuneError(f"{arg}: {hydra_hint}")
+        if key in defaults:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    return own, overrides
+
+
+def tool_run_dir(tool: str, cfg: DictConfig) -> str:
+    """A new, uniquely named ``runs/<time>_<tool>_<dataset>_<backbone>`` (made now, as a training run's)."""
+    import time
+
+    from finetune.engine.rundir import unique_run_dir
+
+    dataset = cfg.dataset.get("name") or cfg.dataset.kind
+    return unique_run_dir(f"runs/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{tool}_{dataset}_{cfg.backbone.name}")

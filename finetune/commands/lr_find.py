@@ -3,11 +3,10 @@ to a run directory of its own."""
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from finetune.commands.args import compose_config, positive_int, print_error
+from finetune.commands.args import compose_config, positive_int, print_error, split_tool_args, tool_run_dir
 from finetune.errors import FinetuneError
 
 DEFAULTS: dict[str, str | None] = {"phase": None, "min_lr": "1e-6", "max_lr": "1", "steps": "100"}
@@ -42,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from finetune.commands.precheck import precheck
 
     try:
-        own, overrides = split_args(args)
+        own, overrides = split_tool_args(args, DEFAULTS, "+classification=digits phase=0",
+                                         "lr-find writes a new directory runs/<time>_lr-find_… under the current "
+                                         "directory; run it from where runs/ should be")
         min_lr, max_lr, steps = scan_options(own)
     except FinetuneError as err:
         return print_error(err)
@@ -50,23 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code:
         return code
     return run(own, overrides, min_lr, max_lr, steps)
-
-
-def split_args(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
-    """lr-find's own ``key=value`` options, and every other argument as a training override."""
-    own, overrides = dict(DEFAULTS), []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise FinetuneError(f"argument {arg!r} is not key=value, e.g. +classification=digits phase=0")
-        if key.startswith("hydra."):
-            raise FinetuneError(f"{arg}: lr-find writes a new directory runs/<time>_lr-find_… under the current "
-                                "directory; run it from where runs/ should be")
-        if key in DEFAULTS:
-            own[key] = value
-        else:
-            overrides.append(arg)
-    return own, overrides
 
 
 def scan_options(own: dict[str, str | None]) -> tuple[float, float, int]:
@@ -87,7 +71,7 @@ def scan_options(own: dict[str, str | None]) -> tuple[float, float, int]:
 def run(own: dict[str, str | None], overrides: list[str], min_lr: float, max_lr: float, steps: int) -> int:
     """Check the phase, claim the run directory, scan, write, print; an exit code."""
     from finetune.commands.precheck import check_config
-    from finetune.engine.rundir import forget_claims, release_if_unused, unique_run_dir
+    from finetune.engine.rundir import forget_claims, release_if_unused
     from finetune.engine.schedule import phase_index
     from finetune.tasks.registry import get_task
 
@@ -99,8 +83,7 @@ def run(own: dict[str, str | None], overrides: list[str], min_lr: float, max_lr:
             raise FinetuneError("lr-find builds a fresh run from the pretrained weights: drop resume= and plan=")
         phases = check_config(cfg)
         phase = None if own["phase"] is None else phase_index(phases, own["phase"])
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")  # the default training run directory's, with lr-find
-        run_dir = Path(unique_run_dir(f"runs/{stamp}_lr-find_{cfg.dataset.kind}_{cfg.backbone.name}"))
+        run_dir = Path(tool_run_dir("lr-find", cfg))
         from finetune.engine.lr_find import find_lr, write_scan
 
         scan = find_lr(get_task(cfg.task), cfg, run_dir, phase, min_lr, max_lr, steps)
