@@ -66,17 +66,18 @@ TaskFactory = Callable[[PhaseOptim, int, bool], L.LightningModule]
 
 def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.LightningDataModule,
                plan: list[PlannedPhase], make_task: TaskFactory, monitor: str,
-               resume_from: Path | None = None) -> tuple[ModelCheckpoint, dict]:
+               resume_from: Path | None = None, retest: bool = False) -> tuple[ModelCheckpoint, dict]:
     """Fit every phase in order (from the resumed one). ``make_task(optim, phase index, cached
     features)`` builds each phase's LightningModule (the task's); the best
-    checkpoint maximises ``monitor`` (minimises it for a loss).
+    checkpoint maximises ``monitor`` (minimises it for a loss). ``retest`` (a finished run resumed,
+    see ``finished_run``): nothing is fitted, the best record is read from ``resume_from``.
 
     Returns the checkpoint callback (best/last) and, under DDP, the per-rank parameter checksums
     taken at the end of each phase.
     """
     consistency = RankConsistency()
     checkpoint = best_checkpoint(run_dir, monitor)
-    if resume_from is not None and trained_every_phase(run_dir, plan):  # resume_finished=true: re-test only
+    if retest and resume_from is not None:
         restore_best_record(checkpoint, resume_from, run_dir)
         return checkpoint, consistency.checksums
     start = resume_point(resume_from)
@@ -140,14 +141,16 @@ class PhaseCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-def trained_every_phase(run_dir: Path, plan: list[PlannedPhase]) -> bool:
-    """Whether the run's metrics.json (a finished run) records every phase of ``plan`` as trained; a
-    plan with phases the run never trained continues training."""
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
-        return False
-    trained = {p["name"] for p in json.loads(metrics.read_text()).get("phases", []) if p.get("epochs_run")}
-    return {planned.phase.name for planned in plan} <= trained
+def finished_run(run_dir: Path, plan: list[PlannedPhase]) -> dict | None:
+    """The metrics.json of a finished run whose record shows every phase of ``plan`` trained (resuming
+    it re-tests, ``resume_finished=true``); None when there is none, or when ``plan`` has phases the
+    run never trained (resuming it continues training)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    trained = {p["name"] for p in metrics.get("phases", []) if p.get("epochs_run")}
+    return metrics if {planned.phase.name for planned in plan} <= trained else None
 
 
 def restore_best_record(checkpoint: ModelCheckpoint, saved: Path, run_dir: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,8 @@ from finetune.engine.advice import advise
 from finetune.engine.config import validate
 from finetune.engine.display import console, print_results
 from finetune.engine.distributed import is_global_zero
-from finetune.engine.phases import PlannedPhase, checkpoints_keep, make_trainer, run_phases, tested_checkpoint
+from finetune.engine.phases import (PlannedPhase, checkpoints_keep, finished_run, make_trainer, run_phases,
+                                    tested_checkpoint)
 from finetune.engine.plan import print_plan
 from finetune.engine.rundir import log_attempts
 from finetune.engine.schedule import Phase
@@ -87,7 +87,9 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
     if is_global_zero():
         write_run_record(cfg, run_dir, record.to_dict(), task.data_record(cfg, data))
     make_module = partial(task.lightning_module, cfg, model, data)
-    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, make_module, monitor, resume_from)
+    finished = finished_run(run_dir, plan) if resume_from is not None else None  # a re-test: nothing trains
+    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, make_module, monitor, resume_from,
+                                            retest=finished is not None)
     tested = tested_checkpoint(run_dir, checkpoint, checkpoints_keep(cfg))
     module = make_module()
     module.load_state_dict(torch.load(tested, map_location="cpu", weights_only=True)["state_dict"])
@@ -98,7 +100,7 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
     if not is_global_zero():
         return {}
     results = write_results(run_dir, module.test_results, data.info.class_names, phases,
-                            training_seconds(run_dir, resume_from, time.perf_counter() - started),
+                            finished["wall_time_s"] if finished else time.perf_counter() - started,
                             {"param_checksums_per_rank": rank_checksums},
                             checkpoint, tested.name, task.test_record(cfg, module, data))
     print_results(results, run_dir)
@@ -109,14 +111,6 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
     task.after_test(cfg, module, data, run_dir)
     console.print(f"report: {write_report(run_dir, task, data=data, model=module.model)}")
     return results
-
-
-def training_seconds(run_dir: Path, resume_from: Path | None, seconds: float) -> float:
-    """Wall time for metrics.json: a re-tested finished run keeps the training's, not the re-test's."""
-    previous = run_dir / "metrics.json"
-    if resume_from is not None and previous.is_file():
-        return float(json.loads(previous.read_text()).get("wall_time_s") or seconds)
-    return seconds
 
 
 def preprocessing_overrides(cfg: DictConfig) -> dict:
