@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 import finetune
 from finetune.commands import train as run_module
+from finetune.engine.config import validate
 from finetune.errors import ConfigError
 from finetune.export.loading import load_export
 from finetune.tasks.classification.calibration import (calibration_errors, confidences, fit_temperature,
@@ -66,7 +67,6 @@ def test_tta_is_refused_where_training_flipped_nothing():
     with pytest.raises(ConfigError, match="tta=true .* flipped no image .*allow_flips=false"):
         get_task("classification").data_module(cfg)
     with pytest.raises(ConfigError, match="calibration=.*not supported by task=segmentation"):
-        from finetune.engine.config import validate
         validate(compose_config("task=segmentation", "dataset=seg_folder", "dataset.root=/x", "head=unet",
                                 "calibration=temperature"), get_task("segmentation"))
 
