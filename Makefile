@@ -27,11 +27,17 @@ install-cpu:
 demo: install
 	$(BIN)/finetune
 
+# Two pytest workers (pytest-xdist), a file each at a time (module fixtures are built once; the DDP tests
+# share one file, so one worker), one torch thread each: most of a test is single-threaded Python
+# (imports, subprocess start, Lightning's loop), so two workers keep both cores busy.
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

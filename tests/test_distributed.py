@@ -41,9 +41,12 @@ def test_rank_shards_rebuild_the_single_process_batches():
 
 
 @pytest.mark.slow
-def test_two_process_run_one_run_dir_identical_ranks_across_an_unfreezing_phase(tmp_path):
+@pytest.mark.parametrize("adapter", ["none", "lora"])
+def test_two_process_run_one_run_dir_identical_ranks_across_an_unfreezing_phase(tmp_path, adapter):
+    """With LoRA the phases change which adapter tensors train: DDP must follow as it does for stages."""
     out = finetune("trainer=ddp", *TINY, "trainer.limit_train_batches=4", "schedule=gradual",
-                   "schedule.phases.0.epochs=1", "schedule.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+                   "schedule.phases.0.epochs=1", "schedule.epochs=1", f"backbone.adapter={adapter}",
+                   "hydra.run.dir=run", cwd=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     checksums = metrics["ddp"]["param_checksums_per_rank"]

@@ -102,9 +102,11 @@ def _test_metrics(run_dir: Path) -> dict:
 def _task_args(task: str, tmp_path: Path) -> tuple[list[str], str]:
     """Tiny two-phase command line of ``task`` and the validation metric its epochs log."""
     if task.startswith("classification"):
-        # augmented: random crops, flips and colour; with an EMA of the weights, whose average and
-        # training weights must both resume (keep=last: the final weights are tested, whatever val says)
-        extra = ["augment=light", "ema.decay=0.9", "checkpoints.keep=last"] if task.endswith("augmented-ema") else []
+        # augmented: random crops, flips and colour; with LoRA adapters (their tensors are not in the
+        # pretrained weights) and an EMA of the weights, whose average and training weights must both
+        # resume (keep=last: the final weights are tested, whatever val says)
+        extra = (["augment=light", "ema.decay=0.9", "checkpoints.keep=last", "backbone.adapter=lora"]
+                 if task.endswith("augmented-ema-lora") else [])
         return [*FAST, *TWO_PHASES, *extra, "trainer.limit_train_batches=6"], "val/acc"
     from .test_segmentation import squares
 
@@ -117,7 +119,7 @@ def _task_args(task: str, tmp_path: Path) -> tuple[list[str], str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["classification", "classification-augmented-ema", "segmentation"])
+@pytest.mark.parametrize("task", ["classification", "classification-augmented-ema-lora", "segmentation"])
 def test_sigkill_in_phase_two_then_resume_matches_an_uninterrupted_run(tmp_path, task):
     args, metric = _task_args(task, tmp_path)
     whole = _run([*args, "hydra.run.dir=whole"], tmp_path)
