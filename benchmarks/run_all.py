@@ -96,13 +96,19 @@ def table(out_dir: Path = RESULTS) -> str:
                       "| ratio | " + " | ".join(f"{curve['ratio_vs_freeze0'][d]:.2f}" for d in depths) + " |", ""]
     r = _load("memory", out_dir)
     if r:
-        lines += ["## 3. Memory of a training step (peak RSS growth, fresh process per setting)", "",
-                  *_header("backbone", "px", "batch", "freeze", "RSS growth MB", "vs freeze=0", "peak RSS MB",
-                           "trainable params")]
+        lines += ["## 3. Memory and time of a training step: freeze depths and adapters", "",
+                  "Peak RSS growth over one training step and the median ms/step, a fresh process per setting, "
+                  "settings interleaved over repetitions (medians). `lora` / `bitfit`: `backbone.freeze=0` with "
+                  "`backbone.adapter` (every stage runs backward; only the adapter's parameters get gradients "
+                  "and AdamW state).", "",
+                  *_header("backbone", "px", "batch", "setting", "RSS growth MB", "vs freeze=0", "ms/step",
+                           "vs freeze=0", "peak RSS MB", "trainable params")]
         for s in r["settings"]:
             for d, row in s["by_freeze"].items():
+                step = (f"{row['step_ms']} | {row['step_vs_freeze0']:.2f}" if "step_ms" in row else "- | -")
                 lines.append(f"| {s['backbone']} | {s['image_size']} | {s['batch_size']} | {d} | {row['growth_mb']} | "
-                             f"{row['growth_vs_freeze0']:.2f} | {row['rss_peak_mb']} | {row['trainable_params']:,} |")
+                             f"{row['growth_vs_freeze0']:.2f} | {step} | {row['rss_peak_mb']} | "
+                             f"{row['trainable_params']:,} |")
         lines.append("")
     r = _load("pipeline", out_dir)
     if r:

@@ -31,10 +31,12 @@ def test_frozen_cache_and_curve():
 
 
 def test_memory_child_counts_trainable_params():
-    full = memory.child("efficientnet_lite0", 32, "0", 2, 1)
+    full = memory.child("efficientnet_lite0", 32, "0", 2, 2)
     probe = memory.child("efficientnet_lite0", 32, "all", 2, 1)
-    assert full["rss_peak_mb"] > 0 and full["rss_before_mb"] > 0
-    assert probe["trainable_params"] < full["trainable_params"]
+    lora = memory.child("efficientnet_lite0", 32, "lora", 2, 1)
+    assert full["rss_peak_mb"] > 0 and full["rss_before_mb"] > 0 and full["step_ms"] > 0
+    assert probe["trainable_params"] < lora["trainable_params"] < full["trainable_params"]
+    assert lora["params"] > full["params"]  # the adapter's own tensors
 
 
 def test_pipeline_and_model_throughput():
