@@ -56,6 +56,8 @@ class Peer:
     script: str
     requirements: tuple[str, ...]
     how: str
+    venv: str | None = None  # another peer's venv (same packages); None: its own
+    options: tuple[tuple[str, object], ...] = ()  # added to the runner's spec
 
 
 PEERS: dict[str, Peer] = {
@@ -64,6 +66,9 @@ PEERS: dict[str, Peer] = {
     "fastai": Peer("run_fastai.py", ("fastai==2.8.12", "timm==1.0.31"),
                    "`vision_learner` (default head) + `fine_tune` (1 frozen epoch, default lr 2e-3), "
                    "`Resize` + `aug_transforms()`"),
+    "fastai_lr_find": Peer("run_fastai.py", ("fastai==2.8.12", "timm==1.0.31"),
+                           "as fastai, with the base lr `lr_find()` suggests (its `valley`; the range test's "
+                           "time is counted)", venv="fastai", options=(("lr_find", True),)),
     "hf_trainer": Peer("run_hf.py", ("transformers==5.24.0", "accelerate==1.15.0", "timm==1.0.31"),
                        "`Trainer` defaults (AdamW lr 5e-5, linear decay, no weight decay), the HF example's "
                        "RandomResizedCrop + flip"),
@@ -130,7 +135,7 @@ def peer_python(name: str) -> Path:
     peer = PEERS[name]
     if not peer.requirements:
         return Path(sys.executable)
-    venv = PEERS_DIR / name
+    venv = PEERS_DIR / (peer.venv or name)
     stamp = venv / ".installed"
     wanted = "\n".join([*peer.requirements, CONSTRAINTS.read_text()])
     if not (stamp.is_file() and stamp.read_text() == wanted):
@@ -212,7 +217,8 @@ def run_peer(name: str, run_spec: dict) -> dict:
                TOKENIZERS_PARALLELISM="false")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cwd:
-        done = subprocess.run([str(peer_python(name)), str(RUNNERS / PEERS[name].script), json.dumps(run_spec)],
+        peer_spec = {**run_spec, **dict(PEERS[name].options)}
+        done = subprocess.run([str(peer_python(name)), str(RUNNERS / PEERS[name].script), json.dumps(peer_spec)],
                               capture_output=True, text=True, cwd=cwd, env=env, check=False)
     process_s = round(time.perf_counter() - started, 1)
     lines = done.stdout.strip().splitlines()

@@ -2,6 +2,8 @@
 normalization from the weights' pretrained config), ``fine_tune`` with its default base lr (2e-3) and
 schedule (one frozen epoch, then one-cycle on all layers), fastai's default augmentation
 (``Resize`` item transform + ``aug_transforms()``). The spec's epochs count the frozen epoch too.
+With ``"lr_find": true`` in the spec the base lr is ``lr_find()``'s ``valley`` suggestion (the range
+test runs on the frozen model, as fastai's course does before ``fine_tune``; its time is counted).
 
     python run_fastai.py '<json spec>'      # prints one JSON result line
 """
@@ -61,13 +63,18 @@ def main() -> None:
                            pretrained_cfg_overlay={"file": spec["weights"], **spec["preprocessing"]})
     frozen = 1 if spec["epochs"] > 1 else 0
     with learn.no_bar(), learn.no_logging():
-        learn.fine_tune(spec["epochs"] - frozen, freeze_epochs=frozen)
+        base_lr = 2e-3  # fine_tune's default
+        if spec.get("lr_find"):
+            learn.remove_cb(curve)  # the range test's batches are not training epochs
+            base_lr = float(learn.lr_find(show_plot=False).valley)
+            learn.add_cb(curve)
+        learn.fine_tune(spec["epochs"] - frozen, base_lr=base_lr, freeze_epochs=frozen)
         learn.remove_cb(curve)  # get_preds fires after_epoch too: the curve is training's only
         test = None
         if data.test:
             test_dl = dls.test_dl(rows(data.test, True), with_labels=True)
             test = scores(learn.get_preds(dl=test_dl)[0].numpy(), data.test.labels)
-    emit("fastai", spec, clock, curve.last, test, PACKAGES)
+    emit("fastai", spec, clock, curve.last, test, PACKAGES, base_lr=base_lr)
 
 
 if __name__ == "__main__":
