@@ -45,11 +45,9 @@ def _reset_peak() -> None:
         pass
 
 
-ADAPTERS = ("lora", "dora", "bitfit")
-
-
 def child(backbone: str, image_size: int, setting: str, batch_size: int, steps: int) -> dict:
     """One setting in this process: RSS before / after ``steps`` training steps, and ms per step."""
+    from finetune.models import ADAPTERS
     from finetune.models.freezing import frozen_stages, param_groups, stage_learning_rates
 
     from .common import build, fake_batches
