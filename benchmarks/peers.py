@@ -38,7 +38,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .common import HYMENOPTERA, MEDMNIST, RESULTS, environment
@@ -60,15 +60,16 @@ class Peer:
     options: tuple[tuple[str, object], ...] = ()  # added to the runner's spec
 
 
+FASTAI = Peer("run_fastai.py", ("fastai==2.8.12", "timm==1.0.31"),
+              "`vision_learner` (default head) + `fine_tune` (1 frozen epoch, default lr 2e-3), "
+              "`Resize` + `aug_transforms()`")
 PEERS: dict[str, Peer] = {
     "finetune": Peer("run_finetune.py", (), "its recipe for the data (`+classification=…` / `+medical=…`); with "
                      "`--epochs N` the recipe's settings in one phase of N epochs training everything"),
-    "fastai": Peer("run_fastai.py", ("fastai==2.8.12", "timm==1.0.31"),
-                   "`vision_learner` (default head) + `fine_tune` (1 frozen epoch, default lr 2e-3), "
-                   "`Resize` + `aug_transforms()`"),
-    "fastai_lr_find": Peer("run_fastai.py", ("fastai==2.8.12", "timm==1.0.31"),
-                           "as fastai, with the base lr `lr_find()` suggests (its `valley`; the range test's "
-                           "time is counted)", venv="fastai", options=(("lr_find", True),)),
+    "fastai": FASTAI,
+    "fastai_lr_find": replace(FASTAI, venv="fastai", options=(("lr_find", True),),
+                              how="as fastai, with the base lr `lr_find()` suggests (its `valley`; the range "
+                                  "test's time is counted)"),
     "hf_trainer": Peer("run_hf.py", ("transformers==5.24.0", "accelerate==1.15.0", "timm==1.0.31"),
                        "`Trainer` defaults (AdamW lr 5e-5, linear decay, no weight decay), the HF example's "
                        "RandomResizedCrop + flip"),
