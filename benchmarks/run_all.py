@@ -105,10 +105,9 @@ def table(out_dir: Path = RESULTS) -> str:
                            "vs freeze=0", "peak RSS MB", "trainable params")]
         for s in r["settings"]:
             for d, row in s["by_freeze"].items():
-                step = (f"{row['step_ms']} | {row['step_vs_freeze0']:.2f}" if "step_ms" in row else "- | -")
                 lines.append(f"| {s['backbone']} | {s['image_size']} | {s['batch_size']} | {d} | {row['growth_mb']} | "
-                             f"{row['growth_vs_freeze0']:.2f} | {step} | {row['rss_peak_mb']} | "
-                             f"{row['trainable_params']:,} |")
+                             f"{row['growth_vs_freeze0']:.2f} | {row['step_ms']} | {row['step_vs_freeze0']:.2f} | "
+                             f"{row['rss_peak_mb']} | {row['trainable_params']:,} |")
         lines.append("")
     r = _load("pipeline", out_dir)
     if r:
