@@ -24,12 +24,14 @@ not copied three times. ``pip freeze`` of every peer venv goes into the results.
 
 Results: ``benchmarks/results/peers.json`` (every run; a rerun replaces runs with the same
 dataset, size, epochs, seed and tool, so seeds can be added later; ``settings`` are the latest
-invocation's: change threads, workers or batch size only with another ``--out``) and a section of
+invocation's: change threads, workers or batch size only with another ``--out``; invocations may run
+side by side, e.g. one per dataset: each run is merged in under a file lock) and a section of
 ``benchmarks/results/README.md``.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import statistics
@@ -242,10 +244,10 @@ def main(datasets: list[str], seeds: list[int] | None, peers: list[str], setting
          out_dir: Path = RESULTS, max_minutes: float | None = None) -> dict:
     """Run every (dataset, seed, peer), interleaved; write peers.json after each run and the table at the end."""
     path = out_dir / "peers.json"
-    payload = json.loads(path.read_text()) if path.is_file() else {"runs": []}
-    payload.update(benchmark="peers", environment=environment(), settings=asdict(settings), weights=weights())
-    payload.setdefault("peers", {}).update({n: {"requirements": list(PEERS[n].requirements), "how": PEERS[n].how,
-                                                "freeze": freeze(n)} for n in peers})
+    header = {"benchmark": "peers", "environment": environment(), "settings": asdict(settings), "weights": weights(),
+              "peers": {n: {"requirements": list(PEERS[n].requirements), "how": PEERS[n].how, "freeze": freeze(n)}
+                        for n in peers}}
+    payload = save(path, header)
     deadline = time.time() + 60 * max_minutes if max_minutes else None
     for dataset in (DATASETS[n] for n in datasets):
         for i, seed in enumerate(seeds if seeds is not None else dataset.seeds):
@@ -258,14 +260,29 @@ def main(datasets: list[str], seeds: list[int] | None, peers: list[str], setting
                       f"{name}", flush=True)
                 run = {"dataset": dataset.name, "image_size": run_spec["image_size"], "epochs": run_spec["epochs"],
                        "seed": seed, "order": order, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       **run_peer(name, run_spec)}
+                       "load_average_at_start": round(os.getloadavg()[0], 2), **run_peer(name, run_spec)}
                 print(f"   {run.get('error', '').splitlines()[-1:] or run['val']} in {run['process_s']} s", flush=True)
-                payload["runs"] = [r for r in payload["runs"] if key(r) != key(run)] + [run]
-                out_dir.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(payload, indent=1) + "\n")
+                payload = save(path, header, run)
     from .run_all import table
 
     (out_dir / "README.md").write_text(table(out_dir) + "\n")
+    return payload
+
+
+def save(path: Path, header: dict, run: dict | None = None) -> dict:
+    """Merge this invocation's header and one run into ``path`` under a file lock, atomically: invocations
+    running side by side (other datasets) keep each other's runs; a run replaces one with the same key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        payload = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+        payload.update({k: v for k, v in header.items() if k != "peers"})
+        payload.setdefault("peers", {}).update(header["peers"])
+        if run is not None:
+            payload["runs"] = [r for r in payload["runs"] if key(r) != key(run)] + [run]
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(payload, indent=1) + "\n")
+        os.replace(partial, path)
     return payload
 
 
