@@ -18,6 +18,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = REPO.parent / "shared" / "data"
 HYMENOPTERA = SHARED_DATA / "classification" / "hymenoptera"
 MEDMNIST = SHARED_DATA / "medmnist"
+CAMVID = SHARED_DATA / "segmentation" / "camvid_subset"
 
 
 def environment() -> dict:

@@ -43,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .common import HYMENOPTERA, MEDMNIST, RESULTS, environment
+from .common import CAMVID, HYMENOPTERA, MEDMNIST, RESULTS, environment
 
 HERE = Path(__file__).resolve().parent
 RUNNERS = HERE / "peer_runners"
@@ -60,14 +60,16 @@ class Peer:
     how: str
     venv: str | None = None  # another peer's venv (same packages); None: its own
     options: tuple[tuple[str, object], ...] = ()  # added to the runner's spec
+    tasks: tuple[str, ...] = ("classification",)  # the datasets it runs on
 
 
 FASTAI = Peer("run_fastai.py", ("fastai==2.8.12", "timm==1.0.31"),
               "`vision_learner` (default head) + `fine_tune` (1 frozen epoch, default lr 2e-3), "
               "`Resize` + `aug_transforms()`")
 PEERS: dict[str, Peer] = {
-    "finetune": Peer("run_finetune.py", (), "its recipe for the data (`+classification=…` / `+medical=…`); with "
-                     "`--epochs N` the recipe's settings in one phase of N epochs training everything"),
+    "finetune": Peer("run_finetune.py", (), "its recipe for the data (`+classification=…` / `+medical=…` / "
+                     "`+segmentation=…`); with `--epochs N` the recipe's settings in one phase of N epochs training "
+                     "everything", tasks=("classification", "segmentation")),
     "fastai": FASTAI,
     "fastai_lr_find": replace(FASTAI, venv="fastai", options=(("lr_find", True),),
                               how="as fastai, with the base lr `lr_find()` suggests (its `valley`; the range "
@@ -77,6 +79,10 @@ PEERS: dict[str, Peer] = {
                        "RandomResizedCrop + flip"),
     "plain": Peer("run_plain.py", ("timm==1.0.31",),
                   "timm + PyTorch loop: AdamW (torch defaults), cosine per step, the recipe's augmentation"),
+    "smp": Peer("run_smp.py", ("segmentation-models-pytorch==0.6.0", "timm==1.0.31"),
+                "`smp.Unet` (`tu-` timm encoder, the same weights file and decoder channels) + a plain loop: smp's "
+                "Dice + cross-entropy, AdamW (torch defaults), cosine per step, the recipe's crops and augmentation "
+                "(torchvision v2), whole-image evaluation", tasks=("segmentation",)),
 }
 
 
@@ -86,9 +92,10 @@ TEST_NOTE = ("finetune tests the checkpoint of its best val epoch (its default, 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Data in the comparison: where it lies, its size in the issue, finetune's recipe for it."""
+    """Data in the comparison: where it lies, its size in the issue (segmentation: the training crop),
+    finetune's recipe for it."""
     name: str
-    kind: str  # "folder" (root/train, root/val) | "medmnist" (an official npz)
+    kind: str  # "folder" (root/train, root/val) | "medmnist" (an official npz) | "seglist" (CamVid's list files)
     path: Path
     image_size: int
     num_classes: int
@@ -96,6 +103,12 @@ class Dataset:
     recipe: tuple[str, ...]
     seeds: tuple[int, ...] = (0,)
     notes: tuple[str, ...] = ()
+    task: str = "classification"
+
+    @property
+    def metric(self) -> str:
+        """The validation curve's metric and the table's headline: accuracy, or mIoU for segmentation."""
+        return "miou" if self.task == "segmentation" else "acc"
 
 
 DATASETS: dict[str, Dataset] = {
@@ -109,6 +122,12 @@ DATASETS: dict[str, Dataset] = {
                            ("+medical=breast",), (0, 1, 2),
                            (TEST_NOTE + "; its test acc also uses the decision threshold it tunes on val "
                             "(threshold=tune): compare AUC, which no threshold changes",)),
+    "camvid": Dataset("camvid", "seglist", CAMVID, 256, 11, True, ("+segmentation=camvid", "schedule.epochs=6"),
+                      notes=("finetune's recipe shortened to 2 decoder-only + 6 full epochs (`schedule.epochs=6`; the "
+                             "recipe has 2 + 12) for CPU time; smp trains everything for the same 8 epochs. finetune "
+                             "evaluates overlapping 256 px windows and tests its best val epoch (the other tool: "
+                             "whole images, final weights). mIoU: mean over the 11 classes, void ignored",),
+                      task="segmentation"),
 }
 
 
@@ -117,7 +136,7 @@ class Settings:
     """What every tool shares in one invocation."""
     threads: int = 1
     workers: int = 0
-    batch_size: int = 32
+    batch_size: int | None = None  # None: finetune's recipe for each dataset (32; CamVid 8)
     image_size: int | None = None  # None: each dataset's own
     epochs: int | None = None      # None: finetune's recipe total; N: finetune runs one full phase of N epochs
 
@@ -182,34 +201,48 @@ def recipe(dataset: Dataset, settings: Settings, seed: int) -> tuple[list[str], 
     """finetune's overrides for one run, and the recipe's augmentation and total epochs (from its config)."""
     from .common import compose
 
-    root = dataset.path if dataset.kind == "folder" else dataset.path.parent
-    size = settings.image_size or dataset.image_size
-    overrides = [*dataset.recipe, f"dataset.root={root}", f"dataset.image_size={size}", f"seed={seed}",
-                 f"dataset.num_workers={settings.workers}", f"schedule.batch_size={settings.batch_size}",
+    root = dataset.path.parent if dataset.kind == "medmnist" else dataset.path
+    overrides = [*dataset.recipe, f"dataset.root={root}", f"seed={seed}", f"dataset.num_workers={settings.workers}",
                  "trainer.accelerator=cpu", "trainer.progress_bar=false", "logger=csv"]
+    if dataset.task == "classification":
+        overrides.append(f"dataset.image_size={settings.image_size or dataset.image_size}")
+    if settings.batch_size:
+        overrides.append(f"schedule.batch_size={settings.batch_size}")
     if not dataset.has_test:
         overrides.append("checkpoints.keep=last")
     if settings.epochs:
         overrides.append(f"schedule.phases=[{{name: all, epochs: {settings.epochs}, freeze: 0}}]")
     cfg = compose(*overrides)
-    epochs = sum(int(phase.epochs) for phase in cfg.schedule.phases)
-    return overrides, {"augment": {k: cfg.augment[k] for k in ("hflip", "vflip", "rotate", "shift", "zoom")},
-                       "epochs": epochs, "unsupported": [k for k in ("crop_scale", "color_jitter", "dropout")
-                                                         if cfg.augment[k]]}
+    mirrored = MIRRORED_AUGMENT[dataset.task]
+    from_recipe = {"augment": {k: cfg.augment[k] for k in mirrored}, "batch_size": int(cfg.schedule.batch_size),
+                   "epochs": sum(int(phase.epochs) for phase in cfg.schedule.phases),
+                   "unsupported": [k for k in ("shift", "crop_scale", "color_jitter", "hue", "dropout")
+                                   if k not in mirrored and cfg.augment[k]]}
+    if dataset.task == "segmentation":
+        from_recipe |= {"crop_size": int(cfg.dataset.crop_size), "samples_per_image": int(cfg.dataset.samples_per_image),
+                        "ignore_index": int(cfg.dataset.ignore_index),
+                        "decoder_channels": [int(c) for c in cfg.head.decoder_channels]}
+    return overrides, from_recipe
+
+
+# The recipe's augmentation the other tools' runners mirror (run_plain.py, run_smp.py); any other op
+# a recipe turns on stops the benchmark before it runs.
+MIRRORED_AUGMENT = {"classification": ("hflip", "vflip", "rotate", "shift", "zoom"),
+                    "segmentation": ("hflip", "vflip", "rotate", "zoom", "color_jitter")}
 
 
 def spec(dataset: Dataset, settings: Settings, seed: int, weights_info: dict) -> dict:
     """The JSON spec every runner of one (dataset, seed) gets."""
     overrides, from_recipe = recipe(dataset, settings, seed)
     if from_recipe["unsupported"]:
-        raise ValueError(f"the plain runner cannot mirror augment {from_recipe['unsupported']} of {dataset.recipe}")
-    data = {"root": str(dataset.path)} if dataset.kind == "folder" else {"file": str(dataset.path)}
-    return {"dataset": dataset.name, "kind": dataset.kind, **data, "num_classes": dataset.num_classes,
-            "has_test": dataset.has_test, "image_size": settings.image_size or dataset.image_size,
-            "epochs": from_recipe["epochs"], "seed": seed, "threads": settings.threads, "workers": settings.workers,
-            "batch_size": settings.batch_size, "arch": ARCH, "weights": weights_info["file"],
-            "preprocessing": weights_info["preprocessing"], "augment": from_recipe["augment"],
-            "finetune_overrides": overrides}
+        raise ValueError(f"the other tools' runners cannot mirror augment {from_recipe['unsupported']} of {dataset.recipe}")
+    data = {"file": str(dataset.path)} if dataset.kind == "medmnist" else {"root": str(dataset.path)}
+    size = from_recipe.pop("crop_size", settings.image_size or dataset.image_size)
+    del from_recipe["unsupported"]
+    return {"dataset": dataset.name, "task": dataset.task, "kind": dataset.kind, **data,
+            "num_classes": dataset.num_classes, "has_test": dataset.has_test, "image_size": size, "seed": seed,
+            "threads": settings.threads, "workers": settings.workers, "arch": ARCH, "weights": weights_info["file"],
+            "preprocessing": weights_info["preprocessing"], **from_recipe, "finetune_overrides": overrides}
 
 
 def run_peer(name: str, run_spec: dict) -> dict:
@@ -252,14 +285,15 @@ def main(datasets: list[str], seeds: list[int] | None, peers: list[str], setting
     for dataset in (DATASETS[n] for n in datasets):
         for i, seed in enumerate(seeds if seeds is not None else dataset.seeds):
             run_spec = spec(dataset, settings, seed, payload["weights"])
-            for order, name in enumerate(peers[i % len(peers):] + peers[:i % len(peers)]):
+            tools = [name for name in peers if dataset.task in PEERS[name].tasks]
+            for order, name in enumerate(tools[i % len(tools):] + tools[:i % len(tools)]):
                 if deadline and time.time() > deadline:
                     print(f"== time is up: {dataset.name} seed {seed} {name} not run", flush=True)
                     continue
                 print(f"== {dataset.name} {run_spec['image_size']} px, {run_spec['epochs']} epochs, seed {seed}: "
                       f"{name}", flush=True)
                 run = {"dataset": dataset.name, "image_size": run_spec["image_size"], "epochs": run_spec["epochs"],
-                       "seed": seed, "order": order, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "batch_size": run_spec["batch_size"], "seed": seed, "order": order, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                        "load_average_at_start": round(os.getloadavg()[0], 2), **run_peer(name, run_spec)}
                 print(f"   {run.get('error', '').splitlines()[-1:] or run['val']} in {run['process_s']} s", flush=True)
                 payload = save(path, header, run)
@@ -294,52 +328,52 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _acc_at(run: dict, seconds: float) -> float | None:
-    """Validation accuracy of the last epoch a run finished within ``seconds``."""
-    done = [p["val_acc"] for p in run["curve"] if p["t_s"] <= seconds + 1e-9]
+def _value_at(run: dict, seconds: float, key: str) -> float | None:
+    """The validation metric ``key`` of the last epoch a run finished within ``seconds``."""
+    done = [p[key] for p in run["curve"] if p["t_s"] <= seconds + 1e-9]
     return done[-1] if done else None
 
 
-COLUMNS = ("dataset", "px", "schedule", "tool", "seeds", "epochs", "val acc (final)", "best val acc (any epoch)",
-           "test acc", "test AUC", "wall s", "s / epoch", "val acc at the fastest tool's wall time")
+# The columns of each task's table: (headline metric, second test metric) fill the placeholders.
+HEADLINES = {"acc": ("acc", "AUC", "auc"), "miou": ("mIoU", "mean Dice", "mdice")}
+COLUMNS = ("dataset", "px", "schedule", "tool", "seeds", "epochs", "val {0} (final)", "best val {0} (any epoch)",
+           "test {0}", "test {1}", "wall s", "s / epoch", "val {0} at the fastest tool's wall time")
+
+
+def columns(metric: str) -> list[str]:
+    """The table header of one task: classification (``acc``) or segmentation (``miou``)."""
+    title, second, _ = HEADLINES[metric]
+    return [c.format(title, second) for c in COLUMNS]
 
 
 def markdown(payload: dict) -> str:
     """The peers section of benchmarks/results/README.md (and the main README)."""
     s, env, w = payload["settings"], payload["environment"], payload["weights"]
     ok = [r for r in payload["runs"] if "error" not in r]
+    batches = {r["dataset"]: r.get("batch_size", 32) for r in ok}  # runs before batch_size was recorded: 32
+    loads = [r["load_average_at_start"] for r in ok if "load_average_at_start" in r]
     lines = ["## 8. finetune vs the tools users would pick instead (`make bench-peers`)", "",
-             (f"Same machine ({env['cpu_count']} CPU cores, shared with other jobs; load average when the latest "
-             f"invocation started {env['load_average_at_start']}), one tool at a time, interleaved (the order "
-             f"rotates per seed). Every tool: `{ARCH}` with the same ImageNet weights file (sha256 "
-             f"{w['sha256'][:12]}…, from finetune's offline resolver: {w['source']}), the same splits, image size, "
-             f"batch {s['batch_size']}, epochs, "
+             (f"Same machine ({env['cpu_count']} CPU cores, shared with other jobs"
+             + (f"; 1-min load average at the start of the runs {min(loads)}–{max(loads)}" if loads else "")
+             + "), one tool at a time per invocation, interleaved (the order rotates per seed). Every tool: "
+             f"`{ARCH}` with the same ImageNet weights file (sha256 {w['sha256'][:12]}…, from finetune's offline "
+             f"resolver: {w['source']}), the same splits, image size, epochs, the batch size of finetune's recipe ("
+             + ", ".join(f"{d} {b}" for d, b in sorted(batches.items())) + "), "
              f"{s['threads']} torch thread(s) (OMP_NUM_THREADS={s['threads']}) and {s['workers']} loader workers, "
              "CPU. *Schedule*: *recipe* = finetune's recipe with its phases, the other tools the same number of "
              "epochs; `--epochs N`: finetune trains everything for N epochs with the recipe's other settings. "
              "*Wall s*: from the runner's start (after imports) to its last metric, data loading and model "
-             "building included (finetune's also its test pass and the files a run writes). *Val acc at the "
-             "fastest tool's wall time*: per seed, each tool's validation accuracy after the last epoch it had "
+             "building included (finetune's also its test pass and the files a run writes). *Val … at the "
+             "fastest tool's wall time*: per seed, each tool's validation metric after the last epoch it had "
              "finished when the fastest tool of that seed finished (read off its curve, not a separate run with "
-             "a shorter schedule)."), "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for dataset, px, epochs in sorted(set(map(group, ok))):
-        runs = [r for r in ok if group(r) == (dataset, px, epochs)]
-        budget = {seed: min(r["wall_s"] for r in runs if r["seed"] == seed) for seed in {r["seed"] for r in runs}}
-        for tool in [t for t in PEERS if any(r["tool"] == t for r in runs)]:
-            mine = sorted((r for r in runs if r["tool"] == tool), key=lambda r: r["seed"])
-            test = [r["test"] for r in mine if r.get("test")]
-            at_budget = [a for r in mine if (a := _acc_at(r, budget[r["seed"]])) is not None]
-            wall = statistics.mean(r["wall_s"] for r in mine)
-            lines.append(
-                f"| {dataset} | {px} | {schedule(runs)} | {tool} | {','.join(str(r['seed']) for r in mine)} | "
-                f"{epochs} | "
-                f"{_mean_sd([r['val']['acc'] for r in mine])} | "
-                f"{_mean_sd([max(p['val_acc'] for p in r['curve']) for r in mine])} | "
-                f"{_mean_sd([t['acc'] for t in test])} | {_mean_sd([t['auc'] for t in test if t.get('auc')])} | "
-                f"{wall:.0f} | {statistics.mean(r['wall_s'] / r['epochs_run'] for r in mine):.1f} | "
-                f"{_mean_sd(at_budget) if len(at_budget) == len(mine) else 'no epoch done'} "
-                f"({statistics.mean(budget[r['seed']] for r in mine):.0f} s) |")
+             "a shorter schedule).")]
+    groups = sorted(set(map(group, ok)))
+    for metric in HEADLINES:
+        mine = [g for g in groups if _metric(g[0]) == metric]
+        if mine:
+            header = columns(metric)
+            lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += [row for g in mine for row in _rows([r for r in ok if group(r) == g], metric)]
     lines += ["", ("Mean ± sample standard deviation over the seeds listed. How each tool was run and its versions "
                    "(every package of each peer venv: `pip freeze` in peers.json):"), "",
               "| tool | how | versions |", "|---|---|---|"]
@@ -355,35 +389,59 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-NOT_BUILT = [("segmentation (finetune's U-Net recipe vs segmentation_models_pytorch with a plain loop, same "
-              "encoder weights): no runner yet")]
+def _metric(dataset: str) -> str:
+    return DATASETS[dataset].metric if dataset in DATASETS else "acc"
+
+
+def _rows(runs: list[dict], metric: str) -> list[str]:
+    """One table row per tool of one group of runs (same data, size, epochs)."""
+    dataset, px, epochs = group(runs[0])
+    key, second = f"val_{metric}", HEADLINES[metric][2]
+    budget = {seed: min(r["wall_s"] for r in runs if r["seed"] == seed) for seed in {r["seed"] for r in runs}}
+    rows = []
+    for tool in [t for t in PEERS if any(r["tool"] == t for r in runs)]:
+        mine = sorted((r for r in runs if r["tool"] == tool), key=lambda r: r["seed"])
+        test = [r["test"] for r in mine if r.get("test")]
+        at_budget = [a for r in mine if (a := _value_at(r, budget[r["seed"]], key)) is not None]
+        rows.append(
+            f"| {dataset} | {px} | {schedule(runs)} | {tool} | {','.join(str(r['seed']) for r in mine)} | {epochs} | "
+            f"{_mean_sd([r['val'][metric] for r in mine])} | {_mean_sd([max(p[key] for p in r['curve']) for r in mine])} | "
+            f"{_mean_sd([t[metric] for t in test])} | {_mean_sd([t[second] for t in test if t.get(second)])} | "
+            f"{statistics.mean(r['wall_s'] for r in mine):.0f} | "
+            f"{statistics.mean(r['wall_s'] / r['epochs_run'] for r in mine):.1f} | "
+            f"{_mean_sd(at_budget) if len(at_budget) == len(mine) else 'no epoch done'} "
+            f"({statistics.mean(budget[r['seed']] for r in mine):.0f} s) |")
+    return rows
 
 
 def schedule(runs: list[dict]) -> str:
-    """"recipe" or "`--epochs N`", as the group's finetune runs show; "?" without one."""
+    """"recipe" (with the dataset's own changes to it) or "`--epochs N`", as the group's finetune runs show;
+    "?" without one."""
     overrides = next((r["overrides"] for r in runs if r["tool"] == "finetune"), None)
     if overrides is None:
         return "?"
     if any(o.startswith("schedule.phases=") for o in overrides):
         return f"`--epochs {runs[0]['epochs']}`"
-    return "recipe"
+    changed = [o for o in overrides if o.startswith("schedule.") and o in DATASETS[runs[0]["dataset"]].recipe]
+    return "recipe" + "".join(f", `{o}`" for o in changed)
 
 
 def missing(runs: list[dict]) -> list[str]:
-    """Each dataset's default seeds (its own size, the recipe schedule) and every peer no successful run covers;
-    then what is not built."""
+    """Each dataset's default seeds (its own size, the recipe schedule) and every peer of its task no successful
+    run covers."""
     ok = [r for r in runs if "error" not in r]
-    recipe_groups = {g for g in map(group, ok) if schedule([r for r in ok if group(r) == g]) == "recipe"}
+    recipe_groups = {g for g in map(group, ok) if schedule([r for r in ok if group(r) == g]).startswith("recipe")}
     done = {(r["dataset"], r["tool"], r["seed"]) for r in ok
             if group(r) in recipe_groups and r["image_size"] == DATASETS[r["dataset"]].image_size}
     notes = []
     for name, dataset in DATASETS.items():
-        gaps = {tool: [s for s in dataset.seeds if (name, tool, s) not in done] for tool in PEERS}
+        gaps = {tool: [s for s in dataset.seeds if (name, tool, s) not in done] for tool, peer in PEERS.items()
+                if dataset.task in peer.tasks}
         if all(len(seeds) == len(dataset.seeds) for seeds in gaps.values()):
             notes.append(f"{name} ({dataset.image_size} px, finetune's recipe schedule): no tool")
         else:
             notes += [f"{name}: {tool} seed {', '.join(map(str, seeds))}" for tool, seeds in gaps.items() if seeds]
-    return notes + NOT_BUILT
+    return notes
 
 
 def cli(argv: list[str] | None = None) -> dict:

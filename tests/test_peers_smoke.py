@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import peers
-from benchmarks.common import HYMENOPTERA
+from benchmarks.common import CAMVID, HYMENOPTERA
 
 
 def tiny_folder(root: Path, per_class: int = 3) -> Path:
@@ -50,5 +50,51 @@ def test_peers_harness_writes_json_and_table(tmp_path, monkeypatch):
         assert run["epochs_run"] == 1 and run["wall_s"] > 0 and run["threads"]["torch"] == 1
         assert run["weights_sha256"] == payload["weights"]["sha256"]
     table = (out / "README.md").read_text()
-    assert "| " + " | ".join(peers.COLUMNS) + " |" in table
+    assert "| " + " | ".join(peers.columns("acc")) + " |" in table
     assert all(f"| tiny | 32 | `--epochs 1` | {tool} | 0 | 1 |" in table for tool in tools)
+
+
+def tiny_camvid(root: Path, lines: int = 2) -> Path:
+    """CamVid's layout with the first few lines of each list file (folders symlinked)."""
+    root.mkdir()
+    for split in ("train", "val", "test"):
+        for folder in (split, f"{split}annot"):
+            (root / folder).symlink_to(CAMVID / folder)
+        (root / f"{split}.txt").write_text("".join((CAMVID / f"{split}.txt").read_text().splitlines(True)[:lines]))
+    return root
+
+
+def test_peers_harness_segmentation(tmp_path, monkeypatch):
+    if not CAMVID.is_dir():
+        pytest.skip("camvid_subset not present")
+    tiny = replace(peers.DATASETS["camvid"], name="tinyseg", path=tiny_camvid(tmp_path / "data"),
+                   recipe=("+segmentation=camvid", "dataset.crop_size=64"))
+    monkeypatch.setitem(peers.DATASETS, "tinyseg", tiny)
+    monkeypatch.setattr(peers, "peer_python", lambda name: Path(sys.executable))
+    monkeypatch.setattr(peers, "freeze", lambda name: [])
+    out = tmp_path / "results"
+
+    peers.main(["tinyseg"], [0], ["finetune", "fastai", "smp"], peers.Settings(epochs=1), out)
+
+    runs = json.loads((out / "peers.json").read_text())["runs"]
+    assert [(r["tool"], r.get("error")) for r in runs] == [("finetune", None), ("smp", None)]  # fastai: no segmentation
+    for run in runs:
+        assert run["image_size"] == 64 and run["batch_size"] == 8 and run["epochs_run"] == 1
+        assert all(0 <= run[split][k] <= 1 for split in ("val", "test") for k in ("miou", "mdice", "pixel_acc"))
+        assert run["curve"][0]["val_miou"] == run["val"]["miou"]
+    table = (out / "README.md").read_text()
+    assert "| " + " | ".join(peers.columns("miou")) + " |" in table
+    assert all(f"| tinyseg | 64 | `--epochs 1` | {tool} | 0 | 1 |" in table for tool in ("finetune", "smp"))
+
+
+def test_runs_merge_across_invocations(tmp_path):
+    """Two invocations side by side keep each other's runs; a rerun replaces the run with its key."""
+    path = tmp_path / "peers.json"
+    header = {"benchmark": "peers", "settings": {}, "peers": {"plain": {}}}
+    run = {"dataset": "a", "image_size": 32, "epochs": 1, "seed": 0, "tool": "plain", "val": {"acc": 0.5}}
+    peers.save(path, header, run)
+    peers.save(path, {**header, "peers": {"smp": {}}}, {**run, "dataset": "b"})
+    peers.save(path, header, {**run, "val": {"acc": 0.75}})
+    payload = json.loads(path.read_text())
+    assert sorted((r["dataset"], r["val"]["acc"]) for r in payload["runs"]) == [("a", 0.75), ("b", 0.5)]
+    assert set(payload["peers"]) == {"plain", "smp"}

@@ -5,7 +5,9 @@ never finetune, so it runs in each peer's own virtual environment.
 Splits: an image folder reads ``root/train`` and ``root/val`` (classes = the sorted folder names of
 train/, files sorted); it has no test split, so ``test`` is None and val is what is reported. A
 MedMNIST npz gives its official train / val / test arrays (gray images stay 2-D here; each runner
-turns them into RGB the way its tool does).
+turns them into RGB the way its tool does). A segmentation list folder (CamVid's layout) has
+``train.txt``, ``val.txt`` and ``test.txt`` whose lines pair an image with its label map (paths
+relative to the root): ``items`` are the images, ``labels`` the label-map paths.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 @dataclass
 class Split:
-    """One split: ``items`` are file paths (image folder) or uint8 arrays (npz); ``labels`` ints."""
+    """One split: ``items`` are file paths (image folder, segmentation list) or uint8 arrays (npz);
+    ``labels`` ints (classification) or label-map paths (segmentation)."""
     items: list
-    labels: list[int]
+    labels: list
 
 
 @dataclass
@@ -50,6 +53,10 @@ def read_spec() -> dict:
 
 def load_data(spec: dict) -> Data:
     """The dataset the spec names, split as every tool in the benchmark sees it."""
+    if spec["kind"] == "seglist":
+        root = Path(spec["root"])
+        splits = {s: _pairs(root, root / f"{s}.txt") for s in ("train", "val", "test")}
+        return Data([str(c) for c in range(spec["num_classes"])], splits["train"], splits["val"], splits["test"])
     if spec["kind"] == "folder":
         root = Path(spec["root"])
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
@@ -65,6 +72,11 @@ def _folder(split_dir: Path, classes: list[str]) -> Split:
     pairs = [(path, label) for label, name in enumerate(classes) for path in sorted((split_dir / name).rglob("*"))
              if path.suffix.lower() in IMAGE_SUFFIXES]
     return Split([str(p) for p, _ in pairs], [label for _, label in pairs])
+
+
+def _pairs(root: Path, list_file: Path) -> Split:
+    pairs = [line.split() for line in list_file.read_text().splitlines() if line.strip()]
+    return Split([str(root / image) for image, _ in pairs], [str(root / mask) for _, mask in pairs])
 
 
 def rgb_image(item: str | np.ndarray) -> Image.Image:
@@ -101,17 +113,19 @@ def scores(probs: np.ndarray, labels: list[int]) -> dict:
 
 
 class Clock:
-    """Seconds since the runner finished its imports; records the validation curve."""
+    """Seconds since the runner finished its imports; records the validation curve of ``metric``
+    (``val_acc``; ``val_miou`` for segmentation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metric: str = "acc") -> None:
         self.start = time.perf_counter()
         self.curve: list[dict] = []
+        self.key = f"val_{metric}"
 
     def seconds(self) -> float:
         return round(time.perf_counter() - self.start, 2)
 
-    def epoch(self, val_acc: float) -> None:
-        self.curve.append({"epoch": len(self.curve) + 1, "t_s": self.seconds(), "val_acc": round(float(val_acc), 6)})
+    def epoch(self, value: float) -> None:
+        self.curve.append({"epoch": len(self.curve) + 1, "t_s": self.seconds(), self.key: round(float(value), 6)})
 
 
 def versions(*packages: str) -> dict[str, str]:

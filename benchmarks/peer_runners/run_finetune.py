@@ -21,28 +21,31 @@ from finetune.resources import conf_dir
 PACKAGES = ("finetune", "lightning", "torch", "torchvision", "timm", "albumentations", "numpy", "pillow")
 
 
-class Curve(L.Callback):
-    """Validation accuracy (and AUC where logged) after every epoch of every phase."""
+METRICS = {"classification": ("acc", "auc"), "segmentation": ("miou", "mdice", "pixel_acc")}  # curve: the first
 
-    def __init__(self, clock: Clock, last: dict) -> None:
-        self.clock, self.last = clock, last
+
+class Curve(L.Callback):
+    """Validation metrics (``METRICS`` of the task, where logged) after every epoch of every phase."""
+
+    def __init__(self, clock: Clock, last: dict, names: tuple[str, ...]) -> None:
+        self.clock, self.last, self.names = clock, last, names
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        if "val/acc" in metrics:
+        if f"val/{self.names[0]}" in metrics:
             self.last.clear()
-            self.last.update({k.removeprefix("val/"): round(float(metrics[k]), 6)
-                              for k in ("val/acc", "val/auc") if k in metrics})
-            self.clock.epoch(self.last["acc"])
+            self.last.update({k: round(float(metrics[f"val/{k}"]), 6) for k in self.names if f"val/{k}" in metrics})
+            self.clock.epoch(self.last[self.names[0]])
 
 
 def main() -> None:
     spec = read_spec()
-    clock, last = Clock(), {}
+    names = METRICS[spec.get("task", "classification")]
+    clock, last = Clock(names[0]), {}
     original = phases.make_trainer
 
     def make_trainer(cfg, run_dir, name, epochs, callbacks):
-        return original(cfg, run_dir, name, epochs, [*callbacks, Curve(clock, last)])
+        return original(cfg, run_dir, name, epochs, [*callbacks, Curve(clock, last, names)])
 
     phases.make_trainer = make_trainer
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
@@ -50,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = train(cfg, Path(tmp) / "run")
         record = json.loads((Path(tmp) / "run" / "weights.json").read_text())
-    test = {k: metrics["test"][k] for k in ("acc", "auc") if metrics["test"].get(k) is not None}
+    test = {k: metrics["test"][k] for k in names if metrics["test"].get(k) is not None}
     emit("finetune", spec, clock, dict(last), test if spec["has_test"] else None, PACKAGES,
          weights_sha256=record.get("sha256"), overrides=spec["finetune_overrides"])
 
