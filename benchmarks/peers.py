@@ -68,8 +68,8 @@ FASTAI = Peer("run_fastai.py", ("fastai==2.8.12", "timm==1.0.31"),
               "`Resize` + `aug_transforms()`")
 PEERS: dict[str, Peer] = {
     "finetune": Peer("run_finetune.py", (), "its recipe for the data (`+classification=…` / `+medical=…` / "
-                     "`+segmentation=…`); with `--epochs N` the recipe's settings in one phase of N epochs training "
-                     "everything", tasks=("classification", "segmentation")),
+                     "`+segmentation=…`); with `--epochs N` the recipe's settings in one phase of N epochs at the "
+                     "freeze depth of its last phase", tasks=("classification", "segmentation")),
     "fastai": FASTAI,
     "fastai_lr_find": replace(FASTAI, venv="fastai", options=(("lr_find", True),),
                               how="as fastai, with the base lr `lr_find()` suggests (its `valley`; the range "
@@ -138,7 +138,7 @@ class Settings:
     workers: int = 0
     batch_size: int | None = None  # None: finetune's recipe for each dataset (32; CamVid 8)
     image_size: int | None = None  # None: each dataset's own
-    epochs: int | None = None      # None: finetune's recipe total; N: finetune runs one full phase of N epochs
+    epochs: int | None = None      # None: finetune's recipe total; N: finetune runs one phase of N epochs
 
 
 def shared_torch() -> Path:
@@ -210,8 +210,9 @@ def recipe(dataset: Dataset, settings: Settings, seed: int) -> tuple[list[str], 
         overrides.append(f"schedule.batch_size={settings.batch_size}")
     if not dataset.has_test:
         overrides.append("checkpoints.keep=last")
-    if settings.epochs:
-        overrides.append(f"schedule.phases=[{{name: all, epochs: {settings.epochs}, freeze: 0}}]")
+    if settings.epochs:  # one phase at the freeze depth of the recipe's last (for most: 0, everything)
+        freeze = compose(*overrides).schedule.phases[-1].freeze
+        overrides.append(f"schedule.phases=[{{name: all, epochs: {settings.epochs}, freeze: {freeze}}}]")
     cfg = compose(*overrides)
     mirrored = MIRRORED_AUGMENT[dataset.task]
     from_recipe = {"augment": {k: cfg.augment[k] for k in mirrored}, "batch_size": int(cfg.schedule.batch_size),
@@ -361,7 +362,8 @@ def markdown(payload: dict) -> str:
              + ", ".join(f"{d} {b}" for d, b in sorted(batches.items())) + "), "
              f"{s['threads']} torch thread(s) (OMP_NUM_THREADS={s['threads']}) and {s['workers']} loader workers, "
              "CPU. *Schedule*: *recipe* = finetune's recipe with its phases, the other tools the same number of "
-             "epochs; `--epochs N`: finetune trains everything for N epochs with the recipe's other settings. "
+             "epochs; `--epochs N`: finetune runs one phase of N epochs at its recipe's last freeze depth, with the "
+             "recipe's other settings. "
              "*Wall s*: from the runner's start (after imports) to its last metric, data loading and model "
              "building included (finetune's also its test pass and the files a run writes). *Val … at the "
              "fastest tool's wall time*: per seed, each tool's validation metric after the last epoch it had "
@@ -449,7 +451,7 @@ def cli(argv: list[str] | None = None) -> dict:
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
     parser.add_argument("--seeds", help="comma list (default: each dataset's own: 0,1,2 where the split is small)")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {', '.join(PEERS)}")
-    parser.add_argument("--epochs", type=int, help="every tool trains N epochs (finetune: one full phase); "
+    parser.add_argument("--epochs", type=int, help="every tool trains N epochs (finetune: one phase, its recipe's last freeze depth); "
                                                    "default: finetune's recipe total, the others the same count")
     parser.add_argument("--image-size", type=int, help="override each dataset's size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (OMP_NUM_THREADS)")

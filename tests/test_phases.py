@@ -202,6 +202,8 @@ def test_plan_prints_phases_and_fails_fast_on_inconsistent_configs(tmp_path):
     bad = {"schedule.phases=[]": "schedule.phases is empty",
            "schedule.scheduler=linear": "scheduler",
            "schedule.phases.1.freeze=9": "has 4 stages",
+           "schedule.backbone_lr_mult=0": "schedule.phases[1] ('last_stage') trains backbone stages (freeze=-1) "
+                                          "with backbone_lr_mult=0",
            "dataset.grayscale=adapt dataset=imagefolder": "dataset.root"}
     for override, message in bad.items():
         out = subprocess.run([sys.executable, "-m", "finetune", "plan=true", "schedule=gradual", *FAST[:3],

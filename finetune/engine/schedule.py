@@ -54,7 +54,13 @@ def phases_from(cfg: DictConfig) -> list[Phase]:
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"schedule.phases[{i}].epochs={epochs!r}: must be a whole number >= 1")
         optim = PhaseOptim(**(base | {k: raw[k] for k in _PHASE_OPTIM_KEYS & set(raw)}))
-        phases.append(Phase(raw.get("name", f"phase{i + 1}"), epochs, raw.get("freeze", cfg.backbone.freeze), optim))
+        phase = Phase(raw.get("name", f"phase{i + 1}"), epochs, raw.get("freeze", cfg.backbone.freeze), optim)
+        if phase.freeze != "all" and not optim.backbone_lr_mult:
+            raise ConfigError(
+                f"schedule.phases[{i}] ({phase.name!r}) trains backbone stages (freeze={phase.freeze}) with "
+                "backbone_lr_mult=0: their weights would not learn while their BatchNorm statistics still drift. "
+                "Set schedule.backbone_lr_mult (e.g. 0.1; schedule=linear_probe sets 0) or freeze: all in this phase")
+        phases.append(phase)
     return phases
 
 
