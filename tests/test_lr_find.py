@@ -67,7 +67,8 @@ def test_the_command_writes_the_plot_and_the_json_in_a_new_run_directory(tmp_pat
 
 def test_a_phase_that_does_not_exist_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert command.main(["+classification=hymenoptera", "schedule=gradual", "dataset.root=/nonexistent", "phase=warmup"]) == 2
+    args = ["+classification=hymenoptera", "schedule=gradual", "dataset.root=/nonexistent", "phase=warmup"]
+    assert command.main(args) == 2
     error = capsys.readouterr().err
     assert "phase='warmup'" in error and "0=probe, 1=last_stage, 2=all" in error
     assert not (tmp_path / "runs").exists()
