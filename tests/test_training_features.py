@@ -302,7 +302,8 @@ def test_ema_is_validated_tested_and_exported_and_frozen_stages_stay_bit_identic
 
     from finetune.engine.train import build
 
-    overrides = [*TINY, "schedule=linear_probe", "schedule.epochs=2", "trainer.limit_train_batches=3",
+    overrides = [*TINY, "schedule=linear_probe", "schedule.backbone_lr_mult=0.1", "schedule.epochs=2",
+                 "trainer.limit_train_batches=3",
                  "schedule.phases=[{name: top, epochs: 2, freeze: 2, lr: 0.05}]", "ema.decay=0.9",
                  "checkpoints.keep=both", "logger=csv"]
     initial = build(get_task("classification"), compose_config(*overrides)).model.state_dict()
