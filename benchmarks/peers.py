@@ -6,14 +6,15 @@
 
 Peers (``PEERS``): finetune with its recipe for the data; fastai ``vision_learner`` + ``fine_tune``
 with its defaults; the Hugging Face ``Trainer`` with its defaults; a plain timm + PyTorch loop as
-the floor. Each peer is a standalone script in ``benchmarks/peer_runners/`` run in a subprocess
-with its own python: it takes a JSON spec (data, image size, epochs, seed, threads, weights file)
-and prints one JSON result line (val/test accuracy, AUC for two classes, wall time, the
-validation curve with times, versions). Every peer gets the same splits (read by
+the floor; for segmentation (CamVid), ``smp.Unet`` with a plain loop. A peer runs on the datasets
+of its ``tasks``. Each peer is a standalone script in ``benchmarks/peer_runners/`` run in a
+subprocess with its own python: it takes a JSON spec (data, image size, epochs, seed, threads,
+weights file) and prints one JSON result line (val/test accuracy and AUC for two classes, or mIoU,
+mean Dice and pixel accuracy; wall time, the validation curve with times, versions). Every peer gets the same splits (read by
 ``peer_runners/peerdata.py``, which never imports finetune), the same pretrained weights file (the
 one finetune's resolver produces, loaded through ``timm.create_model(pretrained_cfg_overlay=...)``),
 image size, batch size, number of epochs, torch threads and loader workers. Runs are interleaved:
-the order of the tools rotates from seed to seed, and no two runs overlap.
+the order of the tools rotates from seed to seed, and no two runs of one invocation overlap.
 
 Virtual environments: every peer but finetune gets its own under ``benchmarks/.peers/<peer>/``
 (gitignored; created on first use with the pins in ``PEERS``; never the project's ``.venv``). torch
