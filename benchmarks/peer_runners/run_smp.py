@@ -53,7 +53,7 @@ def check_pretrained(encoder: nn.Module, weights: str) -> None:
 
 
 def train_transform(spec: dict) -> v2.Compose:
-    aug, pre, ignore = spec["augment"], spec["preprocessing"], spec["ignore_index"]
+    aug, ignore = spec["augment"], spec["ignore_index"]
     fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore}
     ops: list = [v2.RandomHorizontalFlip(aug["hflip"]), v2.RandomVerticalFlip(aug["vflip"])]
     if aug["rotate"] or aug["zoom"]:
@@ -61,19 +61,24 @@ def train_transform(spec: dict) -> v2.Compose:
     ops.append(v2.RandomCrop(spec["image_size"], pad_if_needed=True, fill=fill))  # segmentation: the crop size
     if aug["color_jitter"]:
         ops.append(v2.ColorJitter(aug["color_jitter"], aug["color_jitter"], aug["color_jitter"]))
-    return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
+    return v2.Compose([*ops, normalize(spec)])
+
+
+def normalize(spec: dict) -> v2.Compose:
+    """uint8 image → float, normalised with the weights' mean and std."""
+    pre = spec["preprocessing"]
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
 
 
 @torch.no_grad()
 def confusion(model: nn.Module, images: list[str], masks: list[str], spec: dict) -> np.ndarray:
     """Pixel confusion matrix [true, predicted] of whole images (padded to a multiple of 32)."""
-    k, pre = spec["num_classes"], spec["preprocessing"]
-    normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
+    k, to_input = spec["num_classes"], normalize(spec)
     model.eval()
     total = np.zeros((k, k), dtype=np.int64)
     for image_path, mask_path in zip(images, masks):
         image, mask = read_pair(image_path, mask_path)
-        x = normalize(image)[None]
+        x = to_input(image)[None]
         h, w = x.shape[-2:]
         x = nn.functional.pad(x, (0, -w % 32, 0, -h % 32), mode="reflect")
         predicted = model(x)[0, :, :h, :w].argmax(0)
