@@ -199,7 +199,9 @@ def weights() -> dict:
 
 
 def recipe(dataset: Dataset, settings: Settings, seed: int) -> tuple[list[str], dict]:
-    """finetune's overrides for one run, and the recipe's augmentation and total epochs (from its config)."""
+    """finetune's overrides for one run, and what the other runners take from its config: augmentation, batch
+    size, total epochs, image size (segmentation: the crop, its samples, ignore index and decoder); a ValueError
+    for augmentation they cannot mirror."""
     from .common import compose
 
     root = dataset.path.parent if dataset.kind == "medmnist" else dataset.path
@@ -216,12 +218,16 @@ def recipe(dataset: Dataset, settings: Settings, seed: int) -> tuple[list[str], 
         overrides.append(f"schedule.phases=[{{name: all, epochs: {settings.epochs}, freeze: {freeze}}}]")
     cfg = compose(*overrides)
     mirrored = MIRRORED_AUGMENT[dataset.task]
+    unsupported = [k for k in ("shift", "crop_scale", "color_jitter", "hue", "dropout")
+                   if k not in mirrored and cfg.augment[k]]
+    if unsupported:
+        raise ValueError(f"the other tools' runners cannot mirror augment {unsupported} of {dataset.recipe}")
     from_recipe = {"augment": {k: cfg.augment[k] for k in mirrored}, "batch_size": int(cfg.schedule.batch_size),
                    "epochs": sum(int(phase.epochs) for phase in cfg.schedule.phases),
-                   "unsupported": [k for k in ("shift", "crop_scale", "color_jitter", "hue", "dropout")
-                                   if k not in mirrored and cfg.augment[k]]}
-    if dataset.task == "segmentation":
-        from_recipe |= {"crop_size": int(cfg.dataset.crop_size), "samples_per_image": int(cfg.dataset.samples_per_image),
+                   "image_size": settings.image_size or dataset.image_size}
+    if dataset.task == "segmentation":  # image_size: the training crop
+        from_recipe |= {"image_size": int(cfg.dataset.crop_size),
+                        "samples_per_image": int(cfg.dataset.samples_per_image),
                         "ignore_index": int(cfg.dataset.ignore_index),
                         "decoder_channels": [int(c) for c in cfg.head.decoder_channels]}
     return overrides, from_recipe
@@ -236,13 +242,9 @@ MIRRORED_AUGMENT = {"classification": ("hflip", "vflip", "rotate", "shift", "zoo
 def spec(dataset: Dataset, settings: Settings, seed: int, weights_info: dict) -> dict:
     """The JSON spec every runner of one (dataset, seed) gets."""
     overrides, from_recipe = recipe(dataset, settings, seed)
-    if from_recipe["unsupported"]:
-        raise ValueError(f"the other tools' runners cannot mirror augment {from_recipe['unsupported']} of {dataset.recipe}")
     data = {"file": str(dataset.path)} if dataset.kind == "medmnist" else {"root": str(dataset.path)}
-    size = from_recipe.pop("crop_size", settings.image_size or dataset.image_size)
-    del from_recipe["unsupported"]
     return {"dataset": dataset.name, "task": dataset.task, "kind": dataset.kind, **data,
-            "num_classes": dataset.num_classes, "has_test": dataset.has_test, "image_size": size, "seed": seed,
+            "num_classes": dataset.num_classes, "has_test": dataset.has_test, "seed": seed,
             "threads": settings.threads, "workers": settings.workers, "arch": ARCH, "weights": weights_info["file"],
             "preprocessing": weights_info["preprocessing"], **from_recipe, "finetune_overrides": overrides}
 
