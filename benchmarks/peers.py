@@ -2,6 +2,7 @@
 
     python -m benchmarks.peers                                  # every dataset, its seeds, every peer
     python -m benchmarks.peers --datasets hymenoptera --seeds 0 --peers finetune,fastai
+    python -m benchmarks.peers --datasets bloodmnist --compare budget --budget-s 300
     python -m benchmarks.peers --quick                          # 64 px, 1 epoch, seed 0: checks the set-up
 
 Peers (``PEERS``): finetune with its recipe for the data; fastai ``vision_learner`` + ``fine_tune``
@@ -16,6 +17,11 @@ one finetune's resolver produces, loaded through ``timm.create_model(pretrained_
 image size, batch size, number of epochs, torch threads and loader workers. Runs are interleaved:
 the order of the tools rotates from seed to seed, and no two runs of one invocation overlap.
 
+Two comparisons per dataset (``--compare``): *epochs*, every tool the same number of epochs (finetune's
+recipe total); then *budget*, every tool the same seconds (each dataset's ``budget_s``, or
+``--budget-s``): a tool runs its own schedule with as many epochs as fit, sized from its pace in its
+epoch-comparison runs (``fit_epochs``), so its lr schedule still ends where it should.
+
 Virtual environments: every peer but finetune gets its own under ``benchmarks/.peers/<peer>/``
 (gitignored; created on first use with the pins in ``PEERS``; never the project's ``.venv``). torch
 and torchvision (``benchmarks/peers_constraints.txt``: the project's torch) are installed once
@@ -23,8 +29,8 @@ into ``benchmarks/.peers/_torch`` and reach each peer venv through a ``.pth`` pa
 after the venv's own packages: the same torch runs everywhere and its 5 GB of CUDA libraries are
 not copied three times. ``pip freeze`` of every peer venv goes into the results.
 
-Results: ``benchmarks/results/peers.json`` (every run; a rerun replaces runs with the same
-dataset, size, epochs, seed and tool, so seeds can be added later; ``settings`` are the latest
+Results: ``benchmarks/results/peers.json`` (every run; a rerun replaces the run with the same
+dataset, size, schedule, budget, seed and tool, so seeds can be added later; ``settings`` are the latest
 invocation's: change threads, workers or batch size only with another ``--out``; invocations may run
 side by side, e.g. one per dataset: each run is merged in under a file lock) and a section of
 ``benchmarks/results/README.md``.
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -105,6 +112,7 @@ class Dataset:
     seeds: tuple[int, ...] = (0,)
     notes: tuple[str, ...] = ()
     task: str = "classification"
+    budget_s: float = 60.0  # the equal-wall-clock comparison's budget (seconds per run)
 
     @property
     def metric(self) -> str:
@@ -118,17 +126,18 @@ DATASETS: dict[str, Dataset] = {
                            (("no test split: val/ is what every tool reports; finetune keeps its last "
                              "checkpoint (checkpoints.keep=last) so no tool picks an epoch on the split it reports"),)),
     "bloodmnist": Dataset("bloodmnist", "medmnist", MEDMNIST / "bloodmnist.npz", 64, 8, True, ("+medical=blood",),
-                          notes=(TEST_NOTE,)),
+                          notes=(TEST_NOTE,), budget_s=300),
     "breastmnist": Dataset("breastmnist", "medmnist", MEDMNIST / "breastmnist.npz", 128, 2, True,
                            ("+medical=breast",), (0, 1, 2),
                            (TEST_NOTE + "; its test acc also uses the decision threshold it tunes on val "
-                            "(threshold=tune): compare AUC, which no threshold changes",)),
+                            "(threshold=tune): compare AUC, which no threshold changes",), budget_s=180),
     "camvid": Dataset("camvid", "seglist", CAMVID, 256, 11, True, ("+segmentation=camvid", "schedule.epochs=6"),
+                      (0, 1, 2),
                       notes=("finetune's recipe shortened to 2 decoder-only + 6 full epochs (`schedule.epochs=6`; the "
                              "recipe has 2 + 12) for CPU time; smp trains everything for the same 8 epochs. finetune "
                              "evaluates overlapping 256 px windows and tests its best val epoch (the other tool: "
                              "whole images, final weights). mIoU: mean over the 11 classes, void ignored",),
-                      task="segmentation"),
+                      task="segmentation", budget_s=240),
 }
 
 
@@ -140,6 +149,12 @@ class Settings:
     batch_size: int | None = None  # None: finetune's recipe for each dataset (32; CamVid 8)
     image_size: int | None = None  # None: each dataset's own
     epochs: int | None = None      # None: finetune's recipe total; N: finetune runs one phase of N epochs
+    budget_s: float | None = None  # the equal-wall-clock comparison's budget; None: each dataset's own
+
+
+# The epoch comparison: every tool the same epochs; the budget comparison: every tool's schedule fitted to
+# the same seconds (``budget_spec``), sized from its runs in the first.
+COMPARISONS = ("epochs", "budget")
 
 
 def shared_torch() -> Path:
@@ -249,6 +264,60 @@ def spec(dataset: Dataset, settings: Settings, seed: int, weights_info: dict) ->
             "preprocessing": weights_info["preprocessing"], **from_recipe, "finetune_overrides": overrides}
 
 
+def fit_epochs(references: list[dict], budget_s: float, minimum: int = 1) -> int:
+    """How many epochs of a tool's reference schedule fit in ``budget_s``, from its own runs of that schedule:
+    wall(E) = wall_ref + pace · (E − E_ref), the pace per epoch read off the later half of each curve (the
+    main phase), means over the reference runs; never more epochs than the reference, never fewer than
+    ``minimum``."""
+    epochs = references[0]["epochs"]
+    wall = statistics.mean(r["wall_s"] for r in references)
+    pace = statistics.mean(_pace(r["curve"]) for r in references)
+    fitting = epochs + math.floor((budget_s - wall) / pace) if pace > 0 else epochs
+    return max(minimum, min(epochs, fitting))
+
+
+def _pace(curve: list[dict]) -> float:
+    """Seconds per epoch over the later half of a validation curve (the only epoch: its time)."""
+    half = len(curve) // 2
+    if len(curve) - 1 - half < 1:
+        return curve[-1]["t_s"] / len(curve)
+    return (curve[-1]["t_s"] - curve[half]["t_s"]) / (len(curve) - 1 - half)
+
+
+def budget_spec(dataset: Dataset, settings: Settings, seed: int, run_spec: dict, name: str,
+                runs: list[dict]) -> dict:
+    """``run_spec`` with the tool's epochs fitted to the budget (``fit_epochs``) from its runs of the epoch
+    comparison (same data, size and schedule; any seed); finetune keeps its recipe's phases and shortens the
+    ones that follow ``schedule.epochs``. A LookupError without reference runs."""
+    budget = settings.budget_s or dataset.budget_s
+    reference_group = (dataset.name, run_spec["image_size"], run_spec["epochs"], 0)
+    references = [r for r in runs if "error" not in r and r["tool"] == name and group(r) == reference_group]
+    if not references:
+        raise LookupError(f"no run of {name} on {dataset.name} ({run_spec['image_size']} px, {run_spec['epochs']} "
+                          f"epochs) to size its budget from: run the epoch comparison first (--compare epochs)")
+    fitted = {**run_spec, "budget_s": budget, "reference_epochs": run_spec["epochs"]}
+    if name != "finetune":
+        return {**fitted, "epochs": fit_epochs(references, budget)}
+    if settings.epochs:  # one phase of N epochs: N shrinks
+        epochs = fit_epochs(references, budget)
+        return {**fitted, "epochs": epochs, "finetune_overrides": recipe(dataset, replace(settings, epochs=epochs), seed)[0]}
+    fixed, per_step = _recipe_epochs(run_spec["finetune_overrides"])
+    steps = max(1, (fit_epochs(references, budget, fixed + per_step) - fixed) // per_step)
+    overrides = [o for o in run_spec["finetune_overrides"] if not o.startswith("schedule.epochs=")]
+    return {**fitted, "epochs": fixed + per_step * steps, "finetune_overrides": [*overrides, f"schedule.epochs={steps}"]}
+
+
+def _recipe_epochs(overrides: list[str]) -> tuple[int, int]:
+    """(epochs of the phases with a fixed count, phases that run ``schedule.epochs`` each) of a recipe."""
+    from .common import compose
+
+    base = [o for o in overrides if not o.startswith("schedule.epochs=")]
+    one, two = (sum(int(p.epochs) for p in compose(*base, f"schedule.epochs={k}").schedule.phases) for k in (1, 2))
+    if two == one:
+        raise ValueError(f"no phase of {overrides} follows schedule.epochs: the budget cannot shorten it")
+    return one - (two - one), two - one
+
+
 def run_peer(name: str, run_spec: dict) -> dict:
     """One runner in a fresh subprocess with the shared thread settings; its result or its error."""
     threads = str(run_spec["threads"])
@@ -268,8 +337,9 @@ def run_peer(name: str, run_spec: dict) -> dict:
 
 
 def group(run: dict) -> tuple:
-    """Runs compared with each other: same data, image size and epochs."""
-    return run["dataset"], run["image_size"], run["epochs"]
+    """Runs compared with each other: same data, image size, schedule (its epochs) and budget (0: the epoch
+    comparison; a budget run's epochs are its own fit of the schedule)."""
+    return run["dataset"], run["image_size"], run.get("reference_epochs", run["epochs"]), run.get("budget_s", 0)
 
 
 def key(run: dict) -> tuple:
@@ -278,8 +348,11 @@ def key(run: dict) -> tuple:
 
 
 def main(datasets: list[str], seeds: list[int] | None, peers: list[str], settings: Settings,
-         out_dir: Path = RESULTS, max_minutes: float | None = None) -> dict:
-    """Run every (dataset, seed, peer), interleaved; write peers.json after each run and the table at the end."""
+         out_dir: Path = RESULTS, max_minutes: float | None = None,
+         compare: tuple[str, ...] = COMPARISONS) -> dict:
+    """Run every (dataset, comparison, seed, peer), interleaved: the epoch comparison, then the budget one,
+    which sizes each tool's schedule from its runs in the first; write peers.json after each run and the
+    table at the end."""
     path = out_dir / "peers.json"
     header = {"benchmark": "peers", "environment": environment(), "settings": asdict(settings), "weights": weights(),
               "peers": {n: {"requirements": list(PEERS[n].requirements), "how": PEERS[n].how, "freeze": freeze(n)}
@@ -287,20 +360,33 @@ def main(datasets: list[str], seeds: list[int] | None, peers: list[str], setting
     payload = save(path, header)
     deadline = time.time() + 60 * max_minutes if max_minutes else None
     for dataset in (DATASETS[n] for n in datasets):
-        for i, seed in enumerate(seeds if seeds is not None else dataset.seeds):
-            run_spec = spec(dataset, settings, seed, payload["weights"])
-            tools = [name for name in peers if dataset.task in PEERS[name].tasks]
-            for order, name in enumerate(tools[i % len(tools):] + tools[:i % len(tools)]):
-                if deadline and time.time() > deadline:
-                    print(f"== time is up: {dataset.name} seed {seed} {name} not run", flush=True)
-                    continue
-                print(f"== {dataset.name} {run_spec['image_size']} px, {run_spec['epochs']} epochs, seed {seed}: "
-                      f"{name}", flush=True)
-                run = {"dataset": dataset.name, "image_size": run_spec["image_size"], "epochs": run_spec["epochs"],
-                       "batch_size": run_spec["batch_size"], "seed": seed, "order": order, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       "load_average_at_start": round(os.getloadavg()[0], 2), **run_peer(name, run_spec)}
-                print(f"   {run.get('error', '').splitlines()[-1:] or run['val']} in {run['process_s']} s", flush=True)
-                payload = save(path, header, run)
+        for comparison in compare:
+            for i, seed in enumerate(seeds if seeds is not None else dataset.seeds):
+                run_spec = spec(dataset, settings, seed, payload["weights"])
+                tools = [name for name in peers if dataset.task in PEERS[name].tasks]
+                for order, name in enumerate(tools[i % len(tools):] + tools[:i % len(tools)]):
+                    if deadline and time.time() > deadline:
+                        print(f"== time is up: {dataset.name} {comparison} seed {seed} {name} not run", flush=True)
+                        continue
+                    run = {"dataset": dataset.name, "image_size": run_spec["image_size"], "seed": seed,
+                           "batch_size": run_spec["batch_size"], "order": order,
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    try:
+                        tool_spec = run_spec if comparison == "epochs" else \
+                            budget_spec(dataset, settings, seed, run_spec, name, payload["runs"])
+                    except LookupError as error:
+                        run |= {"epochs": 0, "budget_s": settings.budget_s or dataset.budget_s,
+                                "reference_epochs": run_spec["epochs"], "tool": name, "error": str(error)}
+                    else:
+                        budget = {k: tool_spec[k] for k in ("budget_s", "reference_epochs") if k in tool_spec}
+                        print(f"== {dataset.name} {run_spec['image_size']} px, {tool_spec['epochs']} epochs"
+                              + (f" (≤ {budget['budget_s']:.0f} s)" if budget else "") + f", seed {seed}: {name}",
+                              flush=True)
+                        run |= {"epochs": tool_spec["epochs"], **budget,
+                                "load_average_at_start": round(os.getloadavg()[0], 2), **run_peer(name, tool_spec)}
+                    print(f"   {run.get('error', '').splitlines()[-1:] or run['val']} in {run.get('process_s')} s",
+                          flush=True)
+                    payload = save(path, header, run)
     from .run_all import table
 
     (out_dir / "README.md").write_text(table(out_dir) + "\n")
@@ -344,10 +430,15 @@ COLUMNS = ("dataset", "px", "schedule", "tool", "seeds", "epochs", "val {0} (fin
            "test {0}", "test {1}", "wall s", "s / epoch", "val {0} at the fastest tool's wall time")
 
 
-def columns(metric: str) -> list[str]:
-    """The table header of one task: classification (``acc``) or segmentation (``miou``)."""
+BUDGET_COLUMNS = ("dataset", "px", "schedule", "budget s", "tool", "seeds", "epochs run", "wall s",
+                  "val {0} (final)", "test {0}", "test {1}")
+
+
+def columns(metric: str, budget: bool = False) -> list[str]:
+    """The table header of one task, classification (``acc``) or segmentation (``miou``), for the epoch
+    comparison or the budget one."""
     title, second, _ = HEADLINES[metric]
-    return [c.format(title, second) for c in COLUMNS]
+    return [c.format(title, second) for c in (BUDGET_COLUMNS if budget else COLUMNS)]
 
 
 def markdown(payload: dict) -> str:
@@ -373,12 +464,22 @@ def markdown(payload: dict) -> str:
              "finished when the fastest tool of that seed finished (read off its curve, not a separate run with "
              "a shorter schedule).")]
     groups = sorted(set(map(group, ok)))
-    for metric in HEADLINES:
-        mine = [g for g in groups if _metric(g[0]) == metric]
-        if mine:
-            header = columns(metric)
-            lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += [row for g in mine for row in _rows([r for r in ok if group(r) == g], metric)]
+    for budget in (False, True):
+        if budget and any(g[3] for g in groups):
+            lines += ["", "**At an equal wall-clock budget** (`--compare budget`): every tool runs the same schedule "
+                      "as above with as many epochs as fit in the budget, sized from its own pace in the runs above "
+                      "(wall(E) = its wall s + s per epoch of the curve's later half × (E − the schedule's epochs), "
+                      "means over seeds; never more epochs than the schedule, at least one; finetune shortens the "
+                      "phases that follow `schedule.epochs`). Each tool's own schedule (one-cycle, cosine, linear "
+                      "decay) then runs to its end, as a user who sized their epochs to the minutes would; *wall s* "
+                      "is measured, marked *(over)* where a tool's minimum ran past the budget by more than 5 %."]
+        for metric in HEADLINES:
+            mine = [g for g in groups if _metric(g[0]) == metric and bool(g[3]) == budget]
+            if mine:
+                header = columns(metric, budget)
+                lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                lines += [row for g in mine for row in (_budget_rows(ok, g, metric) if budget else
+                                                       _rows([r for r in ok if group(r) == g], metric))]
     lines += ["", ("Mean ± sample standard deviation over the seeds listed. How each tool was run and its versions "
                    "(every package of each peer venv: `pip freeze` in peers.json):"), "",
               "| tool | how | versions |", "|---|---|---|"]
@@ -400,7 +501,7 @@ def _metric(dataset: str) -> str:
 
 def _rows(runs: list[dict], metric: str) -> list[str]:
     """One table row per tool of one group of runs (same data, size, epochs)."""
-    dataset, px, epochs = group(runs[0])
+    dataset, px, epochs, _ = group(runs[0])
     key, second = f"val_{metric}", HEADLINES[metric][2]
     budget = {seed: min(r["wall_s"] for r in runs if r["seed"] == seed) for seed in {r["seed"] for r in runs}}
     rows = []
@@ -419,6 +520,25 @@ def _rows(runs: list[dict], metric: str) -> list[str]:
     return rows
 
 
+def _budget_rows(ok: list[dict], budget_group: tuple, metric: str) -> list[str]:
+    """One table row per tool of one budget group: its fitted epochs, measured wall time and scores."""
+    dataset, px, epochs, budget_s = budget_group
+    runs = [r for r in ok if group(r) == budget_group]
+    label = schedule([r for r in ok if group(r) == (dataset, px, epochs, 0)])
+    second = HEADLINES[metric][2]
+    rows = []
+    for tool in [t for t in PEERS if any(r["tool"] == t for r in runs)]:
+        mine = sorted((r for r in runs if r["tool"] == tool), key=lambda r: r["seed"])
+        test = [r["test"] for r in mine if r.get("test")]
+        over = " (over)" if max(r["wall_s"] for r in mine) > 1.05 * budget_s else ""
+        rows.append(
+            f"| {dataset} | {px} | {label} | {budget_s:.0f} | {tool} | {','.join(str(r['seed']) for r in mine)} | "
+            f"{'/'.join(sorted({str(r['epochs']) for r in mine}))} of {epochs} | "
+            f"{statistics.mean(r['wall_s'] for r in mine):.0f}{over} | {_mean_sd([r['val'][metric] for r in mine])} | "
+            f"{_mean_sd([t[metric] for t in test])} | {_mean_sd([t[second] for t in test if t.get(second)])} |")
+    return rows
+
+
 def schedule(runs: list[dict]) -> str:
     """"recipe" (with the dataset's own changes to it) or "`--epochs N`", as the group's finetune runs show;
     "?" without one."""
@@ -432,20 +552,23 @@ def schedule(runs: list[dict]) -> str:
 
 
 def missing(runs: list[dict]) -> list[str]:
-    """Each dataset's default seeds (its own size, the recipe schedule) and every peer of its task no successful
-    run covers."""
+    """Each dataset's default seeds (its own size, the recipe schedule; its own budget) and every peer of its
+    task no successful run covers, in the epoch comparison and the budget one."""
     ok = [r for r in runs if "error" not in r]
-    recipe_groups = {g for g in map(group, ok) if schedule([r for r in ok if group(r) == g]).startswith("recipe")}
-    done = {(r["dataset"], r["tool"], r["seed"]) for r in ok
+    recipe_groups = {g for g in map(group, ok) if schedule([r for r in ok if group(r) == g[:3] + (0,)])
+                     .startswith("recipe")}
+    done = {(r["dataset"], r["tool"], r["seed"], r.get("budget_s", 0)) for r in ok
             if group(r) in recipe_groups and r["image_size"] == DATASETS[r["dataset"]].image_size}
     notes = []
     for name, dataset in DATASETS.items():
-        gaps = {tool: [s for s in dataset.seeds if (name, tool, s) not in done] for tool, peer in PEERS.items()
-                if dataset.task in peer.tasks}
-        if all(len(seeds) == len(dataset.seeds) for seeds in gaps.values()):
-            notes.append(f"{name} ({dataset.image_size} px, finetune's recipe schedule): no tool")
-        else:
-            notes += [f"{name}: {tool} seed {', '.join(map(str, seeds))}" for tool, seeds in gaps.items() if seeds]
+        for budget, what in ((0, "finetune's recipe schedule"), (dataset.budget_s, f"a {dataset.budget_s:.0f} s budget")):
+            gaps = {tool: [s for s in dataset.seeds if (name, tool, s, budget) not in done]
+                    for tool, peer in PEERS.items() if dataset.task in peer.tasks}
+            if all(len(seeds) == len(dataset.seeds) for seeds in gaps.values()):
+                notes.append(f"{name} ({dataset.image_size} px, {what}): no tool")
+            else:
+                notes += [f"{name} ({what}): {tool} seed {', '.join(map(str, seeds))}"
+                          for tool, seeds in gaps.items() if seeds]
     return notes
 
 
@@ -459,16 +582,24 @@ def cli(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, help="override each dataset's size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (OMP_NUM_THREADS)")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes of every run")
+    parser.add_argument("--compare", default=",".join(COMPARISONS),
+                        help="comma list: epochs (every tool the same epochs), budget (the same seconds, each tool's "
+                             "epochs sized from its epoch-comparison runs); default both, in that order")
+    parser.add_argument("--budget-s", type=float, help="the budget comparison's seconds (default: each dataset's own)")
     parser.add_argument("--max-minutes", type=float, help="start no run after this many minutes")
     parser.add_argument("--out", type=Path, help=f"results folder (default {RESULTS}; --quick: {PEERS_DIR / 'quick'})")
     parser.add_argument("--quick", action="store_true", help="hymenoptera, 64 px, 1 epoch, seed 0: a set-up check")
     args = parser.parse_args(argv)
     if args.quick:
-        args.datasets, args.seeds, args.image_size, args.epochs = "hymenoptera", "0", 64, 1
-    settings = Settings(args.threads, args.workers, image_size=args.image_size, epochs=args.epochs)
+        args.datasets, args.seeds, args.image_size, args.epochs, args.compare = "hymenoptera", "0", 64, 1, "epochs"
+    settings = Settings(args.threads, args.workers, image_size=args.image_size, epochs=args.epochs,
+                        budget_s=args.budget_s)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     out = args.out or (PEERS_DIR / "quick" if args.quick else RESULTS)
-    return main(args.datasets.split(","), seeds, args.peers.split(","), settings, out, args.max_minutes)
+    compare = tuple(args.compare.split(","))
+    if not set(compare) <= set(COMPARISONS):
+        parser.error(f"--compare {args.compare}: choose from {', '.join(COMPARISONS)}")
+    return main(args.datasets.split(","), seeds, args.peers.split(","), settings, out, args.max_minutes, compare)
 
 
 if __name__ == "__main__":

@@ -39,19 +39,22 @@ def test_peers_harness_writes_json_and_table(tmp_path, monkeypatch):
     tools = ["finetune", "fastai", "plain"]
     out = tmp_path / "results"
 
-    peers.main(["tiny"], [0], tools, peers.Settings(batch_size=4, epochs=1), out)
+    peers.main(["tiny"], [0], tools, peers.Settings(batch_size=4, epochs=2, budget_s=0.5), out)
 
     payload = json.loads((out / "peers.json").read_text())
     runs = payload["runs"]
-    assert [r.get("error") for r in runs] == [None] * len(tools)
-    assert [r["tool"] for r in runs] == tools
+    assert [r.get("error") for r in runs] == [None] * 2 * len(tools)
+    assert [(r["tool"], r.get("budget_s")) for r in runs] == [(t, None) for t in tools] + [(t, 0.5) for t in tools]
     for run in runs:
         assert 0 <= run["val"]["acc"] <= 1 and run["val"]["auc"] is not None and run["test"] is None
-        assert run["epochs_run"] == 1 and run["wall_s"] > 0 and run["threads"]["torch"] == 1
+        assert run["epochs_run"] == run["epochs"] and run["wall_s"] > 0 and run["threads"]["torch"] == 1
         assert run["weights_sha256"] == payload["weights"]["sha256"]
+    assert [r["epochs"] for r in runs] == [2, 2, 2, 1, 1, 1]  # no tool fits 2 epochs in half a second
     table = (out / "README.md").read_text()
     assert "| " + " | ".join(peers.columns("acc")) + " |" in table
-    assert all(f"| tiny | 32 | `--epochs 1` | {tool} | 0 | 1 |" in table for tool in tools)
+    assert all(f"| tiny | 32 | `--epochs 2` | {tool} | 0 | 2 |" in table for tool in tools)
+    assert "| " + " | ".join(peers.columns("acc", budget=True)) + " |" in table
+    assert all(f"| tiny | 32 | `--epochs 2` | 0 | {tool} | 0 | 1 of 2 |" in table for tool in tools)
 
 
 def tiny_camvid(root: Path, lines: int = 2) -> Path:
@@ -98,3 +101,39 @@ def test_runs_merge_across_invocations(tmp_path):
     payload = json.loads(path.read_text())
     assert sorted((r["dataset"], r["val"]["acc"]) for r in payload["runs"]) == [("a", 0.75), ("b", 0.5)]
     assert set(payload["peers"]) == {"plain", "smp"}
+
+
+def reference(tool: str, epochs: int, setup_s: float, pace_s: float, **extra: object) -> dict:
+    """An epoch-comparison run whose curve advances ``pace_s`` per epoch after ``setup_s``."""
+    curve = [{"epoch": e, "t_s": setup_s + pace_s * e, "val_acc": 0.5} for e in range(1, epochs + 1)]
+    return {"dataset": "bloodmnist", "image_size": 64, "epochs": epochs, "seed": 0, "tool": tool, "curve": curve,
+            "wall_s": curve[-1]["t_s"] + 5, **extra}
+
+
+def test_fit_epochs_from_pace():
+    """wall(E) = wall_ref + pace (E - E_ref): 10 s setup, 20 s per epoch, 5 s of testing."""
+    run = reference("plain", 7, 10, 20)  # wall 155 s
+    assert peers.fit_epochs([run], 155) == 7
+    assert peers.fit_epochs([run], 1000) == 7  # never more than the schedule
+    assert peers.fit_epochs([run], 94.9) == 3 and peers.fit_epochs([run], 95) == 4
+    assert peers.fit_epochs([run], 1) == 1 and peers.fit_epochs([run], 1, minimum=2) == 2
+    slower = reference("plain", 7, 10, 40, seed=1)  # wall 295 s; over both runs: wall 225 s, pace 30 s
+    assert peers.fit_epochs([run, slower], 225) == 7 and peers.fit_epochs([run, slower], 224) == 6
+
+
+def test_budget_spec_shortens_what_each_tool_runs():
+    """Other tools: their epochs; finetune: the recipe's phases that follow schedule.epochs (blood: 1 head
+    epoch + schedule.epochs), never below one epoch of each; no reference run: a LookupError naming the fix."""
+    dataset, settings = peers.DATASETS["bloodmnist"], peers.Settings(budget_s=95)
+    run_spec = peers.spec(dataset, settings, 0, {"file": "w.safetensors", "preprocessing": {}})
+    assert run_spec["epochs"] == 7
+    runs = [reference("plain", 7, 10, 20), reference("finetune", 7, 10, 20)]
+    plain = peers.budget_spec(dataset, settings, 0, run_spec, "plain", runs)
+    assert (plain["epochs"], plain["budget_s"], plain["reference_epochs"]) == (4, 95, 7)
+    assert plain["finetune_overrides"] == run_spec["finetune_overrides"]
+    finetune = peers.budget_spec(dataset, settings, 0, run_spec, "finetune", runs)
+    assert finetune["epochs"] == 4 and finetune["finetune_overrides"][-1] == "schedule.epochs=3"
+    short = peers.budget_spec(dataset, replace(settings, budget_s=1), 0, run_spec, "finetune", runs)
+    assert short["epochs"] == 2 and short["finetune_overrides"][-1] == "schedule.epochs=1"
+    with pytest.raises(LookupError, match="--compare epochs"):
+        peers.budget_spec(dataset, settings, 0, run_spec, "fastai", runs)
