@@ -48,6 +48,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -350,47 +351,56 @@ def key(run: dict) -> tuple:
 def main(datasets: list[str], seeds: list[int] | None, peers: list[str], settings: Settings,
          out_dir: Path = RESULTS, max_minutes: float | None = None,
          compare: tuple[str, ...] = COMPARISONS) -> dict:
-    """Run every (dataset, comparison, seed, peer), interleaved: the epoch comparison, then the budget one,
-    which sizes each tool's schedule from its runs in the first; write peers.json after each run and the
-    table at the end."""
+    """Run every (dataset, comparison, seed, peer) of ``plan``; write peers.json after each run and the table
+    at the end."""
     path = out_dir / "peers.json"
     header = {"benchmark": "peers", "environment": environment(), "settings": asdict(settings), "weights": weights(),
               "peers": {n: {"requirements": list(PEERS[n].requirements), "how": PEERS[n].how, "freeze": freeze(n)}
                         for n in peers}}
     payload = save(path, header)
     deadline = time.time() + 60 * max_minutes if max_minutes else None
-    for dataset in (DATASETS[n] for n in datasets):
-        for comparison in compare:
-            for i, seed in enumerate(seeds if seeds is not None else dataset.seeds):
-                run_spec = spec(dataset, settings, seed, payload["weights"])
-                tools = [name for name in peers if dataset.task in PEERS[name].tasks]
-                for order, name in enumerate(tools[i % len(tools):] + tools[:i % len(tools)]):
-                    if deadline and time.time() > deadline:
-                        print(f"== time is up: {dataset.name} {comparison} seed {seed} {name} not run", flush=True)
-                        continue
-                    run = {"dataset": dataset.name, "image_size": run_spec["image_size"], "seed": seed,
-                           "batch_size": run_spec["batch_size"], "order": order,
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-                    try:
-                        tool_spec = run_spec if comparison == "epochs" else \
-                            budget_spec(dataset, settings, seed, run_spec, name, payload["runs"])
-                    except LookupError as error:
-                        run |= {"epochs": 0, "budget_s": settings.budget_s or dataset.budget_s,
-                                "reference_epochs": run_spec["epochs"], "tool": name, "error": str(error)}
-                    else:
-                        budget = {k: tool_spec[k] for k in ("budget_s", "reference_epochs") if k in tool_spec}
-                        print(f"== {dataset.name} {run_spec['image_size']} px, {tool_spec['epochs']} epochs"
-                              + (f" (≤ {budget['budget_s']:.0f} s)" if budget else "") + f", seed {seed}: {name}",
-                              flush=True)
-                        run |= {"epochs": tool_spec["epochs"], **budget,
-                                "load_average_at_start": round(os.getloadavg()[0], 2), **run_peer(name, tool_spec)}
-                    print(f"   {run.get('error', '').splitlines()[-1:] or run['val']} in {run.get('process_s')} s",
-                          flush=True)
-                    payload = save(path, header, run)
+    for dataset, comparison, seed, order, name in plan([DATASETS[n] for n in datasets], seeds, peers, compare):
+        if deadline and time.time() > deadline:
+            print(f"== time is up: {dataset.name} {comparison} seed {seed} {name} not run", flush=True)
+            continue
+        run = measure(dataset, comparison, seed, name, settings, payload) | {"order": order}
+        print(f"   {run.get('error', '').splitlines()[-1:] or run['val']} in {run.get('process_s')} s", flush=True)
+        payload = save(path, header, run)
     from .run_all import table
 
     (out_dir / "README.md").write_text(table(out_dir) + "\n")
     return payload
+
+
+def plan(datasets: list[Dataset], seeds: list[int] | None, peers: list[str],
+         compare: tuple[str, ...]) -> Iterator[tuple[Dataset, str, int, int, str]]:
+    """(dataset, comparison, seed, order, tool) in the order they run: per dataset the epoch comparison, then
+    the budget one (which sizes each tool's schedule from its runs in the first); the tools of the dataset's
+    task, their order rotating from seed to seed."""
+    for dataset in datasets:
+        tools = [name for name in peers if dataset.task in PEERS[name].tasks]
+        for comparison in compare if tools else ():
+            for i, seed in enumerate(seeds if seeds is not None else dataset.seeds):
+                for order, name in enumerate(tools[i % len(tools):] + tools[:i % len(tools)]):
+                    yield dataset, comparison, seed, order, name
+
+
+def measure(dataset: Dataset, comparison: str, seed: int, name: str, settings: Settings, payload: dict) -> dict:
+    """One run's record: what was asked (data, size, epochs; the budget) and the runner's result or error."""
+    run_spec = spec(dataset, settings, seed, payload["weights"])
+    run = {"dataset": dataset.name, "image_size": run_spec["image_size"], "seed": seed,
+           "batch_size": run_spec["batch_size"], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        tool_spec = run_spec if comparison == "epochs" else \
+            budget_spec(dataset, settings, seed, run_spec, name, payload["runs"])
+    except LookupError as error:
+        return run | {"epochs": 0, "budget_s": settings.budget_s or dataset.budget_s,
+                      "reference_epochs": run_spec["epochs"], "tool": name, "error": str(error)}
+    budget = {k: tool_spec[k] for k in ("budget_s", "reference_epochs") if k in tool_spec}
+    print(f"== {dataset.name} {run_spec['image_size']} px, {tool_spec['epochs']} epochs"
+          + (f" (≤ {budget['budget_s']:.0f} s)" if budget else "") + f", seed {seed}: {name}", flush=True)
+    return run | {"epochs": tool_spec["epochs"], **budget, "load_average_at_start": round(os.getloadavg()[0], 2),
+                  **run_peer(name, tool_spec)}
 
 
 def save(path: Path, header: dict, run: dict | None = None) -> dict:

@@ -77,7 +77,7 @@ def test_peers_harness_segmentation(tmp_path, monkeypatch):
     monkeypatch.setattr(peers, "freeze", lambda name: [])
     out = tmp_path / "results"
 
-    peers.main(["tinyseg"], [0], ["finetune", "fastai", "smp"], peers.Settings(epochs=1), out)
+    peers.main(["tinyseg"], [0], ["finetune", "fastai", "smp"], peers.Settings(epochs=1), out, compare=("epochs",))
 
     runs = json.loads((out / "peers.json").read_text())["runs"]
     assert [(r["tool"], r.get("error")) for r in runs] == [("finetune", None), ("smp", None)]  # fastai: no segmentation
