@@ -42,8 +42,9 @@ test-fast: install
 bench: install
 	$(BIN)/python -m benchmarks.run_all
 
-# finetune vs fastai, the HF Trainer and a plain timm loop (hours on a CPU); each peer gets its own venv
-# under benchmarks/.peers/. Options: make bench-peers ARGS="--datasets hymenoptera --seeds 0 --quick"
+# finetune vs fastai, the HF Trainer, smp and a plain timm loop, at the same epochs and the same seconds
+# (hours on a CPU: ~8 h for everything here); each peer gets its own venv
+# under benchmarks/.peers/. Options: make bench-peers ARGS="--datasets hymenoptera --seeds 0 --compare epochs|budget" (--quick: a set-up check)
 bench-peers: install
 	$(BIN)/python -m benchmarks.peers $(ARGS)
 
