@@ -285,12 +285,17 @@ def _pace(curve: list[dict]) -> float:
     return (curve[-1]["t_s"] - curve[half]["t_s"]) / (len(curve) - 1 - half)
 
 
+def budget_of(dataset: Dataset, settings: Settings) -> float:
+    """The budget comparison's seconds: ``--budget-s``, else the dataset's own."""
+    return settings.budget_s or dataset.budget_s
+
+
 def budget_spec(dataset: Dataset, settings: Settings, seed: int, run_spec: dict, name: str,
                 runs: list[dict]) -> dict:
     """``run_spec`` with the tool's epochs fitted to the budget (``fit_epochs``) from its runs of the epoch
     comparison (same data, size and schedule; any seed); finetune keeps its recipe's phases and shortens the
     ones that follow ``schedule.epochs``. A LookupError without reference runs."""
-    budget = settings.budget_s or dataset.budget_s
+    budget = budget_of(dataset, settings)
     reference_group = (dataset.name, run_spec["image_size"], run_spec["epochs"], 0)
     references = [r for r in runs if "error" not in r and r["tool"] == name and group(r) == reference_group]
     if not references:
@@ -340,7 +345,8 @@ def run_peer(name: str, run_spec: dict) -> dict:
 def group(run: dict) -> tuple:
     """Runs compared with each other: same data, image size, schedule (its epochs) and budget (0: the epoch
     comparison; a budget run's epochs are its own fit of the schedule)."""
-    return run["dataset"], run["image_size"], run.get("reference_epochs", run["epochs"]), run.get("budget_s", 0)
+    epochs = run["reference_epochs"] if "reference_epochs" in run else run["epochs"]
+    return run["dataset"], run["image_size"], epochs, run.get("budget_s", 0)
 
 
 def key(run: dict) -> tuple:
@@ -394,8 +400,8 @@ def measure(dataset: Dataset, comparison: str, seed: int, name: str, settings: S
         tool_spec = run_spec if comparison == "epochs" else \
             budget_spec(dataset, settings, seed, run_spec, name, payload["runs"])
     except LookupError as error:
-        return run | {"epochs": 0, "budget_s": settings.budget_s or dataset.budget_s,
-                      "reference_epochs": run_spec["epochs"], "tool": name, "error": str(error)}
+        return run | {"budget_s": budget_of(dataset, settings), "reference_epochs": run_spec["epochs"], "tool": name,
+                      "error": str(error)}
     budget = {k: tool_spec[k] for k in ("budget_s", "reference_epochs") if k in tool_spec}
     print(f"== {dataset.name} {run_spec['image_size']} px, {tool_spec['epochs']} epochs"
           + (f" (≤ {budget['budget_s']:.0f} s)" if budget else "") + f", seed {seed}: {name}", flush=True)
@@ -512,41 +518,51 @@ def _metric(dataset: str) -> str:
 def _rows(runs: list[dict], metric: str) -> list[str]:
     """One table row per tool of one group of runs (same data, size, epochs)."""
     dataset, px, epochs, _ = group(runs[0])
-    key, second = f"val_{metric}", HEADLINES[metric][2]
-    budget = {seed: min(r["wall_s"] for r in runs if r["seed"] == seed) for seed in {r["seed"] for r in runs}}
+    key = f"val_{metric}"
+    fastest = {seed: min(r["wall_s"] for r in runs if r["seed"] == seed) for seed in {r["seed"] for r in runs}}
     rows = []
-    for tool in [t for t in PEERS if any(r["tool"] == t for r in runs)]:
-        mine = sorted((r for r in runs if r["tool"] == tool), key=lambda r: r["seed"])
-        test = [r["test"] for r in mine if r.get("test")]
-        at_budget = [a for r in mine if (a := _value_at(r, budget[r["seed"]], key)) is not None]
+    for tool, mine in _by_tool(runs):
+        at_fastest = [a for r in mine if (a := _value_at(r, fastest[r["seed"]], key)) is not None]
         rows.append(
-            f"| {dataset} | {px} | {schedule(runs)} | {tool} | {','.join(str(r['seed']) for r in mine)} | {epochs} | "
+            f"| {dataset} | {px} | {schedule(runs)} | {tool} | {_seeds(mine)} | {epochs} | "
             f"{_mean_sd([r['val'][metric] for r in mine])} | {_mean_sd([max(p[key] for p in r['curve']) for r in mine])} | "
-            f"{_mean_sd([t[metric] for t in test])} | {_mean_sd([t[second] for t in test if t.get(second)])} | "
-            f"{statistics.mean(r['wall_s'] for r in mine):.0f} | "
+            f"{_test_cells(mine, metric)} | {statistics.mean(r['wall_s'] for r in mine):.0f} | "
             f"{statistics.mean(r['wall_s'] / r['epochs_run'] for r in mine):.1f} | "
-            f"{_mean_sd(at_budget) if len(at_budget) == len(mine) else 'no epoch done'} "
-            f"({statistics.mean(budget[r['seed']] for r in mine):.0f} s) |")
+            f"{_mean_sd(at_fastest) if len(at_fastest) == len(mine) else 'no epoch done'} "
+            f"({statistics.mean(fastest[r['seed']] for r in mine):.0f} s) |")
     return rows
 
 
 def _budget_rows(ok: list[dict], budget_group: tuple, metric: str) -> list[str]:
     """One table row per tool of one budget group: its fitted epochs, measured wall time and scores."""
     dataset, px, epochs, budget_s = budget_group
-    runs = [r for r in ok if group(r) == budget_group]
     label = schedule([r for r in ok if group(r) == (dataset, px, epochs, 0)])
-    second = HEADLINES[metric][2]
     rows = []
-    for tool in [t for t in PEERS if any(r["tool"] == t for r in runs)]:
-        mine = sorted((r for r in runs if r["tool"] == tool), key=lambda r: r["seed"])
-        test = [r["test"] for r in mine if r.get("test")]
+    for tool, mine in _by_tool([r for r in ok if group(r) == budget_group]):
         over = " (over)" if max(r["wall_s"] for r in mine) > 1.05 * budget_s else ""
         rows.append(
-            f"| {dataset} | {px} | {label} | {budget_s:.0f} | {tool} | {','.join(str(r['seed']) for r in mine)} | "
+            f"| {dataset} | {px} | {label} | {budget_s:.0f} | {tool} | {_seeds(mine)} | "
             f"{'/'.join(sorted({str(r['epochs']) for r in mine}))} of {epochs} | "
             f"{statistics.mean(r['wall_s'] for r in mine):.0f}{over} | {_mean_sd([r['val'][metric] for r in mine])} | "
-            f"{_mean_sd([t[metric] for t in test])} | {_mean_sd([t[second] for t in test if t.get(second)])} |")
+            f"{_test_cells(mine, metric)} |")
     return rows
+
+
+def _by_tool(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(tool, its runs by seed) in ``PEERS`` order, for the tools that ran."""
+    return [(tool, sorted(mine, key=lambda r: r["seed"])) for tool in PEERS
+            if (mine := [r for r in runs if r["tool"] == tool])]
+
+
+def _seeds(runs: list[dict]) -> str:
+    return ",".join(str(r["seed"]) for r in runs)
+
+
+def _test_cells(runs: list[dict], metric: str) -> str:
+    """The two test columns: the headline metric and the second one (AUC; mean Dice), mean ± sd over seeds."""
+    second = HEADLINES[metric][2]
+    test = [r["test"] for r in runs if r.get("test")]
+    return f"{_mean_sd([t[metric] for t in test])} | {_mean_sd([t[second] for t in test if t.get(second)])}"
 
 
 def schedule(runs: list[dict]) -> str:
@@ -565,8 +581,8 @@ def missing(runs: list[dict]) -> list[str]:
     """Each dataset's default seeds (its own size, the recipe schedule; its own budget) and every peer of its
     task no successful run covers, in the epoch comparison and the budget one."""
     ok = [r for r in runs if "error" not in r]
-    recipe_groups = {g for g in map(group, ok) if schedule([r for r in ok if group(r) == g[:3] + (0,)])
-                     .startswith("recipe")}
+    recipe_groups = {g for g in set(map(group, ok))
+                     if schedule([r for r in ok if group(r) == g[:3] + (0,)]).startswith("recipe")}
     done = {(r["dataset"], r["tool"], r["seed"], r.get("budget_s", 0)) for r in ok
             if group(r) in recipe_groups and r["image_size"] == DATASETS[r["dataset"]].image_size}
     notes = []

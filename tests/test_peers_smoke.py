@@ -137,3 +137,17 @@ def test_budget_spec_shortens_what_each_tool_runs():
     assert short["epochs"] == 2 and short["finetune_overrides"][-1] == "schedule.epochs=1"
     with pytest.raises(LookupError, match="--compare epochs"):
         peers.budget_spec(dataset, settings, 0, run_spec, "fastai", runs)
+
+
+def test_budget_run_without_reference_is_recorded_as_error(tmp_path):
+    """The budget comparison of a tool with no epoch-comparison run records why (and the fix), runs nothing, and
+    merges like any run: its key carries the budget and the schedule it would have been fitted to."""
+    dataset, settings = peers.DATASETS["bloodmnist"], peers.Settings(budget_s=95)
+    payload = {"weights": {"file": "w.safetensors", "preprocessing": {}}, "runs": []}
+    run = peers.measure(dataset, "budget", 0, "plain", settings, payload)
+    assert "--compare epochs" in run["error"] and "process_s" not in run
+    assert peers.key(run) == ("bloodmnist", 64, 7, 95, 0, "plain")
+    saved = peers.save(tmp_path / "peers.json", {"settings": {}, "peers": {}}, run)
+    gaps = peers.missing(saved["runs"])
+    assert {"bloodmnist (64 px, finetune's recipe schedule): no tool", "bloodmnist (64 px, a 300 s budget): no tool"} \
+        <= set(gaps)
