@@ -320,7 +320,8 @@ def _recipe_epochs(overrides: list[str]) -> tuple[int, int]:
     base = [o for o in overrides if not o.startswith("schedule.epochs=")]
     one, two = (sum(int(p.epochs) for p in compose(*base, f"schedule.epochs={k}").schedule.phases) for k in (1, 2))
     if two == one:
-        raise ValueError(f"no phase of {overrides} follows schedule.epochs: the budget cannot shorten it")
+        raise ValueError(f"no phase of {overrides} follows schedule.epochs, so the budget cannot shorten it: run "
+                         "the budget comparison with --epochs N (one phase of N epochs), or only --compare epochs")
     return one - (two - one), two - one
 
 

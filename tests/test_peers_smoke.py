@@ -151,3 +151,10 @@ def test_budget_run_without_reference_is_recorded_as_error(tmp_path):
     gaps = peers.missing(saved["runs"])
     assert {"bloodmnist (64 px, finetune's recipe schedule): no tool", "bloodmnist (64 px, a 300 s budget): no tool"} \
         <= set(gaps)
+
+
+def test_recipe_epochs_counts_the_phases_a_budget_can_shorten():
+    """blood: 1 head epoch + schedule.epochs; phases with fixed counts only: an error naming the way out."""
+    assert peers._recipe_epochs(["+medical=blood", "schedule.epochs=6"]) == (1, 1)
+    with pytest.raises(ValueError, match="--epochs N"):
+        peers._recipe_epochs(["+medical=blood", "schedule.phases=[{name: all, epochs: 3, freeze: 0}]"])
