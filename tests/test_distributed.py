@@ -29,6 +29,30 @@ def finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return out
 
 
+def test_worker_destroys_its_process_group_after_a_finished_run(tmp_path, monkeypatch):
+    """A worker rank ends its process group itself once its run is done: left to interpreter exit, gloo's
+    threads can abort the process (SIGABRT) after a successful run. A failed run leaves it alone."""
+    import torch.distributed as dist
+
+    from finetune.commands import train as train_command, worker
+
+    def train_in_a_group(cfg, run_dir, resume_from=None):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+        if cfg.fail:
+            raise RuntimeError("this rank's run failed")
+
+    monkeypatch.setattr(train_command, "train", train_in_a_group)
+    (tmp_path / "good.yaml").write_text("fail: false\n")
+    assert worker.main([f"run_dir={tmp_path / 'good'}", f"config={tmp_path / 'good.yaml'}"]) == 0
+    assert not dist.is_initialized()
+    (tmp_path / "bad.yaml").write_text("fail: true\n")
+    (tmp_path / "rendezvous").unlink(missing_ok=True)
+    with pytest.raises(RuntimeError, match="failed"):
+        worker.main([f"run_dir={tmp_path / 'bad'}", f"config={tmp_path / 'bad.yaml'}"])
+    assert dist.is_initialized()
+    dist.destroy_process_group()
+
+
 def test_rank_shards_rebuild_the_single_process_batches():
     single = list(EpochShuffleSampler(40, seed=3))
     shards = [list(EpochShuffleSampler(40, seed=3, rank=r, world_size=2)) for r in range(2)]

@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
 
 
 def _train_rank(argv: list[str]) -> None:
-    from finetune.engine.distributed import is_global_zero
+    from finetune.engine.distributed import end_process_group, is_global_zero
     from finetune.commands.train import train
 
     args = parse_args(argv, {"run_dir": None, "config": None, "resume": None, "owner": None}, ["run_dir"],
@@ -31,6 +31,7 @@ def _train_rank(argv: list[str]) -> None:
         _check_owner(run_dir, args["owner"])
     cfg = OmegaConf.load(args["config"] or run_dir / "config.yaml")
     train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)
+    end_process_group()
 
 
 def _check_owner(run_dir: Path, owner: str | None) -> None:

@@ -35,6 +35,15 @@ def is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
 
 
+def end_process_group() -> None:
+    """Destroy the default process group once a rank's run has finished, while the interpreter is still
+    whole. Lightning leaves it alive; destroyed at interpreter exit instead, gloo's threads can abort the
+    process ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489). Not
+    called after an error: the other ranks may still be in a collective."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def wants_processes(cfg: DictConfig) -> bool:
     """The trainer group asks for more than one process and nobody launched them yet."""
     t = cfg.trainer
