@@ -4,24 +4,51 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-cpu demo test test-fast bench bench-peers clean
+.PHONY: install install-cpu lock demo test test-fast bench bench-peers clean
+
+LOCK := requirements.lock
+PIP := $(BIN)/python -m pip
+# The lock's entries (a `name==version \` line and its --hash lines) whose names match a sed pattern: printed, or
+# left out (none when the pattern is empty)
+lock_entries = sed -n '/^\($(1)\)==/,/[^\\]$$/p' $(LOCK)
+lock_without = sed '/^\($(1)\)==/,/[^\\]$$/d' $(LOCK)
+LOCK_SKIP ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# Every download is checked against the lock's hashes: pip and the build backend (setuptools) first, then every
+# locked dependency (no build isolation: the two sdist-only pins build with the locked setuptools), then finetune
+# itself, editable and without dependencies (a source tree has no hash); `pip check` proves the lock complete.
+$(STAMP): pyproject.toml constraints.txt $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(call lock_entries,pip\|setuptools) > $(VENV)/bootstrap.lock
+	$(PIP) install --quiet --require-hashes --no-deps -r $(VENV)/bootstrap.lock
+	$(call lock_without,$(LOCK_SKIP)) > $(VENV)/deps.lock
+	$(PIP) install --quiet --require-hashes --no-build-isolation -r $(VENV)/deps.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) check
 	touch $(STAMP)
 
-# CPU-only machines: the CPU builds of the pinned torch/torchvision (no CUDA libraries), then `install`.
+# Regenerate requirements.lock after editing constraints.txt: the same pins, each with the sha256 of every file the
+# package index has for it (every platform and Python version). uv runs from its own venv, not the project's.
+LOCK_TOOLS := build/lock-tools
+LOCK_TOOL_PIN := uv==0.9.9
+lock:
+	test -x $(LOCK_TOOLS)/bin/python || $(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install --quiet $(LOCK_TOOL_PIN)
+	$(LOCK_TOOLS)/bin/uv pip compile --quiet constraints.txt --generate-hashes --no-annotate \
+	    --custom-compile-command 'make lock' --python $(LOCK_TOOLS)/bin/python \
+	    --python-platform x86_64-manylinux_2_28 --python-version 3.11 -o $(LOCK)
+
+# CPU-only machines: the CPU builds of the pinned torch/torchvision (no CUDA libraries; that index's files are not in
+# the lock, so they are not hash-checked), then `install` without the lock's CUDA build and its libraries.
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_PINS := $(shell grep -E '^torch(vision)?==' constraints.txt)
+CUDA_BUILD := torch\|torchvision\|triton\|nvidia-[a-z0-9-]*\|cuda-[a-z-]*
 install-cpu:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --index-url $(TORCH_CPU_INDEX) $(TORCH_PINS)
-	$(MAKE) install
+	$(PIP) install --quiet --no-deps --index-url $(TORCH_CPU_INDEX) $(TORCH_PINS)
+	$(MAKE) install LOCK_SKIP='$(CUDA_BUILD)'
 	$(BIN)/python -c "import torch, sys; sys.exit(torch.version.cuda and 'torch ' + torch.__version__ + ' is a CUDA build: rm -rf $(VENV), then make install-cpu')"
 
 demo: install

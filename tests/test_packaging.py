@@ -1,4 +1,5 @@
-"""The built wheel ships every package, the configs and the recipes, and builds without warnings."""
+"""The built wheel ships every package, the configs and the recipes, and builds without warnings;
+the install is hash-locked and the dependency ranges exclude compromised releases."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "finetune", "conf", "recipes")
@@ -88,3 +90,79 @@ def test_wheel_ships_every_package_the_configs_and_the_recipes_without_warnings(
 
     assert "deprecat" not in log.lower(), log[-4000:]
     assert not re.findall(r"[A-Za-z]+Warning\b", log), re.findall(r".*[A-Za-z]+Warning\b.*", log)
+
+
+# GHSA-w37p-236h-pfx3: these releases of lightning and pytorch-lightning shipped credential-stealing code.
+COMPROMISED = {"lightning": ("2.6.2", "2.6.3"), "pytorch-lightning": ("2.6.2", "2.6.3")}
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def read_pins(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """``{canonical name: (pinned version, [sha256, ...])}`` of a pip requirements file of ``name==version`` pins."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for line in path.read_text().replace("\\\n", " ").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, *options = (part.strip() for part in re.split(r"\s--", line))
+        requirement = Requirement(spec)
+        (pin,) = requirement.specifier
+        assert pin.operator == "==", f"{path.name}: {line!r} is not an exact pin"
+        name = canonicalize_name(requirement.name)
+        assert name not in pins, f"{path.name} pins {name} twice"
+        pins[name] = (pin.version, [o.removeprefix("hash=sha256:") for o in options if o.startswith("hash=sha256:")])
+    return pins
+
+
+def project_requirements() -> list[Requirement]:
+    """Every requirement of pyproject.toml: build system, dependencies and every extra."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    lines = [*config["build-system"]["requires"], *config["project"]["dependencies"]]
+    lines += [line for extra in config["project"]["optional-dependencies"].values() for line in extra]
+    return [r for r in map(Requirement, lines) if canonicalize_name(r.name) != "finetune"]
+
+
+def test_lock_hashes_exactly_the_pins_of_constraints():
+    lock, constraints = read_pins(REPO / "requirements.lock"), read_pins(REPO / "constraints.txt")
+    assert {n: v for n, (v, _) in lock.items()} == {n: v for n, (v, _) in constraints.items()}, "run make lock"
+    unhashed = [name for name, (_, hashes) in lock.items() if not hashes]
+    assert unhashed == [], f"pins without --hash in requirements.lock: {unhashed}"
+    malformed = [(n, h) for n, (_, hashes) in lock.items() for h in hashes if not SHA256.fullmatch(h)]
+    assert malformed == []
+    assert len(lock["torch"][1]) >= 4, "torch: a wheel's hash for each of Linux x86_64/aarch64 and Python 3.11/3.12"
+
+
+def test_pins_satisfy_every_requirement_of_pyproject_including_the_build_backend():
+    pins = read_pins(REPO / "constraints.txt")
+    for requirement in project_requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement} (pyproject.toml) has no pin in constraints.txt / requirements.lock"
+        pinned = pins[name][0]
+        assert requirement.specifier.contains(pinned, prereleases=True), f"{name}=={pinned} vs {requirement}"
+    assert "setuptools" in pins and "pip" in pins, "the build backend and the installer are locked too"
+
+
+def test_dependency_ranges_exclude_the_compromised_lightning_releases():
+    ranges = {canonicalize_name(r.name): r.specifier for r in project_requirements()}
+    pins = read_pins(REPO / "constraints.txt")
+    for name, bad_versions in COMPROMISED.items():
+        assert name in ranges, f"pyproject.toml must bound {name} (lightning requires it without a version)"
+        for bad in bad_versions:
+            assert not ranges[name].contains(bad), f"{name}=={bad} (GHSA-w37p-236h-pfx3) is allowed by {ranges[name]}"
+        assert ranges[name].contains("2.6.1") and ranges[name].contains("2.6.4"), "only the bad releases are excluded"
+        assert pins[name][0] not in bad_versions
+
+
+def test_make_install_fetches_nothing_without_a_hash(tmp_path):
+    """Every pip command of `make install` checks hashes or installs no dependency (the project itself)."""
+    for name in ("Makefile", "pyproject.toml", "constraints.txt", "requirements.lock"):
+        if (REPO / name).exists():  # a missing one fails `make -n` below
+            shutil.copy2(REPO / name, tmp_path / name)
+    plan = subprocess.run(["make", "-n", "install"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    installs = [line for line in plan.splitlines() if "pip install" in line]
+    assert len(installs) >= 2, plan
+    unchecked = [line for line in installs if "--require-hashes" not in line and "--no-deps" not in line]
+    assert unchecked == [], f"pip installs that resolve unhashed downloads: {unchecked}"
+    assert "requirements.lock" in plan and any("--require-hashes" in line for line in installs), plan
+    project = [line for line in installs if line.rstrip().endswith((" -e .", " ."))]
+    assert project and all("--no-deps" in line for line in project), plan
