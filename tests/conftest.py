@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data in ../shared/data and Hydra composition of the real configs."""
+"""Shared fixtures: the real data in ../shared/data, stand-in weights, real runs made once per session (plain
+helpers, Hydra composition of the real configs included, live in helpers.py)."""
 from __future__ import annotations
 
 import os
@@ -7,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from finetune.resources import conf_dir
+from .helpers import compose_config as compose_config  # re-exported: test modules import it from here
+from .helpers import squares
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -26,10 +26,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def compose_config(*overrides: str) -> DictConfig:
-    """Compose the real ``conf/`` exactly as ``python -m finetune`` would, with overrides."""
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    """Stand-in "pretrained" resnet10t weights (random init, seed 0), given to a run as backbone.weights=<file>."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet10t.safetensors"
+    save_file(timm.create_model("resnet10t").state_dict(), str(path))
+    return path
 
 
 def tiny_overrides(*extra: str) -> list[str]:
@@ -59,8 +66,6 @@ SEG_CLASSES = ["background", "thing"]
 def tiny_seg_run(tmp_path_factory) -> Path:
     """A real segmentation run (index masks of two named classes, random-init resnet10t under a U-Net,
     2 training batches, 2 test images), made once per session."""
-    from .test_segmentation import squares
-
     base = tmp_path_factory.mktemp("tiny_seg_run")
     squares(base / "data", n=10, foreground=1)
     args = ["task=segmentation", "dataset=seg_folder", f"dataset.root={base / 'data'}",

@@ -1,4 +1,7 @@
-"""Helpers shared by test modules (a test module never imports another test module)."""
+"""Helpers shared by test modules (a test module never imports another test module).
+
+Light at import, as conftest.py and the subprocess-only tests import it: the helpers that build or train a
+model import torch, Lightning and finetune's model code inside the function."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +9,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import skimage.data
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from finetune.resources import conf_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from finetune.data.transforms import Preprocessing
+    from finetune.export.bundle import ModelBundle
+    from finetune.models.freezing import FineTuneModel
 
 # A CPU-sized classification run on digits: random-init resnet10t, 32 px, one epoch of two batches.
 TINY = ["backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32", "schedule=linear_probe",
@@ -44,3 +63,156 @@ def assert_refused(out: subprocess.CompletedProcess, message: str, code: int = 2
     assert len(lines) == 1 and lines[0].startswith("finetune: error: "), out.stderr[-2000:]
     assert message in lines[0], lines[0]
     return lines[0]
+
+
+def run_cli(*args: str, cwd: Path, module: str = "finetune", timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in ``cwd`` (offline hub, the caller's thread settings); waits for it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """Compose the real ``conf/`` exactly as ``python -m finetune`` would, with overrides."""
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+
+
+# --- segmentation data on disk ---------------------------------------------------------------------
+
+
+def write_pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray, split: str | None = None) -> None:
+    """``image`` and ``mask`` as PNGs under ``root[/split]/images`` and ``root[/split]/masks``."""
+    base = root / split if split else root
+    (base / "images").mkdir(parents=True, exist_ok=True)
+    (base / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(base / "images" / f"{stem}.png")
+    Image.fromarray(mask).save(base / "masks" / f"{stem}.png")
+
+
+def squares(root: Path, n: int = 12, size: int = 64, seed: int = 0, foreground: int = 255) -> None:
+    """Bright squares on noise: a learnable binary segmentation set ({0, foreground} masks)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        top, left = rng.integers(0, size - 24, 2)
+        side = int(rng.integers(12, 24))
+        image[top:top + side, left:left + side] = rng.integers(170, 255, 3, dtype=np.uint8)
+        mask[top:top + side, left:left + side] = foreground
+        write_pair(root, f"img{i:02d}", image, mask)
+
+
+# --- models: tiny resnet10t bundles, the freezing contract -----------------------------------------
+
+CLASSES = ["cat", "dog", "bird", "fish"]  # the classes of trained_bundle's head
+
+
+def imagenet_32px() -> Preprocessing:
+    """32 px, bilinear, ImageNet mean and std, 3 channels: the preprocessing of trained_bundle."""
+    from finetune.data.transforms import Preprocessing
+
+    return Preprocessing((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
+
+
+def real_images() -> list[np.ndarray]:
+    """Photos shipped with scikit-image (one grayscale)."""
+    return [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee(), skimage.data.camera()]
+
+
+def resnet_cfg(weights_file: Path, freeze: str | int = "all") -> DictConfig:
+    """resnet10t from ``weights_file`` with ``freeze`` stages frozen, 32 px images."""
+    return compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights_file}",
+                          f"backbone.freeze={freeze}", "dataset.image_size=32")
+
+
+def trained_bundle(weights_file: Path, freeze: str | int) -> ModelBundle:
+    """resnet10t from the weights file, stages frozen by ``freeze``, a few SGD steps in train mode."""
+    import torch
+
+    from finetune.export.bundle import ModelBundle
+    from finetune.models.factory import build_model
+    from finetune.models.freezing import frozen_stages
+    from finetune.models.weights import resolve_weights
+
+    cfg = resnet_cfg(weights_file, freeze)
+    record = resolve_weights("resnet10t", weights_file)
+    model = build_model(cfg, record, 3, len(CLASSES))
+    model.set_frozen(frozen_stages(model.stage_map, freeze), "frozen")
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    torch.manual_seed(1)
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 4, (4,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return ModelBundle(model.eval(), cfg, CLASSES, False, imagenet_32px(), 3, record.to_dict(), origin="test")
+
+
+def tensor_hashes(model: torch.nn.Module) -> dict[str, str]:
+    """sha256 of every parameter and buffer (BatchNorm running stats included)."""
+    state = model.state_dict()
+    return {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for k, v in state.items()}
+
+
+def train_steps(model: FineTuneModel, size: int, steps: int = 3) -> None:
+    """``steps`` Lightning training steps of a 3-class classifier on random ``size`` px batches of 8."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from finetune.engine.schedule import PhaseOptim
+    from finetune.tasks.classification.module import ClassificationTask
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(8 * steps, 3, size, size), torch.randint(0, 3, (8 * steps,)))
+    task = ClassificationTask(model, 3, optim=PhaseOptim(lr=0.05, backbone_lr_mult=1.0, scheduler="constant"))
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, DataLoader(data, batch_size=8))
+
+
+def write_png(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> Path:
+    """A random RGB PNG of ``size`` (width, height) at ``path`` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (48, 64)) -> bytes:
+    """The bytes of a random RGB JPEG of ``size`` (width, height), quality 90."""
+    import io
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def export_tiny_resnet(base: Path, classes: list[str], formats: tuple[str, ...]) -> Path:
+    """A resnet10t linear probe (random stand-in "pretrained" weights, random head) exported in ``formats``
+    through the parity gate to ``base/exports``; that folder."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from finetune.export.bundle import ModelBundle
+    from finetune.export.writing import export
+    from finetune.models.factory import build_model
+    from finetune.models.weights import resolve_weights
+
+    torch.manual_seed(0)
+    weights = base / "resnet10t.safetensors"
+    save_file(timm.create_model("resnet10t").state_dict(), str(weights))
+    cfg = compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights}",
+                         "backbone.freeze=all", "dataset.image_size=32")
+    record = resolve_weights("resnet10t", weights)
+    model = build_model(cfg, record, 3, len(classes))
+    with torch.no_grad():
+        model.head[-1].weight.normal_()
+    bundle = ModelBundle(model.eval(), cfg, classes, False, imagenet_32px(), 3, record.to_dict(), origin="test")
+    for fmt in formats:
+        export(bundle, fmt, base / "exports", [skimage.data.chelsea(), skimage.data.coffee()])
+    return base / "exports"

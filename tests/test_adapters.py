@@ -9,10 +9,9 @@ from copy import deepcopy
 
 import numpy as np
 import pytest
-import timm
 import torch
 from omegaconf import open_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from finetune import models
 from finetune.commands.train import train
@@ -28,10 +27,10 @@ from finetune.models.weights import resolve_weights
 from finetune.tasks.registry import get_task
 
 from .conftest import compose_config
-from .test_export import CLASSES, PRE, real_images
-from .test_freezing import tensor_hashes, train_steps
+from .helpers import CLASSES, imagenet_32px, real_images, tensor_hashes, train_steps
 
 CLASSIFICATION = get_task("classification")
+PRE = imagenet_32px()
 VIT = ("test_vit", ["dataset.image_size=32"])
 RESNET = ("resnet10t", [])
 
@@ -147,15 +146,6 @@ def _without_update(model: FineTuneModel) -> FineTuneModel:
 
 
 # --- exports -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    """Stand-in "pretrained" resnet10t weights (backbone.weights=<file>)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet10t.safetensors"
-    save_file(timm.create_model("resnet10t").state_dict(), str(path))
-    return path
 
 
 def trained(weights_file, kind: str) -> bundle.ModelBundle:

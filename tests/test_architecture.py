@@ -6,6 +6,7 @@ import ast
 import re
 import subprocess
 import sys
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import finetune
@@ -108,3 +109,51 @@ def test_no_task_branches_outside_tasks() -> None:
     found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py") if "tasks" not in p.parts
              for i, line in enumerate(p.read_text().splitlines(), 1) if branches.search(line)]
     assert not found
+
+
+# --- the tests and the benchmarks: shared code in one module, no cycles ----------------------------
+
+REPO = PACKAGE.parent
+
+
+def _resolved_imports(path: Path) -> set[str]:
+    """Every module an import in ``path`` names, relative imports resolved against its package: at the top,
+    in a function or for type checking only; ``from m import n`` names ``m`` and ``m.n``."""
+    module = _module_name(path).split(".")
+    package = module if path.name == "__init__.py" else module[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) + 1 - node.level] if node.level else []
+            source = ".".join([*base, *([node.module] if node.module else [])])
+            found |= {source, *(f"{source}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/helpers.py and shared fixtures in tests/conftest.py: a test module that
+    imports another drags in its imports and fixtures (shadowing its own) and ties the two files together."""
+    tests = REPO / "tests"
+    found = sorted(f"{path.name} imports {name}" for path in tests.glob("*.py") for name in _resolved_imports(path)
+                   if name.startswith("tests.test_") and name.count(".") == 1 and name != _module_name(path))
+    assert not found
+
+
+def _with_packages(names: set[str], importer: str) -> set[str]:
+    """``names`` and the packages importing them runs first (``a.b`` for ``a.b.c``), but the importer's own."""
+    own = {importer.rsplit(".", k)[0] for k in range(importer.count(".") + 1)}
+    return names | ({name.rsplit(".", k)[0] for name in names for k in range(1, name.count(".") + 1)} - own)
+
+
+def test_benchmarks_have_no_import_cycles() -> None:
+    """benchmarks/ (the peers package and run_all included) imports in one direction, lazily or not; importing
+    a package's module runs the package's __init__ first."""
+    paths = {_module_name(path): path for path in (REPO / "benchmarks").rglob("*.py")}
+    graph = {name: {m for m in _with_packages(_resolved_imports(path), name) if m in paths and m != name}
+             for name, path in paths.items()}
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as error:
+        raise AssertionError(" -> ".join(error.args[1])) from None

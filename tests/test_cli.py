@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO
+from .helpers import run_cli
 
 PY = sys.executable
-
-
-def run_cli(*args: str, cwd: Path, module: str = "finetune", timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([PY, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_help_lists_the_commands(tmp_path):

@@ -13,6 +13,8 @@ import torch
 from finetune.data.samplers import EpochShuffleSampler, ShardSampler
 from finetune.engine.sweep import write_summary
 
+from .helpers import squares
+
 # RANKS_IDENTICAL: under DDP every rank starts from rank 0's broadcast weights and buffers and applies
 # the same all-reduced gradient with the same optimizer, so ranks hold bitwise-equal tensors and their
 # float64 checksums (the same sums in the same order) are equal, not merely close.
@@ -135,8 +137,6 @@ def test_ddp_multirun_makes_one_dir_per_job_and_one_summary(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_segmentation_run_keeps_ranks_identical(tmp_path):
-    from .test_segmentation import squares
-
     squares(tmp_path / "data", n=10)
     finetune("trainer=ddp", "task=segmentation", "dataset=seg_folder", f"dataset.root={tmp_path / 'data'}",
              "dataset.mask_mode=binary", "dataset.crop_size=32", "dataset.num_workers=0", "head=unet",

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
-import timm
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -16,52 +14,15 @@ from finetune.export import bundle, formats, init_head, loading, parity, tensors
 from finetune.tasks.registry import get_task
 from finetune.data.transforms import Preprocessing
 from finetune.errors import FinetuneError
-from finetune.models.freezing import frozen_stages
 from finetune.commands.train import train
 from finetune.models.factory import build_model
 from finetune.models.weights import resolve_weights, sha256_file
 
 from .conftest import compose_config
+from .helpers import CLASSES, imagenet_32px, real_images, resnet_cfg, trained_bundle
 
 CLASSIFICATION = get_task("classification")
-CLASSES = ["cat", "dog", "bird", "fish"]
-PRE = Preprocessing((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
-
-
-def real_images() -> list[np.ndarray]:
-    """Photos shipped with scikit-image (one grayscale)."""
-    return [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee(), skimage.data.camera()]
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    """Stand-in "pretrained" resnet10t weights, given to the run as backbone.weights=<file>."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet10t.safetensors"
-    save_file(timm.create_model("resnet10t").state_dict(), str(path))
-    return path
-
-
-def resnet_cfg(weights_file: Path, freeze: str | int = "all"):
-    return compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights_file}",
-                          f"backbone.freeze={freeze}", "dataset.image_size=32")
-
-
-def trained_bundle(weights_file: Path, freeze: str | int) -> bundle.ModelBundle:
-    """resnet10t from the weights file, stages frozen by ``freeze``, a few SGD steps in train mode."""
-    cfg = resnet_cfg(weights_file, freeze)
-    record = resolve_weights("resnet10t", weights_file)
-    model = build_model(cfg, record, 3, len(CLASSES))
-    model.set_frozen(frozen_stages(model.stage_map, freeze), "frozen")
-    model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    torch.manual_seed(1)
-    for _ in range(2):
-        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 4, (4,)))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return bundle.ModelBundle(model.eval(), cfg, CLASSES, False, PRE, 3, record.to_dict(), origin="test")
+PRE = imagenet_32px()
 
 
 @pytest.fixture(scope="module")

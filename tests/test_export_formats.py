@@ -28,8 +28,9 @@ from finetune.models.freezing import frozen_stages
 from finetune.models.weights import resolve_weights
 
 from .conftest import compose_config
-from .test_export import CLASSES, PRE, real_images, trained_bundle, weights_file  # noqa: F401 (a fixture)
+from .helpers import CLASSES, imagenet_32px, real_images, trained_bundle
 
+PRE = imagenet_32px()
 SEG_PRE = Preprocessing((64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
 GRAY_PRE = Preprocessing((32, 32), (0.45,), (0.226,), "bicubic", 1)
 
@@ -60,8 +61,8 @@ def stepped(model, pre: Preprocessing, targets) -> None:
 
 
 @pytest.fixture(scope="module")
-def probe(weights_file) -> bundle.ModelBundle:  # noqa: F811 (the fixture imported above)
-    """resnet10t, last stage and linear head trained (test_export's helper)."""
+def probe(weights_file) -> bundle.ModelBundle:
+    """resnet10t, last stage and linear head trained."""
     return trained_bundle(weights_file, -1)
 
 
@@ -80,7 +81,7 @@ def gray_vit(tmp_path_factory) -> bundle.ModelBundle:
 
 
 @pytest.fixture(scope="module")
-def segmenter(weights_file) -> bundle.ModelBundle:  # noqa: F811
+def segmenter(weights_file) -> bundle.ModelBundle:
     """A resnet10t U-Net (encoder from the weights file), two SGD steps."""
     cfg = compose_config("task=segmentation", "dataset=seg_folder", "head=unet", "backbone=resnet18",
                          "backbone.name=resnet10t", f"backbone.weights={weights_file}",
@@ -210,7 +211,7 @@ def test_timm_folder_opens_in_plain_timm_with_the_same_logits(tmp_path, shared_d
     assert (own.argmax(1) == out["logits"].argmax(1)).all()
 
 
-def test_timm_folder_refuses_an_mlp_head_before_writing(tmp_path, weights_file):  # noqa: F811
+def test_timm_folder_refuses_an_mlp_head_before_writing(tmp_path, weights_file):
     cfg = compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights_file}",
                          "dataset.image_size=32", "head=mlp", "head.hidden=[8]")
     record = resolve_weights("resnet10t", weights_file)
@@ -250,7 +251,7 @@ print(json.dumps({"class": type(model).__name__}))
 """
 
 
-def test_segmentation_folder_opens_in_plain_smp(tmp_path, segmenter, weights_file):  # noqa: F811
+def test_segmentation_folder_opens_in_plain_smp(tmp_path, segmenter, weights_file):
     result = writing.export(segmenter, "timm", tmp_path, real_images()[:2])
     folder = result.path
     config = (folder / "config.json").read_text()

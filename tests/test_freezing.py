@@ -1,40 +1,21 @@
 """The freezing contract: frozen parameters AND BatchNorm buffers never change during training."""
 from __future__ import annotations
 
-import hashlib
-
-import lightning as L
 import pytest
 import timm
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from finetune.models.backbones import build_stage_map
 from finetune.models.freezing import (FineTuneModel, FreezeError, frozen_stages, param_groups, stage_learning_rates,
                                stage_status)
 from finetune.models.heads import build_head
-from finetune.engine.schedule import PhaseOptim
-from finetune.tasks.classification.module import ClassificationTask
+
+from .helpers import tensor_hashes, train_steps
 
 
 def make_model(arch: str, **kw) -> FineTuneModel:
     backbone = timm.create_model(arch, pretrained=False, num_classes=0, **kw)
     return FineTuneModel(backbone, build_head("linear", backbone.num_features, 3), build_stage_map(backbone))
-
-
-def tensor_hashes(model: torch.nn.Module) -> dict[str, str]:
-    """sha256 of every parameter and buffer (BatchNorm running stats included)."""
-    state = model.state_dict()
-    return {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for k, v in state.items()}
-
-
-def train_steps(model: FineTuneModel, size: int, steps: int = 3) -> None:
-    torch.manual_seed(0)
-    data = TensorDataset(torch.randn(8 * steps, 3, size, size), torch.randint(0, 3, (8 * steps,)))
-    task = ClassificationTask(model, 3, optim=PhaseOptim(lr=0.05, backbone_lr_mult=1.0, scheduler="constant"))
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(task, DataLoader(data, batch_size=8))
 
 
 CASES = [("test_efficientnet", {}, 32), ("resnet10t", {}, 32), ("test_vit", {"img_size": 32}, 32)]

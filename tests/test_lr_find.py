@@ -20,7 +20,7 @@ from finetune.engine.schedule import lr_key, phases_from
 from finetune.tasks.registry import get_task
 
 from .conftest import compose_config
-from .test_segmentation import squares
+from .helpers import squares
 
 TINY = ["+classification=digits", "backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32",
         "trainer.progress_bar=false"]
@@ -67,7 +67,8 @@ def test_the_command_writes_the_plot_and_the_json_in_a_new_run_directory(tmp_pat
 
 def test_a_phase_that_does_not_exist_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["+classification=hymenoptera", "schedule=gradual", "dataset.root=/nonexistent", "phase=warmup"]
+    (tmp_path / "data").mkdir()  # a root that exists: the phase is the only thing wrong
+    args = ["+classification=hymenoptera", "schedule=gradual", f"dataset.root={tmp_path / 'data'}", "phase=warmup"]
     assert command.main(args) == 2
     error = capsys.readouterr().err
     assert "phase='warmup'" in error and "0=probe, 1=last_stage, 2=all" in error

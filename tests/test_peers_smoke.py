@@ -1,4 +1,4 @@
-"""``benchmarks/peers.py`` end to end on a tiny subset, so the harness cannot rot (not timed).
+"""``benchmarks/peers/`` end to end on a tiny subset, so the harness cannot rot (not timed).
 
 Stubbed here only, never in the benchmark: every runner uses this python instead of its peer's
 venv, and the fastai peer runs the plain-loop runner. finetune and the plain loop are real; the HF
@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks import peers
 from benchmarks.common import CAMVID, HYMENOPTERA
+from benchmarks.peers import budget, running
 
 
 def tiny_folder(root: Path, per_class: int = 3) -> Path:
@@ -33,8 +34,8 @@ def test_peers_harness_writes_json_and_table(tmp_path, monkeypatch):
     tiny = peers.Dataset("tiny", "folder", tiny_folder(tmp_path / "data"), 32, 2, False,
                          ("+classification=hymenoptera",), (0,))
     monkeypatch.setitem(peers.DATASETS, "tiny", tiny)
-    monkeypatch.setattr(peers, "peer_python", lambda name: Path(sys.executable))
-    monkeypatch.setattr(peers, "freeze", lambda name: [])
+    monkeypatch.setattr(running, "peer_python", lambda name: Path(sys.executable))
+    monkeypatch.setattr(running, "freeze", lambda name: [])
     monkeypatch.setitem(peers.PEERS, "fastai", replace(peers.PEERS["fastai"], script="run_plain.py"))
     tools = ["finetune", "fastai", "plain"]
     out = tmp_path / "results"
@@ -73,8 +74,8 @@ def test_peers_harness_segmentation(tmp_path, monkeypatch):
     tiny = replace(peers.DATASETS["camvid"], name="tinyseg", path=tiny_camvid(tmp_path / "data"),
                    recipe=("+segmentation=camvid", "dataset.crop_size=64"))
     monkeypatch.setitem(peers.DATASETS, "tinyseg", tiny)
-    monkeypatch.setattr(peers, "peer_python", lambda name: Path(sys.executable))
-    monkeypatch.setattr(peers, "freeze", lambda name: [])
+    monkeypatch.setattr(running, "peer_python", lambda name: Path(sys.executable))
+    monkeypatch.setattr(running, "freeze", lambda name: [])
     out = tmp_path / "results"
 
     peers.main(["tinyseg"], [0], ["finetune", "fastai", "smp"], peers.Settings(epochs=1), out, compare=("epochs",))
@@ -155,6 +156,6 @@ def test_budget_run_without_reference_is_recorded_as_error(tmp_path):
 
 def test_recipe_epochs_counts_the_phases_a_budget_can_shorten():
     """blood: 1 head epoch + schedule.epochs; phases with fixed counts only: an error naming the way out."""
-    assert peers._recipe_epochs(["+medical=blood", "schedule.epochs=6"]) == (1, 1)
+    assert budget._recipe_epochs(["+medical=blood", "schedule.epochs=6"]) == (1, 1)
     with pytest.raises(ValueError, match="--epochs N"):
-        peers._recipe_epochs(["+medical=blood", "schedule.phases=[{name: all, epochs: 3, freeze: 0}]"])
+        budget._recipe_epochs(["+medical=blood", "schedule.phases=[{name: all, epochs: 3, freeze: 0}]"])

@@ -19,6 +19,7 @@ from finetune.engine.optim import warmup_cosine_factor
 from finetune.tasks.classification.module import ClassificationTask
 
 from .conftest import compose_config
+from .helpers import squares
 
 FAST = ["backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32",
         "trainer.progress_bar=false", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=2",
@@ -108,8 +109,6 @@ def _task_args(task: str, tmp_path: Path) -> tuple[list[str], str]:
         extra = (["augment=light", "ema.decay=0.9", "checkpoints.keep=last", "backbone.adapter=lora"]
                  if task.endswith("augmented-ema-lora") else [])
         return [*FAST, *TWO_PHASES, *extra, "trainer.limit_train_batches=6"], "val/acc"
-    from .test_segmentation import squares
-
     squares(tmp_path / "squares", n=10, size=64)
     fast = [a for a in FAST if not a.startswith("dataset.image_size")]  # segmentation: dataset.crop_size
     return ([*fast, *TWO_PHASES, "task=segmentation", "dataset=seg_folder", f"dataset.root={tmp_path / 'squares'}",

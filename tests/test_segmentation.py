@@ -21,30 +21,9 @@ from finetune.tasks.segmentation.module import SegmentationLoss, SegmentationMet
 from finetune.models.weights import load_state_dict, resolve_weights
 
 from .conftest import compose_config
-from .test_cli import run_cli
+from .helpers import run_cli, squares, write_pair
 
 NONE_AUGMENT = {}
-
-
-def write_pair(root, stem, image, mask, split=None):
-    base = root / split if split else root
-    (base / "images").mkdir(parents=True, exist_ok=True)
-    (base / "masks").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(base / "images" / f"{stem}.png")
-    Image.fromarray(mask).save(base / "masks" / f"{stem}.png")
-
-
-def squares(root, n=12, size=64, seed=0, foreground=255):
-    """Bright squares on noise: a learnable binary segmentation set ({0, foreground} masks)."""
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        image = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-        mask = np.zeros((size, size), np.uint8)
-        top, left = rng.integers(0, size - 24, 2)
-        side = int(rng.integers(12, 24))
-        image[top:top + side, left:left + side] = rng.integers(170, 255, 3, dtype=np.uint8)
-        mask[top:top + side, left:left + side] = foreground
-        write_pair(root, f"img{i:02d}", image, mask)
 
 
 def seg_config(root, **extra):
