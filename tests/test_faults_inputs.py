@@ -19,24 +19,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-import timm
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from finetune.commands import predict as pr
 from finetune.data.configs import CsvConfig
 from finetune.data.folders import load_csv
 from finetune.data.images import inspect_image
-from finetune.errors import DatasetError, FinetuneError
-from finetune.commands import predict as pr
-from finetune.export.bundle import ModelBundle
-from finetune.export.loading import load_export
-from finetune.export.writing import export
-from finetune.models.weights import WeightsError, resolve_weights
-from finetune.models.factory import build_model
 from finetune.data.transforms import Preprocessing
+from finetune.errors import DatasetError, FinetuneError
+from finetune.export.loading import load_export
+from finetune.models.weights import WeightsError, resolve_weights
 
-from .conftest import compose_config
+from .helpers import export_tiny_resnet, jpeg_bytes, write_png
 
 PRE = Preprocessing((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
 CLASSES = ["ant", "bee", "wasp"]
@@ -67,20 +63,6 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) ->
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
     return errors[0]
-
-
-def write_png(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (48, 64)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def csv_folder(root: Path, rows: list[str], n: int = 8) -> Path:
@@ -279,21 +261,7 @@ def test_bad_weights_stop_the_cli_before_data_loading(tmp_path, name):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> Path:
     """A tiny resnet10t (linear probe on stand-in "pretrained" weights) exported as head and safetensors."""
-    base = tmp_path_factory.mktemp("fault_exports")
-    torch.manual_seed(0)
-    weights = base / "resnet10t.safetensors"
-    save_file(timm.create_model("resnet10t").state_dict(), str(weights))
-    cfg = compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights}",
-                         "backbone.freeze=all", "dataset.image_size=32")
-    record = resolve_weights("resnet10t", weights)
-    model = build_model(cfg, record, 3, len(CLASSES))
-    with torch.no_grad():
-        model.head[-1].weight.normal_()
-    bundle = ModelBundle(model.eval(), cfg, CLASSES, False, PRE, 3, record.to_dict(), origin="test")
-    out = base / "exports"
-    for fmt in ("head", "safetensors", "onnx"):
-        export(bundle, fmt, out, [skimage.data.chelsea(), skimage.data.coffee()])
-    return out
+    return export_tiny_resnet(tmp_path_factory.mktemp("fault_exports"), CLASSES, ("head", "safetensors", "onnx"))
 
 
 def copy_export(exports: Path, name: str, dest: Path) -> Path:

@@ -7,7 +7,7 @@ becomes a dataset and which transforms apply.
 """
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 
 import lightning as L
@@ -16,6 +16,33 @@ from torch.utils.data import DataLoader, Sampler
 
 from finetune.data.samplers import split_sampler, trainer_shard
 from finetune.data.transforms import Preprocessing
+
+
+class DeferredLoader(DataLoader):
+    """A DataLoader whose iterator is created when the first batch is asked for, not by ``iter()``.
+
+    A sampler's ``set_epoch`` must come before its loader's iterator is created: with worker processes
+    the iterator draws its first ``prefetch_factor * num_workers`` batches of indices at once. Lightning
+    creates the training iterator before it sets the epoch (``estimated_stepping_batches``, which
+    ``configure_optimizers`` reads, creates it before a checkpoint is even restored), and a resumed run
+    trains its first epoch on that iterator (Lightning #21938): it would replay epoch 0's order and
+    augmentation instead of the restored epoch's.
+    """
+
+    def __iter__(self) -> Iterator:
+        return _StartsAtFirstBatch(super().__iter__)
+
+
+class _StartsAtFirstBatch(Iterator):
+    """An iterator that calls ``start`` for the real one at the first ``next()``."""
+
+    def __init__(self, start: Callable[[], Iterator]) -> None:
+        self._start, self._iterator = start, None
+
+    def __next__(self) -> object:
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
 
 
 @dataclass(frozen=True)

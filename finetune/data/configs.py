@@ -72,6 +72,7 @@ class FolderConfig(SplitDatasetConfig):
 
     root: str | None = None
     on_error: str = "raise"  # unreadable image: raise | skip
+    allow_outside_root: bool = False  # follow folder links / accept CSV paths (.., absolute) outside root
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**DatasetConfig.CHOICES, "on_error": ("raise", "skip")}
 
 
@@ -82,7 +83,6 @@ class CsvConfig(FolderConfig):
     csv: str | None = None
     multilabel: bool = False  # "a;b" labels, multi-hot targets
     on_duplicate: str = "error"  # a path listed twice: error (names the lines) | first (keep the first row)
-    allow_outside_root: bool = False  # accept paths (.., absolute) outside root / the CSV's folder
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**FolderConfig.CHOICES, "on_duplicate": ("error", "first")}
 
 

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import BatchSampler, DataLoader
 
-from finetune.data.base import DataInfo, FinetuneDataModule
+from finetune.data.base import DataInfo, DeferredLoader, FinetuneDataModule
 from finetune.data.configs import dataset_config
 from finetune.data.datasets import load_source
 from finetune.data.imbalance import imbalance_ratio, loss_weights, resolve_imbalance
@@ -228,7 +228,7 @@ class ClassificationDataModule(FinetuneDataModule):
         else:
             sampler = split_sampler(len(dataset), shuffle, self.seed, *(self.shard() if shard else (0, 1)))
             batching = {"batch_size": self.batch_size, "sampler": sampler, "drop_last": False}
-        return DataLoader(
+        return DeferredLoader(  # draws the first batch after Lightning has set the epoch
             dataset,
             **batching,
             num_workers=self.num_workers,

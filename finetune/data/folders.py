@@ -1,5 +1,6 @@
 """Datasets of image files: class folders (``imagefolder``, ``dicom_folder``) and label files
-(``csv``). Scanning lists files and checks every image (finetune.data.images)."""
+(``csv``). Scanning lists files (finetune.data.files: which are images, which folder links are
+followed) and checks every image (finetune.data.images)."""
 from __future__ import annotations
 
 import codecs
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from finetune.data.configs import CsvConfig, DicomFolderConfig, FolderConfig
-from finetune.data.images import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, check_images
+from finetune.data.files import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, INPUT_EXTENSIONS, FolderWalker, is_image
+from finetune.data.images import check_images
 from finetune.data.sources import Samples, Source, assemble_splits, class_counts
 from finetune.errors import MAX_LISTED, DatasetError, listing
 
@@ -39,7 +41,8 @@ def _load_class_folders(config: FolderConfig, extensions: frozenset[str]) -> Sou
     root = _existing_dir(config.root, "dataset.root")
     folders = _split_folders(root)
     train_dir = folders["train"]
-    class_names = sort_class_names([d.name for d in _subdirs(train_dir)])
+    walker = FolderWalker(root, config.allow_outside_root, "dataset.allow_outside_root=true follows it")
+    class_names = sort_class_names([d.name for d in walker.subfolders(train_dir)])
     example = sorted(extensions)[0]
     if not class_names:
         raise DatasetError(
@@ -51,13 +54,13 @@ def _load_class_folders(config: FolderConfig, extensions: frozenset[str]) -> Sou
     for split, folder in folders.items():
         paths: list[Path] = []
         labels: list[int] = []
-        for class_dir in _subdirs(folder):
+        for class_dir in walker.subfolders(folder):
             if class_dir.name not in index:
                 raise DatasetError(
                     f"class folder {class_dir} has no matching folder in {train_dir}; every class needs "
                     f"training images (found classes there: {class_names})"
                 )
-            files = _image_files(class_dir, extensions)
+            files = walker.files(class_dir, extensions)
             if not files and split == "train":
                 raise DatasetError(
                     f"class folder {class_dir} holds no images ({', '.join(sorted(extensions))}); "
@@ -66,6 +69,7 @@ def _load_class_folders(config: FolderConfig, extensions: frozenset[str]) -> Sou
             paths += files
             labels += [index[class_dir.name]] * len(files)
         parts[split] = (paths, labels)
+    walker.warn_skipped()
     return _file_source(config, class_names, parts, where=str(root))
 
 
@@ -80,6 +84,7 @@ def load_csv(config: CsvConfig) -> Source:
         raise DatasetError(f"dataset.csv={config.csv} is not a file (resolved to {csv_path.resolve()})")
     base = _existing_dir(config.root, "dataset.root") if config.root else csv_path.parent
     rows = _read_csv_rows(csv_path, config.multilabel)
+    rows, not_images = _image_rows(csv_path, rows, config.on_error)
     located = _locate_rows(csv_path, rows, base, config)
     class_names = sort_class_names({name for (_, _, names, _), _ in located for name in names})
     index = {name: i for i, name in enumerate(class_names)}
@@ -101,7 +106,24 @@ def load_csv(config: CsvConfig) -> Source:
     if "train" not in parts:
         raise DatasetError(f"{csv_path}: no rows with split 'train'; mark the training rows split=train, "
                            "or drop the split column to split the rows automatically")
-    return _file_source(config, class_names, parts, where=str(csv_path))
+    return _file_source(config, class_names, parts, where=str(csv_path), skipped=not_images)
+
+
+def _image_rows(csv_path: Path, rows: list, on_error: str) -> tuple[list, int]:
+    """The rows naming image files (finetune.data.files: the same suffixes as every route) and how many
+    others were left out; others are refused (dataset.on_error=raise) or left out with a warning (=skip)."""
+    kept = [row for row in rows if is_image(Path(row[1]))]
+    others = [f"line {line}: {raw_path!r}" for line, raw_path, *_ in rows if not is_image(Path(raw_path))]
+    if others and on_error == "raise":
+        raise DatasetError(
+            f"{csv_path}: {len(others)} row(s) name files that are not images ({_one_line(others)}); images end "
+            f"in {', '.join(sorted(INPUT_EXTENSIONS))}: convert them (e.g. GIF to PNG) or remove the rows, or set "
+            "dataset.on_error=skip to leave them out"
+        )
+    if others:
+        log.warning("%s: left out %d row(s) naming files that are not images (dataset.on_error=skip): %s",
+                    csv_path, len(others), _one_line(others))
+    return kept, len(others)
 
 
 def _locate_rows(csv_path: Path, rows: list, base: Path, config: CsvConfig) -> list[tuple[tuple, Path]]:
@@ -196,8 +218,10 @@ def _file_source(
     class_names: list[str],
     parts: dict[str, tuple[list[Path], list]],
     where: str,
+    skipped: int = 0,
 ) -> Source:
-    """Check the images of every split, drop unreadable ones, assemble and validate the splits."""
+    """Check the images of every split, drop unreadable ones, assemble and validate the splits
+    (``skipped``: files already left out, counted with the unreadable ones)."""
     multilabel, window = getattr(config, "multilabel", False), getattr(config, "window", None)
     if len(class_names) < 2:
         raise DatasetError(
@@ -213,7 +237,7 @@ def _file_source(
     _check_class_coverage(samples, class_names, where)
     splits = assemble_splits(samples, config, multilabel)
     image_channels = 1 if all(c == 1 for c in channels.values()) else 3
-    return Source(class_names, splits, image_channels, skipped=len(all_paths) - len(channels))
+    return Source(class_names, splits, image_channels, skipped=skipped + len(all_paths) - len(channels))
 
 
 def _targets(targets: list, multilabel: bool, num_classes: int) -> np.ndarray:
@@ -263,24 +287,6 @@ def _split_folders(root: Path) -> dict[str, Path]:
     if (root / "test").is_dir():
         folders["test"] = root / "test"
     return folders
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    """Visible subfolders (hidden ones such as .ipynb_checkpoints are not classes)."""
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _image_files(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files under `folder` (recursively, following links), sorted; hidden entries skipped,
-    other files (e.g. .gif, .txt) logged as ignored."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath, name) for name in sorted(filenames) if not name.startswith(".")]
-    ignored = [f for f in files if f.suffix.lower() not in extensions]
-    if ignored:
-        log.info("ignored %d non-image file(s) in %s, e.g. %s", len(ignored), folder, ignored[0].name)
-    return [f for f in files if f.suffix.lower() in extensions]
 
 
 def sort_class_names(names: set[str] | list[str]) -> list[str]:

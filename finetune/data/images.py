@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from finetune.data.files import DICOM_EXTENSIONS
 from finetune.data.reference import GRAY_MODES, load_image
 from finetune.errors import DatasetError, listing
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
 
 def read_image(path: Path, channels: int, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -123,8 +121,24 @@ def _progressive_scans_complete(data: bytes) -> bool:
     return bool(components) and all(len(done.get(c, ())) == 64 for c in components)
 
 
-def check_images(paths: Sequence[Path], on_error: str) -> dict[Path, int]:
-    """Channels of every readable image; unreadable ones raise, or are left out with on_error=skip."""
+def check_image(path: Path) -> int:
+    """The image check every path that reads images runs (``inspect_image``); DatasetError naming the
+    file and why it cannot be read. Returns the image's channels (1 or 3)."""
+    try:
+        return inspect_image(path)
+    except Exception as e:  # corrupt, truncated, not an image, too large: all unreadable
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+def read_checked_image(path: Path, channels: int, window: tuple[float, float] | None = None) -> np.ndarray:
+    """``read_image`` of a file that passed ``check_image`` (predict, explain, parity, the Python API:
+    files that were not checked with their dataset)."""
+    check_image(path)
+    return read_image(path, channels, window)
+
+
+def _probe_images(paths: Sequence[Path]) -> dict[Path, int | Exception]:
+    """``inspect_image`` of every path (in threads): its channels, or why it cannot be read."""
 
     def probe(path: Path) -> int | Exception:
         try:
@@ -133,7 +147,27 @@ def check_images(paths: Sequence[Path], on_error: str) -> dict[Path, int]:
             return e
 
     with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
-        results = dict(zip(paths, pool.map(probe, paths)))
+        return dict(zip(paths, pool.map(probe, paths)))
+
+
+def unreadable_images(paths: Sequence[Path]) -> dict[Path, str]:
+    """Why each file of ``paths`` that fails the image check cannot be read, in the order given."""
+    return {path: str(result) for path, result in _probe_images(paths).items() if isinstance(result, Exception)}
+
+
+def require_readable(paths: Sequence[Path], fix: str = "repair or remove it") -> None:
+    """Nothing when every file of ``paths`` passes the image check; else one DatasetError line naming
+    the first that fails, why, how many more fail, and ``fix``."""
+    bad = unreadable_images(paths)
+    if bad:
+        path, why = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more unreadable image(s))" if len(bad) > 1 else ""
+        raise DatasetError(f"cannot read image {path}: {why}{more}; {fix}")
+
+
+def check_images(paths: Sequence[Path], on_error: str) -> dict[Path, int]:
+    """Channels of every readable image; unreadable ones raise, or are left out with on_error=skip."""
+    results = _probe_images(paths)
     bad = [f"{path}: {result}" for path, result in results.items() if isinstance(result, Exception)]
     if bad and on_error == "raise":
         raise DatasetError(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from finetune.data.images import GRAY_MODES, IMAGE_EXTENSIONS
+from finetune.data.files import IMAGE_EXTENSIONS, MASK_EXTENSIONS, FolderWalker
 from finetune.data.options import dataclass_values
 from finetune.errors import DatasetError
 
@@ -121,11 +121,12 @@ def _root(config: SegDatasetConfig) -> Path:
     return root
 
 
-def _by_stem(folder: Path, suffix: str = "") -> dict[str, Path]:
+def _by_stem(folder: Path, extensions: frozenset[str], suffix: str = "") -> dict[str, Path]:
+    """The files of ``folder`` with ``extensions`` (images, or masks), by stem less ``suffix``."""
     if not folder.is_dir():
         raise DatasetError(f"{folder} does not exist: put the files there, or name your folders with "
                            "dataset.images_dir / dataset.masks_dir (layouts: conf/dataset/seg_folder.yaml)")
-    files = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS | {".gif"}]
+    files = FolderWalker(folder).files(folder, extensions, recursive=False)
     return {p.stem.removesuffix(suffix) if suffix else p.stem: p for p in files}
 
 
@@ -141,8 +142,8 @@ def _match(images: dict[str, Path], masks: dict[str, Path], where: Path) -> list
 
 
 def _folder_pairs(folder: Path, config: SegDatasetConfig) -> list[Pair]:
-    images = _by_stem(folder / config.images_dir)
-    masks = _by_stem(folder / config.masks_dir, config.mask_suffix)
+    images = _by_stem(folder / config.images_dir, IMAGE_EXTENSIONS)
+    masks = _by_stem(folder / config.masks_dir, MASK_EXTENSIONS, config.mask_suffix)
     return _match(images, masks, folder / config.images_dir)
 
 
@@ -221,9 +222,9 @@ def drive_pairs(config: SegDatasetConfig) -> dict[str, list[Pair]]:
 
     def split(folder: str) -> list[Pair]:
         base = root / folder
-        images = {p.name.split("_")[0]: p for p in _by_stem(base / "images").values()}
-        manual = {p.name.split("_")[0]: p for p in _by_stem(base / "1st_manual").values()}
-        fov = {p.name.split("_")[0]: p for p in _by_stem(base / "mask").values()}
+        images = {p.name.split("_")[0]: p for p in _by_stem(base / "images", IMAGE_EXTENSIONS).values()}
+        manual = {p.name.split("_")[0]: p for p in _by_stem(base / "1st_manual", MASK_EXTENSIONS).values()}
+        fov = {p.name.split("_")[0]: p for p in _by_stem(base / "mask", MASK_EXTENSIONS).values()}
         pairs = _match(images, manual, base / "images")
         lacking = [p.image.name for key, p in zip(sorted(images), pairs) if key not in fov]
         if lacking:
@@ -314,12 +315,3 @@ def check_pairs(pairs: list[Pair], config: SegDatasetConfig, split: str) -> np.n
                                "fix dataset.class_names or dataset.ignore_index")
         counts += values[: len(names)]
     return counts
-
-
-def image_channels(pairs: list[Pair]) -> int:
-    """1 when every image is grayscale, else 3."""
-    for pair in pairs:
-        with Image.open(pair.image) as im:
-            if im.mode not in GRAY_MODES:
-                return 3
-    return 1

@@ -77,17 +77,12 @@ def load_medmnist_source(config: MedmnistConfig) -> Source:
     path = npz_path(config, name)
     if not path.is_file():
         _download(config, name, path)
-    try:
-        npz = np.load(path)
-    except Exception as e:  # not a zip, truncated: name the file
-        raise DatasetError(f"cannot read {path} as a MedMNIST npz: {e}") from e
-    with npz:
+    with _open_npz(path) as npz:
         missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in npz.files]
         if missing:
             raise DatasetError(f"{path} lacks the array(s) {missing} (found {sorted(npz.files)}); a MedMNIST "
                                "npz holds train/val/test _images and _labels")
-        splits = {s: Samples(_images(npz[f"{s}_images"], path, s), _targets(npz[f"{s}_labels"], subset, path, s))
-                  for s in SPLITS}
+        splits = {s: _split(npz, path, s, subset) for s in SPLITS}
     channels = {s.images.shape[3] for s in splits.values()}
     sizes = {s.images.shape[1:3] for s in splits.values()}
     if len(channels) > 1 or len(sizes) > 1:
@@ -160,6 +155,49 @@ def _download(config: MedmnistConfig, name: str, path: Path) -> None:
         raise DatasetError(f"MedMNIST file not found: {path}, and downloading it failed ({e}). {how}") from e
     if not path.is_file():
         raise DatasetError(f"the medmnist package did not write {path}. {how}")
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """The npz archive at ``path`` (never unpickling anything); DatasetError naming the file otherwise."""
+    try:
+        npz = np.load(path)
+    except Exception as e:  # not a zip, truncated, a pickle: name the file
+        if _pickled(e):
+            raise DatasetError(f"{path} is a pickle of Python objects, not an npz of arrays; finetune never loads "
+                               "pickles (they can run code): save the arrays with numpy.savez") from None
+        raise DatasetError(f"cannot read {path} as a MedMNIST npz: {e}") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{path} holds a single array, not an npz of train/val/test _images and _labels; "
+                           "save them together with numpy.savez")
+    return npz
+
+
+def _pickled(error: Exception) -> bool:
+    """Whether numpy refused ``error``'s data because reading it would unpickle Python objects."""
+    return isinstance(error, ValueError) and "allow_pickle" in str(error)
+
+
+def _array(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """Array ``key`` of the npz; DatasetError naming the file and the array when it cannot be read."""
+    try:
+        return npz[key]
+    except Exception as e:  # object arrays, a damaged member
+        if _pickled(e):
+            raise DatasetError(f"{path}: {key} holds Python objects (dtype=object), not numbers; finetune never "
+                               f"loads pickled objects (they can run code): save {key} as a uint8 / integer array "
+                               "with numpy.savez") from None
+        raise DatasetError(f"{path}: cannot read {key}: {e}") from e
+
+
+def _split(npz: np.lib.npyio.NpzFile, path: Path, split: str, subset: Subset) -> Samples:
+    """One split's images and targets; DatasetError unless every image has exactly one label row."""
+    images = _images(_array(npz, f"{split}_images", path), path, split)
+    targets = _targets(_array(npz, f"{split}_labels", path), subset, path, split)
+    if len(images) != len(targets):
+        raise DatasetError(f"{path}: {split}_images holds {len(images)} images but {split}_labels holds "
+                           f"{len(targets)} labels; each image needs one label: rebuild the file with matching "
+                           f"arrays, or use the official file ({HOMEPAGE})")
+    return Samples(images, targets)
 
 
 def _images(array: np.ndarray, path: Path, split: str) -> np.ndarray:

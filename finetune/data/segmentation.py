@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import albumentations as A
 import cv2
@@ -14,9 +15,9 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from finetune.data.base import DataInfo, FinetuneDataModule
-from finetune.data.images import read_image
-from finetune.data.masks import LAYOUTS, Pair, SegDatasetConfig, check_pairs, image_channels, read_mask
+from finetune.data.base import DataInfo, DeferredLoader, FinetuneDataModule
+from finetune.data.images import check_images, read_image
+from finetune.data.masks import LAYOUTS, Pair, SegDatasetConfig, check_pairs, read_mask
 from finetune.data.options import plain_dict
 from finetune.data.samplers import SeededDraws, split_sampler
 from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_draw, seed_transform
@@ -54,6 +55,12 @@ class SegmentationInfo(DataInfo):
         return self.num_classes == 2
 
 
+def _image_channels(images: list[Path]) -> int:
+    """1 when every image is grayscale, else 3; every image passes the check training runs
+    (finetune.data.images: fully decoded, cut JPEGs caught), else one error listing the files."""
+    return 1 if all(c == 1 for c in check_images(images, "raise").values()) else 3
+
+
 class SegmentationDataModule(FinetuneDataModule):
     """Train crops and full-size val/test images of a segmentation dataset, checked at construction."""
 
@@ -69,8 +76,8 @@ class SegmentationDataModule(FinetuneDataModule):
         self.weighted = class_weights
         self.splits = LAYOUTS[self.config.kind](self.config)
         counts = {name: check_pairs(pairs, self.config, name) for name, pairs in self.splits.items()}
-        every_pair = [p for pairs in self.splits.values() for p in pairs]
-        self.info = SegmentationInfo(self.config.names, image_channels(every_pair),
+        every_image = list(dict.fromkeys(p.image for pairs in self.splits.values() for p in pairs))
+        self.info = SegmentationInfo(self.config.names, _image_channels(every_image),
                             counts["train"].tolist(), self.config.ignore_index)
         if self.config.grayscale == "adapt" and self.info.image_channels == 3:
             raise DatasetError("dataset.grayscale=adapt needs grayscale images; these are RGB: use replicate")
@@ -135,5 +142,6 @@ class SegmentationDataModule(FinetuneDataModule):
         if drop_last and len(sampler) < batch_size:
             raise DatasetError(f"{len(sampler)} training crops per epoch (per device) is less than one batch of "
                                f"{batch_size}: raise dataset.samples_per_image or lower schedule.batch_size")
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
+        return DeferredLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                              persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                              drop_last=drop_last)

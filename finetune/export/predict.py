@@ -21,6 +21,7 @@ class PredictOptions:
     overwrite: bool = False
     topk: int = 5
     batch_size: int = 32
+    skipped: tuple[tuple[str, str], ...] = ()  # (input, why) left out as unreadable (on_error=skip)
 
 
 def refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:

@@ -39,9 +39,9 @@ from timm.layers import SelectAdaptivePool2d  # noqa: E402
 from torch import nn  # noqa: E402
 
 from finetune.artifacts import write_json  # noqa: E402
-from finetune.data.images import read_image  # noqa: E402
+from finetune.data.files import find_images  # noqa: E402
+from finetune.data.images import read_image, require_readable  # noqa: E402
 from finetune.errors import FinetuneError  # noqa: E402
-from finetune.export.loading import find_images  # noqa: E402
 from finetune.models.freezing import FineTuneModel  # noqa: E402
 from finetune.report.plots import save_figure  # noqa: E402
 from finetune.engine.runs import LoadedRun, load_run  # noqa: E402
@@ -325,6 +325,7 @@ def explain(run_dir: str | Path, task: Task, inputs: str, out: str | Path | None
     """Write the explanation files of a run of ``task`` for every image in ``inputs``; return an
     index of what was written."""
     images = find_images(inputs)
+    require_readable(images)  # the check training runs, before any work
     run = load_run(run_dir)
     out = Path(out).expanduser() if out else run.run_dir / "explain"
     if any(out.resolve() in image.resolve().parents for image in images):

@@ -85,20 +85,28 @@ def csv_header(topk: int) -> list[str]:
     return ["path", "prediction", *(f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("label", "prob"))]
 
 
-def write_predictions(rows: Sequence[Prediction], out: Path, exported: LoadedExport) -> Path:
-    """CSV (one row per image) or JSON (with the export's task and classes), written atomically."""
+def write_predictions(rows: Sequence[Prediction], out: Path, exported: LoadedExport,
+                      skipped: Sequence[tuple[str, str]] = ()) -> Path:
+    """CSV (one row per image) or JSON (with the export's task and classes), written atomically;
+    ``skipped`` (input, why): unreadable inputs left out, listed after the predictions (CSV: an empty
+    prediction and the reason in an added ``error`` column; JSON: ``skipped``)."""
     if out.suffix == ".json":
         return write_json(out, {
             "export": str(exported.path), "multilabel": exported.multilabel,
             "predictions": [{"path": r.path, "prediction": r.prediction,
                              "top": [{"label": label, "probability": p} for label, p in r.top]} for r in rows],
+            "skipped": [{"path": path, "error": why} for path, why in skipped],
         })
     topk = max((len(r.top) for r in rows), default=0)
+    error = ["error"] if skipped else []
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(csv_header(topk))
+        writer.writerow(csv_header(topk) + error)
         for r in rows:
-            writer.writerow([r.path, r.prediction, *(v for label, p in r.top for v in (label, f"{p:.6f}"))])
+            writer.writerow([r.path, r.prediction, *(v for label, p in r.top for v in (label, f"{p:.6f}")),
+                             *("" for _ in error)])
+        for path, why in skipped:
+            writer.writerow([path, "", *("" for _ in range(2 * topk)), why])
     return out
 
 
@@ -115,5 +123,5 @@ def predict_files(exported: LoadedExport, paths: Sequence[Path], options: Predic
     """Predict ``paths`` into ``options.out`` (CSV or JSON); the summary line."""
     out = output_path(options.out, options.overwrite)
     rows = predict(exported, paths, options.topk, options.batch_size)
-    write_predictions(rows, out, exported)
+    write_predictions(rows, out, exported, options.skipped)
     return f"{len(rows)} prediction(s) from {exported.path.name} → [bold]{out}[/bold]"

@@ -1,0 +1,141 @@
+"""Which files are images, and finding them in folders: one rule for every route that lists images
+(class folders, CSV rows, segmentation pairs, ``predict`` and ``explain`` inputs).
+
+GIF is not an image here, as in torchvision's ``ImageFolder`` and timm's folder readers: a
+256-colour palette (often animated, only the first frame would be read), and in practice mostly
+placeholders (hymenoptera's ``imageNotFound.gif``). Masks are label maps, not photos: they may be
+GIFs (DRIVE's are).
+
+Folder links: a folder link is followed only where it leads outside the tree being walked (and the
+caller allows that); a link back into the tree would list images twice, under another class, or
+loop forever (``ants/loop -> ..``). Links not followed are named in one warning line.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from finetune.errors import MAX_LISTED, FinetuneError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS | DICOM_EXTENSIONS  # what a CSV row or a predict input may name
+MASK_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}  # segmentation masks (label maps)
+
+
+def is_image(path: Path, extensions: frozenset[str] = INPUT_EXTENSIONS) -> bool:
+    """Whether ``path``'s suffix (any case) names an image finetune reads."""
+    return path.suffix.lower() in extensions
+
+
+def find_images(spec: str) -> list[Path]:
+    """Image files (DICOM included) named by comma-separated files, folders (searched recursively;
+    folder links followed unless they lead back into the folder) or globs (``**`` follows no link)."""
+    found: dict[Path, None] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        path = Path(part).expanduser()
+        if path.is_file():
+            candidates = [path]
+        elif path.is_dir():
+            walker = FolderWalker(path, follow_outside=True)
+            candidates = sorted(walker.files(path, INPUT_EXTENSIONS))
+            walker.warn_skipped()
+        else:
+            candidates = _glob(path)
+        found |= dict.fromkeys(p for p in candidates if p.is_file() and is_image(p))
+    if not found:
+        raise FinetuneError(f"no images found in {spec!r}: give image files, folders or globs "
+                            f"(extensions {', '.join(sorted(INPUT_EXTENSIONS))}), comma-separated")
+    return list(found)
+
+
+def _glob(pattern: Path) -> list[Path]:
+    """Visible files matching ``pattern``, sorted; pathlib's ``**`` never descends into folder links
+    (``glob.glob``'s does, and loops through ``loop -> ..``)."""
+    magic = [i for i, part in enumerate(pattern.parts) if glob.has_magic(part)]
+    if not magic:
+        return []
+    base = Path(*pattern.parts[:magic[0]]) if magic[0] else Path(".")
+    matches = base.glob(str(Path(*pattern.parts[magic[0]:])))
+    return sorted(p for p in matches if p.is_file() and not p.name.startswith("."))
+
+
+class FolderWalker:
+    """Lists image files and subfolders under ``root``: hidden entries skipped, sorted, and folder
+    links followed only when they lead outside ``root`` and ``follow_outside`` is set (``hint``: how
+    to allow them, for the warning). Links left out are collected for one warning (``warn_skipped``)."""
+
+    def __init__(self, root: Path, follow_outside: bool = False, hint: str = "") -> None:
+        self.top = Path(root)  # as given, for messages
+        self.root = Path(os.path.realpath(root))
+        self.follow_outside = follow_outside
+        self.hint = hint
+        self.skipped: dict[Path, str] = {}  # link → why it was not followed
+        self._entered: set[str] = set()  # real paths of the outside folders already walked
+
+    def subfolders(self, folder: Path) -> list[Path]:
+        """Visible subfolders of ``folder`` (hidden ones such as .ipynb_checkpoints are not classes)."""
+        return [path for path, is_dir in self._entries(folder) if is_dir and self._may_enter(path)]
+
+    def files(self, folder: Path, extensions: frozenset[str], recursive: bool = True) -> list[Path]:
+        """Files under ``folder`` whose suffix is in ``extensions``: its own files (sorted), then each
+        subfolder's (recursively unless ``recursive`` is false); other files are logged as ignored."""
+        found = list(self._walk(folder, recursive))
+        ignored = [f for f in found if not is_image(f, extensions)]
+        if ignored:
+            log.info("ignored %d non-image file(s) in %s, e.g. %s", len(ignored), folder, ignored[0].name)
+        return [f for f in found if is_image(f, extensions)]
+
+    def warn_skipped(self) -> None:
+        """One warning line naming the folder links that were not followed (none: nothing)."""
+        if not self.skipped:
+            return
+        named = [f"{self._shown(link)} -> {os.readlink(link)} ({why})" for link, why in self.skipped.items()]
+        more = f"; ... and {len(named) - MAX_LISTED} more" if len(named) > MAX_LISTED else ""
+        log.warning("did not follow %d folder link(s) under %s: %s%s", len(named), self.top,
+                    "; ".join(named[:MAX_LISTED]), more)
+
+    def _walk(self, folder: Path, recursive: bool) -> Iterator[Path]:
+        entries = self._entries(folder)
+        yield from (path for path, is_dir in entries if not is_dir)
+        if recursive:
+            for path, is_dir in entries:
+                if is_dir and self._may_enter(path):
+                    yield from self._walk(path, recursive)
+
+    @staticmethod
+    def _entries(folder: Path) -> list[tuple[Path, bool]]:
+        """(path, whether it is a folder, links followed) of ``folder``'s visible entries, sorted by name."""
+        with os.scandir(folder) as scan:
+            entries = [(Path(e.path), e.is_dir()) for e in scan if not e.name.startswith(".")]
+        return sorted(entries, key=lambda entry: entry[0].name)
+
+    def _may_enter(self, folder: Path) -> bool:
+        """A real folder, or a link to a folder outside the tree (if allowed) not walked already."""
+        if not folder.is_symlink():
+            return True
+        target = os.path.realpath(folder)
+        inside = os.path.commonpath([str(self.root), target]) == str(self.root)
+        if inside:
+            why = "leads back into it: its images would be listed twice, or forever"
+        elif not self.follow_outside:
+            why = f"leads outside it{'; ' + self.hint if self.hint else ''}"
+        elif target in self._entered or os.path.commonpath([target, os.path.realpath(folder.parent)]) == target:
+            why = "leads to a folder already listed"
+        else:
+            self._entered.add(target)
+            return True
+        self.skipped[folder] = why
+        return False
+
+    def _shown(self, link: Path) -> str:
+        """``link`` relative to the folder walked, where it lies inside it."""
+        try:
+            return str(link.relative_to(self.top))
+        except ValueError:
+            return str(link)
