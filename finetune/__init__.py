@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["FinetuneError", "__version__", "load"]
 
 
-def load(path: str | Path, weights: str | Path | None = None) -> Model:
-    """A run directory, checkpoint, export file or export folder, ready to ``predict`` (see ``finetune.api``)."""
+def load(path: str | Path, weights: str | Path | None = None, allow_unverified: bool = False) -> Model:
+    """A run directory, checkpoint, export file or export folder, ready to ``predict`` (see ``finetune.api``);
+    ``allow_unverified``: open an export that records no sha256 of its tensors or model file."""
     from finetune.api import load as load_model  # torch and friends only when a model is loaded
 
-    return load_model(path, weights)
+    return load_model(path, weights, allow_unverified)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.data import reference
+from finetune.data.images import check_image
 from finetune.errors import FinetuneError
 from finetune.engine.runs import run_config
 from finetune.export.bundle import ModelBundle, metadata
@@ -58,11 +59,13 @@ class Model:
         return module
 
     def read(self, image: ImageInput) -> np.ndarray:
-        """One input as the model's training images were read: HWC uint8 (DICOM with the run's window)."""
+        """One input as the model's training images were read: HWC uint8 (DICOM with the run's window);
+        a file first passes the image check training runs (a cut JPEG is refused, naming the file)."""
         if isinstance(image, np.ndarray):
             return image
         if isinstance(image, Image.Image):
             return reference.to_array(image)
+        check_image(Path(image))
         return self.exported.read(Path(image))
 
     def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
@@ -81,11 +84,13 @@ def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
     return [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
 
 
-def load(path: str | Path, weights: str | Path | None = None) -> Model:
+def load(path: str | Path, weights: str | Path | None = None, allow_unverified: bool = False) -> Model:
     """A run directory (its best checkpoint), a checkpoint, an export file or export folder, ready to
-    predict; ``weights``: the pretrained backbone file a head export pins to, when not where it was."""
+    predict; ``weights``: the pretrained backbone file a head export pins to, when not where it was;
+    ``allow_unverified``: open an export that records no sha256 of its tensors or model file (refused
+    otherwise; only for a file whose origin you know: a change made to it since export goes unnoticed)."""
     path = Path(path).expanduser()
     if (path / "config.yaml").is_file() or path.suffix == ".ckpt":
         bundle = ModelBundle.from_run(path, get_task(run_config(path).task), None if weights is None else str(weights))
         return Model(LoadedExport(path, metadata(bundle, "run"), torch_forward(bundle.model.eval())))
-    return Model(load_export(resolve_export(path), weights))
+    return Model(load_export(resolve_export(path), weights, allow_unverified=allow_unverified))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from omegaconf import DictConfig
 from finetune.version import __version__
 from finetune.data.transforms import Preprocessing
 from finetune.engine.config import setting
+from finetune.errors import FinetuneError
 from finetune.engine.runs import load_run
 from finetune.engine.schedule import phases_from
 from finetune.models.freezing import FineTuneModel
@@ -17,6 +19,14 @@ from finetune.tasks.base import Task
 
 # 2: images resized by Pillow (antialiased), the "input" contract and preprocess.py (1: OpenCV resize)
 EXPORT_VERSION = 2
+
+REEXPORT = "re-export the run with finetune export run=<run dir>"
+# What loading reads from every export's metadata, with its JSON type (checked before any of it is used)
+METADATA_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "task": str, "class_names": list, "multilabel": bool, "preprocessing": dict, "input": dict}
+PREPROCESSING_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "size": list, "mean": list, "std": list, "interpolation": str, "in_chans": int}
+_JSON_TYPES = {str: "a string", list: "a list", dict: "an object", bool: "true or false", int: "a whole number"}
 
 
 @dataclass(frozen=True)
@@ -102,3 +112,61 @@ def input_contract(pre: Preprocessing, dense: bool) -> dict:
         "normalize": "(value / 255 - mean) / std per channel", "channel_order": "RGB" if pre.in_chans == 3 else "gray",
         "layout": "NCHW", "dtype": "float32",
     }
+
+
+def parse_metadata(text: str, source: Path) -> dict:
+    """The export metadata in the JSON ``text`` read from ``source``; FinetuneError naming the file and
+    where the JSON breaks."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FinetuneError(f"{source}: its finetune metadata is not valid JSON ({err.msg}: line {err.lineno}, "
+                            f"column {err.colno}); it was damaged or edited: {REEXPORT}") from None
+    if not isinstance(record, dict):
+        raise FinetuneError(f"{source}: its finetune metadata is not a JSON object; {REEXPORT}")
+    return record
+
+
+def check_fields(record: Mapping, source: Path, fields: Mapping[str, type | tuple[type, ...]],
+                 prefix: str = "") -> None:
+    """FinetuneError naming the first of ``fields`` that ``record`` (metadata read from ``source``) lacks or
+    holds with another JSON type."""
+    for key, kind in fields.items():
+        if key not in record:
+            raise FinetuneError(f"{source}: field '{prefix}{key}' is missing from the export metadata; {REEXPORT}")
+        value = record[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            expected = " or ".join(_JSON_TYPES.get(k, "null") for k in kinds)
+            raise FinetuneError(f"{source}: field '{prefix}{key}' of the export metadata is "
+                                f"{json.dumps(value)[:40]}, not {expected}; {REEXPORT}")
+
+
+def check_metadata(record: Mapping, source: Path) -> None:
+    """Every field loading reads from an export's ``record`` (read from ``source``) is there with its type,
+    and the preprocessing it describes is valid; one FinetuneError naming the file and the field."""
+    check_fields(record, source, METADATA_FIELDS)
+    check_fields(record["input"], source, {"resize": (dict, type(None))}, "input.")
+    pre = record["preprocessing"]
+    check_fields(pre, source, PREPROCESSING_FIELDS, "preprocessing.")
+    for key in ("size", "mean", "std"):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pre[key]):
+            raise FinetuneError(f"{source}: field 'preprocessing.{key}' of the export metadata holds "
+                                f"{json.dumps(pre[key])[:40]}, not numbers; {REEXPORT}")
+    if not all(isinstance(name, str) for name in record["class_names"]):
+        raise FinetuneError(f"{source}: field 'class_names' of the export metadata holds something else than "
+                            f"names; {REEXPORT}")
+    try:
+        Preprocessing.from_dict(pre)
+    except ValueError as err:
+        raise FinetuneError(f"{source}: field 'preprocessing' of the export metadata is not valid ({err}); "
+                            f"{REEXPORT}") from None
+
+
+def unverified(source: Path, record: str) -> str:
+    """The error for an export whose metadata (read from ``source``) lacks the integrity ``record``."""
+    return (f"{source} records no {record}, so it cannot be checked against what was exported (an export made "
+            "before finetune recorded it, or a record removed after export); "
+            f"{REEXPORT}, or, only for a file whose origin you know, pass allow_unverified=true "
+            "(finetune predict) or allow_unverified=True (finetune.load) to use it unchecked (a change made to "
+            "it since export would then go unnoticed)")

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from finetune.engine.runs import find_checkpoint
+from finetune.engine.runs import find_checkpoint, model_state
 from finetune.errors import FinetuneError
 from finetune.export.tensors import embedded_metadata
 from finetune.models.freezing import FineTuneModel
@@ -23,7 +23,7 @@ def _head_source(source: Path) -> tuple[str, list[str], dict[str, torch.Tensor]]
     if source.is_file() and source.suffix != ".ckpt":
         raise FinetuneError(f"init_from={source}: use a .safetensors export, a run directory or a .ckpt")
     run_dir, ckpt = find_checkpoint(source)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    state = model_state(ckpt)
     data = json.loads((run_dir / "data.json").read_text())
     arch = json.loads((run_dir / "weights.json").read_text())["model"]
     return arch, data["class_names"], {k.removeprefix("model."): v for k, v in state.items()}

@@ -2,8 +2,7 @@
 and the image files it is given (photos, or DICOM read with the window the run was trained with)."""
 from __future__ import annotations
 
-import glob
-import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,16 +11,17 @@ import numpy as np
 from torch import nn
 
 from finetune.version import __version__
-from finetune.data.images import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, read_image
+from finetune.data.files import find_images  # noqa: F401 (re-exported: predict's inputs)
+from finetune.data.images import read_image
 from finetune.data import reference
 from finetune.data.transforms import FLIP_AXES, Preprocessing
 from finetune.errors import FinetuneError
-from finetune.export.bundle import EXPORT_VERSION
+from finetune.export.bundle import EXPORT_VERSION, REEXPORT, check_metadata, parse_metadata, unverified
 from finetune.export.formats import Forward, format_of, get_format
 from finetune.export.tensors import embedded_metadata
 from finetune.models.weights import sha256_file
 
-INPUT_EXTENSIONS = IMAGE_EXTENSIONS | DICOM_EXTENSIONS
+log = logging.getLogger(__name__)
 
 
 def preprocess(images: Sequence[np.ndarray], pre: Preprocessing, full_size: bool = False) -> np.ndarray:
@@ -99,36 +99,49 @@ class LoadedExport:
         return np.mean([self.forward(v) for v in views], axis=0) / self.temperature
 
 
-def _sidecar_metadata(path: Path, sidecar: Path) -> dict:
-    """The metadata in ``sidecar``, refused unless it records the sha256 of the model file ``path``."""
+def _sidecar_metadata(path: Path, sidecar: Path, allow_unverified: bool) -> dict:
+    """The metadata in ``sidecar``, refused unless it records the sha256 of the model file ``path``
+    (a sidecar that records none: only with ``allow_unverified``)."""
     if not sidecar.is_file():
         raise FinetuneError(f"{sidecar} is missing: the metadata (classes, preprocessing) of {path} lives "
                             "there; re-export with finetune export")
-    metadata = json.loads(sidecar.read_text())
-    if metadata.get("sha256") != sha256_file(path):
+    try:
+        text = sidecar.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FinetuneError(f"{sidecar}: its finetune metadata is not UTF-8 text; {REEXPORT}") from None
+    metadata = parse_metadata(text, sidecar)
+    if "sha256" not in metadata:
+        if not allow_unverified:
+            raise FinetuneError(unverified(sidecar, f"sha256 of {path}"))
+        log.warning("%s records no sha256 of %s: the model file is not verified (allow_unverified)", sidecar, path)
+    elif metadata["sha256"] != sha256_file(path):
         raise FinetuneError(f"{sidecar} describes another model file than {path} (sha256 differs); "
                             "keep each export with its own .json, or re-export")
     return metadata
 
 
 def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str | None = None,
-                sidecar: Path | None = None) -> LoadedExport:
+                sidecar: Path | None = None, allow_unverified: bool = False) -> LoadedExport:
     """Open any export: a file (format from the suffix unless ``fmt``) or a folder export (``timm/``);
-    ``sidecar`` overrides where the metadata is read (``<file>.json``, ``<folder>/finetune.json``)."""
+    ``sidecar`` overrides where the metadata is read (``<file>.json``, ``<folder>/finetune.json``).
+    An export whose metadata lacks its integrity record (the sha256 of its tensors or of its model file)
+    is refused unless ``allow_unverified``; a record that differs is always refused."""
     path = Path(path)
     spec = get_format(fmt) if fmt else format_of(path)
     if not (path.is_dir() if spec.folder else path.is_file()):
         raise FinetuneError(f"export {path} does not exist; make one with "
                             "finetune export run=<run dir> format=head,onnx")
+    source = (sidecar or spec.metadata_file(path)) if spec.sidecar else path
     if spec.sidecar:
-        metadata = _sidecar_metadata(spec.model_file(path), sidecar or spec.metadata_file(path))
+        metadata = _sidecar_metadata(spec.model_file(path), source, allow_unverified)
     else:
         metadata = embedded_metadata(path)
     if metadata.get("export_version") != EXPORT_VERSION:
         raise FinetuneError(f"{path}: export version {metadata.get('export_version')} is not supported by "
                             f"finetune {__version__} (expects {EXPORT_VERSION}); export the run again with "
                             "finetune export run=<run dir> (its run directory is all it needs)")
-    forward = spec.load(path, metadata, None if weights is None else str(weights))
+    check_metadata(metadata, source)
+    forward = spec.load(path, metadata, None if weights is None else str(weights), allow_unverified)
     return LoadedExport(path, metadata, _checked_classes(forward, path, len(metadata.get("class_names") or [])))
 
 
@@ -144,21 +157,3 @@ def _checked_classes(forward: Forward, path: Path, classes: int) -> Forward:
         return logits
     checked.module = getattr(forward, "module", None)  # LoadedExport.torch_module
     return checked
-
-
-def find_images(spec: str) -> list[Path]:
-    """Image files (DICOM included) named by comma-separated files, folders (searched recursively) or globs."""
-    found: dict[Path, None] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        path = Path(part).expanduser()
-        if path.is_file():
-            candidates = [path]
-        elif path.is_dir():
-            candidates = sorted(p for p in path.rglob("*") if p.is_file())
-        else:
-            candidates = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        found |= dict.fromkeys(p for p in candidates if p.is_file() and p.suffix.lower() in INPUT_EXTENSIONS)
-    if not found:
-        raise FinetuneError(f"no images found in {spec!r}: give image files, folders or globs "
-                            f"(extensions {', '.join(sorted(INPUT_EXTENSIONS))}), comma-separated")
-    return list(found)

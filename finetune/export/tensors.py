@@ -3,7 +3,8 @@ the model from either. A head export stores only the tensors that differ from th
 (an adapter's own tensors always; loading rebuilds the adapter from the recorded config)
 and pins the rest by a fingerprint (sha256 over the unchanged tensors); loading it refuses pretrained
 weights whose fingerprint differs. The metadata also records a sha256 of every stored tensor, and
-loading refuses a file whose tensors differ from them. Nothing is unpickled: tensors are safetensors, metadata JSON."""
+loading refuses a file whose tensors differ from them, or that records none (unless ``allow_unverified``).
+Nothing is unpickled: tensors are safetensors, metadata JSON."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from finetune.errors import FinetuneError
-from finetune.export.bundle import ModelBundle, metadata
+from finetune.export.bundle import REEXPORT, ModelBundle, check_fields, metadata, parse_metadata, unverified
 from finetune.models.factory import build_model
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights
@@ -26,6 +27,8 @@ from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "finetune"  # one key: safetensors writes several in random order
+# What rebuilding the model reads from a safetensors export's metadata, besides every export's fields
+REBUILD_FIELDS: dict[str, type] = {"format": str, "config": dict, "backbone": dict, "weights": dict, "fingerprint": str}
 
 
 def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -98,25 +101,29 @@ def embedded_metadata(path: Path) -> dict:
         raise FinetuneError(f"cannot read {path} as safetensors: {err}") from None
     if raw is None:
         raise FinetuneError(f"{path} has no finetune metadata: not made by finetune export")
-    return json.loads(raw)
+    return parse_metadata(raw, path)
 
 
-def load_head_export(path: str | Path, weights: str | Path | None = None) -> FineTuneModel:
+def load_head_export(path: str | Path, weights: str | Path | None = None,
+                     allow_unverified: bool = False) -> FineTuneModel:
     """Rebuild the model of a ``.safetensors`` export (eval mode). A head export rebuilds the backbone
     from its pretrained weights (``weights``: that file, else the recorded one, else the usual
-    offline-first resolution) and refuses weights whose frozen tensors differ from those it was made on."""
+    offline-first resolution) and refuses weights whose frozen tensors differ from those it was made on;
+    ``allow_unverified``: see ``verified_tensors``."""
     path = Path(path)
-    return rebuild(path, embedded_metadata(path), None if weights is None else str(weights))
+    return rebuild(path, embedded_metadata(path), None if weights is None else str(weights), allow_unverified)
 
 
-def rebuild(path: Path, metadata: dict, weights: str | None) -> FineTuneModel:
+def rebuild(path: Path, metadata: dict, weights: str | None, allow_unverified: bool = False) -> FineTuneModel:
     """The model of a safetensors export whose ``metadata`` was already read (eval mode)."""
+    check_fields(metadata, path, REBUILD_FIELDS)
+    check_fields(metadata["backbone"], path, {"in_chans": int}, "backbone.")
     cfg = OmegaConf.create(metadata["config"])
     if metadata["format"] == "head":
         record = _resolve_backbone(cfg, weights)
     else:
         record = resolve_weights(cfg.backbone.name, pretrained=False)  # every tensor is in the file
-    tensors = verified_tensors(path, metadata)
+    tensors = verified_tensors(path, metadata, allow_unverified)
     classes = len(metadata["class_names"])
     model = build_model(cfg, record, metadata["backbone"]["in_chans"], classes)
     state = model.state_dict()
@@ -132,19 +139,23 @@ def rebuild(path: Path, metadata: dict, weights: str | None) -> FineTuneModel:
     return model.eval()
 
 
-def verified_tensors(path: Path, metadata: dict) -> dict[str, torch.Tensor]:
+def verified_tensors(path: Path, metadata: dict, allow_unverified: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors export, each checked against the sha256 its metadata records;
-    one FinetuneError naming the first tensor that differs, is missing or was added."""
+    one FinetuneError naming the first tensor that differs, is missing or was added. Metadata that
+    records no sha256 is refused unless ``allow_unverified`` (then its tensors are used with a warning)."""
     try:
         tensors = load_file(path)
     except Exception as err:  # safetensors raises its own error types for a broken file
         raise FinetuneError(f"cannot read the tensors of {path} ({err}): the file is damaged; re-export "
                             "it with finetune export run=<run dir>") from None
     recorded = metadata.get("tensor_sha256")
-    if recorded is None:  # exports made before per-tensor hashes were recorded
-        log.warning("%s records no per-tensor sha256 (an older export): its tensors are not verified; "
-                    "re-export it to have them checked", path)
+    if recorded is None:  # exports made before per-tensor hashes were recorded, or a record removed
+        if not allow_unverified:
+            raise FinetuneError(unverified(path, "sha256 of its tensors"))
+        log.warning("%s records no sha256 of its tensors: they are not verified (allow_unverified); %s to have "
+                    "them checked", path, REEXPORT)
         return tensors
+    check_fields(metadata, path, {"tensor_sha256": dict})
     fix = "the file was changed after export; re-export it with finetune export run=<run dir>"
     extra, missing = sorted(set(tensors) - set(recorded)), sorted(set(recorded) - set(tensors))
     if extra or missing:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from finetune.artifacts import atomic_dir, atomic_path
-from finetune.data.images import read_image
+from finetune.data.images import read_checked_image
 from finetune.engine.runs import find_checkpoint
 from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle
@@ -102,7 +102,7 @@ def export_run(run: str | Path, task: Task, formats: Sequence[str] = ("head",), 
     for spec in specs:  # e.g. format=timm of an MLP head: refused before any format is written
         spec.check(bundle)
     if images:
-        parity_images = [read_image(p, bundle.image_channels, bundle.window)
+        parity_images = [read_checked_image(p, bundle.image_channels, bundle.window)
                          for p in find_images(images)[:PARITY_IMAGES]]
     elif parity_images is None:
         parity_images = validation_images(bundle.cfg, task)
