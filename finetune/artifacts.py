@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+# What atomic_path / atomic_dir stage a write in: mkstemp / mkdtemp(prefix=".<name>.", suffix=".tmp"),
+# whose random part is 8 of [a-z0-9_].
+TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 @contextmanager
@@ -51,6 +56,21 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_temporaries(folder: Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files and folders (``.<name>.<random>.tmp``) of writes a kill interrupted
+    (between the write and the rename) in ``folder``, and below it when ``recursive``; return them. Only
+    while no other process can be writing there: the caller holds the folder's lock."""
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    stray = sorted(p for p in found if TEMPORARY_NAME.fullmatch(p.name))
+    outermost = [p for p in stray if not any(parent in stray for parent in p.parents)]
+    for path in outermost:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return outermost
 
 
 def _umask() -> int:

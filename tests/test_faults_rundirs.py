@@ -245,13 +245,14 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_phase_one_keeping
         if path.name not in keep:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     shutil.rmtree(run / "logs" / "test")
-    stray = run / "logs" / ".metrics.csv.abc123.tmp"
+    stray = run / "logs" / ".metrics.csv.abc12345.tmp"  # atomic_path's name: mkstemp, 8 random characters
     stray.write_text("half a file")
     first_log = (run / "logs" / "probe" / "metrics.csv").read_bytes()
     out = finetune(f"resume={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stopped before its first checkpoint, so phase 1 starts from the beginning" in out.stdout
-    assert "removed logs/.metrics.csv.abc123.tmp" in out.stdout
+    assert f"removed 1 temporary file left by an interrupted write in {run} (logs/.metrics.csv.abc12345.tmp)" \
+        in out.stdout
     assert not stray.exists() and not list(run.rglob(".*.tmp"))
     assert (run / "logs" / "probe" / "metrics.csv").read_bytes() == first_log  # the first attempt's lines kept
     assert (run / "logs" / "probe" / "attempt-2" / "metrics.csv").is_file()

@@ -25,12 +25,15 @@ def _explain_command(argv: list[str]) -> None:
     args = parse_args(argv, OPTIONS, ["run", "inputs"], "finetune explain")
     topk, channels = positive_int(args["topk"], "topk"), positive_int(args["channels"], "channels")
     filters = parse_flag(args["filters"], "filters")
-    from finetune.engine.runs import run_config  # torch only once the arguments are good
+    from finetune.engine.lock import outside, run_lock
+    from finetune.engine.runs import find_checkpoint, run_config  # torch only once the arguments are good
     from finetune.report.explain import ExplainOptions, explain
     from finetune.tasks.registry import get_task
 
     options = ExplainOptions(topk=topk, stage=args["stage"], channels=channels, filters=filters)
-    index = explain(args["run"], get_task(run_config(args["run"]).task), args["inputs"], args["out"], options)
+    task, run_dir = get_task(run_config(args["run"]).task), find_checkpoint(args["run"])[0]
+    with run_lock([run_dir], "finetune explain", outside(run_dir, args["out"])):
+        index = explain(args["run"], task, args["inputs"], args["out"], options)
     for entry in index["images"]:
         print(f"{entry['image']}: {entry['summary']}")
     print(f"explanations written to {Path(index['images'][0]['folder']).parent}")

@@ -30,6 +30,10 @@ files use pickle: open them only from sources you trust.
 
 ``out`` defaults to ``<run dir>/exports``; ``images`` replaces the run's validation images for the
 parity check; ``weights`` is the pretrained backbone file when the recorded one is not found.
+
+An export holds the lock of the run directory (and of an ``out`` folder outside it) while it runs: a
+second export, a report or a resume of the run is refused, naming it. Temporaries an export killed
+midway left there (``.<name>.<random>.tmp``) are removed when the lock is taken.
 """
 from __future__ import annotations
 
@@ -49,13 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export_command(argv: list[str]) -> None:
     args = parse_args(argv, {"run": None, "format": "head", "out": None, "overwrite": "false",
                              "images": None, "weights": None}, ["run"], "finetune export")
-    from finetune.engine.runs import run_config  # torch only once the arguments are good
+    from finetune.engine.lock import outside, run_lock
+    from finetune.engine.runs import find_checkpoint, run_config  # torch only once the arguments are good
     from finetune.export.writing import export_run, print_results
     from finetune.tasks.registry import get_task
 
     task = get_task(run_config(args["run"]).task)
-    results = export_run(args["run"], task, args["format"].split(","), args["out"],
-                         parse_flag(args["overwrite"], "overwrite"), args["images"], args["weights"])
+    overwrite = parse_flag(args["overwrite"], "overwrite")
+    run_dir = find_checkpoint(args["run"])[0]
+    with run_lock([run_dir], "finetune export", outside(run_dir, args["out"])):
+        results = export_run(args["run"], task, args["format"].split(","), args["out"], overwrite, args["images"],
+                             args["weights"])
     print_results(results, Console())
 
 

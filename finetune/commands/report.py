@@ -1,5 +1,5 @@
 """``finetune report run=<run dir>``: (re)write the run's report.html (any task: classification,
-segmentation)."""
+segmentation), holding the run directory's lock."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,9 +15,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_command(argv: list[str]) -> None:
     args = parse_args(argv, {"run": None}, ["run"], "finetune report")
+    from finetune.engine.lock import run_lock
     from finetune.engine.runs import run_config  # torch only once the arguments are good
     from finetune.report.html import write_report
     from finetune.tasks.registry import get_task
 
     run_dir = Path(args["run"]).expanduser()
-    print(f"report written to {write_report(run_dir, get_task(run_config(run_dir).task))}")
+    task = get_task(run_config(run_dir).task)
+    with run_lock([run_dir], "finetune report"):
+        print(f"report written to {write_report(run_dir, task)}")

@@ -1,15 +1,18 @@
 """One training process of a multi-process run: ``python -m finetune.commands.worker run_dir=DIR config=FILE``.
 
 Started by ``python -m finetune trainer=ddp`` (see distributed.py), by ``torchrun`` or by SLURM's
-``srun``. Reads the resolved config file; never composes a config itself.
+``srun``. Reads the resolved config file; never composes a config itself. The launcher holds the run
+directory's lock and names it (``lock=<token>``); without a launcher of ours, rank 0 takes the lock.
 """
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from finetune.engine.lock import check_holder, run_lock
 from finetune.engine.rundir import RUN_MARKER, claim_run_dir, marker_token
 from finetune.commands.args import parse_args, run_command
 from finetune.errors import FinetuneError
@@ -24,14 +27,26 @@ def _train_rank(argv: list[str]) -> None:
     from finetune.engine.distributed import end_process_group, is_global_zero
     from finetune.commands.train import train
 
-    args = parse_args(argv, {"run_dir": None, "config": None, "resume": None, "owner": None}, ["run_dir"],
-                      "finetune.commands.worker")
+    args = parse_args(argv, {"run_dir": None, "config": None, "resume": None, "owner": None, "lock": None},
+                      ["run_dir"], "finetune.commands.worker")
     run_dir = Path(args["run_dir"])
     if is_global_zero() and not args["resume"]:
         _check_owner(run_dir, args["owner"])
     cfg = OmegaConf.load(args["config"] or run_dir / "config.yaml")
-    train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)
+    with _rank_lock(run_dir, args["lock"], is_global_zero()):
+        train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)
     end_process_group()
+
+
+def _rank_lock(run_dir: Path, token: str | None, global_zero: bool) -> AbstractContextManager:
+    """Rank 0 works under the lock of the launcher that started it (``lock=<token>``, checked), or, started
+    by torchrun or srun, takes the run directory's lock itself; the other ranks leave it to rank 0."""
+    if not global_zero:
+        return nullcontext()
+    if token:
+        check_holder(run_dir, token)
+        return nullcontext()
+    return run_lock([run_dir], "finetune worker")
 
 
 def _check_owner(run_dir: Path, owner: str | None) -> None:

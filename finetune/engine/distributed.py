@@ -7,6 +7,7 @@ resolved config to the run directory and starts ``finetune.commands.worker`` pro
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ from lightning.pytorch.plugins.layer_sync import LayerSync
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.artifacts import write_text
+from finetune.engine.lock import held_token
 from finetune.engine.rundir import CLAIMED, claim_run_dir
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, RunInterrupted
 
 
 LAUNCH_CONFIG = ".finetune-launch.yaml"  # the resolved config the launched workers read
@@ -65,14 +67,44 @@ def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = No
     owner = CLAIMED.get(str(run_dir.absolute()), "resumed") if resumed else claim_run_dir(run_dir, hydra_files_allowed=True)
     # Bookkeeping, not a result: rank 0 writes config.yaml itself once the data and weights are checked.
     config = write_text(run_dir / LAUNCH_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    lock = held_token(run_dir)  # the workers work under the launcher's lock of the run directory
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={int(cfg.trainer.devices)}", "-m", "finetune.commands.worker",
                f"run_dir={run_dir}", f"config={config}", f"owner={owner}",
-               *([f"resume={resume_from}"] if resume_from else [])]
+               *([f"resume={resume_from}"] if resume_from else []), *([f"lock={lock}"] if lock else [])]
     try:
-        return subprocess.run(command, check=False).returncode
+        return run_forwarding_signals(command)
     finally:
         config.unlink(missing_ok=True)
+
+
+# torchrun passes these on to every worker (its default lacks SIGUSR1, which would end torchrun itself).
+WORKER_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def run_forwarding_signals(command: list[str]) -> int:
+    """Run the ``torch.distributed.run`` launcher in a session of its own, passing SIGINT, SIGTERM and
+    SIGUSR1 sent to this process on to it exactly once (torchrun sends them on to every worker, which
+    stops at a batch end and says where). After a signal, ``RunInterrupted`` with no line of its own
+    (rank 0 printed it): this process exits 130 / 143 as a worker does. Else torchrun's exit code."""
+    process = subprocess.Popen(command, start_new_session=True,
+                               env={**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": WORKER_SIGNALS})
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if not received:
+            received.append(signum)
+            process.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        code = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise RunInterrupted(None, received[0])
+    return code
 
 
 class TimmSyncBatchNorm(LayerSync):

@@ -120,15 +120,6 @@ def release_if_unused(directory: str | Path) -> bool:
     return True
 
 
-def remove_stray_temporaries(directory: str | Path) -> list[Path]:
-    """Delete ``.<name>.<random>.tmp`` files an interrupted atomic write left behind (a SIGKILL
-    between the write and the rename); return them."""
-    stray = [p for p in Path(directory).rglob(".*.tmp") if p.is_file()]
-    for path in stray:
-        path.unlink(missing_ok=True)
-    return stray
-
-
 def log_version(logs: str | Path, name: str) -> str:
     """Logger version of phase ``name`` under ``logs``: ``name`` the first time, then
     ``name/attempt-2``, ``name/attempt-3`` … so a resumed phase never overwrites an earlier attempt's log."""
