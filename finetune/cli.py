@@ -11,6 +11,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from finetune.commands.args import print_stopped
+from finetune.errors import RunInterrupted
+
 # name -> (module:function taking argv and returning an exit code, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("finetune.commands.train:command",
@@ -38,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args[0] if args and args[0] in COMMANDS else "train"
     rest = args[1:] if args and args[0] in COMMANDS else args
     module, _, function = COMMANDS[name][0].partition(":")
-    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    except RunInterrupted as interrupted:  # SIGINT / SIGTERM / SIGUSR1 during a run: one line, 130 or 143
+        return print_stopped(interrupted)
 
 
 def usage() -> str:

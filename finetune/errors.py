@@ -1,6 +1,7 @@
 """The exception types users see: a clear message, no traceback."""
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable, Sequence
 
 MAX_LISTED = 5  # problems spelled out in one error message
@@ -16,6 +17,34 @@ class ConfigError(FinetuneError):
 
 class DatasetError(FinetuneError, ValueError):
     """A problem with the user's data or dataset config; the message says what, where and how to fix."""
+
+
+DIVERGED_EXIT_CODE = 3  # not 1 (a crash, a traceback) nor 2 (input refused): the run trained and blew up
+
+
+class TrainingDiverged(Exception):
+    """A phase's loss became non-finite or ran far above its start: training stopped before weights that
+    diverged were tested or exported. ``message`` is None on ranks other than 0 (rank 0 says it)."""
+
+    exit_code = DIVERGED_EXIT_CODE
+
+    def __init__(self, message: str | None) -> None:
+        super().__init__(message or "training diverged")
+        self.message = message
+
+
+class RunInterrupted(BaseException):
+    """A run stopped on signal ``signum`` (a BaseException, as KeyboardInterrupt: it is no error of the
+    run). ``message`` (None on ranks other than 0) says where it stopped and how to continue."""
+
+    def __init__(self, message: str | None, signum: int) -> None:
+        super().__init__(message or f"interrupted by signal {signum}")
+        self.message, self.signum = message, signum
+
+    @property
+    def exit_code(self) -> int:
+        """130 for SIGINT (Ctrl-C), else 143: SIGTERM, and SIGUSR1 (a scheduler's notice) behaves alike."""
+        return 130 if self.signum == signal.SIGINT else 143
 
 
 def listing(problems: Sequence[str]) -> str:

@@ -5,7 +5,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, RunInterrupted, TrainingDiverged
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -22,6 +22,8 @@ def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequen
         body(args)
     except (FinetuneError, OSError) as err:
         return print_error(err)
+    except (TrainingDiverged, RunInterrupted) as err:  # a DDP worker's run stopped
+        return print_stopped(err)
     return 0
 
 
@@ -66,15 +68,31 @@ def print_error(message: object) -> int:
     return 2
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
+def print_stopped(stopped: TrainingDiverged | RunInterrupted) -> int:
+    """The one line of a run that stopped early (``finetune: error: training diverged …`` or ``finetune:
+    interrupted …``; ranks other than 0 have none); its exit code (3, or 130 / 143)."""
+    if stopped.message:
+        prefix = "error: " if isinstance(stopped, TrainingDiverged) else ""
+        print(f"finetune: {prefix}{stopped.message}", file=sys.stderr)
+    return stopped.exit_code
+
+
+def compose_config(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
     """The training config of ``overrides``, composed from ``conf/`` as ``finetune`` composes it
-    (Hydra's compose API: no run directory, no logging set-up). Hydra's errors pass through."""
+    (Hydra's compose API: no run directory, no logging set-up); ``with_hydra``: with the ``hydra`` node
+    (e.g. ``hydra.runtime.choices``, the config groups chosen). Hydra's errors pass through."""
     from hydra import compose, initialize_config_dir
 
     from finetune.resources import conf_dir
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
+
+
+def override_value(argv: Sequence[str], key: str) -> str | None:
+    """The value of the last ``key=…`` (also ``+key=``/``++key=``) on the command line."""
+    values = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")]
+    return values[-1] if values else None
 
 
 def split_tool_args(argv: Sequence[str], defaults: Mapping[str, str | None], example: str,

@@ -20,6 +20,8 @@ from finetune.engine.rundir import log_version
 from finetune.engine.checkpointing import AtomicCheckpointIO
 from finetune.engine.config import mixes_batches, setting
 from finetune.engine.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
+from finetune.engine.divergence import StopOnDivergence
+from finetune.engine.interrupts import StopOnSignal, slurm_plugins
 from finetune.engine.schedule import Phase
 from finetune.engine.display import ThrottledRichProgressBar, console, stage_table
 from finetune.errors import FinetuneError
@@ -285,7 +287,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
     loggers = make_loggers(cfg, run_dir, name)
     clip = setting(cfg, "trainer.gradient_clip_val")
     progress = [ThrottledRichProgressBar(t.log_every_n_steps, phase=name, leave=True)] if t.progress_bar else []
-    plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else [])]
+    plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else []), *slurm_plugins()]
     return L.Trainer(
         max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, use_distributed_sampler=False, precision=t.precision, deterministic=t.deterministic, limit_train_batches=t.limit_train_batches,
@@ -294,7 +296,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
         accumulate_grad_batches=setting(cfg, "trainer.accumulate_grad_batches", 1),
         gradient_clip_val=clip, gradient_clip_algorithm=None if clip is None else "norm",
         callbacks=[*callbacks, LearningRateMonitor(logging_interval="step"), ClampLogInterval(),
-                   KeepCheckpoints(run_dir, checkpoints_keep(cfg)), *progress],
+                   KeepCheckpoints(run_dir, checkpoints_keep(cfg)), StopOnSignal(name), StopOnDivergence(name),
+                   *progress],
         enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         plugins=plugins, default_root_dir=run_dir,
     )

@@ -25,6 +25,8 @@ from finetune.engine.advice import advise
 from finetune.engine.config import validate
 from finetune.engine.display import console, print_results
 from finetune.engine.distributed import is_global_zero
+from finetune.engine.interrupts import Progress, interruptible
+from finetune.engine.runs import model_state
 from finetune.engine.phases import (PlannedPhase, checkpoints_keep, finished_run, make_trainer, run_phases,
                                     tested_checkpoint)
 from finetune.engine.plan import print_plan
@@ -75,10 +77,18 @@ def build(task: Task, cfg: DictConfig) -> Built:
 
 
 def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
-    """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written."""
+    """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written.
+    SIGINT, SIGTERM or SIGUSR1 end it with one line and exit code 130 / 143 (``engine.interrupts``)."""
+    with interruptible(run_dir) as progress:
+        return train_run(task, cfg, run_dir, resume_from, progress)
+
+
+def train_run(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None, progress: Progress) -> dict:
+    """``train`` with its interrupt handlers installed (``progress`` learns the phase names)."""
     started = time.perf_counter()
     built = build(task, cfg)
     phases, plan, record, data, model = built.phases, built.plan, built.record, built.data, built.model
+    progress.phases = [p.name for p in phases]
     if cfg.plan:
         print_plan(cfg, model, data, plan, record)
         return {}
@@ -92,7 +102,7 @@ def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None =
                                             retest=finished is not None)
     tested = tested_checkpoint(run_dir, checkpoint, checkpoints_keep(cfg))
     module = make_module()
-    module.load_state_dict(torch.load(tested, map_location="cpu", weights_only=True)["state_dict"])
+    module.load_state_dict(model_state(tested))  # a tampered best.ckpt: one line, never the unsafe advice
     tester = make_trainer(cfg, run_dir, "test", 1, [])
     module.to(tester.strategy.root_device)  # fit() hands the model back on the CPU
     task.before_test(cfg, module, data)
