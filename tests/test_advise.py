@@ -130,7 +130,9 @@ def test_a_recipe_that_pins_its_phases_gets_the_recommended_ones():
 
 def test_segmentation_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert command.main(["task=segmentation", "dataset=seg_folder", "head=unet", "dataset.root=/nonexistent"]) == 2
+    (tmp_path / "data").mkdir()  # a root that exists: the task is the only thing wrong
+    root = f"dataset.root={tmp_path / 'data'}"
+    assert command.main(["task=segmentation", "dataset=seg_folder", "head=unet", root]) == 2
     assert "classification-only" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert command.main([*TINY, "hydra.run.dir=x"]) == 2 and "out=DIR" in capsys.readouterr().err

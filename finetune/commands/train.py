@@ -17,16 +17,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from finetune.engine.lock import run_lock
 from finetune.engine.rundir import CLAIMED, claim_run_dir, forget_claims, release_if_unused, unique_run_dir
 from finetune.engine.search import check_search, direction, is_search, objective
-from finetune.commands.args import compose_config, print_error
-from finetune.errors import FinetuneError
+from finetune.commands.args import compose_config, print_error, print_stopped
+from finetune.commands.args import override_value as _value
+from finetune.errors import FinetuneError, TrainingDiverged
 from finetune.resources import conf_dir
 
 RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")
@@ -48,6 +51,11 @@ def main(cfg: DictConfig) -> float | None:
         return _run(cfg)
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
         sys.exit(print_error(err))
+    except TrainingDiverged as err:  # one line, exit code 3; a search records a failed trial and goes on
+        if not is_search(HydraConfig.get()):
+            sys.exit(print_stopped(err))
+        logging.getLogger(__name__).error("trial failed: %s: %s", output_dir, err)
+        raise
     except Exception:  # a search records a failed trial and goes on (max_failure_rate): keep the why
         if is_search(HydraConfig.get()):
             logging.getLogger(__name__).exception("trial failed: %s", output_dir)
@@ -100,40 +108,56 @@ def _run(cfg: DictConfig) -> float | None:
         run_dir, resume_from, cfg = prepare_resume(cfg, list(hydra_cfg.overrides.task), prefer=RESUME_CHECKPOINTS)
     elif not cfg.plan:
         claim_run_dir(run_dir, hydra_files_allowed=True)  # a multirun job's directory; a no-op when claimed
+        from finetune.commands.precheck import check_run_dir_outside_data
+
+        check_run_dir_outside_data(str(run_dir), cfg)  # a sweep's job directories too (released again)
     searching = is_search(hydra_cfg)
     if searching:
         check_search(hydra_cfg, cfg)  # before any work: no -m, plan=true, the wrong direction
-    if cfg.plan or not wants_processes(cfg):
-        metrics = train(cfg, run_dir, resume_from)
-    else:
-        code = launch_workers(cfg, run_dir, resume_from, resumed=bool(cfg_resumed))
-        if code != 0:
-            raise FinetuneError(f"a worker process failed (exit code {code}); see its output above")
-        metrics = json.loads((run_dir / "metrics.json").read_text())  # rank 0 printed the results
+    # One process at a time in a run directory (a resume took its lock before Hydra started: kept)
+    with run_lock([] if cfg.plan else [run_dir], "finetune resume" if cfg_resumed else "finetune train"):
+        if cfg.plan or not wants_processes(cfg):
+            metrics = train(cfg, run_dir, resume_from)
+        else:  # the workers work under this process's lock
+            code = launch_workers(cfg, run_dir, resume_from, resumed=bool(cfg_resumed))
+            if code != 0:
+                raise FinetuneError(f"a worker process failed (exit code {code}); see its output above")
+            metrics = json.loads((run_dir / "metrics.json").read_text())  # rank 0 printed the results
     return objective(metrics) if searching else None
 
 
-def _value(argv: list[str], key: str) -> str | None:
-    """The value of the last ``key=…`` (also ``+key=``/``++key=``) on the command line."""
-    values = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")]
-    return values[-1] if values else None
-
-
-def run_dir_for_resume(argv: list[str]) -> list[str]:
-    """``resume=<dir or ckpt>`` writes into that run directory instead of a new one, and Hydra keeps
-    its hands off the run's ``.hydra/`` (the record of how the run was started)."""
+def resumed_dir(argv: list[str]) -> Path | None:
+    """The run directory ``resume=<dir or ckpt>`` continues; None without ``resume=``."""
     resume = _value(argv, "resume")
     if not resume or resume == "null":
-        return argv
-    extra = [] if _value(argv, "hydra.output_subdir") else ["hydra.output_subdir=null"]
-    if _value(argv, "hydra.run.dir") is not None:
-        return [*argv, *extra]
+        return None
     path = Path(resume).expanduser()
     if path.is_file():  # a checkpoint: its run directory holds it
         from finetune.engine.runs import run_dir_of
 
         path = run_dir_of(path)
+    return path
+
+
+def run_dir_for_resume(argv: list[str]) -> list[str]:
+    """``resume=<dir or ckpt>`` writes into that run directory instead of a new one, and Hydra keeps
+    its hands off the run's ``.hydra/`` (the record of how the run was started)."""
+    path = resumed_dir(argv)
+    if path is None:
+        return argv
+    extra = [] if _value(argv, "hydra.output_subdir") else ["hydra.output_subdir=null"]
+    if _value(argv, "hydra.run.dir") is not None:
+        return [*argv, *extra]
     return [*argv, f"hydra.run.dir={path}", *extra]
+
+
+def lock_resumed_run(argv: list[str]) -> AbstractContextManager:
+    """The lock of the run directory ``resume=`` continues, taken before Hydra opens its log file there
+    (nothing to lock without ``resume=``, or for ``--cfg``, ``--help`` …, which run no job)."""
+    path = resumed_dir(argv)
+    if path is None or any(a.split("=", 1)[0] in NO_JOB_FLAGS for a in argv):
+        return nullcontext()
+    return run_lock([path], "finetune resume")
 
 
 def check_resume_target(argv: list[str]) -> None:
@@ -150,6 +174,32 @@ def check_resume_target(argv: list[str]) -> None:
             and not list(path.glob("checkpoints/*.ckpt")):
         raise FinetuneError(f"resume={resume}: not a finetune run directory (no config.yaml, no .hydra/config.yaml); "
                             "resume= takes the directory a training run wrote")
+
+
+def check_resume(argv: list[str]) -> None:
+    """A ``resume=`` command line checked completely (the run, its stored config, the overrides, the
+    checkpoint against the run's model) before Hydra opens the run's log file: a refused resume leaves
+    the run as it was."""
+    if resumed_dir(argv) is None or any(a.split("=", 1)[0] in NO_JOB_FLAGS for a in argv):
+        return
+    from hydra.errors import HydraException
+
+    from finetune.engine.runs import check_resume as check_run
+
+    overrides = [a for a in argv if not a.lstrip("+").startswith("hydra.") and not a.startswith("-")]
+    try:
+        current = compose_config(overrides)
+    except HydraException:
+        return  # Hydra refuses the command line in its own words
+    check_run(current, overrides, prefer=RESUME_CHECKPOINTS)
+
+
+def check_output_location_of(argv: list[str]) -> None:
+    """The run directory a new run will make can be written (a resume writes where its run is)."""
+    if _value(argv, "resume") in (None, "null") and not any(a.split("=", 1)[0] in NO_JOB_FLAGS for a in argv):
+        from finetune.commands.precheck import check_output_location
+
+        check_output_location(argv)
 
 
 def claim_explicit_dirs(argv: list[str]) -> list[str]:
@@ -182,9 +232,13 @@ def _wrap_interpolated(argv: list[str]) -> list[str]:
 def run(overrides: list[str]) -> None:
     """Train with Hydra's command line (``overrides`` as typed after ``finetune train``)."""
     forget_claims()
+    resumed = ExitStack()
     try:
         check_resume_target(overrides)
+        check_resume(overrides)
+        check_output_location_of(overrides)
         claimed = claim_explicit_dirs(overrides)
+        resumed.enter_context(lock_resumed_run(overrides))
     except FinetuneError as err:
         sys.exit(print_error(err))
     sys.argv = [sys.argv[0], *run_dir_for_resume(_wrap_interpolated(overrides))]
@@ -194,6 +248,7 @@ def run(overrides: list[str]) -> None:
         for directory in [*claimed, *list(CLAIMED)]:
             release_if_unused(directory)
         forget_claims()
+        resumed.close()
 
 
 def plan_only(overrides: list[str]) -> int:

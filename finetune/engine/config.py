@@ -7,6 +7,7 @@ into a list of phases. It imports no torch: a bad config is reported in about a 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -162,3 +163,86 @@ def _validate_training_options(cfg: DictConfig, task: Task) -> None:
             install = "'finetune[mlflow]'" if key == "mlflow" else package
             raise ConfigError(f"logger.{key}=true needs the {package} package, which is not installed: "
                               f"pip install {install} (or logger=tensorboard, the default)")
+
+
+# Keys whose declared default is a number but that also take a word (or a list): the check that reads
+# them names what they take (threshold=tune, backbone.freeze=all, trainer.devices=auto|[0,1]).
+NUMBER_OR_WORD = frozenset({"threshold", "backbone.freeze", "trainer.devices"})
+
+
+def check_types(cfg: DictConfig, declared: DictConfig) -> None:
+    """Every key whose ``declared`` default (the config of the chosen groups, before any ``key=value``)
+    is a number holds a number in ``cfg``, and so does every phase key the schedule declares (a phase's
+    ``lr`` is typed as ``schedule.lr``); null is left to the key's own check."""
+    numeric = dict(_numeric_leaves(declared))
+    for key, default in numeric.items():
+        if key not in NUMBER_OR_WORD:
+            _check_number(key, _resolved(cfg, key), f"the default is {default}")
+    phases = _resolved(cfg, "schedule.phases")
+    for i, phase in enumerate(phases if isinstance(phases, list) else []):
+        for name, value in (phase.items() if isinstance(phase, dict) else ()):
+            key = f"schedule.{name}"
+            if key in numeric:
+                _check_number(f"schedule.phases[{i}].{name}", value, f"as {key}, default {numeric[key]}")
+
+
+def _numeric_leaves(cfg: DictConfig, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of ``cfg`` that holds a number (lists are not descended)."""
+    leaves = []
+    for key in cfg:
+        name = f"{prefix}{key}"
+        if OmegaConf.is_interpolation(cfg, str(key)):
+            continue
+        value = cfg[key]
+        if isinstance(value, DictConfig):
+            leaves += _numeric_leaves(value, f"{name}.")
+        elif _number(value):
+            leaves.append((name, value))
+    return leaves
+
+
+def _resolved(cfg: DictConfig, key: str) -> Any:
+    """The plain value of ``key`` (containers as lists / dicts); None where it cannot be resolved (its own
+    check reports that)."""
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except Exception:  # an interpolation that does not resolve: not a type question
+        return None
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _check_number(key: str, value: Any, default: str) -> None:
+    if value is not None and not _number(value):
+        raise ConfigError(f"{key}={value!r}: expected a number ({default})")
+
+
+# dataset.root of the kinds that read their data from it: True where the kind cannot do without one.
+# (medmnist's root is where a download goes, so it may not exist yet; csv falls back to the CSV's folder.)
+DATA_ROOTS = {"imagefolder": True, "dicom_folder": True, "seg_folder": True, "drive": True, "csv": False}
+
+
+def check_data_paths(cfg: DictConfig) -> None:
+    """``dataset.root`` and ``dataset.csv`` name a folder and a file that exist (no data is read)."""
+    dataset = cfg.dataset
+    if dataset.kind == "csv":
+        _existing(dataset.get("csv"), "dataset.csv", "file", "/path/to/labels.csv (columns path,label[,split])")
+    if dataset.kind in DATA_ROOTS and (DATA_ROOTS[dataset.kind] or dataset.get("root") is not None):
+        _existing(dataset.get("root"), "dataset.root", "folder", "/path/to/your/images")
+
+
+def _existing(value: str | None, key: str, kind: str, example: str) -> None:
+    """ConfigError naming ``key`` unless ``value`` is an existing file or folder (``kind``)."""
+    if value is None:
+        raise ConfigError(f"{key} is not set: pass {key}={example}")
+    path = Path(value).expanduser()
+    if not (path.is_dir() if kind == "folder" else path.is_file()):
+        state = f"is not a {kind}" if path.exists() else "does not exist"
+        raise ConfigError(f"{key}={value} {state} (resolved to {path.resolve()}); pass {key}={example}")
+
+
+def data_folders(cfg: DictConfig) -> list[Path]:
+    """The user's data folders a config names (``dataset.root``; a CSV's own folder when it has no root),
+    resolved: a run must never write into them."""
+    root, csv = cfg.dataset.get("root"), cfg.dataset.get("csv")
+    folder = root if root is not None else (str(Path(csv).expanduser().parent) if csv else None)
+    return [] if folder is None else [Path(folder).expanduser().resolve()]
