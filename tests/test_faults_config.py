@@ -12,6 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from finetune.commands.precheck import precheck
+
 from .conftest import compose_config
 from .helpers import TINY, assert_refused, finetune_env, run_finetune, tree_hashes
 
@@ -59,7 +61,7 @@ def paused(tmp_path_factory) -> Path:
 def test_a_run_directory_inside_the_data_is_refused_before_it_is_made(tmp_path, kind):
     data = tmp_path / "data"
     if kind == "csv":
-        args = ["dataset=csv", f"dataset.csv={csv_folder(data)}"]  # no root: paths start at the CSV's folder
+        args = ["dataset=csv", f"dataset.csv={csv_folder(data)}", f"dataset.root={data}"]
     else:
         args = ["dataset=imagefolder", f"dataset.root={image_folder(data)}"]
     before = tree_hashes(data)
@@ -67,6 +69,13 @@ def test_a_run_directory_inside_the_data_is_refused_before_it_is_made(tmp_path, 
     assert_refused(out, f"hydra.run.dir={data}/runX is inside the data folder {data}")
     assert "pick a hydra.run.dir outside it" in out.stderr
     assert tree_hashes(data) == before and not (data / "runX").exists()
+
+
+def test_a_csv_without_a_root_runs_beside_its_labels_as_the_readme_shows(tmp_path, monkeypatch, capsys):
+    """``finetune dataset=csv dataset.csv=labels.csv`` from the folder holding the CSV: ``runs/`` is not data."""
+    csv_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert precheck([*TINY, "dataset=csv", "dataset.csv=labels.csv"]) == 0, capsys.readouterr().err
 
 
 def test_the_default_run_directory_inside_the_data_is_refused(tmp_path):
@@ -208,3 +217,9 @@ def test_a_run_directory_in_the_data_is_refused_before_torch_is_imported(tmp_pat
                          cwd=tmp_path)
     assert_refused(out, "is inside the data folder")
     assert out.stdout.splitlines()[-1] == "[]"
+
+
+def test_hydra_keys_added_on_the_command_line_pass_the_precheck(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for arg in ("+hydra.job.env_set.OMP_NUM_THREADS=1", "++hydra.run.dir=somewhere"):
+        assert precheck([*TINY, arg]) == 0, capsys.readouterr().err

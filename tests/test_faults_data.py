@@ -129,6 +129,16 @@ def test_a_link_outside_the_root_is_followed_only_when_allowed(tmp_path, caplog)
     assert images_per_class(allowed) == {"ant": 5, "bee": 3}
 
 
+def test_a_class_folder_linked_outside_the_root_is_a_class_when_allowed(tmp_path):
+    # the class folders are listed twice (names, then images): the link must be followed both times
+    root = class_folders(tmp_path / "data")
+    for i in range(3):
+        write_png(tmp_path / "nas" / "wasp" / f"wasp{i}.png", 80 + i)
+    (root / "wasp").symlink_to(tmp_path / "nas" / "wasp")
+    allowed = load_imagefolder(folder_config(root, allow_outside_root=True))
+    assert images_per_class(allowed) == {"ant": 3, "bee": 3, "wasp": 3}
+
+
 def test_a_loop_below_an_allowed_outside_link_is_not_followed(tmp_path):
     root = class_folders(tmp_path / "data")
     write_png(tmp_path / "elsewhere" / "extra0.png", 50)

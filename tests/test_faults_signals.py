@@ -88,15 +88,6 @@ def test_a_signal_mid_epoch_says_where_and_exits_with_its_code(tmp_path, name, c
     assert not list(run.rglob("*.tmp")) and not list(run.glob("hpc_ckpt_*"))
 
 
-def test_an_interrupted_run_resumes_as_the_line_says(tmp_path):
-    returncode, _, stderr = _finish(_start([*TWO_EPOCHS, "hydra.run.dir=run"], tmp_path, "SIGTERM:probe:1:0"))
-    assert returncode == 143, stderr[-3000:]
-    resumed = subprocess.run([sys.executable, "-m", "finetune", "resume=run"], cwd=tmp_path, capture_output=True,
-                             text=True, env=finetune_env(), timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (tmp_path / "run" / "metrics.json").is_file()
-
-
 def test_a_signal_before_the_first_checkpoint_says_there_is_none(tmp_path):
     returncode, _, stderr = _finish(_start([*TWO_EPOCHS, "hydra.run.dir=run"], tmp_path, "SIGINT:probe:0:1"))
     assert returncode == 130, stderr[-3000:]

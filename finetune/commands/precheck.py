@@ -31,7 +31,7 @@ def precheck(argv: Sequence[str]) -> int:
     if any(a.startswith(("-", "resume=")) for a in argv):
         return 0
     run_dir = override_value(argv, "hydra.run.dir")
-    argv = [a for a in argv if not a.startswith("hydra.")]  # where Hydra writes, not what runs
+    argv = [a for a in argv if not _key(a).startswith("hydra.")]  # where Hydra writes, not what runs
     try:
         cfg = compose_config(argv, with_hydra=True)
     except HydraException:

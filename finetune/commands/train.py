@@ -25,14 +25,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.engine.lock import run_lock
-from finetune.engine.rundir import CLAIMED, claim_run_dir, forget_claims, release_if_unused, unique_run_dir
+from finetune.engine.rundir import (CLAIMED, RESUME_CHECKPOINTS, claim_run_dir, forget_claims, release_if_unused,
+                                     unique_run_dir)
 from finetune.engine.search import check_search, direction, is_search, objective
 from finetune.commands.args import compose_config, print_error, print_stopped
 from finetune.commands.args import override_value as _value
 from finetune.errors import FinetuneError, TrainingDiverged
 from finetune.resources import conf_dir
 
-RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")
 # Command lines after which Hydra prints something and runs no job: nothing to claim.
 NO_JOB_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
 

@@ -77,6 +77,7 @@ class FolderWalker:
         self.hint = hint
         self.skipped: dict[Path, str] = {}  # link → why it was not followed
         self._entered: set[str] = set()  # real paths of the outside folders already walked
+        self._decided: dict[Path, bool] = {}  # link -> followed? (class folders are listed more than once)
 
     def subfolders(self, folder: Path) -> list[Path]:
         """Visible subfolders of ``folder`` (hidden ones such as .ipynb_checkpoints are not classes)."""
@@ -119,6 +120,12 @@ class FolderWalker:
         """A real folder, or a link to a folder outside the tree (if allowed) not walked already."""
         if not folder.is_symlink():
             return True
+        if folder not in self._decided:
+            self._decided[folder] = self._follows(folder)
+        return self._decided[folder]
+
+    def _follows(self, folder: Path) -> bool:
+        """Whether to follow the folder link ``folder`` (decided once per link)."""
         target = os.path.realpath(folder)
         inside = os.path.commonpath([str(self.root), target]) == str(self.root)
         if inside:

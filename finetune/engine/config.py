@@ -241,8 +241,8 @@ def _existing(value: str | None, key: str, kind: str, example: str) -> None:
 
 
 def data_folders(cfg: DictConfig) -> list[Path]:
-    """The user's data folders a config names (``dataset.root``; a CSV's own folder when it has no root),
-    resolved: a run must never write into them."""
-    root, csv = cfg.dataset.get("root"), cfg.dataset.get("csv")
-    folder = root if root is not None else (str(Path(csv).expanduser().parent) if csv else None)
-    return [] if folder is None else [Path(folder).expanduser().resolve()]
+    """The user's data folder a config names (``dataset.root``), resolved: a run must never write into it.
+    A CSV without a root names no folder: its rows may point anywhere, and the folder holding
+    ``labels.csv`` is often the user's project folder, where ``runs/`` belongs."""
+    root = cfg.dataset.get("root")
+    return [] if root is None else [Path(root).expanduser().resolve()]

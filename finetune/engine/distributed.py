@@ -84,19 +84,21 @@ WORKER_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 def run_forwarding_signals(command: list[str]) -> int:
     """Run the ``torch.distributed.run`` launcher in a session of its own, passing SIGINT, SIGTERM and
-    SIGUSR1 sent to this process on to it exactly once (torchrun sends them on to every worker, which
-    stops at a batch end and says where). After a signal, ``RunInterrupted`` with no line of its own
-    (rank 0 printed it): this process exits 130 / 143 as a worker does. Else torchrun's exit code."""
+    SIGUSR1 sent to this process on to it (torchrun sends them on to every worker, which stops at a batch
+    end and says where; a second signal stops the workers at once). A hang-up (SIGHUP: the terminal or ssh
+    session closed) is passed on as SIGTERM, so the workers never outlive the launcher that holds the run's
+    lock. After a signal, ``RunInterrupted`` with no line of its own (rank 0 printed it): this process exits
+    130 / 143 as a worker does. Else torchrun's exit code."""
     process = subprocess.Popen(command, start_new_session=True,
                                env={**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": WORKER_SIGNALS})
     received: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
-        if not received:
-            received.append(signum)
-            process.send_signal(signum)
+        received.append(signal.SIGTERM if signum == signal.SIGHUP else signum)
+        process.send_signal(received[-1])
 
-    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, forward) for signum in forwarded}
     try:
         code = process.wait()
     finally:

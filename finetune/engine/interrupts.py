@@ -31,12 +31,11 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from finetune.engine.distributed import is_global_zero
-from finetune.engine.rundir import holds_results
+from finetune.engine.rundir import RESUME_CHECKPOINTS, holds_results
 from finetune.engine.schedule import PHASE_KEY
 from finetune.errors import RunInterrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # exit codes: RunInterrupted.exit_code
-RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")  # what ``finetune resume=<run>`` continues from (commands.train)
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +48,7 @@ class Progress:
     where: str = "while preparing the run"
     in_loop: bool = False  # a Trainer's batch loop: it stops at the next batch end (StopOnSignal)
     signum: int | None = None
+    pid: int = field(default_factory=os.getpid)  # the training process (DataLoader workers inherit the handler)
 
     def interrupted(self, signum: int | None = None) -> RunInterrupted:
         """The exception that ends the run (its line logged to the run's log on rank 0)."""
@@ -80,10 +80,14 @@ def interruptible(run_dir: Path) -> Iterator[Progress]:
 
 
 def _on_signal(signum: int, frame: object) -> None:
-    """Record the first signal; outside a batch loop stop at once (a later signal changes nothing)."""
+    """Record the first signal; outside a batch loop stop at once. A second signal stops at once wherever
+    the run is (a hung loader or collective never reaches a batch end). DataLoader workers, which inherit
+    this handler (Ctrl-C reaches the terminal's whole process group), leave it to the training process."""
     progress = _progress
-    if progress is None or progress.signum is not None:
+    if progress is None or os.getpid() != progress.pid:
         return
+    if progress.signum is not None:
+        raise progress.interrupted(progress.signum)
     progress.signum = signum
     if signum == signal.SIGUSR1 and is_global_zero():
         requeue_slurm_job()
@@ -120,11 +124,18 @@ class StopOnSignal(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         self._stop_if_signalled(trainer)
 
+    # Evaluation shards are not padded, so ranks may run different numbers of eval batches: a collective per
+    # eval batch would hang. One process stops at the next eval batch; several decide once the loop ends.
     def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.world_size == 1:
+            self._stop_if_signalled(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_if_signalled(trainer)
 
     def on_test_batch_end(self, trainer: L.Trainer, *args) -> None:
-        self._stop_if_signalled(trainer)
+        if trainer.world_size == 1:
+            self._stop_if_signalled(trainer)
 
     @staticmethod
     def _enter(where: str) -> None:

@@ -137,7 +137,11 @@ def _acquire(directory: Path, command: str, recursive: bool) -> Path:
     if replaced is not None:
         print(f"took over the lock of {directory}: pid {replaced.pid} on this host ({replaced.command}, "
               f"started {replaced.started}) is no longer running")
-    _report_removed(directory, remove_temporaries(directory, recursive))
+    try:
+        _report_removed(directory, remove_temporaries(directory, recursive))
+    except BaseException:  # the caller never learns of this lock: give it back
+        _release(lock)
+        raise
     return lock
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from finetune.errors import FinetuneError
 
 RUN_MARKER = ".finetune-run"
+RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")  # what `finetune resume=<run>` continues from, in this order
 HYDRA_FILES = (".hydra", "multirun.yaml", RUN_MARKER, ".finetune-launch.yaml")  # bookkeeping, not results
 CLAIMED: dict[str, str] = {}  # absolute run directory -> token, claimed by this process
 
