@@ -216,3 +216,28 @@ def export_tiny_resnet(base: Path, classes: list[str], formats: tuple[str, ...])
     for fmt in formats:
         export(bundle, fmt, base / "exports", [skimage.data.chelsea(), skimage.data.coffee()])
     return base / "exports"
+
+
+def flip_byte(path: Path, tensor: str) -> None:
+    """Flip one byte in the middle of ``tensor``'s data in a safetensors file, leaving the header intact."""
+    import json
+    import struct
+
+    data = bytearray(path.read_bytes())
+    (header_size,) = struct.unpack("<Q", data[:8])
+    begin, end = json.loads(data[8:8 + header_size])[tensor]["data_offsets"]
+    data[8 + header_size + (begin + end) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def rewrite_embedded(path: Path, change) -> None:
+    """Rewrite a safetensors export with the same tensors and ``change(metadata)`` applied to its metadata."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["finetune"])
+    change(meta)
+    save_file(load_file(path), str(path), metadata={"finetune": json.dumps(meta, sort_keys=True)})

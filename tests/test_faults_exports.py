@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import shutil
-import struct
 import zipfile
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from finetune.models.factory import build_model
 from finetune.models.weights import resolve_weights, sha256_file
 
 from .conftest import compose_config
-from .helpers import assert_refused, export_tiny_resnet, run_finetune, tree_hashes
+from .helpers import assert_refused, export_tiny_resnet, flip_byte, rewrite_embedded, run_finetune, tree_hashes
 
 PRE = Preprocessing((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
 CLASSES = ["ant", "bee", "wasp"]
@@ -78,13 +77,6 @@ def embedded(path: Path) -> dict:
         return json.loads(f.metadata()["finetune"])
 
 
-def rewrite_embedded(path: Path, change) -> None:
-    """Rewrite a safetensors export with the same tensors and ``change(metadata)``."""
-    meta = embedded(path)
-    change(meta)
-    save_file(load_file(path), str(path), metadata={"finetune": json.dumps(meta, sort_keys=True)})
-
-
 def rewrite_sidecar(path: Path, change) -> Path:
     """Apply ``change(metadata)`` to the JSON sidecar of the export file ``path``."""
     sidecar = path.with_name(path.name + ".json")
@@ -97,15 +89,6 @@ def rewrite_sidecar(path: Path, change) -> Path:
 def forge_sidecar(path: Path) -> None:
     """Make the sidecar record the sha256 of whatever ``path`` now holds (what an attacker can do)."""
     rewrite_sidecar(path, lambda meta: meta.update(sha256=sha256_file(path)))
-
-
-def flip_byte(path: Path, tensor: str) -> None:
-    """Flip one byte in the middle of ``tensor``'s data, leaving the header (and metadata) intact."""
-    data = bytearray(path.read_bytes())
-    (header_size,) = struct.unpack("<Q", data[:8])
-    begin, end = json.loads(data[8:8 + header_size])[tensor]["data_offsets"]
-    data[8 + header_size + (begin + end) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def rewrite_zip(path: Path, replace: dict[str, bytes]) -> None:

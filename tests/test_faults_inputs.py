@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import pickle
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from finetune.commands import predict as pr
 from finetune.data.configs import CsvConfig
@@ -32,7 +31,7 @@ from finetune.errors import DatasetError, FinetuneError
 from finetune.export.loading import load_export
 from finetune.models.weights import WeightsError, resolve_weights
 
-from .helpers import export_tiny_resnet, jpeg_bytes, write_png
+from .helpers import export_tiny_resnet, flip_byte, jpeg_bytes, rewrite_embedded, write_png
 
 PRE = Preprocessing((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
 CLASSES = ["ant", "bee", "wasp"]
@@ -271,25 +270,6 @@ def copy_export(exports: Path, name: str, dest: Path) -> Path:
     return dest / name
 
 
-def rewrite_metadata(path: Path, change) -> None:
-    """Rewrite a safetensors export with the same tensors and ``change(metadata)``."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["finetune"])
-    change(meta)
-    save_file(load_file(path), str(path), metadata={"finetune": json.dumps(meta, sort_keys=True)})
-
-
-def flip_byte(path: Path, tensor: str) -> None:
-    """Flip one byte in the middle of ``tensor``'s data, leaving the header (and metadata) intact."""
-    data = bytearray(path.read_bytes())
-    (header_size,) = struct.unpack("<Q", data[:8])
-    begin, end = json.loads(data[8:8 + header_size])[tensor]["data_offsets"]
-    data[8 + header_size + (begin + end) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def predict_cli(tmp_path: Path, export_path: Path) -> subprocess.CompletedProcess:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
@@ -324,7 +304,7 @@ def test_a_flipped_byte_in_a_stored_tensor_is_refused_naming_it(exports, tmp_pat
 
 def test_an_added_or_removed_tensor_is_refused(exports, tmp_path):
     path = copy_export(exports, "head.safetensors", tmp_path / "t")
-    rewrite_metadata(path, lambda meta: meta["tensor_sha256"].update({"head.extra": "0" * 64}))
+    rewrite_embedded(path, lambda meta: meta["tensor_sha256"].update({"head.extra": "0" * 64}))
     with pytest.raises(FinetuneError, match=r"tensor 'head.extra' is missing from the export \(0 added, 1 missing\)"):
         load_export(path)
 
@@ -332,7 +312,7 @@ def test_an_added_or_removed_tensor_is_refused(exports, tmp_path):
 @pytest.mark.parametrize("name", ["head.safetensors", "model.safetensors"])
 def test_class_list_not_matching_the_head_names_both_counts(exports, tmp_path, name):
     path = copy_export(exports, name, tmp_path / "edited")
-    rewrite_metadata(path, lambda meta: meta.update(class_names=["ant", "bee"]))
+    rewrite_embedded(path, lambda meta: meta.update(class_names=["ant", "bee"]))
     with pytest.raises(FinetuneError, match="its metadata lists 2 class names but its head predicts 3 classes"):
         load_export(path)
     done = predict_cli(tmp_path, path)
