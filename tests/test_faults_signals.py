@@ -190,3 +190,13 @@ def test_a_phase_starting_from_a_trained_head_is_not_stopped_by_a_small_absolute
     # loss jumps to 1-2 for a while: 150x the start, but far below divergence (the start counts as at least 1)
     assert _first_stop([0.01, 1.5, 1.8, 1.2, 0.9, 0.4]) is None
     assert _first_stop([0.01, 150.0, 200.0, 300.0]) == 4  # above 100 x max(0.01, 1) three steps running
+
+
+def test_a_ddp_run_that_diverges_exits_3_with_rank_0s_line_only(tmp_path):
+    phases = "schedule.phases=[{name: probe, epochs: 1, freeze: all, lr: 1e30}]"
+    out = subprocess.run([sys.executable, "-m", "finetune", "trainer=ddp", *TINY, "schedule=gradual", phases,
+                          "hydra.run.dir=run"], cwd=tmp_path, capture_output=True, text=True, env=finetune_env(),
+                         timeout=300)
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert _diverged_line(out.stderr).startswith("finetune: error: training diverged in phase 'probe'"), out.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / ".finetune-diverged").exists()

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from finetune.engine.lock import check_holder, run_lock
 from finetune.engine.rundir import RUN_MARKER, claim_run_dir, marker_token
-from finetune.commands.args import parse_args, run_command
-from finetune.errors import FinetuneError
+from finetune.artifacts import write_text
+from finetune.commands.args import parse_args, print_stopped, run_command
+from finetune.errors import FinetuneError, TrainingDiverged
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str]) -> int:
 
 
 def _train_rank(argv: list[str]) -> None:
-    from finetune.engine.distributed import end_process_group, is_global_zero
+    from finetune.engine.distributed import DIVERGED_MARKER, end_process_group, is_global_zero
     from finetune.commands.train import train
 
     args = parse_args(argv, {"run_dir": None, "config": None, "resume": None, "owner": None, "lock": None},
@@ -34,7 +35,14 @@ def _train_rank(argv: list[str]) -> None:
         _check_owner(run_dir, args["owner"])
     cfg = OmegaConf.load(args["config"] or run_dir / "config.yaml")
     with _rank_lock(run_dir, args["lock"], is_global_zero()):
-        train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)
+        try:
+            train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)
+        except TrainingDiverged as err:
+            if args["lock"] is None:  # torchrun by hand: exit 3 (torchrun reports it as its own failure)
+                raise
+            print_stopped(err)  # rank 0's one line; the launcher that started us exits 3 (no torchrun report)
+            if is_global_zero():
+                write_text(run_dir / DIVERGED_MARKER, "")
     end_process_group()
 
 

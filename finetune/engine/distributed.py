@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.artifacts import write_text
 from finetune.engine.lock import held_token
 from finetune.engine.rundir import CLAIMED, claim_run_dir
-from finetune.errors import FinetuneError, RunInterrupted
+from finetune.errors import FinetuneError, RunInterrupted, TrainingDiverged
 
 
 LAUNCH_CONFIG = ".finetune-launch.yaml"  # the resolved config the launched workers read
@@ -73,10 +73,18 @@ def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = No
                f"run_dir={run_dir}", f"config={config}", f"owner={owner}",
                *([f"resume={resume_from}"] if resume_from else []), *([f"lock={lock}"] if lock else [])]
     try:
-        return run_forwarding_signals(command)
+        code = run_forwarding_signals(command)
     finally:
         config.unlink(missing_ok=True)
+    if (run_dir / DIVERGED_MARKER).exists():  # rank 0 printed the line; workers under our launcher exit 0
+        (run_dir / DIVERGED_MARKER).unlink()
+        raise TrainingDiverged(None)
+    return code
 
+
+# Rank 0 of workers this launcher started leaves it when training diverged: they exit 0 so that torchrun prints
+# no failure report of its own, and the launcher exits 3 as one process would.
+DIVERGED_MARKER = ".finetune-diverged"
 
 # torchrun passes these on to every worker (its default lacks SIGUSR1, which would end torchrun itself).
 WORKER_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"

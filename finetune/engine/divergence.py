@@ -77,19 +77,30 @@ class StopOnDivergence(L.Callback):
                            batch_idx: int) -> None:
         loss = step_loss(outputs)
         diverged = loss is not None and self.rule.diverged(loss)
+        weights_lost = False
+        if not diverged and batch_idx + 1 >= trainer.num_training_batches:  # no later loss would show it
+            diverged = weights_lost = not finite_weights(pl_module)
         if trainer.world_size > 1:  # every rank stops at this step if any rank's loss diverged
             diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
         if diverged:
-            self._stop(trainer, loss)
+            self._stop(trainer, loss, weights_lost)
 
-    def _stop(self, trainer: L.Trainer, loss: float | None) -> None:
+    def _stop(self, trainer: L.Trainer, loss: float | None, weights_lost: bool = False) -> None:
         message = None
         if is_global_zero():
             shown = "not computed on this rank" if loss is None else f"{loss:.4g}"
+            shown += ", then non-finite weights" if weights_lost else ""
             message = (f"training diverged in phase {self.phase!r} at step {trainer.global_step} "
                        f"(loss {shown}, lr {self.lr}); lower schedule.lr or run finetune lr-find")
             log_to_run_file(Path(trainer.default_root_dir), message)  # make_trainer: the run directory
         raise TrainingDiverged(message)
+
+
+def finite_weights(module: torch.nn.Module) -> bool:
+    """Whether every trainable parameter is finite (one fused norm per tensor, one device sync): the last
+    step of an epoch can make them non-finite with a finite loss, and nothing after it would notice."""
+    trainable = [p.detach() for p in module.parameters() if p.requires_grad]
+    return not trainable or bool(torch.isfinite(torch.stack(torch._foreach_norm(trainable))).all())
 
 
 def step_loss(outputs) -> float | None:
