@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-cpu lock demo test test-fast bench bench-peers clean
+.PHONY: install install-cpu lock demo lint format test test-fast bench bench-peers clean
 
 LOCK := requirements.lock
 PIP := $(BIN)/python -m pip
@@ -59,6 +59,16 @@ demo: install
 # (imports, subprocess start, Lightning's loop), so two workers keep both cores busy.
 TEST_WORKERS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# ruff: lint (pycodestyle, pyflakes, import order, pyupgrade, bugbear) and the formatter, as configured in
+# pyproject.toml; `make format` rewrites the files, `make lint` only checks (CI runs it before the tests).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test: install
 	$(PYTEST)

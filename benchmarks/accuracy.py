@@ -1,10 +1,11 @@
 """5. Accuracy per minute: validation accuracy against wall time for a linear probe (cached
-features), gradual unfreezing and a full fine-tune, through the real ``finetune.engine.train.train``.
+features), gradual unfreezing and a full fine-tune, through the real ``finetune.training.train.train``.
 
-``finetune.engine.phases.make_trainer`` is wrapped (in this process only) to add a callback that records
+``finetune.training.phases.make_trainer`` is wrapped (in this process only) to add a callback that records
 (seconds since ``train`` started, phase, epoch, val/acc) after every validation; the final test
 metrics and the total wall time come from the run's metrics.json.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import lightning as L
 
-from finetune.engine import phases
 from finetune.resources import conf_dir
+from finetune.run import phases
 
 from .common import HYMENOPTERA, MEDMNIST, RESULTS, compose, write_result
 
@@ -26,12 +27,18 @@ class Curve(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = trainer.callback_metrics
         if "val/acc" in metrics:
-            self.points.append({"t_s": round(time.perf_counter() - self.started, 2), "phase": self.phase,
-                                "epoch": trainer.current_epoch, "val_acc": round(float(metrics["val/acc"]), 4)})
+            self.points.append(
+                {
+                    "t_s": round(time.perf_counter() - self.started, 2),
+                    "phase": self.phase,
+                    "epoch": trainer.current_epoch,
+                    "val_acc": round(float(metrics["val/acc"]), 4),
+                }
+            )
 
 
 def run(overrides: list[str]) -> dict:
-    """One ``finetune.engine.train.train`` with a val-accuracy-vs-time curve."""
+    """One ``finetune.training.train.train`` with a val-accuracy-vs-time curve."""
     from finetune.commands.train import train
 
     cfg = compose(*overrides)
@@ -50,9 +57,14 @@ def run(overrides: list[str]) -> dict:
         phases.make_trainer = original
     wall = time.perf_counter() - started
     test = metrics.get("test", {})
-    return {"overrides": overrides, "wall_s": round(wall, 1), "test_acc": test.get("acc"),
-            "test_f1_macro": test.get("f1_macro"), "best_val_acc": max((p["val_acc"] for p in points), default=None),
-            "curve": points}
+    return {
+        "overrides": overrides,
+        "wall_s": round(wall, 1),
+        "test_acc": test.get("acc"),
+        "test_f1_macro": test.get("f1_macro"),
+        "best_val_acc": max((p["val_acc"] for p in points), default=None),
+        "curve": points,
+    }
 
 
 SCHEDULES = {
@@ -65,20 +77,35 @@ SCHEDULES = {
 def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
     common = ["backbone=efficientnet_lite0", "trainer.progress_bar=false", "trainer.accelerator=cpu"]
     datasets = {"hymenoptera": ["dataset=imagefolder", f"dataset.root={HYMENOPTERA}", "dataset.image_size=128"]}
-    epochs = {"linear_probe (cached)": ["schedule.epochs=5"], "gradual": ["schedule.epochs=1"],
-              "full fine-tune": ["schedule.epochs=1"]}
+    epochs = {
+        "linear_probe (cached)": ["schedule.epochs=5"],
+        "gradual": ["schedule.epochs=1"],
+        "full fine-tune": ["schedule.epochs=1"],
+    }
     notes = []
     if (conf_dir() / "dataset" / "medmnist.yaml").is_file() and (MEDMNIST / "bloodmnist.npz").is_file():
-        datasets["bloodmnist"] = ["dataset=medmnist", "dataset.name=bloodmnist", f"dataset.root={MEDMNIST}",
-                                  "dataset.image_size=32"]
-        notes.append("bloodmnist: the official 28 px npz upsampled to 32 px (the recipe uses 64 px), full "
-                     "train split, no gradual run, to keep make bench short on a 2-core CPU")
+        datasets["bloodmnist"] = [
+            "dataset=medmnist",
+            "dataset.name=bloodmnist",
+            f"dataset.root={MEDMNIST}",
+            "dataset.image_size=32",
+        ]
+        notes.append(
+            "bloodmnist: the official 28 px npz upsampled to 32 px (the recipe uses 64 px), full "
+            "train split, no gradual run, to keep make bench short on a 2-core CPU"
+        )
     else:
         notes.append("bloodmnist skipped: conf/dataset/medmnist.yaml or bloodmnist.npz missing")
     if quick:
-        datasets = {"hymenoptera": [*datasets["hymenoptera"][:2], "dataset.image_size=32",
-                                    "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-                                    "trainer.limit_test_batches=1"]}
+        datasets = {
+            "hymenoptera": [
+                *datasets["hymenoptera"][:2],
+                "dataset.image_size=32",
+                "trainer.limit_train_batches=1",
+                "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1",
+            ]
+        }
         epochs = {"linear_probe (cached)": ["schedule.epochs=1"]}
     skip = {("bloodmnist", "gradual")}
     rows = []
@@ -95,4 +122,5 @@ def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
 
 if __name__ == "__main__":
     import json
+
     print(json.dumps(main(), indent=1))

@@ -1,4 +1,5 @@
 """Shared helpers: environment record, interleaved timing, tiny configs, result files."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,14 @@ def environment() -> dict:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "machine": platform.node(), "platform": platform.platform(), "processor": platform.processor(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "lightning": lightning.__version__,
-        "timm": timm.__version__, "torch_threads": torch.get_num_threads(),
+        "machine": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+        "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_at_start": [round(x, 2) for x in load] if load else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -46,14 +52,15 @@ def interleaved(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str
     names = list(sides)
     out: dict[str, list[float]] = {n: [] for n in names}
     for rep in range(repeats):
-        for name in (names if rep % 2 == 0 else names[::-1]):
+        for name in names if rep % 2 == 0 else names[::-1]:
             out[name].append(sides[name]())
     return out
 
 
 def compose(*overrides: str):
     """Compose the real ``conf/`` with overrides (as ``python -m finetune`` would)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from finetune.resources import conf_dir
 
@@ -61,14 +68,17 @@ def compose(*overrides: str):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
-def build(backbone: str, image_size: int, num_classes: int = 10, pretrained: bool = False,
-          *overrides: str):
+def build(backbone: str, image_size: int, num_classes: int = 10, pretrained: bool = False, *overrides: str):
     """(cfg, FineTuneModel) for a conf/backbone group name, random init unless ``pretrained``."""
     from finetune.models.factory import build_model
     from finetune.models.weights import resolve_weights
 
-    cfg = compose(f"backbone={backbone}", f"dataset.image_size={image_size}",
-                  f"backbone.pretrained={str(pretrained).lower()}", *overrides)
+    cfg = compose(
+        f"backbone={backbone}",
+        f"dataset.image_size={image_size}",
+        f"backbone.pretrained={str(pretrained).lower()}",
+        *overrides,
+    )
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained)
     return cfg, build_model(cfg, record, 3, num_classes)
 
@@ -76,8 +86,13 @@ def build(backbone: str, image_size: int, num_classes: int = 10, pretrained: boo
 def fake_batches(n: int, batch_size: int, image_size: int, num_classes: int = 10, seed: int = 0) -> list:
     """``n`` pre-made (images, targets) batches held in memory."""
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch_size, 3, image_size, image_size, generator=g),
-             torch.randint(0, num_classes, (batch_size,), generator=g)) for _ in range(n)]
+    return [
+        (
+            torch.randn(batch_size, 3, image_size, image_size, generator=g),
+            torch.randint(0, num_classes, (batch_size,), generator=g),
+        )
+        for _ in range(n)
+    ]
 
 
 def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:

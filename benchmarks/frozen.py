@@ -2,11 +2,12 @@
 
 (a) ``freeze=all`` (linear probe) on digits at 64 px: step (= epoch, same batch count) time of our
 stack training the head on a live frozen backbone vs on cached features
-(``finetune.engine.features.FeatureDataModule``), plus the one-time extraction, so the amortised speed-up
+(``finetune.training.features.FeatureDataModule``), plus the one-time extraction, so the amortised speed-up
 over a whole probe is reported too.
 (b) ``freeze=k`` vs ``freeze=0``: training-step time of tf_efficientnet_lite0 (minimal loop, same
 batches) for every depth k; frozen stages run forward only, so the curve falls with k.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -17,12 +18,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.engine.features import FeatureDataModule
 from finetune.models.freezing import frozen_stages
-from finetune.engine.phases import make_trainer
-from finetune.engine.train import model_preprocessing
-from finetune.engine.schedule import PhaseOptim
+from finetune.run.schedule import PhaseOptim
 from finetune.tasks.classification.module import ClassificationTask
+from finetune.training.features import FeatureDataModule
+from finetune.training.phases import make_trainer
+from finetune.training.train import model_preprocessing
 
 from .common import RESULTS, build, fake_batches, interleaved, median, write_result
 from .overhead import StepTimer, minimal_side, step_intervals
@@ -38,8 +39,14 @@ def _fit_steps(cfg, model, datamodule, features_input: bool, num_classes: int, w
     return median(step_intervals(timer.starts, timer.last_end, warmup))
 
 
-def cache_vs_live(image_size: int = 64, repeats: int = 5, steps: int = 4, warmup: int = 1,
-                  probe_epochs: int = 10, extract: bool = True) -> dict:
+def cache_vs_live(
+    image_size: int = 64,
+    repeats: int = 5,
+    steps: int = 4,
+    warmup: int = 1,
+    probe_epochs: int = 10,
+    extract: bool = True,
+) -> dict:
     """Linear-probe step (hence epoch) time, live frozen backbone vs cached features (digits, our stack).
 
     Both sides run ``warmup + steps`` batches of the real digits loaders (batch size of
@@ -47,9 +54,14 @@ def cache_vs_live(image_size: int = 64, repeats: int = 5, steps: int = 4, warmup
     speed-up is the step-time ratio. The one-time extraction (train + val through the backbone)
     is timed once and folded into the speed-up over a whole ``probe_epochs`` probe.
     """
-    overrides = ["dataset=digits", "trainer.progress_bar=false", "trainer.limit_val_batches=0",
-                 "trainer.accelerator=cpu", "schedule=linear_probe",
-                 f"trainer.limit_train_batches={warmup + steps}"]
+    overrides = [
+        "dataset=digits",
+        "trainer.progress_bar=false",
+        "trainer.limit_val_batches=0",
+        "trainer.accelerator=cpu",
+        "schedule=linear_probe",
+        f"trainer.limit_train_batches={warmup + steps}",
+    ]
     cfg, model = build("efficientnet_lite0", image_size, 10, False, *overrides)
     data = ClassificationDataModule(cfg.dataset, cfg.augment, cfg.schedule.batch_size, cfg.dataset.num_workers, 0)
     data.set_preprocessing(model_preprocessing(model.backbone, image_size, data.in_chans))
@@ -59,34 +71,52 @@ def cache_vs_live(image_size: int = 64, repeats: int = 5, steps: int = 4, warmup
         features = FeatureDataModule.extract(model, data, next(model.parameters()).device)
     else:  # tiny smoke setting: features of random tensors with the real shape
         n = len(data.splits["train"])
-        features = FeatureDataModule(data, {s: TensorDataset(torch.randn(n, model.backbone.num_features),
-                                                             torch.randint(0, 10, (n,))) for s in ("train", "val")})
+        features = FeatureDataModule(
+            data,
+            {
+                s: TensorDataset(torch.randn(n, model.backbone.num_features), torch.randint(0, 10, (n,)))
+                for s in ("train", "val")
+            },
+        )
     extraction = time.perf_counter() - start
     num_classes = data.info.num_classes
-    times = interleaved({
-        "live": lambda: _fit_steps(cfg, model, data, False, num_classes, warmup),
-        "cached": lambda: _fit_steps(cfg, model, features, True, num_classes, warmup),
-    }, repeats)
+    times = interleaved(
+        {
+            "live": lambda: _fit_steps(cfg, model, data, False, num_classes, warmup),
+            "cached": lambda: _fit_steps(cfg, model, features, True, num_classes, warmup),
+        },
+        repeats,
+    )
     live, cache = median(times["live"]), median(times["cached"])
     batches = -(-len(data.splits["train"]) // cfg.schedule.batch_size)
     per_rep = [a / b for a, b in zip(times["live"], times["cached"])]
-    return {"dataset": "digits", "image_size": image_size, "backbone": cfg.backbone.name,
-            "batch_size": cfg.schedule.batch_size, "train_images": len(data.splits["train"]),
-            "batches_per_epoch": batches, "repeats": repeats, "steps_timed": steps,
-            "live_step_ms": round(1e3 * live, 2), "cached_step_ms": round(1e3 * cache, 3),
-            "live_epoch_s_est": round(batches * live, 2), "cached_epoch_s_est": round(batches * cache, 3),
-            "extraction_s": round(extraction, 2), "epoch_speedup": round(median(per_rep), 1),
-            "epoch_speedup_ratio_of_medians": round(live / cache, 1),
-            "live_step_ms_per_rep": [round(1e3 * t, 1) for t in times["live"]],
-            "cached_step_ms_per_rep": [round(1e3 * t, 2) for t in times["cached"]],
-            "probe_epochs": probe_epochs,
-            "probe_speedup_incl_extraction": round(probe_epochs * batches * live
-                                                   / (extraction + probe_epochs * batches * cache), 2),
-            "target_epoch_speedup": 10.0}
+    return {
+        "dataset": "digits",
+        "image_size": image_size,
+        "backbone": cfg.backbone.name,
+        "batch_size": cfg.schedule.batch_size,
+        "train_images": len(data.splits["train"]),
+        "batches_per_epoch": batches,
+        "repeats": repeats,
+        "steps_timed": steps,
+        "live_step_ms": round(1e3 * live, 2),
+        "cached_step_ms": round(1e3 * cache, 3),
+        "live_epoch_s_est": round(batches * live, 2),
+        "cached_epoch_s_est": round(batches * cache, 3),
+        "extraction_s": round(extraction, 2),
+        "epoch_speedup": round(median(per_rep), 1),
+        "epoch_speedup_ratio_of_medians": round(live / cache, 1),
+        "live_step_ms_per_rep": [round(1e3 * t, 1) for t in times["live"]],
+        "cached_step_ms_per_rep": [round(1e3 * t, 2) for t in times["cached"]],
+        "probe_epochs": probe_epochs,
+        "probe_speedup_incl_extraction": round(
+            probe_epochs * batches * live / (extraction + probe_epochs * batches * cache), 2
+        ),
+        "target_epoch_speedup": 10.0,
+    }
 
 
-def freeze_curve(image_sizes=(64, 128), batch_size: int = 4, steps: int = 2, warmup: int = 1,
-                 repeats: int = 5) -> dict:
+def freeze_curve(image_sizes=(64, 128), batch_size: int = 4, steps: int = 2, warmup: int = 1, repeats: int = 5) -> dict:
     """Step time of freeze=k relative to freeze=0 for every k (tf_efficientnet_lite0, minimal loop)."""
     from torch.utils.data import DataLoader
 
@@ -101,21 +131,30 @@ def freeze_curve(image_sizes=(64, 128), batch_size: int = 4, steps: int = 2, war
             def run() -> float:
                 model.set_frozen(frozen_stages(model.stage_map, depth), "frozen")
                 return minimal_side(model, loader, warmup)
+
             return run
 
         times = interleaved({d: side(d) for d in depths}, repeats)
         base = times["0"]
-        out.append({"image_size": size, "batch_size": batch_size, "repeats": repeats, "backbone": cfg.backbone.name,
-                    "step_ms": {d: round(1e3 * median(t), 2) for d, t in times.items()},
-                    "ratio_vs_freeze0": {d: round(median([a / b for a, b in zip(t, base)]), 3)
-                                         for d, t in times.items()}})
+        out.append(
+            {
+                "image_size": size,
+                "batch_size": batch_size,
+                "repeats": repeats,
+                "backbone": cfg.backbone.name,
+                "step_ms": {d: round(1e3 * median(t), 2) for d, t in times.items()},
+                "ratio_vs_freeze0": {d: round(median([a / b for a, b in zip(t, base)]), 3) for d, t in times.items()},
+            }
+        )
     return {"curves": out}
 
 
 def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
     if quick:
-        payload = {"cache": cache_vs_live(32, repeats=1, steps=1, warmup=1, extract=False),
-                   **freeze_curve((32,), batch_size=2, steps=1, warmup=1, repeats=1)}
+        payload = {
+            "cache": cache_vs_live(32, repeats=1, steps=1, warmup=1, extract=False),
+            **freeze_curve((32,), batch_size=2, steps=1, warmup=1, repeats=1),
+        }
     else:
         payload = {"cache": cache_vs_live(), **freeze_curve()}
     write_result("frozen", payload, out_dir)
@@ -124,4 +163,5 @@ def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
 
 if __name__ == "__main__":
     import json
+
     print(json.dumps(main(), indent=1))

@@ -1,6 +1,6 @@
 """1. Overhead of our training stack vs a minimal hand-written PyTorch loop.
 
-Our side: ``finetune.engine.phases.make_trainer`` (loggers, LR monitor, rich progress bar, checkpoint
+Our side: ``finetune.training.phases.make_trainer`` (loggers, LR monitor, rich progress bar, checkpoint
 callback) + ``ClassificationTask`` (loss, train metrics, ``self.log`` every step). Minimal side:
 ``for x, y in loader: loss = ce(model(x), y); zero_grad; backward; step`` with the same model
 (``FineTuneModel`` with the same frozen stages), the same pre-made batches (one DataLoader over a
@@ -9,6 +9,7 @@ starts (so logging / progress-bar work after a step is counted), warm-up steps e
 step the model's own work (forward, backward, optimizer step) is timed too, so the loop's cost per
 step (interval - work) is measured where it happens; see ``WorkClock``.
 """
+
 from __future__ import annotations
 
 import cProfile
@@ -20,17 +21,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from torch.nn import functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-from lightning.pytorch.callbacks import RichProgressBar
 from torch.utils.data import DataLoader
 
 from finetune.models.freezing import frozen_stages, param_groups, stage_learning_rates
-from finetune.engine.phases import make_trainer
-from finetune.engine.schedule import PhaseOptim
+from finetune.run.schedule import PhaseOptim
 from finetune.tasks.classification.module import ClassificationTask
+from finetune.training.phases import make_trainer
 
 from .common import RESULTS, build, fake_batches, interleaved, median, write_result
+
 
 class WorkClock:
     """Times the model's own work inside every training step: forward, backward, optimizer step.
@@ -150,10 +152,11 @@ class PerStepRichProgressBar(RichProgressBar):
         super().__init__(**kwargs)  # make_trainer's every / phase: the old bar had neither
 
 
-def stack_side(cfg, model, loader, val_loader, warmup: int, task_cls=ClassificationTask,
-               progress_bar_cls=None, **trainer_overrides) -> dict:
+def stack_side(
+    cfg, model, loader, val_loader, warmup: int, task_cls=ClassificationTask, progress_bar_cls=None, **trainer_overrides
+) -> dict:
     """Per-step (interval, work) seconds of one ``trainer.fit`` of our stack over ``loader``."""
-    import finetune.engine.phases as phases
+    import finetune.training.phases as phases
 
     cfg = cfg.copy()
     for k, v in trainer_overrides.items():
@@ -212,16 +215,25 @@ def summarize(runs: dict[str, list[dict]], base: str = "minimal") -> dict:
         oh = median([i - w for r in rs for i, w in zip(r["interval"], r["work"])])
         raw = [median(r["interval"]) for r in rs]
         out["sides"][name] = {
-            "step_ms": round(1e3 * median(raw), 2), "loop_overhead_ms": round(1e3 * oh, 2),
+            "step_ms": round(1e3 * median(raw), 2),
+            "loop_overhead_ms": round(1e3 * oh, 2),
             "raw_ratio": round(median([a / b for a, b in zip(raw, base_raw)]), 3),
-            "ratio": round((work + oh) / (work + base_oh), 4)}
+            "ratio": round((work + oh) / (work + base_oh), 4),
+        }
     return out
 
 
 def _setup(backbone: str, image_size: int, freeze, batch_size: int, steps: int, warmup: int):
-    cfg, model = build(backbone, image_size, 10, False, "trainer.progress_bar=true",
-                       f"trainer.limit_train_batches={warmup + steps}", "trainer.limit_val_batches=1",
-                       "trainer.accelerator=cpu")
+    cfg, model = build(
+        backbone,
+        image_size,
+        10,
+        False,
+        "trainer.progress_bar=true",
+        f"trainer.limit_train_batches={warmup + steps}",
+        "trainer.limit_val_batches=1",
+        "trainer.accelerator=cpu",
+    )
     model.set_frozen(frozen_stages(model.stage_map, freeze), "frozen")
     batches = fake_batches(warmup + steps, batch_size, image_size)
     loader = DataLoader(batches, batch_size=None)
@@ -229,42 +241,88 @@ def _setup(backbone: str, image_size: int, freeze, batch_size: int, steps: int, 
     return cfg, model, loader, val_loader
 
 
-def measure(backbone: str = "efficientnet_lite0", image_size: int = 64, freeze="0", batch_size: int = 16,
-            steps: int = 8, warmup: int = 3, repeats: int = 5) -> dict:
+def measure(
+    backbone: str = "efficientnet_lite0",
+    image_size: int = 64,
+    freeze="0",
+    batch_size: int = 16,
+    steps: int = 8,
+    warmup: int = 3,
+    repeats: int = 5,
+) -> dict:
     """Our stack vs the minimal loop for one setting: step times, loop overheads and their ratio."""
     cfg, model, loader, val_loader = _setup(backbone, image_size, freeze, batch_size, steps, warmup)
-    runs = interleaved({"stack": lambda: stack_side(cfg, model, loader, val_loader, warmup),
-                        "minimal": lambda: minimal_loop(model, loader, warmup)}, repeats)
+    runs = interleaved(
+        {
+            "stack": lambda: stack_side(cfg, model, loader, val_loader, warmup),
+            "minimal": lambda: minimal_loop(model, loader, warmup),
+        },
+        repeats,
+    )
     summary = summarize(runs)
     st, mi = summary["sides"]["stack"], summary["sides"]["minimal"]
-    return {"backbone": cfg.backbone.name, "image_size": image_size, "freeze": str(freeze),
-            "batch_size": batch_size, "steps_timed": steps, "warmup_steps": warmup, "repeats": repeats,
-            "work_ms": summary["work_ms"], "stack_step_ms": st["step_ms"], "minimal_step_ms": mi["step_ms"],
-            "stack_overhead_ms": st["loop_overhead_ms"], "minimal_overhead_ms": mi["loop_overhead_ms"],
-            "raw_ratio": st["raw_ratio"], "ratio": st["ratio"]}
+    return {
+        "backbone": cfg.backbone.name,
+        "image_size": image_size,
+        "freeze": str(freeze),
+        "batch_size": batch_size,
+        "steps_timed": steps,
+        "warmup_steps": warmup,
+        "repeats": repeats,
+        "work_ms": summary["work_ms"],
+        "stack_step_ms": st["step_ms"],
+        "minimal_step_ms": mi["step_ms"],
+        "stack_overhead_ms": st["loop_overhead_ms"],
+        "minimal_overhead_ms": mi["loop_overhead_ms"],
+        "raw_ratio": st["raw_ratio"],
+        "ratio": st["ratio"],
+    }
 
 
-def ablation(backbone: str = "efficientnet_lite0", image_size: int = 64, freeze="all", batch_size: int = 16,
-             steps: int = 8, warmup: int = 3, repeats: int = 5) -> dict:
+def ablation(
+    backbone: str = "efficientnet_lite0",
+    image_size: int = 64,
+    freeze="all",
+    batch_size: int = 16,
+    steps: int = 8,
+    warmup: int = 3,
+    repeats: int = 5,
+) -> dict:
     """Which part of the stack costs: the stack with one piece removed (or fixed) at a time."""
     cfg, model, loader, val_loader = _setup(backbone, image_size, freeze, batch_size, steps, warmup)
     sides = {
         "stack": lambda: stack_side(cfg, model, loader, val_loader, warmup),
         "no_progress_bar": lambda: stack_side(cfg, model, loader, val_loader, warmup, progress_bar=False),
-        "progress_bar_every_step (before the fix)": lambda: stack_side(cfg, model, loader, val_loader, warmup,
-                                                                        progress_bar_cls=PerStepRichProgressBar),
-        "no_step_logging": lambda: stack_side(cfg, model, loader, val_loader, warmup, NoStepLogTask,
-                                              log_every_n_steps=10_000),
+        "progress_bar_every_step (before the fix)": lambda: stack_side(
+            cfg, model, loader, val_loader, warmup, progress_bar_cls=PerStepRichProgressBar
+        ),
+        "no_step_logging": lambda: stack_side(
+            cfg, model, loader, val_loader, warmup, NoStepLogTask, log_every_n_steps=10_000
+        ),
         "no_train_metrics": lambda: stack_side(cfg, model, loader, val_loader, warmup, NoMetricsTask),
         "minimal": lambda: minimal_loop(model, loader, warmup),
     }
     summary = summarize(interleaved(sides, repeats))
-    return {"backbone": cfg.backbone.name, "image_size": image_size, "freeze": str(freeze),
-            "batch_size": batch_size, "repeats": repeats, "steps_timed": steps, **summary}
+    return {
+        "backbone": cfg.backbone.name,
+        "image_size": image_size,
+        "freeze": str(freeze),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "steps_timed": steps,
+        **summary,
+    }
 
 
-def profile_text(backbone: str = "efficientnet_lite0", image_size: int = 64, freeze="all", batch_size: int = 8,
-                 steps: int = 10, warmup: int = 3, top: int = 30) -> str:
+def profile_text(
+    backbone: str = "efficientnet_lite0",
+    image_size: int = 64,
+    freeze="all",
+    batch_size: int = 8,
+    steps: int = 10,
+    warmup: int = 3,
+    top: int = 30,
+) -> str:
     """cProfile of one fit of our stack (tottime order, top functions) as small text."""
     cfg, model, loader, val_loader = _setup(backbone, image_size, freeze, batch_size, steps, warmup)
     stack_side(cfg, model, loader, val_loader, warmup)  # warm
@@ -278,7 +336,9 @@ def profile_text(backbone: str = "efficientnet_lite0", image_size: int = 64, fre
     out.write("\n--- cumulative ---\n")
     stats.sort_stats("cumulative").print_stats(top)
     text = out.getvalue()
-    return "\n".join(line.replace(str(Path(torch.__file__).parents[1]), "<site-packages>") for line in text.splitlines())
+    return "\n".join(
+        line.replace(str(Path(torch.__file__).parents[1]), "<site-packages>") for line in text.splitlines()
+    )
 
 
 def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
@@ -287,15 +347,24 @@ def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
     if quick:
         settings = settings[:1]
     rows = [measure(b, s, f, **kw) for b, s, f in settings]
-    abl = ablation(steps=2, warmup=1, repeats=1, batch_size=4) if quick else ablation(steps=8, warmup=1, repeats=5, batch_size=8)
+    abl = (
+        ablation(steps=2, warmup=1, repeats=1, batch_size=4)
+        if quick
+        else ablation(steps=8, warmup=1, repeats=5, batch_size=8)
+    )
     if not quick:
         (out_dir / "overhead_profile.txt").write_text(profile_text())
-    payload = {"target_ratio": 1.05, "rows": rows, "ablation": abl,
-               "profile": None if quick else "overhead_profile.txt"}
+    payload = {
+        "target_ratio": 1.05,
+        "rows": rows,
+        "ablation": abl,
+        "profile": None if quick else "overhead_profile.txt",
+    }
     write_result("overhead", payload, out_dir)
     return payload
 
 
 if __name__ == "__main__":
     import json
+
     print(json.dumps(main(), indent=1))

@@ -1,8 +1,9 @@
 """``make bench``: run every benchmark, write benchmarks/results/<name>.json and README.md.
 
-    python -m benchmarks.run_all            # everything (< 20 min on a 2-core CPU)
-    python -m benchmarks.run_all overhead frozen   # a subset (README keeps the other results)
+python -m benchmarks.run_all            # everything (< 20 min on a 2-core CPU)
+python -m benchmarks.run_all overhead frozen   # a subset (README keeps the other results)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,9 +34,13 @@ def main(names: list[str] | None = None, quick: bool = False, out_dir: Path = RE
         seconds[name] = round(time.perf_counter() - t, 1)
         print(f"== {name}: {seconds[name]} s", flush=True)
     if not names:
-        (out_dir / "run_all.json").write_text(json.dumps(
-            {"total_s": round(time.perf_counter() - start, 1), "seconds": seconds, "environment": environment()},
-            indent=2) + "\n")
+        (out_dir / "run_all.json").write_text(
+            json.dumps(
+                {"total_s": round(time.perf_counter() - start, 1), "seconds": seconds, "environment": environment()},
+                indent=2,
+            )
+            + "\n"
+        )
     (out_dir / "README.md").write_text(table(out_dir) + "\n")
     return seconds
 

@@ -3,12 +3,13 @@
 The Python API: ``finetune.load(path)`` opens a run directory or an export and predicts
 (``finetune.api``); the command line is ``finetune`` (``finetune.cli``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finetune.errors import FinetuneError
+from finetune.run.errors import FinetuneError
 from finetune.version import __version__
 
 if TYPE_CHECKING:

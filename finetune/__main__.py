@@ -1,4 +1,5 @@
 """``python -m finetune …`` is the ``finetune`` console command."""
+
 import sys
 
 from finetune.cli import main

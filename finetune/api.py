@@ -1,11 +1,12 @@
 """The Python API: ``finetune.load`` opens a run directory or any export for prediction in a notebook.
 
-    import finetune
-    model = finetune.load("runs/2026-11-30/10-00-00")      # a run (its best checkpoint) or an export
-    result = model.predict(["ant.jpg", "bee.png"])         # files, Pillow images or HWC uint8 arrays
-    result.labels, result.probabilities                     # classification
-    result.masks                                            # segmentation: one class-index mask per image
+import finetune
+model = finetune.load("runs/2026-11-30/10-00-00")      # a run (its best checkpoint) or an export
+result = model.predict(["ant.jpg", "bee.png"])         # files, Pillow images or HWC uint8 arrays
+result.labels, result.probabilities                     # classification
+result.masks                                            # segmentation: one class-index mask per image
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,12 +18,12 @@ from PIL import Image
 
 from finetune.data import reference
 from finetune.data.images import check_image
-from finetune.errors import FinetuneError
-from finetune.engine.runs import run_config
 from finetune.export.bundle import ModelBundle, metadata
 from finetune.export.formats import torch_forward
 from finetune.export.loading import LoadedExport, load_export
 from finetune.export.predict import resolve_export
+from finetune.run.errors import FinetuneError
+from finetune.run.records import run_config
 from finetune.tasks.base import Predictions
 from finetune.tasks.registry import get_task
 
@@ -54,8 +55,10 @@ class Model:
         an ONNX export has none: load the run or another format)."""
         module = self.exported.torch_module
         if module is None:
-            raise FinetuneError(f"{self.exported.path} ({self.metadata['format']}) has no torch module: "
-                                "load the run directory or a safetensors, pt2 or timm export")
+            raise FinetuneError(
+                f"{self.exported.path} ({self.metadata['format']}) has no torch module: "
+                "load the run directory or a safetensors, pt2 or timm export"
+            )
         return module
 
     def read(self, image: ImageInput) -> np.ndarray:

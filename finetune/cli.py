@@ -5,6 +5,7 @@
 would do. Each command's body is in ``finetune.commands``, imported only when it is asked for, so a
 bad config is reported before torch or Lightning are imported.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,19 +13,24 @@ import sys
 from collections.abc import Sequence
 
 from finetune.commands.args import print_stopped
-from finetune.errors import RunInterrupted
+from finetune.run.errors import RunInterrupted
 
 # name -> (module:function taking argv and returning an exit code, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("finetune.commands.train:command",
-              "fine-tune a backbone (the default): finetune [train] dataset=... backbone=..."),
-    "plan": ("finetune.commands.train:plan_command",
-             "print what each phase would train, without loading weights or images"),
-    "lr-find": ("finetune.commands.lr_find:main",
-                "learning-rate range test on the phase that will train: finetune lr-find <overrides> [phase=…]"),
+    "train": (
+        "finetune.commands.train:command",
+        "fine-tune a backbone (the default): finetune [train] dataset=... backbone=...",
+    ),
+    "plan": (
+        "finetune.commands.train:plan_command",
+        "print what each phase would train, without loading weights or images",
+    ),
+    "lr-find": (
+        "finetune.commands.lr_find:main",
+        "learning-rate range test on the phase that will train: finetune lr-find <overrides> [phase=…]",
+    ),
     "advise": ("finetune.commands.advise:main", "linear probes by stage on your data -> freeze depth, schedule, lrs"),
-    "predict": ("finetune.commands.predict:main",
-                "predict images (or masks) with an export: export=... inputs=..."),
+    "predict": ("finetune.commands.predict:main", "predict images (or masks) with an export: export=... inputs=..."),
     "export": ("finetune.commands.export:main", "export a run: head, safetensors, onnx, pt2, timm folder"),
     "summary": ("finetune.commands.summary:main", "count units, weights and connections per layer and stage"),
     "explain": ("finetune.commands.explain:main", "Grad-CAM, activations and filters of a run on your images"),
@@ -52,6 +58,9 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: finetune [command] [key=value ...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "finetune train --help lists the config groups (dataset, backbone, schedule, head, augment,",
-              "trainer) and their options; finetune <command> --help explains a command."]
+    lines += [
+        "",
+        "finetune train --help lists the config groups (dataset, backbone, schedule, head, augment,",
+        "trainer) and their options; finetune <command> --help explains a command.",
+    ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Where the packaged ``conf/`` and ``recipes/`` live (editable checkout or installed wheel)."""
+
 from __future__ import annotations
 
 from importlib.resources import files

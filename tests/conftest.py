@@ -1,5 +1,6 @@
 """Shared fixtures: the real data in ../shared/data, stand-in weights, real runs made once per session (plain
 helpers, Hydra composition of the real configs included, live in helpers.py)."""
+
 from __future__ import annotations
 
 import os
@@ -44,17 +45,30 @@ def tiny_overrides(*extra: str) -> list[str]:
     return ["dataset.image_size=32", "trainer.progress_bar=false", "trainer.log_every_n_steps=1", *extra]
 
 
-FINISHED_RUN_ARGS = ["backbone=efficientnet_lite0", "schedule=linear_probe", "schedule.epochs=1",
-                     "dataset.image_size=32", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                     "trainer.progress_bar=false", "hydra.run.dir=run"]
+FINISHED_RUN_ARGS = [
+    "backbone=efficientnet_lite0",
+    "schedule=linear_probe",
+    "schedule.epochs=1",
+    "dataset.image_size=32",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.progress_bar=false",
+    "hydra.run.dir=run",
+]
 
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
     """A real run directory (digits, pip ImageNet weights, 3 training batches), made once per session."""
     base = tmp_path_factory.mktemp("finished_run")
-    out = subprocess.run([sys.executable, "-m", "finetune", *FINISHED_RUN_ARGS], cwd=base, capture_output=True,
-                         text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "finetune", *FINISHED_RUN_ARGS],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "run"
 
@@ -68,13 +82,33 @@ def tiny_seg_run(tmp_path_factory) -> Path:
     2 training batches, 2 test images), made once per session."""
     base = tmp_path_factory.mktemp("tiny_seg_run")
     squares(base / "data", n=10, foreground=1)
-    args = ["task=segmentation", "dataset=seg_folder", f"dataset.root={base / 'data'}",
-            f"dataset.class_names=[{','.join(SEG_CLASSES)}]", "dataset.test_fraction=0.2", "dataset.crop_size=64",
-            "dataset.num_workers=0", "head=unet", "backbone.name=resnet10t", "backbone.pretrained=false",
-            "schedule=linear_probe", "schedule.epochs=1", "schedule.batch_size=2", "trainer.limit_train_batches=2",
-            "trainer.progress_bar=false", "segmentation.overlays=2", "hydra.run.dir=run"]
-    out = subprocess.run([sys.executable, "-m", "finetune", *args], cwd=base, capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    args = [
+        "task=segmentation",
+        "dataset=seg_folder",
+        f"dataset.root={base / 'data'}",
+        f"dataset.class_names=[{','.join(SEG_CLASSES)}]",
+        "dataset.test_fraction=0.2",
+        "dataset.crop_size=64",
+        "dataset.num_workers=0",
+        "head=unet",
+        "backbone.name=resnet10t",
+        "backbone.pretrained=false",
+        "schedule=linear_probe",
+        "schedule.epochs=1",
+        "schedule.batch_size=2",
+        "trainer.limit_train_batches=2",
+        "trainer.progress_bar=false",
+        "segmentation.overlays=2",
+        "hydra.run.dir=run",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "finetune", *args],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "run"
 
@@ -82,9 +116,17 @@ def tiny_seg_run(tmp_path_factory) -> Path:
 # The test files that take longest (seconds of their tests, measured with --durations on 2 cores), started
 # first: `make test` runs each file on one of two pytest-xdist workers in collection order, and a long file
 # started last kept one worker busy minutes after the other had finished.
-LONGEST_FILES = ("test_distributed.py", "test_phases.py", "test_faults_concurrency.py", "test_faults_signals.py",
-                 "test_resume_kinds.py", "test_cli.py", "test_faults_rundirs.py", "test_peers_smoke.py",
-                 "test_faults_inputs.py")
+LONGEST_FILES = (
+    "test_distributed.py",
+    "test_phases.py",
+    "test_faults_concurrency.py",
+    "test_faults_signals.py",
+    "test_resume_kinds.py",
+    "test_cli.py",
+    "test_faults_rundirs.py",
+    "test_peers_smoke.py",
+    "test_faults_inputs.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

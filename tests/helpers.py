@@ -2,6 +2,7 @@
 
 Light at import, as conftest.py and the subprocess-only tests import it: the helpers that build or train a
 model import torch, Lightning and finetune's model code inside the function."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,17 @@ if TYPE_CHECKING:
     from finetune.models.freezing import FineTuneModel
 
 # A CPU-sized classification run on digits: random-init resnet10t, 32 px, one epoch of two batches.
-TINY = ["backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32", "schedule=linear_probe",
-        "schedule.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "trainer.progress_bar=false"]
+TINY = [
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "dataset.image_size=32",
+    "schedule=linear_probe",
+    "schedule.epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.progress_bar=false",
+]
 
 
 def finetune_env() -> dict[str, str]:
@@ -39,20 +48,35 @@ def finetune_env() -> dict[str, str]:
 
 def run_finetune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m finetune <args>`` in ``cwd``; waits for it and captures its output."""
-    return subprocess.run([sys.executable, "-m", "finetune", *args], cwd=cwd, capture_output=True, text=True,
-                          env=finetune_env(), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "finetune", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=finetune_env(),
+        timeout=timeout,
+    )
 
 
 def start_finetune(*args: str, cwd: Path) -> subprocess.Popen:
     """``python -m finetune <args>`` started in ``cwd`` without waiting (stdout/stderr piped)."""
-    return subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=finetune_env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "finetune", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=finetune_env(),
+    )
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (names relative to it)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_refused(out: subprocess.CompletedProcess, message: str, code: int = 2) -> str:
@@ -68,8 +92,9 @@ def assert_refused(out: subprocess.CompletedProcess, message: str, code: int = 2
 def run_cli(*args: str, cwd: Path, module: str = "finetune", timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` in ``cwd`` (offline hub, the caller's thread settings); waits for it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -98,8 +123,8 @@ def squares(root: Path, n: int = 12, size: int = 64, seed: int = 0, foreground: 
         mask = np.zeros((size, size), np.uint8)
         top, left = rng.integers(0, size - 24, 2)
         side = int(rng.integers(12, 24))
-        image[top:top + side, left:left + side] = rng.integers(170, 255, 3, dtype=np.uint8)
-        mask[top:top + side, left:left + side] = foreground
+        image[top : top + side, left : left + side] = rng.integers(170, 255, 3, dtype=np.uint8)
+        mask[top : top + side, left : left + side] = foreground
         write_pair(root, f"img{i:02d}", image, mask)
 
 
@@ -122,8 +147,13 @@ def real_images() -> list[np.ndarray]:
 
 def resnet_cfg(weights_file: Path, freeze: str | int = "all") -> DictConfig:
     """resnet10t from ``weights_file`` with ``freeze`` stages frozen, 32 px images."""
-    return compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights_file}",
-                          f"backbone.freeze={freeze}", "dataset.image_size=32")
+    return compose_config(
+        "backbone=resnet18",
+        "backbone.name=resnet10t",
+        f"backbone.weights={weights_file}",
+        f"backbone.freeze={freeze}",
+        "dataset.image_size=32",
+    )
 
 
 def trained_bundle(weights_file: Path, freeze: str | int) -> ModelBundle:
@@ -162,14 +192,20 @@ def train_steps(model: FineTuneModel, size: int, steps: int = 3) -> None:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from finetune.engine.schedule import PhaseOptim
+    from finetune.run.schedule import PhaseOptim
     from finetune.tasks.classification.module import ClassificationTask
 
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(8 * steps, 3, size, size), torch.randint(0, 3, (8 * steps,)))
     task = ClassificationTask(model, 3, optim=PhaseOptim(lr=0.05, backbone_lr_mult=1.0, scheduler="constant"))
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, DataLoader(data, batch_size=8))
 
 
@@ -206,8 +242,13 @@ def export_tiny_resnet(base: Path, classes: list[str], formats: tuple[str, ...])
     torch.manual_seed(0)
     weights = base / "resnet10t.safetensors"
     save_file(timm.create_model("resnet10t").state_dict(), str(weights))
-    cfg = compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights}",
-                         "backbone.freeze=all", "dataset.image_size=32")
+    cfg = compose_config(
+        "backbone=resnet18",
+        "backbone.name=resnet10t",
+        f"backbone.weights={weights}",
+        "backbone.freeze=all",
+        "dataset.image_size=32",
+    )
     record = resolve_weights("resnet10t", weights)
     model = build_model(cfg, record, 3, len(classes))
     with torch.no_grad():
@@ -225,7 +266,7 @@ def flip_byte(path: Path, tensor: str) -> None:
 
     data = bytearray(path.read_bytes())
     (header_size,) = struct.unpack("<Q", data[:8])
-    begin, end = json.loads(data[8:8 + header_size])[tensor]["data_offsets"]
+    begin, end = json.loads(data[8 : 8 + header_size])[tensor]["data_offsets"]
     data[8 + header_size + (begin + end) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
 

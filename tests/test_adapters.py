@@ -1,6 +1,7 @@
 """Parameter-efficient fine-tuning (``backbone.adapter=lora|dora|bitfit``): only the adapter trains in
 the stages a phase trains, merging gives the same model, head exports keep the adapters small, and a
 real run exports a model that matches. Tiny random archs (resnet10t, timm's test_vit) at 32 px."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,8 +16,6 @@ from safetensors.torch import load_file
 
 from finetune import models
 from finetune.commands.train import train
-from finetune.engine.config import validate
-from finetune.errors import ConfigError, FinetuneError
 from finetune.export import bundle, loading, tensors, writing
 from finetune.export.merging import merged_bundle
 from finetune.export.parity import run_pipeline
@@ -24,7 +23,9 @@ from finetune.models import adapters
 from finetune.models.factory import build_model
 from finetune.models.freezing import FineTuneModel, frozen_stages, stage_status
 from finetune.models.weights import resolve_weights
+from finetune.run.errors import ConfigError, FinetuneError
 from finetune.tasks.registry import get_task
+from finetune.training.validate import validate
 
 from .conftest import compose_config
 from .helpers import CLASSES, imagenet_32px, real_images, tensor_hashes, train_steps
@@ -38,8 +39,14 @@ RESNET = ("resnet10t", [])
 def adapted(arch: str, kind: str, *overrides: str) -> FineTuneModel:
     """Random-weight ``arch`` with ``backbone.adapter=kind`` and 4 classes."""
     extra = dict((VIT, RESNET))[arch]
-    cfg = compose_config("backbone=resnet18", f"backbone.name={arch}", "backbone.pretrained=false",
-                         f"backbone.adapter={kind}", *extra, *overrides)
+    cfg = compose_config(
+        "backbone=resnet18",
+        f"backbone.name={arch}",
+        "backbone.pretrained=false",
+        f"backbone.adapter={kind}",
+        *extra,
+        *overrides,
+    )
     torch.manual_seed(0)
     model = build_model(cfg, resolve_weights(arch, pretrained=False), 3, len(CLASSES))
     with torch.no_grad():  # timm zero-inits each block's last BatchNorm scale, which would block the
@@ -56,8 +63,10 @@ def test_adapter_names_match_the_registry():
 # --- what trains ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch,kind,freeze", [("resnet10t", "lora", 2), ("test_vit", "dora", 0),
-                                              ("resnet10t", "bitfit", 0), ("test_vit", "lora", "all")])
+@pytest.mark.parametrize(
+    "arch,kind,freeze",
+    [("resnet10t", "lora", 2), ("test_vit", "dora", 0), ("resnet10t", "bitfit", 0), ("test_vit", "lora", "all")],
+)
 def test_only_the_adapter_of_trained_stages_and_the_head_change(arch, kind, freeze):
     """Every other tensor (pretrained weights, BatchNorm buffers, adapters of frozen stages) keeps its
     sha256 through optimizer steps in train mode; every adapter parameter of a trained stage changes."""
@@ -98,8 +107,12 @@ def test_default_targets_come_from_module_types_and_kernel_sizes():
     resnet = adapted("resnet10t", "lora")  # basic blocks: 3x3 convs dominate, so they are adapted too
     assert "layer1.0.conv1" in resnet.adapter.targets and not any(t.startswith("conv1") for t in resnet.adapter.targets)
     chosen = adapted("resnet10t", "dora", "backbone.adapter_targets=[layer4.*.conv2,downsample.1]").adapter
-    assert chosen.targets == ("layer4.0.conv2", "layer2.0.downsample.1", "layer3.0.downsample.1",
-                              "layer4.0.downsample.1")
+    assert chosen.targets == (
+        "layer4.0.conv2",
+        "layer2.0.downsample.1",
+        "layer3.0.downsample.1",
+        "layer4.0.downsample.1",
+    )
 
 
 # --- merging ---------------------------------------------------------------------------------------
@@ -150,8 +163,14 @@ def _without_update(model: FineTuneModel) -> FineTuneModel:
 
 def trained(weights_file, kind: str) -> bundle.ModelBundle:
     """resnet10t from the weights file with an adapter, stages 3-4 trained by a few SGD steps."""
-    cfg = compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights_file}",
-                         f"backbone.adapter={kind}", "backbone.adapter_rank=4", "dataset.image_size=32")
+    cfg = compose_config(
+        "backbone=resnet18",
+        "backbone.name=resnet10t",
+        f"backbone.weights={weights_file}",
+        f"backbone.adapter={kind}",
+        "backbone.adapter_rank=4",
+        "dataset.image_size=32",
+    )
     record = resolve_weights("resnet10t", weights_file)
     torch.manual_seed(0)
     model = build_model(cfg, record, 3, len(CLASSES))
@@ -185,8 +204,9 @@ def test_head_export_keeps_the_adapter_and_reloads_to_the_same_logits(tmp_path, 
     assert result.bytes < 0.1 * sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
     meta = loading.load_export(result.path).metadata
     assert meta["adapter"] == adapter.to_dict() and meta["adapter"]["merged"] is False
-    assert meta["adapter"]["parameters"] == sum(p.numel() for n, p in run.model.backbone.named_parameters()
-                                                if adapter.trains(n))
+    assert meta["adapter"]["parameters"] == sum(
+        p.numel() for n, p in run.model.backbone.named_parameters() if adapter.trains(n)
+    )
     reloaded = tensors.load_head_export(result.path)
     assert reloaded.adapter is not None and torch.equal(_logits(reloaded), _logits(run.model))
 
@@ -226,12 +246,15 @@ def _merge_without_update(backbone: torch.nn.Module) -> None:
 # --- config errors -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override,message", [
-    ("backbone.adapter=lorax", "backbone.adapter='lorax' is not known: choose one of none, lora, dora, bitfit"),
-    ("backbone.adapter_rank=0", "backbone.adapter_rank=0: the rank"),
-    ("backbone.adapter_alpha=-1", "backbone.adapter_alpha=-1: the update is scaled"),
-    ("backbone.adapter_targets=[]", "a list of module-name patterns"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("backbone.adapter=lorax", "backbone.adapter='lorax' is not known: choose one of none, lora, dora, bitfit"),
+        ("backbone.adapter_rank=0", "backbone.adapter_rank=0: the rank"),
+        ("backbone.adapter_alpha=-1", "backbone.adapter_alpha=-1: the update is scaled"),
+        ("backbone.adapter_targets=[]", "a list of module-name patterns"),
+    ],
+)
 def test_bad_adapter_settings_are_refused_by_the_config_check(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         validate(compose_config("backbone.adapter=lora", override), CLASSIFICATION)
@@ -254,8 +277,13 @@ def test_a_config_written_before_adapters_existed_trains_without_one():
 
 
 def test_the_cli_refuses_an_unknown_adapter_before_loading_anything(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "finetune", "backbone.adapter=lorax"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "finetune", "backbone.adapter=lorax"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "backbone.adapter='lorax' is not known" in out.stderr
     assert list(tmp_path.iterdir()) == []  # no run directory: refused before Hydra, data or weights
 
@@ -267,20 +295,36 @@ def test_probe_then_lora_run_exports_a_matching_model(tmp_path, weights_file, ca
     """Digits, resnet10t from a weights file: a probe on cached features, then LoRA in every stage.
     The pretrained tensors end as they began; the head export keeps the adapters and the ONNX export
     (merged) passes its parity gate."""
-    phases = ("schedule.phases=[{name: probe, epochs: 1, freeze: all},"
-              "{name: lora, epochs: 1, freeze: 0, backbone_lr_mult: 1.0}]")
-    cfg = compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights_file}",
-                         "backbone.adapter=lora", "backbone.adapter_rank=4", "dataset.image_size=32",
-                         "schedule.batch_size=16", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                         "trainer.limit_test_batches=2", "trainer.progress_bar=false", "logger=csv", "checkpoints.keep=both",
-                         phases)
+    phases = (
+        "schedule.phases=[{name: probe, epochs: 1, freeze: all},"
+        "{name: lora, epochs: 1, freeze: 0, backbone_lr_mult: 1.0}]"
+    )
+    cfg = compose_config(
+        "backbone=resnet18",
+        "backbone.name=resnet10t",
+        f"backbone.weights={weights_file}",
+        "backbone.adapter=lora",
+        "backbone.adapter_rank=4",
+        "dataset.image_size=32",
+        "schedule.batch_size=16",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.progress_bar=false",
+        "logger=csv",
+        "checkpoints.keep=both",
+        phases,
+    )
     train(cfg, tmp_path)
     printed = capsys.readouterr().out
     assert "lora params" in printed and "training the head on cached features" in printed
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     pretrained = load_file(weights_file)
-    base = {k.removeprefix("model.backbone.").replace(".base_layer.", "."): v for k, v in state.items()
-            if k.startswith("model.backbone.") and ".lora_" not in k}
+    base = {
+        k.removeprefix("model.backbone.").replace(".base_layer.", "."): v
+        for k, v in state.items()
+        if k.startswith("model.backbone.") and ".lora_" not in k
+    }
     assert all(torch.equal(v, pretrained[k]) for k, v in base.items())
     assert any(v.abs().max() > 0 for k, v in state.items() if ".lora_B." in k)
     head = loading.load_export(tmp_path / "exports" / "head.safetensors").metadata

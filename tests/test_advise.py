@@ -1,6 +1,7 @@
 """``finetune advise``: pooled features after every stage are the backbone's own stage outputs, the
 recommendation follows its rules, and the command writes advice.json + advice.png with a training
 command that composes. Real tiny runs: digits, random resnet10t, 32 px."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ from torch import nn
 
 from finetune.commands import advise as command
 from finetune.commands.precheck import check_config
-from finetune.engine.probing import mean_auc, probe, probed_stages, stage_features
-from finetune.engine.recommend import recommend, tolerance
 from finetune.models.backbones import build_stage_map
 from finetune.models.freezing import FineTuneModel
+from finetune.training.probing import mean_auc, probe, probed_stages, stage_features
+from finetune.training.recommend import recommend, tolerance
 
 from .conftest import compose_config
 
@@ -36,11 +37,14 @@ def _features(backbone: nn.Module, images: torch.Tensor) -> dict[str, torch.Tens
     return features
 
 
-@pytest.mark.parametrize(("name", "kwargs", "first"), [
-    ("resnet10t", {}, 1),  # intermediates: stem, layer1 … layer4 = stage1 … stage4
-    ("tf_efficientnet_lite0", {"extra_blocks": True}, 1),  # stem, blocks.0 … blocks.6 = stage1 … stage7
-    ("vit_tiny_patch16_224", {}, 0),  # blocks.0 … blocks.11 = stage1 … stage12 (patch-token maps)
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "first"),
+    [
+        ("resnet10t", {}, 1),  # intermediates: stem, layer1 … layer4 = stage1 … stage4
+        ("tf_efficientnet_lite0", {"extra_blocks": True}, 1),  # stem, blocks.0 … blocks.6 = stage1 … stage7
+        ("vit_tiny_patch16_224", {}, 0),  # blocks.0 … blocks.11 = stage1 … stage12 (patch-token maps)
+    ],
+)
 def test_stage_features_are_the_pooled_stage_outputs(name, kwargs, first):
     """Against timm's own forward_intermediates: every stage but the last is its output map averaged
     over space (a ViT: over its patch tokens); the last stage is the backbone's pooled output, what a
@@ -65,7 +69,12 @@ RISING, EARLY = [0.5, 0.6, 0.7, 0.8, 0.9], [0.5, 0.8, 0.9, 0.85, 0.7]
 
 def test_few_images_freeze_more_and_far_data_trains_more():
     few, medium, many = (recommend(RISING, 500, n) for n in (50, 300, 2000))
-    assert (few.rule, few.domain, few.settings["schedule"], few.settings["backbone.freeze"]) == (1, "close", "linear_probe", "all")
+    assert (few.rule, few.domain, few.settings["schedule"], few.settings["backbone.freeze"]) == (
+        1,
+        "close",
+        "linear_probe",
+        "all",
+    )
     assert (medium.rule, medium.settings["schedule"]) == (4, "gradual")
     assert (many.rule, many.settings["backbone.freeze"], many.settings["schedule.backbone_lr_mult"]) == (5, 0, 0.1)
 
@@ -107,7 +116,7 @@ def test_the_command_writes_advice_and_a_command_that_composes(tmp_path, monkeyp
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == record["command"] and "note: backbone.pretrained=false" in "\n".join(out)
     args = shlex.split(record["command"])
-    assert args[:len(TINY) + 1] == ["finetune", *TINY]
+    assert args[: len(TINY) + 1] == ["finetune", *TINY]
     cfg = compose_config(*args[1:])
     check_config(cfg)  # the settings are a valid training config
     for key, value in record["recommendation"]["settings"].items():
@@ -118,8 +127,9 @@ def test_the_command_writes_advice_and_a_command_that_composes(tmp_path, monkeyp
 def test_a_recipe_that_pins_its_phases_gets_the_recommended_ones():
     """recipes/medical/blood.yaml sets schedule.phases itself: switching the schedule group alone would
     leave them, so the ready command sets the phases of the recommended schedule too."""
-    ready = command.ready_overrides(["+medical=blood", "dataset.root=/data", "backbone.freeze=2"],
-                                    {"schedule": "gradual", "schedule.lr": 0.005})
+    ready = command.ready_overrides(
+        ["+medical=blood", "dataset.root=/data", "backbone.freeze=2"], {"schedule": "gradual", "schedule.lr": 0.005}
+    )
     assert ready[:2] == ["+medical=blood", "dataset.root=/data"] and "backbone.freeze=2" in ready
     assert ready[-1].startswith("schedule.phases=[{name:probe,")
     cfg = compose_config(*ready)

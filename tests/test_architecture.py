@@ -1,5 +1,6 @@
 """The architecture holds: light name lists match their registries, config checks import no torch,
 no import cycles, lower layers never import upper ones, no task branches outside finetune/tasks."""
+
 from __future__ import annotations
 
 import ast
@@ -10,27 +11,29 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import finetune
-from finetune import data, engine, models
+from finetune import data, models, run
 
 
 def test_light_names_match_the_builders() -> None:
     from finetune.data.configs import CONFIGS
     from finetune.data.datasets import KINDS
     from finetune.data.segmentation import LAYOUTS
-    from finetune.engine.optim import FACTORS, OPTIMIZERS
     from finetune.models.heads import HEADS
+    from finetune.run.optim import FACTORS, OPTIMIZERS
 
     assert tuple(KINDS) == tuple(CONFIGS) == data.CLASSIFICATION_DATASETS
     assert tuple(LAYOUTS) == data.SEGMENTATION_DATASETS
-    assert tuple(OPTIMIZERS) == engine.OPTIMIZERS
-    assert (*FACTORS, "onecycle", "plateau") == engine.SCHEDULERS
+    assert tuple(OPTIMIZERS) == run.OPTIMIZERS
+    assert (*FACTORS, "onecycle", "plateau") == run.SCHEDULERS
     assert tuple(HEADS) == models.HEADS
 
 
 def test_config_checks_import_no_torch() -> None:
     """What a config error needs must not import torch or Lightning (seconds of start-up)."""
-    code = ("import sys, finetune.engine.config, finetune.tasks; "
-            "print(sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))")
+    code = (
+        "import sys, finetune.run.config, finetune.tasks; "
+        "print(sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -39,13 +42,16 @@ def test_config_checks_import_no_torch() -> None:
 
 PACKAGE = Path(finetune.__file__).parent
 # Top to bottom. A module may import its own layer and the ones below, never one above: the commands
-# look a task up and hand it to the libraries, which only know the Task interface (tasks.base).
+# parse arguments and call training; training orchestrates a task; tasks build on export, report,
+# models and data; everything stands on the run contract (run/: typed config, schedule, records,
+# run directory and lock, console, optimizers, errors) and the Task interface (tasks.base).
 LAYERS = [
     ("finetune.cli", "finetune.__main__", "finetune.commands", "finetune.api"),  # and the package's load()
-    ("finetune.tasks",),  # the registry and the implementations; tasks.base sits with the libraries
-    ("finetune.engine", "finetune.export", "finetune.report", "finetune.tasks.base"),
-    ("finetune.data", "finetune.models", "finetune.errors", "finetune.artifacts", "finetune.resources",
-     "finetune.version"),
+    ("finetune.training",),
+    ("finetune.tasks",),  # the registry and the implementations; tasks.base is the floor's interface
+    ("finetune.export", "finetune.report"),
+    ("finetune.data", "finetune.models"),
+    ("finetune.run", "finetune.tasks.base", "finetune.resources", "finetune.version"),
 ]
 
 
@@ -76,8 +82,12 @@ def _layer(module: str) -> int:
     facade (``finetune.load``), at the top."""
     if module == "finetune":
         return 0
-    matches = [(len(prefix), i) for i, layer in enumerate(LAYERS) for prefix in layer
-               if module == prefix or module.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), i)
+        for i, layer in enumerate(LAYERS)
+        for prefix in layer
+        if module == prefix or module.startswith(prefix + ".")
+    ]
     return max(matches)[1] if matches else len(LAYERS) - 1
 
 
@@ -88,7 +98,7 @@ def test_no_import_cycles_not_even_lazy_or_for_type_checking() -> None:
         state[node] = "open"
         for nxt in graph[node]:
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, [*stack, nxt])
         state[node] = "done"
@@ -105,9 +115,16 @@ def test_every_import_points_down_the_layers() -> None:
 
 
 def test_no_task_branches_outside_tasks() -> None:
-    branches = re.compile(r"""task\s*[!=]=\s*["'](classification|segmentation)["']|["'](classification|segmentation)["']\s*[!=]=""")
-    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py") if "tasks" not in p.parts
-             for i, line in enumerate(p.read_text().splitlines(), 1) if branches.search(line)]
+    branches = re.compile(
+        r"""task\s*[!=]=\s*["'](classification|segmentation)["']|["'](classification|segmentation)["']\s*[!=]="""
+    )
+    found = [
+        f"{p.relative_to(PACKAGE)}:{i}"
+        for p in PACKAGE.rglob("*.py")
+        if "tasks" not in p.parts
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if branches.search(line)
+    ]
     assert not found
 
 
@@ -124,7 +141,7 @@ def _resolved_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            base = package[:len(package) + 1 - node.level] if node.level else []
+            base = package[: len(package) + 1 - node.level] if node.level else []
             source = ".".join([*base, *([node.module] if node.module else [])])
             found |= {source, *(f"{source}.{alias.name}" for alias in node.names)}
         elif isinstance(node, ast.Import):
@@ -136,8 +153,12 @@ def test_no_test_module_imports_another() -> None:
     """Shared helpers live in tests/helpers.py and shared fixtures in tests/conftest.py: a test module that
     imports another drags in its imports and fixtures (shadowing its own) and ties the two files together."""
     tests = REPO / "tests"
-    found = sorted(f"{path.name} imports {name}" for path in tests.glob("*.py") for name in _resolved_imports(path)
-                   if name.startswith("tests.test_") and name.count(".") == 1 and name != _module_name(path))
+    found = sorted(
+        f"{path.name} imports {name}"
+        for path in tests.glob("*.py")
+        for name in _resolved_imports(path)
+        if name.startswith("tests.test_") and name.count(".") == 1 and name != _module_name(path)
+    )
     assert not found
 
 
@@ -151,8 +172,10 @@ def test_benchmarks_have_no_import_cycles() -> None:
     """benchmarks/ (the peers package and run_all included) imports in one direction, lazily or not; importing
     a package's module runs the package's __init__ first."""
     paths = {_module_name(path): path for path in (REPO / "benchmarks").rglob("*.py")}
-    graph = {name: {m for m in _with_packages(_resolved_imports(path), name) if m in paths and m != name}
-             for name, path in paths.items()}
+    graph = {
+        name: {m for m in _with_packages(_resolved_imports(path), name) if m in paths and m != name}
+        for name, path in paths.items()
+    }
     try:
         TopologicalSorter(graph).prepare()
     except CycleError as error:

@@ -1,4 +1,5 @@
 """Each benchmark's core function runs on a tiny setting and returns sane numbers (not timed)."""
+
 from __future__ import annotations
 
 import json

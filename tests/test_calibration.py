@@ -1,5 +1,6 @@
 """Calibration (temperature scaling fitted on val, ECE / adaptive ECE, reliability bins) and test-time
 augmentation (the flips training used), from the formulas to a real run, its export and predict."""
+
 from __future__ import annotations
 
 import json
@@ -11,19 +12,29 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 import finetune
 from finetune.commands import train as run_module
-from finetune.engine.config import validate
-from finetune.errors import ConfigError
 from finetune.export.loading import load_export
-from finetune.tasks.classification.calibration import (calibration_errors, confidences, fit_temperature,
-                                                       reliability_bins)
+from finetune.run.errors import ConfigError
+from finetune.tasks.classification.calibration import calibration_errors, confidences, fit_temperature, reliability_bins
 from finetune.tasks.classification.module import ClassificationTask, probabilities
 from finetune.tasks.registry import get_task
+from finetune.training.validate import validate
 
 from .conftest import compose_config
 
-BREAST = ["dataset=medmnist", "dataset.name=breastmnist", "backbone.name=resnet10t", "backbone.pretrained=false",
-          "dataset.image_size=28", "schedule=linear_probe", "schedule.epochs=1", "schedule.batch_size=16",
-          "trainer.limit_train_batches=3", "trainer.progress_bar=false", "data.cache_features=false", "logger=csv"]
+BREAST = [
+    "dataset=medmnist",
+    "dataset.name=breastmnist",
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "dataset.image_size=28",
+    "schedule=linear_probe",
+    "schedule.epochs=1",
+    "schedule.batch_size=16",
+    "trainer.limit_train_batches=3",
+    "trainer.progress_bar=false",
+    "data.cache_features=false",
+    "logger=csv",
+]
 
 
 def test_ece_equals_torchmetrics_and_adaptive_bins_hold_equal_mass():
@@ -31,8 +42,9 @@ def test_ece_equals_torchmetrics_and_adaptive_bins_hold_equal_mass():
     probs = rng.dirichlet(np.ones(4) * 0.5, size=500)
     targets = rng.integers(0, 4, size=500)
     ours = calibration_errors(probs, targets, multilabel=False)
-    library = MulticlassCalibrationError(num_classes=4, n_bins=15, norm="l1")(torch.tensor(probs).float(),
-                                                                              torch.tensor(targets))
+    library = MulticlassCalibrationError(num_classes=4, n_bins=15, norm="l1")(
+        torch.tensor(probs).float(), torch.tensor(targets)
+    )
     assert ours["ece"] == pytest.approx(float(library), abs=1e-5)
     adaptive = reliability_bins(*confidences(probs, targets, False), adaptive=True)
     assert set(adaptive.count.tolist()) <= {33.0, 34.0} and adaptive.count.sum() == 500
@@ -67,16 +79,26 @@ def test_tta_is_refused_where_training_flipped_nothing():
     with pytest.raises(ConfigError, match="tta=true .* flipped no image .*allow_flips=false"):
         get_task("classification").data_module(cfg)
     with pytest.raises(ConfigError, match="calibration=.*not supported by task=segmentation"):
-        validate(compose_config("task=segmentation", "dataset=seg_folder", "dataset.root=/x", "head=unet",
-                                "calibration=temperature"), get_task("segmentation"))
+        validate(
+            compose_config(
+                "task=segmentation", "dataset=seg_folder", "dataset.root=/x", "head=unet", "calibration=temperature"
+            ),
+            get_task("segmentation"),
+        )
 
 
 def test_a_calibrated_tta_run_records_it_and_predict_applies_it(shared_data, tmp_path):
     """BreastMNIST (flips on, threshold tuned, temperature fitted on val): metrics.json holds the
     calibration record; the export and the Python API give the probabilities the test computed:
     mean logits over the image and its flip, divided by T."""
-    cfg = compose_config(*BREAST, f"dataset.root={shared_data / 'medmnist'}", "augment.hflip=0.5", "tta=true",
-                         "calibration=temperature", "threshold=tune")
+    cfg = compose_config(
+        *BREAST,
+        f"dataset.root={shared_data / 'medmnist'}",
+        "augment.hflip=0.5",
+        "tta=true",
+        "calibration=temperature",
+        "threshold=tune",
+    )
     run_module.train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     record = metrics["calibration"]

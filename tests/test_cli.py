@@ -1,4 +1,5 @@
 """The command line as a user runs it: `python -m finetune …` in a subprocess, real configs."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def test_every_command_has_help(tmp_path, command):
 
 
 def test_misspelt_key_gets_did_you_mean_before_torch_is_imported():
-    code = ("import sys; from finetune.cli import main; "
-            "code = main(['dataset.imagesize=64']); print(code, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    code = (
+        "import sys; from finetune.cli import main; "
+        "code = main(['dataset.imagesize=64']); print(code, 'torch' in sys.modules, 'lightning' in sys.modules)"
+    )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["2", "False", "False"], out.stderr
     assert "did you mean dataset.image_size?" in out.stderr
@@ -39,8 +42,10 @@ def test_misspelt_key_gets_did_you_mean_before_torch_is_imported():
 
 
 def test_config_value_error_is_reported_before_torch_is_imported():
-    code = ("import sys; from finetune.cli import main; "
-            "code = main(['train', 'schedule.batch_size=0']); print(code, 'torch' in sys.modules)")
+    code = (
+        "import sys; from finetune.cli import main; "
+        "code = main(['train', 'schedule.batch_size=0']); print(code, 'torch' in sys.modules)"
+    )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["2", "False"], out.stderr
     assert out.stderr.startswith("finetune: error: schedule.batch_size=0")
@@ -49,8 +54,18 @@ def test_config_value_error_is_reported_before_torch_is_imported():
 def test_train_help_lists_config_groups_and_options(tmp_path):
     out = run_cli("train", "--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    for expected in ("dataset:", "backbone:", "schedule:", "head:", "augment:", "trainer:",
-                     "efficientnet_lite0", "linear_probe", "imagefolder", "mlp"):
+    for expected in (
+        "dataset:",
+        "backbone:",
+        "schedule:",
+        "head:",
+        "augment:",
+        "trainer:",
+        "efficientnet_lite0",
+        "linear_probe",
+        "imagefolder",
+        "mlp",
+    ):
         assert expected in out.stdout
 
 
@@ -87,8 +102,9 @@ def test_freeze_deeper_than_stages_is_an_error_before_training(tmp_path):
 
 @pytest.mark.slow
 def test_digits_end_to_end_reaches_high_accuracy_and_writes_the_run_dir(tmp_path):
-    out = run_cli("schedule.epochs=2", "backbone.freeze=4", "trainer.progress_bar=false", "hydra.run.dir=run",
-                  cwd=tmp_path)
+    out = run_cli(
+        "schedule.epochs=2", "backbone.freeze=4", "trainer.progress_bar=false", "hydra.run.dir=run", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -96,9 +112,15 @@ def test_digits_end_to_end_reaches_high_accuracy_and_writes_the_run_dir(tmp_path
     assert metrics["test"]["acc_top5"] >= metrics["test"]["acc"]
     weights = json.loads((run / "weights.json").read_text())
     assert weights["source"].startswith(("pip:", "cache")) and len(weights["sha256"]) == 64
-    for name in ("config.yaml", "data.json", "checkpoints/best.ckpt",
-                 "confusion_matrix.csv", "plots/confusion_matrix.png", "plots/curves.png",
-                 "logs/finetune/metrics.csv"):
+    for name in (
+        "config.yaml",
+        "data.json",
+        "checkpoints/best.ckpt",
+        "confusion_matrix.csv",
+        "plots/confusion_matrix.png",
+        "plots/curves.png",
+        "logs/finetune/metrics.csv",
+    ):
         assert (run / name).is_file(), name
     assert "test results" in out.stdout and "run directory" in out.stdout
     assert not list(run.rglob("*.tmp"))
@@ -119,23 +141,32 @@ def test_pretrained_weights_beat_random_init_at_equal_budget(tmp_path):
 def test_wheel_install_finds_conf_and_recipes(tmp_path):
     """A non-editable install carries conf/ and recipes/ inside the package."""
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
-    build = subprocess.run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir),
-                            str(REPO)], capture_output=True, text=True)
+    build = subprocess.run(
+        [PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(REPO)],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheel_dir.glob("finetune-*.whl"))
-    install = subprocess.run([PY, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
-                             capture_output=True, text=True)
+    install = subprocess.run(
+        [PY, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True
+    )
     assert install.returncode == 0, install.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = subprocess.run(
         [PY, "-c", "import finetune.resources as r; print(r.conf_dir()); print(r.recipes_dir())"],
-        cwd=tmp_path, env=env, capture_output=True, text=True)
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     conf, recipes = probe.stdout.split()
     assert conf.startswith(str(target)) and (Path(conf) / "config.yaml").is_file()
     assert (Path(conf) / "backbone" / "resnet18.yaml").is_file()
     assert recipes.startswith(str(target)) and Path(recipes).is_dir()
-    help_out = subprocess.run([PY, "-m", "finetune", "train", "--help"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True)
+    help_out = subprocess.run(
+        [PY, "-m", "finetune", "train", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert help_out.returncode == 0 and "linear_probe" in help_out.stdout
 
 

@@ -13,12 +13,19 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.errors import DatasetError
-from finetune.data.transforms import AugmentError, Preprocessing, gray_preprocessing
 from finetune.data.folders import sort_class_names
 from finetune.data.images import read_image
 from finetune.data.sources import stratified_split
-from finetune.data.transforms import Augment, augment_ops, is_deterministic, train_transform
+from finetune.data.transforms import (
+    Augment,
+    AugmentError,
+    Preprocessing,
+    augment_ops,
+    gray_preprocessing,
+    is_deterministic,
+    train_transform,
+)
+from finetune.run.errors import DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "classification" / "hymenoptera"
@@ -413,8 +420,17 @@ def test_augment_none_trains_on_exactly_the_eval_images():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("hflip", 0.5), ("vflip", 0.5), ("crop_scale", [0.5, 1.0]), ("rotate", 5), ("shift", 0.1), ("zoom", 0.1),
-     ("color_jitter", 0.2), ("hue", 0.1), ("dropout", 0.5)],
+    [
+        ("hflip", 0.5),
+        ("vflip", 0.5),
+        ("crop_scale", [0.5, 1.0]),
+        ("rotate", 5),
+        ("shift", 0.1),
+        ("zoom", 0.1),
+        ("color_jitter", 0.2),
+        ("hue", 0.1),
+        ("dropout", 0.5),
+    ],
 )
 def test_each_random_key_makes_training_random(key, value):
     assert is_deterministic(Augment.from_mapping({}))
@@ -467,7 +483,11 @@ def test_preprocessing_helpers():
     assert mean == pytest.approx((0.449,)) and std == pytest.approx((0.226,))
     pre = Preprocessing((176, 160), (0.5,) * 3, (0.2,) * 3, "bicubic", 3)
     assert pre.to_dict() == {
-        "size": [176, 160], "mean": [0.5] * 3, "std": [0.2] * 3, "interpolation": "bicubic", "in_chans": 3
+        "size": [176, 160],
+        "mean": [0.5] * 3,
+        "std": [0.2] * 3,
+        "interpolation": "bicubic",
+        "in_chans": 3,
     }
     with pytest.raises(ValueError, match="gray_preprocessing"):
         Preprocessing((8, 8), (0.5,) * 3, (0.5,) * 3, "bicubic", 1)

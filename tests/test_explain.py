@@ -1,5 +1,6 @@
 """Grad-CAM, activation maps and filter grids on real pretrained weights; the CLI on real classification
 and segmentation runs; the segmentation Grad-CAM target on a model whose answer is known."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,15 @@ from PIL import Image
 from torch import nn
 
 from finetune.commands.explain import main as explain_main
-from finetune.report import explain as E
-from finetune.models.backbones import build_stage_map
 from finetune.data.transforms import Preprocessing, eval_transform
+from finetune.models.backbones import build_stage_map
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import create_model, resolve_weights
+from finetune.report import explain as E
 from finetune.tasks.classification.report import top_k
 from finetune.tasks.segmentation.report import SegmentationExplainer
 
 from .conftest import SEG_CLASSES
-
 
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 CLOCK = 409
@@ -87,8 +87,11 @@ def test_filter_mosaic_has_one_tile_per_filter(imagenet_model):
         cols = int(np.ceil(np.sqrt(n)))
         tile = 3 * (36 // 3) + 1
         assert mosaic.shape == ((int(np.ceil(n / cols))) * tile + 1, cols * tile + 1, 3)
-        tiles = [mosaic[1 + r * tile: r * tile + tile, 1 + c * tile: c * tile + tile]
-                 for r in range(mosaic.shape[0] // tile) for c in range(cols)]
+        tiles = [
+            mosaic[1 + r * tile : r * tile + tile, 1 + c * tile : c * tile + tile]
+            for r in range(mosaic.shape[0] // tile)
+            for c in range(cols)
+        ]
         assert sum(not np.all(t == E.FILTER_BACKGROUND) for t in tiles) == n
 
 
@@ -120,9 +123,11 @@ def test_cli_explains_images_of_a_real_run(finished_run, tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line_and_exit_2(finished_run, tmp_path, capsys):
-    for argv, message in ([[f"run={finished_run}", f"inputs={tmp_path}/*.jpg"], "no images found"],
-                          [[f"run={finished_run}"], "missing inputs="],
-                          [[f"run={finished_run}", f"inputs={tmp_path}", "colour=red"], "unexpected argument"]):
+    for argv, message in (
+        [[f"run={finished_run}", f"inputs={tmp_path}/*.jpg"], "no images found"],
+        [[f"run={finished_run}"], "missing inputs="],
+        [[f"run={finished_run}", f"inputs={tmp_path}", "colour=red"], "unexpected argument"],
+    ):
         assert explain_main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("finetune: error:") and message in err
@@ -153,8 +158,9 @@ def test_segmentation_gradcam_explains_a_class_over_its_predicted_pixels():
     square = np.zeros((40, 50), bool)
     square[8:24, 30:46] = True
     pre = Preprocessing((32, 32), (0.5,) * 3, (0.5,) * 3, "bilinear", 3)
-    run = SimpleNamespace(class_names=["background", "square"], preprocessing=pre,
-                          cfg=OmegaConf.create({"dataset": {"scale": 1.0}}))
+    run = SimpleNamespace(
+        class_names=["background", "square"], preprocessing=pre, cfg=OmegaConf.create({"dataset": {"scale": 1.0}})
+    )
     explainer, model = SegmentationExplainer(run), _PerPixel().eval()
     x, valid = explainer.model_input(image)
     assert x.shape == (1, 3, 64, 64) and valid == (40, 50)
@@ -163,7 +169,9 @@ def test_segmentation_gradcam_explains_a_class_over_its_predicted_pixels():
     explained = explainer.explain(logits, valid, 5)
     assert (explained.index, explained.name) == (1, "square")  # the largest class besides class 0
     assert [(e["class"], e["pixel_fraction"]) for e in explained.topk] == [
-        ("background", round(1 - square.mean(), 6)), ("square", round(square.mean(), 6))]
+        ("background", round(1 - square.mean(), 6)),
+        ("square", round(square.mean(), 6)),
+    ]
     assert explained.caption == f"square ({square.mean():.1%} of pixels)"
     # the target: class 1's logits summed over the pixels predicted as class 1, padding excluded
     expected = logits[0, 1, :40, :50][torch.from_numpy(square)].sum()
@@ -178,7 +186,7 @@ def _target(category: int, logits: torch.Tensor, valid: tuple[int, int]):
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
     mask = torch.zeros(logits.shape[-2:])
-    mask[:valid[0], :valid[1]] = (logits[0, :, :valid[0], :valid[1]].argmax(dim=0) == category).float()
+    mask[: valid[0], : valid[1]] = (logits[0, :, : valid[0], : valid[1]].argmax(dim=0) == category).float()
     return SemanticSegmentationTarget(category, mask.numpy())
 
 

@@ -1,4 +1,5 @@
 """Exports: head-only delta round trip, fingerprint check, parity gate on real images, atomic writes."""
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from finetune.commands import export as cli
-from finetune.export import bundle, formats, init_head, loading, parity, tensors, writing
-from finetune.tasks.registry import get_task
-from finetune.data.transforms import Preprocessing
-from finetune.errors import FinetuneError
 from finetune.commands.train import train
+from finetune.data.transforms import Preprocessing
+from finetune.export import bundle, formats, init_head, loading, parity, tensors, writing
 from finetune.models.factory import build_model
 from finetune.models.weights import resolve_weights, sha256_file
+from finetune.run.errors import FinetuneError
+from finetune.tasks.registry import get_task
 
 from .conftest import compose_config
 from .helpers import CLASSES, imagenet_32px, real_images, resnet_cfg, trained_bundle
@@ -34,9 +35,16 @@ def probe_bundle(weights_file) -> bundle.ModelBundle:
 def trained_run(tmp_path_factory) -> Path:
     """One real linear-probe run of efficientnet_lite0 (pip ImageNet weights) on digits, CPU-sized."""
     run_dir = tmp_path_factory.mktemp("train") / "run"
-    cfg = compose_config("backbone=efficientnet_lite0", "schedule=linear_probe", "schedule.epochs=1",
-                         "dataset.image_size=32", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                         "trainer.limit_test_batches=2", "trainer.progress_bar=false")
+    cfg = compose_config(
+        "backbone=efficientnet_lite0",
+        "schedule=linear_probe",
+        "schedule.epochs=1",
+        "dataset.image_size=32",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.progress_bar=false",
+    )
     train(cfg, run_dir)
     return run_dir
 

@@ -1,6 +1,7 @@
 """Export formats ``pt2`` (torch.export) and ``timm`` (a folder plain timm / smp opens without finetune):
 round trips against the torch model, the folder opened by a Python that cannot import finetune,
 refusals, and the folder written atomically."""
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from finetune.data.transforms import Preprocessing
-from finetune.errors import FinetuneError
-from finetune.export.predict import resolve_export
 from finetune.export import bundle, folders, formats, loading, writing
 from finetune.export.parity import logit_scale
+from finetune.export.predict import resolve_export
 from finetune.models.factory import build_model
 from finetune.models.freezing import frozen_stages
 from finetune.models.weights import resolve_weights
+from finetune.run.errors import FinetuneError
 
 from .conftest import compose_config
 from .helpers import CLASSES, imagenet_32px, real_images, trained_bundle
@@ -72,8 +73,13 @@ def gray_vit(tmp_path_factory) -> bundle.ModelBundle:
     torch.manual_seed(0)
     file = tmp_path_factory.mktemp("vit") / "vit_tiny.safetensors"
     save_file(timm.create_model("vit_tiny_patch16_224").state_dict(), str(file))
-    cfg = compose_config("backbone=vit_small_patch16_224", "backbone.name=vit_tiny_patch16_224",
-                         f"backbone.weights={file}", "dataset.image_size=32", "head.dropout=0.1")
+    cfg = compose_config(
+        "backbone=vit_small_patch16_224",
+        "backbone.name=vit_tiny_patch16_224",
+        f"backbone.weights={file}",
+        "dataset.image_size=32",
+        "head.dropout=0.1",
+    )
     record = resolve_weights("vit_tiny_patch16_224", file)
     model = build_model(cfg, record, 1, len(CLASSES))
     stepped(model, GRAY_PRE, lambda x: torch.arange(len(x)) % len(CLASSES))
@@ -83,14 +89,21 @@ def gray_vit(tmp_path_factory) -> bundle.ModelBundle:
 @pytest.fixture(scope="module")
 def segmenter(weights_file) -> bundle.ModelBundle:
     """A resnet10t U-Net (encoder from the weights file), two SGD steps."""
-    cfg = compose_config("task=segmentation", "dataset=seg_folder", "head=unet", "backbone=resnet18",
-                         "backbone.name=resnet10t", f"backbone.weights={weights_file}",
-                         "head.decoder_channels=[32,16,16,8,8]")
+    cfg = compose_config(
+        "task=segmentation",
+        "dataset=seg_folder",
+        "head=unet",
+        "backbone=resnet18",
+        "backbone.name=resnet10t",
+        f"backbone.weights={weights_file}",
+        "head.decoder_channels=[32,16,16,8,8]",
+    )
     record = resolve_weights("resnet10t", weights_file)
     model = build_model(cfg, record, 3, 2)
     stepped(model, SEG_PRE, lambda x: (x[:, 0] > 0).long())
-    return bundle.ModelBundle(model, cfg, ["background", "thing"], False, SEG_PRE, 3, record.to_dict(),
-                              origin="test", dense=True)
+    return bundle.ModelBundle(
+        model, cfg, ["background", "thing"], False, SEG_PRE, 3, record.to_dict(), origin="test", dense=True
+    )
 
 
 def hymenoptera(shared_data: Path) -> list[Path]:
@@ -104,11 +117,19 @@ def isolated_python(code: str, *args: str | Path, cwd: Path) -> dict:
     nor PYTHON* variables on the path), ``-S`` (no .pth files, so not finetune's editable install);
     only site-packages is added. ``code`` prints one JSON line, returned here."""
     site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    prelude = (f"import sys; sys.path += {site!r}\n"
-               "try:\n    import finetune\nexcept ModuleNotFoundError:\n    pass\n"
-               "else:\n    sys.exit('finetune is importable: the check is not isolated')\n")
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", prelude + code, *map(str, args)], cwd=cwd,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    prelude = (
+        f"import sys; sys.path += {site!r}\n"
+        "try:\n    import finetune\nexcept ModuleNotFoundError:\n    pass\n"
+        "else:\n    sys.exit('finetune is importable: the check is not isolated')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", prelude + code, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -183,16 +204,28 @@ def test_timm_folder_opens_in_plain_timm_with_the_same_logits(tmp_path, shared_d
     result = writing.export(trained, "timm", tmp_path / "exports", parity_images(trained))
     folder = tmp_path / "exports" / "timm"
     assert result.path == folder and result.parity.passed
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "finetune.json", "model.safetensors",
-                                                        "preprocess.py"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "finetune.json",
+        "model.safetensors",
+        "preprocess.py",
+    ]
     assert sorted(p.name for p in folder.parent.iterdir()) == ["preprocess.py", "timm"]  # no temp folder left
     assert resolve_export(folder) == resolve_export(folder.parent) == folder  # predict / finetune.load find it
     files = hymenoptera(shared_data)
     seen = isolated_python(TIMM_CODE, folder, tmp_path / "timm.npz", *files, cwd=tmp_path)
     pre = trained.preprocessing
-    assert seen == {"labels": CLASSES, "config": {
-        "input_size": [pre.in_chans, *pre.size], "interpolation": pre.interpolation, "mean": list(pre.mean),
-        "std": list(pre.std), "crop_pct": 1.0, "crop_mode": "squash"}}
+    assert seen == {
+        "labels": CLASSES,
+        "config": {
+            "input_size": [pre.in_chans, *pre.size],
+            "interpolation": pre.interpolation,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "crop_pct": 1.0,
+            "crop_mode": "squash",
+        },
+    }
     out = np.load(tmp_path / "timm.npz")
     # the model: finetune's torch model on timm's very tensor
     expected = torch_logits(trained.model, out["batch"])
@@ -212,12 +245,21 @@ def test_timm_folder_opens_in_plain_timm_with_the_same_logits(tmp_path, shared_d
 
 
 def test_timm_folder_refuses_an_mlp_head_before_writing(tmp_path, weights_file):
-    cfg = compose_config("backbone=resnet18", "backbone.name=resnet10t", f"backbone.weights={weights_file}",
-                         "dataset.image_size=32", "head=mlp", "head.hidden=[8]")
+    cfg = compose_config(
+        "backbone=resnet18",
+        "backbone.name=resnet10t",
+        f"backbone.weights={weights_file}",
+        "dataset.image_size=32",
+        "head=mlp",
+        "head.hidden=[8]",
+    )
     record = resolve_weights("resnet10t", weights_file)
-    mlp = bundle.ModelBundle(build_model(cfg, record, 3, len(CLASSES)).eval(), cfg, CLASSES, False, PRE, 3,
-                             record.to_dict())
-    with pytest.raises(FinetuneError, match=r"format=timm needs head=linear .* head=mlp; use format=safetensors or onnx"):
+    mlp = bundle.ModelBundle(
+        build_model(cfg, record, 3, len(CLASSES)).eval(), cfg, CLASSES, False, PRE, 3, record.to_dict()
+    )
+    with pytest.raises(
+        FinetuneError, match=r"format=timm needs head=linear .* head=mlp; use format=safetensors or onnx"
+    ):
         writing.export(mlp, "timm", tmp_path / "exports", real_images())
     assert not (tmp_path / "exports").exists()
 
@@ -233,8 +275,11 @@ def test_timm_folder_is_not_overwritten_unless_asked_and_failures_keep_nothing(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preprocess.py", "timm"]
 
     metadata = folders.metadata  # a recorded preprocessing that differs from the run's: parity fails
-    monkeypatch.setattr(folders, "metadata", lambda b, fmt: metadata(b, fmt) | {
-        "preprocessing": {**b.preprocessing.to_dict(), "std": [0.25] * 3}})
+    monkeypatch.setattr(
+        folders,
+        "metadata",
+        lambda b, fmt: metadata(b, fmt) | {"preprocessing": {**b.preprocessing.to_dict(), "std": [0.25] * 3}},
+    )
     with pytest.raises(FinetuneError, match="not kept"):
         writing.export(probe, "timm", tmp_path / "other", real_images()[:2])
     assert list((tmp_path / "other").iterdir()) == []

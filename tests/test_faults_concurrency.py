@@ -6,6 +6,7 @@ stops itself (SIGSTOP) the moment it opens a given file, and the test waits for 
 ``waitpid(WUNTRACED)``; the second command then runs against a directory the first one is known to be
 working in.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,14 +53,21 @@ sys.exit(main())
 """
 
 
-def start_finetune_until(action: str, pattern: str, *args: str, cwd: Path, folder: Path | str = "",
-                         env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_finetune_until(
+    action: str, pattern: str, *args: str, cwd: Path, folder: Path | str = "", env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """``finetune <args>`` that stops (``action='stop'``) or is killed (``'kill'``) when it first writes a
     file matching ``pattern`` (or inside such a folder) under ``folder``; output goes to ``cwd/child.out``
     (a pipe nobody reads could block it before that point)."""
     with open(cwd / "child.out", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, action, pattern, str(folder), *args], cwd=cwd,
-                                stdout=log, stderr=subprocess.STDOUT, text=True, env=env or finetune_env())
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, action, pattern, str(folder), *args],
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env or finetune_env(),
+        )
     CHILDREN.append(proc)
     return proc
 
@@ -114,15 +122,16 @@ def copy_run(finished: Path, tmp_path: Path) -> Path:
 
 # --- item 1: two resumes of one run ----------------------------------------------------------------
 
+
 def test_a_second_resume_is_refused_while_the_first_holds_the_run(finished, tmp_path):
     run = copy_run(finished, tmp_path)
-    first = start_finetune_until("stop", ".metrics.json.*.tmp", f"resume={run}", "resume_finished=true",
-                                 cwd=tmp_path)
+    first = start_finetune_until("stop", ".metrics.json.*.tmp", f"resume={run}", "resume_finished=true", cwd=tmp_path)
     wait_stopped(first, tmp_path)  # the first resume is about to write metrics.json
     before = tree_hashes(run)
     second = run_finetune(f"resume={run}", "resume_finished=true", cwd=tmp_path)
-    line = assert_refused(second, f"{run} is locked by pid {first.pid} on host {socket.gethostname()} "
-                                  "(finetune resume, started ")
+    line = assert_refused(
+        second, f"{run} is locked by pid {first.pid} on host {socket.gethostname()} (finetune resume, started "
+    )
     assert line.endswith("wait for it or stop it"), line
     assert tree_hashes(run) == before  # the second one wrote nothing
     resume_and_finish(first, tmp_path)
@@ -135,8 +144,7 @@ def test_export_and_resume_are_refused_while_a_training_run_works(tmp_path):
     run = tmp_path / "run"
     before = tree_hashes(run)
     holder = f"{run} is locked by pid {first.pid} on host {socket.gethostname()} (finetune train, started "
-    assert_refused(run_finetune("export", f"run={run}", "format=safetensors",
-                                "out=elsewhere", cwd=tmp_path), holder)
+    assert_refused(run_finetune("export", f"run={run}", "format=safetensors", "out=elsewhere", cwd=tmp_path), holder)
     assert_refused(run_finetune(f"resume={run}", cwd=tmp_path), holder)
     assert tree_hashes(run) == before and not (tmp_path / "elsewhere").exists()
     resume_and_finish(first, tmp_path)
@@ -146,6 +154,7 @@ def test_export_and_resume_are_refused_while_a_training_run_works(tmp_path):
 
 # --- item 2: concurrent exports, and what a killed export leaves -----------------------------------
 
+
 def test_a_second_export_is_refused_and_a_killed_one_is_cleaned_up_by_the_next(finished, tmp_path):
     run = copy_run(finished, tmp_path)
     export = ("export", f"run={run}", "format=onnx")
@@ -153,8 +162,9 @@ def test_a_second_export_is_refused_and_a_killed_one_is_cleaned_up_by_the_next(f
     wait_stopped(first, tmp_path)  # its model.onnx is half written
     before = tree_hashes(run)
     second = run_finetune(*export, "overwrite=true", cwd=tmp_path)
-    assert_refused(second, f"{run} is locked by pid {first.pid} on host {socket.gethostname()} "
-                           "(finetune export, started ")
+    assert_refused(
+        second, f"{run} is locked by pid {first.pid} on host {socket.gethostname()} (finetune export, started "
+    )
     assert tree_hashes(run) == before
     killed(first)  # kill -9 in the middle of the write: its lock and temporary file stay behind
     left = temporaries(run)
@@ -162,8 +172,9 @@ def test_a_second_export_is_refused_and_a_killed_one_is_cleaned_up_by_the_next(f
 
     third = run_finetune(*export, cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert (f"took over the lock of {run}: pid {first.pid} on this host (finetune export, started "
-            in third.stdout), third.stdout
+    assert f"took over the lock of {run}: pid {first.pid} on this host (finetune export, started " in third.stdout, (
+        third.stdout
+    )
     assert f"removed 1 temporary file left by an interrupted write in {run} ({left[0]})" in third.stdout
     assert temporaries(run) == [] and not (run / LOCK).exists() and (run / "exports" / "model.onnx").is_file()
 
@@ -189,25 +200,37 @@ def test_a_killed_folder_export_is_cleaned_from_the_out_folder_only_by_our_names
 
 # --- stale and foreign locks ---------------------------------------------------------------------------
 
+
 def test_a_lock_from_another_host_is_refused_with_how_to_remove_it(finished, tmp_path):
     run = copy_run(finished, tmp_path)
-    (run / LOCK).write_text(json.dumps({"pid": 4242, "host": "gpu-node-7", "command": "finetune train",
-                                        "started": "2026-12-01 10:00:00", "token": "abc"}))
+    (run / LOCK).write_text(
+        json.dumps(
+            {
+                "pid": 4242,
+                "host": "gpu-node-7",
+                "command": "finetune train",
+                "started": "2026-12-01 10:00:00",
+                "token": "abc",
+            }
+        )
+    )
     before = tree_hashes(run)
     out = run_finetune("report", f"run={run}", cwd=tmp_path)
-    line = assert_refused(out, f"{run} is locked by pid 4242 on host gpu-node-7 (finetune train, started "
-                               "2026-12-01 10:00:00), which cannot be checked from this host")
+    line = assert_refused(
+        out,
+        f"{run} is locked by pid 4242 on host gpu-node-7 (finetune train, started "
+        "2026-12-01 10:00:00), which cannot be checked from this host",
+    )
     assert f"delete {run / LOCK}" in line
     assert tree_hashes(run) == before
 
 
 def test_an_unreadable_lock_is_refused_not_taken(tmp_path):
-    from finetune.engine.lock import run_lock
-    from finetune.errors import FinetuneError
+    from finetune.run.errors import FinetuneError
+    from finetune.run.lock import run_lock
 
     (tmp_path / LOCK).write_text("")  # a process killed between creating the lock and writing it
-    with pytest.raises(FinetuneError, match=f"{tmp_path} is locked, but {tmp_path / LOCK} does not say by "
-                                            "whom") as err:
+    with pytest.raises(FinetuneError, match=f"{tmp_path} is locked, but {tmp_path / LOCK} does not say by whom") as err:
         with run_lock([tmp_path], "finetune report"):
             pass
     assert f"delete {tmp_path / LOCK}" in str(err.value)
@@ -215,12 +238,15 @@ def test_an_unreadable_lock_is_refused_not_taken(tmp_path):
 
 
 def test_the_lock_is_reentrant_in_one_process_and_released_by_its_taker(tmp_path):
-    from finetune.engine.lock import held_token, run_lock
+    from finetune.run.lock import held_token, run_lock
 
     with run_lock([tmp_path], "finetune train"):
         record = json.loads((tmp_path / LOCK).read_text())
-        assert (record["pid"], record["host"], record["command"]) == (os.getpid(), socket.gethostname(),
-                                                                      "finetune train")
+        assert (record["pid"], record["host"], record["command"]) == (
+            os.getpid(),
+            socket.gethostname(),
+            "finetune train",
+        )
         with run_lock([tmp_path], "finetune export"):  # train exports in-process: the same holder
             assert json.loads((tmp_path / LOCK).read_text()) == record
         assert (tmp_path / LOCK).exists() and held_token(tmp_path) == record["token"]
@@ -229,8 +255,8 @@ def test_the_lock_is_reentrant_in_one_process_and_released_by_its_taker(tmp_path
 
 def _take_stale_lock(args: tuple[str, object, object]) -> None:
     folder, barrier, wins = args
-    from finetune.engine.lock import run_lock
-    from finetune.errors import FinetuneError
+    from finetune.run.errors import FinetuneError
+    from finetune.run.lock import run_lock
 
     barrier.wait()  # every process finds the same stale lock at the same moment
     try:
@@ -246,8 +272,17 @@ def _take_stale_lock(args: tuple[str, object, object]) -> None:
 def test_of_several_processes_taking_over_one_stale_lock_exactly_one_wins(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (tmp_path / LOCK).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(),
-                                             "command": "finetune train", "started": "then", "token": "old"}))
+    (tmp_path / LOCK).write_text(
+        json.dumps(
+            {
+                "pid": gone.pid,
+                "host": socket.gethostname(),
+                "command": "finetune train",
+                "started": "then",
+                "token": "old",
+            }
+        )
+    )
     ctx = multiprocessing.get_context("fork")
     barrier, wins = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_take_stale_lock, args=((str(tmp_path), barrier, wins),)) for _ in range(4)]
@@ -262,12 +297,19 @@ def test_of_several_processes_taking_over_one_stale_lock_exactly_one_wins(tmp_pa
 
 # --- multi-process runs ------------------------------------------------------------------------------
 
+
 def test_a_worker_started_without_our_launcher_takes_the_lock_on_rank_0_only(tmp_path, monkeypatch):
-    from finetune.commands import train as train_command, worker
+    from finetune.commands import train as train_command
+    from finetune.commands import worker
 
     held = []
-    monkeypatch.setattr(train_command, "train", lambda cfg, run_dir, resume_from=None: held.append(
-        json.loads((run_dir / LOCK).read_text()) if (run_dir / LOCK).exists() else None))
+    monkeypatch.setattr(
+        train_command,
+        "train",
+        lambda cfg, run_dir, resume_from=None: held.append(
+            json.loads((run_dir / LOCK).read_text()) if (run_dir / LOCK).exists() else None
+        ),
+    )
     (tmp_path / "job.yaml").write_text("seed: 0\n")
     args = [f"run_dir={tmp_path / 'run'}", f"config={tmp_path / 'job.yaml'}"]
     monkeypatch.setenv("RANK", "0")  # torchrun's rank 0
@@ -280,18 +322,44 @@ def test_a_worker_started_without_our_launcher_takes_the_lock_on_rank_0_only(tmp
 
 def test_a_worker_given_a_lock_it_does_not_hold_is_refused(finished, tmp_path):
     run = copy_run(finished, tmp_path)
-    (run / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                        "command": "finetune train", "started": "now", "token": "theirs"}))
+    (run / LOCK).write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": "finetune train",
+                "started": "now",
+                "token": "theirs",
+            }
+        )
+    )
     before = tree_hashes(run)
-    out = subprocess.run([sys.executable, "-m", "finetune.commands.worker", f"run_dir={run}",
-                          f"config={run / 'config.yaml'}", "owner=resumed", "lock=mine"], cwd=tmp_path,
-                         capture_output=True, text=True, env={**finetune_env(), "RANK": "0"}, timeout=300)
-    assert_refused(out, f"{run} is locked by pid {os.getpid()} on host {socket.gethostname()} (finetune train, "
-                        "started now), not by the launcher that started this worker")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune.commands.worker",
+            f"run_dir={run}",
+            f"config={run / 'config.yaml'}",
+            "owner=resumed",
+            "lock=mine",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**finetune_env(), "RANK": "0"},
+        timeout=300,
+    )
+    assert_refused(
+        out,
+        f"{run} is locked by pid {os.getpid()} on host {socket.gethostname()} (finetune train, "
+        "started now), not by the launcher that started this worker",
+    )
     assert tree_hashes(run) == before
 
 
 # --- item 3: checkpoints are staged in the run directory -------------------------------------------
+
 
 def test_a_checkpoint_write_killed_midway_is_removed_by_the_resume_and_nothing_is_staged_in_tmpdir(tmp_path):
     spy = tmp_path / "system-tmp"
@@ -303,8 +371,14 @@ def test_a_checkpoint_write_killed_midway_is_removed_by_the_resume_and_nothing_i
     run = tmp_path / "run"
     left = temporaries(run)
     assert len(left) == 1 and left[0].startswith("checkpoints/.last.ckpt."), left
-    out = subprocess.run([sys.executable, "-m", "finetune", f"resume={run}"], cwd=tmp_path, capture_output=True,
-                         text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "finetune", f"resume={run}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"removed 1 temporary file left by an interrupted write in {run} ({left[0]})" in out.stdout
     assert temporaries(run) == [] and (run / "metrics.json").is_file()

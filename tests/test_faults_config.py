@@ -1,6 +1,7 @@
 """Fault injection for the config, the output location and resume targets (issue 25, items 11, 12,
 13, 15, 19, 20): each case is refused with one ``finetune: error:`` line (exit 2, no traceback)
 before any work, and the files involved keep their sha256."""
+
 from __future__ import annotations
 
 import shutil
@@ -19,14 +20,17 @@ from .helpers import TINY, assert_refused, finetune_env, run_finetune, tree_hash
 
 HEAVY = ("torch", "lightning", "timm")
 # ``finetune`` in this process, then the heavy modules the command imported, on stdout's last line.
-PROBE = ("import sys; from finetune.cli import main; code = main(sys.argv[1:]); "
-         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(code)")
+PROBE = (
+    "import sys; from finetune.cli import main; code = main(sys.argv[1:]); "
+    f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(code)"
+)
 
 
 def probe_finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``finetune <args>`` run by ``PROBE``: stdout ends with the heavy modules it imported."""
-    return subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True,
-                          env=finetune_env(), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True, env=finetune_env(), timeout=120
+    )
 
 
 def image_folder(root: Path) -> Path:
@@ -56,6 +60,7 @@ def paused(tmp_path_factory) -> Path:
 
 
 # --- item 11: a run directory inside the data --------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["imagefolder", "csv"])
 def test_a_run_directory_inside_the_data_is_refused_before_it_is_made(tmp_path, kind):
@@ -89,6 +94,7 @@ def test_the_default_run_directory_inside_the_data_is_refused(tmp_path):
 
 # --- item 12: stored configs on resume; unknown keys and _target_ on the command line ----------------
 
+
 def test_resume_refuses_an_environment_interpolation_in_the_stored_config(tmp_path):
     """A stored config is resolved once, when its run starts: resume does not read the environment
     again, and never writes the stored config back with the value it read."""
@@ -99,19 +105,28 @@ def test_resume_refuses_an_environment_interpolation_in_the_stored_config(tmp_pa
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     before = tree_hashes(run)
     out = run_finetune(f"resume={run}", cwd=tmp_path)
-    assert_refused(out, f"{run / 'config.yaml'}: logger.experiment holds '${{oc.env:HOME}}', which reads the "
-                        "environment")
+    assert_refused(
+        out, f"{run / 'config.yaml'}: logger.experiment holds '${{oc.env:HOME}}', which reads the environment"
+    )
     assert tree_hashes(run) == before and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
 
-@pytest.mark.parametrize(("arg", "message"), [
-    ("+foo._target_=os.system", "+foo._target_=os.system: finetune instantiates no object from its config"),
-    ("++dataset._target_=os.system", "++dataset._target_=os.system: finetune instantiates no object"),
-    ("+schedule.lrr=0.1", "schedule.lrr is not a key of this config ('+schedule.lrr=0.1'); did you mean schedule.lr?"),
-    ("++backbone.freez=2", "backbone.freez is not a key of this config ('++backbone.freez=2'); did you mean "
-                           "backbone.freeze?"),
-    ("+foo=1", "foo is not a key of this config ('+foo=1'); finetune train --cfg job lists every key"),
-])
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("+foo._target_=os.system", "+foo._target_=os.system: finetune instantiates no object from its config"),
+        ("++dataset._target_=os.system", "++dataset._target_=os.system: finetune instantiates no object"),
+        (
+            "+schedule.lrr=0.1",
+            "schedule.lrr is not a key of this config ('+schedule.lrr=0.1'); did you mean schedule.lr?",
+        ),
+        (
+            "++backbone.freez=2",
+            "backbone.freez is not a key of this config ('++backbone.freez=2'); did you mean backbone.freeze?",
+        ),
+        ("+foo=1", "foo is not a key of this config ('+foo=1'); finetune train --cfg job lists every key"),
+    ],
+)
 def test_unknown_keys_and_targets_on_the_command_line_are_refused(tmp_path, arg, message):
     out = probe_finetune(arg, "plan=true", cwd=tmp_path)
     assert_refused(out, message)
@@ -119,11 +134,18 @@ def test_unknown_keys_and_targets_on_the_command_line_are_refused(tmp_path, arg,
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args", [
-    ["+classification=digits"], ["+medical=blood"], ["+segmentation=camvid", "dataset.root={data}"],
-    ["++schedule.phases.0.lr=0.01"],  # what lr-find prints for a phase's own lr: phases check their keys
-    ["++schedule.lr=0.01"], ["+backbone.weights=null"], ["threshold=tune", "backbone.freeze=all"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["+classification=digits"],
+        ["+medical=blood"],
+        ["+segmentation=camvid", "dataset.root={data}"],
+        ["++schedule.phases.0.lr=0.01"],  # what lr-find prints for a phase's own lr: phases check their keys
+        ["++schedule.lr=0.01"],
+        ["+backbone.weights=null"],
+        ["threshold=tune", "backbone.freeze=all"],
+    ],
+)
 def test_group_selections_and_declared_keys_pass_the_precheck(args, tmp_path, capsys):
     from finetune.commands.precheck import precheck
 
@@ -131,6 +153,7 @@ def test_group_selections_and_declared_keys_pass_the_precheck(args, tmp_path, ca
 
 
 # --- item 13: a checkpoint whose tensors do not fit the run's model ---------------------------------
+
 
 def test_resume_from_a_checkpoint_with_a_wrong_shape_is_refused_before_anything_is_written(paused, tmp_path):
     import torch
@@ -151,12 +174,16 @@ def test_resume_from_a_checkpoint_with_a_wrong_shape_is_refused_before_anything_
 
 # --- item 15: an output location that cannot be written -----------------------------------------------
 
+
 def test_a_run_directory_below_a_file_is_refused_naming_it(tmp_path):
     """Root may write anywhere chmod forbids; a file where a folder must be fails for everyone."""
     (tmp_path / "blocker").write_text("not a folder")
     out = run_finetune(*TINY, "hydra.run.dir=blocker/run", cwd=tmp_path)
-    assert_refused(out, "cannot write the run directory blocker/run: blocker is a file, not a folder; "
-                        "pass hydra.run.dir=<a folder you can write>")
+    assert_refused(
+        out,
+        "cannot write the run directory blocker/run: blocker is a file, not a folder; "
+        "pass hydra.run.dir=<a folder you can write>",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
@@ -183,27 +210,36 @@ def test_a_read_only_output_location_is_refused_naming_the_folder(read_only, tmp
 
 # --- items 19 and 20: types and paths before any heavy import ----------------------------------------
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["schedule.lr=abc"], "schedule.lr='abc': expected a number (the default is 0.005)"),
-    (["dataset.num_workers=two"], "dataset.num_workers='two': expected a number (the default is 0)"),
-    (["dataset.val_fraction=[1]"], "dataset.val_fraction=[1]: expected a number (the default is 0.15)"),
-    (["seed=true"], "seed=True: expected a number (the default is 0)"),
-    (["schedule=finetune", "schedule.phases=[{name: a, epochs: 1, lr: abc}]"],
-     "schedule.phases[0].lr='abc': expected a number (as schedule.lr, default 0.005)"),
-])
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["schedule.lr=abc"], "schedule.lr='abc': expected a number (the default is 0.005)"),
+        (["dataset.num_workers=two"], "dataset.num_workers='two': expected a number (the default is 0)"),
+        (["dataset.val_fraction=[1]"], "dataset.val_fraction=[1]: expected a number (the default is 0.15)"),
+        (["seed=true"], "seed=True: expected a number (the default is 0)"),
+        (
+            ["schedule=finetune", "schedule.phases=[{name: a, epochs: 1, lr: abc}]"],
+            "schedule.phases[0].lr='abc': expected a number (as schedule.lr, default 0.005)",
+        ),
+    ],
+)
 def test_a_value_of_the_wrong_type_names_its_key_before_torch_is_imported(tmp_path, args, message):
     out = probe_finetune(*args, cwd=tmp_path)
     assert_refused(out, message)
     assert out.stdout.splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["dataset=imagefolder", "dataset.root=missing"], "dataset.root=missing does not exist (resolved to {cwd}"),
-    (["dataset=imagefolder"], "dataset.root is not set: pass dataset.root=/path/to/your/images"),
-    (["task=segmentation", "head=unet", "dataset=seg_folder"], "dataset.root is not set"),
-    (["dataset=csv", "dataset.csv=labels.csv"], "dataset.csv=labels.csv does not exist (resolved to {cwd}"),
-    (["dataset=csv"], "dataset.csv is not set: pass dataset.csv=/path/to/labels.csv"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dataset=imagefolder", "dataset.root=missing"], "dataset.root=missing does not exist (resolved to {cwd}"),
+        (["dataset=imagefolder"], "dataset.root is not set: pass dataset.root=/path/to/your/images"),
+        (["task=segmentation", "head=unet", "dataset=seg_folder"], "dataset.root is not set"),
+        (["dataset=csv", "dataset.csv=labels.csv"], "dataset.csv=labels.csv does not exist (resolved to {cwd}"),
+        (["dataset=csv"], "dataset.csv is not set: pass dataset.csv=/path/to/labels.csv"),
+    ],
+)
 def test_a_missing_dataset_path_is_refused_before_torch_is_imported(tmp_path, args, message):
     out = probe_finetune(*args, cwd=tmp_path)
     assert_refused(out, message.format(cwd=tmp_path))
@@ -213,8 +249,7 @@ def test_a_missing_dataset_path_is_refused_before_torch_is_imported(tmp_path, ar
 
 def test_a_run_directory_in_the_data_is_refused_before_torch_is_imported(tmp_path):
     data = image_folder(tmp_path / "data")
-    out = probe_finetune(*TINY, "dataset=imagefolder", f"dataset.root={data}", f"hydra.run.dir={data}/x",
-                         cwd=tmp_path)
+    out = probe_finetune(*TINY, "dataset=imagefolder", f"dataset.root={data}", f"hydra.run.dir={data}/x", cwd=tmp_path)
     assert_refused(out, "is inside the data folder")
     assert out.stdout.splitlines()[-1] == "[]"
 

@@ -4,6 +4,7 @@ objects, a JPEG cut short and closed with its end marker on every path that read
 predict, explain, export parity, the Python API), and one rule for which suffixes are images.
 Each case ends in one ``finetune: error:`` line (exit 2, no traceback) or a one-line warning, and
 leaves the inputs unchanged (sha256 of every file)."""
+
 from __future__ import annotations
 
 import csv
@@ -23,7 +24,7 @@ from finetune.data.configs import CsvConfig, FolderConfig, MedmnistConfig
 from finetune.data.files import find_images
 from finetune.data.folders import load_csv, load_imagefolder
 from finetune.data.medmnist import load_medmnist_source
-from finetune.errors import DatasetError, FinetuneError
+from finetune.run.errors import DatasetError, FinetuneError
 
 from .helpers import assert_refused, export_tiny_resnet, jpeg_bytes, run_finetune, tree_hashes, write_png
 
@@ -61,8 +62,9 @@ def images_per_class(source) -> dict[str, int]:
 def labelled_as(source, class_name: str) -> set[str]:
     """Names of the files labelled ``class_name``."""
     index = source.class_names.index(class_name)
-    return {Path(p).name for split in source.splits.values()
-            for p, t in zip(split.images, split.targets) if int(t) == index}
+    return {
+        Path(p).name for split in source.splits.values() for p, t in zip(split.images, split.targets) if int(t) == index
+    }
 
 
 def folder_config(root: Path, **keys) -> FolderConfig:
@@ -153,8 +155,16 @@ def test_the_cli_trains_a_looped_folder_with_its_real_counts(tmp_path):
     root = class_folders(tmp_path / "data", per_class=4)
     (root / "ant" / "loop").symlink_to("..")
     before = tree_hashes(root / "bee")
-    done = run_finetune("plan", "dataset=imagefolder", f"dataset.root={root}", "backbone.name=resnet10t",
-                        "backbone.pretrained=false", "dataset.image_size=32", "dataset.num_workers=0", cwd=tmp_path)
+    done = run_finetune(
+        "plan",
+        "dataset=imagefolder",
+        f"dataset.root={root}",
+        "backbone.name=resnet10t",
+        "backbone.pretrained=false",
+        "dataset.image_size=32",
+        "dataset.num_workers=0",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
     assert "ant/loop -> .." in output
@@ -222,8 +232,9 @@ def medmnist_copy(shared_data: Path, path: Path, change) -> Path:
 
 
 def test_medmnist_with_fewer_labels_than_images_is_refused(shared_data, tmp_path):
-    path = medmnist_copy(shared_data, tmp_path / "breastmnist.npz",
-                         lambda a: a.update(train_labels=a["train_labels"][:100]))
+    path = medmnist_copy(
+        shared_data, tmp_path / "breastmnist.npz", lambda a: a.update(train_labels=a["train_labels"][:100])
+    )
     before = tree_hashes(tmp_path)
     with pytest.raises(DatasetError) as refused:
         load_medmnist_source(MedmnistConfig(kind="medmnist", name="breastmnist", file=str(path)))
@@ -235,15 +246,19 @@ def test_medmnist_with_fewer_labels_than_images_is_refused(shared_data, tmp_path
 
 
 def test_medmnist_count_mismatch_in_the_test_split_is_refused_too(shared_data, tmp_path):
-    path = medmnist_copy(shared_data, tmp_path / "breastmnist.npz",
-                         lambda a: a.update(test_images=a["test_images"][:-6]))
+    path = medmnist_copy(
+        shared_data, tmp_path / "breastmnist.npz", lambda a: a.update(test_images=a["test_images"][:-6])
+    )
     with pytest.raises(DatasetError, match=r"test_images.*150.*test_labels.*156"):
         load_medmnist_source(MedmnistConfig(kind="medmnist", name="breastmnist", file=str(path)))
 
 
 def test_medmnist_object_array_is_one_line_without_allow_pickle(tmp_path):
-    arrays = {f"{s}_{k}": np.zeros((4, 28, 28) if k == "images" else (4, 1), np.uint8)
-              for s in ("train", "val", "test") for k in ("images", "labels")}
+    arrays = {
+        f"{s}_{k}": np.zeros((4, 28, 28) if k == "images" else (4, 1), np.uint8)
+        for s in ("train", "val", "test")
+        for k in ("images", "labels")
+    }
     arrays["val_images"] = np.array([np.zeros((28, 28), np.uint8)] * 3 + [None], dtype=object)
     path = tmp_path / "breastmnist.npz"
     np.savez(path, **arrays)
@@ -266,10 +281,19 @@ def test_a_pickle_posing_as_medmnist_npz_is_refused_without_allow_pickle(tmp_pat
 
 def test_cli_medmnist_mismatch_is_one_line_exit_2(shared_data, tmp_path):
 
-    path = medmnist_copy(shared_data, tmp_path / "breastmnist.npz",
-                         lambda a: a.update(train_labels=a["train_labels"][:100]))
-    done = run_finetune("plan", "dataset=medmnist", "dataset.name=breastmnist", f"dataset.file={path}",
-                        "backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32", cwd=tmp_path)
+    path = medmnist_copy(
+        shared_data, tmp_path / "breastmnist.npz", lambda a: a.update(train_labels=a["train_labels"][:100])
+    )
+    done = run_finetune(
+        "plan",
+        "dataset=medmnist",
+        "dataset.name=breastmnist",
+        f"dataset.file={path}",
+        "backbone.name=resnet10t",
+        "backbone.pretrained=false",
+        "dataset.image_size=32",
+        cwd=tmp_path,
+    )
     assert_refused(done, "train_images holds 546 images but train_labels holds 100 labels")
 
 

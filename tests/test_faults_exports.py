@@ -2,6 +2,7 @@
 items 9, 14, 16, 17): each ends in one ``finetune: error:`` line (exit code 2, no traceback) naming the
 file, changes no file, writes no output and runs nothing a pickle carries (its payload would create a
 marker file). Tiny inputs: resnet10t exports of random weights at 32 px; the session's finished run."""
+
 from __future__ import annotations
 
 import io
@@ -22,11 +23,11 @@ import finetune
 from finetune.commands import export as export_command
 from finetune.commands import predict as predict_command
 from finetune.data.transforms import Preprocessing
-from finetune.errors import FinetuneError
 from finetune.export.init_head import init_head_from
 from finetune.export.loading import load_export
 from finetune.models.factory import build_model
 from finetune.models.weights import resolve_weights, sha256_file
+from finetune.run.errors import FinetuneError
 
 from .conftest import compose_config
 from .helpers import assert_refused, export_tiny_resnet, flip_byte, rewrite_embedded, run_finetune, tree_hashes
@@ -53,8 +54,9 @@ class Payload:
 def exports(tmp_path_factory) -> Path:
     """A tiny resnet10t (linear probe on stand-in "pretrained" weights) exported as head, safetensors,
     pt2 and torchscript, each through the parity gate."""
-    return export_tiny_resnet(tmp_path_factory.mktemp("exports_faults"), CLASSES,
-                              ("head", "safetensors", "pt2", "torchscript"))
+    return export_tiny_resnet(
+        tmp_path_factory.mktemp("exports_faults"), CLASSES, ("head", "safetensors", "pt2", "torchscript")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +134,7 @@ def test_tampered_tensor_with_its_record_deleted_is_refused(exports, inputs, tmp
     with pytest.raises(FinetuneError, match="records no sha256 of its tensors"):
         finetune.load(path)
     code, err = predict(capsys, path, inputs, tmp_path / "p.csv")
-    one_error(code, err, str(path), "records no sha256 of its tensors", "re-export",
-              "allow_unverified=true")
+    one_error(code, err, str(path), "records no sha256 of its tensors", "re-export", "allow_unverified=true")
     assert not (tmp_path / "p.csv").exists() and tree_hashes(tmp_path / "tampered") == before
 
 
@@ -189,8 +190,13 @@ def test_export_of_a_run_with_a_pickled_checkpoint_is_one_line(pickled_run, caps
     before = tree_hashes(run)
     capsys.readouterr()
     code = export_command.main([f"run={run}", "format=safetensors"])
-    one_error(code, capsys.readouterr().err, str(run / "checkpoints" / "best.ckpt"),
-              "objects finetune never writes in a checkpoint", "not a finetune checkpoint, or was tampered with")
+    one_error(
+        code,
+        capsys.readouterr().err,
+        str(run / "checkpoints" / "best.ckpt"),
+        "objects finetune never writes in a checkpoint",
+        "not a finetune checkpoint, or was tampered with",
+    )
     assert tree_hashes(run) == before and not marker.exists()  # no export written, nothing in the pickle ran
 
 
@@ -208,7 +214,6 @@ def test_load_and_init_from_refuse_a_pickled_checkpoint(pickled_run):
     assert not marker.exists()
 
 
-
 def test_a_re_test_of_a_run_whose_tested_checkpoint_is_a_pickle_is_one_line(finished_run, tmp_path):
     # resume continues from a good last.ckpt, then tests best.ckpt (checkpoints.keep=best): a pickle there
     run = tmp_path / "run"
@@ -222,15 +227,19 @@ def test_a_re_test_of_a_run_whose_tested_checkpoint_is_a_pickle_is_one_line(fini
     assert "run/checkpoints/best.ckpt holds" in line and not any(advice in line for advice in UNSAFE_ADVICE)
     assert not marker.exists()
 
+
 # --- 16: export metadata that is not JSON or lacks a field ---------------------------------------
 
 
-@pytest.mark.parametrize(("field", "change"), [
-    ("preprocessing.mean", lambda meta: meta["preprocessing"].pop("mean")),
-    ("preprocessing.std", lambda meta: meta["preprocessing"].pop("std")),
-    ("class_names", lambda meta: meta.pop("class_names")),
-    ("preprocessing.mean", lambda meta: meta["preprocessing"].update(mean="0.5")),
-])
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("preprocessing.mean", lambda meta: meta["preprocessing"].pop("mean")),
+        ("preprocessing.std", lambda meta: meta["preprocessing"].pop("std")),
+        ("class_names", lambda meta: meta.pop("class_names")),
+        ("preprocessing.mean", lambda meta: meta["preprocessing"].update(mean="0.5")),
+    ],
+)
 def test_sidecar_missing_or_bad_field_is_named(exports, inputs, tmp_path, capsys, field, change):
     path = copy_export(exports, "model.pt2", tmp_path / "e")
     sidecar = rewrite_sidecar(path, change)
@@ -263,12 +272,19 @@ def test_embedded_metadata_that_is_not_json_is_named(exports, tmp_path):
 # --- 17: pickles posing as pt2 / TorchScript exports with a forged sidecar sha256 -----------------
 
 
-@pytest.mark.parametrize(("name", "kind", "what"), [
-    ("model.torchscript.pt", "torch.save", "is not a TorchScript export finetune writes: it has no TorchScript code"),
-    ("model.torchscript.pt", "pickle", "is not a TorchScript export finetune writes: not a zip archive"),
-    ("model.pt2", "torch.save", "is not a pt2 export finetune writes: it holds"),
-    ("model.pt2", "pickle", "is not a pt2 export finetune writes: not a zip archive"),
-])
+@pytest.mark.parametrize(
+    ("name", "kind", "what"),
+    [
+        (
+            "model.torchscript.pt",
+            "torch.save",
+            "is not a TorchScript export finetune writes: it has no TorchScript code",
+        ),
+        ("model.torchscript.pt", "pickle", "is not a TorchScript export finetune writes: not a zip archive"),
+        ("model.pt2", "torch.save", "is not a pt2 export finetune writes: it holds"),
+        ("model.pt2", "pickle", "is not a pt2 export finetune writes: not a zip archive"),
+    ],
+)
 def test_pickle_posing_as_an_export_is_refused_unread(exports, inputs, tmp_path, capsys, name, kind, what):
     path = copy_export(exports, name, tmp_path / "e")
     marker = tmp_path / "payload-ran"
@@ -312,12 +328,16 @@ def pickled_weight(path: Path, marker: Path) -> None:
     entry["use_pickle"] = True
     buffer = io.BytesIO()
     torch.save(Payload(marker), buffer)
-    rewrite_zip(path, {"archive/data/weights/model_weights_config.json": json.dumps(config).encode(),
-                       f"archive/data/weights/{entry['path_name']}": buffer.getvalue()})
+    rewrite_zip(
+        path,
+        {
+            "archive/data/weights/model_weights_config.json": json.dumps(config).encode(),
+            f"archive/data/weights/{entry['path_name']}": buffer.getvalue(),
+        },
+    )
 
 
-@pytest.mark.parametrize(("tamper", "what"), [(pickled_sample_inputs, "sample inputs"),
-                                              (pickled_weight, "pickled")])
+@pytest.mark.parametrize(("tamper", "what"), [(pickled_sample_inputs, "sample inputs"), (pickled_weight, "pickled")])
 def test_pt2_archive_carrying_a_pickle_is_refused_unread(exports, tmp_path, tamper, what):
     path = copy_export(exports, "model.pt2", tmp_path / "e")
     marker = tmp_path / "payload-ran"

@@ -3,6 +3,7 @@ exit code 2 and no traceback, and leaves the input folders unchanged (sha256 of 
 that were accepted in silence (duplicate rows, paths leaving the root, a cut JPEG closed with its end
 marker, a tampered export tensor) are refused. Tiny inputs: PNG/JPEG files written with PIL, resnet10t
 exports from random weights."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,9 @@ from finetune.data.configs import CsvConfig
 from finetune.data.folders import load_csv
 from finetune.data.images import inspect_image
 from finetune.data.transforms import Preprocessing
-from finetune.errors import DatasetError, FinetuneError
 from finetune.export.loading import load_export
 from finetune.models.weights import WeightsError, resolve_weights
+from finetune.run.errors import DatasetError, FinetuneError
 
 from .helpers import export_tiny_resnet, flip_byte, jpeg_bytes, rewrite_embedded, write_png
 
@@ -42,15 +43,19 @@ CLASSES = ["ant", "bee", "wasp"]
 
 def hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (names relative to it)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """``python -m finetune <args>`` in ``cwd``, offline."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -81,8 +86,16 @@ def good_rows(n: int = 8) -> list[str]:
     return [f"imgs/img{i:03d}.png,{'ab'[i % 2]}" for i in range(n)]
 
 
-PLAN_CSV = ["dataset=csv", "backbone=resnet18", "backbone.name=resnet10t", "backbone.pretrained=false",
-            "dataset.image_size=32", "dataset.num_workers=0", "plan=true", "hydra.run.dir=run"]
+PLAN_CSV = [
+    "dataset=csv",
+    "backbone=resnet18",
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "dataset.image_size=32",
+    "dataset.num_workers=0",
+    "plan=true",
+    "hydra.run.dir=run",
+]
 
 
 # --- CSV: encoding, duplicates, paths outside the root ------------------------------------------
@@ -114,8 +127,12 @@ def test_duplicate_rows_are_refused_naming_the_lines(tmp_path):
     with pytest.raises(DatasetError, match=r"2 row\(s\) list an image already listed \(line 10 repeats line 4 "):
         load_csv(CsvConfig(kind="csv", csv=str(csv_path)))
     done = run_cli(tmp_path, *PLAN_CSV, f"dataset.csv={csv_path}")
-    assert_one_line_error(done, "line 10 repeats line 4 ('imgs/img002.png')",
-                          "line 11 repeats line 7 ('./imgs/img005.png')", "dataset.on_duplicate=first")
+    assert_one_line_error(
+        done,
+        "line 10 repeats line 4 ('imgs/img002.png')",
+        "line 11 repeats line 7 ('./imgs/img005.png')",
+        "dataset.on_duplicate=first",
+    )
     assert hashes(data) == before
 
 
@@ -137,8 +154,9 @@ def test_paths_leaving_the_root_are_refused_unless_allowed(tmp_path):
     with pytest.raises(DatasetError, match=r"2 path\(s\) lead outside .*line 10: '../elsewhere/x.png'"):
         load_csv(CsvConfig(kind="csv", csv=str(csv_path)))
     done = run_cli(tmp_path, *PLAN_CSV, f"dataset.csv={csv_path}")
-    assert_one_line_error(done, "lead outside", "line 10: '../elsewhere/x.png'", "line 11:",
-                          "dataset.allow_outside_root=true")
+    assert_one_line_error(
+        done, "lead outside", "line 10: '../elsewhere/x.png'", "line 11:", "dataset.allow_outside_root=true"
+    )
     assert hashes(data) | hashes(outside) == before
     csv_folder(data, [*good_rows(), "../elsewhere/x.png,a"])
     allowed = load_csv(CsvConfig(kind="csv", csv=str(csv_path), allow_outside_root=True, test_fraction=0.0))
@@ -215,12 +233,16 @@ class NotAllowed:  # a class the weights-only unpickler refuses
 BAD_WEIGHTS = {
     "list.pth": (lambda p: torch.save([torch.zeros(2)], p), "holds no state dict (names → tensors) but a list of 1"),
     "tensor.pth": (lambda p: torch.save(torch.zeros(3, 4), p), "but a single tensor of shape (3, 4)"),
-    "module.pth": (lambda p: torch.save(torch.nn.Linear(2, 2), p),
-                   "is a pickle that a safe load refuses (it needs torch.nn.modules.linear.Linear)"),
+    "module.pth": (
+        lambda p: torch.save(torch.nn.Linear(2, 2), p),
+        "is a pickle that a safe load refuses (it needs torch.nn.modules.linear.Linear)",
+    ),
     "object.pth": (lambda p: p.write_bytes(pickle.dumps(NotAllowed())), "is a pickle that a safe load refuses"),
     "text.pth": (lambda p: p.write_text("hello"), "is not a PyTorch or safetensors file"),
-    "cut.pth": (lambda p: (torch.save({"a": torch.zeros(64)}, p), p.write_bytes(p.read_bytes()[:200])),
-                "is a damaged PyTorch file"),
+    "cut.pth": (
+        lambda p: (torch.save({"a": torch.zeros(64)}, p), p.write_bytes(p.read_bytes()[:200])),
+        "is a damaged PyTorch file",
+    ),
     "text.safetensors": (lambda p: p.write_text("not safetensors"), "is not a readable safetensors file"),
 }
 
@@ -248,8 +270,17 @@ def test_bad_weights_stop_the_cli_before_data_loading(tmp_path, name):
     csv_path = csv_folder(data, good_rows())
     csv_path.write_bytes(b"\xff not even utf-8 \n")  # would fail if the data were read first
     before = hashes(tmp_path / "w") | hashes(data)
-    done = run_cli(tmp_path, "dataset=csv", f"dataset.csv={csv_path}", "backbone=resnet18", "backbone.name=resnet10t",
-                   f"backbone.weights={weights}", "dataset.image_size=32", "plan=true", "hydra.run.dir=run")
+    done = run_cli(
+        tmp_path,
+        "dataset=csv",
+        f"dataset.csv={csv_path}",
+        "backbone=resnet18",
+        "backbone.name=resnet10t",
+        f"backbone.weights={weights}",
+        "dataset.image_size=32",
+        "plan=true",
+        "hydra.run.dir=run",
+    )
     assert_one_line_error(done, f"backbone.weights={weights}", message)
     assert hashes(tmp_path / "w") | hashes(data) == before
 
@@ -284,12 +315,19 @@ def test_exports_record_a_sha256_per_tensor(exports):
     for name in ("head.safetensors", "model.safetensors"):
         meta = load_export(exports / name).metadata
         stored = load_file(exports / name)
-        assert sorted(meta["tensor_sha256"]) == sorted(stored) and all(len(h) == 64 for h in meta["tensor_sha256"].values())
+        assert sorted(meta["tensor_sha256"]) == sorted(stored) and all(
+            len(h) == 64 for h in meta["tensor_sha256"].values()
+        )
 
 
-@pytest.mark.parametrize(("name", "tensor"), [("head.safetensors", "head.0.weight"),
-                                              ("model.safetensors", "head.0.weight"),
-                                              ("model.safetensors", "backbone.layer4.0.conv1.weight")])
+@pytest.mark.parametrize(
+    ("name", "tensor"),
+    [
+        ("head.safetensors", "head.0.weight"),
+        ("model.safetensors", "head.0.weight"),
+        ("model.safetensors", "backbone.layer4.0.conv1.weight"),
+    ],
+)
 def test_a_flipped_byte_in_a_stored_tensor_is_refused_naming_it(exports, tmp_path, name, tensor):
     path = copy_export(exports, name, tmp_path / "tampered")
     assert tensor in load_file(path)

@@ -1,6 +1,7 @@
 """Fault injection for run directories and resume: each case asserts the exact outcome (message,
 exit code 2, no traceback) and that input folders and finished runs are unchanged, by sha256 of
 every file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,25 +16,42 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.engine.rundir import RUN_MARKER, forget_claims, log_attempts, log_version, unique_run_dir
 from finetune.report.plots import epoch_history
+from finetune.run.rundir import RUN_MARKER, forget_claims, log_attempts, log_version, unique_run_dir
 
 from .conftest import compose_config
 
-TINY = ["backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32", "schedule=linear_probe",
-        "schedule.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "trainer.progress_bar=false"]
+TINY = [
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "dataset.image_size=32",
+    "schedule=linear_probe",
+    "schedule.epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.progress_bar=false",
+]
 
 
 def finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "finetune", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "finetune", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (names relative to it)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def refused(out: subprocess.CompletedProcess, message: str) -> None:
@@ -62,6 +80,7 @@ def copy_run(finished: Path, tmp_path: Path, name: str = "run") -> Path:
 
 # --- unique run directories -------------------------------------------------------------------------
 
+
 def _claim(args: tuple[str, multiprocessing.synchronize.Barrier]) -> str:
     base, barrier = args
     barrier.wait()  # every process asks for the name at the same moment
@@ -89,10 +108,10 @@ def test_runs_started_at_the_same_moment_get_different_directories(tmp_path):
 
 
 def test_the_default_run_and_sweep_dirs_are_made_unique_by_the_resolver(tmp_path, monkeypatch):
-    import finetune.commands.train  # noqa: F401  (registers the unique_dir resolver)
     from hydra import compose, initialize_config_dir
     from hydra.core.utils import setup_globals
 
+    import finetune.commands.train  # noqa: F401  (registers the unique_dir resolver)
     from finetune.resources import conf_dir
 
     monkeypatch.chdir(tmp_path)
@@ -127,7 +146,7 @@ def test_an_explicit_run_dir_that_is_a_user_folder_is_refused_untouched(tmp_path
 
 
 def test_multirun_jobs_each_own_a_directory(tmp_path):
-    from finetune.engine.rundir import claim_run_dir
+    from finetune.run.rundir import claim_run_dir
 
     sweep = Path(unique_run_dir(tmp_path / "multirun"))
     tokens = {claim_run_dir(sweep / str(n), hydra_files_allowed=True) for n in range(3)}
@@ -139,6 +158,7 @@ def test_multirun_jobs_each_own_a_directory(tmp_path):
 
 
 # --- no directory for plan and for runs refused before training --------------------------------------
+
 
 def test_plan_makes_no_run_directory(tmp_path):
     for args in (["plan", *TINY], ["plan=true", *TINY], ["plan=true", *TINY, "hydra.run.dir=run"]):
@@ -160,6 +180,7 @@ def test_a_run_refused_on_its_data_leaves_no_directory_and_its_input_unchanged(t
 
 
 # --- resume -------------------------------------------------------------------------------------------
+
 
 def test_resuming_a_finished_run_is_refused_unless_asked(finished, tmp_path):
     run = copy_run(finished, tmp_path)
@@ -192,18 +213,35 @@ def test_resume_finished_re_tests_without_training_and_may_calibrate(finished, t
 def test_resume_overrides_that_change_the_experiment_are_refused_by_name(finished, tmp_path):
     run = copy_run(finished, tmp_path)
     before = tree_hashes(run)
-    out = finetune(f"resume={run}", "resume_finished=true", "dataset=imagefolder", f"dataset.root={tmp_path}",
-                   "seed=3", "schedule.epochs=4", "trainer.devices=1", "dataset.num_workers=0", cwd=tmp_path)
-    refused(out, "would change the experiment: dataset=imagefolder "
-                 f"dataset.root={tmp_path} seed=3 schedule.epochs=4 (allowed")
+    out = finetune(
+        f"resume={run}",
+        "resume_finished=true",
+        "dataset=imagefolder",
+        f"dataset.root={tmp_path}",
+        "seed=3",
+        "schedule.epochs=4",
+        "trainer.devices=1",
+        "dataset.num_workers=0",
+        cwd=tmp_path,
+    )
+    refused(
+        out,
+        f"would change the experiment: dataset=imagefolder dataset.root={tmp_path} seed=3 schedule.epochs=4 (allowed",
+    )
     assert tree_hashes(run) == before
 
 
 def test_resume_safe_overrides_are_allowed_and_applied(finished):
-    from finetune.engine.runs import experiment_changes, resume_config
+    from finetune.run.records import experiment_changes, resume_config
 
-    overrides = ["resume=x", "trainer.devices=1", "dataset.num_workers=0", "trainer.progress_bar=true",
-                 "seed=0", "schedule=linear_probe"]  # the last two: the values the run has
+    overrides = [
+        "resume=x",
+        "trainer.devices=1",
+        "dataset.num_workers=0",
+        "trainer.progress_bar=true",
+        "seed=0",
+        "schedule=linear_probe",
+    ]  # the last two: the values the run has
     current = compose_config(*TINY[:-1], *overrides)
     cfg = resume_config(finished, current, overrides)
     assert cfg.trainer.progress_bar is True and cfg.dataset.num_workers == 0 and cfg.resume is None
@@ -251,8 +289,9 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_phase_one_keeping
     out = finetune(f"resume={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stopped before its first checkpoint, so phase 1 starts from the beginning" in out.stdout
-    assert f"removed 1 temporary file left by an interrupted write in {run} (logs/.metrics.csv.abc12345.tmp)" \
-        in out.stdout
+    assert (
+        f"removed 1 temporary file left by an interrupted write in {run} (logs/.metrics.csv.abc12345.tmp)" in out.stdout
+    )
     assert not stray.exists() and not list(run.rglob(".*.tmp"))
     assert (run / "logs" / "probe" / "metrics.csv").read_bytes() == first_log  # the first attempt's lines kept
     assert (run / "logs" / "probe" / "attempt-2" / "metrics.csv").is_file()
@@ -267,6 +306,7 @@ def test_a_directory_no_run_wrote_is_not_resumed(tmp_path):
 
 
 # --- per-attempt logs ---------------------------------------------------------------------------------
+
 
 def test_a_resumed_phase_logs_to_a_new_attempt_and_history_reads_every_attempt(tmp_path):
     logs = tmp_path / "logs"

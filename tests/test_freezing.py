@@ -1,4 +1,5 @@
 """The freezing contract: frozen parameters AND BatchNorm buffers never change during training."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,14 @@ import timm
 import torch
 
 from finetune.models.backbones import build_stage_map
-from finetune.models.freezing import (FineTuneModel, FreezeError, frozen_stages, param_groups, stage_learning_rates,
-                               stage_status)
+from finetune.models.freezing import (
+    FineTuneModel,
+    FreezeError,
+    frozen_stages,
+    param_groups,
+    stage_learning_rates,
+    stage_status,
+)
 from finetune.models.heads import build_head
 
 from .helpers import tensor_hashes, train_steps
@@ -59,15 +66,16 @@ def test_frozen_modules_stay_in_eval_through_train_calls():
     model.set_frozen(frozen_stages(model.stage_map, 1), "frozen")
     model.train()
     torch.nn.Module.train(model, True)  # what a wrapper calling the base class would do…
-    model.train()                       # …is undone by the next regular train() call
+    model.train()  # …is undone by the next regular train() call
     bn_stem = model.backbone.conv1[1]
     bn_last = model.backbone.layer4[0].bn1
     assert not bn_stem.training and bn_last.training
     assert [r.bn_mode for r in stage_status(model)][:3] == ["eval", "eval", "train"]
 
 
-@pytest.mark.parametrize("arch,expected", [("resnet18", 4), ("efficientnet_lite0", 7), ("vit_small_patch16_224", 12),
-                                           ("convnext_atto", 4)])
+@pytest.mark.parametrize(
+    "arch,expected", [("resnet18", 4), ("efficientnet_lite0", 7), ("vit_small_patch16_224", 12), ("convnext_atto", 4)]
+)
 def test_stages_come_from_timm_group_matcher(arch, expected):
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     stages = build_stage_map(model)

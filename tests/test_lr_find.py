@@ -1,6 +1,7 @@
 """``finetune lr-find``: Lightning's range test on one phase, per-stage learning-rate ratios kept, the
 suggestion taken against log(lr) from debiased losses, the plot and JSON in a run directory of its own.
 Real tiny scans: digits, random resnet10t, 32 px, 20 steps."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,21 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import TensorDataset
 
 from finetune.commands import lr_find as command
-from finetune.engine.lr_find import debiased, default_phase, find_lr, range_test, scan_trainer, steepest_descent
-from finetune.engine.phases import PlannedPhase
-from finetune.engine.schedule import lr_key, phases_from
+from finetune.run.schedule import lr_key, phases_from
 from finetune.tasks.registry import get_task
+from finetune.training.lr_find import debiased, default_phase, find_lr, range_test, scan_trainer, steepest_descent
+from finetune.training.phases import PlannedPhase
 
 from .conftest import compose_config
 from .helpers import squares
 
-TINY = ["+classification=digits", "backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32",
-        "trainer.progress_bar=false"]
+TINY = [
+    "+classification=digits",
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "dataset.image_size=32",
+    "trainer.progress_bar=false",
+]
 
 
 def test_the_scan_keeps_the_ratio_between_the_stages_learning_rates(tmp_path):
@@ -33,7 +39,8 @@ def test_the_scan_keeps_the_ratio_between_the_stages_learning_rates(tmp_path):
     cfg = compose_config(*TINY, "backbone.freeze=0", "schedule.layer_decay=0.5")
     steps: list[dict[str, float]] = []
     hook = register_optimizer_step_pre_hook(
-        lambda optimizer, args, kwargs: steps.append({g["name"]: g["lr"] for g in optimizer.param_groups}))
+        lambda optimizer, args, kwargs: steps.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+    )
     try:
         scan = find_lr(get_task("classification"), cfg, tmp_path, None, 1e-6, 1.0, 20)
     finally:
@@ -42,7 +49,8 @@ def test_the_scan_keeps_the_ratio_between_the_stages_learning_rates(tmp_path):
     assert len(steps) == 20
     for lrs in steps:
         assert {name: lr / lrs["head"] for name, lr in lrs.items()} == pytest.approx(
-            {name: expected[name.split("/")[0]] for name in lrs})
+            {name: expected[name.split("/")[0]] for name in lrs}
+        )
     head = [lrs["head"] for lrs in steps]
     assert head == pytest.approx(scan.lrs)  # the lr recorded against each loss is the head's
     assert head[0] == pytest.approx(1e-6) and head[-1] > 0.1 and head == sorted(head)
@@ -80,10 +88,21 @@ def test_segmentation_scans_its_decoder_and_encoder_stages(tmp_path):
     """The seam carries segmentation: a U-Net over a random resnet10t, freeze=-1 (the top encoder stage
     trains at x0.1 of the decoder + head)."""
     squares(tmp_path / "data", n=10, foreground=1)
-    cfg = compose_config("task=segmentation", "dataset=seg_folder", f"dataset.root={tmp_path / 'data'}",
-                         "dataset.class_names=[background,thing]", "dataset.test_fraction=0.2", "dataset.crop_size=32",
-                         "dataset.num_workers=0", "head=unet", "backbone.name=resnet10t", "backbone.pretrained=false",
-                         "backbone.freeze=-1", "schedule.batch_size=2", "trainer.progress_bar=false")
+    cfg = compose_config(
+        "task=segmentation",
+        "dataset=seg_folder",
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.class_names=[background,thing]",
+        "dataset.test_fraction=0.2",
+        "dataset.crop_size=32",
+        "dataset.num_workers=0",
+        "head=unet",
+        "backbone.name=resnet10t",
+        "backbone.pretrained=false",
+        "backbone.freeze=-1",
+        "schedule.batch_size=2",
+        "trainer.progress_bar=false",
+    )
     scan = find_lr(get_task("segmentation"), cfg, tmp_path, None, 1e-6, 1.0, 20)
     assert scan.lr_ratios == pytest.approx({"head": 1.0, "head/no_decay": 1.0, "stage4": 0.1, "stage4/no_decay": 0.1})
     assert len(scan.lrs) == 20 and scan.min_lr <= scan.suggestion <= scan.max_lr
@@ -96,8 +115,11 @@ def test_the_default_phase_and_the_key_that_sets_its_lr():
     plan = [PlannedPhase(p, frozen) for p, frozen in zip(phases_from(cfg), [("stem", "s1", "s2"), ("stem", "s1"), ()])]
     assert default_phase(plan, ("stem", "s1", "s2")) == 1
     assert default_phase(plan[:1], ("stem", "s1", "s2")) == 0
-    assert [lr_key(cfg, i) for i in range(3)] == ["schedule.phases.0.lr", "++schedule.phases.1.lr",
-                                                  "++schedule.phases.2.lr"]
+    assert [lr_key(cfg, i) for i in range(3)] == [
+        "schedule.phases.0.lr",
+        "++schedule.phases.1.lr",
+        "++schedule.phases.2.lr",
+    ]
     assert lr_key(compose_config("+classification=digits"), 0) == "schedule.lr"
 
 
@@ -112,8 +134,12 @@ class _ConstantLoss(L.LightningModule):
         return 3.0 + 0 * (self.body(batch[0]) + self.head(batch[0])).sum()
 
     def configure_optimizers(self):
-        return torch.optim.SGD([{"name": "stage1", "params": self.body.parameters(), "lr": 0.1},
-                                {"name": "head", "params": self.head.parameters(), "lr": 1.0}])
+        return torch.optim.SGD(
+            [
+                {"name": "stage1", "params": self.body.parameters(), "lr": 0.1},
+                {"name": "head", "params": self.head.parameters(), "lr": 1.0},
+            ]
+        )
 
 
 def test_the_recorded_loss_is_debiased(tmp_path):
@@ -129,5 +155,5 @@ def test_the_recorded_loss_is_debiased(tmp_path):
 def test_the_suggestion_is_the_steepest_descent_against_log_lr():
     lrs = [10 ** (-6 + 6 * i / 99) for i in range(100)]
     losses = [2 - math.tanh(math.log10(lr) + 2.5) for lr in lrs]  # falls fastest at 10^-2.5
-    assert steepest_descent(lrs, losses) == pytest.approx(10 ** -2.5, rel=0.1)
+    assert steepest_descent(lrs, losses) == pytest.approx(10**-2.5, rel=0.1)
     assert steepest_descent(lrs[:12], losses[:12]) is None

@@ -3,6 +3,7 @@
 Real files: ../shared/data/medmnist (read in place) and pydicom's bundled test files (copied into
 class folders in tmp_path). Fast cases use tiny synthetic npz files written to tmp_path.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,17 +19,19 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
+from finetune.commands.precheck import check_config
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.errors import DatasetError
-from finetune.data.transforms import Preprocessing
 from finetune.data.imbalance import loss_weights, resolve_imbalance
 from finetune.data.medmnist import MEDMNIST, official_file_name
 from finetune.data.samplers import ClassBalancedSampler
-from finetune.data.transforms import Augment, augment_ops
-from finetune.errors import ConfigError
-from finetune.commands.precheck import check_config
+from finetune.data.transforms import Augment, Preprocessing, augment_ops
+from finetune.run.errors import ConfigError, DatasetError
 from finetune.tasks.classification.module import (
-    ClassificationTask, balanced_accuracy_threshold, classification_metrics, monitor_metric, probabilities,
+    ClassificationTask,
+    balanced_accuracy_threshold,
+    classification_metrics,
+    monitor_metric,
+    probabilities,
     tune_thresholds,
 )
 
@@ -51,8 +54,15 @@ def make_dm(dataset, imbalance: str = "none", batch_size: int = 8) -> Classifica
     return ClassificationDataModule(dataset, NONE_AUGMENT, batch_size, num_workers=0, seed=0, imbalance=imbalance)
 
 
-def write_npz(path: Path, sizes=(12, 4, 6), num_classes: int = 2, label_shape: str = "n1", channels: int = 1,
-              multilabel: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+def write_npz(
+    path: Path,
+    sizes=(12, 4, 6),
+    num_classes: int = 2,
+    label_shape: str = "n1",
+    channels: int = 1,
+    multilabel: int = 0,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """A MedMNIST-layout npz: {split}_images uint8 (N, 28, 28[, 3]) and {split}_labels."""
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -72,9 +82,10 @@ def write_npz(path: Path, sizes=(12, 4, 6), num_classes: int = 2, label_shape: s
 
 
 def tiny_model(num_classes: int, in_chans: int = 1):
+    import timm
+
     from finetune.models.backbones import build_stage_map
     from finetune.models.freezing import FineTuneModel
-    import timm
 
     backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=in_chans)
     return FineTuneModel(backbone, torch.nn.Linear(backbone.num_features, num_classes), build_stage_map(backbone))
@@ -142,12 +153,15 @@ def test_missing_file_is_downloaded_with_the_medmnist_package(tmp_path, monkeypa
     assert dm.split_sizes == {"train": 12, "val": 4, "test": 6}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"name": "organmnist3d"}, "3D subsets are not supported"),
-    ({"name": "pneumonia"}, "not a MedMNIST 2D subset"),
-    ({"name": "breastmnist", "size": 32}, "sizes"),
-    ({"name": None}, "dataset.name is not set"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"name": "organmnist3d"}, "3D subsets are not supported"),
+        ({"name": "pneumonia"}, "not a MedMNIST 2D subset"),
+        ({"name": "breastmnist", "size": 32}, "sizes"),
+        ({"name": None}, "dataset.name is not set"),
+    ],
+)
 def test_bad_medmnist_config_is_named(tmp_path, overrides, message):
     with pytest.raises(DatasetError, match=message):
         make_dm(medmnist_cfg(root=str(tmp_path), **overrides))
@@ -170,8 +184,7 @@ def test_multilabel_subset_takes_the_bce_path(tmp_path):
     counts = np.asarray(dm.info.class_counts, dtype=np.float32)
     assert torch.allclose(dm.class_weights, torch.as_tensor((16 - counts) / counts))  # BCE pos_weight
     dm.set_preprocessing(Preprocessing((32, 32), (0.5,), (0.25,), "bilinear", 1))
-    task = ClassificationTask(tiny_model(14), 14, multilabel=True, class_weights=dm.class_weights,
-                              task=dm.info.task)
+    task = ClassificationTask(tiny_model(14), 14, multilabel=True, class_weights=dm.class_weights, task=dm.info.task)
     assert isinstance(task.loss_fn, torch.nn.BCEWithLogitsLoss)
     assert torch.equal(task.loss_fn.pos_weight, dm.class_weights)
     batch = next(iter(dm.val_dataloader()))
@@ -183,10 +196,15 @@ def test_multilabel_subset_takes_the_bce_path(tmp_path):
     assert "loss_fn.pos_weight" not in task.state_dict()  # a task built without weights loads the checkpoint
 
 
-@pytest.mark.parametrize("task, num_classes, loss", [("binary", 2, torch.nn.CrossEntropyLoss),
-                                                     ("multi-class", 8, torch.nn.CrossEntropyLoss),
-                                                     ("ordinal-regression", 5, torch.nn.CrossEntropyLoss),
-                                                     ("multi-label", 14, torch.nn.BCEWithLogitsLoss)])
+@pytest.mark.parametrize(
+    "task, num_classes, loss",
+    [
+        ("binary", 2, torch.nn.CrossEntropyLoss),
+        ("multi-class", 8, torch.nn.CrossEntropyLoss),
+        ("ordinal-regression", 5, torch.nn.CrossEntropyLoss),
+        ("multi-label", 14, torch.nn.BCEWithLogitsLoss),
+    ],
+)
 def test_task_type_sets_loss_and_metrics(task, num_classes, loss):
     module = ClassificationTask(tiny_model(num_classes), num_classes, multilabel=task == "multi-label", task=task)
     assert isinstance(module.loss_fn, loss)
@@ -200,8 +218,9 @@ def test_weighted_cross_entropy_uses_the_class_weights():
     weights = loss_weights([30, 10])
     module = ClassificationTask(tiny_model(2), 2, class_weights=weights)
     logits, targets = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 1])
-    assert torch.allclose(module.loss_fn(logits, targets),
-                          torch.nn.functional.cross_entropy(logits, targets, weight=weights))
+    assert torch.allclose(
+        module.loss_fn(logits, targets), torch.nn.functional.cross_entropy(logits, targets, weight=weights)
+    )
     assert "loss_fn.weight" not in module.state_dict()
 
 
@@ -286,8 +305,11 @@ def test_sampler_two_ranks_draw_disjoint_shards_with_balanced_ratios():
 
 
 def test_datamodule_sampler_follows_imbalance(shared_data):
-    dm = make_dm(medmnist_cfg(root=str(shared_data / "medmnist"), file="pneumoniamnist_reduced_train.npz"),
-                 imbalance="sampler", batch_size=64)
+    dm = make_dm(
+        medmnist_cfg(root=str(shared_data / "medmnist"), file="pneumoniamnist_reduced_train.npz"),
+        imbalance="sampler",
+        batch_size=64,
+    )
     assert dm.imbalance == "sampler" and dm.class_weights is None
     sampler = dm.train_sampler(rank=1, world_size=2)
     assert isinstance(sampler, ClassBalancedSampler) and len(sampler) == 1941
@@ -295,19 +317,22 @@ def test_datamodule_sampler_follows_imbalance(shared_data):
     dm.set_preprocessing(Preprocessing((28, 28), (0.5,), (0.25,), "bilinear", 1))
     _, targets = next(iter(dm.train_dataloader()))
     assert 16 < int((targets == 0).sum()) < 48  # balanced batches from a 1:9 split
-    auto = make_dm(medmnist_cfg(root=str(shared_data / "medmnist"), file="pneumoniamnist_reduced_train.npz"),
-                   imbalance="auto")
+    auto = make_dm(
+        medmnist_cfg(root=str(shared_data / "medmnist"), file="pneumoniamnist_reduced_train.npz"), imbalance="auto"
+    )
     assert auto.imbalance == "weighted_loss" and auto.class_weights[0] > auto.class_weights[1]
 
 
 def test_cached_feature_phases_draw_with_the_balanced_sampler(tmp_path):
-    from finetune.engine.features import FeatureDataModule
+    from finetune.training.features import FeatureDataModule
 
     write_npz(tmp_path / "breastmnist.npz", sizes=(12, 4, 4))
     dm = make_dm(medmnist_cfg(name="breastmnist", root=str(tmp_path)), imbalance="sampler", batch_size=4)
     dm.set_preprocessing(Preprocessing((32, 32), (0.5,), (0.25,), "bilinear", 1))
     features = FeatureDataModule.extract(tiny_model(2).eval(), dm, torch.device("cpu"))
-    assert isinstance(features.train_dataloader().batch_sampler.sampler, ClassBalancedSampler)  # imbalance=sampler holds here too
+    assert isinstance(
+        features.train_dataloader().batch_sampler.sampler, ClassBalancedSampler
+    )  # imbalance=sampler holds here too
 
 
 # --- decision threshold ----------------------------------------------------------------------
@@ -431,7 +456,12 @@ def test_medical_augment_preset_is_geometry_only_and_maps_clahe():
 def test_recipes_compose_from_the_package(recipe):
     cfg = compose_config(f"+medical={recipe}")
     assert cfg.dataset.kind == "medmnist" and cfg.dataset.name in MEDMNIST
-    assert cfg.backbone.name == "tf_efficientnet_lite0" and cfg.imbalance in ("auto", "none", "weighted_loss", "sampler")
+    assert cfg.backbone.name == "tf_efficientnet_lite0" and cfg.imbalance in (
+        "auto",
+        "none",
+        "weighted_loss",
+        "sampler",
+    )
     assert cfg.augment.color_jitter <= 0.1
     if recipe in ("pneumonia", "breast"):  # X-ray / ultrasound: 1-channel stem, never flipped upside down
         assert cfg.augment.vflip == 0 and cfg.dataset.grayscale == "adapt" and cfg.threshold == "tune"
@@ -466,16 +496,23 @@ def test_a_tuned_threshold_also_reports_the_decisions_at_one_half():
 # --- checkpoint selection --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task, tuned, expected", [
-    ("binary", True, "val/auc"), ("binary", False, "val/acc"), ("multi-label", False, "val/auc"),
-    ("multi-class", True, "val/acc"), ("ordinal-regression", False, "val/acc")])
+@pytest.mark.parametrize(
+    "task, tuned, expected",
+    [
+        ("binary", True, "val/auc"),
+        ("binary", False, "val/acc"),
+        ("multi-label", False, "val/auc"),
+        ("multi-class", True, "val/acc"),
+        ("ordinal-regression", False, "val/acc"),
+    ],
+)
 def test_auto_monitor_is_threshold_free_when_the_threshold_comes_later(task, tuned, expected):
     assert monitor_metric(task, tuned) == expected
     assert monitor_metric(task, tuned, "balanced_acc") == "val/balanced_acc"  # an explicit choice wins
 
 
 def test_a_loss_is_minimised_every_other_monitor_maximised(tmp_path):
-    from finetune.engine.phases import best_checkpoint
+    from finetune.training.phases import best_checkpoint
 
     assert best_checkpoint(tmp_path, "val/loss").mode == "min"
     assert best_checkpoint(tmp_path, "val/auc").mode == "max"
@@ -501,21 +538,38 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
         return fit(self, batches, temperature, threshold)
 
     monkeypatch.setattr(ClassificationTask, "fit_on_validation", spy)
-    cfg = compose_config("dataset=medmnist", "dataset.name=breastmnist", f"dataset.root={shared_data / 'medmnist'}",
-                         "backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=28",
-                         "schedule.epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                         "trainer.progress_bar=false", "imbalance=weighted_loss", "threshold=tune")
+    cfg = compose_config(
+        "dataset=medmnist",
+        "dataset.name=breastmnist",
+        f"dataset.root={shared_data / 'medmnist'}",
+        "backbone.name=resnet10t",
+        "backbone.pretrained=false",
+        "dataset.image_size=28",
+        "schedule.epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.progress_bar=false",
+        "imbalance=weighted_loss",
+        "threshold=tune",
+    )
     run_module.train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"acc", "auc", "balanced_acc", "threshold", "acc_at_0.5", "balanced_acc_at_0.5"} <= set(metrics["test"])
     assert 0 <= metrics["test"]["auc"] <= 1 and 0 < metrics["test"]["threshold"] < 1
     assert set(metrics["test_per_class"]["recall"]) == {"malignant", "normal, benign"}
     assert seen == [78]  # tuned on the 78 val images, never on the 156 test images
-    val_auc = [float(row["val/auc"]) for log in sorted((tmp_path / "logs").glob("*/metrics.csv"))
-               for row in csv.DictReader(log.open()) if row.get("val/auc")]
+    val_auc = [
+        float(row["val/auc"])
+        for log in sorted((tmp_path / "logs").glob("*/metrics.csv"))
+        for row in csv.DictReader(log.open())
+        if row.get("val/auc")
+    ]
     assert len(val_auc) == 2  # one validation per phase epoch: the checkpoint had a choice
-    assert metrics["checkpoint"] == {"monitor": "val/auc", "best": pytest.approx(max(val_auc), abs=1e-6),
-                                     "tested": "best.ckpt"}
+    assert metrics["checkpoint"] == {
+        "monitor": "val/auc",
+        "best": pytest.approx(max(val_auc), abs=1e-6),
+        "tested": "best.ckpt",
+    }
     data = json.loads((tmp_path / "data.json").read_text())
     assert data["grayscale"] == "adapt" and data["model_in_chans"] == 1 and data["task"] == "binary"
     assert data["imbalance"] == {"asked": "weighted_loss", "applied": "weighted_loss"}

@@ -1,5 +1,6 @@
 """The built wheel ships every package, the configs and the recipes, and builds without warnings;
 the install is hash-locked and the dependency ranges exclude compromised releases."""
+
 from __future__ import annotations
 
 import os
@@ -7,11 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -46,9 +47,12 @@ def build_wheel(tmp_path: Path) -> tuple[Path, str, Path]:
     (src / PROBE / "__init__.py").write_text("")
     (src / PROBE / "inner" / "__init__.py").write_text("")
     isolation = ["--no-build-isolation"] if build_requirements_installed() else []
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", *isolation,
-                          "-w", str(tmp_path / "dist"), str(src)],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", *isolation, "-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     (wheel,) = (tmp_path / "dist").glob("finetune-*.whl")
@@ -75,9 +79,14 @@ def test_wheel_ships_every_package_the_configs_and_the_recipes_without_warnings(
 
     unpacked = tmp_path / "unpacked"  # the installed layout: finetune.resources finds conf/ and recipes/
     zipfile.ZipFile(wheel).extractall(unpacked)
-    found = subprocess.run([sys.executable, "-c", "import finetune.resources as r; print(r.conf_dir(), r.recipes_dir())"],
-                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(unpacked)},
-                           capture_output=True, text=True, check=True).stdout.split()
+    found = subprocess.run(
+        [sys.executable, "-c", "import finetune.resources as r; print(r.conf_dir(), r.recipes_dir())"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(unpacked)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert [Path(p).resolve() for p in found] == [(unpacked / "finetune" / d).resolve() for d in ("conf", "recipes")]
     assert (unpacked / "finetune" / "conf" / "config.yaml").is_file()
 

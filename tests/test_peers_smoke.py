@@ -4,6 +4,7 @@ Stubbed here only, never in the benchmark: every runner uses this python instead
 venv, and the fastai peer runs the plain-loop runner. finetune and the plain loop are real; the HF
 Trainer is left out (each runner is a fresh process: imports dominate the test's time).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def tiny_folder(root: Path, per_class: int = 3) -> Path:
 def test_peers_harness_writes_json_and_table(tmp_path, monkeypatch):
     if not HYMENOPTERA.is_dir():
         pytest.skip("hymenoptera not present")
-    tiny = peers.Dataset("tiny", "folder", tiny_folder(tmp_path / "data"), 32, 2, False,
-                         ("+classification=hymenoptera",), (0,))
+    tiny = peers.Dataset(
+        "tiny", "folder", tiny_folder(tmp_path / "data"), 32, 2, False, ("+classification=hymenoptera",), (0,)
+    )
     monkeypatch.setitem(peers.DATASETS, "tiny", tiny)
     monkeypatch.setattr(running, "peer_python", lambda name: Path(sys.executable))
     monkeypatch.setattr(running, "freeze", lambda name: [])
@@ -71,8 +73,12 @@ def tiny_camvid(root: Path, lines: int = 2) -> Path:
 def test_peers_harness_segmentation(tmp_path, monkeypatch):
     if not CAMVID.is_dir():
         pytest.skip("camvid_subset not present")
-    tiny = replace(peers.DATASETS["camvid"], name="tinyseg", path=tiny_camvid(tmp_path / "data"),
-                   recipe=("+segmentation=camvid", "dataset.crop_size=64"))
+    tiny = replace(
+        peers.DATASETS["camvid"],
+        name="tinyseg",
+        path=tiny_camvid(tmp_path / "data"),
+        recipe=("+segmentation=camvid", "dataset.crop_size=64"),
+    )
     monkeypatch.setitem(peers.DATASETS, "tinyseg", tiny)
     monkeypatch.setattr(running, "peer_python", lambda name: Path(sys.executable))
     monkeypatch.setattr(running, "freeze", lambda name: [])
@@ -107,8 +113,16 @@ def test_runs_merge_across_invocations(tmp_path):
 def reference(tool: str, epochs: int, setup_s: float, pace_s: float, **extra: object) -> dict:
     """An epoch-comparison run whose curve advances ``pace_s`` per epoch after ``setup_s``."""
     curve = [{"epoch": e, "t_s": setup_s + pace_s * e, "val_acc": 0.5} for e in range(1, epochs + 1)]
-    return {"dataset": "bloodmnist", "image_size": 64, "epochs": epochs, "seed": 0, "tool": tool, "curve": curve,
-            "wall_s": curve[-1]["t_s"] + 5, **extra}
+    return {
+        "dataset": "bloodmnist",
+        "image_size": 64,
+        "epochs": epochs,
+        "seed": 0,
+        "tool": tool,
+        "curve": curve,
+        "wall_s": curve[-1]["t_s"] + 5,
+        **extra,
+    }
 
 
 def test_fit_epochs_from_pace():
@@ -150,8 +164,10 @@ def test_budget_run_without_reference_is_recorded_as_error(tmp_path):
     assert peers.key(run) == ("bloodmnist", 64, 7, 95, 0, "plain")
     saved = peers.save(tmp_path / "peers.json", {"settings": {}, "peers": {}}, run)
     gaps = peers.missing(saved["runs"])
-    assert {"bloodmnist (64 px, finetune's recipe schedule): no tool", "bloodmnist (64 px, a 300 s budget): no tool"} \
-        <= set(gaps)
+    assert {
+        "bloodmnist (64 px, finetune's recipe schedule): no tool",
+        "bloodmnist (64 px, a 300 s budget): no tool",
+    } <= set(gaps)
 
 
 def test_recipe_epochs_counts_the_phases_a_budget_can_shorten():

@@ -1,4 +1,5 @@
 """Predictions from exports: a known photo through the untouched ImageNet head, output files, inputs."""
+
 from __future__ import annotations
 
 import csv
@@ -15,20 +16,20 @@ import skimage.data
 import torch
 from PIL import Image
 
-from finetune.data.images import read_image
-from finetune.engine.runs import load_run
-from finetune.commands.train import train
-from finetune.engine.train import model_preprocessing
-from finetune.errors import FinetuneError
 from finetune.commands import predict as pr
+from finetune.commands.train import train
+from finetune.data.images import read_image
 from finetune.export.bundle import ModelBundle, training_summary
 from finetune.export.loading import find_images, load_export, preprocess
 from finetune.export.predict import resolve_export
 from finetune.export.writing import export
 from finetune.models.factory import build_model
+from finetune.models.saved_runs import load_run
 from finetune.models.weights import create_model, resolve_weights
-from finetune.tasks.registry import get_task
+from finetune.run.errors import FinetuneError
 from finetune.tasks.classification import predict as cp
+from finetune.tasks.registry import get_task
+from finetune.training.train import model_preprocessing
 
 from .conftest import compose_config
 
@@ -43,8 +44,15 @@ def imagenet_exports(tmp_path_factory) -> Path:
     record = resolve_weights(cfg.backbone.name)
     model = build_model(cfg, record, 3, 1000)
     model.head[-1].load_state_dict(create_model(record).get_classifier().state_dict())
-    bundle = ModelBundle(model.eval(), cfg, [f"class_{i}" for i in range(1000)], False,
-                            model_preprocessing(model.backbone, 224, 3), 3, record.to_dict())
+    bundle = ModelBundle(
+        model.eval(),
+        cfg,
+        [f"class_{i}" for i in range(1000)],
+        False,
+        model_preprocessing(model.backbone, 224, 3),
+        3,
+        record.to_dict(),
+    )
     out = tmp_path_factory.mktemp("exports")
     for fmt in ("head", "onnx"):
         export(bundle, fmt, out, [skimage.data.chelsea(), skimage.data.coffee()])
@@ -69,8 +77,13 @@ def test_cli_predicts_a_cat_for_chelsea_into_the_working_directory(imagenet_expo
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "finetune", "predict", f"export={imagenet_exports}",
-                           f"inputs={images / 'chelsea.png'}"], cwd=work, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune", "predict", f"export={imagenet_exports}", f"inputs={images / 'chelsea.png'}"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     [row] = read_csv(work / "predictions.csv")
     assert row["prediction"] in CATS and row["label_1"] == row["prediction"]
@@ -79,12 +92,19 @@ def test_cli_predicts_a_cat_for_chelsea_into_the_working_directory(imagenet_expo
 
 def test_csv_columns_and_probabilities(imagenet_exports, images, tmp_path):
     out = tmp_path / "p.csv"
-    assert pr.main([f"export={imagenet_exports / 'head.safetensors'}", f"inputs={images}", "topk=3",
-                    f"out={out}"]) == 0
+    assert pr.main([f"export={imagenet_exports / 'head.safetensors'}", f"inputs={images}", "topk=3", f"out={out}"]) == 0
     rows = read_csv(out)
     with open(out, newline="") as f:
-        assert next(csv.reader(f)) == ["path", "prediction", "label_1", "prob_1", "label_2", "prob_2",
-                                       "label_3", "prob_3"]
+        assert next(csv.reader(f)) == [
+            "path",
+            "prediction",
+            "label_1",
+            "prob_1",
+            "label_2",
+            "prob_2",
+            "label_3",
+            "prob_3",
+        ]
     assert [Path(r["path"]).name for r in rows] == ["camera.png", "chelsea.png"]
     for row in rows:
         probs = [float(row[f"prob_{i}"]) for i in (1, 2, 3)]
@@ -101,8 +121,7 @@ def test_onnx_and_head_exports_predict_alike(imagenet_exports, images):
 
 def test_json_output(imagenet_exports, images, tmp_path):
     out = tmp_path / "p.json"
-    assert pr.main([f"export={imagenet_exports / 'model.onnx'}", f"inputs={images}/*.png", "topk=2",
-                    f"out={out}"]) == 0
+    assert pr.main([f"export={imagenet_exports / 'model.onnx'}", f"inputs={images}/*.png", "topk=2", f"out={out}"]) == 0
     data = json.loads(out.read_text())
     assert data["multilabel"] is False and len(data["predictions"]) == 2
     chelsea = next(p for p in data["predictions"] if p["path"].endswith("chelsea.png"))
@@ -159,8 +178,9 @@ def test_exports_record_the_threshold_the_run_was_tested_with(tmp_path):
     cfg = compose_config()
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"acc": 0.9, "threshold": 0.42}}))
     assert training_summary(cfg, tmp_path)["threshold"] == 0.42
-    (tmp_path / "metrics.json").write_text(json.dumps(
-        {"test": {"acc": 0.9}, "test_per_class": {"threshold": {"x": 0.3, "y": 0.6}}}))
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"test": {"acc": 0.9}, "test_per_class": {"threshold": {"x": 0.3, "y": 0.6}}})
+    )
     assert training_summary(cfg, tmp_path)["threshold"] == [0.3, 0.6]
 
 
@@ -182,10 +202,20 @@ def dicom_run(tmp_path_factory) -> tuple[Path, Path]:
         (root / cls).mkdir(parents=True)
         for i in range(5):
             (root / cls / f"{cls}{i}.dcm").write_bytes(Path(get_testdata_file(name)).read_bytes())
-    cfg = compose_config("dataset=dicom_folder", f"dataset.root={root}", f"dataset.window=[{WINDOW[0]},{WINDOW[1]}]",
-                         "dataset.num_workers=0", "backbone=resnet18", "backbone.name=resnet10t",
-                         "backbone.pretrained=false", "schedule=linear_probe", "schedule.epochs=1",
-                         "schedule.batch_size=4", "dataset.image_size=32", "trainer.progress_bar=false")
+    cfg = compose_config(
+        "dataset=dicom_folder",
+        f"dataset.root={root}",
+        f"dataset.window=[{WINDOW[0]},{WINDOW[1]}]",
+        "dataset.num_workers=0",
+        "backbone=resnet18",
+        "backbone.name=resnet10t",
+        "backbone.pretrained=false",
+        "schedule=linear_probe",
+        "schedule.epochs=1",
+        "schedule.batch_size=4",
+        "dataset.image_size=32",
+        "trainer.progress_bar=false",
+    )
     run_dir = base / "run"
     train(cfg, run_dir)
     return root, run_dir
@@ -207,8 +237,10 @@ def test_dicom_predict_uses_the_exported_window(dicom_run, tmp_path):
 
     out = tmp_path / "p.json"
     assert pr.main([f"export={run_dir}", f"inputs={root}", "topk=2", f"out={out}"]) == 0
-    rows = {Path(r["path"]): {t["label"]: t["probability"] for t in r["top"]}
-            for r in json.loads(out.read_text())["predictions"]}
+    rows = {
+        Path(r["path"]): {t["label"]: t["probability"] for t in r["top"]}
+        for r in json.loads(out.read_text())["predictions"]
+    }
     predicted = np.array([[rows[p][name] for name in run.class_names] for p in files])
     windowed = [read_image(p, 1, WINDOW) for p in files]
     with torch.no_grad():

@@ -2,6 +2,7 @@
 computes exactly the training/evaluation pipeline's input, on real photos of every kind; it
 antialiases; it runs, with onnxruntime, where finetune cannot even be imported; and the Python API
 (finetune.load) predicts through it."""
+
 from __future__ import annotations
 
 import ast
@@ -43,10 +44,15 @@ def photo_variants(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     landscape = Image.open(LANDSCAPE)
     gray = landscape.convert("L")
-    variants = {"landscape.jpg": landscape, "portrait.jpg": Image.open(PORTRAIT),
-                "small.png": landscape.resize((50, 40)), "gray.png": gray,
-                "rgba.png": landscape.convert("RGBA"), "palette.png": landscape.convert("P"),
-                "gray16.png": Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257 + 100)}
+    variants = {
+        "landscape.jpg": landscape,
+        "portrait.jpg": Image.open(PORTRAIT),
+        "small.png": landscape.resize((50, 40)),
+        "gray.png": gray,
+        "rgba.png": landscape.convert("RGBA"),
+        "palette.png": landscape.convert("P"),
+        "gray16.png": Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257 + 100),
+    }
     paths = {}
     for name, image in variants.items():
         paths[name] = folder / name
@@ -112,7 +118,9 @@ def test_onnxruntime_with_preprocess_py_alone_reproduces_finetune_predict(onnx_e
     cannot import finetune, gets finetune predict's probabilities on real photos of every kind."""
     photos = photo_variants(tmp_path / "photos")
     assert (onnx_export / "preprocess.py").read_text() == Path(reference.__file__).read_text()
-    script = NO_FINETUNE + f"""
+    script = (
+        NO_FINETUNE
+        + f"""
 import json, numpy as np, onnxruntime
 sys.path.insert(0, {str(onnx_export)!r})
 import preprocess
@@ -127,14 +135,20 @@ try:
 except ImportError:
     pass
 """
-    out = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=120)
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     deployed = np.array(json.loads(out.stdout))
 
     csv_path = tmp_path / "predictions.csv"
-    assert predict_cli.main([f"export={onnx_export / 'model.onnx'}", f"inputs={tmp_path / 'photos'}",
-                             f"out={csv_path}", "topk=10"]) == 0
+    assert (
+        predict_cli.main(
+            [f"export={onnx_export / 'model.onnx'}", f"inputs={tmp_path / 'photos'}", f"out={csv_path}", "topk=10"]
+        )
+        == 0
+    )
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(csv_path))}
     for (name, _), probs in zip(photos.items(), deployed):
         row = rows[name]
@@ -177,7 +191,7 @@ def test_python_api_on_a_run_and_its_export(finished_run, onnx_export, tmp_path)
     assert onnx_result.labels == result.labels
     np.testing.assert_allclose(onnx_result.probabilities, result.probabilities, rtol=0, atol=1e-4)
     with pytest.raises(finetune.FinetuneError, match="no torch module"):
-        exported.torch_module
+        exported.torch_module  # noqa: B018 - the property raises
 
 
 def test_python_api_on_a_segmentation_run(tiny_seg_run, tmp_path) -> None:

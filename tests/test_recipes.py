@@ -1,4 +1,5 @@
 """Every recipe composes with the real config groups (as ``python -m finetune +<group>=<name>``)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """report.html: one self-contained page per run of any task, rebuilt from a real (tiny) run directory."""
+
 from __future__ import annotations
 
 import base64
@@ -17,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune.engine.runs import load_run
+from finetune.models.saved_runs import load_run
 from finetune.report.html import datamodule_for, write_report
 from finetune.report.page import table
 from finetune.tasks.classification.report import worst_mistakes
@@ -106,10 +107,25 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         pytest.skip("chromium is not installed")
     shot = tmp_path / "report.png"
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run",
-                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,2400",
-                        report.resolve().as_uri()], capture_output=True, timeout=120, check=True)
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--screenshot={shot}",
+                "--window-size=1200,2400",
+                report.resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (2400, 1200)
     assert pixels.std() > 20 and (pixels < 100).mean() > 0.01  # text, tables and images, not a blank page
@@ -154,12 +170,16 @@ def test_segmentation_report_shows_the_masks_the_run_predicted_worst_first(tiny_
     html = (tiny_seg_run / "report.html").read_text()
     page = _Page()
     page.feed(html)
-    overlays = {img["alt"].split()[4].rstrip(":"): img for img in page.images
-                if img["alt"].startswith("overlay of test image")}
+    overlays = {
+        img["alt"].split()[4].rstrip(":"): img for img in page.images if img["alt"].startswith("overlay of test image")
+    }
     written = sorted(p.name.removesuffix("_overlay.png") for p in (tiny_seg_run / "predictions").glob("*_overlay.png"))
     assert sorted(overlays) == written and len(written) == 2  # every tested image; the run wrote both
     for stem, img in overlays.items():
-        shown, saved = _png(img), np.asarray(Image.open(tiny_seg_run / "predictions" / f"{stem}_overlay.png").convert("RGB"))
+        shown, saved = (
+            _png(img),
+            np.asarray(Image.open(tiny_seg_run / "predictions" / f"{stem}_overlay.png").convert("RGB")),
+        )
         factor = PANEL_SIDE // saved.shape[1]  # image | truth | prediction enlarged without blur
         assert shown.shape[1] == PANEL_SIDE and factor == 3
         assert np.array_equal(shown[::factor, ::factor], saved)  # the same image, truth and predicted mask

@@ -7,6 +7,7 @@ with the uninterrupted run's test metrics. The kinds keep the worker processes a
 default (image folder, CSV, segmentation pairs: ``num_workers=2``; MedMNIST: 0): a loader with
 workers draws its first batches as soon as Lightning creates its iterator, before the epoch is set.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,9 +47,17 @@ runpy.run_module("finetune", run_name="__main__", alter_sys=True)
 # Two epochs of one phase ("finetune"), random-init resnet10t, batches of 4 (several per epoch). The final
 # weights are tested (checkpoints.keep=last): the best validation epoch could be epoch 1 in both runs,
 # whose test metrics would then not show a difference in the replayed epoch 2.
-TWO_EPOCHS = ["backbone.name=resnet10t", "backbone.pretrained=false", "schedule=finetune", "schedule.epochs=2",
-              "schedule.batch_size=4", "checkpoints.keep=last", "trainer.deterministic=true",
-              "trainer.progress_bar=false", "trainer.log_every_n_steps=1"]
+TWO_EPOCHS = [
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "schedule=finetune",
+    "schedule.epochs=2",
+    "schedule.batch_size=4",
+    "checkpoints.keep=last",
+    "trainer.deterministic=true",
+    "trainer.progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
 
 
 def _noise_images(root: Path, per_class: int = 16, side: int = 40) -> list[tuple[str, str]]:
@@ -96,16 +105,21 @@ def _square_pairs(root: Path, n: int = 12, side: int = 48) -> None:
         mask = np.zeros((side, side), np.uint8)
         top, left = rng.integers(0, side - 20, 2)
         square = int(rng.integers(10, 20))
-        image[top:top + square, left:left + square] = rng.integers(170, 256, 3, dtype=np.uint8)
-        mask[top:top + square, left:left + square] = 255
+        image[top : top + square, left : left + square] = rng.integers(170, 256, 3, dtype=np.uint8)
+        mask[top : top + square, left : left + square] = 255
         Image.fromarray(image).save(root / "images" / f"pair{i:02d}.png")
         Image.fromarray(mask).save(root / "masks" / f"pair{i:02d}.png")
 
 
 def _start_interrupted(args: list[str], cwd: Path, signal_name: str, epoch: int, batch: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", INTERRUPT_AT, signal_name, str(epoch), str(batch), *args],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=finetune_env())
+    return subprocess.Popen(
+        [sys.executable, "-c", INTERRUPT_AT, signal_name, str(epoch), str(batch), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=finetune_env(),
+    )
 
 
 def _validated_epochs(run_dir: Path, phase: str = "finetune") -> int:
@@ -142,8 +156,9 @@ def _assert_resume_matches_uninterrupted(tmp_path: Path, args: list[str], signal
 
     expected, got = _test_metrics(tmp_path / "whole"), _test_metrics(run)
     assert got.keys() == expected.keys()
-    differing = {key: (got[key], expected[key]) for key in expected
-                 if got[key] != pytest.approx(expected[key], abs=1e-6)}
+    differing = {
+        key: (got[key], expected[key]) for key in expected if got[key] != pytest.approx(expected[key], abs=1e-6)
+    }
     assert not differing, f"resumed vs uninterrupted test metrics: {differing}"
 
 
@@ -151,8 +166,9 @@ def test_a_training_loader_with_workers_draws_its_first_batch_after_set_epoch(tm
     # Lightning creates the training iterator before it sets the sampler's epoch, and a resumed run
     # trains on that iterator: nothing may be drawn until the first batch is asked for.
     _noise_images(tmp_path / "folder")
-    data = ClassificationDataModule({"kind": "imagefolder", "root": str(tmp_path / "folder")}, {}, batch_size=4,
-                                    num_workers=2, seed=0)
+    data = ClassificationDataModule(
+        {"kind": "imagefolder", "root": str(tmp_path / "folder")}, {}, batch_size=4, num_workers=2, seed=0
+    )
     data.set_preprocessing(Preprocessing((32, 32), (0.5,) * 3, (0.5,) * 3, "bilinear", 3))
     early = data.train_dataloader()
     batches = iter(early)
@@ -168,30 +184,54 @@ def test_a_training_loader_with_workers_draws_its_first_batch_after_set_epoch(tm
 def test_image_folder_augmented_with_workers_resumes_after_sigint_mid_epoch(tmp_path):
     # random crops and flips: the augmentation of the first batches drawn is seeded by their epoch too
     _noise_images(tmp_path / "folder")
-    _assert_resume_matches_uninterrupted(tmp_path, [*TWO_EPOCHS, "dataset=imagefolder", "dataset.root=folder",
-                                                    "dataset.image_size=32", "augment=light"], "SIGINT")
+    _assert_resume_matches_uninterrupted(
+        tmp_path,
+        [*TWO_EPOCHS, "dataset=imagefolder", "dataset.root=folder", "dataset.image_size=32", "augment=light"],
+        "SIGINT",
+    )
 
 
 @pytest.mark.slow
 def test_csv_with_workers_resumes_after_sigterm_mid_epoch(tmp_path):
     labels = _labels_csv(tmp_path / "data")
-    _assert_resume_matches_uninterrupted(tmp_path, [*TWO_EPOCHS, "dataset=csv", f"dataset.csv={labels}",
-                                                    "dataset.image_size=32"], "SIGTERM")
+    _assert_resume_matches_uninterrupted(
+        tmp_path, [*TWO_EPOCHS, "dataset=csv", f"dataset.csv={labels}", "dataset.image_size=32"], "SIGTERM"
+    )
 
 
 @pytest.mark.slow
 def test_medmnist_resumes_after_sigkill_mid_epoch(tmp_path):
     _tiny_medmnist(tmp_path / "medmnist")
-    _assert_resume_matches_uninterrupted(tmp_path, [*TWO_EPOCHS, "dataset=medmnist", "dataset.name=breastmnist",
-                                                    "dataset.root=medmnist", "dataset.download=false",
-                                                    "dataset.image_size=32"], "SIGKILL")
+    _assert_resume_matches_uninterrupted(
+        tmp_path,
+        [
+            *TWO_EPOCHS,
+            "dataset=medmnist",
+            "dataset.name=breastmnist",
+            "dataset.root=medmnist",
+            "dataset.download=false",
+            "dataset.image_size=32",
+        ],
+        "SIGKILL",
+    )
 
 
 @pytest.mark.slow
 def test_segmentation_pairs_with_workers_resume_after_sigkill_mid_epoch(tmp_path):
     _square_pairs(tmp_path / "squares")
-    _assert_resume_matches_uninterrupted(tmp_path, [*TWO_EPOCHS, "task=segmentation", "dataset=seg_folder",
-                                                    "dataset.root=squares", "dataset.mask_mode=binary",
-                                                    "dataset.crop_size=32", "dataset.samples_per_image=2",
-                                                    "head=unet", "head.decoder_channels=[16,16,16,16,16]",
-                                                    "segmentation.overlays=1"], "SIGKILL")
+    _assert_resume_matches_uninterrupted(
+        tmp_path,
+        [
+            *TWO_EPOCHS,
+            "task=segmentation",
+            "dataset=seg_folder",
+            "dataset.root=squares",
+            "dataset.mask_mode=binary",
+            "dataset.crop_size=32",
+            "dataset.samples_per_image=2",
+            "head=unet",
+            "head.decoder_channels=[16,16,16,16,16]",
+            "segmentation.overlays=1",
+        ],
+        "SIGKILL",
+    )

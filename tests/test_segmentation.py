@@ -1,5 +1,6 @@
 """task=segmentation: data checks, pretrained encoders under smp decoders, the freezing contract,
 sliding-window inference, losses and metrics that skip ignored pixels, and a real run."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,14 +12,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from finetune.errors import DatasetError
 from finetune.data.segmentation import SegmentationDataModule
-from finetune.errors import FinetuneError
 from finetune.models.decoders import build_segmentation_model
 from finetune.models.freezing import frozen_stages
+from finetune.models.weights import load_state_dict, resolve_weights
+from finetune.run.errors import DatasetError, FinetuneError
 from finetune.tasks.registry import get_task
 from finetune.tasks.segmentation.module import SegmentationLoss, SegmentationMetrics, sliding_window_logits
-from finetune.models.weights import load_state_dict, resolve_weights
 
 from .conftest import compose_config
 from .helpers import run_cli, squares, write_pair
@@ -27,8 +27,7 @@ NONE_AUGMENT = {}
 
 
 def seg_config(root, **extra):
-    return {"kind": "seg_folder", "root": str(root), "mask_mode": "binary", "crop_size": 32,
-            "num_workers": 0, **extra}
+    return {"kind": "seg_folder", "root": str(root), "mask_mode": "binary", "crop_size": 32, "num_workers": 0, **extra}
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -90,8 +89,18 @@ def test_palette_masks_become_class_indices(tmp_path):
 
 def test_drive_layout_ignores_pixels_outside_the_field_of_view(shared_data):
     root = shared_data / "segmentation" / "drive"
-    dm = SegmentationDataModule({"kind": "drive", "root": str(root), "mask_mode": "binary",
-                                 "class_names": ["background", "vessel"], "num_workers": 0}, NONE_AUGMENT, 2, 0)
+    dm = SegmentationDataModule(
+        {
+            "kind": "drive",
+            "root": str(root),
+            "mask_mode": "binary",
+            "class_names": ["background", "vessel"],
+            "num_workers": 0,
+        },
+        NONE_AUGMENT,
+        2,
+        0,
+    )
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 16, "val": 4, "test": 20}
     image, mask = dm.raw_pair("test", 0)
     fov = np.asarray(Image.open(dm.splits["test"][0].fov).convert("L")) > 127
@@ -103,9 +112,19 @@ def test_drive_layout_ignores_pixels_outside_the_field_of_view(shared_data):
 def test_camvid_list_files_and_void(shared_data):
     root = shared_data / "segmentation" / "camvid_subset"
     names = [line.split(" ", 1)[1] for line in (root / "classes.txt").read_text().splitlines()[:11]]
-    dm = SegmentationDataModule({"kind": "seg_folder", "root": str(root), "class_names": names, "ignore_index": 11,
-                                 "splits": {"train": "train.txt", "val": "val.txt", "test": "test.txt"},
-                                 "num_workers": 0}, NONE_AUGMENT, 2, 0)
+    dm = SegmentationDataModule(
+        {
+            "kind": "seg_folder",
+            "root": str(root),
+            "class_names": names,
+            "ignore_index": 11,
+            "splits": {"train": "train.txt", "val": "val.txt", "test": "test.txt"},
+            "num_workers": 0,
+        },
+        NONE_AUGMENT,
+        2,
+        0,
+    )
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 60, "val": 20, "test": 40}
     assert all(c > 0 for c in dm.info.class_counts)
 
@@ -140,18 +159,22 @@ def test_encoder_holds_the_pretrained_weights():
     assert len(compared) > 100
     for key in compared:
         assert torch.equal(encoder[f"model.{key}"], pretrained[key]), key
-    random_init = build_segmentation_model(resolve_weights("tf_efficientnet_lite0", pretrained=False), "unet", 3, 2,
-                                           decoder_channels=[16, 16, 16, 16, 16])
+    random_init = build_segmentation_model(
+        resolve_weights("tf_efficientnet_lite0", pretrained=False), "unet", 3, 2, decoder_channels=[16, 16, 16, 16, 16]
+    )
     assert not torch.equal(random_init.backbone.state_dict()["model.conv_stem.weight"], pretrained["conv_stem.weight"])
 
 
-@pytest.mark.parametrize("arch,name,stage", [
-    ("resnet18", "model.layer2.0.conv1.weight", "stage2"),
-    ("resnet18", "model.conv1.weight", "stem"),
-    ("convnext_atto", "model.stem_0.weight", "stem"),
-    ("convnext_atto", "model.stages_3.blocks.1.conv_dw.weight", "stage4"),
-    ("tf_efficientnet_lite0", "model.blocks.6.0.conv_pw.weight", "stage7"),
-])
+@pytest.mark.parametrize(
+    "arch,name,stage",
+    [
+        ("resnet18", "model.layer2.0.conv1.weight", "stage2"),
+        ("resnet18", "model.conv1.weight", "stem"),
+        ("convnext_atto", "model.stem_0.weight", "stem"),
+        ("convnext_atto", "model.stages_3.blocks.1.conv_dw.weight", "stage4"),
+        ("tf_efficientnet_lite0", "model.blocks.6.0.conv_pw.weight", "stage7"),
+    ],
+)
 def test_encoder_stages_are_the_backbone_stages(arch, name, stage):
     model = build_segmentation_model(resolve_weights(arch, pretrained=False), "fpn", 3, 3)
     assert model.stage_of(f"backbone.{name}") == stage
@@ -171,8 +194,11 @@ def test_frozen_encoder_stages_and_bn_buffers_do_not_change(decoder):
     model = build_segmentation_model(resolve_weights("resnet18", pretrained=False), decoder, 3, 3)
     model.set_frozen(frozen_stages(model.stage_map, 2), "frozen")
     model.train()
-    frozen = [(n, t) for n, t in model.state_dict().items()
-              if n.startswith("backbone.") and model.stage_of(n) in ("stem", "stage1", "stage2")]
+    frozen = [
+        (n, t)
+        for n, t in model.state_dict().items()
+        if n.startswith("backbone.") and model.stage_of(n) in ("stem", "stage1", "stage2")
+    ]
     trained = [p for n, p in model.named_parameters() if model.stage_of(n) == "stage4"]
     before, before_trained = _digest(t for _, t in frozen), _digest(trained)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -241,11 +267,25 @@ def seg_run(tmp_path_factory):
     """A real segmentation run (pip ImageNet encoder, U-Net) on learnable squares, made once."""
     base = tmp_path_factory.mktemp("seg_run")
     squares(base / "data", n=16)
-    out = run_cli("task=segmentation", "dataset=seg_folder", f"dataset.root={base / 'data'}",
-                  "dataset.mask_mode=binary", "dataset.crop_size=64", "dataset.num_workers=0",
-                  "dataset.samples_per_image=4", "head=unet", "head.decoder_channels=[32,16,16,16,16]",
-                  "backbone.freeze=2", "schedule.batch_size=8", "schedule.epochs=3", "schedule.lr=3e-3",
-                  "trainer.progress_bar=false", "segmentation.overlays=2", "hydra.run.dir=run", cwd=base)
+    out = run_cli(
+        "task=segmentation",
+        "dataset=seg_folder",
+        f"dataset.root={base / 'data'}",
+        "dataset.mask_mode=binary",
+        "dataset.crop_size=64",
+        "dataset.num_workers=0",
+        "dataset.samples_per_image=4",
+        "head=unet",
+        "head.decoder_channels=[32,16,16,16,16]",
+        "backbone.freeze=2",
+        "schedule.batch_size=8",
+        "schedule.epochs=3",
+        "schedule.lr=3e-3",
+        "trainer.progress_bar=false",
+        "segmentation.overlays=2",
+        "hydra.run.dir=run",
+        cwd=base,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "run"
 
@@ -265,7 +305,7 @@ def test_segmentation_run_learns_and_writes_masks_and_overlays(seg_run):
 
 
 def _best_model(run):
-    from finetune.engine.runs import load_run
+    from finetune.models.saved_runs import load_run
 
     return load_run(run).model
 
@@ -280,14 +320,15 @@ def test_head_export_of_a_segmentation_run_round_trips(seg_run):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=1e-6)
     from finetune.export.tensors import embedded_metadata
+
     stages = embedded_metadata(head)["delta"]["stages"]
     assert "head" in stages and not {"stem", "stage1", "stage2"} & set(stages)  # frozen: pinned, not stored
 
 
 def test_onnx_export_takes_any_size_and_predict_writes_masks(seg_run, tmp_path):
+    from finetune.commands.predict import main as predict_main
     from finetune.export.loading import load_export
     from finetune.export.writing import export_run
-    from finetune.commands.predict import main as predict_main
 
     results = export_run(seg_run, get_task("segmentation"), ["onnx", "torchscript"], out=tmp_path / "exports")
     assert all(r.parity.max_abs_diff <= 1e-4 and r.parity.top1_agreement == 1.0 for r in results)
@@ -298,15 +339,24 @@ def test_onnx_export_takes_any_size_and_predict_writes_masks(seg_run, tmp_path):
     np.testing.assert_allclose(exported.forward(x.numpy()), expected, atol=1e-4)
 
     images = sorted((seg_run.parent / "data" / "images").iterdir())[:3]
-    code = predict_main([f"export={tmp_path / 'exports' / 'model.onnx'}", f"inputs={','.join(map(str, images))}",
-                         f"out={tmp_path / 'masks'}"])
+    code = predict_main(
+        [
+            f"export={tmp_path / 'exports' / 'model.onnx'}",
+            f"inputs={','.join(map(str, images))}",
+            f"out={tmp_path / 'masks'}",
+        ]
+    )
     assert code == 0
     for image in images:
         predicted = np.asarray(Image.open(tmp_path / "masks" / f"{image.stem}_mask.png"))
         truth = np.asarray(Image.open(seg_run.parent / "data" / "masks" / image.name)) // 255
         assert predicted.shape == truth.shape and (predicted == truth).mean() > 0.9
-    assert predict_main([f"export={tmp_path / 'exports' / 'model.onnx'}", f"inputs={images[0]}",
-                         f"out={tmp_path / 'masks'}"]) == 2  # never overwritten without overwrite=true
+    assert (
+        predict_main(
+            [f"export={tmp_path / 'exports' / 'model.onnx'}", f"inputs={images[0]}", f"out={tmp_path / 'masks'}"]
+        )
+        == 2
+    )  # never overwritten without overwrite=true
 
 
 def test_classification_head_with_segmentation_fails_fast(tmp_path):
@@ -322,8 +372,14 @@ def test_monitor_is_checked_against_the_task_before_training(tmp_path):
     assert monitor_metric(5, "loss") == "val/loss"
     with pytest.raises(FinetuneError, match="monitor=dice.*5 classes.*miou"):
         monitor_metric(5, "dice")  # a foreground score: logged for binary tasks only
-    out = run_cli("task=segmentation", "head=unet", "dataset=seg_folder", "dataset.root=/nonexistent",
-                  "monitor=balanced_acc", cwd=tmp_path)
+    out = run_cli(
+        "task=segmentation",
+        "head=unet",
+        "dataset=seg_folder",
+        "dataset.root=/nonexistent",
+        "monitor=balanced_acc",
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "monitor='balanced_acc'" in out.stderr and "miou" in out.stderr
 
 
@@ -346,8 +402,15 @@ def test_scale_resizes_for_the_model_and_reports_at_the_original_size(tmp_path):
 
 def test_plan_shows_encoder_stages_and_decoder_without_training(tmp_path):
     squares(tmp_path / "data", n=6)
-    out = run_cli("+segmentation=drive", "dataset=seg_folder", f"dataset.root={tmp_path / 'data'}",
-                  "dataset.class_names=[background,square]", "plan=true", "hydra.run.dir=run", cwd=tmp_path)
+    out = run_cli(
+        "+segmentation=drive",
+        "dataset=seg_folder",
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.class_names=[background,square]",
+        "plan=true",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "stage7" in out.stdout and "head/no_decay" in out.stdout and "square=" in out.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -396,11 +459,13 @@ def test_gray_images_can_feed_a_one_channel_encoder(tmp_path):
     dm = SegmentationDataModule(seg_config(tmp_path, grayscale="adapt"), NONE_AUGMENT, 2, 0)
     assert dm.info.image_channels == 1 and dm.in_chans == 1
     from finetune.data.transforms import Preprocessing
+
     dm.set_preprocessing(Preprocessing((32, 32), (0.5,), (0.5,), "bilinear", 1))
     images, masks = next(iter(dm.train_dataloader()))
     assert images.shape == (2, 1, 32, 32)
-    model = build_segmentation_model(resolve_weights("tf_efficientnet_lite0"), "unet", 1, 2,
-                                     decoder_channels=[16, 16, 16, 16, 16])
+    model = build_segmentation_model(
+        resolve_weights("tf_efficientnet_lite0"), "unet", 1, 2, decoder_channels=[16, 16, 16, 16, 16]
+    )
     rgb = load_state_dict(resolve_weights("tf_efficientnet_lite0").file)["conv_stem.weight"]
     stem = model.backbone.state_dict()["model.conv_stem.weight"]
     torch.testing.assert_close(stem, rgb.sum(dim=1, keepdim=True))  # timm's adapt_input_conv: RGB summed
@@ -410,24 +475,30 @@ def test_gray_images_can_feed_a_one_channel_encoder(tmp_path):
         SegmentationDataModule(seg_config(tmp_path / "rgb", grayscale="adapt"), NONE_AUGMENT, 2, 0)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("init_from=runs/old", "init_from"), ("threshold=tune", "threshold"), ("threshold=0.3", "threshold"),
-    ("imbalance=weighted_loss", "imbalance"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("init_from=runs/old", "init_from"),
+        ("threshold=tune", "threshold"),
+        ("threshold=0.3", "threshold"),
+        ("imbalance=weighted_loss", "imbalance"),
+    ],
+)
 def test_keys_segmentation_does_not_read_are_refused_by_name(override, key):
-    from finetune.errors import ConfigError
     from finetune.commands.precheck import check_config
+    from finetune.run.errors import ConfigError
 
     cfg = compose_config("task=segmentation", "head=unet", "dataset=seg_folder", override)
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not supported by task=segmentation: "):
         check_config(cfg)
 
 
-@pytest.mark.parametrize("override", ["segmentation.loss=dice", "segmentation.class_weights=true",
-                                      "segmentation.overlays=9"])
+@pytest.mark.parametrize(
+    "override", ["segmentation.loss=dice", "segmentation.class_weights=true", "segmentation.overlays=9"]
+)
 def test_segmentation_keys_are_refused_for_classification(override):
-    from finetune.errors import ConfigError
     from finetune.commands.precheck import check_config
+    from finetune.run.errors import ConfigError
 
     with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]}=.* is not supported by task=classification"):
         check_config(compose_config(override))

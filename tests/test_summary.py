@@ -17,7 +17,6 @@ from rich.console import Console
 from torch import nn
 
 from finetune.models import papers
-
 from finetune.models.summary import (
     LayerCount,
     StageCount,
@@ -34,14 +33,18 @@ def lenet5() -> nn.Sequential:
     """A simplified LeNet-5 for 32x32 gray images: max/avg pooling, C3 connected to all six S2
     maps, linear output (the paper's own layers: ``finetune.models.papers.lenet5``)."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.Tanh(),  # C1
+        nn.Conv2d(1, 6, 5),
+        nn.Tanh(),  # C1
         nn.MaxPool2d(2),  # S2
-        nn.Conv2d(6, 16, 5), nn.Tanh(),  # C3
+        nn.Conv2d(6, 16, 5),
+        nn.Tanh(),  # C3
         nn.AvgPool2d(2),  # S4
         nn.Flatten(),
-        nn.Linear(400, 120), nn.Tanh(),  # F5
+        nn.Linear(400, 120),
+        nn.Tanh(),  # F5
         nn.Dropout(0.1),
-        nn.Linear(120, 84), nn.Tanh(),  # F6
+        nn.Linear(120, 84),
+        nn.Tanh(),  # F6
         nn.Linear(84, 10),  # output
     )
 
@@ -69,8 +72,15 @@ def resnet() -> nn.Module:
 
 
 def as_tuple(row: LayerCount) -> tuple:
-    return (row.kind, row.output_shape, row.units, row.connections, row.weights,
-            row.connections_with_bias, row.weights_with_bias)
+    return (
+        row.kind,
+        row.output_shape,
+        row.units,
+        row.connections,
+        row.weights,
+        row.connections_with_bias,
+        row.weights_with_bias,
+    )
 
 
 def test_lenet5_matches_the_lecture(lenet_rows: list[LayerCount]) -> None:
@@ -86,9 +96,7 @@ def test_lenet5_totals(lenet_rows: list[LayerCount]) -> None:
         "connections": 422_824,
         "connections_with_bias": 429_342,
     }
-    assert totals(lenet_rows)["weights_with_bias"] == sum(
-        p.numel() for p in lenet5().parameters()
-    )
+    assert totals(lenet_rows)["weights_with_bias"] == sum(p.numel() for p in lenet5().parameters())
 
 
 def test_depthwise_and_grouped_conv() -> None:
@@ -105,7 +113,9 @@ def test_depthwise_and_grouped_conv() -> None:
 
 def test_norm_and_adaptive_pooling() -> None:
     model = nn.Sequential(
-        nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
         nn.LayerNorm(2, elementwise_affine=False),
     )
     norm, pool, plain = count_layers(model, (6, 4, 4))
@@ -185,16 +195,20 @@ def test_trainable_flags_and_roll_up() -> None:
 
     stages = roll_up(rows, stage_of)
     assert [(s.name, s.trainable) for s in stages] == [
-        ("conv1", "frozen"), ("bn1", "frozen"), ("maxpool", "-"), ("layer1", "frozen"),
-        ("layer2", "mixed"), ("layer3", "trainable"), ("layer4", "trainable"),
-        ("global_pool", "-"), ("fc", "trainable"),
+        ("conv1", "frozen"),
+        ("bn1", "frozen"),
+        ("maxpool", "-"),
+        ("layer1", "frozen"),
+        ("layer2", "mixed"),
+        ("layer3", "trainable"),
+        ("layer4", "trainable"),
+        ("global_pool", "-"),
+        ("fc", "trainable"),
     ]
     assert totals(stages) == totals(rows)
     assert sum(s.layers for s in stages) == len(rows)
     frozen = sum(s.weights_with_bias for s in stages if s.trainable == "frozen")
-    assert frozen == sum(
-        p.numel() for m in (model.conv1, model.bn1, model.layer1) for p in m.parameters()
-    )
+    assert frozen == sum(p.numel() for m in (model.conv1, model.bn1, model.layer1) for p in m.parameters())
 
 
 def parse_markdown(text: str) -> list[list[str]]:
@@ -226,11 +240,14 @@ def test_csv_round_trip(lenet_rows: list[LayerCount], tmp_path) -> None:
         read = list(csv.DictReader(handle))
     parsed = [
         LayerCount(
-            name=r["name"], kind=r["kind"],
+            name=r["name"],
+            kind=r["kind"],
             output_shape=tuple(int(d) for d in r["output_shape"].split("x")),
             trainable={"True": True, "False": False, "": None}[r["trainable"]],
-            **{k: int(r[k]) for k in ("units", "weights", "weights_with_bias", "connections",
-                                      "connections_with_bias", "calls")},
+            **{
+                k: int(r[k])
+                for k in ("units", "weights", "weights_with_bias", "connections", "connections_with_bias", "calls")
+            },
         )
         for r in read
     ]
@@ -259,6 +276,7 @@ def test_rich_table_has_totals_and_separators(lenet_rows: list[LayerCount]) -> N
 
 # --- the lecture's "size of a conv net" table, beside the counts of real implementations ---
 
+
 def build_on_meta(build) -> nn.Module:
     """Shapes only: no memory, no arithmetic (VGG-16 at 224x224 counts in milliseconds)."""
     with warnings.catch_warnings(), torch.device("meta"):
@@ -284,9 +302,11 @@ class Size:
 
 def size_of(model: nn.Module, shape: tuple[int, int, int]) -> Size:
     neurons = [r for r in count_layers(model, shape) if r.kind in NEURONS]
-    return Size(units=sum(r.units for r in neurons[:-1]),
-                params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                connections=sum(r.connections_with_bias for r in neurons))
+    return Size(
+        units=sum(r.units for r in neurons[:-1]),
+        params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        connections=sum(r.connections_with_bias for r in neurons),
+    )
 
 
 def torchvision_model(name: str, **kwargs) -> Callable[[], nn.Module]:
@@ -307,19 +327,31 @@ IMPLEMENTATIONS = {
     "torchvision:alexnet": (torchvision_model("alexnet"), (3, 224, 224), Size(493_184, 61_100_840, 714_682_664)),
     "paper:googlenet": (papers.googlenet, (3, 224, 224), Size(3_226_160, 13_378_280, 1_585_899_032)),
     "paper:googlenet without aux": (googlenet_without_aux, (3, 224, 224), Size(3_226_160, 6_998_552, 1_585_899_032)),
-    "torchvision:googlenet aux_logits=False": (torchvision_model("googlenet", aux_logits=False, init_weights=False),
-                                               (3, 224, 224), Size(3_226_160, 6_624_904, 1_498_377_192)),
-    "torchvision:googlenet": (torchvision_model("googlenet"), (3, 224, 224),
-                              Size(3_226_160, 13_004_888, 1_498_377_192)),
+    "torchvision:googlenet aux_logits=False": (
+        torchvision_model("googlenet", aux_logits=False, init_weights=False),
+        (3, 224, 224),
+        Size(3_226_160, 6_624_904, 1_498_377_192),
+    ),
+    "torchvision:googlenet": (
+        torchvision_model("googlenet"),
+        (3, 224, 224),
+        Size(3_226_160, 13_004_888, 1_498_377_192),
+    ),
     "torchvision:vgg16": (torchvision_model("vgg16"), (3, 224, 224), Size(13_555_712, 138_357_544, 15_483_821_032)),
 }
 # The lecture's figures (None: not given) and the implementations that stand beside each.
 LECTURE = {
     "LeNet-5 (1998)": (Size(8_084, 60_000, 344_000), ["paper:lenet5"]),
     "AlexNet (2012)": (Size(658_000, 60_000_000, 652_000_000), ["paper:alexnet", "torchvision:alexnet"]),
-    "GoogLeNet (2014)": (Size(None, 2_000_000, None),
-                         ["paper:googlenet", "paper:googlenet without aux", "torchvision:googlenet",
-                          "torchvision:googlenet aux_logits=False"]),
+    "GoogLeNet (2014)": (
+        Size(None, 2_000_000, None),
+        [
+            "paper:googlenet",
+            "paper:googlenet without aux",
+            "torchvision:googlenet",
+            "torchvision:googlenet aux_logits=False",
+        ],
+    ),
     "VGG-16 (2014)": (Size(None, None, None), ["torchvision:vgg16"]),
 }
 
@@ -340,12 +372,16 @@ def lecture_table(sizes: dict[str, Size]) -> str:
     """The lecture's rows, each followed by its implementations (ratio to the lecture's figure)."""
     lines = ["| Network | Input | Units | Parameters | Connections |", "|---|---|---:|---:|---:|"]
     for network, (lecture, labels) in LECTURE.items():
-        lines.append(f"| **{network}**, lecture | | {_cell(lecture.units)} | {_cell(lecture.params)} | "
-                     f"{_cell(lecture.connections)} |")
+        lines.append(
+            f"| **{network}**, lecture | | {_cell(lecture.units)} | {_cell(lecture.params)} | "
+            f"{_cell(lecture.connections)} |"
+        )
         for label in labels:
             size, shape = sizes[label], IMPLEMENTATIONS[label][1]
-            lines.append(f"| `{label}` | {'x'.join(map(str, shape))} | {_cell(size.units, lecture.units)} | "
-                         f"{_cell(size.params, lecture.params)} | {_cell(size.connections, lecture.connections)} |")
+            lines.append(
+                f"| `{label}` | {'x'.join(map(str, shape))} | {_cell(size.units, lecture.units)} | "
+                f"{_cell(size.params, lecture.params)} | {_cell(size.connections, lecture.connections)} |"
+            )
     return "\n".join(lines)
 
 
@@ -429,6 +465,7 @@ def test_lenet5_trains_and_keeps_its_output_prototypes() -> None:
 
 def test_what_torchvision_changed_from_the_papers() -> None:
     """The differences the README explains, measured on the modules."""
+
     def convs(model: nn.Module) -> list[tuple[int, int]]:
         return [(m.out_channels, m.groups) for m in model.modules() if isinstance(m, nn.Conv2d)]
 
@@ -441,8 +478,10 @@ def test_what_torchvision_changed_from_the_papers() -> None:
 
     paper, tv = build_on_meta(googlenet_without_aux), build_on_meta(torchvision_model("googlenet", aux_logits=False))
     inceptions = [name for name, m in tv.named_children() if name.startswith("inception")]
-    kernels = sum(getattr(paper, n).branch3[1][0].weight.numel() - getattr(tv, n).branch3[1].conv.weight.numel()
-                  for n in inceptions)  # the paper's 5x5 (25 weights per map pair), torchvision's 3x3 (9)
+    kernels = sum(
+        getattr(paper, n).branch3[1][0].weight.numel() - getattr(tv, n).branch3[1].conv.weight.numel()
+        for n in inceptions
+    )  # the paper's 5x5 (25 weights per map pair), torchvision's 3x3 (9)
     batch_norm = sum(p.numel() for m in tv.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
     biases = sum(m.bias.numel() for m in paper.modules() if isinstance(m, nn.Conv2d))
     assert (kernels, batch_norm, biases) == (380_928, 2 * 7_280, 7_280)

@@ -1,5 +1,6 @@
 """``finetune summary``: the counting table of a configured model (frozen stages
 marked), of a finished run's model, or of a published architecture."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,8 @@ import sys
 import pytest
 import timm
 
-from finetune.engine.runs import load_run
 from finetune.commands.summary import main
+from finetune.models.saved_runs import load_run
 
 RESNET18 = ["backbone=resnet18", "input_size=64", "backbone.freeze=2"]
 FROZEN, TRAINABLE = ("stem", "stage1", "stage2"), ("stage3", "stage4", "head")
@@ -20,9 +21,14 @@ FROZEN, TRAINABLE = ("stem", "stage1", "stage2"), ("stage3", "stage4", "head")
 
 def test_cli_writes_stage_csv_with_frozen_stages_and_full_parameter_count(tmp_path):
     out = tmp_path / "stages.csv"
-    done = subprocess.run([sys.executable, "-m", "finetune", "summary", *RESNET18, "format=csv", "per=stage",
-                           f"out={out}"], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune", "summary", *RESNET18, "format=csv", "per=stage", f"out={out}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["name"]: row for row in csv.DictReader(out.open())}
     assert list(rows) == [*FROZEN, *TRAINABLE]
@@ -50,13 +56,16 @@ def test_layer_csv_to_stdout(capsys):
     assert rows[-1]["name"] == "head.0" and rows[-1]["trainable"] == "True"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["backbone=resnet18", "backbone.freeze=9"], "has 4 stages"),
-    (["backbone=resnet999"], "Available options in 'backbone'"),
-    (["backbone.name=resnet18x"], "Did you mean: resnet18"),
-    (["backbone=resnet18", "format=csv", "per=both"], "choose per=layer or per=stage"),
-    (["backbone=resnet18", "input_size=big"], "input_size='big'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["backbone=resnet18", "backbone.freeze=9"], "has 4 stages"),
+        (["backbone=resnet999"], "Available options in 'backbone'"),
+        (["backbone.name=resnet18x"], "Did you mean: resnet18"),
+        (["backbone=resnet18", "format=csv", "per=both"], "choose per=layer or per=stage"),
+        (["backbone=resnet18", "input_size=big"], "input_size='big'"),
+    ],
+)
 def test_bad_arguments_give_one_clear_message_and_exit_2(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -64,6 +73,7 @@ def test_bad_arguments_give_one_clear_message_and_exit_2(args, message, capsys):
 
 
 # --- model=<source>:<name>: published architectures, named by their source ---
+
 
 def stage_csv(args: list[str], capsys) -> dict[str, dict[str, str]]:
     assert main([*args, "format=csv", "per=stage"]) == 0
@@ -95,17 +105,20 @@ def test_googlenet_reports_the_auxiliary_classifiers_it_does_not_count(capsys):
     assert "13,004,888 parameters" in title and "6,379,984 parameters in no row" in title
 
 
-@pytest.mark.parametrize("args, message", [
-    (["model=vgg16"], "model=torchvision:vgg16 or model=timm:vgg16"),
-    (["model=torchvision:alexnett"], "did you mean model=torchvision:alexnet?"),
-    (["model=timm:resnet1000"], "see timm.list_models('res*')"),
-    (["model=paper:lenet"], "did you mean model=paper:lenet5"),
-    (["model=caffe:alexnet"], "model=<torchvision|timm|paper>:<name>"),
-    (["backbone=torchvision:alexnet"], "count a whole architecture with model=torchvision:alexnet"),
-    (["model=torchvision:alexnet", "backbone.freeze=2"], "drop backbone.freeze=2"),
-    (["model=torchvision:alexnet", "in_chans=1"], "takes 3 input channels"),
-    (["model=torchvision:vgg16", "input_size=16"], "cannot take a 3x16x16 input"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model=vgg16"], "model=torchvision:vgg16 or model=timm:vgg16"),
+        (["model=torchvision:alexnett"], "did you mean model=torchvision:alexnet?"),
+        (["model=timm:resnet1000"], "see timm.list_models('res*')"),
+        (["model=paper:lenet"], "did you mean model=paper:lenet5"),
+        (["model=caffe:alexnet"], "model=<torchvision|timm|paper>:<name>"),
+        (["backbone=torchvision:alexnet"], "count a whole architecture with model=torchvision:alexnet"),
+        (["model=torchvision:alexnet", "backbone.freeze=2"], "drop backbone.freeze=2"),
+        (["model=torchvision:alexnet", "in_chans=1"], "takes 3 input channels"),
+        (["model=torchvision:vgg16", "input_size=16"], "cannot take a 3x16x16 input"),
+    ],
+)
 def test_bad_model_names_give_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -113,6 +126,7 @@ def test_bad_model_names_give_one_clear_line(args, message, capsys):
 
 
 # --- run=<run dir>: the model a finished run trained ---
+
 
 def test_run_summary_shows_the_runs_model(finished_run, capsys):
     data = json.loads((finished_run / "data.json").read_text())
@@ -130,12 +144,15 @@ def test_run_summary_shows_the_runs_model(finished_run, capsys):
     assert sum(p.numel() for p in head.parameters()) == (1280 + 1) * classes
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["backbone=resnet18"], "drop backbone=resnet18"),
-    (["classes=3"], "drop classes=3"),
-    (["model=torchvision:alexnet"], "drop model=torchvision:alexnet"),
-    (["input_size=64", "backbone.freeze=1"], "drop input_size=64 backbone.freeze=1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["backbone=resnet18"], "drop backbone=resnet18"),
+        (["classes=3"], "drop classes=3"),
+        (["model=torchvision:alexnet"], "drop model=torchvision:alexnet"),
+        (["input_size=64", "backbone.freeze=1"], "drop input_size=64 backbone.freeze=1"),
+    ],
+)
 def test_run_with_model_changes_is_refused(tmp_path, extra, message, capsys):
     assert main([f"run={tmp_path}", *extra]) == 2  # refused before the run directory is read
     err = capsys.readouterr().err

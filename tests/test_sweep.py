@@ -1,5 +1,6 @@
 """Sweeps and hyperparameter search: the summary ranks runs by the validation score that picked their
 checkpoint and marks test columns as not for selection; an Optuna study optimises that same score."""
+
 from __future__ import annotations
 
 import csv
@@ -14,20 +15,29 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from finetune.commands import train as _registers_the_resolvers  # noqa: F401  (search_direction)
-from finetune.engine.search import TrialWithoutScore, check_search, objective
-from finetune.engine.sweep import write_summary
-from finetune.errors import ConfigError
 from finetune.resources import conf_dir
+from finetune.run.errors import ConfigError
+from finetune.training.search import TrialWithoutScore, check_search, objective
+from finetune.training.sweep import write_summary
 
 
-def fake_run(sweep: Path, job: int, overrides: list[str], val: float | None = None, test: float | None = None,
-             monitor: str = "val/acc") -> None:
+def fake_run(
+    sweep: Path,
+    job: int,
+    overrides: list[str],
+    val: float | None = None,
+    test: float | None = None,
+    monitor: str = "val/acc",
+) -> None:
     """A job directory as Hydra and a run leave it; without ``val`` it failed (no metrics.json)."""
     (sweep / str(job) / ".hydra").mkdir(parents=True)
     (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["+classification=digits", *overrides]))
     if val is not None:
-        metrics = {"test": {"acc": test, "loss": 1 - test}, "wall_time_s": 3.0,
-                   "checkpoint": {"monitor": monitor, "best": val, "tested": "best.ckpt"}}
+        metrics = {
+            "test": {"acc": test, "loss": 1 - test},
+            "wall_time_s": 3.0,
+            "checkpoint": {"monitor": monitor, "best": val, "tested": "best.ckpt"},
+        }
         (sweep / str(job) / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -43,7 +53,8 @@ def test_summary_ranks_by_validation_marks_test_columns_and_names_optunas_best(t
     fake_run(tmp_path, 2, ["schedule.lr=0.01"], val=0.85, test=0.90)
     fake_run(tmp_path, 3, ["schedule.lr=0.1"])  # failed: no metrics.json
     (tmp_path / "optimization_results.yaml").write_text(
-        "name: optuna\nbest_params:\n  schedule.lr: 0.003\nbest_value: 0.9\n")
+        "name: optuna\nbest_params:\n  schedule.lr: 0.003\nbest_value: 0.9\n"
+    )
     write_summary(tmp_path)
 
     rows = read_csv(tmp_path / "sweep_summary.csv")
@@ -91,13 +102,18 @@ def test_the_search_recipe_derives_its_direction_from_the_monitor():
     check_search(hydra_cfg, cfg)
 
 
-@pytest.mark.parametrize("overrides, says", [
-    (["hydra/sweeper=optuna"], "hydra.sweeper.direction=minimize, but trials report monitor=auto"),  # the default
-    (["+classification=digits_search", "monitor=loss", "hydra.sweeper.direction=maximize"],
-     "set hydra.sweeper.direction=minimize"),
-    (["+classification=digits_search", "hydra.sweeper.direction=[maximize,minimize]"], "give one direction"),
-    (["+classification=digits_search", "plan=true"], "plan=true trains nothing"),
-])
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["hydra/sweeper=optuna"], "hydra.sweeper.direction=minimize, but trials report monitor=auto"),  # the default
+        (
+            ["+classification=digits_search", "monitor=loss", "hydra.sweeper.direction=maximize"],
+            "set hydra.sweeper.direction=minimize",
+        ),
+        (["+classification=digits_search", "hydra.sweeper.direction=[maximize,minimize]"], "give one direction"),
+        (["+classification=digits_search", "plan=true"], "plan=true trains nothing"),
+    ],
+)
 def test_a_search_that_cannot_mean_what_it_says_is_refused(overrides, says):
     with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("(", r"\(")):
         check_search(*hydra_config(*overrides))
@@ -130,16 +146,30 @@ code = main(sys.argv[1:])
 print("TOLD " + json.dumps(told))
 sys.exit(code)
 """
-TINY_SEARCH = ["-m", "+classification=digits_search", "hydra.sweeper.n_trials=2", "backbone.freeze=4",  # fixed
-               "dataset.image_size=32",
-               "schedule.epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-               "trainer.progress_bar=false", "hydra.sweep.dir=sweep"]
+TINY_SEARCH = [
+    "-m",
+    "+classification=digits_search",
+    "hydra.sweeper.n_trials=2",
+    "backbone.freeze=4",  # fixed
+    "dataset.image_size=32",
+    "schedule.epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.progress_bar=false",
+    "hydra.sweep.dir=sweep",
+]
 
 
 @pytest.mark.slow
 def test_an_optuna_search_optimises_each_runs_validation_score(tmp_path):
-    out = subprocess.run([sys.executable, "-c", SPY, *TINY_SEARCH], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SPY, *TINY_SEARCH],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     told = json.loads(out.stdout.rsplit("TOLD ", 1)[1])
     sweep = tmp_path / "sweep"

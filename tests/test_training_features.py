@@ -1,6 +1,7 @@
 """Training features of issue 16: early stopping per phase, gradient accumulation and clipping,
 label smoothing, mixup / cutmix, and the ``logger`` config group. Real tiny runs (digits, random
 resnet10t, 32 px, batches of 8, a few batches) and exact checks on fixed batches."""
+
 from __future__ import annotations
 
 import csv
@@ -17,17 +18,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.commands import train as run_module
-from finetune.engine.config import validate
-from finetune.errors import ConfigError, FinetuneError
+from finetune.run.errors import ConfigError, FinetuneError
 from finetune.tasks.classification.mixing import BatchMixer
 from finetune.tasks.classification.module import ClassificationTask
 from finetune.tasks.registry import get_task
+from finetune.training.validate import validate
 
 from .conftest import compose_config
 
-TINY = ["backbone.name=resnet10t", "backbone.pretrained=false", "dataset.image_size=32", "schedule.batch_size=8",
-        "trainer.progress_bar=false", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-        "data.cache_features=false"]  # the cache would run the backbone over the whole train split
+TINY = [
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "dataset.image_size=32",
+    "schedule.batch_size=8",
+    "trainer.progress_bar=false",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "data.cache_features=false",
+]  # the cache would run the backbone over the whole train split
 FLAT = "schedule.phases=[{name: a, epochs: 4, freeze: all, lr: 1.0e-12, scheduler: constant}"  # cannot improve
 SEGMENTATION = ["task=segmentation", "dataset=seg_folder", "dataset.root=/nonexistent", "head=unet"]
 
@@ -47,15 +55,26 @@ def _epochs(path: Path, key: str) -> list[int]:
 
 # 1. Early stopping
 
+
 def test_early_stopping_ends_a_phase_and_the_next_phase_runs(tmp_path):
     """Phase a cannot improve (lr 1e-12): with patience 1 it stops after its 2nd of 4 epochs; phase b
     runs its epoch as usual. The default loggers (CSV + TensorBoard) log both phases."""
-    cfg = compose_config(*TINY, "schedule=gradual", "trainer.limit_train_batches=2", "schedule.early_stop.patience=1",
-                         FLAT + ", {name: b, epochs: 1, freeze: all}]")
+    cfg = compose_config(
+        *TINY,
+        "schedule=gradual",
+        "trainer.limit_train_batches=2",
+        "schedule.early_stop.patience=1",
+        FLAT + ", {name: b, epochs: 1, freeze: all}]",
+    )
     run_module.train(cfg, tmp_path)
     phases = _phases(tmp_path)
-    assert phases["a"] | {"freeze": None} == {"name": "a", "epochs": 4, "freeze": None, "epochs_run": 2,
-                                              "stopped_epoch": 2}
+    assert phases["a"] | {"freeze": None} == {
+        "name": "a",
+        "epochs": 4,
+        "freeze": None,
+        "epochs_run": 2,
+        "stopped_epoch": 2,
+    }
     assert phases["b"]["epochs_run"] == 1 and phases["b"]["stopped_epoch"] is None
     assert _epochs(tmp_path / "logs" / "a" / "metrics.csv", "val/acc") == [0, 1]
     assert _epochs(tmp_path / "logs" / "b" / "metrics.csv", "val/acc") == [0]
@@ -65,12 +84,24 @@ def test_early_stopping_ends_a_phase_and_the_next_phase_runs(tmp_path):
 def test_a_resumed_phase_that_had_stopped_early_trains_no_further(tmp_path):
     """Killed after phase a stopped early, before phase b wrote a checkpoint: resuming from a's last
     checkpoint goes straight to phase b (Lightning does not save ``should_stop``)."""
-    first = compose_config(*TINY, "schedule=gradual", "trainer.limit_train_batches=2", "checkpoints.keep=both",
-                           "schedule.early_stop.patience=1", FLAT + "]")
+    first = compose_config(
+        *TINY,
+        "schedule=gradual",
+        "trainer.limit_train_batches=2",
+        "checkpoints.keep=both",
+        "schedule.early_stop.patience=1",
+        FLAT + "]",
+    )
     run_module.train(first, tmp_path)
     assert _phases(tmp_path)["a"]["stopped_epoch"] == 2
-    both = compose_config(*TINY, "schedule=gradual", "trainer.limit_train_batches=2", "checkpoints.keep=both",
-                          "schedule.early_stop.patience=1", FLAT + ", {name: b, epochs: 1, freeze: all}]")
+    both = compose_config(
+        *TINY,
+        "schedule=gradual",
+        "trainer.limit_train_batches=2",
+        "checkpoints.keep=both",
+        "schedule.early_stop.patience=1",
+        FLAT + ", {name: b, epochs: 1, freeze: all}]",
+    )
     run_module.train(both, tmp_path, resume_from=tmp_path / "checkpoints" / "last.ckpt")
     phases = _phases(tmp_path)
     assert phases["a"]["epochs_run"] == 2 and phases["a"]["stopped_epoch"] == 2  # no third epoch of a
@@ -78,6 +109,7 @@ def test_a_resumed_phase_that_had_stopped_early_trains_no_further(tmp_path):
 
 
 # 2. Gradient accumulation and clipping (the module optimises automatically: Lightning does both)
+
 
 def test_accumulation_halves_the_optimizer_steps_and_clipping_bounds_the_gradient_norm(tmp_path, monkeypatch):
     seen: dict[str, list] = {"batches": [], "before_clip": [], "after_clip": [], "steps": []}
@@ -87,13 +119,24 @@ def test_accumulation_halves_the_optimizer_steps_and_clipping_bounds_the_gradien
         return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else None
 
     monkeypatch.setattr(ClassificationTask, "on_train_batch_start", lambda self, b, i: seen["batches"].append(i))
-    monkeypatch.setattr(ClassificationTask, "on_before_optimizer_step",
-                        lambda self, opt: seen["before_clip"].append(norm(self)))
-    monkeypatch.setattr(ClassificationTask, "on_before_zero_grad",  # after the step: the clipped gradients
-                        lambda self, opt: seen["after_clip"].append(norm(self)))
+    monkeypatch.setattr(
+        ClassificationTask, "on_before_optimizer_step", lambda self, opt: seen["before_clip"].append(norm(self))
+    )
+    monkeypatch.setattr(
+        ClassificationTask,
+        "on_before_zero_grad",  # after the step: the clipped gradients
+        lambda self, opt: seen["after_clip"].append(norm(self)),
+    )
     monkeypatch.setattr(ClassificationTask, "on_train_end", lambda self: seen["steps"].append(self.trainer.global_step))
-    cfg = compose_config(*TINY, "schedule=linear_probe", "schedule.epochs=2", "trainer.limit_train_batches=4",
-                         "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.001", "logger=csv")
+    cfg = compose_config(
+        *TINY,
+        "schedule=linear_probe",
+        "schedule.epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.gradient_clip_val=0.001",
+        "logger=csv",
+    )
     run_module.train(cfg, tmp_path)
     assert len(seen["batches"]) == 8 and seen["steps"] == [4]  # 8 batches, one optimizer step per 2
     assert max(seen["before_clip"]) > 0.01  # clipping had work to do…
@@ -107,6 +150,7 @@ def test_accumulation_halves_the_optimizer_steps_and_clipping_bounds_the_gradien
 
 
 # 3. Label smoothing (the training loss only)
+
 
 def test_label_smoothing_follows_its_formula_in_training_and_leaves_validation_plain():
     torch.manual_seed(0)
@@ -129,6 +173,7 @@ def test_label_smoothing_follows_its_formula_in_training_and_leaves_validation_p
 
 
 # 4. Mixup / CutMix
+
 
 def test_batch_mixer_mixes_pairs_with_smoothed_soft_targets_reproducibly():
     torch.manual_seed(0)
@@ -164,8 +209,9 @@ def test_mixup_changes_training_batches_only_and_trains_on_images_not_cached_fea
     monkeypatch.setattr(BatchMixer, "__call__", spy_mix)
     monkeypatch.setattr(ClassificationTask, "_logits", spy_logits)
     # linear_probe + augment=none would train on cached features; mixing needs the images
-    cfg = compose_config(*TINY[:-1], "schedule=linear_probe", "schedule.epochs=1", "trainer.limit_train_batches=3",
-                         "mix.mixup=0.2")
+    cfg = compose_config(
+        *TINY[:-1], "schedule=linear_probe", "schedule.epochs=1", "trainer.limit_train_batches=3", "mix.mixup=0.2"
+    )
     run_module.train(cfg, tmp_path)
     train = [x for stage, _, x in forwards if stage == "train"]
     evaluated = [x for stage, _, x in forwards if stage in ("validate", "test")]
@@ -184,10 +230,16 @@ def test_mixing_is_refused_for_multi_label_segmentation_and_forced_feature_cache
 
     for i in range(6):
         Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
-    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{i}.png,{'cat;dog' if i % 2 else 'dog'}\n"
-                                                                   for i in range(6)))
-    multi = compose_config("dataset=csv", f"dataset.csv={tmp_path / 'labels.csv'}", "dataset.multilabel=true",
-                           "dataset.num_workers=0", "mix.cutmix=1.0")
+    (tmp_path / "labels.csv").write_text(
+        "path,label\n" + "".join(f"{i}.png,{'cat;dog' if i % 2 else 'dog'}\n" for i in range(6))
+    )
+    multi = compose_config(
+        "dataset=csv",
+        f"dataset.csv={tmp_path / 'labels.csv'}",
+        "dataset.multilabel=true",
+        "dataset.num_workers=0",
+        "mix.cutmix=1.0",
+    )
     with pytest.raises(ConfigError, match="this dataset is multi-label"):  # once the labels are read
         get_task("classification").data_module(multi)
     with pytest.raises(FinetuneError, match="multi-label"):
@@ -202,24 +254,28 @@ def test_mixing_is_refused_for_multi_label_segmentation_and_forced_feature_cache
 
 # 5. Bad values: one line naming the key and the fix
 
+
 def _validate(*overrides: str):
     cfg = compose_config(*overrides)
     return validate(cfg, get_task(cfg.task))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("schedule.early_stop.patience=0", "a whole number of epochs >= 1"),
-    ("schedule.early_stop.patience=1.5", "or null to turn early stopping off"),
-    ("schedule.early_stop.min_delta=-0.1", "a number >= 0"),
-    ("trainer.accumulate_grad_batches=0", "optimizer step >= 1"),
-    ("trainer.gradient_clip_val=0", "a number > 0"),
-    ("loss.label_smoothing=1.0", "in [0, 1)"),
-    ("mix.mixup=-1", "alpha >= 0"),
-    ("mix.cutmix=yes", "alpha >= 0"),
-    ("mix.prob=1.5", "in [0, 1]"),
-    ("logger.tensorboard=maybe", "true or false"),
-    ("logger.experiment=''", "a name for the MLflow experiment"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("schedule.early_stop.patience=0", "a whole number of epochs >= 1"),
+        ("schedule.early_stop.patience=1.5", "or null to turn early stopping off"),
+        ("schedule.early_stop.min_delta=-0.1", "a number >= 0"),
+        ("trainer.accumulate_grad_batches=0", "optimizer step >= 1"),
+        ("trainer.gradient_clip_val=0", "a number > 0"),
+        ("loss.label_smoothing=1.0", "in [0, 1)"),
+        ("mix.mixup=-1", "alpha >= 0"),
+        ("mix.cutmix=yes", "alpha >= 0"),
+        ("mix.prob=1.5", "in [0, 1]"),
+        ("logger.tensorboard=maybe", "true or false"),
+        ("logger.experiment=''", "a name for the MLflow experiment"),
+    ],
+)
 def test_each_new_key_refuses_a_bad_value_in_one_line(override, message):
     with pytest.raises(ConfigError) as err:
         _validate(override)
@@ -231,8 +287,14 @@ def test_mlflow_without_the_package_is_one_line_saying_how_to_install_it(tmp_pat
     """The package is hidden from this process (``sys.modules['mlflow'] = None``): the config check
     refuses before any run directory is made, saying what to install."""
     code = "import sys; sys.modules['mlflow'] = None; from finetune.cli import main; sys.exit(main(['logger=mlflow']))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
     assert out.stderr.startswith("finetune: error: logger.mlflow=true needs the mlflow package")
     assert "pip install 'finetune[mlflow]'" in out.stderr and not (tmp_path / "runs").exists()
@@ -246,10 +308,16 @@ def test_mlflow_logs_every_phase_to_a_local_store_in_the_run_directory(tmp_path)
     SQLite store, with the validation metric and the per-stage learning rate of each epoch / step."""
     from mlflow.tracking import MlflowClient
 
-    from finetune.engine.phases import MLFLOW_DB
+    from finetune.training.phases import MLFLOW_DB
 
-    cfg = compose_config(*TINY, "schedule=linear_probe", "schedule.epochs=2", "trainer.limit_train_batches=2",
-                         "logger=mlflow", "logger.experiment=digits")
+    cfg = compose_config(
+        *TINY,
+        "schedule=linear_probe",
+        "schedule.epochs=2",
+        "trainer.limit_train_batches=2",
+        "logger=mlflow",
+        "logger.experiment=digits",
+    )
     run_module.train(cfg, tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / MLFLOW_DB}")
     experiment = client.get_experiment_by_name("digits")
@@ -267,12 +335,11 @@ def test_mlflow_logs_every_phase_to_a_local_store_in_the_run_directory(tmp_path)
 
 # 6. EMA of the weights
 
+
 def test_ema_update_is_the_warmed_up_recurrence_and_leaves_unchanged_values_bit_identical():
-    from torch.optim.swa_utils import AveragedModel
+    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-    from finetune.engine.averaging import WeightsEMA, ema_decay
-
-    from torch.optim.swa_utils import get_ema_avg_fn
+    from finetune.training.averaging import WeightsEMA, ema_decay
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16))
@@ -300,17 +367,26 @@ def test_ema_is_validated_tested_and_exported_and_frozen_stages_stay_bit_identic
     export holds the average, and every tensor of the frozen stages equals the initial model's."""
     from safetensors.torch import load_file
 
-    from finetune.engine.train import build
+    from finetune.training.train import build
 
-    overrides = [*TINY, "schedule=linear_probe", "schedule.backbone_lr_mult=0.1", "schedule.epochs=2",
-                 "trainer.limit_train_batches=3",
-                 "schedule.phases=[{name: top, epochs: 2, freeze: 2, lr: 0.05}]", "ema.decay=0.9",
-                 "checkpoints.keep=both", "logger=csv"]
+    overrides = [
+        *TINY,
+        "schedule=linear_probe",
+        "schedule.backbone_lr_mult=0.1",
+        "schedule.epochs=2",
+        "trainer.limit_train_batches=3",
+        "schedule.phases=[{name: top, epochs: 2, freeze: 2, lr: 0.05}]",
+        "ema.decay=0.9",
+        "checkpoints.keep=both",
+        "logger=csv",
+    ]
     initial = build(get_task("classification"), compose_config(*overrides)).model.state_dict()
     run_module.train(compose_config(*overrides), tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     average, current = state["state_dict"], state["current_model_state"]
-    frozen = [k for k in initial if k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1.", "backbone.layer2."))]
+    frozen = [
+        k for k in initial if k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1.", "backbone.layer2."))
+    ]
     assert frozen and all(torch.equal(average[f"model.{k}"], initial[k]) for k in frozen)
     assert all(torch.equal(current[f"model.{k}"], initial[k]) for k in frozen)
     moved = [k for k in initial if k.startswith(("backbone.layer4.", "head.")) and initial[k].is_floating_point()]

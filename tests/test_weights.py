@@ -117,8 +117,12 @@ def test_explicit_file_of_another_arch_is_rejected_early(tmp_path):
 def test_shared_mobilenetv2_file_with_preprocessing_override(tmp_path):
     if not MOBILENET_FILE.is_file():
         pytest.skip(f"{MOBILENET_FILE} absent")
-    record = resolve_weights("mobilenetv2_100", weights=MOBILENET_FILE, cache_dir=tmp_path,
-                             preprocessing={**TF_PREPROCESSING, "input_size": 224})
+    record = resolve_weights(
+        "mobilenetv2_100",
+        weights=MOBILENET_FILE,
+        cache_dir=tmp_path,
+        preprocessing={**TF_PREPROCESSING, "input_size": 224},
+    )
     assert record.to_dict()["preprocessing"]["input_size"] == [3, 224, 224]
     model = create_model(record)
     assert timm.data.resolve_data_config(model=model)["mean"] == (0.5, 0.5, 0.5)
@@ -144,8 +148,12 @@ def test_offline_without_any_source_lists_every_way(tmp_path):
     with pytest.raises(WeightsNotFoundError) as info:
         resolve_weights("resnet10t", cache_dir=tmp_path)
     message = str(info.value)
-    for expected in ("backbone.weights=", str(tmp_path / "resnet10t.safetensors"),
-                     "timm/resnet10t.c3_in1k", "backbone.pretrained=false"):
+    for expected in (
+        "backbone.weights=",
+        str(tmp_path / "resnet10t.safetensors"),
+        "timm/resnet10t.c3_in1k",
+        "backbone.pretrained=false",
+    ):
         assert expected in message
 
 
@@ -164,8 +172,9 @@ def test_random_init_only_when_asked(tmp_path):
         resolve_weights("resnet10t", weights=tmp_path / "w.pth", pretrained=False)
 
 
-@pytest.mark.parametrize("name, suggestion", [("resnet18x", "Did you mean: resnet18"),
-                                              ("resnet18.in1kk", "resnet18.a1_in1k")])
+@pytest.mark.parametrize(
+    "name, suggestion", [("resnet18x", "Did you mean: resnet18"), ("resnet18.in1kk", "resnet18.a1_in1k")]
+)
 def test_unknown_names_suggest_close_ones(name, suggestion):
     with pytest.raises(ValueError, match=suggestion):
         resolve_weights(name)

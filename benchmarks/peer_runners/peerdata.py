@@ -9,6 +9,7 @@ turns them into RGB the way its tool does). A segmentation list folder (CamVid's
 ``train.txt``, ``val.txt`` and ``test.txt`` whose lines pair an image with its label map (paths
 relative to the root): ``items`` are the images, ``labels`` the label-map paths.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +31,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 class Split:
     """One split: ``items`` are file paths (image folder, segmentation list) or uint8 arrays (npz);
     ``labels`` ints (classification) or label-map paths (segmentation)."""
+
     items: list
     labels: list
 
@@ -62,15 +64,21 @@ def load_data(spec: dict) -> Data:
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
         return Data(classes, _folder(root / "train", classes), _folder(root / "val", classes), None)
     arrays = np.load(spec["file"])
-    splits = {s: Split(list(arrays[f"{s}_images"]), arrays[f"{s}_labels"].reshape(-1).astype(int).tolist())
-              for s in ("train", "val", "test")}
+    splits = {
+        s: Split(list(arrays[f"{s}_images"]), arrays[f"{s}_labels"].reshape(-1).astype(int).tolist())
+        for s in ("train", "val", "test")
+    }
     classes = [str(c) for c in range(spec["num_classes"])]
     return Data(classes, splits["train"], splits["val"], splits["test"])
 
 
 def _folder(split_dir: Path, classes: list[str]) -> Split:
-    pairs = [(path, label) for label, name in enumerate(classes) for path in sorted((split_dir / name).rglob("*"))
-             if path.suffix.lower() in IMAGE_SUFFIXES]
+    pairs = [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((split_dir / name).rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
     return Split([str(p) for p, _ in pairs], [label for _, label in pairs])
 
 
@@ -90,8 +98,7 @@ def timm_model(spec: dict, num_classes: int):
     import timm
 
     overlay = {"file": spec["weights"], **spec["preprocessing"]}
-    return timm.create_model(spec["arch"], pretrained=True, pretrained_cfg_overlay=overlay,
-                             num_classes=num_classes)
+    return timm.create_model(spec["arch"], pretrained=True, pretrained_cfg_overlay=overlay, num_classes=num_classes)
 
 
 def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -147,13 +154,22 @@ def sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def emit(tool: str, spec: dict, clock: Clock, val: dict, test: dict | None, packages: tuple[str, ...],
-         **extra: object) -> None:
+def emit(
+    tool: str, spec: dict, clock: Clock, val: dict, test: dict | None, packages: tuple[str, ...], **extra: object
+) -> None:
     """Print the result as one JSON line (the harness reads the last line of stdout)."""
-    result = {"tool": tool, "wall_s": clock.seconds(), "epochs_run": len(clock.curve), "curve": clock.curve,
-              "val": val, "test": test, "versions": versions(*packages), "weights_sha256": sha256(spec["weights"]),
-              "threads": {"torch": _torch_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-              **extra}
+    result = {
+        "tool": tool,
+        "wall_s": clock.seconds(),
+        "epochs_run": len(clock.curve),
+        "curve": clock.curve,
+        "val": val,
+        "test": test,
+        "versions": versions(*packages),
+        "weights_sha256": sha256(spec["weights"]),
+        "threads": {"torch": _torch_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        **extra,
+    }
     print(json.dumps(result), flush=True)
 
 

@@ -7,13 +7,26 @@ test runs on the frozen model, as fastai's course does before ``fine_tune``; its
 
     python run_fastai.py '<json spec>'      # prints one JSON result line
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from fastai.vision.all import (Callback, CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Recorder, Resize,
-                               RocAucBinary, accuracy, aug_transforms, set_seed, vision_learner)
+from fastai.vision.all import (
+    Callback,
+    CategoryBlock,
+    DataBlock,
+    FuncSplitter,
+    ImageBlock,
+    Recorder,
+    Resize,
+    RocAucBinary,
+    accuracy,
+    aug_transforms,
+    set_seed,
+    vision_learner,
+)
 from peerdata import Clock, Split, emit, load_data, read_spec, rgb_image, scores
 
 PACKAGES = ("fastai", "fastcore", "torch", "torchvision", "timm", "numpy", "pillow")
@@ -22,6 +35,7 @@ PACKAGES = ("fastai", "fastcore", "torch", "torchvision", "timm", "numpy", "pill
 @dataclass
 class Row:
     """One image for fastai's DataBlock (a class, not a tuple: fastai maps transforms over tuples)."""
+
     item: str | np.ndarray
     label: int
     valid: bool
@@ -33,6 +47,7 @@ def rows(split: Split, valid: bool) -> list[Row]:
 
 class Curve(Callback):
     """Validation metrics and time after every epoch (after fastai's Recorder has logged them)."""
+
     order = Recorder.order + 1
 
     def __init__(self, clock: Clock) -> None:
@@ -51,16 +66,26 @@ def main() -> None:
     clock = Clock()
     set_seed(spec["seed"])
     data = load_data(spec)
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=data.classes)),
-                      get_x=lambda row: np.asarray(rgb_image(row.item)), get_y=lambda row: data.classes[row.label],
-                      splitter=FuncSplitter(lambda row: row.valid), item_tfms=Resize(spec["image_size"]),
-                      batch_tfms=aug_transforms())
-    dls = block.dataloaders(rows(data.train, False) + rows(data.val, True), bs=spec["batch_size"],
-                            num_workers=spec["workers"], device="cpu")
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=data.classes)),
+        get_x=lambda row: np.asarray(rgb_image(row.item)),
+        get_y=lambda row: data.classes[row.label],
+        splitter=FuncSplitter(lambda row: row.valid),
+        item_tfms=Resize(spec["image_size"]),
+        batch_tfms=aug_transforms(),
+    )
+    dls = block.dataloaders(
+        rows(data.train, False) + rows(data.val, True), bs=spec["batch_size"], num_workers=spec["workers"], device="cpu"
+    )
     binary = len(data.classes) == 2
     curve = Curve(clock)
-    learn = vision_learner(dls, spec["arch"], metrics=[accuracy, *([RocAucBinary()] if binary else [])], cbs=[curve],
-                           pretrained_cfg_overlay={"file": spec["weights"], **spec["preprocessing"]})
+    learn = vision_learner(
+        dls,
+        spec["arch"],
+        metrics=[accuracy, *([RocAucBinary()] if binary else [])],
+        cbs=[curve],
+        pretrained_cfg_overlay={"file": spec["weights"], **spec["preprocessing"]},
+    )
     frozen = 1 if spec["epochs"] > 1 else 0
     with learn.no_bar(), learn.no_logging():
         base_lr = 2e-3  # fine_tune's default

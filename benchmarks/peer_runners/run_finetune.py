@@ -4,6 +4,7 @@
 
     python run_finetune.py '<json spec>'      # prints one JSON result line
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from peerdata import Clock, emit, read_spec
 
 from finetune.commands.train import train
-from finetune.engine import phases
 from finetune.resources import conf_dir
+from finetune.run import phases
 
 PACKAGES = ("finetune", "lightning", "torch", "torchvision", "timm", "albumentations", "numpy", "pillow")
 
@@ -54,8 +55,16 @@ def main() -> None:
         metrics = train(cfg, Path(tmp) / "run")
         record = json.loads((Path(tmp) / "run" / "weights.json").read_text())
     test = {k: metrics["test"][k] for k in names if metrics["test"].get(k) is not None}
-    emit("finetune", spec, clock, dict(last), test if spec["has_test"] else None, PACKAGES,
-         weights_sha256=record.get("sha256"), overrides=spec["finetune_overrides"])
+    emit(
+        "finetune",
+        spec,
+        clock,
+        dict(last),
+        test if spec["has_test"] else None,
+        PACKAGES,
+        weights_sha256=record.get("sha256"),
+        overrides=spec["finetune_overrides"],
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ resize + center crop for evaluation). Evaluates every epoch.
 
     python run_hf.py '<json spec>'      # prints one JSON result line
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -70,22 +71,42 @@ def main() -> None:
     clock = Clock()
     set_seed(spec["seed"])
     data = load_data(spec)
-    datasets = {name: Images(split.items, split.labels, transforms(spec, name == "train"))
-                for name, split in (("train", data.train), ("val", data.val), ("test", data.test)) if split}
+    datasets = {
+        name: Images(split.items, split.labels, transforms(spec, name == "train"))
+        for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
+        if split
+    }
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, num_train_epochs=spec["epochs"], per_device_train_batch_size=spec["batch_size"],
-            per_device_eval_batch_size=spec["batch_size"], eval_strategy="epoch", save_strategy="no",
-            logging_strategy="epoch", report_to="none", use_cpu=True, seed=spec["seed"],
-            dataloader_num_workers=spec["workers"], disable_tqdm=True, remove_unused_columns=False)
+            output_dir=tmp,
+            num_train_epochs=spec["epochs"],
+            per_device_train_batch_size=spec["batch_size"],
+            per_device_eval_batch_size=spec["batch_size"],
+            eval_strategy="epoch",
+            save_strategy="no",
+            logging_strategy="epoch",
+            report_to="none",
+            use_cpu=True,
+            seed=spec["seed"],
+            dataloader_num_workers=spec["workers"],
+            disable_tqdm=True,
+            remove_unused_columns=False,
+        )
         curve = Curve(clock)
         trainer = Trainer(
-            model=TimmForTrainer(timm_model(spec, len(data.classes))), args=args, train_dataset=datasets["train"],
-            eval_dataset=datasets["val"], callbacks=[curve],
-            compute_metrics=lambda p: scores(probabilities(p.predictions), p.label_ids.tolist()))
+            model=TimmForTrainer(timm_model(spec, len(data.classes))),
+            args=args,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets["val"],
+            callbacks=[curve],
+            compute_metrics=lambda p: scores(probabilities(p.predictions), p.label_ids.tolist()),
+        )
         trainer.train()
-        test = scores(probabilities(trainer.predict(datasets["test"]).predictions), data.test.labels) \
-            if data.test else None
+        test = (
+            scores(probabilities(trainer.predict(datasets["test"]).predictions), data.test.labels)
+            if data.test
+            else None
+        )
     emit("hf_trainer", spec, clock, curve.last, test, PACKAGES)
 
 

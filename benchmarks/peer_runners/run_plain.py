@@ -4,6 +4,7 @@ cosine decay per step; cross-entropy), with the augmentation of finetune's recip
 
     python run_plain.py '<json spec>'      # prints one JSON result line
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,9 @@ def transforms(spec: dict, train: bool) -> T.Compose:
     if train:
         ops += [T.RandomHorizontalFlip(aug["hflip"]), T.RandomVerticalFlip(aug["vflip"])]
         if aug["rotate"] or aug["shift"] or aug["zoom"]:
-            ops.append(T.RandomAffine(aug["rotate"], translate=(aug["shift"],) * 2,
-                                      scale=(1 - aug["zoom"], 1 + aug["zoom"])))
+            ops.append(
+                T.RandomAffine(aug["rotate"], translate=(aug["shift"],) * 2, scale=(1 - aug["zoom"], 1 + aug["zoom"]))
+            )
     return T.Compose([*ops, T.ToTensor(), T.Normalize(pre["mean"], pre["std"])])
 
 
@@ -45,9 +47,13 @@ def predict(model: nn.Module, loader: torch.utils.data.DataLoader) -> np.ndarray
 
 
 def loader(spec: dict, items: list, labels: list[int], train: bool) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(Images(items, labels, transforms(spec, train)), batch_size=spec["batch_size"],
-                                       shuffle=train, num_workers=spec["workers"],
-                                       generator=torch.Generator().manual_seed(spec["seed"]))
+    return torch.utils.data.DataLoader(
+        Images(items, labels, transforms(spec, train)),
+        batch_size=spec["batch_size"],
+        shuffle=train,
+        num_workers=spec["workers"],
+        generator=torch.Generator().manual_seed(spec["seed"]),
+    )
 
 
 def main() -> None:
@@ -70,8 +76,11 @@ def main() -> None:
             scheduler.step()
         val_scores = scores(predict(model, val), data.val.labels)
         clock.epoch(val_scores["acc"])
-    test = scores(predict(model, loader(spec, data.test.items, data.test.labels, False)), data.test.labels) \
-        if data.test else None
+    test = (
+        scores(predict(model, loader(spec, data.test.items, data.test.labels, False)), data.test.labels)
+        if data.test
+        else None
+    )
     emit("plain", spec, clock, val_scores, test, PACKAGES)
 
 

@@ -9,6 +9,7 @@ from the pixel confusion matrix of the whole split.
 
     python run_smp.py '<json spec>'      # prints one JSON result line
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -92,9 +93,11 @@ def segmentation_scores(matrix: np.ndarray) -> dict:
     tp = np.diag(matrix).astype(float)
     fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
     present = (tp + fp + fn) > 0
-    return {"miou": round(float((tp / np.maximum(tp + fp + fn, 1))[present].mean()), 6),
-            "mdice": round(float((2 * tp / np.maximum(2 * tp + fp + fn, 1))[present].mean()), 6),
-            "pixel_acc": round(float(tp.sum() / matrix.sum()), 6)}
+    return {
+        "miou": round(float((tp / np.maximum(tp + fp + fn, 1))[present].mean()), 6),
+        "mdice": round(float((2 * tp / np.maximum(2 * tp + fp + fn, 1))[present].mean()), 6),
+        "pixel_acc": round(float(tp.sum() / matrix.sum()), 6),
+    }
 
 
 def main() -> None:
@@ -103,13 +106,22 @@ def main() -> None:
     torch.manual_seed(spec["seed"])
     data = load_data(spec)
     overlay = {"file": spec["weights"], **spec["preprocessing"]}
-    model = smp.Unet(f"tu-{spec['arch']}", encoder_weights=True, classes=spec["num_classes"],
-                     decoder_channels=spec["decoder_channels"], pretrained_cfg_overlay=overlay)
+    model = smp.Unet(
+        f"tu-{spec['arch']}",
+        encoder_weights=True,
+        classes=spec["num_classes"],
+        decoder_channels=spec["decoder_channels"],
+        pretrained_cfg_overlay=overlay,
+    )
     check_pretrained(model.encoder.model, spec["weights"])
     train = torch.utils.data.DataLoader(
         Crops(data.train.items, data.train.labels, spec["samples_per_image"], train_transform(spec)),
-        batch_size=spec["batch_size"], shuffle=True, drop_last=True, num_workers=spec["workers"],
-        generator=torch.Generator().manual_seed(spec["seed"]))
+        batch_size=spec["batch_size"],
+        shuffle=True,
+        drop_last=True,
+        num_workers=spec["workers"],
+        generator=torch.Generator().manual_seed(spec["seed"]),
+    )
     dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=spec["ignore_index"])
     cross_entropy = nn.CrossEntropyLoss(ignore_index=spec["ignore_index"])
     optimizer = torch.optim.AdamW(model.parameters())

@@ -7,7 +7,8 @@ the floor; for segmentation (CamVid), ``smp.Unet`` with a plain loop. A peer run
 of its ``tasks``. Each peer is a standalone script in ``benchmarks/peer_runners/`` run in a
 subprocess with its own python: it takes a JSON spec (data, image size, epochs, seed, threads,
 weights file) and prints one JSON result line (val/test accuracy and AUC for two classes, or mIoU,
-mean Dice and pixel accuracy; wall time, the validation curve with times, versions). Every peer gets the same splits (read by
+mean Dice and pixel accuracy; wall time, the validation curve with times, versions). Every peer gets the same
+splits (read by
 ``peer_runners/peerdata.py``, which never imports finetune), the same pretrained weights file (the
 one finetune's resolver produces, loaded through ``timm.create_model(pretrained_cfg_overlay=...)``),
 image size, batch size, number of epochs, torch threads and loader workers. Runs are interleaved:
@@ -35,6 +36,7 @@ By job: ``definitions`` (the tools, the data, what one invocation shares), ``ven
 ``results`` (peers.json, merged under a file lock) and ``tables`` (the section this package hands the results
 README, ``benchmarks/readme.py``: ``SECTIONS``). None of them imports ``run_all``.
 """
+
 from __future__ import annotations
 
 from .budget import budget_of, budget_spec, fit_epochs
@@ -45,6 +47,33 @@ from .specs import recipe, spec, weights
 from .tables import SECTIONS, columns, markdown, missing, schedule
 from .venvs import PEERS_DIR, freeze, peer_python
 
-__all__ = ["ARCH", "COMPARISONS", "DATASETS", "PEERS", "PEERS_DIR", "SECTIONS", "Dataset", "Peer", "Settings",
-           "budget_of", "budget_spec", "columns", "fit_epochs", "freeze", "group", "key", "main", "markdown",
-           "measure", "missing", "peer_python", "plan", "recipe", "run_peer", "save", "schedule", "spec", "weights"]
+__all__ = [
+    "ARCH",
+    "COMPARISONS",
+    "DATASETS",
+    "PEERS",
+    "PEERS_DIR",
+    "SECTIONS",
+    "Dataset",
+    "Peer",
+    "Settings",
+    "budget_of",
+    "budget_spec",
+    "columns",
+    "fit_epochs",
+    "freeze",
+    "group",
+    "key",
+    "main",
+    "markdown",
+    "measure",
+    "missing",
+    "peer_python",
+    "plan",
+    "recipe",
+    "run_peer",
+    "save",
+    "schedule",
+    "spec",
+    "weights",
+]

@@ -1,5 +1,6 @@
 """The equal-wall-clock comparison: each tool's schedule fitted to the budget from its pace in the epoch
 comparison."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,7 @@ def budget_of(dataset: Dataset, settings: Settings) -> float:
     return settings.budget_s or dataset.budget_s
 
 
-def budget_spec(dataset: Dataset, settings: Settings, seed: int, run_spec: dict, name: str,
-                runs: list[dict]) -> dict:
+def budget_spec(dataset: Dataset, settings: Settings, seed: int, run_spec: dict, name: str, runs: list[dict]) -> dict:
     """``run_spec`` with the tool's epochs fitted to the budget (``fit_epochs``) from its runs of the epoch
     comparison (same data, size and schedule; any seed); finetune keeps its recipe's phases and shortens the
     ones that follow ``schedule.epochs``. A LookupError without reference runs."""
@@ -46,18 +46,28 @@ def budget_spec(dataset: Dataset, settings: Settings, seed: int, run_spec: dict,
     reference_group = (dataset.name, run_spec["image_size"], run_spec["epochs"], 0)
     references = [r for r in runs if "error" not in r and r["tool"] == name and group(r) == reference_group]
     if not references:
-        raise LookupError(f"no run of {name} on {dataset.name} ({run_spec['image_size']} px, {run_spec['epochs']} "
-                          f"epochs) to size its budget from: run the epoch comparison first (--compare epochs)")
+        raise LookupError(
+            f"no run of {name} on {dataset.name} ({run_spec['image_size']} px, {run_spec['epochs']} "
+            f"epochs) to size its budget from: run the epoch comparison first (--compare epochs)"
+        )
     fitted = {**run_spec, "budget_s": budget, "reference_epochs": run_spec["epochs"]}
     if name != "finetune":
         return {**fitted, "epochs": fit_epochs(references, budget)}
     if settings.epochs:  # one phase of N epochs: N shrinks
         epochs = fit_epochs(references, budget)
-        return {**fitted, "epochs": epochs, "finetune_overrides": recipe(dataset, replace(settings, epochs=epochs), seed)[0]}
+        return {
+            **fitted,
+            "epochs": epochs,
+            "finetune_overrides": recipe(dataset, replace(settings, epochs=epochs), seed)[0],
+        }
     fixed, per_step = _recipe_epochs(run_spec["finetune_overrides"])
     steps = max(1, (fit_epochs(references, budget, fixed + per_step) - fixed) // per_step)
     overrides = [o for o in run_spec["finetune_overrides"] if not o.startswith("schedule.epochs=")]
-    return {**fitted, "epochs": fixed + per_step * steps, "finetune_overrides": [*overrides, f"schedule.epochs={steps}"]}
+    return {
+        **fitted,
+        "epochs": fixed + per_step * steps,
+        "finetune_overrides": [*overrides, f"schedule.epochs={steps}"],
+    }
 
 
 def _recipe_epochs(overrides: list[str]) -> tuple[int, int]:
@@ -65,6 +75,8 @@ def _recipe_epochs(overrides: list[str]) -> tuple[int, int]:
     base = [o for o in overrides if not o.startswith("schedule.epochs=")]
     one, two = (sum(int(p.epochs) for p in compose(*base, f"schedule.epochs={k}").schedule.phases) for k in (1, 2))
     if two == one:
-        raise ValueError(f"no phase of {overrides} follows schedule.epochs, so the budget cannot shorten it: run "
-                         "the budget comparison with --epochs N (one phase of N epochs), or only --compare epochs")
+        raise ValueError(
+            f"no phase of {overrides} follows schedule.epochs, so the budget cannot shorten it: run "
+            "the budget comparison with --epochs N (one phase of N epochs), or only --compare epochs"
+        )
     return one - (two - one), two - one

@@ -1,5 +1,6 @@
 """peers.json: which runs are compared with each other, which one a rerun replaces, and merging each run in
 under a file lock."""
+
 from __future__ import annotations
 
 import fcntl

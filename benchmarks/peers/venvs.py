@@ -1,5 +1,6 @@
 """Each peer's own virtual environment under ``benchmarks/.peers/`` with its pinned packages, the one shared torch,
 and what ``pip freeze`` sees in it."""
+
 from __future__ import annotations
 
 import subprocess
@@ -48,8 +49,10 @@ def _site_packages(venv: Path) -> Path:
 
 
 def _pip(venv: Path, *requirements: str) -> None:
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS),
-                    *requirements], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS), *requirements],
+        check=True,
+    )
 
 
 def freeze(name: str) -> list[str]:

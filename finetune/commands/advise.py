@@ -1,7 +1,8 @@
 """``finetune advise <training overrides>``: the lecture's transfer-learning rules measured on your data.
-Linear probes after every stage of the frozen pretrained backbone (``finetune.engine.probing``) are
-read into a freeze depth, schedule and learning rates (``finetune.engine.recommend``), printed with a
+Linear probes after every stage of the frozen pretrained backbone (``finetune.training.probing``) are
+read into a freeze depth, schedule and learning rates (``finetune.training.recommend``), printed with a
 ready training command and written to a run directory of its own."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,11 +14,11 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from finetune.commands.args import compose_config, print_error, split_tool_args, tool_run_dir
-from finetune.errors import ConfigError, FinetuneError
+from finetune.run.errors import ConfigError, FinetuneError
 
 if TYPE_CHECKING:
-    from finetune.engine.probing import Probing
-    from finetune.engine.recommend import Recommendation
+    from finetune.training.probing import Probing
+    from finetune.training.recommend import Recommendation
 
 JSON_NAME, PLOT_NAME = "advice.json", "advice.png"
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     training) and fits a linear probe (logistic regression) on the pooled features after every stage.
     How the val score grows from stage to stage reads as a distance from ImageNet (close: it peaks at
     the last stage; far: it flattens or peaks early); with the images per class and the class balance it
-    gives backbone.freeze, the schedule and its learning rates (rules: finetune/engine/recommend.py).
+    gives backbone.freeze, the schedule and its learning rates (rules: finetune/training/recommend.py).
 
     out=   the run directory to write (must be new or empty); default runs/<time>_advise_<dataset>_<backbone>
 
@@ -48,8 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from finetune.commands.precheck import precheck
 
     try:
-        own, overrides = split_tool_args(args, {"out": None}, "+classification=hymenoptera dataset.root=DIR",
-                                         "advise writes its own run directory; choose it with out=DIR")
+        own, overrides = split_tool_args(
+            args,
+            {"out": None},
+            "+classification=hymenoptera dataset.root=DIR",
+            "advise writes its own run directory; choose it with out=DIR",
+        )
     except FinetuneError as err:
         return print_error(err)
     code = precheck(overrides)
@@ -61,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(overrides: list[str], out: str | None) -> int:
     """Check the config, claim the run directory, probe, recommend, write, print; an exit code."""
     from finetune.commands.precheck import check_config
-    from finetune.engine.rundir import claim_run_dir, forget_claims, release_if_unused
+    from finetune.run.rundir import claim_run_dir, forget_claims, release_if_unused
     from finetune.tasks.registry import get_task
 
     cfg = compose_config(overrides)
@@ -72,17 +77,19 @@ def run(overrides: list[str], out: str | None) -> int:
             raise FinetuneError("advise measures the pretrained backbone on fresh data: drop resume= and plan=")
         task = get_task(cfg.task)
         if task.dense:
-            raise ConfigError(f"finetune advise is classification-only for now: it fits one linear probe per image on "
-                              f"pooled stage features, and task={cfg.task} predicts per pixel. Advise on a classification "
-                              "dataset (drop task=…, head=…), or start from the recipes in recipes/segmentation")
+            raise ConfigError(
+                f"finetune advise is classification-only for now: it fits one linear probe per image on "
+                f"pooled stage features, and task={cfg.task} predicts per pixel. Advise on a classification "
+                "dataset (drop task=…, head=…), or start from the recipes in recipes/segmentation"
+            )
         check_config(cfg)
         if out:
             claim_run_dir(out)
             run_dir = Path(out)
         else:
             run_dir = Path(tool_run_dir("advise", cfg))
-        from finetune.engine.probing import measure
-        from finetune.engine.recommend import recommend
+        from finetune.training.probing import measure
+        from finetune.training.recommend import recommend
 
         probing = measure(task, cfg)
         data = probing.data
@@ -95,8 +102,10 @@ def run(overrides: list[str], out: str | None) -> int:
         if run_dir is not None:
             release_if_unused(run_dir)  # refused before anything was written: no clutter
     print(report(probing, advice))
-    print(f"measured in {probing.seconds['total']:.1f} s (build {probing.seconds['build']:.1f}, features "
-          f"{probing.seconds['features']:.1f}, probes {probing.seconds['probes']:.1f}); wrote {json_path} and {plot_path}")
+    print(
+        f"measured in {probing.seconds['total']:.1f} s (build {probing.seconds['build']:.1f}, features "
+        f"{probing.seconds['features']:.1f}, probes {probing.seconds['probes']:.1f}); wrote {json_path} and {plot_path}"
+    )
     print("train with:")
     print(command)
     return 0
@@ -121,6 +130,7 @@ def ready_overrides(overrides: list[str], settings: Mapping[str, object]) -> lis
     """The user's overrides, with ``settings`` in place of any earlier value of their keys (and of
     ``schedule.phases``). A recipe that pins its own ``schedule.phases`` would outlive the chosen
     schedule group: then the group's phases are set explicitly."""
+
     def key(override: str) -> str:
         return override.split("=", 1)[0].lstrip("+~")
 
@@ -140,8 +150,10 @@ def report(probing: Probing, advice: Recommendation) -> str:
     """The printed table (stage, dim, val acc, val AUC; the peak marked) and the recommendation."""
     data = probing.data
     ratio = "inf" if data.imbalance == float("inf") else f"{data.imbalance:.1f}"
-    lines = [f"advise: {probing.backbone} ({probing.weights_source} weights): {len(data.class_counts)} classes, "
-             f"{data.train} train / {data.val} val images, {data.per_class:.0f} per class (largest/smallest {ratio})"]
+    lines = [
+        f"advise: {probing.backbone} ({probing.weights_source} weights): {len(data.class_counts)} classes, "
+        f"{data.train} train / {data.val} val images, {data.per_class:.0f} per class (largest/smallest {ratio})"
+    ]
     if probing.weights_source == "random":
         lines.append("note: backbone.pretrained=false: random features, the curve says nothing about transfer")
     width = max(len(s.stage) for s in probing.scores)
@@ -151,27 +163,47 @@ def report(probing: Probing, advice: Recommendation) -> str:
         mark = "  <- peak" if i == advice.peak else ""
         lines.append(f"{s.stage:<{width}}  {s.dim:>5}  {s.acc:>7.3f}  {auc:>7}{mark}")
     settings = " ".join(f"{k}={override_value(v)}" for k, v in advice.settings.items())
-    lines += [f"recommendation (rule {advice.rule}, domain {advice.domain}, {advice.size} images): {settings}",
-              *(f"  - {reason}" for reason in advice.reasons)]
+    lines += [
+        f"recommendation (rule {advice.rule}, domain {advice.domain}, {advice.size} images): {settings}",
+        *(f"  - {reason}" for reason in advice.reasons),
+    ]
     if advice.alternative:
         lines.append(f"  alternative: {advice.alternative}")
     return "\n".join(lines)
 
 
-def write_advice(run_dir: Path, probing: Probing, advice: Recommendation, command: str, overrides: list[str]) -> tuple[Path, Path]:
+def write_advice(
+    run_dir: Path, probing: Probing, advice: Recommendation, command: str, overrides: list[str]
+) -> tuple[Path, Path]:
     """``advice.json`` (scores by stage, data, recommendation, command, timings) and ``advice.png``."""
-    from finetune.artifacts import write_json
     from finetune.report.plots import plot_stage_scores
+    from finetune.run.artifacts import write_json
     from finetune.version import __version__
 
-    record = {"stages": [dataclasses.asdict(s) for s in probing.scores], "metric": probing.metric,
-              "data": probing.data.to_dict(), "recommendation": advice.to_dict(), "command": command,
-              "overrides": overrides, "seconds": probing.seconds, "finetune_version": __version__,
-              "backbone": {"name": probing.backbone, "weights_source": probing.weights_source,
-                           "transformer": probing.transformer}}
+    record = {
+        "stages": [dataclasses.asdict(s) for s in probing.scores],
+        "metric": probing.metric,
+        "data": probing.data.to_dict(),
+        "recommendation": advice.to_dict(),
+        "command": command,
+        "overrides": overrides,
+        "seconds": probing.seconds,
+        "finetune_version": __version__,
+        "backbone": {
+            "name": probing.backbone,
+            "weights_source": probing.weights_source,
+            "transformer": probing.transformer,
+        },
+    }
     json_path = write_json(run_dir / JSON_NAME, record)
     scores = probing.scores
     title = f"{probing.backbone}: linear probes by stage ({probing.data.train} train / {probing.data.val} val)"
-    plot_path = plot_stage_scores([s.stage for s in scores], [s.acc for s in scores], [s.auc for s in scores],
-                                  advice.peak - 1, run_dir / PLOT_NAME, title)
+    plot_path = plot_stage_scores(
+        [s.stage for s in scores],
+        [s.acc for s in scores],
+        [s.auc for s in scores],
+        advice.peak - 1,
+        run_dir / PLOT_NAME,
+        title,
+    )
     return json_path, plot_path

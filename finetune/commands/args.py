@@ -1,11 +1,12 @@
 """The small ``key=value`` command lines: parsing, ``--help`` and one ``finetune: error:`` line."""
+
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from finetune.errors import FinetuneError, RunInterrupted, TrainingDiverged
+from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -27,15 +28,17 @@ def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequen
     return 0
 
 
-def parse_args(argv: Sequence[str], defaults: Mapping[str, str | None], required: Sequence[str],
-               command: str) -> dict[str, str | None]:
+def parse_args(
+    argv: Sequence[str], defaults: Mapping[str, str | None], required: Sequence[str], command: str
+) -> dict[str, str | None]:
     """``key=value`` arguments over ``defaults``; FinetuneError for unknown keys or missing ones."""
     args = dict(defaults)
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in defaults:
-            raise FinetuneError(f"{command}: unexpected argument {item!r}; use key=value with keys "
-                                f"{', '.join(defaults)}")
+            raise FinetuneError(
+                f"{command}: unexpected argument {item!r}; use key=value with keys {', '.join(defaults)}"
+            )
         args[key] = value
     missing = [k for k in required if not args.get(k)]
     if missing:
@@ -95,8 +98,9 @@ def override_value(argv: Sequence[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def split_tool_args(argv: Sequence[str], defaults: Mapping[str, str | None], example: str,
-                    hydra_hint: str) -> tuple[dict[str, str | None], list[str]]:
+def split_tool_args(
+    argv: Sequence[str], defaults: Mapping[str, str | None], example: str, hydra_hint: str
+) -> tuple[dict[str, str | None], list[str]]:
     """A tool that takes training overrides (``lr-find``, ``advise``): its own ``key=value`` options
     (``defaults``) and every other argument as a training override; ``hydra.*`` is refused with
     ``hydra_hint`` (the tool chooses its directory)."""
@@ -118,7 +122,7 @@ def tool_run_dir(tool: str, cfg: DictConfig) -> str:
     """A new, uniquely named ``runs/<time>_<tool>_<dataset>_<backbone>`` (made now, as a training run's)."""
     import time
 
-    from finetune.engine.rundir import unique_run_dir
+    from finetune.run.rundir import unique_run_dir
 
     dataset = cfg.dataset.get("name") or cfg.dataset.kind
     return unique_run_dir(f"runs/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{tool}_{dataset}_{cfg.backbone.name}")

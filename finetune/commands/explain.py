@@ -5,6 +5,7 @@
 first-layer convolution filters before (the pretrained weights the run started from) and after
 fine-tuning, side by side. ``out`` defaults to ``<run dir>/explain``. How: ``finetune.report.explain``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,8 +13,7 @@ from pathlib import Path
 
 from finetune.commands.args import parse_args, parse_flag, positive_int, run_command
 
-OPTIONS = {"run": None, "inputs": None, "out": None, "topk": "5", "stage": None, "channels": "16",
-           "filters": "true"}
+OPTIONS = {"run": None, "inputs": None, "out": None, "topk": "5", "stage": None, "channels": "16", "filters": "true"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,9 +25,9 @@ def _explain_command(argv: list[str]) -> None:
     args = parse_args(argv, OPTIONS, ["run", "inputs"], "finetune explain")
     topk, channels = positive_int(args["topk"], "topk"), positive_int(args["channels"], "channels")
     filters = parse_flag(args["filters"], "filters")
-    from finetune.engine.lock import outside, run_lock
-    from finetune.engine.runs import find_checkpoint, run_config  # torch only once the arguments are good
     from finetune.report.explain import ExplainOptions, explain
+    from finetune.run.lock import outside, run_lock
+    from finetune.run.records import find_checkpoint, run_config  # torch only once the arguments are good
     from finetune.tasks.registry import get_task
 
     options = ExplainOptions(topk=topk, stage=args["stage"], channels=channels, filters=filters)

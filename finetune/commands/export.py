@@ -35,6 +35,7 @@ An export holds the lock of the run directory (and of an ``out`` folder outside 
 second export, a report or a resume of the run is refused, naming it. Temporaries an export killed
 midway left there (``.<name>.<random>.tmp``) are removed when the lock is taken.
 """
+
 from __future__ import annotations
 
 import sys
@@ -51,19 +52,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export_command(argv: list[str]) -> None:
-    args = parse_args(argv, {"run": None, "format": "head", "out": None, "overwrite": "false",
-                             "images": None, "weights": None}, ["run"], "finetune export")
-    from finetune.engine.lock import outside, run_lock
-    from finetune.engine.runs import find_checkpoint, run_config  # torch only once the arguments are good
+    args = parse_args(
+        argv,
+        {"run": None, "format": "head", "out": None, "overwrite": "false", "images": None, "weights": None},
+        ["run"],
+        "finetune export",
+    )
     from finetune.export.writing import export_run, print_results
+    from finetune.run.lock import outside, run_lock
+    from finetune.run.records import find_checkpoint, run_config  # torch only once the arguments are good
     from finetune.tasks.registry import get_task
 
     task = get_task(run_config(args["run"]).task)
     overwrite = parse_flag(args["overwrite"], "overwrite")
     run_dir = find_checkpoint(args["run"])[0]
     with run_lock([run_dir], "finetune export", outside(run_dir, args["out"])):
-        results = export_run(args["run"], task, args["format"].split(","), args["out"], overwrite, args["images"],
-                             args["weights"])
+        results = export_run(
+            args["run"], task, args["format"].split(","), args["out"], overwrite, args["images"], args["weights"]
+        )
     print_results(results, Console())
 
 

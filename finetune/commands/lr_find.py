@@ -1,5 +1,6 @@
 """``finetune lr-find <overrides>``: a learning-rate range test on the phase that will train, written
 to a run directory of its own."""
+
 from __future__ import annotations
 
 import shlex
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from finetune.commands.args import compose_config, positive_int, print_error, split_tool_args, tool_run_dir
-from finetune.errors import FinetuneError
+from finetune.run.errors import FinetuneError
 
 DEFAULTS: dict[str, str | None] = {"phase": None, "min_lr": "1e-6", "max_lr": "1", "steps": "100"}
 MIN_STEPS = 20  # Lightning's suggestion skips the first 10 points and the last one
@@ -41,9 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from finetune.commands.precheck import precheck
 
     try:
-        own, overrides = split_tool_args(args, DEFAULTS, "+classification=digits phase=0",
-                                         "lr-find writes a new directory runs/<time>_lr-find_… under the current "
-                                         "directory; run it from where runs/ should be")
+        own, overrides = split_tool_args(
+            args,
+            DEFAULTS,
+            "+classification=digits phase=0",
+            "lr-find writes a new directory runs/<time>_lr-find_… under the current "
+            "directory; run it from where runs/ should be",
+        )
         min_lr, max_lr, steps = scan_options(own)
     except FinetuneError as err:
         return print_error(err)
@@ -63,16 +68,18 @@ def scan_options(own: dict[str, str | None]) -> tuple[float, float, int]:
         raise FinetuneError(f"min_lr={own['min_lr']}, max_lr={own['max_lr']}: need 0 < min_lr < max_lr")
     steps = positive_int(own["steps"], "steps")
     if steps < MIN_STEPS:
-        raise FinetuneError(f"steps={steps}: too few for a suggestion (it skips the first 10 points); "
-                            f"use steps>={MIN_STEPS} (default {DEFAULTS['steps']})")
+        raise FinetuneError(
+            f"steps={steps}: too few for a suggestion (it skips the first 10 points); "
+            f"use steps>={MIN_STEPS} (default {DEFAULTS['steps']})"
+        )
     return min_lr, max_lr, steps
 
 
 def run(own: dict[str, str | None], overrides: list[str], min_lr: float, max_lr: float, steps: int) -> int:
     """Check the phase, claim the run directory, scan, write, print; an exit code."""
     from finetune.commands.precheck import check_config
-    from finetune.engine.rundir import forget_claims, release_if_unused
-    from finetune.engine.schedule import phase_index
+    from finetune.run.rundir import forget_claims, release_if_unused
+    from finetune.run.schedule import phase_index
     from finetune.tasks.registry import get_task
 
     cfg = compose_config(overrides)
@@ -84,7 +91,7 @@ def run(own: dict[str, str | None], overrides: list[str], min_lr: float, max_lr:
         phases = check_config(cfg)
         phase = None if own["phase"] is None else phase_index(phases, own["phase"])
         run_dir = Path(tool_run_dir("lr-find", cfg))
-        from finetune.engine.lr_find import find_lr, write_scan
+        from finetune.training.lr_find import find_lr, write_scan
 
         scan = find_lr(get_task(cfg.task), cfg, run_dir, phase, min_lr, max_lr, steps)
         command = ready_command(overrides, scan.lr_key, scan.suggestion)
@@ -94,14 +101,20 @@ def run(own: dict[str, str | None], overrides: list[str], min_lr: float, max_lr:
     finally:
         if run_dir is not None:
             release_if_unused(run_dir)  # refused before the scan wrote anything: no clutter
-    print(f"lr-find: phase {scan.phase!r} (index {scan.phase_index}), {len(scan.lrs)} steps from {min_lr:g} to "
-          f"{max_lr:g} in {scan.scan_seconds:.1f} s")
+    print(
+        f"lr-find: phase {scan.phase!r} (index {scan.phase_index}), {len(scan.lrs)} steps from {min_lr:g} to "
+        f"{max_lr:g} in {scan.scan_seconds:.1f} s"
+    )
     print(f"wrote {plot_path} and {json_path}")
     if scan.suggestion is None:
-        return print_error("the scan has too few finite losses for a suggestion (it diverged early or the data "
-                           "ran out): raise steps= or lower max_lr=, and read the plot")
-    print(f"suggested lr {scan.suggestion:.3g} for phase {scan.phase!r} (configured: {scan.config_lr:g}), "
-          f"set with {scan.lr_key}={scan.suggestion:.3g}; train with:")
+        return print_error(
+            "the scan has too few finite losses for a suggestion (it diverged early or the data "
+            "ran out): raise steps= or lower max_lr=, and read the plot"
+        )
+    print(
+        f"suggested lr {scan.suggestion:.3g} for phase {scan.phase!r} (configured: {scan.config_lr:g}), "
+        f"set with {scan.lr_key}={scan.suggestion:.3g}; train with:"
+    )
     print(command)
     return 0
 

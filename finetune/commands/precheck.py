@@ -7,6 +7,7 @@ Returns an exit code (2 with one ``finetune: error:`` line) or 0 to go on. Comma
 cannot judge alone (``-m`` sweeps, ``--cfg``, ``--help``, ``resume=``) are left
 to Hydra and to ``train``, which check them again.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -17,10 +18,11 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from finetune.engine.config import check_data_paths, check_types, data_folders, validate
-from finetune.engine.schedule import Phase
 from finetune.commands.args import compose_config, override_value, print_error
-from finetune.errors import FinetuneError
+from finetune.run.config import check_data_paths, check_types, data_folders
+from finetune.run.errors import FinetuneError
+from finetune.run.schedule import Phase
+from finetune.training.validate import validate
 
 _MISSING = object()
 DEFAULT_RUNS = "runs"  # the folder conf/config.yaml's default hydra.run.dir / hydra.sweep.dir make runs in
@@ -57,7 +59,7 @@ def precheck(argv: Sequence[str]) -> int:
 
 def check_config(cfg: DictConfig) -> list[Phase]:
     """Every check that needs neither data nor weights: the config's task checks its own keys, the
-    engine the rest. Returns the schedule's phases."""
+    training the rest. Returns the schedule's phases."""
     from finetune.tasks.registry import get_task
 
     return validate(cfg, get_task(cfg.task))
@@ -69,8 +71,10 @@ def check_overrides(argv: Sequence[str], groups: set[str], declared: DictConfig,
     checked by the list's reader)."""
     for key in _targets(cfg):
         arg = next((a for a in argv if _key(a) == key), key)
-        raise FinetuneError(f"{arg}: finetune instantiates no object from its config, so a _target_ (outside "
-                            "hydra.*) would be ignored; remove it")
+        raise FinetuneError(
+            f"{arg}: finetune instantiates no object from its config, so a _target_ (outside "
+            "hydra.*) would be ignored; remove it"
+        )
     for arg in argv:
         key = _key(arg)
         if arg.startswith("+") and "=" in arg and key not in groups and not _declared(declared, key):
@@ -119,10 +123,15 @@ def check_run_dir_outside_data(run_dir: str | None, cfg: DictConfig) -> None:
     where = Path((run_dir or DEFAULT_RUNS).split("${", 1)[0] or ".").expanduser().resolve()
     for folder in data_folders(cfg):
         if where.is_relative_to(folder):
-            how = "pick a hydra.run.dir outside it" if run_dir else \
-                "start finetune from another folder or pick a hydra.run.dir outside it"
-            raise FinetuneError(f"{shown} is inside the data folder {folder}: the run would write its checkpoints "
-                                f"and logs into your data; {how}")
+            how = (
+                "pick a hydra.run.dir outside it"
+                if run_dir
+                else "start finetune from another folder or pick a hydra.run.dir outside it"
+            )
+            raise FinetuneError(
+                f"{shown} is inside the data folder {folder}: the run would write its checkpoints "
+                f"and logs into your data; {how}"
+            )
 
 
 def check_output_location(argv: Sequence[str]) -> None:
@@ -139,8 +148,10 @@ def check_output_location(argv: Sequence[str]) -> None:
         raise FinetuneError(f"cannot write the run directory {shown}: {display} is a file, not a folder; {how}")
     if not os.access(folder, os.W_OK | os.X_OK):
         read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-        raise FinetuneError(f"cannot write the run directory {shown}: {display} is not writable"
-                            f"{' (a read-only file system)' if read_only else ''}; {how}")
+        raise FinetuneError(
+            f"cannot write the run directory {shown}: {display} is not writable"
+            f"{' (a read-only file system)' if read_only else ''}; {how}"
+        )
 
 
 def misspelt_key(argv: Sequence[str]) -> str | None:

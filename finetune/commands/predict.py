@@ -9,7 +9,8 @@
 ``inputs`` are images (.png, .jpg, ...) or DICOM files (.dcm, .dicom); DICOM files are read with
 the window the run was trained with (``dataset.window``, recorded in the export; none: each file's
 own VOI LUT / window).
-Images get the preprocessing recorded in the export's metadata (the export folder's preprocess.py). Probabilities are softmax over
+Images get the preprocessing recorded in the export's metadata (the export folder's preprocess.py).
+Probabilities are softmax over
 classes, or a sigmoid per class for a multi-label model ("prediction" then lists every class with
 p >= its threshold). Binary and multi-label decisions use the threshold the run was tested with
 (``threshold=tune`` picks it on the validation split; default 0.5), recorded in the export. Output
@@ -27,13 +28,14 @@ that differs is refused, and so is one without that record unless ``allow_unveri
 only for an export whose origin you know (one made before finetune recorded it), as any change made to
 it since export then goes unnoticed.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
 from finetune.commands.args import parse_args, parse_flag, positive_int, run_command
-from finetune.errors import MAX_LISTED, choice
+from finetune.run.errors import MAX_LISTED, choice
 
 ON_ERROR = ("stop", "skip")
 
@@ -44,25 +46,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _predict_command(argv: list[str]) -> None:
-    args = parse_args(argv, {"export": None, "inputs": None, "topk": "5", "out": None, "overwrite": "false",
-                             "batch_size": "32", "weights": None, "on_error": "stop", "allow_unverified": "false"},
-                      ["export", "inputs"],
-                      "finetune predict")
-    choice("on_error", args["on_error"], ON_ERROR,
-           "stop: an unreadable input stops the command; skip: predict the others")
+    args = parse_args(
+        argv,
+        {
+            "export": None,
+            "inputs": None,
+            "topk": "5",
+            "out": None,
+            "overwrite": "false",
+            "batch_size": "32",
+            "weights": None,
+            "on_error": "stop",
+            "allow_unverified": "false",
+        },
+        ["export", "inputs"],
+        "finetune predict",
+    )
+    choice(
+        "on_error", args["on_error"], ON_ERROR, "stop: an unreadable input stops the command; skip: predict the others"
+    )
     from finetune.data.files import find_images
     from finetune.export.predict import PredictOptions, console, resolve_export
 
     paths = find_images(args["inputs"])
     readable, skipped = _screen(paths, args["on_error"])
-    options = PredictOptions(args["out"], parse_flag(args["overwrite"], "overwrite"),
-                             positive_int(args["topk"], "topk"), positive_int(args["batch_size"], "batch_size"),
-                             tuple((str(path), why) for path, why in skipped.items()))
+    options = PredictOptions(
+        args["out"],
+        parse_flag(args["overwrite"], "overwrite"),
+        positive_int(args["topk"], "topk"),
+        positive_int(args["batch_size"], "batch_size"),
+        tuple((str(path), why) for path, why in skipped.items()),
+    )
     from finetune.export.loading import load_export  # torch only once the arguments are good
     from finetune.tasks.registry import get_task
 
-    exported = load_export(resolve_export(args["export"]), args["weights"],
-                           allow_unverified=parse_flag(args["allow_unverified"], "allow_unverified"))
+    exported = load_export(
+        resolve_export(args["export"]),
+        args["weights"],
+        allow_unverified=parse_flag(args["allow_unverified"], "allow_unverified"),
+    )
     console.print(get_task(exported.metadata["task"]).predict_files(exported, readable, options))
     if skipped:
         console.print(_skipped_line(list(skipped)), markup=False, highlight=False, soft_wrap=True)
@@ -86,5 +108,8 @@ def _screen(paths: list[Path], on_error: str) -> tuple[list[Path], dict[Path, st
 def _skipped_line(skipped: list[Path]) -> str:
     """``skipped N unreadable input(s) (on_error=skip): a, b, … and M more``."""
     more = f" and {len(skipped) - MAX_LISTED} more" if len(skipped) > MAX_LISTED else ""
-    return (f"skipped {len(skipped)} unreadable input(s) (on_error=skip): "
-            + ", ".join(map(str, skipped[:MAX_LISTED])) + more)
+    return (
+        f"skipped {len(skipped)} unreadable input(s) (on_error=skip): "
+        + ", ".join(map(str, skipped[:MAX_LISTED]))
+        + more
+    )

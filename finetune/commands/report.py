@@ -1,5 +1,6 @@
 """``finetune report run=<run dir>``: (re)write the run's report.html (any task: classification,
 segmentation), holding the run directory's lock."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,9 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_command(argv: list[str]) -> None:
     args = parse_args(argv, {"run": None}, ["run"], "finetune report")
-    from finetune.engine.lock import run_lock
-    from finetune.engine.runs import run_config  # torch only once the arguments are good
     from finetune.report.html import write_report
+    from finetune.run.lock import run_lock
+    from finetune.run.records import run_config  # torch only once the arguments are good
     from finetune.tasks.registry import get_task
 
     run_dir = Path(args["run"]).expanduser()

@@ -15,6 +15,7 @@ Three things can be counted; exactly one per call:
   in timm and torchvision. These are counted on PyTorch's meta device (shapes only, no memory, no
   arithmetic), so even VGG-16 at 224x224 takes milliseconds.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -32,12 +33,29 @@ import torch
 from torch import nn
 
 from finetune.commands.args import compose_config
-from finetune.errors import FinetuneError
-from finetune.models.summary import LayerCount, Rows, StageCount, count_layers, render_table, roll_up
-from finetune.models.summary import to_markdown, totals, write_csv
+from finetune.models.summary import (
+    LayerCount,
+    Rows,
+    StageCount,
+    count_layers,
+    render_table,
+    roll_up,
+    to_markdown,
+    totals,
+    write_csv,
+)
+from finetune.run.errors import FinetuneError
 
-_DEFAULTS: dict[str, str | None] = {"input_size": None, "in_chans": None, "classes": None, "format": "table",
-                                    "out": None, "per": None, "model": None, "run": None}
+_DEFAULTS: dict[str, str | None] = {
+    "input_size": None,
+    "in_chans": None,
+    "classes": None,
+    "format": "table",
+    "out": None,
+    "per": None,
+    "model": None,
+    "run": None,
+}
 _FORMATS = ("table", "markdown", "csv")
 _PERS = ("layer", "stage", "both")
 _OUTPUT_KEYS = ("format", "out", "per")  # how to show the table, not what is counted
@@ -71,13 +89,17 @@ def summary_command(argv: list[str]) -> None:
     if own["run"] is not None:
         changes = [f"{k}={own[k]}" for k in _DEFAULTS if k not in (*_OUTPUT_KEYS, "run") and own[k]]
         if changes or overrides:
-            raise FinetuneError(f"run= summarises the model the run trained: drop {' '.join(changes + overrides)} "
-                                "(only format=, per= and out= go with run=)")
+            raise FinetuneError(
+                f"run= summarises the model the run trained: drop {' '.join(changes + overrides)} "
+                "(only format=, per= and out= go with run=)"
+            )
         summary = summarize_run(own["run"])
     elif own["model"] is not None:
         if overrides:
-            raise FinetuneError(f"model={own['model']} counts a published architecture, not a config: drop "
-                                f"{' '.join(overrides)} (backbone=… with overrides counts a fine-tune model)")
+            raise FinetuneError(
+                f"model={own['model']} counts a published architecture, not a config: drop "
+                f"{' '.join(overrides)} (backbone=… with overrides counts a fine-tune model)"
+            )
         summary = summarize_named(own["model"], input_size, in_chans, classes)
     else:
         summary = summarize(overrides, input_size, in_chans or 3, classes or 1000)
@@ -107,8 +129,10 @@ def _refuse_other_sources(key: str, value: str) -> None:
     """``backbone=torchvision:alexnet``: backbones are timm configs; point to ``model=``."""
     source = value.partition(":")[0]
     if key in ("backbone", "backbone.name") and source in SOURCES:
-        raise FinetuneError(f"{key}={value}: {key} picks a timm backbone of a fine-tune model; count a whole "
-                            f"architecture with model={value}")
+        raise FinetuneError(
+            f"{key}={value}: {key} picks a timm backbone of a fine-tune model; count a whole "
+            f"architecture with model={value}"
+        )
 
 
 def _positive_int(key: str, value: str | None) -> int | None:
@@ -136,8 +160,9 @@ def _count(model: nn.Module, shape: tuple[int, int, int], what: str) -> list[Lay
     except NotImplementedError:
         raise
     except (RuntimeError, AssertionError) as err:  # timm asserts fixed input sizes
-        raise FinetuneError(f"{what} cannot take a {_shape(shape)} input (choose another input_size=): "
-                            f"{str(err).splitlines()[0]}") from None
+        raise FinetuneError(
+            f"{what} cannot take a {_shape(shape)} input (choose another input_size=): {str(err).splitlines()[0]}"
+        ) from None
 
 
 def _uncounted(model: nn.Module, rows: list[LayerCount]) -> str:
@@ -147,6 +172,7 @@ def _uncounted(model: nn.Module, rows: list[LayerCount]) -> str:
 
 
 # --- backbone=… : the fine-tune model a config describes ---
+
 
 def _compose(overrides: list[str]) -> Any:
     """The real config (``conf/``) with the user's overrides; Hydra's errors as one FinetuneError."""
@@ -159,8 +185,9 @@ def _compose(overrides: list[str]) -> Any:
         raise FinetuneError(str(err).split("\nConfig search path")[0]) from None
 
 
-def summarize(overrides: Sequence[str], input_size: int | None = None, in_chans: int = 3,
-              classes: int = 1000) -> Summary:
+def summarize(
+    overrides: Sequence[str], input_size: int | None = None, in_chans: int = 3, classes: int = 1000
+) -> Summary:
     """Title, layer rows and stage rows of the configured model (no weights loaded) with its freezing."""
     import timm
     from omegaconf import open_dict
@@ -178,29 +205,34 @@ def summarize(overrides: Sequence[str], input_size: int | None = None, in_chans:
         input_size = timm.data.resolve_data_config(model=model.backbone)["input_size"][-1]
     shape = (in_chans, input_size, input_size)
     rows = _count(model, shape, cfg.backbone.name)
-    title = (f"{cfg.backbone.name} + {cfg.head.kind} head ({classes} classes), input {_shape(shape)}, "
-             f"backbone.freeze={cfg.backbone.freeze}{_uncounted(model, rows)}")
+    title = (
+        f"{cfg.backbone.name} + {cfg.head.kind} head ({classes} classes), input {_shape(shape)}, "
+        f"backbone.freeze={cfg.backbone.freeze}{_uncounted(model, rows)}"
+    )
     return title, rows, roll_up(rows, model.stage_of)
 
 
 # --- run=<run dir> : the model a finished run trained ---
 
+
 def summarize_run(path: str) -> Summary:
     """The run's model (skeleton: counts need no trained weights), frozen as in its last phase."""
     from omegaconf import OmegaConf
 
-    from finetune.engine.runs import find_checkpoint
     from finetune.models.factory import build_model
     from finetune.models.freezing import frozen_stages
     from finetune.models.weights import resolve_weights
+    from finetune.run.records import find_checkpoint
 
     run_dir = Path(path).expanduser()
     if run_dir.is_file():  # a checkpoint inside the run
         run_dir = find_checkpoint(run_dir)[0]
     for name in ("config.yaml", "data.json"):
         if not (run_dir / name).is_file():
-            raise FinetuneError(f"run={path}: {run_dir / name} is missing; run= takes a finetune run directory "
-                                "(the folder with config.yaml and data.json)")
+            raise FinetuneError(
+                f"run={path}: {run_dir / name} is missing; run= takes a finetune run directory "
+                "(the folder with config.yaml and data.json)"
+            )
     cfg = OmegaConf.load(run_dir / "config.yaml")
     data = json.loads((run_dir / "data.json").read_text())
     in_chans, names = data["model_in_chans"], data["class_names"]
@@ -212,16 +244,20 @@ def summarize_run(path: str) -> Summary:
     shape = (in_chans, *data["preprocessing"]["size"])
     rows = _count(model, shape, cfg.backbone.name)
     shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
-    title = (f"run {run_dir.name}: {cfg.backbone.name} + {cfg.head.kind} head, {len(names)} classes ({shown}), "
-             f"in_chans={in_chans}, input {_shape(shape)}, frozen as in its last phase "
-             f"{last.get('name', 'phase')!r} (freeze={freeze}){_uncounted(model, rows)}")
+    title = (
+        f"run {run_dir.name}: {cfg.backbone.name} + {cfg.head.kind} head, {len(names)} classes ({shown}), "
+        f"in_chans={in_chans}, input {_shape(shape)}, frozen as in its last phase "
+        f"{last.get('name', 'phase')!r} (freeze={freeze}){_uncounted(model, rows)}"
+    )
     return title, rows, roll_up(rows, model.stage_of)
 
 
 # --- model=<source>:<name> : an architecture as published ---
 
-def _torchvision(name: str, in_chans: int | None, classes: int | None,
-                 input_size: int | None) -> tuple[Callable[[], nn.Module], int]:
+
+def _torchvision(
+    name: str, in_chans: int | None, classes: int | None, input_size: int | None
+) -> tuple[Callable[[], nn.Module], int]:
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)  # classification models only
@@ -234,8 +270,9 @@ def _torchvision(name: str, in_chans: int | None, classes: int | None,
     return lambda: torchvision.models.get_model(name, weights=None, **kwargs), size
 
 
-def _timm(name: str, in_chans: int | None, classes: int | None,
-          input_size: int | None) -> tuple[Callable[[], nn.Module], int]:
+def _timm(
+    name: str, in_chans: int | None, classes: int | None, input_size: int | None
+) -> tuple[Callable[[], nn.Module], int]:
     import timm
 
     if not timm.is_model(name):
@@ -247,8 +284,9 @@ def _timm(name: str, in_chans: int | None, classes: int | None,
     return lambda: timm.create_model(name, pretrained=False, **kwargs), pretrained_cfg.input_size[-1]
 
 
-def _paper(name: str, in_chans: int | None, classes: int | None,
-           input_size: int | None) -> tuple[Callable[[], nn.Module], int]:
+def _paper(
+    name: str, in_chans: int | None, classes: int | None, input_size: int | None
+) -> tuple[Callable[[], nn.Module], int]:
     from finetune.models.papers import PAPERS
 
     if name not in PAPERS:
@@ -267,8 +305,9 @@ def _unknown(source: str, name: str, known: Sequence[str], lister: str) -> Finet
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(f'model={source}:{c}' for c in close)}? " if close else ""
     listing = ", ".join(known) if len(known) <= 12 else f"{len(known)} names, see {lister}"
-    return FinetuneError(f"model={source}:{name}: {source} has no classification model {name!r}; {hint}"
-                         f"known: {listing}")
+    return FinetuneError(
+        f"model={source}:{name}: {source} has no classification model {name!r}; {hint}known: {listing}"
+    )
 
 
 def _sources_of(name: str) -> list[str]:
@@ -305,8 +344,10 @@ def summarize_named(spec: str, input_size: int | None, in_chans: int | None, cla
             rows = _count(model, shape, spec)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    title = (f"{spec} (random weights, own classifier), input {_shape(shape)}: {params:,} parameters, "
-             f"{trainable:,} trainable{_uncounted(model, rows)}")
+    title = (
+        f"{spec} (random weights, own classifier), input {_shape(shape)}: {params:,} parameters, "
+        f"{trainable:,} trainable{_uncounted(model, rows)}"
+    )
     return title, rows, roll_up(rows, lambda layer: layer.split(".")[0])
 
 
@@ -319,6 +360,7 @@ def _in_channels(model: nn.Module, asked: int | None) -> int:
 
 
 # --- output ---
+
 
 def _tables(per: str, rows: list[LayerCount], stages: list[StageCount]) -> list[tuple[str, Rows]]:
     named: list[tuple[str, Rows]] = [("layers", rows), ("stages", stages)]
@@ -338,10 +380,9 @@ def _render_text(fmt: str, title: str, tables: list[tuple[str, Rows]], width: in
     return buffer.getvalue()
 
 
-def emit(fmt: str, per: str, title: str, rows: list[LayerCount], stages: list[StageCount],
-         out: str | None) -> None:
+def emit(fmt: str, per: str, title: str, rows: list[LayerCount], stages: list[StageCount], out: str | None) -> None:
     """Print the chosen tables, or write them atomically to ``out``."""
-    from finetune.artifacts import atomic_path, write_text
+    from finetune.run.artifacts import atomic_path, write_text
 
     tables = _tables(per, rows, stages)
     if fmt == "csv":

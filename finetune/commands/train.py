@@ -10,8 +10,9 @@ is claimed before Hydra starts and refused if it holds anything. A directory the
 of its own into (``plan=true``, a run refused before training) is removed again.
 
 Under a sweeper that optimises a number (``hydra/sweeper=optuna``) the task function returns the run's
-validation score (``finetune.engine.search``); otherwise nothing.
+validation score (``finetune.training.search``); otherwise nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.engine.lock import run_lock
-from finetune.engine.rundir import (CLAIMED, RESUME_CHECKPOINTS, claim_run_dir, forget_claims, release_if_unused,
-                                     unique_run_dir)
-from finetune.engine.search import check_search, direction, is_search, objective
 from finetune.commands.args import compose_config, print_error, print_stopped
 from finetune.commands.args import override_value as _value
-from finetune.errors import FinetuneError, TrainingDiverged
 from finetune.resources import conf_dir
+from finetune.run.errors import FinetuneError, TrainingDiverged
+from finetune.run.lock import run_lock
+from finetune.run.rundir import (
+    CLAIMED,
+    RESUME_CHECKPOINTS,
+    claim_run_dir,
+    forget_claims,
+    release_if_unused,
+    unique_run_dir,
+)
+from finetune.training.search import check_search, direction, is_search, objective
 
 # Command lines after which Hydra prints something and runs no job: nothing to claim.
 NO_JOB_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
@@ -90,20 +97,20 @@ def plan_command(argv: list[str]) -> int:
 
 def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune as ``cfg`` says (its task from the registry), writing ``run_dir``; the metrics."""
-    from finetune.engine.train import train as train_task
     from finetune.tasks.registry import get_task
+    from finetune.training.train import train as train_task
 
     return train_task(get_task(cfg.task), cfg, run_dir, resume_from)
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from finetune.engine.distributed import launch_workers, wants_processes
+    from finetune.training.distributed import launch_workers, wants_processes
 
     hydra_cfg = HydraConfig.get()
     run_dir, resume_from = Path(hydra_cfg.runtime.output_dir), None
     cfg_resumed = cfg.resume
     if cfg.resume:
-        from finetune.engine.runs import prepare_resume
+        from finetune.models.saved_runs import prepare_resume
 
         run_dir, resume_from, cfg = prepare_resume(cfg, list(hydra_cfg.overrides.task), prefer=RESUME_CHECKPOINTS)
     elif not cfg.plan:
@@ -133,7 +140,7 @@ def resumed_dir(argv: list[str]) -> Path | None:
         return None
     path = Path(resume).expanduser()
     if path.is_file():  # a checkpoint: its run directory holds it
-        from finetune.engine.runs import run_dir_of
+        from finetune.run.records import run_dir_of
 
         path = run_dir_of(path)
     return path
@@ -170,10 +177,13 @@ def check_resume_target(argv: list[str]) -> None:
         return
     if not path.is_dir():
         raise FinetuneError(f"resume={resume}: no such run directory or checkpoint")
-    if not any((path / name).is_file() for name in ("config.yaml", ".hydra/config.yaml")) \
-            and not list(path.glob("checkpoints/*.ckpt")):
-        raise FinetuneError(f"resume={resume}: not a finetune run directory (no config.yaml, no .hydra/config.yaml); "
-                            "resume= takes the directory a training run wrote")
+    if not any((path / name).is_file() for name in ("config.yaml", ".hydra/config.yaml")) and not list(
+        path.glob("checkpoints/*.ckpt")
+    ):
+        raise FinetuneError(
+            f"resume={resume}: not a finetune run directory (no config.yaml, no .hydra/config.yaml); "
+            "resume= takes the directory a training run wrote"
+        )
 
 
 def check_resume(argv: list[str]) -> None:
@@ -184,7 +194,7 @@ def check_resume(argv: list[str]) -> None:
         return
     from hydra.errors import HydraException
 
-    from finetune.engine.runs import check_resume as check_run
+    from finetune.run.records import check_resume as check_run
 
     overrides = [a for a in argv if not a.lstrip("+").startswith("hydra.") and not a.startswith("-")]
     try:
@@ -222,8 +232,12 @@ def _wrap_interpolated(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and "${" in value \
-                and not value.startswith("${unique_dir:"):
+        if (
+            sep
+            and key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir")
+            and "${" in value
+            and not value.startswith("${unique_dir:")
+        ):
             arg = f"{key}=${{unique_dir:{value}}}"
         out.append(arg)
     return out

@@ -4,6 +4,7 @@ Started by ``python -m finetune trainer=ddp`` (see distributed.py), by ``torchru
 ``srun``. Reads the resolved config file; never composes a config itself. The launcher holds the run
 directory's lock and names it (``lock=<token>``); without a launcher of ours, rank 0 takes the lock.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,11 +13,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from finetune.engine.lock import check_holder, run_lock
-from finetune.engine.rundir import RUN_MARKER, claim_run_dir, marker_token
-from finetune.artifacts import write_text
 from finetune.commands.args import parse_args, print_stopped, run_command
-from finetune.errors import FinetuneError, TrainingDiverged
+from finetune.run.artifacts import write_text
+from finetune.run.errors import FinetuneError, TrainingDiverged
+from finetune.run.lock import check_holder, run_lock
+from finetune.run.rundir import RUN_MARKER, claim_run_dir, marker_token
 
 
 def main(argv: list[str]) -> int:
@@ -25,11 +26,15 @@ def main(argv: list[str]) -> int:
 
 
 def _train_rank(argv: list[str]) -> None:
-    from finetune.engine.distributed import DIVERGED_MARKER, end_process_group, is_global_zero
     from finetune.commands.train import train
+    from finetune.training.distributed import DIVERGED_MARKER, end_process_group, is_global_zero
 
-    args = parse_args(argv, {"run_dir": None, "config": None, "resume": None, "owner": None, "lock": None},
-                      ["run_dir"], "finetune.commands.worker")
+    args = parse_args(
+        argv,
+        {"run_dir": None, "config": None, "resume": None, "owner": None, "lock": None},
+        ["run_dir"],
+        "finetune.commands.worker",
+    )
     run_dir = Path(args["run_dir"])
     if is_global_zero() and not args["resume"]:
         _check_owner(run_dir, args["owner"])
@@ -63,8 +68,11 @@ def _check_owner(run_dir: Path, owner: str | None) -> None:
     if owner is None:
         claim_run_dir(run_dir)
     elif owner != "resumed" and marker_token(run_dir) != owner:
-        raise FinetuneError(f"{run_dir} is owned by another run (its {RUN_MARKER} does not match owner=); "
-                            "every run needs a directory of its own")
+        raise FinetuneError(
+            f"{run_dir} is owned by another run (its {RUN_MARKER} does not match owner=); "
+            "every run needs a directory of its own"
+        )
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

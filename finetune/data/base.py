@@ -5,6 +5,7 @@ A data module scans and checks its dataset when built, then tells the model what
 Preprocessing (``set_preprocessing``), after which the loaders work. Subclasses say how a split
 becomes a dataset and which transforms apply.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sized

@@ -1,5 +1,6 @@
 """The ``dataset`` config group, one dataclass per kind: a kind carries only the keys it reads
 (conf/dataset/<kind>.yaml says what each key means). No torch or numpy import."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from finetune.data.options import dataclass_values
-from finetune.errors import DatasetError
+from finetune.run.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,10 @@ class MedmnistConfig(DatasetConfig):
 
 
 CONFIGS: dict[str, type[DatasetConfig]] = {
-    "digits": DigitsConfig, "imagefolder": FolderConfig, "csv": CsvConfig, "medmnist": MedmnistConfig,
+    "digits": DigitsConfig,
+    "imagefolder": FolderConfig,
+    "csv": CsvConfig,
+    "medmnist": MedmnistConfig,
     "dicom_folder": DicomFolderConfig,
 }
 

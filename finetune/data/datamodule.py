@@ -26,7 +26,6 @@ from finetune.data.imbalance import imbalance_ratio, loss_weights, resolve_imbal
 from finetune.data.options import plain_dict
 from finetune.data.samplers import ClassBalancedSampler, SeededDraws, split_sampler
 from finetune.data.sources import TASK_TYPES, Samples, class_counts
-from finetune.errors import DatasetError
 from finetune.data.transforms import (
     Augment,
     Preprocessing,
@@ -37,6 +36,7 @@ from finetune.data.transforms import (
     seed_transform,
     train_transform,
 )
+from finetune.run.errors import DatasetError
 
 __all__ = ["ClassificationDataModule", "ClassificationInfo", "Preprocessing", "TrainBatches", "gray_preprocessing"]
 
@@ -60,6 +60,7 @@ class ClassificationInfo(DataInfo):
             raise ValueError(f"DataInfo.task={self.task!r}; use one of {TASK_TYPES}")
         if (self.task == "multi-label") != self.multilabel:
             raise ValueError(f"DataInfo.task={self.task!r} disagrees with multilabel={self.multilabel}")
+
 
 class TrainBatches(BatchSampler):
     """Training batches of ``sampler``, in its order; a last batch of exactly one sample is dropped.
@@ -138,8 +139,13 @@ class ClassificationDataModule(FinetuneDataModule):
         )
         self.imbalance = resolve_imbalance(imbalance, self.info.class_counts, multilabel)
         if imbalance != "none":
-            log.info("imbalance=%s → %s (train class counts %s, largest/smallest %.1f)", imbalance,
-                     self.imbalance, self.info.class_counts, imbalance_ratio(self.info.class_counts))
+            log.info(
+                "imbalance=%s → %s (train class counts %s, largest/smallest %.1f)",
+                imbalance,
+                self.imbalance,
+                self.info.class_counts,
+                imbalance_ratio(self.info.class_counts),
+            )
         self._generator = torch.Generator().manual_seed(seed)
         self._transforms: dict[str, A.Compose] = {}
         self.preprocessing: Preprocessing | None = None

@@ -4,6 +4,7 @@ A loader turns its config into a Source (class names, train/val/test samples, ch
 type). Adding a kind: a config class in finetune.data.configs, a loader, and one line here (and
 its name in finetune.data.CLASSIFICATION_DATASETS).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -8,13 +8,14 @@ own min..max (after the modality LUT). ``dataset.window=[center, width]`` replac
 VOI (e.g. [40, 400] for a CT soft-tissue window). MONOCHROME1 (white = low values) is inverted so
 that bright means high for every file. Colour files (RGB / YBR) become RGB uint8.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from finetune.errors import DatasetError
+from finetune.run.errors import DatasetError
 
 COLOR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
 
@@ -24,8 +25,9 @@ def require_pydicom() -> None:
     try:
         import pydicom  # noqa: F401
     except ImportError:
-        raise DatasetError("dataset=dicom_folder reads DICOM with pydicom, which is not installed: "
-                           "pip install pydicom") from None
+        raise DatasetError(
+            "dataset=dicom_folder reads DICOM with pydicom, which is not installed: pip install pydicom"
+        ) from None
 
 
 def inspect_dicom(path: Path) -> int:

@@ -10,6 +10,7 @@ Folder links: a folder link is followed only where it leads outside the tree bei
 caller allows that); a link back into the tree would list images twice, under another class, or
 loop forever (``ants/loop -> ..``). Links not followed are named in one warning line.
 """
+
 from __future__ import annotations
 
 import glob
@@ -18,7 +19,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from finetune.errors import MAX_LISTED, FinetuneError
+from finetune.run.errors import MAX_LISTED, FinetuneError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ def find_images(spec: str) -> list[Path]:
             candidates = _glob(path)
         found |= dict.fromkeys(p for p in candidates if p.is_file() and is_image(p))
     if not found:
-        raise FinetuneError(f"no images found in {spec!r}: give image files, folders or globs "
-                            f"(extensions {', '.join(sorted(INPUT_EXTENSIONS))}), comma-separated")
+        raise FinetuneError(
+            f"no images found in {spec!r}: give image files, folders or globs "
+            f"(extensions {', '.join(sorted(INPUT_EXTENSIONS))}), comma-separated"
+        )
     return list(found)
 
 
@@ -60,8 +63,8 @@ def _glob(pattern: Path) -> list[Path]:
     magic = [i for i, part in enumerate(pattern.parts) if glob.has_magic(part)]
     if not magic:
         return []
-    base = Path(*pattern.parts[:magic[0]]) if magic[0] else Path(".")
-    matches = base.glob(str(Path(*pattern.parts[magic[0]:])))
+    base = Path(*pattern.parts[: magic[0]]) if magic[0] else Path(".")
+    matches = base.glob(str(Path(*pattern.parts[magic[0] :])))
     return sorted(p for p in matches if p.is_file() and not p.name.startswith("."))
 
 
@@ -98,8 +101,9 @@ class FolderWalker:
             return
         named = [f"{self._shown(link)} -> {os.readlink(link)} ({why})" for link, why in self.skipped.items()]
         more = f"; ... and {len(named) - MAX_LISTED} more" if len(named) > MAX_LISTED else ""
-        log.warning("did not follow %d folder link(s) under %s: %s%s", len(named), self.top,
-                    "; ".join(named[:MAX_LISTED]), more)
+        log.warning(
+            "did not follow %d folder link(s) under %s: %s%s", len(named), self.top, "; ".join(named[:MAX_LISTED]), more
+        )
 
     def _walk(self, folder: Path, recursive: bool) -> Iterator[Path]:
         entries = self._entries(folder)

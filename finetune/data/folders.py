@@ -1,6 +1,7 @@
 """Datasets of image files: class folders (``imagefolder``, ``dicom_folder``) and label files
 (``csv``). Scanning lists files (finetune.data.files: which are images, which folder links are
 followed) and checks every image (finetune.data.images)."""
+
 from __future__ import annotations
 
 import codecs
@@ -16,7 +17,7 @@ from finetune.data.configs import CsvConfig, DicomFolderConfig, FolderConfig
 from finetune.data.files import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, INPUT_EXTENSIONS, FolderWalker, is_image
 from finetune.data.images import check_images
 from finetune.data.sources import Samples, Source, assemble_splits, class_counts
-from finetune.errors import MAX_LISTED, DatasetError, listing
+from finetune.run.errors import MAX_LISTED, DatasetError, listing
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ def _load_class_folders(config: FolderConfig, extensions: frozenset[str]) -> Sou
 def load_csv(config: CsvConfig) -> Source:
     """A CSV with columns path,label[,split]; paths relative to dataset.root or the CSV's folder."""
     if config.csv is None:
-        raise DatasetError(
-            "dataset.csv is not set: pass dataset.csv=/path/to/labels.csv (columns path,label[,split])"
-        )
+        raise DatasetError("dataset.csv is not set: pass dataset.csv=/path/to/labels.csv (columns path,label[,split])")
     csv_path = Path(config.csv).expanduser()
     if not csv_path.is_file():
         raise DatasetError(f"dataset.csv={config.csv} is not a file (resolved to {csv_path.resolve()})")
@@ -104,8 +103,10 @@ def load_csv(config: CsvConfig) -> Source:
             + listing(problems)
         )
     if "train" not in parts:
-        raise DatasetError(f"{csv_path}: no rows with split 'train'; mark the training rows split=train, "
-                           "or drop the split column to split the rows automatically")
+        raise DatasetError(
+            f"{csv_path}: no rows with split 'train'; mark the training rows split=train, "
+            "or drop the split column to split the rows automatically"
+        )
     return _file_source(config, class_names, parts, where=str(csv_path), skipped=not_images)
 
 
@@ -121,8 +122,12 @@ def _image_rows(csv_path: Path, rows: list, on_error: str) -> tuple[list, int]:
             "dataset.on_error=skip to leave them out"
         )
     if others:
-        log.warning("%s: left out %d row(s) naming files that are not images (dataset.on_error=skip): %s",
-                    csv_path, len(others), _one_line(others))
+        log.warning(
+            "%s: left out %d row(s) naming files that are not images (dataset.on_error=skip): %s",
+            csv_path,
+            len(others),
+            _one_line(others),
+        )
     return kept, len(others)
 
 
@@ -153,8 +158,12 @@ def _locate_rows(csv_path: Path, rows: list, base: Path, config: CsvConfig) -> l
             "the repeated rows, or set dataset.on_duplicate=first to keep the first row of each image"
         )
     if repeats:
-        log.warning("%s: dropped %d repeated row(s) (dataset.on_duplicate=first): %s",
-                    csv_path, len(repeats), _one_line(repeats))
+        log.warning(
+            "%s: dropped %d repeated row(s) (dataset.on_duplicate=first): %s",
+            csv_path,
+            len(repeats),
+            _one_line(repeats),
+        )
     return located
 
 
@@ -268,9 +277,7 @@ def _existing_dir(value: str | None, key: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_dir():
         state = "is not a folder" if path.exists() else "does not exist"
-        raise DatasetError(
-            f"{key}={value} {state} (resolved to {path.resolve()}); pass {key}=/path/to/your/images"
-        )
+        raise DatasetError(f"{key}={value} {state} (resolved to {path.resolve()}); pass {key}=/path/to/your/images")
     return path
 
 

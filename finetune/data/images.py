@@ -2,6 +2,7 @@
 
 Checks open files read-only and never write to the user's folders.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,7 +18,7 @@ from PIL import Image
 
 from finetune.data.files import DICOM_EXTENSIONS
 from finetune.data.reference import GRAY_MODES, load_image
-from finetune.errors import DatasetError, listing
+from finetune.run.errors import DatasetError, listing
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,10 @@ def inspect_image(path: Path) -> int:
         with Image.open(path) as im:
             im.load()
             if image_format in ("JPEG", "MPO") and _jpeg_cut_short(path, im):
-                raise OSError("JPEG data ends early (the file was cut short, then closed with an "
-                              "end-of-image marker): re-copy or re-export the image")
+                raise OSError(
+                    "JPEG data ends early (the file was cut short, then closed with an "
+                    "end-of-image marker): re-copy or re-export the image"
+                )
     return 1 if mode in GRAY_MODES else 3
 
 
@@ -106,8 +109,8 @@ def _progressive_scans_complete(data: bytes) -> bool:
             continue
         if marker == 0xD9:
             break
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        segment = data[pos + 4:pos + 2 + length]
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : pos + 2 + length]
         if marker == 0xC2 and len(segment) >= 6:
             components = {segment[6 + 3 * i] for i in range(segment[5]) if 6 + 3 * i < len(segment)}
         elif marker == 0xDA and segment:

@@ -8,6 +8,7 @@
 - ``auto``: ``weighted_loss`` when the largest class is more than AUTO_RATIO times the smallest,
   else ``none``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from finetune.data import IMBALANCE_CHOICES
-from finetune.errors import DatasetError
+from finetune.run.errors import DatasetError
 
 AUTO_RATIO = 3.0
 
@@ -31,8 +32,10 @@ def resolve_imbalance(mode: str, counts: Sequence[int], multilabel: bool = False
     if mode not in IMBALANCE_CHOICES:
         raise DatasetError(f"imbalance={mode!r}; use one of {list(IMBALANCE_CHOICES)}")
     if mode == "sampler" and multilabel:
-        raise DatasetError("imbalance=sampler balances single-label classes; for multi-label data use "
-                           "imbalance=weighted_loss (BCE pos_weight per label)")
+        raise DatasetError(
+            "imbalance=sampler balances single-label classes; for multi-label data use "
+            "imbalance=weighted_loss (BCE pos_weight per label)"
+        )
     if mode == "auto":
         return "weighted_loss" if imbalance_ratio(counts) > AUTO_RATIO else "none"
     return mode

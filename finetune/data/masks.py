@@ -12,6 +12,7 @@ Layouts (``dataset.kind``):
 Masks (``dataset.mask_mode``): ``index`` (pixel value = class index), ``binary`` ({0, 255} or
 {0, 1}, mapped to {0, 1}) or ``palette`` (RGB colour per class in ``dataset.palette``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,7 @@ from PIL import Image, ImageOps
 
 from finetune.data.files import IMAGE_EXTENSIONS, MASK_EXTENSIONS, FolderWalker
 from finetune.data.options import dataclass_values
-from finetune.errors import DatasetError
+from finetune.run.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,16 @@ class SegDatasetConfig:
         checks = {
             "kind": (self.kind in LAYOUTS, f"use one of {sorted(LAYOUTS)}"),
             "mask_mode": (self.mask_mode in MASK_MODES, f"use one of {list(MASK_MODES)}"),
-            "crop_size": (isinstance(self.crop_size, int) and self.crop_size >= 32 and self.crop_size % 32 == 0,
-                          "use a multiple of 32 (encoders downsample 32x), e.g. 256"),
+            "crop_size": (
+                isinstance(self.crop_size, int) and self.crop_size >= 32 and self.crop_size % 32 == 0,
+                "use a multiple of 32 (encoders downsample 32x), e.g. 256",
+            ),
             "tile_overlap": (0 <= self.tile_overlap < 1, "use a fraction in [0, 1), e.g. 0.5"),
             "scale": (0.1 <= self.scale <= 4, "use a resize factor in [0.1, 4], e.g. 2 for thin vessels"),
-            "samples_per_image": (isinstance(self.samples_per_image, int) and self.samples_per_image >= 1,
-                                  "use a whole number >= 1"),
+            "samples_per_image": (
+                isinstance(self.samples_per_image, int) and self.samples_per_image >= 1,
+                "use a whole number >= 1",
+            ),
             "grayscale": (self.grayscale in ("replicate", "adapt"), "use replicate or adapt"),
             "num_workers": (self.num_workers >= 0, "use 0 (main process) or more"),
             "val_fraction": (0 < self.val_fraction < 1, "use a fraction in (0, 1)"),
@@ -84,15 +89,19 @@ class SegDatasetConfig:
             if not ok:
                 raise DatasetError(f"dataset.{key}={getattr(self, key)!r}: {hint}")
         if self.mask_mode != "binary" and not self.class_names:
-            raise DatasetError(f"dataset.mask_mode={self.mask_mode} needs dataset.class_names (one name per "
-                               "class index, e.g. dataset.class_names=[background,road,car])")
+            raise DatasetError(
+                f"dataset.mask_mode={self.mask_mode} needs dataset.class_names (one name per "
+                "class index, e.g. dataset.class_names=[background,road,car])"
+            )
         if self.mask_mode == "binary" and self.class_names and len(self.class_names) != 2:
             raise DatasetError(f"dataset.mask_mode=binary has 2 classes, got class_names={list(self.class_names)}")
         if self.mask_mode == "palette" and (not self.palette or len(self.palette) != len(self.class_names)):
             raise DatasetError("dataset.mask_mode=palette needs dataset.palette with one [r,g,b] per class name")
         if self.class_names and self.ignore_index < len(self.class_names):
-            raise DatasetError(f"dataset.ignore_index={self.ignore_index} is a class index ({self.names[self.ignore_index]!r}); "
-                               f"use a value >= {len(self.class_names)} (e.g. 255)")
+            raise DatasetError(
+                f"dataset.ignore_index={self.ignore_index} is a class index ({self.names[self.ignore_index]!r}); "
+                f"use a value >= {len(self.class_names)} (e.g. 255)"
+            )
 
     @property
     def names(self) -> list[str]:
@@ -124,8 +133,10 @@ def _root(config: SegDatasetConfig) -> Path:
 def _by_stem(folder: Path, extensions: frozenset[str], suffix: str = "") -> dict[str, Path]:
     """The files of ``folder`` with ``extensions`` (images, or masks), by stem less ``suffix``."""
     if not folder.is_dir():
-        raise DatasetError(f"{folder} does not exist: put the files there, or name your folders with "
-                           "dataset.images_dir / dataset.masks_dir (layouts: conf/dataset/seg_folder.yaml)")
+        raise DatasetError(
+            f"{folder} does not exist: put the files there, or name your folders with "
+            "dataset.images_dir / dataset.masks_dir (layouts: conf/dataset/seg_folder.yaml)"
+        )
     files = FolderWalker(folder).files(folder, extensions, recursive=False)
     return {p.stem.removesuffix(suffix) if suffix else p.stem: p for p in files}
 
@@ -133,9 +144,11 @@ def _by_stem(folder: Path, extensions: frozenset[str], suffix: str = "") -> dict
 def _match(images: dict[str, Path], masks: dict[str, Path], where: Path) -> list[Pair]:
     missing = sorted(stem for stem in images if stem not in masks)
     if missing:
-        raise DatasetError(f"{len(missing)} image(s) in {where} have no mask, e.g. "
-                           f"{[images[s].name for s in missing[:5]]}: add the masks, or set dataset.mask_suffix "
-                           "if mask names carry a suffix (e.g. _mask)")
+        raise DatasetError(
+            f"{len(missing)} image(s) in {where} have no mask, e.g. "
+            f"{[images[s].name for s in missing[:5]]}: add the masks, or set dataset.mask_suffix "
+            "if mask names carry a suffix (e.g. _mask)"
+        )
     if not images:
         raise DatasetError(f"no images found in {where} (extensions {sorted(IMAGE_EXTENSIONS)})")
     return [Pair(images[s], masks[s]) for s in sorted(images)]
@@ -163,8 +176,10 @@ def _list_pairs(root: Path, list_file: str, config: SegDatasetConfig) -> list[Pa
             pair = Pair(root / fields[0], root / fields[1])
             missing = [str(f) for f in (pair.image, pair.mask) if not f.is_file()]
             if missing:
-                raise DatasetError(f"{path}:{number}: {missing[0]} does not exist (list-file paths are relative "
-                                   "to dataset.root); fix the line or the file name")
+                raise DatasetError(
+                    f"{path}:{number}: {missing[0]} does not exist (list-file paths are relative "
+                    "to dataset.root); fix the line or the file name"
+                )
             pairs.append(pair)
     if stems:
         found = _folder_pairs(root, config)
@@ -180,8 +195,10 @@ def _hold_out(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair]
     """(kept, held out): a seeded random ``fraction`` of ``pairs`` (at least one) held out."""
     n = max(1, round(fraction * len(pairs)))
     if n >= len(pairs):
-        raise DatasetError(f"{len(pairs)} training image(s) cannot give {n} to a held-out split: add images "
-                           "or give the split explicitly")
+        raise DatasetError(
+            f"{len(pairs)} training image(s) cannot give {n} to a held-out split: add images "
+            "or give the split explicitly"
+        )
     order = np.random.default_rng(seed).permutation(len(pairs))
     held = set(order[:n].tolist())
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
@@ -206,8 +223,9 @@ def seg_folder_pairs(config: SegDatasetConfig) -> dict[str, list[Pair]]:
     if config.splits:
         unknown = set(config.splits) - set(SPLITS)
         if unknown or "train" not in config.splits:
-            raise DatasetError(f"dataset.splits keys must include train and be among {list(SPLITS)}, "
-                               f"got {sorted(config.splits)}")
+            raise DatasetError(
+                f"dataset.splits keys must include train and be among {list(SPLITS)}, got {sorted(config.splits)}"
+            )
         splits = {name: _list_pairs(root, file, config) for name, file in config.splits.items()}
     elif (root / "train").is_dir():
         splits = {name: _folder_pairs(root / name, config) for name in SPLITS if (root / name).is_dir()}
@@ -228,8 +246,10 @@ def drive_pairs(config: SegDatasetConfig) -> dict[str, list[Pair]]:
         pairs = _match(images, manual, base / "images")
         lacking = [p.image.name for key, p in zip(sorted(images), pairs) if key not in fov]
         if lacking:
-            raise DatasetError(f"{len(lacking)} DRIVE image(s) in {base} have no field-of-view mask in "
-                               f"{base / 'mask'}, e.g. {lacking[:5]}")
+            raise DatasetError(
+                f"{len(lacking)} DRIVE image(s) in {base} have no field-of-view mask in "
+                f"{base / 'mask'}, e.g. {lacking[:5]}"
+            )
         return [Pair(p.image, p.mask, fov[key]) for key, p in zip(sorted(images), pairs)]
 
     return _complete({"train": split("training"), "test": split("test")}, config)
@@ -254,8 +274,10 @@ def read_mask(pair: Pair, config: SegDatasetConfig) -> np.ndarray:
     else:
         if raw.ndim == 3:
             if not (raw == raw[..., :1]).all():
-                raise DatasetError(f"{pair.mask} is a colour mask; use dataset.mask_mode=palette with "
-                                   "dataset.palette (one [r,g,b] per class)")
+                raise DatasetError(
+                    f"{pair.mask} is a colour mask; use dataset.mask_mode=palette with "
+                    "dataset.palette (one [r,g,b] per class)"
+                )
             raw = raw[..., 0]
         if raw.max(initial=0) > 255:
             raise DatasetError(f"{pair.mask} has label values up to {raw.max()}: masks hold class indices 0..255")
@@ -275,9 +297,11 @@ def _binary(mask: np.ndarray, path: Path) -> np.ndarray:
         return mask
     if values <= {0, 255}:
         return (mask == 255).astype(np.uint8)
-    raise DatasetError(f"{path} is not a binary mask: values {sorted(values)[:10]} (expected {{0, 255}} or "
-                       "{0, 1}); use dataset.mask_mode=index with dataset.class_names for multi-class masks, "
-                       "or re-save anti-aliased masks without interpolation")
+    raise DatasetError(
+        f"{path} is not a binary mask: values {sorted(values)[:10]} (expected {{0, 255}} or "
+        "{0, 1}); use dataset.mask_mode=index with dataset.class_names for multi-class masks, "
+        "or re-save anti-aliased masks without interpolation"
+    )
 
 
 def _palette_to_index(rgb: np.ndarray, config: SegDatasetConfig, path: Path) -> np.ndarray:
@@ -289,10 +313,12 @@ def _palette_to_index(rgb: np.ndarray, config: SegDatasetConfig, path: Path) -> 
         mask[hit], known[hit] = index, True
     if not known.all():
         colours = np.unique(code[~known])[:5]
-        raise DatasetError(f"{path} has colours outside dataset.palette, e.g. "
-                           f"{[[(c >> 16) & 255, (c >> 8) & 255, c & 255] for c in colours.tolist()]}: add each "
-                           "colour to dataset.palette with a name in dataset.class_names, or re-save the mask "
-                           "without anti-aliasing")
+        raise DatasetError(
+            f"{path} has colours outside dataset.palette, e.g. "
+            f"{[[(c >> 16) & 255, (c >> 8) & 255, c & 255] for c in colours.tolist()]}: add each "
+            "colour to dataset.palette with a name in dataset.class_names, or re-save the mask "
+            "without anti-aliasing"
+        )
     return mask
 
 
@@ -305,13 +331,17 @@ def check_pairs(pairs: list[Pair], config: SegDatasetConfig, split: str) -> np.n
             size = ImageOps.exif_transpose(im).size  # as read_image orients it
         mask = read_mask(pair, config)
         if mask.shape[::-1] != size:
-            raise DatasetError(f"{split} mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} but its image "
-                               f"{pair.image} is {size[0]}x{size[1]}: masks must match their images pixel for pixel")
+            raise DatasetError(
+                f"{split} mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{pair.image} is {size[0]}x{size[1]}: masks must match their images pixel for pixel"
+            )
         values = np.bincount(mask.ravel(), minlength=256)
         bad = [v for v in np.flatnonzero(values).tolist() if v >= len(names) and v != config.ignore_index]
         if bad:
-            raise DatasetError(f"{split} mask {pair.mask} has label values {bad[:10]} outside the {len(names)} "
-                               f"declared classes 0..{len(names) - 1} (ignore_index={config.ignore_index}); "
-                               "fix dataset.class_names or dataset.ignore_index")
+            raise DatasetError(
+                f"{split} mask {pair.mask} has label values {bad[:10]} outside the {len(names)} "
+                f"declared classes 0..{len(names) - 1} (ignore_index={config.ignore_index}); "
+                "fix dataset.class_names or dataset.ignore_index"
+            )
         counts += values[: len(names)]
     return counts

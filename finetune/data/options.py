@@ -1,4 +1,5 @@
 """Turning a config group (``dataset``, ``augment``) into the dataclass that reads it."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

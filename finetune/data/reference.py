@@ -25,6 +25,7 @@ Usage (onnxruntime)::
     session = onnxruntime.InferenceSession("model.onnx")
     logits = session.run(None, {"input": preprocess.preprocess(["a.jpg", "b.png"], spec)})[0]
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -33,8 +34,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-           "bicubic": Image.Resampling.BICUBIC}
+FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 GRAY_MODES = WIDE_GRAY_MODES | {"1", "L", "LA", "La", "F"}
 

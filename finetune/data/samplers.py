@@ -1,5 +1,6 @@
 """Samplers whose order depends only on (seed, epoch, rank), so a resumed run sees the same batches
 and ``world_size`` ranks with batch B/world see exactly the global batches of one process with B."""
+
 from __future__ import annotations
 
 import math
@@ -94,8 +95,15 @@ class ClassBalancedSampler(Sampler[int]):
     can be built and tested without one.
     """
 
-    def __init__(self, labels: Sequence[int] | np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 ratios: Sequence[float] | None = None, num_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        ratios: Sequence[float] | None = None,
+        num_samples: int | None = None,
+    ) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError("ClassBalancedSampler needs one class index per sample (single-label targets)")
@@ -107,8 +115,10 @@ class ClassBalancedSampler(Sampler[int]):
             ratios = np.ones(len(self.classes))
         ratios = np.asarray(ratios, dtype=np.float64)
         if ratios.shape != (len(self.classes),) or (ratios < 0).any() or ratios.sum() <= 0:
-            raise ValueError(f"ratios={ratios.tolist()} needs one non-negative weight per class present "
-                             f"({len(self.classes)}), not all zero")
+            raise ValueError(
+                f"ratios={ratios.tolist()} needs one non-negative weight per class present "
+                f"({len(self.classes)}), not all zero"
+            )
         self.ratios = ratios / ratios.sum()
         self.seed, self.epoch = seed, 0
         self.num_replicas, self.rank = num_replicas, rank
@@ -123,7 +133,7 @@ class ClassBalancedSampler(Sampler[int]):
         shards = []
         for members in self.members:
             members = rng.permutation(members)
-            shards.append(members[self.rank::self.num_replicas] if len(members) >= self.num_replicas else members)
+            shards.append(members[self.rank :: self.num_replicas] if len(members) >= self.num_replicas else members)
         return shards
 
     def class_counts(self) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Segmentation data served to the model: random training crops with joint image/mask
 augmentation (albumentations moves the mask with every geometric op; photometric ops touch the
 image only) and full-size images for evaluation. Pairs and masks: finetune.data.masks."""
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ from finetune.data.masks import LAYOUTS, Pair, SegDatasetConfig, check_pairs, re
 from finetune.data.options import plain_dict
 from finetune.data.samplers import SeededDraws, split_sampler
 from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_draw, seed_transform
-from finetune.errors import DatasetError
+from finetune.run.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,15 @@ class SegDataset(Dataset):
     """(image [C, H, W] float, mask [H, W] int64) pairs through an albumentations transform;
     ``repeats`` serves every pair that many times per epoch (one random crop each)."""
 
-    def __init__(self, pairs: list[Pair], config: SegDatasetConfig, channels: int, transform: A.Compose,
-                 repeats: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        pairs: list[Pair],
+        config: SegDatasetConfig,
+        channels: int,
+        transform: A.Compose,
+        repeats: int = 1,
+        seed: int = 0,
+    ) -> None:
         self.pairs, self.config, self.channels = pairs, config, channels
         self.transform, self.repeats, self.seed = transform, repeats, seed
 
@@ -50,6 +58,7 @@ class SegmentationInfo(DataInfo):
     inside the field of view)."""
 
     ignore_index: int = 255
+
     @property
     def binary(self) -> bool:
         return self.num_classes == 2
@@ -64,26 +73,40 @@ def _image_channels(images: list[Path]) -> int:
 class SegmentationDataModule(FinetuneDataModule):
     """Train crops and full-size val/test images of a segmentation dataset, checked at construction."""
 
-    def __init__(self, dataset: DictConfig | Mapping, augment: DictConfig | Mapping, batch_size: int,
-                 seed: int, class_weights: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: DictConfig | Mapping,
+        augment: DictConfig | Mapping,
+        batch_size: int,
+        seed: int,
+        class_weights: bool = False,
+    ) -> None:
         config = SegDatasetConfig.from_mapping(plain_dict(dataset))
         super().__init__(config.grayscale, batch_size, seed)
         self.config = config
         self.augment = Augment.from_mapping(plain_dict(augment))
         if self.augment.crop_scale is not None:
-            log.info("augment.crop_scale is not used for segmentation: training takes random %d px crops "
-                     "at native scale (augment.zoom changes the scale)", self.config.crop_size)
+            log.info(
+                "augment.crop_scale is not used for segmentation: training takes random %d px crops "
+                "at native scale (augment.zoom changes the scale)",
+                self.config.crop_size,
+            )
         self.weighted = class_weights
         self.splits = LAYOUTS[self.config.kind](self.config)
         counts = {name: check_pairs(pairs, self.config, name) for name, pairs in self.splits.items()}
         every_image = list(dict.fromkeys(p.image for pairs in self.splits.values() for p in pairs))
-        self.info = SegmentationInfo(self.config.names, _image_channels(every_image),
-                            counts["train"].tolist(), self.config.ignore_index)
+        self.info = SegmentationInfo(
+            self.config.names, _image_channels(every_image), counts["train"].tolist(), self.config.ignore_index
+        )
         if self.config.grayscale == "adapt" and self.info.image_channels == 3:
             raise DatasetError("dataset.grayscale=adapt needs grayscale images; these are RGB: use replicate")
         self._transforms: dict[str, A.Compose] = {}
-        log.info("dataset %s: %d classes, images train/val/test = %s", self.config.kind, self.info.num_classes,
-                 "/".join(str(len(p)) for p in self.splits.values()))
+        log.info(
+            "dataset %s: %d classes, images train/val/test = %s",
+            self.config.kind,
+            self.info.num_classes,
+            "/".join(str(len(p)) for p in self.splits.values()),
+        )
 
     @property
     def class_weights(self) -> torch.Tensor | None:
@@ -103,12 +126,18 @@ class SegmentationDataModule(FinetuneDataModule):
         resize = [A.RandomScale((scale - 1, scale - 1), p=1.0)] if scale != 1 else []  # masks: nearest
         # Pad with the mean colour (0 after Normalize, as evaluation pads); padded pixels are ignored.
         mean = [255 * m for m in pre.mean] if channels == len(pre.mean) else [255 * float(np.mean(pre.mean))]
-        first = [*resize, A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=tuple(mean),
-                                        fill_mask=self.config.ignore_index),
-                 A.RandomCrop(crop, crop)]
+        first = [
+            *resize,
+            A.PadIfNeeded(
+                crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=tuple(mean), fill_mask=self.config.ignore_index
+            ),
+            A.RandomCrop(crop, crop),
+        ]
         self.preprocessing = pre
-        self._transforms = {"train": normalized_tensor([*first, *augment_ops(self.augment)], pre, channels),
-                            "eval": normalized_tensor([], pre, channels)}
+        self._transforms = {
+            "train": normalized_tensor([*first, *augment_ops(self.augment)], pre, channels),
+            "eval": normalized_tensor([], pre, channels),
+        }
         for transform in self._transforms.values():
             seed_transform(transform, self.seed)
 
@@ -119,8 +148,14 @@ class SegmentationDataModule(FinetuneDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: a last batch of one image breaks BatchNorm in decoders (DeepLabV3+ pooling)
-        return self._loader("train", "train", self.batch_size, SeededDraws(self.train_sampler()),
-                            self.config.samples_per_image, drop_last=True)
+        return self._loader(
+            "train",
+            "train",
+            self.batch_size,
+            SeededDraws(self.train_sampler()),
+            self.config.samples_per_image,
+            drop_last=True,
+        )
 
     def eval_dataloader(self, split: str, shard: bool = False) -> DataLoader:
         """Full-size images of ``split`` in order, one per batch (sizes may differ)."""
@@ -132,16 +167,26 @@ class SegmentationDataModule(FinetuneDataModule):
         pair = self.splits[split][i]
         return read_image(pair.image, 3), read_mask(pair, self.config)
 
-    def _loader(self, split: str, transform: str, batch_size: int, sampler, repeats: int = 1,
-                drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, split: str, transform: str, batch_size: int, sampler, repeats: int = 1, drop_last: bool = False
+    ) -> DataLoader:
         if not self._transforms:
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
         workers = self.config.num_workers
-        dataset = SegDataset(self.splits[split], self.config, self.info.image_channels,
-                             self._transforms[transform], repeats, self.seed)
+        dataset = SegDataset(
+            self.splits[split], self.config, self.info.image_channels, self._transforms[transform], repeats, self.seed
+        )
         if drop_last and len(sampler) < batch_size:
-            raise DatasetError(f"{len(sampler)} training crops per epoch (per device) is less than one batch of "
-                               f"{batch_size}: raise dataset.samples_per_image or lower schedule.batch_size")
-        return DeferredLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                              persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                              drop_last=drop_last)
+            raise DatasetError(
+                f"{len(sampler)} training crops per epoch (per device) is less than one batch of "
+                f"{batch_size}: raise dataset.samples_per_image or lower schedule.batch_size"
+            )
+        return DeferredLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=drop_last,
+        )

@@ -1,5 +1,6 @@
 """What a dataset loader returns: samples per split, class names, channels; and how missing
 val/test splits are carved from train."""
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from finetune.data.images import read_image
-from finetune.errors import DatasetError
+from finetune.run.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,7 @@ def assemble_splits(parts: dict[str, Samples], config: SplitConfig, multilabel: 
     if val is None:
         test_fraction = config.test_fraction if test is None else 0.0
         groups = np.zeros(len(train)) if multilabel else train.targets
-        train_idx, val_idx, test_idx = stratified_split(
-            groups, config.val_fraction, test_fraction, config.split_seed
-        )
+        train_idx, val_idx, test_idx = stratified_split(groups, config.val_fraction, test_fraction, config.split_seed)
         if test is None and test_fraction > 0:
             test = train.subset(test_idx)
         train, val = train.subset(train_idx), train.subset(val_idx)

@@ -21,7 +21,7 @@ from albumentations.pytorch import ToTensorV2
 
 from finetune.data import reference
 from finetune.data.options import dataclass_values
-from finetune.errors import FinetuneError
+from finetune.run.errors import FinetuneError
 
 INTERPOLATIONS = tuple(reference.FILTERS)  # Pillow filters; each antialiases when downscaling
 
@@ -53,9 +53,7 @@ class Preprocessing:
                 "(in_chans); use gray_preprocessing() for a 1-channel model"
             )
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"Preprocessing.interpolation={self.interpolation!r}; use one of {sorted(INTERPOLATIONS)}"
-            )
+            raise ValueError(f"Preprocessing.interpolation={self.interpolation!r}; use one of {sorted(INTERPOLATIONS)}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"Preprocessing.size must be (H, W) with positive sides, got {self.size}")
 
@@ -66,13 +64,16 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: Mapping) -> Preprocessing:
         """The inverse of ``to_dict`` (a run's data.json, an export's metadata)."""
-        return cls(size=tuple(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   interpolation=d["interpolation"], in_chans=d["in_chans"])
+        return cls(
+            size=tuple(d["size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            interpolation=d["interpolation"],
+            in_chans=d["in_chans"],
+        )
 
 
-def gray_preprocessing(
-    mean: Sequence[float], std: Sequence[float]
-) -> tuple[tuple[float], tuple[float]]:
+def gray_preprocessing(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float], tuple[float]]:
     """Mean/std for a 1-channel model adapted from an RGB one: the averages of the RGB values."""
     return (float(np.mean(mean)),), (float(np.mean(std)),)
 

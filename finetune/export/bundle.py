@@ -1,4 +1,5 @@
 """What is exported: a trained model with its config and records, and the metadata every export carries."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from finetune.version import __version__
 from finetune.data.transforms import Preprocessing
-from finetune.engine.config import setting
-from finetune.errors import FinetuneError
-from finetune.engine.runs import load_run
-from finetune.engine.schedule import phases_from
 from finetune.models.freezing import FineTuneModel
+from finetune.models.saved_runs import load_run
+from finetune.run.config import setting
+from finetune.run.errors import FinetuneError
+from finetune.run.schedule import phases_from
 from finetune.tasks.base import Task
+from finetune.version import __version__
 
 # 2: images resized by Pillow (antialiased), the "input" contract and preprocess.py (1: OpenCV resize)
 EXPORT_VERSION = 2
@@ -23,9 +24,19 @@ EXPORT_VERSION = 2
 REEXPORT = "re-export the run with finetune export run=<run dir>"
 # What loading reads from every export's metadata, with its JSON type (checked before any of it is used)
 METADATA_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "task": str, "class_names": list, "multilabel": bool, "preprocessing": dict, "input": dict}
+    "task": str,
+    "class_names": list,
+    "multilabel": bool,
+    "preprocessing": dict,
+    "input": dict,
+}
 PREPROCESSING_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "size": list, "mean": list, "std": list, "interpolation": str, "in_chans": int}
+    "size": list,
+    "mean": list,
+    "std": list,
+    "interpolation": str,
+    "in_chans": int,
+}
 _JSON_TYPES = {str: "a string", list: "a list", dict: "an object", bool: "true or false", int: "a whole number"}
 
 
@@ -51,9 +62,20 @@ class ModelBundle:
         """The best checkpoint of a run directory (or the given checkpoint) of ``task`` and its records."""
         run = load_run(path)
         data = json.loads((run.run_dir / "data.json").read_text())
-        return cls(run.model, run.cfg, run.class_names, run.multilabel, run.preprocessing,
-                   data["image_channels"], run.weights, training_summary(run.cfg, run.run_dir),
-                   str(run.checkpoint), backbone_weights, task.export_metadata(data), task.dense)
+        return cls(
+            run.model,
+            run.cfg,
+            run.class_names,
+            run.multilabel,
+            run.preprocessing,
+            data["image_channels"],
+            run.weights,
+            training_summary(run.cfg, run.run_dir),
+            str(run.checkpoint),
+            backbone_weights,
+            task.export_metadata(data),
+            task.dense,
+        )
 
     @property
     def window(self) -> tuple[float, float] | None:
@@ -72,21 +94,34 @@ def training_summary(cfg: DictConfig, run_dir: Path) -> dict:
     per_label = metrics.get("test_per_class", {}).get("threshold")  # multi-label: one per class
     threshold = list(per_label.values()) if per_label else metrics.get("test", {}).get("threshold")
     calibration = metrics.get("calibration", {})
-    return {"phases": phases, "bn": cfg.backbone.bn, "ema_decay": setting(cfg, "ema.decay"),
-            "test": metrics.get("test", {}), "tta": calibration.get("tta", []),
-            "temperature": calibration.get("temperature", 1.0), "threshold": threshold}
+    return {
+        "phases": phases,
+        "bn": cfg.backbone.bn,
+        "ema_decay": setting(cfg, "ema.decay"),
+        "test": metrics.get("test", {}),
+        "tta": calibration.get("tta", []),
+        "temperature": calibration.get("temperature", 1.0),
+        "threshold": threshold,
+    }
 
 
 def metadata(bundle: ModelBundle, fmt: str) -> dict:
     """What every export records: classes, preprocessing, task, backbone, weights, training."""
     weights = {k: bundle.weights.get(k) for k in ("model", "tag", "source", "sha256")}
     return {
-        "export_version": EXPORT_VERSION, "format": fmt, "finetune_version": __version__,
-        "task": bundle.cfg.task, "multilabel": bundle.multilabel, "class_names": list(bundle.class_names),
-        "preprocessing": bundle.preprocessing.to_dict(), "input": input_contract(bundle.preprocessing, bundle.dense),
+        "export_version": EXPORT_VERSION,
+        "format": fmt,
+        "finetune_version": __version__,
+        "task": bundle.cfg.task,
+        "multilabel": bundle.multilabel,
+        "class_names": list(bundle.class_names),
+        "preprocessing": bundle.preprocessing.to_dict(),
+        "input": input_contract(bundle.preprocessing, bundle.dense),
         "image_channels": bundle.image_channels,
         "backbone": {"name": bundle.cfg.backbone.name, "in_chans": bundle.preprocessing.in_chans},
-        "weights": weights, "training": bundle.training, "origin": bundle.origin,
+        "weights": weights,
+        "training": bundle.training,
+        "origin": bundle.origin,
         "adapter": bundle.model.adapter.to_dict() if bundle.model.adapter else None,
         **bundle.task_metadata,
     }
@@ -95,22 +130,41 @@ def metadata(bundle: ModelBundle, fmt: str) -> dict:
 def input_contract(pre: Preprocessing, dense: bool) -> dict:
     """Every preprocessing step, stated library-neutrally; ``preprocess.py`` (next to the export)
     implements it with numpy and Pillow."""
-    resize = None if dense else {
-        "to_height_width": list(pre.size), "keep_aspect_ratio": False, "crop": None, "filter": pre.interpolation,
-        "antialias": True, "implementation": f"Pillow Image.resize((width, height), Image.Resampling.{pre.interpolation.upper()})"}
+    resize = (
+        None
+        if dense
+        else {
+            "to_height_width": list(pre.size),
+            "keep_aspect_ratio": False,
+            "crop": None,
+            "filter": pre.interpolation,
+            "antialias": True,
+            "implementation": f"Pillow Image.resize((width, height), Image.Resampling.{pre.interpolation.upper()})",
+        }
+    )
     return {
         "reference": "preprocess.py (numpy + Pillow): preprocess(files_or_arrays, metadata['preprocessing'])",
         "decode": "8 bits per channel, EXIF orientation applied; 16/32-bit grayscale: round(value / 257); "
-                  "palette, RGBA, CMYK, ...: RGB, alpha dropped",
-        "channels": ("gray replicated to R, G, B" if pre.in_chans == 3 else
-                     "1 channel; RGB to Pillow's L = (299 R + 587 G + 114 B) / 1000"),
+        "palette, RGBA, CMYK, ...: RGB, alpha dropped",
+        "channels": (
+            "gray replicated to R, G, B"
+            if pre.in_chans == 3
+            else "1 channel; RGB to Pillow's L = (299 R + 587 G + 114 B) / 1000"
+        ),
         "resize": resize,
-        "whole_image": ("the model takes whole images of any size with sides that are multiples of 32; finetune "
-                        "predict slides the recorded tile over them (segmentation.tile, tile_overlap, scale)"
-                        if dense else None),
-        "scale": "value / 255 (float32)", "mean": list(pre.mean), "std": list(pre.std),
-        "normalize": "(value / 255 - mean) / std per channel", "channel_order": "RGB" if pre.in_chans == 3 else "gray",
-        "layout": "NCHW", "dtype": "float32",
+        "whole_image": (
+            "the model takes whole images of any size with sides that are multiples of 32; finetune "
+            "predict slides the recorded tile over them (segmentation.tile, tile_overlap, scale)"
+            if dense
+            else None
+        ),
+        "scale": "value / 255 (float32)",
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "normalize": "(value / 255 - mean) / std per channel",
+        "channel_order": "RGB" if pre.in_chans == 3 else "gray",
+        "layout": "NCHW",
+        "dtype": "float32",
     }
 
 
@@ -120,15 +174,18 @@ def parse_metadata(text: str, source: Path) -> dict:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
-        raise FinetuneError(f"{source}: its finetune metadata is not valid JSON ({err.msg}: line {err.lineno}, "
-                            f"column {err.colno}); it was damaged or edited: {REEXPORT}") from None
+        raise FinetuneError(
+            f"{source}: its finetune metadata is not valid JSON ({err.msg}: line {err.lineno}, "
+            f"column {err.colno}); it was damaged or edited: {REEXPORT}"
+        ) from None
     if not isinstance(record, dict):
         raise FinetuneError(f"{source}: its finetune metadata is not a JSON object; {REEXPORT}")
     return record
 
 
-def check_fields(record: Mapping, source: Path, fields: Mapping[str, type | tuple[type, ...]],
-                 prefix: str = "") -> None:
+def check_fields(
+    record: Mapping, source: Path, fields: Mapping[str, type | tuple[type, ...]], prefix: str = ""
+) -> None:
     """FinetuneError naming the first of ``fields`` that ``record`` (metadata read from ``source``) lacks or
     holds with another JSON type."""
     for key, kind in fields.items():
@@ -138,8 +195,10 @@ def check_fields(record: Mapping, source: Path, fields: Mapping[str, type | tupl
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
             kinds = kind if isinstance(kind, tuple) else (kind,)
             expected = " or ".join(_JSON_TYPES.get(k, "null") for k in kinds)
-            raise FinetuneError(f"{source}: field '{prefix}{key}' of the export metadata is "
-                                f"{json.dumps(value)[:40]}, not {expected}; {REEXPORT}")
+            raise FinetuneError(
+                f"{source}: field '{prefix}{key}' of the export metadata is "
+                f"{json.dumps(value)[:40]}, not {expected}; {REEXPORT}"
+            )
 
 
 def check_metadata(record: Mapping, source: Path) -> None:
@@ -151,22 +210,28 @@ def check_metadata(record: Mapping, source: Path) -> None:
     check_fields(pre, source, PREPROCESSING_FIELDS, "preprocessing.")
     for key in ("size", "mean", "std"):
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pre[key]):
-            raise FinetuneError(f"{source}: field 'preprocessing.{key}' of the export metadata holds "
-                                f"{json.dumps(pre[key])[:40]}, not numbers; {REEXPORT}")
+            raise FinetuneError(
+                f"{source}: field 'preprocessing.{key}' of the export metadata holds "
+                f"{json.dumps(pre[key])[:40]}, not numbers; {REEXPORT}"
+            )
     if not all(isinstance(name, str) for name in record["class_names"]):
-        raise FinetuneError(f"{source}: field 'class_names' of the export metadata holds something else than "
-                            f"names; {REEXPORT}")
+        raise FinetuneError(
+            f"{source}: field 'class_names' of the export metadata holds something else than names; {REEXPORT}"
+        )
     try:
         Preprocessing.from_dict(pre)
     except ValueError as err:
-        raise FinetuneError(f"{source}: field 'preprocessing' of the export metadata is not valid ({err}); "
-                            f"{REEXPORT}") from None
+        raise FinetuneError(
+            f"{source}: field 'preprocessing' of the export metadata is not valid ({err}); {REEXPORT}"
+        ) from None
 
 
 def unverified(source: Path, record: str) -> str:
     """The error for an export whose metadata (read from ``source``) lacks the integrity ``record``."""
-    return (f"{source} records no {record}, so it cannot be checked against what was exported (an export made "
-            "before finetune recorded it, or a record removed after export); "
-            f"{REEXPORT}, or, only for a file whose origin you know, pass allow_unverified=true "
-            "(finetune predict) or allow_unverified=True (finetune.load) to use it unchecked (a change made to "
-            "it since export would then go unnoticed)")
+    return (
+        f"{source} records no {record}, so it cannot be checked against what was exported (an export made "
+        "before finetune recorded it, or a record removed after export); "
+        f"{REEXPORT}, or, only for a file whose origin you know, pass allow_unverified=true "
+        "(finetune predict) or allow_unverified=True (finetune.load) to use it unchecked (a change made to "
+        "it since export would then go unnoticed)"
+    )

@@ -32,6 +32,7 @@ Upload the folder as it is to the Hugging Face Hub, then load it by its repo id:
 (or ``timm.models.push_to_hf_hub(model, "<user>/<name>")`` with the model loaded as above, which
 also writes a model card; it does not upload ``finetune.json``).
 """
+
 from __future__ import annotations
 
 import io
@@ -41,11 +42,11 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle, metadata
 from finetune.models.decoders import DecoderHead
 from finetune.models.factory import head_options
 from finetune.models.weights import sha256_file
+from finetune.run.errors import FinetuneError
 
 FOLDER_WEIGHTS = "model.safetensors"  # the name timm and huggingface_hub write and look for
 FOLDER_METADATA = "finetune.json"  # finetune's metadata inside a folder export
@@ -62,8 +63,10 @@ def check_folder(bundle: ModelBundle) -> None:
     """FinetuneError when the bundle's model has no timm / smp equivalent (before anything is written)."""
     if isinstance(bundle.model.head, DecoderHead) or _linear_layer(bundle.model.head) is not None:
         return
-    raise FinetuneError(f"format=timm needs head=linear (one Linear layer, which becomes timm's classifier), "
-                        f"but this run has head={bundle.cfg.head.kind}; use format=safetensors or onnx")
+    raise FinetuneError(
+        f"format=timm needs head=linear (one Linear layer, which becomes timm's classifier), "
+        f"but this run has head={bundle.cfg.head.kind}; use format=safetensors or onnx"
+    )
 
 
 def write_folder(bundle: ModelBundle, folder: Path) -> dict:
@@ -97,28 +100,44 @@ def _save_timm(bundle: ModelBundle, folder: Path) -> None:
     backbone, linear = bundle.model.backbone, _linear_layer(bundle.model.head)
     arch, tag = bundle.weights["model"], bundle.weights.get("tag")
     args = timm.models.get_model_args(backbone)  # in_chans, img_size (ViTs), global_pool ... as built
-    plain = timm.create_model(f"{arch}.{tag}" if tag else arch, pretrained=False,
-                              **(args | {"num_classes": linear.out_features}))
+    plain = timm.create_model(
+        f"{arch}.{tag}" if tag else arch, pretrained=False, **(args | {"num_classes": linear.out_features})
+    )
     classifier = plain.pretrained_cfg.get("classifier")
     if not isinstance(classifier, str):
-        raise FinetuneError(f"format=timm: {arch} has no single classifier layer in timm ({classifier!r}); "
-                            "use format=safetensors or onnx")
+        raise FinetuneError(
+            f"format=timm: {arch} has no single classifier layer in timm ({classifier!r}); "
+            "use format=safetensors or onnx"
+        )
     state = dict(backbone.state_dict())
     state |= {f"{classifier}.weight": linear.weight, f"{classifier}.bias": linear.bias}
     expected = plain.state_dict()
     if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
-        raise FinetuneError(f"format=timm: timm's {arch} classifier does not hold this run's backbone + head "
-                            f"(tensors differ: {sorted(set(state) ^ set(expected))[:3]}); use format=safetensors "
-                            "or onnx")
+        raise FinetuneError(
+            f"format=timm: timm's {arch} classifier does not hold this run's backbone + head "
+            f"(tensors differ: {sorted(set(state) ^ set(expected))[:3]}); use format=safetensors "
+            "or onnx"
+        )
     plain.load_state_dict(state)
     pre = bundle.preprocessing
-    data_config = {"input_size": (pre.in_chans, *pre.size), "mean": pre.mean, "std": pre.std,
-                   "interpolation": pre.interpolation, "crop_pct": 1.0, "crop_mode": "squash"}
+    data_config = {
+        "input_size": (pre.in_chans, *pre.size),
+        "mean": pre.mean,
+        "std": pre.std,
+        "interpolation": pre.interpolation,
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    }
     model_args = {"in_chans": pre.in_chans} | ({"img_size": args["img_size"]} if "img_size" in args else {})
-    timm.models.save_for_hf(plain.eval(), str(folder), safe_serialization=True, data_config=data_config,
-                            model_args=model_args,
-                            # the run's own weights tag (none: not one of timm's, e.g. pip weights)
-                            model_config={"label_names": list(bundle.class_names), "pretrained_cfg": {"tag": tag}})
+    timm.models.save_for_hf(
+        plain.eval(),
+        str(folder),
+        safe_serialization=True,
+        data_config=data_config,
+        model_args=model_args,
+        # the run's own weights tag (none: not one of timm's, e.g. pip weights)
+        model_config={"label_names": list(bundle.class_names), "pretrained_cfg": {"tag": tag}},
+    )
 
 
 # --- segmentation_models_pytorch (segmentation) -------------------------------------------------
@@ -129,16 +148,24 @@ def _smp_model(bundle: ModelBundle) -> nn.Module:
     folder needs no download and no weights file) and given the trained tensors."""
     import segmentation_models_pytorch as smp
 
-    net = smp.create_model(bundle.cfg.head.kind, encoder_name=f"tu-{bundle.weights['model']}",
-                           encoder_weights=None, in_channels=bundle.preprocessing.in_chans,
-                           classes=len(bundle.class_names), **head_options(bundle.cfg))
+    net = smp.create_model(
+        bundle.cfg.head.kind,
+        encoder_name=f"tu-{bundle.weights['model']}",
+        encoder_weights=None,
+        in_channels=bundle.preprocessing.in_chans,
+        classes=len(bundle.class_names),
+        **head_options(bundle.cfg),
+    )
     # FineTuneModel(backbone=net.encoder, head=DecoderHead(net.decoder, net.segmentation_head))
-    state = {(f"encoder.{k.removeprefix('backbone.')}" if k.startswith("backbone.") else k.removeprefix("head.")): v
-             for k, v in bundle.model.state_dict().items()}
+    state = {
+        (f"encoder.{k.removeprefix('backbone.')}" if k.startswith("backbone.") else k.removeprefix("head.")): v
+        for k, v in bundle.model.state_dict().items()
+    }
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        raise FinetuneError(f"format=timm: the rebuilt {bundle.cfg.head.kind} does not hold this run's "
-                            f"tensors ({str(err).splitlines()[0]}); use format=safetensors or onnx") from None
+        raise FinetuneError(
+            f"format=timm: the rebuilt {bundle.cfg.head.kind} does not hold this run's "
+            f"tensors ({str(err).splitlines()[0]}); use format=safetensors or onnx"
+        ) from None
     return net.eval()
-

@@ -23,6 +23,7 @@ and loader. Adding a format is one writer, one loader and one line in ``FORMATS`
   the format still works, with those warnings hidden. A file without TorchScript code (a ``torch.save``
   pickle renamed) is refused before ``torch.jit.load`` reads it.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,23 +32,22 @@ import logging
 import re
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from torch.export.pt2_archive import constants as pt2
 
-from finetune.errors import FinetuneError
 from finetune.export.bundle import REEXPORT, ModelBundle, metadata
 from finetune.export.folders import FOLDER_METADATA, FOLDER_WEIGHTS, check_folder, load_folder, write_folder
 from finetune.export.tensors import rebuild, write_safetensors
 from finetune.models.weights import sha256_file
+from finetune.run.errors import FinetuneError
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,23 @@ def _write_onnx(bundle: ModelBundle, path: Path) -> dict:
     """Dynamic batch; for dense tasks (segmentation) also dynamic height and width (multiples of 32)."""
     axes = {0: "batch", 2: "height", 3: "width"} if bundle.dense else {0: "batch"}
     with _quiet():
-        torch.onnx.export(bundle.model.eval(), (_example_input(bundle),), str(path), dynamo=False,
-                          opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": axes, "logits": axes})
+        torch.onnx.export(
+            bundle.model.eval(),
+            (_example_input(bundle),),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": axes, "logits": axes},
+        )
     # the graph's tensor names; "input" is metadata()'s preprocessing contract
-    return metadata(bundle, "onnx") | {"sha256": sha256_file(path), "opset": ONNX_OPSET,
-                                       "input_name": "input", "output_name": "logits"}
+    return metadata(bundle, "onnx") | {
+        "sha256": sha256_file(path),
+        "opset": ONNX_OPSET,
+        "input_name": "input",
+        "output_name": "logits",
+    }
 
 
 def _write_pt2(bundle: ModelBundle, path: Path) -> dict:
@@ -100,8 +111,7 @@ def _write_pt2(bundle: ModelBundle, path: Path) -> dict:
 
 
 def _write_torchscript(bundle: ModelBundle, path: Path) -> dict:
-    log.warning("format=torchscript is deprecated (torch deprecates torch.jit.trace / save / load): "
-                "use format=pt2")
+    log.warning("format=torchscript is deprecated (torch deprecates torch.jit.trace / save / load): use format=pt2")
     with _quiet():
         traced = torch.jit.trace(bundle.model.eval(), _example_input(bundle))
         torch.jit.save(traced, str(path))
@@ -166,20 +176,36 @@ def _supported(bundle: ModelBundle) -> None:
 
 _TORCHSCRIPT_MEMBERS = ("data.pkl", "constants.pkl", "version")
 # every member torch.export.save writes for one model ("model"): raw tensors, JSON, and the sample inputs
-_PT2_MEMBERS = re.compile("|".join([
-    *(re.escape(name) for name in (
-        pt2.ARCHIVE_FORMAT_PATH, pt2.ARCHIVE_VERSION_PATH, "byteorder", ".data/version", ".data/serialization_id",
-        pt2.MODELS_FILENAME_FORMAT.format("model"), pt2.SAMPLE_INPUTS_FILENAME_FORMAT.format("model"),
-        pt2.WEIGHTS_CONFIG_FILENAME_FORMAT.format("model"), pt2.CONSTANTS_CONFIG_FILENAME_FORMAT.format("model"))),
-    re.escape(pt2.WEIGHTS_DIR + pt2.WEIGHT_FILENAME_PREFIX) + r"\d+",
-    re.escape(pt2.CONSTANTS_DIR + pt2.TENSOR_CONSTANT_FILENAME_PREFIX) + r"\d+",
-    re.escape(pt2.EXTRA_DIR) + r"[^/]+",
-]))
+_PT2_MEMBERS = re.compile(
+    "|".join(
+        [
+            *(
+                re.escape(name)
+                for name in (
+                    pt2.ARCHIVE_FORMAT_PATH,
+                    pt2.ARCHIVE_VERSION_PATH,
+                    "byteorder",
+                    ".data/version",
+                    ".data/serialization_id",
+                    pt2.MODELS_FILENAME_FORMAT.format("model"),
+                    pt2.SAMPLE_INPUTS_FILENAME_FORMAT.format("model"),
+                    pt2.WEIGHTS_CONFIG_FILENAME_FORMAT.format("model"),
+                    pt2.CONSTANTS_CONFIG_FILENAME_FORMAT.format("model"),
+                )
+            ),
+            re.escape(pt2.WEIGHTS_DIR + pt2.WEIGHT_FILENAME_PREFIX) + r"\d+",
+            re.escape(pt2.CONSTANTS_DIR + pt2.TENSOR_CONSTANT_FILENAME_PREFIX) + r"\d+",
+            re.escape(pt2.EXTRA_DIR) + r"[^/]+",
+        ]
+    )
+)
 
 
 def _not_export(path: Path, kind: str, reason: str) -> FinetuneError:
-    return FinetuneError(f"{path} is not a {kind} export finetune writes: {reason}; it was not loaded (nothing "
-                         f"in it was unpickled); {REEXPORT}")
+    return FinetuneError(
+        f"{path} is not a {kind} export finetune writes: {reason}; it was not loaded (nothing "
+        f"in it was unpickled); {REEXPORT}"
+    )
 
 
 def _archive_members(path: Path, kind: str) -> dict[str, str]:
@@ -199,8 +225,12 @@ def check_torchscript_archive(path: Path) -> None:
     members = _archive_members(path, "TorchScript")
     missing = [name for name in _TORCHSCRIPT_MEMBERS if name not in members]
     if missing or not any(name.startswith("code/") for name in members):
-        raise _not_export(path, "TorchScript", f"it has no TorchScript code ({', '.join(missing) or 'code/'} "
-                          "missing): a torch.save pickle renamed to .pt, or another zip archive")
+        raise _not_export(
+            path,
+            "TorchScript",
+            f"it has no TorchScript code ({', '.join(missing) or 'code/'} "
+            "missing): a torch.save pickle renamed to .pt, or another zip archive",
+        )
 
 
 def check_pt2_archive(path: Path) -> None:
@@ -210,8 +240,11 @@ def check_pt2_archive(path: Path) -> None:
     members = _archive_members(path, "pt2")
     other = sorted(name for name in members if not _PT2_MEMBERS.fullmatch(name))
     if other or pt2.ARCHIVE_FORMAT_PATH not in members:
-        found = (f"it holds {other[0]}, which torch.export.save does not write for one model" if other
-                 else f"it has no {pt2.ARCHIVE_FORMAT_PATH}")
+        found = (
+            f"it holds {other[0]}, which torch.export.save does not write for one model"
+            if other
+            else f"it has no {pt2.ARCHIVE_FORMAT_PATH}"
+        )
         raise _not_export(path, "pt2", f"{found} (a torch.save pickle renamed to .pt2, or another archive)")
     with zipfile.ZipFile(path) as archive:
         if archive.read(members[pt2.ARCHIVE_FORMAT_PATH]) != pt2.ARCHIVE_FORMAT_VALUE.encode():
@@ -285,19 +318,46 @@ class Format:
 # (max |Δlogit| 0 on resnet10t, efficientnet_lite0, vit_tiny at 32 px and a resnet10t U-Net), so
 # pt2 allows 1e-5 (room for kernels a newer torch picks for the exported graph), the folders 1e-6
 # (the same modules on the same tensors); ONNX runtime fuses and reorders: 1e-4.
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("head", "head.safetensors", 1e-6, False, partial(write_safetensors, head_only=True), _load_safetensors,
-           adapters=True),
-    Format("safetensors", "model.safetensors", 1e-6, False, partial(write_safetensors, head_only=False),
-           _load_safetensors),
-    Format("onnx", "model.onnx", 1e-4, True, _write_onnx, _load_onnx),
-    Format("torchscript", "model.torchscript.pt", 1e-4, True, _write_torchscript, _load_torchscript,
-           note="deprecated: use pt2"),
-    Format("pt2", "model.pt2", 1e-5, True, _write_pt2, _load_pt2),
-    Format("timm", "timm", 1e-6, True, write_folder, _load_folder, folder=True, check=check_folder),
-)}
-_BY_SUFFIX = {".safetensors": FORMATS["head"], ".onnx": FORMATS["onnx"], ".pt": FORMATS["torchscript"],
-              ".pt2": FORMATS["pt2"]}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            "head",
+            "head.safetensors",
+            1e-6,
+            False,
+            partial(write_safetensors, head_only=True),
+            _load_safetensors,
+            adapters=True,
+        ),
+        Format(
+            "safetensors",
+            "model.safetensors",
+            1e-6,
+            False,
+            partial(write_safetensors, head_only=False),
+            _load_safetensors,
+        ),
+        Format("onnx", "model.onnx", 1e-4, True, _write_onnx, _load_onnx),
+        Format(
+            "torchscript",
+            "model.torchscript.pt",
+            1e-4,
+            True,
+            _write_torchscript,
+            _load_torchscript,
+            note="deprecated: use pt2",
+        ),
+        Format("pt2", "model.pt2", 1e-5, True, _write_pt2, _load_pt2),
+        Format("timm", "timm", 1e-6, True, write_folder, _load_folder, folder=True, check=check_folder),
+    )
+}
+_BY_SUFFIX = {
+    ".safetensors": FORMATS["head"],
+    ".onnx": FORMATS["onnx"],
+    ".pt": FORMATS["torchscript"],
+    ".pt2": FORMATS["pt2"],
+}
 
 
 def sidecar_path(path: Path) -> Path:
@@ -308,8 +368,10 @@ def sidecar_path(path: Path) -> Path:
 def get_format(name: str) -> Format:
     """The format called ``name``; FinetuneError lists the known ones."""
     if name not in FORMATS:
-        raise FinetuneError(f"format={name!r} is not known: use one or more of "
-                            f"{', '.join(f.label for f in FORMATS.values())} (comma-separated)")
+        raise FinetuneError(
+            f"format={name!r} is not known: use one or more of "
+            f"{', '.join(f.label for f in FORMATS.values())} (comma-separated)"
+        )
     return FORMATS[name]
 
 
@@ -319,9 +381,13 @@ def format_of(path: Path) -> Format:
         for spec in FORMATS.values():
             if spec.folder and spec.metadata_file(path).is_file():
                 return spec
-        raise FinetuneError(f"{path} is a folder but not a finetune folder export (it has no {FOLDER_METADATA}): "
-                            "give an export file, or the timm/ folder made by finetune export format=timm")
+        raise FinetuneError(
+            f"{path} is a folder but not a finetune folder export (it has no {FOLDER_METADATA}): "
+            "give an export file, or the timm/ folder made by finetune export format=timm"
+        )
     if path.suffix not in _BY_SUFFIX:
-        raise FinetuneError(f"{path} is not a finetune export: expected a .safetensors, .onnx, .pt2 or "
-                            "TorchScript .pt file, or a timm/ folder, made by finetune export")
+        raise FinetuneError(
+            f"{path} is not a finetune export: expected a .safetensors, .onnx, .pt2 or "
+            "TorchScript .pt file, or a timm/ folder, made by finetune export"
+        )
     return _BY_SUFFIX[path.suffix]

@@ -1,5 +1,6 @@
 """Re-targeting (``init_from``): start a new head from the rows of the classes an earlier export or
 run already knows, matched by class name."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from finetune.engine.runs import find_checkpoint, model_state
-from finetune.errors import FinetuneError
 from finetune.export.tensors import embedded_metadata
 from finetune.models.freezing import FineTuneModel
+from finetune.run.errors import FinetuneError
+from finetune.run.records import find_checkpoint, model_state
 
 
 def _head_source(source: Path) -> tuple[str, list[str], dict[str, torch.Tensor]]:
@@ -39,10 +40,12 @@ def init_head_from(model: FineTuneModel, class_names: list[str], source: str | P
     name, layer = [(n, m) for n, m in model.head.named_modules() if isinstance(m, nn.Linear)][-1]
     weight, bias = tensors.get(f"head.{name}.weight"), tensors.get(f"head.{name}.bias")
     if arch != own_arch or weight is None or bias is None or weight.shape[1] != layer.in_features:
-        raise FinetuneError(f"init_from={source}: its head ({arch}, final layer head.{name} "
-                            f"{None if weight is None else tuple(weight.shape)}) does not fit this model's "
-                            f"({own_arch}, {layer.out_features}x{layer.in_features}); use a source trained "
-                            "with the same backbone and head")
+        raise FinetuneError(
+            f"init_from={source}: its head ({arch}, final layer head.{name} "
+            f"{None if weight is None else tuple(weight.shape)}) does not fit this model's "
+            f"({own_arch}, {layer.out_features}x{layer.in_features}); use a source trained "
+            "with the same backbone and head"
+        )
     if len(class_names) != layer.out_features:
         raise ValueError(f"{len(class_names)} class names for a head with {layer.out_features} outputs")
     rows = {n: i for i, n in enumerate(source_names)}

@@ -1,5 +1,6 @@
 """Opening any export for prediction: its metadata, a forward function, the preprocessing it records,
 and the image files it is given (photos, or DICOM read with the window the run was trained with)."""
+
 from __future__ import annotations
 
 import logging
@@ -10,16 +11,16 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from finetune.version import __version__
+from finetune.data import reference
 from finetune.data.files import find_images  # noqa: F401 (re-exported: predict's inputs)
 from finetune.data.images import read_image
-from finetune.data import reference
 from finetune.data.transforms import FLIP_AXES, Preprocessing
-from finetune.errors import FinetuneError
 from finetune.export.bundle import EXPORT_VERSION, REEXPORT, check_metadata, parse_metadata, unverified
 from finetune.export.formats import Forward, format_of, get_format
 from finetune.export.tensors import embedded_metadata
 from finetune.models.weights import sha256_file
+from finetune.run.errors import FinetuneError
+from finetune.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,10 @@ def _sidecar_metadata(path: Path, sidecar: Path, allow_unverified: bool) -> dict
     """The metadata in ``sidecar``, refused unless it records the sha256 of the model file ``path``
     (a sidecar that records none: only with ``allow_unverified``)."""
     if not sidecar.is_file():
-        raise FinetuneError(f"{sidecar} is missing: the metadata (classes, preprocessing) of {path} lives "
-                            "there; re-export with finetune export")
+        raise FinetuneError(
+            f"{sidecar} is missing: the metadata (classes, preprocessing) of {path} lives "
+            "there; re-export with finetune export"
+        )
     try:
         text = sidecar.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -115,13 +118,21 @@ def _sidecar_metadata(path: Path, sidecar: Path, allow_unverified: bool) -> dict
             raise FinetuneError(unverified(sidecar, f"sha256 of {path}"))
         log.warning("%s records no sha256 of %s: the model file is not verified (allow_unverified)", sidecar, path)
     elif metadata["sha256"] != sha256_file(path):
-        raise FinetuneError(f"{sidecar} describes another model file than {path} (sha256 differs); "
-                            "keep each export with its own .json, or re-export")
+        raise FinetuneError(
+            f"{sidecar} describes another model file than {path} (sha256 differs); "
+            "keep each export with its own .json, or re-export"
+        )
     return metadata
 
 
-def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str | None = None,
-                sidecar: Path | None = None, allow_unverified: bool = False) -> LoadedExport:
+def load_export(
+    path: str | Path,
+    weights: str | Path | None = None,
+    *,
+    fmt: str | None = None,
+    sidecar: Path | None = None,
+    allow_unverified: bool = False,
+) -> LoadedExport:
     """Open any export: a file (format from the suffix unless ``fmt``) or a folder export (``timm/``);
     ``sidecar`` overrides where the metadata is read (``<file>.json``, ``<folder>/finetune.json``).
     An export whose metadata lacks its integrity record (the sha256 of its tensors or of its model file)
@@ -129,17 +140,20 @@ def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str
     path = Path(path)
     spec = get_format(fmt) if fmt else format_of(path)
     if not (path.is_dir() if spec.folder else path.is_file()):
-        raise FinetuneError(f"export {path} does not exist; make one with "
-                            "finetune export run=<run dir> format=head,onnx")
+        raise FinetuneError(
+            f"export {path} does not exist; make one with finetune export run=<run dir> format=head,onnx"
+        )
     source = (sidecar or spec.metadata_file(path)) if spec.sidecar else path
     if spec.sidecar:
         metadata = _sidecar_metadata(spec.model_file(path), source, allow_unverified)
     else:
         metadata = embedded_metadata(path)
     if metadata.get("export_version") != EXPORT_VERSION:
-        raise FinetuneError(f"{path}: export version {metadata.get('export_version')} is not supported by "
-                            f"finetune {__version__} (expects {EXPORT_VERSION}); export the run again with "
-                            "finetune export run=<run dir> (its run directory is all it needs)")
+        raise FinetuneError(
+            f"{path}: export version {metadata.get('export_version')} is not supported by "
+            f"finetune {__version__} (expects {EXPORT_VERSION}); export the run again with "
+            "finetune export run=<run dir> (its run directory is all it needs)"
+        )
     check_metadata(metadata, source)
     forward = spec.load(path, metadata, None if weights is None else str(weights), allow_unverified)
     return LoadedExport(path, metadata, _checked_classes(forward, path, len(metadata.get("class_names") or [])))
@@ -148,12 +162,16 @@ def load_export(path: str | Path, weights: str | Path | None = None, *, fmt: str
 def _checked_classes(forward: Forward, path: Path, classes: int) -> Forward:
     """``forward`` that refuses logits with another number of classes than the metadata lists
     (ONNX / TorchScript files whose sidecar's class list was edited or swapped)."""
+
     def checked(batch: np.ndarray) -> np.ndarray:
         logits = forward(batch)
         if logits.ndim >= 2 and logits.shape[1] != classes:
-            raise FinetuneError(f"{path}: its metadata lists {classes} class names but the model predicts "
-                                f"{logits.shape[1]} classes; the class list was edited or belongs to another "
-                                "export: re-export the run")
+            raise FinetuneError(
+                f"{path}: its metadata lists {classes} class names but the model predicts "
+                f"{logits.shape[1]} classes; the class list was edited or belongs to another "
+                "export: re-export the run"
+            )
         return logits
+
     checked.module = getattr(forward, "module", None)  # LoadedExport.torch_module
     return checked

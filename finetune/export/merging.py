@@ -10,6 +10,7 @@ run's dtype, and the parity gate compares the export with that merged model in t
 tolerance. (In float32, merged and unmerged differ by reordered sums, 1.5 to 13 float32 eps: too close
 to a small update for the check to be made there.)
 """
+
 from __future__ import annotations
 
 from copy import deepcopy
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle
+from finetune.run.errors import FinetuneError
 
 MERGE_TOLERANCE = 1e4 * torch.finfo(torch.float64).eps  # relative to the largest logit: room for deep nets
 
@@ -46,10 +47,12 @@ def merged_bundle(bundle: ModelBundle, batch: np.ndarray) -> ModelBundle:
     scale = max(1.0, float(expected.abs().max()))
     diff = float((actual - expected).abs().max())
     if not diff <= MERGE_TOLERANCE * scale:
-        raise FinetuneError(f"merging the {bundle.model.adapter.kind} adapters into plain weights changed the "
-                            f"logits by up to {diff:.3g} in float64 (allowed {MERGE_TOLERANCE:.2g} x {scale:.3g}): "
-                            "a target layer computes more than a plain Linear / convolution; export format=head, "
-                            "which keeps the adapters, or train with other backbone.adapter_targets")
+        raise FinetuneError(
+            f"merging the {bundle.model.adapter.kind} adapters into plain weights changed the "
+            f"logits by up to {diff:.3g} in float64 (allowed {MERGE_TOLERANCE:.2g} x {scale:.3g}): "
+            "a target layer computes more than a plain Linear / convolution; export format=head, "
+            "which keeps the adapters, or train with other backbone.adapter_targets"
+        )
     cfg = deepcopy(bundle.cfg)
     OmegaConf.update(cfg, "backbone.adapter", "none")  # rebuilds the plain architecture the weights fit
     return replace(bundle, model=merged.to(dtype), cfg=cfg)

@@ -2,6 +2,7 @@
 numpy + Pillow) following its metadata" must reproduce "the run's torch model + the run's own
 evaluation pipeline" on real images (max |Δlogit| within the format's tolerance, 100 % top-1
 agreement: per image, or per pixel for segmentation) before an export is kept."""
+
 from __future__ import annotations
 
 import importlib.machinery
@@ -13,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from finetune.errors import FinetuneError
-from finetune.export.bundle import ModelBundle
-from finetune.export.formats import format_of, get_format, torch_forward
 from finetune.data import reference
 from finetune.data.transforms import eval_transform
+from finetune.export.bundle import ModelBundle
+from finetune.export.formats import format_of, get_format, torch_forward
 from finetune.export.loading import load_export
+from finetune.run.errors import FinetuneError
 from finetune.tasks.base import Task
 
 PARITY_IMAGES = 8
@@ -71,12 +72,20 @@ def reference_preprocess(path: Path, images: Sequence[np.ndarray], spec: dict) -
 def run_pipeline(bundle: ModelBundle, images: Sequence[np.ndarray]) -> np.ndarray:
     """``images`` through the run's own evaluation transform (albumentations, as in its test)."""
     images = [image[..., None] if image.ndim == 2 else image for image in images]
-    return np.stack([eval_transform(bundle.preprocessing, image.shape[2])(image=image)["image"].numpy()
-                     for image in images])
+    return np.stack(
+        [eval_transform(bundle.preprocessing, image.shape[2])(image=image)["image"].numpy() for image in images]
+    )
 
 
-def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndarray], *,
-                 fmt: str | None = None, sidecar: Path | None = None, reference: Path = REFERENCE) -> Parity:
+def check_parity(
+    bundle: ModelBundle,
+    path: str | Path,
+    images: Sequence[np.ndarray],
+    *,
+    fmt: str | None = None,
+    sidecar: Path | None = None,
+    reference: Path = REFERENCE,
+) -> Parity:
     """Compare "export + the reference preprocessing file ``reference`` (the ``preprocess.py`` shipped
     with it)" with "torch model + the run's pipeline"; FinetuneError when max |Δlogit| exceeds the
     format's tolerance or a top-1 class differs."""
@@ -91,8 +100,12 @@ def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndar
     if actual.shape != expected.shape:
         parity = Parity(len(images), float("inf"), 0.0, tolerance)
     else:
-        parity = Parity(len(images), float(np.abs(actual - expected).max()),
-                        decision_agreement(actual, expected, tolerance), tolerance)
+        parity = Parity(
+            len(images),
+            float(np.abs(actual - expected).max()),
+            decision_agreement(actual, expected, tolerance),
+            tolerance,
+        )
     if not parity.passed:
         raise FinetuneError(
             f"{spec.name} export failed the parity check on {len(images)} real image(s): max |Δlogit| = "
@@ -100,7 +113,8 @@ def check_parity(bundle: ModelBundle, path: str | Path, images: Sequence[np.ndar
             f"{scale:.3g}), top-1 agreement "
             f"{parity.top1_agreement:.0%} (needed 100%). The exported model or the preprocessing in its "
             f"metadata ({exported.metadata['preprocessing']}) differs from the run's "
-            f"({bundle.preprocessing.to_dict()}); the export was not kept")
+            f"({bundle.preprocessing.to_dict()}); the export was not kept"
+        )
     return parity
 
 
@@ -109,6 +123,8 @@ def validation_images(cfg: DictConfig, task: Task, n: int = PARITY_IMAGES) -> li
     try:
         data = task.data_module(cfg)
     except FinetuneError as err:
-        raise FinetuneError(f"the parity check needs real images, but the run's dataset cannot be loaded "
-                            f"({err}); pass images=<files, folder or glob> instead") from None
+        raise FinetuneError(
+            f"the parity check needs real images, but the run's dataset cannot be loaded "
+            f"({err}); pass images=<files, folder or glob> instead"
+        ) from None
     return task.parity_images(data, n)

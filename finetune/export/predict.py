@@ -1,5 +1,6 @@
 """What ``finetune predict`` shares between tasks: its options, where exports are found, and
 never writing over a file (the command: ``finetune.commands.predict``)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from finetune.errors import FinetuneError
+from finetune.run.errors import FinetuneError
 
 console = Console(stderr=True)  # progress bars and the summary line; results go to files
 
@@ -44,5 +45,7 @@ def resolve_export(path: str | Path) -> Path:
         candidate = folder / spec.filename
         if candidate.is_file() or (spec.folder and spec.metadata_file(candidate).is_file()):
             return candidate
-    raise FinetuneError(f"no export in {path}: expected one of {', '.join(f.filename for f in FORMATS.values())} "
-                        "(make one with finetune export run=<run dir>)")
+    raise FinetuneError(
+        f"no export in {path}: expected one of {', '.join(f.filename for f in FORMATS.values())} "
+        "(make one with finetune export run=<run dir>)"
+    )

@@ -5,6 +5,7 @@ and pins the rest by a fingerprint (sha256 over the unchanged tensors); loading 
 weights whose fingerprint differs. The metadata also records a sha256 of every stored tensor, and
 loading refuses a file whose tensors differ from them, or that records none (unless ``allow_unverified``).
 Nothing is unpickled: tensors are safetensors, metadata JSON."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from finetune.errors import FinetuneError
 from finetune.export.bundle import REEXPORT, ModelBundle, check_fields, metadata, parse_metadata, unverified
 from finetune.models.factory import build_model
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights
+from finetune.run.errors import FinetuneError
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +55,26 @@ def _resolve_backbone(cfg: DictConfig, weights: str | None) -> WeightsRecord:
     try:
         return resolve_weights(name, weights or cfg.backbone.weights)
     except (ValueError, OSError, WeightsNotFoundError) as err:
-        raise FinetuneError(f"cannot find the pretrained weights of {name}: {err}\n"
-                            "pass the backbone weights file with weights=<file>") from None
+        raise FinetuneError(
+            f"cannot find the pretrained weights of {name}: {err}\npass the backbone weights file with weights=<file>"
+        ) from None
 
 
 def _pretrained_backbone(bundle: ModelBundle) -> dict[str, torch.Tensor]:
     """The pretrained backbone's tensors (``backbone.*``), from the weights the run was trained on."""
     if not bundle.cfg.backbone.pretrained:
-        raise FinetuneError("format=head stores only what changed from the pretrained backbone, but this "
-                            "run started from random weights (backbone.pretrained=false): use format=safetensors")
+        raise FinetuneError(
+            "format=head stores only what changed from the pretrained backbone, but this "
+            "run started from random weights (backbone.pretrained=false): use format=safetensors"
+        )
     record = _resolve_backbone(bundle.cfg, bundle.backbone_weights)
     expected = bundle.weights.get("sha256")
     if record.sha256 != expected:
-        raise FinetuneError(f"the pretrained weights found for {record.model} ({record.file}, sha256 "
-                            f"{record.sha256}) are not those the run was trained from (sha256 {expected}); "
-                            "pass the original file with weights=<file>")
+        raise FinetuneError(
+            f"the pretrained weights found for {record.model} ({record.file}, sha256 "
+            f"{record.sha256}) are not those the run was trained from (sha256 {expected}); "
+            "pass the original file with weights=<file>"
+        )
     reference = build_model(bundle.cfg, record, bundle.preprocessing.in_chans, len(bundle.class_names))
     added = {f"backbone.{n}" for n in reference.adapter.added} if reference.adapter else set()
     # an adapter's own tensors (LoRA A and B …) are always stored: they are not in the pretrained weights
@@ -79,12 +85,14 @@ def write_safetensors(bundle: ModelBundle, path: Path, head_only: bool) -> dict:
     """Save the tensors that differ from the pretrained backbone (``head_only``) or all of them."""
     state = bundle.model.state_dict()
     reference = _pretrained_backbone(bundle) if head_only else {}
-    delta = {k: v.detach().contiguous() for k, v in state.items()
-             if k not in reference or not torch.equal(v, reference[k])}
+    delta = {
+        k: v.detach().contiguous() for k, v in state.items() if k not in reference or not torch.equal(v, reference[k])
+    }
     frozen = {k: v for k, v in state.items() if k not in delta}
     record = metadata(bundle, "head" if head_only else "safetensors") | {
         "config": OmegaConf.to_container(bundle.cfg, resolve=True),
-        "fingerprint": fingerprint(frozen), "frozen_tensors": len(frozen),
+        "fingerprint": fingerprint(frozen),
+        "frozen_tensors": len(frozen),
         "tensor_sha256": {name: tensor_sha256(tensor) for name, tensor in delta.items()},
         "delta": {"tensors": len(delta), "stages": sorted({bundle.model.stage_of(k) for k in delta})},
     }
@@ -104,8 +112,9 @@ def embedded_metadata(path: Path) -> dict:
     return parse_metadata(raw, path)
 
 
-def load_head_export(path: str | Path, weights: str | Path | None = None,
-                     allow_unverified: bool = False) -> FineTuneModel:
+def load_head_export(
+    path: str | Path, weights: str | Path | None = None, allow_unverified: bool = False
+) -> FineTuneModel:
     """Rebuild the model of a ``.safetensors`` export (eval mode). A head export rebuilds the backbone
     from its pretrained weights (``weights``: that file, else the recorded one, else the usual
     offline-first resolution) and refuses weights whose frozen tensors differ from those it was made on;
@@ -146,51 +155,67 @@ def verified_tensors(path: Path, metadata: dict, allow_unverified: bool = False)
     try:
         tensors = load_file(path)
     except Exception as err:  # safetensors raises its own error types for a broken file
-        raise FinetuneError(f"cannot read the tensors of {path} ({err}): the file is damaged; re-export "
-                            "it with finetune export run=<run dir>") from None
+        raise FinetuneError(
+            f"cannot read the tensors of {path} ({err}): the file is damaged; re-export "
+            "it with finetune export run=<run dir>"
+        ) from None
     recorded = metadata.get("tensor_sha256")
     if recorded is None:  # exports made before per-tensor hashes were recorded, or a record removed
         if not allow_unverified:
             raise FinetuneError(unverified(path, "sha256 of its tensors"))
-        log.warning("%s records no sha256 of its tensors: they are not verified (allow_unverified); %s to have "
-                    "them checked", path, REEXPORT)
+        log.warning(
+            "%s records no sha256 of its tensors: they are not verified (allow_unverified); %s to have them checked",
+            path,
+            REEXPORT,
+        )
         return tensors
     check_fields(metadata, path, {"tensor_sha256": dict})
     fix = "the file was changed after export; re-export it with finetune export run=<run dir>"
     extra, missing = sorted(set(tensors) - set(recorded)), sorted(set(recorded) - set(tensors))
     if extra or missing:
         name, state = (extra[0], "is not recorded in") if extra else (missing[0], "is missing from")
-        raise FinetuneError(f"{path}: tensor {name!r} {state} the export ({len(extra)} added, "
-                            f"{len(missing)} missing): {fix}")
+        raise FinetuneError(
+            f"{path}: tensor {name!r} {state} the export ({len(extra)} added, {len(missing)} missing): {fix}"
+        )
     for name in sorted(tensors):
         if tensor_sha256(tensors[name]) != recorded[name]:
-            raise FinetuneError(f"{path}: tensor {name!r} does not match the sha256 recorded at export "
-                                f"({tuple(tensors[name].shape)}, {tensors[name].dtype}): {fix}")
+            raise FinetuneError(
+                f"{path}: tensor {name!r} does not match the sha256 recorded at export "
+                f"({tuple(tensors[name].shape)}, {tensors[name].dtype}): {fix}"
+            )
     return tensors
 
 
-def _check_shapes(path: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-                  classes: int) -> None:
+def _check_shapes(
+    path: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], classes: int
+) -> None:
     """Every stored tensor fits the rebuilt model; a head sized for another number of classes than
     metadata["class_names"] lists is named with both counts."""
     wrong = [(k, tuple(v.shape), tuple(state[k].shape)) for k, v in tensors.items() if v.shape != state[k].shape]
     if not wrong:
         return
-    name, stored, expected = next((w for w in wrong if w[2] and w[2][0] == classes and w[1] and w[1][0] != classes),
-                                  wrong[0])
+    name, stored, expected = next(
+        (w for w in wrong if w[2] and w[2][0] == classes and w[1] and w[1][0] != classes), wrong[0]
+    )
     if expected and expected[0] == classes and stored and stored[0] != classes:
-        raise FinetuneError(f"{path}: its metadata lists {classes} class names but its head predicts "
-                            f"{stored[0]} classes (tensor {name!r} has shape {stored}); the class list was "
-                            "edited or belongs to another export: re-export the run")
-    raise FinetuneError(f"{path}: tensor {name!r} has shape {stored} but the model its metadata describes "
-                        f"needs {expected} ({len(wrong)} tensor(s) differ): re-export the run")
+        raise FinetuneError(
+            f"{path}: its metadata lists {classes} class names but its head predicts "
+            f"{stored[0]} classes (tensor {name!r} has shape {stored}); the class list was "
+            "edited or belongs to another export: re-export the run"
+        )
+    raise FinetuneError(
+        f"{path}: tensor {name!r} has shape {stored} but the model its metadata describes "
+        f"needs {expected} ({len(wrong)} tensor(s) differ): re-export the run"
+    )
 
 
 def _mismatch(path: Path, metadata: dict, record: WeightsRecord, found: str, frozen: int) -> str:
     expected = metadata["weights"]
-    return (f"{path} was made on {expected['model']} backbone weights with sha256 {expected['sha256']} "
-            f"(source {expected['source']}), but the weights found now ({record.source}: {record.file}, "
-            f"sha256 {record.sha256}) differ in its {frozen} frozen tensors (fingerprint {found[:12]}… "
-            f"instead of {metadata['fingerprint'][:12]}…). Pass the original weights file: weights=<file> "
-            "(finetune predict … weights=<file>, load_head_export(path, weights=<file>), "
-            "or train with backbone.weights=<file>)")
+    return (
+        f"{path} was made on {expected['model']} backbone weights with sha256 {expected['sha256']} "
+        f"(source {expected['source']}), but the weights found now ({record.source}: {record.file}, "
+        f"sha256 {record.sha256}) differ in its {frozen} frozen tensors (fingerprint {found[:12]}… "
+        f"instead of {metadata['fingerprint'][:12]}…). Pass the original weights file: weights=<file> "
+        "(finetune predict … weights=<file>, load_head_export(path, weights=<file>), "
+        "or train with backbone.weights=<file>)"
+    )

@@ -1,5 +1,6 @@
 """Writing exports of a model bundle or a run directory: atomically (a file, or a whole folder),
 never over an existing one unless asked, and kept only when the export passes the parity gate."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from finetune.artifacts import atomic_dir, atomic_path
 from finetune.data.images import read_checked_image
-from finetune.engine.runs import find_checkpoint
-from finetune.errors import FinetuneError
 from finetune.export.bundle import ModelBundle
 from finetune.export.formats import get_format, sidecar_path
 from finetune.export.loading import find_images
 from finetune.export.merging import merged_bundle, needs_merge
 from finetune.export.parity import PARITY_IMAGES, REFERENCE, Parity, check_parity, run_pipeline, validation_images
+from finetune.run.artifacts import atomic_dir, atomic_path
+from finetune.run.errors import FinetuneError
+from finetune.run.records import find_checkpoint
 from finetune.tasks.base import Task
-
 
 REFERENCE_NAME = "preprocess.py"  # next to every export
 
@@ -40,16 +40,18 @@ class ExportResult:
 def _refuse_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FinetuneError(f"{existing[0]} already exists; pass overwrite=true to replace it "
-                            "(or out=<another folder>)")
+        raise FinetuneError(
+            f"{existing[0]} already exists; pass overwrite=true to replace it (or out=<another folder>)"
+        )
 
 
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def export(bundle: ModelBundle, fmt: str, out_dir: str | Path, images: Sequence[np.ndarray],
-           overwrite: bool = False) -> ExportResult:
+def export(
+    bundle: ModelBundle, fmt: str, out_dir: str | Path, images: Sequence[np.ndarray], overwrite: bool = False
+) -> ExportResult:
     """Write one export into ``out_dir`` atomically, kept only if it passes the parity check. Formats
     other than ``head`` get the adapters merged into plain weights, and the parity check compares them
     with that merged model."""
@@ -87,9 +89,16 @@ def _same_reference(path: Path, overwrite: bool) -> bool:
     return False
 
 
-def export_run(run: str | Path, task: Task, formats: Sequence[str] = ("head",), out: str | Path | None = None,
-               overwrite: bool = False, images: str | None = None, weights: str | None = None,
-               parity_images: Sequence[np.ndarray] | None = None) -> list[ExportResult]:
+def export_run(
+    run: str | Path,
+    task: Task,
+    formats: Sequence[str] = ("head",),
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    images: str | None = None,
+    weights: str | None = None,
+    parity_images: Sequence[np.ndarray] | None = None,
+) -> list[ExportResult]:
     """Export a run directory (or checkpoint) of ``task`` in each format; parity on its validation images
     (``parity_images`` when the caller already holds them) unless ``images`` names other files."""
     specs = [get_format(name) for name in dict.fromkeys(formats)]
@@ -102,8 +111,9 @@ def export_run(run: str | Path, task: Task, formats: Sequence[str] = ("head",), 
     for spec in specs:  # e.g. format=timm of an MLP head: refused before any format is written
         spec.check(bundle)
     if images:
-        parity_images = [read_checked_image(p, bundle.image_channels, bundle.window)
-                         for p in find_images(images)[:PARITY_IMAGES]]
+        parity_images = [
+            read_checked_image(p, bundle.image_channels, bundle.window) for p in find_images(images)[:PARITY_IMAGES]
+        ]
     elif parity_images is None:
         parity_images = validation_images(bundle.cfg, task)
     return [export(bundle, spec.name, out_dir, parity_images, overwrite) for spec in specs]
@@ -115,8 +125,13 @@ def print_results(results: Sequence[ExportResult], console: Console) -> None:
     for column in ("format", "file", "size", "max |Δlogit|", "top-1 same"):
         table.add_column(column, justify="left" if column in ("format", "file") else "right", no_wrap=True)
     for r in results:
-        table.add_row(r.format, r.path.name, f"{r.bytes / 1024:,.1f} KiB", f"{r.parity.max_abs_diff:.2g}",
-                      f"{r.parity.top1_agreement:.0%} of {r.parity.images}")
+        table.add_row(
+            r.format,
+            r.path.name,
+            f"{r.bytes / 1024:,.1f} KiB",
+            f"{r.parity.max_abs_diff:.2g}",
+            f"{r.parity.top1_agreement:.0%} of {r.parity.images}",
+        )
     console.print(table)
     if results:
         console.print(f"written to [bold]{results[0].path.parent}[/bold]")

@@ -17,6 +17,7 @@ quarter of the dense weights (basic-block ResNets, whose blocks are 3x3), every 
 outside the stem. A list of patterns overrides: each is matched (``fnmatch``) against a module's
 full name or its trailing part, e.g. ``[qkv, fc2]`` or ``["layer4.*.conv2"]``.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -29,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from timm.layers import Conv2dSame
 from torch import nn
 
-from finetune.errors import FinetuneError
 from finetune.models.backbones import StageMap
+from finetune.run.errors import FinetuneError
 
 POINTWISE_SHARE = 0.25  # below this share of the dense weights, default targets include k×k convolutions
 _EXAMPLES = 6  # module names listed in an error
@@ -48,10 +49,12 @@ class AdapterSpec:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> AdapterSpec:
         targets = OmegaConf.select(cfg, "backbone.adapter_targets", default=None)
-        return cls(str(OmegaConf.select(cfg, "backbone.adapter", default="none")),
-                   int(OmegaConf.select(cfg, "backbone.adapter_rank", default=cls.rank)),
-                   float(OmegaConf.select(cfg, "backbone.adapter_alpha", default=cls.alpha)),
-                   None if targets is None else tuple(str(t) for t in targets))
+        return cls(
+            str(OmegaConf.select(cfg, "backbone.adapter", default="none")),
+            int(OmegaConf.select(cfg, "backbone.adapter_rank", default=cls.rank)),
+            float(OmegaConf.select(cfg, "backbone.adapter_alpha", default=cls.alpha)),
+            None if targets is None else tuple(str(t) for t in targets),
+        )
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,14 @@ class Adapter:
 
     def to_dict(self) -> dict:
         """What export metadata records."""
-        return {"kind": self.kind, "rank": self.rank, "alpha": self.alpha, "targets": list(self.targets),
-                "parameters": self.parameters, "merged": self.merged}
+        return {
+            "kind": self.kind,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "targets": list(self.targets),
+            "parameters": self.parameters,
+            "merged": self.merged,
+        }
 
 
 # --- which modules -------------------------------------------------------------------------------
@@ -98,8 +107,11 @@ def _weights(modules: dict[str, nn.Module]) -> int:
 def default_targets(backbone: nn.Module, stage_map: StageMap) -> list[str]:
     """Linear + pointwise convolutions outside the stem; all dense convolutions outside the stem where
     the pointwise ones hold under ``POINTWISE_SHARE`` of the dense weights."""
-    dense = {n: m for n, m in backbone.named_modules()
-             if n and adaptable(m) and stage_map.stage_by_name.get(n, "stem") != "stem"}
+    dense = {
+        n: m
+        for n, m in backbone.named_modules()
+        if n and adaptable(m) and stage_map.stage_by_name.get(n, "stem") != "stem"
+    }
     pointwise = {n: m for n, m in dense.items() if isinstance(m, nn.Linear) or m.kernel_size == (1, 1)}
     chosen = pointwise if _weights(pointwise) >= POINTWISE_SHARE * _weights(dense) else dense
     return list(chosen)
@@ -113,9 +125,11 @@ def matched_targets(backbone: nn.Module, patterns: tuple[str, ...], model_name: 
     for pattern in patterns:
         hits = [n for n in candidates if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, f"*.{pattern}")]
         if not hits:
-            raise FinetuneError(f"backbone.adapter_targets: {pattern!r} matches no Linear or dense Conv2d module of "
-                                f"{model_name}; its adaptable modules are e.g. {', '.join(candidates[:_EXAMPLES])} "
-                                "(patterns match a full name or its end, * and ? as wildcards; null: the default)")
+            raise FinetuneError(
+                f"backbone.adapter_targets: {pattern!r} matches no Linear or dense Conv2d module of "
+                f"{model_name}; its adaptable modules are e.g. {', '.join(candidates[:_EXAMPLES])} "
+                "(patterns match a full name or its end, * and ? as wildcards; null: the default)"
+            )
         found |= dict.fromkeys(hits)
     return list(found)
 
@@ -128,17 +142,31 @@ def _lora(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_nam
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    targets = (matched_targets(backbone, spec.targets, model_name) if spec.targets
-               else default_targets(backbone, stage_map))
+    targets = (
+        matched_targets(backbone, spec.targets, model_name) if spec.targets else default_targets(backbone, stage_map)
+    )
     if not targets:
-        raise FinetuneError(f"backbone.adapter={spec.kind}: {model_name} has no Linear or dense Conv2d layer "
-                            "outside its stem to adapt; name some with backbone.adapter_targets or use "
-                            "backbone.adapter=bitfit")
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, use_dora=dora, lora_dropout=0.0, bias="none",
-                        target_modules="^(?:" + "|".join(map(re.escape, targets)) + ")$")
+        raise FinetuneError(
+            f"backbone.adapter={spec.kind}: {model_name} has no Linear or dense Conv2d layer "
+            "outside its stem to adapt; name some with backbone.adapter_targets or use "
+            "backbone.adapter=bitfit"
+        )
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        use_dora=dora,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules="^(?:" + "|".join(map(re.escape, targets)) + ")$",
+    )
     inject_adapter_in_model(config, backbone)
-    added = frozenset(f"{name}.{own}" for name, layer in backbone.named_modules() if isinstance(layer, BaseTunerLayer)
-                      for own, _ in layer.named_parameters() if not own.startswith("base_layer."))
+    added = frozenset(
+        f"{name}.{own}"
+        for name, layer in backbone.named_modules()
+        if isinstance(layer, BaseTunerLayer)
+        for own, _ in layer.named_parameters()
+        if not own.startswith("base_layer.")
+    )
     return Adapter(spec.kind, spec.rank, spec.alpha, tuple(targets), added, added, _count(backbone, added))
 
 
@@ -149,8 +177,12 @@ def _is_norm(module: nn.Module) -> bool:
 
 def _bitfit(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str) -> Adapter:
     """Biases and normalization affine parameters (BitFit, extended to norms)."""
-    tunable = frozenset(f"{name}.{own}" if name else own for name, module in backbone.named_modules()
-                        for own, _ in module.named_parameters(recurse=False) if own == "bias" or _is_norm(module))
+    tunable = frozenset(
+        f"{name}.{own}" if name else own
+        for name, module in backbone.named_modules()
+        for own, _ in module.named_parameters(recurse=False)
+        if own == "bias" or _is_norm(module)
+    )
     return Adapter(spec.kind, None, None, (), tunable, frozenset(), _count(backbone, tunable))
 
 
@@ -159,12 +191,12 @@ def _count(backbone: nn.Module, names: frozenset[str]) -> int:
 
 
 Attach = Callable[[nn.Module, StageMap, AdapterSpec, str], Adapter]
-ADAPTERS: dict[str, Attach] = {"lora": partial(_lora, dora=False), "dora": partial(_lora, dora=True),
-                               "bitfit": _bitfit}
+ADAPTERS: dict[str, Attach] = {"lora": partial(_lora, dora=False), "dora": partial(_lora, dora=True), "bitfit": _bitfit}
 
 
-def attach_adapter(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec,
-                   model_name: str = "backbone") -> tuple[Adapter | None, StageMap]:
+def attach_adapter(
+    backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str = "backbone"
+) -> tuple[Adapter | None, StageMap]:
     """Attach ``spec``'s adapter to ``backbone`` in place; the adapter (None for ``none``) and the stage
     map extended by the tensors and modules it added (each in the stage of the module it adapts)."""
     if spec.kind == "none":

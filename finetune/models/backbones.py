@@ -3,6 +3,7 @@
 Stages come from timm's own ``group_matcher(coarse=True)``, so the same rule works for CNNs and
 ViTs: ``stem`` then ``stage1`` … ``stageN`` (for a ViT each transformer block is a stage).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,10 @@ def build_stage_map(model: nn.Module) -> StageMap:
     names += [n for n, _ in model.named_modules() if n]
     group_of = group_with_matcher(((n, None) for n in names), matcher, reverse=True)
     has_stem = "stem" in matcher
-    label = {gid: ("stem" if has_stem and gid == 0 else f"stage{gid if has_stem else gid + 1}")
-             for gid in sorted(set(group_of.values()))}
+    label = {
+        gid: ("stem" if has_stem and gid == 0 else f"stage{gid if has_stem else gid + 1}")
+        for gid in sorted(set(group_of.values()))
+    }
     stage_by_name = {n: label[g] for n, g in group_of.items()}
     return StageMap(stages=tuple(label[g] for g in sorted(label)), stage_by_name=stage_by_name)
 

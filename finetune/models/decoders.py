@@ -6,6 +6,7 @@ our weights file reaches timm through ``pretrained_cfg_overlay`` (a path passed 
 ``encoder_weights`` would be read as a download tag). The encoder's stages are the backbone's
 own (timm ``group_matcher``), so ``backbone.freeze=k`` means the same thing for both tasks.
 """
+
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
@@ -13,11 +14,11 @@ import timm
 import torch
 from torch import nn
 
-from finetune.models.backbones import StageMap, build_stage_map
-from finetune.errors import FinetuneError
-from finetune.models.freezing import FineTuneModel
 from finetune.models import DECODERS
+from finetune.models.backbones import StageMap, build_stage_map
+from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsRecord
+from finetune.run.errors import FinetuneError
 
 
 class DecoderHead(nn.Module):
@@ -31,24 +32,34 @@ class DecoderHead(nn.Module):
         return self.segmentation_head(self.decoder(features))
 
 
-def build_segmentation_model(record: WeightsRecord, decoder: str, in_chans: int, num_classes: int,
-                             drop_path_rate: float = 0.0, **decoder_options) -> FineTuneModel:
+def build_segmentation_model(
+    record: WeightsRecord, decoder: str, in_chans: int, num_classes: int, drop_path_rate: float = 0.0, **decoder_options
+) -> FineTuneModel:
     """Encoder ``record`` (pretrained unless its source is "random") + the ``decoder`` of smp."""
     if drop_path_rate:
         decoder_options["drop_path_rate"] = drop_path_rate  # reaches timm.create_model through smp
     if decoder not in DECODERS:
-        raise FinetuneError(f"head.kind={decoder!r} for task=segmentation: choose one of "
-                            f"{', '.join(DECODERS)} (e.g. head=unet)")
+        raise FinetuneError(
+            f"head.kind={decoder!r} for task=segmentation: choose one of {', '.join(DECODERS)} (e.g. head=unet)"
+        )
     try:
-        net = smp.create_model(decoder, encoder_name=f"tu-{record.timm_name}",
-                               encoder_weights=True if record.source != "random" else None,
-                               in_channels=in_chans, classes=num_classes,
-                               pretrained_cfg_overlay=dict(record.pretrained_cfg_overlay), **decoder_options)
+        net = smp.create_model(
+            decoder,
+            encoder_name=f"tu-{record.timm_name}",
+            encoder_weights=True if record.source != "random" else None,
+            in_channels=in_chans,
+            classes=num_classes,
+            pretrained_cfg_overlay=dict(record.pretrained_cfg_overlay),
+            **decoder_options,
+        )
     except ValueError as err:  # e.g. an encoder whose feature strides smp cannot use
-        raise FinetuneError(f"backbone {record.model} cannot be a {decoder} encoder: {err}; "
-                            "try a CNN backbone such as resnet18 or efficientnet_lite0") from None
-    return FineTuneModel(net.encoder, DecoderHead(net.decoder, net.segmentation_head),
-                         encoder_stage_map(net.encoder, record.model))
+        raise FinetuneError(
+            f"backbone {record.model} cannot be a {decoder} encoder: {err}; "
+            "try a CNN backbone such as resnet18 or efficientnet_lite0"
+        ) from None
+    return FineTuneModel(
+        net.encoder, DecoderHead(net.decoder, net.segmentation_head), encoder_stage_map(net.encoder, record.model)
+    )
 
 
 def encoder_stage_map(encoder: nn.Module, arch: str) -> StageMap:
@@ -66,9 +77,11 @@ def encoder_stage_map(encoder: nn.Module, arch: str) -> StageMap:
     for name in names:
         original = _classifier_name(name.removeprefix("model."), stages.stage_by_name)
         if original is None:
-            raise FinetuneError(f"cannot place encoder tensor {name!r} of {arch} in a backbone stage, so "
-                                "backbone.freeze cannot be honoured for it; use a CNN backbone such as resnet18 "
-                                "or efficientnet_lite0 for segmentation")
+            raise FinetuneError(
+                f"cannot place encoder tensor {name!r} of {arch} in a backbone stage, so "
+                "backbone.freeze cannot be honoured for it; use a CNN backbone such as resnet18 "
+                "or efficientnet_lite0 for segmentation"
+            )
         stage_by_name[name] = stages.stage_of(original)
     used = [s for s in stages.stages if s in set(stage_by_name.values())]
     return StageMap(stages=tuple(used), stage_by_name=stage_by_name)
@@ -81,7 +94,7 @@ def _classifier_name(name: str, known: dict[str, str]) -> str | None:
     first, _, rest = name.partition(".")
     for i, char in enumerate(first):
         if char == "_":
-            candidate = f"{first[:i]}.{first[i + 1:]}" + (f".{rest}" if rest else "")
+            candidate = f"{first[:i]}.{first[i + 1 :]}" + (f".{rest}" if rest else "")
             if candidate in known:
                 return candidate
     return None

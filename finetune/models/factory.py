@@ -2,18 +2,19 @@
 or a timm encoder under an smp decoder (``head=unet|fpn|deeplabv3plus``). The head kind decides, so
 a run directory or an export can be rebuilt from its config alone. ``backbone.adapter`` attaches
 LoRA / DoRA / BitFit to the backbone (finetune.models.adapters)."""
+
 from __future__ import annotations
 
 import timm
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.errors import FinetuneError
 from finetune.models import DECODERS, HEADS
 from finetune.models.adapters import AdapterSpec, attach_adapter
 from finetune.models.backbones import build_stage_map, create_backbone
 from finetune.models.freezing import FineTuneModel
 from finetune.models.heads import build_head
 from finetune.models.weights import WeightsRecord
+from finetune.run.errors import FinetuneError
 
 
 def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
@@ -25,8 +26,9 @@ def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_class
         model = build_segmenter(cfg, record, in_chans, num_classes)
     else:
         raise FinetuneError(f"head.kind={cfg.head.kind!r}: choose one of {', '.join((*HEADS, *DECODERS))}")
-    model.adapter, model.stage_map = attach_adapter(model.backbone, model.stage_map, AdapterSpec.from_config(cfg),
-                                                    record.model)
+    model.adapter, model.stage_map = attach_adapter(
+        model.backbone, model.stage_map, AdapterSpec.from_config(cfg), record.model
+    )
     return model
 
 
@@ -49,8 +51,9 @@ def build_segmenter(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_c
     """A timm ``features_only`` encoder + the configured smp decoder."""
     from finetune.models.decoders import build_segmentation_model
 
-    return build_segmentation_model(record, cfg.head.kind, in_chans, num_classes, cfg.backbone.drop_path_rate,
-                                    **head_options(cfg))
+    return build_segmentation_model(
+        record, cfg.head.kind, in_chans, num_classes, cfg.backbone.drop_path_rate, **head_options(cfg)
+    )
 
 
 def _fixed_input_size(model_name: str) -> bool:

@@ -10,6 +10,7 @@ stage the phase trains trains only the adapter's parameters, and the BatchNorm p
 every stage (``bn="frozen"``: all BatchNorm layers in eval mode, the statistics stay the pretrained
 ones).
 """
+
 from __future__ import annotations
 
 from copy import deepcopy
@@ -19,10 +20,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from finetune.models import BN_POLICIES
 from finetune.models.adapters import Adapter, merge_adapters
 from finetune.models.backbones import StageMap
-from finetune.errors import FinetuneError
-from finetune.models import BN_POLICIES
+from finetune.run.errors import FinetuneError
 
 HEAD = "head"
 
@@ -42,8 +43,10 @@ def frozen_stages(stage_map: StageMap, freeze: int | str, model_name: str = "bac
 
 
 def _depth(freeze: int | str, n: int, model_name: str) -> int:
-    hint = (f"{model_name} has {n} stages (stem + stage1..stage{n}): use backbone.freeze=0 (train all), "
-            f"1..{n} (freeze stem + first k stages), -1..-{n} (train only the last k) or all (linear probe)")
+    hint = (
+        f"{model_name} has {n} stages (stem + stage1..stage{n}): use backbone.freeze=0 (train all), "
+        f"1..{n} (freeze stem + first k stages), -1..-{n} (train only the last k) or all (linear probe)"
+    )
     if isinstance(freeze, str):
         if freeze.strip().lower() == "all":
             return n
@@ -104,8 +107,11 @@ class FineTuneModel(nn.Module):
         adapter every BatchNorm (the pretrained statistics stay)."""
         if self.bn_policy != "frozen":
             return ()
-        return tuple(f"backbone.{name}" for name, stage in _module_stages(self.backbone, self.stage_map)
-                     if stage in self.frozen or (self.adapter is not None and self._is_bn(name)))
+        return tuple(
+            f"backbone.{name}"
+            for name, stage in _module_stages(self.backbone, self.stage_map)
+            if stage in self.frozen or (self.adapter is not None and self._is_bn(name))
+        )
 
     def _is_bn(self, name: str) -> bool:
         return isinstance(self.backbone.get_submodule(name), _NormBase)
@@ -132,7 +138,9 @@ def _module_stages(backbone: nn.Module, stage_map: StageMap) -> list[tuple[str, 
     for name, module in backbone.named_modules():
         if not name:  # the backbone itself: its own tensors (e.g. a ViT's cls_token) have no mode
             continue
-        own = [n for n, _ in module.named_parameters(recurse=False)] + [n for n, _ in module.named_buffers(recurse=False)]
+        own = [n for n, _ in module.named_parameters(recurse=False)] + [
+            n for n, _ in module.named_buffers(recurse=False)
+        ]
         if own:
             found.append((name, stage_map.stage_of(f"{name}.{own[0]}")))
         elif not any(module.children()):
@@ -171,17 +179,31 @@ def stage_status(model: FineTuneModel) -> list[StageStatus]:
         named = [(n, p) for n, p in model.named_parameters() if model.stage_of(n) == stage]
         params = [p for _, p in named]
         adapter = sum(p.numel() for n, p in named if kind and stage != HEAD and model.trains(n))
-        norms = [m for n, m in model.named_modules()
-                 if isinstance(m, _NormBase) and n and model.stage_of(n) == stage]
-        mode = "-" if not norms else ("train" if all(m.training for m in norms)
-                                      else "eval" if not any(m.training for m in norms) else "mixed")
-        rows.append(StageStatus(stage, sum(p.numel() for p in params),
-                                sum(p.numel() for p in params if p.requires_grad), len(norms), mode, adapter, kind))
+        norms = [m for n, m in model.named_modules() if isinstance(m, _NormBase) and n and model.stage_of(n) == stage]
+        mode = (
+            "-"
+            if not norms
+            else (
+                "train" if all(m.training for m in norms) else "eval" if not any(m.training for m in norms) else "mixed"
+            )
+        )
+        rows.append(
+            StageStatus(
+                stage,
+                sum(p.numel() for p in params),
+                sum(p.numel() for p in params if p.requires_grad),
+                len(norms),
+                mode,
+                adapter,
+                kind,
+            )
+        )
     return rows
 
 
-def stage_learning_rates(model: FineTuneModel, lr: float, backbone_lr_mult: float,
-                         layer_decay: float | None = None) -> dict[str, float]:
+def stage_learning_rates(
+    model: FineTuneModel, lr: float, backbone_lr_mult: float, layer_decay: float | None = None
+) -> dict[str, float]:
     """Real learning rate per stage: the head gets ``lr``; backbone stages ``lr·mult·decay^(depth from top)``."""
     stages = model.stage_map.stages
     decay = 1.0 if layer_decay is None else float(layer_decay)
@@ -204,8 +226,9 @@ def param_groups(model: FineTuneModel, lrs: dict[str, float], weight_decay: floa
         stage = model.stage_of(name)
         no_decay = param.ndim <= 1 or name.endswith(".bias") or name in skip
         key = f"{stage}/no_decay" if no_decay else stage
-        group = groups.setdefault(key, {"name": key, "params": [], "lr": lrs[stage],
-                                        "weight_decay": 0.0 if no_decay else weight_decay})
+        group = groups.setdefault(
+            key, {"name": key, "params": [], "lr": lrs[stage], "weight_decay": 0.0 if no_decay else weight_decay}
+        )
         group["params"].append(param)
     order = {s: i for i, s in enumerate((*model.stage_map.stages, HEAD))}
     return sorted(groups.values(), key=lambda g: (order[g["name"].split("/")[0]], g["name"]))

@@ -1,11 +1,12 @@
 """New classification heads on top of pooled backbone features (a registry, one builder each)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from finetune.errors import FinetuneError
+from finetune.run.errors import FinetuneError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -16,8 +17,9 @@ def linear_head(in_features: int, num_classes: int, dropout: float = 0.0) -> nn.
     return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
 
 
-def mlp_head(in_features: int, num_classes: int, hidden: Sequence[int] = (512,), dropout: float = 0.2,
-             activation: str = "gelu") -> nn.Module:
+def mlp_head(
+    in_features: int, num_classes: int, hidden: Sequence[int] = (512,), dropout: float = 0.2, activation: str = "gelu"
+) -> nn.Module:
     """Hidden layers (linear → activation → dropout) then the output layer."""
     if activation not in _ACTIVATIONS:
         raise FinetuneError(f"head.activation={activation!r}: choose one of {', '.join(_ACTIVATIONS)}")

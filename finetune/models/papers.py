@@ -18,6 +18,7 @@
 
 ``PAPERS`` names them for ``summary model=paper:<name>`` with the input each paper uses.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -30,9 +31,21 @@ from torch import Tensor, nn
 
 # LeNet-5's Table I: the S2 maps (0-5) each C3 map (0-15) reads.
 C3_TABLE = (
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2),
+    (1, 2, 3),
+    (2, 3, 4),
+    (3, 4, 5),
+    (0, 4, 5),
+    (0, 1, 5),
+    (0, 1, 2, 3),
+    (1, 2, 3, 4),
+    (2, 3, 4, 5),
+    (0, 3, 4, 5),
+    (0, 1, 4, 5),
+    (0, 1, 2, 5),
+    (0, 1, 3, 4),
+    (1, 2, 4, 5),
+    (0, 2, 3, 5),
     (0, 1, 2, 3, 4, 5),
 )
 
@@ -115,16 +128,26 @@ def _lecun_uniform(model: nn.Module) -> nn.Module:
 
 def lenet5(num_classes: int = 10) -> nn.Sequential:
     """LeNet-5 (1998) for 1x32x32 inputs, layer for layer."""
-    return _lecun_uniform(nn.Sequential(OrderedDict(
-        C1=nn.Conv2d(1, 6, 5), act1=ScaledTanh(),
-        S2=Subsampling(6), act2=ScaledTanh(),
-        C3=PartialConv2d(C3_TABLE, 5), act3=ScaledTanh(),
-        S4=Subsampling(16), act4=ScaledTanh(),
-        C5=nn.Conv2d(16, 120, 5), act5=ScaledTanh(),
-        flatten=nn.Flatten(),
-        F6=nn.Linear(120, 84), act6=ScaledTanh(),
-        output=EuclideanRBF(84, num_classes),
-    )))
+    return _lecun_uniform(
+        nn.Sequential(
+            OrderedDict(
+                C1=nn.Conv2d(1, 6, 5),
+                act1=ScaledTanh(),
+                S2=Subsampling(6),
+                act2=ScaledTanh(),
+                C3=PartialConv2d(C3_TABLE, 5),
+                act3=ScaledTanh(),
+                S4=Subsampling(16),
+                act4=ScaledTanh(),
+                C5=nn.Conv2d(16, 120, 5),
+                act5=ScaledTanh(),
+                flatten=nn.Flatten(),
+                F6=nn.Linear(120, 84),
+                act6=ScaledTanh(),
+                output=EuclideanRBF(84, num_classes),
+            )
+        )
+    )
 
 
 def _lrn() -> nn.LocalResponseNorm:
@@ -134,17 +157,33 @@ def _lrn() -> nn.LocalResponseNorm:
 
 def alexnet(num_classes: int = 1000) -> nn.Sequential:
     """AlexNet (2012) for 3x227x227 inputs, the two GPU columns as grouped convolutions."""
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(3, 96, 11, stride=4), relu1=nn.ReLU(), norm1=_lrn(), pool1=nn.MaxPool2d(3, 2),
-        conv2=nn.Conv2d(96, 256, 5, padding=2, groups=2), relu2=nn.ReLU(), norm2=_lrn(),
-        pool2=nn.MaxPool2d(3, 2),
-        conv3=nn.Conv2d(256, 384, 3, padding=1), relu3=nn.ReLU(),
-        conv4=nn.Conv2d(384, 384, 3, padding=1, groups=2), relu4=nn.ReLU(),
-        conv5=nn.Conv2d(384, 256, 3, padding=1, groups=2), relu5=nn.ReLU(), pool5=nn.MaxPool2d(3, 2),
-        flatten=nn.Flatten(), drop6=nn.Dropout(), fc6=nn.Linear(256 * 6 * 6, 4096), relu6=nn.ReLU(),
-        drop7=nn.Dropout(), fc7=nn.Linear(4096, 4096), relu7=nn.ReLU(),
-        fc8=nn.Linear(4096, num_classes),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 96, 11, stride=4),
+            relu1=nn.ReLU(),
+            norm1=_lrn(),
+            pool1=nn.MaxPool2d(3, 2),
+            conv2=nn.Conv2d(96, 256, 5, padding=2, groups=2),
+            relu2=nn.ReLU(),
+            norm2=_lrn(),
+            pool2=nn.MaxPool2d(3, 2),
+            conv3=nn.Conv2d(256, 384, 3, padding=1),
+            relu3=nn.ReLU(),
+            conv4=nn.Conv2d(384, 384, 3, padding=1, groups=2),
+            relu4=nn.ReLU(),
+            conv5=nn.Conv2d(384, 256, 3, padding=1, groups=2),
+            relu5=nn.ReLU(),
+            pool5=nn.MaxPool2d(3, 2),
+            flatten=nn.Flatten(),
+            drop6=nn.Dropout(),
+            fc6=nn.Linear(256 * 6 * 6, 4096),
+            relu6=nn.ReLU(),
+            drop7=nn.Dropout(),
+            fc7=nn.Linear(4096, 4096),
+            relu7=nn.ReLU(),
+            fc8=nn.Linear(4096, num_classes),
+        )
+    )
 
 
 class _ConvReLU(nn.Sequential):
@@ -167,8 +206,9 @@ def googlenet(num_classes: int = 1000) -> nn.Module:
         def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.7) -> None:
             super().__init__(in_channels, num_classes, conv_block=_ConvReLU, dropout=dropout)
 
-    return GoogLeNet(num_classes, aux_logits=True, init_weights=False,
-                     blocks=[_ConvReLU, PaperInception, PaperAux], dropout=0.4)
+    return GoogLeNet(
+        num_classes, aux_logits=True, init_weights=False, blocks=[_ConvReLU, PaperInception, PaperAux], dropout=0.4
+    )
 
 
 class Paper(NamedTuple):
@@ -184,4 +224,3 @@ PAPERS = {
     "alexnet": Paper(alexnet, (3, 227, 227), "Krizhevsky et al. 2012"),
     "googlenet": Paper(googlenet, (3, 224, 224), "Szegedy et al. 2014"),
 }
-

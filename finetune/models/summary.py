@@ -104,15 +104,25 @@ def _types(module: Any, *names: str) -> tuple[type, ...]:
 _DENSE = (nn.Linear, _ConvNd)
 _POOL = (_MaxPoolNd, _AvgPoolNd, _LPPoolNd)
 _GLOBAL_POOL = (_AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd) + _types(
-    timm_pool, "FastAdaptiveAvgPool", "FastAdaptiveMaxPool", "FastAdaptiveAvgMaxPool",
+    timm_pool,
+    "FastAdaptiveAvgPool",
+    "FastAdaptiveMaxPool",
+    "FastAdaptiveAvgMaxPool",
     "AdaptiveAvgMaxPool2d",
 )
 _CAT_POOL = _types(timm_pool, "FastAdaptiveCatAvgMaxPool", "AdaptiveCatAvgMaxPool2d")
 _NORM = (
     (_BatchNorm, _InstanceNorm, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
     + _types(
-        timm_norm, "RmsNorm", "RmsNormFp32", "RmsNorm2d", "RmsNorm2dFp32",
-        "SimpleNorm", "SimpleNormFp32", "SimpleNorm2d", "SimpleNorm2dFp32",
+        timm_norm,
+        "RmsNorm",
+        "RmsNormFp32",
+        "RmsNorm2d",
+        "RmsNorm2dFp32",
+        "SimpleNorm",
+        "SimpleNormFp32",
+        "SimpleNorm2d",
+        "SimpleNorm2dFp32",
     )
     + _types(timm_norm_act, "FrozenBatchNormAct2d")
 )
@@ -259,8 +269,7 @@ def roll_up(rows: Sequence[LayerCount], stage_of: Callable[[str], str]) -> list[
     for row in rows:
         groups.setdefault(stage_of(row.name), []).append(row)
     return [
-        StageCount(name=stage, layers=len(members), trainable=_stage_label(members),
-                   **totals(members))
+        StageCount(name=stage, layers=len(members), trainable=_stage_label(members), **totals(members))
         for stage, members in groups.items()
     ]
 
@@ -362,4 +371,3 @@ def write_csv(rows_or_stages: Rows, path: str | os.PathLike[str]) -> None:
         writer = csv.writer(handle)
         writer.writerow(names)
         writer.writerows([_csv_value(getattr(r, n)) for n in names] for r in rows_or_stages)
-

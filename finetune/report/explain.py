@@ -17,6 +17,7 @@ A stage's output is the last of its modules to finish a forward call with a spat
 ``bn2`` (conv head + norm + act) for an EfficientNet. Grad-CAM (from ``grad-cam``, i.e.
 pytorch-grad-cam) uses the last backbone stage's output; for ViTs the stage before it.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,15 +39,15 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from timm.layers import SelectAdaptivePool2d  # noqa: E402
 from torch import nn  # noqa: E402
 
-from finetune.artifacts import write_json  # noqa: E402
 from finetune.data.files import find_images  # noqa: E402
 from finetune.data.images import read_image, require_readable  # noqa: E402
-from finetune.errors import FinetuneError  # noqa: E402
-from finetune.models.freezing import FineTuneModel  # noqa: E402
-from finetune.report.plots import save_figure  # noqa: E402
-from finetune.engine.runs import LoadedRun, load_run  # noqa: E402
 from finetune.models.factory import build_model  # noqa: E402
+from finetune.models.freezing import FineTuneModel  # noqa: E402
+from finetune.models.saved_runs import LoadedRun, load_run  # noqa: E402
 from finetune.models.weights import resolve_weights  # noqa: E402
+from finetune.report.plots import save_figure  # noqa: E402
+from finetune.run.artifacts import write_json  # noqa: E402
+from finetune.run.errors import FinetuneError  # noqa: E402
 from finetune.tasks.base import Task  # noqa: E402
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, SelectAdaptivePool2d)
@@ -79,6 +80,7 @@ def stage_outputs(model: FineTuneModel, x: torch.Tensor) -> dict[str, StageOutpu
         def hook(_: nn.Module, __: tuple, output: object) -> None:
             if not pooling and isinstance(output, torch.Tensor) and output.ndim in (3, 4):
                 finished[stage] = StageOutput(f"backbone.{name}", tuple(as_maps(output).shape[-2:]), output.ndim == 3)
+
         return hook
 
     handles = []
@@ -110,14 +112,16 @@ def as_maps(t: torch.Tensor) -> torch.Tensor:
     if t.ndim == 4:
         return t
     side = math.isqrt(t.shape[1])
-    return t[:, -side * side:].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+    return t[:, -side * side :].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
 
 
 def first_conv(model: FineTuneModel) -> nn.Conv2d:
     """The backbone's first 2-D convolution (stem conv, or a ViT's patch embedding)."""
     conv = next((m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
-        raise FinetuneError(f"{type(model.backbone).__name__} has no Conv2d layer: no filters to show; pass filters=false")
+        raise FinetuneError(
+            f"{type(model.backbone).__name__} has no Conv2d layer: no filters to show; pass filters=false"
+        )
     return conv
 
 
@@ -152,8 +156,9 @@ class Explainer(Protocol):
         ...
 
 
-def grad_cam(model: FineTuneModel, x: torch.Tensor, target: int | Callable[[torch.Tensor], torch.Tensor],
-             layer: str) -> np.ndarray:
+def grad_cam(
+    model: FineTuneModel, x: torch.Tensor, target: int | Callable[[torch.Tensor], torch.Tensor], layer: str
+) -> np.ndarray:
     """Grad-CAM (H×W in [0, 1], at the input's size) at module ``layer`` for one image: of a class
     index's logit, or of any pytorch-grad-cam ``target`` (a callable on the image's output)."""
     module = model.get_submodule(layer)
@@ -201,7 +206,7 @@ def filter_mosaic(weights: torch.Tensor, scale: torch.Tensor | None = None, gap:
     for i, tile in enumerate(tiles.permute(0, 2, 3, 1).numpy()):
         r, c = divmod(i, cols)
         big = np.kron(tile, np.ones((zoom, zoom, 1), dtype=np.float32))
-        mosaic[gap + r * th: gap + r * th + kh * zoom, gap + c * tw: gap + c * tw + kw * zoom] = big
+        mosaic[gap + r * th : gap + r * th + kh * zoom, gap + c * tw : gap + c * tw + kw * zoom] = big
     return mosaic
 
 
@@ -215,12 +220,16 @@ def pretrained_filters(run: LoadedRun) -> torch.Tensor | None:
     try:
         found = resolve_weights(name, weights=file if file and Path(file).is_file() else None)
     except (ValueError, OSError, RuntimeError) as err:
-        raise FinetuneError(f"cannot load the pretrained weights this run started from: {err} "
-                            "(pass filters=false to skip the before/after filter grid)") from None
+        raise FinetuneError(
+            f"cannot load the pretrained weights this run started from: {err} "
+            "(pass filters=false to skip the before/after filter grid)"
+        ) from None
     if found.sha256 != record["sha256"]:
-        raise FinetuneError(f"the pretrained weights found now ({found.file}, sha256 {found.sha256[:12]}…) are "
-                            f"not the ones this run started from (sha256 {str(record['sha256'])[:12]}…); "
-                            "pass filters=false to skip the before/after filter grid")
+        raise FinetuneError(
+            f"the pretrained weights found now ({found.file}, sha256 {found.sha256[:12]}…) are "
+            f"not the ones this run started from (sha256 {str(record['sha256'])[:12]}…); "
+            "pass filters=false to skip the before/after filter grid"
+        )
     before = build_model(run.cfg, found, run.preprocessing.in_chans, len(run.class_names))
     return first_conv(before).weight.detach()
 
@@ -229,8 +238,12 @@ def plot_filters(before: torch.Tensor | None, after: torch.Tensor, path: Path, l
     """Before | after mosaics of the first ``limit`` filters on one colour scale, saved as PNG."""
     shown = f"first {limit} of {after.shape[0]}" if after.shape[0] > limit else f"{after.shape[0]}"
     after = after[:limit]
-    panels = [("after fine-tuning", filter_mosaic(after, None if before is None else
-                                                  before[:limit].abs().amax(dim=(1, 2, 3))))]
+    panels = [
+        (
+            "after fine-tuning",
+            filter_mosaic(after, None if before is None else before[:limit].abs().amax(dim=(1, 2, 3))),
+        )
+    ]
     title = f"first-layer filters ({shown}, {after.shape[2]}x{after.shape[3]})"
     if before is None:
         title += ": the run started from random weights, no pretrained filters to compare"
@@ -320,8 +333,13 @@ def _folder_names(images: list[Path]) -> list[str]:
     return names
 
 
-def explain(run_dir: str | Path, task: Task, inputs: str, out: str | Path | None = None,
-            options: ExplainOptions = ExplainOptions()) -> dict:
+def explain(
+    run_dir: str | Path,
+    task: Task,
+    inputs: str,
+    out: str | Path | None = None,
+    options: ExplainOptions = ExplainOptions(),
+) -> dict:
     """Write the explanation files of a run of ``task`` for every image in ``inputs``; return an
     index of what was written."""
     images = find_images(inputs)
@@ -352,15 +370,21 @@ def explain(run_dir: str | Path, task: Task, inputs: str, out: str | Path | None
         channels, maps = strongest_channels(model, x, shown.layer, options.channels)
         target = out / folder
         entry = {
-            "image": str(image_path), "topk": explained.topk, **explained.extra, "summary": explained.caption,
+            "image": str(image_path),
+            "topk": explained.topk,
+            **explained.extra,
+            "summary": explained.caption,
             "gradcam": {"class": explained.name, "index": explained.index, "layer": cam_at.layer},
             "activations": {"stage": stage, "layer": shown.layer, "channels": channels},
         }
         write_json(target / "topk.json", entry)
         plot_gradcam(image, cam, f"{explained.caption} at {_size(cam_at.size)}", target / "gradcam.png")
-        plot_activations(channels, maps, f"{stage} ({shown.layer}, {_size(shown.size)}): "
-                         f"{len(channels)} strongest channels", target / f"activations_{stage}.png")
+        plot_activations(
+            channels,
+            maps,
+            f"{stage} ({shown.layer}, {_size(shown.size)}): {len(channels)} strongest channels",
+            target / f"activations_{stage}.png",
+        )
         index["images"].append({**entry, "folder": str(target)})
     write_json(out / "explain.json", index)
     return index
-

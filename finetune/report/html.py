@@ -8,6 +8,7 @@ confidently wrong test images; the test masks with the lowest IoU) after the res
 embedded as base64 ``data:`` URIs; no external CSS or JavaScript, so the file can be mailed or
 archived alone. ``finetune report run=<run dir>`` rebuilds it from a finished run directory.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -17,16 +18,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.version import __version__
-from finetune.artifacts import write_text
 from finetune.data.transforms import Preprocessing
-from finetune.engine.runs import load_run
-from finetune.engine.schedule import phases_from
 from finetune.models.freezing import FineTuneModel, frozen_stages, stage_status
+from finetune.models.saved_runs import load_run
 from finetune.models.summary import count_layers, roll_up
-from finetune.report.page import (ReportOptions, RunRecord, TaskSections, file_img, key_values,
-                                  table)
+from finetune.report.page import ReportOptions, RunRecord, TaskSections, file_img, key_values, table
+from finetune.run.artifacts import write_text
+from finetune.run.schedule import phases_from
 from finetune.tasks.base import Task
+from finetune.version import __version__
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,sans-serif;color:#1f2328;
@@ -65,8 +65,10 @@ def _config_section(run: RunRecord) -> str:
     cfg, w = run.cfg, run.weights
     head_options = ", ".join(f"{k}={v}" for k, v in cfg.head.items() if k != "kind") or "-"
     augment = OmegaConf.to_container(cfg.augment, resolve=True)
-    active = ", ".join(f"{k}={v}" for k, v in augment.items()
-                       if v and k not in ("dropout_holes", "dropout_size")) or "none (resize + normalize only)"
+    active = (
+        ", ".join(f"{k}={v}" for k, v in augment.items() if v and k not in ("dropout_holes", "dropout_size"))
+        or "none (resize + normalize only)"
+    )
     dataset = cfg.dataset
     source = dataset.get("csv") or dataset.get("root") or "built in"
     pre = run.data.get("preprocessing", {})
@@ -74,24 +76,57 @@ def _config_section(run: RunRecord) -> str:
         ("dataset", f"{dataset.kind} ({source})"),
         ("image size", "x".join(map(str, pre.get("size", []))) or dataset.get("image_size")),
         ("grayscale", run.data.get("grayscale", "-")),
-        ("backbone", f"{cfg.backbone.name} (freeze={cfg.backbone.freeze}, BatchNorm in frozen stages: "
-                     f"{cfg.backbone.bn}, drop_path_rate={cfg.backbone.drop_path_rate})"),
+        (
+            "backbone",
+            f"{cfg.backbone.name} (freeze={cfg.backbone.freeze}, BatchNorm in frozen stages: "
+            f"{cfg.backbone.bn}, drop_path_rate={cfg.backbone.drop_path_rate})",
+        ),
         ("weights", f"{w.get('source')}: {w.get('model')}{'.' + w['tag'] if w.get('tag') else ''}"),
         ("weights sha256", w.get("sha256") or "- (random init)"),
-        ("preprocessing", f"mean {pre.get('mean')}, std {pre.get('std')}, {pre.get('interpolation')}, "
-                          f"{pre.get('in_chans')} input channel(s)"),
+        (
+            "preprocessing",
+            f"mean {pre.get('mean')}, std {pre.get('std')}, {pre.get('interpolation')}, "
+            f"{pre.get('in_chans')} input channel(s)",
+        ),
         ("head", f"{cfg.head.kind} ({head_options})"),
         ("augment", active),
         ("trainer", f"{cfg.trainer.accelerator}, {cfg.trainer.devices} device(s), precision {cfg.trainer.precision}"),
         ("seed", cfg.seed),
     ]
-    phases = [(p.name, p.epochs, p.freeze, p.optim.optimizer, f"{p.optim.lr:g}", f"{p.optim.backbone_lr_mult:g}",
-               "-" if p.optim.layer_decay is None else f"{p.optim.layer_decay:g}", f"{p.optim.weight_decay:g}",
-               p.optim.scheduler) for p in phases_from(cfg)]
-    return ("<h2>Configuration</h2>" + key_values(general)
-            + f"<h3>Schedule: {len(phases)} phase(s), batch size {cfg.schedule.batch_size}</h3>"
-            + table(["phase", "epochs", "freeze", "optimizer", "head lr", "backbone lr ×", "layer decay",
-                     "weight decay", "scheduler"], phases, numeric=(1, 4, 5, 6, 7)))
+    phases = [
+        (
+            p.name,
+            p.epochs,
+            p.freeze,
+            p.optim.optimizer,
+            f"{p.optim.lr:g}",
+            f"{p.optim.backbone_lr_mult:g}",
+            "-" if p.optim.layer_decay is None else f"{p.optim.layer_decay:g}",
+            f"{p.optim.weight_decay:g}",
+            p.optim.scheduler,
+        )
+        for p in phases_from(cfg)
+    ]
+    return (
+        "<h2>Configuration</h2>"
+        + key_values(general)
+        + f"<h3>Schedule: {len(phases)} phase(s), batch size {cfg.schedule.batch_size}</h3>"
+        + table(
+            [
+                "phase",
+                "epochs",
+                "freeze",
+                "optimizer",
+                "head lr",
+                "backbone lr ×",
+                "layer decay",
+                "weight decay",
+                "scheduler",
+            ],
+            phases,
+            numeric=(1, 4, 5, 6, 7),
+        )
+    )
 
 
 def _stage_section(run: RunRecord, model: FineTuneModel) -> str:
@@ -104,20 +139,35 @@ def _stage_section(run: RunRecord, model: FineTuneModel) -> str:
     for status in statuses:
         c = counted.get(status.stage)
         flags = ["frozen" if status.stage in f else "trainable" for f in frozen]
-        trained = [f if f == "frozen" or status.stage == "head" or not model.adapter
-                   else model.adapter.kind if status.adapter else "frozen"  # only the adapter trains
-                   for f in flags]
-        rows.append([status.stage, f"{status.params:,}", f"{c.units:,}" if c else "-",
-                     f"{c.connections_with_bias:,}" if c else "-", status.norm_layers, *trained])
+        trained = [
+            f
+            if f == "frozen" or status.stage == "head" or not model.adapter
+            else model.adapter.kind
+            if status.adapter
+            else "frozen"  # only the adapter trains
+            for f in flags
+        ]
+        rows.append(
+            [
+                status.stage,
+                f"{status.params:,}",
+                f"{c.units:,}" if c else "-",
+                f"{c.connections_with_bias:,}" if c else "-",
+                status.norm_layers,
+                *trained,
+            ]
+        )
         css.append(flags[-1])
     header = ["stage", "params", "units", "connections", "norm layers", *(f"phase {p.name}" for p in phases)]
     total = sum(s.params for s in statuses)
-    return (f"<h2>Model</h2><p>{escape(run.cfg.backbone.name)} + {escape(run.cfg.head.kind)} head: "
-            f"{total:,} parameters"
-            + (f" ({model.adapter.kind} adapter: {model.adapter.parameters:,} of them tunable)" if model.adapter else "")
-            + "; units and connections (multiply-adds) for one "
-            f"{'x'.join(map(str, shape))} input. Colours follow the last phase.</p>"
-            + table(header, rows, numeric=(1, 2, 3, 4), row_class=css))
+    return (
+        f"<h2>Model</h2><p>{escape(run.cfg.backbone.name)} + {escape(run.cfg.head.kind)} head: "
+        f"{total:,} parameters"
+        + (f" ({model.adapter.kind} adapter: {model.adapter.parameters:,} of them tunable)" if model.adapter else "")
+        + "; units and connections (multiply-adds) for one "
+        f"{'x'.join(map(str, shape))} input. Colours follow the last phase.</p>"
+        + table(header, rows, numeric=(1, 2, 3, 4), row_class=css)
+    )
 
 
 def _results_section(run: RunRecord) -> str:
@@ -133,12 +183,15 @@ def _results_section(run: RunRecord) -> str:
     elif chosen.get("best") is not None:
         info += f"; the tested checkpoint had the best {chosen['monitor']}: {chosen['best']:.4f}"
     plots = run.run_dir / "plots"
-    return (f"<h2>Results</h2><p>Test split; {escape(info)}.</p>"
-            + '<div class="cols"><div><h3>Test metrics</h3>'
-            + table(["metric", "value"], scalars, numeric=(1,)) + "</div>"
-            + f'<div style="flex:1"><h3>Training curves</h3>{file_img(plots / "curves.png", "training curves")}'
-            + "</div></div><h3>Confusion matrix</h3>"
-            + file_img(plots / "confusion_matrix.png", "confusion matrix", "plot cm"))
+    return (
+        f"<h2>Results</h2><p>Test split; {escape(info)}.</p>"
+        + '<div class="cols"><div><h3>Test metrics</h3>'
+        + table(["metric", "value"], scalars, numeric=(1,))
+        + "</div>"
+        + f'<div style="flex:1"><h3>Training curves</h3>{file_img(plots / "curves.png", "training curves")}'
+        + "</div></div><h3>Confusion matrix</h3>"
+        + file_img(plots / "confusion_matrix.png", "confusion matrix", "plot cm")
+    )
 
 
 # --- the page -----------------------------------------------------------------------------------
@@ -149,15 +202,27 @@ def render_report(run: RunRecord, model: FineTuneModel, sections: TaskSections) 
     title = f"finetune report: {run.run_dir.name}"
     version = run.metrics.get("finetune_version", __version__)
     subtitle = f"{run.run_dir.resolve()} · report written {datetime.now():%Y-%m-%d %H:%M} · finetune {version}"
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{escape(title)}</h1><p class=\"sub\">{escape(subtitle)}</p>"
-            + _config_section(run) + "".join(sections.data) + _stage_section(run, model)
-            + _results_section(run) + "".join(sections.results) + "</body></html>\n")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+        f'<h1>{escape(title)}</h1><p class="sub">{escape(subtitle)}</p>'
+        + _config_section(run)
+        + "".join(sections.data)
+        + _stage_section(run, model)
+        + _results_section(run)
+        + "".join(sections.results)
+        + "</body></html>\n"
+    )
 
 
-def write_report(run_dir: str | Path, task: Task, data=None, model: FineTuneModel | None = None, worst: int = 12,
-                 samples_per_class: int = 4) -> Path:
+def write_report(
+    run_dir: str | Path,
+    task: Task,
+    data=None,
+    model: FineTuneModel | None = None,
+    worst: int = 12,
+    samples_per_class: int = 4,
+) -> Path:
     """Write ``<run_dir>/report.html`` for a run of ``task``. Pass the in-memory ``data`` (its
     preprocessing set) and ``model`` (best weights) when you have them; what is missing is rebuilt
     from the run directory. ``worst``: test images shown as the task's worst predictions;
@@ -177,4 +242,3 @@ def write_report(run_dir: str | Path, task: Task, data=None, model: FineTuneMode
     finally:
         model.train(was_training)
     return write_text(run_dir / "report.html", page)
-

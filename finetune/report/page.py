@@ -1,6 +1,7 @@
 """Building blocks of report.html, shared by the generic page (``finetune.report.html``) and the
 sections each task adds (``finetune/tasks/<task>/report.py``): the run directory as read back,
 embedded images, escaped tables, and what a task hands to the page."""
+
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from finetune.errors import FinetuneError
+from finetune.run.errors import FinetuneError
 
 THUMB = 64  # thumbnail side in pixels
 
@@ -40,10 +41,13 @@ class RunRecord:
             if not (run_dir / name).is_file():
                 raise FinetuneError(f"{run_dir / name} is missing: {run_dir} is not a finetune run directory")
         metrics = run_dir / "metrics.json"
-        return cls(run_dir, OmegaConf.load(run_dir / "config.yaml"),
-                   json.loads((run_dir / "data.json").read_text()),
-                   json.loads((run_dir / "weights.json").read_text()),
-                   json.loads(metrics.read_text()) if metrics.is_file() else {})
+        return cls(
+            run_dir,
+            OmegaConf.load(run_dir / "config.yaml"),
+            json.loads((run_dir / "data.json").read_text()),
+            json.loads((run_dir / "weights.json").read_text()),
+            json.loads(metrics.read_text()) if metrics.is_file() else {},
+        )
 
 
 @dataclass(frozen=True)
@@ -120,11 +124,16 @@ def _cell(value: object, numeric: bool) -> str:
     return f'<td class="n">{text}</td>' if numeric else f"<td>{text}</td>"
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequence[int] = (),
-          row_class: Sequence[str] | None = None) -> str:
+def table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    numeric: Sequence[int] = (),
+    row_class: Sequence[str] | None = None,
+) -> str:
     """An HTML table; every cell escaped (except ``Html`` cells), columns in ``numeric`` right-aligned."""
-    head = "".join(f'<th class="n">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>"
-                   for i, h in enumerate(header))
+    head = "".join(
+        f'<th class="n">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>" for i, h in enumerate(header)
+    )
     body = []
     for r, row in enumerate(rows):
         cells = "".join(_cell(c, i in numeric) for i, c in enumerate(row))

@@ -1,4 +1,5 @@
 """Training curves, confusion matrices (matplotlib, no display needed) and segmentation overlays as PNG files."""
+
 from __future__ import annotations
 
 import csv
@@ -9,10 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from PIL import Image  # noqa: E402
 
-from finetune.artifacts import atomic_path  # noqa: E402
+from finetune.run.artifacts import atomic_path  # noqa: E402
 
 IGNORED_COLOR = (0, 0, 0)
 
@@ -79,8 +79,15 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> Pa
         peak = matrix.max() or 1
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                        color="white" if matrix[i, j] > peak / 2 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if matrix[i, j] > peak / 2 else "black",
+                    fontsize=8,
+                )
     ax.set_title("confusion matrix (test)")
     return save_figure(fig, path)
 
@@ -90,7 +97,11 @@ def plot_reliability(bins: dict[str, dict], temperature: float, path: Path) -> P
     area: the bin's share of predictions), before and after the temperature; the diagonal is perfect."""
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfectly calibrated")
-    runs = [("before", "uncalibrated")] if temperature == 1.0 else [("before", "T = 1"), ("after", f"T = {temperature:.2f}")]
+    runs = (
+        [("before", "uncalibrated")]
+        if temperature == 1.0
+        else [("before", "T = 1"), ("after", f"T = {temperature:.2f}")]
+    )
     for when, label in runs:
         b = bins[when]
         share = np.asarray(b["count"], dtype=float) / max(sum(b["count"]), 1)
@@ -127,7 +138,7 @@ def colorize(mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
     """Class-index mask (HxW) as RGB; indices beyond the classes (ignored pixels) in black."""
     lookup = np.zeros((256, 3), np.uint8)
     lookup[: len(colors)] = colors
-    lookup[len(colors):] = IGNORED_COLOR
+    lookup[len(colors) :] = IGNORED_COLOR
     return lookup[mask]
 
 
@@ -142,8 +153,9 @@ def save_mask(mask: np.ndarray, colors: np.ndarray, path: Path) -> Path:
     return path
 
 
-def overlay_panel(image: np.ndarray, masks: list[np.ndarray], colors: np.ndarray, alpha: float = 0.5,
-                  background: int | None = None) -> np.ndarray:
+def overlay_panel(
+    image: np.ndarray, masks: list[np.ndarray], colors: np.ndarray, alpha: float = 0.5, background: int | None = None
+) -> np.ndarray:
     """image | mask | mask … side by side (HWC uint8), each mask blended over the image (ignored
     pixels dark); pixels of the ``background`` class (binary tasks: 0) are left untinted."""
     rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
@@ -159,8 +171,15 @@ def overlay_panel(image: np.ndarray, masks: list[np.ndarray], colors: np.ndarray
     return np.concatenate(panels, axis=1)
 
 
-def save_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, colors: np.ndarray,
-                 path: Path, alpha: float = 0.5, background: int | None = None) -> Path:
+def save_overlay(
+    image: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    colors: np.ndarray,
+    path: Path,
+    alpha: float = 0.5,
+    background: int | None = None,
+) -> Path:
     """image | truth | prediction side by side, masks blended over the image (ignored pixels dark);
     pixels of the ``background`` class (binary tasks: 0) are left untinted."""
     panel = overlay_panel(image, [truth, prediction], colors, alpha, background)
@@ -169,8 +188,9 @@ def save_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, c
     return path
 
 
-def plot_lr_scan(lrs: list[float], losses: list[float], suggestion: float | None, config_lr: float,
-                 path: Path, title: str) -> Path:
+def plot_lr_scan(
+    lrs: list[float], losses: list[float], suggestion: float | None, config_lr: float, path: Path, title: str
+) -> Path:
     """A learning-rate range test: training loss against lr (log scale), the suggested lr and the
     configured lr marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -188,8 +208,9 @@ def plot_lr_scan(lrs: list[float], losses: list[float], suggestion: float | None
     return save_figure(fig, path)
 
 
-def plot_stage_scores(stages: list[str], acc: list[float], auc: list[float | None], marked: int, path: Path,
-                      title: str) -> Path:
+def plot_stage_scores(
+    stages: list[str], acc: list[float], auc: list[float | None], marked: int, path: Path, title: str
+) -> Path:
     """Linear-probe val accuracy and AUC after each backbone stage; stage ``marked`` (0-based) highlighted."""
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(stages) + 2), 4))
     x = np.arange(len(stages))

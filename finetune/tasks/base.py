@@ -1,12 +1,14 @@
 """The task seam: everything that differs between tasks sits behind one interface.
 
-``engine.train`` drives every task through these methods and never asks which task it runs. A
+``training.train`` drives every task through these methods and never asks which task it runs. A
 task's config checks (``validate``) import no torch; every other method imports its heavy
 modules when called, so ``finetune --help`` and config errors stay fast.
 
-This module is the interface the libraries (``engine``, ``export``, ``report``) are handed; it
-imports none of them, so the hooks that take their objects name those types in their docstrings.
+This module is the interface training (above the tasks) and the layers below them (``export``,
+``report``) are handed; it imports none of them (it sits on the floor, beside ``run/``), so the
+hooks that take their objects name those types in their docstrings (the model is a ``models.freezing.FineTuneModel``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -16,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.errors import ConfigError, FinetuneError, choice
+from finetune.run.errors import ConfigError, FinetuneError, choice
 
 if TYPE_CHECKING:
     import lightning as L
     import numpy as np
+    from torch import nn
 
-    from finetune.engine.schedule import PhaseOptim
-    from finetune.models.freezing import FineTuneModel
+    from finetune.run.schedule import PhaseOptim
 
 
 @dataclass(frozen=True)
@@ -47,14 +49,18 @@ class Task:
     dense: bool = False  # one prediction per pixel: exports keep height and width dynamic
     # Top-level keys this task does not read: key -> (the value that means "unused", why / what instead)
     unsupported: Mapping[str, tuple[Any, str]] = {}
-    # Training options (engine/config.py) this task honours; a config turning on another is refused
+    # Training options (run/config.py) this task honours; a config turning on another is refused
     training_options: tuple[str, ...] = ()
 
     def validate(self, cfg: DictConfig) -> None:
         """Refuse choices and keys this task cannot honour, by name, before any heavy work."""
         choice("head.kind", cfg.head.kind, self.heads, f"task={self.name} takes head=" + "|".join(self.heads))
-        choice("dataset.kind", cfg.dataset.kind, self.datasets,
-               f"task={self.name} takes dataset=" + "|".join(self.datasets))
+        choice(
+            "dataset.kind",
+            cfg.dataset.kind,
+            self.datasets,
+            f"task={self.name} takes dataset=" + "|".join(self.datasets),
+        )
         choice("monitor", cfg.monitor, ("auto", *self.monitors), f"validation metrics of task={self.name}")
         for key, (unused, why) in self.unsupported.items():
             value = OmegaConf.select(cfg, key)
@@ -69,16 +75,22 @@ class Task:
         """Side of the model's training input (None: the backbone's pretrained size)."""
         raise NotImplementedError
 
-    def prepare(self, cfg: DictConfig, model: FineTuneModel, data: L.LightningDataModule) -> None:
+    def prepare(self, cfg: DictConfig, model: nn.Module, data: L.LightningDataModule) -> None:
         """Anything done to a freshly built model before training (e.g. ``init_from``)."""
 
     def monitor(self, cfg: DictConfig, data: L.LightningDataModule) -> str:
         """The validation metric that picks the best checkpoint (``val/...``)."""
         raise NotImplementedError
 
-    def lightning_module(self, cfg: DictConfig, model: FineTuneModel, data: L.LightningDataModule,
-                         optim: PhaseOptim | None = None, phase_index: int = 0,
-                         features_input: bool = False) -> L.LightningModule:
+    def lightning_module(
+        self,
+        cfg: DictConfig,
+        model: nn.Module,
+        data: L.LightningDataModule,
+        optim: PhaseOptim | None = None,
+        phase_index: int = 0,
+        features_input: bool = False,
+    ) -> L.LightningModule:
         """The LightningModule of one phase (or of the test) over ``model``."""
         raise NotImplementedError
 
@@ -93,18 +105,19 @@ class Task:
         """Entries of metrics.json besides the test scalars (e.g. classification's calibration)."""
         return {}
 
-    def after_test(self, cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule,
-                   run_dir: Path) -> None:
+    def after_test(
+        self, cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule, run_dir: Path
+    ) -> None:
         """Files written after the test besides metrics.json (e.g. predicted masks)."""
 
-    def report_sections(self, run: Any, data: L.LightningDataModule, model: FineTuneModel, options: Any) -> Any:
+    def report_sections(self, run: Any, data: L.LightningDataModule, model: nn.Module, options: Any) -> Any:
         """This task's sections of report.html: a ``finetune.report.page.TaskSections`` (HTML about
         its data, placed after the configuration, and about its predictions, after the results) for
         a ``report.page.RunRecord`` under ``report.page.ReportOptions``."""
         raise NotImplementedError
 
     def explainer(self, run: Any) -> Any:
-        """This task's part of ``finetune explain`` for an ``engine.runs.LoadedRun``: a
+        """This task's part of ``finetune explain`` for an ``models.saved_runs.LoadedRun``: a
         ``finetune.report.explain.Explainer`` (the model input for an image, what is listed, and the
         target Grad-CAM explains)."""
         raise FinetuneError(f"finetune explain does not support task={self.name} yet")

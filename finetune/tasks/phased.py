@@ -1,13 +1,14 @@
 """What every task's LightningModule shares: one instance per phase over the same model, a fresh
 optimizer and scheduler per phase (never a param group added to a live optimizer), and the phase
 index written into every checkpoint."""
+
 from __future__ import annotations
 
 import lightning as L
 
 from finetune.models.freezing import FineTuneModel, param_groups, stage_learning_rates
-from finetune.engine.optim import build_optimizer, build_scheduler
-from finetune.engine.schedule import PHASE_KEY, PhaseOptim
+from finetune.run.optim import build_optimizer, build_scheduler
+from finetune.run.schedule import PHASE_KEY, PhaseOptim
 
 
 class PhasedTask(L.LightningModule):

@@ -2,9 +2,10 @@
 
 Only the commands (``finetune.commands``) look tasks up; the libraries below them are handed one.
 """
+
 from __future__ import annotations
 
-from finetune.errors import ConfigError
+from finetune.run.errors import ConfigError
 from finetune.tasks.base import Task
 from finetune.tasks.classification import Classification
 from finetune.tasks.segmentation import Segmentation

@@ -13,6 +13,7 @@ Calibration error compares confidence with frequency, in bins of the confidence:
 predictions), which do not leave most bins empty when a model is confident. Both weight a bin by
 its share of the predictions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,11 @@ class ReliabilityBins:
         return float(np.sum(self.count / self.count.sum() * np.abs(self.frequency - self.confidence)))
 
     def to_dict(self) -> dict:
-        return {"confidence": np.round(self.confidence, 6).tolist(), "frequency": np.round(self.frequency, 6).tolist(),
-                "count": self.count.astype(int).tolist()}
+        return {
+            "confidence": np.round(self.confidence, 6).tolist(),
+            "frequency": np.round(self.frequency, 6).tolist(),
+            "count": self.count.astype(int).tolist(),
+        }
 
 
 def confidences(probs: np.ndarray, targets: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -50,8 +54,9 @@ def confidences(probs: np.ndarray, targets: np.ndarray, multilabel: bool) -> tup
     return probs.max(axis=1), (probs.argmax(axis=1) == np.asarray(targets)).astype(np.float64)
 
 
-def reliability_bins(conf: np.ndarray, outcome: np.ndarray, adaptive: bool = False,
-                     n_bins: int = N_BINS) -> ReliabilityBins:
+def reliability_bins(
+    conf: np.ndarray, outcome: np.ndarray, adaptive: bool = False, n_bins: int = N_BINS
+) -> ReliabilityBins:
     """Bins of equal width over [0, 1] (a confidence on an edge goes to the bin below it, as
     torchmetrics'), or of equal mass (``adaptive``: sorted confidences in ``n_bins`` near-equal runs)."""
     if adaptive:
@@ -61,8 +66,11 @@ def reliability_bins(conf: np.ndarray, outcome: np.ndarray, adaptive: bool = Fal
         index = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
         groups = [np.flatnonzero(index == b) for b in range(n_bins)]
         groups = [g for g in groups if len(g)]
-    return ReliabilityBins(np.array([conf[g].mean() for g in groups]), np.array([outcome[g].mean() for g in groups]),
-                           np.array([len(g) for g in groups], dtype=np.float64))
+    return ReliabilityBins(
+        np.array([conf[g].mean() for g in groups]),
+        np.array([outcome[g].mean() for g in groups]),
+        np.array([len(g) for g in groups], dtype=np.float64),
+    )
 
 
 def calibration_errors(probs: np.ndarray, targets: np.ndarray, multilabel: bool) -> dict[str, float]:

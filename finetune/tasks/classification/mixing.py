@@ -1,4 +1,5 @@
 """Mixup / CutMix of training batches (``mix.*``): timm's ``Mixup``, drawn reproducibly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,13 +15,21 @@ class BatchMixer:
     even batch; an odd last batch leaves its last image unmixed (smoothed one-hot target).
     """
 
-    def __init__(self, num_classes: int, mixup: float, cutmix: float, prob: float, label_smoothing: float,
-                 seed: int) -> None:
+    def __init__(
+        self, num_classes: int, mixup: float, cutmix: float, prob: float, label_smoothing: float, seed: int
+    ) -> None:
         from timm.data import Mixup
 
         self.num_classes, self.label_smoothing, self.seed = num_classes, label_smoothing, seed
-        self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=0.5, mode="batch",
-                           label_smoothing=label_smoothing, num_classes=num_classes)
+        self.mixup = Mixup(
+            mixup_alpha=mixup,
+            cutmix_alpha=cutmix,
+            prob=prob,
+            switch_prob=0.5,
+            mode="batch",
+            label_smoothing=label_smoothing,
+            num_classes=num_classes,
+        )
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, *key: int) -> tuple[torch.Tensor, torch.Tensor]:
         from timm.data.mixup import mixup_target

@@ -27,6 +27,7 @@ definition) and mixup / cutmix of training batches (``mix.*``, single-label only
 with soft-target cross-entropy). Both change the training loss only: validation and test report
 the plain loss, and training accuracy is counted against each image's own label.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -36,18 +37,34 @@ import torch
 from torch import nn
 from torchmetrics import CatMetric, MetricCollection
 from torchmetrics.classification import (
-    BinaryAUROC, MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix, MulticlassF1Score,
-    MulticlassPrecision, MulticlassRecall, MultilabelAccuracy, MultilabelAUROC, MultilabelConfusionMatrix,
-    MultilabelF1Score, MultilabelPrecision, MultilabelRecall, MultilabelStatScores,
+    BinaryAUROC,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MultilabelAccuracy,
+    MultilabelAUROC,
+    MultilabelConfusionMatrix,
+    MultilabelF1Score,
+    MultilabelPrecision,
+    MultilabelRecall,
+    MultilabelStatScores,
 )
 
 from finetune.data.sources import TASK_TYPES
 from finetune.data.transforms import FLIP_AXES
-from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-from finetune.engine.schedule import PhaseOptim
-from finetune.tasks.classification.calibration import (calibration_errors, confidences, fit_temperature,
-                                                       negative_log_likelihood, reliability_bins)
+from finetune.run.errors import FinetuneError
+from finetune.run.schedule import PhaseOptim
+from finetune.tasks.classification.calibration import (
+    calibration_errors,
+    confidences,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_bins,
+)
 from finetune.tasks.classification.mixing import BatchMixer
 from finetune.tasks.phased import PhasedTask
 
@@ -73,8 +90,9 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     return logits.sigmoid() if task == "multi-label" else logits.softmax(dim=-1)
 
 
-def decide(probs: torch.Tensor, task: str, threshold: float | Sequence[float] | torch.Tensor | None = None
-           ) -> torch.Tensor:
+def decide(
+    probs: torch.Tensor, task: str, threshold: float | Sequence[float] | torch.Tensor | None = None
+) -> torch.Tensor:
     """Predicted labels: argmax (multi-class), p(class 1) >= threshold (binary), multi-hot
     p >= threshold per label (multi-label; a scalar or one threshold per label)."""
     if task in ("multi-class", "ordinal-regression"):
@@ -101,8 +119,9 @@ class MultilabelBalancedAccuracy(MultilabelStatScores):
 class ClassificationMetrics(nn.Module):
     """Score metrics (from probabilities) and decision metrics (from predicted labels) of one split."""
 
-    def __init__(self, num_classes: int, task: str, full: bool, auc: bool = True, prefix: str = "",
-                 only_acc: bool = False) -> None:
+    def __init__(
+        self, num_classes: int, task: str, full: bool, auc: bool = True, prefix: str = "", only_acc: bool = False
+    ) -> None:
         super().__init__()
         self.task, self.prefix = task, prefix
         scores: dict[str, nn.Module] = {}
@@ -110,32 +129,42 @@ class ClassificationMetrics(nn.Module):
             kw = {"num_labels": num_classes}
             if auc:
                 scores["auc"] = MultilabelAUROC(average="macro", **kw)
-            decisions = {"acc": MultilabelAccuracy(**kw), "balanced_acc": MultilabelBalancedAccuracy(**kw),
-                         "f1_macro": MultilabelF1Score(average="macro", **kw)}
+            decisions = {
+                "acc": MultilabelAccuracy(**kw),
+                "balanced_acc": MultilabelBalancedAccuracy(**kw),
+                "f1_macro": MultilabelF1Score(average="macro", **kw),
+            }
             if full:
-                decisions |= {"precision": MultilabelPrecision(average=None, **kw),
-                              "recall": MultilabelRecall(average=None, **kw),
-                              "confusion": MultilabelConfusionMatrix(**kw)}
+                decisions |= {
+                    "precision": MultilabelPrecision(average=None, **kw),
+                    "recall": MultilabelRecall(average=None, **kw),
+                    "confusion": MultilabelConfusionMatrix(**kw),
+                }
         else:
             kw = {"num_classes": num_classes}
             if auc:
                 scores["auc"] = BinaryAUROC() if task == "binary" else MulticlassAUROC(average="macro", **kw)
             if full and num_classes > 5:
                 scores["acc_top5"] = MulticlassAccuracy(average="micro", top_k=5, **kw)
-            decisions = {"acc": MulticlassAccuracy(average="micro", **kw),
-                         "balanced_acc": MulticlassRecall(average="macro", **kw),
-                         "f1_macro": MulticlassF1Score(average="macro", **kw)}
+            decisions = {
+                "acc": MulticlassAccuracy(average="micro", **kw),
+                "balanced_acc": MulticlassRecall(average="macro", **kw),
+                "f1_macro": MulticlassF1Score(average="macro", **kw),
+            }
             if full:
-                decisions |= {"precision": MulticlassPrecision(average=None, **kw),
-                              "recall": MulticlassRecall(average=None, **kw),
-                              "confusion": MulticlassConfusionMatrix(**kw)}
+                decisions |= {
+                    "precision": MulticlassPrecision(average=None, **kw),
+                    "recall": MulticlassRecall(average=None, **kw),
+                    "confusion": MulticlassConfusionMatrix(**kw),
+                }
         self.scores = MetricCollection(scores, compute_groups=False) if scores else None
         if only_acc:  # training: one cheap running metric per step (the benchmarks' largest overhead)
             decisions = {"acc": decisions["acc"]}
         self.decisions = MetricCollection(decisions)
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor,
-               threshold: float | Sequence[float] | None = None) -> None:
+    def update(
+        self, logits: torch.Tensor, targets: torch.Tensor, threshold: float | Sequence[float] | None = None
+    ) -> None:
         probs = probabilities(logits.detach(), self.task)
         targets = targets.int() if self.task == "multi-label" else targets.long()
         if self.scores is not None:
@@ -156,12 +185,18 @@ class ClassificationMetrics(nn.Module):
                 metric.reset()
 
 
-def classification_metrics(num_classes: int, multilabel: bool, full: bool, task: str | None = None,
-                           auc: bool = True, prefix: str = "", only_acc: bool = False) -> ClassificationMetrics:
+def classification_metrics(
+    num_classes: int,
+    multilabel: bool,
+    full: bool,
+    task: str | None = None,
+    auc: bool = True,
+    prefix: str = "",
+    only_acc: bool = False,
+) -> ClassificationMetrics:
     """Metrics of one split (see the module docstring); ``full`` adds the per-class ones,
     ``only_acc`` keeps accuracy alone (the training split)."""
-    return ClassificationMetrics(num_classes, task_type(num_classes, multilabel, task), full, auc, prefix,
-                                 only_acc)
+    return ClassificationMetrics(num_classes, task_type(num_classes, multilabel, task), full, auc, prefix, only_acc)
 
 
 def monitor_metric(task: str, threshold_tuned: bool, choice: str = "auto") -> str:
@@ -202,8 +237,9 @@ def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, task: str) -> fl
     raise ValueError(f"a {task} task decides by argmax; thresholds apply to binary / multi-label tasks")
 
 
-def flip_averaged(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
-                  flips: Sequence[str]) -> torch.Tensor:
+def flip_averaged(
+    forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, flips: Sequence[str]
+) -> torch.Tensor:
     """Test-time augmentation: the mean of ``forward`` over the batch and its ``flips`` (``FLIP_AXES``)."""
     views = [forward(inputs), *(forward(inputs.flip(FLIP_AXES[f])) for f in flips)]
     return views[0] if len(views) == 1 else torch.stack(views).mean(dim=0)
@@ -216,12 +252,24 @@ class ClassificationTask(PhasedTask):
     trainable in that phase: no param group is ever added to a live optimizer.
     """
 
-    def __init__(self, model: FineTuneModel, num_classes: int, multilabel: bool = False,
-                 optim: PhaseOptim = PhaseOptim(), class_weights: torch.Tensor | None = None,
-                 phase_index: int = 0, features_input: bool = False, task: str | None = None,
-                 threshold: float | Sequence[float] | None = None, label_smoothing: float = 0.0,
-                 mixup: float = 0.0, cutmix: float = 0.0, mix_prob: float = 1.0, seed: int = 0,
-                 tta: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        model: FineTuneModel,
+        num_classes: int,
+        multilabel: bool = False,
+        optim: PhaseOptim = PhaseOptim(),
+        class_weights: torch.Tensor | None = None,
+        phase_index: int = 0,
+        features_input: bool = False,
+        task: str | None = None,
+        threshold: float | Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        mix_prob: float = 1.0,
+        seed: int = 0,
+        tta: Sequence[str] = (),
+    ) -> None:
         """``class_weights``: cross-entropy class weights, or for multi-label the BCE ``pos_weight``
         per label (ClassificationDataModule.class_weights gives either); not saved in checkpoints.
         ``task``: binary | multi-class | multi-label | ordinal-regression (default: from
@@ -240,23 +288,31 @@ class ClassificationTask(PhasedTask):
         self.mixer = None
         if (mixup or cutmix) and mix_prob:
             if self.multilabel:
-                raise FinetuneError("mix.mixup / mix.cutmix: the dataset is multi-label, and mixing is defined "
-                                    "here for one label per image; leave mix.mixup=0 mix.cutmix=0")
+                raise FinetuneError(
+                    "mix.mixup / mix.cutmix: the dataset is multi-label, and mixing is defined "
+                    "here for one label per image; leave mix.mixup=0 mix.cutmix=0"
+                )
             if features_input:
-                raise FinetuneError("mix.mixup / mix.cutmix mix images: they cannot train on cached features "
-                                    "(use data.cache_features=auto or false)")
+                raise FinetuneError(
+                    "mix.mixup / mix.cutmix mix images: they cannot train on cached features "
+                    "(use data.cache_features=auto or false)"
+                )
             self.mixer = BatchMixer(num_classes, mixup, cutmix, mix_prob, self.label_smoothing, seed)
         # Training: label smoothing in the loss; with mixing it is in Mixup's soft targets, and
         # multi-label smooths its targets in _step.
         in_loss = 0.0 if self.mixer or self.multilabel else self.label_smoothing
         self.train_loss_fn = _loss(self.task, class_weights, in_loss)
-        self.train_metrics = classification_metrics(num_classes, multilabel, False, self.task, auc=False,
-                                                    prefix="train/", only_acc=True)
+        self.train_metrics = classification_metrics(
+            num_classes, multilabel, False, self.task, auc=False, prefix="train/", only_acc=True
+        )
         self.val_metrics = classification_metrics(num_classes, multilabel, False, self.task, prefix="val/")
         self.test_metrics = classification_metrics(num_classes, multilabel, True, self.task)
         # With a tuned threshold, the decisions at 0.5 too: the MedMNIST benchmark's ACC is at 0.5.
-        self.default_test_metrics = (classification_metrics(num_classes, multilabel, False, self.task, auc=False)
-                                     if self.task in THRESHOLD_TASKS else None)
+        self.default_test_metrics = (
+            classification_metrics(num_classes, multilabel, False, self.task, auc=False)
+            if self.task in THRESHOLD_TASKS
+            else None
+        )
         self.tta = tuple(tta)
         self.temperature = 1.0  # fit_on_validation(temperature=True) sets it; the test divides logits by it
         self.test_logits, self.test_targets = CatMetric(), CatMetric()  # uncalibrated, for the calibration record
@@ -269,8 +325,9 @@ class ClassificationTask(PhasedTask):
     def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model.head(inputs) if self.features_input else self.model(inputs)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], train_batch: int | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], train_batch: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, logits, hard targets). A training batch (``train_batch``: its index) gets the
         training options: mixing and label smoothing; validation and test the plain loss."""
         inputs, targets = batch
@@ -278,8 +335,9 @@ class ClassificationTask(PhasedTask):
         if train_batch is not None:
             loss_fn = self.train_loss_fn
             if self.mixer is not None:
-                inputs, soft = self.mixer(inputs, targets, self.phase_index, self.current_epoch, train_batch,
-                                          self.global_rank)
+                inputs, soft = self.mixer(
+                    inputs, targets, self.phase_index, self.current_epoch, train_batch, self.global_rank
+                )
             elif self.multilabel:  # timm's multi-label smoothing: every label moves towards 0.5
                 soft = soft * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
         logits = self._logits(inputs)
@@ -314,10 +372,16 @@ class ClassificationTask(PhasedTask):
         if temperature:
             self.temperature = fit_temperature(logits, targets, self.multilabel)
             self.calibration["val"] = {
-                when: {"nll": round(float(negative_log_likelihood(logits / t, targets, self.multilabel)), 6),
-                       **_rounded(calibration_errors(probabilities(logits / t, self.task).numpy(),
-                                                     targets.numpy(), self.multilabel))}
-                for when, t in (("before", 1.0), ("after", self.temperature))}
+                when: {
+                    "nll": round(float(negative_log_likelihood(logits / t, targets, self.multilabel)), 6),
+                    **_rounded(
+                        calibration_errors(
+                            probabilities(logits / t, self.task).numpy(), targets.numpy(), self.multilabel
+                        )
+                    ),
+                }
+                for when, t in (("before", 1.0), ("after", self.temperature))
+            }
         if threshold and self.task in THRESHOLD_TASKS:
             self.threshold = tune_thresholds(probabilities(logits / self.temperature, self.task), targets, self.task)
 
@@ -376,12 +440,20 @@ class ClassificationTask(PhasedTask):
         test, bins = {}, {}
         for when, t in (("before", 1.0), ("after", self.temperature)):
             probs = probabilities(raw / t, self.task).numpy()
-            test[when] = _rounded({**calibration_errors(probs, targets.numpy(), self.multilabel),
-                                   "nll": negative_log_likelihood(raw / t, targets, self.multilabel)})
+            test[when] = _rounded(
+                {
+                    **calibration_errors(probs, targets.numpy(), self.multilabel),
+                    "nll": negative_log_likelihood(raw / t, targets, self.multilabel),
+                }
+            )
             bins[when] = reliability_bins(*confidences(probs, targets.numpy(), self.multilabel)).to_dict()
         self.test_results |= {k: torch.tensor(test["after"][k]) for k in ("ece", "adaptive_ece")}
-        self.calibration |= {"temperature": round(self.temperature, 6), "tta": list(self.tta), "test": test,
-                             "bins": bins}
+        self.calibration |= {
+            "temperature": round(self.temperature, 6),
+            "tta": list(self.tta),
+            "test": test,
+            "bins": bins,
+        }
 
 
 def _loss(task: str, class_weights: torch.Tensor | None, label_smoothing: float = 0.0) -> nn.Module:

@@ -1,4 +1,5 @@
 """Classification predict: top-k labels and probabilities per image, written as CSV or JSON."""
+
 from __future__ import annotations
 
 import csv
@@ -9,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from finetune.artifacts import atomic_path, write_json
-from finetune.errors import FinetuneError
 from finetune.export.loading import LoadedExport
 from finetune.export.predict import PredictOptions, console, refuse_existing
+from finetune.run.artifacts import atomic_path, write_json
+from finetune.run.errors import FinetuneError
 from finetune.tasks.base import Predictions
 
 MULTILABEL_THRESHOLD = 0.5
@@ -37,8 +38,14 @@ def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def decide(paths: Sequence[Path | str], probs: np.ndarray, names: list[str], topk: int,
-           multilabel: bool, threshold: float | list[float] | None = None) -> list[Prediction]:
+def decide(
+    paths: Sequence[Path | str],
+    probs: np.ndarray,
+    names: list[str],
+    topk: int,
+    multilabel: bool,
+    threshold: float | list[float] | None = None,
+) -> list[Prediction]:
     """The prediction and top-k of each row of ``probs``: argmax, the run's binary threshold on
     p(class 1), or every label with p >= its threshold (multi-label)."""
     rows = []
@@ -62,8 +69,7 @@ def predict_arrays(exported: LoadedExport, images: Sequence[np.ndarray]) -> Pred
     return Predictions(exported.class_names, [row.prediction for row in rows], probs)
 
 
-def predict(exported: LoadedExport, paths: Sequence[Path], topk: int = 5,
-            batch_size: int = 32) -> list[Prediction]:
+def predict(exported: LoadedExport, paths: Sequence[Path], topk: int = 5, batch_size: int = 32) -> list[Prediction]:
     """Top-k predictions for image (or DICOM) files, in batches, with a progress bar."""
     if topk < 1 or batch_size < 1:
         raise FinetuneError(f"topk={topk} and batch_size={batch_size} must be >= 1")
@@ -72,10 +78,16 @@ def predict(exported: LoadedExport, paths: Sequence[Path], topk: int = 5,
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("predicting", total=len(paths))
         for start in range(0, len(paths), batch_size):
-            batch = paths[start:start + batch_size]
+            batch = paths[start : start + batch_size]
             logits = exported.logits([exported.read(p) for p in batch])
-            rows += decide(batch, probabilities(logits, exported.multilabel), exported.class_names,
-                           topk, exported.multilabel, exported.threshold)
+            rows += decide(
+                batch,
+                probabilities(logits, exported.multilabel),
+                exported.class_names,
+                topk,
+                exported.multilabel,
+                exported.threshold,
+            )
             progress.advance(task, len(batch))
     return rows
 
@@ -85,26 +97,38 @@ def csv_header(topk: int) -> list[str]:
     return ["path", "prediction", *(f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("label", "prob"))]
 
 
-def write_predictions(rows: Sequence[Prediction], out: Path, exported: LoadedExport,
-                      skipped: Sequence[tuple[str, str]] = ()) -> Path:
+def write_predictions(
+    rows: Sequence[Prediction], out: Path, exported: LoadedExport, skipped: Sequence[tuple[str, str]] = ()
+) -> Path:
     """CSV (one row per image) or JSON (with the export's task and classes), written atomically;
     ``skipped`` (input, why): unreadable inputs left out, listed after the predictions (CSV: an empty
     prediction and the reason in an added ``error`` column; JSON: ``skipped``)."""
     if out.suffix == ".json":
-        return write_json(out, {
-            "export": str(exported.path), "multilabel": exported.multilabel,
-            "predictions": [{"path": r.path, "prediction": r.prediction,
-                             "top": [{"label": label, "probability": p} for label, p in r.top]} for r in rows],
-            "skipped": [{"path": path, "error": why} for path, why in skipped],
-        })
+        return write_json(
+            out,
+            {
+                "export": str(exported.path),
+                "multilabel": exported.multilabel,
+                "predictions": [
+                    {
+                        "path": r.path,
+                        "prediction": r.prediction,
+                        "top": [{"label": label, "probability": p} for label, p in r.top],
+                    }
+                    for r in rows
+                ],
+                "skipped": [{"path": path, "error": why} for path, why in skipped],
+            },
+        )
     topk = max((len(r.top) for r in rows), default=0)
     error = ["error"] if skipped else []
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(csv_header(topk) + error)
         for r in rows:
-            writer.writerow([r.path, r.prediction, *(v for label, p in r.top for v in (label, f"{p:.6f}")),
-                             *("" for _ in error)])
+            writer.writerow(
+                [r.path, r.prediction, *(v for label, p in r.top for v in (label, f"{p:.6f}")), *("" for _ in error)]
+            )
         for path, why in skipped:
             writer.writerow([path, "", *("" for _ in range(2 * topk)), why])
     return out

@@ -4,6 +4,7 @@ Report: a Data section (classes with train counts and per-class test metrics, se
 samples per class) and the most confidently wrong test images. Explain: the top-k classes
 (softmax, or a sigmoid per class when multi-label) and Grad-CAM of the top-1 class's logit.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,12 +17,20 @@ from omegaconf import DictConfig
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.engine.runs import LoadedRun
 from finetune.export.loading import preprocess
 from finetune.models.freezing import FineTuneModel
+from finetune.models.saved_runs import LoadedRun
 from finetune.report.explain import Explained
-from finetune.report.page import (ReportOptions, RunRecord, TaskSections, array_img, file_img, number, table,
-                                  tested_batches)
+from finetune.report.page import (
+    ReportOptions,
+    RunRecord,
+    TaskSections,
+    array_img,
+    file_img,
+    number,
+    table,
+    tested_batches,
+)
 from finetune.tasks.classification.module import decide, flip_averaged, probabilities
 
 MAX_SAMPLE_CLASSES = 20
@@ -30,14 +39,24 @@ MAX_SAMPLE_CLASSES = 20
 # --- report.html --------------------------------------------------------------------------------
 
 
-def report_sections(run: RunRecord, data: ClassificationDataModule, model: FineTuneModel,
-                    options: ReportOptions) -> TaskSections:
+def report_sections(
+    run: RunRecord, data: ClassificationDataModule, model: FineTuneModel, options: ReportOptions
+) -> TaskSections:
     """Data (classes, samples) and the most confident mistakes on the test split."""
     calibration = run.metrics.get("calibration", {})
-    mistakes = worst_mistakes(model, data, run.cfg, options.worst, run.metrics.get("test", {}).get("threshold"),
-                              calibration.get("temperature", 1.0), calibration.get("tta", ()))
-    return TaskSections(data=[_data_section(run, data, options.samples)],
-                        results=[_calibration_section(run), _mistakes_section(mistakes, data)])
+    mistakes = worst_mistakes(
+        model,
+        data,
+        run.cfg,
+        options.worst,
+        run.metrics.get("test", {}).get("threshold"),
+        calibration.get("temperature", 1.0),
+        calibration.get("tta", ()),
+    )
+    return TaskSections(
+        data=[_data_section(run, data, options.samples)],
+        results=[_calibration_section(run), _mistakes_section(mistakes, data)],
+    )
 
 
 @dataclass(frozen=True)
@@ -50,9 +69,15 @@ class Mistake:
     confidence: float
 
 
-def worst_mistakes(model: FineTuneModel, data: ClassificationDataModule, cfg: DictConfig, n: int,
-                   threshold: float | list[float] | None = None, temperature: float = 1.0,
-                   tta: Sequence[str] = ()) -> list[Mistake]:
+def worst_mistakes(
+    model: FineTuneModel,
+    data: ClassificationDataModule,
+    cfg: DictConfig,
+    n: int,
+    threshold: float | list[float] | None = None,
+    temperature: float = 1.0,
+    tta: Sequence[str] = (),
+) -> list[Mistake]:
     """The ``n`` most confident wrong predictions on the test split (the batches the run tested),
     decided as the test metrics were (the run's ``tta`` flips and ``temperature``; argmax, or
     ``threshold`` for binary / multi-label tasks)."""
@@ -98,22 +123,37 @@ def _calibration_section(run: RunRecord) -> str:
     if not record or "test" not in record:
         return ""
     fitted = record.get("method") == "temperature"
-    rows = [[split, when, *(number(record[split][when].get(k)) for k in ("ece", "adaptive_ece", "nll"))]
-            for split in ("val", "test") for when in ("before", "after")
-            if when in record.get(split, {}) and (fitted or when == "before")]
+    rows = [
+        [split, when, *(number(record[split][when].get(k)) for k in ("ece", "adaptive_ece", "nll"))]
+        for split in ("val", "test")
+        for when in ("before", "after")
+        if when in record.get(split, {}) and (fitted or when == "before")
+    ]
     views = " + ".join(["image", *record.get("tta", [])])
-    note = (f"One temperature T = {record['temperature']:.3f} fitted on the validation split (never the test) divides "
-            "the logits; decisions are unchanged, probabilities are rescaled. predict and the exports apply it."
-            if fitted else "Not calibrated (calibration=none): calibration=temperature fits one temperature on val.")
+    note = (
+        f"One temperature T = {record['temperature']:.3f} fitted on the validation split (never the test) divides "
+        "the logits; decisions are unchanged, probabilities are rescaled. predict and the exports apply it."
+        if fitted
+        else "Not calibrated (calibration=none): calibration=temperature fits one temperature on val."
+    )
     if fitted and record.get("test_is_val"):
-        note += (" This dataset has no test split: the test is the validation split the temperature was fitted "
-                 "on, so the calibrated test errors are in-sample (optimistic).")
-    return ("<h2>Calibration</h2><p>" + escape(note) + f" Test predictions average: {escape(views)}.</p>"
-            + '<div class="cols"><div>'
-            + table(["split", "temperature", "ECE", "adaptive ECE", "NLL"],
-                    [[r[0], "T" if r[1] == "after" else "1", *r[2:]] for r in rows], numeric=(2, 3, 4))
-            + f'</div><div style="flex:1">{file_img(run.run_dir / "plots" / "reliability.png", "reliability diagram")}'
-            + "</div></div>")
+        note += (
+            " This dataset has no test split: the test is the validation split the temperature was fitted "
+            "on, so the calibrated test errors are in-sample (optimistic)."
+        )
+    return (
+        "<h2>Calibration</h2><p>"
+        + escape(note)
+        + f" Test predictions average: {escape(views)}.</p>"
+        + '<div class="cols"><div>'
+        + table(
+            ["split", "temperature", "ECE", "adaptive ECE", "NLL"],
+            [[r[0], "T" if r[1] == "after" else "1", *r[2:]] for r in rows],
+            numeric=(2, 3, 4),
+        )
+        + f'</div><div style="flex:1">{file_img(run.run_dir / "plots" / "reliability.png", "reliability diagram")}'
+        + "</div></div>"
+    )
 
 
 def _samples_by_class(data: ClassificationDataModule, per_class: int) -> list[tuple[str, list[np.ndarray]]]:
@@ -134,23 +174,38 @@ def _data_section(run: RunRecord, data: ClassificationDataModule, per_class: int
     counts = run.data.get("class_counts_train", [])
     per_class_metrics = run.metrics.get("test_per_class", {})
     header = ["class", "train images", *per_class_metrics]
-    rows = [[name, counts[i] if i < len(counts) else "-",
-             *(number(per_class_metrics[m].get(name, float("nan"))) for m in per_class_metrics)]
-            for i, name in enumerate(names)]
+    rows = [
+        [
+            name,
+            counts[i] if i < len(counts) else "-",
+            *(number(per_class_metrics[m].get(name, float("nan"))) for m in per_class_metrics),
+        ]
+        for i, name in enumerate(names)
+    ]
     sizes = ", ".join(f"{k} {v:,}" for k, v in data.split_sizes.items())
     classes_table = table(header, rows, numeric=tuple(range(1, len(header))))
-    classes = (classes_table if len(names) <= MAX_SAMPLE_CLASSES else
-               f"<details><summary>{len(names)} classes (click to show)</summary>{classes_table}</details>")
+    classes = (
+        classes_table
+        if len(names) <= MAX_SAMPLE_CLASSES
+        else f"<details><summary>{len(names)} classes (click to show)</summary>{classes_table}</details>"
+    )
     gallery = "".join(
-        f'<tr><td>{escape(name)}</td><td>'
+        f"<tr><td>{escape(name)}</td><td>"
         + "".join(array_img(im, f"training image of {name}", "thumb") for im in images)
-        + "</td></tr>" for name, images in _samples_by_class(data, per_class))
-    more = (f'<p class="note">Samples of the first {MAX_SAMPLE_CLASSES} of {len(names)} classes.</p>'
-            if len(names) > MAX_SAMPLE_CLASSES else "")
-    return (f"<h2>Data</h2><p>{len(names)} classes{' (multi-label)' if run.data.get('multilabel') else ''}; "
-            f"images per split: {escape(sizes)}; source images have {run.data.get('image_channels')} channel(s).</p>"
-            + f'<div class="cols"><div><h3>Classes</h3>{classes}</div><div><h3>Training samples</h3>'
-            + f"<table><tbody>{gallery}</tbody></table>{more}</div></div>")
+        + "</td></tr>"
+        for name, images in _samples_by_class(data, per_class)
+    )
+    more = (
+        f'<p class="note">Samples of the first {MAX_SAMPLE_CLASSES} of {len(names)} classes.</p>'
+        if len(names) > MAX_SAMPLE_CLASSES
+        else ""
+    )
+    return (
+        f"<h2>Data</h2><p>{len(names)} classes{' (multi-label)' if run.data.get('multilabel') else ''}; "
+        f"images per split: {escape(sizes)}; source images have {run.data.get('image_channels')} channel(s).</p>"
+        + f'<div class="cols"><div><h3>Classes</h3>{classes}</div><div><h3>Training samples</h3>'
+        + f"<table><tbody>{gallery}</tbody></table>{more}</div></div>"
+    )
 
 
 def _mistakes_section(mistakes: list[Mistake], data: ClassificationDataModule) -> str:
@@ -158,14 +213,18 @@ def _mistakes_section(mistakes: list[Mistake], data: ClassificationDataModule) -
         return "<h2>Most confident mistakes</h2><p>No wrong predictions on the test images.</p>"
     samples, channels = data.splits["test"], data.info.image_channels
     cards = "".join(_mistake_card(m, samples.image(m.index, channels)) for m in mistakes)
-    return ("<h2>Most confident mistakes</h2><p>Wrong test predictions, highest confidence first.</p>"
-            + f'<div class="gallery">{cards}</div>')
+    return (
+        "<h2>Most confident mistakes</h2><p>Wrong test predictions, highest confidence first.</p>"
+        + f'<div class="gallery">{cards}</div>'
+    )
 
 
 def _mistake_card(mistake: Mistake, image: np.ndarray) -> str:
     picture = array_img(image, f"test image {mistake.index}", "", side=112)
-    return (f'<div class="card">{picture}<div>true: <b>{escape(mistake.true)}</b></div>'
-            f'<div class="bad">pred: <b>{escape(mistake.predicted)}</b> ({mistake.confidence:.0%})</div></div>')
+    return (
+        f'<div class="card">{picture}<div>true: <b>{escape(mistake.true)}</b></div>'
+        f'<div class="bad">pred: <b>{escape(mistake.predicted)}</b> ({mistake.confidence:.0%})</div></div>'
+    )
 
 
 # --- finetune explain ---------------------------------------------------------------------------
@@ -175,8 +234,10 @@ def top_k(logits: torch.Tensor, class_names: list[str], k: int, multilabel: bool
     """The k most probable classes of one image (softmax; sigmoid per class when multi-label)."""
     probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
     values, indices = probs.topk(min(k, probs.numel()))
-    return [{"rank": r + 1, "class": class_names[i], "index": int(i), "probability": round(float(p), 6)}
-            for r, (p, i) in enumerate(zip(values.tolist(), indices.tolist()))]
+    return [
+        {"rank": r + 1, "class": class_names[i], "index": int(i), "probability": round(float(p), 6)}
+        for r, (p, i) in enumerate(zip(values.tolist(), indices.tolist()))
+    ]
 
 
 class ClassificationExplainer:
@@ -192,5 +253,11 @@ class ClassificationExplainer:
     def explain(self, logits: torch.Tensor, valid: tuple[int, int], k: int) -> Explained:
         listed = top_k(logits[0], self.run.class_names, k, self.run.multilabel)
         best = listed[0]
-        return Explained(listed, best["index"], best["class"], ClassifierOutputTarget(best["index"]),
-                         f"{best['class']} ({best['probability']:.1%})", {"multilabel": self.run.multilabel})
+        return Explained(
+            listed,
+            best["index"],
+            best["class"],
+            ClassifierOutputTarget(best["index"]),
+            f"{best['class']} ({best['probability']:.1%})",
+            {"multilabel": self.run.multilabel},
+        )

@@ -5,6 +5,7 @@ Training sees random crops; validation and test see whole images, tiled into ove
 of the training crop size whose logits are averaged (``sliding_window_logits``). Pixels equal to
 ``ignore_index`` (void, outside a field of view) count in no loss and no metric.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -17,9 +18,9 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassConfusionMatrix
 
-from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
-from finetune.engine.schedule import PhaseOptim
+from finetune.run.errors import FinetuneError
+from finetune.run.schedule import PhaseOptim
 from finetune.tasks.phased import PhasedTask
 from finetune.tasks.segmentation.choices import BINARY_MONITORS, LOSSES
 
@@ -88,9 +89,12 @@ class SegmentationMetrics(nn.Module):
         super().__init__()
         kw = {"num_classes": num_classes, "ignore_index": ignore_index}
         self.prefix, self.binary, self.ignore_index = prefix, num_classes == 2, ignore_index
-        self.decisions = MetricCollection({
-            "pixel_acc": MulticlassAccuracy(average="micro", **kw), "confusion": MulticlassConfusionMatrix(**kw),
-        })
+        self.decisions = MetricCollection(
+            {
+                "pixel_acc": MulticlassAccuracy(average="micro", **kw),
+                "confusion": MulticlassConfusionMatrix(**kw),
+            }
+        )
         self.auc = BinaryAUROC(thresholds=AUC_THRESHOLDS) if self.binary else None
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -104,9 +108,14 @@ class SegmentationMetrics(nn.Module):
         values = dict(self.decisions.compute())
         iou, dice = iou_and_dice(values["confusion"])
         per_class = {"iou": iou.float(), "dice": dice.float()}
-        out = {"miou": per_class["iou"].nanmean(), "mdice": per_class["dice"].nanmean(),
-               "pixel_acc": values["pixel_acc"], "iou_per_class": per_class["iou"],
-               "dice_per_class": per_class["dice"], "confusion": values["confusion"]}
+        out = {
+            "miou": per_class["iou"].nanmean(),
+            "mdice": per_class["dice"].nanmean(),
+            "pixel_acc": values["pixel_acc"],
+            "iou_per_class": per_class["iou"],
+            "dice_per_class": per_class["dice"],
+            "confusion": values["confusion"],
+        }
         if self.binary:  # the foreground class is the one that matters
             out |= {"dice": per_class["dice"][1], "iou": per_class["iou"][1], "auc": self.auc.compute()}
         return {f"{self.prefix}{k}": v for k, v in out.items()}
@@ -123,8 +132,9 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def sliding_window_logits(model: nn.Module, image: torch.Tensor, tile: int, overlap: float = 0.5,
-                          batch: int = 8) -> torch.Tensor:
+def sliding_window_logits(
+    model: nn.Module, image: torch.Tensor, tile: int, overlap: float = 0.5, batch: int = 8
+) -> torch.Tensor:
     """Logits [N, K, H, W] of full images [N, C, H, W]: overlapping ``tile`` windows (the image
     padded to at least one tile and a multiple of 32), logits averaged where windows overlap."""
     n, _, height, width = image.shape
@@ -135,20 +145,21 @@ def sliding_window_logits(model: nn.Module, image: torch.Tensor, tile: int, over
     windows = [(top, left) for top in _starts(padded_h, tile, stride) for left in _starts(padded_w, tile, stride)]
     total = count = None
     for i in range(0, len(windows), batch):
-        chunk = windows[i:i + batch]
-        crops = torch.cat([x[:, :, t:t + tile, l:l + tile] for t, l in chunk])
+        chunk = windows[i : i + batch]
+        crops = torch.cat([x[:, :, top : top + tile, left : left + tile] for top, left in chunk])
         logits = model(crops).float()
         if total is None:
             total = logits.new_zeros(n, logits.shape[1], padded_h, padded_w)
             count = logits.new_zeros(1, 1, padded_h, padded_w)
-        for j, (t, l) in enumerate(chunk):
-            total[:, :, t:t + tile, l:l + tile] += logits[j * n:(j + 1) * n]
-            count[:, :, t:t + tile, l:l + tile] += 1
+        for j, (top, left) in enumerate(chunk):
+            total[:, :, top : top + tile, left : left + tile] += logits[j * n : (j + 1) * n]
+            count[:, :, top : top + tile, left : left + tile] += 1
     return (total / count)[:, :, :height, :width]
 
 
-def full_image_logits(model: nn.Module, image: torch.Tensor, tile: int, overlap: float = 0.5,
-                      scale: float = 1.0) -> torch.Tensor:
+def full_image_logits(
+    model: nn.Module, image: torch.Tensor, tile: int, overlap: float = 0.5, scale: float = 1.0
+) -> torch.Tensor:
     """Logits of full images at their own resolution: resized by ``scale`` for the model (as in
     training), sliding windows, and the logits resized back (bilinear)."""
     if scale == 1:
@@ -161,9 +172,19 @@ def full_image_logits(model: nn.Module, image: torch.Tensor, tile: int, overlap:
 class SegmentationTask(PhasedTask):
     """Trains a ``FineTuneModel`` whose head is a segmentation decoder; one instance per phase."""
 
-    def __init__(self, model: FineTuneModel, num_classes: int, ignore_index: int, tile: int,
-                 optim: PhaseOptim = PhaseOptim(), phase_index: int = 0, loss: str = "ce_dice",
-                 class_weights: torch.Tensor | None = None, tile_overlap: float = 0.5, scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: FineTuneModel,
+        num_classes: int,
+        ignore_index: int,
+        tile: int,
+        optim: PhaseOptim = PhaseOptim(),
+        phase_index: int = 0,
+        loss: str = "ce_dice",
+        class_weights: torch.Tensor | None = None,
+        tile_overlap: float = 0.5,
+        scale: float = 1.0,
+    ) -> None:
         super().__init__(model, optim, phase_index)
         self.tile, self.tile_overlap, self.scale = tile, tile_overlap, scale
         self.loss_fn = SegmentationLoss(loss, ignore_index, class_weights)
@@ -211,8 +232,10 @@ def monitor_metric(num_classes: int, choice: str = "auto") -> str:
     """The validation metric that picks the best checkpoint: ``val/<choice>``, or for ``auto`` the
     foreground Dice (binary) or the mIoU."""
     if choice in BINARY_MONITORS and num_classes != 2:
-        raise FinetuneError(f"monitor={choice}: a foreground score of binary tasks; this dataset has "
-                          f"{num_classes} classes: use monitor=miou, mdice, pixel_acc or loss")
+        raise FinetuneError(
+            f"monitor={choice}: a foreground score of binary tasks; this dataset has "
+            f"{num_classes} classes: use monitor=miou, mdice, pixel_acc or loss"
+        )
     if choice == "auto":
         choice = "dice" if num_classes == 2 else "miou"
     return f"val/{choice}"

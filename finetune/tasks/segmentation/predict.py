@@ -1,4 +1,5 @@
 """Segmentation predict: one class-index mask per full-size image, by sliding the export's tile."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,10 +9,10 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from finetune.errors import FinetuneError
 from finetune.export.loading import LoadedExport
 from finetune.export.predict import PredictOptions, console, refuse_existing
 from finetune.report.plots import class_colors, save_mask
+from finetune.run.errors import FinetuneError
 from finetune.tasks.segmentation.module import full_image_logits
 
 DEFAULT_OUT = "predicted_masks"
@@ -22,8 +23,9 @@ def predict_masks(exported: LoadedExport, paths: Sequence[Path], out_dir: Path, 
     targets = [out_dir / f"{p.stem}_mask.png" for p in paths]
     clashes = sorted({t.name for t in targets if targets.count(t) > 1})
     if clashes:
-        raise FinetuneError(f"several inputs would write {clashes[0]}: predict images with distinct names, "
-                            "or one folder at a time")
+        raise FinetuneError(
+            f"several inputs would write {clashes[0]}: predict images with distinct names, or one folder at a time"
+        )
     refuse_existing([t for t in targets if t.exists()], overwrite)
     colors = class_colors(len(exported.class_names))
     with Progress(console=console, transient=False) as progress:

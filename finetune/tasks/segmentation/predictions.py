@@ -1,4 +1,5 @@
 """What a segmentation run writes after its test: predicted masks and overlays of test images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,7 @@ from finetune.tasks.segmentation.module import SegmentationTask
 
 
 @torch.no_grad()
-def write_predictions(task: SegmentationTask, data: SegmentationDataModule, split: str, count: int,
-                      out: Path) -> int:
+def write_predictions(task: SegmentationTask, data: SegmentationDataModule, split: str, count: int, out: Path) -> int:
     """Predicted masks (palette PNG of class indices) and image | truth | prediction overlays for
     the first ``count`` images of ``split``; returns how many were written."""
     task.model.eval()
@@ -28,7 +28,8 @@ def write_predictions(task: SegmentationTask, data: SegmentationDataModule, spli
         raw, truth = data.raw_pair(split, i)
         stem = data.splits[split][i].image.stem
         save_mask(prediction, colors, out / f"{stem}_pred.png")
-        save_overlay(raw, truth, prediction, colors, out / f"{stem}_overlay.png",
-                     background=0 if data.info.binary else None)
+        save_overlay(
+            raw, truth, prediction, colors, out / f"{stem}_overlay.png", background=0 if data.info.binary else None
+        )
         written += 1
     return written

@@ -8,6 +8,7 @@ one predicted class over the pixels predicted as it (pytorch-grad-cam's
 ``SemanticSegmentationTarget``): the largest predicted class other than class 0 (usually the
 background), or class 0 when nothing else is predicted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,12 +21,11 @@ from omegaconf import DictConfig
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from finetune.data.segmentation import SegmentationDataModule
-from finetune.engine.runs import LoadedRun
 from finetune.export.loading import preprocess
 from finetune.models.freezing import FineTuneModel
+from finetune.models.saved_runs import LoadedRun
 from finetune.report.explain import Explained
-from finetune.report.page import (Html, ReportOptions, RunRecord, TaskSections, array_img, number, table,
-                                  tested_batches)
+from finetune.report.page import Html, ReportOptions, RunRecord, TaskSections, array_img, number, table, tested_batches
 from finetune.report.plots import class_colors, overlay_panel
 from finetune.tasks.segmentation.module import DIVISOR, full_image_logits, iou_and_dice
 
@@ -37,12 +37,14 @@ METRIC_NAMES = {"iou": "IoU", "dice": "Dice"}
 # --- report.html --------------------------------------------------------------------------------
 
 
-def report_sections(run: RunRecord, data: SegmentationDataModule, model: FineTuneModel,
-                    options: ReportOptions) -> TaskSections:
+def report_sections(
+    run: RunRecord, data: SegmentationDataModule, model: FineTuneModel, options: ReportOptions
+) -> TaskSections:
     """Data (classes, training images with masks) and the lowest-scoring predicted test masks."""
     scored = scored_test_images(model, data, run.cfg)
-    return TaskSections(data=[_data_section(run, data, options.samples)],
-                        results=[_masks_section(run, data, scored, options.worst)])
+    return TaskSections(
+        data=[_data_section(run, data, options.samples)], results=[_masks_section(run, data, scored, options.worst)]
+    )
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def image_score(truth: torch.Tensor, prediction: torch.Tensor, num_classes: int,
     """Foreground IoU (two classes) or the mean IoU over the classes in the truth or the prediction
     of one image, ignored pixels left out; 1.0 where there is nothing to get wrong."""
     keep = truth != ignore_index
-    confusion = torch.bincount(truth[keep] * num_classes + prediction[keep], minlength=num_classes ** 2)
+    confusion = torch.bincount(truth[keep] * num_classes + prediction[keep], minlength=num_classes**2)
     iou, _ = iou_and_dice(confusion.reshape(num_classes, num_classes))
     value = iou[1] if num_classes == 2 else iou.nanmean()
     return 1.0 if value.isnan() else float(value)
@@ -105,32 +107,48 @@ def _data_section(run: RunRecord, data: SegmentationDataModule, samples: int) ->
     pixels = run.data.get("pixel_counts_train", info.class_counts)
     total = max(sum(pixels), 1)
     per_class = run.metrics.get("test_per_class", {})
-    columns = {key: "test " + METRIC_NAMES.get(key.removesuffix("_per_class"), key)
-               for key in sorted(per_class, key=lambda k: (not k.startswith("iou"), k))}  # IoU first
+    columns = {
+        key: "test " + METRIC_NAMES.get(key.removesuffix("_per_class"), key)
+        for key in sorted(per_class, key=lambda k: (not k.startswith("iou"), k))
+    }  # IoU first
     background = _background(data)
-    rows = [[name, Html(_swatch(colors[i]) + (" untinted" if i == background else "")),
-             f"{pixels[i]:,}" if i < len(pixels) else "-", f"{pixels[i] / total:.1%}" if i < len(pixels) else "-",
-             *(number(per_class[key].get(name, float("nan"))) for key in columns)]
-            for i, name in enumerate(names)]
-    classes = table(["class", "colour", "train pixels", "share", *columns.values()], rows,
-                    numeric=tuple(range(2, 4 + len(columns))))
+    rows = [
+        [
+            name,
+            Html(_swatch(colors[i]) + (" untinted" if i == background else "")),
+            f"{pixels[i]:,}" if i < len(pixels) else "-",
+            f"{pixels[i] / total:.1%}" if i < len(pixels) else "-",
+            *(number(per_class[key].get(name, float("nan"))) for key in columns),
+        ]
+        for i, name in enumerate(names)
+    ]
+    classes = table(
+        ["class", "colour", "train pixels", "share", *columns.values()], rows, numeric=tuple(range(2, 4 + len(columns)))
+    )
     sizes = ", ".join(f"{k} {v:,}" for k, v in data.split_sizes.items())
     scale = f" after resizing by {d.scale:g}" if d.scale != 1 else ""
-    how = (f"Training takes random {d.crop_size}x{d.crop_size} px crops{scale}; validation and test predict whole "
-           f"images in sliding {d.crop_size} px tiles ({d.tile_overlap:.0%} overlap), scored at the original size. "
-           f"Pixels labelled {info.ignore_index} count in no loss and no metric.")
-    chosen = np.sort(np.random.default_rng(data.seed).choice(
-        len(data.splits["train"]), size=min(samples, len(data.splits["train"])), replace=False))
+    how = (
+        f"Training takes random {d.crop_size}x{d.crop_size} px crops{scale}; validation and test predict whole "
+        f"images in sliding {d.crop_size} px tiles ({d.tile_overlap:.0%} overlap), scored at the original size. "
+        f"Pixels labelled {info.ignore_index} count in no loss and no metric."
+    )
+    chosen = np.sort(
+        np.random.default_rng(data.seed).choice(
+            len(data.splits["train"]), size=min(samples, len(data.splits["train"])), replace=False
+        )
+    )
     gallery = ""
     for i in chosen.tolist():
         image, mask = data.raw_pair("train", i)
         stem = data.splits["train"][i].image.stem
         panel = overlay_panel(image, [mask], colors, background=background)
         gallery += array_img(panel, f"training image {stem} | its mask", "pair", side=SAMPLE_SIDE)
-    return (f"<h2>Data</h2><p>{len(names)} classes (segmentation); images per split: {escape(sizes)}; source "
-            f"images have {info.image_channels} channel(s). {escape(how)}</p>"
-            + f'<div class="cols"><div><h3>Classes</h3>{classes}</div>'
-            + f"<div><h3>Training samples (image | mask)</h3>{gallery}</div></div>")
+    return (
+        f"<h2>Data</h2><p>{len(names)} classes (segmentation); images per split: {escape(sizes)}; source "
+        f"images have {info.image_channels} channel(s). {escape(how)}</p>"
+        + f'<div class="cols"><div><h3>Classes</h3>{classes}</div>'
+        + f"<div><h3>Training samples (image | mask)</h3>{gallery}</div></div>"
+    )
 
 
 def _masks_section(run: RunRecord, data: SegmentationDataModule, scored: list[ScoredImage], n: int) -> str:
@@ -139,22 +157,30 @@ def _masks_section(run: RunRecord, data: SegmentationDataModule, scored: list[Sc
     title = "<h2>Predicted masks</h2>"
     if not scored:
         return title + "<p>No test images were predicted.</p>"
-    shown = scored[:max(n, 0)]
+    shown = scored[: max(n, 0)]
     colors, background = class_colors(len(names)), _background(data)
     cards = ""
     for s in shown:
         image, truth = data.raw_pair("test", s.index)
         panel = overlay_panel(image, [truth, s.prediction], colors, background=background)
         picture = array_img(panel, f"overlay of test image {s.stem}: image | truth | prediction", "", PANEL_SIDE)
-        cards += (f'<div class="card wide">{picture}<div>{escape(s.stem)}: {escape(metric)} '
-                  f'<b>{s.score:.3f}</b></div></div>')
+        cards += (
+            f'<div class="card wide">{picture}<div>{escape(s.stem)}: {escape(metric)} <b>{s.score:.3f}</b></div></div>'
+        )
     saved = run.run_dir / "predictions"
     written = len(list(saved.glob("*_overlay.png"))) if saved.is_dir() else 0
-    note = (f'<p class="note">The run also wrote predicted masks (PNG of class indices) and overlays of '
-            f"{written} test image(s) to {escape(str(saved))}.</p>" if written else "")
-    return (title + f"<p>The {len(shown)} of {len(scored)} tested test images with the lowest {escape(metric)}, "
-            "worst first: image | truth | prediction, coloured as in the class table (ignored pixels dark).</p>"
-            + f'<div class="gallery">{cards}</div>' + note)
+    note = (
+        f'<p class="note">The run also wrote predicted masks (PNG of class indices) and overlays of '
+        f"{written} test image(s) to {escape(str(saved))}.</p>"
+        if written
+        else ""
+    )
+    return (
+        title + f"<p>The {len(shown)} of {len(scored)} tested test images with the lowest {escape(metric)}, "
+        "worst first: image | truth | prediction, coloured as in the class table (ignored pixels dark).</p>"
+        + f'<div class="gallery">{cards}</div>'
+        + note
+    )
 
 
 # --- finetune explain ---------------------------------------------------------------------------
@@ -179,17 +205,30 @@ class SegmentationExplainer:
     def explain(self, logits: torch.Tensor, valid: tuple[int, int], k: int) -> Explained:
         names = self.run.class_names
         logits = logits[0].float()
-        probs = logits[:, :valid[0], :valid[1]].softmax(dim=0)
+        probs = logits[:, : valid[0], : valid[1]].softmax(dim=0)
         prediction = probs.argmax(dim=0)
         counts = torch.bincount(prediction.flatten(), minlength=len(names))
         fractions = counts.double() / prediction.numel()
         present = [int(c) for c in fractions.argsort(descending=True) if counts[c] > 0][:k]
-        listed = [{"rank": r + 1, "class": names[c], "index": c, "pixel_fraction": round(float(fractions[c]), 6),
-                   "mean_probability": round(float(probs[c][prediction == c].mean()), 6)}
-                  for r, c in enumerate(present)]
+        listed = [
+            {
+                "rank": r + 1,
+                "class": names[c],
+                "index": c,
+                "pixel_fraction": round(float(fractions[c]), 6),
+                "mean_probability": round(float(probs[c][prediction == c].mean()), 6),
+            }
+            for r, c in enumerate(present)
+        ]
         chosen = next((c for c in present if c != 0), present[0])
         mask = torch.zeros(logits.shape[-2:], dtype=torch.float32)
-        mask[:valid[0], :valid[1]] = (prediction == chosen).float()
+        mask[: valid[0], : valid[1]] = (prediction == chosen).float()
         caption = f"{names[chosen]} ({float(fractions[chosen]):.1%} of pixels)"
-        return Explained(listed, chosen, names[chosen], SemanticSegmentationTarget(chosen, mask.numpy()), caption,
-                         {"listed": "classes by their share of the predicted pixels"})
+        return Explained(
+            listed,
+            chosen,
+            names[chosen],
+            SemanticSegmentationTarget(chosen, mask.numpy()),
+            caption,
+            {"listed": "classes by their share of the predicted pixels"},
+        )

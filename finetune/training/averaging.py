@@ -15,6 +15,7 @@ when a phase ends. Two things differ from Lightning's ``EMAWeightAveraging``:
 Each phase averages its own steps, starting from the weights the previous phase ended with (its
 average).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig
 
-from finetune.engine.config import setting
+from finetune.run.config import setting
 
 WARMUP_POWER = 2 / 3  # timm ModelEmaV3's default warmup
 
@@ -44,8 +45,9 @@ class WeightsEMA(WeightAveraging):
         self.decay, self.warmup = decay, warmup
         super().__init__(use_buffers=True, multi_avg_fn=self._update)
 
-    def _update(self, averaged: Sequence[torch.Tensor], current: Sequence[torch.Tensor],
-                num_averaged: torch.Tensor) -> None:
+    def _update(
+        self, averaged: Sequence[torch.Tensor], current: Sequence[torch.Tensor], num_averaged: torch.Tensor
+    ) -> None:
         weight = 1.0 - ema_decay(self.decay, int(num_averaged), self.warmup)
         if averaged[0].is_floating_point():
             torch._foreach_lerp_(list(averaged), list(current), weight)

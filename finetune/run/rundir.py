@@ -4,6 +4,7 @@ A run directory belongs to the process that created ``<dir>/.finetune-run`` with
 (``open(…, "x")``): the kernel lets exactly one creator succeed, so two runs can never share a
 directory, whatever the clock.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from finetune.errors import FinetuneError
+from finetune.run.errors import FinetuneError
 
 RUN_MARKER = ".finetune-run"
 RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")  # what `finetune resume=<run>` continues from, in this order
@@ -136,7 +137,10 @@ def log_version(logs: str | Path, name: str) -> str:
 def log_attempts(phase_logs: str | Path) -> list[Path]:
     """``metrics.csv`` of every attempt of one phase (``logs/<phase>``), oldest first."""
     phase_logs = Path(phase_logs)
-    attempts = [(int(p.parent.name.removeprefix("attempt-")), p) for p in phase_logs.glob("attempt-*/metrics.csv")
-                if p.parent.name.removeprefix("attempt-").isdigit()]
+    attempts = [
+        (int(p.parent.name.removeprefix("attempt-")), p)
+        for p in phase_logs.glob("attempt-*/metrics.csv")
+        if p.parent.name.removeprefix("attempt-").isdigit()
+    ]
     first = [phase_logs / "metrics.csv"] if (phase_logs / "metrics.csv").exists() else []
     return first + [p for _, p in sorted(attempts)]

@@ -1,4 +1,5 @@
 """Every file we write goes through here: atomically (temp file + rename)."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # What atomic_path / atomic_dir stage a write in: mkstemp / mkdtemp(prefix=".<name>.", suffix=".tmp"),
 # whose random part is 8 of [a-z0-9_].

@@ -5,6 +5,7 @@ phase at once; a loss above ``FACTOR`` times the phase's starting loss (its firs
 any update of the phase) for ``PATIENCE`` steps in a row stops it too. Under DDP every rank stops at the
 same step: the decision is reduced across ranks.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from finetune.engine.distributed import is_global_zero
-from finetune.engine.interrupts import log_to_run_file
-from finetune.errors import TrainingDiverged
+from finetune.run.errors import TrainingDiverged
+from finetune.training.distributed import is_global_zero
+from finetune.training.interrupts import log_to_run_file
 
 # Measured (issue 25, item 6): step losses logged every step, 20-40 steps per phase, AdamW unless named;
 # "sustained" = the largest K that 3 consecutive steps all exceed, as a multiple of the first step's loss.
@@ -73,8 +74,9 @@ class StopOnDivergence(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self.lr = largest_lr(trainer)  # the step's lr (a schedule may have annealed it to 0 by the batch end)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         loss = step_loss(outputs)
         diverged = loss is not None and self.rule.diverged(loss)
         weights_lost = False
@@ -90,8 +92,10 @@ class StopOnDivergence(L.Callback):
         if is_global_zero():
             shown = "not computed on this rank" if loss is None else f"{loss:.4g}"
             shown += ", then non-finite weights" if weights_lost else ""
-            message = (f"training diverged in phase {self.phase!r} at step {trainer.global_step} "
-                       f"(loss {shown}, lr {self.lr}); lower schedule.lr or run finetune lr-find")
+            message = (
+                f"training diverged in phase {self.phase!r} at step {trainer.global_step} "
+                f"(loss {shown}, lr {self.lr}); lower schedule.lr or run finetune lr-find"
+            )
             log_to_run_file(Path(trainer.default_root_dir), message)  # make_trainer: the run directory
         raise TrainingDiverged(message)
 

@@ -1,11 +1,12 @@
 """A schedule as a list of phases, read from the ``schedule`` config group (no torch import)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.errors import ConfigError
+from finetune.run.errors import ConfigError
 
 PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
 
@@ -48,8 +49,10 @@ def phases_from(cfg: DictConfig) -> list[Phase]:
         raw = OmegaConf.to_container(raw, resolve=True)
         unknown = set(raw) - _PHASE_OPTIM_KEYS - {"name", "epochs", "freeze"}
         if unknown:
-            raise ConfigError(f"schedule.phases[{i}] has unknown keys {sorted(unknown)}; allowed: "
-                              f"name, epochs, freeze, {', '.join(sorted(_PHASE_OPTIM_KEYS))}")
+            raise ConfigError(
+                f"schedule.phases[{i}] has unknown keys {sorted(unknown)}; allowed: "
+                f"name, epochs, freeze, {', '.join(sorted(_PHASE_OPTIM_KEYS))}"
+            )
         epochs = raw.get("epochs")
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"schedule.phases[{i}].epochs={epochs!r}: must be a whole number >= 1")
@@ -59,7 +62,8 @@ def phases_from(cfg: DictConfig) -> list[Phase]:
             raise ConfigError(
                 f"schedule.phases[{i}] ({phase.name!r}) trains backbone stages (freeze={phase.freeze}) with "
                 "backbone_lr_mult=0: their weights would not learn while their BatchNorm statistics still drift. "
-                "Set schedule.backbone_lr_mult (e.g. 0.1; schedule=linear_probe sets 0) or freeze: all in this phase")
+                "Set schedule.backbone_lr_mult (e.g. 0.1; schedule=linear_probe sets 0) or freeze: all in this phase"
+            )
         phases.append(phase)
     return phases
 

@@ -4,6 +4,7 @@
 resolved config to the run directory and starts ``finetune.commands.worker`` processes with
 ``torch.distributed.run``. Every worker reads that one file: no re-composition, one run directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,11 +19,10 @@ import torch
 from lightning.pytorch.plugins.layer_sync import LayerSync
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.artifacts import write_text
-from finetune.engine.lock import held_token
-from finetune.engine.rundir import CLAIMED, claim_run_dir
-from finetune.errors import FinetuneError, RunInterrupted, TrainingDiverged
-
+from finetune.run.artifacts import write_text
+from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
+from finetune.run.lock import held_token
+from finetune.run.rundir import CLAIMED, claim_run_dir
 
 LAUNCH_CONFIG = ".finetune-launch.yaml"  # the resolved config the launched workers read
 
@@ -53,25 +53,37 @@ def wants_processes(cfg: DictConfig) -> bool:
     return several and not launched_by_a_launcher()
 
 
-def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None,
-                   resumed: bool = False) -> int:
+def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, resumed: bool = False) -> int:
     """Write the resolved config once and run ``trainer.devices`` workers on this node."""
     if int(cfg.trainer.num_nodes) > 1:
         raise FinetuneError(
             f"trainer.num_nodes={cfg.trainer.num_nodes}: start one launcher per node yourself, e.g. "
             "`finetune --cfg job --resolve <overrides> > exp.yaml`, then on every node "
             "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.commands.worker "
-            "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.commands.worker ...` under SLURM)")
+            "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.commands.worker ...` under SLURM)"
+        )
     # One directory for all ranks: the launcher owns it (claimed, or the run it resumes) and tells the
     # workers so; a worker started without owner= (torchrun by hand) claims it on rank 0.
-    owner = CLAIMED.get(str(run_dir.absolute()), "resumed") if resumed else claim_run_dir(run_dir, hydra_files_allowed=True)
+    owner = (
+        CLAIMED.get(str(run_dir.absolute()), "resumed") if resumed else claim_run_dir(run_dir, hydra_files_allowed=True)
+    )
     # Bookkeeping, not a result: rank 0 writes config.yaml itself once the data and weights are checked.
     config = write_text(run_dir / LAUNCH_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     lock = held_token(run_dir)  # the workers work under the launcher's lock of the run directory
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={int(cfg.trainer.devices)}", "-m", "finetune.commands.worker",
-               f"run_dir={run_dir}", f"config={config}", f"owner={owner}",
-               *([f"resume={resume_from}"] if resume_from else []), *([f"lock={lock}"] if lock else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={int(cfg.trainer.devices)}",
+        "-m",
+        "finetune.commands.worker",
+        f"run_dir={run_dir}",
+        f"config={config}",
+        f"owner={owner}",
+        *([f"resume={resume_from}"] if resume_from else []),
+        *([f"lock={lock}"] if lock else []),
+    ]
     try:
         code = run_forwarding_signals(command)
     finally:
@@ -97,8 +109,9 @@ def run_forwarding_signals(command: list[str]) -> int:
     session closed) is passed on as SIGTERM, so the workers never outlive the launcher that holds the run's
     lock. After a signal, ``RunInterrupted`` with no line of its own (rank 0 printed it): this process exits
     130 / 143 as a worker does. Else torchrun's exit code."""
-    process = subprocess.Popen(command, start_new_session=True,
-                               env={**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": WORKER_SIGNALS})
+    process = subprocess.Popen(
+        command, start_new_session=True, env={**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": WORKER_SIGNALS}
+    )
     received: list[int] = []
 
     def forward(signum: int, frame: object) -> None:

@@ -12,6 +12,7 @@ a new Trainer, so phase 2 would restart from phase 1's mid-epoch weights.
 Outside a Trainer's batch loop (building the data and model, between phases, writing results) a signal
 stops the run at once. Under DDP every rank stops at the same batch: the decision is reduced across ranks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,10 +31,10 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from finetune.engine.distributed import is_global_zero
-from finetune.engine.rundir import RESUME_CHECKPOINTS, holds_results
-from finetune.engine.schedule import PHASE_KEY
-from finetune.errors import RunInterrupted
+from finetune.run.errors import RunInterrupted
+from finetune.run.rundir import RESUME_CHECKPOINTS, holds_results
+from finetune.run.schedule import PHASE_KEY
+from finetune.training.distributed import is_global_zero
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # exit codes: RunInterrupted.exit_code
 log = logging.getLogger(__name__)
@@ -170,12 +171,15 @@ def interrupt_message(progress: Progress, signum: int) -> str:
     stopped = f"interrupted {progress.where} ({signal.Signals(signum).name})"
     run = progress.run_dir
     if (run / "metrics.json").is_file():
-        return (f"{stopped}, after the test; `finetune resume={run} resume_finished=true` tests the run again "
-                "and rewrites its results")
+        return (
+            f"{stopped}, after the test; `finetune resume={run} resume_finished=true` tests the run again "
+            "and rewrites its results"
+        )
     if not holds_results(run):
         return f"{stopped}, before the run wrote anything: start it again"
-    checkpoint = next((run / "checkpoints" / n for n in RESUME_CHECKPOINTS if (run / "checkpoints" / n).is_file()),
-                      None)
+    checkpoint = next(
+        (run / "checkpoints" / n for n in RESUME_CHECKPOINTS if (run / "checkpoints" / n).is_file()), None
+    )
     if checkpoint is None:
         first = f"phase {progress.phases[0]!r}" if progress.phases else "the first phase"
         return f"{stopped}; no checkpoint was written yet: `finetune resume={run}` starts {first} from the beginning"

@@ -3,6 +3,7 @@
 Everything task-specific is asked of the config's Task (``finetune.tasks``); this module never
 asks which task it runs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,21 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.version import __version__
-from finetune.artifacts import atomic_path, json_text, write_json, write_text
 from finetune.data.transforms import Preprocessing, gray_preprocessing
-from finetune.engine.advice import advise
-from finetune.engine.config import validate
-from finetune.engine.display import console, print_results
-from finetune.engine.distributed import is_global_zero
-from finetune.engine.interrupts import Progress, interruptible
-from finetune.engine.runs import model_state
-from finetune.engine.phases import (PlannedPhase, checkpoints_keep, finished_run, make_trainer, run_phases,
-                                    tested_checkpoint)
-from finetune.engine.plan import print_plan
-from finetune.engine.rundir import log_attempts
-from finetune.engine.schedule import Phase
-from finetune.errors import FinetuneError
 from finetune.export.parity import PARITY_IMAGES
 from finetune.export.writing import export_run
 from finetune.export.writing import print_results as print_exports
@@ -41,7 +28,27 @@ from finetune.models.freezing import FineTuneModel, FreezeError, frozen_stages
 from finetune.models.weights import WeightsRecord, resolve_weights
 from finetune.report.html import write_report
 from finetune.report.plots import epoch_history, plot_confusion, plot_curves
+from finetune.run.artifacts import atomic_path, json_text, write_json, write_text
+from finetune.run.errors import FinetuneError
+from finetune.run.records import model_state
+from finetune.run.rundir import log_attempts
+from finetune.run.schedule import Phase
 from finetune.tasks.base import Task
+from finetune.training.display import console, print_results
+from finetune.training.distributed import is_global_zero
+from finetune.training.input_warnings import advise
+from finetune.training.interrupts import Progress, interruptible
+from finetune.training.phases import (
+    PlannedPhase,
+    checkpoints_keep,
+    finished_run,
+    make_trainer,
+    run_phases,
+    tested_checkpoint,
+)
+from finetune.training.plan import print_plan
+from finetune.training.validate import validate
+from finetune.version import __version__
 
 
 @dataclasses.dataclass
@@ -60,8 +67,9 @@ def build(task: Task, cfg: DictConfig) -> Built:
     for ``plan=true``: nothing is loaded), with the data's preprocessing set from the backbone."""
     phases = validate(cfg, task)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained,
-                             preprocessing=preprocessing_overrides(cfg))
+    record = resolve_weights(
+        cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained, preprocessing=preprocessing_overrides(cfg)
+    )
     data = task.data_module(cfg)
     num_classes = data.info.num_classes
     if cfg.plan:
@@ -78,7 +86,7 @@ def build(task: Task, cfg: DictConfig) -> Built:
 
 def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written.
-    SIGINT, SIGTERM or SIGUSR1 end it with one line and exit code 130 / 143 (``engine.interrupts``)."""
+    SIGINT, SIGTERM or SIGUSR1 end it with one line and exit code 130 / 143 (``training.interrupts``)."""
     with interruptible(run_dir) as progress:
         return train_run(task, cfg, run_dir, resume_from, progress)
 
@@ -98,8 +106,9 @@ def train_run(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | No
         write_run_record(cfg, run_dir, record.to_dict(), task.data_record(cfg, data))
     make_module = partial(task.lightning_module, cfg, model, data)
     finished = finished_run(run_dir, plan) if resume_from is not None else None  # a re-test: nothing trains
-    checkpoint, rank_checksums = run_phases(cfg, run_dir, model, data, plan, make_module, monitor, resume_from,
-                                            retest=finished is not None)
+    checkpoint, rank_checksums = run_phases(
+        cfg, run_dir, model, data, plan, make_module, monitor, resume_from, retest=finished is not None
+    )
     tested = tested_checkpoint(run_dir, checkpoint, checkpoints_keep(cfg))
     module = make_module()
     module.load_state_dict(model_state(tested))  # a tampered best.ckpt: one line, never the unsafe advice
@@ -109,15 +118,30 @@ def train_run(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | No
     tester.test(module, datamodule=data, verbose=False)
     if not is_global_zero():
         return {}
-    results = write_results(run_dir, module.test_results, data.info.class_names, phases,
-                            finished["wall_time_s"] if finished else time.perf_counter() - started,
-                            {"param_checksums_per_rank": rank_checksums},
-                            checkpoint, tested.name, task.test_record(cfg, module, data))
+    results = write_results(
+        run_dir,
+        module.test_results,
+        data.info.class_names,
+        phases,
+        finished["wall_time_s"] if finished else time.perf_counter() - started,
+        {"param_checksums_per_rank": rank_checksums},
+        checkpoint,
+        tested.name,
+        task.test_record(cfg, module, data),
+    )
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
-    print_exports(export_run(run_dir, task, (default_export,), overwrite=resume_from is not None,
-                             parity_images=task.parity_images(data, PARITY_IMAGES)), console)
+    print_exports(
+        export_run(
+            run_dir,
+            task,
+            (default_export,),
+            overwrite=resume_from is not None,
+            parity_images=task.parity_images(data, PARITY_IMAGES),
+        ),
+        console,
+    )
     task.after_test(cfg, module, data, run_dir)
     console.print(f"report: {write_report(run_dir, task, data=data, model=module.model)}")
     return results
@@ -146,8 +170,7 @@ def model_preprocessing(backbone: torch.nn.Module, image_size: int | None, in_ch
     if in_chans == 1:
         mean, std = gray_preprocessing(mean, std)
     try:
-        return Preprocessing(size=size, mean=mean, std=std, interpolation=data_cfg["interpolation"],
-                             in_chans=in_chans)
+        return Preprocessing(size=size, mean=mean, std=std, interpolation=data_cfg["interpolation"], in_chans=in_chans)
     except ValueError as err:  # e.g. backbone.preprocessing.mean with the wrong number of values
         raise FinetuneError(f"backbone.preprocessing / dataset.image_size: {err}") from None
 
@@ -156,17 +179,28 @@ def write_run_record(cfg: DictConfig, run_dir: Path, weights: dict, data: dict) 
     """The run directory's ``config.yaml`` (resolved), ``weights.json`` and ``data.json``; a file that
     already holds the same record (a resumed run) is left untouched."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    records = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), "weights.json": json_text(weights),
-               "data.json": json_text(data)}
+    records = {
+        "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+        "weights.json": json_text(weights),
+        "data.json": json_text(data),
+    }
     for name, text in records.items():
         path = run_dir / name
         if not (path.is_file() and path.read_text() == text):
             write_text(path, text)
 
 
-def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: list[str],
-                  phases: list[Phase], seconds: float, ddp: dict, checkpoint: ModelCheckpoint,
-                  tested: str, record: dict | None = None) -> dict:
+def write_results(
+    run_dir: Path,
+    results: dict[str, torch.Tensor],
+    class_names: list[str],
+    phases: list[Phase],
+    seconds: float,
+    ddp: dict,
+    checkpoint: ModelCheckpoint,
+    tested: str,
+    record: dict | None = None,
+) -> dict:
     """metrics.json (test scalars, per-class values, phases, wall time, the validation score that
     picked the best checkpoint, which one was tested), confusion CSV/plot, curves of the monitored metric.
 
@@ -181,14 +215,22 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
         _write_confusion_csv(run_dir / "confusion_matrix.csv", matrix, class_names)
         plot_confusion(matrix, class_names, plots / "confusion_matrix.png")
     logs = [log_attempts(run_dir / "logs" / p.name) for p in phases]  # every attempt of a resumed phase
-    plot_curves(epoch_history([attempts for attempts in logs if attempts]), plots / "curves.png",
-                checkpoint.monitor.removeprefix("val/"))
+    plot_curves(
+        epoch_history([attempts for attempts in logs if attempts]),
+        plots / "curves.png",
+        checkpoint.monitor.removeprefix("val/"),
+    )
     best = None if checkpoint.best_model_score is None else _json_number(checkpoint.best_model_score)
-    metrics = {"test": scalars, "test_per_class": per_class, "wall_time_s": round(seconds, 1),
-               "checkpoint": {"monitor": checkpoint.monitor, "best": best, "tested": tested},
-               "phases": [_phase_record(p, attempts) for p, attempts in zip(phases, logs)],
-               **(record or {}), "finetune_version": __version__,
-               **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {})}
+    metrics = {
+        "test": scalars,
+        "test_per_class": per_class,
+        "wall_time_s": round(seconds, 1),
+        "checkpoint": {"monitor": checkpoint.monitor, "best": best, "tested": tested},
+        "phases": [_phase_record(p, attempts) for p, attempts in zip(phases, logs)],
+        **(record or {}),
+        "finetune_version": __version__,
+        **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {}),
+    }
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -196,8 +238,13 @@ def write_results(run_dir: Path, results: dict[str, torch.Tensor], class_names: 
 def _phase_record(phase: Phase, attempts: list[Path]) -> dict:
     """A phase's entry in metrics.json: its plan and the epochs its CSV logs show it ran."""
     run = epochs_logged(attempts)
-    return {"name": phase.name, "epochs": phase.epochs, "freeze": phase.freeze, "epochs_run": run,
-            "stopped_epoch": run if 0 < run < phase.epochs else None}
+    return {
+        "name": phase.name,
+        "epochs": phase.epochs,
+        "freeze": phase.freeze,
+        "epochs_run": run,
+        "stopped_epoch": run if 0 < run < phase.epochs else None,
+    }
 
 
 def epochs_logged(attempts: list[Path]) -> int:

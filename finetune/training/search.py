@@ -5,6 +5,7 @@ study pushes that score the way the checkpoint callback does: a loss down, every
 A sweeper that optimises a number says which way in ``hydra.sweeper.direction`` (Optuna; its default
 is ``minimize``). The basic sweeper (grid ``-m``) has no direction and needs no number.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from finetune.errors import ConfigError
+from finetune.run.errors import ConfigError
 
 EXAMPLE = "finetune -m +classification=digits_search"
 
@@ -37,27 +38,37 @@ def check_search(hydra_cfg: DictConfig, cfg: DictConfig) -> None:
     """Refuse, before any training, a search that cannot mean what it says: not under ``-m``, with
     ``plan=true``, or pushing the monitor the wrong way (Optuna's default would minimise accuracy)."""
     if hydra_cfg.mode != RunMode.MULTIRUN:
-        raise ConfigError(f"a search (hydra/sweeper=optuna) runs only under -m (multirun); without it this would "
-                          f"be one plain run with the defaults: e.g. {EXAMPLE}")
+        raise ConfigError(
+            f"a search (hydra/sweeper=optuna) runs only under -m (multirun); without it this would "
+            f"be one plain run with the defaults: e.g. {EXAMPLE}"
+        )
     if cfg.plan:
-        raise ConfigError("plan=true trains nothing, so a search has no score to optimise: drop -m to print "
-                          "the plan of one run (finetune plan <overrides>)")
+        raise ConfigError(
+            "plan=true trains nothing, so a search has no score to optimise: drop -m to print "
+            "the plan of one run (finetune plan <overrides>)"
+        )
     got = getattr(hydra_cfg.sweeper.direction, "name", hydra_cfg.sweeper.direction)  # Direction enum or str
     wanted = direction(cfg.monitor)
     if not isinstance(got, str):
-        raise ConfigError(f"hydra.sweeper.direction={list(got)}: each trial reports one number (the validation "
-                          f"monitor); give one direction: hydra.sweeper.direction={wanted}")
+        raise ConfigError(
+            f"hydra.sweeper.direction={list(got)}: each trial reports one number (the validation "
+            f"monitor); give one direction: hydra.sweeper.direction={wanted}"
+        )
     if got != wanted:
         better = "lower" if wanted == "minimize" else "higher"
-        raise ConfigError(f"hydra.sweeper.direction={got}, but trials report monitor={cfg.monitor}, where {better} "
-                          f"is better: set hydra.sweeper.direction={wanted} (Optuna's default is "
-                          "minimize; the search recipes set direction: ${search_direction:${monitor}})")
+        raise ConfigError(
+            f"hydra.sweeper.direction={got}, but trials report monitor={cfg.monitor}, where {better} "
+            f"is better: set hydra.sweeper.direction={wanted} (Optuna's default is "
+            "minimize; the search recipes set direction: ${search_direction:${monitor}})"
+        )
 
 
 def objective(metrics: dict[str, Any]) -> float:
     """The number a trial reports: the best validation score, the one that picked the checkpoint."""
     record = metrics.get("checkpoint") or {}
     if record.get("best") is None:
-        raise TrialWithoutScore(f"{record.get('monitor') or 'the validation monitor'} never had a value in this "
-                                "run (metrics.json checkpoint.best is null), so the trial has no score")
+        raise TrialWithoutScore(
+            f"{record.get('monitor') or 'the validation monitor'} never had a value in this "
+            "run (metrics.json checkpoint.best is null), so the trial has no score"
+        )
     return float(record["best"])

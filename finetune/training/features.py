@@ -6,6 +6,7 @@ Features are extracted at the start of each phase that uses them, from the backb
 head-only phase after one that trained adapters (``backbone.adapter``) or stages sees the backbone as
 trained, and no cache outlives its phase.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -14,9 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from finetune.data.datamodule import ClassificationDataModule, TrainBatches
 from finetune.data.samplers import split_sampler, trainer_shard
-from finetune.engine import CACHE_CHOICES
-from finetune.errors import FinetuneError
 from finetune.models.freezing import FineTuneModel
+from finetune.run import CACHE_CHOICES
+from finetune.run.errors import FinetuneError
 
 
 def cache_blockers(model: FineTuneModel, data: ClassificationDataModule) -> list[str]:
@@ -39,8 +40,11 @@ def use_feature_cache(setting: str | bool, model: FineTuneModel, data: Classific
         raise FinetuneError(f"data.cache_features={setting!r}: choose one of {', '.join(CACHE_CHOICES)}")
     blockers = cache_blockers(model, data)
     if setting == "true" and blockers:
-        raise FinetuneError("data.cache_features=true but features cannot be cached: " + "; ".join(blockers)
-                            + ". Use data.cache_features=auto to cache only where it is exact.")
+        raise FinetuneError(
+            "data.cache_features=true but features cannot be cached: "
+            + "; ".join(blockers)
+            + ". Use data.cache_features=auto to cache only where it is exact."
+        )
     return setting != "false" and not blockers
 
 
@@ -66,11 +70,15 @@ class FeatureDataModule(L.LightningDataModule):
         self.batch_size, self.seed, self.data, self.datasets = data.batch_size, data.seed, data, datasets
 
     @classmethod
-    def extract(cls, model: FineTuneModel, data: ClassificationDataModule,
-                device: torch.device) -> "FeatureDataModule":
+    def extract(cls, model: FineTuneModel, data: ClassificationDataModule, device: torch.device) -> FeatureDataModule:
         """Run the frozen backbone once over the train and val images (eval transforms)."""
-        return cls(data, {"train": extract_features(model, data.eval_dataloader("train"), device),
-                          "val": extract_features(model, data.val_dataloader(), device)})
+        return cls(
+            data,
+            {
+                "train": extract_features(model, data.eval_dataloader("train"), device),
+                "val": extract_features(model, data.val_dataloader(), device),
+            },
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -82,5 +90,9 @@ class FeatureDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         rank, world = trainer_shard(self.trainer)
         if split == "train" and shuffle:  # imbalance=sampler too; the same batches as the image loader
-            return DataLoader(dataset, batch_sampler=TrainBatches(self.data.train_sampler(rank, world), self.batch_size))
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=split_sampler(len(dataset), shuffle, self.seed, rank, world))
+            return DataLoader(
+                dataset, batch_sampler=TrainBatches(self.data.train_sampler(rank, world), self.batch_size)
+            )
+        return DataLoader(
+            dataset, batch_size=self.batch_size, sampler=split_sampler(len(dataset), shuffle, self.seed, rank, world)
+        )

@@ -1,25 +1,20 @@
 """What a run prints: the per-stage table, the plan, the test results."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import ProcessingSpeedColumn
-from rich.console import Console
 from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 
 from finetune.models.freezing import FineTuneModel, stage_status
 from finetune.models.summary import StageCount
+from finetune.run.console import console
 
-# Long lines (paths above all) are never broken by rich: a terminal wraps them visually and a log
-# file or pipe keeps them whole. Tables are laid out for a wide page when output is not a terminal.
-WIDE = 160
 LOG_WIDTH = 1000  # the progress line in a log file: every metric on the epoch's one line
-console = Console(soft_wrap=True)
-if not console.is_terminal and not console.is_jupyter:
-    console.width = max(console.width, WIDE)
 
 
 class RateColumn(ProgressColumn):
@@ -73,8 +68,10 @@ class ThrottledRichProgressBar(RichProgressBar):
         return metrics
 
     def configure_columns(self, trainer) -> list:
-        columns = [RateColumn(self.theme.processing_speed) if isinstance(column, ProcessingSpeedColumn) else column
-                   for column in super().configure_columns(trainer)]
+        columns = [
+            RateColumn(self.theme.processing_speed) if isinstance(column, ProcessingSpeedColumn) else column
+            for column in super().configure_columns(trainer)
+        ]
         for column in columns:
             if hasattr(column, "bar_width"):
                 column.bar_width = 20  # leaves the metrics room on a 120-column terminal
@@ -87,14 +84,27 @@ def stage_table(model: FineTuneModel, counts: list[StageCount] | None, title: st
     table = Table(title=title, title_justify="left")
     adapter = f"{model.adapter.kind} params" if model.adapter else None
     numeric = ("params", adapter, "trainable", "units", "connections")
-    columns = ("stage", "params", *((adapter,) if adapter else ()), "trainable", "status", "BN mode",
-               *(("units", "connections") if counts else ()))
+    columns = (
+        "stage",
+        "params",
+        *((adapter,) if adapter else ()),
+        "trainable",
+        "status",
+        "BN mode",
+        *(("units", "connections") if counts else ()),
+    )
     for column in columns:
         table.add_column(column, justify="right" if column in numeric else "left")
     by_stage = {c.name: c for c in counts or []}
     for row in stage_status(model):
-        cells = [row.stage, f"{row.params:,}", *((f"{row.adapter:,}",) if adapter else ()), f"{row.trainable:,}",
-                 row.status, row.bn_mode]
+        cells = [
+            row.stage,
+            f"{row.params:,}",
+            *((f"{row.adapter:,}",) if adapter else ()),
+            f"{row.trainable:,}",
+            row.status,
+            row.bn_mode,
+        ]
         if counts:
             count = by_stage.get(row.stage)
             cells += [f"{count.units:,}", f"{count.connections:,}"] if count else ["-", "-"]

@@ -1,6 +1,7 @@
 """Hydra multirun: one table of the runs of a sweep (CSV + markdown), ranked by the validation score
 that picked each run's checkpoint. Test metrics are shown for the selected run's report and marked as
 not for selection: picking a run by its test score makes that score optimistic."""
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from finetune.artifacts import write_text
-from finetune.engine.search import direction
+from finetune.run.artifacts import write_text
+from finetune.training.search import direction
 
 FINISHED, NO_METRICS = "finished", "no metrics.json"
 ROW_KEYS = ("rank", "run", "status", "swept", "wall_time_s")  # every other column is a val monitor or test/…
@@ -33,17 +34,30 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     ranked = len({r["monitor"] for r in finished}) == 1  # different monitors cannot be ranked together
     if ranked:
         finished.sort(key=_sort_key)
-    rows = [{"rank": rank if ranked else None, "run": r["name"], "status": FINISHED, "swept": _swept(r, shared),
-             r["monitor"]: r["score"], **{f"test/{k}": v for k, v in r["metrics"]["test"].items()},
-             "wall_time_s": r["metrics"].get("wall_time_s")} for rank, r in enumerate(finished, 1)]
-    return rows + [{"rank": None, "run": r["name"], "status": NO_METRICS, "swept": _swept(r, shared)}
-                   for r in runs if not r["metrics"]]
+    rows = [
+        {
+            "rank": rank if ranked else None,
+            "run": r["name"],
+            "status": FINISHED,
+            "swept": _swept(r, shared),
+            r["monitor"]: r["score"],
+            **{f"test/{k}": v for k, v in r["metrics"]["test"].items()},
+            "wall_time_s": r["metrics"].get("wall_time_s"),
+        }
+        for rank, r in enumerate(finished, 1)
+    ]
+    return rows + [
+        {"rank": None, "run": r["name"], "status": NO_METRICS, "swept": _swept(r, shared)}
+        for r in runs
+        if not r["metrics"]
+    ]
 
 
 def _run_dirs(sweep_dir: Path) -> set[Path]:
     """Job directories: every one Hydra started (``.hydra/overrides.yaml``) or that finished."""
-    return {p.parent for p in sweep_dir.glob("*/metrics.json")} | \
-        {p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")}
+    return {p.parent for p in sweep_dir.glob("*/metrics.json")} | {
+        p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")
+    }
 
 
 def _read_run(run: Path) -> dict[str, Any]:
@@ -51,8 +65,13 @@ def _read_run(run: Path) -> dict[str, Any]:
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
     checkpoint = (metrics or {}).get("checkpoint") or {}
-    return {"name": run.name, "overrides": overrides or [], "metrics": metrics,
-            "monitor": checkpoint.get("monitor") or "val score", "score": checkpoint.get("best")}
+    return {
+        "name": run.name,
+        "overrides": overrides or [],
+        "metrics": metrics,
+        "monitor": checkpoint.get("monitor") or "val score",
+        "score": checkpoint.get("best"),
+    }
 
 
 def _sort_key(run: dict[str, Any]) -> tuple[bool, float]:
@@ -83,25 +102,37 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     writer.writeheader()
     writer.writerows(rows)
     monitors = [c for c in columns if c not in ROW_KEYS and not c.startswith("test/")]
-    headers = [f"{c} (selection)" if c in monitors else f"{c} (not for selection)" if c.startswith("test/") else c
-               for c in columns]
-    lines = [*_notes(sweep_dir, monitors), "", "| " + " | ".join(headers) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+    headers = [
+        f"{c} (selection)" if c in monitors else f"{c} (not for selection)" if c.startswith("test/") else c
+        for c in columns
+    ]
+    lines = [
+        *_notes(sweep_dir, monitors),
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return [write_text(sweep_dir / "sweep_summary.csv", buffer.getvalue()),
-            write_text(sweep_dir / "sweep_summary.md", "\n".join(lines) + "\n")]
+    return [
+        write_text(sweep_dir / "sweep_summary.csv", buffer.getvalue()),
+        write_text(sweep_dir / "sweep_summary.md", "\n".join(lines) + "\n"),
+    ]
 
 
 def _notes(sweep_dir: Path, monitors: list[str]) -> list[str]:
     """The lines above the markdown table: how it is ranked, and Optuna's best trial."""
     if len(monitors) == 1:
         better = "lower" if direction(monitors[0]) == "minimize" else "higher"
-        notes = [f"Ranked by {monitors[0]} ({better} is better), the validation score that picked each run's "
-                 "checkpoint: select on it. The test columns are for reporting the selected run only; choosing "
-                 "by them makes the test score optimistic."]
+        notes = [
+            f"Ranked by {monitors[0]} ({better} is better), the validation score that picked each run's "
+            "checkpoint: select on it. The test columns are for reporting the selected run only; choosing "
+            "by them makes the test score optimistic."
+        ]
     elif monitors:
-        notes = [f"Runs monitor different validation metrics ({', '.join(monitors)}): not ranked. Select on a "
-                 "validation score, never on the test columns."]
+        notes = [
+            f"Runs monitor different validation metrics ({', '.join(monitors)}): not ranked. Select on a "
+            "validation score, never on the test columns."
+        ]
     else:
         notes = ["No run finished (none wrote metrics.json): nothing to rank; each run's finetune.log says why."]
     results = sweep_dir / OPTUNA_RESULTS
@@ -113,8 +144,11 @@ def _notes(sweep_dir: Path, monitors: list[str]) -> list[str]:
 def _optuna_note(results: dict[str, Any], sweep_dir: Path) -> str:
     """Optuna's best trial from ``optimization_results.yaml`` and the run it was."""
     params = results.get("best_params") or {}
-    match = [r["name"] for r in map(_read_run, _run_dirs(sweep_dir))
-             if params and all(_override_value(r["overrides"], k) == str(v) for k, v in params.items())]
+    match = [
+        r["name"]
+        for r in map(_read_run, _run_dirs(sweep_dir))
+        if params and all(_override_value(r["overrides"], k) == str(v) for k, v in params.items())
+    ]
     where = f" = run {match[0]}" if len(match) == 1 else ""
     shown = " ".join(f"{k}={v}" for k, v in params.items())
     return f"Optuna's best trial ({OPTUNA_RESULTS}): value {_cell(results.get('best_value'))}{where} ({shown})."

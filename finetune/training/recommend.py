@@ -1,5 +1,5 @@
 """The lecture's transfer-learning rules, measured on the user's data: from the per-stage linear-probe
-curve (``finetune.engine.probing``) and the data's size, which stages to freeze, which schedule and
+curve (``finetune.training.probing``) and the data's size, which stages to freeze, which schedule and
 which learning rates (``finetune advise``).
 
 Readings
@@ -28,19 +28,25 @@ Rules (the first that applies)
 Learning rates are the shipped schedules' own (conf/schedule: finetune 5e-3 with the backbone at 0.1x,
 linear_probe 1e-2; the far-domain 0.2x / 0.8 layer decay are recipes/medical/blood.yaml's, chosen on val).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Sequence
 
-FEW = 100     # train images per class below which few parameters should train
-MANY = 1000   # train images per class from which the whole backbone can train from the start
+FEW = 100  # train images per class below which few parameters should train
+MANY = 1000  # train images per class from which the whole backbone can train from the start
 IMBALANCED = 3.0  # largest / smallest train class: weight the loss (as imbalance=auto decides)
 
 LINEAR_PROBE = {"schedule": "linear_probe", "backbone.freeze": "all", "schedule.lr": 1e-2}
-FINETUNE = {"schedule": "finetune", "backbone.freeze": 0, "schedule.lr": 5e-3, "schedule.backbone_lr_mult": 0.1,
-            "schedule.layer_decay": None}
+FINETUNE = {
+    "schedule": "finetune",
+    "backbone.freeze": 0,
+    "schedule.lr": 5e-3,
+    "schedule.backbone_lr_mult": 0.1,
+    "schedule.layer_decay": None,
+}
 FAR_FINETUNE = {**FINETUNE, "schedule.backbone_lr_mult": 0.2, "schedule.layer_decay": 0.8}
 GRADUAL = {"schedule": "gradual", "schedule.lr": 5e-3, "schedule.backbone_lr_mult": 0.1}
 
@@ -78,16 +84,24 @@ def domain_reason(curve: Sequence[float], peak: int, tol: float, n_val: int) -> 
     noise = f"{tol:.3f} on {n_val} val images"
     if peak == n:
         runner_up = max(curve[:-1], default=top)
-        flat = f", by less than one standard error ({noise}): a flat top reads the same" if top - runner_up < tol else ""
-        return (f"close to ImageNet: the probe peaks at the last stage (stage{n}: {top:.3f}, the next best "
-                f"{runner_up:.3f}){flat}")
+        flat = (
+            f", by less than one standard error ({noise}): a flat top reads the same" if top - runner_up < tol else ""
+        )
+        return (
+            f"close to ImageNet: the probe peaks at the last stage (stage{n}: {top:.3f}, the next best "
+            f"{runner_up:.3f}){flat}"
+        )
     shape = "peaks early" if curve[-1] < top - tol else "flattens"
-    return (f"far from ImageNet: the curve {shape} (stage{peak}: {top:.3f}, the last stage {curve[-1]:.3f}; one standard error: {noise}): "
-            f"the {n - peak} stage(s) after stage{peak} do not help this data as pretrained")
+    return (
+        f"far from ImageNet: the curve {shape} (stage{peak}: {top:.3f}, the last stage {curve[-1]:.3f}; "
+        f"one standard error: {noise}): "
+        f"the {n - peak} stage(s) after stage{peak} do not help this data as pretrained"
+    )
 
 
-def recommend(curve: Sequence[float], n_val: int, per_class: float, imbalance: float = 1.0,
-              transformer: bool = False) -> Recommendation:
+def recommend(
+    curve: Sequence[float], n_val: int, per_class: float, imbalance: float = 1.0, transformer: bool = False
+) -> Recommendation:
     """Apply the module's rules to a probe curve (scores of stage 1 … N) and the data's size."""
     if not curve:
         raise ValueError("recommend() needs the score of at least one stage")
@@ -95,23 +109,31 @@ def recommend(curve: Sequence[float], n_val: int, per_class: float, imbalance: f
     peak = max(range(1, n + 1), key=lambda i: (curve[i - 1], i))
     tol = tolerance(curve[peak - 1], n_val)
     domain, size = ("close" if peak == n else "far"), size_band(per_class)
-    why = [domain_reason(curve, peak, tol, n_val),
-           f"{per_class:.0f} train images per class: {size} (few < {FEW} <= medium < {MANY} <= many)"]
+    why = [
+        domain_reason(curve, peak, tol, n_val),
+        f"{per_class:.0f} train images per class: {size} (few < {FEW} <= medium < {MANY} <= many)",
+    ]
     if size == "few" and domain == "close":
         rule, settings = 1, dict(LINEAR_PROBE)
         why.append("few images, close domain: train only a new head on the frozen features (linear probe)")
     elif size == "few":
         rule, settings = 2, {**FINETUNE, "backbone.freeze": peak}
-        why.append(f"few images, far domain: keep stem..stage{peak} frozen (their features work best) and "
-                   f"retrain the {n - peak} stage(s) after them at 0.1x the head's lr")
+        why.append(
+            f"few images, far domain: keep stem..stage{peak} frozen (their features work best) and "
+            f"retrain the {n - peak} stage(s) after them at 0.1x the head's lr"
+        )
     elif domain == "far":
         rule, settings = 3, dict(FAR_FINETUNE)
-        why.append("enough images, far domain: fine-tune every stage; backbone lr 0.2x the head's and layer decay "
-                   "0.8, so the early stages (which fit already) move least and the top ones most")
+        why.append(
+            "enough images, far domain: fine-tune every stage; backbone lr 0.2x the head's and layer decay "
+            "0.8, so the early stages (which fit already) move least and the top ones most"
+        )
     elif size == "medium":
         rule, settings = 4, dict(GRADUAL)
-        why.append("close domain, a medium-sized dataset: gradual unfreezing (head alone on cached features, "
-                   "then the last stage, then all with layer decay)")
+        why.append(
+            "close domain, a medium-sized dataset: gradual unfreezing (head alone on cached features, "
+            "then the last stage, then all with layer decay)"
+        )
     else:
         rule, settings = 5, dict(FINETUNE)
         why.append("close domain, many images: fine-tune everything in small steps (backbone lr 0.1x the head's)")
@@ -120,6 +142,8 @@ def recommend(curve: Sequence[float], n_val: int, per_class: float, imbalance: f
         why.append(f"largest/smallest train class {imbalance:.1f} > {IMBALANCED:g}: weight the loss by class")
     alternative = None
     if transformer and size == "few":
-        alternative = ("backbone.adapter=lora backbone.freeze=0 schedule=finetune: low-rank updates in every block "
-                       "train a few parameters instead of whole stages (few images, transformer backbone)")
+        alternative = (
+            "backbone.adapter=lora backbone.freeze=0 schedule=finetune: low-rank updates in every block "
+            "train a few parameters instead of whole stages (few images, transformer backbone)"
+        )
     return Recommendation(settings, rule, domain, size, peak, round(tol, 4), why, alternative)

@@ -3,6 +3,7 @@
 Per-group learning rates are the real ``lr`` of each param group (see ``freezing.param_groups``);
 schedules are multiplicative factors on those base rates, so they work with any torch optimizer.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
 
-from finetune.engine import SCHEDULERS
+from finetune.run import SCHEDULERS
 
 OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "adamw": lambda groups, momentum: torch.optim.AdamW(groups),
@@ -55,11 +56,17 @@ def build_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_st
         scheduler = LambdaLR(optimizer, lambda step: factor(step, total_steps, warmup_steps))
         return {"scheduler": scheduler, "interval": "step"}
     if name == "onecycle":
-        scheduler = OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                               total_steps=max(1, total_steps),
-                               pct_start=min(0.5, max(0.01, warmup_steps / max(1, total_steps))))
+        scheduler = OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=max(1, total_steps),
+            pct_start=min(0.5, max(0.01, warmup_steps / max(1, total_steps))),
+        )
         return {"scheduler": scheduler, "interval": "step"}
     if name == "plateau":
-        return {"scheduler": ReduceLROnPlateau(optimizer, factor=0.1, patience=2),
-                "interval": "epoch", "monitor": "val/loss"}
+        return {
+            "scheduler": ReduceLROnPlateau(optimizer, factor=0.1, patience=2),
+            "interval": "epoch",
+            "monitor": "val/loss",
+        }
     raise ValueError(f"schedule.scheduler={name!r}: choose one of {', '.join(SCHEDULERS)}")

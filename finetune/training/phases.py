@@ -1,5 +1,6 @@
 """Run a schedule's phases. Each phase gets its own Trainer, optimizer, scheduler and frozen set;
 a resumed run continues in the phase its checkpoint was written in."""
+
 from __future__ import annotations
 
 import json
@@ -15,21 +16,19 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig
 
-from finetune.engine.averaging import ema_callbacks
-from finetune.engine.rundir import log_version
-from finetune.engine.checkpointing import AtomicCheckpointIO
-from finetune.engine.config import mixes_batches, setting
-from finetune.engine.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
-from finetune.engine.divergence import StopOnDivergence
-from finetune.engine.interrupts import StopOnSignal, slurm_plugins
-from finetune.engine.schedule import Phase
-from finetune.engine.display import ThrottledRichProgressBar, console, stage_table
-from finetune.errors import FinetuneError
-from finetune.engine.features import FeatureDataModule, use_feature_cache
 from finetune.models.freezing import FineTuneModel
 from finetune.models.summary import count_layers, roll_up
-from finetune.engine.schedule import PHASE_KEY, PhaseOptim
-
+from finetune.run.checkpointing import AtomicCheckpointIO
+from finetune.run.config import mixes_batches, setting
+from finetune.run.errors import FinetuneError
+from finetune.run.rundir import log_version
+from finetune.run.schedule import PHASE_KEY, Phase, PhaseOptim
+from finetune.training.averaging import ema_callbacks
+from finetune.training.display import ThrottledRichProgressBar, console, stage_table
+from finetune.training.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
+from finetune.training.divergence import StopOnDivergence
+from finetune.training.features import FeatureDataModule, use_feature_cache
+from finetune.training.interrupts import StopOnSignal, slurm_plugins
 
 # Frozen stages are in eval mode on purpose (the BN policy); Lightning warns about it every phase.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -39,10 +38,14 @@ warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and i
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/")
 warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is deprecated")
 # The step-logging interval is clamped to the epoch's batches (ClampLogInterval) right after this warning.
-warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
+warnings.filterwarnings(
+    "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval"
+)
 
 
-MLFLOW_DB = "mlflow.db"  # logger=mlflow: the run directory's tracking database (mlflow ui --backend-store-uri sqlite:///…)
+MLFLOW_DB = (
+    "mlflow.db"  # logger=mlflow: the run directory's tracking database (mlflow ui --backend-store-uri sqlite:///…)
+)
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,17 @@ def resume_point(checkpoint: Path | None) -> int:
 TaskFactory = Callable[[PhaseOptim, int, bool], L.LightningModule]
 
 
-def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.LightningDataModule,
-               plan: list[PlannedPhase], make_task: TaskFactory, monitor: str,
-               resume_from: Path | None = None, retest: bool = False) -> tuple[ModelCheckpoint, dict]:
+def run_phases(
+    cfg: DictConfig,
+    run_dir: Path,
+    model: FineTuneModel,
+    data: L.LightningDataModule,
+    plan: list[PlannedPhase],
+    make_task: TaskFactory,
+    monitor: str,
+    resume_from: Path | None = None,
+    retest: bool = False,
+) -> tuple[ModelCheckpoint, dict]:
     """Fit every phase in order (from the resumed one). ``make_task(optim, phase index, cached
     features)`` builds each phase's LightningModule (the task's); the best
     checkpoint maximises ``monitor`` (minimises it for a loss). ``retest`` (a finished run resumed,
@@ -92,11 +103,20 @@ def run_phases(cfg: DictConfig, run_dir: Path, model: FineTuneModel, data: L.Lig
         phase = planned.phase
         model.set_frozen(planned.frozen, cfg.backbone.bn)
         if is_global_zero():
-            console.print(stage_table(model, counts, f"phase {index + 1}/{len(plan)} {phase.name!r}: "
-                                                     f"{phase.epochs} epoch(s), freeze={phase.freeze}"))
-        trainer = make_trainer(cfg, run_dir, phase.name, phase.epochs,
-                               [checkpoint, consistency, *early_stopping(cfg, monitor, phase.name),
-                                *ema_callbacks(cfg)])
+            console.print(
+                stage_table(
+                    model,
+                    counts,
+                    f"phase {index + 1}/{len(plan)} {phase.name!r}: {phase.epochs} epoch(s), freeze={phase.freeze}",
+                )
+            )
+        trainer = make_trainer(
+            cfg,
+            run_dir,
+            phase.name,
+            phase.epochs,
+            [checkpoint, consistency, *early_stopping(cfg, monitor, phase.name), *ema_callbacks(cfg)],
+        )
         # Mixup / cutmix mix images before the backbone: cached features cannot be mixed, so a
         # head-only phase trains on images (data.cache_features=true with mix.* is refused in validate).
         cached = use_feature_cache("false" if mixes_batches(cfg) else cfg.data.cache_features, model, data)
@@ -168,9 +188,15 @@ def restore_best_record(checkpoint: ModelCheckpoint, saved: Path, run_dir: Path)
 
 def best_checkpoint(run_dir: Path, monitor: str) -> ModelCheckpoint:
     """``checkpoints/best.ckpt`` (the best ``monitor``: lowest for a loss, else highest) and ``last.ckpt``."""
-    return PhaseCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                           mode="min" if monitor.endswith("loss") else "max", save_last=True,
-                           enable_version_counter=False, auto_insert_metric_name=False)
+    return PhaseCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="min" if monitor.endswith("loss") else "max",
+        save_last=True,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
 
 
 class PhaseEarlyStopping(EarlyStopping):
@@ -184,8 +210,9 @@ class PhaseEarlyStopping(EarlyStopping):
     """
 
     def __init__(self, monitor: str, patience: int, min_delta: float, phase: str) -> None:
-        super().__init__(monitor=monitor, patience=patience, min_delta=min_delta,
-                         mode="min" if monitor.endswith("loss") else "max")
+        super().__init__(
+            monitor=monitor, patience=patience, min_delta=min_delta, mode="min" if monitor.endswith("loss") else "max"
+        )
         self.phase = phase
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -196,9 +223,11 @@ class PhaseEarlyStopping(EarlyStopping):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         if self.wait_count >= self.patience and trainer.is_global_zero:
-            console.print(f"phase {self.phase!r}: early stop after epoch {trainer.current_epoch} of "
-                          f"{trainer.max_epochs} ({self.monitor} did not improve by more than "
-                          f"{self.min_delta:g} in {self.patience} epoch(s))")
+            console.print(
+                f"phase {self.phase!r}: early stop after epoch {trainer.current_epoch} of "
+                f"{trainer.max_epochs} ({self.monitor} did not improve by more than "
+                f"{self.min_delta:g} in {self.patience} epoch(s))"
+            )
 
 
 def early_stopping(cfg: DictConfig, monitor: str, phase: str) -> list[PhaseEarlyStopping]:
@@ -264,18 +293,31 @@ def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
     if setting(cfg, "logger.mlflow", False):
         from lightning.pytorch.loggers import MLFlowLogger
 
-        loggers.append(MLFlowLogger(experiment_name=experiment, run_name=run_name,
-                                    tracking_uri=f"sqlite:///{(run_dir / MLFLOW_DB).absolute()}",
-                                    artifact_location=(run_dir / "mlruns").absolute().as_uri(),
-                                    tags={"finetune_run": str(run_dir), "phase": name}))
+        loggers.append(
+            MLFlowLogger(
+                experiment_name=experiment,
+                run_name=run_name,
+                tracking_uri=f"sqlite:///{(run_dir / MLFLOW_DB).absolute()}",
+                artifact_location=(run_dir / "mlruns").absolute().as_uri(),
+                tags={"finetune_run": str(run_dir), "phase": name},
+            )
+        )
     if setting(cfg, "logger.wandb", False):
         import wandb
         from lightning.pytorch.loggers import WandbLogger
 
         if wandb.run is not None:  # the previous phase's run: one W&B run per phase
             wandb.finish()
-        loggers.append(WandbLogger(project=experiment, name=run_name, group=run_dir.name, job_type=name,
-                                   save_dir=str(run_dir), offline=True))
+        loggers.append(
+            WandbLogger(
+                project=experiment,
+                name=run_name,
+                group=run_dir.name,
+                job_type=name,
+                save_dir=str(run_dir),
+                offline=True,
+            )
+        )
     return loggers
 
 
@@ -289,15 +331,34 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
     progress = [ThrottledRichProgressBar(t.log_every_n_steps, phase=name, leave=True)] if t.progress_bar else []
     plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else []), *slurm_plugins()]
     return L.Trainer(
-        max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, use_distributed_sampler=False, precision=t.precision, deterministic=t.deterministic, limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
-        log_every_n_steps=t.log_every_n_steps, logger=loggers,
+        max_epochs=epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        use_distributed_sampler=False,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=loggers,
         accumulate_grad_batches=setting(cfg, "trainer.accumulate_grad_batches", 1),
-        gradient_clip_val=clip, gradient_clip_algorithm=None if clip is None else "norm",
-        callbacks=[*callbacks, LearningRateMonitor(logging_interval="step"), ClampLogInterval(),
-                   KeepCheckpoints(run_dir, checkpoints_keep(cfg)), StopOnSignal(name), StopOnDivergence(name),
-                   *progress],
-        enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-        plugins=plugins, default_root_dir=run_dir,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=None if clip is None else "norm",
+        callbacks=[
+            *callbacks,
+            LearningRateMonitor(logging_interval="step"),
+            ClampLogInterval(),
+            KeepCheckpoints(run_dir, checkpoints_keep(cfg)),
+            StopOnSignal(name),
+            StopOnDivergence(name),
+            *progress,
+        ],
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        plugins=plugins,
+        default_root_dir=run_dir,
     )

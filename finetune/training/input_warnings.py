@@ -3,6 +3,7 @@
 (Named ``advice`` so it cannot shadow the standard library's ``warnings``.) Nothing here stops a run:
 each message says what is unwise, what it costs and what to do instead.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,19 +12,18 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from finetune.data.base import FinetuneDataModule
-from finetune.engine.distributed import is_global_zero
 from finetune.models.freezing import FineTuneModel
+from finetune.training.distributed import is_global_zero
 
 log = logging.getLogger(__name__)
 
-SMALL_SPLIT = 30     # images: fewer in val / test make selection and reported scores coarse
-MIN_FEATURE_PX = 2   # the backbone's last feature map should be at least this many pixels wide
+SMALL_SPLIT = 30  # images: fewer in val / test make selection and reported scores coarse
+MIN_FEATURE_PX = 2  # the backbone's last feature map should be at least this many pixels wide
 
 
 def advise(model: FineTuneModel, data: FinetuneDataModule) -> list[str]:
     """Log (on rank 0) and return the warnings for this model on this data."""
-    messages = [*image_size_advice(model.timm_model, data.preprocessing.size),
-                *split_advice(data.split_sizes)]
+    messages = [*image_size_advice(model.timm_model, data.preprocessing.size), *split_advice(data.split_sizes)]
     if is_global_zero():
         for message in messages:
             log.warning(message)
@@ -55,8 +55,8 @@ def image_size_advice(backbone: nn.Module, size: Sequence[int]) -> list[str]:
     starved = sum(r > side for r in levels)
     return [
         f"dataset.image_size={side} is small for {name}: it downsamples {stride}x, so its last feature map "
-        f"is {side / stride:g} px wide" + (f" and {starved} of its {len(levels)} feature levels see "
-                                           f"less than one pixel" if starved else "")
+        f"is {side / stride:g} px wide"
+        + (f" and {starved} of its {len(levels)} feature levels see less than one pixel" if starved else "")
         + f"; its pretrained features need some resolution: use dataset.image_size>={MIN_FEATURE_PX * stride}"
         + (f" (the weights were trained at {native[-1]})" if native else "")
     ]
@@ -74,5 +74,6 @@ def split_advice(sizes: Mapping[str, int]) -> list[str]:
         messages.append(
             f"the {split} split has {n} image(s): too few to {role} reliably (a per-image metric such as "
             f"accuracy moves in steps of 1/{n} = {step}); use at least {SMALL_SPLIT} "
-            f"(dataset.val_fraction / dataset.test_fraction, or more {split} images)")
+            f"(dataset.val_fraction / dataset.test_fraction, or more {split} images)"
+        )
     return messages

@@ -5,6 +5,6 @@ This file holds only the names the config checks need (no torch import); the bui
 submodules are keyed by the same names.
 """
 
-OPTIMIZERS = ("adamw", "sgd")  # finetune.engine.optim
+OPTIMIZERS = ("adamw", "sgd")  # finetune.run.optim
 SCHEDULERS = ("constant", "cosine", "warmup_cosine", "step", "onecycle", "plateau")
-CACHE_CHOICES = ("auto", "true", "false")  # data.cache_features (finetune.engine.features)
+CACHE_CHOICES = ("auto", "true", "false")  # data.cache_features (finetune.training.features)

@@ -14,9 +14,10 @@ checked from here and is refused with how to remove it.
 Whoever takes a lock removes the temporaries (``.<name>.<random>.tmp``) that an interrupted atomic
 write left in the directory: nobody else can be writing them then.
 
-``.finetune-run`` (``engine/rundir.py``) says which run a directory belongs to, for good; this lock
+``.finetune-run`` (``run/rundir.py``) says which run a directory belongs to, for good; this lock
 says which process works in it now, so it is a file of its own that comes and goes.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from finetune.artifacts import remove_temporaries
-from finetune.errors import FinetuneError
+from finetune.run.artifacts import remove_temporaries
+from finetune.run.errors import FinetuneError
 
 LOCK_FILE = ".finetune-lock"
 _HELD: dict[Path, str] = {}  # lock file (resolved) -> token, for every lock this process holds
@@ -49,8 +50,14 @@ class Holder:
 
     @classmethod
     def this_process(cls, command: str) -> Holder:
-        return cls(os.getpid(), socket.gethostname(), command, time.strftime("%Y-%m-%d %H:%M:%S"),
-                   uuid.uuid4().hex, _process_start(os.getpid()))
+        return cls(
+            os.getpid(),
+            socket.gethostname(),
+            command,
+            time.strftime("%Y-%m-%d %H:%M:%S"),
+            uuid.uuid4().hex,
+            _process_start(os.getpid()),
+        )
 
     def describe(self) -> str:
         return f"pid {self.pid} on host {self.host} ({self.command}, started {self.started})"
@@ -114,8 +121,10 @@ def check_holder(directory: str | Path, token: str) -> None:
     holder = _read(Path(directory))
     if holder is None or holder.token != token:
         whom = holder.describe() if holder else "nobody"
-        raise FinetuneError(f"{directory} is locked by {whom}, not by the launcher that started this worker; "
-                            "start multi-process runs with `finetune trainer=ddp …` or torchrun without lock=")
+        raise FinetuneError(
+            f"{directory} is locked by {whom}, not by the launcher that started this worker; "
+            "start multi-process runs with `finetune trainer=ddp …` or torchrun without lock="
+        )
 
 
 def _lock_file(directory: str | Path) -> Path:
@@ -135,8 +144,10 @@ def _acquire(directory: Path, command: str, recursive: bool) -> Path:
             replaced = holder
     _HELD[lock] = me.token
     if replaced is not None:
-        print(f"took over the lock of {directory}: pid {replaced.pid} on this host ({replaced.command}, "
-              f"started {replaced.started}) is no longer running")
+        print(
+            f"took over the lock of {directory}: pid {replaced.pid} on this host ({replaced.command}, "
+            f"started {replaced.started}) is no longer running"
+        )
     try:
         _report_removed(directory, remove_temporaries(directory, recursive))
     except BaseException:  # the caller never learns of this lock: give it back
@@ -172,9 +183,11 @@ def _read(directory: Path) -> Holder | None:
     except FileNotFoundError:
         return None
     except (ValueError, TypeError):
-        raise FinetuneError(f"{directory} is locked, but {lock} does not say by whom (a finetune command is "
-                            f"taking it right now, or was killed while taking it); wait a moment and try "
-                            f"again, or, if no finetune command works in {directory}, delete {lock}") from None
+        raise FinetuneError(
+            f"{directory} is locked, but {lock} does not say by whom (a finetune command is "
+            f"taking it right now, or was killed while taking it); wait a moment and try "
+            f"again, or, if no finetune command works in {directory}, delete {lock}"
+        ) from None
 
 
 def _remove_stale(directory: Path, stale: Holder) -> bool:
@@ -186,9 +199,11 @@ def _remove_stale(directory: Path, stale: Holder) -> bool:
     try:
         open(takeover, "x").close()
     except FileExistsError:
-        raise FinetuneError(f"{directory} is locked by {stale.describe()}, which is no longer running, and another "
-                            f"finetune command is taking the lock over right now; try again in a moment, or, if "
-                            f"no finetune command works in {directory}, delete {takeover}") from None
+        raise FinetuneError(
+            f"{directory} is locked by {stale.describe()}, which is no longer running, and another "
+            f"finetune command is taking the lock over right now; try again in a moment, or, if "
+            f"no finetune command works in {directory}, delete {takeover}"
+        ) from None
     try:
         current = _read(directory)
         if current is None or current.token != stale.token:  # already taken over (tokens are never reused)
@@ -213,9 +228,11 @@ def _release(lock: Path) -> None:
 def _refusal(directory: Path, holder: Holder) -> str:
     if holder.host == socket.gethostname():
         return f"{directory} is locked by {holder.describe()}; wait for it or stop it"
-    return (f"{directory} is locked by {holder.describe()}, which cannot be checked from this host; wait for "
-            f"it or stop it there, or, if you are sure no finetune command on {holder.host} works in "
-            f"{directory}, delete {_lock_file(directory)}")
+    return (
+        f"{directory} is locked by {holder.describe()}, which cannot be checked from this host; wait for "
+        f"it or stop it there, or, if you are sure no finetune command on {holder.host} works in "
+        f"{directory}, delete {_lock_file(directory)}"
+    )
 
 
 def _report_removed(directory: Path, removed: list[Path]) -> None:
@@ -223,6 +240,9 @@ def _report_removed(directory: Path, removed: list[Path]) -> None:
         return
     names = [str(p.relative_to(directory)) for p in removed]
     listed = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
-    what = "temporary file left by an interrupted write" if len(names) == 1 else \
-        "temporary files left by interrupted writes"
+    what = (
+        "temporary file left by an interrupted write"
+        if len(names) == 1
+        else "temporary files left by interrupted writes"
+    )
     print(f"removed {len(names)} {what} in {directory} ({listed})")

@@ -1,6 +1,7 @@
 """A learning-rate range test (Lightning's ``Tuner.lr_find``) on one phase of a schedule: the run is
 built as training builds it, with the phase's frozen set, BatchNorm policy, optimizer and per-stage
 learning rates; the suggestion is the phase's base (head) lr."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,15 +18,15 @@ from lightning.pytorch.utilities.types import LRSchedulerConfig
 from omegaconf import DictConfig
 from torch.optim import Optimizer
 
-from finetune.artifacts import write_json
-from finetune.engine.config import mixes_batches, setting
-from finetune.engine.features import FeatureDataModule, use_feature_cache
-from finetune.engine.phases import PlannedPhase
-from finetune.engine.schedule import lr_key
-from finetune.engine.train import build
 from finetune.models.freezing import HEAD
 from finetune.report.plots import plot_lr_scan
+from finetune.run.artifacts import write_json
+from finetune.run.config import mixes_batches, setting
+from finetune.run.schedule import lr_key
 from finetune.tasks.base import Task
+from finetune.training.features import FeatureDataModule, use_feature_cache
+from finetune.training.phases import PlannedPhase
+from finetune.training.train import build
 from finetune.version import __version__
 
 JSON_NAME, PLOT_NAME = "lr_find.json", "lr_find.png"
@@ -65,14 +66,16 @@ class RatioLRFinder(lightning_lr_finder._LRFinder):
         trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(scan, interval="step")]
 
 
-def range_test(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, min_lr: float,
-               max_lr: float, steps: int) -> RatioLRFinder:
+def range_test(
+    trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, min_lr: float, max_lr: float, steps: int
+) -> RatioLRFinder:
     """``Tuner.lr_find`` with ``RatioLRFinder`` in place of Lightning's finder (the model is restored
     after). Lightning's ``_lr_find`` builds its finder from the module global ``_LRFinder``, swapped
     here for the call; a Lightning without it fails loudly here (and in tests/test_lr_find.py)."""
     with mock.patch.object(lightning_lr_finder, "_LRFinder", RatioLRFinder):
-        return Tuner(trainer).lr_find(module, datamodule=data, min_lr=min_lr, max_lr=max_lr, num_training=steps,
-                                      update_attr=False)
+        return Tuner(trainer).lr_find(
+            module, datamodule=data, min_lr=min_lr, max_lr=max_lr, num_training=steps, update_attr=False
+        )
 
 
 def debiased(losses: list[float], beta: float) -> list[float]:
@@ -82,7 +85,7 @@ def debiased(losses: list[float], beta: float) -> list[float]:
     with ``s = trainer.global_step``, which already counts the step just taken: after k steps it
     divides by ``1 - beta^(k+1)`` instead of ``1 - beta^k``, so the first point is about half the loss
     and the curve climbs over the first few dozen steps whatever the lr (Lightning #14167)."""
-    return [loss * (1 - beta ** (k + 1)) / (1 - beta ** k) for k, loss in enumerate(losses, 1)]
+    return [loss * (1 - beta ** (k + 1)) / (1 - beta**k) for k, loss in enumerate(losses, 1)]
 
 
 def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> float | None:
@@ -91,8 +94,11 @@ def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10
 
     Lightning's ``suggestion()`` takes the slope against lr itself, which on an exponential scan
     weighs each point by 1/lr and so favours the smallest learning rates (Lightning #21141)."""
-    points = [(lr, loss) for lr, loss in zip(lrs[skip_begin:len(lrs) - skip_end], losses[skip_begin:len(losses) - skip_end])
-              if math.isfinite(loss)]
+    points = [
+        (lr, loss)
+        for lr, loss in zip(lrs[skip_begin : len(lrs) - skip_end], losses[skip_begin : len(losses) - skip_end])
+        if math.isfinite(loss)
+    ]
     if len(points) < 2:
         return None
     lr, loss = (torch.tensor(values, dtype=torch.float64) for values in zip(*points))
@@ -134,8 +140,9 @@ def default_phase(plan: list[PlannedPhase], stages: tuple[str, ...]) -> int:
     return next((i for i, p in enumerate(plan) if set(p.frozen) != set(stages)), 0)
 
 
-def find_lr(task: Task, cfg: DictConfig, run_dir: Path, phase: int | None, min_lr: float, max_lr: float,
-            steps: int) -> LRScan:
+def find_lr(
+    task: Task, cfg: DictConfig, run_dir: Path, phase: int | None, min_lr: float, max_lr: float, steps: int
+) -> LRScan:
     """Scan phase ``phase`` (None: ``default_phase``) of ``cfg`` from ``min_lr`` to ``max_lr`` in
     ``steps`` training steps on one device; Lightning's temporary checkpoint goes to ``run_dir``."""
     started = time.perf_counter()
@@ -151,10 +158,22 @@ def find_lr(task: Task, cfg: DictConfig, run_dir: Path, phase: int | None, min_l
     scan_started = time.perf_counter()
     finder = range_test(trainer, module, phase_data, min_lr, max_lr, steps)
     lrs, losses = [float(lr) for lr in finder.results["lr"]], debiased(finder.results["loss"], finder.beta)
-    return LRScan(phase=planned.phase.name, phase_index=index, frozen=list(planned.frozen), lr_key=lr_key(cfg, index),
-                  config_lr=planned.phase.optim.lr, lr_ratios=finder.ratios, suggestion=steepest_descent(lrs, losses),
-                  min_lr=min_lr, max_lr=max_lr, steps=steps, lrs=lrs, losses=losses,
-                  seconds=time.perf_counter() - started, scan_seconds=time.perf_counter() - scan_started)
+    return LRScan(
+        phase=planned.phase.name,
+        phase_index=index,
+        frozen=list(planned.frozen),
+        lr_key=lr_key(cfg, index),
+        config_lr=planned.phase.optim.lr,
+        lr_ratios=finder.ratios,
+        suggestion=steepest_descent(lrs, losses),
+        min_lr=min_lr,
+        max_lr=max_lr,
+        steps=steps,
+        lrs=lrs,
+        losses=losses,
+        seconds=time.perf_counter() - started,
+        scan_seconds=time.perf_counter() - scan_started,
+    )
 
 
 def scan_trainer(cfg: DictConfig, run_dir: Path, steps: int) -> L.Trainer:
@@ -164,12 +183,23 @@ def scan_trainer(cfg: DictConfig, run_dir: Path, steps: int) -> L.Trainer:
     ``check_val_every_n_epoch``)."""
     t = cfg.trainer
     clip = setting(cfg, "trainer.gradient_clip_val")
-    return L.Trainer(max_steps=steps, accelerator=t.accelerator, devices=1, precision=t.precision,
-                     accumulate_grad_batches=setting(cfg, "trainer.accumulate_grad_batches", 1),
-                     gradient_clip_val=clip, gradient_clip_algorithm=None if clip is None else "norm",
-                     limit_train_batches=t.limit_train_batches, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                     check_val_every_n_epoch=steps + 1, default_root_dir=run_dir)
+    return L.Trainer(
+        max_steps=steps,
+        accelerator=t.accelerator,
+        devices=1,
+        precision=t.precision,
+        accumulate_grad_batches=setting(cfg, "trainer.accumulate_grad_batches", 1),
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=None if clip is None else "norm",
+        limit_train_batches=t.limit_train_batches,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=steps + 1,
+        default_root_dir=run_dir,
+    )
 
 
 def write_scan(scan: LRScan, run_dir: Path, command: str) -> tuple[Path, Path]:
@@ -177,8 +207,11 @@ def write_scan(scan: LRScan, run_dir: Path, command: str) -> tuple[Path, Path]:
     command with it) and ``lr_find.png`` (loss against lr, suggestion and configured lr marked)."""
     record = dataclasses.asdict(scan) | {
         "losses": [loss if math.isfinite(loss) else None for loss in scan.losses],  # JSON has no inf / NaN
-        "seconds": round(scan.seconds, 1), "scan_seconds": round(scan.scan_seconds, 1), "command": command,
-        "finetune_version": __version__}
+        "seconds": round(scan.seconds, 1),
+        "scan_seconds": round(scan.scan_seconds, 1),
+        "command": command,
+        "finetune_version": __version__,
+    }
     json_path = write_json(run_dir / JSON_NAME, record)
     title = f"phase {scan.phase!r} ({scan.lr_key.lstrip('+')}), {len(scan.lrs)} steps"
     plot_path = plot_lr_scan(scan.lrs, scan.losses, scan.suggestion, scan.config_lr, run_dir / PLOT_NAME, title)

@@ -1,10 +1,11 @@
 """Lightning checkpoint I/O that never leaves half a file behind, nor a byte outside the run directory."""
+
 from __future__ import annotations
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from finetune.artifacts import atomic_path
+from finetune.run.artifacts import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,4 +1,5 @@
 """The exception types users see: a clear message, no traceback."""
+
 from __future__ import annotations
 
 import signal
@@ -57,5 +58,7 @@ def choice(key: str, value, allowed: Iterable, hint: str = "") -> None:
     """ConfigError naming ``key`` unless ``value`` is one of ``allowed``."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not known: choose one of {', '.join(map(str, allowed))}"
-                          + (f" ({hint})" if hint else ""))
+        raise ConfigError(
+            f"{key}={value!r} is not known: choose one of {', '.join(map(str, allowed))}"
+            + (f" ({hint})" if hint else "")
+        )

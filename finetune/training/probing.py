@@ -13,6 +13,7 @@ split's mean and std; one per label for multi-label data) is fitted on train and
 accuracy (multi-label: per-label accuracy at 0.5) and the mean one-vs-rest AUC over the classes (or
 labels) whose val split holds both positives and negatives.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,10 +34,10 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from finetune.data.imbalance import imbalance_ratio
-from finetune.engine.train import build
 from finetune.models.backbones import StageMap
 from finetune.models.freezing import FineTuneModel
 from finetune.tasks.base import Task
+from finetune.training.train import build
 
 PROBE_C = 1.0  # inverse L2 strength of every probe: one fixed protocol, so stages compare fairly
 PROBE_MAX_ITER = 1000
@@ -73,8 +74,10 @@ class DataStats:
 
     def to_dict(self) -> dict:
         ratio = self.imbalance
-        return dataclasses.asdict(self) | {"per_class": round(self.per_class, 1),
-                                           "imbalance": None if ratio == float("inf") else round(ratio, 2)}
+        return dataclasses.asdict(self) | {
+            "per_class": round(self.per_class, 1),
+            "imbalance": None if ratio == float("inf") else round(ratio, 2),
+        }
 
 
 @dataclasses.dataclass
@@ -124,12 +127,14 @@ def pool(output: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
     if output.ndim == 4:
         return output.mean(dim=(1, 2) if getattr(backbone, "output_fmt", "NCHW") == "NHWC" else (2, 3))
     if output.ndim == 3:
-        return output[:, getattr(backbone, "num_prefix_tokens", 0):].mean(dim=1)
+        return output[:, getattr(backbone, "num_prefix_tokens", 0) :].mean(dim=1)
     return output
 
 
 @torch.no_grad()
-def stage_features(model: FineTuneModel, loader: Iterable, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def stage_features(
+    model: FineTuneModel, loader: Iterable, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Pooled features after every probed stage (``probed_stages``) of every batch, and the targets,
     in loader order; the model is in eval mode throughout (restored after)."""
     backbone, stages = model.backbone, probed_stages(model.stage_map)
@@ -140,6 +145,7 @@ def stage_features(model: FineTuneModel, loader: Iterable, device: torch.device)
         def hook(module: nn.Module, args, output) -> None:
             if isinstance(output, torch.Tensor):
                 latest[stage] = pool(output, backbone)
+
         return hook
 
     hooks = [m.register_forward_hook(keep(stage)) for stage in stages[:-1] for m in modules.get(stage, [])]
@@ -162,8 +168,9 @@ def stage_features(model: FineTuneModel, loader: Iterable, device: torch.device)
     return {s: torch.cat(f) for s, f in features.items()}, torch.cat(targets)
 
 
-def probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-          num_classes: int, multilabel: bool) -> tuple[float, float | None]:
+def probe(
+    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, num_classes: int, multilabel: bool
+) -> tuple[float, float | None]:
     """Fit one linear probe on train, score it on val: (accuracy, mean one-vs-rest AUC)."""
     linear = LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER)
     classifier = make_pipeline(StandardScaler(), OneVsRestClassifier(linear) if multilabel else linear)
@@ -181,8 +188,11 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np
 
 def mean_auc(indicator: np.ndarray, scores: np.ndarray) -> float | None:
     """Mean ROC AUC over the columns whose targets hold both positives and negatives (None: none do)."""
-    aucs = [roc_auc_score(indicator[:, k], scores[:, k]) for k in range(indicator.shape[1])
-            if 0 < indicator[:, k].sum() < len(indicator)]
+    aucs = [
+        roc_auc_score(indicator[:, k], scores[:, k])
+        for k in range(indicator.shape[1])
+        if 0 < indicator[:, k].sum() < len(indicator)
+    ]
     return float(np.mean(aucs)) if aucs else None
 
 
@@ -193,7 +203,7 @@ def probe_device(accelerator: str) -> torch.device:
 
 
 def measure(task: Task, cfg: DictConfig) -> Probing:
-    """Build the run as training would (``engine.train.build``: data, weights, model), extract the
+    """Build the run as training would (``training.train.build``: data, weights, model), extract the
     pooled stage features of train and val once, fit and score a probe per stage."""
     started = time.perf_counter()
     built = build(task, cfg)
@@ -206,14 +216,33 @@ def measure(task: Task, cfg: DictConfig) -> Probing:
     extracted_at = time.perf_counter()
     scores = []
     for stage in probed_stages(model.stage_map):
-        acc, auc = probe(train_x[stage].numpy(), train_y.numpy(), val_x[stage].numpy(), val_y.numpy(),
-                         data.info.num_classes, multilabel)
-        scores.append(StageScore(stage, int(train_x[stage].shape[1]), round(acc, 4),
-                                 None if auc is None else round(auc, 4)))
+        acc, auc = probe(
+            train_x[stage].numpy(),
+            train_y.numpy(),
+            val_x[stage].numpy(),
+            val_y.numpy(),
+            data.info.num_classes,
+            multilabel,
+        )
+        scores.append(
+            StageScore(stage, int(train_x[stage].shape[1]), round(acc, 4), None if auc is None else round(auc, 4))
+        )
     done = time.perf_counter()
-    stats = DataStats(train=len(train_y), val=len(val_y), class_counts=list(data.info.class_counts),
-                      multilabel=multilabel)
-    seconds = {"build": built_at - started, "features": extracted_at - built_at, "probes": done - extracted_at,
-               "total": done - started}
-    return Probing(scores, stats, "auc" if multilabel else "acc", cfg.backbone.name, built.record.source,
-                   hasattr(model.timm_model, "patch_embed"), {k: round(v, 1) for k, v in seconds.items()})
+    stats = DataStats(
+        train=len(train_y), val=len(val_y), class_counts=list(data.info.class_counts), multilabel=multilabel
+    )
+    seconds = {
+        "build": built_at - started,
+        "features": extracted_at - built_at,
+        "probes": done - extracted_at,
+        "total": done - started,
+    }
+    return Probing(
+        scores,
+        stats,
+        "auc" if multilabel else "acc",
+        cfg.backbone.name,
+        built.record.source,
+        hasattr(model.timm_model, "patch_embed"),
+        {k: round(v, 1) for k, v in seconds.items()},
+    )

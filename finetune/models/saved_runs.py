@@ -1,0 +1,124 @@
+"""A run directory's model read back: built from its saved config, loaded from its checkpoint; the
+checks a ``resume=`` runs before anything is written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from finetune.data.transforms import Preprocessing
+from finetune.models.factory import build_model
+from finetune.models.freezing import FineTuneModel
+from finetune.models.weights import resolve_weights
+from finetune.run.errors import FinetuneError
+from finetune.run.records import (
+    RESUME_SAFE_KEYS,
+    check_checkpoint,
+    experiment_changes,
+    find_checkpoint,
+    locate_resume,
+    model_state,
+    resume_config,
+    run_config,
+)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run: its config, model (best checkpoint, eval mode), classes and preprocessing."""
+
+    run_dir: Path
+    cfg: DictConfig
+    model: FineTuneModel
+    class_names: list[str]
+    multilabel: bool
+    preprocessing: Preprocessing
+    weights: dict
+    checkpoint: Path
+    window: tuple[float, float] | None = None  # DICOM [center, width] the run read its files with
+
+
+def model_shapes(cfg: DictConfig, run_dir: Path) -> dict[str, tuple[int, ...]] | None:
+    """The shape of every tensor of the run's model, named as its checkpoints name them (``model.…``),
+    from a model built on the meta device (nothing allocated); None before the run wrote ``data.json``."""
+    if not (run_dir / "data.json").is_file():
+        return None
+    data = json.loads((run_dir / "data.json").read_text())
+    skeleton = resolve_weights(cfg.backbone.name, pretrained=False)
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
+    except Exception:  # an architecture that computes on its tensors while built (.item() on meta): no pre-check
+        return None
+    return {f"model.{key}": tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+
+
+def check_resume(
+    current: DictConfig, overrides: list[str], prefer: tuple[str, ...] = ("last.ckpt", "best.ckpt")
+) -> tuple[Path, Path | None, DictConfig]:
+    """Check a ``resume=`` command line completely, writing nothing: the run exists, is not finished
+    (unless ``resume_finished=true``), its stored config calls no resolver, the overrides do not change
+    its experiment, and its checkpoint loads into the run's model. Returns (run directory, checkpoint
+    or None to start phase 1 from scratch, the config to continue with)."""
+    run_dir, ckpt = locate_resume(current.resume, prefer)
+    if (run_dir / "metrics.json").exists() and not current.get("resume_finished", False):
+        raise FinetuneError(
+            f"{run_dir} has finished (metrics.json exists); resuming would re-test it and rewrite "
+            f"its metrics.json, exports and report: add resume_finished=true if that is what you "
+            f"want, or start a new run"
+        )
+    cfg = resume_config(run_dir, current, overrides)
+    changed = experiment_changes(cfg, current, overrides)
+    if changed:
+        raise FinetuneError(
+            f"resume={current.resume} continues the run with its saved config; these overrides "
+            f"would change the experiment: {' '.join(changed)} (allowed when resuming: "
+            f"{', '.join(k for k in RESUME_SAFE_KEYS if k != 'resume')}, hydra.*); start a new run "
+            "to change them"
+        )
+    if ckpt is not None:
+        check_checkpoint(ckpt, model_shapes(cfg, run_dir))
+    return run_dir, ckpt, cfg
+
+
+def prepare_resume(
+    current: DictConfig, overrides: list[str], prefer: tuple[str, ...] = ("last.ckpt", "best.ckpt")
+) -> tuple[Path, Path | None, DictConfig]:
+    """``check_resume``, then say where the run continues. (Temporaries of interrupted writes went when
+    its lock was taken.) Returns what ``check_resume`` returns."""
+    run_dir, ckpt, cfg = check_resume(current, overrides, prefer)
+    if ckpt is None:
+        print(
+            f"resuming {run_dir}: it stopped before its first checkpoint, so phase 1 starts from the beginning "
+            "with the run's saved config"
+        )
+    else:
+        print(f"resuming {run_dir} from {ckpt.name} with the run's saved config")
+    return run_dir, ckpt, cfg
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Rebuild the model of a run and load its checkpoint (``weights_only``: no pickle is executed)."""
+    cfg = run_config(path)
+    run_dir, ckpt = find_checkpoint(path)
+    data = json.loads((run_dir / "data.json").read_text())
+    state = model_state(ckpt)
+    skeleton = resolve_weights(cfg.backbone.name, pretrained=False)  # the checkpoint holds every tensor
+    model = build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    preprocessing = Preprocessing.from_dict(data["preprocessing"])
+    return LoadedRun(
+        run_dir,
+        cfg,
+        model.eval(),
+        data["class_names"],
+        data.get("multilabel", False),
+        preprocessing,
+        json.loads((run_dir / "weights.json").read_text()),
+        ckpt,
+        tuple(data["window"]) if data.get("window") else None,
+    )
