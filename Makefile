@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-cpu lock demo lint format test test-fast bench bench-peers clean
+.PHONY: install install-cpu lock demo lint format test test-fast test-unit test-e2e bench bench-peers clean
 
 LOCK := requirements.lock
 PIP := $(BIN)/python -m pip
@@ -75,6 +75,14 @@ test: install
 
 test-fast: install
 	$(PYTEST) -m "not slow"
+
+# The suite in two halves: tests/unit/ (library functions in-process, seconds) and tests/e2e/ (finetune processes,
+# whole runs, the benchmark harness); the rule that sorts a test file is in docs/architecture.md (Tests).
+test-unit: install
+	$(PYTEST) tests/unit
+
+test-e2e: install
+	$(PYTEST) tests/e2e
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

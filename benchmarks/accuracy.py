@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 
 from finetune.resources import conf_dir
-from finetune.run import phases
+from finetune.training import phases
 
 from .common import HYMENOPTERA, MEDMNIST, RESULTS, compose, write_result
 

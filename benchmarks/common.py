@@ -70,8 +70,8 @@ def compose(*overrides: str):
 
 def build(backbone: str, image_size: int, num_classes: int = 10, pretrained: bool = False, *overrides: str):
     """(cfg, FineTuneModel) for a conf/backbone group name, random init unless ``pretrained``."""
-    from finetune.models.factory import build_model
     from finetune.models.weights import resolve_weights
+    from finetune.tasks.registry import get_task
 
     cfg = compose(
         f"backbone={backbone}",
@@ -80,7 +80,7 @@ def build(backbone: str, image_size: int, num_classes: int = 10, pretrained: boo
         *overrides,
     )
     record = resolve_weights(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained)
-    return cfg, build_model(cfg, record, 3, num_classes)
+    return cfg, get_task(cfg.task).build_model(cfg, record, 3, num_classes)
 
 
 def fake_batches(n: int, batch_size: int, image_size: int, num_classes: int = 10, seed: int = 0) -> list:

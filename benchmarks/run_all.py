@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from finetune.run.warning_filters import quiet_library_chatter
+
 from .common import RESULTS, environment
 from .peers import SECTIONS
 from .readme import render
@@ -46,4 +48,5 @@ def main(names: list[str] | None = None, quick: bool = False, out_dir: Path = RE
 
 
 if __name__ == "__main__":
+    quiet_library_chatter()
     main(sys.argv[1:] or None)

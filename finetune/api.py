@@ -21,11 +21,11 @@ from finetune.data.images import check_image
 from finetune.export.bundle import ModelBundle, metadata
 from finetune.export.formats import torch_forward
 from finetune.export.loading import LoadedExport, load_export
-from finetune.export.predict import resolve_export
+from finetune.export.predict_io import resolve_export
 from finetune.run.errors import FinetuneError
 from finetune.run.records import run_config
 from finetune.tasks.base import Predictions
-from finetune.tasks.registry import get_task
+from finetune.tasks.registry import TASKS, get_task
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -80,7 +80,7 @@ class Model:
         arrays = [self.read(image) for image in _as_list(images)]
         if not arrays:
             raise FinetuneError("predict() needs at least one image")
-        return get_task(self.task).predict_arrays(self.exported, arrays)
+        return self.exported.task.predict_arrays(self.exported, arrays)
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
@@ -95,5 +95,5 @@ def load(path: str | Path, weights: str | Path | None = None, allow_unverified: 
     path = Path(path).expanduser()
     if (path / "config.yaml").is_file() or path.suffix == ".ckpt":
         bundle = ModelBundle.from_run(path, get_task(run_config(path).task), None if weights is None else str(weights))
-        return Model(LoadedExport(path, metadata(bundle, "run"), torch_forward(bundle.model.eval())))
-    return Model(load_export(resolve_export(path), weights, allow_unverified=allow_unverified))
+        return Model(LoadedExport(path, metadata(bundle, "run"), torch_forward(bundle.model.eval()), bundle.task))
+    return Model(load_export(resolve_export(path), weights, tasks=TASKS, allow_unverified=allow_unverified))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from finetune.commands.args import print_stopped
 from finetune.run.errors import RunInterrupted
+from finetune.run.warning_filters import quiet_library_chatter
 
 # name -> (module:function taking argv and returning an exit code, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch ``finetune <command> ...``; anything else is a training command line."""
+    quiet_library_chatter()
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help", "help"):
         print(usage())

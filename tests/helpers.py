@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import skimage.data
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from finetune.resources import conf_dir
@@ -103,6 +103,14 @@ def compose_config(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
 
 
+def group_option(group: str, name: str) -> DictConfig:
+    """``conf/<group>/<name>.yaml``'s own keys as written there (its ``defaults`` list, which names the
+    schema Hydra checks it against, left out)."""
+    cfg = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+    cfg.pop("defaults", None)
+    return cfg
+
+
 # --- segmentation data on disk ---------------------------------------------------------------------
 
 
@@ -161,13 +169,13 @@ def trained_bundle(weights_file: Path, freeze: str | int) -> ModelBundle:
     import torch
 
     from finetune.export.bundle import ModelBundle
-    from finetune.models.factory import build_model
     from finetune.models.freezing import frozen_stages
     from finetune.models.weights import resolve_weights
+    from finetune.tasks.registry import get_task
 
-    cfg = resnet_cfg(weights_file, freeze)
+    cfg, task = resnet_cfg(weights_file, freeze), get_task("classification")
     record = resolve_weights("resnet10t", weights_file)
-    model = build_model(cfg, record, 3, len(CLASSES))
+    model = task.build_model(cfg, record, 3, len(CLASSES))
     model.set_frozen(frozen_stages(model.stage_map, freeze), "frozen")
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -177,7 +185,7 @@ def trained_bundle(weights_file: Path, freeze: str | int) -> ModelBundle:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return ModelBundle(model.eval(), cfg, CLASSES, False, imagenet_32px(), 3, record.to_dict(), origin="test")
+    return ModelBundle(model.eval(), cfg, CLASSES, task, imagenet_32px(), 3, record.to_dict(), origin="test")
 
 
 def tensor_hashes(model: torch.nn.Module) -> dict[str, str]:
@@ -236,8 +244,8 @@ def export_tiny_resnet(base: Path, classes: list[str], formats: tuple[str, ...])
 
     from finetune.export.bundle import ModelBundle
     from finetune.export.writing import export
-    from finetune.models.factory import build_model
     from finetune.models.weights import resolve_weights
+    from finetune.tasks.registry import get_task
 
     torch.manual_seed(0)
     weights = base / "resnet10t.safetensors"
@@ -250,10 +258,11 @@ def export_tiny_resnet(base: Path, classes: list[str], formats: tuple[str, ...])
         "dataset.image_size=32",
     )
     record = resolve_weights("resnet10t", weights)
-    model = build_model(cfg, record, 3, len(classes))
+    task = get_task("classification")
+    model = task.build_model(cfg, record, 3, len(classes))
     with torch.no_grad():
         model.head[-1].weight.normal_()
-    bundle = ModelBundle(model.eval(), cfg, classes, False, imagenet_32px(), 3, record.to_dict(), origin="test")
+    bundle = ModelBundle(model.eval(), cfg, classes, task, imagenet_32px(), 3, record.to_dict(), origin="test")
     for fmt in formats:
         export(bundle, fmt, base / "exports", [skimage.data.chelsea(), skimage.data.coffee()])
     return base / "exports"

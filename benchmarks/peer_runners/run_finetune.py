@@ -17,7 +17,8 @@ from peerdata import Clock, emit, read_spec
 
 from finetune.commands.train import train
 from finetune.resources import conf_dir
-from finetune.run import phases
+from finetune.run.warning_filters import quiet_library_chatter
+from finetune.training import phases
 
 PACKAGES = ("finetune", "lightning", "torch", "torchvision", "timm", "albumentations", "numpy", "pillow")
 
@@ -40,6 +41,7 @@ class Curve(L.Callback):
 
 
 def main() -> None:
+    quiet_library_chatter()
     spec = read_spec()
     names = METRICS[spec.get("task", "classification")]
     clock, last = Clock(names[0]), {}

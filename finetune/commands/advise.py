@@ -14,13 +14,17 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from finetune.commands.args import compose_config, print_error, split_tool_args, tool_run_dir
-from finetune.run.errors import ConfigError, FinetuneError
+from finetune.run.errors import FinetuneError
+from finetune.run.schema import PhaseSchema
 
 if TYPE_CHECKING:
     from finetune.training.probing import Probing
     from finetune.training.recommend import Recommendation
 
 JSON_NAME, PLOT_NAME = "advice.json", "advice.png"
+# A phase key left out reads the schedule's: the schema's ${schedule.<key>} (and backbone.freeze)
+READ_FROM_SCHEDULE = {f.name: f.default for f in dataclasses.fields(PhaseSchema)}
+_ABSENT = object()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,12 +80,7 @@ def run(overrides: list[str], out: str | None) -> int:
         if cfg.resume or cfg.plan:
             raise FinetuneError("advise measures the pretrained backbone on fresh data: drop resume= and plan=")
         task = get_task(cfg.task)
-        if task.dense:
-            raise ConfigError(
-                f"finetune advise is classification-only for now: it fits one linear probe per image on "
-                f"pooled stage features, and task={cfg.task} predicts per pixel. Advise on a classification "
-                "dataset (drop task=…, head=…), or start from the recipes in recipes/segmentation"
-            )
+        task.check_probing(cfg)  # e.g. segmentation: no per-image class to probe
         check_config(cfg)
         if out:
             claim_run_dir(out)
@@ -143,7 +142,10 @@ def ready_overrides(overrides: list[str], settings: Mapping[str, object]) -> lis
 
 
 def _phases(overrides: list[str]) -> list:
-    return OmegaConf.to_container(compose_config(overrides).schedule.phases, resolve=False)
+    """The schedule's phases as written: a key a phase reads from the schedule (the schema's
+    ``${schedule.…}``) is left out."""
+    phases = OmegaConf.to_container(compose_config(overrides).schedule.phases, resolve=False)
+    return [{k: v for k, v in phase.items() if v != READ_FROM_SCHEDULE.get(k, _ABSENT)} for phase in phases]
 
 
 def report(probing: Probing, advice: Recommendation) -> str:

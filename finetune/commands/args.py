@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
+from finetune.run.errors import ConfigError, FinetuneError, RunInterrupted, TrainingDiverged
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -82,14 +82,39 @@ def print_stopped(stopped: TrainingDiverged | RunInterrupted) -> int:
 
 def compose_config(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
     """The training config of ``overrides``, composed from ``conf/`` as ``finetune`` composes it
-    (Hydra's compose API: no run directory, no logging set-up); ``with_hydra``: with the ``hydra`` node
-    (e.g. ``hydra.runtime.choices``, the config groups chosen). Hydra's errors pass through."""
+    (Hydra's compose API: no run directory, no logging set-up) and typed by the schema
+    (``finetune.run.schema``); ``with_hydra``: with the ``hydra`` node (e.g. ``hydra.runtime.choices``, the
+    config groups chosen). What the schema refuses (an unknown key, a value of the wrong type, a key of
+    another task, an unknown option of a group) raises one ConfigError line; Hydra's other errors pass
+    through."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from finetune.commands.config_errors import explain
+
+    try:
+        return _compose(overrides, with_hydra)
+    except (HydraException, OmegaConfBaseException) as err:
+        message = explain(err, list(overrides), _compose, config_groups())
+        if message is None:
+            raise
+        raise ConfigError(message) from None
+
+
+def _compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
     from finetune.resources import conf_dir
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
+
+
+def config_groups() -> set[str]:
+    """The config groups a command line may select (``conf/<group>/``, ``recipes/<group>/``)."""
+    from finetune.resources import conf_dir, recipes_dir
+
+    return {p.name for root in (conf_dir(), recipes_dir()) for p in root.iterdir() if p.is_dir() and p.name[0] != "_"}
 
 
 def override_value(argv: Sequence[str], key: str) -> str | None:

@@ -1,63 +1,92 @@
-"""Check a training command line before anything heavy is imported: compose the config with
-Hydra's compose API, refuse keys it does not declare (with "did you mean") and ``_target_``, check
-every value's type and the config, that the data paths exist, and that the run directory is neither
-inside the data nor somewhere that cannot be written.
+"""Check a training command line before anything heavy is imported: compose the config against its
+schema (``finetune.run.schema``: unknown keys, value types, keys of another task or dataset kind, Lightning
+Trainer arguments finetune sets itself, required values; ``finetune.commands.config_errors`` words each
+as one line), refuse ``+`` keys the schema does not declare and ``_target_``, check the values, that the
+data paths exist, and that the run directory is neither inside the data nor somewhere that cannot be
+written.
 
-Returns an exit code (2 with one ``finetune: error:`` line) or 0 to go on. Command lines this
-cannot judge alone (``-m`` sweeps, ``--cfg``, ``--help``, ``resume=``) are left
-to Hydra and to ``train``, which check them again.
+Returns an exit code (2 with one ``finetune: error:`` line) or 0 to go on. A ``-m`` sweep is checked
+on its plain overrides (each job's values are checked again when it starts); command lines this cannot
+judge alone (``--cfg``, ``--help``, ``resume=``) are left to Hydra and to ``train``, which check them again.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from finetune.commands.args import compose_config, override_value, print_error
-from finetune.run.config import check_data_paths, check_types, data_folders
-from finetune.run.errors import FinetuneError
+from finetune.commands.config_errors import bad_reference, declares, missing_value, override_key, unknown_key
+from finetune.run.config import check_data_paths, data_folders
+from finetune.run.errors import ConfigError, FinetuneError
 from finetune.run.schedule import Phase
+from finetune.run.schema import FinetuneSchema
 from finetune.training.validate import validate
 
-_MISSING = object()
 DEFAULT_RUNS = "runs"  # the folder conf/config.yaml's default hydra.run.dir / hydra.sweep.dir make runs in
+MULTIRUN = ("-m", "--multirun")
 
 
 def precheck(argv: Sequence[str]) -> int:
     """0 when the command line composes and passes the config checks, else 2 (message printed)."""
+    multirun = bool(set(MULTIRUN) & set(argv))
+    argv = [a for a in argv if a not in MULTIRUN]
     if any(a.startswith(("-", "resume=")) for a in argv):
         return 0
     run_dir = override_value(argv, "hydra.run.dir")
-    argv = [a for a in argv if not _key(a).startswith("hydra.")]  # where Hydra writes, not what runs
+    argv = [a for a in argv if not override_key(a).startswith("hydra.")]  # where Hydra writes, not what runs
+    if multirun:
+        argv = plain_overrides(argv)
     try:
         cfg = compose_config(argv, with_hydra=True)
-    except HydraException:
-        message = misspelt_key(argv)
-        if message is None:
-            return 0  # Hydra reports it with its own words (e.g. the options of a group)
-        return print_error(message)
-    groups = set(cfg.hydra.runtime.choices)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    try:
-        declared = compose_config([a for a in argv if _key(a) in groups])  # the chosen groups' defaults
-        check_overrides(argv, groups, declared, cfg)
-        check_types(cfg, declared)
+        groups = set(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        check_composed(cfg)
+        check_overrides(argv, groups, cfg)
         check_config(cfg)
         check_data_paths(cfg)
-        if not cfg.plan:  # a plan writes nothing
+        if not cfg.plan and not multirun:  # a plan writes nothing; a sweep's jobs check their directories
             check_run_dir_outside_data(run_dir, cfg)
+    except HydraException:
+        return 0  # Hydra reports it with its own words (e.g. the options of a group)
     except FinetuneError as err:
         return print_error(err)
     return 0
 
 
-def check_config(cfg: DictConfig) -> list[Phase]:
+def plain_overrides(argv: Sequence[str]) -> list[str]:
+    """The overrides of a ``-m`` command line that every job shares (not ``a=1,2`` or ``choice(…)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def swept(arg: str) -> bool:
+        try:
+            return parser.parse_override(arg).is_sweep_override()
+        except HydraException:  # compose reports it
+            return False
+
+    return [a for a in argv if not swept(a)]
+
+
+def check_composed(cfg: DictConfig) -> None:
+    """Every required value is set and every ``${…}`` reference resolves (the ``hydra`` node removed)."""
+    try:
+        missing = missing_value(cfg)
+        if missing:
+            raise ConfigError(missing)
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(bad_reference(cfg, err)) from None
+
+
+def check_config(cfg: FinetuneSchema) -> list[Phase]:
     """Every check that needs neither data nor weights: the config's task checks its own keys, the
     training the rest. Returns the schedule's phases."""
     from finetune.tasks.registry import get_task
@@ -65,55 +94,30 @@ def check_config(cfg: DictConfig) -> list[Phase]:
     return validate(cfg, get_task(cfg.task))
 
 
-def check_overrides(argv: Sequence[str], groups: set[str], declared: DictConfig, cfg: DictConfig) -> None:
+def check_overrides(argv: Sequence[str], groups: set[str], cfg: DictConfig) -> None:
     """Nothing of ours instantiates a ``_target_`` (outside ``hydra.``), and a key added with ``+``/``++``
-    must be one the chosen groups declare (entries of a list, such as a phase's own ``lr``, are
-    checked by the list's reader)."""
+    must be one the schema declares (Hydra adds any key a ``+`` names)."""
     for key in _targets(cfg):
-        arg = next((a for a in argv if _key(a) == key), key)
+        arg = next((a for a in argv if override_key(a) == key), key)
         raise FinetuneError(
             f"{arg}: finetune instantiates no object from its config, so a _target_ (outside "
             "hydra.*) would be ignored; remove it"
         )
     for arg in argv:
-        key = _key(arg)
-        if arg.startswith("+") and "=" in arg and key not in groups and not _declared(declared, key):
-            raise FinetuneError(unknown_key(key, arg, declared))
+        key = override_key(arg)
+        if arg.startswith("+") and "=" in arg and key not in groups and not declares(cfg, key):
+            raise FinetuneError(unknown_key(arg, key, cfg, str(cfg.task)))
 
 
-def _key(arg: str) -> str:
-    """The key (or config group) of a command-line override: ``+a.b@pkg=v`` -> ``a.b``."""
-    return arg.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
-
-
-def _targets(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
+def _targets(cfg: DictConfig | dict | list, prefix: str = "") -> Iterator[str]:
     """Dotted keys of every ``_target_`` in ``cfg`` (dicts inside lists included)."""
-    items = enumerate(cfg) if OmegaConf.is_list(cfg) else cfg.items_ex(resolve=False)
-    for key, value in items:
+    node = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    for key, value in enumerate(node) if isinstance(node, list) else node.items():
         name = f"{prefix}{key}"
         if key == "_target_":
             yield name
-        elif OmegaConf.is_config(value):
+        elif isinstance(value, (dict, list)):
             yield from _targets(value, f"{name}.")
-
-
-def _declared(declared: DictConfig, key: str) -> bool:
-    """True when ``key`` is in ``declared`` or lies inside one of its lists."""
-    parts = key.split(".")
-    for end in range(1, len(parts) + 1):
-        node = OmegaConf.select(declared, ".".join(parts[:end]), default=_MISSING)
-        if node is _MISSING:
-            return False
-        if OmegaConf.is_list(node):
-            return True
-    return True
-
-
-def unknown_key(key: str, arg: str, declared: DictConfig) -> str:
-    """What to say about ``arg``, whose ``key`` the config does not have: the nearest key, if any."""
-    close = difflib.get_close_matches(key, list(_leaf_keys(declared)), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "finetune train --cfg job lists every key"
-    return f"{key} is not a key of this config ({arg!r}); {hint}"
 
 
 def check_run_dir_outside_data(run_dir: str | None, cfg: DictConfig) -> None:
@@ -152,28 +156,3 @@ def check_output_location(argv: Sequence[str]) -> None:
             f"cannot write the run directory {shown}: {display} is not writable"
             f"{' (a read-only file system)' if read_only else ''}; {how}"
         )
-
-
-def misspelt_key(argv: Sequence[str]) -> str | None:
-    """For the first ``key=value`` whose key the composed config lacks: what to type instead."""
-    groups = [a for a in argv if "=" in a and "." not in a.split("=", 1)[0]]
-    try:
-        base = compose_config(groups)
-    except HydraException:
-        return None
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if "=" not in arg or key.startswith(("+", "~")) or key in groups:
-            continue
-        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-            return unknown_key(key, arg, base)
-    return None
-
-
-def _leaf_keys(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, DictConfig):
-            yield from _leaf_keys(value, f"{name}.")
-        else:
-            yield name

@@ -66,7 +66,7 @@ def _predict_command(argv: list[str]) -> None:
         "on_error", args["on_error"], ON_ERROR, "stop: an unreadable input stops the command; skip: predict the others"
     )
     from finetune.data.files import find_images
-    from finetune.export.predict import PredictOptions, console, resolve_export
+    from finetune.export.predict_io import PredictOptions, console, resolve_export
 
     paths = find_images(args["inputs"])
     readable, skipped = _screen(paths, args["on_error"])
@@ -78,14 +78,15 @@ def _predict_command(argv: list[str]) -> None:
         tuple((str(path), why) for path, why in skipped.items()),
     )
     from finetune.export.loading import load_export  # torch only once the arguments are good
-    from finetune.tasks.registry import get_task
+    from finetune.tasks.registry import TASKS
 
     exported = load_export(
         resolve_export(args["export"]),
         args["weights"],
+        tasks=TASKS,
         allow_unverified=parse_flag(args["allow_unverified"], "allow_unverified"),
     )
-    console.print(get_task(exported.metadata["task"]).predict_files(exported, readable, options))
+    console.print(exported.task.predict_files(exported, readable, options))
     if skipped:
         console.print(_skipped_line(list(skipped)), markup=False, highlight=False, soft_wrap=True)
 

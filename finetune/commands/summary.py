@@ -192,14 +192,14 @@ def summarize(
     import timm
     from omegaconf import open_dict
 
-    from finetune.models.factory import build_model
     from finetune.models.freezing import frozen_stages
     from finetune.models.weights import resolve_weights
+    from finetune.tasks.registry import get_task
 
     cfg = _compose(list(overrides))
     with open_dict(cfg):
         cfg.dataset.image_size = input_size  # fixed-size models (ViTs) are built for the counted size
-    model = build_model(cfg, resolve_weights(cfg.backbone.name, pretrained=False), in_chans, classes)
+    model = get_task(cfg.task).build_model(cfg, resolve_weights(cfg.backbone.name, pretrained=False), in_chans, classes)
     model.set_frozen(frozen_stages(model.stage_map, cfg.backbone.freeze, cfg.backbone.name), cfg.backbone.bn)
     if input_size is None:
         input_size = timm.data.resolve_data_config(model=model.backbone)["input_size"][-1]
@@ -217,12 +217,11 @@ def summarize(
 
 def summarize_run(path: str) -> Summary:
     """The run's model (skeleton: counts need no trained weights), frozen as in its last phase."""
-    from omegaconf import OmegaConf
-
-    from finetune.models.factory import build_model
     from finetune.models.freezing import frozen_stages
     from finetune.models.weights import resolve_weights
+    from finetune.run.config import load_config
     from finetune.run.records import find_checkpoint
+    from finetune.tasks.registry import get_task
 
     run_dir = Path(path).expanduser()
     if run_dir.is_file():  # a checkpoint inside the run
@@ -233,10 +232,11 @@ def summarize_run(path: str) -> Summary:
                 f"run={path}: {run_dir / name} is missing; run= takes a finetune run directory "
                 "(the folder with config.yaml and data.json)"
             )
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml")
     data = json.loads((run_dir / "data.json").read_text())
     in_chans, names = data["model_in_chans"], data["class_names"]
-    model = build_model(cfg, resolve_weights(cfg.backbone.name, pretrained=False), in_chans, len(names))
+    skeleton = resolve_weights(cfg.backbone.name, pretrained=False)
+    model = get_task(cfg.task).build_model(cfg, skeleton, in_chans, len(names))
     phases = cfg.schedule.get("phases") or [{}]
     last = phases[-1]
     freeze = last.get("freeze", cfg.backbone.freeze)

@@ -111,8 +111,11 @@ def _run(cfg: DictConfig) -> float | None:
     cfg_resumed = cfg.resume
     if cfg.resume:
         from finetune.models.saved_runs import prepare_resume
+        from finetune.tasks.registry import TASKS
 
-        run_dir, resume_from, cfg = prepare_resume(cfg, list(hydra_cfg.overrides.task), prefer=RESUME_CHECKPOINTS)
+        run_dir, resume_from, cfg = prepare_resume(
+            cfg, list(hydra_cfg.overrides.task), TASKS, prefer=RESUME_CHECKPOINTS
+        )
     elif not cfg.plan:
         claim_run_dir(run_dir, hydra_files_allowed=True)  # a multirun job's directory; a no-op when claimed
         from finetune.commands.precheck import check_run_dir_outside_data
@@ -194,14 +197,15 @@ def check_resume(argv: list[str]) -> None:
         return
     from hydra.errors import HydraException
 
-    from finetune.run.records import check_resume as check_run
+    from finetune.models.saved_runs import check_resume as check_run
+    from finetune.tasks.registry import TASKS
 
     overrides = [a for a in argv if not a.lstrip("+").startswith("hydra.") and not a.startswith("-")]
     try:
         current = compose_config(overrides)
     except HydraException:
         return  # Hydra refuses the command line in its own words
-    check_run(current, overrides, prefer=RESUME_CHECKPOINTS)
+    check_run(current, overrides, TASKS, prefer=RESUME_CHECKPOINTS)
 
 
 def check_output_location_of(argv: list[str]) -> None:

@@ -11,17 +11,18 @@ import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from finetune.commands.args import parse_args, print_stopped, run_command
 from finetune.run.artifacts import write_text
+from finetune.run.config import load_config
 from finetune.run.errors import FinetuneError, TrainingDiverged
 from finetune.run.lock import check_holder, run_lock
 from finetune.run.rundir import RUN_MARKER, claim_run_dir, marker_token
+from finetune.run.warning_filters import quiet_library_chatter
 
 
 def main(argv: list[str]) -> int:
     """Parse ``key=value`` arguments and train this rank; exit code 2 on bad input."""
+    quiet_library_chatter()
     return run_command(_train_rank, __doc__, argv)
 
 
@@ -38,7 +39,7 @@ def _train_rank(argv: list[str]) -> None:
     run_dir = Path(args["run_dir"])
     if is_global_zero() and not args["resume"]:
         _check_owner(run_dir, args["owner"])
-    cfg = OmegaConf.load(args["config"] or run_dir / "config.yaml")
+    cfg = load_config(Path(args["config"]) if args["config"] else run_dir / "config.yaml")
     with _rank_lock(run_dir, args["lock"], is_global_zero()):
         try:
             train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)

@@ -1,9 +1,93 @@
 """Data: dataset kinds, image checks, transforms and the Lightning data modules.
 
-This file holds only the names the config checks need (no torch import); the loaders in the
-submodules are keyed by the same names.
+This file holds the registry the config checks read (no torch import): every ``dataset.kind`` with the
+task it feeds, its config class and its loader, each named in a submodule and imported on first use.
+Adding a kind: a config class, a loader, a ``conf/dataset/<kind>.yaml`` and one entry here.
 """
 
-CLASSIFICATION_DATASETS = ("digits", "imagefolder", "csv", "medmnist", "dicom_folder")  # finetune.data.datasets
-SEGMENTATION_DATASETS = ("seg_folder", "drive")  # finetune.data.segmentation
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from finetune.run.registry import Entry, Registry, resolve
+
 IMBALANCE_CHOICES = ("none", "weighted_loss", "sampler", "auto")  # finetune.data.imbalance
+
+
+@dataclass(frozen=True)
+class DatasetKind(Entry):
+    """One ``dataset.kind``: the task it feeds, the config class that reads its group and its loader (the
+    task's data module calls it: a classification ``Source``, or segmentation image/mask pairs per split)."""
+
+    task: str
+    config: str  # "module:class" of the frozen config dataclass (``from_mapping(cfg)`` validates the group)
+    loader: str  # "module:function": (config) -> what the task's data module reads
+
+    def config_class(self) -> type:
+        return resolve(self.config)
+
+    def load(self, config: Any) -> Any:
+        """Scan and check the data ``config`` (an instance of ``config_class()``) describes."""
+        return resolve(self.loader)(config)
+
+
+DATASETS: Registry[DatasetKind] = Registry(
+    "dataset.kind",
+    [
+        DatasetKind(
+            "digits",
+            "scikit-learn's 8x8 handwritten digits, in memory",
+            "classification",
+            "finetune.data.configs:DigitsConfig",
+            "finetune.data.datasets:load_digits_source",
+        ),
+        DatasetKind(
+            "imagefolder",
+            "image files in one folder per class",
+            "classification",
+            "finetune.data.configs:FolderConfig",
+            "finetune.data.folders:load_imagefolder",
+        ),
+        DatasetKind(
+            "csv",
+            "a label file path,label[,split] (multi-label: a;b)",
+            "classification",
+            "finetune.data.configs:CsvConfig",
+            "finetune.data.folders:load_csv",
+        ),
+        DatasetKind(
+            "medmnist",
+            "a MedMNIST v2 2D subset from its official npz",
+            "classification",
+            "finetune.data.configs:MedmnistConfig",
+            "finetune.data.medmnist:load_medmnist_source",
+        ),
+        DatasetKind(
+            "dicom_folder",
+            "DICOM files in one folder per class",
+            "classification",
+            "finetune.data.configs:DicomFolderConfig",
+            "finetune.data.folders:load_dicom_folder",
+        ),
+        DatasetKind(
+            "seg_folder",
+            "images and masks with matching names (or split list files)",
+            "segmentation",
+            "finetune.data.masks:SegDatasetConfig",
+            "finetune.data.masks:seg_folder_pairs",
+        ),
+        DatasetKind(
+            "drive",
+            "the DRIVE retinal vessel layout, field of view ignored outside",
+            "segmentation",
+            "finetune.data.masks:SegDatasetConfig",
+            "finetune.data.masks:drive_pairs",
+        ),
+    ],
+)
+
+
+def dataset_kinds(task: str) -> tuple[str, ...]:
+    """The ``dataset.kind`` choices of the task called ``task``, in registration order."""
+    return tuple(name for name, kind in DATASETS.items() if kind.task == task)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+from finetune.data import DATASETS
 from finetune.data.options import dataclass_values
 from finetune.run.errors import DatasetError
 
@@ -113,18 +114,6 @@ class MedmnistConfig(DatasetConfig):
     root: str | None = None  # folder of the npz files; None = $MEDMNIST_ROOT, else ~/.medmnist
 
 
-CONFIGS: dict[str, type[DatasetConfig]] = {
-    "digits": DigitsConfig,
-    "imagefolder": FolderConfig,
-    "csv": CsvConfig,
-    "medmnist": MedmnistConfig,
-    "dicom_folder": DicomFolderConfig,
-}
-
-
 def dataset_config(cfg: Mapping) -> DatasetConfig:
-    """The validated config of ``cfg["kind"]``; DatasetError for an unknown kind or key."""
-    kind = cfg.get("kind")
-    if kind not in CONFIGS:
-        raise DatasetError(f"dataset.kind={kind!r}; use one of {sorted(CONFIGS)}")
-    return CONFIGS[kind].from_mapping(cfg)
+    """The validated config of ``cfg["kind"]`` (``finetune.data.DATASETS``); an error for an unknown kind or key."""
+    return DATASETS.get(cfg.get("kind")).config_class().from_mapping(cfg)

@@ -133,13 +133,6 @@ def check_image(path: Path) -> int:
         raise DatasetError(f"cannot read image {path}: {e}") from e
 
 
-def read_checked_image(path: Path, channels: int, window: tuple[float, float] | None = None) -> np.ndarray:
-    """``read_image`` of a file that passed ``check_image`` (predict, explain, parity, the Python API:
-    files that were not checked with their dataset)."""
-    check_image(path)
-    return read_image(path, channels, window)
-
-
 def _probe_images(paths: Sequence[Path]) -> dict[Path, int | Exception]:
     """``inspect_image`` of every path (in threads): its channels, or why it cannot be read."""
 

@@ -1,7 +1,7 @@
 """Segmentation datasets: the ``dataset`` group of each layout, finding image/mask pairs, and
 reading and checking masks before any training.
 
-Layouts (``dataset.kind``):
+Layouts (``dataset.kind``, registered in ``finetune.data.DATASETS``):
 - ``seg_folder``: ``root/images`` + ``root/masks`` with matching stems (``mask_suffix`` appended
   to the mask's stem), or ``root/{train,val,test}/{images,masks}``, or list files
   (``dataset.splits={train: train.txt, ...}``: one ``image mask`` pair or one stem per line).
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from finetune.data import DATASETS
 from finetune.data.files import IMAGE_EXTENSIONS, MASK_EXTENSIONS, FolderWalker
 from finetune.data.options import dataclass_values
 from finetune.run.errors import DatasetError
@@ -66,8 +67,9 @@ class SegDatasetConfig:
         return config
 
     def _validate(self) -> None:
+        layouts = sorted(name for name, kind in DATASETS.items() if kind.config_class() is type(self))
         checks = {
-            "kind": (self.kind in LAYOUTS, f"use one of {sorted(LAYOUTS)}"),
+            "kind": (self.kind in layouts, f"use one of {layouts}"),
             "mask_mode": (self.mask_mode in MASK_MODES, f"use one of {list(MASK_MODES)}"),
             "crop_size": (
                 isinstance(self.crop_size, int) and self.crop_size >= 32 and self.crop_size % 32 == 0,
@@ -253,9 +255,6 @@ def drive_pairs(config: SegDatasetConfig) -> dict[str, list[Pair]]:
         return [Pair(p.image, p.mask, fov[key]) for key, p in zip(sorted(images), pairs)]
 
     return _complete({"train": split("training"), "test": split("test")}, config)
-
-
-LAYOUTS = {"seg_folder": seg_folder_pairs, "drive": drive_pairs}
 
 
 # --- reading and checking masks ----------------------------------------------------------------

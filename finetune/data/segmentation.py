@@ -16,9 +16,10 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from finetune.data import DATASETS
 from finetune.data.base import DataInfo, DeferredLoader, FinetuneDataModule
 from finetune.data.images import check_images, read_image
-from finetune.data.masks import LAYOUTS, Pair, SegDatasetConfig, check_pairs, read_mask
+from finetune.data.masks import Pair, SegDatasetConfig, check_pairs, read_mask
 from finetune.data.options import plain_dict
 from finetune.data.samplers import SeededDraws, split_sampler
 from finetune.data.transforms import Augment, Preprocessing, augment_ops, normalized_tensor, seed_draw, seed_transform
@@ -92,7 +93,7 @@ class SegmentationDataModule(FinetuneDataModule):
                 self.config.crop_size,
             )
         self.weighted = class_weights
-        self.splits = LAYOUTS[self.config.kind](self.config)
+        self.splits = DATASETS.get(self.config.kind).load(self.config)
         counts = {name: check_pairs(pairs, self.config, name) for name, pairs in self.splits.items()}
         every_image = list(dict.fromkeys(p.image for pairs in self.splits.values() for p in pairs))
         self.info = SegmentationInfo(

@@ -12,21 +12,22 @@ from omegaconf import DictConfig
 from finetune.data.transforms import Preprocessing
 from finetune.models.freezing import FineTuneModel
 from finetune.models.saved_runs import load_run
-from finetune.run.config import setting
 from finetune.run.errors import FinetuneError
 from finetune.run.schedule import phases_from
 from finetune.tasks.base import Task
 from finetune.version import __version__
 
-# 2: images resized by Pillow (antialiased), the "input" contract and preprocess.py (1: OpenCV resize)
-EXPORT_VERSION = 2
+# 3: the task's own keys under "task_record" (2: "multilabel", "window" and "segmentation" at the top,
+# still read: Task.task_record); 2: images resized by Pillow (antialiased), the "input" contract and
+# preprocess.py (1: OpenCV resize, refused)
+EXPORT_VERSION = 3
+EXPORT_VERSIONS = (2, 3)  # what loading reads
 
 REEXPORT = "re-export the run with finetune export run=<run dir>"
 # What loading reads from every export's metadata, with its JSON type (checked before any of it is used)
 METADATA_FIELDS: dict[str, type | tuple[type, ...]] = {
     "task": str,
     "class_names": list,
-    "multilabel": bool,
     "preprocessing": dict,
     "input": dict,
 }
@@ -45,43 +46,34 @@ class ModelBundle:
     """Everything an export needs: the trained model, its config and what it predicts."""
 
     model: FineTuneModel
-    cfg: DictConfig  # the run's resolved config (build_model rebuilds the architecture from it)
+    cfg: DictConfig  # the run's resolved config (task.build_model rebuilds the architecture from it)
     class_names: list[str]
-    multilabel: bool
+    task: Task
     preprocessing: Preprocessing
     image_channels: int  # channels of the training images (1: grayscale data)
     weights: dict  # WeightsRecord.to_dict() of the pretrained backbone
     training: dict = field(default_factory=dict)  # phases, BN policy, test metrics
     origin: str = ""
     backbone_weights: str | None = None  # pretrained weights file overriding the recorded one
-    task_metadata: dict = field(default_factory=dict)  # the task's own export keys (e.g. segmentation tiles)
-    dense: bool = False  # one prediction per pixel (the task's): exports keep height and width dynamic
+    task_record: dict = field(default_factory=dict)  # the task's own part of the run's data.json
 
     @classmethod
     def from_run(cls, path: str | Path, task: Task, backbone_weights: str | None = None) -> ModelBundle:
         """The best checkpoint of a run directory (or the given checkpoint) of ``task`` and its records."""
-        run = load_run(path)
-        data = json.loads((run.run_dir / "data.json").read_text())
+        run = load_run(path, task)
         return cls(
             run.model,
             run.cfg,
             run.class_names,
-            run.multilabel,
+            task,
             run.preprocessing,
-            data["image_channels"],
+            run.image_channels,
             run.weights,
             training_summary(run.cfg, run.run_dir),
             str(run.checkpoint),
             backbone_weights,
-            task.export_metadata(data),
-            task.dense,
+            run.task_record,
         )
-
-    @property
-    def window(self) -> tuple[float, float] | None:
-        """DICOM ``[center, width]`` the run read its images with (None: each file's own VOI)."""
-        window = self.task_metadata.get("window")
-        return tuple(window) if window else None
 
 
 def training_summary(cfg: DictConfig, run_dir: Path) -> dict:
@@ -97,7 +89,7 @@ def training_summary(cfg: DictConfig, run_dir: Path) -> dict:
     return {
         "phases": phases,
         "bn": cfg.backbone.bn,
-        "ema_decay": setting(cfg, "ema.decay"),
+        "ema_decay": cfg.ema.decay,
         "test": metrics.get("test", {}),
         "tta": calibration.get("tta", []),
         "temperature": calibration.get("temperature", 1.0),
@@ -112,18 +104,17 @@ def metadata(bundle: ModelBundle, fmt: str) -> dict:
         "export_version": EXPORT_VERSION,
         "format": fmt,
         "finetune_version": __version__,
-        "task": bundle.cfg.task,
-        "multilabel": bundle.multilabel,
+        "task": bundle.task.name,
         "class_names": list(bundle.class_names),
         "preprocessing": bundle.preprocessing.to_dict(),
-        "input": input_contract(bundle.preprocessing, bundle.dense),
+        "input": input_contract(bundle.preprocessing, bundle.task.dense),
         "image_channels": bundle.image_channels,
         "backbone": {"name": bundle.cfg.backbone.name, "in_chans": bundle.preprocessing.in_chans},
         "weights": weights,
         "training": bundle.training,
         "origin": bundle.origin,
         "adapter": bundle.model.adapter.to_dict() if bundle.model.adapter else None,
-        **bundle.task_metadata,
+        "task_record": bundle.task.export_record(bundle.task_record),
     }
 
 
@@ -205,6 +196,8 @@ def check_metadata(record: Mapping, source: Path) -> None:
     """Every field loading reads from an export's ``record`` (read from ``source``) is there with its type,
     and the preprocessing it describes is valid; one FinetuneError naming the file and the field."""
     check_fields(record, source, METADATA_FIELDS)
+    if record.get("export_version") != 2:  # version 2 kept the task's keys at the top
+        check_fields(record, source, {"task_record": dict})
     check_fields(record["input"], source, {"resize": (dict, type(None))}, "input.")
     pre = record["preprocessing"]
     check_fields(pre, source, PREPROCESSING_FIELDS, "preprocessing.")
@@ -224,6 +217,17 @@ def check_metadata(record: Mapping, source: Path) -> None:
         raise FinetuneError(
             f"{source}: field 'preprocessing' of the export metadata is not valid ({err}); {REEXPORT}"
         ) from None
+
+
+def task_of(record: Mapping, tasks: Mapping[str, Task], source: Path) -> Task:
+    """The task of ``tasks`` that the export metadata ``record`` (read from ``source``) names."""
+    name = record["task"]
+    if name not in tasks:
+        raise FinetuneError(
+            f"{source} is an export of task={name}, which this finetune does not know (known: "
+            f"{', '.join(tasks)}); load it where that task is registered (finetune.tasks.registry.register_task)"
+        )
+    return tasks[name]
 
 
 def unverified(source: Path, record: str) -> str:

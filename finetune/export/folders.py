@@ -1,6 +1,6 @@
 """Folder exports (``format=timm``): a folder that the model's own library opens, no finetune needed.
 
-* Classification: ``timm/`` holds ``config.json`` + ``model.safetensors`` written by timm's own
+* ``timm`` (classification): ``timm/`` holds ``config.json`` + ``model.safetensors`` written by timm's own
   ``timm.models.save_for_hf``, so plain timm rebuilds the trained model, head included::
 
       model = timm.create_model("local-dir:runs/<run>/exports/timm", pretrained=True).eval()
@@ -13,7 +13,7 @@
   ``crop_pct=1.0`` and ``crop_mode="squash"`` (a straight resize to H x W, no crop, as the run did).
   Only a linear head (``head=linear``: dropout + one Linear) fits timm's classifier; another head is
   refused before anything is written.
-* Segmentation: the same folder in segmentation_models_pytorch's layout (``config.json`` with
+* ``smp`` (segmentation): the same folder in segmentation_models_pytorch's layout (``config.json`` with
   ``encoder_weights: null``, so loading downloads nothing and needs no pretrained file,
   + ``model.safetensors`` + a model card ``README.md``), written by smp's ``save_pretrained``::
 
@@ -21,8 +21,10 @@
 
   smp records no preprocessing: it is in ``finetune.json`` (below).
 
-Both carry ``finetune.json``: finetune's export metadata (classes, preprocessing, training, the
-sha256 of ``model.safetensors``), which ``finetune predict`` / ``load_export`` read.
+The run's task names its layout (``Task.folder_layout``, a name of ``LAYOUTS``; none: format=timm is
+refused); the folder's metadata records it. Both carry ``finetune.json``: finetune's export metadata
+(classes, preprocessing, training, the sha256 of ``model.safetensors``), which ``finetune predict`` /
+``load_export`` read.
 
 Upload the folder as it is to the Hugging Face Hub, then load it by its repo id::
 
@@ -36,17 +38,19 @@ also writes a model card; it does not upload ``finetune.json``).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from contextlib import redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 from torch import nn
 
 from finetune.export.bundle import ModelBundle, metadata
-from finetune.models.decoders import DecoderHead
 from finetune.models.factory import head_options
 from finetune.models.weights import sha256_file
 from finetune.run.errors import FinetuneError
+from finetune.run.registry import Entry, Registry
 
 FOLDER_WEIGHTS = "model.safetensors"  # the name timm and huggingface_hub write and look for
 FOLDER_METADATA = "finetune.json"  # finetune's metadata inside a folder export
@@ -59,39 +63,48 @@ def _linear_layer(head: nn.Module) -> nn.Linear | None:
     return head[-1] if all(isinstance(m, nn.Dropout) for m in head[:-1]) else None
 
 
+def _layout(bundle: ModelBundle) -> FolderLayout:
+    """The layout the bundle's task names; FinetuneError when it has none."""
+    task = bundle.task
+    if task.folder_layout is None:
+        raise FinetuneError(
+            f"format=timm: task={task.name} has no folder layout that its model's own library opens; "
+            "use format=safetensors or onnx"
+        )
+    return LAYOUTS.get(task.folder_layout, key="folder layout")
+
+
 def check_folder(bundle: ModelBundle) -> None:
     """FinetuneError when the bundle's model has no timm / smp equivalent (before anything is written)."""
-    if isinstance(bundle.model.head, DecoderHead) or _linear_layer(bundle.model.head) is not None:
-        return
-    raise FinetuneError(
-        f"format=timm needs head=linear (one Linear layer, which becomes timm's classifier), "
-        f"but this run has head={bundle.cfg.head.kind}; use format=safetensors or onnx"
-    )
+    _layout(bundle).check(bundle)
 
 
 def write_folder(bundle: ModelBundle, folder: Path) -> dict:
-    """Write the model into the (existing, empty) ``folder`` in timm's or smp's layout; its metadata."""
-    check_folder(bundle)
-    if isinstance(bundle.model.head, DecoderHead):
-        layout = "smp"
-        _smp_model(bundle).save_pretrained(folder)
-    else:
-        layout = "timm"
-        _save_timm(bundle, folder)
-    return metadata(bundle, "timm") | {"sha256": sha256_file(folder / FOLDER_WEIGHTS), "layout": layout}
+    """Write the model into the (existing, empty) ``folder`` in its task's layout; its metadata."""
+    layout = _layout(bundle)
+    layout.check(bundle)
+    layout.write(bundle, folder)
+    return metadata(bundle, "timm") | {"sha256": sha256_file(folder / FOLDER_WEIGHTS), "layout": layout.name}
 
 
 def load_folder(folder: Path, meta: dict) -> nn.Module:
-    """The model of a folder export, opened by timm or smp alone (eval mode)."""
-    if meta.get("layout") == "smp":
-        import segmentation_models_pytorch as smp
+    """The model of a folder export, opened by its layout's library alone (eval mode)."""
+    return LAYOUTS.get(meta.get("layout", "timm"), key="layout").load(folder)
 
-        with redirect_stdout(io.StringIO()):  # huggingface_hub prints "Loading weights from local directory"
-            return smp.from_pretrained(str(folder)).eval()
+
+# --- timm (a linear head on pooled features: timm's classifier) ----------------------------------
+
+
+def _check_timm(bundle: ModelBundle) -> None:
+    if _linear_layer(bundle.model.head) is None:
+        raise FinetuneError(
+            f"format=timm needs head=linear (one Linear layer, which becomes timm's classifier), "
+            f"but this run has head={bundle.cfg.head.kind}; use format=safetensors or onnx"
+        )
+
+
+def _load_timm(folder: Path) -> nn.Module:
     return timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-
-
-# --- timm (classification) -----------------------------------------------------------------------
 
 
 def _save_timm(bundle: ModelBundle, folder: Path) -> None:
@@ -140,7 +153,22 @@ def _save_timm(bundle: ModelBundle, folder: Path) -> None:
     )
 
 
-# --- segmentation_models_pytorch (segmentation) -------------------------------------------------
+# --- segmentation_models_pytorch (an smp decoder on a timm encoder) -----------------------------
+
+
+def _check_smp(bundle: ModelBundle) -> None:
+    """Every smp model the decoders build has its smp equivalent."""
+
+
+def _save_smp(bundle: ModelBundle, folder: Path) -> None:
+    _smp_model(bundle).save_pretrained(folder)
+
+
+def _load_smp(folder: Path) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    with redirect_stdout(io.StringIO()):  # huggingface_hub prints "Loading weights from local directory"
+        return smp.from_pretrained(str(folder)).eval()
 
 
 def _smp_model(bundle: ModelBundle) -> nn.Module:
@@ -169,3 +197,26 @@ def _smp_model(bundle: ModelBundle) -> nn.Module:
             f"tensors ({str(err).splitlines()[0]}); use format=safetensors or onnx"
         ) from None
     return net.eval()
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderLayout(Entry):
+    """A folder layout the model's own library opens: refuse a model it cannot hold, write, load."""
+
+    check: Callable[[ModelBundle], None]  # FinetuneError before anything is written
+    write: Callable[[ModelBundle, Path], None]  # into the existing, empty folder
+    load: Callable[[Path], nn.Module]  # eval mode
+
+
+LAYOUTS: Registry[FolderLayout] = Registry(
+    "layout",
+    [
+        FolderLayout(
+            "timm", "timm.create_model('local-dir:<folder>', pretrained=True)", _check_timm, _save_timm, _load_timm
+        ),
+        FolderLayout("smp", "segmentation_models_pytorch.from_pretrained(<folder>)", _check_smp, _save_smp, _load_smp),
+    ],
+)

@@ -1,5 +1,6 @@
 """The export formats: one registry entry per format, with its file name, parity tolerance, writer
-and loader. Adding a format is one writer, one loader and one line in ``FORMATS``.
+and loader. Adding a format is one writer, one loader and one entry in ``FORMATS`` (a
+``finetune.run.registry.Registry``; ``FORMATS.get(name)`` refuses an unknown name with the choices).
 
 * ``head``: ``head.safetensors``, only the tensors that differ from the pretrained backbone (the new
   head and every changed backbone tensor, BatchNorm buffers included; every LoRA / DoRA tensor) plus
@@ -48,6 +49,8 @@ from finetune.export.folders import FOLDER_METADATA, FOLDER_WEIGHTS, check_folde
 from finetune.export.tensors import rebuild, write_safetensors
 from finetune.models.weights import sha256_file
 from finetune.run.errors import FinetuneError
+from finetune.run.registry import Entry, Registry
+from finetune.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def _example_input(bundle: ModelBundle) -> torch.Tensor:
 
 def _write_onnx(bundle: ModelBundle, path: Path) -> dict:
     """Dynamic batch; for dense tasks (segmentation) also dynamic height and width (multiples of 32)."""
-    axes = {0: "batch", 2: "height", 3: "width"} if bundle.dense else {0: "batch"}
+    axes = {0: "batch", 2: "height", 3: "width"} if bundle.task.dense else {0: "batch"}
     with _quiet():
         torch.onnx.export(
             bundle.model.eval(),
@@ -101,7 +104,7 @@ def _write_pt2(bundle: ModelBundle, path: Path) -> dict:
     and width: multiples of 32 from 64 up (torch.export specializes a size-1 feature map at stride 32)."""
     example = _example_input(bundle)
     axes = {0: torch.export.Dim("batch", min=1)}
-    if bundle.dense:
+    if bundle.task.dense:
         axes |= {2: 32 * torch.export.Dim("height32", min=2), 3: 32 * torch.export.Dim("width32", min=2)}
         example = torch.zeros(*example.shape[:2], *(max(64, side) for side in example.shape[2:]))
     program = torch.export.export(bundle.model.eval(), (example,), dynamic_shapes=(axes,))
@@ -118,7 +121,7 @@ def _write_torchscript(bundle: ModelBundle, path: Path) -> dict:
     return metadata(bundle, "torchscript") | {"sha256": sha256_file(path)}
 
 
-# --- loaders: (file, its metadata, backbone weights file, allow_unverified) -> forward -----------
+# --- loaders: (file, its metadata, its task, backbone weights file, allow_unverified) -> forward ----
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,11 @@ def torch_forward(model: nn.Module) -> Forward:
     return TorchForward(model)
 
 
-def _load_safetensors(path: Path, metadata: dict, weights: str | None, allow_unverified: bool) -> Forward:
-    return torch_forward(rebuild(path, metadata, weights, allow_unverified))
+def _load_safetensors(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
+    return torch_forward(rebuild(path, metadata, task, weights, allow_unverified))
 
 
-def _load_onnx(path: Path, metadata: dict, weights: str | None, allow_unverified: bool) -> Forward:
+def _load_onnx(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     try:
         import onnxruntime  # optional: the "export" extra
     except ModuleNotFoundError:
@@ -151,20 +154,20 @@ def _load_onnx(path: Path, metadata: dict, weights: str | None, allow_unverified
     return lambda batch: session.run(None, {name: batch})[0]
 
 
-def _load_torchscript(path: Path, metadata: dict, weights: str | None, allow_unverified: bool) -> Forward:
+def _load_torchscript(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     check_torchscript_archive(path)
     with _quiet():
         return torch_forward(torch.jit.load(str(path), map_location="cpu").eval())
 
 
-def _load_pt2(path: Path, metadata: dict, weights: str | None, allow_unverified: bool) -> Forward:
+def _load_pt2(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     check_pt2_archive(path)
     with open(path, "rb") as f:  # as in _write_pt2
         program = torch.export.load(f)
     return torch_forward(program.module())  # eval mode was captured at export
 
 
-def _load_folder(path: Path, metadata: dict, weights: str | None, allow_unverified: bool) -> Forward:
+def _load_folder(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     return torch_forward(load_folder(path, metadata))
 
 
@@ -281,15 +284,14 @@ def _check_sample_inputs(path: Path, archive: zipfile.ZipFile, member: str | Non
 
 
 @dataclass(frozen=True)
-class Format:
+class Format(Entry):
     """One export format: its file (or folder) name, parity tolerance, writer and loader."""
 
-    name: str
     filename: str
     tolerance: float  # max |Δlogit| allowed by the parity gate, relative to the largest logit (absolute below 1)
     sidecar: bool  # metadata in a JSON sidecar (<file>.json; finetune.json inside a folder) else in the file
     write: Callable[[ModelBundle, Path], dict]  # (bundle, temp file or empty temp folder) -> metadata
-    load: Callable[[Path, dict, str | None, bool], Forward]  # (file, metadata, weights, allow_unverified)
+    load: Callable[[Path, dict, Task, str | None, bool], Forward]  # (file, metadata, task, weights, allow_unverified)
     folder: bool = False  # ``filename`` names a folder holding the model's files and its metadata
     adapters: bool = False  # stores LoRA / DoRA adapters as they are (else merged into plain weights)
     check: Callable[[ModelBundle], None] = _supported  # FinetuneError before anything is written
@@ -318,11 +320,12 @@ class Format:
 # (max |Δlogit| 0 on resnet10t, efficientnet_lite0, vit_tiny at 32 px and a resnet10t U-Net), so
 # pt2 allows 1e-5 (room for kernels a newer torch picks for the exported graph), the folders 1e-6
 # (the same modules on the same tensors); ONNX runtime fuses and reorders: 1e-4.
-FORMATS: dict[str, Format] = {
-    f.name: f
-    for f in (
+FORMATS: Registry[Format] = Registry(
+    "format",
+    [
         Format(
             "head",
+            "the trained tensors only (adapters kept); loading needs the pretrained backbone",
             "head.safetensors",
             1e-6,
             False,
@@ -332,15 +335,17 @@ FORMATS: dict[str, Format] = {
         ),
         Format(
             "safetensors",
+            "every tensor of the model",
             "model.safetensors",
             1e-6,
             False,
             partial(write_safetensors, head_only=False),
             _load_safetensors,
         ),
-        Format("onnx", "model.onnx", 1e-4, True, _write_onnx, _load_onnx),
+        Format("onnx", "an ONNX graph (opset 17) for onnxruntime", "model.onnx", 1e-4, True, _write_onnx, _load_onnx),
         Format(
             "torchscript",
+            "a traced TorchScript module",
             "model.torchscript.pt",
             1e-4,
             True,
@@ -348,10 +353,21 @@ FORMATS: dict[str, Format] = {
             _load_torchscript,
             note="deprecated: use pt2",
         ),
-        Format("pt2", "model.pt2", 1e-5, True, _write_pt2, _load_pt2),
-        Format("timm", "timm", 1e-6, True, write_folder, _load_folder, folder=True, check=check_folder),
-    )
-}
+        Format("pt2", "a torch.export program", "model.pt2", 1e-5, True, _write_pt2, _load_pt2),
+        Format(
+            "timm",
+            "a folder plain timm or segmentation_models_pytorch opens",
+            "timm",
+            1e-6,
+            True,
+            write_folder,
+            _load_folder,
+            folder=True,
+            check=check_folder,
+        ),
+    ],
+    hint="several comma-separated, e.g. format=head,onnx",
+)
 _BY_SUFFIX = {
     ".safetensors": FORMATS["head"],
     ".onnx": FORMATS["onnx"],
@@ -363,16 +379,6 @@ _BY_SUFFIX = {
 def sidecar_path(path: Path) -> Path:
     """``model.onnx`` → ``model.onnx.json``."""
     return path.with_name(path.name + ".json")
-
-
-def get_format(name: str) -> Format:
-    """The format called ``name``; FinetuneError lists the known ones."""
-    if name not in FORMATS:
-        raise FinetuneError(
-            f"format={name!r} is not known: use one or more of "
-            f"{', '.join(f.label for f in FORMATS.values())} (comma-separated)"
-        )
-    return FORMATS[name]
 
 
 def format_of(path: Path) -> Format:

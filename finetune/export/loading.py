@@ -1,10 +1,11 @@
 """Opening any export for prediction: its metadata, a forward function, the preprocessing it records,
-and the image files it is given (photos, or DICOM read with the window the run was trained with)."""
+its task (from the tasks it is handed, by the name its metadata records), and the image files it is
+given, read as its task reads them (e.g. DICOM with the window the run was trained with)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +14,20 @@ from torch import nn
 
 from finetune.data import reference
 from finetune.data.files import find_images  # noqa: F401 (re-exported: predict's inputs)
-from finetune.data.images import read_image
 from finetune.data.transforms import FLIP_AXES, Preprocessing
-from finetune.export.bundle import EXPORT_VERSION, REEXPORT, check_metadata, parse_metadata, unverified
-from finetune.export.formats import Forward, format_of, get_format
+from finetune.export.bundle import (
+    EXPORT_VERSIONS,
+    REEXPORT,
+    check_metadata,
+    parse_metadata,
+    task_of,
+    unverified,
+)
+from finetune.export.formats import FORMATS, Forward, format_of
 from finetune.export.tensors import embedded_metadata
 from finetune.models.weights import sha256_file
 from finetune.run.errors import FinetuneError
+from finetune.tasks.base import Task
 from finetune.version import __version__
 
 log = logging.getLogger(__name__)
@@ -35,11 +43,12 @@ def preprocess(images: Sequence[np.ndarray], pre: Preprocessing, full_size: bool
 
 @dataclass(frozen=True)
 class LoadedExport:
-    """An export ready to predict: its metadata and a forward function."""
+    """An export ready to predict: its metadata, a forward function and its task."""
 
     path: Path
     metadata: dict
     forward: Forward
+    task: Task
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -50,23 +59,18 @@ class LoadedExport:
         return self.metadata["class_names"]
 
     @property
-    def multilabel(self) -> bool:
-        return self.metadata["multilabel"]
+    def task_record(self) -> dict:
+        """The task's own part of the metadata (e.g. multi-label, the DICOM window, segmentation tiles)."""
+        return self.task.task_record(self.metadata)
 
     @property
     def threshold(self) -> float | list[float] | None:
         """Decision threshold of a binary / multi-label run (None: argmax, or 0.5 per label)."""
         return self.metadata.get("training", {}).get("threshold")
 
-    @property
-    def window(self) -> tuple[float, float] | None:
-        """DICOM ``[center, width]`` the run was trained with (None: each file's own VOI)."""
-        window = self.metadata.get("window")
-        return tuple(window) if window else None
-
     def read(self, path: Path) -> np.ndarray:
-        """One input file as the model's training images were read (channels; DICOM window)."""
-        return read_image(Path(path), self.preprocessing.in_chans, self.window)
+        """One input file as the model's training images were read (channels; the task's own, e.g. a DICOM window)."""
+        return self.task.read_image(self.task_record, Path(path), self.preprocessing.in_chans)
 
     @property
     def torch_module(self) -> nn.Module | None:
@@ -129,16 +133,18 @@ def load_export(
     path: str | Path,
     weights: str | Path | None = None,
     *,
+    tasks: Mapping[str, Task],
     fmt: str | None = None,
     sidecar: Path | None = None,
     allow_unverified: bool = False,
 ) -> LoadedExport:
-    """Open any export: a file (format from the suffix unless ``fmt``) or a folder export (``timm/``);
-    ``sidecar`` overrides where the metadata is read (``<file>.json``, ``<folder>/finetune.json``).
-    An export whose metadata lacks its integrity record (the sha256 of its tensors or of its model file)
-    is refused unless ``allow_unverified``; a record that differs is always refused."""
+    """Open any export of one of ``tasks`` (by name; ``finetune.tasks.registry.TASKS``): a file (format
+    from the suffix unless ``fmt``) or a folder export (``timm/``); ``sidecar`` overrides where the
+    metadata is read (``<file>.json``, ``<folder>/finetune.json``). An export whose metadata lacks its
+    integrity record (the sha256 of its tensors or of its model file) is refused unless
+    ``allow_unverified``; a record that differs is always refused."""
     path = Path(path)
-    spec = get_format(fmt) if fmt else format_of(path)
+    spec = FORMATS.get(fmt) if fmt else format_of(path)
     if not (path.is_dir() if spec.folder else path.is_file()):
         raise FinetuneError(
             f"export {path} does not exist; make one with finetune export run=<run dir> format=head,onnx"
@@ -148,15 +154,17 @@ def load_export(
         metadata = _sidecar_metadata(spec.model_file(path), source, allow_unverified)
     else:
         metadata = embedded_metadata(path)
-    if metadata.get("export_version") != EXPORT_VERSION:
+    if metadata.get("export_version") not in EXPORT_VERSIONS:
         raise FinetuneError(
             f"{path}: export version {metadata.get('export_version')} is not supported by "
-            f"finetune {__version__} (expects {EXPORT_VERSION}); export the run again with "
-            "finetune export run=<run dir> (its run directory is all it needs)"
+            f"finetune {__version__} (expects {' or '.join(map(str, EXPORT_VERSIONS))}); export the run "
+            "again with finetune export run=<run dir> (its run directory is all it needs)"
         )
     check_metadata(metadata, source)
-    forward = spec.load(path, metadata, None if weights is None else str(weights), allow_unverified)
-    return LoadedExport(path, metadata, _checked_classes(forward, path, len(metadata.get("class_names") or [])))
+    task = task_of(metadata, tasks, source)
+    forward = spec.load(path, metadata, task, None if weights is None else str(weights), allow_unverified)
+    classes = len(metadata.get("class_names") or [])
+    return LoadedExport(path, metadata, _checked_classes(forward, path, classes), task)
 
 
 def _checked_classes(forward: Forward, path: Path, classes: int) -> Forward:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from finetune.data import reference
 from finetune.data.transforms import eval_transform
 from finetune.export.bundle import ModelBundle
-from finetune.export.formats import format_of, get_format, torch_forward
+from finetune.export.formats import FORMATS, format_of, torch_forward
 from finetune.export.loading import load_export
 from finetune.run.errors import FinetuneError
 from finetune.tasks.base import Task
@@ -91,8 +91,10 @@ def check_parity(
     format's tolerance or a top-1 class differs."""
     if not images:
         raise FinetuneError("the parity check needs at least one real image")
-    spec = get_format(fmt) if fmt else format_of(Path(path))
-    exported = load_export(path, bundle.backbone_weights, fmt=spec.name, sidecar=sidecar)
+    spec = FORMATS.get(fmt) if fmt else format_of(Path(path))
+    exported = load_export(
+        path, bundle.backbone_weights, tasks={bundle.task.name: bundle.task}, fmt=spec.name, sidecar=sidecar
+    )
     actual = exported.forward(reference_preprocess(reference, images, exported.metadata["preprocessing"]))
     expected = torch_forward(bundle.model.eval())(run_pipeline(bundle, images))
     scale = logit_scale(expected)

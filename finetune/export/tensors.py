@@ -19,11 +19,20 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from finetune.export.bundle import REEXPORT, ModelBundle, check_fields, metadata, parse_metadata, unverified
-from finetune.models.factory import build_model
+from finetune.export.bundle import (
+    REEXPORT,
+    ModelBundle,
+    check_fields,
+    metadata,
+    parse_metadata,
+    task_of,
+    unverified,
+)
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights
+from finetune.run.config import typed_config
 from finetune.run.errors import FinetuneError
+from finetune.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +84,7 @@ def _pretrained_backbone(bundle: ModelBundle) -> dict[str, torch.Tensor]:
             f"{record.sha256}) are not those the run was trained from (sha256 {expected}); "
             "pass the original file with weights=<file>"
         )
-    reference = build_model(bundle.cfg, record, bundle.preprocessing.in_chans, len(bundle.class_names))
+    reference = bundle.task.build_model(bundle.cfg, record, bundle.preprocessing.in_chans, len(bundle.class_names))
     added = {f"backbone.{n}" for n in reference.adapter.added} if reference.adapter else set()
     # an adapter's own tensors (LoRA A and B …) are always stored: they are not in the pretrained weights
     return {k: v for k, v in reference.state_dict().items() if k.startswith("backbone.") and k not in added}
@@ -113,28 +122,33 @@ def embedded_metadata(path: Path) -> dict:
 
 
 def load_head_export(
-    path: str | Path, weights: str | Path | None = None, allow_unverified: bool = False
+    path: str | Path, tasks: Mapping[str, Task], weights: str | Path | None = None, allow_unverified: bool = False
 ) -> FineTuneModel:
-    """Rebuild the model of a ``.safetensors`` export (eval mode). A head export rebuilds the backbone
-    from its pretrained weights (``weights``: that file, else the recorded one, else the usual
-    offline-first resolution) and refuses weights whose frozen tensors differ from those it was made on;
-    ``allow_unverified``: see ``verified_tensors``."""
+    """Rebuild the model of a ``.safetensors`` export (eval mode) by its task (of ``tasks``, by the name
+    its metadata records). A head export rebuilds the backbone from its pretrained weights (``weights``:
+    that file, else the recorded one, else the usual offline-first resolution) and refuses weights whose
+    frozen tensors differ from those it was made on; ``allow_unverified``: see ``verified_tensors``."""
     path = Path(path)
-    return rebuild(path, embedded_metadata(path), None if weights is None else str(weights), allow_unverified)
+    meta = embedded_metadata(path)
+    check_fields(meta, path, {"task": str})
+    task = task_of(meta, tasks, path)
+    return rebuild(path, meta, task, None if weights is None else str(weights), allow_unverified)
 
 
-def rebuild(path: Path, metadata: dict, weights: str | None, allow_unverified: bool = False) -> FineTuneModel:
-    """The model of a safetensors export whose ``metadata`` was already read (eval mode)."""
+def rebuild(
+    path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool = False
+) -> FineTuneModel:
+    """The model ``task`` builds for a safetensors export whose ``metadata`` was already read (eval mode)."""
     check_fields(metadata, path, REBUILD_FIELDS)
     check_fields(metadata["backbone"], path, {"in_chans": int}, "backbone.")
-    cfg = OmegaConf.create(metadata["config"])
+    cfg = typed_config(metadata["config"], f"{path}'s config")
     if metadata["format"] == "head":
         record = _resolve_backbone(cfg, weights)
     else:
         record = resolve_weights(cfg.backbone.name, pretrained=False)  # every tensor is in the file
     tensors = verified_tensors(path, metadata, allow_unverified)
     classes = len(metadata["class_names"])
-    model = build_model(cfg, record, metadata["backbone"]["in_chans"], classes)
+    model = task.build_model(cfg, record, metadata["backbone"]["in_chans"], classes)
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:

@@ -13,9 +13,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from finetune.data.images import read_checked_image
+from finetune.data.images import check_image
 from finetune.export.bundle import ModelBundle
-from finetune.export.formats import get_format, sidecar_path
+from finetune.export.formats import FORMATS, sidecar_path
 from finetune.export.loading import find_images
 from finetune.export.merging import merged_bundle, needs_merge
 from finetune.export.parity import PARITY_IMAGES, REFERENCE, Parity, check_parity, run_pipeline, validation_images
@@ -55,7 +55,7 @@ def export(
     """Write one export into ``out_dir`` atomically, kept only if it passes the parity check. Formats
     other than ``head`` get the adapters merged into plain weights, and the parity check compares them
     with that merged model."""
-    spec = get_format(fmt)
+    spec = FORMATS.get(fmt)
     out = Path(out_dir)
     path = out / spec.filename
     spec.check(bundle)
@@ -101,7 +101,7 @@ def export_run(
 ) -> list[ExportResult]:
     """Export a run directory (or checkpoint) of ``task`` in each format; parity on its validation images
     (``parity_images`` when the caller already holds them) unless ``images`` names other files."""
-    specs = [get_format(name) for name in dict.fromkeys(formats)]
+    specs = [FORMATS.get(name) for name in dict.fromkeys(formats)]
     run_dir, _ = find_checkpoint(run)
     out_dir = Path(out).expanduser() if out else run_dir / "exports"
     for spec in specs:
@@ -111,9 +111,10 @@ def export_run(
     for spec in specs:  # e.g. format=timm of an MLP head: refused before any format is written
         spec.check(bundle)
     if images:
-        parity_images = [
-            read_checked_image(p, bundle.image_channels, bundle.window) for p in find_images(images)[:PARITY_IMAGES]
-        ]
+        files = find_images(images)[:PARITY_IMAGES]
+        for path in files:
+            check_image(path)
+        parity_images = [bundle.task.read_image(bundle.task_record, path, bundle.image_channels) for path in files]
     elif parity_images is None:
         parity_images = validation_images(bundle.cfg, task)
     return [export(bundle, spec.name, out_dir, parity_images, overwrite) for spec in specs]

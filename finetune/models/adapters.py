@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 
 from omegaconf import DictConfig, OmegaConf
 from timm.layers import Conv2dSame
 from torch import nn
 
+from finetune.models import ADAPTERS
 from finetune.models.backbones import StageMap
 from finetune.run.errors import FinetuneError
 
@@ -137,7 +136,17 @@ def matched_targets(backbone: nn.Module, patterns: tuple[str, ...], model_name: 
 # --- attaching -----------------------------------------------------------------------------------
 
 
-def _lora(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str, dora: bool) -> Adapter:
+def lora(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str) -> Adapter:
+    """LoRA layers injected by peft into the target modules."""
+    return _low_rank(backbone, stage_map, spec, model_name, dora=False)
+
+
+def dora(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str) -> Adapter:
+    """DoRA layers (LoRA plus a learned magnitude per output) injected by peft into the target modules."""
+    return _low_rank(backbone, stage_map, spec, model_name, dora=True)
+
+
+def _low_rank(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str, dora: bool) -> Adapter:
     """LoRA / DoRA layers injected by peft into the target modules."""
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -175,7 +184,7 @@ def _is_norm(module: nn.Module) -> bool:
     return "Norm" in type(module).__name__
 
 
-def _bitfit(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str) -> Adapter:
+def bitfit(backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str) -> Adapter:
     """Biases and normalization affine parameters (BitFit, extended to norms)."""
     tunable = frozenset(
         f"{name}.{own}" if name else own
@@ -190,21 +199,14 @@ def _count(backbone: nn.Module, names: frozenset[str]) -> int:
     return sum(p.numel() for n, p in backbone.named_parameters() if n in names)
 
 
-Attach = Callable[[nn.Module, StageMap, AdapterSpec, str], Adapter]
-ADAPTERS: dict[str, Attach] = {"lora": partial(_lora, dora=False), "dora": partial(_lora, dora=True), "bitfit": _bitfit}
-
-
 def attach_adapter(
     backbone: nn.Module, stage_map: StageMap, spec: AdapterSpec, model_name: str = "backbone"
 ) -> tuple[Adapter | None, StageMap]:
-    """Attach ``spec``'s adapter to ``backbone`` in place; the adapter (None for ``none``) and the stage
-    map extended by the tensors and modules it added (each in the stage of the module it adapts)."""
-    if spec.kind == "none":
-        return None, stage_map
-    if spec.kind not in ADAPTERS:
-        raise FinetuneError(f"backbone.adapter={spec.kind!r} is not known: choose one of none, {', '.join(ADAPTERS)}")
-    adapter = ADAPTERS[spec.kind](backbone, stage_map, spec, model_name)
-    return adapter, _extended(stage_map, backbone, adapter.targets)
+    """Attach ``spec``'s adapter (``finetune.models.ADAPTERS``) to ``backbone`` in place; the adapter (None
+    for ``none``) and the stage map extended by the tensors and modules it added (each in the stage of the
+    module it adapts)."""
+    adapter = ADAPTERS.get(spec.kind).attach(backbone, stage_map, spec, model_name)
+    return (None, stage_map) if adapter is None else (adapter, _extended(stage_map, backbone, adapter.targets))
 
 
 def _extended(stage_map: StageMap, backbone: nn.Module, targets: tuple[str, ...]) -> StageMap:

@@ -14,7 +14,6 @@ import timm
 import torch
 from torch import nn
 
-from finetune.models import DECODERS
 from finetune.models.backbones import StageMap, build_stage_map
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsRecord
@@ -35,13 +34,10 @@ class DecoderHead(nn.Module):
 def build_segmentation_model(
     record: WeightsRecord, decoder: str, in_chans: int, num_classes: int, drop_path_rate: float = 0.0, **decoder_options
 ) -> FineTuneModel:
-    """Encoder ``record`` (pretrained unless its source is "random") + the ``decoder`` of smp."""
+    """Encoder ``record`` (pretrained unless its source is "random") + the ``decoder`` of smp (an
+    architecture name of ``finetune.models.DECODERS``)."""
     if drop_path_rate:
         decoder_options["drop_path_rate"] = drop_path_rate  # reaches timm.create_model through smp
-    if decoder not in DECODERS:
-        raise FinetuneError(
-            f"head.kind={decoder!r} for task=segmentation: choose one of {', '.join(DECODERS)} (e.g. head=unet)"
-        )
     try:
         net = smp.create_model(
             decoder,

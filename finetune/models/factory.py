@@ -1,7 +1,8 @@
-"""Build the fine-tune model a config describes: a timm backbone with a new head (``head=linear|mlp``)
-or a timm encoder under an smp decoder (``head=unet|fpn|deeplabv3plus``). The head kind decides, so
-a run directory or an export can be rebuilt from its config alone. ``backbone.adapter`` attaches
-LoRA / DoRA / BitFit to the backbone (finetune.models.adapters)."""
+"""The task-neutral pieces every task's model is built from (``Task.build_model`` picks them): a timm
+backbone with a head on its pooled features (``head=linear|mlp``, ``models.HEADS``), or a timm encoder
+under an smp decoder (``head=unet|fpn|deeplabv3plus``, ``models.DECODERS``), each with the adapter
+``backbone.adapter`` names (LoRA / DoRA / BitFit, finetune.models.adapters). They read the config alone,
+so a run directory or an export rebuilds the model it was trained with."""
 
 from __future__ import annotations
 
@@ -12,20 +13,34 @@ from finetune.models import DECODERS, HEADS
 from finetune.models.adapters import AdapterSpec, attach_adapter
 from finetune.models.backbones import build_stage_map, create_backbone
 from finetune.models.freezing import FineTuneModel
-from finetune.models.heads import build_head
 from finetune.models.weights import WeightsRecord
-from finetune.run.errors import FinetuneError
 
 
-def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
-    """Backbone (weights from ``record``) + the head or decoder ``cfg.head.kind`` names, with the
-    adapter ``backbone.adapter`` names."""
-    if cfg.head.kind in HEADS:
-        model = build_classifier(cfg, record, in_chans, num_classes)
-    elif cfg.head.kind in DECODERS:
-        model = build_segmenter(cfg, record, in_chans, num_classes)
-    else:
-        raise FinetuneError(f"head.kind={cfg.head.kind!r}: choose one of {', '.join((*HEADS, *DECODERS))}")
+def pooled_model(
+    cfg: DictConfig, record: WeightsRecord, in_chans: int, num_outputs: int, image_size: int | None = None
+) -> FineTuneModel:
+    """A timm backbone (weights from ``record``) returning pooled features + the head ``cfg.head.kind``
+    names with ``num_outputs`` outputs, adapter attached; ``image_size``: the training input's side
+    (a ViT built for another size gets its position embeddings resampled by timm)."""
+    kwargs = {}
+    if image_size and _fixed_input_size(record.model):
+        kwargs["img_size"] = image_size
+    backbone = create_backbone(record, in_chans=in_chans, drop_path_rate=cfg.backbone.drop_path_rate, **kwargs)
+    head = HEADS.get(cfg.head.kind).build(backbone.num_features, num_outputs, **head_options(cfg))
+    return with_adapter(FineTuneModel(backbone, head, build_stage_map(backbone)), cfg, record)
+
+
+def decoder_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_outputs: int) -> FineTuneModel:
+    """A timm ``features_only`` encoder (weights from ``record``) + the smp decoder ``cfg.head.kind``
+    names with ``num_outputs`` output channels, adapter attached."""
+    model = DECODERS.get(cfg.head.kind).build(
+        record, in_chans, num_outputs, cfg.backbone.drop_path_rate, **head_options(cfg)
+    )
+    return with_adapter(model, cfg, record)
+
+
+def with_adapter(model: FineTuneModel, cfg: DictConfig, record: WeightsRecord) -> FineTuneModel:
+    """``model`` with the adapter ``backbone.adapter`` names attached to its backbone (in place)."""
     model.adapter, model.stage_map = attach_adapter(
         model.backbone, model.stage_map, AdapterSpec.from_config(cfg), record.model
     )
@@ -35,25 +50,6 @@ def build_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_class
 def head_options(cfg: DictConfig) -> dict:
     """The ``head`` group's keys besides ``kind``: options of the head or decoder builder."""
     return {k: v for k, v in OmegaConf.to_container(cfg.head, resolve=True).items() if k != "kind"}
-
-
-def build_classifier(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
-    """A timm backbone returning pooled features + the configured classification head."""
-    kwargs = {}
-    if cfg.dataset.image_size and _fixed_input_size(record.model):
-        kwargs["img_size"] = cfg.dataset.image_size  # ViTs: timm resamples the position embeddings
-    backbone = create_backbone(record, in_chans=in_chans, drop_path_rate=cfg.backbone.drop_path_rate, **kwargs)
-    head = build_head(cfg.head.kind, backbone.num_features, num_classes, **head_options(cfg))
-    return FineTuneModel(backbone, head, build_stage_map(backbone))
-
-
-def build_segmenter(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_classes: int) -> FineTuneModel:
-    """A timm ``features_only`` encoder + the configured smp decoder."""
-    from finetune.models.decoders import build_segmentation_model
-
-    return build_segmentation_model(
-        record, cfg.head.kind, in_chans, num_classes, cfg.backbone.drop_path_rate, **head_options(cfg)
-    )
 
 
 def _fixed_input_size(model_name: str) -> bool:

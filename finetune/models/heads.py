@@ -1,8 +1,8 @@
-"""New classification heads on top of pooled backbone features (a registry, one builder each)."""
+"""New classification heads on top of pooled backbone features: the builders of ``finetune.models.HEADS``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -30,13 +30,3 @@ def mlp_head(
         layers += [nn.Dropout(dropout)] if dropout else []
         width = int(size)
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
-
-
-HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear_head, "mlp": mlp_head}
-
-
-def build_head(kind: str, in_features: int, num_classes: int, **options) -> nn.Module:
-    """Build the head named ``kind`` (``head=linear`` or ``head=mlp``) with its config options."""
-    if kind not in HEADS:
-        raise FinetuneError(f"head.kind={kind!r}: choose one of {', '.join(HEADS)}")
-    return HEADS[kind](in_features, num_classes, **options)

@@ -1,17 +1,19 @@
-"""A run directory's model read back: built from its saved config, loaded from its checkpoint; the
-checks a ``resume=`` runs before anything is written."""
+"""A run directory's records and model: ``data.json`` written (what every task records of its data, and
+the task's own record) and read back, the model built by the run's task from its saved config and loaded
+from its checkpoint; the checks a ``resume=`` runs before anything is written."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
 
 from finetune.data.transforms import Preprocessing
-from finetune.models.factory import build_model
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import resolve_weights
 from finetune.run.errors import FinetuneError
@@ -25,45 +27,86 @@ from finetune.run.records import (
     resume_config,
     run_config,
 )
+from finetune.tasks.base import Task
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from finetune.data.base import FinetuneDataModule
 
 
 @dataclass
 class LoadedRun:
-    """A finished run: its config, model (best checkpoint, eval mode), classes and preprocessing."""
+    """A finished run of ``task``: its config, model (best checkpoint, eval mode), classes, preprocessing
+    and the task's own record (``Task.task_record`` of its data.json)."""
 
     run_dir: Path
     cfg: DictConfig
     model: FineTuneModel
     class_names: list[str]
-    multilabel: bool
     preprocessing: Preprocessing
     weights: dict
     checkpoint: Path
-    window: tuple[float, float] | None = None  # DICOM [center, width] the run read its files with
+    task: Task
+    task_record: dict
+    image_channels: int  # channels of the training images (1: grayscale data)
+
+    def read_image(self, path: Path) -> np.ndarray:
+        """One input file as the run read its training images (HWC uint8; the task's own, e.g. a DICOM window)."""
+        return self.task.read_image(self.task_record, Path(path), self.preprocessing.in_chans)
 
 
-def model_shapes(cfg: DictConfig, run_dir: Path) -> dict[str, tuple[int, ...]] | None:
+def run_data_record(task: Task, cfg: DictConfig, data: FinetuneDataModule) -> dict:
+    """``data.json``: what every task records of its data (classes, channels, preprocessing, split sizes)
+    and, under ``task_record``, what ``task`` records of its own (``Task.data_record``)."""
+    info = data.info
+    return {
+        "task": task.name,
+        "class_names": info.class_names,
+        "image_channels": info.image_channels,
+        "grayscale": data.grayscale if info.image_channels == 1 else "n/a (RGB images)",
+        "model_in_chans": data.in_chans,
+        "preprocessing": data.preprocessing.to_dict(),
+        "split_sizes": data.split_sizes,
+        "task_record": task.data_record(cfg, data),
+    }
+
+
+def run_task(cfg: DictConfig, tasks: Mapping[str, Task]) -> Task:
+    """The task of ``tasks`` a run's config names."""
+    if cfg.task not in tasks:
+        raise FinetuneError(
+            f"the run is of task={cfg.task}, which this finetune does not know (known: {', '.join(tasks)})"
+        )
+    return tasks[cfg.task]
+
+
+def model_shapes(cfg: DictConfig, run_dir: Path, task: Task) -> dict[str, tuple[int, ...]] | None:
     """The shape of every tensor of the run's model, named as its checkpoints name them (``model.…``),
-    from a model built on the meta device (nothing allocated); None before the run wrote ``data.json``."""
+    from a model ``task`` builds on the meta device (nothing allocated); None before the run wrote ``data.json``."""
     if not (run_dir / "data.json").is_file():
         return None
     data = json.loads((run_dir / "data.json").read_text())
     skeleton = resolve_weights(cfg.backbone.name, pretrained=False)
     try:
         with torch.device("meta"):
-            model = build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
+            model = task.build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
     except Exception:  # an architecture that computes on its tensors while built (.item() on meta): no pre-check
         return None
     return {f"model.{key}": tuple(tensor.shape) for key, tensor in model.state_dict().items()}
 
 
 def check_resume(
-    current: DictConfig, overrides: list[str], prefer: tuple[str, ...] = ("last.ckpt", "best.ckpt")
+    current: DictConfig,
+    overrides: list[str],
+    tasks: Mapping[str, Task],
+    prefer: tuple[str, ...] = ("last.ckpt", "best.ckpt"),
 ) -> tuple[Path, Path | None, DictConfig]:
     """Check a ``resume=`` command line completely, writing nothing: the run exists, is not finished
     (unless ``resume_finished=true``), its stored config calls no resolver, the overrides do not change
-    its experiment, and its checkpoint loads into the run's model. Returns (run directory, checkpoint
-    or None to start phase 1 from scratch, the config to continue with)."""
+    its experiment, and its checkpoint loads into the model its task (of ``tasks``, by the name its
+    config records) builds. Returns (run directory, checkpoint or None to start phase 1 from scratch,
+    the config to continue with)."""
     run_dir, ckpt = locate_resume(current.resume, prefer)
     if (run_dir / "metrics.json").exists() and not current.get("resume_finished", False):
         raise FinetuneError(
@@ -81,16 +124,19 @@ def check_resume(
             "to change them"
         )
     if ckpt is not None:
-        check_checkpoint(ckpt, model_shapes(cfg, run_dir))
+        check_checkpoint(ckpt, model_shapes(cfg, run_dir, run_task(cfg, tasks)))
     return run_dir, ckpt, cfg
 
 
 def prepare_resume(
-    current: DictConfig, overrides: list[str], prefer: tuple[str, ...] = ("last.ckpt", "best.ckpt")
+    current: DictConfig,
+    overrides: list[str],
+    tasks: Mapping[str, Task],
+    prefer: tuple[str, ...] = ("last.ckpt", "best.ckpt"),
 ) -> tuple[Path, Path | None, DictConfig]:
     """``check_resume``, then say where the run continues. (Temporaries of interrupted writes went when
     its lock was taken.) Returns what ``check_resume`` returns."""
-    run_dir, ckpt, cfg = check_resume(current, overrides, prefer)
+    run_dir, ckpt, cfg = check_resume(current, overrides, tasks, prefer)
     if ckpt is None:
         print(
             f"resuming {run_dir}: it stopped before its first checkpoint, so phase 1 starts from the beginning "
@@ -101,24 +147,25 @@ def prepare_resume(
     return run_dir, ckpt, cfg
 
 
-def load_run(path: str | Path) -> LoadedRun:
-    """Rebuild the model of a run and load its checkpoint (``weights_only``: no pickle is executed)."""
+def load_run(path: str | Path, task: Task) -> LoadedRun:
+    """Rebuild the model of a run of ``task`` and load its checkpoint (``weights_only``: no pickle is
+    executed). A data.json written before the task record existed is read by ``task.task_record``."""
     cfg = run_config(path)
     run_dir, ckpt = find_checkpoint(path)
     data = json.loads((run_dir / "data.json").read_text())
     state = model_state(ckpt)
     skeleton = resolve_weights(cfg.backbone.name, pretrained=False)  # the checkpoint holds every tensor
-    model = build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
+    model = task.build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    preprocessing = Preprocessing.from_dict(data["preprocessing"])
     return LoadedRun(
         run_dir,
         cfg,
         model.eval(),
         data["class_names"],
-        data.get("multilabel", False),
-        preprocessing,
+        Preprocessing.from_dict(data["preprocessing"]),
         json.loads((run_dir / "weights.json").read_text()),
         ckpt,
-        tuple(data["window"]) if data.get("window") else None,
+        task,
+        task.task_record(data),
+        data["image_channels"],
     )

@@ -40,8 +40,7 @@ from timm.layers import SelectAdaptivePool2d  # noqa: E402
 from torch import nn  # noqa: E402
 
 from finetune.data.files import find_images  # noqa: E402
-from finetune.data.images import read_image, require_readable  # noqa: E402
-from finetune.models.factory import build_model  # noqa: E402
+from finetune.data.images import require_readable  # noqa: E402
 from finetune.models.freezing import FineTuneModel  # noqa: E402
 from finetune.models.saved_runs import LoadedRun, load_run  # noqa: E402
 from finetune.models.weights import resolve_weights  # noqa: E402
@@ -230,7 +229,7 @@ def pretrained_filters(run: LoadedRun) -> torch.Tensor | None:
             f"not the ones this run started from (sha256 {str(record['sha256'])[:12]}…); "
             "pass filters=false to skip the before/after filter grid"
         )
-    before = build_model(run.cfg, found, run.preprocessing.in_chans, len(run.class_names))
+    before = run.task.build_model(run.cfg, found, run.preprocessing.in_chans, len(run.class_names))
     return first_conv(before).weight.detach()
 
 
@@ -344,7 +343,7 @@ def explain(
     index of what was written."""
     images = find_images(inputs)
     require_readable(images)  # the check training runs, before any work
-    run = load_run(run_dir)
+    run = load_run(run_dir, task)
     out = Path(out).expanduser() if out else run.run_dir / "explain"
     if any(out.resolve() in image.resolve().parents for image in images):
         raise FinetuneError(f"out={out} holds the input images; choose another folder (default: <run>/explain)")
@@ -357,7 +356,7 @@ def explain(
     outputs: dict[str, StageOutput] | None = None
     shape = None
     for image_path, folder in zip(images, _folder_names(images)):
-        image = read_image(image_path, run.preprocessing.in_chans, run.window)
+        image = run.read_image(image_path)
         x, (height, width) = explainer.model_input(image)
         if x.shape[-2:] != shape:  # segmentation inputs keep their own sizes
             outputs, shape = stage_outputs(model, x), x.shape[-2:]

@@ -66,7 +66,9 @@ def _config_section(run: RunRecord) -> str:
     head_options = ", ".join(f"{k}={v}" for k, v in cfg.head.items() if k != "kind") or "-"
     augment = OmegaConf.to_container(cfg.augment, resolve=True)
     active = (
-        ", ".join(f"{k}={v}" for k, v in augment.items() if v and k not in ("dropout_holes", "dropout_size"))
+        ", ".join(
+            f"{k}={v}" for k, v in augment.items() if v and k not in ("dropout_holes", "dropout_size", "clahe_clip")
+        )
         or "none (resize + normalize only)"
     )
     dataset = cfg.dataset
@@ -230,7 +232,7 @@ def write_report(
     run_dir = Path(run_dir)
     run = RunRecord.read(run_dir)
     if model is None or data is None:
-        loaded = load_run(run_dir)
+        loaded = load_run(run_dir, task)
         model = model or loaded.model
         data = data or datamodule_for(loaded.cfg, task, loaded.preprocessing)
     was_training = model.training

@@ -14,9 +14,10 @@ from html import escape
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
+from finetune.run.config import load_config
 from finetune.run.errors import FinetuneError
 
 THUMB = 64  # thumbnail side in pixels
@@ -43,7 +44,7 @@ class RunRecord:
         metrics = run_dir / "metrics.json"
         return cls(
             run_dir,
-            OmegaConf.load(run_dir / "config.yaml"),
+            load_config(run_dir / "config.yaml"),
             json.loads((run_dir / "data.json").read_text()),
             json.loads((run_dir / "weights.json").read_text()),
             json.loads(metrics.read_text()) if metrics.is_file() else {},

@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules built fresh for every phase.
+"""Optimizers and learning-rate schedules built fresh for every phase: the builders of
+``finetune.run.OPTIMIZERS`` and ``finetune.run.SCHEDULERS``.
 
 Per-group learning rates are the real ``lr`` of each param group (see ``freezing.param_groups``);
 schedules are multiplicative factors on those base rates, so they work with any torch optimizer.
@@ -11,21 +12,19 @@ from collections.abc import Callable
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-from finetune.run import SCHEDULERS
-
-OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
-    "adamw": lambda groups, momentum: torch.optim.AdamW(groups),
-    "sgd": lambda groups, momentum: torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0),
-}
+Factor = Callable[[int, int, int], float]  # (step, total steps, warm-up steps) -> multiple of the base lr
 
 
-def build_optimizer(name: str, groups: list[dict], momentum: float = 0.9) -> Optimizer:
-    """``adamw`` or ``sgd`` (Nesterov momentum) over named param groups with their own lr."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"schedule.optimizer={name!r}: choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](groups, momentum)
+def adamw(groups: list[dict], momentum: float) -> Optimizer:
+    """AdamW over named param groups with their own lr (``momentum`` is SGD's)."""
+    return torch.optim.AdamW(groups)
+
+
+def sgd(groups: list[dict], momentum: float) -> Optimizer:
+    """SGD, Nesterov when ``momentum`` > 0."""
+    return torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0)
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -36,37 +35,31 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _step_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """×0.1 after one third and again after two thirds of the steps."""
-    return 0.1 ** (3 * step // max(1, total_steps))
+def _factor_schedule(factor: Factor) -> Callable[[Optimizer, int, int], LRScheduler]:
+    """A scheduler builder multiplying every base lr by ``factor(step, total_steps, warmup_steps)``."""
+
+    def build(optimizer: Optimizer, total_steps: int, warmup_steps: int) -> LRScheduler:
+        return LambdaLR(optimizer, lambda step: factor(step, total_steps, warmup_steps))
+
+    return build
 
 
-FACTORS: dict[str, Callable[[int, int, int], float]] = {
-    "constant": lambda step, total, warmup: 1.0,
-    "cosine": lambda step, total, warmup: warmup_cosine_factor(step, total, 0),
-    "warmup_cosine": warmup_cosine_factor,
-    "step": _step_factor,
-}
+constant = _factor_schedule(lambda step, total, warmup: 1.0)
+cosine = _factor_schedule(lambda step, total, warmup: warmup_cosine_factor(step, total, 0))
+warmup_cosine = _factor_schedule(warmup_cosine_factor)
+step = _factor_schedule(lambda step, total, warmup: 0.1 ** (3 * step // max(1, total)))  # x0.1 at 1/3 and 2/3
 
 
-def build_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_steps: int) -> dict:
-    """A Lightning ``lr_scheduler`` config: step-wise schedules, or plateau on ``val/loss`` per epoch."""
-    if name in FACTORS:
-        factor = FACTORS[name]
-        scheduler = LambdaLR(optimizer, lambda step: factor(step, total_steps, warmup_steps))
-        return {"scheduler": scheduler, "interval": "step"}
-    if name == "onecycle":
-        scheduler = OneCycleLR(
-            optimizer,
-            max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=max(1, total_steps),
-            pct_start=min(0.5, max(0.01, warmup_steps / max(1, total_steps))),
-        )
-        return {"scheduler": scheduler, "interval": "step"}
-    if name == "plateau":
-        return {
-            "scheduler": ReduceLROnPlateau(optimizer, factor=0.1, patience=2),
-            "interval": "epoch",
-            "monitor": "val/loss",
-        }
-    raise ValueError(f"schedule.scheduler={name!r}: choose one of {', '.join(SCHEDULERS)}")
+def onecycle(optimizer: Optimizer, total_steps: int, warmup_steps: int) -> LRScheduler:
+    """torch's one-cycle policy peaking at each group's lr; the warm-up (1-50 % of the steps) is its rise."""
+    return OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=max(1, total_steps),
+        pct_start=min(0.5, max(0.01, warmup_steps / max(1, total_steps))),
+    )
+
+
+def plateau(optimizer: Optimizer, total_steps: int, warmup_steps: int) -> ReduceLROnPlateau:
+    """x0.1 after 2 epochs without improvement of the monitored metric."""
+    return ReduceLROnPlateau(optimizer, factor=0.1, patience=2)

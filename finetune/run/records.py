@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from finetune.run.config import load_config, typed_config
 from finetune.run.errors import FinetuneError
 
 # Overrides a resume may change: they decide where and how fast the run goes, never what it computes.
@@ -38,17 +40,23 @@ def saved_config_path(run_dir: Path) -> Path | None:
 
 
 def resume_config(run_dir: Path, current: DictConfig, overrides: list[str] = ()) -> DictConfig:
-    """The run's saved config, plus today's defaults for top-level keys added since it was
-    written (e.g. ``monitor``), so an older run directory can still be resumed; the resume-safe
-    ``overrides`` (``trainer.devices=…``) are applied."""
+    """The run's saved config on the schema (keys added since it was written take their defaults, so an
+    older run directory can still be resumed), with the resume-safe ``overrides`` (``trainer.devices=…``)
+    of the ``current`` config applied."""
     path = saved_config_path(run_dir) or run_dir / "config.yaml"
-    saved = OmegaConf.load(path)
-    refuse_resolvers(saved, path)
-    for key in current.keys() - saved.keys():
-        saved[key] = current[key]
-    for key in (_override_key(o) for o in overrides):
+    raw = OmegaConf.load(path)
+    refuse_resolvers(raw, path)
+    saved = typed_config(raw, str(path))
+    for override in overrides:
+        key = _override_key(override)
         if key in RESUME_SAFE_KEYS and not key.startswith("resume"):  # the record keeps resume: null
-            OmegaConf.update(saved, key, OmegaConf.select(current, key), force_add=True)
+            try:
+                OmegaConf.update(saved, key, OmegaConf.select(current, key))
+            except OmegaConfBaseException:  # a key of another task than the run's
+                raise FinetuneError(
+                    f"{override}: the resumed run {run_dir} is task={saved.task}, which has no key {key}; "
+                    "drop it from the resume command line"
+                ) from None
     return saved
 
 
@@ -195,12 +203,13 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "l
 
 
 def run_config(path: str | Path) -> DictConfig:
-    """The saved config of a finished run directory (or of the run a checkpoint belongs to)."""
+    """The saved config of a finished run directory (or of the run a checkpoint belongs to), typed by the
+    schema (keys added since it was written take their defaults)."""
     run_dir, _ = find_checkpoint(path)
     for name in ("config.yaml", "data.json", "weights.json"):
         if not (run_dir / name).is_file():
             raise FinetuneError(f"{run_dir / name} is missing: {run_dir} is not a complete run directory")
-    return OmegaConf.load(run_dir / "config.yaml")
+    return load_config(run_dir / "config.yaml")
 
 
 def model_state(ckpt: Path) -> dict:

@@ -57,7 +57,8 @@ def phases_from(cfg: DictConfig) -> list[Phase]:
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"schedule.phases[{i}].epochs={epochs!r}: must be a whole number >= 1")
         optim = PhaseOptim(**(base | {k: raw[k] for k in _PHASE_OPTIM_KEYS & set(raw)}))
-        phase = Phase(raw.get("name", f"phase{i + 1}"), epochs, raw.get("freeze", cfg.backbone.freeze), optim)
+        name = raw.get("name") or f"phase{i + 1}"
+        phase = Phase(name, epochs, raw.get("freeze", cfg.backbone.freeze), optim)
         if phase.freeze != "all" and not optim.backbone_lr_mult:
             raise ConfigError(
                 f"schedule.phases[{i}] ({phase.name!r}) trains backbone stages (freeze={phase.freeze}) with "
@@ -84,10 +85,14 @@ def lr_key(cfg: DictConfig, index: int) -> str:
     """The override that sets the base (head) lr of phase ``index`` and of no other phase.
 
     A phase with its own ``lr`` has ``schedule.phases.<index>.lr``; a phase that reads ``schedule.lr``
-    has that key when it is the only one reading it, else ``++schedule.phases.<index>.lr`` (adds the
-    phase's own lr)."""
+    (the schema's ``${schedule.lr}``) has that key when it is the only one reading it, else
+    ``++schedule.phases.<index>.lr`` (gives the phase its own lr)."""
     raw = cfg.schedule.phases
-    if "lr" in raw[index]:
+
+    def own(phase: DictConfig) -> bool:
+        return "lr" in phase and not OmegaConf.is_interpolation(phase, "lr")
+
+    if own(raw[index]):
         return f"schedule.phases.{index}.lr"
-    shared = any("lr" not in p for i, p in enumerate(raw) if i != index)
+    shared = any(not own(p) for i, p in enumerate(raw) if i != index)
     return f"++schedule.phases.{index}.lr" if shared else "schedule.lr"

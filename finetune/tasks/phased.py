@@ -7,7 +7,7 @@ from __future__ import annotations
 import lightning as L
 
 from finetune.models.freezing import FineTuneModel, param_groups, stage_learning_rates
-from finetune.run.optim import build_optimizer, build_scheduler
+from finetune.run import OPTIMIZERS, SCHEDULERS
 from finetune.run.schedule import PHASE_KEY, PhaseOptim
 
 
@@ -25,8 +25,8 @@ class PhasedTask(L.LightningModule):
         """Param groups named by stage with their real learning rates; the phase's scheduler."""
         o = self.optim
         lrs = stage_learning_rates(self.model, o.lr, o.backbone_lr_mult, o.layer_decay)
-        optimizer = build_optimizer(o.optimizer, param_groups(self.model, lrs, o.weight_decay), o.momentum)
+        optimizer = OPTIMIZERS.get(o.optimizer).build(param_groups(self.model, lrs, o.weight_decay), o.momentum)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        scheduler = build_scheduler(o.scheduler, optimizer, total, round(o.warmup_epochs * per_epoch))
+        scheduler = SCHEDULERS.get(o.scheduler).build(optimizer, total, round(o.warmup_epochs * per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": scheduler | {"name": "lr"}}

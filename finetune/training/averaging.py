@@ -25,8 +25,6 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig
 
-from finetune.run.config import setting
-
 WARMUP_POWER = 2 / 3  # timm ModelEmaV3's default warmup
 
 
@@ -62,7 +60,7 @@ class WeightsEMA(WeightAveraging):
 
 def ema_callbacks(cfg: DictConfig) -> list[WeightsEMA]:
     """The phase's EMA callback (``ema.decay``), or none."""
-    decay = setting(cfg, "ema.decay")
+    decay = cfg.ema.decay
     if decay is None:
         return []
-    return [WeightsEMA(float(decay), bool(setting(cfg, "ema.warmup", True)))]
+    return [WeightsEMA(float(decay), cfg.ema.warmup)]

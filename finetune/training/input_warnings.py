@@ -1,6 +1,6 @@
 """Warnings for inputs that are legal but unwise, raised where the data and the model are both known.
 
-(Named ``advice`` so it cannot shadow the standard library's ``warnings``.) Nothing here stops a run:
+(Named ``input_warnings`` so it cannot shadow the standard library's ``warnings``.) Nothing here stops a run:
 each message says what is unwise, what it costs and what to do instead.
 """
 
@@ -31,11 +31,10 @@ def advise(model: FineTuneModel, data: FinetuneDataModule) -> list[str]:
 
 
 def reductions(backbone: nn.Module) -> list[int]:
-    """How much each feature level of the backbone is downsampled (timm ``feature_info``)."""
-    info = getattr(backbone, "feature_info", None)
-    if hasattr(info, "reduction"):  # features_only models (segmentation encoders)
-        return list(info.reduction())
-    return [level["reduction"] for level in info or () if isinstance(level, Mapping) and "reduction" in level]
+    """How much each feature level of the backbone is downsampled: timm's ``feature_info``, one dict per
+    level, as a list (a classifier) or a ``FeatureInfo`` (a ``features_only`` encoder), which both index."""
+    info = getattr(backbone, "feature_info", None) or ()
+    return [info[i]["reduction"] for i in range(len(info)) if isinstance(info[i], Mapping) and "reduction" in info[i]]
 
 
 def total_stride(backbone: nn.Module) -> int | None:

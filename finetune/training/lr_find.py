@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from finetune.models.freezing import HEAD
 from finetune.report.plots import plot_lr_scan
 from finetune.run.artifacts import write_json
-from finetune.run.config import mixes_batches, setting
+from finetune.run.config import mixes_batches
 from finetune.run.schedule import lr_key
 from finetune.tasks.base import Task
 from finetune.training.features import FeatureDataModule, use_feature_cache
@@ -71,7 +71,7 @@ def range_test(
 ) -> RatioLRFinder:
     """``Tuner.lr_find`` with ``RatioLRFinder`` in place of Lightning's finder (the model is restored
     after). Lightning's ``_lr_find`` builds its finder from the module global ``_LRFinder``, swapped
-    here for the call; a Lightning without it fails loudly here (and in tests/test_lr_find.py)."""
+    here for the call; a Lightning without it fails loudly here (and in tests/e2e/test_lr_find.py)."""
     with mock.patch.object(lightning_lr_finder, "_LRFinder", RatioLRFinder):
         return Tuner(trainer).lr_find(
             module, datamodule=data, min_lr=min_lr, max_lr=max_lr, num_training=steps, update_attr=False
@@ -182,13 +182,13 @@ def scan_trainer(cfg: DictConfig, run_dir: Path, steps: int) -> L.Trainer:
     validation (the scan records the training loss; every epoch has a step, so none reaches
     ``check_val_every_n_epoch``)."""
     t = cfg.trainer
-    clip = setting(cfg, "trainer.gradient_clip_val")
+    clip = t.gradient_clip_val
     return L.Trainer(
         max_steps=steps,
         accelerator=t.accelerator,
         devices=1,
         precision=t.precision,
-        accumulate_grad_batches=setting(cfg, "trainer.accumulate_grad_batches", 1),
+        accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=clip,
         gradient_clip_algorithm=None if clip is None else "norm",
         limit_train_batches=t.limit_train_batches,

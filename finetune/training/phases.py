@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from finetune.models.freezing import FineTuneModel
 from finetune.models.summary import count_layers, roll_up
 from finetune.run.checkpointing import AtomicCheckpointIO
-from finetune.run.config import mixes_batches, setting
+from finetune.run.config import mixes_batches
 from finetune.run.errors import FinetuneError
 from finetune.run.rundir import log_version
 from finetune.run.schedule import PHASE_KEY, Phase, PhaseOptim
@@ -29,23 +28,7 @@ from finetune.training.distributed import RankConsistency, TimmSyncBatchNorm, is
 from finetune.training.divergence import StopOnDivergence
 from finetune.training.features import FeatureDataModule, use_feature_cache
 from finetune.training.interrupts import StopOnSignal, slurm_plugins
-
-# Frozen stages are in eval mode on purpose (the BN policy); Lightning warns about it every phase.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-# Phases share one checkpoint directory; torchmetrics values are synced across ranks already.
-warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/")
-warnings.filterwarnings("ignore", message=r"torch.distributed.nn.functional.all_gather is deprecated")
-# The step-logging interval is clamped to the epoch's batches (ClampLogInterval) right after this warning.
-warnings.filterwarnings(
-    "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval"
-)
-
-
-MLFLOW_DB = (
-    "mlflow.db"  # logger=mlflow: the run directory's tracking database (mlflow ui --backend-store-uri sqlite:///…)
-)
+from finetune.training.loggers import LOGGERS
 
 
 @dataclass(frozen=True)
@@ -232,10 +215,10 @@ class PhaseEarlyStopping(EarlyStopping):
 
 def early_stopping(cfg: DictConfig, monitor: str, phase: str) -> list[PhaseEarlyStopping]:
     """The phase's early-stopping callback (``schedule.early_stop.patience``), or none."""
-    patience = setting(cfg, "schedule.early_stop.patience")
+    patience = cfg.schedule.early_stop.patience
     if patience is None:
         return []
-    return [PhaseEarlyStopping(monitor, patience, float(setting(cfg, "schedule.early_stop.min_delta", 0.0)), phase)]
+    return [PhaseEarlyStopping(monitor, patience, cfg.schedule.early_stop.min_delta, phase)]
 
 
 class ClampLogInterval(L.Callback):
@@ -275,50 +258,19 @@ def tested_checkpoint(run_dir: Path, checkpoint: ModelCheckpoint, keep: str) -> 
 
 def checkpoints_keep(cfg: DictConfig) -> str:
     """``checkpoints.keep`` (``best`` for a config written before the key existed)."""
-    return str(setting(cfg, "checkpoints.keep", "best"))
+    return cfg.checkpoints.keep
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
-    """The ``logger`` group: CSV always (``logs/<name>``; a resumed phase logs to
-    ``logs/<name>/attempt-<n>``, every attempt kept), first, so ``trainer.logger`` is the CSV one;
-    then TensorBoard, MLflow (a local store in the run directory: the SQLite database ``mlflow.db``,
-    artifacts in ``mlruns/``; MLflow 3 refuses its old file store) and W&B (offline) as switched on.
-    A config written before the group existed gets CSV + TensorBoard, as runs had then."""
+    """The loggers of ``LOGGERS`` the ``logger`` group switches on (``logger.<name>``), in its order: CSV
+    always (``logs/<name>``; a resumed phase logs to ``logs/<name>/attempt-<n>``, every attempt kept),
+    first, so ``trainer.logger`` is the CSV one."""
     version = log_version(run_dir / "logs", name)
-    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version=version)]
-    if setting(cfg, "logger.tensorboard", True):
-        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=version, default_hp_metric=False))
-    experiment = str(setting(cfg, "logger.experiment", "finetune"))
-    run_name = f"{run_dir.name}/{version}"  # one MLflow / W&B run per phase (and the test)
-    if setting(cfg, "logger.mlflow", False):
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        loggers.append(
-            MLFlowLogger(
-                experiment_name=experiment,
-                run_name=run_name,
-                tracking_uri=f"sqlite:///{(run_dir / MLFLOW_DB).absolute()}",
-                artifact_location=(run_dir / "mlruns").absolute().as_uri(),
-                tags={"finetune_run": str(run_dir), "phase": name},
-            )
-        )
-    if setting(cfg, "logger.wandb", False):
-        import wandb
-        from lightning.pytorch.loggers import WandbLogger
-
-        if wandb.run is not None:  # the previous phase's run: one W&B run per phase
-            wandb.finish()
-        loggers.append(
-            WandbLogger(
-                project=experiment,
-                name=run_name,
-                group=run_dir.name,
-                job_type=name,
-                save_dir=str(run_dir),
-                offline=True,
-            )
-        )
-    return loggers
+    return [
+        kind.build(run_dir, name, version, cfg.logger.experiment)
+        for kind in LOGGERS.values()
+        if kind.always or getattr(cfg.logger, kind.name)
+    ]
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list) -> L.Trainer:
@@ -327,7 +279,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
     the global L2 norm)."""
     t = cfg.trainer
     loggers = make_loggers(cfg, run_dir, name)
-    clip = setting(cfg, "trainer.gradient_clip_val")
+    clip = t.gradient_clip_val
     progress = [ThrottledRichProgressBar(t.log_every_n_steps, phase=name, leave=True)] if t.progress_bar else []
     plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else []), *slurm_plugins()]
     return L.Trainer(
@@ -344,7 +296,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
         limit_test_batches=t.limit_test_batches,
         log_every_n_steps=t.log_every_n_steps,
         logger=loggers,
-        accumulate_grad_batches=setting(cfg, "trainer.accumulate_grad_batches", 1),
+        accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=clip,
         gradient_clip_algorithm=None if clip is None else "norm",
         callbacks=[

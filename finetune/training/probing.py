@@ -204,11 +204,13 @@ def probe_device(accelerator: str) -> torch.device:
 
 def measure(task: Task, cfg: DictConfig) -> Probing:
     """Build the run as training would (``training.train.build``: data, weights, model), extract the
-    pooled stage features of train and val once, fit and score a probe per stage."""
+    pooled stage features of train and val once, fit and score a probe per stage on the labels
+    ``task`` gives (``Task.probe_labels``; ``Task.check_probing`` refuses a task without them)."""
     started = time.perf_counter()
     built = build(task, cfg)
     model, data = built.model, built.data
-    multilabel = bool(getattr(data.info, "multilabel", False))
+    labels = task.probe_labels(data)
+    multilabel = labels.multilabel
     device = probe_device(cfg.trainer.accelerator)
     built_at = time.perf_counter()
     train_x, train_y = stage_features(model, data.eval_dataloader("train"), device)
@@ -221,16 +223,14 @@ def measure(task: Task, cfg: DictConfig) -> Probing:
             train_y.numpy(),
             val_x[stage].numpy(),
             val_y.numpy(),
-            data.info.num_classes,
+            labels.num_classes,
             multilabel,
         )
         scores.append(
             StageScore(stage, int(train_x[stage].shape[1]), round(acc, 4), None if auc is None else round(auc, 4))
         )
     done = time.perf_counter()
-    stats = DataStats(
-        train=len(train_y), val=len(val_y), class_counts=list(data.info.class_counts), multilabel=multilabel
-    )
+    stats = DataStats(train=len(train_y), val=len(val_y), class_counts=list(labels.class_counts), multilabel=multilabel)
     seconds = {
         "build": built_at - started,
         "features": extracted_at - built_at,

@@ -23,8 +23,8 @@ from finetune.data.transforms import Preprocessing, gray_preprocessing
 from finetune.export.parity import PARITY_IMAGES
 from finetune.export.writing import export_run
 from finetune.export.writing import print_results as print_exports
-from finetune.models.factory import build_model
 from finetune.models.freezing import FineTuneModel, FreezeError, frozen_stages
+from finetune.models.saved_runs import run_data_record
 from finetune.models.weights import WeightsRecord, resolve_weights
 from finetune.report.html import write_report
 from finetune.report.plots import epoch_history, plot_confusion, plot_curves
@@ -74,9 +74,9 @@ def build(task: Task, cfg: DictConfig) -> Built:
     num_classes = data.info.num_classes
     if cfg.plan:
         with torch.device("meta"):
-            model = build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, num_classes)
+            model = task.build_model(cfg, dataclasses.replace(record, source="random"), data.in_chans, num_classes)
     else:
-        model = build_model(cfg, record, data.in_chans, num_classes)
+        model = task.build_model(cfg, record, data.in_chans, num_classes)
         task.prepare(cfg, model, data)
     plan = [PlannedPhase(p, frozen_for(model.stage_map, p, cfg.backbone.name)) for p in phases]
     data.set_preprocessing(model_preprocessing(model.timm_model, task.input_size(cfg), data.in_chans))
@@ -103,7 +103,7 @@ def train_run(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | No
 
     monitor = task.monitor(cfg, data)
     if is_global_zero():
-        write_run_record(cfg, run_dir, record.to_dict(), task.data_record(cfg, data))
+        write_run_record(cfg, run_dir, record.to_dict(), run_data_record(task, cfg, data))
     make_module = partial(task.lightning_module, cfg, model, data)
     finished = finished_run(run_dir, plan) if resume_from is not None else None  # a re-test: nothing trains
     checkpoint, rank_checksums = run_phases(

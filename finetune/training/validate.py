@@ -1,165 +1,154 @@
-"""Checks on a composed config that fail fast, before any data or weights are touched: values, the
-task's own keys, the adapter and training options; the ``schedule`` group turned into phases. It
-imports no torch: a bad config is reported in about a second."""
+"""Checks on a composed config that fail fast, before any data or weights are touched: the values the
+schema cannot judge alone (ranges, choices, keys that go together), the task's own keys, the adapter
+and training options; the ``schedule`` group turned into phases. Types, unknown keys and keys of another
+task were refused when the config was composed (``finetune.run.schema``). It imports no torch: a bad
+config is reported in about a second."""
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from finetune.data import IMBALANCE_CHOICES
 from finetune.models import ADAPTERS, BN_POLICIES
 from finetune.run import CACHE_CHOICES, OPTIMIZERS, SCHEDULERS
-from finetune.run.config import KEEP_CHOICES, LOGGER_PACKAGES, TASK_OPTIONS, _number, mixes_batches, setting
+from finetune.run.config import KEEP_CHOICES
 from finetune.run.errors import ConfigError, choice
 from finetune.run.schedule import Phase, phases_from
+from finetune.run.schema import FinetuneSchema, TrainerSchema
 from finetune.tasks.base import Task
+from finetune.training.loggers import LOGGERS
 
 
-def validate(cfg: DictConfig, task: Task) -> list[Phase]:
+def validate(cfg: FinetuneSchema, task: Task) -> list[Phase]:
     """Check every value that can be checked without data or weights (``task`` checks its own
     keys); return the phases."""
     task.validate(cfg)
     choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
     _validate_adapter(cfg)
-    choice("imbalance", cfg.imbalance, IMBALANCE_CHOICES)
     if cfg.schedule.batch_size < 1:
         raise ConfigError(f"schedule.batch_size={cfg.schedule.batch_size}: must be >= 1")
     choice("data.cache_features", str(cfg.data.cache_features).lower(), CACHE_CHOICES)
     choice(
         "checkpoints.keep",
-        setting(cfg, "checkpoints.keep", "best"),
+        cfg.checkpoints.keep,
         KEEP_CHOICES,
         "best: test the best validation epoch, then remove last.ckpt; last: test the final weights, then "
         "remove best.ckpt; both: test best.ckpt and keep both (to continue training later)",
     )
-    t = cfg.trainer
-    if str(t.strategy).startswith("ddp") and not (isinstance(t.devices, int) and t.devices >= 1):
-        raise ConfigError(
-            f"trainer.devices={t.devices!r}: with strategy={t.strategy} give the number of "
-            "devices per node, e.g. trainer.devices=2"
-        )
-    _validate_training_options(cfg, task)
+    _validate_trainer(cfg.trainer)
+    _validate_training_options(cfg)
     phases = phases_from(cfg)
     for phase in phases:
-        choice(f"optimizer of phase {phase.name!r}", phase.optim.optimizer, OPTIMIZERS)
-        choice(f"scheduler of phase {phase.name!r}", phase.optim.scheduler, SCHEDULERS)
+        OPTIMIZERS.get(phase.optim.optimizer, key=f"optimizer of phase {phase.name!r}")
+        SCHEDULERS.get(phase.optim.scheduler, key=f"scheduler of phase {phase.name!r}")
         if phase.optim.lr <= 0:
             raise ConfigError(f"lr of phase {phase.name!r} is {phase.optim.lr}: must be > 0")
+        if not _is_depth(phase.freeze):
+            raise ConfigError(
+                f"backbone.freeze={phase.freeze!r} (phase {phase.name!r}) is not a depth: use a whole number of "
+                "stages (0: train all, k: freeze stem + first k, -k: train only the last k) or all (linear probe)"
+            )
     return phases
 
 
-def _validate_adapter(cfg: DictConfig) -> None:
-    """``backbone.adapter`` and its rank, alpha and targets (a config without the keys: none)."""
-    kind = setting(cfg, "backbone.adapter", "none")
-    choice(
-        "backbone.adapter",
-        kind,
-        ADAPTERS,
-        "lora / dora: low-rank updates of Linear and conv layers, bitfit: "
+def _validate_adapter(cfg: FinetuneSchema) -> None:
+    """``backbone.adapter`` and its rank, alpha and targets."""
+    b = cfg.backbone
+    ADAPTERS.get(
+        b.adapter,
+        hint="lora / dora: low-rank updates of Linear and conv layers, bitfit: "
         "biases and norm parameters; the pretrained weights stay fixed",
     )
-    rank = setting(cfg, "backbone.adapter_rank", 8)
-    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+    if b.adapter_rank < 1:
         raise ConfigError(
-            f"backbone.adapter_rank={rank!r}: the rank of the low-rank update B·A, a whole number >= 1 (e.g. 8)"
+            f"backbone.adapter_rank={b.adapter_rank}: the rank of the low-rank update B·A, a whole number >= 1 (e.g. 8)"
         )
-    alpha = setting(cfg, "backbone.adapter_alpha", 16)
-    if not (_number(alpha) and alpha > 0):
+    if b.adapter_alpha <= 0:
         raise ConfigError(
-            f"backbone.adapter_alpha={alpha!r}: the update is scaled by alpha / rank, a number > 0 (e.g. 16)"
+            f"backbone.adapter_alpha={b.adapter_alpha:g}: the update is scaled by alpha / rank, a number > 0 (e.g. 16)"
         )
-    targets = setting(cfg, "backbone.adapter_targets")
-    if targets is None:
+    if b.adapter_targets is None:
         return
-    if not (OmegaConf.is_list(targets) and targets and all(isinstance(t, str) and t.strip() for t in targets)):
+    if not (b.adapter_targets and all(t.strip() for t in b.adapter_targets)):
         raise ConfigError(
-            f"backbone.adapter_targets={targets!r}: a list of module-name patterns, e.g. "
+            f"backbone.adapter_targets={list(b.adapter_targets)}: a list of module-name patterns, e.g. "
             "'[qkv,fc2]' or '[layer4.*.conv2]', or null for the default per architecture"
         )
-    if kind not in ("lora", "dora"):
+    if b.adapter not in ("lora", "dora"):
         raise ConfigError(
-            f"backbone.adapter_targets is set but backbone.adapter={kind}: targets choose the "
+            f"backbone.adapter_targets is set but backbone.adapter={b.adapter}: targets choose the "
             "modules LoRA / DoRA adapt; use backbone.adapter=lora|dora, or adapter_targets=null"
         )
 
 
-def _validate_training_options(cfg: DictConfig, task: Task) -> None:
-    """Early stopping, gradient accumulation and clipping, label smoothing, mixup / cutmix, EMA, loggers."""
-    patience = setting(cfg, "schedule.early_stop.patience")
-    if patience is not None and not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1):
+def _validate_trainer(t: TrainerSchema) -> None:
+    """The trainer keys that take a number or a word, and the ones that go together."""
+    if str(t.strategy).startswith("ddp") and not (_whole(t.devices) and t.devices >= 1):
         raise ConfigError(
-            f"schedule.early_stop.patience={patience!r}: a whole number of epochs >= 1 "
-            "(e.g. 3), or null to turn early stopping off"
+            f"trainer.devices={t.devices!r}: with strategy={t.strategy} give the number of "
+            "devices per node, e.g. trainer.devices=2"
         )
-    min_delta = setting(cfg, "schedule.early_stop.min_delta", 0.0)
-    if not (_number(min_delta) and min_delta >= 0):
+    for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        limit = t[name]
+        if limit is not None and not ((_whole(limit) and limit >= 0) or (isinstance(limit, float) and 0 <= limit <= 1)):
+            raise ConfigError(
+                f"trainer.{name}={limit!r}: a number of batches (a whole number, e.g. 2), a fraction of "
+                "them (a number in [0, 1], e.g. 0.25), or null for all"
+            )
+    if t.deterministic not in (True, False, "warn"):
+        raise ConfigError(f"trainer.deterministic={t.deterministic!r}: true, false or warn")
+    if t.accumulate_grad_batches < 1:
         raise ConfigError(
-            f"schedule.early_stop.min_delta={min_delta!r}: the smallest change of the monitored "
-            "metric that counts as an improvement, a number >= 0 (e.g. 0.001)"
-        )
-    accumulate = setting(cfg, "trainer.accumulate_grad_batches", 1)
-    if not (isinstance(accumulate, int) and not isinstance(accumulate, bool) and accumulate >= 1):
-        raise ConfigError(
-            f"trainer.accumulate_grad_batches={accumulate!r}: a whole number of batches per "
+            f"trainer.accumulate_grad_batches={t.accumulate_grad_batches}: a whole number of batches per "
             "optimizer step >= 1 (1: a step every batch)"
         )
-    clip = setting(cfg, "trainer.gradient_clip_val")
-    if clip is not None and not (_number(clip) and clip > 0):
+    if t.gradient_clip_val is not None and t.gradient_clip_val <= 0:
         raise ConfigError(
-            f"trainer.gradient_clip_val={clip!r}: the largest gradient norm, a number > 0 "
+            f"trainer.gradient_clip_val={t.gradient_clip_val:g}: the largest gradient norm, a number > 0 "
             "(e.g. 1.0), or null for no clipping"
         )
-    smoothing = setting(cfg, "loss.label_smoothing", 0.0)
-    if not (_number(smoothing) and 0 <= smoothing < 1):
-        raise ConfigError(f"loss.label_smoothing={smoothing!r}: a number in [0, 1), e.g. 0.1 (0: off)")
-    for key in ("mix.mixup", "mix.cutmix"):
-        alpha = setting(cfg, key, 0.0)
-        if not (_number(alpha) and alpha >= 0):
-            raise ConfigError(
-                f"{key}={alpha!r}: a Beta distribution alpha >= 0, e.g. 0.2 for mixup or 1.0 for cutmix (0: off)"
-            )
-    prob = setting(cfg, "mix.prob", 1.0)
-    if not (_number(prob) and 0 <= prob <= 1):
-        raise ConfigError(f"mix.prob={prob!r}: the probability that a training batch is mixed, in [0, 1]")
-    honoured = task.training_options
-    for key, (off, why) in TASK_OPTIONS.items():
-        value = setting(cfg, key, off)
-        if value != off and key not in honoured:
-            raise ConfigError(f"{key}={value!r} is not supported by task={task.name}: {why}")
-    if mixes_batches(cfg) and str(cfg.data.cache_features).lower() == "true":
+
+
+def _validate_training_options(cfg: FinetuneSchema) -> None:
+    """Early stopping, EMA, loggers."""
+    early = cfg.schedule.early_stop
+    if early.patience is not None and early.patience < 1:
         raise ConfigError(
-            "data.cache_features=true cannot be combined with mix.mixup / mix.cutmix: images are "
-            "mixed before the backbone, cached features cannot be; use data.cache_features=auto "
-            "(phases then train on images)"
+            f"schedule.early_stop.patience={early.patience}: a whole number of epochs >= 1 "
+            "(e.g. 3), or null to turn early stopping off"
         )
-    decay = setting(cfg, "ema.decay")
-    if decay is not None and not (_number(decay) and 0 < decay < 1):
+    if early.min_delta < 0:
         raise ConfigError(
-            f"ema.decay={decay!r}: the EMA decay per optimizer step, a number in (0, 1) such as "
+            f"schedule.early_stop.min_delta={early.min_delta:g}: the smallest change of the monitored "
+            "metric that counts as an improvement, a number >= 0 (e.g. 0.001)"
+        )
+    decay = cfg.ema.decay
+    if decay is not None and not 0 < decay < 1:
+        raise ConfigError(
+            f"ema.decay={decay:g}: the EMA decay per optimizer step, a number in (0, 1) such as "
             "0.999 (about the last 1,000 steps averaged), or null to turn the average off"
         )
-    if not isinstance(setting(cfg, "ema.warmup", True), bool):
+    if not cfg.logger.experiment.strip():
         raise ConfigError(
-            f"ema.warmup={setting(cfg, 'ema.warmup')!r}: true (the decay ramps up over the first "
-            "updates, as timm's) or false"
-        )
-    experiment = setting(cfg, "logger.experiment", "finetune")
-    if not (isinstance(experiment, str) and experiment.strip()):
-        raise ConfigError(
-            f"logger.experiment={experiment!r}: a name for the MLflow experiment / W&B project, "
+            f"logger.experiment={cfg.logger.experiment!r}: a name for the MLflow experiment / W&B project, "
             "e.g. logger.experiment=digits"
         )
-    for key, package in LOGGER_PACKAGES.items():
-        on = setting(cfg, f"logger.{key}", key == "tensorboard")
-        if not isinstance(on, bool):
-            raise ConfigError(
-                f"logger.{key}={on!r}: true or false (or pick a preset: logger=csv|tensorboard|mlflow|wandb|many)"
-            )
-        if on and importlib.util.find_spec(package) is None:
-            install = "'finetune[mlflow]'" if key == "mlflow" else package
+    for logger in LOGGERS.values():
+        key, package = logger.name, logger.package
+        on = logger.always or cfg.logger[key]
+        if on and package and importlib.util.find_spec(package) is None:
             raise ConfigError(
                 f"logger.{key}=true needs the {package} package, which is not installed: "
-                f"pip install {install} (or logger=tensorboard, the default)"
+                f"pip install {logger.install or package} (or logger=tensorboard, the default)"
             )
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_depth(freeze: object) -> bool:
+    """A freeze depth as ``models.freezing`` reads it (its range needs the backbone: checked when built)."""
+    if isinstance(freeze, str):
+        return freeze.strip().lower() == "all" or freeze.strip().lstrip("-").isdigit()
+    return isinstance(freeze, int) and not isinstance(freeze, bool)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig
 
-from finetune.data import CLASSIFICATION_DATASETS
+from finetune.data import IMBALANCE_CHOICES, dataset_kinds
 from finetune.models import HEADS
-from finetune.run.config import setting
+from finetune.run.config import mixes_batches
 from finetune.run.errors import ConfigError, choice
-from finetune.tasks.base import Task
+from finetune.run.schema import ClassificationSchema
+from finetune.tasks.base import ProbeLabels, Task
+from finetune.tasks.classification.records import NAME, classification_record
 
 MONITORS = ("acc", "auc", "balanced_acc", "f1_macro", "loss")
 CALIBRATIONS = ("none", "temperature")
@@ -20,7 +21,7 @@ CALIBRATIONS = ("none", "temperature")
 def tta_flips(cfg: DictConfig, data: Any) -> tuple[str, ...]:
     """``tta=true``: the flips the training augmentation applied (``augment.hflip`` / ``vflip`` as the
     dataset allowed them), and both together when it applied both; refused when it applied none."""
-    if not setting(cfg, "tta", False):
+    if not cfg.tta:
         return ()
     augment = data.augment
     flips = tuple(name for name, p in (("hflip", augment.hflip), ("vflip", augment.vflip)) if p > 0)
@@ -38,41 +39,49 @@ def tta_flips(cfg: DictConfig, data: Any) -> tuple[str, ...]:
 class Classification(Task):
     """A new head on pooled backbone features; metrics of the MedMNIST benchmark."""
 
-    name = "classification"
+    name = NAME
     heads = HEADS
-    datasets = CLASSIFICATION_DATASETS
+    datasets = dataset_kinds(name)
     monitors = MONITORS
-    # Training options of run.config.TASK_OPTIONS this task honours (label smoothing: every task
-    # type; mixup / cutmix: single-label, refused for a multi-label dataset when the module is built).
-    training_options = ("loss.label_smoothing", "mix.mixup", "mix.cutmix", "calibration", "tta")
-    unsupported: Mapping[str, tuple[Any, str]] = {
-        "segmentation.loss": ("ce_dice", "the segmentation block is read by task=segmentation only"),
-        "segmentation.class_weights": (False, "for classification use imbalance=weighted_loss"),
-        "segmentation.overlays": (4, "the segmentation block is read by task=segmentation only"),
-    }
+    folder_layout = "timm"  # a linear head becomes timm's classifier
 
-    def validate(self, cfg: DictConfig) -> None:
+    def validate(self, cfg: ClassificationSchema) -> None:
+        """The values of this task's own keys (conf/task/classification.yaml; their types and the keys
+        themselves are the schema's, ``finetune.run.schema.ClassificationSchema``)."""
         super().validate(cfg)
+        choice("imbalance", cfg.imbalance, IMBALANCE_CHOICES)
         choice(
             "calibration",
-            setting(cfg, "calibration", "none"),
+            cfg.calibration,
             CALIBRATIONS,
             "none: the probabilities as trained; temperature: one temperature fitted on the validation split",
         )
-        if not isinstance(setting(cfg, "tta", False), bool):
-            raise ConfigError(
-                f"tta={setting(cfg, 'tta')!r}: true (average the test predictions over the flips the "
-                "training augmentation used) or false"
-            )
         t = cfg.threshold
         if t != "tune" and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1):
             raise ConfigError(
                 f"threshold={t!r}: use a probability in (0, 1) or threshold=tune (tuned on the validation split)"
             )
+        if not 0 <= cfg.loss.label_smoothing < 1:
+            raise ConfigError(
+                f"loss.label_smoothing={cfg.loss.label_smoothing:g}: a number in [0, 1), e.g. 0.1 (0: off)"
+            )
+        for key in ("mixup", "cutmix"):
+            if cfg.mix[key] < 0:
+                raise ConfigError(
+                    f"mix.{key}={cfg.mix[key]:g}: a Beta distribution alpha >= 0, e.g. 0.2 for mixup or 1.0 "
+                    "for cutmix (0: off)"
+                )
+        if not 0 <= cfg.mix.prob <= 1:
+            raise ConfigError(f"mix.prob={cfg.mix.prob:g}: the probability that a training batch is mixed, in [0, 1]")
+        if mixes_batches(cfg) and str(cfg.data.cache_features).lower() == "true":
+            raise ConfigError(
+                "data.cache_features=true cannot be combined with mix.mixup / mix.cutmix: images are "
+                "mixed before the backbone, cached features cannot be; use data.cache_features=auto "
+                "(phases then train on images)"
+            )
 
     def data_module(self, cfg):
         from finetune.data.datamodule import ClassificationDataModule
-        from finetune.run.config import mixes_batches
 
         data = ClassificationDataModule(
             cfg.dataset,
@@ -93,6 +102,11 @@ class Classification(Task):
     def input_size(self, cfg):
         return cfg.dataset.image_size
 
+    def build_model(self, cfg, weights, in_chans, num_outputs):
+        from finetune.models.factory import pooled_model
+
+        return pooled_model(cfg, weights, in_chans, num_outputs, self.input_size(cfg))
+
     def prepare(self, cfg, model, data) -> None:
         if not cfg.init_from:
             return
@@ -110,7 +124,6 @@ class Classification(Task):
         return monitor_metric(data.info.task, cfg.threshold == "tune", cfg.monitor)
 
     def lightning_module(self, cfg, model, data, optim=None, phase_index=0, features_input=False):
-        from finetune.run.config import setting
         from finetune.run.schedule import PhaseOptim
         from finetune.tasks.classification.module import ClassificationTask
 
@@ -125,32 +138,29 @@ class Classification(Task):
             features_input=features_input,
             task=data.info.task,
             threshold=threshold,
-            label_smoothing=setting(cfg, "loss.label_smoothing", 0.0),
-            mixup=setting(cfg, "mix.mixup", 0.0),
-            cutmix=setting(cfg, "mix.cutmix", 0.0),
-            mix_prob=setting(cfg, "mix.prob", 1.0),
+            label_smoothing=cfg.loss.label_smoothing,
+            mixup=cfg.mix.mixup,
+            cutmix=cfg.mix.cutmix,
+            mix_prob=cfg.mix.prob,
             seed=cfg.seed,
             tta=tta_flips(cfg, data),
         )
 
     def data_record(self, cfg, data) -> dict:
-        info = data.info
+        info, window = data.info, getattr(data.config, "window", None)
         return {
-            "task": info.task,
-            "class_names": info.class_names,
-            "class_counts_train": info.class_counts,
-            "image_channels": info.image_channels,
+            "type": info.task,
             "multilabel": info.multilabel,
-            "grayscale": (cfg.dataset.grayscale if info.image_channels == 1 else "n/a (RGB images)"),
-            "model_in_chans": data.in_chans,
-            "preprocessing": data.preprocessing.to_dict(),
+            "class_counts_train": info.class_counts,
             "imbalance": {"asked": cfg.imbalance, "applied": data.imbalance},
-            "split_sizes": data.split_sizes,
-            **({"window": list(data.config.window)} if getattr(data.config, "window", None) else {}),
+            "window": list(window) if window else None,
         }
 
+    def task_record(self, record):
+        return classification_record(record)
+
     def before_test(self, cfg, module, data) -> None:
-        calibrate, tune = setting(cfg, "calibration", "none") == "temperature", cfg.threshold == "tune"
+        calibrate, tune = cfg.calibration == "temperature", cfg.threshold == "tune"
         if calibrate or tune:
             module.fit_on_validation(data.eval_dataloader("val"), temperature=calibrate, threshold=tune)
 
@@ -158,7 +168,7 @@ class Classification(Task):
         # Without a test split the test is the val split: a temperature fitted there is scored in-sample.
         return {
             "calibration": {
-                "method": setting(cfg, "calibration", "none"),
+                "method": cfg.calibration,
                 "fitted_on": "val",
                 "test_is_val": data.splits["test"] is data.splits["val"],
                 **module.calibration,
@@ -183,15 +193,28 @@ class Classification(Task):
     def parity_images(self, data, n):
         return [image for image, _ in data.sample_images("val", n)]
 
-    def export_metadata(self, data_record):
-        return {"window": data_record["window"]} if data_record.get("window") else {}
+    def export_record(self, task_record):
+        return {"multilabel": bool(task_record.get("multilabel")), "window": task_record.get("window")}
+
+    def read_image(self, task_record, path, channels):
+        from finetune.data.images import read_image
+
+        window = task_record.get("window")
+        return read_image(path, channels, tuple(window) if window else None)
+
+    def check_probing(self, cfg) -> None:
+        """Every classification dataset has per-image classes to probe."""
+
+    def probe_labels(self, data):
+        info = data.info
+        return ProbeLabels(info.num_classes, list(info.class_counts), info.multilabel)
 
     def predict_files(self, exported, paths, options) -> str:
-        from finetune.tasks.classification.predict import predict_files
+        from finetune.tasks.classification.predict_labels import predict_files
 
         return predict_files(exported, paths, options)
 
     def predict_arrays(self, exported, images):
-        from finetune.tasks.classification.predict import predict_arrays
+        from finetune.tasks.classification.predict_labels import predict_arrays
 
         return predict_arrays(exported, images)

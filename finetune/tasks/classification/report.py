@@ -32,6 +32,7 @@ from finetune.report.page import (
     tested_batches,
 )
 from finetune.tasks.classification.module import decide, flip_averaged, probabilities
+from finetune.tasks.classification.records import classification_record
 
 MAX_SAMPLE_CLASSES = 20
 
@@ -170,8 +171,8 @@ def _samples_by_class(data: ClassificationDataModule, per_class: int) -> list[tu
 
 
 def _data_section(run: RunRecord, data: ClassificationDataModule, per_class: int) -> str:
-    names = run.data["class_names"]
-    counts = run.data.get("class_counts_train", [])
+    names, record = run.data["class_names"], classification_record(run.data)
+    counts = record.get("class_counts_train") or []
     per_class_metrics = run.metrics.get("test_per_class", {})
     header = ["class", "train images", *per_class_metrics]
     rows = [
@@ -201,7 +202,7 @@ def _data_section(run: RunRecord, data: ClassificationDataModule, per_class: int
         else ""
     )
     return (
-        f"<h2>Data</h2><p>{len(names)} classes{' (multi-label)' if run.data.get('multilabel') else ''}; "
+        f"<h2>Data</h2><p>{len(names)} classes{' (multi-label)' if record.get('multilabel') else ''}; "
         f"images per split: {escape(sizes)}; source images have {run.data.get('image_channels')} channel(s).</p>"
         + f'<div class="cols"><div><h3>Classes</h3>{classes}</div><div><h3>Training samples</h3>'
         + f"<table><tbody>{gallery}</tbody></table>{more}</div></div>"
@@ -251,7 +252,8 @@ class ClassificationExplainer:
         return x, tuple(x.shape[-2:])
 
     def explain(self, logits: torch.Tensor, valid: tuple[int, int], k: int) -> Explained:
-        listed = top_k(logits[0], self.run.class_names, k, self.run.multilabel)
+        multilabel = bool(self.run.task_record.get("multilabel"))
+        listed = top_k(logits[0], self.run.class_names, k, multilabel)
         best = listed[0]
         return Explained(
             listed,
@@ -259,5 +261,5 @@ class ClassificationExplainer:
             best["class"],
             ClassifierOutputTarget(best["index"]),
             f"{best['class']} ({best['probability']:.1%})",
-            {"multilabel": self.run.multilabel},
+            {"multilabel": multilabel},
         )

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from omegaconf import DictConfig
-
-from finetune.data import SEGMENTATION_DATASETS
+from finetune.data import dataset_kinds
 from finetune.models import DECODERS
 from finetune.run.errors import ConfigError, choice
+from finetune.run.schema import SegmentationSchema
 from finetune.tasks.base import Task
 from finetune.tasks.segmentation.choices import LOSSES, MONITORS
-
-EXPORTED_KEYS = ("tile", "tile_overlap", "scale", "ignore_index")  # data.json entries an export keeps
+from finetune.tasks.segmentation.records import EXPORTED_KEYS, segmentation_record
 
 
 class Segmentation(Task):
@@ -21,29 +16,19 @@ class Segmentation(Task):
 
     name = "segmentation"
     heads = DECODERS
-    datasets = SEGMENTATION_DATASETS
+    datasets = dataset_kinds(name)
     monitors = MONITORS
     dense = True
-    unsupported: Mapping[str, tuple[Any, str]] = {
-        "init_from": (
-            None,
-            "a decoder has no per-class rows to copy by name; start from the pretrained "
-            "encoder (leave init_from unset)",
-        ),
-        "threshold": (
-            0.5,
-            "masks are decided by argmax over classes; to favour the foreground pick the "
-            "checkpoint by monitor=dice or weight it with segmentation.class_weights=true",
-        ),
-        "imbalance": ("none", "use segmentation.class_weights=true (weights from pixel frequencies)"),
-    }
+    folder_layout = "smp"
 
-    def validate(self, cfg: DictConfig) -> None:
+    def validate(self, cfg: SegmentationSchema) -> None:
+        """The values of this task's own keys (conf/task/segmentation.yaml; their types and the keys
+        themselves are the schema's, ``finetune.run.schema.SegmentationSchema``)."""
         super().validate(cfg)
         seg = cfg.segmentation
         choice("segmentation.loss", seg.loss, LOSSES)
-        if not isinstance(seg.overlays, int) or seg.overlays < 0:
-            raise ConfigError(f"segmentation.overlays={seg.overlays!r}: a count of test images >= 0")
+        if seg.overlays < 0:
+            raise ConfigError(f"segmentation.overlays={seg.overlays}: a count of test images >= 0")
         if str(cfg.data.cache_features).lower() == "true":
             raise ConfigError(
                 "data.cache_features=true: segmentation trains on random crops, so backbone "
@@ -64,6 +49,11 @@ class Segmentation(Task):
 
     def input_size(self, cfg):
         return cfg.dataset.crop_size
+
+    def build_model(self, cfg, weights, in_chans, num_outputs):
+        from finetune.models.factory import decoder_model
+
+        return decoder_model(cfg, weights, in_chans, num_outputs)
 
     def monitor(self, cfg, data) -> str:
         from finetune.tasks.segmentation.module import monitor_metric
@@ -91,22 +81,19 @@ class Segmentation(Task):
     def data_record(self, cfg, data) -> dict:
         info, d = data.info, data.config
         return {
-            "task": "segmentation",
-            "class_names": info.class_names,
             "ignore_index": info.ignore_index,
             "pixel_counts_train": info.class_counts,
-            "image_channels": info.image_channels,
-            "model_in_chans": data.in_chans,
-            "preprocessing": data.preprocessing.to_dict(),
             "tile": d.crop_size,
             "tile_overlap": d.tile_overlap,
             "scale": d.scale,
-            "split_sizes": data.split_sizes,
         }
+
+    def task_record(self, record):
+        return segmentation_record(record)
 
     def after_test(self, cfg, module, data, run_dir) -> None:
         from finetune.run.console import console
-        from finetune.tasks.segmentation.predictions import write_predictions
+        from finetune.tasks.segmentation.overlays import write_predictions
 
         written = write_predictions(module, data, "test", cfg.segmentation.overlays, run_dir / "predictions")
         console.print(f"predicted masks and overlays of {written} test image(s): {run_dir / 'predictions'}")
@@ -124,16 +111,28 @@ class Segmentation(Task):
     def parity_images(self, data, n):
         return [data.raw_pair("val", i)[0] for i in range(min(n, len(data.splits["val"])))]
 
-    def export_metadata(self, data_record):
-        return {"segmentation": {k: data_record[k] for k in EXPORTED_KEYS}}
+    def export_record(self, task_record):
+        return {key: task_record[key] for key in EXPORTED_KEYS if key in task_record}
+
+    def read_image(self, task_record, path, channels):
+        from finetune.data.images import read_image
+
+        return read_image(path, channels)
+
+    def check_probing(self, cfg) -> None:
+        raise ConfigError(
+            f"finetune advise is classification-only for now: it fits one linear probe per image on "
+            f"pooled stage features, and task={self.name} predicts per pixel. Advise on a classification "
+            "dataset (drop task=…, head=…), or start from the recipes in recipes/segmentation"
+        )
 
     def predict_files(self, exported, paths, options) -> str:
-        from finetune.tasks.segmentation.predict import predict_files
+        from finetune.tasks.segmentation.predict_masks import predict_files
 
         return predict_files(exported, paths, options)
 
     def predict_arrays(self, exported, images):
         from finetune.tasks.base import Predictions
-        from finetune.tasks.segmentation.predict import predict_mask
+        from finetune.tasks.segmentation.predict_masks import predict_mask
 
         return Predictions(exported.class_names, masks=[predict_mask(exported, image) for image in images])

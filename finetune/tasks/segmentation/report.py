@@ -28,6 +28,7 @@ from finetune.report.explain import Explained
 from finetune.report.page import Html, ReportOptions, RunRecord, TaskSections, array_img, number, table, tested_batches
 from finetune.report.plots import class_colors, overlay_panel
 from finetune.tasks.segmentation.module import DIVISOR, full_image_logits, iou_and_dice
+from finetune.tasks.segmentation.records import segmentation_record
 
 PANEL_SIDE = 600  # longer side of an embedded image | truth | prediction panel, in pixels
 SAMPLE_SIDE = 240  # longer side of an embedded image | mask training sample
@@ -104,7 +105,7 @@ def _background(data: SegmentationDataModule) -> int | None:
 def _data_section(run: RunRecord, data: SegmentationDataModule, samples: int) -> str:
     info, d = data.info, data.config
     names, colors = info.class_names, class_colors(info.num_classes)
-    pixels = run.data.get("pixel_counts_train", info.class_counts)
+    pixels = segmentation_record(run.data).get("pixel_counts_train", info.class_counts)
     total = max(sum(pixels), 1)
     per_class = run.metrics.get("test_per_class", {})
     columns = {

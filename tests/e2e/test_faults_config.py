@@ -1,0 +1,260 @@
+"""Fault injection for the config, the output location and resume targets (issue 25, items 11, 12,
+13, 15, 19, 20): each case is refused with one ``finetune: error:`` line (exit 2, no traceback)
+before any work, and the files involved keep their sha256."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from finetune.commands.precheck import precheck
+
+from ..conftest import compose_config
+from ..helpers import TINY, assert_refused, finetune_env, run_finetune, tree_hashes
+
+HEAVY = ("torch", "lightning", "timm")
+# ``finetune`` in this process, then the heavy modules the command imported, on stdout's last line.
+PROBE = (
+    "import sys; from finetune.cli import main; code = main(sys.argv[1:]); "
+    f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(code)"
+)
+
+
+def probe_finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``finetune <args>`` run by ``PROBE``: stdout ends with the heavy modules it imported."""
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True, env=finetune_env(), timeout=120
+    )
+
+
+def image_folder(root: Path) -> Path:
+    """Two classes of three 8x8 PNGs each."""
+    for label, value in (("ants", 40), ("bees", 200)):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (value, i * 60, 0)).save(root / label / f"{i}.png")
+    return root
+
+
+def csv_folder(folder: Path) -> Path:
+    """The same images listed in ``labels.csv`` in their folder; returns the CSV."""
+    image_folder(folder)
+    rows = [f"{p.relative_to(folder)},{p.parent.name}" for p in sorted(folder.rglob("*.png"))]
+    (folder / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return folder / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def paused(tmp_path_factory) -> Path:
+    """A tiny run that keeps ``last.ckpt`` (``checkpoints.keep=both``), made once for this module."""
+    base = tmp_path_factory.mktemp("paused")
+    out = run_finetune(*TINY, "checkpoints.keep=both", "hydra.run.dir=run", cwd=base)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return base / "run"
+
+
+# --- item 11: a run directory inside the data --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "csv"])
+def test_a_run_directory_inside_the_data_is_refused_before_it_is_made(tmp_path, kind):
+    data = tmp_path / "data"
+    if kind == "csv":
+        args = ["dataset=csv", f"dataset.csv={csv_folder(data)}", f"dataset.root={data}"]
+    else:
+        args = ["dataset=imagefolder", f"dataset.root={image_folder(data)}"]
+    before = tree_hashes(data)
+    out = run_finetune(*TINY, *args, f"hydra.run.dir={data}/runX", cwd=tmp_path)
+    assert_refused(out, f"hydra.run.dir={data}/runX is inside the data folder {data}")
+    assert "pick a hydra.run.dir outside it" in out.stderr
+    assert tree_hashes(data) == before and not (data / "runX").exists()
+
+
+def test_a_csv_without_a_root_runs_beside_its_labels_as_the_readme_shows(tmp_path, monkeypatch, capsys):
+    """``finetune dataset=csv dataset.csv=labels.csv`` from the folder holding the CSV: ``runs/`` is not data."""
+    csv_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert precheck([*TINY, "dataset=csv", "dataset.csv=labels.csv"]) == 0, capsys.readouterr().err
+
+
+def test_the_default_run_directory_inside_the_data_is_refused(tmp_path):
+    """Started from inside the image folder, the default ``runs/…`` would land in the data."""
+    data = image_folder(tmp_path / "data")
+    before = tree_hashes(data)
+    out = run_finetune(*TINY, "dataset=imagefolder", "dataset.root=.", cwd=data)
+    assert_refused(out, f"the run directory runs/ is inside the data folder {data}")
+    assert tree_hashes(data) == before and not (data / "runs").exists()
+
+
+# --- item 12: stored configs on resume; unknown keys and _target_ on the command line ----------------
+
+
+def test_resume_refuses_an_environment_interpolation_in_the_stored_config(tmp_path):
+    """A stored config is resolved once, when its run starts: resume does not read the environment
+    again, and never writes the stored config back with the value it read."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = compose_config(*TINY)
+    cfg.logger.experiment = "${oc.env:HOME}"  # as a hand-edited config.yaml holds it
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    before = tree_hashes(run)
+    out = run_finetune(f"resume={run}", cwd=tmp_path)
+    assert_refused(
+        out, f"{run / 'config.yaml'}: logger.experiment holds '${{oc.env:HOME}}', which reads the environment"
+    )
+    assert tree_hashes(run) == before and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("+foo._target_=os.system", "+foo._target_=os.system: finetune instantiates no object from its config"),
+        ("++dataset._target_=os.system", "++dataset._target_=os.system: finetune instantiates no object"),
+        (
+            "+schedule.lrr=0.1",
+            "+schedule.lrr=0.1: not a key of the config; did you mean schedule.lr?",
+        ),
+        (
+            "++backbone.freez=2",
+            "++backbone.freez=2: not a key of the config; did you mean backbone.freeze?",
+        ),
+        ("+foo=1", "+foo=1: not a key of the config; finetune train --cfg job lists every key"),
+    ],
+)
+def test_unknown_keys_and_targets_on_the_command_line_are_refused(tmp_path, arg, message):
+    out = probe_finetune(arg, "plan=true", cwd=tmp_path)
+    assert_refused(out, message)
+    assert out.stdout.splitlines()[-1] == "[]"  # refused before torch was imported
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["+classification=digits"],
+        ["+medical=blood"],
+        ["+segmentation=camvid", "dataset.root={data}"],
+        ["++schedule.phases.0.lr=0.01"],  # what lr-find prints for a phase's own lr: phases check their keys
+        ["++schedule.lr=0.01"],
+        ["+backbone.weights=null"],
+        ["threshold=tune", "backbone.freeze=all"],
+    ],
+)
+def test_group_selections_and_declared_keys_pass_the_precheck(args, tmp_path, capsys):
+    from finetune.commands.precheck import precheck
+
+    assert precheck([a.format(data=tmp_path) for a in args]) == 0, capsys.readouterr().err
+
+
+# --- item 13: a checkpoint whose tensors do not fit the run's model ---------------------------------
+
+
+def test_resume_from_a_checkpoint_with_a_wrong_shape_is_refused_before_anything_is_written(paused, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(paused, run)
+    (run / "metrics.json").unlink()  # as if interrupted after its last checkpoint
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    bias = next(k for k in state["state_dict"] if k.startswith("model.head") and k.endswith("bias"))
+    state["state_dict"][bias] = torch.zeros(7)
+    torch.save(state, ckpt)
+    before = tree_hashes(run)
+    out = run_finetune(f"resume={run}", cwd=tmp_path)
+    assert_refused(out, f"{ckpt}: tensor {bias} has shape [7], but this run's model has [10]")
+    assert tree_hashes(run) == before  # no line in finetune.log, no logs/<phase>/attempt-2
+
+
+# --- item 15: an output location that cannot be written -----------------------------------------------
+
+
+def test_a_run_directory_below_a_file_is_refused_naming_it(tmp_path):
+    """Root may write anywhere chmod forbids; a file where a folder must be fails for everyone."""
+    (tmp_path / "blocker").write_text("not a folder")
+    out = run_finetune(*TINY, "hydra.run.dir=blocker/run", cwd=tmp_path)
+    assert_refused(
+        out,
+        "cannot write the run directory blocker/run: blocker is a file, not a folder; "
+        "pass hydra.run.dir=<a folder you can write>",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder nobody may write into, not even root (``chattr +i``); skipped where chattr is refused."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_read_only_output_location_is_refused_naming_the_folder(read_only, tmp_path):
+    out = run_finetune(*TINY, f"hydra.run.dir={read_only}/run", cwd=tmp_path)
+    assert_refused(out, f"cannot write the run directory {read_only}/run: {read_only} is not writable")
+    assert "pass hydra.run.dir=<a folder you can write>" in out.stderr
+    default = run_finetune(*TINY, cwd=read_only)  # the default runs/… from a read-only working folder
+    assert_refused(default, f"cannot write the run directory runs/: {read_only} is not writable")
+    assert "or start finetune from a folder you can write" in default.stderr
+    assert list(read_only.iterdir()) == []
+
+
+# --- items 19 and 20: types and paths before any heavy import ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["schedule.lr=abc"], "schedule.lr=abc: schedule.lr takes a number; e.g. schedule.lr=0.005"),
+        (["dataset.num_workers=two"], "dataset.num_workers=two: dataset.num_workers takes a whole number; e.g. "),
+        (["dataset.val_fraction=[1]"], "dataset.val_fraction=[1]: dataset.val_fraction takes a number; e.g. "),
+        (["seed=true"], "seed=true: seed takes a whole number; e.g. seed=0"),
+        (
+            ["schedule=finetune", "schedule.phases=[{name: a, epochs: 1, lr: abc}]"],
+            "schedule.phases[0].lr=abc: schedule.phases[0].lr takes a number",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_its_key_before_torch_is_imported(tmp_path, args, message):
+    out = probe_finetune(*args, cwd=tmp_path)
+    assert_refused(out, message)
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dataset=imagefolder", "dataset.root=missing"], "dataset.root=missing does not exist (resolved to {cwd}"),
+        (["dataset=imagefolder"], "dataset.root is not set: pass dataset.root=/path/to/your/images"),
+        (["task=segmentation", "head=unet", "dataset=seg_folder"], "dataset.root is not set"),
+        (["dataset=csv", "dataset.csv=labels.csv"], "dataset.csv=labels.csv does not exist (resolved to {cwd}"),
+        (["dataset=csv"], "dataset.csv is not set: pass dataset.csv=/path/to/labels.csv"),
+    ],
+)
+def test_a_missing_dataset_path_is_refused_before_torch_is_imported(tmp_path, args, message):
+    out = probe_finetune(*args, cwd=tmp_path)
+    assert_refused(out, message.format(cwd=tmp_path))
+    assert out.stdout.splitlines()[-1] == "[]"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_directory_in_the_data_is_refused_before_torch_is_imported(tmp_path):
+    data = image_folder(tmp_path / "data")
+    out = probe_finetune(*TINY, "dataset=imagefolder", f"dataset.root={data}", f"hydra.run.dir={data}/x", cwd=tmp_path)
+    assert_refused(out, "is inside the data folder")
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
+def test_hydra_keys_added_on_the_command_line_pass_the_precheck(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for arg in ("+hydra.job.env_set.OMP_NUM_THREADS=1", "++hydra.run.dir=somewhere"):
+        assert precheck([*TINY, arg]) == 0, capsys.readouterr().err
