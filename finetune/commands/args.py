@@ -93,15 +93,16 @@ def compose_config(overrides: Sequence[str], with_hydra: bool = False) -> DictCo
     from finetune.commands.config_errors import explain
 
     try:
-        return _compose(overrides, with_hydra)
+        return compose_unchecked(overrides, with_hydra)
     except (HydraException, OmegaConfBaseException) as err:
-        message = explain(err, list(overrides), _compose, config_groups())
+        message = explain(err, list(overrides), compose_unchecked, config_groups())
         if message is None:
             raise
         raise ConfigError(message) from None
 
 
-def _compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
+def compose_unchecked(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
+    """``compose_config`` without the translation of its errors: Hydra's and OmegaConf's own."""
     from hydra import compose, initialize_config_dir
 
     from finetune.resources import conf_dir

@@ -12,19 +12,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from finetune.run.schema import KINDS, LIGHTNING_ELSEWHERE, TASKS
+from finetune.run.keys import bracketed, declared_type, describe, dotted, override_key, parts, unwrap
+from finetune.run.schema import INSTEAD, KINDS, LIGHTNING_ELSEWHERE, TASKS
 
 Compose = Callable[[Sequence[str]], DictConfig]
 _ABSENT = object()
+HYDRA_PATHS = ("hydra/", "hydra.searchpath")  # overrides that choose where configs come from, not what they hold
 _FILE_ERROR = re.compile(r"In '([^']+)': (\w+) raised while composing config:\n(.*)", re.S)
 
 
@@ -37,10 +40,15 @@ def explain(err: Exception, overrides: Sequence[str], compose: Compose, groups: 
         return unknown_option(err.missing_cfg_file, err.options)
     base = _base(overrides, compose, groups)
     cause = err.__cause__ if err.__cause__ is not None else err
+    if match := re.match(r"Could not override '([^']+)'|Error merging override (.+)", text):
+        arg = match.group(2) or _shown(overrides, match.group(1))
+        beyond = _index_beyond(arg, _without(arg, overrides, compose, base))
+        if beyond:
+            return beyond
     if match := re.match(r"Could not override '([^']+)'", text):
         key = match.group(1)
         arg = _shown(overrides, key)
-        if "=" in arg and not _bracketed(key).startswith(getattr(cause, "full_key", None) or key):
+        if "=" in arg and not bracketed(key).startswith(getattr(cause, "full_key", None) or key):
             return _bad_override(arg, cause, base)  # a key inside the list or mapping given as the value
         return unknown_key(arg, key, base, _task(base, cause))
     if match := re.match(r"Error merging override (.+)", text):
@@ -52,7 +60,15 @@ def explain(err: Exception, overrides: Sequence[str], compose: Compose, groups: 
             return None
         shown = f"{key.group(1)} (in {where}.yaml)"
         if kind in ("ConfigKeyError", "ConfigAttributeError"):
-            return unknown_key(shown, key.group(1), base, _task(base, detail))
+            task, written = _task(base, detail), _file_task(where, overrides)
+            if written in TASKS and written != task and _declares(TASKS[written], key.group(1)):
+                return (
+                    f"{shown}: {key.group(1)} is a key of task={written}, and the recipe sets task: {written} as a "
+                    "value, which does not select the task's config group (this config holds the keys of "
+                    f"task={task}); write `- override /task: {written}` in its defaults instead, or pass "
+                    f"task={written} on the command line"
+                )
+            return unknown_key(shown, key.group(1), base, task)
         return f"{shown}: {detail.splitlines()[0]}"
     if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
         key = err.full_key
@@ -78,8 +94,11 @@ def unknown_key(shown: str, key: str, cfg: DictConfig | None, task: str | None) 
     own = TASKS.get(task or "")
     owner = next((t for t, schema in TASKS.items() if t != task and _declares(schema, key)), None)
     if owner and not (own and _declares(own, key)):
+        instead = INSTEAD.get(task or "", {})
+        hint = instead.get(key) or instead.get(group)
         return (
             f"{shown}: {key} is a key of task={owner}, and this run is task={task}; remove it, or choose task={owner}"
+            + (f" ({hint})" if hint else "")
         )
     kind = cfg is not None and group in KINDS and OmegaConf.select(cfg, f"{group}.kind", default=None)
     others = [k for k, schema in KINDS.get(group, {}).items() if k != kind and _declares(schema, name)]
@@ -88,11 +107,17 @@ def unknown_key(shown: str, key: str, cfg: DictConfig | None, task: str | None) 
             f"{shown}: {key} is a key of {group}={'|'.join(others)}, and this run's {group} is {kind}; "
             f"remove it, or choose {group}={others[0]}"
         )
-    near = difflib.get_close_matches(_bracketed(key), _candidates(cfg, key), n=1, cutoff=0.6)
+    near = difflib.get_close_matches(bracketed(key), _candidates(cfg, key), n=1, cutoff=0.6)
     if near and "[" not in key:  # in the spelling the user typed: schedule.phases.0.lr
-        near = [re.sub(r"\[(\d+)\]", r".\1", near[0])]
+        near = [dotted(near[0])]
     hint = f"did you mean {near[0]}?" if near else "finetune train --cfg job lists every key"
     return f"{shown}: not a key of the config; {hint}"
+
+
+def config_access_error(err: OmegaConfBaseException) -> str:
+    """An OmegaConf error met reading a composed config (after its checks), as one line naming the key."""
+    key = getattr(err, "full_key", None) or "the config"
+    return f"{key}: {str(err).splitlines()[0]}; fix that key (finetune train --cfg job prints the composed config)"
 
 
 def wrong_type(key: str, value: Any, cfg: DictConfig | None) -> str:
@@ -101,63 +126,17 @@ def wrong_type(key: str, value: Any, cfg: DictConfig | None) -> str:
     what = describe(declared)
     example = _example(cfg, key) if cfg is not None else None
     fix = f"e.g. {key}={example}" if example is not None else f"give {key} {what}"
-    if dataclasses.is_dataclass(_unwrap(declared)[0]):
-        fields = [f.name for f in dataclasses.fields(_unwrap(declared)[0])]
+    if dataclasses.is_dataclass(unwrap(declared)[0]):
+        fields = [f.name for f in dataclasses.fields(unwrap(declared)[0])]
         fix = f"set its keys one by one, e.g. {key}.{fields[0]}=…"
     return f"{key}={_plain(value)}: {key} takes {what}; {fix}"
-
-
-def missing_value(cfg: DictConfig) -> str | None:
-    """The first required value nothing set (``???``), as one line; None when every value is set."""
-    keys = sorted(OmegaConf.missing_keys(cfg))
-    if not keys:
-        return None
-    key = keys[0]
-    override = re.sub(r"\[(\d+)\]", r".\1", key)
-    return f"{key}=???: a required value is not set; set it to {describe(declared_type(cfg, key))}: {override}=…"
 
 
 def bad_reference(cfg: DictConfig, err: OmegaConfBaseException) -> str:
     """A ``${…}`` reference of ``cfg`` that does not resolve (``err``), as one line."""
     key = getattr(err, "full_key", None) or "a value"
-    raw = _value_at_path(OmegaConf.to_container(cfg, resolve=False), _bracketed(key))
+    raw = _value_at_path(OmegaConf.to_container(cfg, resolve=False), bracketed(key))
     return f"{key}={_plain(raw)}: {str(err).splitlines()[0]}; fix or remove the ${{…}} reference"
-
-
-def declared_type(cfg: DictConfig, key: str) -> Any:
-    """The type the schema declares for ``key`` (dotted, ``a.b[0].c``) of the composed ``cfg``."""
-    node: Any = cfg
-    declared: Any = OmegaConf.get_type(cfg)
-    for part in _parts(key):
-        declared = _unwrap(declared)[0]
-        if (declared is Any or declared is dict) and isinstance(node, DictConfig):
-            declared = OmegaConf.get_type(node)  # a group of kinds (dataset, head): the node's own schema
-        if dataclasses.is_dataclass(declared):
-            declared = typing.get_type_hints(declared).get(part, Any)
-        elif typing.get_origin(declared) in (list, dict):
-            declared = typing.get_args(declared)[-1] if typing.get_args(declared) else Any
-        else:
-            return Any
-        node = _child(node, part)
-    return declared
-
-
-def describe(declared: Any) -> str:
-    """``declared`` in words: a number, a whole number, true or false, a list …"""
-    inner, nullable = _unwrap(declared)
-    origin = typing.get_origin(inner) or inner
-    words = {bool: "true or false", int: "a whole number", float: "a number", str: "a word"}
-    if origin in words:
-        text = words[origin]
-    elif origin is list:
-        text = f"a list of {_plural(typing.get_args(inner))}" if typing.get_args(inner) else "a list"
-    elif origin is dict:
-        text = "a mapping {key: value, …}"
-    elif dataclasses.is_dataclass(inner):
-        text = "a group of keys (" + ", ".join(f.name for f in dataclasses.fields(inner)) + ")"
-    else:
-        text = "a value"
-    return f"{text} or null" if nullable else text
 
 
 def leaf_keys(cfg: DictConfig | dict, prefix: str = "") -> Iterator[str]:
@@ -173,14 +152,14 @@ def leaf_keys(cfg: DictConfig | dict, prefix: str = "") -> Iterator[str]:
 def declares(cfg: DictConfig, key: str) -> bool:
     """True when the schema of the composed ``cfg`` declares ``key`` (a key under a mapping the schema
     leaves open, such as ``dataset.splits``, counts as declared)."""
-    parent, _, name = _bracketed(key).rpartition(".")
+    parent, _, name = bracketed(key).rpartition(".")
     fields = _fields(cfg, parent)
     return fields is None or name in fields
 
 
 def _fields(cfg: DictConfig, parent: str) -> list[str] | None:
     """The keys the schema declares under ``parent`` ("" for the top); None where it names none."""
-    declared, _ = _unwrap(declared_type(cfg, parent)) if parent else (OmegaConf.get_type(cfg), False)
+    declared, _ = unwrap(declared_type(cfg, parent)) if parent else (OmegaConf.get_type(cfg), False)
     if declared is Any or declared is dict:
         node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
         declared = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
@@ -192,7 +171,7 @@ def _candidates(cfg: DictConfig | None, key: str) -> list[str]:
     list entry's)."""
     if cfg is None:
         return []
-    parent = _bracketed(key).rpartition(".")[0]
+    parent = bracketed(key).rpartition(".")[0]
     keys = [k for k in leaf_keys(cfg) if declares(cfg, k)]  # not a key a "+" added
     return [*keys, *(f"{parent}.{name}" for name in (_fields(cfg, parent) or []) if parent)]
 
@@ -201,7 +180,7 @@ def _bad_override(arg: str, cause: BaseException, base: DictConfig | None) -> st
     """``arg`` (``key=value``) could not be merged: a value of the wrong type, or a mapping / list entry
     with a key the schema lacks."""
     key, _, raw = arg.lstrip("+~").partition("=")
-    key = _bracketed(key.split("@", 1)[0])
+    key = bracketed(key.split("@", 1)[0])
     full = getattr(cause, "full_key", None) or key
     value: Any = raw
     if not full.startswith(key):  # inside a list or mapping given whole: its key is relative to the entry
@@ -235,11 +214,55 @@ def _locate(key: str, arg: str, base: DictConfig | None, relative: str) -> tuple
     return f"{key}.{relative}", _ABSENT
 
 
+def _index_beyond(arg: str, cfg: DictConfig | None) -> str | None:
+    """``arg`` (``schedule.phases.5.lr=0.1``) names an entry past the end of a list of ``cfg``: how long the
+    list is, as one line; None otherwise."""
+    if cfg is None:
+        return None
+    names = parts(override_key(arg))
+    for i, part in enumerate(names):
+        listed = ".".join(names[:i])
+        node = OmegaConf.select(cfg, bracketed(listed), default=None, throw_on_resolution_failure=False) if i else None
+        if isinstance(node, ListConfig) and part.isdigit() and int(part) >= len(node):
+            count = len(node)
+            element = _element_schema(cfg, bracketed(listed))
+            noun = f"{element.__name__.removesuffix('Schema').lower()}(s)" if element else "value(s)"
+            span = f" (0..{count - 1}); use one of those indices, or" if count else ";"
+            return f"{arg}: {listed} has {count} {noun}{span} give the whole list: {listed}=[…]"
+    return None
+
+
+def _without(arg: str, overrides: Sequence[str], compose: Compose, base: DictConfig | None) -> DictConfig | None:
+    """The config of ``overrides`` but ``arg`` (e.g. with the ``schedule.phases=[…]`` before it); ``base`` where
+    that does not compose either."""
+    try:
+        return compose([a for a in overrides if a != arg])
+    except Exception:  # another override fails too: the group selections alone
+        return base
+
+
+def _file_task(where: str, overrides: Sequence[str]) -> str | None:
+    """The ``task`` a config file (``where``: ``group/name`` on Hydra's search path: ``conf/``, ``recipes/`` and
+    any ``hydra.searchpath`` of ``overrides``) sets as a value, if it sets one."""
+    from finetune.resources import conf_dir, recipes_dir
+
+    roots = [conf_dir(), recipes_dir()]
+    for arg in overrides:
+        if override_key(arg) == "hydra.searchpath":
+            entries = _parsed(arg)
+            for entry in entries if isinstance(entries, list) else [entries]:
+                scheme, _, path = str(entry).rpartition("://")
+                roots.append(Path(str(files(path))) if scheme == "pkg" else Path(path))
+    path = next((root / f"{where}.yaml" for root in roots if (root / f"{where}.yaml").is_file()), None)
+    task = OmegaConf.load(path).get("task") if path is not None else None
+    return task if isinstance(task, str) else None
+
+
 def _element_schema(base: DictConfig | None, key: str) -> type | None:
     """The dataclass of the entries of the list ``key`` (e.g. ``schedule.phases``), if it has one."""
     if base is None:
         return None
-    declared, _ = _unwrap(declared_type(base, key))
+    declared, _ = unwrap(declared_type(base, key))
     args = typing.get_args(declared) if typing.get_origin(declared) is list else ()
     return args[0] if args and dataclasses.is_dataclass(args[0]) else None
 
@@ -247,7 +270,7 @@ def _element_schema(base: DictConfig | None, key: str) -> type | None:
 def _base(overrides: Sequence[str], compose: Compose, groups: set[str]) -> DictConfig | None:
     """The config of the command line's group selections alone (None if even that does not compose)."""
     try:
-        return compose([a for a in overrides if override_key(a) in groups or override_key(a).startswith("hydra/")])
+        return compose([a for a in overrides if override_key(a) in groups or override_key(a).startswith(HYDRA_PATHS)])
     except Exception:  # the selections themselves clash: the message names no near key
         return None
 
@@ -264,7 +287,7 @@ def _declares(schema: type, key: str) -> bool:
     """True when the dataclass ``schema`` declares the dotted ``key``."""
     declared: Any = schema
     for part in key.split("."):
-        declared, _ = _unwrap(declared)
+        declared, _ = unwrap(declared)
         if not dataclasses.is_dataclass(declared) or part not in {f.name for f in dataclasses.fields(declared)}:
             return False
         declared = typing.get_type_hints(declared)[part]
@@ -274,43 +297,6 @@ def _declares(schema: type, key: str) -> bool:
 def _shown(overrides: Sequence[str], key: str) -> str:
     """The override that sets ``key`` as the user typed it, else the key."""
     return next((a for a in reversed(overrides) if override_key(a) == key and "=" in a), key)
-
-
-def override_key(arg: str) -> str:
-    """The key (or config group) of a command-line override: ``+a.b@pkg=v`` -> ``a.b``."""
-    return arg.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
-
-
-def _bracketed(key: str) -> str:
-    """A command-line key in OmegaConf's spelling: ``schedule.phases.0.lr`` -> ``schedule.phases[0].lr``."""
-    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key)
-
-
-def _parts(key: str) -> list[str]:
-    return re.findall(r"[^.\[\]]+", key)
-
-
-def _child(node: Any, part: str) -> Any:
-    try:
-        if isinstance(node, ListConfig):
-            return node._get_node(int(part))
-        if isinstance(node, DictConfig):
-            return node._get_node(part)
-    except (IndexError, KeyError, ValueError, OmegaConfBaseException):
-        pass
-    return None
-
-
-def _unwrap(declared: Any) -> tuple[Any, bool]:
-    """(the type inside ``X | None``, whether None is allowed)."""
-    if typing.get_origin(declared) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(declared) if a is not type(None)]
-        return (args[0] if len(args) == 1 else Any), True
-    return declared, False
-
-
-def _plural(args: tuple) -> str:
-    return {int: "whole numbers", float: "numbers", str: "words"}.get(args[0], "values") if args else "values"
 
 
 def _example(cfg: DictConfig, key: str) -> Any:
@@ -355,7 +341,7 @@ def _value_at(arg: str, relative: str) -> Any:
 
 
 def _value_at_path(value: Any, relative: str) -> Any:
-    for part in _parts(relative):
+    for part in parts(relative):
         if isinstance(value, dict) and part in value:
             value = value[part]
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):

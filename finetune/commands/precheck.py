@@ -6,27 +6,35 @@ data paths exist, and that the run directory is neither inside the data nor some
 written.
 
 Returns an exit code (2 with one ``finetune: error:`` line) or 0 to go on. A ``-m`` sweep is checked
-on its plain overrides (each job's values are checked again when it starts); command lines this cannot
-judge alone (``--cfg``, ``--help``, ``resume=``) are left to Hydra and to ``train``, which check them again.
+on the overrides its jobs share, once per combination of the config groups it sweeps (each job's values
+are checked again when it starts); command lines this cannot judge alone (``--cfg``, ``--help``,
+``resume=``) are left to Hydra and to ``train``, which check them again.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from finetune.commands.args import compose_config, override_value, print_error
-from finetune.commands.config_errors import bad_reference, declares, missing_value, override_key, unknown_key
-from finetune.run.config import check_data_paths, data_folders
+from finetune.commands.args import compose_config, compose_unchecked, config_groups, override_value, print_error
+from finetune.commands.config_errors import bad_reference, config_access_error, declares, unknown_key
+from finetune.run.config import check_data_paths, check_task_schema, data_folders
 from finetune.run.errors import ConfigError, FinetuneError
+from finetune.run.keys import missing_value, override_key
 from finetune.run.schedule import Phase
 from finetune.run.schema import FinetuneSchema
 from finetune.training.validate import validate
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 DEFAULT_RUNS = "runs"  # the folder conf/config.yaml's default hydra.run.dir / hydra.sweep.dir make runs in
 MULTIRUN = ("-m", "--multirun")
@@ -39,44 +47,99 @@ def precheck(argv: Sequence[str]) -> int:
     if any(a.startswith(("-", "resume=")) for a in argv):
         return 0
     run_dir = override_value(argv, "hydra.run.dir")
-    argv = [a for a in argv if not override_key(a).startswith("hydra.")]  # where Hydra writes, not what runs
-    if multirun:
-        argv = plain_overrides(argv)
+    # where Hydra writes is not what runs; where it finds configs (a user's recipes) is
+    argv = [a for a in argv if not override_key(a).startswith("hydra.") or override_key(a) == "hydra.searchpath"]
     try:
-        cfg = compose_config(argv, with_hydra=True)
-        groups = set(cfg.hydra.runtime.choices)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        check_composed(cfg)
-        check_overrides(argv, groups, cfg)
-        check_config(cfg)
-        check_data_paths(cfg)
-        if not cfg.plan and not multirun:  # a plan writes nothing; a sweep's jobs check their directories
-            check_run_dir_outside_data(run_dir, cfg)
-    except HydraException:
-        return 0  # Hydra reports it with its own words (e.g. the options of a group)
+        if multirun:
+            check_sweep(argv)
+        else:
+            check_job(argv, run_dir)
     except FinetuneError as err:
         return print_error(err)
+    except OmegaConfBaseException as err:  # a key the checks read that the composed config cannot give
+        return print_error(config_access_error(err))
     return 0
+
+
+def check_job(argv: Sequence[str], run_dir: str | None, multirun: bool = False) -> None:
+    """The checks of one job's command line ``argv``; a command line Hydra refuses in its own words (e.g. the
+    options of a group) is left to Hydra."""
+    try:
+        cfg = compose_config(argv, with_hydra=True)
+    except HydraException:
+        return
+    groups = set(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    check_composed(cfg)
+    check_overrides(argv, groups, cfg)
+    check_config(cfg)
+    check_data_paths(cfg)
+    if not cfg.plan and not multirun:  # a plan writes nothing; a sweep's jobs check their directories
+        check_run_dir_outside_data(run_dir, cfg)
+
+
+def check_sweep(argv: Sequence[str]) -> None:
+    """A ``-m`` command line: the overrides its jobs share, once per combination of the config groups it
+    sweeps (``dataset=imagefolder,medmnist``: a key is judged against each kind; swept keys such as ``a=1,2``
+    are checked by each job when it starts), then the config Hydra composes once before any job."""
+    shared, groups = plain_overrides(argv), swept_groups(argv)
+    for combination in itertools.product(*groups) if groups is not None else ():
+        check_job([*shared, *combination], None, multirun=True)
+    if groups != []:  # a config group is swept
+        check_sweep_config(shared)
 
 
 def plain_overrides(argv: Sequence[str]) -> list[str]:
     """The overrides of a ``-m`` command line that every job shares (not ``a=1,2`` or ``choice(…)``)."""
+    return [a for a in argv if _sweep(a) is None]
+
+
+def swept_groups(argv: Sequence[str]) -> list[list[str]] | None:
+    """The swept config groups of a ``-m`` command line, each as its overrides (``dataset=a,b`` ->
+    ``[dataset=a, dataset=b]``); None where one cannot be listed (``glob(…)``: its jobs are not checked)."""
+    groups, swept = config_groups(), []
+    for arg in argv:
+        override = _sweep(arg)
+        if override is not None and override_key(arg) in groups:
+            try:
+                swept.append([f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()])
+            except HydraException:
+                return None
+    return swept
+
+
+def _sweep(arg: str) -> Override | None:
+    """``arg`` parsed, when it is a sweep (``a=1,2``, ``choice(…)``, ``range(…)``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
+    try:
+        override = OverridesParser.create().parse_override(arg)
+    except HydraException:  # compose reports it
+        return None
+    return override if override.is_sweep_override() else None
 
-    def swept(arg: str) -> bool:
-        try:
-            return parser.parse_override(arg).is_sweep_override()
-        except HydraException:  # compose reports it
-            return False
 
-    return [a for a in argv if not swept(a)]
+def check_sweep_config(shared: Sequence[str]) -> None:
+    """Hydra composes a sweep's config once before its jobs, with each swept group at its default: a key that
+    only the swept options have is refused there unless given as ``++key=value`` (which sets it in each job)."""
+    try:
+        compose_unchecked(shared)
+    except HydraException as err:
+        match = re.match(r"Could not override '([^']+)'", str(err))
+        if match is None:
+            return  # Hydra says it in its own words
+        arg = next((a for a in reversed(shared) if override_key(a) == match.group(1)), match.group(1))
+        raise FinetuneError(
+            f"{arg}: a -m sweep's config is composed once before its jobs, with each swept group at its default, "
+            f"which has no {match.group(1)}; write ++{arg.lstrip('+')} to set it in each job"
+        ) from None
 
 
 def check_composed(cfg: DictConfig) -> None:
-    """Every required value is set and every ``${…}`` reference resolves (the ``hydra`` node removed)."""
+    """The config holds its task's keys, every required value is set and every ``${…}`` reference resolves
+    (the ``hydra`` node removed)."""
+    check_task_schema(cfg)
     try:
         missing = missing_value(cfg)
         if missing:

@@ -197,12 +197,14 @@ def summarize(
     from finetune.tasks.registry import get_task
 
     cfg = _compose(list(overrides))
+    task, weights = get_task(cfg.task), resolve_weights(cfg.backbone.name, pretrained=False)
+    if input_size is None:  # the backbone's pretrained size, not the dataset's
+        pretrained_cfg = timm.models.get_pretrained_cfg(weights.timm_name)
+        input_size = pretrained_cfg.input_size[-1] if pretrained_cfg else 224
     with open_dict(cfg):
-        cfg.dataset.image_size = input_size  # fixed-size models (ViTs) are built for the counted size
-    model = get_task(cfg.task).build_model(cfg, resolve_weights(cfg.backbone.name, pretrained=False), in_chans, classes)
+        cfg.dataset[task.input_size_key] = input_size  # fixed-size models (ViTs) are built for the counted size
+    model = task.build_model(cfg, weights, in_chans, classes)
     model.set_frozen(frozen_stages(model.stage_map, cfg.backbone.freeze, cfg.backbone.name), cfg.backbone.bn)
-    if input_size is None:
-        input_size = timm.data.resolve_data_config(model=model.backbone)["input_size"][-1]
     shape = (in_chans, input_size, input_size)
     rows = _count(model, shape, cfg.backbone.name)
     title = (

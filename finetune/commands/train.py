@@ -24,9 +24,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from finetune.commands.args import compose_config, print_error, print_stopped
 from finetune.commands.args import override_value as _value
+from finetune.commands.config_errors import config_access_error
 from finetune.resources import conf_dir
 from finetune.run.errors import FinetuneError, TrainingDiverged
 from finetune.run.lock import run_lock
@@ -58,6 +60,8 @@ def main(cfg: DictConfig) -> float | None:
         return _run(cfg)
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
         sys.exit(print_error(err))
+    except OmegaConfBaseException as err:  # a key of the config that cannot be read: one line, no traceback
+        sys.exit(print_error(config_access_error(err)))
     except TrainingDiverged as err:  # one line, exit code 3; a search records a failed trial and goes on
         if not is_search(HydraConfig.get()):
             sys.exit(print_stopped(err))

@@ -69,31 +69,26 @@ class ModelBundle:
             run.preprocessing,
             run.image_channels,
             run.weights,
-            training_summary(run.cfg, run.run_dir),
+            training_summary(run.cfg, run.run_dir, task),
             str(run.checkpoint),
             backbone_weights,
             run.task_record,
         )
 
 
-def training_summary(cfg: DictConfig, run_dir: Path) -> dict:
-    """Phases, BN policy, EMA, test metrics and how the run turned logits into its tested predictions:
-    test-time flips (``tta``: their logits averaged with the image's), ``temperature`` (logits / T)
-    and the decision ``threshold``; predict and the Python API apply the same."""
+def training_summary(cfg: DictConfig, run_dir: Path, task: Task) -> dict:
+    """Phases, BN policy, EMA, test metrics and how the run's test turned the model's outputs into its
+    predictions (``task.test_decisions``; classification: flips, temperature, threshold), which the
+    task's predict and the Python API apply the same."""
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     phases = [{"name": p.name, "epochs": p.epochs, "freeze": p.freeze} for p in phases_from(cfg)]
-    per_label = metrics.get("test_per_class", {}).get("threshold")  # multi-label: one per class
-    threshold = list(per_label.values()) if per_label else metrics.get("test", {}).get("threshold")
-    calibration = metrics.get("calibration", {})
     return {
         "phases": phases,
         "bn": cfg.backbone.bn,
         "ema_decay": cfg.ema.decay,
         "test": metrics.get("test", {}),
-        "tta": calibration.get("tta", []),
-        "temperature": calibration.get("temperature", 1.0),
-        "threshold": threshold,
+        **task.test_decisions(metrics),
     }
 
 
@@ -145,7 +140,7 @@ def input_contract(pre: Preprocessing, dense: bool) -> dict:
         "resize": resize,
         "whole_image": (
             "the model takes whole images of any size with sides that are multiples of 32; finetune "
-            "predict slides the recorded tile over them (segmentation.tile, tile_overlap, scale)"
+            "predict slides the recorded tile over them (task_record: tile, tile_overlap, scale)"
             if dense
             else None
         ),

@@ -14,7 +14,7 @@ from torch import nn
 
 from finetune.data import reference
 from finetune.data.files import find_images  # noqa: F401 (re-exported: predict's inputs)
-from finetune.data.transforms import FLIP_AXES, Preprocessing
+from finetune.data.transforms import Preprocessing
 from finetune.export.bundle import (
     EXPORT_VERSIONS,
     REEXPORT,
@@ -63,11 +63,6 @@ class LoadedExport:
         """The task's own part of the metadata (e.g. multi-label, the DICOM window, segmentation tiles)."""
         return self.task.task_record(self.metadata)
 
-    @property
-    def threshold(self) -> float | list[float] | None:
-        """Decision threshold of a binary / multi-label run (None: argmax, or 0.5 per label)."""
-        return self.metadata.get("training", {}).get("threshold")
-
     def read(self, path: Path) -> np.ndarray:
         """One input file as the model's training images were read (channels; the task's own, e.g. a DICOM window)."""
         return self.task.read_image(self.task_record, Path(path), self.preprocessing.in_chans)
@@ -86,22 +81,9 @@ class LoadedExport:
         """The model's NCHW float32 input for decoded images, by the reference preprocessing."""
         return preprocess(images, self.preprocessing, full_size=self.whole_image)
 
-    @property
-    def tta(self) -> list[str]:
-        """Flips whose logits the run averaged with each image's at its test (``hflip``, ``vflip``, ``hvflip``)."""
-        return self.metadata.get("training", {}).get("tta", [])
-
-    @property
-    def temperature(self) -> float:
-        """The run's calibration temperature (logits / T; 1.0: not calibrated)."""
-        return float(self.metadata.get("training", {}).get("temperature", 1.0))
-
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits for raw images as the run was tested: the recorded preprocessing, the mean over the
-        image and its ``tta`` flips, divided by the ``temperature``."""
-        batch = self.preprocess(images)
-        views = [batch, *(np.ascontiguousarray(np.flip(batch, axis=FLIP_AXES[f])) for f in self.tta)]
-        return np.mean([self.forward(v) for v in views], axis=0) / self.temperature
+        """The model's outputs for decoded images, preprocessed as recorded."""
+        return self.forward(self.preprocess(images))
 
 
 def _sidecar_metadata(path: Path, sidecar: Path, allow_unverified: bool) -> dict:

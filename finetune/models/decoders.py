@@ -35,7 +35,8 @@ def build_segmentation_model(
     record: WeightsRecord, decoder: str, in_chans: int, num_classes: int, drop_path_rate: float = 0.0, **decoder_options
 ) -> FineTuneModel:
     """Encoder ``record`` (pretrained unless its source is "random") + the ``decoder`` of smp (an
-    architecture name of ``finetune.models.DECODERS``)."""
+    architecture name of ``finetune.models.DECODERS``); ``decoder_options``: smp's arguments of that
+    architecture (the ``head`` keys; one left out takes smp's default)."""
     if drop_path_rate:
         decoder_options["drop_path_rate"] = drop_path_rate  # reaches timm.create_model through smp
     try:
@@ -48,10 +49,11 @@ def build_segmentation_model(
             pretrained_cfg_overlay=dict(record.pretrained_cfg_overlay),
             **decoder_options,
         )
-    except ValueError as err:  # e.g. an encoder whose feature strides smp cannot use
+    except ValueError as err:  # an encoder whose feature strides smp cannot use, or a decoder option it refuses
+        reason = str(err).rstrip(".")
         raise FinetuneError(
-            f"backbone {record.model} cannot be a {decoder} encoder: {err}; "
-            "try a CNN backbone such as resnet18 or efficientnet_lite0"
+            f"smp cannot build head={decoder} on backbone {record.model}: {reason}; fix the head.* option it "
+            "names, or try a CNN backbone such as resnet18 or efficientnet_lite0"
         ) from None
     return FineTuneModel(
         net.encoder, DecoderHead(net.decoder, net.segmentation_head), encoder_stage_map(net.encoder, record.model)

@@ -48,8 +48,10 @@ def with_adapter(model: FineTuneModel, cfg: DictConfig, record: WeightsRecord) -
 
 
 def head_options(cfg: DictConfig) -> dict:
-    """The ``head`` group's keys besides ``kind``: options of the head or decoder builder."""
-    return {k: v for k, v in OmegaConf.to_container(cfg.head, resolve=True).items() if k != "kind"}
+    """The ``head`` group's keys besides ``kind``: options of the head or decoder builder. A null one is left
+    out, so the builder's own default applies (smp's, for a decoder)."""
+    options = OmegaConf.to_container(cfg.head, resolve=True).items()
+    return {k: v for k, v in options if k != "kind" and v is not None}
 
 
 def _fixed_input_size(model_name: str) -> bool:

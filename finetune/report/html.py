@@ -63,7 +63,7 @@ def datamodule_for(cfg: DictConfig, task: Task, preprocessing: Preprocessing):
 
 def _config_section(run: RunRecord) -> str:
     cfg, w = run.cfg, run.weights
-    head_options = ", ".join(f"{k}={v}" for k, v in cfg.head.items() if k != "kind") or "-"
+    head_options = ", ".join(f"{k}={v}" for k, v in cfg.head.items() if k != "kind" and v is not None) or "-"
     augment = OmegaConf.to_container(cfg.augment, resolve=True)
     active = (
         ", ".join(

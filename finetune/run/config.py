@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from finetune.run.errors import ConfigError
+from finetune.run.keys import missing_value
 from finetune.run.schema import KINDS, TASKS, FinetuneSchema
 
 # checkpoints.keep: what a finished run keeps, and so which checkpoint it tests (exports, report and
@@ -26,8 +27,8 @@ OLDEST_TASK = "classification"  # the task of a config written before there was 
 def typed_config(raw: DictConfig | Mapping, source: str = "the saved config") -> FinetuneSchema:
     """``raw`` (a saved run's or export's config) merged onto the schema of its task, dataset kind and
     head kind: keys it lacks take their defaults. Keys of another task at the top, which configs held
-    before each task owned its keys, are dropped; any other key or value the schema refuses is one
-    ConfigError naming ``source``."""
+    before each task owned its keys, are dropped; any other key or value the schema refuses, or a required
+    value it lacks, is one ConfigError naming ``source``."""
     raw = raw if isinstance(raw, DictConfig) else OmegaConf.create(dict(raw))
     task = raw.get("task", OLDEST_TASK)
     if task not in TASKS:
@@ -42,25 +43,36 @@ def typed_config(raw: DictConfig | Mapping, source: str = "the saved config") ->
     foreign = {f.name for other in TASKS.values() for f in fields(other)} - own
     kept = OmegaConf.masked_copy(raw, [key for key in raw if key not in foreign])
     try:
-        return OmegaConf.merge(typed, kept)
+        merged = OmegaConf.merge(typed, kept)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "a key"
         raise ConfigError(
             f"{source}: {key}: {str(err).splitlines()[0]}; it was not written by this finetune (or was "
             "edited by hand): fix that key, or train the run again"
         ) from None
+    missing = missing_value(merged)
+    if missing:
+        raise ConfigError(f"{source}: {missing}")
+    return merged
+
+
+def check_task_schema(cfg: DictConfig) -> None:
+    """``cfg`` holds the keys of its ``task``: a config that set ``task: <name>`` as a value (as recipes were once
+    written) instead of selecting the task's config group composed another task's schema; one ConfigError says
+    how to select it."""
+    declared = TASKS.get(cfg.task)
+    composed = next((name for name, schema in TASKS.items() if schema is OmegaConf.get_type(cfg)), None)
+    if declared is not None and composed not in (None, cfg.task):
+        raise ConfigError(
+            f"task={cfg.task}: set as a value, task does not select the task's config group, so this config holds "
+            f"the keys of task={composed}; in a recipe write `- override /task: {cfg.task}` in its defaults instead "
+            f"of `task: {cfg.task}`, or pass task={cfg.task} on the command line"
+        )
 
 
 def load_config(path: Path) -> FinetuneSchema:
     """The config file ``path`` (a run's ``config.yaml``), typed (``typed_config``)."""
     return typed_config(OmegaConf.load(path), str(path))
-
-
-def mixes_batches(cfg: DictConfig) -> bool:
-    """True when ``mix.*`` (a key of task=classification; absent elsewhere) mixes training batches:
-    mixup or cutmix on and ``mix.prob`` > 0."""
-    mix = OmegaConf.select(cfg, "mix", default=None)
-    return bool(mix is not None and (mix.mixup or mix.cutmix) and mix.prob)
 
 
 # dataset.root of the kinds that read their data from it: True where the kind cannot do without one.

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from finetune.run.config import load_config, typed_config
 from finetune.run.errors import FinetuneError
+from finetune.run.keys import override_key
 
 # Overrides a resume may change: they decide where and how fast the run goes, never what it computes.
 # Keys a resume may change: how it runs and logs, and what is fitted / applied at the test only
@@ -48,7 +49,7 @@ def resume_config(run_dir: Path, current: DictConfig, overrides: list[str] = ())
     refuse_resolvers(raw, path)
     saved = typed_config(raw, str(path))
     for override in overrides:
-        key = _override_key(override)
+        key = override_key(override)
         if key in RESUME_SAFE_KEYS and not key.startswith("resume"):  # the record keeps resume: null
             try:
                 OmegaConf.update(saved, key, OmegaConf.select(current, key))
@@ -84,10 +85,6 @@ def _raw_leaves(node: dict | list, prefix: str = "") -> Iterator[tuple[str, obje
             yield name, value
 
 
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
-
-
 def _plain(value):
     if OmegaConf.is_config(value):
         return OmegaConf.to_container(value, resolve=True)
@@ -100,7 +97,7 @@ def experiment_changes(saved: DictConfig, current: DictConfig, overrides: list[s
     names a key the saved config cannot answer for (a recipe group)."""
     changed = []
     for override in overrides:
-        key = _override_key(override)
+        key = override_key(override)
         if key in RESUME_SAFE_KEYS or key == "hydra" or key.startswith("hydra."):
             continue
         try:

@@ -128,10 +128,18 @@ class MlpHeadSchema:
     activation: str = "gelu"
 
 
+# A decoder's keys are smp's arguments of that architecture (segmentation_models_pytorch 0.6); null: smp's
+# default (the key is not passed). Words of closed vocabularies: DECODER_WORDS. Not declared: smp's
+# ``upsampling`` (the logits must come out at the input size) and ``encoder_depth`` (the backbone's stages).
+
+
 @dataclass
 class UnetHeadSchema:
     kind: str = MISSING
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    decoder_attention_type: str | None = None  # scse: channel + spatial attention in every block
+    decoder_use_norm: str | None = None  # batchnorm (smp's default) | identity: no normalization
+    decoder_interpolation: str | None = None  # upsampling mode: nearest (smp's default) | bilinear | …
 
 
 @dataclass
@@ -140,6 +148,8 @@ class FpnHeadSchema:
     decoder_pyramid_channels: int = 256
     decoder_segmentation_channels: int = 128
     decoder_dropout: float = 0.2
+    decoder_merge_policy: str | None = None  # add (smp's default) | cat
+    decoder_interpolation: str | None = None
 
 
 @dataclass
@@ -147,6 +157,19 @@ class DeepLabV3PlusHeadSchema:
     kind: str = MISSING
     decoder_channels: int = 256
     encoder_output_stride: int = 16
+    decoder_atrous_rates: list[int] | None = None  # the ASPP dilations (smp's default [12, 24, 36])
+    decoder_aspp_separable: bool | None = None  # depthwise-separable ASPP convolutions (smp's default true)
+    decoder_aspp_dropout: float | None = None  # (smp's default 0.5)
+
+
+# head.<key> -> the words smp takes for it (a decoder option; null: smp's default). Checked with the config.
+DECODER_WORDS: dict[str, tuple[str, ...]] = {
+    "decoder_attention_type": ("scse",),
+    # smp 0.6's Unet also names layernorm / instancenorm (they fail on its feature maps) and inplace (inplace_abn)
+    "decoder_use_norm": ("batchnorm", "identity"),
+    "decoder_interpolation": ("nearest", "nearest-exact", "bilinear", "bicubic", "area"),
+    "decoder_merge_policy": ("add", "cat"),
+}
 
 
 # --- the groups with one shape ---------------------------------------------------------------------------
@@ -338,6 +361,29 @@ class SegmentationSchema(FinetuneSchema):
     segmentation: SegmentationOptionsSchema = field(default_factory=SegmentationOptionsSchema)
 
 
+# What a task does instead of a key of another task, said when the key is refused: task -> {the key, or its
+# group: why it has none / which key of its own does it}.
+INSTEAD: dict[str, dict[str, str]] = {
+    "segmentation": {
+        "imbalance": "for segmentation use segmentation.class_weights=true: class weights from pixel frequencies",
+        "threshold": (
+            "segmentation gives each pixel the argmax class and picks the checkpoint by monitor=dice|miou; "
+            "segmentation.class_weights=true favours rare classes"
+        ),
+        "init_from": "a decoder has no per-class rows to copy by name: segmentation starts from the pretrained encoder",
+        "loss": "segmentation's losses take hard labels: choose one with segmentation.loss=ce|dice|ce_dice|focal",
+        "mix": "mixup and cutmix blend whole images that carry one label each, not masks",
+        "calibration": "temperature scaling is fitted to one prediction per image, not per pixel",
+        "tta": "flip averaging is implemented for one prediction per image, not for masks",
+    },
+    "classification": {
+        "segmentation.class_weights": (
+            "for classification use imbalance=weighted_loss: class weights from the label counts"
+        ),
+    },
+}
+
+
 # Lightning Trainer arguments finetune sets from keys of its own: trainer.<argument> -> (what sets it, the
 # key to use; "{value}" is the value typed). The arguments it passes on are TrainerSchema's keys.
 LIGHTNING_ELSEWHERE: dict[str, tuple[str, str]] = {
@@ -391,11 +437,11 @@ KINDS: dict[str, dict[str, type]] = {
         "deeplabv3plus": DeepLabV3PlusHeadSchema,
     },
 }
-# task name -> its schema (a subclass of FinetuneSchema); register_task adds one.
+# task name -> its schema (a subclass of FinetuneSchema); register_task_schema adds one.
 TASKS: dict[str, type[FinetuneSchema]] = {}
 
 
-def register_task(name: str, schema: type[FinetuneSchema]) -> None:
+def register_task_schema(name: str, schema: type[FinetuneSchema]) -> None:
     """Make ``task=<name>`` composable: ``conf/task/<name>.yaml`` names ``/schema_task_<name>@_here_``
     in its defaults; a saved config with ``task: <name>`` is read back onto ``schema``."""
     TASKS[name] = schema
@@ -413,8 +459,8 @@ def _register() -> None:
     for group, kinds in KINDS.items():
         for kind, schema in kinds.items():
             register_kind(group, kind, schema)
-    register_task("classification", ClassificationSchema)
-    register_task("segmentation", SegmentationSchema)
+    register_task_schema("classification", ClassificationSchema)
+    register_task_schema("segmentation", SegmentationSchema)
 
 
 _register()

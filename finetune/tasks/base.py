@@ -63,6 +63,9 @@ class Task:
     datasets: tuple[str, ...] = ()  # dataset.kind choices
     monitors: tuple[str, ...] = ()  # validation metrics that can pick the checkpoint
     dense: bool = False  # one prediction per pixel: exports keep height and width dynamic
+    # The dataset key holding the side of the model's input (``input_size`` reads it; ``finetune summary
+    # input_size=`` sets it)
+    input_size_key: str = "image_size"
     # The layout of this task's format=timm folder export (a name of finetune.export.folders.LAYOUTS:
     # a folder the model's own library opens); None: this task has none, format=timm is refused
     folder_layout: str | None = None
@@ -90,7 +93,7 @@ class Task:
 
     def input_size(self, cfg: DictConfig) -> int | None:
         """Side of the model's training input (None: the backbone's pretrained size)."""
-        raise NotImplementedError
+        return cfg.dataset[self.input_size_key]
 
     def build_model(self, cfg: DictConfig, weights: Any, in_chans: int, num_outputs: int) -> nn.Module:
         """The ``models.freezing.FineTuneModel`` this task trains: the backbone the
@@ -98,6 +101,11 @@ class Task:
         ``cfg``'s head for ``num_outputs`` outputs and ``backbone.adapter`` attached. Everything that
         rebuilds a run or an export calls this, so it must depend on the config alone."""
         raise NotImplementedError
+
+    def mixes_inputs(self, cfg: DictConfig) -> bool:
+        """True when this task mixes training images before the backbone (e.g. mixup, cutmix): its
+        phases then train on images, never on cached backbone features."""
+        return False
 
     def prepare(self, cfg: DictConfig, model: nn.Module, data: L.LightningDataModule) -> None:
         """Anything done to a freshly built model before training (e.g. ``init_from``)."""
@@ -140,6 +148,12 @@ class Task:
         self, cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule, run_dir: Path
     ) -> None:
         """Files written after the test besides metrics.json (e.g. predicted masks)."""
+
+    def test_decisions(self, metrics: Mapping) -> dict:
+        """How the run's test turned the model's outputs into its predictions, read from its ``metrics``
+        (metrics.json; e.g. a tuned threshold, test-time flips, a temperature): every export records it
+        under ``training`` for this task's predict to apply the same."""
+        return {}
 
     def report_sections(self, run: Any, data: L.LightningDataModule, model: nn.Module, options: Any) -> Any:
         """This task's sections of report.html: a ``finetune.report.page.TaskSections`` (HTML about

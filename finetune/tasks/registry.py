@@ -25,7 +25,7 @@ def register_task(task: Task) -> Task:
     if task.name in TASKS and type(TASKS[task.name]) is not type(task):
         raise ValueError(f"task={task.name} is registered already (by {type(TASKS[task.name]).__name__})")
     if task.config_schema is not None:
-        schema.register_task(task.name, task.config_schema)
+        schema.register_task_schema(task.name, task.config_schema)
     TASKS[task.name] = task
     return task
 

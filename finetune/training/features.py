@@ -13,14 +13,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune.data.datamodule import ClassificationDataModule, TrainBatches
+from finetune.data.base import FinetuneDataModule
+from finetune.data.datamodule import TrainBatches
 from finetune.data.samplers import split_sampler, trainer_shard
 from finetune.models.freezing import FineTuneModel
 from finetune.run import CACHE_CHOICES
 from finetune.run.errors import FinetuneError
 
 
-def cache_blockers(model: FineTuneModel, data: ClassificationDataModule) -> list[str]:
+def cache_blockers(model: FineTuneModel, data: FinetuneDataModule) -> list[str]:
     """Why the current phase cannot use cached features (empty: it can)."""
     reasons = []
     if set(model.frozen) != set(model.stage_map.stages):
@@ -33,7 +34,7 @@ def cache_blockers(model: FineTuneModel, data: ClassificationDataModule) -> list
     return reasons
 
 
-def use_feature_cache(setting: str | bool, model: FineTuneModel, data: ClassificationDataModule) -> bool:
+def use_feature_cache(setting: str | bool, model: FineTuneModel, data: FinetuneDataModule) -> bool:
     """Decide ``data.cache_features=auto|true|false`` for the current phase."""
     setting = str(setting).lower()
     if setting not in CACHE_CHOICES:
@@ -65,12 +66,12 @@ def extract_features(model: FineTuneModel, loader: DataLoader, device: torch.dev
 class FeatureDataModule(L.LightningDataModule):
     """Cached features served exactly like the image loaders (same batch size, same epoch order)."""
 
-    def __init__(self, data: ClassificationDataModule, datasets: dict[str, TensorDataset]) -> None:
+    def __init__(self, data: FinetuneDataModule, datasets: dict[str, TensorDataset]) -> None:
         super().__init__()
         self.batch_size, self.seed, self.data, self.datasets = data.batch_size, data.seed, data, datasets
 
     @classmethod
-    def extract(cls, model: FineTuneModel, data: ClassificationDataModule, device: torch.device) -> FeatureDataModule:
+    def extract(cls, model: FineTuneModel, data: FinetuneDataModule, device: torch.device) -> FeatureDataModule:
         """Run the frozen backbone once over the train and val images (eval transforms)."""
         return cls(
             data,

@@ -21,7 +21,6 @@ from torch.optim import Optimizer
 from finetune.models.freezing import HEAD
 from finetune.report.plots import plot_lr_scan
 from finetune.run.artifacts import write_json
-from finetune.run.config import mixes_batches
 from finetune.run.schedule import lr_key
 from finetune.tasks.base import Task
 from finetune.training.features import FeatureDataModule, use_feature_cache
@@ -152,7 +151,7 @@ def find_lr(
     planned = built.plan[index]
     model.set_frozen(planned.frozen, cfg.backbone.bn)
     trainer = scan_trainer(cfg, run_dir, steps)
-    cached = use_feature_cache("false" if mixes_batches(cfg) else cfg.data.cache_features, model, data)
+    cached = use_feature_cache("false" if task.mixes_inputs(cfg) else cfg.data.cache_features, model, data)
     phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device) if cached else data
     module = task.lightning_module(cfg, model, data, planned.phase.optim, index, cached)
     scan_started = time.perf_counter()

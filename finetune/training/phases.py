@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from finetune.models.freezing import FineTuneModel
 from finetune.models.summary import count_layers, roll_up
 from finetune.run.checkpointing import AtomicCheckpointIO
-from finetune.run.config import mixes_batches
 from finetune.run.errors import FinetuneError
 from finetune.run.rundir import log_version
 from finetune.run.schedule import PHASE_KEY, Phase, PhaseOptim
@@ -62,11 +61,13 @@ def run_phases(
     monitor: str,
     resume_from: Path | None = None,
     retest: bool = False,
+    mixes_inputs: bool = False,
 ) -> tuple[ModelCheckpoint, dict]:
     """Fit every phase in order (from the resumed one). ``make_task(optim, phase index, cached
     features)`` builds each phase's LightningModule (the task's); the best
     checkpoint maximises ``monitor`` (minimises it for a loss). ``retest`` (a finished run resumed,
     see ``finished_run``): nothing is fitted, the best record is read from ``resume_from``.
+    ``mixes_inputs`` (``Task.mixes_inputs``): the task mixes training images, no phase caches features.
 
     Returns the checkpoint callback (best/last) and, under DDP, the per-rank parameter checksums
     taken at the end of each phase.
@@ -100,9 +101,9 @@ def run_phases(
             phase.epochs,
             [checkpoint, consistency, *early_stopping(cfg, monitor, phase.name), *ema_callbacks(cfg)],
         )
-        # Mixup / cutmix mix images before the backbone: cached features cannot be mixed, so a
-        # head-only phase trains on images (data.cache_features=true with mix.* is refused in validate).
-        cached = use_feature_cache("false" if mixes_batches(cfg) else cfg.data.cache_features, model, data)
+        # A task that mixes images before the backbone (mixup, cutmix) cannot mix cached features, so a
+        # head-only phase trains on images (the task refuses data.cache_features=true with mixing).
+        cached = use_feature_cache("false" if mixes_inputs else cfg.data.cache_features, model, data)
         phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device) if cached else data
         if cached and is_global_zero():
             console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")

@@ -107,7 +107,16 @@ def train_run(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | No
     make_module = partial(task.lightning_module, cfg, model, data)
     finished = finished_run(run_dir, plan) if resume_from is not None else None  # a re-test: nothing trains
     checkpoint, rank_checksums = run_phases(
-        cfg, run_dir, model, data, plan, make_module, monitor, resume_from, retest=finished is not None
+        cfg,
+        run_dir,
+        model,
+        data,
+        plan,
+        make_module,
+        monitor,
+        resume_from,
+        retest=finished is not None,
+        mixes_inputs=task.mixes_inputs(cfg),
     )
     tested = tested_checkpoint(run_dir, checkpoint, checkpoints_keep(cfg))
     module = make_module()

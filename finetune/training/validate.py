@@ -7,14 +7,17 @@ config is reported in about a second."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from finetune.models import ADAPTERS, BN_POLICIES
 from finetune.run import CACHE_CHOICES, OPTIMIZERS, SCHEDULERS
-from finetune.run.config import KEEP_CHOICES
+from finetune.run.config import KEEP_CHOICES, check_task_schema
 from finetune.run.errors import ConfigError, choice
 from finetune.run.schedule import Phase, phases_from
-from finetune.run.schema import FinetuneSchema, TrainerSchema
+from finetune.run.schema import DECODER_WORDS, FinetuneSchema, TrainerSchema
 from finetune.tasks.base import Task
 from finetune.training.loggers import LOGGERS
 
@@ -22,7 +25,9 @@ from finetune.training.loggers import LOGGERS
 def validate(cfg: FinetuneSchema, task: Task) -> list[Phase]:
     """Check every value that can be checked without data or weights (``task`` checks its own
     keys); return the phases."""
+    check_task_schema(cfg)  # before the task reads keys its schema has
     task.validate(cfg)
+    _validate_decoder_options(cfg)
     choice("backbone.bn", cfg.backbone.bn, BN_POLICIES)
     _validate_adapter(cfg)
     if cfg.schedule.batch_size < 1:
@@ -38,17 +43,41 @@ def validate(cfg: FinetuneSchema, task: Task) -> list[Phase]:
     _validate_trainer(cfg.trainer)
     _validate_training_options(cfg)
     phases = phases_from(cfg)
-    for phase in phases:
+    for index, phase in enumerate(phases):
         OPTIMIZERS.get(phase.optim.optimizer, key=f"optimizer of phase {phase.name!r}")
         SCHEDULERS.get(phase.optim.scheduler, key=f"scheduler of phase {phase.name!r}")
         if phase.optim.lr <= 0:
             raise ConfigError(f"lr of phase {phase.name!r} is {phase.optim.lr}: must be > 0")
         if not _is_depth(phase.freeze):
             raise ConfigError(
-                f"backbone.freeze={phase.freeze!r} (phase {phase.name!r}) is not a depth: use a whole number of "
-                "stages (0: train all, k: freeze stem + first k, -k: train only the last k) or all (linear probe)"
+                f"{_freeze_key(cfg, index)}={phase.freeze!r} (phase {phase.name!r}) is not a depth: use a "
+                "whole number of stages (0: train all, k: freeze stem + first k, -k: train only the last k) or all "
+                "(linear probe)"
             )
     return phases
+
+
+def _freeze_key(cfg: FinetuneSchema, index: int) -> str:
+    """The key the freeze depth of phase ``index`` was set by: the phase's own, or the key its ``${…}`` names
+    (``backbone.freeze``, which a phase reads unless it sets one)."""
+    raw = OmegaConf.to_container(cfg.schedule.phases[index], resolve=False).get("freeze")
+    reference = re.fullmatch(r"\$\{\s*([\w.]+)\s*\}", raw) if isinstance(raw, str) else None
+    return reference.group(1) if reference else f"schedule.phases[{index}].freeze"
+
+
+def _validate_decoder_options(cfg: FinetuneSchema) -> None:
+    """The decoder options smp would refuse (one of its words, ``DECODER_WORDS``; three ASPP rates); null
+    leaves smp's default."""
+    for key, words in DECODER_WORDS.items():
+        value = cfg.head.get(key)
+        if value is not None:
+            choice(f"head.{key}", value, words, "or null: smp's default")
+    rates = cfg.head.get("decoder_atrous_rates")
+    if rates is not None and (len(rates) != 3 or min(rates) < 1):
+        raise ConfigError(
+            f"head.decoder_atrous_rates=[{','.join(map(str, rates))}]: the dilations of the three ASPP branches, "
+            "three whole numbers >= 1 (e.g. [6,12,18]), or null for smp's [12,24,36]"
+        )
 
 
 def _validate_adapter(cfg: FinetuneSchema) -> None:

@@ -106,7 +106,8 @@ def test_a_calibrated_tta_run_records_it_and_predict_applies_it(shared_data, tmp
     assert "Calibration" in (tmp_path / "report.html").read_text()
 
     exported = load_export(tmp_path / "exports" / "model.safetensors", tasks=TASKS)
-    assert exported.tta == ["hflip"] and exported.temperature == pytest.approx(record["temperature"])
+    training = exported.metadata["training"]
+    assert training["tta"] == ["hflip"] and training["temperature"] == pytest.approx(record["temperature"])
     data = get_task("classification").data_module(cfg)
     images = [data.splits["test"].image(i, 1) for i in range(6)]
     model = finetune.load(tmp_path)

@@ -20,6 +20,7 @@ from finetune.commands.config_errors import unknown_key
 from finetune.resources import conf_dir, recipes_dir
 from finetune.run import schema
 from finetune.run.config import typed_config
+from finetune.run.errors import ConfigError
 from finetune.run.records import resume_config, run_config
 from finetune.tasks.registry import get_task
 from finetune.training.validate import validate
@@ -144,12 +145,31 @@ CASES = {
     "task-mix": (
         [*SEG, "mix.mixup=0.2"],
         "mix.mixup=0.2: mix.mixup is a key of task=classification, and this run is task=segmentation; remove it, "
-        "or choose task=classification",
+        "or choose task=classification (mixup and cutmix blend whole images that carry one label each, not masks)",
     ),
     "task-threshold": (
         [*SEG, "threshold=tune"],
         "threshold=tune: threshold is a key of task=classification, and this run is task=segmentation; remove it, "
-        "or choose task=classification",
+        "or choose task=classification (segmentation gives each pixel the argmax class and picks the checkpoint by "
+        "monitor=dice|miou; segmentation.class_weights=true favours rare classes)",
+    ),
+    "task-imbalance": (
+        [*SEG, "imbalance=auto"],
+        "imbalance=auto: imbalance is a key of task=classification, and this run is task=segmentation; remove it, "
+        "or choose task=classification (for segmentation use segmentation.class_weights=true: class weights from "
+        "pixel frequencies)",
+    ),
+    "task-init_from": (
+        [*SEG, "init_from=runs/old"],
+        "init_from=runs/old: init_from is a key of task=classification, and this run is task=segmentation; remove "
+        "it, or choose task=classification (a decoder has no per-class rows to copy by name: segmentation starts "
+        "from the pretrained encoder)",
+    ),
+    "task-class_weights": (
+        ["segmentation.class_weights=true"],
+        "segmentation.class_weights=true: segmentation.class_weights is a key of task=segmentation, and this run is "
+        "task=classification; remove it, or choose task=segmentation (for classification use "
+        "imbalance=weighted_loss: class weights from the label counts)",
     ),
     "task-segmentation": (
         ["segmentation.loss=dice"],
@@ -159,13 +179,18 @@ CASES = {
     "task-recipe": (
         ["task=segmentation", "+medical=blood"],
         "imbalance (in medical/blood.yaml): imbalance is a key of task=classification, and this run is "
-        "task=segmentation; remove it, or choose task=classification",
+        "task=segmentation; remove it, or choose task=classification (for segmentation use "
+        "segmentation.class_weights=true: class weights from pixel frequencies)",
     ),
     # a required value nothing sets
     "missing-phase": (
         ["schedule.phases=[{name: a}]"],
         "schedule.phases[0].epochs=???: a required value is not set; set it to a whole number: "
         "schedule.phases.0.epochs=…",
+    ),
+    "missing-referenced": (  # every phase reads ${schedule.lr}: the key left unset is named, not a phase's
+        ["schedule.lr=???"],
+        "schedule.lr=???: a required value is not set; set it to a number: schedule.lr=…",
     ),
     "missing-backbone": (
         ["backbone.name=???"],
@@ -181,6 +206,34 @@ CASES = {
         ["threshold=2"],
         "threshold=2: use a probability in (0, 1) or threshold=tune (tuned on the validation split)",
     ),
+    "value-phase-freeze": (
+        ["schedule.phases.0.freeze=[1]"],
+        "schedule.phases[0].freeze=[1] (phase 'finetune') is not a depth: use a whole number of stages (0: train "
+        "all, k: freeze stem + first k, -k: train only the last k) or all (linear probe)",
+    ),
+    "value-backbone-freeze": (  # the phase reads ${backbone.freeze}: the key the value came from is named
+        ["backbone.freeze=[1]"],
+        "backbone.freeze=[1] (phase 'finetune') is not a depth: use a whole number of stages (0: train all, k: "
+        "freeze stem + first k, -k: train only the last k) or all (linear probe)",
+    ),
+    "value-decoder": (
+        [*SEG, "head.decoder_attention_type=cbam"],
+        "head.decoder_attention_type='cbam' is not known: choose one of scse (or null: smp's default)",
+    ),
+    "value-atrous-rates": (
+        ["task=segmentation", "dataset=seg_folder", "head=deeplabv3plus", "head.decoder_atrous_rates=[6,12]"],
+        "head.decoder_atrous_rates=[6,12]: the dilations of the three ASPP branches, three whole numbers >= 1 (e.g. "
+        "[6,12,18]), or null for smp's [12,24,36]",
+    ),
+    "phase-index": (
+        ["schedule.phases.5.lr=0.1"],
+        "schedule.phases.5.lr=0.1: schedule.phases has 1 phase(s) (0..0); use one of those indices, or give the "
+        "whole list: schedule.phases=[…]",
+    ),
+    "phase-index-emptied": (  # the list as the command line left it, not as the schedule group wrote it
+        ["schedule.phases=[]", "schedule.phases.0.lr=1"],
+        "schedule.phases.0.lr=1: schedule.phases has 0 phase(s); give the whole list: schedule.phases=[…]",
+    ),
     "reference": (
         ["schedule.lr=${nothing}"],
         "schedule.lr=${nothing}: Interpolation key 'nothing' not found; fix or remove the ${…} reference",
@@ -190,6 +243,11 @@ CASES = {
         ["-m", "schedule.lr=0.1,0.01", "trainer.max_epochs=2"],
         "trainer.max_epochs=2: finetune sets Lightning's max_epochs itself (each phase runs its epochs); use "
         "schedule.epochs=2 (or a phase's schedule.phases.<i>.epochs)",
+    ),
+    "sweep-groups": (  # each combination of the swept groups is checked: the second job's dataset has no root
+        ["-m", "dataset=imagefolder,digits", "dataset.root=.", "plan=true"],
+        "dataset.root=.: dataset.root is a key of dataset=imagefolder|csv|medmnist|dicom_folder|seg_folder|drive, "
+        "and this run's dataset is digits; remove it, or choose dataset=imagefolder",
     ),
 }
 
@@ -374,6 +432,78 @@ def test_a_saved_config_with_a_key_no_schema_knows_is_refused_naming_the_file(tm
         run_config(run)
 
 
+def test_a_saved_config_without_a_required_value_is_refused_naming_the_key_and_the_file(tmp_path):
+    run = _old_run(tmp_path / "run", *TINY)
+    saved = OmegaConf.load(run / "config.yaml")
+    del saved.schedule["lr"]
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(ConfigError) as refused:
+        run_config(run)
+    assert str(refused.value) == (
+        f"{run / 'config.yaml'}: schedule.lr=???: a required value is not set; set it to a number: schedule.lr=…"
+    )
+
+
+# --- head options: smp's decoder options, null for smp's default ----------------------------------------
+
+
+def test_a_decoder_option_reaches_smp_and_a_null_one_is_left_to_smp():
+    from segmentation_models_pytorch.base.modules import SCSEModule
+
+    from finetune.models.factory import decoder_model, head_options
+    from finetune.models.weights import resolve_weights
+
+    record = resolve_weights("resnet10t", pretrained=False)
+    small = "head.decoder_channels=[16,16,16,16,16]"
+    cfg = compose_config(*SEG, small, "head.decoder_attention_type=scse")
+    assert cfg.head.decoder_interpolation is None and cfg.head.decoder_use_norm is None
+    assert head_options(cfg) == {"decoder_channels": [16] * 5, "decoder_attention_type": "scse"}  # no None
+    attention = [m for m in decoder_model(cfg, record, 3, 2).modules() if isinstance(m, SCSEModule)]
+    assert len(attention) == 10  # two per decoder block
+    plain = decoder_model(compose_config(*SEG, small), record, 3, 2)
+    assert not any(isinstance(m, SCSEModule) for m in plain.modules())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["head=unet", "head.decoder_use_norm=identity", "head.decoder_interpolation=bilinear"],
+        ["head=fpn", "head.decoder_merge_policy=cat", "head.decoder_interpolation=bilinear"],
+        [
+            "head=deeplabv3plus",
+            "head.decoder_atrous_rates=[6,12,18]",
+            "head.decoder_aspp_separable=false",
+            "head.decoder_aspp_dropout=0.1",
+        ],
+    ],
+)
+def test_each_decoders_smp_options_compose_validate_and_build(options):
+    import torch
+
+    from finetune.models.factory import decoder_model
+    from finetune.models.weights import resolve_weights
+
+    cfg = compose_config("task=segmentation", "dataset=seg_folder", *options, "schedule.batch_size=2")
+    validate(cfg, get_task("segmentation"))
+    model = decoder_model(cfg, resolve_weights("resnet10t", pretrained=False), 3, 2).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_a_decoder_option_smp_refuses_is_named_as_an_option_not_blamed_on_the_backbone():
+    from finetune.models.factory import decoder_model
+    from finetune.models.weights import resolve_weights
+    from finetune.run.errors import FinetuneError
+
+    cfg = compose_config(*SEG, "head.decoder_channels=[16,16,16,16]")  # four blocks for a depth-5 encoder
+    with pytest.raises(FinetuneError) as refused:
+        decoder_model(cfg, resolve_weights("resnet10t", pretrained=False), 3, 2)
+    assert str(refused.value) == (
+        "smp cannot build head=unet on backbone resnet10t: Model depth is 5, but you provide `decoder_channels` for "
+        "4 blocks; fix the head.* option it names, or try a CNN backbone such as resnet18 or efficientnet_lite0"
+    )
+
+
 # --- a task of its own (how the test-only third task plugs in) -----------------------------------------
 
 
@@ -392,15 +522,15 @@ def test_a_new_task_is_a_yaml_file_naming_its_registered_schema(tmp_path):
     (conf / "task" / "toy.yaml").write_text(
         "# @package _global_\ndefaults:\n  - /schema_task_toy@_here_\n  - _self_\n\ntask: toy\ntoy:\n  level: 5\n"
     )
-    schema.register_task("toy", ToySchema)
+    schema.register_task_schema("toy", ToySchema)
     try:
         with initialize_config_dir(config_dir=str(conf), version_base=None):
             cfg = compose(config_name="config", overrides=["task=toy", "toy.level=7"])
             with pytest.raises(Exception, match="mix"):
                 compose(config_name="config", overrides=["task=toy", "mix.mixup=0.2"])
         assert OmegaConf.get_type(cfg) is ToySchema and cfg.toy.level == 7 and "threshold" not in cfg
-        saved = typed_config({"task": "toy", "backbone": {"name": "resnet10t"}})
-        assert saved.toy.level == 3  # the schema's default
+        saved = typed_config({**OmegaConf.to_container(compose_config(), resolve=True), "task": "toy"})
+        assert saved.toy.level == 3 and "threshold" not in saved  # the schema's default; classification's keys dropped
         assert unknown_key("toy.level=1", "toy.level", compose_config(), "classification").startswith(
             "toy.level=1: toy.level is a key of task=toy, and this run is task=classification"
         )

@@ -16,7 +16,7 @@ from PIL import Image
 from finetune.commands.precheck import precheck
 
 from ..conftest import compose_config
-from ..helpers import TINY, assert_refused, finetune_env, run_finetune, tree_hashes
+from ..helpers import TINY, assert_refused, finetune_env, run_cli, run_finetune, tree_hashes
 
 HEAVY = ("torch", "lightning", "timm")
 # ``finetune`` in this process, then the heavy modules the command imported, on stdout's last line.
@@ -258,3 +258,100 @@ def test_hydra_keys_added_on_the_command_line_pass_the_precheck(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     for arg in ("+hydra.job.env_set.OMP_NUM_THREADS=1", "++hydra.run.dir=somewhere"):
         assert precheck([*TINY, arg]) == 0, capsys.readouterr().err
+
+
+# --- a -m sweep over config groups: each combination is checked ---------------------------------------
+
+
+def test_a_sweep_over_dataset_kinds_is_checked_per_kind(tmp_path, monkeypatch, capsys):
+    """``dataset.root`` is a key of both swept kinds: it is judged against each, not against the default digits."""
+    data = image_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    sweep = ["-m", "dataset=imagefolder,medmnist", "plan=true"]
+    assert precheck([*sweep, f"++dataset.root={data}"]) == 0, capsys.readouterr().err
+    assert precheck([*sweep, "++dataset.root=missing"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"finetune: error: dataset.root=missing does not exist (resolved to {tmp_path / 'missing'})"
+    )
+    # Hydra composes the sweep's config once with dataset=digits, which has no root: ++ sets it in each job
+    out = probe_finetune(*sweep, f"dataset.root={data}", cwd=tmp_path)
+    message = (
+        f"dataset.root={data}: a -m sweep's config is composed once before its jobs, with each swept group at its "
+        f"default, which has no dataset.root; write ++dataset.root={data} to set it in each job"
+    )
+    assert assert_refused(out, message) == f"finetune: error: {message}"
+    assert out.stdout.splitlines()[-1] == "[]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# --- a recipe that sets task as a value instead of selecting the task group ----------------------------
+
+OLD_STYLE_RECIPE = """# @package _global_
+defaults:
+  - override /dataset: seg_folder
+  - override /head: unet
+task: segmentation
+dataset:
+  crop_size: 64
+"""
+TASK_AS_VALUE = (
+    "task=segmentation: set as a value, task does not select the task's config group, so this config holds the "
+    "keys of task=classification; in a recipe write `- override /task: segmentation` in its defaults instead of "
+    "`task: segmentation`, or pass task=segmentation on the command line"
+)
+
+
+def old_style_recipes(root: Path) -> Path:
+    """``<root>/mine/old.yaml`` as HEAD's shipped recipes were written (``task: segmentation`` as a value), and
+    ``mine/old_block.yaml``, the same with a ``segmentation:`` block; returns ``root``."""
+    (root / "mine").mkdir(parents=True)
+    (root / "mine" / "old.yaml").write_text(OLD_STYLE_RECIPE)
+    (root / "mine" / "old_block.yaml").write_text(OLD_STYLE_RECIPE + "segmentation:\n  loss: dice\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("old", TASK_AS_VALUE),
+        (
+            "old_block",
+            "segmentation (in mine/old_block.yaml): segmentation is a key of task=segmentation, and the recipe sets "
+            "task: segmentation as a value, which does not select the task's config group (this config holds the "
+            "keys of task=classification); write `- override /task: segmentation` in its defaults instead, or pass "
+            "task=segmentation on the command line",
+        ),
+    ],
+)
+def test_a_recipe_setting_task_as_a_value_is_told_to_select_the_task_group(tmp_path, recipe, message):
+    user = old_style_recipes(tmp_path / "user")
+    out = probe_finetune(
+        f"+mine={recipe}", f"hydra.searchpath=[file://{user}]", f"dataset.root={tmp_path}", "plan=true", cwd=tmp_path
+    )
+    assert assert_refused(out, message) == f"finetune: error: {message}"
+    assert out.stdout.splitlines()[-1] == "[]"
+    fixed = old_style_recipes(tmp_path / "fixed")
+    recipe_file = fixed / "mine" / f"{recipe}.yaml"
+    text = recipe_file.read_text().replace("\ntask: segmentation\n", "\n")
+    recipe_file.write_text(text.replace("defaults:\n", "defaults:\n  - override /task: segmentation\n"))
+    assert precheck([f"+mine={recipe}", f"hydra.searchpath=[file://{fixed}]", f"dataset.root={tmp_path}"]) == 0
+
+
+def test_a_recipe_setting_task_as_a_value_under_hydras_own_command_line_is_one_line(tmp_path):
+    """``--config-dir`` skips the precheck: the check before training says it (no ConfigAttributeError)."""
+    user = old_style_recipes(tmp_path / "user")
+    out = run_finetune("--config-dir", str(user), "+mine=old", f"dataset.root={tmp_path}", "plan=true", cwd=tmp_path)
+    assert assert_refused(out, TASK_AS_VALUE) == f"finetune: error: {TASK_AS_VALUE}"
+
+
+# --- a worker's config file without a required value ---------------------------------------------------
+
+
+def test_a_worker_config_without_a_required_value_names_the_key_and_the_file(tmp_path):
+    saved = OmegaConf.to_container(compose_config(*TINY), resolve=True)  # as a launcher writes it
+    del saved["schedule"]["lr"]
+    config = tmp_path / "config.yaml"
+    config.write_text(OmegaConf.to_yaml(saved))
+    out = run_cli(f"run_dir={tmp_path / 'run'}", f"config={config}", module="finetune.commands.worker", cwd=tmp_path)
+    message = f"{config}: schedule.lr=???: a required value is not set; set it to a number: schedule.lr=…"
+    assert assert_refused(out, message) == f"finetune: error: {message}"

@@ -177,11 +177,11 @@ def test_binary_and_multilabel_decisions_use_the_runs_threshold():
 def test_exports_record_the_threshold_the_run_was_tested_with(tmp_path):
     cfg = compose_config()
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"acc": 0.9, "threshold": 0.42}}))
-    assert training_summary(cfg, tmp_path)["threshold"] == 0.42
+    assert training_summary(cfg, tmp_path, get_task("classification"))["threshold"] == 0.42
     (tmp_path / "metrics.json").write_text(
         json.dumps({"test": {"acc": 0.9}, "test_per_class": {"threshold": {"x": 0.3, "y": 0.6}}})
     )
-    assert training_summary(cfg, tmp_path)["threshold"] == [0.3, 0.6]
+    assert training_summary(cfg, tmp_path, get_task("classification"))["threshold"] == [0.3, 0.6]
 
 
 # --- DICOM: predict reads .dcm with the window the run was trained with ---------------------------

@@ -73,6 +73,21 @@ def test_bad_arguments_give_one_clear_message_and_exit_2(args, message, capsys):
     assert err.startswith("finetune: error:") and message in err and "Traceback" not in err
 
 
+def test_segmentation_config_is_counted_at_the_input_size_asked(capsys):
+    # seg_folder has no image_size: the input side is the task's key (dataset.crop_size)
+    args = ["task=segmentation", "head=unet", "dataset=seg_folder", "backbone=resnet18", "input_size=64"]
+    assert main([*args, "format=markdown", "per=layer", "classes=3"]) == 0
+    text = capsys.readouterr().out
+    assert "resnet18 + unet head (3 classes), input 3x64x64" in text.splitlines()[0]
+    assert "| backbone.model.conv1 | Conv2d | 64x32x32 |" in text
+    assert "| head.segmentation_head.0 | Conv2d | 3x64x64 |" in text  # the mask at the input's size
+
+
+def test_without_input_size_the_backbone_is_counted_at_its_pretrained_size(capsys):
+    assert main(["backbone=resnet18", "format=markdown", "per=stage"]) == 0  # dataset=digits: image_size=64
+    assert "input 3x224x224" in capsys.readouterr().out.splitlines()[0]
+
+
 # --- model=<source>:<name>: published architectures, named by their source ---
 
 

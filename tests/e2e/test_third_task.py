@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from finetune.export.loading import preprocess
 from finetune.export.writing import export_run
 from finetune.models.saved_runs import load_run
 from finetune.resources import conf_dir
-from finetune.tasks.registry import register_task
+from finetune.run import schema
+from finetune.tasks.registry import TASKS, register_task
 from finetune.training.train import train
 
 from ..regression_task import CONF, Regression
@@ -48,9 +50,18 @@ def discs(root: Path, n: int = IMAGES, seed: int = 0) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def regression_run(tmp_path_factory) -> tuple[Regression, Path]:
-    """The task registered (its one line), a run trained by finetune's own ``train`` on its config group."""
+def regression_task() -> Iterator[Regression]:
+    """The task registered (its one line) for this module's tests, and unregistered after them: the task
+    table and the config schema's would otherwise hold it for every later test of the session."""
     task = register_task(Regression())
+    yield task
+    del TASKS[task.name], schema.TASKS[task.name]
+
+
+@pytest.fixture(scope="module")
+def regression_run(regression_task, tmp_path_factory) -> tuple[Regression, Path]:
+    """A run of the registered task trained by finetune's own ``train`` on its config group."""
+    task = regression_task
     base = tmp_path_factory.mktemp("regression")
     discs(base / "discs")
     overrides = [

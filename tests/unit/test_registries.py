@@ -39,8 +39,8 @@ def _group(group: str, name: str, *overrides: str) -> dict:
 
 
 def _head_options(name: str) -> dict:
-    """The options ``head=<name>`` gives the builder (every key but ``kind``)."""
-    return {k: v for k, v in _group("head", name).items() if k != "kind"}
+    """The options ``head=<name>`` gives the builder (every key but ``kind``; a null one is left out)."""
+    return {k: v for k, v in _group("head", name).items() if k != "kind" and v is not None}
 
 
 # --- the registry type ---------------------------------------------------------------------------

@@ -8,11 +8,10 @@ from omegaconf import DictConfig
 
 from finetune.data import IMBALANCE_CHOICES, dataset_kinds
 from finetune.models import HEADS
-from finetune.run.config import mixes_batches
 from finetune.run.errors import ConfigError, choice
 from finetune.run.schema import ClassificationSchema
 from finetune.tasks.base import ProbeLabels, Task
-from finetune.tasks.classification.records import NAME, classification_record
+from finetune.tasks.classification.records import NAME, classification_record, tested_decisions
 
 MONITORS = ("acc", "auc", "balanced_acc", "f1_macro", "loss")
 CALIBRATIONS = ("none", "temperature")
@@ -73,7 +72,7 @@ class Classification(Task):
                 )
         if not 0 <= cfg.mix.prob <= 1:
             raise ConfigError(f"mix.prob={cfg.mix.prob:g}: the probability that a training batch is mixed, in [0, 1]")
-        if mixes_batches(cfg) and str(cfg.data.cache_features).lower() == "true":
+        if self.mixes_inputs(cfg) and str(cfg.data.cache_features).lower() == "true":
             raise ConfigError(
                 "data.cache_features=true cannot be combined with mix.mixup / mix.cutmix: images are "
                 "mixed before the backbone, cached features cannot be; use data.cache_features=auto "
@@ -91,7 +90,7 @@ class Classification(Task):
             cfg.seed,
             imbalance=cfg.imbalance,
         )
-        if data.info.multilabel and mixes_batches(cfg):  # known once the labels are read; before any weights
+        if data.info.multilabel and self.mixes_inputs(cfg):  # known once the labels are read; before any weights
             raise ConfigError(
                 "mix.mixup / mix.cutmix: this dataset is multi-label, and mixing is defined here "
                 "for one label per image; leave mix.mixup=0 mix.cutmix=0"
@@ -99,8 +98,10 @@ class Classification(Task):
         tta_flips(cfg, data)  # refused before any weights when the training never flipped an image
         return data
 
-    def input_size(self, cfg):
-        return cfg.dataset.image_size
+    def mixes_inputs(self, cfg: ClassificationSchema) -> bool:
+        """Mixup or cutmix on (``mix.mixup`` / ``mix.cutmix``) and ``mix.prob`` > 0."""
+        mix = cfg.mix
+        return bool((mix.mixup or mix.cutmix) and mix.prob)
 
     def build_model(self, cfg, weights, in_chans, num_outputs):
         from finetune.models.factory import pooled_model
@@ -179,6 +180,9 @@ class Classification(Task):
         from finetune.report.plots import plot_reliability
 
         plot_reliability(module.calibration["bins"], module.temperature, run_dir / "plots" / "reliability.png")
+
+    def test_decisions(self, metrics):
+        return tested_decisions(metrics)
 
     def report_sections(self, run, data, model, options):
         from finetune.tasks.classification.report import report_sections

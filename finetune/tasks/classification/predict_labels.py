@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
+from finetune.data.transforms import FLIP_AXES
 from finetune.export.loading import LoadedExport
 from finetune.export.predict_io import PredictOptions, console, refuse_existing
 from finetune.run.artifacts import atomic_path, write_json
@@ -67,11 +68,24 @@ def is_multilabel(exported: LoadedExport) -> bool:
     return bool(exported.task_record.get("multilabel"))
 
 
+def tested_logits(exported: LoadedExport, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Logits of decoded images as the run's test computed them (``records.tested_decisions``): the mean
+    over the image and its test-time flips (``tta``), divided by the calibration ``temperature``."""
+    batch, decisions = exported.preprocess(images), exported.metadata.get("training", {})
+    flips = [np.ascontiguousarray(np.flip(batch, axis=FLIP_AXES[f])) for f in decisions.get("tta", [])]
+    return np.mean([exported.forward(v) for v in (batch, *flips)], axis=0) / float(decisions.get("temperature", 1.0))
+
+
+def tested_threshold(exported: LoadedExport) -> float | list[float] | None:
+    """The decision threshold the run was tested with (binary, multi-label; None: argmax, or 0.5 per label)."""
+    return exported.metadata.get("training", {}).get("threshold")
+
+
 def predict_arrays(exported: LoadedExport, images: Sequence[np.ndarray]) -> Predictions:
     """Labels and probabilities of decoded images (the Python API's ``predict``)."""
     multilabel = is_multilabel(exported)
-    probs = probabilities(exported.logits(images), multilabel)
-    rows = decide(range(len(images)), probs, exported.class_names, 1, multilabel, exported.threshold)
+    probs = probabilities(tested_logits(exported, images), multilabel)
+    rows = decide(range(len(images)), probs, exported.class_names, 1, multilabel, tested_threshold(exported))
     return Predictions(exported.class_names, [row.prediction for row in rows], probs)
 
 
@@ -85,14 +99,14 @@ def predict(exported: LoadedExport, paths: Sequence[Path], topk: int = 5, batch_
         task = progress.add_task("predicting", total=len(paths))
         for start in range(0, len(paths), batch_size):
             batch = paths[start : start + batch_size]
-            logits = exported.logits([exported.read(p) for p in batch])
+            logits = tested_logits(exported, [exported.read(p) for p in batch])
             rows += decide(
                 batch,
                 probabilities(logits, multilabel),
                 exported.class_names,
                 topk,
                 multilabel,
-                exported.threshold,
+                tested_threshold(exported),
             )
             progress.advance(task, len(batch))
     return rows

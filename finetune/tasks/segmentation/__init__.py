@@ -19,6 +19,7 @@ class Segmentation(Task):
     datasets = dataset_kinds(name)
     monitors = MONITORS
     dense = True
+    input_size_key = "crop_size"  # training crop = sliding-window tile
     folder_layout = "smp"
 
     def validate(self, cfg: SegmentationSchema) -> None:
@@ -46,9 +47,6 @@ class Segmentation(Task):
         return SegmentationDataModule(
             cfg.dataset, cfg.augment, cfg.schedule.batch_size, cfg.seed, class_weights=cfg.segmentation.class_weights
         )
-
-    def input_size(self, cfg):
-        return cfg.dataset.crop_size
 
     def build_model(self, cfg, weights, in_chans, num_outputs):
         from finetune.models.factory import decoder_model
