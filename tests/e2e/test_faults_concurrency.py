@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from ..helpers import TINY, assert_refused, finetune_env, run_finetune, tree_hashes
+from ..helpers import TINY, assert_refused, compose_config, finetune_env, run_finetune, tree_hashes
 
 LOCK = ".finetune-lock"
 CHILDREN: list[subprocess.Popen] = []  # started by start_finetune_until, killed after the test if still there
@@ -310,7 +311,7 @@ def test_a_worker_started_without_our_launcher_takes_the_lock_on_rank_0_only(tmp
             json.loads((run_dir / LOCK).read_text()) if (run_dir / LOCK).exists() else None
         ),
     )
-    (tmp_path / "job.yaml").write_text("seed: 0\n")
+    (tmp_path / "job.yaml").write_text(OmegaConf.to_yaml(compose_config(*TINY)))  # as our launcher writes it
     args = [f"run_dir={tmp_path / 'run'}", f"config={tmp_path / 'job.yaml'}"]
     monkeypatch.setenv("RANK", "0")  # torchrun's rank 0
     assert worker.main(args) == 0
