@@ -24,7 +24,7 @@ from finetune.export.loading import LoadedExport, load_export
 from finetune.export.predict_io import resolve_export
 from finetune.run.errors import FinetuneError
 from finetune.run.records import run_config
-from finetune.tasks.base import Predictions
+from finetune.run.task import Predictions
 from finetune.tasks.registry import TASKS, get_task
 
 ImageInput = str | Path | Image.Image | np.ndarray

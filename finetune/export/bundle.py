@@ -14,7 +14,7 @@ from finetune.models.freezing import FineTuneModel
 from finetune.models.saved_runs import load_run
 from finetune.run.errors import FinetuneError
 from finetune.run.schedule import phases_from
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.version import __version__
 
 # 3: the task's own keys under "task_record" (2: "multilabel", "window" and "segmentation" at the top,

@@ -50,7 +50,7 @@ from finetune.export.tensors import rebuild, write_safetensors
 from finetune.models.weights import sha256_file
 from finetune.run.errors import FinetuneError
 from finetune.run.registry import Entry, Registry
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from finetune.export.formats import FORMATS, Forward, format_of
 from finetune.export.tensors import embedded_metadata
 from finetune.models.weights import sha256_file
 from finetune.run.errors import FinetuneError
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.version import __version__
 
 log = logging.getLogger(__name__)

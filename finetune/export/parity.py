@@ -20,7 +20,7 @@ from finetune.export.bundle import ModelBundle
 from finetune.export.formats import FORMATS, format_of, torch_forward
 from finetune.export.loading import load_export
 from finetune.run.errors import FinetuneError
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 
 PARITY_IMAGES = 8
 REFERENCE = Path(reference.__file__)  # shipped with every export as preprocess.py

@@ -32,7 +32,7 @@ from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsNotFoundError, WeightsRecord, resolve_weights
 from finetune.run.config import typed_config
 from finetune.run.errors import FinetuneError
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from finetune.export.parity import PARITY_IMAGES, REFERENCE, Parity, check_parit
 from finetune.run.artifacts import atomic_dir, atomic_path
 from finetune.run.errors import FinetuneError
 from finetune.run.records import find_checkpoint
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 
 REFERENCE_NAME = "preprocess.py"  # next to every export
 

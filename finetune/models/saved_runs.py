@@ -27,7 +27,7 @@ from finetune.run.records import (
     resume_config,
     run_config,
 )
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 
 if TYPE_CHECKING:
     import numpy as np

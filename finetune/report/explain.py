@@ -47,7 +47,7 @@ from finetune.models.weights import resolve_weights  # noqa: E402
 from finetune.report.plots import save_figure  # noqa: E402
 from finetune.run.artifacts import write_json  # noqa: E402
 from finetune.run.errors import FinetuneError  # noqa: E402
-from finetune.tasks.base import Task  # noqa: E402
+from finetune.run.task import Task  # noqa: E402
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, SelectAdaptivePool2d)
 FILTER_BACKGROUND = 1.0  # white gaps between filter tiles

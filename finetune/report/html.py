@@ -25,7 +25,7 @@ from finetune.models.summary import count_layers, roll_up
 from finetune.report.page import ReportOptions, RunRecord, TaskSections, file_img, key_values, table
 from finetune.run.artifacts import write_text
 from finetune.run.schedule import phases_from
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.version import __version__
 
 CSS = """

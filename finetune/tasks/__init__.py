@@ -1,2 +1,2 @@
 """Tasks: everything that differs between classification and segmentation, behind one interface
-(``finetune.tasks.base.Task``); the registry is ``finetune.tasks.registry``."""
+(``finetune.run.task.Task``); the registry is ``finetune.tasks.registry``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from finetune.run import schema
 from finetune.run.errors import ConfigError
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.tasks.classification import Classification
 from finetune.tasks.segmentation import Segmentation
 

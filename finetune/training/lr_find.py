@@ -22,7 +22,7 @@ from finetune.models.freezing import HEAD
 from finetune.report.plots import plot_lr_scan
 from finetune.run.artifacts import write_json
 from finetune.run.schedule import lr_key
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.training.features import FeatureDataModule, use_feature_cache
 from finetune.training.phases import PlannedPhase
 from finetune.training.train import build

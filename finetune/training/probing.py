@@ -36,7 +36,7 @@ from torch import nn
 from finetune.data.imbalance import imbalance_ratio
 from finetune.models.backbones import StageMap
 from finetune.models.freezing import FineTuneModel
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.training.train import build
 
 PROBE_C = 1.0  # inverse L2 strength of every probe: one fixed protocol, so stages compare fairly

@@ -33,7 +33,7 @@ from finetune.run.errors import FinetuneError
 from finetune.run.records import model_state
 from finetune.run.rundir import log_attempts
 from finetune.run.schedule import Phase
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.training.display import console, print_results
 from finetune.training.distributed import is_global_zero
 from finetune.training.input_warnings import advise

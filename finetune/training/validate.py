@@ -18,7 +18,7 @@ from finetune.run.config import KEEP_CHOICES, check_task_schema
 from finetune.run.errors import ConfigError, choice
 from finetune.run.schedule import Phase, phases_from
 from finetune.run.schema import DECODER_WORDS, FinetuneSchema, TrainerSchema
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.training.loggers import LOGGERS
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from finetune.run.errors import ConfigError, choice
 from finetune.run.schema import FinetuneSchema
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 
 CONF = Path(__file__).parent / "conf"  # on Hydra's search path: task/regression.yaml, dataset/values_csv.yaml
 LOSSES = ("mse", "l1")

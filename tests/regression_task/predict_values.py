@@ -13,7 +13,7 @@ import numpy as np
 from finetune.export.loading import LoadedExport
 from finetune.export.predict_io import PredictOptions, refuse_existing
 from finetune.run.artifacts import atomic_path
-from finetune.tasks.base import Predictions
+from finetune.run.task import Predictions
 
 
 @dataclass(frozen=True)

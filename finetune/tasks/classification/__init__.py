@@ -10,7 +10,7 @@ from finetune.data import IMBALANCE_CHOICES, dataset_kinds
 from finetune.models import HEADS
 from finetune.run.errors import ConfigError, choice
 from finetune.run.schema import ClassificationSchema
-from finetune.tasks.base import ProbeLabels, Task
+from finetune.run.task import ProbeLabels, Task
 from finetune.tasks.classification.records import NAME, classification_record, tested_decisions
 
 MONITORS = ("acc", "auc", "balanced_acc", "f1_macro", "loss")

@@ -15,7 +15,7 @@ from finetune.export.loading import LoadedExport
 from finetune.export.predict_io import PredictOptions, console, refuse_existing
 from finetune.run.artifacts import atomic_path, write_json
 from finetune.run.errors import FinetuneError
-from finetune.tasks.base import Predictions
+from finetune.run.task import Predictions
 
 MULTILABEL_THRESHOLD = 0.5
 OUTPUT_SUFFIXES = (".csv", ".json")

@@ -6,7 +6,7 @@ from finetune.data import dataset_kinds
 from finetune.models import DECODERS
 from finetune.run.errors import ConfigError, choice
 from finetune.run.schema import SegmentationSchema
-from finetune.tasks.base import Task
+from finetune.run.task import Task
 from finetune.tasks.segmentation.choices import LOSSES, MONITORS
 from finetune.tasks.segmentation.records import EXPORTED_KEYS, segmentation_record
 
@@ -130,7 +130,7 @@ class Segmentation(Task):
         return predict_files(exported, paths, options)
 
     def predict_arrays(self, exported, images):
-        from finetune.tasks.base import Predictions
+        from finetune.run.task import Predictions
         from finetune.tasks.segmentation.predict_masks import predict_mask
 
         return Predictions(exported.class_names, masks=[predict_mask(exported, image) for image in images])
