@@ -4,14 +4,12 @@ helpers, Hydra composition of the real configs included, live in helpers.py)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from .helpers import DIGITS_LINEAR_PROBE, run_cli, squares
 from .helpers import compose_config as compose_config  # re-exported: test modules import it from here
-from .helpers import squares
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -45,30 +43,14 @@ def tiny_overrides(*extra: str) -> list[str]:
     return ["dataset.image_size=32", "trainer.progress_bar=false", "trainer.log_every_n_steps=1", *extra]
 
 
-FINISHED_RUN_ARGS = [
-    "backbone=efficientnet_lite0",
-    "schedule=linear_probe",
-    "schedule.epochs=1",
-    "dataset.image_size=32",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=2",
-    "trainer.progress_bar=false",
-    "hydra.run.dir=run",
-]
+FINISHED_RUN_ARGS = [*DIGITS_LINEAR_PROBE, "hydra.run.dir=run"]
 
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
     """A real run directory (digits, pip ImageNet weights, 3 training batches), made once per session."""
     base = tmp_path_factory.mktemp("finished_run")
-    out = subprocess.run(
-        [sys.executable, "-m", "finetune", *FINISHED_RUN_ARGS],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=600,
-    )
+    out = run_cli(*FINISHED_RUN_ARGS, cwd=base)
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "run"
 
@@ -101,14 +83,7 @@ def tiny_seg_run(tmp_path_factory) -> Path:
         "segmentation.overlays=2",
         "hydra.run.dir=run",
     ]
-    out = subprocess.run(
-        [sys.executable, "-m", "finetune", *args],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=600,
-    )
+    out = run_cli(*args, cwd=base)
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "run"
 

@@ -40,6 +40,26 @@ TINY = [
     "trainer.progress_bar=false",
 ]
 
+# The start of the modules' own several-epoch TINY lists: random-init resnet10t, 32 px, two validation batches.
+SMALL_RESNET = [
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "dataset.image_size=32",
+    "trainer.progress_bar=false",
+    "trainer.limit_val_batches=2",
+]
+
+# A CPU-sized linear probe of efficientnet_lite0 (pip ImageNet weights) on digits: one epoch of three batches.
+DIGITS_LINEAR_PROBE = [
+    "backbone=efficientnet_lite0",
+    "schedule=linear_probe",
+    "schedule.epochs=1",
+    "dataset.image_size=32",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.progress_bar=false",
+]
+
 
 def finetune_env() -> dict[str, str]:
     """The environment a ``finetune`` subprocess runs in: offline hub, one torch thread."""
@@ -58,15 +78,16 @@ def run_finetune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Comp
     )
 
 
-def start_finetune(*args: str, cwd: Path) -> subprocess.Popen:
-    """``python -m finetune <args>`` started in ``cwd`` without waiting (stdout/stderr piped)."""
+def start_finetune(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m finetune <args>`` started in ``cwd`` without waiting (stdout/stderr piped); ``env`` is
+    set over finetune_env()."""
     return subprocess.Popen(
         [sys.executable, "-m", "finetune", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=finetune_env(),
+        env={**finetune_env(), **(env or {})},
     )
 
 
@@ -166,7 +187,6 @@ def resnet_cfg(weights_file: Path, freeze: str | int = "all") -> DictConfig:
 
 def trained_bundle(weights_file: Path, freeze: str | int) -> ModelBundle:
     """resnet10t from the weights file, stages frozen by ``freeze``, a few SGD steps in train mode."""
-    import torch
 
     from finetune.export.bundle import ModelBundle
     from finetune.models.freezing import frozen_stages
@@ -177,15 +197,22 @@ def trained_bundle(weights_file: Path, freeze: str | int) -> ModelBundle:
     record = resolve_weights("resnet10t", weights_file)
     model = task.build_model(cfg, record, 3, len(CLASSES))
     model.set_frozen(frozen_stages(model.stage_map, freeze), "frozen")
+    sgd_steps(model, lr=0.1, steps=2)
+    return ModelBundle(model.eval(), cfg, CLASSES, task, imagenet_32px(), 3, record.to_dict(), origin="test")
+
+
+def sgd_steps(model: torch.nn.Module, lr: float, steps: int) -> None:
+    """``steps`` plain SGD steps at ``lr`` in train mode on random 32 px batches of 4 (4 classes, seed 1)."""
+    import torch
+
     model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     torch.manual_seed(1)
-    for _ in range(2):
+    for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 4, (4,)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return ModelBundle(model.eval(), cfg, CLASSES, task, imagenet_32px(), 3, record.to_dict(), origin="test")
 
 
 def tensor_hashes(model: torch.nn.Module) -> dict[str, str]:

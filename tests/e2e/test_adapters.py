@@ -28,7 +28,7 @@ from finetune.tasks.registry import TASKS, get_task
 from finetune.training.validate import validate
 
 from ..conftest import compose_config
-from ..helpers import CLASSES, imagenet_32px, real_images, tensor_hashes, train_steps
+from ..helpers import CLASSES, imagenet_32px, real_images, sgd_steps, tensor_hashes, train_steps
 
 CLASSIFICATION = get_task("classification")
 PRE = imagenet_32px()
@@ -175,14 +175,7 @@ def trained(weights_file, kind: str) -> bundle.ModelBundle:
     torch.manual_seed(0)
     model = CLASSIFICATION.build_model(cfg, record, 3, len(CLASSES))
     model.set_frozen(frozen_stages(model.stage_map, 2), "frozen")
-    model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    torch.manual_seed(1)
-    for _ in range(3):
-        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 4, (4,)))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    sgd_steps(model, lr=0.5, steps=3)
     return bundle.ModelBundle(model.eval(), cfg, CLASSES, CLASSIFICATION, PRE, 3, record.to_dict(), origin="test")
 
 

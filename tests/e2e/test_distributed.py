@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,30 +13,16 @@ from omegaconf import OmegaConf
 from finetune.data.samplers import EpochShuffleSampler, ShardSampler
 from finetune.training.sweep import write_summary
 
-from ..helpers import compose_config, squares
+from ..helpers import SMALL_RESNET, compose_config, run_cli, squares
 
 # RANKS_IDENTICAL: under DDP every rank starts from rank 0's broadcast weights and buffers and applies
 # the same all-reduced gradient with the same optimizer, so ranks hold bitwise-equal tensors and their
 # float64 checksums (the same sums in the same order) are equal, not merely close.
-TINY = [
-    "backbone.name=resnet10t",
-    "backbone.pretrained=false",
-    "dataset.image_size=32",
-    "trainer.progress_bar=false",
-    "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=1",
-]
+TINY = [*SMALL_RESNET, "trainer.log_every_n_steps=1"]
 
 
 def finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "finetune", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=900,
-    )
+    out = run_cli(*args, cwd=cwd, timeout=900)
     if out.returncode != 0:  # the workers' tracebacks are in stderr; the stage tables fill stdout
         pytest.fail(
             f"exit {out.returncode}\n--- stderr ---\n{out.stderr[-6000:]}\n--- stdout ---\n{out.stdout[-1500:]}",

@@ -19,7 +19,7 @@ from finetune.run.errors import FinetuneError
 from finetune.tasks.registry import TASKS, get_task
 
 from ..conftest import compose_config
-from ..helpers import CLASSES, imagenet_32px, real_images, resnet_cfg, trained_bundle
+from ..helpers import CLASSES, DIGITS_LINEAR_PROBE, imagenet_32px, real_images, resnet_cfg, trained_bundle
 
 CLASSIFICATION = get_task("classification")
 PRE = imagenet_32px()
@@ -34,16 +34,7 @@ def probe_bundle(weights_file) -> bundle.ModelBundle:
 def trained_run(tmp_path_factory) -> Path:
     """One real linear-probe run of efficientnet_lite0 (pip ImageNet weights) on digits, CPU-sized."""
     run_dir = tmp_path_factory.mktemp("train") / "run"
-    cfg = compose_config(
-        "backbone=efficientnet_lite0",
-        "schedule=linear_probe",
-        "schedule.epochs=1",
-        "dataset.image_size=32",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=2",
-        "trainer.limit_test_batches=2",
-        "trainer.progress_bar=false",
-    )
+    cfg = compose_config(*DIGITS_LINEAR_PROBE, "trainer.limit_test_batches=2")
     train(cfg, run_dir)
     return run_dir
 

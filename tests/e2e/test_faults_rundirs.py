@@ -7,10 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,54 +17,14 @@ from finetune.report.plots import epoch_history
 from finetune.run.rundir import RUN_MARKER, forget_claims, log_attempts, log_version, unique_run_dir
 
 from ..conftest import compose_config
-
-TINY = [
-    "backbone.name=resnet10t",
-    "backbone.pretrained=false",
-    "dataset.image_size=32",
-    "schedule=linear_probe",
-    "schedule.epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-    "trainer.progress_bar=false",
-]
-
-
-def finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "finetune", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=600,
-    )
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (names relative to it)."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def refused(out: subprocess.CompletedProcess, message: str) -> None:
-    """Exit code 2, one ``finetune: error:`` line holding ``message``, no traceback."""
-    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
-    assert "Traceback" not in out.stderr, out.stderr[-2000:]
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("finetune: error: "), out.stderr[-2000:]
-    assert message in lines[0], lines[0]
+from ..helpers import TINY, assert_refused, run_cli, tree_hashes
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished tiny run (random-init resnet10t, 2 training batches), made once for this module."""
     base = tmp_path_factory.mktemp("finished")
-    out = finetune(*TINY, "hydra.run.dir=done", cwd=base)
+    out = run_cli(*TINY, "hydra.run.dir=done", cwd=base)
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "done"
 
@@ -130,8 +87,8 @@ def test_the_default_run_and_sweep_dirs_are_made_unique_by_the_resolver(tmp_path
 def test_an_explicit_run_dir_holding_a_finished_run_is_refused_untouched(finished, tmp_path):
     run = copy_run(finished, tmp_path)
     before = tree_hashes(run)
-    out = finetune(*TINY, "seed=7", f"hydra.run.dir={run}", cwd=tmp_path)
-    refused(out, f"{run} already holds a run")
+    out = run_cli(*TINY, "seed=7", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert_refused(out, f"{run} already holds a run")
     assert f"resume={run}" in out.stderr
     assert tree_hashes(run) == before
 
@@ -140,8 +97,8 @@ def test_an_explicit_run_dir_that_is_a_user_folder_is_refused_untouched(tmp_path
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "a.txt").write_text("mine")
-    out = finetune(*TINY, f"hydra.run.dir={folder}", cwd=tmp_path)
-    refused(out, "already holds a run (a.txt)")
+    out = run_cli(*TINY, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert_refused(out, "already holds a run (a.txt)")
     assert tree_hashes(folder) == {"a.txt": hashlib.sha256(b"mine").hexdigest()}
 
 
@@ -162,7 +119,7 @@ def test_multirun_jobs_each_own_a_directory(tmp_path):
 
 def test_plan_makes_no_run_directory(tmp_path):
     for args in (["plan", *TINY], ["plan=true", *TINY], ["plan=true", *TINY, "hydra.run.dir=run"]):
-        out = finetune(*args, cwd=tmp_path)
+        out = run_cli(*args, cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "phase 1 'probe'" in out.stdout
         assert sorted(p.name for p in tmp_path.iterdir()) == [], args
@@ -173,8 +130,8 @@ def test_a_run_refused_on_its_data_leaves_no_directory_and_its_input_unchanged(t
     (data / "notes").mkdir(parents=True)
     (data / "notes" / "readme.txt").write_text("no images here")
     before = tree_hashes(data)
-    out = finetune(*TINY, "dataset=imagefolder", f"dataset.root={data}", cwd=tmp_path)
-    refused(out, "no images")
+    out = run_cli(*TINY, "dataset=imagefolder", f"dataset.root={data}", cwd=tmp_path)
+    assert_refused(out, "no images")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no runs/ folder
     assert tree_hashes(data) == before
 
@@ -185,8 +142,8 @@ def test_a_run_refused_on_its_data_leaves_no_directory_and_its_input_unchanged(t
 def test_resuming_a_finished_run_is_refused_unless_asked(finished, tmp_path):
     run = copy_run(finished, tmp_path)
     before = tree_hashes(run)
-    out = finetune(f"resume={run}", cwd=tmp_path)
-    refused(out, "has finished (metrics.json exists)")
+    out = run_cli(f"resume={run}", cwd=tmp_path)
+    assert_refused(out, "has finished (metrics.json exists)")
     assert "resume_finished=true" in out.stderr
     assert tree_hashes(run) == before
 
@@ -198,7 +155,7 @@ def test_resume_finished_re_tests_without_training_and_may_calibrate(finished, t
     run = copy_run(finished, tmp_path)
     before = json.loads((run / "metrics.json").read_text())
     checkpoints, logs = tree_hashes(run / "checkpoints"), sorted(p.name for p in (run / "logs").rglob("*.csv"))
-    out = finetune(f"resume={run}", "resume_finished=true", "calibration=temperature", cwd=tmp_path)
+    out = run_cli(f"resume={run}", "resume_finished=true", "calibration=temperature", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     after = json.loads((run / "metrics.json").read_text())
     assert tree_hashes(run / "checkpoints") == checkpoints  # nothing trained, nothing saved
@@ -213,7 +170,7 @@ def test_resume_finished_re_tests_without_training_and_may_calibrate(finished, t
 def test_resume_overrides_that_change_the_experiment_are_refused_by_name(finished, tmp_path):
     run = copy_run(finished, tmp_path)
     before = tree_hashes(run)
-    out = finetune(
+    out = run_cli(
         f"resume={run}",
         "resume_finished=true",
         "dataset=imagefolder",
@@ -224,7 +181,7 @@ def test_resume_overrides_that_change_the_experiment_are_refused_by_name(finishe
         "dataset.num_workers=0",
         cwd=tmp_path,
     )
-    refused(
+    assert_refused(
         out,
         f"would change the experiment: dataset=imagefolder dataset.root={tmp_path} seed=3 schedule.epochs=4 (allowed",
     )
@@ -270,8 +227,8 @@ def test_a_corrupt_or_foreign_checkpoint_is_refused_before_anything_is_rewritten
         torch.save({"state_dict": {}}, ckpt)
         message = "last.ckpt was not written by finetune (no phase record)"
     before = tree_hashes(run)
-    out = finetune(f"resume={run}", cwd=tmp_path)
-    refused(out, message)
+    out = run_cli(f"resume={run}", cwd=tmp_path)
+    assert_refused(out, message)
     assert f"resume={run / 'checkpoints' / 'best.ckpt'}" in out.stderr
     assert tree_hashes(run) == before
 
@@ -286,7 +243,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_phase_one_keeping
     stray = run / "logs" / ".metrics.csv.abc12345.tmp"  # atomic_path's name: mkstemp, 8 random characters
     stray.write_text("half a file")
     first_log = (run / "logs" / "probe" / "metrics.csv").read_bytes()
-    out = finetune(f"resume={run}", cwd=tmp_path)
+    out = run_cli(f"resume={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stopped before its first checkpoint, so phase 1 starts from the beginning" in out.stdout
     assert (
@@ -300,8 +257,8 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_phase_one_keeping
 
 def test_a_directory_no_run_wrote_is_not_resumed(tmp_path):
     (tmp_path / "photos").mkdir()
-    out = finetune(f"resume={tmp_path / 'photos'}", cwd=tmp_path)
-    refused(out, "not a finetune run directory")
+    out = run_cli(f"resume={tmp_path / 'photos'}", cwd=tmp_path)
+    assert_refused(out, "not a finetune run directory")
     assert list((tmp_path / "photos").iterdir()) == []
 
 

@@ -16,7 +16,7 @@ import torch
 from finetune.run.schedule import PHASE_KEY
 from finetune.training.divergence import DivergenceRule
 
-from ..helpers import TINY, finetune_env
+from ..helpers import TINY, finetune_env, start_finetune
 
 # Added to every Trainer when SIGNAL_AT="<signal>:<phase>:<epoch index>:<batch index>" is set: rank 0 sends
 # the signal once, to the process whose pid SIGNAL_PID_FILE holds (the DDP launcher), else to itself.
@@ -52,14 +52,7 @@ def _start(args: list[str], cwd: Path, signal_at: str, **env: str) -> subprocess
     inject.mkdir(exist_ok=True)
     (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
     path = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [sys.executable, "-m", "finetune", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**finetune_env(), "PYTHONPATH": path, "SIGNAL_AT": signal_at, **env},
-    )
+    return start_finetune(*args, cwd=cwd, env={"PYTHONPATH": path, "SIGNAL_AT": signal_at, **env})
 
 
 def _finish(process: subprocess.Popen) -> tuple[int, str, str]:

@@ -19,15 +19,9 @@ from finetune.tasks.registry import get_task
 from finetune.training.phases import PhaseCheckpoint
 
 from ..conftest import compose_config
+from ..helpers import SMALL_RESNET
 
-TINY = [
-    "backbone.name=resnet10t",
-    "backbone.pretrained=false",
-    "dataset.image_size=32",
-    "trainer.progress_bar=false",
-    "trainer.limit_val_batches=2",
-    "trainer.deterministic=true",
-]
+TINY = [*SMALL_RESNET, "trainer.deterministic=true"]
 
 
 def image_folder(root: Path, train: int = 14, val: int = 3, test: int = 3) -> Path:

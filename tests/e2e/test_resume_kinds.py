@@ -24,7 +24,7 @@ from PIL import Image
 from finetune.data.datamodule import ClassificationDataModule
 from finetune.data.transforms import Preprocessing
 
-from ..helpers import finetune_env, start_finetune
+from ..helpers import finetune_env, squares, start_finetune
 
 # `python -m finetune` whose process sends itself SIG (argv[1]) at the start of batch BATCH (argv[3]) of
 # epoch EPOCH (argv[2], from 0): a fixed point, not a race with a timer.
@@ -93,22 +93,6 @@ def _tiny_medmnist(root: Path, name: str = "breastmnist") -> None:
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.reshape(n, 1)
     root.mkdir(parents=True)
     np.savez(root / f"{name}.npz", **arrays)
-
-
-def _square_pairs(root: Path, n: int = 12, side: int = 48) -> None:
-    """``root/images/*.png`` and ``root/masks/*.png``: bright squares ({0, 255} masks) on dark noise."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        image = rng.integers(0, 90, (side, side, 3), dtype=np.uint8)
-        mask = np.zeros((side, side), np.uint8)
-        top, left = rng.integers(0, side - 20, 2)
-        square = int(rng.integers(10, 20))
-        image[top : top + square, left : left + square] = rng.integers(170, 256, 3, dtype=np.uint8)
-        mask[top : top + square, left : left + square] = 255
-        Image.fromarray(image).save(root / "images" / f"pair{i:02d}.png")
-        Image.fromarray(mask).save(root / "masks" / f"pair{i:02d}.png")
 
 
 def _start_interrupted(args: list[str], cwd: Path, signal_name: str, epoch: int, batch: int) -> subprocess.Popen:
@@ -218,7 +202,7 @@ def test_medmnist_resumes_after_sigkill_mid_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_segmentation_pairs_with_workers_resume_after_sigkill_mid_epoch(tmp_path):
-    _square_pairs(tmp_path / "squares")
+    squares(tmp_path / "squares", n=12, size=48)
     _assert_resume_matches_uninterrupted(
         tmp_path,
         [

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import timm
@@ -16,20 +13,15 @@ from finetune.commands.summary import main
 from finetune.models.saved_runs import load_run
 from finetune.tasks.registry import get_task
 
+from ..helpers import run_cli
+
 RESNET18 = ["backbone=resnet18", "input_size=64", "backbone.freeze=2"]
 FROZEN, TRAINABLE = ("stem", "stage1", "stage2"), ("stage3", "stage4", "head")
 
 
 def test_cli_writes_stage_csv_with_frozen_stages_and_full_parameter_count(tmp_path):
     out = tmp_path / "stages.csv"
-    done = subprocess.run(
-        [sys.executable, "-m", "finetune", "summary", *RESNET18, "format=csv", "per=stage", f"out={out}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=300,
-    )
+    done = run_cli("summary", *RESNET18, "format=csv", "per=stage", f"out={out}", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["name"]: row for row in csv.DictReader(out.open())}
     assert list(rows) == [*FROZEN, *TRAINABLE]
