@@ -4,11 +4,13 @@ helpers, Hydra composition of the real configs included, live in helpers.py)."""
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .helpers import DIGITS_LINEAR_PROBE, run_cli, squares
+from .helpers import DIGITS_LINEAR_PROBE, TINY, run_cli, squares
 from .helpers import compose_config as compose_config  # re-exported: test modules import it from here
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,13 +48,49 @@ def tiny_overrides(*extra: str) -> list[str]:
 FINISHED_RUN_ARGS = [*DIGITS_LINEAR_PROBE, "hydra.run.dir=run"]
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build(folder)`` (it returns a run directory inside ``folder``) made once for the whole session, across
+    pytest-xdist workers (pytest-xdist's recipe: a FileLock on the session's shared base folder), then copied
+    into this worker's own temporary folder: each worker works in its own copy, as if it had built it, so a
+    command one worker runs in the run (its lock, a report it rewrites) never meets another worker's."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nothing to share
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / f"built-once-{name}"
+    with FileLock(f"{shared}.lock"):
+        made = shared.with_name(f"{shared.name}.done")  # holds the run's path inside ``shared``
+        if not made.is_file():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            made.write_text(str(build(shared).relative_to(shared)))
+    copy = tmp_path_factory.mktemp(name) / "copy"
+    shutil.copytree(shared, copy, symlinks=True)
+    return copy / made.read_text()
+
+
+def _built_by_cli(args: list[str]) -> Callable[[Path], Path]:
+    """A build for built_once: ``finetune <args>`` (with ``hydra.run.dir=run``) in the folder; its run."""
+
+    def build(base: Path) -> Path:
+        out = run_cli(*args, "hydra.run.dir=run", cwd=base)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return base / "run"
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
     """A real run directory (digits, pip ImageNet weights, 3 training batches), made once per session."""
-    base = tmp_path_factory.mktemp("finished_run")
-    out = run_cli(*FINISHED_RUN_ARGS, cwd=base)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return base / "run"
+    return built_once(tmp_path_factory, "finished_run", _built_by_cli(DIGITS_LINEAR_PROBE))
+
+
+@pytest.fixture(scope="session")
+def tiny_finished_run(tmp_path_factory) -> Path:
+    """A finished tiny run (``TINY``: random-init resnet10t, 2 training batches, ``checkpoints.keep=best``),
+    made once per session; a test that writes into it (or runs a command in it) copies it first."""
+    return built_once(tmp_path_factory, "tiny_finished_run", _built_by_cli(TINY))
 
 
 SEG_CLASSES = ["background", "thing"]
@@ -62,7 +100,10 @@ SEG_CLASSES = ["background", "thing"]
 def tiny_seg_run(tmp_path_factory) -> Path:
     """A real segmentation run (index masks of two named classes, random-init resnet10t under a U-Net,
     2 training batches, 2 test images), made once per session."""
-    base = tmp_path_factory.mktemp("tiny_seg_run")
+    return built_once(tmp_path_factory, "tiny_seg_run", _build_tiny_seg_run)
+
+
+def _build_tiny_seg_run(base: Path) -> Path:
     squares(base / "data", n=10, foreground=1)
     args = [
         "task=segmentation",
@@ -81,11 +122,8 @@ def tiny_seg_run(tmp_path_factory) -> Path:
         "trainer.limit_train_batches=2",
         "trainer.progress_bar=false",
         "segmentation.overlays=2",
-        "hydra.run.dir=run",
     ]
-    out = run_cli(*args, cwd=base)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return base / "run"
+    return _built_by_cli(args)(base)
 
 
 # The test files that take longest (seconds of their tests, measured with --durations on 2 cores), started
@@ -98,9 +136,8 @@ LONGEST_FILES = (
     "test_faults_signals.py",
     "test_resume_kinds.py",
     "test_cli.py",
-    "test_faults_rundirs.py",
     "test_peers_smoke.py",
-    "test_faults_inputs.py",
+    "test_faults_rundirs.py",
 )
 
 

@@ -5,10 +5,13 @@ model import torch, Lightning and finetune's model code inside the function."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,6 +119,67 @@ def run_cli(*args: str, cwd: Path, module: str = "finetune", timeout: int = 600)
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``finetune <args>`` run in this process (``finetune.cli.main``) in ``cwd``, as run_cli returns it: exit code
+    (``sys.exit`` included), stdout, stderr. For a refusal, a plan or a check that only needs the command's
+    output, not the process (no ~3 s start-up per command). The process-wide state a command sets (working
+    directory, ``sys.argv``, environment variables, Hydra's logging set-up, warning filters, torch's
+    deterministic-algorithms switch) is restored after it."""
+    import io
+    import logging
+    import warnings
+
+    from finetune.cli import main
+
+    def loggers() -> list[logging.Logger]:
+        known = logging.Logger.manager.loggerDict.values()
+        return [logging.root, *(log for log in known if isinstance(log, logging.Logger))]
+
+    saved = {log: (log.handlers[:], log.level, log.propagate, log.disabled) for log in loggers()}
+    argv, here, environ, out, err = sys.argv[:], os.getcwd(), dict(os.environ), io.StringIO(), io.StringIO()
+    deterministic = "torch" in sys.modules and sys.modules["torch"].are_deterministic_algorithms_enabled()
+    os.chdir(cwd)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # as the interpreter ends: None is 0, a message is printed with 1
+                code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+                if not isinstance(exit_.code, int | None):
+                    print(exit_.code, file=sys.stderr)
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        if "torch" in sys.modules:  # Lightning's trainer.deterministic=true switches it on for the process
+            sys.modules["torch"].use_deterministic_algorithms(deterministic)
+        for log in loggers():
+            if log in saved:
+                handlers, log.level, log.propagate, log.disabled = saved[log]
+            else:  # made during the command (an import's own handler kept): only what writes to its output goes
+                handlers = [h for h in log.handlers if getattr(h, "stream", None) not in (out, err)]
+                handlers = [h for h in handlers if not isinstance(h, logging.FileHandler)]
+            for handler in set(log.handlers) - set(handlers):
+                handler.close()
+            log.handlers[:] = handlers
+    return subprocess.CompletedProcess(["finetune", *args], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside the block, as in a ``finetune`` process of finetune_env(): a run made in this
+    process (cli_in_process) then computes the same numbers as one made by a subprocess."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -318,3 +382,73 @@ def rewrite_embedded(path: Path, change) -> None:
         meta = json.loads(f.metadata()["finetune"])
     change(meta)
     save_file(load_file(path), str(path), metadata={"finetune": json.dumps(meta, sort_keys=True)})
+
+
+# `python -m finetune` whose process sends itself SIGTERM at the start of batch 1 of the second phase (phase index 1):
+# a fixed point after the first phase's checkpoints, mid-phase.
+STOP_IN_PHASE_2 = """
+import os, runpy, signal
+import lightning as L
+class StopInPhase2(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.phase_index == 1 and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+init = L.Trainer.__init__
+L.Trainer.__init__ = lambda self, *a, callbacks=(), **kw: init(self, *a, callbacks=[*callbacks, StopInPhase2()], **kw)
+runpy.run_module("finetune", run_name="__main__", alter_sys=True)
+"""
+
+
+def stopped_in_phase_2(*args: str, cwd: Path) -> Path:
+    """``finetune <args> hydra.run.dir=run`` (two phases or more) stopped by SIGTERM mid phase 2: exit 143, a
+    ``last.ckpt`` and no ``metrics.json``; the run directory (``finetune resume=run`` continues it)."""
+    out = subprocess.run(
+        [sys.executable, "-c", STOP_IN_PHASE_2, *args, "hydra.run.dir=run"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=finetune_env(),
+        timeout=600,
+    )
+    assert out.returncode == 143, out.stderr[-3000:]
+    run = cwd / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").exists()
+    return run
+
+
+def step_losses(metrics_csv: Path) -> list[float]:
+    """The per-step training losses (``train/loss_step``) a phase's ``metrics.csv`` logged."""
+    with open(metrics_csv, newline="") as f:
+        return [float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+
+
+# `python -m finetune` whose process sends itself SIG (argv[1]) at the start of batch BATCH (argv[3]) of epoch
+# EPOCH (argv[2], from 0): a fixed point of the run, not a race with a timer.
+INTERRUPT_AT_BATCH = """
+import os, runpy, signal, sys
+import lightning as L
+
+SIG, EPOCH, BATCH = getattr(signal, sys.argv.pop(1)), int(sys.argv.pop(1)), int(sys.argv.pop(1))
+
+class InterruptAt(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == EPOCH and batch_idx == BATCH:
+            os.kill(os.getpid(), SIG)
+
+init = L.Trainer.__init__
+L.Trainer.__init__ = lambda self, *a, callbacks=(), **kw: init(self, *a, callbacks=[*callbacks, InterruptAt()], **kw)
+runpy.run_module("finetune", run_name="__main__", alter_sys=True)
+"""
+
+
+def start_interrupted(*args: str, cwd: Path, signal_name: str, epoch: int, batch: int) -> subprocess.Popen:
+    """``python -m finetune <args>`` started in ``cwd``, sending itself ``signal_name`` at ``batch`` of ``epoch``
+    (from 0); stdout and stderr together on stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-c", INTERRUPT_AT_BATCH, signal_name, str(epoch), str(batch), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=finetune_env(),
+    )

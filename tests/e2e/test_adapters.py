@@ -4,8 +4,6 @@ real run exports a model that matches. Tiny random archs (resnet10t, timm's test
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from copy import deepcopy
 
 import numpy as np
@@ -28,7 +26,7 @@ from finetune.tasks.registry import TASKS, get_task
 from finetune.training.validate import validate
 
 from ..conftest import compose_config
-from ..helpers import CLASSES, imagenet_32px, real_images, sgd_steps, tensor_hashes, train_steps
+from ..helpers import CLASSES, cli_in_process, imagenet_32px, real_images, sgd_steps, tensor_hashes, train_steps
 
 CLASSIFICATION = get_task("classification")
 PRE = imagenet_32px()
@@ -270,13 +268,7 @@ def test_a_config_written_before_adapters_existed_trains_without_one():
 
 
 def test_the_cli_refuses_an_unknown_adapter_before_loading_anything(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "finetune", "backbone.adapter=lorax"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = cli_in_process("backbone.adapter=lorax", cwd=tmp_path)
     assert out.returncode == 2 and "backbone.adapter='lorax' is not known" in out.stderr
     assert list(tmp_path.iterdir()) == []  # no run directory: refused before Hydra, data or weights
 

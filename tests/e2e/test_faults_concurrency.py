@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ..helpers import TINY, assert_refused, compose_config, finetune_env, run_finetune, tree_hashes
+from ..helpers import TINY, assert_refused, cli_in_process, compose_config, finetune_env, tree_hashes
 
 LOCK = ".finetune-lock"
 CHILDREN: list[subprocess.Popen] = []  # started by start_finetune_until, killed after the test if still there
@@ -108,13 +108,10 @@ def temporaries(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished tiny run (random-init resnet10t, 2 training batches), made once for this module."""
-    base = tmp_path_factory.mktemp("finished")
-    out = run_finetune(*TINY, "hydra.run.dir=done", cwd=base)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert not (base / "done" / LOCK).exists()  # released at the end of a run
-    return base / "done"
+def finished(tiny_finished_run) -> Path:
+    """A finished tiny run (random-init resnet10t, 2 training batches): the session's, copied by each test."""
+    assert not (tiny_finished_run / LOCK).exists()  # released at the end of a run
+    return tiny_finished_run
 
 
 def copy_run(finished: Path, tmp_path: Path) -> Path:
@@ -129,7 +126,7 @@ def test_a_second_resume_is_refused_while_the_first_holds_the_run(finished, tmp_
     first = start_finetune_until("stop", ".metrics.json.*.tmp", f"resume={run}", "resume_finished=true", cwd=tmp_path)
     wait_stopped(first, tmp_path)  # the first resume is about to write metrics.json
     before = tree_hashes(run)
-    second = run_finetune(f"resume={run}", "resume_finished=true", cwd=tmp_path)
+    second = cli_in_process(f"resume={run}", "resume_finished=true", cwd=tmp_path)
     line = assert_refused(
         second, f"{run} is locked by pid {first.pid} on host {socket.gethostname()} (finetune resume, started "
     )
@@ -145,8 +142,8 @@ def test_export_and_resume_are_refused_while_a_training_run_works(tmp_path):
     run = tmp_path / "run"
     before = tree_hashes(run)
     holder = f"{run} is locked by pid {first.pid} on host {socket.gethostname()} (finetune train, started "
-    assert_refused(run_finetune("export", f"run={run}", "format=safetensors", "out=elsewhere", cwd=tmp_path), holder)
-    assert_refused(run_finetune(f"resume={run}", cwd=tmp_path), holder)
+    assert_refused(cli_in_process("export", f"run={run}", "format=safetensors", "out=elsewhere", cwd=tmp_path), holder)
+    assert_refused(cli_in_process(f"resume={run}", cwd=tmp_path), holder)
     assert tree_hashes(run) == before and not (tmp_path / "elsewhere").exists()
     resume_and_finish(first, tmp_path)
     assert json.loads((run / "metrics.json").read_text())["test"]
@@ -162,7 +159,7 @@ def test_a_second_export_is_refused_and_a_killed_one_is_cleaned_up_by_the_next(f
     first = start_finetune_until("stop", ".model.onnx.*.tmp", *export, cwd=tmp_path)
     wait_stopped(first, tmp_path)  # its model.onnx is half written
     before = tree_hashes(run)
-    second = run_finetune(*export, "overwrite=true", cwd=tmp_path)
+    second = cli_in_process(*export, "overwrite=true", cwd=tmp_path)
     assert_refused(
         second, f"{run} is locked by pid {first.pid} on host {socket.gethostname()} (finetune export, started "
     )
@@ -171,7 +168,7 @@ def test_a_second_export_is_refused_and_a_killed_one_is_cleaned_up_by_the_next(f
     left = temporaries(run)
     assert (run / LOCK).exists() and len(left) == 1 and left[0].startswith("exports/.model.onnx."), left
 
-    third = run_finetune(*export, cwd=tmp_path)
+    third = cli_in_process(*export, cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"took over the lock of {run}: pid {first.pid} on this host (finetune export, started " in third.stdout, (
         third.stdout
@@ -192,7 +189,7 @@ def test_a_killed_folder_export_is_cleaned_from_the_out_folder_only_by_our_names
     left = [name for name in temporaries(out) if name not in mine]
     assert len(left) == 1 and left[0].startswith(".timm.") and (out / left[0]).is_dir(), left
 
-    second = run_finetune(*export, cwd=tmp_path)
+    second = cli_in_process(*export, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"removed 1 temporary file left by an interrupted write in {out} ({left[0]})" in second.stdout
     assert {p.name for p in out.iterdir()} == {*mine, "timm", "preprocess.py"}
@@ -216,7 +213,7 @@ def test_a_lock_from_another_host_is_refused_with_how_to_remove_it(finished, tmp
         )
     )
     before = tree_hashes(run)
-    out = run_finetune("report", f"run={run}", cwd=tmp_path)
+    out = cli_in_process("report", f"run={run}", cwd=tmp_path)
     line = assert_refused(
         out,
         f"{run} is locked by pid 4242 on host gpu-node-7 (finetune train, started "

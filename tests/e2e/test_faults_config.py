@@ -16,7 +16,7 @@ from PIL import Image
 from finetune.commands.precheck import precheck
 
 from ..conftest import compose_config
-from ..helpers import TINY, assert_refused, finetune_env, run_cli, run_finetune, tree_hashes
+from ..helpers import TINY, assert_refused, cli_in_process, finetune_env, run_cli, tree_hashes
 
 HEAVY = ("torch", "lightning", "timm")
 # ``finetune`` in this process, then the heavy modules the command imported, on stdout's last line.
@@ -54,7 +54,7 @@ def csv_folder(folder: Path) -> Path:
 def paused(tmp_path_factory) -> Path:
     """A tiny run that keeps ``last.ckpt`` (``checkpoints.keep=both``), made once for this module."""
     base = tmp_path_factory.mktemp("paused")
-    out = run_finetune(*TINY, "checkpoints.keep=both", "hydra.run.dir=run", cwd=base)
+    out = cli_in_process(*TINY, "checkpoints.keep=both", "hydra.run.dir=run", cwd=base)
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "run"
 
@@ -70,7 +70,7 @@ def test_a_run_directory_inside_the_data_is_refused_before_it_is_made(tmp_path, 
     else:
         args = ["dataset=imagefolder", f"dataset.root={image_folder(data)}"]
     before = tree_hashes(data)
-    out = run_finetune(*TINY, *args, f"hydra.run.dir={data}/runX", cwd=tmp_path)
+    out = cli_in_process(*TINY, *args, f"hydra.run.dir={data}/runX", cwd=tmp_path)
     assert_refused(out, f"hydra.run.dir={data}/runX is inside the data folder {data}")
     assert "pick a hydra.run.dir outside it" in out.stderr
     assert tree_hashes(data) == before and not (data / "runX").exists()
@@ -87,7 +87,7 @@ def test_the_default_run_directory_inside_the_data_is_refused(tmp_path):
     """Started from inside the image folder, the default ``runs/…`` would land in the data."""
     data = image_folder(tmp_path / "data")
     before = tree_hashes(data)
-    out = run_finetune(*TINY, "dataset=imagefolder", "dataset.root=.", cwd=data)
+    out = cli_in_process(*TINY, "dataset=imagefolder", "dataset.root=.", cwd=data)
     assert_refused(out, f"the run directory runs/ is inside the data folder {data}")
     assert tree_hashes(data) == before and not (data / "runs").exists()
 
@@ -104,7 +104,7 @@ def test_resume_refuses_an_environment_interpolation_in_the_stored_config(tmp_pa
     cfg.logger.experiment = "${oc.env:HOME}"  # as a hand-edited config.yaml holds it
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     before = tree_hashes(run)
-    out = run_finetune(f"resume={run}", cwd=tmp_path)
+    out = cli_in_process(f"resume={run}", cwd=tmp_path)
     assert_refused(
         out, f"{run / 'config.yaml'}: logger.experiment holds '${{oc.env:HOME}}', which reads the environment"
     )
@@ -167,7 +167,7 @@ def test_resume_from_a_checkpoint_with_a_wrong_shape_is_refused_before_anything_
     state["state_dict"][bias] = torch.zeros(7)
     torch.save(state, ckpt)
     before = tree_hashes(run)
-    out = run_finetune(f"resume={run}", cwd=tmp_path)
+    out = cli_in_process(f"resume={run}", cwd=tmp_path)
     assert_refused(out, f"{ckpt}: tensor {bias} has shape [7], but this run's model has [10]")
     assert tree_hashes(run) == before  # no line in finetune.log, no logs/<phase>/attempt-2
 
@@ -178,7 +178,7 @@ def test_resume_from_a_checkpoint_with_a_wrong_shape_is_refused_before_anything_
 def test_a_run_directory_below_a_file_is_refused_naming_it(tmp_path):
     """Root may write anywhere chmod forbids; a file where a folder must be fails for everyone."""
     (tmp_path / "blocker").write_text("not a folder")
-    out = run_finetune(*TINY, "hydra.run.dir=blocker/run", cwd=tmp_path)
+    out = cli_in_process(*TINY, "hydra.run.dir=blocker/run", cwd=tmp_path)
     assert_refused(
         out,
         "cannot write the run directory blocker/run: blocker is a file, not a folder; "
@@ -199,10 +199,10 @@ def read_only(tmp_path):
 
 
 def test_a_read_only_output_location_is_refused_naming_the_folder(read_only, tmp_path):
-    out = run_finetune(*TINY, f"hydra.run.dir={read_only}/run", cwd=tmp_path)
+    out = cli_in_process(*TINY, f"hydra.run.dir={read_only}/run", cwd=tmp_path)
     assert_refused(out, f"cannot write the run directory {read_only}/run: {read_only} is not writable")
     assert "pass hydra.run.dir=<a folder you can write>" in out.stderr
-    default = run_finetune(*TINY, cwd=read_only)  # the default runs/… from a read-only working folder
+    default = cli_in_process(*TINY, cwd=read_only)  # the default runs/… from a read-only working folder
     assert_refused(default, f"cannot write the run directory runs/: {read_only} is not writable")
     assert "or start finetune from a folder you can write" in default.stderr
     assert list(read_only.iterdir()) == []
@@ -340,7 +340,7 @@ def test_a_recipe_setting_task_as_a_value_is_told_to_select_the_task_group(tmp_p
 def test_a_recipe_setting_task_as_a_value_under_hydras_own_command_line_is_one_line(tmp_path):
     """``--config-dir`` skips the precheck: the check before training says it (no ConfigAttributeError)."""
     user = old_style_recipes(tmp_path / "user")
-    out = run_finetune("--config-dir", str(user), "+mine=old", f"dataset.root={tmp_path}", "plan=true", cwd=tmp_path)
+    out = cli_in_process("--config-dir", str(user), "+mine=old", f"dataset.root={tmp_path}", "plan=true", cwd=tmp_path)
     assert assert_refused(out, TASK_AS_VALUE) == f"finetune: error: {TASK_AS_VALUE}"
 
 

@@ -26,7 +26,15 @@ from finetune.data.folders import load_csv, load_imagefolder
 from finetune.data.medmnist import load_medmnist_source
 from finetune.run.errors import DatasetError, FinetuneError
 
-from ..helpers import assert_refused, export_tiny_resnet, jpeg_bytes, run_finetune, tree_hashes, write_png
+from ..helpers import (
+    assert_refused,
+    cli_in_process,
+    export_tiny_resnet,
+    jpeg_bytes,
+    run_finetune,
+    tree_hashes,
+    write_png,
+)
 
 CLASSES = ["ant", "bee"]
 
@@ -284,7 +292,7 @@ def test_cli_medmnist_mismatch_is_one_line_exit_2(shared_data, tmp_path):
     path = medmnist_copy(
         shared_data, tmp_path / "breastmnist.npz", lambda a: a.update(train_labels=a["train_labels"][:100])
     )
-    done = run_finetune(
+    done = cli_in_process(
         "plan",
         "dataset=medmnist",
         "dataset.name=breastmnist",

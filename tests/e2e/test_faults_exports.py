@@ -30,7 +30,15 @@ from finetune.run.errors import FinetuneError
 from finetune.tasks.registry import TASKS, get_task
 
 from ..conftest import compose_config
-from ..helpers import assert_refused, export_tiny_resnet, flip_byte, rewrite_embedded, run_finetune, tree_hashes
+from ..helpers import (
+    assert_refused,
+    cli_in_process,
+    export_tiny_resnet,
+    flip_byte,
+    rewrite_embedded,
+    run_finetune,
+    tree_hashes,
+)
 
 PRE = Preprocessing((32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 3)
 CLASSES = ["ant", "bee", "wasp"]
@@ -222,7 +230,7 @@ def test_a_re_test_of_a_run_whose_tested_checkpoint_is_a_pickle_is_one_line(fini
     shutil.copy(best, run / "checkpoints" / "last.ckpt")
     marker = tmp_path / "payload-ran"
     torch.save({"state_dict": {}, "payload": Payload(marker)}, best)
-    out = run_finetune("resume=run", "resume_finished=true", cwd=tmp_path)
+    out = cli_in_process("resume=run", "resume_finished=true", cwd=tmp_path)
     line = assert_refused(out, "objects finetune never writes in a checkpoint")
     assert "run/checkpoints/best.ckpt holds" in line and not any(advice in line for advice in UNSAFE_ADVICE)
     assert not marker.exists()

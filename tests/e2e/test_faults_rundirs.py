@@ -17,16 +17,13 @@ from finetune.report.plots import epoch_history
 from finetune.run.rundir import RUN_MARKER, forget_claims, log_attempts, log_version, unique_run_dir
 
 from ..conftest import compose_config
-from ..helpers import TINY, assert_refused, run_cli, tree_hashes
+from ..helpers import TINY, assert_refused, cli_in_process, tree_hashes
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished tiny run (random-init resnet10t, 2 training batches), made once for this module."""
-    base = tmp_path_factory.mktemp("finished")
-    out = run_cli(*TINY, "hydra.run.dir=done", cwd=base)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return base / "done"
+def finished(tiny_finished_run) -> Path:
+    """A finished tiny run (random-init resnet10t, 2 training batches): the session's, copied by each test."""
+    return tiny_finished_run
 
 
 def copy_run(finished: Path, tmp_path: Path, name: str = "run") -> Path:
@@ -87,7 +84,7 @@ def test_the_default_run_and_sweep_dirs_are_made_unique_by_the_resolver(tmp_path
 def test_an_explicit_run_dir_holding_a_finished_run_is_refused_untouched(finished, tmp_path):
     run = copy_run(finished, tmp_path)
     before = tree_hashes(run)
-    out = run_cli(*TINY, "seed=7", f"hydra.run.dir={run}", cwd=tmp_path)
+    out = cli_in_process(*TINY, "seed=7", f"hydra.run.dir={run}", cwd=tmp_path)
     assert_refused(out, f"{run} already holds a run")
     assert f"resume={run}" in out.stderr
     assert tree_hashes(run) == before
@@ -97,7 +94,7 @@ def test_an_explicit_run_dir_that_is_a_user_folder_is_refused_untouched(tmp_path
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "a.txt").write_text("mine")
-    out = run_cli(*TINY, f"hydra.run.dir={folder}", cwd=tmp_path)
+    out = cli_in_process(*TINY, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert_refused(out, "already holds a run (a.txt)")
     assert tree_hashes(folder) == {"a.txt": hashlib.sha256(b"mine").hexdigest()}
 
@@ -119,7 +116,7 @@ def test_multirun_jobs_each_own_a_directory(tmp_path):
 
 def test_plan_makes_no_run_directory(tmp_path):
     for args in (["plan", *TINY], ["plan=true", *TINY], ["plan=true", *TINY, "hydra.run.dir=run"]):
-        out = run_cli(*args, cwd=tmp_path)
+        out = cli_in_process(*args, cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "phase 1 'probe'" in out.stdout
         assert sorted(p.name for p in tmp_path.iterdir()) == [], args
@@ -130,7 +127,7 @@ def test_a_run_refused_on_its_data_leaves_no_directory_and_its_input_unchanged(t
     (data / "notes").mkdir(parents=True)
     (data / "notes" / "readme.txt").write_text("no images here")
     before = tree_hashes(data)
-    out = run_cli(*TINY, "dataset=imagefolder", f"dataset.root={data}", cwd=tmp_path)
+    out = cli_in_process(*TINY, "dataset=imagefolder", f"dataset.root={data}", cwd=tmp_path)
     assert_refused(out, "no images")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no runs/ folder
     assert tree_hashes(data) == before
@@ -142,7 +139,7 @@ def test_a_run_refused_on_its_data_leaves_no_directory_and_its_input_unchanged(t
 def test_resuming_a_finished_run_is_refused_unless_asked(finished, tmp_path):
     run = copy_run(finished, tmp_path)
     before = tree_hashes(run)
-    out = run_cli(f"resume={run}", cwd=tmp_path)
+    out = cli_in_process(f"resume={run}", cwd=tmp_path)
     assert_refused(out, "has finished (metrics.json exists)")
     assert "resume_finished=true" in out.stderr
     assert tree_hashes(run) == before
@@ -155,7 +152,7 @@ def test_resume_finished_re_tests_without_training_and_may_calibrate(finished, t
     run = copy_run(finished, tmp_path)
     before = json.loads((run / "metrics.json").read_text())
     checkpoints, logs = tree_hashes(run / "checkpoints"), sorted(p.name for p in (run / "logs").rglob("*.csv"))
-    out = run_cli(f"resume={run}", "resume_finished=true", "calibration=temperature", cwd=tmp_path)
+    out = cli_in_process(f"resume={run}", "resume_finished=true", "calibration=temperature", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     after = json.loads((run / "metrics.json").read_text())
     assert tree_hashes(run / "checkpoints") == checkpoints  # nothing trained, nothing saved
@@ -170,7 +167,7 @@ def test_resume_finished_re_tests_without_training_and_may_calibrate(finished, t
 def test_resume_overrides_that_change_the_experiment_are_refused_by_name(finished, tmp_path):
     run = copy_run(finished, tmp_path)
     before = tree_hashes(run)
-    out = run_cli(
+    out = cli_in_process(
         f"resume={run}",
         "resume_finished=true",
         "dataset=imagefolder",
@@ -227,7 +224,7 @@ def test_a_corrupt_or_foreign_checkpoint_is_refused_before_anything_is_rewritten
         torch.save({"state_dict": {}}, ckpt)
         message = "last.ckpt was not written by finetune (no phase record)"
     before = tree_hashes(run)
-    out = run_cli(f"resume={run}", cwd=tmp_path)
+    out = cli_in_process(f"resume={run}", cwd=tmp_path)
     assert_refused(out, message)
     assert f"resume={run / 'checkpoints' / 'best.ckpt'}" in out.stderr
     assert tree_hashes(run) == before
@@ -243,7 +240,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_phase_one_keeping
     stray = run / "logs" / ".metrics.csv.abc12345.tmp"  # atomic_path's name: mkstemp, 8 random characters
     stray.write_text("half a file")
     first_log = (run / "logs" / "probe" / "metrics.csv").read_bytes()
-    out = run_cli(f"resume={run}", cwd=tmp_path)
+    out = cli_in_process(f"resume={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stopped before its first checkpoint, so phase 1 starts from the beginning" in out.stdout
     assert (
@@ -257,7 +254,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_phase_one_keeping
 
 def test_a_directory_no_run_wrote_is_not_resumed(tmp_path):
     (tmp_path / "photos").mkdir()
-    out = run_cli(f"resume={tmp_path / 'photos'}", cwd=tmp_path)
+    out = cli_in_process(f"resume={tmp_path / 'photos'}", cwd=tmp_path)
     assert_refused(out, "not a finetune run directory")
     assert list((tmp_path / "photos").iterdir()) == []
 

@@ -16,7 +16,7 @@ import torch
 from finetune.run.schedule import PHASE_KEY
 from finetune.training.divergence import DivergenceRule
 
-from ..helpers import TINY, finetune_env, start_finetune
+from ..helpers import TINY, cli_in_process, finetune_env, one_torch_thread, start_finetune
 
 # Added to every Trainer when SIGNAL_AT="<signal>:<phase>:<epoch index>:<batch index>" is set: rank 0 sends
 # the signal once, to the process whose pid SIGNAL_PID_FILE holds (the DDP launcher), else to itself.
@@ -153,14 +153,9 @@ def test_a_phase_that_diverges_stops_without_test_or_export_and_keeps_the_good_e
     phases = (
         "schedule.phases=[{name: probe, epochs: 1, freeze: all, lr: 0.01}, {name: top, epochs: 1, freeze: 0, lr: 1e30}]"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "finetune", *TINY, "schedule=gradual", phases, "hydra.run.dir=run"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=finetune_env(),
-        timeout=300,
-    )
+    # in this process (exit code 3 from a process: test_a_finite_loss_far_above_its_start_stops_the_phase)
+    with one_torch_thread():
+        out = cli_in_process(*TINY, "schedule=gradual", phases, "hydra.run.dir=run", cwd=tmp_path)
     assert out.returncode == 3, out.stderr[-3000:]
     line = _diverged_line(out.stderr)
     assert line.startswith("finetune: error: training diverged in phase 'top' at step 2 (loss nan, lr 1e+30"), line

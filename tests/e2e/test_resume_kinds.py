@@ -24,7 +24,7 @@ from PIL import Image
 from finetune.data.datamodule import ClassificationDataModule
 from finetune.data.transforms import Preprocessing
 
-from ..helpers import finetune_env, squares, start_finetune
+from ..helpers import cli_in_process, finetune_env, one_torch_thread, squares, start_finetune
 
 # `python -m finetune` whose process sends itself SIG (argv[1]) at the start of batch BATCH (argv[3]) of
 # epoch EPOCH (argv[2], from 0): a fixed point, not a race with a timer.
@@ -96,14 +96,16 @@ def _tiny_medmnist(root: Path, name: str = "breastmnist") -> None:
 
 
 def _start_interrupted(args: list[str], cwd: Path, signal_name: str, epoch: int, batch: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", INTERRUPT_AT, signal_name, str(epoch), str(batch), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=finetune_env(),
-    )
+    """The interrupted run, its output in ``cwd/interrupted.log`` (a pipe nobody reads meanwhile could block it)."""
+    with open(cwd / "interrupted.log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", INTERRUPT_AT, signal_name, str(epoch), str(batch), *args],
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=finetune_env(),
+        )
 
 
 def _validated_epochs(run_dir: Path, phase: str = "finetune") -> int:
@@ -119,11 +121,12 @@ def _test_metrics(run_dir: Path) -> dict:
 def _assert_resume_matches_uninterrupted(tmp_path: Path, args: list[str], signal_name: str, batch: int = 3) -> None:
     """Run ``args`` whole and interrupted by ``signal_name`` at ``batch`` of epoch 2, resume the
     interrupted run, and compare every test metric (abs 1e-6, as the SIGKILL test of test_phases)."""
-    whole = start_finetune(*args, "hydra.run.dir=whole", cwd=tmp_path)
     interrupted = _start_interrupted([*args, "hydra.run.dir=interrupted"], tmp_path, signal_name, 1, batch)
-    interrupted_log = interrupted.communicate(timeout=300)[0]
-    _, whole_err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, whole_err[-3000:]
+    with one_torch_thread():  # the uninterrupted reference, meanwhile in this process (one interpreter start less)
+        whole = cli_in_process(*args, "hydra.run.dir=whole", cwd=tmp_path)
+    interrupted.wait(timeout=300)
+    interrupted_log = (tmp_path / "interrupted.log").read_text()
+    assert whole.returncode == 0, whole.stderr[-3000:]
 
     run = tmp_path / "interrupted"
     assert not (run / "metrics.json").exists(), interrupted_log[-3000:]

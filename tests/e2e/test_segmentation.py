@@ -20,7 +20,7 @@ from finetune.run.errors import DatasetError, FinetuneError
 from finetune.tasks.registry import TASKS, get_task
 from finetune.tasks.segmentation.module import SegmentationLoss, SegmentationMetrics, sliding_window_logits
 
-from ..helpers import run_cli, squares, write_pair
+from ..helpers import cli_in_process, run_cli, squares, write_pair
 
 NONE_AUGMENT = {}
 
@@ -359,7 +359,7 @@ def test_onnx_export_takes_any_size_and_predict_writes_masks(seg_run, tmp_path):
 
 
 def test_classification_head_with_segmentation_fails_fast(tmp_path):
-    out = run_cli("task=segmentation", "dataset=seg_folder", "dataset.root=/nonexistent", cwd=tmp_path)
+    out = cli_in_process("task=segmentation", "dataset=seg_folder", "dataset.root=/nonexistent", cwd=tmp_path)
     assert out.returncode == 2
     assert "head.kind='linear'" in out.stderr and "head=unet" in out.stderr
 
@@ -371,7 +371,7 @@ def test_monitor_is_checked_against_the_task_before_training(tmp_path):
     assert monitor_metric(5, "loss") == "val/loss"
     with pytest.raises(FinetuneError, match="monitor=dice.*5 classes.*miou"):
         monitor_metric(5, "dice")  # a foreground score: logged for binary tasks only
-    out = run_cli(
+    out = cli_in_process(
         "task=segmentation",
         "head=unet",
         "dataset=seg_folder",
@@ -401,7 +401,7 @@ def test_scale_resizes_for_the_model_and_reports_at_the_original_size(tmp_path):
 
 def test_plan_shows_encoder_stages_and_decoder_without_training(tmp_path):
     squares(tmp_path / "data", n=6)
-    out = run_cli(
+    out = cli_in_process(
         "+segmentation=drive",
         "dataset=seg_folder",
         f"dataset.root={tmp_path / 'data'}",

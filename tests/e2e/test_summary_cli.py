@@ -13,7 +13,7 @@ from finetune.commands.summary import main
 from finetune.models.saved_runs import load_run
 from finetune.tasks.registry import get_task
 
-from ..helpers import run_cli
+from ..helpers import cli_in_process
 
 RESNET18 = ["backbone=resnet18", "input_size=64", "backbone.freeze=2"]
 FROZEN, TRAINABLE = ("stem", "stage1", "stage2"), ("stage3", "stage4", "head")
@@ -21,7 +21,7 @@ FROZEN, TRAINABLE = ("stem", "stage1", "stage2"), ("stage3", "stage4", "head")
 
 def test_cli_writes_stage_csv_with_frozen_stages_and_full_parameter_count(tmp_path):
     out = tmp_path / "stages.csv"
-    done = run_cli("summary", *RESNET18, "format=csv", "per=stage", f"out={out}", cwd=tmp_path, timeout=300)
+    done = cli_in_process("summary", *RESNET18, "format=csv", "per=stage", f"out={out}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["name"]: row for row in csv.DictReader(out.open())}
     assert list(rows) == [*FROZEN, *TRAINABLE]
