@@ -1,8 +1,10 @@
 """One training process of a multi-process run: ``python -m finetune.commands.worker run_dir=DIR config=FILE``.
 
 Started by ``python -m finetune trainer=ddp`` (see distributed.py), by ``torchrun`` or by SLURM's
-``srun``. Reads the resolved config file; never composes a config itself. The launcher holds the run
-directory's lock and names it (``lock=<token>``); without a launcher of ours, rank 0 takes the lock.
+``srun`` (docs/multinode.md). Reads the resolved config file; never composes a config itself.
+``resume=<run dir>`` continues a run from its last checkpoint (a requeued SLURM job), ``resume=<file>``
+from that checkpoint. The launcher holds the run directory's lock and names it (``lock=<token>``);
+without a launcher of ours, rank 0 takes the lock.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from finetune.run.artifacts import write_text
 from finetune.run.config import load_config
 from finetune.run.errors import FinetuneError, TrainingDiverged
 from finetune.run.lock import check_holder, run_lock
-from finetune.run.rundir import RUN_MARKER, claim_run_dir, marker_token
+from finetune.run.rundir import RESUME_CHECKPOINTS, RUN_MARKER, claim_run_dir, marker_token
 from finetune.run.warning_filters import quiet_library_chatter
 
 
@@ -28,7 +30,7 @@ def main(argv: list[str]) -> int:
 
 def _train_rank(argv: list[str]) -> None:
     from finetune.commands.train import train
-    from finetune.training.distributed import DIVERGED_MARKER, end_process_group, is_global_zero
+    from finetune.training.distributed import DIVERGED_MARKER, check_layout, end_process_group, is_global_zero
 
     args = parse_args(
         argv,
@@ -37,12 +39,14 @@ def _train_rank(argv: list[str]) -> None:
         "finetune.commands.worker",
     )
     run_dir = Path(args["run_dir"])
+    config = Path(args["config"]) if args["config"] else run_dir / "config.yaml"
+    cfg = load_config(config)
+    check_layout(cfg, config)
     if is_global_zero() and not args["resume"]:
         _check_owner(run_dir, args["owner"])
-    cfg = load_config(Path(args["config"]) if args["config"] else run_dir / "config.yaml")
     with _rank_lock(run_dir, args["lock"], is_global_zero()):
         try:
-            train(cfg, run_dir, resume_from=Path(args["resume"]) if args["resume"] else None)
+            train(cfg, run_dir, resume_from=_resume_checkpoint(args["resume"]))
         except TrainingDiverged as err:
             if args["lock"] is None:  # torchrun by hand: exit 3 (torchrun reports it as its own failure)
                 raise
@@ -50,6 +54,17 @@ def _train_rank(argv: list[str]) -> None:
             if is_global_zero():
                 write_text(run_dir / DIVERGED_MARKER, "")
     end_process_group()
+
+
+def _resume_checkpoint(resume: str | None) -> Path | None:
+    """``resume=<checkpoint>``, or ``resume=<run dir>`` (a requeued SLURM job): its ``last.ckpt``, else its
+    ``best.ckpt``, else None (stopped before its first checkpoint: phase 1 starts again in the same directory)."""
+    if not resume:
+        return None
+    path = Path(resume)
+    if not path.is_dir():
+        return path
+    return next((path / "checkpoints" / n for n in RESUME_CHECKPOINTS if (path / "checkpoints" / n).is_file()), None)
 
 
 def _rank_lock(run_dir: Path, token: str | None, global_zero: bool) -> AbstractContextManager:

@@ -37,6 +37,39 @@ def is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
 
 
+INTERACTIVE = ("bash", "interactive")  # SLURM job names Lightning leaves to other environments
+
+
+def launched_layout() -> tuple[int, int, str] | None:
+    """(processes per node, nodes, launcher) as the launcher that started this process says: torchrun's
+    variables first (it may run inside a SLURM job, whose variables then count the launchers), then srun's.
+    None when no launcher says (no launcher, or an interactive SLURM shell)."""
+    env = os.environ
+    if "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:
+        per_node = int(env["LOCAL_WORLD_SIZE"])
+        return per_node, int(env["WORLD_SIZE"]) // per_node, "torchrun"
+    if "SLURM_NTASKS_PER_NODE" in env and "SLURM_NNODES" in env and env.get("SLURM_JOB_NAME") not in INTERACTIVE:
+        return int(env["SLURM_NTASKS_PER_NODE"]), int(env["SLURM_NNODES"]), "SLURM"
+    return None
+
+
+def check_layout(cfg: DictConfig, source: Path) -> None:
+    """A worker's config asks for the processes its launcher started (``trainer.devices`` per node on
+    ``trainer.num_nodes`` nodes): else one line, before the run directory is claimed or any rank waits for
+    ranks that never come."""
+    layout = launched_layout()
+    t = cfg.trainer
+    if layout is None or not str(t.strategy).startswith(("ddp", "fsdp")):
+        return
+    per_node, nodes, launcher = layout
+    if (int(t.devices), int(t.num_nodes)) != (per_node, nodes):
+        raise FinetuneError(
+            f"trainer.devices={t.devices} trainer.num_nodes={t.num_nodes} in {source}, but {launcher} started "
+            f"{per_node} process{'es' if per_node > 1 else ''} per node on {nodes} node(s): compose the config "
+            f"again with trainer.devices={per_node} trainer.num_nodes={nodes}"
+        )
+
+
 def end_process_group() -> None:
     """Destroy the default process group once a rank's run has finished, while the interpreter is still
     whole. Lightning leaves it alive; destroyed at interpreter exit instead, gloo's threads can abort the
@@ -49,7 +82,7 @@ def end_process_group() -> None:
 def wants_processes(cfg: DictConfig) -> bool:
     """The trainer group asks for more than one process and nobody launched them yet."""
     t = cfg.trainer
-    several = str(t.strategy).startswith("ddp") and (int(t.devices) > 1 or int(t.num_nodes) > 1)
+    several = str(t.strategy).startswith(("ddp", "fsdp")) and (int(t.devices) > 1 or int(t.num_nodes) > 1)
     return several and not launched_by_a_launcher()
 
 
@@ -59,8 +92,9 @@ def launch_workers(cfg: DictConfig, run_dir: Path, resume_from: Path | None = No
         raise FinetuneError(
             f"trainer.num_nodes={cfg.trainer.num_nodes}: start one launcher per node yourself, e.g. "
             "`finetune --cfg job --resolve <overrides> > exp.yaml`, then on every node "
-            "`torchrun --nnodes=N --nproc_per_node=G --rdzv_endpoint=HOST:PORT -m finetune.commands.worker "
-            "run_dir=<dir> config=exp.yaml` (or `srun python -m finetune.commands.worker ...` under SLURM)"
+            "`torchrun --nnodes=N --nproc_per_node=G --node_rank=R --master_addr=HOST --master_port=PORT "
+            "-m finetune.commands.worker run_dir=<dir> config=exp.yaml` (or `srun python -m "
+            "finetune.commands.worker ...` under SLURM; see docs/multinode.md)"
         )
     # One directory for all ranks: the launcher owns it (claimed, or the run it resumes) and tells the
     # workers so; a worker started without owner= (torchrun by hand) claims it on rank 0.

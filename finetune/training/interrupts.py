@@ -28,7 +28,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from finetune.run.errors import RunInterrupted
@@ -228,5 +228,9 @@ def requeue_slurm_job() -> None:
 
 
 def slurm_plugins() -> list[SLURMEnvironment]:
-    """Under SLURM, Lightning's SLURM environment without its auto-requeue (see the module docstring)."""
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    """Under SLURM, Lightning's SLURM environment without its auto-requeue (see the module docstring). Not for
+    workers torchrun started inside a SLURM job (``srun torchrun …``): SLURM's variables count the launchers
+    there, and Lightning's own choice, torchrun's environment, is the right one."""
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
