@@ -58,7 +58,8 @@ demo: install
 # share one file, so one worker), one torch thread each: most of a test is single-threaded Python
 # (imports, subprocess start, Lightning's loop), so two workers keep both cores busy.
 TEST_WORKERS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+# Tests marked gpu need a CUDA GPU: deselected here (benchmarks/gpu_check.py runs them on a GPU: pytest -m gpu).
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu"
 
 # ruff: lint (pycodestyle, pyflakes, import order, pyupgrade, bugbear) and the formatter, as configured in
 # pyproject.toml; `make format` rewrites the files, `make lint` only checks (CI runs it before the tests).
@@ -74,7 +75,7 @@ test: install
 	$(PYTEST)
 
 test-fast: install
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not gpu"
 
 # The suite in two halves: tests/unit/ (library functions in-process, seconds) and tests/e2e/ (finetune processes,
 # whole runs, the benchmark harness); the rule that sorts a test file is in docs/architecture.md (Tests).

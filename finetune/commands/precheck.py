@@ -31,7 +31,7 @@ from finetune.run.errors import ConfigError, FinetuneError
 from finetune.run.keys import missing_value, override_key
 from finetune.run.schedule import Phase
 from finetune.run.schema import FinetuneSchema
-from finetune.training.validate import validate
+from finetune.training.validate import check_devices, validate
 
 if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
@@ -74,6 +74,8 @@ def check_job(argv: Sequence[str], run_dir: str | None, multirun: bool = False) 
     check_composed(cfg)
     check_overrides(argv, groups, cfg)
     check_config(cfg)
+    if not cfg.plan:  # a plan runs nothing: it may describe a run for another machine
+        check_devices(cfg.trainer)
     check_data_paths(cfg)
     if not cfg.plan and not multirun:  # a plan writes nothing; a sweep's jobs check their directories
         check_run_dir_outside_data(run_dir, cfg)

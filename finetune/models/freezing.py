@@ -26,6 +26,7 @@ from finetune.models.backbones import StageMap
 from finetune.run.errors import FinetuneError
 
 HEAD = "head"
+FSDP_WRAPPED = "_fsdp_wrapped_module."  # in the parameter names of a model FSDP sharded (trainer=fsdp)
 
 
 class FreezeError(FinetuneError, ValueError):
@@ -71,9 +72,40 @@ class FineTuneModel(nn.Module):
         self.frozen: tuple[str, ...] = ()
         self.bn_policy = "frozen"
         self._eval_locked: tuple[str, ...] = ()
+        self.channels_last = False  # trainer.channels_last: 4-d inputs are made channels-last (set_device_options)
+        self.compile_backend: str | None = None  # trainer.compile: the training forward runs through torch.compile
+        self._compiled = None  # that compiled forward, made at the first training call (never copied or saved)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.training and self.compile_backend is not None:
+            if self._compiled is None:
+                self._compiled = torch.compile(self._logits, backend=self.compile_backend)
+            return self._compiled(x)
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def set_device_options(self, channels_last: bool, compile_backend: str | None) -> None:
+        """``trainer.channels_last``: weights and 4-d inputs in channels-last memory format (the values and
+        ``state_dict`` keys stay the same). ``compile_backend`` (``trainer.compile``): the forward of training
+        (not evaluation) runs through ``torch.compile`` with that backend; the module is not wrapped, so its
+        parameter names, checkpoints, freezing, averaging and exports see the plain model, and a change of the
+        frozen set (a new phase) recompiles through torch.compile's guards."""
+        if compile_backend is not None and compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise FinetuneError(
+                f"trainer.compile_backend={compile_backend!r} is not a torch.compile backend; use one of "
+                f"{', '.join(torch._dynamo.list_backends(exclude_tags=()))} (inductor: the default)"
+            )
+        self.channels_last, self.compile_backend, self._compiled = channels_last, compile_backend, None
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def __getstate__(self) -> dict:
+        """A copy (``deepcopy``: ``merged``, weight averaging) or pickle compiles its own forward when it needs one."""
+        return {**self.__dict__, "_compiled": None}
 
     @property
     def timm_model(self) -> nn.Module:
@@ -82,14 +114,14 @@ class FineTuneModel(nn.Module):
         return getattr(self.backbone, "model", self.backbone)
 
     def stage_of(self, name: str) -> str:
-        """Stage of a name relative to this model (``backbone.…`` or ``head.…``)."""
-        prefix, _, rest = name.partition(".")
+        """Stage of a name relative to this model (``backbone.…`` or ``head.…``; FSDP's wrapper names too)."""
+        prefix, _, rest = name.replace(FSDP_WRAPPED, "").partition(".")
         return self.stage_map.stage_of(rest) if prefix == "backbone" else HEAD
 
     def trains(self, name: str) -> bool:
         """Whether parameter ``name`` trains in a stage a phase trains: always without an adapter, else
         only the adapter's parameters (the head always trains)."""
-        prefix, _, rest = name.partition(".")
+        prefix, _, rest = name.replace(FSDP_WRAPPED, "").partition(".")
         return self.adapter is None or prefix != "backbone" or self.adapter.trains(rest)
 
     def set_frozen(self, frozen: tuple[str, ...], bn_policy: str) -> None:

@@ -255,7 +255,8 @@ class AugmentSchema:
 
 @dataclass
 class TrainerSchema:
-    """The Lightning Trainer arguments finetune passes on (the others: ``LIGHTNING_ELSEWHERE``)."""
+    """The Lightning Trainer arguments finetune passes on (the others: ``LIGHTNING_ELSEWHERE``), and finetune's own
+    keys for how the model trains on the device (``channels_last``, ``compile``): not Trainer arguments."""
 
     accelerator: str = "auto"
     devices: Any = 1  # a count, a list of device indices, or "auto"
@@ -271,6 +272,10 @@ class TrainerSchema:
     limit_test_batches: Any = None
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    # finetune's own keys, applied to the model while it trains (never passed to Lightning's Trainer; docs/gpu.md):
+    channels_last: bool = False  # model and batches in channels-last (NHWC) memory format: faster convolutions on GPUs
+    compile: bool = False  # torch.compile the model's training forward (checkpoints and exports keep the plain model)
+    compile_backend: str = "inductor"  # torch.compile's backend (torch._dynamo.list_backends()), e.g. aot_eager
 
 
 @dataclass

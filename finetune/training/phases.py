@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import Strategy
 from omegaconf import DictConfig
 
 from finetune.models.freezing import FineTuneModel
@@ -28,6 +29,7 @@ from finetune.training.divergence import StopOnDivergence
 from finetune.training.features import FeatureDataModule, use_feature_cache
 from finetune.training.interrupts import StopOnSignal, slurm_plugins
 from finetune.training.loggers import LOGGERS
+from finetune.training.sharding import FSDP, fsdp_strategy, shard_a_copy, take_phase_weights
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ def run_phases(
     # Units and connections do not depend on freezing: one counting pass serves every phase table.
     input_shape = (data.in_chans, *data.preprocessing.size)
     counts = roll_up(count_layers(model, input_shape), model.stage_of) if is_global_zero() else None
+    t = cfg.trainer
+    model.set_device_options(t.channels_last, t.compile_backend if t.compile else None)
+    sharded = t.strategy == FSDP  # each phase shards a copy; parameters differ by rank, no consistency check
     for index, planned in enumerate(plan):
         if index < start:
             continue
@@ -99,7 +104,9 @@ def run_phases(
             run_dir,
             phase.name,
             phase.epochs,
-            [checkpoint, consistency, *early_stopping(cfg, monitor, phase.name), *ema_callbacks(cfg)],
+            [checkpoint, *([] if sharded else [consistency]), *early_stopping(cfg, monitor, phase.name)]
+            + ema_callbacks(cfg),
+            fsdp_strategy(model) if sharded else None,
         )
         # A task that mixes images before the backbone (mixup, cutmix) cannot mix cached features, so a
         # head-only phase trains on images (the task refuses data.cache_features=true with mixing).
@@ -108,7 +115,11 @@ def run_phases(
         if cached and is_global_zero():
             console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")
         task = make_task(phase.optim, index, cached)
+        if sharded:
+            shard_a_copy(task)
         trainer.fit(task, datamodule=phase_data, ckpt_path=resume_from if index == start else None)
+        if sharded:
+            take_phase_weights(model, run_dir)
     return checkpoint, consistency.checksums
 
 
@@ -274,10 +285,13 @@ def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
     ]
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list) -> L.Trainer:
+def make_trainer(
+    cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbacks: list, strategy: Strategy | None = None
+) -> L.Trainer:
     """A Lightning Trainer for one phase (or the test): its own loggers (``logs/<name>``), gradient
     accumulation and clipping (``trainer.accumulate_grad_batches``, ``trainer.gradient_clip_val``:
-    the global L2 norm)."""
+    the global L2 norm). ``strategy``: a phase's FSDP strategy (``trainer=fsdp``; its test runs under DDP).
+    ``trainer.channels_last`` and ``trainer.compile`` are the model's (``run_phases``), not the Trainer's."""
     t = cfg.trainer
     loggers = make_loggers(cfg, run_dir, name)
     clip = t.gradient_clip_val
@@ -288,7 +302,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, name: str, epochs: int, callbac
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=strategy or ("ddp" if t.strategy == FSDP else t.strategy),
         use_distributed_sampler=False,
         precision=t.precision,
         deterministic=t.deterministic,

@@ -110,9 +110,23 @@ def _validate_adapter(cfg: FinetuneSchema) -> None:
         )
 
 
+def check_devices(t: TrainerSchema) -> None:
+    """What the trainer group asks of this machine: ``trainer=fsdp`` needs a CUDA GPU this process may use.
+    Asked of torch (imported only for fsdp): device files and drivers differ between machines and containers.
+    Not part of ``validate``: a config is valid on any machine."""
+    if t.strategy != "fsdp":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("trainer=fsdp needs CUDA GPUs (no NVIDIA GPU is visible here); on CPU use trainer=ddp")
+
+
 def _validate_trainer(t: TrainerSchema) -> None:
     """The trainer keys that take a number or a word, and the ones that go together."""
-    if str(t.strategy).startswith("ddp") and not (_whole(t.devices) and t.devices >= 1):
+    if t.strategy == "fsdp" and t.accelerator not in ("auto", "gpu", "cuda"):
+        raise ConfigError(f"trainer=fsdp needs CUDA GPUs (trainer.accelerator={t.accelerator}); on CPU use trainer=ddp")
+    if str(t.strategy).startswith(("ddp", "fsdp")) and not (_whole(t.devices) and t.devices >= 1):
         raise ConfigError(
             f"trainer.devices={t.devices!r}: with strategy={t.strategy} give the number of "
             "devices per node, e.g. trainer.devices=2"
