@@ -51,12 +51,15 @@ step = _factor_schedule(lambda step, total, warmup: 0.1 ** (3 * step // max(1, t
 
 
 def onecycle(optimizer: Optimizer, total_steps: int, warmup_steps: int) -> LRScheduler:
-    """torch's one-cycle policy peaking at each group's lr; the warm-up (1-50 % of the steps) is its rise."""
+    """torch's one-cycle policy peaking at each group's lr; the warm-up (1-50 % of the steps) is its rise.
+
+    The rise takes at least 2 steps and the cycle at least twice the rise: torch divides by zero when the rise
+    ends on step 0 (a 1-step rise, e.g. 1 % of 100 steps) or the run has under 3 steps; a run that short stops
+    within its cycle."""
+    rise = max(2, min(max(warmup_steps, math.ceil(0.01 * total_steps)), total_steps // 2))
+    cycle = max(total_steps, 2 * rise)
     return OneCycleLR(
-        optimizer,
-        max_lr=[g["lr"] for g in optimizer.param_groups],
-        total_steps=max(1, total_steps),
-        pct_start=min(0.5, max(0.01, warmup_steps / max(1, total_steps))),
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=cycle, pct_start=rise / cycle
     )
 
 

@@ -88,7 +88,7 @@ UNKNOWN = [
         DATASETS,
         "imagefolders",
         "dataset.kind='imagefolders' is not known: choose one of digits, imagefolder, csv, medmnist, dicom_folder, "
-        "seg_folder, drive (did you mean imagefolder?)",
+        "seg_folder, drive, streaming (did you mean imagefolder?)",
     ),
     (
         LOGGERS,
@@ -225,6 +225,21 @@ def test_each_scheduler_follows_its_schedule_and_says_how_lightning_steps_it(nam
         optimizer.step()
         config["scheduler"].step(*([1.0] if monitor else []))
     assert seen == pytest.approx([expected(k) for k in range(TOTAL)], rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 100])
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_each_scheduler_steps_through_a_run_of_very_few_steps(name, total):
+    """A tiny dataset gives a phase one to three optimizer steps: every scheduler takes them with finite lrs
+    (torch's OneCycleLR divides by zero below three steps, and when its rise is one step: 1 % of 100)."""
+    weight = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [weight], "lr": 1.0}], momentum=0.9)
+    config = SCHEDULERS.get(name).build(optimizer, total, 1)
+    for _ in range(total):
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step trains with
+        assert math.isfinite(lr) and lr > 0
+        optimizer.step()
+        config["scheduler"].step(*([1.0] if config.get("monitor") else []))
 
 
 # --- dataset kinds -------------------------------------------------------------------------------
