@@ -14,7 +14,9 @@ Sections, each recorded as it ends (one failing section does not stop the others
    refusal line.
 4. ``gpu_tests``: ``pytest -m gpu`` (the tests that need CUDA); not in ``--smoke``.
 
-Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out``. Packages it needs beyond the GPU machine's image:
+Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out``; exits 1 when a section that ran failed (``failures``:
+an exception, a run, export or pytest that did not exit 0; on the CPU the fsdp section's refusal is what it
+expects), else 0. Packages it needs beyond the GPU machine's image:
 ``EXTRA_PACKAGES`` (docs/gpu.md: how to carry them as wheels).
 """
 
@@ -273,6 +275,24 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+FSDP_REFUSAL = "trainer=fsdp needs CUDA GPUs"  # what the fsdp section expects on a CPU (--smoke)
+
+
+def failures(results: dict) -> list[str]:
+    """The sections of ``results`` that failed: raised, or a command they ran exited non-zero (on the CPU the
+    fsdp section's one-line refusal, exit 2, is expected and not a failure)."""
+    smoke = results["mode"] == "smoke"
+    failed = []
+    for name, values in results["sections"].items():
+        refused_as_expected = (
+            smoke and name == "fsdp" and values.get("exit_code") == 2 and FSDP_REFUSAL in values.get("stderr_tail", "")
+        )
+        codes = [values.get(key) for key in ("exit_code", "export_exit_code") if values.get(key) is not None]
+        if "error" in values or (any(codes) and not refused_as_expected):
+            failed.append(name)
+    return failed
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes (seconds): the script's own test")
@@ -307,6 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"gpu_check: {name}: {json.dumps(results['sections'][name])[:400]}", flush=True)
             (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
             (args.out / "gpu_check.md").write_text(markdown(results))
+    if failures(results):
+        print(f"gpu_check: failed: {', '.join(failures(results))}", file=sys.stderr, flush=True)
     return results
 
 
@@ -314,4 +336,4 @@ if __name__ == "__main__":
     from finetune.run.warning_filters import quiet_library_chatter
 
     quiet_library_chatter()
-    main()
+    sys.exit(1 if failures(main()) else 0)

@@ -2,9 +2,9 @@
 
 Started by ``python -m finetune trainer=ddp`` (see distributed.py), by ``torchrun`` or by SLURM's
 ``srun`` (docs/multinode.md). Reads the resolved config file; never composes a config itself.
-``resume=<run dir>`` continues a run from its last checkpoint (a requeued SLURM job), ``resume=<file>``
-from that checkpoint. The launcher holds the run directory's lock and names it (``lock=<token>``);
-without a launcher of ours, rank 0 takes the lock.
+``resume=<run dir>`` continues a run from its last checkpoint (a requeued SLURM job; the directory must hold
+the marker a finetune run's start wrote), ``resume=<file>`` from that checkpoint. The launcher holds the run
+directory's lock and names it (``lock=<token>``); without a launcher of ours, rank 0 takes the lock.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def _train_rank(argv: list[str]) -> None:
     config = Path(args["config"]) if args["config"] else run_dir / "config.yaml"
     cfg = load_config(config)
     check_layout(cfg, config)
-    if is_global_zero() and not args["resume"]:
+    if args["resume"]:
+        _check_resumable(Path(args["resume"]))  # every rank: the same files, refused alike, none left waiting
+    elif is_global_zero():
         _check_owner(run_dir, args["owner"])
     with _rank_lock(run_dir, args["lock"], is_global_zero()):
         try:
@@ -65,6 +67,16 @@ def _resume_checkpoint(resume: str | None) -> Path | None:
     if not path.is_dir():
         return path
     return next((path / "checkpoints" / n for n in RESUME_CHECKPOINTS if (path / "checkpoints" / n).is_file()), None)
+
+
+def _check_resumable(resume: Path) -> None:
+    """``resume=<run dir>`` names a directory a finetune run made (its run marker): not any existing folder,
+    which a requeued job would otherwise train into from scratch when it holds no checkpoint."""
+    if resume.is_dir() and marker_token(resume) is None:
+        raise FinetuneError(
+            f"resume={resume}: not a finetune run directory (no {RUN_MARKER}, which a run's first start writes); "
+            "resume= a run directory finetune made, or leave resume= out to start a new run in a new directory"
+        )
 
 
 def _rank_lock(run_dir: Path, token: str | None, global_zero: bool) -> AbstractContextManager:

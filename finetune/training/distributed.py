@@ -23,6 +23,7 @@ from finetune.run.artifacts import write_text
 from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
 from finetune.run.lock import held_token
 from finetune.run.rundir import CLAIMED, claim_run_dir
+from finetune.run.strategies import is_distributed
 
 LAUNCH_CONFIG = ".finetune-launch.yaml"  # the resolved config the launched workers read
 
@@ -59,7 +60,7 @@ def check_layout(cfg: DictConfig, source: Path) -> None:
     ranks that never come."""
     layout = launched_layout()
     t = cfg.trainer
-    if layout is None or not str(t.strategy).startswith(("ddp", "fsdp")):
+    if layout is None or not is_distributed(t.strategy):
         return
     per_node, nodes, launcher = layout
     if (int(t.devices), int(t.num_nodes)) != (per_node, nodes):
@@ -82,7 +83,7 @@ def end_process_group() -> None:
 def wants_processes(cfg: DictConfig) -> bool:
     """The trainer group asks for more than one process and nobody launched them yet."""
     t = cfg.trainer
-    several = str(t.strategy).startswith(("ddp", "fsdp")) and (int(t.devices) > 1 or int(t.num_nodes) > 1)
+    several = is_distributed(t.strategy) and (int(t.devices) > 1 or int(t.num_nodes) > 1)
     return several and not launched_by_a_launcher()
 
 

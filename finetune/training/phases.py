@@ -22,6 +22,7 @@ from finetune.run.checkpointing import AtomicCheckpointIO
 from finetune.run.errors import FinetuneError
 from finetune.run.rundir import log_version
 from finetune.run.schedule import PHASE_KEY, Phase, PhaseOptim
+from finetune.run.strategies import is_fsdp
 from finetune.training.averaging import ema_callbacks
 from finetune.training.display import ThrottledRichProgressBar, console, stage_table
 from finetune.training.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
@@ -29,7 +30,7 @@ from finetune.training.divergence import StopOnDivergence
 from finetune.training.features import FeatureDataModule, use_feature_cache
 from finetune.training.interrupts import StopOnSignal, slurm_plugins
 from finetune.training.loggers import LOGGERS
-from finetune.training.sharding import FSDP, fsdp_strategy, shard_a_copy, take_phase_weights
+from finetune.training.sharding import fsdp_strategy, shard_a_copy, take_phase_weights
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def run_phases(
     counts = roll_up(count_layers(model, input_shape), model.stage_of) if is_global_zero() else None
     t = cfg.trainer
     model.set_device_options(t.channels_last, t.compile_backend if t.compile else None)
-    sharded = t.strategy == FSDP  # each phase shards a copy; parameters differ by rank, no consistency check
+    sharded = is_fsdp(t.strategy)  # each phase shards a copy; parameters differ by rank, no consistency check
     for index, planned in enumerate(plan):
         if index < start:
             continue
@@ -106,7 +107,7 @@ def run_phases(
             phase.epochs,
             [checkpoint, *([] if sharded else [consistency]), *early_stopping(cfg, monitor, phase.name)]
             + ema_callbacks(cfg),
-            fsdp_strategy(model) if sharded else None,
+            fsdp_strategy(model, t.precision) if sharded else None,
         )
         # A task that mixes images before the backbone (mixup, cutmix) cannot mix cached features, so a
         # head-only phase trains on images (the task refuses data.cache_features=true with mixing).
@@ -302,7 +303,7 @@ def make_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=strategy or ("ddp" if t.strategy == FSDP else t.strategy),
+        strategy=strategy or ("ddp" if is_fsdp(t.strategy) else t.strategy),
         use_distributed_sampler=False,
         precision=t.precision,
         deterministic=t.deterministic,

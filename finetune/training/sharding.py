@@ -25,13 +25,14 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
+from torch.distributed.fsdp import MixedPrecision
 from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
 from finetune.models.freezing import FineTuneModel
 from finetune.run.errors import FinetuneError
 from finetune.run.records import model_state
+from finetune.run.strategies import NO_GPU_VISIBLE, needs_cuda
 
-FSDP = "fsdp"
 # timm's repeated blocks: a ViT's blocks.<i>, a ConvNeXt / Swin / EfficientNet's stages.<i>.blocks.<j> or
 # blocks.<i>.<j>, a ResNet's layer<i>.<j>
 BLOCK_NAMES = re.compile(r"^(blocks\.\d+(\.\d+)?|stages\.\d+\.blocks\.\d+|layers\.\d+\.blocks\.\d+|layer\d+\.\d+)$")
@@ -43,12 +44,29 @@ def block_classes(model: FineTuneModel) -> set[type[nn.Module]]:
     return {type(m) for name, m in model.timm_model.named_modules() if BLOCK_NAMES.match(name)}
 
 
-def fsdp_strategy(model: FineTuneModel) -> FSDPStrategy:
-    """Lightning's FSDP strategy for ``model``: a unit per block, original parameters, full checkpoints."""
+def mixed_precision(precision: str) -> MixedPrecision | None:
+    """FSDP's dtypes for ``trainer.precision``: a mixed precision computes in 16 bits but, unlike Lightning's
+    FSDP plugin (16 bits throughout), reduces gradients and keeps buffers (BatchNorm statistics) in float32, so
+    frozen statistics stay bit-identical. None: the plugin's (``32-true``, ``*-true``)."""
+    halves = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
+    low = halves.get(str(precision))  # Lightning reads the short names "bf16" and "16" as the mixed ones
+    if low is None:
+        return None
+    return MixedPrecision(param_dtype=low, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+
+
+def fsdp_strategy(model: FineTuneModel, precision: str) -> FSDPStrategy:
+    """Lightning's FSDP strategy for ``model``: a unit per block, original parameters, full checkpoints, and
+    ``mixed_precision(precision)`` (Lightning lets a strategy's own setting override its precision plugin's)."""
     if not torch.cuda.is_available():
-        raise FinetuneError("trainer=fsdp needs CUDA GPUs (torch finds none here); on CPU use trainer=ddp")
+        raise FinetuneError(needs_cuda(NO_GPU_VISIBLE))
     policy = block_classes(model) or partial(size_based_auto_wrap_policy, min_num_params=MIN_UNIT_PARAMS)
-    return FSDPStrategy(auto_wrap_policy=policy, use_orig_params=True, state_dict_type="full")
+    return FSDPStrategy(
+        auto_wrap_policy=policy,
+        use_orig_params=True,
+        state_dict_type="full",
+        mixed_precision=mixed_precision(precision),
+    )
 
 
 def shard_a_copy(task: L.LightningModule) -> None:

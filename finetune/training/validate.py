@@ -18,6 +18,7 @@ from finetune.run.config import KEEP_CHOICES, check_task_schema
 from finetune.run.errors import ConfigError, choice
 from finetune.run.schedule import Phase, phases_from
 from finetune.run.schema import DECODER_WORDS, FinetuneSchema, TrainerSchema
+from finetune.run.strategies import NO_GPU_VISIBLE, STRATEGIES, STRATEGY_HINT, is_distributed, is_fsdp, needs_cuda
 from finetune.run.task import Task
 from finetune.training.loggers import LOGGERS
 
@@ -42,6 +43,7 @@ def validate(cfg: FinetuneSchema, task: Task) -> list[Phase]:
     )
     _validate_trainer(cfg.trainer)
     _validate_training_options(cfg)
+    _validate_sharding(cfg)
     phases = phases_from(cfg)
     for index, phase in enumerate(phases):
         OPTIMIZERS.get(phase.optim.optimizer, key=f"optimizer of phase {phase.name!r}")
@@ -114,19 +116,20 @@ def check_devices(t: TrainerSchema) -> None:
     """What the trainer group asks of this machine: ``trainer=fsdp`` needs a CUDA GPU this process may use.
     Asked of torch (imported only for fsdp): device files and drivers differ between machines and containers.
     Not part of ``validate``: a config is valid on any machine."""
-    if t.strategy != "fsdp":
+    if not is_fsdp(t.strategy):
         return
     import torch
 
     if not torch.cuda.is_available():
-        raise ConfigError("trainer=fsdp needs CUDA GPUs (no NVIDIA GPU is visible here); on CPU use trainer=ddp")
+        raise ConfigError(needs_cuda(NO_GPU_VISIBLE))
 
 
 def _validate_trainer(t: TrainerSchema) -> None:
     """The trainer keys that take a number or a word, and the ones that go together."""
-    if t.strategy == "fsdp" and t.accelerator not in ("auto", "gpu", "cuda"):
-        raise ConfigError(f"trainer=fsdp needs CUDA GPUs (trainer.accelerator={t.accelerator}); on CPU use trainer=ddp")
-    if str(t.strategy).startswith(("ddp", "fsdp")) and not (_whole(t.devices) and t.devices >= 1):
+    choice("trainer.strategy", t.strategy, STRATEGIES, STRATEGY_HINT)
+    if is_fsdp(t.strategy) and t.accelerator not in ("auto", "gpu", "cuda"):
+        raise ConfigError(needs_cuda(f"trainer.accelerator={t.accelerator}"))
+    if is_distributed(t.strategy) and not (_whole(t.devices) and t.devices >= 1):
         raise ConfigError(
             f"trainer.devices={t.devices!r}: with strategy={t.strategy} give the number of "
             "devices per node, e.g. trainer.devices=2"
@@ -184,6 +187,23 @@ def _validate_training_options(cfg: FinetuneSchema) -> None:
                 f"logger.{key}=true needs the {package} package, which is not installed: "
                 f"pip install {logger.install or package} (or logger=tensorboard, the default)"
             )
+
+
+def _validate_sharding(cfg: FinetuneSchema) -> None:
+    """What Lightning 2.6's FSDP cannot do, refused before a run starts instead of failing mid-phase."""
+    if not is_fsdp(cfg.trainer.strategy):
+        return
+    clip = cfg.trainer.gradient_clip_val
+    if clip is not None:  # FSDPPrecision.clip_grad_by_norm raises at the first optimizer step
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip:g} with trainer=fsdp: Lightning cannot clip sharded gradients by norm "
+            "(each rank holds a shard); use trainer.gradient_clip_val=null, or trainer=ddp to clip"
+        )
+    if cfg.ema.decay is not None:  # Lightning's weight averaging does not support sharded models
+        raise ConfigError(
+            f"ema.decay={cfg.ema.decay:g} with trainer=fsdp: Lightning cannot average sharded weights; use "
+            "ema.decay=null, or trainer=ddp for a weight average"
+        )
 
 
 def _whole(value: Any) -> bool:

@@ -4,6 +4,7 @@ real runs of the same code path, left out to keep the test short."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -28,3 +29,25 @@ def test_gpu_check_smoke_writes_its_figures(tmp_path):
     assert throughput["stack_samples_per_s"] > 0 and throughput["bare_samples_per_s"] > 0
     assert sections["fsdp"]["exit_code"] == 2 and "trainer=fsdp needs CUDA GPUs" in sections["fsdp"]["stderr_tail"]
     assert "| throughput | ratio_stack_over_bare |" in (tmp_path / "gpu_check.md").read_text()
+    assert_failures_decide_the_exit_code(json.loads((tmp_path / "gpu_check.json").read_text()))
+
+
+def assert_failures_decide_the_exit_code(results: dict) -> None:
+    """The smoke run exited 0 with no failures; the same results with one section failed in each way are one."""
+    from benchmarks.gpu_check import failures
+
+    assert failures(results) == []
+    forced = {
+        "throughput": {"error": "Traceback ...\nRuntimeError: CUDA out of memory"},
+        "fsdp": {"exit_code": 1, "stderr_tail": "Traceback ...\nMisconfigurationException"},
+        "gpu_tests": {"exit_code": 1, "tail": "1 failed, 3 passed"},
+    }
+    for name, values in forced.items():
+        broken = copy.deepcopy(results)
+        broken["sections"][name] = values
+        assert failures(broken) == [name], name
+    exported_badly = copy.deepcopy(results)
+    exported_badly["sections"]["fsdp"] = {"exit_code": 0, "export_exit_code": 1}
+    assert failures(exported_badly) == ["fsdp"]
+    on_a_gpu = copy.deepcopy(results) | {"mode": "full"}  # the CPU's refusal is a failure on a GPU machine
+    assert failures(on_a_gpu) == ["fsdp"]
