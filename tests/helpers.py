@@ -441,14 +441,22 @@ runpy.run_module("finetune", run_name="__main__", alter_sys=True)
 """
 
 
-def start_interrupted(*args: str, cwd: Path, signal_name: str, epoch: int, batch: int) -> subprocess.Popen:
+def start_interrupted(
+    *args: str, cwd: Path, signal_name: str, epoch: int, batch: int, log: Path | None = None
+) -> subprocess.Popen:
     """``python -m finetune <args>`` started in ``cwd``, sending itself ``signal_name`` at ``batch`` of ``epoch``
-    (from 0); stdout and stderr together on stdout."""
-    return subprocess.Popen(
-        [sys.executable, "-c", INTERRUPT_AT_BATCH, signal_name, str(epoch), str(batch), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=finetune_env(),
-    )
+    (from 0); stdout and stderr together on stdout, or in the file ``log`` (a pipe nobody reads while the test
+    does other work could fill up and block the run)."""
+    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 (the child keeps its copy; ours is closed below)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", INTERRUPT_AT_BATCH, signal_name, str(epoch), str(batch), *args],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=finetune_env(),
+        )
+    finally:
+        if log:
+            out.close()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +22,7 @@ from PIL import Image
 from finetune.data.datamodule import ClassificationDataModule
 from finetune.data.transforms import Preprocessing
 
-from ..helpers import cli_in_process, finetune_env, one_torch_thread, squares, start_finetune
-
-# `python -m finetune` whose process sends itself SIG (argv[1]) at the start of batch BATCH (argv[3]) of
-# epoch EPOCH (argv[2], from 0): a fixed point, not a race with a timer.
-INTERRUPT_AT = """
-import os, runpy, signal, sys
-import lightning as L
-
-SIG, EPOCH, BATCH = getattr(signal, sys.argv.pop(1)), int(sys.argv.pop(1)), int(sys.argv.pop(1))
-
-class InterruptAt(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == EPOCH and batch_idx == BATCH:
-            os.kill(os.getpid(), SIG)
-
-init = L.Trainer.__init__
-L.Trainer.__init__ = lambda self, *a, callbacks=(), **kw: init(self, *a, callbacks=[*callbacks, InterruptAt()], **kw)
-runpy.run_module("finetune", run_name="__main__", alter_sys=True)
-"""
+from ..helpers import cli_in_process, one_torch_thread, squares, start_finetune, start_interrupted
 
 # Two epochs of one phase ("finetune"), random-init resnet10t, batches of 4 (several per epoch). The final
 # weights are tested (checkpoints.keep=last): the best validation epoch could be epoch 1 in both runs,
@@ -95,19 +75,6 @@ def _tiny_medmnist(root: Path, name: str = "breastmnist") -> None:
     np.savez(root / f"{name}.npz", **arrays)
 
 
-def _start_interrupted(args: list[str], cwd: Path, signal_name: str, epoch: int, batch: int) -> subprocess.Popen:
-    """The interrupted run, its output in ``cwd/interrupted.log`` (a pipe nobody reads meanwhile could block it)."""
-    with open(cwd / "interrupted.log", "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", INTERRUPT_AT, signal_name, str(epoch), str(batch), *args],
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=finetune_env(),
-        )
-
-
 def _validated_epochs(run_dir: Path, phase: str = "finetune") -> int:
     """Epochs of the phase's first attempt that reached validation (rows with a val/loss)."""
     with open(run_dir / "logs" / phase / "metrics.csv", newline="") as f:
@@ -121,7 +88,15 @@ def _test_metrics(run_dir: Path) -> dict:
 def _assert_resume_matches_uninterrupted(tmp_path: Path, args: list[str], signal_name: str, batch: int = 3) -> None:
     """Run ``args`` whole and interrupted by ``signal_name`` at ``batch`` of epoch 2, resume the
     interrupted run, and compare every test metric (abs 1e-6, as the SIGKILL test of test_phases)."""
-    interrupted = _start_interrupted([*args, "hydra.run.dir=interrupted"], tmp_path, signal_name, 1, batch)
+    interrupted = start_interrupted(
+        *args,
+        "hydra.run.dir=interrupted",
+        cwd=tmp_path,
+        signal_name=signal_name,
+        epoch=1,
+        batch=batch,
+        log=tmp_path / "interrupted.log",
+    )
     with one_torch_thread():  # the uninterrupted reference, meanwhile in this process (one interpreter start less)
         whole = cli_in_process(*args, "hydra.run.dir=whole", cwd=tmp_path)
     interrupted.wait(timeout=300)
