@@ -18,7 +18,17 @@ from .common import RESULTS, environment
 from .peers import SECTIONS
 from .readme import render
 
-BENCHMARKS = ("overhead", "frozen", "memory", "pipeline", "accuracy", "gpu", "advise")
+BENCHMARKS = (
+    "overhead",
+    "frozen",
+    "memory",
+    "pipeline",
+    "accuracy",
+    "gpu",
+    "advise",
+    "sharding_memory",
+    "streaming",
+)
 
 
 def table(out_dir: Path = RESULTS) -> str:

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("finetune.commands.summary:main", "count units, weights and connections per layer and stage"),
     "explain": ("finetune.commands.explain:main", "Grad-CAM, activations and filters of a run on your images"),
     "report": ("finetune.commands.report:main", "(re)write a run's report.html"),
+    "pack": (
+        "finetune.commands.pack:main",
+        "pack a dataset into LitData chunks for dataset=streaming: dataset=... out=<folder or s3://…>",
+    ),
 }
 
 

@@ -23,6 +23,8 @@ class DatasetKind(Entry):
     task: str
     config: str  # "module:class" of the frozen config dataclass (``from_mapping(cfg)`` validates the group)
     loader: str  # "module:function": (config) -> what the task's data module reads
+    data_module: str = ""  # "module:class" of a data module of its own ("": the task's usual one)
+    packable: bool = False  # whether `finetune pack` writes it as a pack (finetune.data.streaming)
 
     def config_class(self) -> type:
         return resolve(self.config)
@@ -41,6 +43,7 @@ DATASETS: Registry[DatasetKind] = Registry(
             "classification",
             "finetune.data.configs:DigitsConfig",
             "finetune.data.datasets:load_digits_source",
+            packable=True,
         ),
         DatasetKind(
             "imagefolder",
@@ -48,6 +51,7 @@ DATASETS: Registry[DatasetKind] = Registry(
             "classification",
             "finetune.data.configs:FolderConfig",
             "finetune.data.folders:load_imagefolder",
+            packable=True,
         ),
         DatasetKind(
             "csv",
@@ -55,6 +59,7 @@ DATASETS: Registry[DatasetKind] = Registry(
             "classification",
             "finetune.data.configs:CsvConfig",
             "finetune.data.folders:load_csv",
+            packable=True,
         ),
         DatasetKind(
             "medmnist",
@@ -62,6 +67,7 @@ DATASETS: Registry[DatasetKind] = Registry(
             "classification",
             "finetune.data.configs:MedmnistConfig",
             "finetune.data.medmnist:load_medmnist_source",
+            packable=True,
         ),
         DatasetKind(
             "dicom_folder",
@@ -69,6 +75,7 @@ DATASETS: Registry[DatasetKind] = Registry(
             "classification",
             "finetune.data.configs:DicomFolderConfig",
             "finetune.data.folders:load_dicom_folder",
+            packable=True,
         ),
         DatasetKind(
             "seg_folder",
@@ -84,8 +91,21 @@ DATASETS: Registry[DatasetKind] = Registry(
             "finetune.data.masks:SegDatasetConfig",
             "finetune.data.masks:drive_pairs",
         ),
+        DatasetKind(
+            "streaming",
+            "a pack written by `finetune pack`, streamed from a folder or s3:// (LitData)",
+            "classification",
+            "finetune.data.streaming:StreamingConfig",
+            "finetune.data.streaming:load_streaming_source",
+            "finetune.data.streaming_loader:StreamingDataModule",
+        ),
     ],
 )
+
+
+def packable_kinds() -> tuple[str, ...]:
+    """The ``dataset.kind`` choices ``finetune pack`` takes, in registration order."""
+    return tuple(name for name, kind in DATASETS.items() if kind.packable)
 
 
 def dataset_kinds(task: str) -> tuple[str, ...]:

@@ -23,21 +23,25 @@ from finetune.run.errors import DatasetError, listing
 log = logging.getLogger(__name__)
 
 
-def read_image(path: Path, channels: int, window: tuple[float, float] | None = None) -> np.ndarray:
-    """Decode `path` to HWC uint8 with `channels` (1 or 3) channels, EXIF orientation applied.
+def read_image(
+    path: Path | str, channels: int, window: tuple[float, float] | None = None, data: bytes | None = None
+) -> np.ndarray:
+    """Decode `path` to HWC uint8 with `channels` (1 or 3) channels, EXIF orientation applied; `data`: the
+    file's bytes, already read (a packed sample: `path` then names it and gives its suffix).
 
     Files are decoded by ``finetune.data.reference.load_image``: grayscale modes stay 1 channel
     (16/32-bit ones scaled from the 16-bit range: v / 257); all other modes (RGBA, P, CMYK, ...)
     become RGB. A gray image in a 3-channel dataset is replicated.
     DICOM files (.dcm) go through their modality LUT and VOI LUT / window (`window` overrides it).
     """
+    source = path if data is None else io.BytesIO(data)
     try:
-        if path.suffix.lower() in DICOM_EXTENSIONS:
+        if Path(path).suffix.lower() in DICOM_EXTENSIONS:
             from finetune.data.dicom import read_dicom
 
-            array = read_dicom(path, window)
+            array = read_dicom(source, window)
         else:
-            array = load_image(path)  # the reference decode every export ships
+            array = load_image(source)  # the reference decode every export ships
     except Exception as e:  # any decoder failure: name the file
         raise DatasetError(f"cannot read image {path}: {e}") from e
     return np.repeat(array, 3, axis=2) if channels == 3 and array.shape[2] == 1 else array

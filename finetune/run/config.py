@@ -81,8 +81,11 @@ DATA_ROOTS = {"imagefolder": True, "dicom_folder": True, "seg_folder": True, "dr
 
 
 def check_data_paths(cfg: DictConfig) -> None:
-    """``dataset.root`` and ``dataset.csv`` name a folder and a file that exist (no data is read)."""
+    """``dataset.root`` and ``dataset.csv`` name a folder and a file that exist, a local ``dataset.uri`` a
+    folder (no data is read)."""
     dataset = cfg.dataset
+    if dataset.kind == "streaming" and "://" not in (dataset.get("uri") or ""):
+        _existing(dataset.get("uri"), "dataset.uri", "folder", "<folder or s3://bucket/prefix of a pack>")
     if dataset.kind == "csv":
         _existing(dataset.get("csv"), "dataset.csv", "file", "/path/to/labels.csv (columns path,label[,split])")
     if dataset.kind in DATA_ROOTS and (DATA_ROOTS[dataset.kind] or dataset.get("root") is not None):
@@ -100,8 +103,8 @@ def _existing(value: str | None, key: str, kind: str, example: str) -> None:
 
 
 def data_folders(cfg: DictConfig) -> list[Path]:
-    """The user's data folder a config names (``dataset.root``), resolved: a run must never write into it.
-    A CSV without a root names no folder: its rows may point anywhere, and the folder holding
-    ``labels.csv`` is often the user's project folder, where ``runs/`` belongs."""
-    root = cfg.dataset.get("root")
-    return [] if root is None else [Path(root).expanduser().resolve()]
+    """The user's data folders a config names (``dataset.root``, a local pack's ``dataset.uri``), resolved: a
+    run must never write into them. A CSV without a root names no folder: its rows may point anywhere, and
+    the folder holding ``labels.csv`` is often the user's project folder, where ``runs/`` belongs."""
+    folders = [cfg.dataset.get("root"), cfg.dataset.get("uri")]
+    return [Path(f).expanduser().resolve() for f in folders if f is not None and "://" not in f]

@@ -76,6 +76,15 @@ class DicomFolderSchema(FolderSchema):
 
 
 @dataclass
+class StreamingSchema(DatasetSchema):
+    """``dataset=streaming`` (a pack of ``finetune pack``)."""
+
+    uri: str | None = None
+    cache_dir: str | None = None
+    max_cache_size: str = "10GB"
+
+
+@dataclass
 class MedmnistSchema(DatasetSchema):
     """``dataset=medmnist``."""
 
@@ -433,6 +442,7 @@ KINDS: dict[str, dict[str, type]] = {
         "dicom_folder": DicomFolderSchema,
         "seg_folder": SegFolderSchema,
         "drive": SegFolderSchema,
+        "streaming": StreamingSchema,
     },
     "head": {
         "linear": LinearHeadSchema,

@@ -87,8 +87,11 @@ RUN = [
 ]
 PHASES = ("frozen", "unfrozen")
 
-# One entry per kind of data a multi-node run is tested with: its overrides (a later dataset=streaming joins here).
-DATASETS = {"digits": []}
+# One entry per kind of data a multi-node run is tested with: its overrides ({pack}: the path of SIXTEEN's pack).
+# The stream: no loader workers, so each rank's share is LitData's per-rank split alone.
+DATASETS = {"digits": [], "streaming": ["dataset=streaming", "dataset.uri={pack}", "dataset.num_workers=0"]}
+# Digits carved to 16 training images: one epoch is 2 ranks x BATCHES x GLOBAL_BATCH / 2, nothing left over.
+SIXTEEN = ["dataset=digits", "dataset.val_fraction=0.95", "dataset.test_fraction=0.0412"]
 
 # Tolerance of the one-vs-two-process comparison, from the numbers (as tests/e2e/test_distributed.py): summing n
 # terms in another order moves a sum by at most n * eps * sum|terms| (Higham, ch. 4). The longest sums here are
@@ -111,6 +114,27 @@ def atto_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "convnext_atto.safetensors"
     save_file(timm.create_model("convnext_atto").state_dict(), str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def sixteen_pack(tmp_path_factory) -> Path:
+    """SIXTEEN packed by ``finetune pack`` (16 train images), for dataset=streaming."""
+    from finetune.commands.pack import pack_command
+
+    out = tmp_path_factory.mktemp("pack") / "digits16"
+    pack_command([*SIXTEEN, f"out={out}"])
+    assert json.loads((out / "finetune-pack.json").read_text())["splits"]["train"]["size"] == 2 * BATCHES * 4
+    return out
+
+
+def samples_read(record: Path) -> dict[int, list[int]]:
+    """Rank -> the training sample indices it read (every phase), from the streams' debug record."""
+    seen: dict[int, list[int]] = {}
+    for file in record.iterdir():
+        for line in file.read_text().splitlines():
+            rank, _, index = map(int, line.split())
+            seen.setdefault(rank, []).append(index)
+    return seen
 
 
 WORKER = ("-m", "finetune.commands.worker", "run_dir=runs/exp", "config=exp.yaml")  # as README.md shows
@@ -178,21 +202,27 @@ def checkpoint(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", list(DATASETS))
-def test_two_torchrun_nodes_match_one_process_and_rank_zero_alone_writes(tmp_path, atto_weights, dataset):
+def test_two_torchrun_nodes_match_one_process_and_rank_zero_alone_writes(tmp_path, atto_weights, dataset, request):
     """README.md: compose once, then one ``torchrun --nnodes=2`` per node running the worker; here both
-    "nodes" are this machine (127.0.0.1, a free port, static rendezvous with --node_rank)."""
+    "nodes" are this machine (127.0.0.1, a free port, static rendezvous with --node_rank). Streaming: each
+    node reads its own half of the pack, together the epoch once; the digits variant compares with one process."""
     documented = (REPO / "docs" / "multinode.md").read_text()
     assert "--nproc_per_node=8 --node_rank=$NODE_RANK" in documented and " ".join(WORKER) in documented
-    run_args = [*RUN, f"backbone.weights={atto_weights}", *DATASETS[dataset]]
-    one = subprocess.Popen(
-        [sys.executable, "-m", "finetune", *run_args, f"schedule.batch_size={GLOBAL_BATCH}", "hydra.run.dir=one"],
-        cwd=tmp_path,
-        env=finetune_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    finish([one])
+    streaming = dataset == "streaming"
+    pack = request.getfixturevalue("sixteen_pack") if streaming else None
+    run_args = [*RUN, f"backbone.weights={atto_weights}", *(o.format(pack=pack) for o in DATASETS[dataset])]
+    if not streaming:  # the stream's order depends on the number of ranks: no one-process twin
+        one = subprocess.Popen(
+            [sys.executable, "-m", "finetune", *run_args, f"schedule.batch_size={GLOBAL_BATCH}", "hydra.run.dir=one"],
+            cwd=tmp_path,
+            env=finetune_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        finish([one])
+    record = tmp_path / "read"  # outside nodes/: not a write of the run
+    record.mkdir()
     nodes = tmp_path / "nodes"
     nodes.mkdir()
     compose(
@@ -212,7 +242,7 @@ def test_two_torchrun_nodes_match_one_process_and_rank_zero_alone_writes(tmp_pat
                 *WORKER,
             ],
             cwd=nodes,
-            env=node_env(nodes, node),
+            env=node_env(nodes, node, FINETUNE_STREAM_RECORD=str(record)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -231,6 +261,15 @@ def test_two_torchrun_nodes_match_one_process_and_rank_zero_alone_writes(tmp_pat
     for phase, checksums in ranks.items():  # bitwise (RANKS_IDENTICAL in test_distributed.py)
         assert len(checksums) == 2 and checksums[0] == checksums[1], phase
     assert ranks["frozen"] != ranks["unfrozen"]
+    if streaming:
+        seen = samples_read(record)
+        assert sorted(seen) == [0, 1], seen  # each node read the stream
+        shares = [set(seen[rank]) for rank in (0, 1)]
+        assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(16)), seen  # disjoint; one epoch
+        for rank in (0, 1):  # every sample of its share once per phase (one epoch each)
+            assert sorted(seen[rank]) == sorted(list(shares[rank]) * len(PHASES)), seen
+        return
+    assert not any(record.iterdir())  # nothing recorded without a stream
 
     single, double = checkpoint(tmp_path / "one"), checkpoint(two)
     assert single.keys() == double.keys()
@@ -471,3 +510,29 @@ def test_a_worker_refuses_a_config_composed_for_another_layout_before_claiming_t
         "node on 2 node(s): compose the config again with trainer.devices=1 trainer.num_nodes=2"
     ), line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_worker_resumes_only_a_run_directory_of_ours(tmp_path, monkeypatch, capsys):
+    """``resume=<dir>`` (the sbatch's requeued start) needs the run marker a run's start wrote there: a folder of
+    something else, without checkpoints, is refused in one line and left as it was, not trained into from scratch."""
+    from finetune.commands import train, worker
+    from finetune.run.rundir import RUN_MARKER
+
+    trained = []
+    monkeypatch.setattr(train, "train", lambda cfg, run_dir, resume_from=None: trained.append(resume_from))
+    clear_launcher_variables(monkeypatch)
+    (tmp_path / "exp.yaml").write_text(OmegaConf.to_yaml(compose_config()))
+    stranger = tmp_path / "results"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("not a run\n")
+    args = [f"run_dir={stranger}", f"config={tmp_path / 'exp.yaml'}", f"resume={stranger}"]
+    assert worker.main(args) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        f"finetune: error: resume={stranger}: not a finetune run directory (no {RUN_MARKER}, which a run's first "
+        "start writes); resume= a run directory finetune made, or leave resume= out to start a new run in a new "
+        "directory"
+    ), line
+    assert trained == [] and [p.name for p in stranger.iterdir()] == ["notes.txt"]
+    (stranger / RUN_MARKER).write_text("token\n")  # a run of ours stopped before its first checkpoint: phase 1 again
+    assert worker.main(args) == 0 and trained == [None]

@@ -67,6 +67,12 @@ LIBRARY_CHATTER = [
         "Set a lower value for log_every_n_steps if you want to see logs for the training epoch.",
         UserWarning,
     ),
+    (
+        "Your `IterableDataset` has `__len__` defined. In combination with multi-process data loading (when "
+        "num_workers > 1), `__len__` could be inaccurate if each worker is not configured independently to avoid "
+        "having duplicate data.",
+        UserWarning,
+    ),
 ]
 
 
@@ -93,6 +99,41 @@ def test_start_up_filters_quiet_only_the_library_chatter():
     own = ["my own program's warning", "Checkpoint loading is deprecated in my library"]
     assert shown(install=False) == [message for message, _ in LIBRARY_CHATTER] + own
     assert shown(install=True) == own
+
+
+def logged(install: bool) -> list[str]:
+    """What LitData's dataset logger emits of its cache-size advice and of a warning that matters, with or
+    without our start-up filters (the logger's filters, set by an earlier test's start-up too, restored after)."""
+    import logging
+
+    logger, records = logging.getLogger("litdata.streaming.dataset"), []
+    handler, filters, level = logging.Handler(), logger.filters, logger.level
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger.addHandler(handler)
+    logger.filters = []
+    logger.setLevel(logging.INFO)
+    try:
+        if install:
+            quiet_library_chatter()
+        logger.warning(  # as LitData 0.2.76 words it, for every StreamingDataset under 25GB of cache
+            "The provided `max_cache_size` is less than 25GB. With many DataLoader workers and ~64MB chunks, peak "
+            "cache is roughly `num_workers * max_pre_download * chunk_size` (often 5–12GB). Consider increasing "
+            "`max_cache_size` to at least 25GB to avoid eviction thrash."
+        )
+        logger.info("StreamingDataset POSIX-fast %s: mmap chunks in place (no cache copy, no source delete).", "posix")
+        logger.warning("Overriding state drop_last True to False.")
+    finally:
+        logger.removeHandler(handler)
+        logger.filters = filters
+        logger.setLevel(level)
+    return [message.partition(".")[0] for message in records]
+
+
+def test_start_up_filters_quiet_litdatas_cache_size_advice_only():
+    advice = "The provided `max_cache_size` is less than 25GB"
+    in_place = "StreamingDataset POSIX-fast posix: mmap chunks in place (no cache copy, no source delete)"
+    assert logged(install=False) == [advice, in_place, "Overriding state drop_last True to False"]
+    assert logged(install=True) == ["Overriding state drop_last True to False"]
 
 
 def test_start_up_filters_installed_twice_are_listed_once():

@@ -80,9 +80,11 @@ class Classification(Task):
             )
 
     def data_module(self, cfg):
-        from finetune.data.datamodule import ClassificationDataModule
+        from finetune.data import DATASETS
+        from finetune.run.registry import resolve
 
-        data = ClassificationDataModule(
+        data_module = DATASETS.get(cfg.dataset.kind).data_module or "finetune.data.datamodule:ClassificationDataModule"
+        data = resolve(data_module)(
             cfg.dataset,
             cfg.augment,
             cfg.schedule.batch_size,

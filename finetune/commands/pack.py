@@ -1,0 +1,65 @@
+"""``finetune pack dataset=<kind> [dataset.*=…] out=<folder or s3://bucket/prefix>``: a dataset packed into
+LitData chunks for ``dataset=streaming dataset.uri=<out>``.
+
+``out`` is checked first, before any image is read: a complete pack there, a local folder or an S3 prefix
+that holds anything but an unfinished pack of ours, or a store other than a folder or ``s3://`` is refused.
+The dataset is scanned and checked as training would (bad images are refused with the same lines, or
+skipped with ``dataset.on_error=skip``); val/test splits carved from train are fixed at pack time. Each
+sample keeps its image's encoded bytes (in-memory arrays: raw uint8 arrays), its target and its split; the
+index ``finetune-pack.json`` (classes, counts, targets, channels, image sizes) is written last, once each
+split holds all its samples. A local pack is written beside ``out`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from finetune.commands.args import compose_config, run_command
+from finetune.run.errors import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(pack_command, __doc__, argv)
+
+
+def pack_command(argv: list[str]) -> None:
+    """Check the command line and the config (no torch), then pack."""
+    outs = [a.partition("=")[2] for a in argv if a.startswith("out=")]
+    overrides = [a for a in argv if not a.startswith("out=")]
+    if not outs or not outs[-1]:
+        raise ConfigError("pack: missing out=<folder or s3://bucket/prefix> (where the pack is written)")
+    out = outs[-1]
+    from finetune.data import DATASETS, packable_kinds
+
+    if not any(a.startswith("dataset=") for a in overrides):
+        raise ConfigError(f"pack: missing dataset=<kind> ({', '.join(packable_kinds())})")
+    from finetune.data.streaming import check_out
+
+    kind = [a.partition("=")[2] for a in overrides if a.startswith("dataset=")][-1]
+    DATASETS.get(kind)  # an unknown kind: the registry's line with its choices
+    if not DATASETS.get(kind).packable:
+        raise ConfigError(
+            f"pack: dataset={kind} cannot be packed ({'a pack already' if kind == 'streaming' else 'not yet'}); "
+            f"packable kinds: {', '.join(packable_kinds())}"
+        )
+    check_out(out)  # the store, a complete pack, anything else there: before any image is read
+    cfg = compose_config(overrides)
+    _pack(cfg, out)
+
+
+def _pack(cfg, out: str) -> None:
+    from finetune.data.configs import CsvConfig, dataset_config
+    from finetune.data.datasets import load_source
+    from finetune.data.options import plain_dict
+    from finetune.data.streaming import pack
+    from finetune.run.console import console
+
+    config = dataset_config(plain_dict(cfg.dataset))
+    source = load_source(config)
+    multilabel = source.task == "multi-label" or (isinstance(config, CsvConfig) and config.multilabel)
+    index = pack(source, config, out, multilabel)
+    sizes = "/".join(str(index["splits"][s]["size"]) for s in ("train", "val", "test"))
+    console.print(
+        f"packed dataset={config.kind}: {len(index['class_names'])} classes, images train/val/test = {sizes} "
+        f"-> {out} (train with dataset=streaming dataset.uri={out})"
+    )
