@@ -46,8 +46,8 @@ def run(overrides: list[str]) -> dict:
     original = phases.make_trainer
     started = time.perf_counter()
 
-    def make_trainer(cfg, run_dir, name, epochs, callbacks):
-        return original(cfg, run_dir, name, epochs, [*callbacks, Curve(started, name, points)])
+    def make_trainer(cfg, run_dir, name, epochs, callbacks, *args, **kwargs):  # make_trainer's own, extended
+        return original(cfg, run_dir, name, epochs, [*callbacks, Curve(started, name, points)], *args, **kwargs)
 
     phases.make_trainer = make_trainer
     try:

@@ -47,8 +47,8 @@ def main() -> None:
     clock, last = Clock(names[0]), {}
     original = phases.make_trainer
 
-    def make_trainer(cfg, run_dir, name, epochs, callbacks):
-        return original(cfg, run_dir, name, epochs, [*callbacks, Curve(clock, last, names)])
+    def make_trainer(cfg, run_dir, name, epochs, callbacks, *args, **kwargs):  # make_trainer's own, extended
+        return original(cfg, run_dir, name, epochs, [*callbacks, Curve(clock, last, names)], *args, **kwargs)
 
     phases.make_trainer = make_trainer
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
