@@ -59,7 +59,7 @@ demo: install
 # (imports, subprocess start, Lightning's loop), so two workers keep both cores busy.
 TEST_WORKERS ?= 2
 # Tests marked gpu need a CUDA GPU: deselected here (benchmarks/gpu_check.py runs them on a GPU: pytest -m gpu).
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu"
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not gpu"
 
 # ruff: lint (pycodestyle, pyflakes, import order, pyupgrade, bugbear) and the formatter, as configured in
 # pyproject.toml; `make format` rewrites the files, `make lint` only checks (CI runs it before the tests).

@@ -126,18 +126,23 @@ def _build_tiny_seg_run(base: Path) -> Path:
     return _built_by_cli(args)(base)
 
 
-# The test files that take longest (seconds of their tests, measured with --durations on 2 cores), started
-# first: `make test` runs each file on one of two pytest-xdist workers in collection order, and a long file
-# started last kept one worker busy minutes after the other had finished.
+# The test files that take longest, longest first (seconds of their tests in a `make test` on 2 cores, 2026-12-05,
+# after the cuts of that day: ~125, 109, 93, 89, 82, 77, 70, 70, 59, 42, 38), started first: `make test` hands
+# each file to one of two pytest-xdist workers in collection order (`--no-loadscope-reorder`: by default xdist
+# orders the files by their number of tests, and a long file started last kept one worker busy minutes after
+# the other had finished).
 LONGEST_FILES = (
     "test_distributed.py",
-    "test_phases.py",
-    "test_faults_concurrency.py",
     "test_faults_signals.py",
     "test_resume_kinds.py",
+    "test_phases.py",
     "test_cli.py",
+    "test_streaming.py",
+    "test_streaming_pack.py",
+    "test_multinode.py",
+    "test_faults_concurrency.py",
+    "test_gpu_paths.py",
     "test_peers_smoke.py",
-    "test_faults_rundirs.py",
 )
 
 

@@ -68,28 +68,38 @@ def test_rank_shards_rebuild_the_single_process_batches():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", ["none", "lora"])
-def test_two_process_run_one_run_dir_identical_ranks_across_an_unfreezing_phase(tmp_path, adapter):
-    """With LoRA the phases change which adapter tensors train: DDP must follow as it does for stages."""
+def test_ddp_multirun_one_dir_per_job_identical_ranks_across_an_unfreezing_phase(tmp_path):
+    """A multirun of two-process runs: one dir per job, one summary. Each job's phases unfreeze a stage; with
+    LoRA they change which adapter tensors train: DDP must follow as it does for stages, ranks stay identical."""
     out = finetune(
+        "-m",
         "trainer=ddp",
         *TINY,
         "trainer.limit_train_batches=4",
         "schedule=gradual",
         "schedule.phases.0.epochs=1",
         "schedule.epochs=1",
-        f"backbone.adapter={adapter}",
-        "hydra.run.dir=run",
+        "backbone.adapter=none,lora",
+        "hydra.sweep.dir=sweep",
         cwd=tmp_path,
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    checksums = metrics["ddp"]["param_checksums_per_rank"]
-    assert set(checksums) == {"probe", "last_stage", "all"}
-    for phase, ranks in checksums.items():
-        assert len(ranks) == 2 and ranks[0] == ranks[1], phase  # bitwise: see RANKS_IDENTICAL
-    assert checksums["probe"] != checksums["last_stage"]  # the unfrozen stage did train
-    assert out.stdout.count("test results") == 1  # rank 0 alone reports
+    sweep = tmp_path / "sweep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    rows = [line for line in (sweep / "sweep_summary.md").read_text().splitlines() if "backbone.adapter=" in line]
+    assert sorted(row.split(" | ")[3] for row in rows) == [
+        "backbone.adapter=lora",
+        "backbone.adapter=none",
+    ]  # rank|run|status|swept
+    assert write_summary(sweep)  # re-runnable
+    assert (sweep / "sweep_summary.csv").read_text().count("\n") == 3
+    for job in ("0", "1"):
+        checksums = json.loads((sweep / job / "metrics.json").read_text())["ddp"]["param_checksums_per_rank"]
+        assert set(checksums) == {"probe", "last_stage", "all"}, job
+        for phase, ranks in checksums.items():
+            assert len(ranks) == 2 and ranks[0] == ranks[1], (job, phase)  # bitwise: see RANKS_IDENTICAL
+        assert checksums["probe"] != checksums["last_stage"], job  # the unfrozen stage did train
+    assert out.stdout.count("test results") == 2  # rank 0 alone reports, once per job
 
 
 # The one-vs-two-process comparison runs in float64, so its tolerance follows from these numbers.
@@ -141,30 +151,6 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     # Accuracy is k / N: one different prediction changes it by 1/N, so it must be identical.
     accuracy = [json.loads((tmp_path / d / "metrics.json").read_text())["test"]["acc"] for d in ("one", "two")]
     assert accuracy[0] == accuracy[1]
-
-
-@pytest.mark.slow
-def test_ddp_multirun_makes_one_dir_per_job_and_one_summary(tmp_path):
-    finetune(
-        "-m",
-        "trainer=ddp",
-        *TINY,
-        "schedule=linear_probe",
-        "schedule.epochs=1",
-        "trainer.limit_train_batches=3",
-        "schedule.lr=0.01,0.001",
-        "hydra.sweep.dir=sweep",
-        cwd=tmp_path,
-    )
-    sweep = tmp_path / "sweep"
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
-    rows = [line for line in (sweep / "sweep_summary.md").read_text().splitlines() if "schedule.lr=" in line]
-    assert sorted(row.split(" | ")[3] for row in rows) == [
-        "schedule.lr=0.001",
-        "schedule.lr=0.01",
-    ]  # rank|run|status|swept
-    assert write_summary(sweep)  # re-runnable
-    assert (sweep / "sweep_summary.csv").read_text().count("\n") == 3
 
 
 @pytest.mark.slow
