@@ -8,6 +8,8 @@ skipped with ``dataset.on_error=skip``); val/test splits carved from train are f
 sample keeps its image's encoded bytes (in-memory arrays: raw uint8 arrays), its target and its split; the
 index ``finetune-pack.json`` (classes, counts, targets, channels, image sizes) is written last, once each
 split holds all its samples. A local pack is written beside ``out`` and renamed into place.
+Segmentation kinds (``seg_folder``, ``drive``) pack their image/mask pairs (``finetune.data.seg_pack``);
+training on such a pack is not supported yet.
 """
 
 from __future__ import annotations
@@ -48,12 +50,17 @@ def pack_command(argv: list[str]) -> None:
 
 
 def _pack(cfg, out: str) -> None:
+    from finetune.data import DATASETS
     from finetune.data.configs import CsvConfig, dataset_config
     from finetune.data.datasets import load_source
     from finetune.data.options import plain_dict
     from finetune.data.streaming import pack
     from finetune.run.console import console
 
+    packer = DATASETS.get(cfg.dataset.kind).packer
+    if packer:
+        _pack_with(packer, cfg, out)
+        return
     config = dataset_config(plain_dict(cfg.dataset))
     source = load_source(config)
     multilabel = source.task == "multi-label" or (isinstance(config, CsvConfig) and config.multilabel)
@@ -62,4 +69,20 @@ def _pack(cfg, out: str) -> None:
     console.print(
         f"packed dataset={config.kind}: {len(index['class_names'])} classes, images train/val/test = {sizes} "
         f"-> {out} (train with dataset=streaming dataset.uri={out})"
+    )
+
+
+def _pack_with(packer: str, cfg, out: str) -> None:
+    """A kind with a packer of its own (segmentation pairs: finetune.data.seg_pack); not trainable from the
+    pack yet."""
+    from finetune.data.options import plain_dict
+    from finetune.run.console import console
+    from finetune.run.registry import resolve
+
+    index = resolve(packer)(plain_dict(cfg.dataset), out)
+    sizes = "/".join(str(index["splits"][s]["size"]) for s in ("train", "val", "test"))
+    group, kind = index["task_group"], index["kind"]
+    console.print(
+        f"packed dataset={kind} ({group}): {len(index['class_names'])} classes, images train/val/test = {sizes} "
+        f"-> {out} (training on a {group} pack is not supported yet: train with task={group} dataset={kind})"
     )

@@ -25,6 +25,7 @@ class DatasetKind(Entry):
     loader: str  # "module:function": (config) -> what the task's data module reads
     data_module: str = ""  # "module:class" of a data module of its own ("": the task's usual one)
     packable: bool = False  # whether `finetune pack` writes it as a pack (finetune.data.streaming)
+    packer: str = ""  # "module:function" (dataset group, out) -> index of a pack that is not a classification Source
 
     def config_class(self) -> type:
         return resolve(self.config)
@@ -83,6 +84,8 @@ DATASETS: Registry[DatasetKind] = Registry(
             "segmentation",
             "finetune.data.masks:SegDatasetConfig",
             "finetune.data.masks:seg_folder_pairs",
+            packable=True,
+            packer="finetune.data.seg_pack:pack_pairs",
         ),
         DatasetKind(
             "drive",
@@ -90,6 +93,8 @@ DATASETS: Registry[DatasetKind] = Registry(
             "segmentation",
             "finetune.data.masks:SegDatasetConfig",
             "finetune.data.masks:drive_pairs",
+            packable=True,
+            packer="finetune.data.seg_pack:pack_pairs",
         ),
         DatasetKind(
             "streaming",

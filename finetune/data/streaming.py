@@ -12,6 +12,9 @@ Training streams through LitData's ``StreamingDataset`` / ``StreamingDataLoader`
 worker, shuffled per epoch from the seed); the loader's state goes into Lightning's checkpoint (the fit
 loop saves a stateful training loader's ``state_dict``), so a resumed run replays the restored epoch's
 order. Validation and test read samples by index, in order.
+
+Segmentation kinds pack image/mask pairs (``finetune.data.seg_pack``, index version 3, ``task_group``
+``segmentation``); this module writes them (``write_pack``) but trains on classification packs only.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +40,10 @@ from finetune.run.errors import DatasetError
 
 INDEX = "finetune-pack.json"
 PACK_VERSION = 2  # 2: in-memory arrays stored raw (1: as PNG bytes, still read)
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)  # 3: segmentation pairs (finetune.data.seg_pack)
 MARKER = ".finetune-packing"  # an S3 pack's first object, removed after its index: an unfinished pack of ours
 SPLITS = ("train", "val", "test")
+STREAMED = "classification"  # the task group whose packs train from a stream (the index's "task_group")
 REMOTE_SCHEMES = ("s3://", "gs://", "azure://", "hf://")
 # Chunks per split: LitData memory-maps only the chunks that no other loader worker reads, and reads a shared
 # chunk item by item, so a split in one chunk (BloodMNIST's 28 MB in LitData's 64 MB default) streams to two
@@ -169,6 +173,12 @@ def load_streaming_source(config: StreamingConfig) -> Source:
     if not config.uri:
         raise DatasetError("dataset.uri is required: dataset.uri=<folder or s3://bucket/prefix> of a pack")
     index = read_index(config.uri)
+    if index.get("task_group", STREAMED) != STREAMED:
+        raise DatasetError(
+            f"dataset.uri={config.uri} is a {index['task_group']} pack (of dataset={index['kind']}); training streams "
+            f"classification packs only for now: train with task={index['task_group']} dataset={index['kind']} "
+            "dataset.root=<the folder it was packed from>"
+        )
     splits = {
         name: PackedSamples(
             np.arange(len(index["splits"][name]["targets"])),
@@ -241,6 +251,14 @@ class StreamSpec:
 _OPEN: dict[tuple[int, StreamSpec], Any] = {}  # (process id, split) -> its random-access StreamingDataset
 
 
+def opened(stream: StreamSpec):
+    """This process's random-access StreamingDataset over ``stream``, opened once."""
+    key = (os.getpid(), stream)
+    if key not in _OPEN:
+        _OPEN[key] = stream.open()
+    return _OPEN[key]
+
+
 @dataclass(frozen=True)
 class PackedSamples(Samples):
     """A split of a pack: ``images`` are sample indices in the pack, decoded from the stream when read."""
@@ -251,10 +269,7 @@ class PackedSamples(Samples):
         return PackedSamples(self.images[index], self.targets[index], self.window, self.stream)
 
     def image(self, i: int, channels: int) -> np.ndarray:
-        key = (os.getpid(), self.stream)
-        if key not in _OPEN:
-            _OPEN[key] = self.stream.open()
-        sample = _OPEN[key][int(self.images[i])]
+        sample = opened(self.stream)[int(self.images[i])]
         name = f"{self.stream.uri}#{sample['index']}"  # the pack's split and the sample's position in it
         return decode(sample["image"], sample["suffix"], channels, self.window, name)
 
@@ -283,15 +298,15 @@ class _Sampler:
         }
 
 
-def image_sizes(samples: Samples) -> list[list[int]]:
-    """[[min height, min width], [max height, max width]] of a split (file headers only)."""
-    if isinstance(samples.images, np.ndarray):
-        shape = samples.images.shape[1:3]
+def image_sizes(images: np.ndarray | list[Path]) -> list[list[int]]:
+    """[[min height, min width], [max height, max width]] of a split's images (file headers only)."""
+    if isinstance(images, np.ndarray):
+        shape = images.shape[1:3]
         return [list(shape), list(shape)]
     from PIL import Image
 
     sizes = []
-    for path in samples.images:
+    for path in images:
         if Path(path).suffix.lower() in DICOM_EXTENSIONS:
             continue
         with Image.open(path) as image:
@@ -307,6 +322,7 @@ def pack_index(source: Source, config: DatasetConfig, multilabel: bool) -> dict:
     return {
         "version": PACK_VERSION,
         "kind": config.kind,
+        "task_group": STREAMED,  # the task it trains (task=…); segmentation packs: finetune.data.seg_pack
         "class_names": source.class_names,
         "image_channels": source.image_channels,
         "task": source.task,
@@ -318,7 +334,7 @@ def pack_index(source: Source, config: DatasetConfig, multilabel: bool) -> dict:
             name: {
                 "size": len(samples),
                 "class_counts": class_counts(samples.targets, n),
-                "image_sizes": image_sizes(samples),
+                "image_sizes": image_sizes(samples.images),
                 "targets": samples.targets.tolist(),
             }
             for name, samples in source.splits.items()
@@ -329,10 +345,22 @@ def pack_index(source: Source, config: DatasetConfig, multilabel: bool) -> dict:
 def chunk_size(samples: Samples) -> int:
     """The chunk size that cuts a split into CHUNKS_PER_SPLIT chunks, within MIN_CHUNK_BYTES .. MAX_CHUNK_BYTES."""
     if isinstance(samples.images, np.ndarray):
-        total = samples.images.nbytes
-    else:
-        total = sum(os.path.getsize(path) for path in samples.images)
+        return chunk_bytes_of(samples.images.nbytes)
+    return chunk_bytes_of(sum(os.path.getsize(path) for path in samples.images))
+
+
+def chunk_bytes_of(total: int) -> int:
+    """The chunk size that cuts ``total`` bytes into CHUNKS_PER_SPLIT chunks, within the bounds."""
     return int(np.clip(total // CHUNKS_PER_SPLIT, MIN_CHUNK_BYTES, MAX_CHUNK_BYTES))
+
+
+@dataclass(frozen=True)
+class PackSplit:
+    """One split to write: LitData's function of a sample's position, how many samples, their chunk size."""
+
+    sampler: Callable[[int], dict]
+    size: int
+    chunk_bytes: int
 
 
 def pack(source: Source, config: DatasetConfig, out: str, multilabel: bool, chunk_bytes: str | None = None) -> dict:
@@ -341,11 +369,19 @@ def pack(source: Source, config: DatasetConfig, out: str, multilabel: bool, chun
     object and is complete when its index is there. ``out`` is checked first (``check_out``). Returns the index."""
     check_out(out)
     index = pack_index(source, config, multilabel)
+    splits = {name: PackSplit(_Sampler(s), len(s), chunk_size(s)) for name, s in source.splits.items()}
+    return write_pack(out, index, splits, chunk_bytes)
+
+
+def write_pack(out: str, index: dict, splits: dict[str, PackSplit], chunk_bytes: str | None = None) -> dict:
+    """Write ``splits`` and then ``index`` to ``out`` (checked by the caller with ``check_out`` before any image
+    was read): a local pack in a sibling folder renamed into place, a remote one after a marker object.
+    Returns the index."""
     if is_remote(out):
         client, bucket, key = _s3(join(out, MARKER))
         with _s3_errors(out):
             client.put_object(Bucket=bucket, Key=key, Body=b"")
-        _write_splits(source, out, out, chunk_bytes)
+        _write_splits(splits, out, out, chunk_bytes)
         _write_remote_index(join(out, INDEX), index)
         with _s3_errors(out):
             client.delete_object(Bucket=bucket, Key=key)
@@ -354,7 +390,7 @@ def pack(source: Source, config: DatasetConfig, out: str, multilabel: bool, chun
     _remove_stale_staging(target)
     staging = target.parent / f".{target.name}.packing-{uuid.uuid4().hex[:8]}"
     try:
-        _write_splits(source, str(staging), out, chunk_bytes)
+        _write_splits(splits, str(staging), out, chunk_bytes)
         (staging / INDEX).write_text(json.dumps(index))
         if target.exists():
             target.rmdir()  # empty (checked above)
@@ -421,39 +457,39 @@ def _remove_stale_staging(target: Path) -> None:
             shutil.rmtree(folder)
 
 
-def _check_written(samples: Samples, where: str, name: str, out: str) -> None:
-    """DatasetError unless the chunks of split ``name`` at ``where`` hold all its ``samples`` (the sum of
+def _check_written(size: int, where: str, name: str, out: str) -> None:
+    """DatasetError unless the chunks of split ``name`` at ``where`` hold all its ``size`` samples (the sum of
     ``chunk_size`` in LitData's ``index.json``)."""
     try:
         chunks = json.loads(_read_text(join(where, "index.json")))["chunks"]
     except FileNotFoundError:
         chunks = []
     written = sum(chunk["chunk_size"] for chunk in chunks)
-    if written != len(samples):
+    if written != size:
         raise DatasetError(
-            f"out={out}: the {name} split holds {written} of {len(samples)} samples after packing (no index was "
+            f"out={out}: the {name} split holds {written} of {size} samples after packing (no index was "
             "written; the pack is unfinished): pack again"
         )
 
 
-def _write_splits(source: Source, where: str, out: str, chunk_bytes: str | None) -> None:
+def _write_splits(splits: dict[str, PackSplit], where: str, out: str, chunk_bytes: str | None) -> None:
     """Each split's chunks under ``where`` (``out``: as the user gave it, for messages), each checked whole."""
     from litdata import optimize
 
     allow_plain_http()
     for name in SPLITS:
-        samples = source.splits[name]
+        split = splits[name]
         optimize(
-            fn=_Sampler(samples),
-            inputs=list(range(len(samples))),
+            fn=split.sampler,
+            inputs=list(range(split.size)),
             output_dir=join(where, name),
-            chunk_bytes=chunk_bytes or chunk_size(samples),
+            chunk_bytes=chunk_bytes or split.chunk_bytes,
             num_workers=1,
             mode="overwrite",
             verbose=False,
             storage_options=storage_options() if is_remote(where) else {},
         )
-        _check_written(samples, join(where, name), name, out)
+        _check_written(split.size, join(where, name), name, out)
 
 
 def _write_remote_index(out: str, index: dict) -> None:

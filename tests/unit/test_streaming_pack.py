@@ -160,11 +160,61 @@ def test_imbalance_sampler_is_refused_on_a_stream(digits_pack):
         StreamingDataModule({"kind": "streaming", "uri": str(out)}, {}, 4, 0, seed=0, imbalance="sampler")
 
 
-@pytest.mark.parametrize("kind", ["seg_folder", "streaming"])
-def test_kinds_that_cannot_be_packed_are_refused_in_one_line(kind, tmp_path):
-    with pytest.raises(ConfigError, match=rf"pack: dataset={kind} cannot be packed .*packable kinds: digits, "):
-        pack_command([f"dataset={kind}", f"out={tmp_path / 'pack'}"])
+def test_kinds_that_cannot_be_packed_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"pack: dataset=streaming cannot be packed .*packable kinds: digits, "):
+        pack_command(["dataset=streaming", f"out={tmp_path / 'pack'}"])
     assert not (tmp_path / "pack").exists()
+
+
+def _drive(root: Path) -> Path:
+    """A DRIVE layout of 32 px squares: 5 training and 2 test images, each with a field-of-view mask."""
+    rng = np.random.default_rng(1)
+    for folder, n in (("training", 5), ("test", 2)):
+        for sub in ("images", "1st_manual", "mask"):
+            (root / folder / sub).mkdir(parents=True)
+        for i in range(n):
+            image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            vessels = (rng.random((32, 32)) > 0.7).astype(np.uint8) * 255
+            fov = np.zeros((32, 32), np.uint8)
+            fov[4:28, 2 + i : 30] = 255
+            Image.fromarray(image).save(root / folder / "images" / f"{i:02d}_{folder}.png")
+            Image.fromarray(vessels).save(root / folder / "1st_manual" / f"{i:02d}_manual1.png")
+            Image.fromarray(fov).save(root / folder / "mask" / f"{i:02d}_{folder}_mask.gif")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["seg_folder", "drive"])
+def test_a_segmentation_pack_reads_back_the_original_data_modules_images_and_masks(kind, tmp_path):
+    from finetune.commands.args import compose_config
+    from finetune.data.seg_pack import load_pairs
+    from finetune.data.segmentation import SegmentationDataModule
+
+    from ..helpers import squares
+
+    root = tmp_path / "data"
+    if kind == "drive":
+        dataset = {"kind": "drive", "root": str(_drive(root))}
+    else:
+        squares(root, n=8, size=32)
+        dataset = {"kind": "seg_folder", "root": str(root), "mask_mode": "binary", "test_fraction": 0.25}
+    args = [f"dataset={kind}", *(f"dataset.{key}={value}" for key, value in dataset.items() if key != "kind")]
+    pack_command([*args, f"out={tmp_path / 'pack'}"])
+    original = SegmentationDataModule(compose_config(args).dataset, {}, 2, seed=0)  # as training composes it
+    index, packed = load_pairs(str(tmp_path / "pack"))
+    assert (index["class_names"], index["image_channels"]) == (original.info.class_names, original.info.image_channels)
+    assert index["splits"]["train"]["class_pixels"] == original.info.class_counts
+    masks = []
+    for split in SPLITS:
+        assert len(packed[split]) == index["splits"][split]["size"] == len(original.splits[split]) > 0
+        for i in range(len(packed[split])):
+            image, mask = packed[split].pair(i)
+            want_image, want_mask = original.raw_pair(split, i)
+            assert np.array_equal(image, want_image) and np.array_equal(mask, want_mask)
+            masks.append(mask)
+    values = set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist())
+    assert values == ({0, 1, 255} if kind == "drive" else {0, 1})  # DRIVE: 255 outside the field of view
+    with pytest.raises(DatasetError, match=rf"is a segmentation pack .*task=segmentation dataset={kind} dataset.root="):
+        load_streaming_source(dataset_config({"kind": "streaming", "uri": str(tmp_path / "pack")}))
 
 
 def _epoch(loader, epoch: int, batches: int | None = None) -> torch.Tensor:
