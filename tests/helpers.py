@@ -121,12 +121,26 @@ def run_cli(*args: str, cwd: Path, module: str = "finetune", timeout: int = 600)
     )
 
 
+def lightning_ranks(*ranks: int) -> tuple[int, ...]:
+    """Lightning's two process-wide rank-zero ranks (its own ``rank_zero_only`` and lightning_utilities'), which a
+    Trainer sets from its cluster environment (a SLURM task 1 makes every later logger of the process silent): set
+    to ``ranks`` (one for both, or one each) when given; the values before are returned."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+
+    before = (rank_zero_only.rank, utils_rank_zero_only.rank)
+    if ranks:
+        rank_zero_only.rank, utils_rank_zero_only.rank = ranks * 2 if len(ranks) == 1 else ranks
+    return before
+
+
 def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``finetune <args>`` run in this process (``finetune.cli.main``) in ``cwd``, as run_cli returns it: exit code
     (``sys.exit`` included), stdout, stderr. For a refusal, a plan or a check that only needs the command's
     output, not the process (no ~3 s start-up per command). The process-wide state a command sets (working
     directory, ``sys.argv``, environment variables, Hydra's logging set-up, warning filters, torch's
-    deterministic-algorithms switch) is restored after it."""
+    deterministic-algorithms switch, Lightning's rank-zero rank) is restored after it; the command starts as the
+    rank 0 a fresh process would be."""
     import io
     import logging
     import warnings
@@ -140,6 +154,7 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     saved = {log: (log.handlers[:], log.level, log.propagate, log.disabled) for log in loggers()}
     argv, here, environ, out, err = sys.argv[:], os.getcwd(), dict(os.environ), io.StringIO(), io.StringIO()
     deterministic = "torch" in sys.modules and sys.modules["torch"].are_deterministic_algorithms_enabled()
+    ranks = lightning_ranks(0)
     os.chdir(cwd)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -156,6 +171,7 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         os.environ.update(environ)
         if "torch" in sys.modules:  # Lightning's trainer.deterministic=true switches it on for the process
             sys.modules["torch"].use_deterministic_algorithms(deterministic)
+        lightning_ranks(*ranks)
         for log in loggers():
             if log in saved:
                 handlers, log.level, log.propagate, log.disabled = saved[log]

@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from ..helpers import compose_config, finetune_env
+from ..helpers import compose_config, finetune_env, lightning_ranks
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "docs" / "examples" / "finetune.sbatch"
@@ -332,9 +332,18 @@ def cluster_environment(monkeypatch, env: dict[str, str], devices: int, num_node
     clear_launcher_variables(monkeypatch)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    trainer = L.Trainer(
-        accelerator="cpu", devices=devices, num_nodes=num_nodes, strategy="ddp", plugins=slurm_plugins(), logger=False
-    )
+    ranks = lightning_ranks()  # the Trainer sets the process's rank-zero rank from env: later tests need theirs
+    try:
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy="ddp",
+            plugins=slurm_plugins(),
+            logger=False,
+        )
+    finally:
+        lightning_ranks(*ranks)
     return trainer.strategy.cluster_environment
 
 
