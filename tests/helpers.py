@@ -476,3 +476,20 @@ def start_interrupted(
     finally:
         if log:
             out.close()
+
+
+# Two epochs of one phase ("finetune"), random-init resnet10t, batches of 4 (several per epoch), for the tests that
+# interrupt a run mid-epoch and compare its resume with the uninterrupted run. The final weights are tested
+# (checkpoints.keep=last): the best validation epoch could be epoch 1 in both runs, whose test metrics would then
+# not show a difference in the replayed epoch 2.
+RESUMABLE_TWO_EPOCHS = [
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "schedule=finetune",
+    "schedule.epochs=2",
+    "schedule.batch_size=4",
+    "checkpoints.keep=last",
+    "trainer.deterministic=true",
+    "trainer.progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]

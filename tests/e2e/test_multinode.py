@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from ..helpers import compose_config, finetune_env, lightning_ranks
+from ..helpers import compose_config, finetune_env, lightning_ranks, run_finetune
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "docs" / "examples" / "finetune.sbatch"
@@ -159,14 +159,7 @@ def node_env(base: Path, node: int, **extra: str) -> dict[str, str]:
 
 def compose(base: Path, *overrides: str) -> Path:
     """``finetune --cfg job --resolve <overrides> > exp.yaml`` (README.md), in ``base``."""
-    out = subprocess.run(
-        [sys.executable, "-m", "finetune", "--cfg", "job", "--resolve", *overrides],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        env=finetune_env(),
-        timeout=120,
-    )
+    out = run_finetune("--cfg", "job", "--resolve", *overrides, cwd=base, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     (base / "exp.yaml").write_text(out.stdout)
     return base / "exp.yaml"

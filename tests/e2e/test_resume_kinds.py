@@ -22,22 +22,7 @@ from PIL import Image
 from finetune.data.datamodule import ClassificationDataModule
 from finetune.data.transforms import Preprocessing
 
-from ..helpers import squares, start_finetune, start_interrupted
-
-# Two epochs of one phase ("finetune"), random-init resnet10t, batches of 4 (several per epoch). The final
-# weights are tested (checkpoints.keep=last): the best validation epoch could be epoch 1 in both runs,
-# whose test metrics would then not show a difference in the replayed epoch 2.
-TWO_EPOCHS = [
-    "backbone.name=resnet10t",
-    "backbone.pretrained=false",
-    "schedule=finetune",
-    "schedule.epochs=2",
-    "schedule.batch_size=4",
-    "checkpoints.keep=last",
-    "trainer.deterministic=true",
-    "trainer.progress_bar=false",
-    "trainer.log_every_n_steps=1",
-]
+from ..helpers import RESUMABLE_TWO_EPOCHS, squares, start_finetune, start_interrupted
 
 
 def _noise_images(root: Path, per_class: int = 16, side: int = 40) -> list[tuple[str, str]]:
@@ -150,7 +135,7 @@ def test_image_folder_augmented_with_workers_resumes_after_sigint_mid_epoch(tmp_
     _noise_images(tmp_path / "folder")
     _assert_resume_matches_uninterrupted(
         tmp_path,
-        [*TWO_EPOCHS, "dataset=imagefolder", "dataset.root=folder", "dataset.image_size=32", "augment=light"],
+        [*RESUMABLE_TWO_EPOCHS, "dataset=imagefolder", "dataset.root=folder", "dataset.image_size=32", "augment=light"],
         "SIGINT",
     )
 
@@ -159,7 +144,7 @@ def test_image_folder_augmented_with_workers_resumes_after_sigint_mid_epoch(tmp_
 def test_csv_with_workers_resumes_after_sigterm_mid_epoch(tmp_path):
     labels = _labels_csv(tmp_path / "data")
     _assert_resume_matches_uninterrupted(
-        tmp_path, [*TWO_EPOCHS, "dataset=csv", f"dataset.csv={labels}", "dataset.image_size=32"], "SIGTERM"
+        tmp_path, [*RESUMABLE_TWO_EPOCHS, "dataset=csv", f"dataset.csv={labels}", "dataset.image_size=32"], "SIGTERM"
     )
 
 
@@ -169,7 +154,7 @@ def test_medmnist_resumes_after_sigkill_mid_epoch(tmp_path):
     _assert_resume_matches_uninterrupted(
         tmp_path,
         [
-            *TWO_EPOCHS,
+            *RESUMABLE_TWO_EPOCHS,
             "dataset=medmnist",
             "dataset.name=breastmnist",
             "dataset.root=medmnist",
@@ -186,7 +171,7 @@ def test_segmentation_pairs_with_workers_resume_after_sigkill_mid_epoch(tmp_path
     _assert_resume_matches_uninterrupted(
         tmp_path,
         [
-            *TWO_EPOCHS,
+            *RESUMABLE_TWO_EPOCHS,
             "task=segmentation",
             "dataset=seg_folder",
             "dataset.root=squares",

@@ -12,21 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ..helpers import assert_refused, run_finetune, start_finetune, start_interrupted
+from ..helpers import RESUMABLE_TWO_EPOCHS, assert_refused, run_finetune, start_finetune, start_interrupted
 
-# Two epochs of one phase, random-init resnet10t, batches of 4; the final weights are tested (checkpoints.keep=
-# last), so a difference in the replayed epoch 2 shows in the test metrics. Two loader workers: LitData shards
-# the stream between them.
+# The resume tests' two epochs on the stream. Two loader workers: LitData shards the stream between them.
 TWO_EPOCHS = [
-    "backbone.name=resnet10t",
-    "backbone.pretrained=false",
-    "schedule=finetune",
-    "schedule.epochs=2",
-    "schedule.batch_size=4",
-    "checkpoints.keep=last",
-    "trainer.deterministic=true",
-    "trainer.progress_bar=false",
-    "trainer.log_every_n_steps=1",
+    *RESUMABLE_TWO_EPOCHS,
     "dataset=streaming",
     "dataset.uri=pack",
     "dataset.image_size=32",
