@@ -28,6 +28,15 @@ from finetune.run.schema import INSTEAD, KINDS, LIGHTNING_ELSEWHERE, TASKS
 Compose = Callable[[Sequence[str]], DictConfig]
 _ABSENT = object()
 HYDRA_PATHS = ("hydra/", "hydra.searchpath")  # overrides that choose where configs come from, not what they hold
+# Options that no longer exist: the missing config file -> what to write instead.
+MIGRATED = {
+    "hydra/sweeper/optuna": (
+        "hydra/sweeper=optuna: hydra-optuna-sweeper (an in-memory study on optuna<3) was replaced by finetune's "
+        "own Optuna sweeper; write hydra/sweeper=search (in a recipe: `- override /hydra/sweeper: search`): the "
+        "same keys (direction, n_trials, sampler, params, max_failure_rate) plus storage, pruner and workers, "
+        "see conf/hydra/sweeper/search.yaml"
+    ),
+}
 _FILE_ERROR = re.compile(r"In '([^']+)': (\w+) raised while composing config:\n(.*)", re.S)
 
 
@@ -36,6 +45,8 @@ def explain(err: Exception, overrides: Sequence[str], compose: Compose, groups: 
     ``groups``: the config groups, whose selections compose the base the message compares with); None
     when Hydra's own message says it better."""
     text = str(err)
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file in MIGRATED:
+        return MIGRATED[err.missing_cfg_file]
     if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
         return unknown_option(err.missing_cfg_file, err.options)
     base = _base(overrides, compose, groups)

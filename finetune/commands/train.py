@@ -6,23 +6,28 @@ The config is composed once, here; training runs in this process or in launched 
 Run directories are owned by one run: the default ``hydra.run.dir`` / ``hydra.sweep.dir`` go through
 the ``unique_dir`` resolver, which creates the directory with ``os.mkdir`` (no ``exist_ok``) before
 Hydra writes anything, adding ``-2``, ``-3`` … to a name that is taken; an explicit ``hydra.run.dir``
-is claimed before Hydra starts and refused if it holds anything. A directory the run wrote nothing
-of its own into (``plan=true``, a run refused before training) is removed again.
+is claimed before Hydra starts and refused if it holds anything, except that every worker of a search
+joins the ``hydra.sweep.dir`` its search made. A directory the run wrote nothing of its own into
+(``plan=true``, a run refused before training) is removed again.
 
-Under a sweeper that optimises a number (``hydra/sweeper=optuna``) the task function returns the run's
-validation score (``finetune.training.search``); otherwise nothing.
+Under a sweeper that optimises a number (``hydra/sweeper=search``) the task function returns the run's
+validation score (``finetune.training.search``); a trial the study's pruner stopped, or that diverged,
+raises for the sweeper to tell the study it was pruned (metrics.json says so); otherwise nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,17 +35,20 @@ from finetune.commands.args import compose_config, print_error, print_stopped
 from finetune.commands.args import override_value as _value
 from finetune.commands.config_errors import config_access_error
 from finetune.resources import conf_dir
+from finetune.run.artifacts import write_json
 from finetune.run.errors import FinetuneError, TrainingDiverged
 from finetune.run.lock import run_lock
 from finetune.run.rundir import (
     CLAIMED,
     RESUME_CHECKPOINTS,
     claim_run_dir,
+    claim_search_dir,
     forget_claims,
     release_if_unused,
     unique_run_dir,
 )
-from finetune.training.search import check_search, direction, is_search, objective
+from finetune.run.warning_filters import quiet_library_chatter
+from finetune.training.search import TrialPruned, check_search, direction, is_search, objective
 
 # Command lines after which Hydra prints something and runs no job: nothing to claim.
 NO_JOB_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
@@ -54,18 +62,24 @@ OmegaConf.register_new_resolver("search_direction", direction, replace=True)
 def main(cfg: DictConfig) -> float | None:
     """Compose the config once, then train here or in launched workers; user errors exit 2 (a search
     stops there). Returns the validation score a search optimises, else None."""
+    quiet_library_chatter()  # a launcher's job process (hydra/launcher=submitit_*) starts here, not in finetune.cli
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return _run(cfg)
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
-        sys.exit(print_error(err))
+        stop(print_error(err), err)
     except OmegaConfBaseException as err:  # a key of the config that cannot be read: one line, no traceback
-        sys.exit(print_error(config_access_error(err)))
-    except TrainingDiverged as err:  # one line, exit code 3; a search records a failed trial and goes on
+        stop(print_error(config_access_error(err)), config_access_error(err))
+    except TrialPruned as err:  # the study's pruner stopped this trial: the sweeper tells the study PRUNED
+        record_pruned(output_dir, cfg, err.record)
+        logging.getLogger(__name__).info("trial %s %s", cfg.search.trial, err)
+        raise
+    except TrainingDiverged as err:  # one line, exit code 3; a search records a pruned trial and goes on
         if not is_search(HydraConfig.get()):
-            sys.exit(print_stopped(err))
-        logging.getLogger(__name__).error("trial failed: %s: %s", output_dir, err)
+            stop(print_stopped(err), err)
+        record_pruned(output_dir, cfg, {"diverged": str(err)})
+        logging.getLogger(__name__).error("trial pruned (diverged): %s: %s", output_dir, err)
         raise
     except Exception:  # a search records a failed trial and goes on (max_failure_rate): keep the why
         if is_search(HydraConfig.get()):
@@ -73,6 +87,32 @@ def main(cfg: DictConfig) -> float | None:
         raise
     finally:
         release_if_unused(output_dir)  # plan, or refused before the run wrote anything: no clutter
+
+
+def record_pruned(run_dir: Path, cfg: DictConfig, record: dict) -> None:
+    """metrics.json of a search's trial that was pruned or diverged: why, and no test results."""
+    if run_dir.is_dir():
+        write_json(
+            run_dir / "metrics.json",
+            {"test": {}, "pruned": record, "search": {"study": cfg.search.study, "trial": cfg.search.trial}},
+        )
+
+
+class JobStopped(CompactHydraException):
+    """A job that ran in a launcher's process of its own (``hydra/launcher=submitit_*``) stopped with our error:
+    Hydra hands it back to the command, which prints it as one line (exit code 1) once every job has ended."""
+
+
+COMMAND_PID: int | None = None  # the process ``run()`` started the command in
+
+
+def stop(code: int, error: object) -> NoReturn:
+    """Exit with ``code`` (the run's ``finetune:`` line is printed). A launcher's job process raises JobStopped
+    instead: a job process that exits leaves its launcher no result (submitit waits for one, then raises)."""
+    if os.getpid() != COMMAND_PID:
+        job = HydraConfig.get()
+        raise JobStopped(f"finetune: error: job {job.job.num} of the sweep stopped ({job.runtime.output_dir}): {error}")
+    sys.exit(code)
 
 
 def command(argv: list[str]) -> int:
@@ -227,12 +267,34 @@ def claim_explicit_dirs(argv: list[str]) -> list[str]:
     directories claimed."""
     if any(a.split("=", 1)[0] in NO_JOB_FLAGS for a in argv) or _value(argv, "resume") not in (None, "null"):
         return []
-    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir"
-    value = _value(argv, key)
+    multirun = bool({"-m", "--multirun"} & set(argv))
+    value = _value(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     if value is None or "${" in value:
         return []
+    if multirun and is_search_command(argv):
+        return [value] if claim_search_dir(value) else []  # joined: another worker of the search made it
     claim_run_dir(value)
     return [value]
+
+
+def is_search_command(argv: list[str]) -> bool:
+    """True when the ``-m`` command line ``argv`` runs a search (its sweeper optimises a number)."""
+    from hydra.errors import HydraException
+
+    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+").startswith("hydra.")]
+    try:
+        return is_search(compose_config(overrides, with_hydra=True).hydra)
+    except (HydraException, FinetuneError, OmegaConfBaseException):
+        return False  # Hydra refuses the command line in its own words
+
+
+def register_search_sweeper() -> None:
+    """``hydra/sweeper=search``: Hydra finds plugins by scanning ``hydra_plugins``, which misses the folder an
+    editable install maps there; registering the class makes it known either way."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.finetune_search import SearchSweeper
+
+    Plugins.instance().register(SearchSweeper)
 
 
 def _wrap_interpolated(argv: list[str]) -> list[str]:
@@ -253,6 +315,8 @@ def _wrap_interpolated(argv: list[str]) -> list[str]:
 
 def run(overrides: list[str]) -> None:
     """Train with Hydra's command line (``overrides`` as typed after ``finetune train``)."""
+    global COMMAND_PID
+    COMMAND_PID = os.getpid()
     forget_claims()
     resumed = ExitStack()
     try:
@@ -264,6 +328,7 @@ def run(overrides: list[str]) -> None:
     except FinetuneError as err:
         sys.exit(print_error(err))
     sys.argv = [sys.argv[0], *run_dir_for_resume(_wrap_interpolated(overrides))]
+    register_search_sweeper()
     try:
         main()
     finally:  # Hydra refused the command line after a directory was made for it: take it back

@@ -17,7 +17,9 @@ from finetune.run.errors import FinetuneError
 
 RUN_MARKER = ".finetune-run"
 RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")  # what `finetune resume=<run>` continues from, in this order
-HYDRA_FILES = (".hydra", "multirun.yaml", RUN_MARKER, ".finetune-launch.yaml")  # bookkeeping, not results
+SEARCH_MARKER = ".finetune-search"  # a search's sweep directory: every worker of the search may join it
+HYDRA_FILES = (".hydra", "multirun.yaml", RUN_MARKER, SEARCH_MARKER, ".finetune-launch.yaml")  # bookkeeping
+STUDY_FILES = ("study.log",)  # a search's journal: results (the study), though it ends in .log
 CLAIMED: dict[str, str] = {}  # absolute run directory -> token, claimed by this process
 
 
@@ -93,8 +95,28 @@ def claim_run_dir(path: str | Path, *, hydra_files_allowed: bool = False) -> str
         raise FinetuneError(f"{taken} (claimed by another process just now); {how}") from None
 
 
+def claim_search_dir(path: str | Path) -> str | None:
+    """Claim ``path`` for a search (``-m`` with ``hydra/sweeper=search``), or join it: a directory a search
+    made (``SEARCH_MARKER``, created first and exclusively) takes every worker of that search, whose sweeper
+    then checks it is the same study; a directory holding anything else is refused as ``claim_run_dir``
+    refuses it. Returns the token when this process made the directory (None when it joined)."""
+    directory = Path(path).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    names = {p.name for p in directory.iterdir()}
+    if SEARCH_MARKER in names:
+        return None
+    if names:
+        claim_run_dir(directory)  # refused: it holds another run's files
+    try:
+        with open(directory / SEARCH_MARKER, "x") as f:
+            f.write(f"pid={os.getpid()} host={socket.gethostname()}\n")
+    except FileExistsError:  # another worker of the search made it just now
+        return None
+    return _write_marker(directory)
+
+
 def _is_bookkeeping(path: Path) -> bool:
-    return path.name in HYDRA_FILES or path.suffix == ".log"
+    return path.name in HYDRA_FILES or (path.suffix == ".log" and path.name not in STUDY_FILES)
 
 
 def holds_results(directory: str | Path) -> bool:

@@ -293,6 +293,8 @@ class LoggerSchema:
     mlflow: bool = False
     wandb: bool = False
     experiment: str = "finetune"
+    # MLflow's store: null = MLFLOW_TRACKING_URI if set, else sqlite:///<runs folder>/mlflow.db (docs/tracking.md)
+    mlflow_uri: str | None = None
 
 
 @dataclass
@@ -309,6 +311,16 @@ class DataSchema:
 class EmaSchema:
     decay: float | None = None
     warmup: bool = True
+
+
+@dataclass
+class SearchSchema:
+    """``search``: which trial of which study a run is; set by the search sweeper (``hydra/sweeper=search``) for
+    each trial it launches, null outside a search."""
+
+    storage: str | None = None  # the study's storage: journal:<path>, sqlite:///…, postgresql://…
+    study: str | None = None  # the study's name
+    trial: int | None = None  # the trial's number in the study (= the job's number in the sweep directory)
 
 
 @dataclass
@@ -331,6 +343,7 @@ class FinetuneSchema:
     checkpoints: CheckpointsSchema = field(default_factory=CheckpointsSchema)
     data: DataSchema = field(default_factory=DataSchema)
     ema: EmaSchema = field(default_factory=EmaSchema)
+    search: SearchSchema = field(default_factory=SearchSchema)
 
 
 # --- the tasks: the shared keys plus each task's own --------------------------------------------------

@@ -29,7 +29,8 @@ from finetune.training.distributed import RankConsistency, TimmSyncBatchNorm, is
 from finetune.training.divergence import StopOnDivergence
 from finetune.training.features import FeatureDataModule, use_feature_cache
 from finetune.training.interrupts import StopOnSignal, slurm_plugins
-from finetune.training.loggers import LOGGERS
+from finetune.training.loggers import LOGGERS, LogContext
+from finetune.training.search.pruning import trial_pruning
 from finetune.training.sharding import fsdp_strategy, shard_a_copy, take_phase_weights
 
 
@@ -87,6 +88,7 @@ def run_phases(
     t = cfg.trainer
     model.set_device_options(t.channels_last, t.compile_backend if t.compile else None)
     sharded = is_fsdp(t.strategy)  # each phase shards a copy; parameters differ by rank, no consistency check
+    pruning = trial_pruning(cfg.search, monitor)  # a search's trial: one callback for every phase (epochs run on)
     for index, planned in enumerate(plan):
         if index < start:
             continue
@@ -106,7 +108,8 @@ def run_phases(
             phase.name,
             phase.epochs,
             [checkpoint, *([] if sharded else [consistency]), *early_stopping(cfg, monitor, phase.name)]
-            + ema_callbacks(cfg),
+            + ema_callbacks(cfg)
+            + pruning,
             fsdp_strategy(model, t.precision) if sharded else None,
         )
         # A task that mixes images before the backbone (mixup, cutmix) cannot mix cached features, so a
@@ -278,12 +281,8 @@ def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
     """The loggers of ``LOGGERS`` the ``logger`` group switches on (``logger.<name>``), in its order: CSV
     always (``logs/<name>``; a resumed phase logs to ``logs/<name>/attempt-<n>``, every attempt kept),
     first, so ``trainer.logger`` is the CSV one."""
-    version = log_version(run_dir / "logs", name)
-    return [
-        kind.build(run_dir, name, version, cfg.logger.experiment)
-        for kind in LOGGERS.values()
-        if kind.always or getattr(cfg.logger, kind.name)
-    ]
+    context = LogContext(run_dir, name, log_version(run_dir / "logs", name), cfg.logger)
+    return [kind.build(context) for kind in LOGGERS.values() if kind.always or getattr(cfg.logger, kind.name)]
 
 
 def make_trainer(

@@ -1,6 +1,8 @@
 """Hydra multirun: one table of the runs of a sweep (CSV + markdown), ranked by the validation score
 that picked each run's checkpoint. Test metrics are shown for the selected run's report and marked as
-not for selection: picking a run by its test score makes that score optimistic."""
+not for selection: picking a run by its test score makes that score optimistic. A search
+(``hydra/sweeper=search``) adds each trial's state in its study (``study.json``: complete, pruned, failed
+and re-queued, running) and names the study's best trial; pruned trials are listed, not ranked."""
 
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from omegaconf import DictConfig
 from finetune.run.artifacts import write_text
 from finetune.training.search import direction
 
-FINISHED, NO_METRICS = "finished", "no metrics.json"
-ROW_KEYS = ("rank", "run", "status", "swept", "wall_time_s")  # every other column is a val monitor or test/…
-OPTUNA_RESULTS = "optimization_results.yaml"  # the Optuna sweeper's best trial, in the sweep directory
+FINISHED, PRUNED, NO_METRICS = "finished", "pruned", "no metrics.json"
+ROW_KEYS = ("rank", "run", "status", "state", "swept", "wall_time_s")  # every other: a val monitor or test/…
+STUDY_RECORD = "study.json"  # a search's study (its sweeper writes it): every trial's state, the best trial
+HIDDEN = ("search.",)  # overrides a sweeper gives each job to identify it, not what was swept
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -30,7 +33,8 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     metrics. Finished runs come best first; runs without metrics.json (failed) come last."""
     runs = [_read_run(d) for d in sorted(_run_dirs(sweep_dir), key=lambda d: _job_order(d.name))]
     shared = set.intersection(*(set(r["overrides"]) for r in runs)) if runs else set()
-    finished = [r for r in runs if r["metrics"]]
+    states = _trial_states(sweep_dir)
+    finished = [r for r in runs if r["metrics"] and "pruned" not in r["metrics"]]
     ranked = len({r["monitor"] for r in finished}) == 1  # different monitors cannot be ranked together
     if ranked:
         finished.sort(key=_sort_key)
@@ -39,6 +43,7 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "rank": rank if ranked else None,
             "run": r["name"],
             "status": FINISHED,
+            **_state(r, states),
             "swept": _swept(r, shared),
             r["monitor"]: r["score"],
             **{f"test/{k}": v for k, v in r["metrics"]["test"].items()},
@@ -46,11 +51,46 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         }
         for rank, r in enumerate(finished, 1)
     ]
+    rows += [
+        {
+            "rank": None,
+            "run": r["name"],
+            "status": _pruned(r["metrics"]["pruned"]),
+            **_state(r, states),
+            "swept": _swept(r, shared),
+        }
+        for r in runs
+        if r["metrics"] and "pruned" in r["metrics"]
+    ]
     return rows + [
-        {"rank": None, "run": r["name"], "status": NO_METRICS, "swept": _swept(r, shared)}
+        {"rank": None, "run": r["name"], "status": NO_METRICS, **_state(r, states), "swept": _swept(r, shared)}
         for r in runs
         if not r["metrics"]
     ]
+
+
+def _trial_states(sweep_dir: Path) -> dict[str, str] | None:
+    """Job name (= trial number) -> the trial's state in the search's study; None outside a search."""
+    study = _study(sweep_dir)
+    if study is None:
+        return None
+    return {str(t["trial"]): t["state"] + (", re-queued" if t.get("requeued") else "") for t in study.get("trials", [])}
+
+
+def _state(run: dict[str, Any], states: dict[str, str] | None) -> dict[str, str]:
+    return {} if states is None else {"state": states.get(run["name"], "")}
+
+
+def _pruned(record: dict[str, Any]) -> str:
+    """The status of a pruned trial: where the pruner stopped it, or that it diverged."""
+    if "epoch" in record:
+        return f"{PRUNED} at epoch {record['epoch']} ({record['monitor']}={_cell(record['value'])})"
+    return f"{PRUNED}: diverged"
+
+
+def _study(sweep_dir: Path) -> dict[str, Any] | None:
+    path = sweep_dir / STUDY_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _run_dirs(sweep_dir: Path) -> set[Path]:
@@ -83,7 +123,7 @@ def _sort_key(run: dict[str, Any]) -> tuple[bool, float]:
 
 
 def _swept(run: dict[str, Any], shared: set[str]) -> str:
-    return " ".join(o for o in run["overrides"] if o not in shared)
+    return " ".join(o for o in run["overrides"] if o not in shared and not o.lstrip("+~").startswith(HIDDEN))
 
 
 def _job_order(name: str) -> tuple[int, str]:
@@ -135,29 +175,25 @@ def _notes(sweep_dir: Path, monitors: list[str]) -> list[str]:
         ]
     else:
         notes = ["No run finished (none wrote metrics.json): nothing to rank; each run's finetune.log says why."]
-    results = sweep_dir / OPTUNA_RESULTS
-    if results.is_file():
-        notes.append(_optuna_note(yaml.safe_load(results.read_text()) or {}, sweep_dir))
+    study = _study(sweep_dir)
+    if study is not None:
+        notes.append(_study_note(study))
     return notes
 
 
-def _optuna_note(results: dict[str, Any], sweep_dir: Path) -> str:
-    """Optuna's best trial from ``optimization_results.yaml`` and the run it was."""
-    params = results.get("best_params") or {}
-    match = [
-        r["name"]
-        for r in map(_read_run, _run_dirs(sweep_dir))
-        if params and all(_override_value(r["overrides"], k) == str(v) for k, v in params.items())
-    ]
-    where = f" = run {match[0]}" if len(match) == 1 else ""
-    shown = " ".join(f"{k}={v}" for k, v in params.items())
-    return f"Optuna's best trial ({OPTUNA_RESULTS}): value {_cell(results.get('best_value'))}{where} ({shown})."
-
-
-def _override_value(overrides: list[str], key: str) -> str | None:
-    """The value ``key`` was given, as written (the sweeper writes ``f"{key}={value}"``)."""
-    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
-    return values[-1] if values else None
+def _study_note(study: dict[str, Any]) -> str:
+    """The study's best trial (its run is the job of the same number) and its trials by state."""
+    counts: dict[str, int] = {}
+    for trial in study.get("trials", []):
+        state = trial["state"].lower() + (" and re-queued" if trial.get("requeued") else "")
+        counts[state] = counts.get(state, 0) + 1
+    tally = ", ".join(f"{n} {state}" for state, n in counts.items())
+    head = f"Study {study.get('study_name')!r} ({study.get('storage')}): {tally or 'no trials'}"
+    best = study.get("best")
+    if not best:
+        return head + "; no trial completed yet."
+    shown = " ".join(f"{k}={v}" for k, v in best["params"].items())
+    return f"{head}. The study's best trial: value {_cell(best['value'])} = run {best['trial']} ({shown})."
 
 
 def _cell(value: Any) -> str:

@@ -47,6 +47,7 @@ from finetune.training.phases import (
     tested_checkpoint,
 )
 from finetune.training.plan import print_plan
+from finetune.training.tracking import Tracking, tracked
 from finetune.training.validate import validate
 from finetune.version import __version__
 
@@ -87,12 +88,15 @@ def build(task: Task, cfg: DictConfig) -> Built:
 def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written.
     SIGINT, SIGTERM or SIGUSR1 end it with one line and exit code 130 / 143 (``training.interrupts``)."""
-    with interruptible(run_dir) as progress:
-        return train_run(task, cfg, run_dir, resume_from, progress)
+    with interruptible(run_dir) as progress, tracked(cfg, run_dir) as tracking:
+        return train_run(task, cfg, run_dir, resume_from, progress, tracking)
 
 
-def train_run(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None, progress: Progress) -> dict:
-    """``train`` with its interrupt handlers installed (``progress`` learns the phase names)."""
+def train_run(
+    task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None, progress: Progress, tracking: Tracking
+) -> dict:
+    """``train`` with its interrupt handlers installed (``progress`` learns the phase names) and its tracking
+    (MLflow / W&B run, TensorBoard hparams: ``training.tracking``), started once the run directory holds its config."""
     started = time.perf_counter()
     built = build(task, cfg)
     phases, plan, record, data, model = built.phases, built.plan, built.record, built.data, built.model
@@ -104,6 +108,7 @@ def train_run(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | No
     monitor = task.monitor(cfg, data)
     if is_global_zero():
         write_run_record(cfg, run_dir, record.to_dict(), run_data_record(task, cfg, data))
+        tracking.start()
     make_module = partial(task.lightning_module, cfg, model, data)
     finished = finished_run(run_dir, plan) if resume_from is not None else None  # a re-test: nothing trains
     checkpoint, rank_checksums = run_phases(
@@ -153,6 +158,7 @@ def train_run(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | No
     )
     task.after_test(cfg, module, data, run_dir)
     console.print(f"report: {write_report(run_dir, task, data=data, model=module.model)}")
+    tracking.finish(results)
     return results
 
 

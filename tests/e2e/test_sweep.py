@@ -1,5 +1,6 @@
 """Sweeps and hyperparameter search: the summary ranks runs by the validation score that picked their
-checkpoint and marks test columns as not for selection; an Optuna study optimises that same score."""
+checkpoint and marks test columns as not for selection; a search's study (hydra/sweeper=search) optimises
+that same score. The study itself (workers, resume, pruning): test_search_study.py."""
 
 from __future__ import annotations
 
@@ -46,25 +47,35 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_summary_ranks_by_validation_marks_test_columns_and_names_optunas_best(tmp_path):
+def test_summary_ranks_by_validation_marks_test_columns_and_names_the_studys_best(tmp_path):
     # The test scores run the other way round: a table sorted by them would pick run 0.
-    fake_run(tmp_path, 0, ["schedule.lr=0.001"], val=0.80, test=0.95)
-    fake_run(tmp_path, 1, ["schedule.lr=0.003"], val=0.90, test=0.70)
-    fake_run(tmp_path, 2, ["schedule.lr=0.01"], val=0.85, test=0.90)
-    fake_run(tmp_path, 3, ["schedule.lr=0.1"])  # failed: no metrics.json
-    (tmp_path / "optimization_results.yaml").write_text(
-        "name: optuna\nbest_params:\n  schedule.lr: 0.003\nbest_value: 0.9\n"
-    )
+    fake_run(tmp_path, 0, ["schedule.lr=0.001", "search.trial=0"], val=0.80, test=0.95)
+    fake_run(tmp_path, 1, ["schedule.lr=0.003", "search.trial=1"], val=0.90, test=0.70)
+    fake_run(tmp_path, 2, ["schedule.lr=0.01", "search.trial=2"], val=0.85, test=0.90)
+    fake_run(tmp_path, 3, ["schedule.lr=0.1", "search.trial=3"])  # failed: no metrics.json
+    fake_run(tmp_path, 4, ["schedule.lr=5", "search.trial=4"])  # pruned after its first epoch
+    pruned = {"epoch": 1, "phase": "finetune", "monitor": "val/acc", "value": 0.1}
+    (tmp_path / "4" / "metrics.json").write_text(json.dumps({"test": {}, "pruned": pruned}))
+    states = ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "PRUNED"]
+    study = {
+        "study_name": "s",
+        "storage": "journal:study.log",
+        "best": {"trial": 1, "value": 0.9, "params": {"schedule.lr": 0.003}},
+        "trials": [{"trial": n, "state": state, "requeued": False} for n, state in enumerate(states)],
+    }
+    (tmp_path / "study.json").write_text(json.dumps(study))
     write_summary(tmp_path)
 
     rows = read_csv(tmp_path / "sweep_summary.csv")
-    assert [r["run"] for r in rows] == ["1", "2", "0", "3"]
-    assert [r["rank"] for r in rows] == ["1", "2", "3", ""]
-    assert [r["status"] for r in rows] == ["finished"] * 3 + ["no metrics.json"]
+    assert [r["run"] for r in rows] == ["1", "2", "0", "4", "3"]
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "", ""]
+    assert [r["status"] for r in rows] == ["finished"] * 3 + ["pruned at epoch 1 (val/acc=0.1000)", "no metrics.json"]
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3 + ["PRUNED", "FAIL"]
     assert rows[0]["swept"] == "schedule.lr=0.003" and rows[0]["val/acc"] == "0.9" and rows[0]["test/acc"] == "0.7"
     notes, table = (tmp_path / "sweep_summary.md").read_text().split("\n\n")
     assert notes.startswith("Ranked by val/acc (higher is better)") and "test columns are for reporting" in notes
-    assert "Optuna's best trial (optimization_results.yaml): value 0.9000 = run 1 (schedule.lr=0.003)" in notes
+    assert "Study 's' (journal:study.log): 3 complete, 1 fail, 1 pruned." in notes
+    assert "The study's best trial: value 0.9000 = run 1 (schedule.lr=0.003)" in notes
     header = table.splitlines()[0]
     assert "| val/acc (selection) |" in header and "| test/acc (not for selection) |" in header
     assert "| test/loss (not for selection) |" in header
@@ -105,7 +116,10 @@ def test_the_search_recipe_derives_its_direction_from_the_monitor():
 @pytest.mark.parametrize(
     "overrides, says",
     [
-        (["hydra/sweeper=optuna"], "hydra.sweeper.direction=minimize, but trials report monitor=auto"),  # the default
+        (
+            ["hydra/sweeper=search", "hydra.sweeper.direction=minimize"],
+            "hydra.sweeper.direction=minimize, but trials report monitor=auto",
+        ),
         (
             ["+classification=digits_search", "monitor=loss", "hydra.sweeper.direction=maximize"],
             "set hydra.sweeper.direction=minimize",
@@ -137,9 +151,9 @@ def test_the_objective_is_the_validation_score_that_picked_the_checkpoint():
 SPY = """
 import json, sys, optuna
 told, tell = {}, optuna.study.Study.tell
-def spy(self, *args, **kwargs):
-    told[kwargs["trial"].number] = kwargs.get("values")
-    return tell(self, *args, **kwargs)
+def spy(self, trial, values=None, **kwargs):
+    told[trial if isinstance(trial, int) else trial.number] = values
+    return tell(self, trial, values, **kwargs)
 optuna.study.Study.tell = spy
 from finetune.cli import main
 code = main(sys.argv[1:])
@@ -174,17 +188,41 @@ def test_an_optuna_search_optimises_each_runs_validation_score(tmp_path):
     told = json.loads(out.stdout.rsplit("TOLD ", 1)[1])
     sweep = tmp_path / "sweep"
     best = {}
-    for trial, values in told.items():  # one job per trial, in order (n_jobs: 1)
+    for trial, value in told.items():  # one job per trial, numbered by trial (n_jobs: 1)
         metrics = json.loads((sweep / trial / "metrics.json").read_text())
-        assert metrics["checkpoint"]["monitor"] == "val/acc" and values == [metrics["checkpoint"]["best"]]
+        assert metrics["checkpoint"]["monitor"] == "val/acc" and value == metrics["checkpoint"]["best"]
         best[trial] = metrics["checkpoint"]["best"]
     assert len(best) == 2
-    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["best_value"] == max(best.values())
-    assert set(results["best_params"]) == {"schedule.lr", "loss.label_smoothing"}  # a plain value is not searched
+    results = json.loads((sweep / "study.json").read_text())
+    assert results["best"]["value"] == max(best.values())
+    assert set(results["best"]["params"]) == {"schedule.lr", "loss.label_smoothing"}  # a plain value is not searched
     assert all(yaml.safe_load((sweep / t / "config.yaml").read_text())["backbone"]["freeze"] == 4 for t in told)
     rows = read_csv(sweep / "sweep_summary.csv")
     assert [float(r["val/acc"]) for r in rows] == sorted(best.values(), reverse=True)
     assert all("schedule.lr=" in r["swept"] for r in rows)  # the trial's parameters, as its overrides
     summary = (sweep / "sweep_summary.md").read_text()
-    assert "(not for selection)" in summary and "Optuna's best trial (optimization_results.yaml)" in summary
+    assert "(not for selection)" in summary and "The study's best trial: value" in summary
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "+classification=digits", "hydra/sweeper=optuna"],
+        ["-m", "+classification=old_search", "hydra.searchpath=[file://{recipes}]"],  # a recipe of the old kind
+    ],
+)
+def test_the_old_optuna_sweeper_gets_one_line_on_the_migration(tmp_path, args):
+    (tmp_path / "classification").mkdir()
+    (tmp_path / "classification" / "old_search.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "finetune", *(a.format(recipes=tmp_path) for a in args)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("finetune: error: hydra/sweeper=optuna: hydra-optuna-sweeper")
+    assert "write hydra/sweeper=search" in out.stderr and len(out.stderr.strip().splitlines()) == 1

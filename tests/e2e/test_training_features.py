@@ -79,7 +79,7 @@ def test_early_stopping_ends_a_phase_and_the_next_phase_runs(tmp_path):
     assert phases["b"]["epochs_run"] == 1 and phases["b"]["stopped_epoch"] is None
     assert _epochs(tmp_path / "logs" / "a" / "metrics.csv", "val/acc") == [0, 1]
     assert _epochs(tmp_path / "logs" / "b" / "metrics.csv", "val/acc") == [0]
-    assert {p.name for p in (tmp_path / "tensorboard").iterdir()} == {"a", "b", "test"}
+    assert {p.name for p in (tmp_path / "tensorboard").iterdir()} == {"a", "b", "test", "hparams"}
 
 
 def test_a_resumed_phase_that_had_stopped_early_trains_no_further(tmp_path):
@@ -305,13 +305,15 @@ def test_mlflow_without_the_package_is_one_line_saying_how_to_install_it(tmp_pat
             _validate("logger=wandb")
 
 
-def test_mlflow_logs_every_phase_to_a_local_store_in_the_run_directory(tmp_path):
-    """Read back through MLflow's own client: one run per phase (and the test) in the run directory's
-    SQLite store, with the validation metric and the per-stage learning rate of each epoch / step."""
+def test_mlflow_logs_every_phase_into_the_runs_one_mlflow_run_beside_the_run_directory(tmp_path, monkeypatch):
+    """Read back through MLflow's own client: one MLflow run in the store beside the run directory
+    (``<runs>/mlflow.db``), each epoch's validation metric and each step's per-stage learning rate under
+    the phase's prefix, and the test's metrics."""
     from mlflow.tracking import MlflowClient
 
-    from finetune.training.loggers import MLFLOW_DB
+    from finetune.training.tracking import MLFLOW_DB
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = compose_config(
         *TINY,
         "schedule=linear_probe",
@@ -320,19 +322,19 @@ def test_mlflow_logs_every_phase_to_a_local_store_in_the_run_directory(tmp_path)
         "logger=mlflow",
         "logger.experiment=digits",
     )
-    run_module.train(cfg, tmp_path)
+    run_dir = tmp_path / "run"
+    run_module.train(cfg, run_dir)
     client = MlflowClient(f"sqlite:///{tmp_path / MLFLOW_DB}")
     experiment = client.get_experiment_by_name("digits")
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {f"{tmp_path.name}/probe", f"{tmp_path.name}/test"}
-    probe = runs[f"{tmp_path.name}/probe"]
-    assert probe.data.tags["phase"] == "probe" and probe.data.tags["finetune_run"] == str(tmp_path)
-    val = [m.value for m in client.get_metric_history(probe.info.run_id, "val/acc")]
-    csv_val = [float(r["val/acc"]) for r in _rows(tmp_path / "logs" / "probe" / "metrics.csv") if r.get("val/acc")]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "run" and run.data.tags["finetune.run_dir"] == str(run_dir.absolute())
+    val = [m.value for m in client.get_metric_history(run.info.run_id, "probe/val/acc")]
+    csv_val = [float(r["val/acc"]) for r in _rows(run_dir / "logs" / "probe" / "metrics.csv") if r.get("val/acc")]
     assert len(val) == 2 and val == pytest.approx(csv_val, abs=1e-6)  # the same numbers as the CSV log
-    assert client.get_metric_history(probe.info.run_id, "lr/head")
-    assert "test/acc" in runs[f"{tmp_path.name}/test"].data.metrics
-    assert (tmp_path / "logs" / "probe" / "metrics.csv").exists() and not (tmp_path / "tensorboard").exists()
+    assert client.get_metric_history(run.info.run_id, "probe/lr/head")
+    assert "test/acc" in run.data.metrics
+    assert (run_dir / "logs" / "probe" / "metrics.csv").exists() and not (run_dir / "tensorboard").exists()
+    assert not (run_dir / MLFLOW_DB).exists()
 
 
 # 6. EMA of the weights

@@ -1,9 +1,16 @@
-"""Hyperparameter search (``finetune -m hydra/sweeper=optuna …``): every trial reports the validation
-score that picked its checkpoint (metrics.json ``checkpoint.best``), never a test metric, and the
-study pushes that score the way the checkpoint callback does: a loss down, every other monitor up.
+"""Hyperparameter search (``finetune -m hydra/sweeper=search …``, finetune's own Optuna sweeper): every
+trial reports the validation score that picked its checkpoint (metrics.json ``checkpoint.best``), never a
+test metric, and the study pushes that score the way the checkpoint callback does: a loss down, every
+other monitor up.
 
-A sweeper that optimises a number says which way in ``hydra.sweeper.direction`` (Optuna; its default
-is ``minimize``). The basic sweeper (grid ``-m``) has no direction and needs no number.
+A sweeper that optimises a number says which way in ``hydra.sweeper.direction``. The basic sweeper
+(grid ``-m``) has no direction and needs no number.
+
+The package: ``space`` (the search space, Hydra's sweep syntax → Optuna distributions), ``storage``
+(journal file or database, the cross-process lock, heartbeats), ``study`` (exactly ``n_trials``, stale
+trials re-queued, seeded suggestions), ``pruning`` (the Lightning callback of a trial), ``sweeper`` (the
+Hydra sweeper, ``hydra_plugins.finetune_search.SearchSweeper``). Only this module is imported by the
+config checks: it imports neither Optuna nor torch.
 """
 
 from __future__ import annotations
@@ -16,6 +23,23 @@ from omegaconf import DictConfig
 from finetune.run.errors import ConfigError
 
 EXAMPLE = "finetune -m +classification=digits_search"
+PRUNED_REASON = "pruned"  # the user attr of a PRUNED trial: why (the pruner, or the divergence message)
+
+
+class TrialPruned(Exception):
+    """The study's pruner stopped this trial (``pruning.TrialPruning``): no test, no export. ``record``
+    (metrics.json ``pruned``): the epoch (1-based, counted across phases), phase, monitor and value."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(
+            f"pruned at epoch {record['epoch']} (phase {record['phase']!r}): {record['monitor']}="
+            f"{record['value']:.4g} is worse than the pruner allows"
+        )
+        self.record = record
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        """Picklable with its record: a launcher that runs trials in other processes (submitit) sends it back."""
+        return type(self), (self.record,)
 
 
 class TrialWithoutScore(RuntimeError):
@@ -36,10 +60,10 @@ def is_search(hydra_cfg: DictConfig) -> bool:
 
 def check_search(hydra_cfg: DictConfig, cfg: DictConfig) -> None:
     """Refuse, before any training, a search that cannot mean what it says: not under ``-m``, with
-    ``plan=true``, or pushing the monitor the wrong way (Optuna's default would minimise accuracy)."""
+    ``plan=true``, or pushing the monitor the wrong way."""
     if hydra_cfg.mode != RunMode.MULTIRUN:
         raise ConfigError(
-            f"a search (hydra/sweeper=optuna) runs only under -m (multirun); without it this would "
+            f"a search (hydra/sweeper=search) runs only under -m (multirun); without it this would "
             f"be one plain run with the defaults: e.g. {EXAMPLE}"
         )
     if cfg.plan:
@@ -58,8 +82,8 @@ def check_search(hydra_cfg: DictConfig, cfg: DictConfig) -> None:
         better = "lower" if wanted == "minimize" else "higher"
         raise ConfigError(
             f"hydra.sweeper.direction={got}, but trials report monitor={cfg.monitor}, where {better} "
-            f"is better: set hydra.sweeper.direction={wanted} (Optuna's default is "
-            "minimize; the search recipes set direction: ${search_direction:${monitor}})"
+            f"is better: set hydra.sweeper.direction={wanted} (the default, direction: "
+            "${search_direction:${monitor}}, follows the monitor)"
         )
 
 

@@ -1,0 +1,443 @@
+"""Tracking across runs: one MLflow store for every run, one MLflow (and W&B) run per finetune run with its
+resolved config, a sweep as a parent MLflow run of its jobs, and a TensorBoard hparams session per run
+(docs/tracking.md).
+
+Where things live:
+
+- MLflow's store: ``logger.mlflow_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<runs>/mlflow.db``,
+  ``<runs>`` being the folder that holds the run directory (for a ``-m`` job, the folder that holds the
+  sweep directory): ``runs/mlflow.db`` for the default run directories. A SQLite store keeps its artifacts
+  beside it, in ``mlartifacts/<experiment>``.
+- ``<run dir>/tracking.json``: the ids of the run's MLflow run and W&B run; a resumed run continues them.
+  ``<sweep dir>/tracking.json``: the sweep's parent MLflow run, made once (under a file lock) by the first
+  job that starts.
+
+Each phase's Lightning logger writes into the run's MLflow / W&B run (``training.loggers``) with the phase as
+the metric prefix (``probe/val/acc``); the test logs ``test/…``. At the end the run gets ``best/<monitor>``
+(the validation score that picked the tested checkpoint), report.html, metrics.json, config.yaml and the
+exports as artifacts, and ends FINISHED; an error ends it FAILED, an interrupt KILLED.
+
+Light at import (the config checks import ``training.loggers``, which imports this): MLflow, TensorBoard
+and filelock are imported where they are used; W&B never is (its mode is decided from files and variables).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import logging
+import netrc
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from finetune.run.artifacts import write_json
+from finetune.run.console import console
+from finetune.run.errors import FinetuneError
+from finetune.training.search import TrialPruned
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+TRACKING_FILE = "tracking.json"  # in a run directory and in a sweep directory
+MLFLOW_DB = "mlflow.db"  # the default store, beside the run directories
+MLFLOW_ARTIFACTS = "mlartifacts"  # a SQLite store's artifacts, beside its database
+HPARAMS = "hparams"  # <run dir>/tensorboard/hparams: the run's TensorBoard hparams session
+ARTIFACTS = ("report.html", "metrics.json", "config.yaml", "exports")  # what the run directory holds of them
+WANDB_HOST = "https://api.wandb.ai"
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+STOPPED_TAG = "finetune.stopped"  # why a run ended FAILED or KILLED
+log = logging.getLogger(__name__)
+
+
+# --- where ------------------------------------------------------------------------------------------
+
+
+def sweep_dir_of(run_dir: Path) -> Path | None:
+    """The sweep directory of a ``-m`` job (Hydra's ``.hydra/hydra.yaml`` says MULTIRUN; a job's directory is
+    ``<sweep dir>/<job>``); None for a single run."""
+    try:
+        hydra = (yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text()) or {}).get("hydra") or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return run_dir.absolute().parent if hydra.get("mode") == "MULTIRUN" else None
+
+
+def run_name(run_dir: Path) -> str:
+    """``<run dir name>``, or ``<sweep dir name>/<job>`` for a ``-m`` job."""
+    sweep = sweep_dir_of(run_dir)
+    return f"{sweep.name}/{run_dir.name}" if sweep else run_dir.name
+
+
+def mlflow_uri(configured: str | None, run_dir: Path, env: Mapping[str, str] = os.environ) -> str:
+    """MLflow's store: ``logger.mlflow_uri``, else ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` (SQLite) in
+    the folder of the run directories."""
+    if configured:
+        return configured
+    if env.get("MLFLOW_TRACKING_URI"):
+        return env["MLFLOW_TRACKING_URI"]
+    runs = (sweep_dir_of(run_dir) or run_dir.absolute()).parent
+    return f"sqlite:///{runs / MLFLOW_DB}"
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def read_record(directory: Path) -> dict[str, Any]:
+    """``<directory>/tracking.json`` ({} when absent)."""
+    try:
+        return json.loads((directory / TRACKING_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+# --- what ---------------------------------------------------------------------------------------------
+
+
+def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"a.b.c": scalar}``: mappings and lists of mappings are walked (list items by
+    index), lists of scalars stay one JSON value, None is ``"null"``."""
+    if isinstance(tree, Mapping):
+        items = tree.items()
+    elif isinstance(tree, list) and any(isinstance(v, Mapping | list) for v in tree):
+        items = enumerate(tree)
+    else:
+        value = json.dumps(tree) if tree is None or isinstance(tree, list) else tree
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flat_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def flat_params(tree: Any) -> dict[str, str]:
+    """``flat_config`` as MLflow parameters: keys of the characters MLflow allows, keys and values cut to its
+    limits (a cut value ends in ``...``), booleans as ``true`` / ``false``."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
+
+    params = {}
+    for key, value in flat_config(tree).items():
+        text = json.dumps(value) if isinstance(value, bool) else str(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            text = text[: MAX_PARAM_VAL_LENGTH - 3] + "..."
+        params[re.sub(r"[^\w.\- ]", "_", key)[:MAX_ENTITY_KEY_LENGTH]] = text
+    return params
+
+
+def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """A finished run's numbers to compare runs by: ``best/<monitor>`` and ``test/<metric>`` (metrics.json)."""
+    out = {f"test/{k}": float(v) for k, v in (metrics.get("test") or {}).items() if _is_number(v)}
+    checkpoint = metrics.get("checkpoint") or {}
+    if _is_number(checkpoint.get("best")):
+        out[f"best/{checkpoint['monitor']}"] = float(checkpoint["best"])
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+# --- W&B ----------------------------------------------------------------------------------------------
+
+
+def wandb_mode(env: Mapping[str, str] = os.environ, home: Path | None = None, cwd: Path | None = None) -> str:
+    """``WANDB_MODE`` when the user set it, else ``online`` exactly when an API key is configured (as
+    ``wandb login`` finds one: ``WANDB_API_KEY``, an identity token file, ``api_key`` in W&B's settings
+    files, the W&B host in ``~/.netrc`` or ``$NETRC``), else ``offline``. Files and variables only: no network."""
+    if env.get("WANDB_MODE"):
+        return env["WANDB_MODE"]
+    home, cwd = home or Path.home(), cwd or Path.cwd()
+    if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return "online"
+    config_dir = Path(env["WANDB_CONFIG_DIR"]) if env.get("WANDB_CONFIG_DIR") else home / ".config" / "wandb"
+    for settings in (config_dir / "settings", cwd / "wandb" / "settings"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(settings)
+        except configparser.Error:
+            continue
+        if parser.get("default", "api_key", fallback=None):
+            return "online"
+    host = urlparse(env.get("WANDB_BASE_URL") or WANDB_HOST).hostname
+    for path in [Path(env["NETRC"])] if env.get("NETRC") else [home / ".netrc", home / "_netrc"]:
+        try:
+            if netrc.netrc(path).authenticators(host):
+                return "online"
+        except (OSError, netrc.NetrcParseError):
+            continue
+    return "offline"
+
+
+def wandb_init_args(run_dir: Path, experiment: str) -> dict[str, Any]:
+    """What every phase's WandbLogger of a run gets: the run's one W&B id (tracking.json; ``resume=allow``
+    continues it), the resolved config (config.yaml), the sweep directory's name as the group of a ``-m``
+    job, the mode of ``wandb_mode``."""
+    sweep = sweep_dir_of(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except FileNotFoundError:
+        config = None
+    return {
+        "project": experiment,
+        "name": run_name(run_dir),
+        "group": sweep.name if sweep else None,
+        "id": (read_record(run_dir).get("wandb") or {}).get("id"),
+        "resume": "allow",
+        "mode": wandb_mode(),
+        "save_dir": str(run_dir),
+        "config": config,
+    }
+
+
+def _wandb_run(run_id: str) -> Any:
+    """This run's W&B run, if this process started it (the loggers import wandb lazily), else None."""
+    wandb = sys.modules.get("wandb")
+    return wandb.run if wandb is not None and wandb.run is not None and wandb.run.id == run_id else None
+
+
+def _finish_wandb(run_id: str, status: str) -> None:
+    if _wandb_run(run_id) is not None:
+        sys.modules["wandb"].finish(exit_code=0 if status == FINISHED else 1)
+
+
+# --- MLflow ---------------------------------------------------------------------------------------------
+
+
+class MlflowRun:
+    """A finetune run's MLflow run in the store at ``uri`` (and a ``-m`` job's parent run)."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.run_id: str | None = None
+        self.parent_id: str | None = None
+        with _store_lock(uri):  # a new SQLite store is created (migrated) by one process
+            self.client = MlflowClient(uri)
+            self.experiment_id = _experiment_id(self.client, experiment, uri)
+
+    def start(self, run_dir: Path, known: str | None, params: dict[str, str]) -> str:
+        """Continue the run ``known`` (the id tracking.json kept) or create one; log the params it lacks."""
+        from mlflow.entities import Param
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+
+        sweep = sweep_dir_of(run_dir)
+        if sweep is not None:
+            self.parent_id = self._sweep_parent(sweep)
+        if known and self._exists(known):
+            self.run_id = known
+            self.client.update_run(known, status="RUNNING")
+        else:
+            tags = {"finetune.run_dir": str(run_dir.absolute())}
+            if self.parent_id:
+                tags |= {MLFLOW_PARENT_RUN_ID: self.parent_id, "finetune.sweep_dir": str(sweep)}
+            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name(run_dir), tags=tags).info.run_id
+        logged = self.client.get_run(self.run_id).data.params  # a resume keeps what its first start logged
+        new = [Param(k, v) for k, v in params.items() if k not in logged]
+        for i in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+        return self.run_id
+
+    def log_results(self, summary: dict[str, float], run_dir: Path) -> None:
+        """``best/<monitor>``, the test metrics the test's logger did not log, and the run's artifacts."""
+        from mlflow.entities import Metric
+
+        logged = self.client.get_run(self.run_id).data.metrics
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in summary.items() if k.startswith("best/") or k not in logged]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        for name in ARTIFACTS:
+            path = run_dir / name
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path=name)
+            elif path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
+
+    def end(self, status: str, why: str | None = None) -> None:
+        """The run ends ``status`` (``why``: the error, as the tag ``STOPPED_TAG``); a sweep's parent
+        FINISHED (KILLED with an interrupted job)."""
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+        if self.run_id is not None:
+            if why:
+                self.client.set_tag(self.run_id, STOPPED_TAG, why[:MAX_TAG_VAL_LENGTH])
+            elif STOPPED_TAG in self.client.get_run(self.run_id).data.tags:  # a resumed run that finished now
+                self.client.delete_tag(self.run_id, STOPPED_TAG)
+            self.client.set_terminated(self.run_id, status)
+        if self.parent_id is not None:
+            self.client.set_terminated(self.parent_id, KILLED if status == KILLED else FINISHED)
+
+    def _sweep_parent(self, sweep: Path) -> str:
+        """The sweep's parent run: made by the first job (under a lock in the sweep directory), RUNNING
+        while a job runs."""
+        from filelock import FileLock
+
+        with FileLock(sweep / ".tracking.lock"):
+            record = read_record(sweep)
+            known = (record.get("mlflow") or {}) if (record.get("mlflow") or {}).get("uri") == self.uri else {}
+            if known.get("run_id") and self._exists(known["run_id"]):
+                parent = known["run_id"]
+                self.client.update_run(parent, status="RUNNING")
+            else:
+                tags = {"finetune.sweep_dir": str(sweep)}
+                parent = self.client.create_run(self.experiment_id, run_name=sweep.name, tags=tags).info.run_id
+                write_json(sweep / TRACKING_FILE, {**record, "mlflow": {"uri": self.uri, "run_id": parent}})
+        return parent
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """``logger.experiment``'s id, created (its artifacts beside a SQLite store) when new."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        db = _sqlite_file(uri)
+        safe = re.sub(r"[^\w.-]", "_", name)
+        where = (db.parent / MLFLOW_ARTIFACTS / safe).absolute().as_uri() if db else None
+        try:
+            return client.create_experiment(name, artifact_location=where)
+        except MlflowException:  # another process's run (a tracking server's store) created it just now
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise FinetuneError(
+            f"logger.experiment={name}: the MLflow experiment was deleted in {uri}; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or name another one"
+        )
+    return experiment.experiment_id
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """One process at a time opens a SQLite store (the first one creates its tables, which MLflow announces
+    in INFO lines meant for its own users: kept quiet)."""
+    db = _sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    level = store_log.level
+    store_log.setLevel(logging.WARNING)
+    try:
+        with FileLock(f"{db}.lock"):
+            yield
+    finally:
+        store_log.setLevel(level)
+
+
+# --- TensorBoard ------------------------------------------------------------------------------------------
+
+
+def write_hparams(folder: Path, config: dict[str, Any], summary: dict[str, float]) -> None:
+    """The run's hparams session in ``folder`` (replacing an earlier one of a re-tested run): the flat config
+    and the summary metrics, so ``tensorboard --logdir runs`` compares runs in its HPARAMS tab."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    values = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in flat_config(config).items()}
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        for summary_proto in hparams(values, summary):
+            writer.file_writer.add_summary(summary_proto)
+        for key, value in summary.items():
+            writer.add_scalar(key, value)
+
+
+# --- one run ------------------------------------------------------------------------------------------------
+
+
+class Tracking:
+    """A finetune run's tracking, on the process that writes the run (rank 0): ``start`` once the run directory
+    holds its config (the MLflow run, W&B id, tracking.json), ``finish`` with metrics.json's record."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.mlflow: MlflowRun | None = None
+        self.wandb_id: str | None = None
+        self.ended = False
+
+    def start(self) -> None:
+        settings = self.cfg.logger
+        record = read_record(self.run_dir)
+        updated = dict(record)
+        if settings.mlflow:
+            uri = mlflow_uri(settings.mlflow_uri, self.run_dir)
+            known = record.get("mlflow") or {}
+            self.mlflow = MlflowRun(uri, settings.experiment)
+            run_id = self.mlflow.start(
+                self.run_dir, known.get("run_id") if known.get("uri") == uri else None, flat_params(resolved(self.cfg))
+            )
+            updated["mlflow"] = {"uri": uri, "run_id": run_id}
+        if settings.wandb:
+            self.wandb_id = (record.get("wandb") or {}).get("id") or uuid.uuid4().hex[:8]
+            updated["wandb"] = {"id": self.wandb_id}
+        if updated != record:
+            write_json(self.run_dir / TRACKING_FILE, updated)
+
+    def finish(self, metrics: Mapping[str, Any]) -> None:
+        """Log the run's results (MLflow metrics + artifacts, W&B summary, TensorBoard hparams); end it FINISHED."""
+        summary = summary_metrics(metrics)
+        if self.mlflow is not None:
+            self.mlflow.log_results(summary, self.run_dir)
+            uri = self.mlflow.uri
+            console.print(f"mlflow: run {self.mlflow.run_id} in {uri} (mlflow ui --backend-store-uri {uri})")
+        if self.wandb_id is not None and _wandb_run(self.wandb_id) is not None:
+            _wandb_run(self.wandb_id).summary.update(summary)
+        if self.cfg.logger.tensorboard:
+            write_hparams(self.run_dir / "tensorboard" / HPARAMS, resolved(self.cfg), summary)
+        self.end(FINISHED)
+
+    def end(self, status: str, why: str | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.mlflow is not None:
+            self.mlflow.end(status, why)
+        if self.wandb_id is not None:
+            _finish_wandb(self.wandb_id, status)
+
+
+@contextmanager
+def tracked(cfg: DictConfig, run_dir: Path) -> Iterator[Tracking]:
+    """The run's ``Tracking`` for the block; leaving it ends what ``start`` began: FINISHED, FAILED on an
+    error, KILLED on an interrupt (Ctrl-C, SIGTERM) or a search's pruner; the tag ``finetune.stopped`` says why."""
+    tracking = Tracking(cfg, run_dir)
+    try:
+        yield tracking
+    except BaseException as err:
+        stopped = isinstance(err, TrialPruned) or not isinstance(err, Exception)
+        try:
+            tracking.end(KILLED if stopped else FAILED, why=str(err))
+        except Exception as failure:  # the run's own error is the one to report
+            log.warning("tracking could not record how the run ended: %s", failure)
+        raise
+    tracking.end(FINISHED)

@@ -1,0 +1,219 @@
+"""Tracking across runs (issue 28, part 2): one MLflow store beside the runs with one MLflow run per
+finetune run (every phase and the test in it, the resolved config as parameters, the results as
+artifacts), a sweep as a parent run with nested trials, TensorBoard's hparams session per run, and
+W&B's online/offline decision made without the network. Real runs (digits, random resnet10t, 32 px,
+two batches) read back through MLflow's own client and TensorBoard's event reader."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from finetune.commands import train as run_module
+from finetune.run.errors import RunInterrupted
+from finetune.training.tracking import TRACKING_FILE, flat_params, tracked, wandb_init_args, wandb_mode
+
+from ..conftest import compose_config
+from ..helpers import TINY, cli_in_process
+
+TWO_PHASES = [
+    *TINY,
+    "data.cache_features=false",
+    "schedule.phases=[{name: probe, epochs: 1, freeze: all}, {name: top, epochs: 1, freeze: 0}]",
+    "schedule.backbone_lr_mult=0.1",
+]
+PARENT = "mlflow.parentRunId"
+
+
+def _client(root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _runs(client: MlflowClient, experiment: str = "finetune") -> list:
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Two finetune runs of two phases each (CSV + TensorBoard + MLflow), in ``<tmp>/runs/a`` and ``b``;
+    no MLFLOW_TRACKING_URI, so the store is the default one beside them."""
+    root = tmp_path_factory.mktemp("tracking") / "runs"
+    runs = [root / "a", root / "b"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for run_dir, lr in zip(runs, ("1.0e-3", "2.0e-3")):
+            run_module.train(compose_config(*TWO_PHASES, "logger=many", f"schedule.lr={lr}"), run_dir)
+    return root, runs
+
+
+def test_two_runs_are_two_rows_of_one_store_with_config_metrics_and_artifacts(two_runs):
+    root, runs = two_runs
+    client = _client(root)
+    found = _runs(client)
+    assert len(found) == 2 and not any(PARENT in r.data.tags for r in found)  # one top-level row per run
+    by_dir = {r.data.tags["finetune.run_dir"]: r for r in found}
+    assert set(by_dir) == {str(r.absolute()) for r in runs}
+    for run_dir in runs:
+        run = by_dir[str(run_dir.absolute())]
+        config = OmegaConf.load(run_dir / "config.yaml")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+        assert run.data.params["schedule.lr"] == str(config.schedule.lr)
+        assert run.data.params["schedule.phases.1.name"] == "top" and run.data.params["backbone.name"] == "resnet10t"
+        for key, value in metrics["test"].items():
+            assert run.data.metrics[f"test/{key}"] == pytest.approx(value, abs=1e-6)
+        monitor = metrics["checkpoint"]["monitor"]
+        assert run.data.metrics[f"best/{monitor}"] == pytest.approx(metrics["checkpoint"]["best"], abs=1e-6)
+        for phase in ("probe", "top"):  # both phases in the one run, prefixed with the phase
+            assert len(client.get_metric_history(run.info.run_id, f"{phase}/{monitor}")) == 1
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"report.html", "metrics.json", "config.yaml", "exports"} <= artifacts
+        assert client.list_artifacts(run.info.run_id, "exports")
+        assert json.loads((run_dir / TRACKING_FILE).read_text())["mlflow"]["run_id"] == run.info.run_id
+        assert not (run_dir / "mlflow.db").exists() and not (run_dir / "mlruns").exists()
+    assert (root / "mlartifacts").is_dir()  # the artifacts beside the store, not in a run
+
+
+def test_tensorboard_hparams_session_holds_the_config_and_final_metrics(two_runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, runs = two_runs
+    for run_dir in runs:
+        events = EventAccumulator(str(run_dir / "tensorboard" / "hparams"))
+        events.Reload()
+        content = events.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+        config = OmegaConf.load(run_dir / "config.yaml")
+        hparams = start.session_start_info.hparams
+        assert hparams["schedule.lr"].number_value == pytest.approx(config.schedule.lr)
+        assert hparams["backbone.name"].string_value == "resnet10t"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        best = f"best/{metrics['checkpoint']['monitor']}"
+        names = {m.name.tag for m in experiment.experiment.metric_infos}
+        assert {best, *(f"test/{k}" for k in metrics["test"])} <= names
+        assert events.Scalars(best)[0].value == pytest.approx(metrics["checkpoint"]["best"], abs=1e-6)
+
+
+def test_a_grid_sweep_is_one_parent_run_with_a_nested_run_per_job(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep = tmp_path / "runs" / "sweep"
+    out = cli_in_process(
+        "-m", *TINY, "logger=mlflow", "schedule.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = _runs(_client(tmp_path / "runs"))
+    parents = [r for r in found if PARENT not in r.data.tags]
+    assert len(found) == 3 and len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "sweep" and parent.info.status == "FINISHED"
+    children = {r.data.params["schedule.lr"]: r for r in found if r.data.tags.get(PARENT) == parent.info.run_id}
+    assert set(children) == {"0.001", "0.01"}
+    assert all(r.info.status == "FINISHED" and "test/acc" in r.data.metrics for r in children.values())
+    assert json.loads((sweep / TRACKING_FILE).read_text())["mlflow"]["run_id"] == parent.info.run_id
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_the_status_says_how_it_ended(tmp_path, monkeypatch):
+    """The run lifecycle alone (no training): KILLED on an interrupt, FAILED on an error, and a resume of the
+    same run directory continues the same MLflow run to FINISHED; a store chosen with logger.mlflow_uri."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "store" / "mlflow.db"
+    cfg = compose_config(*TINY, "logger=mlflow", f"logger.mlflow_uri=sqlite:///{store}")
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{store}")
+    with pytest.raises(RunInterrupted), tracked(cfg, run_dir) as tracking:
+        tracking.start()
+        raise RunInterrupted("stopped", signal.SIGTERM)
+    (run,) = _runs(client)
+    assert run.info.status == "KILLED" and run.data.tags["finetune.stopped"] == "stopped"
+    with pytest.raises(ValueError), tracked(cfg, run_dir) as tracking:
+        tracking.start()
+        raise ValueError("boom")
+    failed = client.get_run(run.info.run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags["finetune.stopped"] == "boom"
+    with tracked(cfg, run_dir) as tracking:
+        tracking.start()
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+        tracking.finish({"test": {"acc": 0.5}, "checkpoint": {"monitor": "val/acc", "best": 0.25}})
+    (again,) = _runs(client)  # still one run
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert "finetune.stopped" not in again.data.tags
+    assert again.data.metrics["best/val/acc"] == 0.25 and again.data.params["schedule.lr"] == str(cfg.schedule.lr)
+    assert not (tmp_path / "runs" / "mlflow.db").exists()  # logger.mlflow_uri wins over the default
+
+
+def test_params_are_flat_within_mlflow_limits():
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
+
+    params = flat_params({"a": {"b": 1, "c": [1, 2], "d": [{"e": None}], "f": "x" * 10_000, "g h?": True}})
+    assert params["a.b"] == "1" and params["a.c"] == "[1, 2]" and params["a.d.0.e"] == "null"
+    assert params["a.g h_"] == "true"
+    assert len(params["a.f"]) == MAX_PARAM_VAL_LENGTH and params["a.f"].endswith("...")
+    assert all(len(k) <= MAX_ENTITY_KEY_LENGTH for k in flat_params({"k" * 400: 1}))
+
+
+def test_wandb_is_online_exactly_when_a_key_is_configured_without_asking_the_network(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the W&B mode was decided over the network")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    assert wandb_mode({}, home, work) == "offline"
+    assert wandb_mode({"WANDB_API_KEY": "k" * 40}, home, work) == "online"
+    assert wandb_mode({"WANDB_MODE": "disabled", "WANDB_API_KEY": "k"}, home, work) == "disabled"  # the user's own
+    netrc = home / ".netrc"
+    netrc.write_text("machine example.org login user password p\n")
+    assert wandb_mode({}, home, work) == "offline"  # a key for another host
+    netrc.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    assert wandb_mode({}, home, work) == "online"  # `wandb login`
+    assert wandb_mode({"WANDB_BASE_URL": "https://wandb.example.org"}, home, work) == "offline"
+    other = tmp_path / "netrc"
+    other.write_text("machine wandb.example.org login user password k\n")
+    other.chmod(0o600)
+    assert wandb_mode({"WANDB_BASE_URL": "https://wandb.example.org", "NETRC": str(other)}, home, work) == "online"
+    netrc.unlink()
+    settings = home / ".config" / "wandb" / "settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("[default]\napi_key = " + "k" * 40 + "\n")
+    assert wandb_mode({}, home, work) == "online"
+
+
+def test_wandb_is_one_run_per_finetune_run_grouped_by_sweep(tmp_path, monkeypatch):
+    """The arguments every phase's WandbLogger gets: one id for all phases (kept in the run directory for
+    a resume), the resolved config, and the sweep directory's name as the group of a ``-m`` job."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = compose_config(*TINY, "logger=csv", "logger.wandb=true", "logger.experiment=digits")
+    sweep = tmp_path / "runs" / "multirun_x"
+    run_dir = sweep / "3"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"mode": "MULTIRUN"}}))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with tracked(cfg, run_dir) as tracking:
+        tracking.start()
+    args = wandb_init_args(run_dir, "digits")
+    assert args["id"] == json.loads((run_dir / TRACKING_FILE).read_text())["wandb"]["id"]
+    with tracked(cfg, run_dir) as tracking:  # resumed: the same W&B run
+        tracking.start()
+    assert wandb_init_args(run_dir, "digits")["id"] == args["id"]
+    assert args["group"] == "multirun_x" and args["project"] == "digits" and args["name"] == "multirun_x/3"
+    assert args["mode"] == "offline" and args["resume"] == "allow" and Path(args["save_dir"]) == run_dir
+    assert args["config"]["schedule"]["lr"] == cfg.schedule.lr
+    single = tmp_path / "runs" / "single"
+    single.mkdir()
+    with tracked(cfg, single) as tracking:
+        tracking.start()
+    assert wandb_init_args(single, "digits")["group"] is None
