@@ -18,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from finetune.run.errors import FinetuneError
+from finetune.run.errors import ConfigError, FinetuneError
 from finetune.run.rundir import claim_run_dir, claim_search_dir, forget_claims
 from finetune.training.search import TrialPruned
 from finetune.training.search.space import parse_space
@@ -241,3 +241,9 @@ def test_a_search_joins_its_own_sweep_dir_only(tmp_path):
     check_record(sweep, spec, "first")
     with pytest.raises(FinetuneError, match="holds the search study 'first'.*not 'second'"):
         check_record(sweep, spec, "second")
+
+
+def test_a_storage_url_with_a_password_is_refused_before_it_reaches_any_trials_config(tmp_path):
+    with pytest.raises(ConfigError, match=r"user:\*\*\*@host/db: the URL holds a password.*PGPASSWORD"):
+        storage_spec("postgresql://user:secret@host/db", tmp_path)
+    assert storage_spec("postgresql://user@host/db", tmp_path) == "postgresql://user@host/db"

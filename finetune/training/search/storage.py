@@ -60,6 +60,12 @@ def storage_spec(storage: str | None, sweep_dir: str | Path) -> str:
             "<sweep dir>/study.log, or journal:<path>), sqlite:///<file> or postgresql://<user>@<host>/<db>; "
             f"{scheme}:// is not one of those"
         )
+    if urlsplit(storage).password is not None:
+        raise ConfigError(
+            f"hydra.sweeper.storage={shown(storage)}: the URL holds a password, and every trial's config records "
+            "its storage URL: leave the password out and give it to the driver instead (PGPASSWORD or "
+            "~/.pgpass for postgresql://)"
+        )
     return storage
 
 
