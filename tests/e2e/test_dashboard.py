@@ -1,14 +1,15 @@
 """The one documented command to watch a search, ``optuna-dashboard <storage> --host 127.0.0.1 --port <port>``,
 serves a study from each kind of storage a search writes: the journal file (the default, ``<sweep dir>/study.log``),
-an SQLite URL and a PostgreSQL URL (tests/postgres.py's server)."""
+an SQLite URL and a PostgreSQL URL (tests/postgres.py's server); a port taken before the dashboard binds it is
+replaced by another."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from ..postgres import free_port, postgres_url  # noqa: F401  (postgres_url: a fixture)
 
 DASHBOARD = Path(sys.executable).with_name("optuna-dashboard")  # the console script beside this interpreter
+PORT_TRIES = 5  # ports tried when another process binds the chosen one before the dashboard does
 
 
 def small_study(storage: optuna.storages.BaseStorage | str) -> None:
@@ -36,27 +38,23 @@ def get_json(url: str) -> dict:
         return json.load(response)
 
 
-def served_study(base: str, process: subprocess.Popen, deadline_s: float = 60) -> dict:
-    """The dashboard's detail of its one study, polled until it answers (or the process ends)."""
+def served_study(base: str, process: subprocess.Popen, deadline_s: float = 60) -> dict | None:
+    """The dashboard's detail of its one study, polled until it answers; None if the process ends first."""
     deadline = time.monotonic() + deadline_s
-    while True:
+    while process.poll() is None:
         try:
             (summary,) = get_json(f"{base}/api/studies")["study_summaries"]
             return get_json(f"{base}/api/studies/{summary['study_id']}")
-        except (urllib.error.URLError, ConnectionError):
-            if process.poll() is not None or time.monotonic() > deadline:
+        except OSError:  # not answering yet: URLError, ConnectionError, a timeout
+            if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+    return None
 
 
-@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
-def test_the_dashboard_serves_a_study_from_each_storage(kind, tmp_path, request):
-    if kind == "journal":
-        storage = str(tmp_path / "study.log")
-        small_study(JournalStorage(JournalFileBackend(storage)))
-    else:
-        storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
-        small_study(storage)
+def serve(storage: str, tries: int = PORT_TRIES) -> tuple[dict, str]:
+    """``optuna-dashboard <storage>`` on a free port of 127.0.0.1, stopped after: its one study's detail and its
+    output. A port another process bound first ("Address already in use") is replaced, ``tries`` ports in all."""
     port = free_port()
     process = subprocess.Popen(
         [DASHBOARD, storage, "--host", "127.0.0.1", "--port", str(port)],
@@ -67,8 +65,23 @@ def test_the_dashboard_serves_a_study_from_each_storage(kind, tmp_path, request)
     try:
         study = served_study(f"http://127.0.0.1:{port}", process)
     finally:
-        process.terminate()
-        output, _ = process.communicate(timeout=30)
+        process.kill()
+        output, _ = process.communicate()
+    if study is None and "in use" in output and tries > 1:
+        return serve(storage, tries - 1)
+    assert study is not None, output[-4000:]
+    return study, output
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_the_dashboard_serves_a_study_from_each_storage(kind, tmp_path, request):
+    if kind == "journal":
+        storage = str(tmp_path / "study.log")
+        small_study(JournalStorage(JournalFileBackend(storage)))
+    else:
+        storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
+        small_study(storage)
+    study, output = serve(storage)
     assert study["name"] == "search" and study["directions"] == ["minimize"], output
     assert [(t["number"], t["state"], t.get("values")) for t in study["trials"]] == [
         (0, "Complete", [1.0]),
@@ -77,3 +90,14 @@ def test_the_dashboard_serves_a_study_from_each_storage(kind, tmp_path, request)
         (3, "Pruned", None),
     ]
     assert [t["number"] for t in study["best_trials"]] == [0]
+
+
+def test_a_port_taken_before_the_dashboard_binds_it_is_replaced(tmp_path, monkeypatch):
+    storage = str(tmp_path / "study.log")
+    small_study(JournalStorage(JournalFileBackend(storage)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        picks, pick = [taken.getsockname()[1]], free_port
+        monkeypatch.setattr(sys.modules[__name__], "free_port", lambda: picks.pop() if picks else pick())
+        study, output = serve(storage)
+    assert picks == [] and study["name"] == "search", output
