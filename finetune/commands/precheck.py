@@ -31,6 +31,7 @@ from finetune.run.errors import ConfigError, FinetuneError
 from finetune.run.keys import missing_value, override_key
 from finetune.run.schedule import Phase
 from finetune.run.schema import FinetuneSchema
+from finetune.training.tracking import check_mlflow_store
 from finetune.training.validate import check_devices, validate
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def check_job(argv: Sequence[str], run_dir: str | None, multirun: bool = False) 
     check_composed(cfg)
     check_overrides(argv, groups, cfg)
     check_config(cfg)
+    check_mlflow_store(cfg.logger)
     if not cfg.plan:  # a plan runs nothing: it may describe a run for another machine
         check_devices(cfg.trainer)
     check_data_paths(cfg)

@@ -293,7 +293,8 @@ class LoggerSchema:
     mlflow: bool = False
     wandb: bool = False
     experiment: str = "finetune"
-    # MLflow's store: null = MLFLOW_TRACKING_URI if set, else sqlite:///<runs folder>/mlflow.db (docs/tracking.md)
+    # MLflow's store: null = MLFLOW_TRACKING_URI if set, else sqlite:///<runs folder>/mlflow.db (docs/tracking.md);
+    # checked before a run (a scheme MLflow knows, no password: the config is recorded)
     mlflow_uri: str | None = None
 
 

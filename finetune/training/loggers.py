@@ -65,8 +65,9 @@ def tensorboard_logger(context: LogContext) -> Logger:
 
 
 def mlflow_logger(context: LogContext) -> Logger:
-    """The run's MLflow run (tracking.json) in the run-wide store (``tracking.mlflow_uri``); the phase's
-    Trainer never ends it (``tracking.Tracking`` does, once every phase and the test are logged)."""
+    """The run's MLflow run (its id in tracking.json, which ``tracking.Tracking`` wrote for this store) in the
+    run-wide store (``tracking.mlflow_uri``: tracking.json masks its password); the phase's Trainer never ends it
+    (``tracking.Tracking`` does, once every phase and the test are logged)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     class PhaseMLFlowLogger(MLFlowLogger):
@@ -78,7 +79,7 @@ def mlflow_logger(context: LogContext) -> Logger:
     known = read_record(context.run_dir).get("mlflow") or {}
     return PhaseMLFlowLogger(
         experiment_name=context.settings.experiment,
-        tracking_uri=known.get("uri") or mlflow_uri(context.settings.mlflow_uri, context.run_dir),
+        tracking_uri=mlflow_uri(context.settings.mlflow_uri, context.run_dir),
         run_id=known.get("run_id"),
         prefix=context.prefix,
     )

@@ -10,12 +10,17 @@ Where things live:
   beside it, in ``mlartifacts/<experiment>``.
 - ``<run dir>/tracking.json``: the ids of the run's MLflow run and W&B run; a resumed run continues them.
   ``<sweep dir>/tracking.json``: the sweep's parent MLflow run, made once (under a file lock) by the first
-  job that starts.
+  job that starts. Both record the store's URI with its password masked (``storage.shown``); a password in
+  ``logger.mlflow_uri`` is refused (the run's config records it), one in ``MLFLOW_TRACKING_URI`` is never written.
 
 Each phase's Lightning logger writes into the run's MLflow / W&B run (``training.loggers``) with the phase as
 the metric prefix (``probe/val/acc``); the test logs ``test/…``. At the end the run gets ``best/<monitor>``
 (the validation score that picked the tested checkpoint), report.html, metrics.json, config.yaml and the
-exports as artifacts, and ends FINISHED; an error ends it FAILED, an interrupt KILLED.
+exports as artifacts, and ends FINISHED; an error ends it FAILED, an interrupt KILLED (the tag
+``finetune.stopped`` says why). A search's trial that was pruned, or diverged, ends FINISHED with the tag
+``finetune.pruned`` (why): the study records it PRUNED, no failure. A sweep's parent run is RUNNING while
+a job runs; the job that ends last (no nested run RUNNING) ends it: KILLED when that job was interrupted,
+else FINISHED.
 
 Light at import (the config checks import ``training.loggers``, which imports this): MLflow, TensorBoard
 and filelock are imported where they are used; W&B never is (its mode is decided from files and variables).
@@ -33,18 +38,20 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.run.artifacts import write_json
 from finetune.run.console import console
-from finetune.run.errors import FinetuneError
+from finetune.run.errors import ConfigError, FinetuneError, TrainingDiverged
 from finetune.training.search import TrialPruned
+from finetune.training.search.storage import shown
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -53,10 +60,16 @@ TRACKING_FILE = "tracking.json"  # in a run directory and in a sweep directory
 MLFLOW_DB = "mlflow.db"  # the default store, beside the run directories
 MLFLOW_ARTIFACTS = "mlartifacts"  # a SQLite store's artifacts, beside its database
 HPARAMS = "hparams"  # <run dir>/tensorboard/hparams: the run's TensorBoard hparams session
+HPARAMS_SUFFIX = ".hparams"  # the session's event file ends so: a phase named "hparams" logs beside it
 ARTIFACTS = ("report.html", "metrics.json", "config.yaml", "exports")  # what the run directory holds of them
 WANDB_HOST = "https://api.wandb.ai"
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 STOPPED_TAG = "finetune.stopped"  # why a run ended FAILED or KILLED
+PRUNED_TAG = "finetune.pruned"  # why a search's trial was pruned (it ended FINISHED)
+# the schemes MLflow has a tracking store for (its tracking store registry), besides its plugins' entry points
+MLFLOW_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+MLFLOW_PLUGINS = "mlflow.tracking_store"
+DB_ENGINES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow reads "<engine>+<driver>://" as <engine>
 log = logging.getLogger(__name__)
 
 
@@ -88,6 +101,59 @@ def mlflow_uri(configured: str | None, run_dir: Path, env: Mapping[str, str] = o
         return env["MLFLOW_TRACKING_URI"]
     runs = (sweep_dir_of(run_dir) or run_dir.absolute()).parent
     return f"sqlite:///{runs / MLFLOW_DB}"
+
+
+def store_key(configured: str | None, env: Mapping[str, str] = os.environ) -> str:
+    """Where ``mlflow_uri`` found the store: ``logger.mlflow_uri``, ``MLFLOW_TRACKING_URI`` or the default."""
+    if configured:
+        return "logger.mlflow_uri"
+    return "MLFLOW_TRACKING_URI" if env.get("MLFLOW_TRACKING_URI") else "the default MLflow store"
+
+
+def check_mlflow_store(settings: Any, env: Mapping[str, str] = os.environ) -> None:
+    """With ``logger.mlflow`` on: the store's URI names a scheme MLflow tracks to (before any work; MLflow is not
+    imported), and ``logger.mlflow_uri`` holds no password (the run's config, its MLflow parameters and its
+    W&B config record it). Else one ``ConfigError`` line."""
+    if not settings.mlflow:
+        return
+    key, uri = store_key(settings.mlflow_uri, env), settings.mlflow_uri or env.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return
+    scheme = urlparse(uri).scheme.lower()
+    scheme = next((engine for engine in DB_ENGINES if scheme.startswith(engine)), scheme)
+    scheme = "" if len(scheme) == 1 else scheme  # a Windows drive letter: a path
+    if scheme not in MLFLOW_SCHEMES and scheme not in {e.name for e in entry_points(group=MLFLOW_PLUGINS)}:
+        raise ConfigError(
+            f"{key}={shown(uri)}: MLflow has no tracking store for {scheme}://; use sqlite:///<file>, "
+            "postgresql://<user>@<host>/<db> (or mysql://, mssql://), http(s)://<tracking server> or databricks "
+            "(docs/tracking.md)"
+        )
+    if key == "logger.mlflow_uri" and urlsplit(uri).password is not None:
+        raise ConfigError(
+            f"{key}={shown(uri)}: the URL holds a password, and the run's config records it (config.yaml, the "
+            "MLflow parameters, the W&B config): leave logger.mlflow_uri out and set MLFLOW_TRACKING_URI instead "
+            "(never recorded), or give the password to the driver (PGPASSWORD or ~/.pgpass for postgresql://, "
+            "MLFLOW_TRACKING_PASSWORD for a tracking server)"
+        )
+
+
+@contextmanager
+def store_errors(key: str, uri: str) -> Iterator[None]:
+    """An error of the MLflow store at ``uri`` (MLflow's, or SQLAlchemy's for a database store) as one
+    ``FinetuneError`` line naming ``key`` (``store_key``), the password masked."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError  # finetune[mlflow] installs it with MLflow
+
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError) as err:
+        password = urlsplit(uri).password
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        reason = reason.replace(uri, shown(uri)).replace(password, "***") if password else reason
+        where = f"{key}={shown(uri)}" if key != "the default MLflow store" else f"the MLflow store {uri}"
+        raise FinetuneError(
+            f"{where}: MLflow cannot use this store: {reason} (fix the store, or turn MLflow off: logger.mlflow=false)"
+        ) from None
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -227,6 +293,7 @@ class MlflowRun:
         self.uri = uri
         self.run_id: str | None = None
         self.parent_id: str | None = None
+        self.sweep: Path | None = None
         with _store_lock(uri):  # a new SQLite store is created (migrated) by one process
             self.client = MlflowClient(uri)
             self.experiment_id = _experiment_id(self.client, experiment, uri)
@@ -237,17 +304,19 @@ class MlflowRun:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
         from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
-        sweep = sweep_dir_of(run_dir)
-        if sweep is not None:
-            self.parent_id = self._sweep_parent(sweep)
-        if known and self._exists(known):
-            self.run_id = known
-            self.client.update_run(known, status="RUNNING")
-        else:
-            tags = {"finetune.run_dir": str(run_dir.absolute())}
-            if self.parent_id:
-                tags |= {MLFLOW_PARENT_RUN_ID: self.parent_id, "finetune.sweep_dir": str(sweep)}
-            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name(run_dir), tags=tags).info.run_id
+        self.sweep = sweep = sweep_dir_of(run_dir)
+        with self._sweep_lock():  # the parent RUNNING and this run RUNNING, as one step for the other jobs
+            if sweep is not None:
+                self.parent_id = self._sweep_parent(sweep)
+            if known and self._exists(known):
+                self.run_id = known
+                self.client.update_run(known, status="RUNNING")
+            else:
+                tags = {"finetune.run_dir": str(run_dir.absolute())}
+                if self.parent_id:
+                    tags |= {MLFLOW_PARENT_RUN_ID: self.parent_id, "finetune.sweep_dir": str(sweep)}
+                created = self.client.create_run(self.experiment_id, run_name=run_name(run_dir), tags=tags)
+                self.run_id = created.info.run_id
         logged = self.client.get_run(self.run_id).data.params  # a resume keeps what its first start logged
         new = [Param(k, v) for k, v in params.items() if k not in logged]
         for i in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
@@ -269,35 +338,49 @@ class MlflowRun:
             elif path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
 
-    def end(self, status: str, why: str | None = None) -> None:
-        """The run ends ``status`` (``why``: the error, as the tag ``STOPPED_TAG``); a sweep's parent
-        FINISHED (KILLED with an interrupted job)."""
+    def end(self, status: str, tags: Mapping[str, str]) -> None:
+        """The run ends ``status`` with ``tags`` (``STOPPED_TAG`` or ``PRUNED_TAG``: why; an earlier end's
+        tag that no longer holds is removed). A sweep's parent ends with the last job that ends: KILLED when
+        that job was interrupted, else FINISHED; it stays RUNNING while a nested run is RUNNING."""
         from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-        if self.run_id is not None:
-            if why:
-                self.client.set_tag(self.run_id, STOPPED_TAG, why[:MAX_TAG_VAL_LENGTH])
-            elif STOPPED_TAG in self.client.get_run(self.run_id).data.tags:  # a resumed run that finished now
-                self.client.delete_tag(self.run_id, STOPPED_TAG)
+        if self.run_id is None:
+            return
+        with self._sweep_lock():
+            old = self.client.get_run(self.run_id).data.tags
+            for key in {STOPPED_TAG, PRUNED_TAG} & set(old) - set(tags):  # a resumed run that ended otherwise now
+                self.client.delete_tag(self.run_id, key)
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value[:MAX_TAG_VAL_LENGTH])
             self.client.set_terminated(self.run_id, status)
-        if self.parent_id is not None:
-            self.client.set_terminated(self.parent_id, KILLED if status == KILLED else FINISHED)
+            if self.parent_id is not None and not self._nested_running():
+                self.client.set_terminated(self.parent_id, KILLED if status == KILLED else FINISHED)
 
-    def _sweep_parent(self, sweep: Path) -> str:
-        """The sweep's parent run: made by the first job (under a lock in the sweep directory), RUNNING
-        while a job runs."""
+    def _sweep_lock(self) -> AbstractContextManager:
+        """The sweep directory's lock (a ``-m`` job): jobs start and end one at a time in the parent's eyes."""
         from filelock import FileLock
 
-        with FileLock(sweep / ".tracking.lock"):
-            record = read_record(sweep)
-            known = (record.get("mlflow") or {}) if (record.get("mlflow") or {}).get("uri") == self.uri else {}
-            if known.get("run_id") and self._exists(known["run_id"]):
-                parent = known["run_id"]
-                self.client.update_run(parent, status="RUNNING")
-            else:
-                tags = {"finetune.sweep_dir": str(sweep)}
-                parent = self.client.create_run(self.experiment_id, run_name=sweep.name, tags=tags).info.run_id
-                write_json(sweep / TRACKING_FILE, {**record, "mlflow": {"uri": self.uri, "run_id": parent}})
+        return FileLock(self.sweep / ".tracking.lock") if self.sweep is not None else nullcontext()
+
+    def _nested_running(self) -> bool:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'",
+            max_results=1,
+        )
+        return bool(found)
+
+    def _sweep_parent(self, sweep: Path) -> str:
+        """The sweep's parent run (made by the first job, inside ``_sweep_lock``), RUNNING while a job runs."""
+        record = read_record(sweep)
+        mlflow = record.get("mlflow") or {}
+        known = mlflow.get("run_id") if mlflow.get("uri") == shown(self.uri) else None
+        if known and self._exists(known):
+            self.client.update_run(known, status="RUNNING")
+            return known
+        tags = {"finetune.sweep_dir": str(sweep)}
+        parent = self.client.create_run(self.experiment_id, run_name=sweep.name, tags=tags).info.run_id
+        write_json(sweep / TRACKING_FILE, {**record, "mlflow": {"uri": shown(self.uri), "run_id": parent}})
         return parent
 
     def _exists(self, run_id: str) -> bool:
@@ -357,15 +440,16 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 def write_hparams(folder: Path, config: dict[str, Any], summary: dict[str, float]) -> None:
-    """The run's hparams session in ``folder`` (replacing an earlier one of a re-tested run): the flat config
-    and the summary metrics, so ``tensorboard --logdir runs`` compares runs in its HPARAMS tab."""
+    """The run's hparams session in ``folder`` (replacing an earlier one of a re-tested run, never the curves
+    of a phase named ``hparams`` that share the folder): the flat config and the summary metrics, so
+    ``tensorboard --logdir runs`` compares runs in its HPARAMS tab."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    for old in folder.glob("events.out.tfevents.*"):
+    for old in folder.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
         old.unlink()
     values = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in flat_config(config).items()}
-    with SummaryWriter(log_dir=str(folder)) as writer:
+    with SummaryWriter(log_dir=str(folder), filename_suffix=HPARAMS_SUFFIX) as writer:
         for summary_proto in hparams(values, summary):
             writer.file_writer.add_summary(summary_proto)
         for key, value in summary.items():
@@ -380,6 +464,7 @@ class Tracking:
     holds its config (the MLflow run, W&B id, tracking.json), ``finish`` with metrics.json's record."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        check_mlflow_store(cfg.logger)  # before any work (the command line was checked too: ``precheck``)
         self.cfg, self.run_dir = cfg, run_dir
         self.mlflow: MlflowRun | None = None
         self.wandb_id: str | None = None
@@ -392,11 +477,14 @@ class Tracking:
         if settings.mlflow:
             uri = mlflow_uri(settings.mlflow_uri, self.run_dir)
             known = record.get("mlflow") or {}
-            self.mlflow = MlflowRun(uri, settings.experiment)
-            run_id = self.mlflow.start(
-                self.run_dir, known.get("run_id") if known.get("uri") == uri else None, flat_params(resolved(self.cfg))
-            )
-            updated["mlflow"] = {"uri": uri, "run_id": run_id}
+            with store_errors(store_key(settings.mlflow_uri), uri):
+                self.mlflow = MlflowRun(uri, settings.experiment)
+                run_id = self.mlflow.start(
+                    self.run_dir,
+                    known.get("run_id") if known.get("uri") == shown(uri) else None,
+                    flat_params(resolved(self.cfg)),
+                )
+            updated["mlflow"] = {"uri": shown(uri), "run_id": run_id}
         if settings.wandb:
             self.wandb_id = (record.get("wandb") or {}).get("id") or uuid.uuid4().hex[:8]
             updated["wandb"] = {"id": self.wandb_id}
@@ -407,8 +495,10 @@ class Tracking:
         """Log the run's results (MLflow metrics + artifacts, W&B summary, TensorBoard hparams); end it FINISHED."""
         summary = summary_metrics(metrics)
         if self.mlflow is not None:
-            self.mlflow.log_results(summary, self.run_dir)
             uri = self.mlflow.uri
+            with store_errors(store_key(self.cfg.logger.mlflow_uri), uri):
+                self.mlflow.log_results(summary, self.run_dir)
+            uri = shown(uri)
             console.print(f"mlflow: run {self.mlflow.run_id} in {uri} (mlflow ui --backend-store-uri {uri})")
         if self.wandb_id is not None and _wandb_run(self.wandb_id) is not None:
             _wandb_run(self.wandb_id).summary.update(summary)
@@ -416,28 +506,36 @@ class Tracking:
             write_hparams(self.run_dir / "tensorboard" / HPARAMS, resolved(self.cfg), summary)
         self.end(FINISHED)
 
-    def end(self, status: str, why: str | None = None) -> None:
+    def end(self, status: str, tags: Mapping[str, str] | None = None) -> None:
         if self.ended:
             return
         self.ended = True
         if self.mlflow is not None:
-            self.mlflow.end(status, why)
+            self.mlflow.end(status, tags or {})
         if self.wandb_id is not None:
             _finish_wandb(self.wandb_id, status)
 
 
 @contextmanager
 def tracked(cfg: DictConfig, run_dir: Path) -> Iterator[Tracking]:
-    """The run's ``Tracking`` for the block; leaving it ends what ``start`` began: FINISHED, FAILED on an
-    error, KILLED on an interrupt (Ctrl-C, SIGTERM) or a search's pruner; the tag ``finetune.stopped`` says why."""
+    """The run's ``Tracking`` for the block (a store MLflow cannot track to is refused here, before any work);
+    leaving it ends what ``start`` began: ``ending`` says how."""
     tracking = Tracking(cfg, run_dir)
     try:
         yield tracking
     except BaseException as err:
-        stopped = isinstance(err, TrialPruned) or not isinstance(err, Exception)
         try:
-            tracking.end(KILLED if stopped else FAILED, why=str(err))
+            tracking.end(*ending(err, cfg.search.study is not None))
         except Exception as failure:  # the run's own error is the one to report
             log.warning("tracking could not record how the run ended: %s", failure)
         raise
     tracking.end(FINISHED)
+
+
+def ending(err: BaseException, search_trial: bool) -> tuple[str, dict[str, str]]:
+    """How a run that raised ``err`` ends, with the tag that says why: a search's trial that was pruned or
+    diverged (the study records it PRUNED) FINISHED with ``finetune.pruned``; an interrupt (Ctrl-C, SIGTERM)
+    KILLED and an error FAILED, with ``finetune.stopped``."""
+    if isinstance(err, TrialPruned) or (search_trial and isinstance(err, TrainingDiverged)):
+        return FINISHED, {PRUNED_TAG: str(err)}
+    return (FAILED if isinstance(err, Exception) else KILLED), {STOPPED_TAG: str(err)}

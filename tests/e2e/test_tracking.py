@@ -17,11 +17,21 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from finetune.commands import train as run_module
-from finetune.run.errors import RunInterrupted
-from finetune.training.tracking import TRACKING_FILE, flat_params, tracked, wandb_init_args, wandb_mode
+from finetune.run.errors import ConfigError, FinetuneError, RunInterrupted, TrainingDiverged
+from finetune.training.loggers import LogContext, mlflow_logger
+from finetune.training.search import TrialPruned
+from finetune.training.tracking import (
+    TRACKING_FILE,
+    flat_params,
+    tracked,
+    wandb_init_args,
+    wandb_mode,
+    write_hparams,
+)
 
 from ..conftest import compose_config
-from ..helpers import TINY, cli_in_process
+from ..helpers import TINY, assert_refused, cli_in_process
+from ..postgres import postgres_url  # noqa: F401
 
 TWO_PHASES = [
     *TINY,
@@ -149,6 +159,129 @@ def test_a_resumed_run_continues_its_mlflow_run_and_the_status_says_how_it_ended
     assert "finetune.stopped" not in again.data.tags
     assert again.data.metrics["best/val/acc"] == 0.25 and again.data.params["schedule.lr"] == str(cfg.schedule.lr)
     assert not (tmp_path / "runs" / "mlflow.db").exists()  # logger.mlflow_uri wins over the default
+
+
+def _sweep_job(sweep: Path, job: str, cfg) -> Path:
+    """A ``-m`` job's run directory as Hydra leaves it (``.hydra/hydra.yaml`` says MULTIRUN)."""
+    run_dir = sweep / job
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"mode": "MULTIRUN"}}))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return run_dir
+
+
+def test_pruned_and_diverged_trials_end_finished_tagged_pruned_and_the_sweep_ends_with_its_last_job(
+    tmp_path, monkeypatch
+):
+    """Two trials of a search run at once: the first is pruned while the second still runs (the sweep's parent
+    stays RUNNING), the second diverges (a search prunes it too) and, the last job to end, finishes the parent.
+    The same divergence outside a search is a FAILED run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trial = compose_config(*TINY, "logger=mlflow", "search.study=s", "search.trial=0")
+    sweep = tmp_path / "runs" / "search"
+    first, second = _sweep_job(sweep, "0", trial), _sweep_job(sweep, "1", trial)
+    client = _client(tmp_path / "runs")
+    record = {"epoch": 1, "phase": "probe", "monitor": "val/acc", "value": 0.1}
+
+    def status(run_dir: Path) -> str:
+        return client.get_run(json.loads((run_dir / TRACKING_FILE).read_text())["mlflow"]["run_id"]).info.status
+
+    with pytest.raises(TrainingDiverged), tracked(trial, second) as running:
+        running.start()
+        with pytest.raises(TrialPruned), tracked(trial, first) as pruned:
+            pruned.start()
+            raise TrialPruned(record)
+        assert status(first) == "FINISHED" and status(sweep) == "RUNNING"  # the other trial still runs
+        raise TrainingDiverged("loss is nan")
+    runs = {r.info.run_name: r for r in _runs(client)}
+    assert {name: r.info.status for name, r in runs.items()} == dict.fromkeys(
+        ["search", "search/0", "search/1"], "FINISHED"
+    )
+    assert runs["search/0"].data.tags["finetune.pruned"] == str(TrialPruned(record))
+    assert runs["search/1"].data.tags["finetune.pruned"] == "loss is nan"
+    assert not any("finetune.stopped" in r.data.tags for r in runs.values())
+    plain = tmp_path / "runs" / "plain"
+    plain.mkdir()
+    with pytest.raises(TrainingDiverged), tracked(compose_config(*TINY, "logger=mlflow"), plain) as tracking:
+        tracking.start()
+        raise TrainingDiverged("loss is nan")
+    (diverged,) = [r for r in _runs(client) if r.info.run_name == "plain"]
+    assert diverged.info.status == "FAILED" and diverged.data.tags["finetune.stopped"] == "loss is nan"
+    assert "finetune.pruned" not in diverged.data.tags
+
+
+def test_a_store_mlflow_cannot_use_is_one_line_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    typo = cli_in_process(*TINY, "logger=mlflow", "logger.mlflow_uri=sqllite:///x.db", cwd=tmp_path)
+    assert_refused(typo, "logger.mlflow_uri=sqllite:///x.db: MLflow has no tracking store for sqllite://")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqllite:///x.db")
+    from_env = cli_in_process(*TINY, "logger=mlflow", cwd=tmp_path)
+    assert_refused(from_env, "MLFLOW_TRACKING_URI=sqllite:///x.db: MLflow has no tracking store")
+    assert cli_in_process(*TINY, "logger=csv", "plan=true", cwd=tmp_path).returncode == 0  # MLflow off: not asked
+    assert not (tmp_path / "runs").exists()  # refused before Hydra made a run directory
+    run_dir = tmp_path / "api"
+    run_dir.mkdir()
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI=sqllite:///x.db"):  # the API and resume= path
+        run_module.train(compose_config(*TINY, "logger=mlflow"), run_dir)
+    assert list(run_dir.iterdir()) == []  # before the weights, the data and the run record
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = (tmp_path / "mlruns").as_uri()  # a scheme MLflow knows, a store it refuses when opened
+    with (
+        pytest.raises(FinetuneError) as refused,
+        tracked(compose_config(*TINY, "logger=mlflow", f"logger.mlflow_uri={store}"), run_dir) as tracking,
+    ):
+        tracking.start()
+    message = str(refused.value)
+    assert message.startswith(f"logger.mlflow_uri={store}: MLflow cannot use this store: ") and "\n" not in message
+    assert "MLFLOW_ALLOW_FILE_STORE" in message  # MLflow's own reason
+
+
+def test_a_store_password_is_never_recorded_or_printed(tmp_path, monkeypatch, capsys, postgres_url):  # noqa: F811
+    secret = "s3cret-pw"
+    with_password = postgres_url.replace("@", f":{secret}@", 1)  # the test server trusts any password
+    shown = postgres_url.replace("@", ":***@", 1)
+    refused = cli_in_process(*TINY, "logger=mlflow", f"logger.mlflow_uri={with_password}", cwd=tmp_path)
+    line = assert_refused(refused, f"logger.mlflow_uri={shown}: the URL holds a password")
+    assert secret not in refused.stderr + refused.stdout and "MLFLOW_TRACKING_URI" in line
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", with_password)
+    monkeypatch.chdir(tmp_path)  # a database store keeps its artifacts in ./mlruns (MLflow's default)
+    cfg = compose_config(*TINY, "logger=mlflow")
+    run_dir = _sweep_job(tmp_path / "runs" / "sweep", "0", cfg)
+    with tracked(cfg, run_dir) as tracking:
+        tracking.start()
+        context = LogContext(run_dir, "probe", "probe", cfg.logger)
+        mlflow_logger(context).log_metrics({"val/acc": 0.5}, step=0)  # a phase's logger reaches the store
+        tracking.finish({"test": {"acc": 0.5}, "checkpoint": {"monitor": "val/acc", "best": 0.25}})
+    printed = capsys.readouterr()
+    assert f"in {shown}" in printed.out and secret not in printed.out + printed.err
+    for folder in (run_dir, run_dir.parent):
+        assert json.loads((folder / TRACKING_FILE).read_text())["mlflow"]["uri"] == shown
+    client = MlflowClient(postgres_url)
+    runs = _runs(client)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    (job,) = [r for r in runs if PARENT in r.data.tags]
+    assert client.get_metric_history(job.info.run_id, "probe/val/acc")[0].value == 0.5
+    for run in runs:
+        assert not any(secret in str(v) for v in [*run.data.params.values(), *run.data.tags.values()])
+
+
+def test_a_phase_named_hparams_keeps_its_tensorboard_curves(tmp_path):
+    """The run's hparams session shares ``tensorboard/hparams`` with a phase of that name: writing it again
+    (a re-tested run) replaces the session only."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = tmp_path / "tensorboard" / "hparams"
+    with SummaryWriter(log_dir=str(folder)) as phase:
+        phase.add_scalar("val/acc", 0.5, 0)
+    for best in (0.25, 0.75):
+        write_hparams(folder, {"schedule": {"lr": 0.1}}, {"best/val/acc": best})
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert [e.value for e in events.Scalars("val/acc")] == [0.5]
+    assert [e.value for e in events.Scalars("best/val/acc")] == [0.75]
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 
 def test_params_are_flat_within_mlflow_limits():
