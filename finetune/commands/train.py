@@ -12,7 +12,8 @@ joins the ``hydra.sweep.dir`` its search made. A directory the run wrote nothing
 
 Under a sweeper that optimises a number (``hydra/sweeper=search``) the task function returns the run's
 validation score (``finetune.training.search``); a trial the study's pruner stopped, or that diverged,
-raises for the sweeper to tell the study it was pruned (metrics.json says so); otherwise nothing.
+raises for the sweeper to tell the study it was pruned (metrics.json says so); otherwise nothing. A run whose
+config names a trial the search did not launch now (``finetune resume=<sweep>/<n>``) trains as a plain run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import NoReturn
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -36,7 +39,7 @@ from finetune.commands.args import override_value as _value
 from finetune.commands.config_errors import config_access_error
 from finetune.resources import conf_dir
 from finetune.run.artifacts import write_json
-from finetune.run.errors import FinetuneError, TrainingDiverged
+from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
 from finetune.run.lock import run_lock
 from finetune.run.rundir import (
     CLAIMED,
@@ -48,7 +51,7 @@ from finetune.run.rundir import (
     unique_run_dir,
 )
 from finetune.run.warning_filters import quiet_library_chatter
-from finetune.training.search import TrialPruned, check_search, direction, is_search, objective
+from finetune.training.search import PRUNED_REASON, TrialPruned, check_search, direction, is_search, objective
 
 # Command lines after which Hydra prints something and runs no job: nothing to claim.
 NO_JOB_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
@@ -81,6 +84,10 @@ def main(cfg: DictConfig) -> float | None:
         record_pruned(output_dir, cfg, {"diverged": str(err)})
         logging.getLogger(__name__).error("trial pruned (diverged): %s: %s", output_dir, err)
         raise
+    except RunInterrupted as err:  # a search's trial: the sweeper fails and re-queues it
+        if cfg.search.study is not None and is_search(HydraConfig.get()):
+            raise search_interrupt(err, cfg.search.trial) from None
+        raise
     except Exception:  # a search records a failed trial and goes on (max_failure_rate): keep the why
         if is_search(HydraConfig.get()):
             logging.getLogger(__name__).exception("trial failed: %s", output_dir)
@@ -94,8 +101,40 @@ def record_pruned(run_dir: Path, cfg: DictConfig, record: dict) -> None:
     if run_dir.is_dir():
         write_json(
             run_dir / "metrics.json",
-            {"test": {}, "pruned": record, "search": {"study": cfg.search.study, "trial": cfg.search.trial}},
+            {"test": {}, PRUNED_REASON: record, "search": {"study": cfg.search.study, "trial": cfg.search.trial}},
         )
+
+
+def search_interrupt(err: RunInterrupted, trial: int) -> RunInterrupted:
+    """The interrupt of a search's trial: the sweeper failed and re-queued it, so the way on is the search command
+    (a resume of the trial's directory would train outside the study)."""
+    if err.message is None:  # ranks other than 0 say nothing
+        return err
+    stopped = re.match(r".*?\(SIG\w+\)", err.message)
+    return RunInterrupted(
+        f"{stopped.group(0) if stopped else err.message}: trial {trial} of the search; run the search command "
+        "again (the trial is re-queued)",
+        err.signum,
+    )
+
+
+def detach_from_study(cfg: DictConfig, hydra_cfg: DictConfig, resumed: bool) -> None:
+    """A run whose config names a search's trial reports to the study only when the search sweeper launched it
+    (``-m``, not a resume) and the study still has the trial RUNNING. Else (``finetune resume=<sweep>/<n>`` of an
+    interrupted trial, which the sweeper failed and re-queued) it trains as a plain run, said in one line."""
+    from finetune.training.search.storage import is_running
+
+    search = cfg.search
+    if search.study is None:
+        return
+    launched = is_search(hydra_cfg) and hydra_cfg.mode == RunMode.MULTIRUN and not resumed
+    if launched and is_running(search.storage, search.study, search.trial):
+        return
+    print(
+        f"trial {search.trial} of the search study {search.study!r} trains as a plain run: the study does not "
+        "see it (run the search command again to continue the search)"
+    )
+    search.storage = search.study = search.trial = None
 
 
 class JobStopped(CompactHydraException):
@@ -168,6 +207,7 @@ def _run(cfg: DictConfig) -> float | None:
     searching = is_search(hydra_cfg)
     if searching:
         check_search(hydra_cfg, cfg)  # before any work: no -m, plan=true, the wrong direction
+    detach_from_study(cfg, hydra_cfg, resumed=bool(cfg_resumed))
     # One process at a time in a run directory (a resume took its lock before Hydra started: kept)
     with run_lock([] if cfg.plan else [run_dir], "finetune resume" if cfg_resumed else "finetune train"):
         if cfg.plan or not wants_processes(cfg):

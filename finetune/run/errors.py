@@ -42,6 +42,10 @@ class RunInterrupted(BaseException):
         super().__init__(message or f"interrupted by signal {signum}")
         self.message, self.signum = message, signum
 
+    def __reduce__(self) -> tuple[type, tuple[str | None, int]]:
+        """Picklable with its message and signal: a launcher that runs jobs in other processes sends it back."""
+        return type(self), (self.message, self.signum)
+
     @property
     def exit_code(self) -> int:
         """130 for SIGINT (Ctrl-C), else 143: SIGTERM, and SIGUSR1 (a scheduler's notice) behaves alike."""

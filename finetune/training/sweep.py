@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from finetune.run.artifacts import write_text
-from finetune.training.search import direction
+from finetune.training.search import PRUNED_REASON, STUDY_RECORD, direction
 
 FINISHED, PRUNED, NO_METRICS = "finished", "pruned", "no metrics.json"
 ROW_KEYS = ("rank", "run", "status", "state", "swept", "wall_time_s")  # every other: a val monitor or test/…
-STUDY_RECORD = "study.json"  # a search's study (its sweeper writes it): every trial's state, the best trial
 HIDDEN = ("search.",)  # overrides a sweeper gives each job to identify it, not what was swept
 
 
@@ -34,7 +34,7 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     runs = [_read_run(d) for d in sorted(_run_dirs(sweep_dir), key=lambda d: _job_order(d.name))]
     shared = set.intersection(*(set(r["overrides"]) for r in runs)) if runs else set()
     states = _trial_states(sweep_dir)
-    finished = [r for r in runs if r["metrics"] and "pruned" not in r["metrics"]]
+    finished = [r for r in runs if r["metrics"] and PRUNED_REASON not in r["metrics"]]
     ranked = len({r["monitor"] for r in finished}) == 1  # different monitors cannot be ranked together
     if ranked:
         finished.sort(key=_sort_key)
@@ -55,12 +55,12 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         {
             "rank": None,
             "run": r["name"],
-            "status": _pruned(r["metrics"]["pruned"]),
+            "status": _pruned(r["metrics"][PRUNED_REASON]),
             **_state(r, states),
             "swept": _swept(r, shared),
         }
         for r in runs
-        if r["metrics"] and "pruned" in r["metrics"]
+        if r["metrics"] and PRUNED_REASON in r["metrics"]
     ]
     return rows + [
         {"rank": None, "run": r["name"], "status": NO_METRICS, **_state(r, states), "swept": _swept(r, shared)}
@@ -89,8 +89,7 @@ def _pruned(record: dict[str, Any]) -> str:
 
 
 def _study(sweep_dir: Path) -> dict[str, Any] | None:
-    path = sweep_dir / STUDY_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read(sweep_dir / STUDY_RECORD, json.loads)
 
 
 def _run_dirs(sweep_dir: Path) -> set[Path]:
@@ -100,14 +99,21 @@ def _run_dirs(sweep_dir: Path) -> set[Path]:
     }
 
 
+def _read(path: Path, parse: Callable[[str], Any]) -> Any:
+    """The parsed file; None while it is missing or half-written (another worker's job is writing it)."""
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
 def _read_run(run: Path) -> dict[str, Any]:
-    overrides_file, metrics_file = run / ".hydra" / "overrides.yaml", run / "metrics.json"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+    overrides = _read(run / ".hydra" / "overrides.yaml", yaml.safe_load)
+    metrics = _read(run / "metrics.json", json.loads)
     checkpoint = (metrics or {}).get("checkpoint") or {}
     return {
         "name": run.name,
-        "overrides": overrides or [],
+        "overrides": overrides if isinstance(overrides, list) else [],
         "metrics": metrics,
         "monitor": checkpoint.get("monitor") or "val score",
         "score": checkpoint.get("best"),

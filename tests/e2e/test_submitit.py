@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ..helpers import TINY, start_finetune
+from ..helpers import TINY, finetune_env
 
 SUBMITIT_LOCAL = ["-m", "hydra/launcher=submitit_local", *TINY]
 
@@ -23,9 +27,23 @@ def marker_pid(directory: Path) -> int:
 
 
 def finish(*args: str, cwd: Path) -> tuple[int, int, str]:
-    """``finetune <args>`` in ``cwd``: its pid, exit code and stderr."""
-    process = start_finetune(*args, cwd=cwd)
-    _, stderr = process.communicate(timeout=600)
+    """``finetune <args>`` in ``cwd``: its pid, exit code and stderr. It runs in a session of its own: one still
+    running at the timeout is killed with its submitit job processes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "finetune", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=finetune_env(),
+        start_new_session=True,
+    )
+    try:
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
     return process.pid, process.returncode, stderr
 
 

@@ -99,6 +99,23 @@ def test_a_loss_ranks_lowest_first_mixed_monitors_and_failed_sweeps_are_not_rank
     assert (tmp_path / "failed" / "sweep_summary.md").read_text().startswith("No run finished")
 
 
+def test_files_another_worker_is_still_writing_do_not_break_the_summary(tmp_path):
+    """Workers of a search summarise the shared sweep directory while other workers' jobs write into it."""
+    fake_run(tmp_path, 0, ["seed=0"], val=0.5, test=0.4)
+    (tmp_path / "1" / ".hydra").mkdir(parents=True)
+    (tmp_path / "1" / ".hydra" / "overrides.yaml").write_text("- seed=1\n- '+classif")  # Hydra writes it
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "metrics.json").write_text('{"test": {"acc"')
+    (tmp_path / "study.json").write_text('{"storage": "journal:')
+    write_summary(tmp_path)
+    rows = read_csv(tmp_path / "sweep_summary.csv")
+    assert [(r["run"], r["rank"], r["status"]) for r in rows] == [
+        ("0", "1", "finished"),
+        ("1", "", "no metrics.json"),
+        ("2", "", "no metrics.json"),
+    ]
+
+
 def hydra_config(*overrides: str):
     """The ``hydra`` node a job of ``finetune -m <overrides>`` sees, and the job's config."""
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):

@@ -23,7 +23,9 @@ from omegaconf import DictConfig
 from finetune.run.errors import ConfigError
 
 EXAMPLE = "finetune -m +classification=digits_search"
-PRUNED_REASON = "pruned"  # the user attr of a PRUNED trial: why (the pruner, or the divergence message)
+PRUNED_REASON = "pruned"  # why a trial was PRUNED (the pruner's record, or the divergence message): the trial's
+# user attr and its run's metrics.json key
+STUDY_RECORD = "study.json"  # in a search's sweep directory: the study's storage and name, its trials, the best
 
 
 class TrialPruned(Exception):

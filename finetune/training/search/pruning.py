@@ -28,6 +28,7 @@ class TrialPruning(L.Callback):
         self.search, self.monitor = search, monitor
         self.epoch = 0  # validations done so far, every phase
         self._trial: Trial | None = None
+        self.detached = False  # the study finished the trial meanwhile: the run goes on, unpruned
 
     def trial(self) -> Trial:
         """The trial this run is, in its study (opened on first use, rank 0 only)."""
@@ -46,10 +47,8 @@ class TrialPruning(L.Callback):
         step, self.epoch = self.epoch, self.epoch + 1
         value = trainer.callback_metrics.get(self.monitor)
         prune = False
-        if trainer.is_global_zero and value is not None and math.isfinite(float(value)):
-            trial = self.trial()
-            trial.report(float(value), step)
-            prune = trial.should_prune()
+        if trainer.is_global_zero and value is not None and math.isfinite(float(value)) and not self.detached:
+            prune = self._report(float(value), step, Path(trainer.default_root_dir))
         if trainer.world_size > 1:
             prune = trainer.strategy.broadcast(prune, src=0)
         if prune:
@@ -60,7 +59,26 @@ class TrialPruning(L.Callback):
                 log_to_run_file(Path(trainer.default_root_dir), f"trial {self.search.trial} {error}")
             raise error
 
+    def _report(self, value: float, step: int, run_dir: Path) -> bool:
+        """Report to the trial; True when the pruner stops it. A trial the study finished meanwhile (failed and
+        re-queued: its heartbeat lapsed, or its launcher gave up on the job) gets no more reports."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        trial = self.trial()
+        try:
+            trial.report(value, step)
+        except UpdateFinishedTrialError:
+            self.detached = True
+            log_to_run_file(
+                run_dir,
+                f"trial {self.search.trial} was finished in its study meanwhile (failed and re-queued): this run "
+                "goes on unpruned, and the study does not see it",
+            )
+            return False
+        return trial.should_prune()
+
 
 def trial_pruning(search: SearchSchema, monitor: str) -> list[TrialPruning]:
-    """The pruning callback of a search's trial (``search.study`` set by the sweeper), else none."""
+    """The pruning callback of a search's trial (``search.study`` set by the sweeper), else none. A run that is no
+    live trial (a resumed trial directory) had its ``search`` cleared first (``commands.train.detach_from_study``)."""
     return [TrialPruning(search, monitor)] if search.study is not None else []

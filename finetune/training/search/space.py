@@ -1,9 +1,11 @@
 """The search space: ``hydra.sweeper.params`` and the command line's sweep values in Hydra's override
 syntax, as Optuna distributions (the mapping hydra-optuna-sweeper used):
 
-- ``choice(a, b, …)`` (or ``a,b``) → categorical; ``range(start, stop, step)`` → int (float if any bound
-  is a float), ``shuffle(range(…))`` → categorical;
-- ``interval(a, b)`` → uniform float; ``tag(log, interval(a, b))`` → log scale.
+- ``choice(a, b, …)`` (or ``a,b``) → categorical; ``shuffle(range(…))`` → categorical;
+- ``range(start, stop, step)`` → int from ``start`` to ``stop``, **stop included** (as hydra-optuna-sweeper; a
+  grid sweep's ``range`` stops before it); float if any bound is a float;
+- ``interval(a, b)`` → uniform float, ``int(interval(a, b))`` → int; ``tag(log, …)`` puts an interval or a
+  ``range`` without a step on a log scale.
 
 A command-line value replaces the recipe's entry for its key; a plain value (``backbone.freeze=4``) takes
 the key out of the search and sets it in every trial.
@@ -75,16 +77,27 @@ def distribution(override: Override) -> BaseDistribution:
     """The Optuna distribution of one sweep override (``choice``, ``range``, ``interval``, ``tag(log, …)``)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    key, value = override.get_key_element(), override.value()
+    key, value, line = override.get_key_element(), override.value(), override.input_line
     if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-    if override.is_range_sweep():
-        if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
+    if not (override.is_range_sweep() or override.is_interval_sweep()):
+        raise ConfigError(
+            f"{line}: a search samples choice(…), range(…), interval(a, b) or tag(log, interval(a, b)); "
+            f"e.g. {key}=choice(1,2) or {key}=tag(log, interval(1e-4, 1e-1))"
+        )
+    log = "log" in value.tags
+    try:
+        if override.is_interval_sweep():  # int(interval(…)) has int bounds
+            ints = isinstance(value.start, int) and isinstance(value.end, int)
+            return (IntDistribution if ints else FloatDistribution)(value.start, value.end, log=log)
+        floats = any(isinstance(x, float) for x in (value.start, value.stop, value.step))
+        if log and (floats or value.step != 1):
+            raise ConfigError(
+                f"{line}: a log scale takes no step: e.g. {key}=tag(log, int(interval(1, 64))) or "
+                f"{key}=tag(log, interval(1e-4, 1e-1))"
+            )
+        if floats:
             return FloatDistribution(float(value.start), float(value.stop), step=float(value.step) or None)
-        return IntDistribution(int(value.start), int(value.stop), step=int(value.step))
-    if override.is_interval_sweep():  # Hydra's interval() is always a float one: range() gives ints
-        return FloatDistribution(float(value.start), float(value.end), log="log" in value.tags)
-    raise ConfigError(
-        f"{override.input_line}: a search samples choice(…), range(…), interval(a, b) or tag(log, interval(a, b)); "
-        f"e.g. {key}=choice(1,2) or {key}=tag(log, interval(1e-4, 1e-1))"
-    )
+        return IntDistribution(int(value.start), int(value.stop), step=int(value.step), log=log)
+    except ValueError as err:  # Optuna's checks: low > high, a log scale from 0 …
+        raise ConfigError(f"{line}: {err}") from None

@@ -92,11 +92,11 @@ def open_storage(
     if is_journal(spec):
         path = Path(spec.removeprefix(JOURNAL))
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = optuna.storages.journal.JournalFileOpenLock(str(path) + ".lock", grace_period=LOCK_STALE_S)
+        lock = optuna.storages.journal.JournalFileOpenLock(str(path), grace_period=LOCK_STALE_S)  # study.log.lock
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
     if spec.startswith("sqlite:///"):
         Path(spec.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    retry = retry_callback(max_retry) if heartbeat_interval else None
+    stale = StaleTrials(retry_callback(max_retry)) if heartbeat_interval else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -104,14 +104,31 @@ def open_storage(
                 spec,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry,
+                heartbeat_stale_trial_callback=stale,
             )
     except Exception as err:  # the database cannot be reached or its driver is missing: one line
-        raise ConfigError(
-            f"hydra.sweeper.storage={shown(spec)}: cannot open the study's database "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); check the URL and that the "
-            "server runs (postgresql:// needs pip install 'finetune[postgres]')"
-        ) from None
+        raise unreachable(spec, err) from None
+
+
+def unreachable(spec: str, err: Exception) -> ConfigError:
+    """The one line of a database the study cannot open (no server, a wrong URL, no driver)."""
+    return ConfigError(
+        f"hydra.sweeper.storage={shown(spec)}: cannot open the study's database "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); check the URL and that the "
+        "server runs (postgresql:// needs pip install 'finetune[postgres]')"
+    )
+
+
+class StaleTrials:
+    """Optuna's heartbeat callback for the trials it failed as stale: re-queues each (``retry``) and keeps
+    its number, so the sweeper names exactly those (not a trial that failed on its own meanwhile)."""
+
+    def __init__(self, retry: Any) -> None:
+        self.retry, self.failed = retry, []
+
+    def __call__(self, study: Study, trial: Any) -> None:
+        self.failed.append(trial.number)
+        self.retry(study, trial)
 
 
 @contextmanager
@@ -139,9 +156,13 @@ def _advisory_lock(url: str, study_name: str) -> Iterator[None]:
     from sqlalchemy.pool import NullPool
 
     key = int.from_bytes(hashlib.sha256(f"finetune-search:{study_name}".encode()).digest()[:8], "big", signed=True)
-    engine = create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as connection:
+        engine = create_engine(url, poolclass=NullPool)
+        connection = engine.connect()
+    except Exception as err:  # no server, a wrong URL, no driver: one line, as open_storage says it
+        raise unreachable(url, err) from None
+    try:
+        with connection:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:
                 yield
@@ -174,25 +195,33 @@ def trial_id_of(storage: BaseStorage, study_name: str, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
 
 
+def is_running(spec: str, study_name: str, number: int) -> bool:
+    """True while the study has trial ``number`` RUNNING (not finished, nor failed and re-queued)."""
+    from optuna.trial import TrialState
+
+    storage = open_storage(spec)
+    try:
+        return storage.get_trial(trial_id_of(storage, study_name, number)).state == TrialState.RUNNING
+    except KeyError:  # no such study or trial in this storage
+        return False
+
+
 def fail_stale_trials(study: Study, storage: BaseStorage, grace_period: float, max_retry: int | None) -> list[int]:
     """Fail RUNNING trials whose worker stopped beating and re-queue them (``max_retry`` times at most), the
     way Optuna's heartbeat does for RDB storages (which this calls there). Returns the numbers failed."""
     import optuna
     from optuna.trial import TrialState
 
-    def running() -> list:
-        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-
     if has_heartbeat(storage):
-        before = {t.number for t in running()}
+        stale = storage.get_heartbeat_stale_trial_callback()  # a StaleTrials (open_storage)
+        stale.failed.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        return sorted(before & failed)
+        return sorted(stale.failed)
     failed, now = [], time.time()
     retry = retry_callback(max_retry)
-    for trial in running():
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         start = trial.datetime_start.timestamp() if trial.datetime_start else now
         if now - float(trial.system_attrs.get(HEARTBEAT, start)) <= grace_period:
             continue

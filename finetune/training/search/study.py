@@ -28,19 +28,30 @@ PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "No
 
 
 def _build(section: str, kinds: dict[str, str], module: Any, spec: dict[str, Any]) -> Any:
-    """``hydra.sweeper.<section>`` (``kind`` and the class's keyword arguments) as an Optuna object."""
+    """``hydra.sweeper.<section>`` (``kind`` and keyword arguments) as an Optuna object. The section holds the keys
+    of several kinds (the defaults are median's and tpe's): the chosen class gets the ones its signature takes;
+    a key no kind takes is refused."""
+    import inspect
+
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind not in kinds:
         raise ConfigError(
             f"hydra.sweeper.{section}.kind={kind}: not a {section} of the search; choose one of {', '.join(kinds)}"
         )
-    try:
-        return getattr(module, kinds[kind])(**spec)
-    except TypeError as err:
+    takes = {name: set(inspect.signature(getattr(module, cls)).parameters) for name, cls in kinds.items()}
+    unknown = sorted(set(spec) - set().union(*takes.values()))
+    if unknown:
+        keys = sorted(set().union(*takes.values()))
         raise ConfigError(
-            f"hydra.sweeper.{section}: {err} (the keys besides kind are {kinds[kind]}'s arguments)"
-        ) from None
+            f"hydra.sweeper.{section}.{unknown[0]}: no {section} takes this key; the keys besides kind: "
+            + ", ".join(keys)
+        )
+    cls = getattr(module, kinds[kind])
+    try:
+        return cls(**{k: v for k, v in spec.items() if k in takes[kind]})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"hydra.sweeper.{section} ({kind}): {err}") from None
 
 
 def make_sampler(spec: dict[str, Any], seed_offset: int = 0) -> BaseSampler:
@@ -76,11 +87,13 @@ def next_trial(study: Study, n_trials: int, sampler: dict[str, Any]) -> Trial | 
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    waiting = any(t.state == TrialState.WAITING for t in trials)
+    waiting = [t.number for t in trials if t.state == TrialState.WAITING]
     if not waiting and used(trials) >= n_trials:
         return None
-    number = len(trials)  # trial numbers count up from 0 in a study: the next new trial's
-    study.sampler = make_sampler(sampler, seed_offset=number)  # a WAITING trial brings its own parameters
+    # the trial ask() returns: the first WAITING one (its free parameters are sampled too), else a new one,
+    # numbered len(trials) (trial numbers count up from 0 in a study)
+    number = waiting[0] if waiting else len(trials)
+    study.sampler = make_sampler(sampler, seed_offset=number)
     with warnings.catch_warnings():  # the sweeper beats for its trials itself (Optuna's note assumes optimize())
         warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
         return study.ask()

@@ -7,39 +7,50 @@ Each worker loops: under the study's lock it fails the trials whose worker stopp
 jobs (job number = trial number, so job directories never collide across workers), beating for them while
 they run, and tells the study each one's result: COMPLETE with the validation score, PRUNED (the pruner
 stopped it, or it diverged: the reason in the user attr ``pruned``), FAIL (any other error;
-``max_failure_rate`` as before). A worker with no budget left waits while other workers' trials run, so a
-trial of a killed worker is re-run before the search ends. After each batch it writes ``study.json`` (every
-trial, the best) and the sweep summary.
+``max_failure_rate`` as before). A job that died without a result (a launcher such as submitit raises for its
+batch) leaves its trial to be told from its run directory: metrics.json's score (COMPLETE), its ``pruned``
+record (PRUNED), else FAIL, re-queued. A worker with no budget left waits while other workers' trials run, so a
+trial of a killed worker is re-run before the search ends. ``study.json`` names the study from its creation on
+(a worker of another study is refused the sweep directory); after each batch it lists every trial and the best,
+and the sweep summary is rewritten.
 
 The config (``conf/hydra/sweeper/search.yaml``) documents every key.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.run.artifacts import write_json
 from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
+from finetune.training.search import PRUNED_REASON, STUDY_RECORD, TrialPruned, TrialWithoutScore, objective
 
 if TYPE_CHECKING:
-    from hydra.core.utils import JobReturn
     from optuna.study import Study
     from optuna.trial import Trial
 
 log = logging.getLogger(__name__)
-STUDY_RECORD = "study.json"  # in the sweep directory: the study's storage, name, trials and best
+
+
+class TrialLost(RuntimeError):
+    """A trial's job ended without a result and its run directory has none either (the job's process died): the
+    trial is failed and re-queued."""
 
 
 class SearchSweeper(Sweeper):
@@ -73,7 +84,7 @@ class SearchSweeper(Sweeper):
         self.params = plain(params) or {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context = config, hydra_context
+        self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -96,10 +107,10 @@ class SearchSweeper(Sweeper):
         space = parse_space(self.params, arguments)
         spec = storage_spec(self.storage, self.sweep_dir)
         name = str(self.study_name or self.sweep_dir.absolute().name)
-        check_record(self.sweep_dir, spec, name)
         with study_lock(spec, name):  # workers that start together: one creates the tables and the study
             storage = open_storage(spec, self.heartbeat_interval, self.grace_period, self.max_retry)
             study = open_study(storage, name, self.direction, self.sampler, self.pruner, shown(spec))
+            claim_record(self.sweep_dir, spec, name)
         log.info("search: study %r in %s, %d trials", name, shown(spec), self.n_trials)
         self.spec, self.storage_obj, self.study = spec, storage, study
         while True:
@@ -147,7 +158,8 @@ class SearchSweeper(Sweeper):
 
     def _launch(self, trials: list[Trial], overrides: list[list[str]]) -> list[JobReturn]:
         """Run the trials as Hydra jobs numbered by trial (consecutive numbers in one launch), beating for
-        them; a trial interrupted (Ctrl-C, SIGTERM) is failed and re-queued, one a config error stopped failed."""
+        them; a trial interrupted (Ctrl-C, SIGTERM) is failed and re-queued, one a config error stopped failed.
+        A launch that raised after its jobs started (one died): each of its trials from its run directory."""
         identity = [
             [
                 f"search.storage={quoted(self.spec)}",
@@ -161,13 +173,24 @@ class SearchSweeper(Sweeper):
             with self._beating([t.number for t in trials]):
                 for start, stop in consecutive([t.number for t in trials]):
                     batch = [o + i for o, i in zip(overrides[start:stop], identity[start:stop])]
-                    returns += self.launcher.launch(batch, initial_job_idx=trials[start].number)
+                    try:
+                        returns += self.launcher.launch(batch, initial_job_idx=trials[start].number)
+                    except Exception as err:
+                        returns += self._from_run_dirs(trials[start:stop], err)
         except BaseException as err:
             requeue = isinstance(err, (KeyboardInterrupt, RunInterrupted))
             for trial in trials[len(returns) :]:
                 self._fail(trial, requeue)
             raise
         return returns
+
+    def _from_run_dirs(self, trials: list[Trial], err: Exception) -> list[JobReturn]:
+        """The results of a launch that raised (submitit: a job of the batch died), read from each trial's
+        run directory; ``err`` again when no job of the batch started (the launcher itself failed)."""
+        if not any((self.sweep_dir / str(t.number) / ".hydra").is_dir() for t in trials):
+            raise err
+        log.warning("search: a job of trials %s ended without a result (%s)", [t.number for t in trials], err)
+        return [run_dir_result(self.sweep_dir / str(t.number), err) for t in trials]
 
     @contextmanager
     def _beating(self, numbers: list[int]) -> Iterator[None]:
@@ -193,23 +216,26 @@ class SearchSweeper(Sweeper):
             thread.join()
 
     def _tell(self, trial: Trial, ret: JobReturn) -> BaseException | None:
-        """Tell the study the trial's result; the error of a FAILed trial (None otherwise)."""
+        """Tell the study the trial's result; the error of a FAILed trial (None otherwise). Reads the job's
+        ``_return_value``: Hydra's ``return_value`` prints "Error executing job" for every pruned trial."""
         from optuna.trial import TrialState
 
-        from finetune.training.search import PRUNED_REASON, TrialPruned
-
         state, value, error = TrialState.COMPLETE, None, None
-        try:
-            value = float(ret.return_value)
-        except TrialPruned as err:
+        result = ret._return_value
+        if ret.status == JobStatus.COMPLETED:
+            value = float(result)
+        elif isinstance(result, TrialPruned):
             state = TrialState.PRUNED
-            trial.set_user_attr(PRUNED_REASON, err.record)
-        except TrainingDiverged as err:
+            trial.set_user_attr(PRUNED_REASON, result.record)
+        elif isinstance(result, TrainingDiverged):
             state = TrialState.PRUNED
-            trial.set_user_attr(PRUNED_REASON, {"diverged": str(err)})
-        except Exception as err:  # noqa: BLE001  (any error of a trial fails that trial only)
-            state, error = TrialState.FAIL, err
-            log.warning("search: trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            trial.set_user_attr(PRUNED_REASON, {"diverged": str(result)})
+        else:  # any error of a trial fails that trial only (max_failure_rate)
+            state, error = TrialState.FAIL, result
+            log.warning("search: trial %d failed: %s: %s", trial.number, type(result).__name__, result)
+        if isinstance(error, TrialLost):
+            self._fail(trial, requeue=True)
+            return error
         told = self.study.tell(trial.number, value, state=state, skip_if_finished=True)
         if told.state != state:
             log.warning("search: trial %d was already %s (its heartbeat lapsed)", trial.number, told.state.name)
@@ -253,30 +279,51 @@ def study_record(study: Study, spec: str, n_trials: int) -> dict[str, Any]:
                 "params": t.params,
                 "requeued": t.number in requeued,
                 "retry_of": t.system_attrs.get("failed_trial"),
-                **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs else {}),
+                **({PRUNED_REASON: t.user_attrs[PRUNED_REASON]} if PRUNED_REASON in t.user_attrs else {}),
             }
             for t in trials
         ],
     }
 
 
-def check_record(sweep_dir: Path, spec: str, name: str) -> None:
-    """A sweep directory holds one study: joining it with another storage or study name is refused."""
-    import json
-
+def claim_record(sweep_dir: Path, spec: str, name: str) -> None:
+    """A sweep directory holds one study: the first worker records it in ``study.json`` as it opens it (made
+    exclusively: a hard link of a complete file); a worker of another storage or study name is refused."""
     from finetune.training.search.storage import storage_record
 
-    path = sweep_dir / STUDY_RECORD
-    if not path.is_file():
+    path, ours = sweep_dir / STUDY_RECORD, storage_record(spec, name)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    draft = sweep_dir / f".{STUDY_RECORD}.{uuid.uuid4().hex}"
+    draft.write_text(json.dumps(ours, indent=2) + "\n")
+    try:
+        os.link(draft, path)
         return
-    recorded = json.loads(path.read_text())
-    ours = storage_record(spec, name)
+    except FileExistsError:
+        recorded = json.loads(path.read_text())
+    finally:
+        draft.unlink()
     if {k: recorded.get(k) for k in ours} != ours:
         raise FinetuneError(
             f"hydra.sweep.dir={sweep_dir} holds the search study {recorded.get('study_name')!r} in "
             f"{recorded.get('storage')}, not {name!r} in {ours['storage']}: give the same hydra.sweeper.storage and "
             "study_name to join it, or a new hydra.sweep.dir"
         )
+
+
+def run_dir_result(run_dir: Path, err: Exception) -> JobReturn:
+    """A trial's result as its run directory holds it: metrics.json's score, its pruned record, else lost."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    pruned = metrics.get(PRUNED_REASON)
+    if pruned is not None:
+        why = TrainingDiverged(pruned["diverged"]) if "diverged" in pruned else TrialPruned(pruned)
+        return JobReturn(status=JobStatus.FAILED, _return_value=why)
+    try:
+        return JobReturn(status=JobStatus.COMPLETED, _return_value=objective(metrics))
+    except TrialWithoutScore:  # no metrics.json (the job died before its end), or no score in it
+        return JobReturn(status=JobStatus.FAILED, _return_value=TrialLost(f"{run_dir}: {err}"))
 
 
 def quoted(value: str) -> str:
