@@ -257,6 +257,9 @@ def render(out_dir: Path, sections: Mapping[str, Callable[[dict], str]]) -> str:
         r = _load(name, out_dir)
         if r:
             lines += [section(r), ""]
+    r = _load("search", out_dir)
+    if r:
+        lines += _search_section(r)
     timing = _load("run_all", out_dir)
     if timing:
         lines += [
@@ -265,3 +268,38 @@ def render(out_dir: Path, sections: Mapping[str, Callable[[dict], str]]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _search_section(r: dict) -> list[str]:
+    """Section 9 (after the peers' 8): today's 8-trial search vs 16 trials on 2 workers sharing one study,
+    median pruning on."""
+    lines = [
+        "## 9. Search: today's 8-trial search vs 16 trials on 2 workers sharing a study, pruning on",
+        "",
+        *_header(
+            "dataset",
+            "side",
+            "workers",
+            "trials complete / pruned / failed",
+            "epochs trained",
+            "best val (trial)",
+            "its test acc",
+            "wall s",
+            "wall new / today",
+            "load average before → after",
+        ),
+    ]
+    for name, row in r["rows"].items():
+        for side in ("today", "new"):
+            s = row[side]
+            t, best = s["trials"], s["best_val"]
+            ratio = f"{row['ratio_wall_new_over_today']:.2f}" if side == "new" else ""
+            lines.append(
+                f"| {name} | {side} ({s['n_trials']} trials, pruner {s['pruner']}) | {s['workers']} | "
+                f"{t['complete']} / {t['pruned']} / {t['failed']} | {s['epochs_trained']} | "
+                f"{best['monitor']} {best['value']:.4f} ({best['trial']}) | {s['test_of_best'].get('acc', '')} | "
+                f"{s['wall_s']} | {ratio} | {s['load_average_before_after'][0][0]} → "
+                f"{s['load_average_before_after'][1][0]} |"
+            )
+    lines += ["", *(f"- {name}: {row['variant']}" for name, row in r["rows"].items())]
+    return [*lines, *(f"- {n}" for n in r.get("notes", [])), ""]

@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark, write benchmarks/results/<name>.json and README.md.
 
-python -m benchmarks.run_all            # everything (< 20 min on a 2-core CPU)
+python -m benchmarks.run_all            # everything (~7 min on a 2-core CPU, plus ~25 min for search)
 python -m benchmarks.run_all overhead frozen   # a subset (README keeps the other results)
 """
 
@@ -28,6 +28,7 @@ BENCHMARKS = (
     "advise",
     "sharding_memory",
     "streaming",
+    "search",
 )
 
 
