@@ -19,8 +19,6 @@ at its size (128 px, every batch, probe + 3 epochs of ~5 min each on 2 cores) on
 cheaper variant runs (``DATASETS``): 64 px, probe + 2 epochs, 5% of the training batches per epoch, half of
 val and of test (their first batches, in split order). At these sizes a trial's time goes to per-image
 transforms, not convolutions (32 px measured no faster than 64 px): only fewer images make it cheaper.
-Both sides set ``heartbeat_interval=10`` (a worker with no trial left polls the study that often for others'
-trials to end: the default 60 s adds up to a minute of idle wait) and ``grace_period=120``.
 All outputs go to a temporary directory.
 """
 
@@ -56,14 +54,10 @@ DATASETS = {
 SIDES = {"today": (1, 8, "none"), "new": (2, 16, "median")}  # side: workers, n_trials, pruner (median: the recipe's)
 NO_PRUNER = [  # the median pruner's keys go with it (NopPruner takes no arguments)
     "hydra.sweeper.pruner.kind=none",
-    "~hydra.sweeper.pruner.n_startup_trials",
-    "~hydra.sweeper.pruner.n_warmup_steps",
 ]
 COMMON = [
     "seed=0",
     "trainer.progress_bar=false",
-    "hydra.sweeper.heartbeat_interval=10",
-    "hydra.sweeper.grace_period=120",
 ]
 QUICK_TRIALS = 2
 QUICK = [  # seconds: QUICK_TRIALS trials per side, 32 px, one batch per split, one epoch per phase
@@ -160,8 +154,8 @@ NOTES = [
     "its study.log), OMP_NUM_THREADS=1 each, the recipe's median pruner.",
     "best val = the study's best trial by its validation score (val selects); test = that trial's test "
     "metrics, reported, never used to select.",
-    "wall = launch until every worker exited; both sides set heartbeat_interval=10 (a worker with no trial "
-    "left polls that often for the other worker's last trial) and grace_period=120; seed=0.",
+    "wall = launch until every worker exited (a worker with no trial left looks every 5 s whether the "
+    "other's last trial ended); the sweeper's default heartbeat settings; seed=0.",
     "epochs trained = validation epochs reported to the study, over all trials (pruned trials stop early).",
     "A shared machine (2 cores): the 1-min load average before -> after each side is recorded; today's single "
     "worker runs 2 torch threads, which other jobs' load slows more than two 1-thread workers, so the wall "

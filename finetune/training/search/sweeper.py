@@ -41,6 +41,8 @@ from finetune.run.artifacts import write_json
 from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
 from finetune.training.search import PRUNED_REASON, STUDY_RECORD, TrialPruned, TrialWithoutScore, objective
 
+IDLE_POLL_S = 5  # a worker with no trial left looks this often whether the others' trials ended or went stale
+
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import Trial
@@ -118,7 +120,7 @@ class SearchSweeper(Sweeper):
             if not trials:
                 if not self._others_running():
                     break
-                time.sleep(self.heartbeat_interval)  # their trial finishes, or goes stale and comes back
+                time.sleep(min(self.heartbeat_interval, IDLE_POLL_S))  # their trial ends, or goes stale and comes back
                 continue
             returns = self._launch(trials, [space.overrides(v) for v in values])
             failures = [err for trial, ret in zip(trials, returns) if (err := self._tell(trial, ret)) is not None]
