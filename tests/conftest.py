@@ -140,12 +140,12 @@ LONGEST_FILES = (
     "test_streaming.py",
     "test_streaming_pack.py",
     "test_multinode.py",
-    "test_submitit.py",
-    "test_search_study.py",
     "test_faults_concurrency.py",
     "test_gpu_paths.py",
     "test_peers_smoke.py",
+    "test_search_study.py",
     "test_tracking.py",
+    "test_submitit.py",
 )
 
 

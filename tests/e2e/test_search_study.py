@@ -4,6 +4,7 @@ pruning by the median pruner and of diverging trials, seeded and reproducible su
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import time
 import types
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -40,6 +42,8 @@ from finetune.training.search.storage import (
 from finetune.training.search.study import PRUNERS, make_pruner, make_sampler, next_trial, used
 from finetune.training.search.sweeper import SearchSweeper, claim_record
 
+from ..helpers import cli_in_process, one_torch_thread
+
 try:  # tests/postgres.py: a throwaway PostgreSQL server on 127.0.0.1 (skips without server binaries unless CI)
     from ..postgres import postgres_url  # noqa: F401  (a fixture)
 except ImportError:  # pragma: no cover
@@ -49,12 +53,13 @@ except ImportError:  # pragma: no cover
         pytest.skip("tests/postgres.py (the PostgreSQL fixture) is not there")
 
 
-# A search of tiny trials: random-init resnet10t at 32 px, one epoch of two batches; lr and label smoothing
-# searched (the recipe's freeze depths exceed resnet10t's stages: a plain value takes the key out).
+# A search of tiny trials: random-init test_resnet (timm's 0.5M-parameter test model) at 32 px, one epoch of two
+# batches, CSV logs only; lr and label smoothing searched (the recipe's freeze depths exceed its stages: a plain
+# value takes the key out).
 SEARCH = [
     "-m",
     "+classification=digits_search",
-    "backbone.name=resnet10t",
+    "backbone.name=test_resnet",
     "backbone.pretrained=false",
     "backbone.freeze=0",
     "dataset.image_size=32",
@@ -64,6 +69,7 @@ SEARCH = [
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
     "trainer.progress_bar=false",
+    "logger=csv",
     "hydra.sweeper.heartbeat_interval=1",
     "hydra.sweeper.grace_period=4",
 ]
@@ -81,6 +87,36 @@ def start(cwd: Path, *args: str) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
+
+
+@contextlib.contextmanager
+def worker_process(cwd: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``start(cwd, *args)``; a worker still running when the block ends (a failed assertion) is killed with its
+    jobs."""
+    worker = start(cwd, *args)
+    try:
+        yield worker
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.communicate()
+
+
+def in_process(cwd: Path, *args: str) -> str:
+    """``finetune <args>`` run in this process, exit 0; its output. A worker of its own (its own connection to the
+    study, its own heartbeats) where the process is not the point: no ~8 s of imports per worker."""
+    with one_torch_thread():
+        out = cli_in_process(*args, cwd=cwd)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    return out.stdout + out.stderr
+
+
+def first_job_started(sweep: Path, worker: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until a job of ``worker``'s search has started (its run directory holds ``.hydra``)."""
+    deadline = time.monotonic() + timeout
+    while not any(sweep.glob("*/.hydra")) and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(sweep.glob("*/.hydra")), "the worker started no trial"
 
 
 def finish(worker: subprocess.Popen, timeout: float = 300) -> str:
@@ -112,7 +148,9 @@ def summary(sweep: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("kind", ["journal", "postgres"])
 def test_two_workers_share_one_study_of_exactly_n_trials(tmp_path, kind, request):
-    """On PostgreSQL one of the four trials (queued first) diverges: PRUNED through the database, no extra run."""
+    """A worker process and, once its first trial runs, a second worker in this process (the same command, its
+    own connection and heartbeats). On PostgreSQL one of the three trials (queued first) diverges: PRUNED through
+    the database, no extra run."""
     sweep = tmp_path / "sweep"
     url = request.getfixturevalue("postgres_url") if kind == "postgres" else None
     storage = [f"hydra.sweeper.storage={url}"] if url else []
@@ -121,26 +159,30 @@ def test_two_workers_share_one_study_of_exactly_n_trials(tmp_path, kind, request
     if url:
         study = optuna.create_study(study_name=name, storage=open_storage(spec), direction="maximize")
         study.enqueue_trial({"schedule.lr": 1e30})  # outside the recipe's range: Optuna warns and runs it
-    args = [*SEARCH, "hydra.sweeper.n_trials=4", f"hydra.sweeper.study_name={name}", f"hydra.sweep.dir={sweep}"]
-    workers = [start(tmp_path, *args, *storage) for _ in range(2)]
-    outs = [finish(worker) for worker in workers]
+    search = [a for a in SEARCH if not a.startswith("hydra.sweeper.grace_period=")]
+    search += ["hydra.sweeper.grace_period=60"]  # nobody dies here: no heartbeat may lapse on a busy machine
+    args = [*search, "hydra.sweeper.n_trials=3", f"hydra.sweeper.study_name={name}", f"hydra.sweep.dir={sweep}"]
+    args += storage
+    with worker_process(tmp_path, *args) as worker:
+        first_job_started(sweep, worker)
+        outs = [in_process(tmp_path, *args), finish(worker)]
 
     trials = load(spec, name).get_trials()
-    assert len(trials) == 4 and used(trials) == 4
+    assert len(trials) == 3 and used(trials) == 3
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
-    assert {marker_pid(sweep / str(t.number)) for t in trials} == {w.pid for w in workers}  # both ran trials
+    assert {marker_pid(sweep / str(t.number)) for t in trials} == {worker.pid, os.getpid()}  # both ran trials
     assert not any("Error executing job" in out for out in outs)  # a pruned trial is no error of Hydra's
     if url:
         assert trials[0].state.name == "PRUNED" and "training diverged" in trials[0].user_attrs["pruned"]["diverged"]
         assert {r["run"]: r["status"] for r in summary(sweep)}["0"] == "pruned: diverged"
     params = [tuple(sorted(t.params.items())) for t in trials]
-    assert len(set(params)) == 4 and {k for p in params for k, _ in p} == {"schedule.lr", "loss.label_smoothing"}
+    assert len(set(params)) == 3 and {k for p in params for k, _ in p} == {"schedule.lr", "loss.label_smoothing"}
     rows = summary(sweep)
-    assert sorted(r["run"] for r in rows) == ["0", "1", "2", "3"]  # job number = trial number: no collision
+    assert sorted(r["run"] for r in rows) == ["0", "1", "2"]  # job number = trial number: no collision
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     assert [r["rank"] for r in complete] == [str(i) for i in range(1, len(complete) + 1)]
     record = json.loads((sweep / "study.json").read_text())
-    assert record["study_name"] == name and len(record["trials"]) == 4
+    assert record["study_name"] == name and len(record["trials"]) == 3
     assert record["storage"] == shown(spec)  # a password never reaches a file
     assert shown("postgresql://user:secret@host/db") == "postgresql://user:***@host/db"
     # each job ran the trial it was given: its config names it, its params are the trial's
@@ -158,19 +200,19 @@ def test_a_killed_workers_trial_is_failed_requeued_and_rerun(tmp_path, kind, req
     args = [*SEARCH, "hydra.sweeper.n_trials=2", f"hydra.sweeper.study_name={name}", f"hydra.sweep.dir={sweep}"]
     args += [f"hydra.sweeper.storage={url}"] if url else []
     spec = storage_spec(url, sweep)
-    worker = start(tmp_path, *args)
-    deadline = time.monotonic() + 120
-    running = None
-    while running is None and time.monotonic() < deadline:  # poll: a trial runs, its job has started
-        if (sweep / "study.json").is_file() or (sweep / "0" / ".hydra").is_dir():
-            states = load(spec, name).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            running = next((t.number for t in states if (sweep / str(t.number) / ".hydra").is_dir()), None)
-        time.sleep(0.2)
-    assert running is not None, "no trial started"
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
+    with worker_process(tmp_path, *args) as worker:
+        deadline = time.monotonic() + 120
+        running = None
+        while running is None and time.monotonic() < deadline:  # poll: a trial runs, its job has started
+            if (sweep / "study.json").is_file() or (sweep / "0" / ".hydra").is_dir():
+                states = load(spec, name).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                running = next((t.number for t in states if (sweep / str(t.number) / ".hydra").is_dir()), None)
+            time.sleep(0.2)
+        assert running is not None, "no trial started"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
-    out = finish(start(tmp_path, *args))  # the same command again: joins its sweep dir, resumes the study
+    out = in_process(tmp_path, *args)  # the same command again (this process): joins its sweep dir, resumes
     trials = load(spec, name).get_trials()
     killed = trials[running]
     assert killed.state.name == "FAIL"
@@ -182,23 +224,35 @@ def test_a_killed_workers_trial_is_failed_requeued_and_rerun(tmp_path, kind, req
     assert rows[str(running)]["state"] == "FAIL, re-queued" and rows[str(retries[0].number)]["rank"]
 
 
-def test_a_sigtermed_trial_is_requeued_and_its_line_says_to_run_the_search_again(tmp_path):
+def test_a_sigtermed_trial_is_requeued_and_its_line_says_to_run_the_search_again(tmp_path, monkeypatch):
+    """The search runs in this process; its trial's run sends the process SIGTERM at its second training batch (a
+    fixed point of the run, not a race with a timer), which the run's own handler takes."""
+    import lightning as L
+
+    class SigtermAtBatch1(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def unhandled(signum, frame):  # the run's handler missing must fail this test, not end the test process
+        raise AssertionError("SIGTERM reached the test process: the run did not handle it")
+
+    init = L.Trainer.__init__
+
+    def with_sigterm(self, *args, callbacks=(), **kwargs) -> None:
+        init(self, *args, callbacks=[*callbacks, SigtermAtBatch1()], **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "__init__", with_sigterm)
+    before = signal.signal(signal.SIGTERM, unhandled)
     sweep = tmp_path / "sweep"
-    longer = [a for a in SEARCH if not a.startswith(("schedule.epochs=", "trainer.limit_train_batches="))]
-    args = [*longer, "schedule.epochs=3", "trainer.limit_train_batches=20", "hydra.sweeper.n_trials=1"]
-    worker = start(tmp_path, *args, "hydra.sweeper.study_name=s", f"hydra.sweep.dir={sweep}")
+    args = [*SEARCH, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=s", f"hydra.sweep.dir={sweep}"]
     try:
-        deadline = time.monotonic() + 120
-        while not (sweep / "0" / "config.yaml").is_file() and worker.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)  # poll: the trial's run has started
-        worker.send_signal(signal.SIGTERM)
-        out, _ = worker.communicate(timeout=120)
+        with one_torch_thread():
+            out = cli_in_process(*args, cwd=tmp_path)
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.communicate()
-    assert worker.returncode == 143, out[-3000:]
-    (line,) = [line for line in out.splitlines() if line.startswith("finetune:")]
+        signal.signal(signal.SIGTERM, before)
+    assert out.returncode == 143, (out.stdout + out.stderr)[-3000:]
+    (line,) = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("finetune:")]
     assert line.endswith("(SIGTERM): trial 0 of the search; run the search command again (the trial is re-queued)")
     trials = load(storage_spec(None, sweep), "s").get_trials()
     assert [(t.state.name, t.system_attrs.get("failed_trial")) for t in trials] == [("FAIL", None), ("WAITING", 0)]
@@ -212,20 +266,18 @@ def test_a_lagging_trial_is_pruned_and_a_diverging_one_too(tmp_path):
     for lr in (1e-3, 5.0, 1e30):
         study.enqueue_trial({"schedule.lr": lr})
     sweep = tmp_path / "sweep"
-    finish(
-        start(
-            tmp_path,
-            *SEARCH,
-            "monitor=loss",
-            "schedule.epochs=2",
-            "schedule.lr=tag(log, interval(1e-4, 1e31))",
-            "loss.label_smoothing=0.0",
-            "hydra.sweeper.n_trials=3",
-            f"hydra.sweeper.storage={spec}",
-            "hydra.sweeper.study_name=pruning",
-            "hydra.sweeper.pruner.n_startup_trials=1",
-            f"hydra.sweep.dir={sweep}",
-        )
+    in_process(
+        tmp_path,
+        *SEARCH,
+        "monitor=loss",
+        "schedule.epochs=2",
+        "schedule.lr=tag(log, interval(1e-4, 1e31))",
+        "loss.label_smoothing=0.0",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.storage={spec}",
+        "hydra.sweeper.study_name=pruning",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        f"hydra.sweep.dir={sweep}",
     )
     trials = load(spec, "pruning").get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "PRUNED"]
@@ -376,15 +428,7 @@ def test_an_unreachable_database_stops_the_search_in_one_line(tmp_path):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         url = f"postgresql://user@127.0.0.1:{closed.getsockname()[1]}/db"
-        command = [sys.executable, "-m", "finetune", *SEARCH, f"hydra.sweeper.storage={url}"]
-        out = subprocess.run(
-            [*command, f"hydra.sweep.dir={tmp_path}/s"],
-            cwd=tmp_path,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        out = cli_in_process(*SEARCH, f"hydra.sweeper.storage={url}", f"hydra.sweep.dir={tmp_path}/s", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert [line for line in out.stderr.splitlines() if line.strip()] == [
         f"finetune: error: hydra.sweeper.storage={url}: cannot open the study's database "
@@ -496,7 +540,7 @@ def test_a_trials_run_dir_trained_again_outside_the_search_is_a_plain_run(tmp_pa
     study.tell(study.ask().number, state=optuna.trial.TrialState.FAIL)
     tiny = [a for a in SEARCH[2:] if not a.startswith("hydra.")]
     search = [f"search.storage={spec}", "search.study=s", "search.trial=0", f"hydra.run.dir={tmp_path / 'run'}"]
-    out = finish(start(tmp_path, "+classification=digits", *tiny, *search))
+    out = in_process(tmp_path, "+classification=digits", *tiny, *search)
     assert "trial 0 of the search study 's' trains as a plain run" in out
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["checkpoint"]["best"] is not None
     assert load(spec, "s").trials[0].intermediate_values == {}

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -20,6 +20,8 @@ from finetune.resources import conf_dir
 from finetune.run.errors import ConfigError
 from finetune.training.search import TrialWithoutScore, check_search, objective
 from finetune.training.sweep import write_summary
+
+from ..helpers import cli_in_process, one_torch_thread
 
 
 def fake_run(
@@ -164,45 +166,36 @@ def test_the_objective_is_the_validation_score_that_picked_the_checkpoint():
         objective({"test": {"acc": 0.99}, "checkpoint": {"monitor": "val/acc", "best": None}})
 
 
-# Runs the real command line with optuna's Study.tell watched: the numbers the study was told, per trial.
-SPY = """
-import json, sys, optuna
-told, tell = {}, optuna.study.Study.tell
-def spy(self, trial, values=None, **kwargs):
-    told[trial if isinstance(trial, int) else trial.number] = values
-    return tell(self, trial, values, **kwargs)
-optuna.study.Study.tell = spy
-from finetune.cli import main
-code = main(sys.argv[1:])
-print("TOLD " + json.dumps(told))
-sys.exit(code)
-"""
 TINY_SEARCH = [
     "-m",
     "+classification=digits_search",
     "hydra.sweeper.n_trials=2",
-    "backbone.freeze=4",  # fixed
+    "backbone.name=test_resnet",  # timm's 0.5M-parameter test model, random init
+    "backbone.pretrained=false",
+    "backbone.freeze=2",  # fixed
     "dataset.image_size=32",
     "schedule.epochs=1",
-    "trainer.limit_train_batches=3",
+    "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=1",
     "trainer.progress_bar=false",
     "hydra.sweep.dir=sweep",
 ]
 
 
 @pytest.mark.slow
-def test_an_optuna_search_optimises_each_runs_validation_score(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-c", SPY, *TINY_SEARCH],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=600,
-    )
+def test_an_optuna_search_optimises_each_runs_validation_score(tmp_path, monkeypatch):
+    """The real command line (in this process) with optuna's Study.tell watched: the numbers the study was told."""
+    told, tell = {}, optuna.study.Study.tell
+
+    def spy(self, trial, values=None, **kwargs):
+        told[str(trial if isinstance(trial, int) else trial.number)] = values
+        return tell(self, trial, values, **kwargs)
+
+    monkeypatch.setattr(optuna.study.Study, "tell", spy)
+    with one_torch_thread():
+        out = cli_in_process(*TINY_SEARCH, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    told = json.loads(out.stdout.rsplit("TOLD ", 1)[1])
     sweep = tmp_path / "sweep"
     best = {}
     for trial, value in told.items():  # one job per trial, numbered by trial (n_jobs: 1)
@@ -213,7 +206,7 @@ def test_an_optuna_search_optimises_each_runs_validation_score(tmp_path):
     results = json.loads((sweep / "study.json").read_text())
     assert results["best"]["value"] == max(best.values())
     assert set(results["best"]["params"]) == {"schedule.lr", "loss.label_smoothing"}  # a plain value is not searched
-    assert all(yaml.safe_load((sweep / t / "config.yaml").read_text())["backbone"]["freeze"] == 4 for t in told)
+    assert all(yaml.safe_load((sweep / t / "config.yaml").read_text())["backbone"]["freeze"] == 2 for t in told)
     rows = read_csv(sweep / "sweep_summary.csv")
     assert [float(r["val/acc"]) for r in rows] == sorted(best.values(), reverse=True)
     assert all("schedule.lr=" in r["swept"] for r in rows)  # the trial's parameters, as its overrides

@@ -1,12 +1,13 @@
 """Tracking across runs (issue 28, part 2): one MLflow store beside the runs with one MLflow run per
 finetune run (every phase and the test in it, the resolved config as parameters, the results as
 artifacts), a sweep as a parent run with nested trials, TensorBoard's hparams session per run, and
-W&B's online/offline decision made without the network. Real runs (digits, random resnet10t, 32 px,
+W&B's online/offline decision made without the network. Real runs (digits, random test_resnet, 32 px,
 two batches) read back through MLflow's own client and TensorBoard's event reader."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -30,12 +31,15 @@ from finetune.training.tracking import (
 )
 
 from ..conftest import compose_config
-from ..helpers import TINY, assert_refused, cli_in_process
+from ..helpers import TINY, assert_refused, cli_in_process, one_torch_thread
 from ..postgres import postgres_url  # noqa: F401
 
+# TINY on timm's 0.5M-parameter test model; features not cached (a head-only phase would first run the backbone
+# over every training image).
+TRAINED = [*(a for a in TINY if not a.startswith("backbone.name=")), "backbone.name=test_resnet"]
+TRAINED += ["data.cache_features=false"]
 TWO_PHASES = [
-    *TINY,
-    "data.cache_features=false",
+    *TRAINED,
     "schedule.phases=[{name: probe, epochs: 1, freeze: all}, {name: top, epochs: 1, freeze: 0}]",
     "schedule.backbone_lr_mult=0.1",
 ]
@@ -48,6 +52,21 @@ def _client(root: Path) -> MlflowClient:
 
 def _runs(client: MlflowClient, experiment: str = "finetune") -> list:
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, its tables made once (MLflow's schema migrations take a second or two): the
+    tests after two_runs (which has finetune make its store) start from a copy of it."""
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    _client(path.parent).search_experiments()
+    return path
+
+
+def _store_from(empty_store: Path, folder: Path) -> None:
+    """``folder/mlflow.db``: a copy of the empty store (folders made)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_store, folder / "mlflow.db")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +95,7 @@ def test_two_runs_are_two_rows_of_one_store_with_config_metrics_and_artifacts(tw
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
         assert run.data.params["schedule.lr"] == str(config.schedule.lr)
-        assert run.data.params["schedule.phases.1.name"] == "top" and run.data.params["backbone.name"] == "resnet10t"
+        assert run.data.params["schedule.phases.1.name"] == "top" and run.data.params["backbone.name"] == "test_resnet"
         for key, value in metrics["test"].items():
             assert run.data.metrics[f"test/{key}"] == pytest.approx(value, abs=1e-6)
         monitor = metrics["checkpoint"]["monitor"]
@@ -105,7 +124,7 @@ def test_tensorboard_hparams_session_holds_the_config_and_final_metrics(two_runs
         config = OmegaConf.load(run_dir / "config.yaml")
         hparams = start.session_start_info.hparams
         assert hparams["schedule.lr"].number_value == pytest.approx(config.schedule.lr)
-        assert hparams["backbone.name"].string_value == "resnet10t"
+        assert hparams["backbone.name"].string_value == "test_resnet"
         metrics = json.loads((run_dir / "metrics.json").read_text())
         best = f"best/{metrics['checkpoint']['monitor']}"
         names = {m.name.tag for m in experiment.experiment.metric_infos}
@@ -113,12 +132,14 @@ def test_tensorboard_hparams_session_holds_the_config_and_final_metrics(two_runs
         assert events.Scalars(best)[0].value == pytest.approx(metrics["checkpoint"]["best"], abs=1e-6)
 
 
-def test_a_grid_sweep_is_one_parent_run_with_a_nested_run_per_job(tmp_path, monkeypatch):
+def test_a_grid_sweep_is_one_parent_run_with_a_nested_run_per_job(tmp_path, monkeypatch, empty_store):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _store_from(empty_store, tmp_path / "runs")
     sweep = tmp_path / "runs" / "sweep"
-    out = cli_in_process(
-        "-m", *TINY, "logger=mlflow", "schedule.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}", cwd=tmp_path
-    )
+    with one_torch_thread():
+        out = cli_in_process(
+            "-m", *TRAINED, "logger=mlflow", "schedule.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+        )
     assert out.returncode == 0, out.stderr[-3000:]
     found = _runs(_client(tmp_path / "runs"))
     parents = [r for r in found if PARENT not in r.data.tags]
@@ -131,11 +152,12 @@ def test_a_grid_sweep_is_one_parent_run_with_a_nested_run_per_job(tmp_path, monk
     assert json.loads((sweep / TRACKING_FILE).read_text())["mlflow"]["run_id"] == parent.info.run_id
 
 
-def test_a_resumed_run_continues_its_mlflow_run_and_the_status_says_how_it_ended(tmp_path, monkeypatch):
+def test_a_resumed_run_continues_its_mlflow_run_and_the_status_says_how_it_ended(tmp_path, monkeypatch, empty_store):
     """The run lifecycle alone (no training): KILLED on an interrupt, FAILED on an error, and a resume of the
     same run directory continues the same MLflow run to FINISHED; a store chosen with logger.mlflow_uri."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = tmp_path / "store" / "mlflow.db"
+    _store_from(empty_store, store.parent)
     cfg = compose_config(*TINY, "logger=mlflow", f"logger.mlflow_uri=sqlite:///{store}")
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
@@ -171,7 +193,7 @@ def _sweep_job(sweep: Path, job: str, cfg) -> Path:
 
 
 def test_pruned_and_diverged_trials_end_finished_tagged_pruned_and_the_sweep_ends_with_its_last_job(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, empty_store
 ):
     """Two trials of a search run at once: the first is pruned while the second still runs (the sweep's parent
     stays RUNNING), the second diverges (a search prunes it too) and, the last job to end, finishes the parent.
@@ -180,6 +202,7 @@ def test_pruned_and_diverged_trials_end_finished_tagged_pruned_and_the_sweep_end
     trial = compose_config(*TINY, "logger=mlflow", "search.study=s", "search.trial=0")
     sweep = tmp_path / "runs" / "search"
     first, second = _sweep_job(sweep, "0", trial), _sweep_job(sweep, "1", trial)
+    _store_from(empty_store, tmp_path / "runs")
     client = _client(tmp_path / "runs")
     record = {"epoch": 1, "phase": "probe", "monitor": "val/acc", "value": 0.1}
 
