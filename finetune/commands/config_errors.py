@@ -49,6 +49,7 @@ def explain(err: Exception, overrides: Sequence[str], compose: Compose, groups: 
         return MIGRATED[err.missing_cfg_file]
     if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
         return unknown_option(err.missing_cfg_file, err.options)
+    compose = _once(compose)  # the base and the line without the failing override are often the same line
     base = _base(overrides, compose, groups)
     cause = err.__cause__ if err.__cause__ is not None else err
     if match := re.match(r"Could not override '([^']+)'|Error merging override (.+)", text):
@@ -241,6 +242,19 @@ def _index_beyond(arg: str, cfg: DictConfig | None) -> str | None:
             span = f" (0..{count - 1}); use one of those indices, or" if count else ";"
             return f"{arg}: {listed} has {count} {noun}{span} give the whole list: {listed}=[…]"
     return None
+
+
+def _once(compose: Compose) -> Compose:
+    """``compose`` that composes each command line once (a line that fails is tried again)."""
+    composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def once(overrides: Sequence[str]) -> DictConfig:
+        key = tuple(overrides)
+        if key not in composed:
+            composed[key] = compose(list(overrides))
+        return composed[key]
+
+    return once
 
 
 def _without(arg: str, overrides: Sequence[str], compose: Compose, base: DictConfig | None) -> DictConfig | None:

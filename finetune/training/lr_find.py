@@ -152,7 +152,7 @@ def find_lr(
     model.set_frozen(planned.frozen, cfg.backbone.bn)
     trainer = scan_trainer(cfg, run_dir, steps)
     cached = use_feature_cache("false" if task.mixes_inputs(cfg) else cfg.data.cache_features, model, data)
-    phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device) if cached else data
+    phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device, trainer) if cached else data
     module = task.lightning_module(cfg, model, data, planned.phase.optim, index, cached)
     scan_started = time.perf_counter()
     finder = range_test(trainer, module, phase_data, min_lr, max_lr, steps)

@@ -115,7 +115,7 @@ def run_phases(
         # A task that mixes images before the backbone (mixup, cutmix) cannot mix cached features, so a
         # head-only phase trains on images (the task refuses data.cache_features=true with mixing).
         cached = use_feature_cache("false" if mixes_inputs else cfg.data.cache_features, model, data)
-        phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device) if cached else data
+        phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device, trainer) if cached else data
         if cached and is_global_zero():
             console.print(f"phase {phase.name!r}: backbone frozen → training the head on cached features")
         task = make_task(phase.optim, index, cached)

@@ -222,6 +222,34 @@ def test_cached_features_give_the_same_head_as_the_live_backbone(tmp_path):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+def test_a_limited_run_caches_the_features_of_only_the_batches_it_draws(tmp_path, monkeypatch):
+    """limit_train_batches=2 for 2 epochs, limit_val_batches=1, batches of 8: the training images of the first
+    two batches of each epoch's shuffled order, the first 8 validation images; the run trains and validates."""
+    from finetune.training import features
+
+    caches = []
+    extract = features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda *a: caches.append(extract(*a)) or caches[-1])
+    cfg = compose_config(
+        *FAST,
+        "schedule=linear_probe",
+        "schedule.epochs=2",
+        "schedule.batch_size=8",
+        "seed=3",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "data.cache_features=true",
+    )
+    run_module.train(cfg, tmp_path)
+    train, val = caches
+    drawn = {
+        int(i) for e in (0, 1) for i in torch.randperm(train.size, generator=torch.Generator().manual_seed(3 + e))[:16]
+    }
+    assert sorted(train.rows) == sorted(drawn) and len(train.features) == len(drawn) < train.size
+    assert sorted(val.rows) == list(range(8)) and len(val.features) == 8 < val.size
+    assert (tmp_path / "metrics.json").is_file()
+
+
 def test_cache_turns_itself_off_with_random_augmentation_and_refuses_when_forced(tmp_path):
     from finetune.data.datamodule import ClassificationDataModule
     from finetune.models.freezing import frozen_stages
