@@ -40,12 +40,13 @@ def test_memory_child_counts_trainable_params():
     assert lora["params"] > full["params"]  # the adapter's own tensors
 
 
-def test_pipeline_and_model_throughput():
+def test_pipeline_and_model_throughput(tmp_path):
     if not HYMENOPTERA.is_dir():
         pytest.skip("hymenoptera not present")
-    row = pipeline.measure(64, repeats=1, steps=1, warmup=1, model_batch=2, extra_workers=())
+    root = accuracy.subset(HYMENOPTERA, tmp_path / "tiny")  # 8 train images: one batch per epoch
+    row = pipeline.measure(64, root, repeats=1, steps=1, warmup=1, model_batch=2, extra_workers=())
     assert row["images_per_s"]["model"] > 0 and row["ratio_pipeline_over_model"] > 0
-    assert row["loader"]["num_workers"] == 2
+    assert row["loader"]["num_workers"] == 2 and row["train_images"] == 8
 
 
 @pytest.mark.slow
@@ -55,6 +56,7 @@ def test_run_all_quick_writes_json_and_table(tmp_path):
     run_all.main(["accuracy", "gpu"], quick=True, out_dir=tmp_path)
     result = json.loads((tmp_path / "accuracy.json").read_text())
     assert result["rows"][0]["curve"] and 0 <= result["rows"][0]["test_acc"] <= 1
+    assert "dataset.num_workers=0" in result["rows"][0]["overrides"]  # quick: 4 images a class, no workers
     assert "torch" in result["environment"]
     assert (tmp_path / "gpu.json").is_file()
     assert "Accuracy per minute" in (tmp_path / "README.md").read_text()
