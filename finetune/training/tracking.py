@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 TRACKING_FILE = "tracking.json"  # in a run directory and in a sweep directory
 MLFLOW_DB = "mlflow.db"  # the default store, beside the run directories
+DEFAULT_STORE = "the default MLflow store"  # store_key's name for it
 MLFLOW_ARTIFACTS = "mlartifacts"  # a SQLite store's artifacts, beside its database
 HPARAMS = "hparams"  # <run dir>/tensorboard/hparams: the run's TensorBoard hparams session
 HPARAMS_SUFFIX = ".hparams"  # the session's event file ends so: a phase named "hparams" logs beside it
@@ -107,7 +108,7 @@ def store_key(configured: str | None, env: Mapping[str, str] = os.environ) -> st
     """Where ``mlflow_uri`` found the store: ``logger.mlflow_uri``, ``MLFLOW_TRACKING_URI`` or the default."""
     if configured:
         return "logger.mlflow_uri"
-    return "MLFLOW_TRACKING_URI" if env.get("MLFLOW_TRACKING_URI") else "the default MLflow store"
+    return "MLFLOW_TRACKING_URI" if env.get("MLFLOW_TRACKING_URI") else DEFAULT_STORE
 
 
 def check_mlflow_store(settings: Any, env: Mapping[str, str] = os.environ) -> None:
@@ -150,7 +151,7 @@ def store_errors(key: str, uri: str) -> Iterator[None]:
         password = urlsplit(uri).password
         reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         reason = reason.replace(uri, shown(uri)).replace(password, "***") if password else reason
-        where = f"{key}={shown(uri)}" if key != "the default MLflow store" else f"the MLflow store {uri}"
+        where = f"{key}={shown(uri)}" if key != DEFAULT_STORE else f"the MLflow store {uri}"
         raise FinetuneError(
             f"{where}: MLflow cannot use this store: {reason} (fix the store, or turn MLflow off: logger.mlflow=false)"
         ) from None
@@ -298,8 +299,8 @@ class MlflowRun:
             self.client = MlflowClient(uri)
             self.experiment_id = _experiment_id(self.client, experiment, uri)
 
-    def start(self, run_dir: Path, known: str | None, params: dict[str, str]) -> str:
-        """Continue the run ``known`` (the id tracking.json kept) or create one; log the params it lacks."""
+    def start(self, run_dir: Path, record: Mapping[str, Any], params: dict[str, str]) -> str:
+        """Continue the run ``record`` (the run's tracking.json) keeps, or create one; log the params it lacks."""
         from mlflow.entities import Param
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
         from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
@@ -308,10 +309,8 @@ class MlflowRun:
         with self._sweep_lock():  # the parent RUNNING and this run RUNNING, as one step for the other jobs
             if sweep is not None:
                 self.parent_id = self._sweep_parent(sweep)
-            if known and self._exists(known):
-                self.run_id = known
-                self.client.update_run(known, status="RUNNING")
-            else:
+            self.run_id = self._resume(record)
+            if self.run_id is None:
                 tags = {"finetune.run_dir": str(run_dir.absolute())}
                 if self.parent_id:
                     tags |= {MLFLOW_PARENT_RUN_ID: self.parent_id, "finetune.sweep_dir": str(sweep)}
@@ -373,23 +372,28 @@ class MlflowRun:
     def _sweep_parent(self, sweep: Path) -> str:
         """The sweep's parent run (made by the first job, inside ``_sweep_lock``), RUNNING while a job runs."""
         record = read_record(sweep)
-        mlflow = record.get("mlflow") or {}
-        known = mlflow.get("run_id") if mlflow.get("uri") == shown(self.uri) else None
-        if known and self._exists(known):
-            self.client.update_run(known, status="RUNNING")
+        known = self._resume(record)
+        if known is not None:
             return known
         tags = {"finetune.sweep_dir": str(sweep)}
         parent = self.client.create_run(self.experiment_id, run_name=sweep.name, tags=tags).info.run_id
         write_json(sweep / TRACKING_FILE, {**record, "mlflow": {"uri": shown(self.uri), "run_id": parent}})
         return parent
 
-    def _exists(self, run_id: str) -> bool:
+    def _resume(self, record: Mapping[str, Any]) -> str | None:
+        """The run ``record`` (a tracking.json) keeps in this store, RUNNING again; None when it keeps none here
+        or the run is gone."""
         from mlflow.exceptions import MlflowException
 
+        known = record.get("mlflow") or {}
+        run_id = known.get("run_id") if known.get("uri") == shown(self.uri) else None
         try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+            if not run_id or self.client.get_run(run_id).info.lifecycle_stage != "active":
+                return None
         except MlflowException:
-            return False
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -476,14 +480,9 @@ class Tracking:
         updated = dict(record)
         if settings.mlflow:
             uri = mlflow_uri(settings.mlflow_uri, self.run_dir)
-            known = record.get("mlflow") or {}
             with store_errors(store_key(settings.mlflow_uri), uri):
                 self.mlflow = MlflowRun(uri, settings.experiment)
-                run_id = self.mlflow.start(
-                    self.run_dir,
-                    known.get("run_id") if known.get("uri") == shown(uri) else None,
-                    flat_params(resolved(self.cfg)),
-                )
+                run_id = self.mlflow.start(self.run_dir, record, flat_params(resolved(self.cfg)))
             updated["mlflow"] = {"uri": shown(uri), "run_id": run_id}
         if settings.wandb:
             self.wandb_id = (record.get("wandb") or {}).get("id") or uuid.uuid4().hex[:8]
@@ -500,8 +499,8 @@ class Tracking:
                 self.mlflow.log_results(summary, self.run_dir)
             uri = shown(uri)
             console.print(f"mlflow: run {self.mlflow.run_id} in {uri} (mlflow ui --backend-store-uri {uri})")
-        if self.wandb_id is not None and _wandb_run(self.wandb_id) is not None:
-            _wandb_run(self.wandb_id).summary.update(summary)
+        if self.wandb_id is not None and (wandb_run := _wandb_run(self.wandb_id)) is not None:
+            wandb_run.summary.update(summary)
         if self.cfg.logger.tensorboard:
             write_hparams(self.run_dir / "tensorboard" / HPARAMS, resolved(self.cfg), summary)
         self.end(FINISHED)

@@ -353,11 +353,7 @@ def test_wandb_is_one_run_per_finetune_run_grouped_by_sweep(tmp_path, monkeypatc
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = compose_config(*TINY, "logger=csv", "logger.wandb=true", "logger.experiment=digits")
-    sweep = tmp_path / "runs" / "multirun_x"
-    run_dir = sweep / "3"
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"mode": "MULTIRUN"}}))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = _sweep_job(tmp_path / "runs" / "multirun_x", "3", cfg)
     with tracked(cfg, run_dir) as tracking:
         tracking.start()
     args = wandb_init_args(run_dir, "digits")
