@@ -73,7 +73,8 @@ def main(cfg: DictConfig) -> float | None:
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
         stop(print_error(err), err)
     except OmegaConfBaseException as err:  # a key of the config that cannot be read: one line, no traceback
-        stop(print_error(config_access_error(err)), config_access_error(err))
+        explained = config_access_error(err)
+        stop(print_error(explained), explained)
     except TrialPruned as err:  # the study's pruner stopped this trial: the sweeper tells the study PRUNED
         record_pruned(output_dir, cfg, err.record)
         logging.getLogger(__name__).info("trial %s %s", cfg.search.trial, err)

@@ -19,7 +19,7 @@ RUN_MARKER = ".finetune-run"
 RESUME_CHECKPOINTS = ("last.ckpt", "best.ckpt")  # what `finetune resume=<run>` continues from, in this order
 SEARCH_MARKER = ".finetune-search"  # a search's sweep directory: every worker of the search may join it
 HYDRA_FILES = (".hydra", "multirun.yaml", RUN_MARKER, SEARCH_MARKER, ".finetune-launch.yaml")  # bookkeeping
-STUDY_FILES = ("study.log",)  # a search's journal: results (the study), though it ends in .log
+STUDY_LOG = "study.log"  # a search's journal: results (the study), though it ends in .log
 CLAIMED: dict[str, str] = {}  # absolute run directory -> token, claimed by this process
 
 
@@ -116,7 +116,7 @@ def claim_search_dir(path: str | Path) -> str | None:
 
 
 def _is_bookkeeping(path: Path) -> bool:
-    return path.name in HYDRA_FILES or (path.suffix == ".log" and path.name not in STUDY_FILES)
+    return path.name in HYDRA_FILES or (path.suffix == ".log" and path.name != STUDY_LOG)
 
 
 def holds_results(directory: str | Path) -> bool:

@@ -38,35 +38,21 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     ranked = len({r["monitor"] for r in finished}) == 1  # different monitors cannot be ranked together
     if ranked:
         finished.sort(key=_sort_key)
+
+    def row(r: dict[str, Any], rank: int | None, status: str) -> dict[str, Any]:
+        return {"rank": rank, "run": r["name"], "status": status, **_state(r, states), "swept": _swept(r, shared)}
+
     rows = [
         {
-            "rank": rank if ranked else None,
-            "run": r["name"],
-            "status": FINISHED,
-            **_state(r, states),
-            "swept": _swept(r, shared),
+            **row(r, rank if ranked else None, FINISHED),
             r["monitor"]: r["score"],
             **{f"test/{k}": v for k, v in r["metrics"]["test"].items()},
             "wall_time_s": r["metrics"].get("wall_time_s"),
         }
         for rank, r in enumerate(finished, 1)
     ]
-    rows += [
-        {
-            "rank": None,
-            "run": r["name"],
-            "status": _pruned(r["metrics"][PRUNED_REASON]),
-            **_state(r, states),
-            "swept": _swept(r, shared),
-        }
-        for r in runs
-        if r["metrics"] and PRUNED_REASON in r["metrics"]
-    ]
-    return rows + [
-        {"rank": None, "run": r["name"], "status": NO_METRICS, **_state(r, states), "swept": _swept(r, shared)}
-        for r in runs
-        if not r["metrics"]
-    ]
+    rows += [row(r, None, _pruned(r["metrics"][PRUNED_REASON])) for r in runs if PRUNED_REASON in (r["metrics"] or {})]
+    return rows + [row(r, None, NO_METRICS) for r in runs if not r["metrics"]]
 
 
 def _trial_states(sweep_dir: Path) -> dict[str, str] | None:

@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from finetune.run.errors import ConfigError
+from finetune.run.rundir import STUDY_LOG
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.study import Study
 
-JOURNAL, STUDY_LOG = "journal:", "study.log"
+JOURNAL = "journal:"
 RDB_SCHEMES = ("sqlite", "postgresql")
 HEARTBEAT = "finetune:heartbeat"  # a journal trial's last sign of life (time.time())
 LOCK_STALE_S = 60  # a lock file older than this (its holder was killed inside the lock) is broken
