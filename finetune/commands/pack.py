@@ -32,14 +32,13 @@ def pack_command(argv: list[str]) -> None:
         raise ConfigError("pack: missing out=<folder or s3://bucket/prefix> (where the pack is written)")
     out = outs[-1]
     from finetune.data import DATASETS, packable_kinds
-
-    if not any(a.startswith("dataset=") for a in overrides):
-        raise ConfigError(f"pack: missing dataset=<kind> ({', '.join(packable_kinds())})")
     from finetune.data.streaming import check_out
 
-    kind = [a.partition("=")[2] for a in overrides if a.startswith("dataset=")][-1]
-    DATASETS.get(kind)  # an unknown kind: the registry's line with its choices
-    if not DATASETS.get(kind).packable:
+    kinds = [a.partition("=")[2] for a in overrides if a.startswith("dataset=")]
+    if not kinds:
+        raise ConfigError(f"pack: missing dataset=<kind> ({', '.join(packable_kinds())})")
+    kind = kinds[-1]
+    if not DATASETS.get(kind).packable:  # an unknown kind: the registry's line with its choices
         raise ConfigError(
             f"pack: dataset={kind} cannot be packed ({'a pack already' if kind == 'streaming' else 'not yet'}); "
             f"packable kinds: {', '.join(packable_kinds())}"
@@ -65,10 +64,8 @@ def _pack(cfg, out: str) -> None:
     source = load_source(config)
     multilabel = source.task == "multi-label" or (isinstance(config, CsvConfig) and config.multilabel)
     index = pack(source, config, out, multilabel)
-    sizes = "/".join(str(index["splits"][s]["size"]) for s in ("train", "val", "test"))
     console.print(
-        f"packed dataset={config.kind}: {len(index['class_names'])} classes, images train/val/test = {sizes} "
-        f"-> {out} (train with dataset=streaming dataset.uri={out})"
+        f"packed dataset={config.kind}: {_counts(index)} -> {out} (train with dataset=streaming dataset.uri={out})"
     )
 
 
@@ -80,9 +77,16 @@ def _pack_with(packer: str, cfg, out: str) -> None:
     from finetune.run.registry import resolve
 
     index = resolve(packer)(plain_dict(cfg.dataset), out)
-    sizes = "/".join(str(index["splits"][s]["size"]) for s in ("train", "val", "test"))
     group, kind = index["task_group"], index["kind"]
     console.print(
-        f"packed dataset={kind} ({group}): {len(index['class_names'])} classes, images train/val/test = {sizes} "
-        f"-> {out} (training on a {group} pack is not supported yet: train with task={group} dataset={kind})"
+        f"packed dataset={kind} ({group}): {_counts(index)} -> {out} "
+        f"(training on a {group} pack is not supported yet: train with task={group} dataset={kind})"
     )
+
+
+def _counts(index: dict) -> str:
+    """The class and per-split image counts of a pack's index, as the pack line gives them."""
+    from finetune.data.streaming import SPLITS
+
+    sizes = "/".join(str(index["splits"][s]["size"]) for s in SPLITS)
+    return f"{len(index['class_names'])} classes, images train/val/test = {sizes}"

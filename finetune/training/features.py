@@ -150,13 +150,14 @@ class FeatureDataModule(L.LightningDataModule):
         """Run the frozen backbone once over the train and val images (eval transforms): those the phase of
         ``trainer`` will draw (its batch limits), or every one."""
         train, val = data.eval_dataloader("train"), data.eval_dataloader("val")
+        train_at = val_at = None
+        if trainer is not None:
+            train_at, val_at = train_indices(data, trainer), val_indices(len(val.dataset), data.batch_size, trainer)
         return cls(
             data,
             {
-                "train": extract_features(model, train, device, train_indices(data, trainer) if trainer else None),
-                "val": extract_features(
-                    model, val, device, val_indices(len(val.dataset), data.batch_size, trainer) if trainer else None
-                ),
+                "train": extract_features(model, train, device, train_at),
+                "val": extract_features(model, val, device, val_at),
             },
         )
 
