@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import DIGITS_LINEAR_PROBE, TINY, run_cli, squares
+from .helpers import DIGITS_LINEAR_PROBE, TINY, cli_in_process, one_torch_thread, squares
 from .helpers import compose_config as compose_config  # re-exported: test modules import it from here
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,10 +70,12 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Pa
 
 
 def _built_by_cli(args: list[str]) -> Callable[[Path], Path]:
-    """A build for built_once: ``finetune <args>`` (with ``hydra.run.dir=run``) in the folder; its run."""
+    """A build for built_once: ``finetune <args>`` (with ``hydra.run.dir=run``) in the folder, run in this process
+    (an interpreter start less; the run directory is the same); its run."""
 
     def build(base: Path) -> Path:
-        out = run_cli(*args, "hydra.run.dir=run", cwd=base)
+        with one_torch_thread():
+            out = cli_in_process(*args, "hydra.run.dir=run", cwd=base)
         assert out.returncode == 0, out.stderr[-3000:]
         return base / "run"
 
@@ -126,26 +128,26 @@ def _build_tiny_seg_run(base: Path) -> Path:
     return _built_by_cli(args)(base)
 
 
-# The test files that take longest, longest first (seconds of their tests in a `make test` on 2 cores, 2026-12-05,
-# after the cuts of that day: ~125, 109, 93, 89, 82, 77, 70, 70, 59, 42, 38), started first: `make test` hands
-# each file to one of two pytest-xdist workers in collection order (`--no-loadscope-reorder`: by default xdist
-# orders the files by their number of tests, and a long file started last kept one worker busy minutes after
-# the other had finished).
+# The test files that take longest, longest first (CPU seconds of their tests, each file run alone, 2026-12-05,
+# after that day's second round of cuts: ~100, 75, 65, 65, 64, 60, 48, 48, 44, 35, 35, 28, 27, 26), started first:
+# `make test` hands each file to one of two pytest-xdist workers in collection order (`--no-loadscope-reorder`: by
+# default xdist orders the files by their number of tests, and a long file started last kept one worker busy
+# minutes after the other had finished).
 LONGEST_FILES = (
     "test_distributed.py",
+    "test_multinode.py",
     "test_faults_signals.py",
     "test_resume_kinds.py",
-    "test_phases.py",
-    "test_cli.py",
-    "test_streaming.py",
-    "test_streaming_pack.py",
-    "test_multinode.py",
     "test_faults_concurrency.py",
-    "test_gpu_paths.py",
-    "test_peers_smoke.py",
+    "test_phases.py",
     "test_search_study.py",
-    "test_tracking.py",
+    "test_cli.py",
+    "test_peers_smoke.py",
+    "test_streaming.py",
     "test_submitit.py",
+    "test_gpu_paths.py",
+    "test_export_formats.py",
+    "test_segmentation.py",
 )
 
 

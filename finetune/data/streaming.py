@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -477,6 +478,7 @@ def _write_splits(splits: dict[str, PackSplit], where: str, out: str, chunk_byte
     from litdata import optimize
 
     allow_plain_http()
+    remote = is_remote(where)
     for name in SPLITS:
         split = splits[name]
         optimize(
@@ -487,9 +489,18 @@ def _write_splits(splits: dict[str, PackSplit], where: str, out: str, chunk_byte
             num_workers=1,
             mode="overwrite",
             verbose=False,
-            storage_options=storage_options() if is_remote(where) else {},
+            storage_options=storage_options() if remote else {},
+            start_method=_start_method(remote),
         )
         _check_written(split.size, join(where, name), name, out)
+
+
+def _start_method(remote: bool) -> str | None:
+    """How LitData starts its packing worker: forked on Linux for a local pack (LitData's default, spawn, starts a
+    fresh interpreter per split that imports torch again: ~3 s of CPU each, most of a small pack's time; and
+    LitData sets the start method for the whole process, so this process's later loader workers would be spawned
+    too); LitData's default for an object store, whose client may run threads a fork would not carry over."""
+    return "fork" if sys.platform == "linux" and not remote else None
 
 
 def _write_remote_index(out: str, index: dict) -> None:

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from finetune.data.samplers import EpochShuffleSampler, ShardSampler
 from finetune.training.sweep import write_summary
 
-from ..helpers import SMALL_RESNET, compose_config, run_cli, squares
+from ..helpers import SMALL_RESNET, cli_in_process, compose_config, one_torch_thread, run_cli, squares
 
 # RANKS_IDENTICAL: under DDP every rank starts from rank 0's broadcast weights and buffers and applies
 # the same all-reduced gradient with the same optimizer, so ranks hold bitwise-equal tensors and their
@@ -129,7 +129,9 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
         f"schedule.momentum={MOMENTUM}",
         "checkpoints.keep=both",
     ]
-    finetune(*probe, "schedule.batch_size=8", "hydra.run.dir=one", cwd=tmp_path)
+    with one_torch_thread():  # the one-process run in this process (an interpreter start less)
+        one = cli_in_process(*probe, "schedule.batch_size=8", "hydra.run.dir=one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
     finetune(*probe, "trainer=ddp", "schedule.batch_size=4", "hydra.run.dir=two", cwd=tmp_path)
     heads = [
         torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in ("one", "two")

@@ -318,7 +318,9 @@ def test_a_worker_started_without_our_launcher_takes_the_lock_on_rank_0_only(tmp
     assert not (tmp_path / "run" / LOCK).exists()
 
 
-def test_a_worker_given_a_lock_it_does_not_hold_is_refused(finished, tmp_path):
+def test_a_worker_given_a_lock_it_does_not_hold_is_refused(finished, tmp_path, monkeypatch, capsys):
+    from finetune.commands import worker
+
     run = copy_run(finished, tmp_path)
     (run / LOCK).write_text(
         json.dumps(
@@ -332,22 +334,9 @@ def test_a_worker_given_a_lock_it_does_not_hold_is_refused(finished, tmp_path):
         )
     )
     before = tree_hashes(run)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "finetune.commands.worker",
-            f"run_dir={run}",
-            f"config={run / 'config.yaml'}",
-            "owner=resumed",
-            "lock=mine",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**finetune_env(), "RANK": "0"},
-        timeout=300,
-    )
+    monkeypatch.setenv("RANK", "0")  # torchrun's rank 0; the worker in this process (its output is checked)
+    args = [f"run_dir={run}", f"config={run / 'config.yaml'}", "owner=resumed", "lock=mine"]
+    out = subprocess.CompletedProcess(args, worker.main(args), *capsys.readouterr())
     assert_refused(
         out,
         f"{run} is locked by pid {os.getpid()} on host {socket.gethostname()} (finetune train, "

@@ -73,12 +73,25 @@ def _checkpoint_epoch(path: Path) -> tuple[int, int]:
     return state[PHASE_KEY], state["epoch"]
 
 
+def _interrupted_in_process(tmp_path: Path, monkeypatch, signal_at: str) -> subprocess.CompletedProcess:
+    """``finetune <TWO_EPOCHS>`` in this process (cli_in_process) with the signal-sending callback of SITECUSTOMIZE
+    added to every Trainer (for this test only): finetune's handlers catch the signal as in a ``finetune``
+    process; the exit code of a real process is checked by the DDP launcher test below."""
+    import lightning as L
+
+    monkeypatch.setenv("SIGNAL_AT", signal_at)
+    monkeypatch.setattr(L.Trainer, "__init__", L.Trainer.__init__)  # the original comes back after the test
+    exec(SITECUSTOMIZE, {})
+    with one_torch_thread():
+        return cli_in_process(*TWO_EPOCHS, "hydra.run.dir=run", cwd=tmp_path)
+
+
 @pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130), ("SIGUSR1", 143)])
-def test_a_signal_mid_epoch_says_where_and_exits_with_its_code(tmp_path, name, code):
+def test_a_signal_mid_epoch_says_where_and_exits_with_its_code(tmp_path, monkeypatch, name, code):
     run = tmp_path / "run"
-    returncode, _, stderr = _finish(_start([*TWO_EPOCHS, "hydra.run.dir=run"], tmp_path, f"{name}:probe:1:1"))
-    assert returncode == code, stderr[-3000:]
-    line = _last_line(stderr)
+    out = _interrupted_in_process(tmp_path, monkeypatch, f"{name}:probe:1:1")
+    assert out.returncode == code, out.stderr[-3000:]
+    line = _last_line(out.stderr)
     assert line == (
         f"finetune: interrupted in phase 'probe', epoch 2/2 ({name}); `finetune resume={run}` "
         "continues from the checkpoint of phase 'probe', epoch 1"
@@ -89,17 +102,17 @@ def test_a_signal_mid_epoch_says_where_and_exits_with_its_code(tmp_path, name, c
     assert not list(run.rglob("*.tmp")) and not list(run.glob("hpc_ckpt_*"))
 
 
-def test_a_signal_before_the_first_checkpoint_says_there_is_none(tmp_path):
-    returncode, _, stderr = _finish(_start([*TWO_EPOCHS, "hydra.run.dir=run"], tmp_path, "SIGINT:probe:0:1"))
-    assert returncode == 130, stderr[-3000:]
-    assert _last_line(stderr) == (
+def test_a_signal_before_the_first_checkpoint_says_there_is_none(tmp_path, monkeypatch):
+    out = _interrupted_in_process(tmp_path, monkeypatch, "SIGINT:probe:0:1")
+    assert out.returncode == 130, out.stderr[-3000:]
+    assert _last_line(out.stderr) == (
         f"finetune: interrupted in phase 'probe', epoch 1/2 (SIGINT); no checkpoint was "
         f"written yet: `finetune resume={tmp_path / 'run'}` starts phase 'probe' from "
         "the beginning"
     )
 
 
-def test_sigusr1_under_slurm_requeues_the_job_without_lightnings_mid_epoch_checkpoint(tmp_path):
+def test_sigusr1_under_slurm_requeues_the_job_without_lightnings_mid_epoch_checkpoint(tmp_path, monkeypatch):
     """SLURM is simulated: its variables, and an ``scontrol`` that records its arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -115,11 +128,12 @@ def test_sigusr1_under_slurm_requeues_the_job_without_lightnings_mid_epoch_check
         "SLURM_NODEID": "0",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
-    process = _start([*TWO_EPOCHS, "hydra.run.dir=run"], tmp_path, "SIGUSR1:probe:1:1", **slurm)
-    returncode, _, stderr = _finish(process)
-    assert returncode == 143, stderr[-3000:]
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    out = _interrupted_in_process(tmp_path, monkeypatch, "SIGUSR1:probe:1:1")
+    assert out.returncode == 143, out.stderr[-3000:]
     assert (tmp_path / "scontrol.calls").read_text() == "requeue 4242\n"  # once, by rank 0
-    assert "interrupted in phase 'probe', epoch 2/2 (SIGUSR1)" in _last_line(stderr)
+    assert "interrupted in phase 'probe', epoch 2/2 (SIGUSR1)" in _last_line(out.stderr)
     assert not list((tmp_path / "run").rglob("hpc_ckpt_*"))  # Lightning's auto-requeue checkpoint is off
 
 
@@ -153,7 +167,7 @@ def test_a_phase_that_diverges_stops_without_test_or_export_and_keeps_the_good_e
     phases = (
         "schedule.phases=[{name: probe, epochs: 1, freeze: all, lr: 0.01}, {name: top, epochs: 1, freeze: 0, lr: 1e30}]"
     )
-    # in this process (exit code 3 from a process: test_a_finite_loss_far_above_its_start_stops_the_phase)
+    # in this process (exit code 3 from a process: test_a_ddp_run_that_diverges_exits_3_with_rank_0s_line_only)
     with one_torch_thread():
         out = cli_in_process(*TINY, "schedule=gradual", phases, "hydra.run.dir=run", cwd=tmp_path)
     assert out.returncode == 3, out.stderr[-3000:]
@@ -170,14 +184,8 @@ def test_a_phase_that_diverges_stops_without_test_or_export_and_keeps_the_good_e
 
 def test_a_finite_loss_far_above_its_start_stops_the_phase(tmp_path):
     """schedule.lr=1e6 (the issue's case: val loss 9.5e12, test accuracy 0.0, exports written)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "finetune", *TWO_EPOCHS, "schedule.lr=1e6", "hydra.run.dir=run"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=finetune_env(),
-        timeout=300,
-    )
+    with one_torch_thread():  # in this process (exit code 3 from a process: the DDP test below)
+        out = cli_in_process(*TWO_EPOCHS, "schedule.lr=1e6", "hydra.run.dir=run", cwd=tmp_path)
     assert out.returncode == 3, out.stderr[-3000:]
     assert "training diverged in phase 'probe' at step" in _diverged_line(out.stderr)
     assert not (tmp_path / "run" / "metrics.json").exists()

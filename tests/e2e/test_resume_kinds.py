@@ -22,7 +22,7 @@ from PIL import Image
 from finetune.data.datamodule import ClassificationDataModule
 from finetune.data.transforms import Preprocessing
 
-from ..helpers import RESUMABLE_TWO_EPOCHS, squares, start_finetune, start_interrupted
+from ..helpers import RESUMABLE_TWO_EPOCHS, cli_in_process, one_torch_thread, squares, start_interrupted
 
 
 def _noise_images(root: Path, per_class: int = 16, side: int = 40) -> list[tuple[str, str]]:
@@ -73,9 +73,6 @@ def _test_metrics(run_dir: Path) -> dict:
 def _assert_resume_matches_uninterrupted(tmp_path: Path, args: list[str], signal_name: str, batch: int = 3) -> None:
     """Run ``args`` whole and interrupted by ``signal_name`` at ``batch`` of epoch 2, resume the
     interrupted run, and compare every test metric (abs 1e-6, as the SIGKILL test of test_phases)."""
-    # The uninterrupted reference is a process too: run in the pytest worker instead (with its loader workers),
-    # this file took 243 s of a full `make test` against 92 s this way.
-    whole = start_finetune(*args, "hydra.run.dir=whole", cwd=tmp_path)
     interrupted = start_interrupted(
         *args,
         "hydra.run.dir=interrupted",
@@ -85,10 +82,12 @@ def _assert_resume_matches_uninterrupted(tmp_path: Path, args: list[str], signal
         batch=batch,
         log=tmp_path / "interrupted.log",
     )
-    _, whole_err = whole.communicate(timeout=300)
+    # The uninterrupted reference in this process (an interpreter start less), beside the interrupted one
+    with one_torch_thread():
+        whole = cli_in_process(*args, "hydra.run.dir=whole", cwd=tmp_path)
     interrupted.wait(timeout=300)
     interrupted_log = (tmp_path / "interrupted.log").read_text()
-    assert whole.returncode == 0, whole_err[-3000:]
+    assert whole.returncode == 0, whole.stderr[-3000:]
 
     run = tmp_path / "interrupted"
     assert not (run / "metrics.json").exists(), interrupted_log[-3000:]
@@ -97,10 +96,10 @@ def _assert_resume_matches_uninterrupted(tmp_path: Path, args: list[str], signal
     if signal_name != "SIGKILL":  # the line the interrupt printed names the command run next
         assert "`finetune resume=" in interrupted_log and "continues from" in interrupted_log, interrupted_log[-3000:]
 
-    resumed = start_finetune("resume=interrupted", cwd=tmp_path)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-3000:]
-    assert "resuming" in out, out[-3000:]
+    with one_torch_thread():  # the resume here too (resumes in a process: test_gpu_paths, test_faults_concurrency)
+        resumed = cli_in_process("resume=interrupted", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout, resumed.stdout[-3000:]
     assert (run / "logs" / "finetune" / "attempt-2").is_dir()  # epoch 2 was trained again, by the resume
 
     expected, got = _test_metrics(tmp_path / "whole"), _test_metrics(run)

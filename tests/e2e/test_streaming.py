@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ..helpers import RESUMABLE_TWO_EPOCHS, assert_refused, run_finetune, start_finetune, start_interrupted
+from ..helpers import (
+    RESUMABLE_TWO_EPOCHS,
+    assert_refused,
+    cli_in_process,
+    one_torch_thread,
+    start_interrupted,
+)
 
 # The resume tests' two epochs on the stream. Two loader workers: LitData shards the stream between them.
 TWO_EPOCHS = [
@@ -36,7 +42,7 @@ def packed(tmp_path_factory) -> Path:
             Image.fromarray(rng.integers(low, high, (40, 40, 3), dtype=np.uint8)).save(
                 folder / "images" / label / f"{i}.png"
             )
-    out = run_finetune("pack", "dataset=imagefolder", "dataset.root=images", "out=pack", cwd=folder)
+    out = cli_in_process("pack", "dataset=imagefolder", "dataset.root=images", "out=pack", cwd=folder)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "train/val/test = 22/5/5" in out.stdout
     return folder
@@ -53,7 +59,6 @@ def _validated_epochs(run_dir: Path) -> int:
 
 def test_a_stream_resumes_after_sigkill_mid_epoch_as_if_never_stopped(packed):
     cwd = packed
-    whole = start_finetune(*TWO_EPOCHS, "hydra.run.dir=whole", cwd=cwd)
     interrupted = start_interrupted(
         *TWO_EPOCHS,
         "hydra.run.dir=interrupted",
@@ -61,20 +66,23 @@ def test_a_stream_resumes_after_sigkill_mid_epoch_as_if_never_stopped(packed):
         signal_name="SIGKILL",
         epoch=1,
         batch=2,
+        log=cwd / "interrupted.log",
     )
-    interrupted_log = interrupted.communicate(timeout=300)[0]
-    _, whole_err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, whole_err[-3000:]
+    with one_torch_thread():  # the uninterrupted reference in this process (an interpreter start less)
+        whole = cli_in_process(*TWO_EPOCHS, "hydra.run.dir=whole", cwd=cwd)
+    interrupted.wait(timeout=300)
+    interrupted_log = (cwd / "interrupted.log").read_text()
+    assert whole.returncode == 0, whole.stderr[-3000:]
     run = cwd / "interrupted"
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").exists(), interrupted_log[
         -3000:
     ]
     assert _validated_epochs(run) == 1, interrupted_log[-3000:]  # killed inside epoch 2
 
-    resumed = start_finetune("resume=interrupted", cwd=cwd)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-3000:]
-    assert "resuming" in out, out[-3000:]
+    with one_torch_thread():  # the resume in this process too
+        resumed = cli_in_process("resume=interrupted", cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout, resumed.stdout[-3000:]
     expected, got = _test_metrics(cwd / "whole"), _test_metrics(run)
     assert got.keys() == expected.keys()
     differing = {k: (got[k], expected[k]) for k in expected if got[k] != pytest.approx(expected[k], abs=1e-6)}
@@ -82,19 +90,22 @@ def test_a_stream_resumes_after_sigkill_mid_epoch_as_if_never_stopped(packed):
 
 
 def test_plan_reads_the_pack_index_only_and_a_complete_pack_is_refused(packed):
-    out = run_finetune("plan", *TWO_EPOCHS, cwd=packed)
+    out = cli_in_process("plan", *TWO_EPOCHS, cwd=packed)  # the command's output only: in this process
     assert out.returncode == 0, out.stderr[-3000:]
     assert "brighter=11, darker=11" in out.stdout, out.stdout[-3000:]
-    assert_refused(run_finetune("pack", "dataset=digits", "out=pack", cwd=packed), "already holds a complete pack")
+    assert_refused(cli_in_process("pack", "dataset=digits", "out=pack", cwd=packed), "already holds a complete pack")
 
 
 @pytest.fixture
 def s3_server(monkeypatch) -> str:
     """An S3-compatible server (moto) on 127.0.0.1 with a bucket ``packs``, for this test only; its endpoint and
     credentials are given the way boto3 and LitData read them (AWS_* variables)."""
+    import multiprocessing
+
     import boto3
     from moto.server import ThreadedMotoServer
 
+    method = multiprocessing.get_start_method()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -109,6 +120,9 @@ def s3_server(monkeypatch) -> str:
     boto3.client("s3").create_bucket(Bucket="packs")
     yield "s3://packs"
     server.stop()
+    # LitData sets its start method (spawn) for the whole process when it packs to S3: the later tests of this
+    # pytest worker would spawn a fresh interpreter for every DataLoader worker
+    multiprocessing.set_start_method(method, force=True)
 
 
 def test_a_pack_on_s3_is_written_read_back_and_streamed(s3_server, tmp_path):

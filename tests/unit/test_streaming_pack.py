@@ -8,7 +8,9 @@ import functools
 import io
 import itertools
 import json
+import multiprocessing
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,7 @@ def test_a_pack_that_stored_arrays_as_png_still_reads(digits_pack, tmp_path):
         chunk_bytes="64MB",
         num_workers=1,
         verbose=False,
+        start_method="fork",  # as pack() does here: no fresh interpreter, and this process is left forking
     )
     packed = load_streaming_source(dataset_config({"kind": "streaming", "uri": str(tmp_path)})).splits["train"]
     assert not isinstance(packed.stream.open()[0]["image"], np.ndarray)  # encoded bytes
@@ -121,6 +124,21 @@ def test_a_complete_pack_is_refused_and_left_as_it_was(digits_pack):
     with pytest.raises(DatasetError, match=r"already holds a complete pack .*nothing was overwritten"):
         pack(source, dataset_config({"kind": "digits"}), str(out), multilabel=False)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LitData's own start method elsewhere")
+def test_a_local_pack_forks_its_worker_and_leaves_later_loader_workers_forked(tmp_path, monkeypatch):
+    import litdata
+
+    optimize, methods = litdata.optimize, []
+    monkeypatch.setattr(litdata, "optimize", lambda **kw: methods.append(kw["start_method"]) or optimize(**kw))
+    multiprocessing.set_start_method("spawn", force=True)  # as LitData's default left it
+    try:
+        _packed(_folder(tmp_path / "images", per_class=2), {"kind": "imagefolder", "root": str(tmp_path / "images")})
+        assert methods == ["fork"] * len(SPLITS)  # no fresh interpreter per split
+        assert multiprocessing.get_start_method() == "fork"  # this process's later DataLoader workers too
+    finally:
+        multiprocessing.set_start_method("fork", force=True)  # Linux's default, for the tests after this one
 
 
 def test_an_unfinished_pack_is_not_a_pack(digits_pack, tmp_path):
