@@ -8,11 +8,14 @@ bad config is reported before torch or Lightning are imported.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.metadata
+import re
 import sys
 from collections.abc import Sequence
 
-from finetune.commands.args import print_stopped
+from finetune.commands.args import print_error, print_stopped
 from finetune.run.errors import RunInterrupted
 from finetune.run.warning_filters import quiet_library_chatter
 
@@ -31,16 +34,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "learning-rate range test on the phase that will train: finetune lr-find <overrides> [phase=…]",
     ),
     "advise": ("finetune.commands.advise:main", "linear probes by stage on your data -> freeze depth, schedule, lrs"),
+    "inspect": (
+        "finetune.commands.inspect:main",
+        "the data before the model: balance, duplicates, leaks, label issues",
+    ),
     "predict": ("finetune.commands.predict:main", "predict images (or masks) with an export: export=... inputs=..."),
     "export": ("finetune.commands.export:main", "export a run: head, safetensors, onnx, pt2, timm folder"),
+    "backbones": (
+        "finetune.commands.backbones:main",
+        "pretrained timm models [filter]: input size, offline weights",
+    ),
     "summary": ("finetune.commands.summary:main", "count units, weights and connections per layer and stage"),
     "explain": ("finetune.commands.explain:main", "Grad-CAM, activations and filters of a run on your images"),
     "report": ("finetune.commands.report:main", "(re)write a run's report.html"),
+    "evaluate": (
+        "finetune.commands.evaluate:main",
+        "robustness: a run on corrupted copies of its test split: run=... corruptions=medmnistc|imagenet-c",
+    ),
     "pack": (
         "finetune.commands.pack:main",
         "pack a dataset into LitData chunks for dataset=streaming: dataset=... out=<folder or s3://…>",
     ),
 }
+LIBRARIES = ("torch", "torchvision", "timm", "lightning")  # the versions ``finetune --version`` names
+_WORD = re.compile(r"[A-Za-z][\w-]*")  # a bare word: neither key=value nor a flag nor an override (+key, ~key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
+    if args and args[0] in ("-V", "--version"):
+        print(versions())
+        return 0
+    if args and args[0] not in COMMANDS and _WORD.fullmatch(args[0]):
+        return print_error(unknown_command(args[0]))
     name = args[0] if args and args[0] in COMMANDS else "train"
     rest = args[1:] if args and args[0] in COMMANDS else args
     module, _, function = COMMANDS[name][0].partition(":")
@@ -66,7 +88,28 @@ def usage() -> str:
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     lines += [
         "",
-        "finetune train --help lists the config groups (dataset, backbone, schedule, head, augment,",
-        "trainer) and their options; finetune <command> --help explains a command.",
+        "finetune train --help lists the config groups (dataset, backbone, schedule, head",
+        "…), their options and the recipes (+classification=digits, +medical=blood, …);",
+        "finetune <command> --help explains a command; finetune --version: the versions.",
     ]
+    return "\n".join(lines)
+
+
+def unknown_command(word: str) -> str:
+    """``finetune exprot``: the nearest command, where one is close, and every command."""
+    near = difflib.get_close_matches(word, COMMANDS, n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"unknown command {word!r}; {hint}commands: {', '.join(COMMANDS)} (or key=value overrides to train)"
+
+
+def versions() -> str:
+    """``finetune --version``: finetune's version, then the libraries' (read from their metadata, not imported)."""
+    from finetune.version import __version__
+
+    lines = [f"finetune {__version__}"]
+    for name in LIBRARIES:
+        try:
+            lines.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            lines.append(f"{name} (not installed)")
     return "\n".join(lines)

@@ -14,3 +14,8 @@ def conf_dir() -> Path:
 def recipes_dir() -> Path:
     """The complete experiments shipped with the package."""
     return Path(str(files("finetune.recipes")))
+
+
+def config_groups() -> set[str]:
+    """The config groups a command line may select (``conf/<group>/``, ``recipes/<group>/``)."""
+    return {p.name for root in (conf_dir(), recipes_dir()) for p in root.iterdir() if p.is_dir() and p.name[0] != "_"}

@@ -26,6 +26,9 @@ JSON_NAME, PLOT_NAME = "advice.json", "advice.png"
 READ_FROM_SCHEDULE = {f.name: f.default for f in dataclasses.fields(PhaseSchema)}
 _ABSENT = object()
 
+# advise's own key=value options (every other argument is a training override); out: the run directory to write
+OPTIONS: dict[str, str | None] = {"out": None}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """finetune advise: which stages to freeze and how to train, measured on your data.
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         own, overrides = split_tool_args(
             args,
-            {"out": None},
+            OPTIONS,
             "+classification=hymenoptera dataset.root=DIR",
             "advise writes its own run directory; choose it with out=DIR",
         )
@@ -69,6 +72,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(overrides: list[str], out: str | None) -> int:
     """Check the config, claim the run directory, probe, recommend, write, print; an exit code."""
+    try:
+        advice = advise(overrides, out)
+    except (FinetuneError, OSError) as err:
+        return print_error(err)
+    print(advice.text())
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Advice:
+    """What ``finetune advise`` measured and recommends: the probes, the recommendation, the training overrides
+    with its settings (``command``: the command line), and the files written."""
+
+    probing: Probing
+    recommendation: Recommendation
+    overrides: list[str]
+    command: str
+    json: Path
+    plot: Path
+
+    def text(self) -> str:
+        """What ``finetune advise`` prints: the table, the recommendation, the timings and the command."""
+        seconds = self.probing.seconds
+        return "\n".join(
+            [
+                report(self.probing, self.recommendation),
+                f"measured in {seconds['total']:.1f} s (build {seconds['build']:.1f}, features "
+                f"{seconds['features']:.1f}, probes {seconds['probes']:.1f}); wrote {self.json} and {self.plot}",
+                "train with:",
+                self.command,
+            ]
+        )
+
+
+def advise(overrides: list[str], out: str | None) -> Advice:
+    """Check the config, claim the run directory (``out``, or a new one), probe, recommend and write
+    (``finetune advise`` and ``finetune.advise``)."""
     from finetune.commands.precheck import check_config
     from finetune.run.rundir import claim_run_dir, forget_claims, release_if_unused
     from finetune.tasks.registry import get_task
@@ -93,21 +133,13 @@ def run(overrides: list[str], out: str | None) -> int:
         probing = measure(task, cfg)
         data = probing.data
         advice = recommend(probing.curve(), data.val, data.per_class, data.imbalance, probing.transformer)
-        command = shlex.join(["finetune", *ready_overrides(overrides, advice.settings)])
+        ready = ready_overrides(overrides, advice.settings)
+        command = shlex.join(["finetune", *ready])
         json_path, plot_path = write_advice(run_dir, probing, advice, command, overrides)
-    except (FinetuneError, OSError) as err:
-        return print_error(err)
     finally:
         if run_dir is not None:
             release_if_unused(run_dir)  # refused before anything was written: no clutter
-    print(report(probing, advice))
-    print(
-        f"measured in {probing.seconds['total']:.1f} s (build {probing.seconds['build']:.1f}, features "
-        f"{probing.seconds['features']:.1f}, probes {probing.seconds['probes']:.1f}); wrote {json_path} and {plot_path}"
-    )
-    print("train with:")
-    print(command)
-    return 0
+    return Advice(probing, advice, ready, command, json_path, plot_path)
 
 
 def override_value(value: object) -> str:

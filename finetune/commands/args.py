@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from finetune.resources import config_groups
 from finetune.run.errors import ConfigError, FinetuneError, RunInterrupted, TrainingDiverged
 
 if TYPE_CHECKING:
@@ -36,14 +38,22 @@ def parse_args(
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in defaults:
-            raise FinetuneError(
-                f"{command}: unexpected argument {item!r}; use key=value with keys {', '.join(defaults)}"
-            )
+            raise FinetuneError(unexpected_argument(command, item, list(defaults)))
         args[key] = value
     missing = [k for k in required if not args.get(k)]
     if missing:
         raise FinetuneError(f"{command}: missing {', '.join(f'{k}=…' for k in missing)} (see --help)")
     return args
+
+
+def unexpected_argument(command: str, item: str, keys: Sequence[str]) -> str:
+    """``finetune export rn=x``: the key it most likely misspells (``run=x``), where one is close, and every key."""
+    key, sep, value = item.partition("=")
+    near = difflib.get_close_matches(key, keys, n=1)
+    if near:
+        guess = f"{near[0]}={value if sep else '…'}"
+        return f"{command}: unexpected argument {item!r}; did you mean {guess}? keys: {', '.join(keys)}"
+    return f"{command}: unexpected argument {item!r}; use key=value with keys {', '.join(keys)}"
 
 
 def parse_flag(value: str | None, key: str) -> bool:
@@ -111,13 +121,6 @@ def compose_unchecked(overrides: Sequence[str], with_hydra: bool = False) -> Dic
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
-def config_groups() -> set[str]:
-    """The config groups a command line may select (``conf/<group>/``, ``recipes/<group>/``)."""
-    from finetune.resources import conf_dir, recipes_dir
-
-    return {p.name for root in (conf_dir(), recipes_dir()) for p in root.iterdir() if p.is_dir() and p.name[0] != "_"}
-
-
 def override_value(argv: Sequence[str], key: str) -> str | None:
     """The value of the last ``key=…`` (also ``+key=``/``++key=``) on the command line."""
     values = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")]
@@ -129,7 +132,9 @@ def split_tool_args(
 ) -> tuple[dict[str, str | None], list[str]]:
     """A tool that takes training overrides (``lr-find``, ``advise``): its own ``key=value`` options
     (``defaults``) and every other argument as a training override; ``hydra.*`` is refused with
-    ``hydra_hint`` (the tool chooses its directory)."""
+    ``hydra_hint`` (the tool chooses its directory); a misspelt option (``phse=1``) is refused naming the option."""
+    from finetune.commands.config_errors import tool_option
+
     own, overrides = dict(defaults), []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -139,6 +144,8 @@ def split_tool_args(
             raise FinetuneError(f"{arg}: {hydra_hint}")
         if key in defaults:
             own[key] = value
+        elif hint := tool_option(arg, list(defaults)):
+            raise FinetuneError(hint)
         else:
             overrides.append(arg)
     return own, overrides

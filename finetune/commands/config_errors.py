@@ -22,6 +22,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from finetune.resources import config_groups
 from finetune.run.keys import bracketed, declared_type, describe, dotted, override_key, parts, unwrap
 from finetune.run.schema import INSTEAD, KINDS, LIGHTNING_ELSEWHERE, TASKS
 
@@ -119,11 +120,91 @@ def unknown_key(shown: str, key: str, cfg: DictConfig | None, task: str | None) 
             f"{shown}: {key} is a key of {group}={'|'.join(others)}, and this run's {group} is {kind}; "
             f"remove it, or choose {group}={others[0]}"
         )
-    near = difflib.get_close_matches(bracketed(key), _candidates(cfg, key), n=1, cutoff=0.6)
-    if near and "[" not in key:  # in the spelling the user typed: schedule.phases.0.lr
-        near = [dotted(near[0])]
-    hint = f"did you mean {near[0]}?" if near else "finetune train --cfg job lists every key"
+    near = nearest_key(key, cfg)
+    hint = f"did you mean {near}?{_owner_note(near, cfg, task)}" if near else "finetune train --cfg job lists every key"
     return f"{shown}: not a key of the config; {hint}"
+
+
+def tool_option(arg: str, options: Sequence[str]) -> str | None:
+    """``finetune lr-find phse=1``: the one line for an argument of a tool that takes training overrides which
+    is neither one of the tool's ``options`` nor a key of the config, where the nearest of both is an option
+    (``phase``); None otherwise (a key of the config, or nearer one: the config's checks word it)."""
+    key, _, value = arg.partition("=")
+    name = key.lstrip("+~")
+    top = {k for k in _known_keys(None) if "." not in k}
+    if name in top or "." in name or "/" in name:
+        return None
+    near = difflib.get_close_matches(name, [*options, *sorted(top)], n=1)
+    if not near or near[0] not in options:
+        return None
+    return (
+        f"{arg}: not an option of this command nor a key of the config; did you mean {near[0]}={value}? "
+        f"the command's options: {', '.join(options)}"
+    )
+
+
+def nearest_key(key: str, cfg: DictConfig | None) -> str | None:
+    """The key ``key`` most likely misspells, matched name by name: the first among the top-level keys, each next
+    one among the keys of the node chosen so far (``datset.root`` -> ``dataset.root``; a list index is kept). The
+    keys are the composed ``cfg``'s and those every task and kind declares; None where a name matches nothing."""
+    known = [parts(k) for k in _known_keys(cfg)]
+    chosen: list[str] = []  # the schema's names, "*" for a list index
+    shown: list[str] = []
+    for name in parts(key):
+        level = {k[len(chosen)] for k in known if len(k) > len(chosen) and k[: len(chosen)] == chosen}
+        if name.isdigit() and "*" in level:
+            chosen.append("*")
+            shown.append(name)
+            continue
+        near = [name] if name in level else difflib.get_close_matches(name, sorted(level - {"*"}), n=1, cutoff=0.6)
+        if not near:
+            return None
+        chosen.append(near[0])
+        shown.append(near[0])
+    found = ".".join(shown)
+    found = bracketed(found) if "[" in key else found  # in the spelling the user typed: schedule.phases.0.lr
+    return None if found == key else found
+
+
+def _known_keys(cfg: DictConfig | None) -> set[str]:
+    """Every dotted key the config may hold: ``cfg``'s (those ``+`` added excepted), every task schema's, every
+    kind's of a group of kinds (``dataset.root``) and the config groups (``+classification=…``, a recipe's); ``*``
+    stands for a list index (``schedule.phases.*.lr``)."""
+    keys = {k for schema in TASKS.values() for k in _schema_keys(schema)} | (config_groups() - {"hydra"})
+    for group, kinds in KINDS.items():
+        keys |= {f"{group}.{k}" for schema in kinds.values() for k in _schema_keys(schema)}
+    if cfg is not None:
+        keys |= {dotted(k) for k in leaf_keys(cfg) if declares(cfg, k)}
+    return keys
+
+
+def _schema_keys(schema: type, prefix: str = "") -> Iterator[str]:
+    """The dotted keys the dataclass ``schema`` declares, through nested schemas and lists of them."""
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        name = f"{prefix}{field.name}"
+        yield name
+        inner, _ = unwrap(hints[field.name])
+        args = typing.get_args(inner) if typing.get_origin(inner) is list else ()
+        if dataclasses.is_dataclass(inner):
+            yield from _schema_keys(inner, f"{name}.")
+        elif args and dataclasses.is_dataclass(args[0]):
+            yield from _schema_keys(args[0], f"{name}.*.")
+
+
+def _owner_note(key: str, cfg: DictConfig | None, task: str | None) -> str:
+    """`` (a key of task=segmentation)`` / `` (a key of dataset=imagefolder|csv)`` where the suggested ``key`` is
+    not one of this run's config but of another task's or kind's; else ""."""
+    if cfg is None or "[" in key or any(p.isdigit() for p in parts(key)):
+        return ""
+    if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT and declares(cfg, key):
+        return ""
+    owner = next((t for t, schema in TASKS.items() if t != task and _declares(schema, key)), None)
+    if owner:
+        return f" (a key of task={owner})"
+    group, _, name = key.partition(".")
+    kinds = [k for k, schema in KINDS.get(group, {}).items() if _declares(schema, name)]
+    return f" (a key of {group}={'|'.join(kinds)})" if kinds else ""
 
 
 def config_access_error(err: OmegaConfBaseException) -> str:
@@ -176,16 +257,6 @@ def _fields(cfg: DictConfig, parent: str) -> list[str] | None:
         node = OmegaConf.select(cfg, parent, default=None, throw_on_missing=False) if parent else cfg
         declared = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
     return [f.name for f in dataclasses.fields(declared)] if dataclasses.is_dataclass(declared) else None
-
-
-def _candidates(cfg: DictConfig | None, key: str) -> list[str]:
-    """The keys ``key`` may be a misspelling of: every key of ``cfg`` and those of ``key``'s parent (e.g. a
-    list entry's)."""
-    if cfg is None:
-        return []
-    parent = bracketed(key).rpartition(".")[0]
-    keys = [k for k in leaf_keys(cfg) if declares(cfg, k)]  # not a key a "+" added
-    return [*keys, *(f"{parent}.{name}" for name in (_fields(cfg, parent) or []) if parent)]
 
 
 def _bad_override(arg: str, cause: BaseException, base: DictConfig | None) -> str | None:

@@ -40,10 +40,25 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from finetune.commands.args import parse_args, parse_flag, run_command
+
+if TYPE_CHECKING:
+    from finetune.export.writing import ExportResult
+
+# finetune export's key=value options and their defaults (None: required or unset)
+OPTIONS: dict[str, str | None] = {
+    "run": None,
+    "format": "head",
+    "out": None,
+    "overwrite": "false",
+    "images": None,
+    "weights": None,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,23 +69,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export_command(argv: list[str]) -> None:
     args = parse_args(
         argv,
-        {"run": None, "format": "head", "out": None, "overwrite": "false", "images": None, "weights": None},
+        OPTIONS,
         ["run"],
         "finetune export",
     )
-    from finetune.export.writing import export_run, print_results
+    overwrite = parse_flag(args["overwrite"], "overwrite")
+    from finetune.export.writing import print_results  # torch only once the arguments are good
+
+    results = export(args["run"], args["format"].split(","), args["out"], overwrite, args["images"], args["weights"])
+    print_results(results, Console())
+
+
+def export(
+    run: str | Path,
+    formats: Sequence[str],
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    images: str | None = None,
+    weights: str | None = None,
+) -> list[ExportResult]:
+    """Export the run directory (or checkpoint) ``run`` in ``formats`` holding its lock (``finetune export`` and
+    ``Run.export`` of the Python API); what was written."""
+    from finetune.export.writing import export_run
     from finetune.run.lock import outside, run_lock
-    from finetune.run.records import find_checkpoint, run_config  # torch only once the arguments are good
+    from finetune.run.records import find_checkpoint, run_config
     from finetune.tasks.registry import get_task
 
-    task = get_task(run_config(args["run"]).task)
-    overwrite = parse_flag(args["overwrite"], "overwrite")
-    run_dir = find_checkpoint(args["run"])[0]
-    with run_lock([run_dir], "finetune export", outside(run_dir, args["out"])):
-        results = export_run(
-            args["run"], task, args["format"].split(","), args["out"], overwrite, args["images"], args["weights"]
-        )
-    print_results(results, Console())
+    task = get_task(run_config(run).task)
+    run_dir = find_checkpoint(run)[0]
+    with run_lock([run_dir], "finetune export", outside(run_dir, out)):
+        return export_run(run, task, formats, out, overwrite, images, weights)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from finetune.commands.args import compose_config, positive_int, print_error, split_tool_args, tool_run_dir
 from finetune.run.errors import FinetuneError
 
-DEFAULTS: dict[str, str | None] = {"phase": None, "min_lr": "1e-6", "max_lr": "1", "steps": "100"}
+OPTIONS: dict[str, str | None] = {"phase": None, "min_lr": "1e-6", "max_lr": "1", "steps": "100"}
 MIN_STEPS = 20  # Lightning's suggestion skips the first 10 points and the last one
 
 
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         own, overrides = split_tool_args(
             args,
-            DEFAULTS,
+            OPTIONS,
             "+classification=digits phase=0",
             "lr-find writes a new directory runs/<time>_lr-find_… under the current "
             "directory; run it from where runs/ should be",
@@ -70,7 +70,7 @@ def scan_options(own: dict[str, str | None]) -> tuple[float, float, int]:
     if steps < MIN_STEPS:
         raise FinetuneError(
             f"steps={steps}: too few for a suggestion (it skips the first 10 points); "
-            f"use steps>={MIN_STEPS} (default {DEFAULTS['steps']})"
+            f"use steps>={MIN_STEPS} (default {OPTIONS['steps']})"
         )
     return min_lr, max_lr, steps
 

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from finetune.commands.args import compose_config, run_command
 from finetune.run.errors import ConfigError
 
+# pack's own key=value option (every other argument is a dataset override): where the pack is written (required)
+OPTIONS: dict[str, str | None] = {"out": None}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_command(pack_command, __doc__, argv)
@@ -26,8 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def pack_command(argv: list[str]) -> None:
     """Check the command line and the config (no torch), then pack."""
-    outs = [a.partition("=")[2] for a in argv if a.startswith("out=")]
-    overrides = [a for a in argv if not a.startswith("out=")]
+    outs = [a.partition("=")[2] for a in argv if a.partition("=")[0] in OPTIONS]
+    overrides = [a for a in argv if a.partition("=")[0] not in OPTIONS]
     if not outs or not outs[-1]:
         raise ConfigError("pack: missing out=<folder or s3://bucket/prefix> (where the pack is written)")
     out = outs[-1]

@@ -40,28 +40,27 @@ from finetune.run.errors import MAX_LISTED, choice
 ON_ERROR = ("stop", "skip")
 
 
+# finetune predict's key=value options and their defaults (None: required or unset)
+OPTIONS: dict[str, str | None] = {
+    "export": None,
+    "inputs": None,
+    "topk": "5",
+    "out": None,
+    "overwrite": "false",
+    "batch_size": "32",
+    "weights": None,
+    "on_error": "stop",
+    "allow_unverified": "false",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``finetune predict``: exit 0, or 2 with one ``finetune: error:`` line."""
     return run_command(_predict_command, __doc__, argv)
 
 
 def _predict_command(argv: list[str]) -> None:
-    args = parse_args(
-        argv,
-        {
-            "export": None,
-            "inputs": None,
-            "topk": "5",
-            "out": None,
-            "overwrite": "false",
-            "batch_size": "32",
-            "weights": None,
-            "on_error": "stop",
-            "allow_unverified": "false",
-        },
-        ["export", "inputs"],
-        "finetune predict",
-    )
+    args = parse_args(argv, OPTIONS, ["export", "inputs"], "finetune predict")
     choice(
         "on_error", args["on_error"], ON_ERROR, "stop: an unreadable input stops the command; skip: predict the others"
     )

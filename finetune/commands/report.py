@@ -8,6 +8,8 @@ from pathlib import Path
 
 from finetune.commands.args import parse_args, run_command
 
+OPTIONS: dict[str, str | None] = {"run": None}  # finetune report's key=value options (run: required)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``finetune report``: exit 0, or 2 with one ``finetune: error:`` line."""
@@ -15,13 +17,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report_command(argv: list[str]) -> None:
-    args = parse_args(argv, {"run": None}, ["run"], "finetune report")
+    args = parse_args(argv, OPTIONS, ["run"], "finetune report")
+    print(f"report written to {report(args['run'])}")
+
+
+def report(run: str | Path) -> Path:
+    """(Re)write the report of the run directory ``run`` holding its lock (``finetune report`` and ``Run.report``
+    of the Python API); its path."""
     from finetune.report.html import write_report
     from finetune.run.lock import run_lock
     from finetune.run.records import run_config  # torch only once the arguments are good
     from finetune.tasks.registry import get_task
 
-    run_dir = Path(args["run"]).expanduser()
+    run_dir = Path(run).expanduser()
     task = get_task(run_config(run_dir).task)
     with run_lock([run_dir], "finetune report"):
-        print(f"report written to {write_report(run_dir, task)}")
+        return write_report(run_dir, task)

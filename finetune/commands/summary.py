@@ -46,7 +46,7 @@ from finetune.models.summary import (
 )
 from finetune.run.errors import FinetuneError
 
-_DEFAULTS: dict[str, str | None] = {
+OPTIONS: dict[str, str | None] = {
     "input_size": None,
     "in_chans": None,
     "classes": None,
@@ -87,7 +87,7 @@ def summary_command(argv: list[str]) -> None:
         raise FinetuneError("format=csv writes one table: choose per=layer or per=stage")
     input_size, in_chans, classes = (_positive_int(k, own[k]) for k in ("input_size", "in_chans", "classes"))
     if own["run"] is not None:
-        changes = [f"{k}={own[k]}" for k in _DEFAULTS if k not in (*_OUTPUT_KEYS, "run") and own[k]]
+        changes = [f"{k}={own[k]}" for k in OPTIONS if k not in (*_OUTPUT_KEYS, "run") and own[k]]
         if changes or overrides:
             raise FinetuneError(
                 f"run= summarises the model the run trained: drop {' '.join(changes + overrides)} "
@@ -108,16 +108,16 @@ def summary_command(argv: list[str]) -> None:
 
 def split_args(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
     """Summary's own ``key=value`` options, and every other argument as a Hydra override."""
-    own = dict(_DEFAULTS)
+    own = dict(OPTIONS)
     overrides = []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
             raise FinetuneError(f"argument {arg!r} is not key=value, e.g. backbone=resnet18 input_size=224")
         plain = key.lstrip("+~")
-        if plain in _DEFAULTS and plain != key:
+        if plain in OPTIONS and plain != key:
             raise FinetuneError(f"{arg}: {plain} is an option of summary, not a config key: write {plain}={value}")
-        if key in _DEFAULTS:
+        if key in OPTIONS:
             own[key] = value
         else:
             _refuse_other_sources(key, value)

@@ -37,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from finetune.commands.args import compose_config, print_error, print_stopped
 from finetune.commands.args import override_value as _value
 from finetune.commands.config_errors import config_access_error
+from finetune.commands.train_help import help_template
 from finetune.resources import conf_dir
 from finetune.run.artifacts import write_json
 from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
@@ -59,6 +60,9 @@ NO_JOB_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "
 OmegaConf.register_new_resolver("unique_dir", unique_run_dir, use_cache=True, replace=True)
 # hydra.sweeper.direction: ${search_direction:${monitor}} -> minimize for a loss, else maximize
 OmegaConf.register_new_resolver("search_direction", direction, replace=True)
+# finetune train --help: Hydra's help with the recipes listed (finetune.commands.train_help)
+OmegaConf.register_new_resolver("finetune_help", help_template, replace=True)
+HELP_FLAGS = ("--help", "-h")
 
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
@@ -188,8 +192,6 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
 
 
 def _run(cfg: DictConfig) -> float | None:
-    from finetune.training.distributed import launch_workers, wants_processes
-
     hydra_cfg = HydraConfig.get()
     run_dir, resume_from = Path(hydra_cfg.runtime.output_dir), None
     cfg_resumed = cfg.resume
@@ -209,16 +211,23 @@ def _run(cfg: DictConfig) -> float | None:
     if searching:
         check_search(hydra_cfg, cfg)  # before any work: no -m, plan=true, the wrong direction
     detach_from_study(cfg, hydra_cfg, resumed=bool(cfg_resumed))
-    # One process at a time in a run directory (a resume took its lock before Hydra started: kept)
-    with run_lock([] if cfg.plan else [run_dir], "finetune resume" if cfg_resumed else "finetune train"):
-        if cfg.plan or not wants_processes(cfg):
-            metrics = train(cfg, run_dir, resume_from)
-        else:  # the workers work under this process's lock
-            code = launch_workers(cfg, run_dir, resume_from, resumed=bool(cfg_resumed))
-            if code != 0:
-                raise FinetuneError(f"a worker process failed (exit code {code}); see its output above")
-            metrics = json.loads((run_dir / "metrics.json").read_text())  # rank 0 printed the results
+    metrics = train_claimed(cfg, run_dir, resume_from, resumed=bool(cfg_resumed))
     return objective(metrics) if searching else None
+
+
+def train_claimed(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, resumed: bool = False) -> dict:
+    """Train ``cfg`` into ``run_dir`` (claimed by this process, or the run it resumes) under the run directory's
+    lock, here or in launched workers; the metrics. The command line and ``finetune.train`` both end here."""
+    from finetune.training.launch import launch_workers, wants_processes
+
+    # One process at a time in a run directory (a resume took its lock before Hydra started: kept)
+    with run_lock([] if cfg.plan else [run_dir], "finetune resume" if resumed else "finetune train"):
+        if cfg.plan or not wants_processes(cfg):
+            return train(cfg, run_dir, resume_from)
+        code = launch_workers(cfg, run_dir, resume_from, resumed=resumed)  # under this process's lock
+        if code != 0:
+            raise FinetuneError(f"a worker process failed (exit code {code}); see its output above")
+        return json.loads((run_dir / "metrics.json").read_text())  # rank 0 printed the results
 
 
 def resumed_dir(argv: list[str]) -> Path | None:
@@ -368,6 +377,8 @@ def run(overrides: list[str]) -> None:
         resumed.enter_context(lock_resumed_run(overrides))
     except FinetuneError as err:
         sys.exit(print_error(err))
+    if set(HELP_FLAGS) & set(overrides):
+        overrides = [*overrides, "hydra.help.template=${finetune_help:}"]
     sys.argv = [sys.argv[0], *run_dir_for_resume(_wrap_interpolated(overrides))]
     register_search_sweeper()
     try:

@@ -76,6 +76,11 @@ class FinetuneDataModule(L.LightningDataModule):
         return 1 if self.grayscale == "adapt" and self.info.image_channels == 1 else 3
 
     @property
+    def test_is_val(self) -> bool:
+        """Whether the dataset has no test split of its own, so the test runs on the val split."""
+        return self.splits["test"] is self.splits["val"]
+
+    @property
     def split_sizes(self) -> dict[str, int]:
         """Images per split: {"train": ..., "val": ..., "test": ...}."""
         return {name: len(split) for name, split in self.splits.items()}

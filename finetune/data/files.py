@@ -8,7 +8,9 @@ GIFs (DRIVE's are).
 
 Folder links: a folder link is followed only where it leads outside the tree being walked (and the
 caller allows that); a link back into the tree would list images twice, under another class, or
-loop forever (``ants/loop -> ..``). Links not followed are named in one warning line.
+loop forever (``ants/loop -> ..``). Links not followed are named in one warning line, and so are the
+files a folder holds that are not images (why, and how to include them); a CSV row naming one is
+refused, or left out with ``dataset.on_error=skip`` (``finetune.data.folders``), for the same reason.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ def is_image(path: Path, extensions: frozenset[str] = INPUT_EXTENSIONS) -> bool:
     return path.suffix.lower() in extensions
 
 
+def why_not_read(path: Path, extensions: frozenset[str] = INPUT_EXTENSIONS) -> str:
+    """Why ``path`` (``is_image`` false) is not read, for the line that names it."""
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        return "GIF: a 256-colour palette, often animated, mostly placeholders"
+    return f"{suffix or 'no suffix'}: not {suffixes(extensions)}"
+
+
+def suffixes(extensions: frozenset[str]) -> str:
+    """``extensions`` for a message: ``.bmp, .jpeg, …``."""
+    return ", ".join(sorted(extensions))
+
+
 def find_images(spec: str) -> list[Path]:
     """Image files (DICOM included) named by comma-separated files, folders (searched recursively;
     folder links followed unless they lead back into the folder) or globs (``**`` follows no link)."""
@@ -52,7 +67,7 @@ def find_images(spec: str) -> list[Path]:
     if not found:
         raise FinetuneError(
             f"no images found in {spec!r}: give image files, folders or globs "
-            f"(extensions {', '.join(sorted(INPUT_EXTENSIONS))}), comma-separated"
+            f"(extensions {suffixes(INPUT_EXTENSIONS)}), comma-separated"
         )
     return list(found)
 
@@ -79,6 +94,7 @@ class FolderWalker:
         self.follow_outside = follow_outside
         self.hint = hint
         self.skipped: dict[Path, str] = {}  # link → why it was not followed
+        self.left_out: dict[Path, frozenset[str]] = {}  # file that is not an image → the extensions asked for
         self._entered: set[str] = set()  # real paths of the outside folders already walked
         self._decided: dict[Path, bool] = {}  # link -> followed? (class folders are listed more than once)
 
@@ -88,22 +104,29 @@ class FolderWalker:
 
     def files(self, folder: Path, extensions: frozenset[str], recursive: bool = True) -> list[Path]:
         """Files under ``folder`` whose suffix is in ``extensions``: its own files (sorted), then each
-        subfolder's (recursively unless ``recursive`` is false); other files are logged as ignored."""
+        subfolder's (recursively unless ``recursive`` is false); the others are left out, for
+        ``warn_skipped`` to name."""
         found = list(self._walk(folder, recursive))
-        ignored = [f for f in found if not is_image(f, extensions)]
-        if ignored:
-            log.info("ignored %d non-image file(s) in %s, e.g. %s", len(ignored), folder, ignored[0].name)
+        self.left_out |= dict.fromkeys((f for f in found if not is_image(f, extensions)), extensions)
         return [f for f in found if is_image(f, extensions)]
 
     def warn_skipped(self) -> None:
-        """One warning line naming the folder links that were not followed (none: nothing)."""
-        if not self.skipped:
-            return
-        named = [f"{self._shown(link)} -> {os.readlink(link)} ({why})" for link, why in self.skipped.items()]
-        more = f"; ... and {len(named) - MAX_LISTED} more" if len(named) > MAX_LISTED else ""
-        log.warning(
-            "did not follow %d folder link(s) under %s: %s%s", len(named), self.top, "; ".join(named[:MAX_LISTED]), more
-        )
+        """One warning line naming the folder links that were not followed, one naming the files left
+        out as not images (why, and how to include them); nothing where there are none."""
+        if self.skipped:
+            named = [f"{self._shown(link)} -> {os.readlink(link)} ({why})" for link, why in self.skipped.items()]
+            log.warning("did not follow %d folder link(s) under %s: %s", len(named), self.top, one_line(named))
+        if self.left_out:
+            named = [f"{self._shown(path)} ({why_not_read(path, ext)})" for path, ext in self.left_out.items()]
+            wanted = frozenset().union(*self.left_out.values())
+            log.warning(
+                "left out %d file(s) under %s that are not images finetune reads: %s; to include one, convert "
+                "it to one of %s",
+                len(named),
+                self.top,
+                one_line(named),
+                suffixes(wanted),
+            )
 
     def _walk(self, folder: Path, recursive: bool) -> Iterator[Path]:
         entries = self._entries(folder)
@@ -144,9 +167,15 @@ class FolderWalker:
         self.skipped[folder] = why
         return False
 
-    def _shown(self, link: Path) -> str:
-        """``link`` relative to the folder walked, where it lies inside it."""
+    def _shown(self, path: Path) -> str:
+        """``path`` relative to the folder walked, where it lies inside it."""
         try:
-            return str(link.relative_to(self.top))
+            return str(path.relative_to(self.top))
         except ValueError:
-            return str(link)
+            return str(path)
+
+
+def one_line(named: list[str]) -> str:
+    """The first few of ``named`` on one line, and how many more there are."""
+    more = f"; ... and {len(named) - MAX_LISTED} more" if len(named) > MAX_LISTED else ""
+    return "; ".join(named[:MAX_LISTED]) + more

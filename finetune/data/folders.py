@@ -14,10 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from finetune.data.configs import CsvConfig, DicomFolderConfig, FolderConfig
-from finetune.data.files import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, INPUT_EXTENSIONS, FolderWalker, is_image
+from finetune.data.files import (
+    DICOM_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    INPUT_EXTENSIONS,
+    FolderWalker,
+    is_image,
+    one_line,
+    suffixes,
+    why_not_read,
+)
 from finetune.data.images import check_images
 from finetune.data.sources import Samples, Source, assemble_splits, class_counts
-from finetune.run.errors import MAX_LISTED, DatasetError, listing
+from finetune.run.errors import DatasetError, listing
 
 log = logging.getLogger(__name__)
 
@@ -114,19 +123,25 @@ def _image_rows(csv_path: Path, rows: list, on_error: str) -> tuple[list, int]:
     """The rows naming image files (finetune.data.files: the same suffixes as every route) and how many
     others were left out; others are refused (dataset.on_error=raise) or left out with a warning (=skip)."""
     kept = [row for row in rows if is_image(Path(row[1]))]
-    others = [f"line {line}: {raw_path!r}" for line, raw_path, *_ in rows if not is_image(Path(raw_path))]
+    others = [
+        f"line {line}: {raw_path!r} ({why_not_read(Path(raw_path))})"
+        for line, raw_path, *_ in rows
+        if not is_image(Path(raw_path))
+    ]
     if others and on_error == "raise":
         raise DatasetError(
-            f"{csv_path}: {len(others)} row(s) name files that are not images ({_one_line(others)}); images end "
-            f"in {', '.join(sorted(INPUT_EXTENSIONS))}: convert them (e.g. GIF to PNG) or remove the rows, or set "
-            "dataset.on_error=skip to leave them out"
+            f"{csv_path}: {len(others)} row(s) name files that are not images finetune reads ({one_line(others)}); "
+            f"to include one, convert it to one of {suffixes(INPUT_EXTENSIONS)} and point its row at the new file; "
+            "or remove the rows, or set dataset.on_error=skip to leave them out (as an image folder does)"
         )
     if others:
         log.warning(
-            "%s: left out %d row(s) naming files that are not images (dataset.on_error=skip): %s",
+            "%s: left out %d row(s) naming files that are not images finetune reads (dataset.on_error=skip): %s; "
+            "to include one, convert it to one of %s",
             csv_path,
             len(others),
-            _one_line(others),
+            one_line(others),
+            suffixes(INPUT_EXTENSIONS),
         )
     return kept, len(others)
 
@@ -149,12 +164,12 @@ def _locate_rows(csv_path: Path, rows: list, base: Path, config: CsvConfig) -> l
         located.append((row, path))
     if outside and not config.allow_outside_root:
         raise DatasetError(
-            f"{csv_path}: {len(outside)} path(s) lead outside {inside} ({_one_line(outside)}); set "
+            f"{csv_path}: {len(outside)} path(s) lead outside {inside} ({one_line(outside)}); set "
             "dataset.root to a folder that holds every image, or dataset.allow_outside_root=true to allow them"
         )
     if repeats and config.on_duplicate == "error":
         raise DatasetError(
-            f"{csv_path}: {len(repeats)} row(s) list an image already listed ({_one_line(repeats)}); remove "
+            f"{csv_path}: {len(repeats)} row(s) list an image already listed ({one_line(repeats)}); remove "
             "the repeated rows, or set dataset.on_duplicate=first to keep the first row of each image"
         )
     if repeats:
@@ -162,15 +177,9 @@ def _locate_rows(csv_path: Path, rows: list, base: Path, config: CsvConfig) -> l
             "%s: dropped %d repeated row(s) (dataset.on_duplicate=first): %s",
             csv_path,
             len(repeats),
-            _one_line(repeats),
+            one_line(repeats),
         )
     return located
-
-
-def _one_line(problems: list[str]) -> str:
-    """The first few problems on one line, and how many more there are."""
-    more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-    return "; ".join(problems[:MAX_LISTED]) + more
 
 
 def _csv_text(csv_path: Path) -> str:

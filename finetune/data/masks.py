@@ -15,7 +15,6 @@ Masks (``dataset.mask_mode``): ``index`` (pixel value = class index), ``binary``
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,6 @@ from finetune.data import DATASETS
 from finetune.data.files import IMAGE_EXTENSIONS, MASK_EXTENSIONS, FolderWalker
 from finetune.data.options import dataclass_values
 from finetune.run.errors import DatasetError
-
-log = logging.getLogger(__name__)
 
 MASK_MODES = ("index", "binary", "palette")
 BINARY_CLASSES = ("background", "foreground")
@@ -139,7 +136,9 @@ def _by_stem(folder: Path, extensions: frozenset[str], suffix: str = "") -> dict
             f"{folder} does not exist: put the files there, or name your folders with "
             "dataset.images_dir / dataset.masks_dir (layouts: conf/dataset/seg_folder.yaml)"
         )
-    files = FolderWalker(folder).files(folder, extensions, recursive=False)
+    walker = FolderWalker(folder)
+    files = walker.files(folder, extensions, recursive=False)
+    walker.warn_skipped()
     return {p.stem.removesuffix(suffix) if suffix else p.stem: p for p in files}
 
 
@@ -213,8 +212,7 @@ def _complete(splits: dict[str, list[Pair]], config: SegDatasetConfig) -> dict[s
     if "test" not in splits:
         if config.test_fraction:
             splits["train"], splits["test"] = _hold_out(splits["train"], config.test_fraction, config.split_seed + 1)
-        else:
-            log.warning("no test split: the test metrics are computed on the validation images")
+        else:  # said where the test runs (training), not by every command that loads the data
             splits["test"] = splits["val"]
     return {name: splits[name] for name in SPLITS}
 

@@ -3,7 +3,6 @@ val/test splits are carved from train."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,6 @@ import numpy as np
 
 from finetune.data.images import read_image
 from finetune.run.errors import DatasetError
-
-log = logging.getLogger(__name__)
 
 # What the targets mean: binary / multi-class (one class per image, softmax + cross-entropy),
 # multi-label (any number, sigmoid + BCE), ordinal-regression (graded classes, e.g. RetinaMNIST:
@@ -109,8 +106,7 @@ def assemble_splits(parts: dict[str, Samples], config: SplitConfig, multilabel: 
         if test is None and test_fraction > 0:
             test = train.subset(test_idx)
         train, val = train.subset(train_idx), train.subset(val_idx)
-    if test is None:
-        log.warning("no test split (no test/ folder, test rows or test_fraction): testing on the val split")
+    if test is None:  # said where the test runs (training), not by every command that loads the data
         test = val
     splits = {"train": train, "val": val, "test": test}
     empty = [name for name, samples in splits.items() if len(samples) == 0]

@@ -14,6 +14,7 @@ from finetune.models.adapters import AdapterSpec, attach_adapter
 from finetune.models.backbones import build_stage_map, create_backbone
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import WeightsRecord
+from finetune.run.warning_filters import dropped
 
 
 def pooled_model(
@@ -33,9 +34,11 @@ def pooled_model(
 def decoder_model(cfg: DictConfig, record: WeightsRecord, in_chans: int, num_outputs: int) -> FineTuneModel:
     """A timm ``features_only`` encoder (weights from ``record``) + the smp decoder ``cfg.head.kind``
     names with ``num_outputs`` output channels, adapter attached."""
-    model = DECODERS.get(cfg.head.kind).build(
-        record, in_chans, num_outputs, cfg.backbone.drop_path_rate, **head_options(cfg)
-    )
+    # timm warns of the pretrained classifier's tensors, which a features_only encoder leaves out on purpose
+    with dropped("timm.models._builder", r"Unexpected keys \("):
+        model = DECODERS.get(cfg.head.kind).build(
+            record, in_chans, num_outputs, cfg.backbone.drop_path_rate, **head_options(cfg)
+        )
     return with_adapter(model, cfg, record)
 
 

@@ -215,6 +215,18 @@ def resolve_weights(
     return _record(arch, cfg.tag, "hub", downloaded, overrides)
 
 
+def offline_source(model: str, cache_dir: str | Path | None = None) -> str | None:
+    """Where ``resolve_weights(model)`` finds weights without the network, in its order: ``cache`` (ours),
+    ``hub-cache`` (Hugging Face's), ``pip:<package>``; None where it would download. Reads and converts nothing."""
+    arch, tag = split_model_name_tag(model)
+    if (Path(cache_dir or default_cache_dir()).expanduser() / f"{model}.safetensors").is_file():
+        return "cache"
+    if _hf_cached_file(get_pretrained_cfg(model)) is not None:
+        return "hub-cache"
+    pip = PIP_WEIGHTS.get(arch) if not tag else None
+    return f"pip:{pip.package}" if pip and pip.installed_file() else None
+
+
 def create_model(record: WeightsRecord, **timm_kwargs: Any) -> torch.nn.Module:
     """Build the timm model the record describes; timm loads the file (head, in_chans, features)."""
     return timm.create_model(

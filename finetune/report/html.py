@@ -11,6 +11,7 @@ archived alone. ``finetune report run=<run dir>`` rebuilds it from a finished ru
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -22,7 +23,20 @@ from finetune.data.transforms import Preprocessing
 from finetune.models.freezing import FineTuneModel, frozen_stages, stage_status
 from finetune.models.saved_runs import load_run
 from finetune.models.summary import count_layers, roll_up
-from finetune.report.page import ReportOptions, RunRecord, TaskSections, file_img, key_values, table
+from finetune.report.page import (
+    MAX_TABLE_CLASSES,
+    ReportOptions,
+    RunRecord,
+    TaskSections,
+    confusion_table,
+    file_img,
+    key_values,
+    read_confusion,
+    table,
+    tested_split,
+    tested_split_short,
+)
+from finetune.report.robustness import robustness_section
 from finetune.run.artifacts import write_text
 from finetune.run.schedule import phases_from
 from finetune.run.task import Task
@@ -48,6 +62,7 @@ img.thumb{width:56px;height:56px;object-fit:contain;background:#f6f8fa;border:1p
 img.pair{height:112px;background:#f6f8fa;border:1px solid #d0d7de;margin:0 12px 8px 0}
 .swatch{display:inline-block;width:12px;height:12px;border:1px solid #8c959f;vertical-align:middle}
 .bad{color:#cf222e}.note{color:#59636e;font-size:13px}
+table.cm td{min-width:44px}table.cm td.hi{color:#fff}
 """
 
 
@@ -184,19 +199,42 @@ def _results_section(run: RunRecord) -> str:
         info += "; the tested checkpoint holds the final weights (checkpoints.keep=last)"
     elif chosen.get("best") is not None:
         info += f"; the tested checkpoint had the best {chosen['monitor']}: {chosen['best']:.4f}"
-    plots = run.run_dir / "plots"
+    plots, split = run.run_dir / "plots", tested_split(m)
     return (
-        f"<h2>Results</h2><p>Test split; {escape(info)}.</p>"
-        + '<div class="cols"><div><h3>Test metrics</h3>'
+        f"<h2>Results</h2><p>Tested on: {escape(split)}; {escape(info)}.</p>"
+        + f'<div class="cols"><div><h3>Metrics ({escape(tested_split_short(m))})</h3>'
         + table(["metric", "value"], scalars, numeric=(1,))
         + "</div>"
         + f'<div style="flex:1"><h3>Training curves</h3>{file_img(plots / "curves.png", "training curves")}'
-        + "</div></div><h3>Confusion matrix</h3>"
-        + file_img(plots / "confusion_matrix.png", "confusion matrix", "plot cm")
+        + f"</div></div><h3>Confusion matrix ({escape(split)})</h3>"
+        + _confusion(run.run_dir)
     )
 
 
+def _confusion(run_dir: Path) -> str:
+    """The test's confusion matrix: its plot (shares of each true class), and up to
+    ``MAX_TABLE_CLASSES`` classes the same as a table with the counts on hover."""
+    plot = file_img(run_dir / "plots" / "confusion_matrix.png", "confusion matrix", "plot cm")
+    matrix, names = read_confusion(run_dir / "confusion_matrix.csv")
+    if matrix is None or len(names) > MAX_TABLE_CLASSES:
+        return plot
+    return plot + f"<details><summary>as a table (counts on hover)</summary>{confusion_table(matrix, names)}</details>"
+
+
 # --- the page -----------------------------------------------------------------------------------
+
+
+def _debug_note(metrics: Mapping) -> str:
+    """The warning atop the page of a ``trainer=debug`` run (metrics.json's ``debug`` entry); "" for any other."""
+    debug = metrics.get("debug")
+    if not debug:
+        return ""
+    batches = debug.get("batches", {})
+    text = (
+        f"debug run (trainer=debug): {debug.get('epochs_per_phase')} epoch of {batches.get('train')} training batches "
+        f"per phase, {batches.get('val')} val and {batches.get('test')} test batches; {debug.get('note')}"
+    )
+    return f'<p class="bad"><strong>{escape(text)}</strong>: train without trainer=debug for results to read.</p>'
 
 
 def render_report(run: RunRecord, model: FineTuneModel, sections: TaskSections) -> str:
@@ -208,11 +246,13 @@ def render_report(run: RunRecord, model: FineTuneModel, sections: TaskSections) 
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
         f'<h1>{escape(title)}</h1><p class="sub">{escape(subtitle)}</p>'
+        + _debug_note(run.metrics)
         + _config_section(run)
         + "".join(sections.data)
         + _stage_section(run, model)
         + _results_section(run)
         + "".join(sections.results)
+        + robustness_section(run.metrics)
         + "</body></html>\n"
     )
 

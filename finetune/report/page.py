@@ -5,10 +5,11 @@ embedded images, escaped tables, and what a task hands to the page."""
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -17,10 +18,12 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
+from finetune.report.plots import row_shares
 from finetune.run.config import load_config
 from finetune.run.errors import FinetuneError
 
 THUMB = 64  # thumbnail side in pixels
+MAX_TABLE_CLASSES = 30  # a confusion matrix of more classes is shown as its plot
 
 
 # --- what the report reads from the run ---------------------------------------------------------
@@ -68,6 +71,35 @@ class TaskSections:
 
     data: list[str] = field(default_factory=list)
     results: list[str] = field(default_factory=list)
+
+
+NO_TEST_SPLIT = "val (no test split; also used to pick the checkpoint)"
+
+
+def no_test_split(metrics: Mapping) -> bool:
+    """Whether a run with ``metrics`` (its metrics.json) tested on its val split for want of a test
+    split (``test_is_val``; runs before it was recorded for every task kept it under ``calibration``)."""
+    return bool(metrics.get("test_is_val", metrics.get("calibration", {}).get("test_is_val")))
+
+
+def tested_split(metrics: Mapping) -> str:
+    """The split the test metrics of ``metrics`` come from, as reports and the console name it."""
+    return split_name(no_test_split(metrics))
+
+
+def results_title(metrics: Mapping) -> str:
+    """The heading of a run's tested metrics: ``test results``, or the val split named as such."""
+    return "test results" if not no_test_split(metrics) else f"results on {NO_TEST_SPLIT}"
+
+
+def split_name(test_is_val: bool) -> str:
+    """``test``, or the val split named with why it is optimistic where it stood in for the test."""
+    return NO_TEST_SPLIT if test_is_val else "test"
+
+
+def tested_split_short(metrics: Mapping) -> str:
+    """``test`` or ``val``: the tested split in a column or a plot title."""
+    return "val" if no_test_split(metrics) else "test"
 
 
 def tested_batches(cfg: DictConfig, total: int) -> int:
@@ -141,6 +173,38 @@ def table(
         css = f' class="{row_class[r]}"' if row_class else ""
         body.append(f"<tr{css}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def read_confusion(path: Path) -> tuple[np.ndarray | None, list[str]]:
+    """A run's ``confusion_matrix.csv`` (rows: true class, columns: predicted) and its class names;
+    ``(None, [])`` where the run wrote none."""
+    if not path.is_file():
+        return None, []
+    with open(path, newline="") as f:
+        header, *rows = csv.reader(f)
+    return np.array([[int(v) for v in row[1:]] for row in rows], dtype=np.int64).reshape(len(rows), -1), header[1:]
+
+
+def confusion_table(matrix: np.ndarray, names: Sequence[str]) -> str:
+    """The confusion matrix row-normalised: each cell the share of its true class's row (rows sum to
+    100%, shaded by it), its count on hover; each row's count in the last column."""
+    shares, totals = row_shares(matrix), matrix.sum(axis=1)
+    head = "<th>true \\ predicted</th>" + "".join(f"<th>{escape(n)}</th>" for n in names) + '<th class="n">count</th>'
+    body = []
+    for i, name in enumerate(names):
+        cells = "".join(
+            f'<td class="n{" hi" if share > 0.55 else ""}" style="background:rgba(9,105,218,{share:.3f})" '
+            f'title="{count:,} of {totals[i]:,}">{share:.1%}</td>'
+            if totals[i]
+            else '<td class="n">-</td>'
+            for share, count in zip(shares[i].tolist(), matrix[i].tolist())
+        )
+        body.append(f'<tr><th>{escape(name)}</th>{cells}<td class="n">{totals[i]:,}</td></tr>')
+    return (
+        f'<table class="cm"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        '<p class="note">Each row is one true class: the share of it predicted as each class (rows sum to '
+        "100%); hover a cell for its count.</p>"
+    )
 
 
 def key_values(pairs: Iterable[tuple[str, object]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ from PIL import Image  # noqa: E402
 from finetune.run.artifacts import atomic_path  # noqa: E402
 
 IGNORED_COLOR = (0, 0, 0)
+COUNT_DIGITS = 5  # a confusion plot shows counts below this many digits
 
 
 def epoch_history(metric_csvs: list[Path | list[Path]]) -> dict[str, list[tuple[int, float]]]:
@@ -66,35 +68,39 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, metric: 
     return save_figure(fig, path)
 
 
-def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> Path:
-    """Confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+def row_shares(matrix: np.ndarray) -> np.ndarray:
+    """Each row of a confusion matrix as shares of its sum (rows sum to 1; an empty row stays 0)."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, split: str = "test") -> Path:
+    """Confusion matrix (rows: true class, columns: predicted) row-normalised: each cell shaded and
+    labelled with its share of the true class (rows sum to 100%), its count below where counts are
+    short (under ``COUNT_DIGITS`` digits: images, not pixels). ``split``: what was tested, for the title."""
     n = len(class_names)
+    shares = row_shares(matrix)
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
-    ax.imshow(matrix, cmap="Blues")
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    counts = matrix.max() < 10**COUNT_DIGITS
     if n <= 30:
-        peak = matrix.max() or 1
-        for i in range(n):
-            for j in range(n):
-                ax.text(
-                    j,
-                    i,
-                    int(matrix[i, j]),
-                    ha="center",
-                    va="center",
-                    color="white" if matrix[i, j] > peak / 2 else "black",
-                    fontsize=8,
-                )
-    ax.set_title("confusion matrix (test)")
+        for (i, j), share in np.ndenumerate(shares):
+            text = f"{share:.0%}" + (f"\n{matrix[i, j]}" if counts else "")
+            color = "white" if share > 0.55 else "black"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7 if counts else 8)
+    width = max(24, int(7 * fig.get_figwidth()))  # characters the title has room for
+    ax.set_title(textwrap.fill(f"confusion matrix, % of each true class ({split})", width), fontsize=10)
     return save_figure(fig, path)
 
 
-def plot_reliability(bins: dict[str, dict], temperature: float, path: Path) -> Path:
+def plot_reliability(bins: dict[str, dict], temperature: float, path: Path, split: str = "test") -> Path:
     """Reliability diagram of the test: observed frequency against mean confidence per bin (marker
-    area: the bin's share of predictions), before and after the temperature; the diagonal is perfect."""
+    area: the bin's share of predictions), before and after the temperature; the diagonal is perfect.
+    ``split``: what was tested, for the title."""
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfectly calibrated")
     runs = (
@@ -111,7 +117,7 @@ def plot_reliability(bins: dict[str, dict], temperature: float, path: Path) -> P
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")
     ax.set_ylabel("observed frequency")
-    ax.set_title("reliability (test)")
+    ax.set_title(textwrap.fill(f"reliability ({split})", 40), fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

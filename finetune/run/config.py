@@ -19,8 +19,8 @@ from finetune.run.keys import missing_value
 from finetune.run.schema import KINDS, TASKS, FinetuneSchema
 
 # checkpoints.keep: what a finished run keeps, and so which checkpoint it tests (exports, report and
-# explain read the one kept; both: best).
-KEEP_CHOICES = ("best", "last", "both")
+# explain read the one kept; both and none: best; none removes it once the run has exported and reported).
+KEEP_CHOICES = ("best", "last", "both", "none")
 OLDEST_TASK = "classification"  # the task of a config written before there was a ``task`` key
 
 

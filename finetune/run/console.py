@@ -1,12 +1,68 @@
-"""The one console everything we print goes through (rich)."""
+"""The one console everything we print goes through (rich), and the copy of it a run's log file keeps."""
 
 from __future__ import annotations
 
-from rich.console import Console
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import rich.console
+from rich.control import Control
 
 # Long lines (paths above all) are never broken by rich: a terminal wraps them visually and a log
 # file or pipe keeps them whole. Tables are laid out for a wide page when output is not a terminal.
 WIDE = 160
+
+# What the console showed, as plain text, for the run's log file only (no handler of its own: ``log_file_copy``
+# lends it the log file's): a table or a progress line is printed once, on the console, not again by logging.
+RECORD = logging.getLogger("finetune.console")
+RECORD.propagate = False
+RECORD.setLevel(logging.INFO)
+
+
+def plain_text(*objects: object, **options) -> str:
+    """``objects`` as the console prints them (``options``: ``Console.print``'s), without colour or markup, laid
+    out ``WIDE`` columns wide."""
+    out = io.StringIO()
+    rich.console.Console(file=out, width=WIDE, color_system=None, soft_wrap=True).print(*objects, **options)
+    return out.getvalue().rstrip("\n")
+
+
+class Console(rich.console.Console):
+    """A rich console whose printed lines are also recorded in the log file ``log_file_copy`` names."""
+
+    def print(self, *objects, **kwargs) -> None:
+        super().print(*objects, **kwargs)
+        if RECORD.handlers and objects and not all(isinstance(o, Control) for o in objects):  # Control: a live redraw
+            RECORD.info(plain_text(*objects, **kwargs))
+
+
 console = Console(soft_wrap=True)
 if not console.is_terminal and not console.is_jupyter:
     console.width = max(console.width, WIDE)
+
+
+@contextmanager
+def log_file_copy(root: logging.Logger | None = None) -> Iterator[None]:
+    """Inside: what ``console`` prints, the ``RECORD`` lines (each epoch's metrics) and every warning shown are
+    copied to the log files ``root`` (the root logger: Hydra's ``<run dir>/finetune.log``) writes. Warnings are
+    still shown where Python shows them (stderr); records of the ``logging`` module reach the file already."""
+    files = [h for h in (root or logging.getLogger()).handlers if isinstance(h, logging.FileHandler)]
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        shown(message, category, filename, lineno, file, line)
+        RECORD.warning("%s: %s", category.__name__, message)
+
+    for handler in files:
+        RECORD.addHandler(handler)
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        if warnings.showwarning is show:
+            warnings.showwarning = shown
+        for handler in files:
+            RECORD.removeHandler(handler)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -193,10 +194,33 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "l
     for name in prefer:
         if (path / "checkpoints" / name).is_file():
             return path, path / "checkpoints" / name
+    if _kept_no_checkpoints(path):
+        exports = path / "exports"
+        where = (
+            f"its exports are in {exports} (use finetune predict export={exports} inputs=…)"
+            if exports.is_dir()
+            else f"it has no {exports} either"
+        )
+        raise FinetuneError(
+            f"{path} was trained with checkpoints.keep=none: its checkpoints were removed after it tested and "
+            f"exported; {where}; to export other formats, train it again with checkpoints.keep=best"
+        )
     raise FinetuneError(
         f"{path} is not a finetune run directory or checkpoint: expected "
         f"{path}/checkpoints/best.ckpt (pass run=<run dir> or run=<file>.ckpt)"
     )
+
+
+def _kept_no_checkpoints(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a finished run (it wrote metrics.json) whose saved config says ``checkpoints.keep=none``:
+    its checkpoints were removed at its end."""
+    path = saved_config_path(run_dir) if (run_dir / "metrics.json").is_file() else None
+    if path is None:
+        return False
+    try:
+        return OmegaConf.select(OmegaConf.load(path), "checkpoints.keep", default=None) == "none"
+    except (OmegaConfBaseException, OSError, ValueError, yaml.YAMLError):  # not a config we wrote: the generic line
+        return False
 
 
 def run_config(path: str | Path) -> DictConfig:

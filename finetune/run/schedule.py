@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.run.errors import ConfigError
 
 PHASE_KEY = "finetune_phase"  # checkpoint entry: index of the phase that wrote it
+DEBUG_EPOCHS = 1  # trainer.debug (trainer=debug): the epochs of every phase
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Phase:
 
 
 def phases_from(cfg: DictConfig) -> list[Phase]:
-    """The schedule's phases; each phase may override any optimiser key of the schedule."""
+    """The schedule's phases; each phase may override any optimiser key of the schedule. A debug run
+    (``trainer.debug``) runs ``DEBUG_EPOCHS`` of each."""
     schedule = cfg.schedule
     if not schedule.phases:
         raise ConfigError("schedule.phases is empty: give at least one phase, e.g. schedule=finetune")
@@ -58,6 +60,7 @@ def phases_from(cfg: DictConfig) -> list[Phase]:
             raise ConfigError(f"schedule.phases[{i}].epochs={epochs!r}: must be a whole number >= 1")
         optim = PhaseOptim(**(base | {k: raw[k] for k in _PHASE_OPTIM_KEYS & set(raw)}))
         name = raw.get("name") or f"phase{i + 1}"
+        epochs = DEBUG_EPOCHS if cfg.trainer.debug else epochs
         phase = Phase(name, epochs, raw.get("freeze", cfg.backbone.freeze), optim)
         if phase.freeze != "all" and not optim.backbone_lr_mult:
             raise ConfigError(

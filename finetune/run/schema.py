@@ -285,6 +285,7 @@ class TrainerSchema:
     channels_last: bool = False  # model and batches in channels-last (NHWC) memory format: faster convolutions on GPUs
     compile: bool = False  # torch.compile the model's training forward (checkpoints and exports keep the plain model)
     compile_backend: str = "inductor"  # torch.compile's backend (torch._dynamo.list_backends()), e.g. aot_eager
+    debug: bool = False  # trainer=debug: each phase runs 1 epoch; the run says its metrics are not meaningful
 
 
 @dataclass
@@ -300,7 +301,9 @@ class LoggerSchema:
 
 @dataclass
 class CheckpointsSchema:
-    keep: str = "best"  # best | last | both
+    # best | last | both | none: which checkpoint the run tests and keeps; none tests the best epoch, exports, then
+    # removes checkpoints/ (a search's trials: the disk keeps their exports; the run cannot be resumed afterwards)
+    keep: str = "best"
 
 
 @dataclass
@@ -421,8 +424,8 @@ LIGHTNING_ELSEWHERE: dict[str, tuple[str, str]] = {
     "min_steps": ("phases are counted in epochs", "schedule.epochs, with trainer.limit_train_batches for shorter ones"),
     "max_time": ("phases are counted in epochs", "schedule.epochs, or schedule.early_stop.patience"),
     "fast_dev_run": (
-        "a smoke run is a short run",
-        "trainer.limit_train_batches=1 trainer.limit_val_batches=1 trainer.limit_test_batches=1 schedule.epochs=1",
+        "a smoke run goes through the whole run",
+        "trainer=debug (2 batches of every phase, validation and test, then the exports)",
     ),
     "overfit_batches": ("the training batches are limited", "trainer.limit_train_batches={value}"),
     "enable_checkpointing": (

@@ -45,6 +45,17 @@ class Predictions:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """What ``Task.score_images`` measured: the task's metrics (name -> value), the model's outputs they
+    came from (classification: [N, classes] probabilities), the task's type and decision threshold."""
+
+    metrics: dict[str, float]
+    outputs: Any
+    kind: str
+    threshold: Any = None
+
+
+@dataclass(frozen=True)
 class ProbeLabels:
     """What ``finetune advise``'s linear probes fit per image: one of ``num_classes`` classes, or
     several labels (``multilabel``); ``class_counts``: train images (positives) per class."""
@@ -202,3 +213,8 @@ class Task:
     def predict_arrays(self, exported: Any, images: Sequence[np.ndarray]) -> Predictions:
         """The Python API's ``predict``: decoded HWC uint8 images through an ``export.loading.LoadedExport``."""
         raise NotImplementedError
+
+    def score_images(self, exported: Any, images: Sequence[np.ndarray], targets: np.ndarray) -> Scores:
+        """``finetune evaluate``: this task's test metrics of decoded HWC uint8 ``images`` against ``targets``
+        through an ``export.loading.LoadedExport``, decided as the run's test decided."""
+        raise FinetuneError(f"finetune evaluate does not support task={self.name} yet")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class DropMessages(logging.Filter):
@@ -25,11 +27,24 @@ class DropMessages(logging.Filter):
 # LitData, on every StreamingDataset opened (once per split and worker): a max_cache_size under 25GB (ours:
 # dataset.max_cache_size, 10GB by default, chosen by the user for their disk) is advised 25GB at WARNING level;
 # a local pack is announced as read in place at INFO level (docs/streaming.md says so).
+# Lightning, on every Trainer: tips for its cloud services (litlogger, litmodels).
 LOGGED_CHATTER = {
     "litdata.streaming.dataset": DropMessages(
         r"The provided `max_cache_size` is less than 25GB|StreamingDataset POSIX-fast \w+: mmap chunks in place"
-    )
+    ),
+    "lightning.pytorch.utilities.rank_zero": DropMessages("💡 Tip: "),
 }
+
+
+@contextmanager
+def dropped(logger: str, pattern: str) -> Iterator[None]:
+    """Inside: the records of ``logger`` whose message starts with ``pattern`` (a regular expression) dropped."""
+    drop = DropMessages(pattern)
+    logging.getLogger(logger).addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).removeFilter(drop)
 
 
 def quiet_library_chatter() -> None:

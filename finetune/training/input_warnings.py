@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from finetune.data.base import FinetuneDataModule
+from finetune.data.inspection.store import leak_warning
 from finetune.models.freezing import FineTuneModel
 from finetune.training.distributed import is_global_zero
 
@@ -23,7 +24,12 @@ MIN_FEATURE_PX = 2  # the backbone's last feature map should be at least this ma
 
 def advise(model: FineTuneModel, data: FinetuneDataModule) -> list[str]:
     """Log (on rank 0) and return the warnings for this model on this data."""
-    messages = [*image_size_advice(model.timm_model, data.preprocessing.size), *split_advice(data.split_sizes)]
+    messages = [
+        *image_size_advice(model.timm_model, data.preprocessing.size),
+        *split_advice(data.split_sizes, data.test_is_val),
+    ]
+    leak = leak_warning(data.splits)  # what `finetune inspect` found in these splits, if it looked
+    messages += [leak] if leak else []
     if is_global_zero():
         for message in messages:
             log.warning(message)
@@ -61,10 +67,13 @@ def image_size_advice(backbone: nn.Module, size: Sequence[int]) -> list[str]:
     ]
 
 
-def split_advice(sizes: Mapping[str, int]) -> list[str]:
-    """Warnings for val / test splits too small to pick a checkpoint or report a score on."""
+def split_advice(sizes: Mapping[str, int], test_is_val: bool = False) -> list[str]:
+    """Warnings for val / test splits too small to pick a checkpoint or report a score on; none for the test
+    split where it is the val split (``test_is_val``: the run's no-test-split line says so)."""
     messages = []
     roles = {"val": "pick the best epoch", "test": "report a score"}
+    if test_is_val:
+        del roles["test"]
     for split, role in roles.items():
         n = sizes.get(split)
         if n is None or n >= SMALL_SPLIT:

@@ -5,8 +5,11 @@ learning rates; the suggestion is the phase's base (head) lr."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -65,13 +68,37 @@ class RatioLRFinder(lightning_lr_finder._LRFinder):
         trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(scan, interval="step")]
 
 
+class QuietLRCallback(lightning_lr_finder._LRCallback):
+    """Lightning's scan callback without its tqdm bar: the command prints the scan's summary line."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "progress_bar_refresh_rate": 0})
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's INFO lines (devices, "Restoring states from the checkpoint …" of its temporary checkpoint)
+    left out inside; its warnings still shown."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lightning_log.setLevel(level)
+
+
 def range_test(
     trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, min_lr: float, max_lr: float, steps: int
 ) -> RatioLRFinder:
     """``Tuner.lr_find`` with ``RatioLRFinder`` in place of Lightning's finder (the model is restored
     after). Lightning's ``_lr_find`` builds its finder from the module global ``_LRFinder``, swapped
     here for the call; a Lightning without it fails loudly here (and in tests/e2e/test_lr_find.py)."""
-    with mock.patch.object(lightning_lr_finder, "_LRFinder", RatioLRFinder):
+    with (
+        mock.patch.object(lightning_lr_finder, "_LRFinder", RatioLRFinder),
+        mock.patch.object(lightning_lr_finder, "_LRCallback", QuietLRCallback),
+        quiet_lightning(),
+    ):
         return Tuner(trainer).lr_find(
             module, datamodule=data, min_lr=min_lr, max_lr=max_lr, num_training=steps, update_attr=False
         )
@@ -150,7 +177,8 @@ def find_lr(
     index = default_phase(built.plan, model.stage_map.stages) if phase is None else phase
     planned = built.plan[index]
     model.set_frozen(planned.frozen, cfg.backbone.bn)
-    trainer = scan_trainer(cfg, run_dir, steps)
+    with quiet_lightning():
+        trainer = scan_trainer(cfg, run_dir, steps)
     cached = use_feature_cache("false" if task.mixes_inputs(cfg) else cfg.data.cache_features, model, data)
     phase_data = FeatureDataModule.extract(model, data, trainer.strategy.root_device, trainer) if cached else data
     module = task.lightning_module(cfg, model, data, planned.phase.optim, index, cached)

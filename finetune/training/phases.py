@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,10 @@ from finetune.run.rundir import log_version
 from finetune.run.schedule import PHASE_KEY, Phase, PhaseOptim
 from finetune.run.strategies import is_fsdp
 from finetune.training.averaging import ema_callbacks
-from finetune.training.display import ThrottledRichProgressBar, console, stage_table
+from finetune.training.display import EpochLog, ThrottledRichProgressBar, console, stage_table
 from finetune.training.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
 from finetune.training.divergence import StopOnDivergence
+from finetune.training.epoch_lines import progress_callbacks
 from finetune.training.features import FeatureDataModule, use_feature_cache
 from finetune.training.interrupts import StopOnSignal, slurm_plugins
 from finetune.training.loggers import LOGGERS, LogContext
@@ -251,9 +253,10 @@ class ClampLogInterval(L.Callback):
 
 
 class KeepCheckpoints(L.Callback):
-    """``checkpoints.keep``: once the test has run, ``best`` (the default) removes ``last.ckpt``, which
-    exists to resume an unfinished run; ``last`` removes ``best.ckpt`` (the run tested the final
-    weights); ``both`` keeps them. The checkpoint kept is the one exports, reports and ``explain`` read."""
+    """``checkpoints.keep``: once the test has run, ``best`` (the default) and ``none`` remove ``last.ckpt``,
+    which exists to resume an unfinished run; ``last`` removes ``best.ckpt`` (the run tested the final
+    weights); ``both`` keeps them. The checkpoint kept is the one exports, reports and ``explain`` read
+    (``none``: until ``drop_checkpoints``)."""
 
     def __init__(self, run_dir: Path, keep: str) -> None:
         self.run_dir, self.keep = run_dir, keep
@@ -262,6 +265,17 @@ class KeepCheckpoints(L.Callback):
         if trainer.is_global_zero and self.keep != "both":
             dropped = "last.ckpt" if self.keep == "best" else "best.ckpt"
             (self.run_dir / "checkpoints" / dropped).unlink(missing_ok=True)
+
+
+def drop_checkpoints(run_dir: Path, keep: str) -> int:
+    """``checkpoints.keep=none``: remove the run's ``checkpoints/`` once it has tested, exported and reported;
+    the bytes freed (0 for any other ``keep``)."""
+    folder = run_dir / "checkpoints"
+    if keep != "none" or not folder.is_dir():
+        return 0
+    freed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    shutil.rmtree(folder)
+    return freed
 
 
 def tested_checkpoint(run_dir: Path, checkpoint: ModelCheckpoint, keep: str) -> Path:
@@ -296,6 +310,7 @@ def make_trainer(
     loggers = make_loggers(cfg, run_dir, name)
     clip = t.gradient_clip_val
     progress = [ThrottledRichProgressBar(t.log_every_n_steps, phase=name, leave=True)] if t.progress_bar else []
+    progress = progress_callbacks(progress, name)  # finetune.train in a notebook: one line per epoch
     plugins = [AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if t.sync_batchnorm else []), *slurm_plugins()]
     return L.Trainer(
         max_epochs=epochs,
@@ -321,6 +336,7 @@ def make_trainer(
             KeepCheckpoints(run_dir, checkpoints_keep(cfg)),
             StopOnSignal(name),
             StopOnDivergence(name),
+            EpochLog(name),
             *progress,
         ],
         enable_progress_bar=t.progress_bar,

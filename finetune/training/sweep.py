@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from finetune.report.page import NO_TEST_SPLIT, no_test_split
 from finetune.run.artifacts import write_text
 from finetune.training.search import PRUNED_REASON, STUDY_RECORD, direction
 
@@ -167,6 +168,8 @@ def _notes(sweep_dir: Path, monitors: list[str]) -> list[str]:
         ]
     else:
         notes = ["No run finished (none wrote metrics.json): nothing to rank; each run's finetune.log says why."]
+    if any(no_test_split(_read(d / "metrics.json", json.loads) or {}) for d in _run_dirs(sweep_dir)):
+        notes.append(f"No test split: the test/ columns are scores on {NO_TEST_SPLIT}.")
     study = _study(sweep_dir)
     if study is not None:
         notes.append(_study_note(study))

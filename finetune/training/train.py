@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import time
 from functools import partial
 from pathlib import Path
@@ -21,19 +22,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.data.transforms import Preprocessing, gray_preprocessing
 from finetune.export.parity import PARITY_IMAGES
-from finetune.export.writing import export_run
+from finetune.export.tensors import embedded_metadata
+from finetune.export.writing import ExportResult, export_run
 from finetune.export.writing import print_results as print_exports
 from finetune.models.freezing import FineTuneModel, FreezeError, frozen_stages
 from finetune.models.saved_runs import run_data_record
 from finetune.models.weights import WeightsRecord, resolve_weights
 from finetune.report.html import write_report
+from finetune.report.page import tested_split
 from finetune.report.plots import epoch_history, plot_confusion, plot_curves
 from finetune.run.artifacts import atomic_path, json_text, write_json, write_text
+from finetune.run.console import log_file_copy
 from finetune.run.errors import FinetuneError
 from finetune.run.records import model_state
 from finetune.run.rundir import log_attempts
 from finetune.run.schedule import Phase
 from finetune.run.task import Task
+from finetune.training.debug import debug_line, debug_record
 from finetune.training.display import console, print_results
 from finetune.training.distributed import is_global_zero
 from finetune.training.input_warnings import advise
@@ -41,6 +46,7 @@ from finetune.training.interrupts import Progress, interruptible
 from finetune.training.phases import (
     PlannedPhase,
     checkpoints_keep,
+    drop_checkpoints,
     finished_run,
     make_trainer,
     run_phases,
@@ -50,6 +56,17 @@ from finetune.training.plan import print_plan
 from finetune.training.tracking import Tracking, tracked
 from finetune.training.validate import validate
 from finetune.version import __version__
+
+log = logging.getLogger(__name__)
+KEEP_NONE = (
+    "checkpoints.keep=none: checkpoints/ is removed once the run has tested, exported and reported; the "
+    "finished run cannot be resumed, re-tested or exported again (its exports stay)"
+)
+WHOLE_HEAD = "head = whole model"  # every tensor was trained: the head export holds them all
+TEST_IS_VAL = (
+    "no test split (no test/ folder, test rows or dataset.test_fraction): testing on the val split, which also "
+    "picked the checkpoint"
+)
 
 
 @dataclasses.dataclass
@@ -88,7 +105,7 @@ def build(task: Task, cfg: DictConfig) -> Built:
 def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written.
     SIGINT, SIGTERM or SIGUSR1 end it with one line and exit code 130 / 143 (``training.interrupts``)."""
-    with interruptible(run_dir) as progress, tracked(cfg, run_dir) as tracking:
+    with interruptible(run_dir) as progress, tracked(cfg, run_dir) as tracking, log_file_copy():
         return train_run(task, cfg, run_dir, resume_from, progress, tracking)
 
 
@@ -101,11 +118,15 @@ def train_run(
     built = build(task, cfg)
     phases, plan, record, data, model = built.phases, built.plan, built.record, built.data, built.model
     progress.phases = [p.name for p in phases]
+    if is_global_zero() and cfg.trainer.debug:
+        console.print(debug_line(cfg.trainer))
     if cfg.plan:
         print_plan(cfg, model, data, plan, record)
         return {}
 
     monitor = task.monitor(cfg, data)
+    if is_global_zero() and checkpoints_keep(cfg) == "none":
+        console.print(KEEP_NONE)
     if is_global_zero():
         write_run_record(cfg, run_dir, record.to_dict(), run_data_record(task, cfg, data))
         tracking.start()
@@ -129,6 +150,8 @@ def train_run(
     tester = make_trainer(cfg, run_dir, "test", 1, [])
     module.to(tester.strategy.root_device)  # fit() hands the model back on the CPU
     task.before_test(cfg, module, data)
+    if data.test_is_val and is_global_zero():
+        log.warning(TEST_IS_VAL)
     tester.test(module, datamodule=data, verbose=False)
     if not is_global_zero():
         return {}
@@ -141,25 +164,34 @@ def train_run(
         {"param_checksums_per_rank": rank_checksums},
         checkpoint,
         tested.name,
-        task.test_record(cfg, module, data),
+        {"test_is_val": data.test_is_val, **task.test_record(cfg, module, data), **debug_record(cfg.trainer)},
     )
     print_results(results, run_dir)
     # The small head export needs the pretrained backbone to pin against; random init exports all.
     default_export = "head" if record.source != "random" else "safetensors"
-    print_exports(
-        export_run(
-            run_dir,
-            task,
-            (default_export,),
-            overwrite=resume_from is not None,
-            parity_images=task.parity_images(data, PARITY_IMAGES),
-        ),
-        console,
+    exports = export_run(
+        run_dir,
+        task,
+        (default_export,),
+        overwrite=resume_from is not None,
+        parity_images=task.parity_images(data, PARITY_IMAGES),
     )
+    print_exports([named_for_content(e) for e in exports], console)
     task.after_test(cfg, module, data, run_dir)
     console.print(f"report: {write_report(run_dir, task, data=data, model=module.model)}")
+    freed = drop_checkpoints(run_dir, checkpoints_keep(cfg))
+    if freed:
+        console.print(f"checkpoints.keep=none: removed checkpoints/ ({freed / 2**20:,.1f} MiB); the exports are kept")
     tracking.finish(results)
     return results
+
+
+def named_for_content(result: ExportResult) -> ExportResult:
+    """A ``head`` export in which every tensor differs from the pretrained backbone (no stage stayed frozen) is
+    the whole model: named so in the exports table (it still loads as a head export, pinned to the backbone)."""
+    if result.format == "head" and embedded_metadata(result.path).get("frozen_tensors") == 0:
+        return dataclasses.replace(result, format=WHOLE_HEAD)
+    return result
 
 
 def preprocessing_overrides(cfg: DictConfig) -> dict:
@@ -228,7 +260,7 @@ def write_results(
     if "confusion" in results and results["confusion"].ndim == 2:
         matrix = results["confusion"].numpy().astype(np.int64)
         _write_confusion_csv(run_dir / "confusion_matrix.csv", matrix, class_names)
-        plot_confusion(matrix, class_names, plots / "confusion_matrix.png")
+        plot_confusion(matrix, class_names, plots / "confusion_matrix.png", tested_split(record or {}))
     logs = [log_attempts(run_dir / "logs" / p.name) for p in phases]  # every attempt of a resumed phase
     plot_curves(
         epoch_history([attempts for attempts in logs if attempts]),

@@ -39,7 +39,8 @@ def validate(cfg: FinetuneSchema, task: Task) -> list[Phase]:
         cfg.checkpoints.keep,
         KEEP_CHOICES,
         "best: test the best validation epoch, then remove last.ckpt; last: test the final weights, then "
-        "remove best.ckpt; both: test best.ckpt and keep both (to continue training later)",
+        "remove best.ckpt; both: test best.ckpt and keep both (to continue training later); none: test best.ckpt, "
+        "export, then remove both (sweeps: the disk keeps the exports only)",
     )
     _validate_trainer(cfg.trainer)
     _validate_training_options(cfg)

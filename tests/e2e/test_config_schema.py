@@ -128,8 +128,8 @@ CASES = {
     ),
     "lightning-fast_dev_run": (
         ["trainer.fast_dev_run=true"],
-        "trainer.fast_dev_run=true: finetune sets Lightning's fast_dev_run itself (a smoke run is a short run); use "
-        "trainer.limit_train_batches=1 trainer.limit_val_batches=1 trainer.limit_test_batches=1 schedule.epochs=1",
+        "trainer.fast_dev_run=true: finetune sets Lightning's fast_dev_run itself (a smoke run goes through the "
+        "whole run); use trainer=debug (2 batches of every phase, validation and test, then the exports)",
     ),
     "lightning-root_dir": (
         ["trainer.default_root_dir=out"],

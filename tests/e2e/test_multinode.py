@@ -1,6 +1,6 @@
 """Several nodes, simulated on this machine (issue 27): two torchrun launchers (``--nnodes=2``) and two SLURM
 tasks started as ``srun`` would, each rendezvousing on 127.0.0.1, running ``finetune.commands.worker`` as
-README.md and docs/multinode.md show. No real cluster, no GPU: gloo on CPU, one process per "node".
+docs/guides/scale.md and docs/multinode.md show. No real cluster, no GPU: gloo on CPU, one process per "node".
 
 Which process writes what is recorded by an audit hook (``sitecustomize``, ``sys.addaudithook``) in every
 process of a node: each file opened for writing, each directory made, each rename or removal under the test's
@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from ..helpers import compose_config, finetune_env, lightning_ranks, run_finetune
+from ..helpers import cli_in_process, compose_config, finetune_env, lightning_ranks, one_torch_thread
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "docs" / "examples" / "finetune.sbatch"
@@ -137,7 +137,7 @@ def samples_read(record: Path) -> dict[int, list[int]]:
     return seen
 
 
-WORKER = ("-m", "finetune.commands.worker", "run_dir=runs/exp", "config=exp.yaml")  # as README.md shows
+WORKER = ("-m", "finetune.commands.worker", "run_dir=runs/exp", "config=exp.yaml")  # as docs/guides/scale.md shows
 
 
 def free_port() -> int:
@@ -158,8 +158,8 @@ def node_env(base: Path, node: int, **extra: str) -> dict[str, str]:
 
 
 def compose(base: Path, *overrides: str) -> Path:
-    """``finetune --cfg job --resolve <overrides> > exp.yaml`` (README.md), in ``base``."""
-    out = run_finetune("--cfg", "job", "--resolve", *overrides, cwd=base, timeout=120)
+    """``finetune --cfg job --resolve <overrides> > exp.yaml`` (docs/guides/scale.md), in ``base``."""
+    out = cli_in_process("--cfg", "job", "--resolve", *overrides, cwd=base)  # its output only: in this process
     assert out.returncode == 0, out.stderr[-3000:]
     (base / "exp.yaml").write_text(out.stdout)
     return base / "exp.yaml"
@@ -196,7 +196,7 @@ def checkpoint(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", list(DATASETS))
 def test_two_torchrun_nodes_match_one_process_and_rank_zero_alone_writes(tmp_path, atto_weights, dataset, request):
-    """README.md: compose once, then one ``torchrun --nnodes=2`` per node running the worker; here both
+    """docs/guides/scale.md: compose once, then one ``torchrun --nnodes=2`` per node running the worker; here both
     "nodes" are this machine (127.0.0.1, a free port, static rendezvous with --node_rank). Streaming: each
     node reads its own half of the pack, together the epoch once; the digits variant compares with one process."""
     documented = (REPO / "docs" / "multinode.md").read_text()
@@ -204,16 +204,10 @@ def test_two_torchrun_nodes_match_one_process_and_rank_zero_alone_writes(tmp_pat
     streaming = dataset == "streaming"
     pack = request.getfixturevalue("sixteen_pack") if streaming else None
     run_args = [*RUN, f"backbone.weights={atto_weights}", *(o.format(pack=pack) for o in DATASETS[dataset])]
-    if not streaming:  # the stream's order depends on the number of ranks: no one-process twin
-        one = subprocess.Popen(
-            [sys.executable, "-m", "finetune", *run_args, f"schedule.batch_size={GLOBAL_BATCH}", "hydra.run.dir=one"],
-            cwd=tmp_path,
-            env=finetune_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        finish([one])
+    if not streaming:  # the stream's order depends on the number of ranks: no one-process twin (in this process)
+        with one_torch_thread():
+            one = cli_in_process(*run_args, f"schedule.batch_size={GLOBAL_BATCH}", "hydra.run.dir=one", cwd=tmp_path)
+        assert one.returncode == 0, one.stderr[-3000:]
     record = tmp_path / "read"  # outside nodes/: not a write of the run
     record.mkdir()
     nodes = tmp_path / "nodes"
@@ -406,7 +400,9 @@ def test_the_sbatch_example_asks_one_task_per_gpu_and_its_trainer_overrides_comp
         "trainer=ddp", f"trainer.devices={options['ntasks-per-node']}", f"trainer.num_nodes={options['nodes']}"
     )
     assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
-    documented = worker_lines((REPO / "README.md").read_text()) | worker_lines((REPO / "docs/multinode.md").read_text())
+    documented = worker_lines((REPO / "docs/guides/scale.md").read_text()) | worker_lines(
+        (REPO / "docs/multinode.md").read_text()
+    )
     first_start = "srun python -m finetune.commands.worker run_dir=… config=…"
     assert first_start in worker_lines(SBATCH.read_text()) and documented >= {first_start}, documented
 

@@ -168,20 +168,19 @@ class Classification(Task):
             module.fit_on_validation(data.eval_dataloader("val"), temperature=calibrate, threshold=tune)
 
     def test_record(self, cfg, module, data) -> dict:
-        # Without a test split the test is the val split: a temperature fitted there is scored in-sample.
-        return {
-            "calibration": {
-                "method": cfg.calibration,
-                "fitted_on": "val",
-                "test_is_val": data.splits["test"] is data.splits["val"],
-                **module.calibration,
-            }
-        }
+        # Without a test split (metrics.json test_is_val) a temperature fitted on val is scored in-sample.
+        return {"calibration": {"method": cfg.calibration, "fitted_on": "val", **module.calibration}}
 
     def after_test(self, cfg, module, data, run_dir) -> None:
+        from finetune.report.page import split_name
         from finetune.report.plots import plot_reliability
 
-        plot_reliability(module.calibration["bins"], module.temperature, run_dir / "plots" / "reliability.png")
+        plot_reliability(
+            module.calibration["bins"],
+            module.temperature,
+            run_dir / "plots" / "reliability.png",
+            split_name(data.test_is_val),
+        )
 
     def test_decisions(self, metrics):
         return tested_decisions(metrics)
@@ -224,3 +223,8 @@ class Classification(Task):
         from finetune.tasks.classification.predict_labels import predict_arrays
 
         return predict_arrays(exported, images)
+
+    def score_images(self, exported, images, targets):
+        from finetune.tasks.classification.robustness import score_images
+
+        return score_images(exported, images, targets)

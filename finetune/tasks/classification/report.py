@@ -27,9 +27,11 @@ from finetune.report.page import (
     TaskSections,
     array_img,
     file_img,
+    no_test_split,
     number,
     table,
     tested_batches,
+    tested_split,
 )
 from finetune.tasks.classification.module import decide, flip_averaged, probabilities
 from finetune.tasks.classification.records import classification_record
@@ -56,7 +58,7 @@ def report_sections(
     )
     return TaskSections(
         data=[_data_section(run, data, options.samples)],
-        results=[_calibration_section(run), _mistakes_section(mistakes, data)],
+        results=[_calibration_section(run), _mistakes_section(mistakes, data, tested_split(run.metrics))],
     )
 
 
@@ -137,7 +139,7 @@ def _calibration_section(run: RunRecord) -> str:
         if fitted
         else "Not calibrated (calibration=none): calibration=temperature fits one temperature on val."
     )
-    if fitted and record.get("test_is_val"):
+    if fitted and no_test_split(run.metrics):
         note += (
             " This dataset has no test split: the test is the validation split the temperature was fitted "
             "on, so the calibrated test errors are in-sample (optimistic)."
@@ -149,7 +151,7 @@ def _calibration_section(run: RunRecord) -> str:
         + '<div class="cols"><div>'
         + table(
             ["split", "temperature", "ECE", "adaptive ECE", "NLL"],
-            [[r[0], "T" if r[1] == "after" else "1", *r[2:]] for r in rows],
+            [[_split_row(r[0], run.metrics), "T" if r[1] == "after" else "1", *r[2:]] for r in rows],
             numeric=(2, 3, 4),
         )
         + f'</div><div style="flex:1">{file_img(run.run_dir / "plots" / "reliability.png", "reliability diagram")}'
@@ -209,14 +211,19 @@ def _data_section(run: RunRecord, data: ClassificationDataModule, per_class: int
     )
 
 
-def _mistakes_section(mistakes: list[Mistake], data: ClassificationDataModule) -> str:
+def _split_row(split: str, metrics: dict) -> str:
+    """A calibration table's split, the test named for what it was."""
+    return "test (= val: no test split)" if split == "test" and no_test_split(metrics) else split
+
+
+def _mistakes_section(mistakes: list[Mistake], data: ClassificationDataModule, split: str) -> str:
     if not mistakes:
-        return "<h2>Most confident mistakes</h2><p>No wrong predictions on the test images.</p>"
+        return f"<h2>Most confident mistakes</h2><p>No wrong predictions on the tested images ({escape(split)}).</p>"
     samples, channels = data.splits["test"], data.info.image_channels
     cards = "".join(_mistake_card(m, samples.image(m.index, channels)) for m in mistakes)
     return (
-        "<h2>Most confident mistakes</h2><p>Wrong test predictions, highest confidence first.</p>"
-        + f'<div class="gallery">{cards}</div>'
+        f"<h2>Most confident mistakes</h2><p>Wrong predictions on the tested images ({escape(split)}), highest "
+        "confidence first.</p>" + f'<div class="gallery">{cards}</div>'
     )
 
 

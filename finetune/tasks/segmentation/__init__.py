@@ -59,6 +59,7 @@ class Segmentation(Task):
         return monitor_metric(data.info.num_classes, cfg.monitor)
 
     def lightning_module(self, cfg, model, data, optim=None, phase_index=0, features_input=False):
+        from finetune.report.page import ReportOptions
         from finetune.run.schedule import PhaseOptim
         from finetune.tasks.segmentation.module import SegmentationTask
 
@@ -74,6 +75,7 @@ class Segmentation(Task):
             data.class_weights,
             d.tile_overlap,
             d.scale,
+            keep=(cfg.segmentation.overlays, ReportOptions.worst),
         )
 
     def data_record(self, cfg, data) -> dict:
@@ -93,6 +95,8 @@ class Segmentation(Task):
         from finetune.run.console import console
         from finetune.tasks.segmentation.overlays import write_predictions
 
+        if module.tested is not None:  # the report's lowest-scoring masks, without running the model again
+            module.tested.save(run_dir, [pair.image.stem for pair in data.splits["test"]])
         written = write_predictions(module, data, "test", cfg.segmentation.overlays, run_dir / "predictions")
         console.print(f"predicted masks and overlays of {written} test image(s): {run_dir / 'predictions'}")
 

@@ -23,6 +23,7 @@ from finetune.run.errors import FinetuneError
 from finetune.run.schedule import PhaseOptim
 from finetune.tasks.phased import PhasedTask
 from finetune.tasks.segmentation.choices import BINARY_MONITORS, LOSSES
+from finetune.tasks.segmentation.tested import TestedImages, iou_and_dice
 
 AUC_THRESHOLDS = 1000  # binned pixel ROC AUC: constant memory, within ~1e-3 of the exact value
 DIVISOR = 32  # encoders downsample 32x: inputs are padded to a multiple of it
@@ -50,17 +51,6 @@ class SegmentationLoss(nn.Module):
         if not (target != self.ignore_index).any():  # e.g. a crop outside the field of view: no signal
             return logits.sum() * 0.0
         return sum(part(logits, target) for part in self.parts)
-
-
-def iou_and_dice(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class IoU = TP / (TP + FP + FN) and Dice = 2TP / (2TP + FP + FN) from a confusion matrix
-    (rows: truth); NaN for a class absent from both truth and prediction, so means skip it."""
-    confusion = confusion.double()
-    tp = confusion.diag()
-    fp, fn = confusion.sum(dim=0) - tp, confusion.sum(dim=1) - tp
-    union = tp + fp + fn
-    nan = torch.full_like(tp, float("nan"))
-    return torch.where(union > 0, tp / union, nan), torch.where(union > 0, 2 * tp / (union + tp), nan)
 
 
 @contextmanager
@@ -184,13 +174,17 @@ class SegmentationTask(PhasedTask):
         class_weights: torch.Tensor | None = None,
         tile_overlap: float = 0.5,
         scale: float = 1.0,
+        keep: tuple[int, int] = (0, 0),
     ) -> None:
         super().__init__(model, optim, phase_index)
         self.tile, self.tile_overlap, self.scale = tile, tile_overlap, scale
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         self.loss_fn = SegmentationLoss(loss, ignore_index, class_weights)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index, prefix="val/")
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_results: dict[str, torch.Tensor] = {}
+        self.keep = keep  # predicted test masks kept: of the first images, of the lowest-scoring ones
+        self.tested: TestedImages | None = None  # what the test kept (a test on one device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -205,11 +199,12 @@ class SegmentationTask(PhasedTask):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss
 
-    def _evaluate(self, batch, metrics: SegmentationMetrics, name: str) -> None:
+    def _evaluate(self, batch, metrics: SegmentationMetrics, name: str) -> torch.Tensor:
         images, masks = batch
         logits = self.predict_logits(images)
         metrics.update(logits, masks)
         self.log(f"{name}/loss", self.loss_fn(logits, masks), on_epoch=True, batch_size=len(images), sync_dist=True)
+        return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
@@ -219,8 +214,15 @@ class SegmentationTask(PhasedTask):
         self.log_dict({k: v for k, v in values.items() if v.ndim == 0}, prog_bar=True)
         self.val_metrics.reset()
 
+    def on_test_epoch_start(self) -> None:
+        # The images' order in the split is known on one device only (several shard it).
+        self.tested = TestedImages(*self.keep) if self.trainer.world_size == 1 else None
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        logits = self._evaluate(batch, self.test_metrics, "test")
+        if self.tested is not None:
+            for truth, prediction in zip(batch[1].cpu(), logits.argmax(dim=1).cpu()):
+                self.tested.add(truth, prediction, self.num_classes, self.ignore_index)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = {k: v.detach().cpu() for k, v in self.test_metrics.compute().items()}

@@ -17,7 +17,6 @@ from html import escape
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from finetune.data.segmentation import SegmentationDataModule
@@ -25,10 +24,23 @@ from finetune.export.loading import preprocess
 from finetune.models.freezing import FineTuneModel
 from finetune.models.saved_runs import LoadedRun
 from finetune.report.explain import Explained
-from finetune.report.page import Html, ReportOptions, RunRecord, TaskSections, array_img, number, table, tested_batches
+from finetune.report.page import (
+    Html,
+    ReportOptions,
+    RunRecord,
+    TaskSections,
+    array_img,
+    number,
+    table,
+    tested_batches,
+    tested_split,
+    tested_split_short,
+)
 from finetune.report.plots import class_colors, overlay_panel
-from finetune.tasks.segmentation.module import DIVISOR, full_image_logits, iou_and_dice
+from finetune.tasks.segmentation.module import DIVISOR, full_image_logits
+from finetune.tasks.segmentation.overlays import predict_mask
 from finetune.tasks.segmentation.records import segmentation_record
+from finetune.tasks.segmentation.tested import image_score, read_lowest, read_scores
 
 PANEL_SIDE = 600  # longer side of an embedded image | truth | prediction panel, in pixels
 SAMPLE_SIDE = 240  # longer side of an embedded image | mask training sample
@@ -42,9 +54,9 @@ def report_sections(
     run: RunRecord, data: SegmentationDataModule, model: FineTuneModel, options: ReportOptions
 ) -> TaskSections:
     """Data (classes, training images with masks) and the lowest-scoring predicted test masks."""
-    scored = scored_test_images(model, data, run.cfg)
+    shown, tested = lowest_scoring(model, data, run, options.worst)
     return TaskSections(
-        data=[_data_section(run, data, options.samples)], results=[_masks_section(run, data, scored, options.worst)]
+        data=[_data_section(run, data, options.samples)], results=[_masks_section(run, data, shown, tested)]
     )
 
 
@@ -63,27 +75,36 @@ def score_name(class_names: list[str]) -> str:
     return f"IoU of {class_names[1]}" if len(class_names) == 2 else "mIoU"
 
 
-def image_score(truth: torch.Tensor, prediction: torch.Tensor, num_classes: int, ignore_index: int) -> float:
-    """Foreground IoU (two classes) or the mean IoU over the classes in the truth or the prediction
-    of one image, ignored pixels left out; 1.0 where there is nothing to get wrong."""
-    keep = truth != ignore_index
-    confusion = torch.bincount(truth[keep] * num_classes + prediction[keep], minlength=num_classes**2)
-    iou, _ = iou_and_dice(confusion.reshape(num_classes, num_classes))
-    value = iou[1] if num_classes == 2 else iou.nanmean()
-    return 1.0 if value.isnan() else float(value)
+def lowest_scoring(
+    model: FineTuneModel, data: SegmentationDataModule, run: RunRecord, n: int
+) -> tuple[list[ScoredImage], int]:
+    """The ``n`` tested test images (``trainer.limit_test_batches``) with the lowest score, worst first,
+    with their predicted masks; and how many images were tested. The scores and masks the test kept
+    (``image_scores.csv``, ``plots/lowest/``) are used as they are: only a mask it did not keep is
+    predicted again, and every image only for a run that kept no scores (an older run; a test on
+    several devices)."""
+    tested = tested_batches(run.cfg, len(data.splits["test"]))
+    recorded = read_scores(run.run_dir)
+    if recorded is None or len(recorded) != tested:
+        return score_every_image(model, data, tested)[: max(n, 0)], tested
+    worst = sorted(recorded, key=lambda s: (s.score, s.index))[: max(n, 0)]
+    masks = [read_lowest(run.run_dir, s.stem) for s in worst]
+    return [
+        ScoredImage(s.index, s.stem, s.score, predict_mask(model, data, "test", s.index) if mask is None else mask)
+        for s, mask in zip(worst, masks)
+    ], tested
 
 
 @torch.no_grad()
-def scored_test_images(model: FineTuneModel, data: SegmentationDataModule, cfg: DictConfig) -> list[ScoredImage]:
-    """Every tested test image (``trainer.limit_test_batches``) predicted as the test did (sliding
-    windows at the training scale), with its score; worst first."""
+def score_every_image(model: FineTuneModel, data: SegmentationDataModule, tested: int) -> list[ScoredImage]:
+    """The first ``tested`` test images predicted as the test did (sliding windows at the training
+    scale), with their scores; worst first."""
     loader = data.eval_dataloader("test")
-    batches = tested_batches(cfg, len(loader))
     d, info = data.config, data.info
     ref = next(model.parameters())
     scored = []
     for i, (image, truth) in enumerate(loader):
-        if i >= batches:
+        if i >= tested:
             break
         logits = full_image_logits(model, image.to(ref.device, ref.dtype), d.crop_size, d.tile_overlap, d.scale)
         prediction = logits.argmax(dim=1)[0].cpu()
@@ -109,7 +130,7 @@ def _data_section(run: RunRecord, data: SegmentationDataModule, samples: int) ->
     total = max(sum(pixels), 1)
     per_class = run.metrics.get("test_per_class", {})
     columns = {
-        key: "test " + METRIC_NAMES.get(key.removesuffix("_per_class"), key)
+        key: f"{tested_split_short(run.metrics)} " + METRIC_NAMES.get(key.removesuffix("_per_class"), key)
         for key in sorted(per_class, key=lambda k: (not k.startswith("iou"), k))
     }  # IoU first
     background = _background(data)
@@ -152,13 +173,13 @@ def _data_section(run: RunRecord, data: SegmentationDataModule, samples: int) ->
     )
 
 
-def _masks_section(run: RunRecord, data: SegmentationDataModule, scored: list[ScoredImage], n: int) -> str:
+def _masks_section(run: RunRecord, data: SegmentationDataModule, shown: list[ScoredImage], tested: int) -> str:
     names = data.info.class_names
     metric = score_name(names)
     title = "<h2>Predicted masks</h2>"
-    if not scored:
-        return title + "<p>No test images were predicted.</p>"
-    shown = scored[: max(n, 0)]
+    split = tested_split(run.metrics)
+    if not shown:
+        return title + f"<p>No images were predicted ({escape(split)}).</p>"
     colors, background = class_colors(len(names)), _background(data)
     cards = ""
     for s in shown:
@@ -177,10 +198,9 @@ def _masks_section(run: RunRecord, data: SegmentationDataModule, scored: list[Sc
         else ""
     )
     return (
-        title + f"<p>The {len(shown)} of {len(scored)} tested test images with the lowest {escape(metric)}, "
-        "worst first: image | truth | prediction, coloured as in the class table (ignored pixels dark).</p>"
-        + f'<div class="gallery">{cards}</div>'
-        + note
+        title + f"<p>The {len(shown)} of {tested} tested images ({escape(split)}) with the lowest "
+        f"{escape(metric)}, worst first: image | truth | prediction, coloured as in the class table (ignored "
+        "pixels dark).</p>" + f'<div class="gallery">{cards}</div>' + note
     )
 
 

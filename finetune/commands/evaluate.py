@@ -1,0 +1,172 @@
+"""``finetune evaluate run=<run dir | export> corruptions=<medmnistc | imagenet-c> [severity=all | 1..5 |
+1,5] [only=<corruption,...>] [split=test] [seed=0] [data=<run dir>] [report=true] [out=<file.json>]``
+
+Evaluates a trained model on corrupted copies of a split of its dataset: each image is decoded as in
+training, corrupted at its stored size, then preprocessed as in training (the reference preprocessing).
+Per corruption × severity: the task's test metrics (classification: acc, balanced_acc, f1_macro, auc)
+and the calibration error (ece) of the probabilities the run decides with (after its temperature), their
+means, and for ``corruptions=medmnistc`` the MedMNIST-C paper's summary (balanced error normalised to its
+AlexNet baseline; needs severity=all).
+
+* ``corruptions=medmnistc``: the MedMNIST-C corruptions of the run's MedMNIST dataset (the ``medmnistc``
+  package and ImageMagick's MagickWand library); ``corruptions=imagenet-c``: ImageNet-C-style corruptions
+  from albumentations (any dataset).
+* A run directory: the numbers go into its metrics.json under ``robustness.<set>`` (other keys kept) and
+  its report.html gets a Robustness section (``report=false``: not rewritten); the run's lock is held.
+* An export (any format ``finetune predict`` opens): pass ``data=<run dir>`` whose dataset to use; the
+  numbers go to ``out`` (default ``robustness.json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from finetune.commands.args import parse_args, parse_flag, run_command
+from finetune.run.errors import FinetuneError
+
+OPTIONS = {
+    "run": None,
+    "corruptions": None,
+    "severity": "all",
+    "only": None,
+    "split": "test",
+    "seed": "0",
+    "data": None,
+    "report": "true",
+    "out": None,
+}
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``finetune evaluate``: exit 0, or 2 with one ``finetune: error:`` line."""
+    return run_command(_evaluate_command, __doc__, argv)
+
+
+def parse_severities(value: str) -> tuple[int, ...]:
+    """``all`` → 1..5; ``3`` or ``1,5`` → those, sorted; FinetuneError otherwise."""
+    if value.strip().lower() == "all":
+        return SEVERITIES
+    try:
+        chosen = sorted({int(v) for v in value.split(",")})
+    except ValueError:
+        chosen = []
+    if not chosen or not set(chosen) <= set(SEVERITIES):
+        raise FinetuneError(f"severity={value!r}: use all, one of 1..5, or several such as 1,5")
+    return tuple(chosen)
+
+
+def is_run(path: Path) -> bool:
+    """A run directory or a checkpoint in one (else an export)."""
+    return (path / "config.yaml").is_file() or path.suffix == ".ckpt"
+
+
+def _evaluate_command(argv: list[str]) -> None:
+    args = parse_args(argv, OPTIONS, ["run", "corruptions"], "finetune evaluate")
+    severities, report = parse_severities(args["severity"]), parse_flag(args["report"], "report")
+    try:
+        seed = int(args["seed"])
+    except ValueError:
+        raise FinetuneError(f"seed={args['seed']!r}: use a whole number") from None
+    only = tuple(name.strip() for name in (args["only"] or "").split(",") if name.strip())
+    path = Path(args["run"]).expanduser()
+    if not path.exists():
+        raise FinetuneError(f"run={path}: no such run directory or export")
+    run = is_run(path)
+    if not run and not args["data"]:
+        raise FinetuneError(
+            f"run={path} is an export, which records no dataset: add data=<run dir> (the run whose dataset to use)"
+        )
+    from finetune.data.corruptions import CORRUPTION_SETS
+
+    CORRUPTION_SETS.get(args["corruptions"])  # a misspelt set: refused before torch is imported
+    from finetune.run.records import run_config
+    from finetune.training.robustness import EvaluateOptions, chosen_corruptions
+
+    options = EvaluateOptions(args["corruptions"], severities, only, args["split"], seed)
+    data_run = Path(args["data"]).expanduser() if args["data"] else path
+    chosen_corruptions(options, run_config(data_run).dataset.get("name"))  # refused before any model
+    from finetune import load  # the package's facade: finetune.api imports the commands, not the reverse
+    from finetune.run.lock import run_lock
+    from finetune.run.records import find_checkpoint
+
+    if not run:
+        record = _evaluate(load(path), data_run, options)
+        out = Path(args["out"] or "robustness.json").expanduser()
+        from finetune.run.artifacts import write_json
+
+        write_json(out, {"model": str(path), **record})
+        print(f"robustness written to {out}")
+        return
+    run_dir = find_checkpoint(path)[0]
+    with run_lock([run_dir], "finetune evaluate"):
+        model = load(path)
+        from finetune.training.robustness import write_robustness
+
+        record = _evaluate(model, data_run, options)
+        write_robustness(run_dir / "metrics.json", {"model": str(path), **record})
+        print(f"robustness written to {run_dir / 'metrics.json'} (robustness.{options.corruptions})")
+        if report:
+            from finetune.report.html import write_report
+
+            print(f"report written to {write_report(run_dir, model.exported.task)}")
+
+
+def _evaluate(model, data_run: Path, options) -> dict:
+    """Evaluate ``model`` (``finetune.api.Model``) on the split of ``data_run``'s dataset; print the table."""
+    from finetune.run.records import run_config
+    from finetune.tasks.registry import get_task
+    from finetune.training.robustness import evaluate_robustness
+
+    cfg = run_config(data_run)
+    data = get_task(cfg.task).data_module(cfg)
+    if list(data.info.class_names) != list(model.class_names):
+        raise FinetuneError(
+            f"data={data_run}: its classes {list(data.info.class_names)} are not the model's {model.class_names}"
+        )
+    if options.split not in data.splits:
+        raise FinetuneError(f"split={options.split!r}: use one of {', '.join(data.splits)}")
+    samples = data.splits[options.split]
+    record = evaluate_robustness(
+        model.exported, model.exported.task, samples, data.info.image_channels, cfg.dataset.get("name"), options
+    )
+    print_table(record)
+    return record
+
+
+def print_table(record: dict) -> None:
+    """Accuracy per corruption and severity, the means, ECE, and the paper's summary where there is one."""
+    from rich.table import Table
+
+    from finetune.run.console import console
+
+    severities = record["severities"]
+    table = Table(title=f"{record['corruptions']} on {record['split']} ({record['images']} images): accuracy")
+    for column in ("corruption", *(f"s{s}" for s in severities), "mean", "ECE"):
+        table.add_column(column, justify="left" if column == "corruption" else "right")
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    clean = record["clean"]
+    table.add_row("clean", *(cell(clean["acc"]) for _ in severities), cell(clean["acc"]), cell(clean["ece"]))
+    for name, per in record["results"].items():
+        accs = [per[str(s)]["acc"] for s in severities]
+        eces = [per[str(s)]["ece"] for s in severities]
+        table.add_row(name, *map(cell, accs), cell(sum(accs) / len(accs)), cell(sum(eces) / len(eces)))
+    if record["results"]:
+        means = [record["by_severity"][str(s)]["acc"] for s in severities]
+        table.add_row("mean", *map(cell, means), cell(record["mean"]["acc"]), cell(record["mean"]["ece"]))
+    console.print(table)
+    for name, why in record["skipped"].items():
+        console.print(f"skipped {name}: {why}")
+    paper = record.get("paper") or {}
+    if "be" in paper:
+        console.print(
+            f"MedMNIST-C summary: balanced error clean {paper['clean_balanced_error']:.3f}, "
+            f"BE (normalised to AlexNet) {paper['be']:.3f}, rBE {paper['rbe']:.3f}"
+            + ("" if paper["complete"] else " (not every corruption of the paper)")
+        )
+    elif paper:
+        console.print(f"MedMNIST-C summary: {paper['note']}")

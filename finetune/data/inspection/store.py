@@ -1,0 +1,100 @@
+"""Where ``finetune inspect`` keeps what it found about a dataset, so that training and ``finetune advise``
+can warn (one line) when the data they are given leaks across its splits.
+
+The findings are filed under a fingerprint of the splits: per split, each file's resolved path, size and
+modification time (no image is read: cheap enough for every training start), the bytes of in-memory
+arrays (MedMNIST, digits), or a pack's stream and sample indices. A file renamed, edited or moved to
+another split changes the fingerprint, and the old findings no longer apply. The store is the folder
+``$FINETUNE_INSPECT_CACHE``, by default ``~/.cache/finetune/inspect``: one ``<fingerprint>.json`` per
+inspected dataset. Training looks only when that folder holds a record, so it costs nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from finetune.data.masks import Pair
+from finetune.data.sources import Samples
+from finetune.run.artifacts import write_json
+
+ENV = "FINETUNE_INSPECT_CACHE"
+
+
+def store_dir() -> Path:
+    """``$FINETUNE_INSPECT_CACHE`` if set, else ``~/.cache/finetune/inspect``."""
+    env = os.environ.get(ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "finetune" / "inspect"
+
+
+def fingerprint(splits: Mapping[str, Samples | Sequence[Pair]]) -> str:
+    """A hash of which images each split holds (file identity by path, size and mtime; arrays by content)."""
+    digest = hashlib.sha256()
+    seen: list[object] = []
+    for split, part in splits.items():
+        if any(part is other for other in seen):
+            continue  # test = val
+        seen.append(part)
+        digest.update(f"\0split {split} {len(part)}\0".encode())
+        if isinstance(part, Samples):
+            _update_samples(digest, part)
+        else:
+            for pair in part:
+                _update_file(digest, pair.image)
+                _update_file(digest, pair.mask)
+    return digest.hexdigest()[:32]
+
+
+def _update_samples(digest, samples: Samples) -> None:
+    images = samples.images
+    if isinstance(images, np.ndarray):
+        digest.update(repr((images.shape, str(images.dtype), getattr(samples, "stream", None))).encode())
+        digest.update(np.ascontiguousarray(images).data)
+    else:
+        for path in images:
+            _update_file(digest, Path(path))
+
+
+def _update_file(digest, path: Path) -> None:
+    stat = path.stat()
+    digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+
+
+def save_findings(key: str, record: dict) -> Path:
+    """File ``record`` (what inspect found: its ``leaks`` summary first) under the fingerprint ``key``."""
+    return write_json(store_dir() / f"{key}.json", record)
+
+
+def load_findings(key: str) -> dict | None:
+    """The record inspect filed under ``key``, or None."""
+    path = store_dir() / f"{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def leak_warning(splits: Mapping[str, Samples | Sequence[Pair]]) -> str | None:
+    """One line when ``finetune inspect`` found images shared across these splits; None when it found none,
+    never inspected them, or nothing was ever inspected (then nothing is hashed)."""
+    folder = store_dir()
+    if not folder.is_dir() or not any(folder.glob("*.json")):
+        return None
+    try:
+        record = load_findings(fingerprint(splits))
+    except OSError:  # a file gone since the data was scanned: training reports it in its own words
+        return None
+    leaks = (record or {}).get("leaks") or {}
+    if not leaks.get("groups"):
+        return None
+    kinds = ", ".join(f"{n} {kind}" for kind, n in leaks["by_detector"].items() if n)
+    return (
+        f"finetune inspect found {leaks['groups']} group(s) of duplicate images across the splits of this data "
+        f"({kinds}; e.g. {leaks['example']}): val/test scores will be optimistic; see {record.get('report')} and "
+        f"write a cleaned label file with finetune inspect <same dataset overrides> out=clean.csv"
+    )

@@ -1,0 +1,184 @@
+"""``finetune inspect`` on a 43-image copy of hymenoptera with known problems planted (an exact copy inside
+train, an exact copy of a train image in val, a resized JPEG re-encoded copy in val, three label flips): each
+detector finds what was planted and little else; the cleaned CSV leaves them out and never touches the data;
+training and ``finetune advise`` on the inspected data warn about the leak. Features: efficientnet_lite0's
+pip ImageNet weights at 128 px."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.inspect_validation import plant_folder
+from finetune.data.inspection.store import ENV, fingerprint, leak_warning
+
+from ..helpers import cli_in_process, one_torch_thread, squares, tree_hashes
+
+COUNTS = {"exact_within": 1, "exact_cross": 1, "near_cross": 1, "flips": 3}
+
+
+@pytest.fixture(scope="module")
+def inspected(tmp_path_factory):
+    """The planted copy, its truth, and one inspect run over it (report folder and cleaned CSV)."""
+    from ..conftest import SHARED_DATA
+
+    hymenoptera = SHARED_DATA / "classification" / "hymenoptera"
+    if not hymenoptera.is_dir():
+        pytest.skip("../shared/data is not present")
+    base = tmp_path_factory.mktemp("inspect")
+    data = base / "hymenoptera"
+    planted = plant_folder(hymenoptera, data, {"train": 14, "val": 6}, COUNTS)
+    before = tree_hashes(data)
+    with pytest.MonkeyPatch.context() as patch, one_torch_thread():
+        patch.setenv(ENV, str(base / "store"))
+        out = cli_in_process(
+            "inspect",
+            "dataset=imagefolder",
+            f"dataset.root={data}",
+            "dataset.image_size=224",
+            "report=report",
+            "out=clean.csv",
+            cwd=base,
+        )
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((base / "report" / "inspect.json").read_text())
+    return {"base": base, "data": data, "planted": planted, "record": record, "out": out, "before": before}
+
+
+def _groups(record: dict, key: str) -> list[set[tuple[str, str]]]:
+    return [{(Path(n).parts[-3], Path(n).name) for n in g["names"]} for g in record[key]]
+
+
+def test_each_detector_finds_what_was_planted(inspected):
+    record, planted = inspected["record"], inspected["planted"]
+    assert record["splits"] == {"train": 29, "val": 14}  # 28 + 1 copy; 12 + 2 copies; flips moved in train
+    assert record["images"]["modes"] == {"RGB": 43} and record["images"]["channels"] == {"3": 43}
+    assert sum(record["class_balance"]["train"].values()) == 29
+
+    exact = _groups(record, "exact_duplicates")  # exactly the two planted pairs, one of them a leak
+    assert sorted(map(sorted, exact)) == sorted(sorted(pair) for pair in planted.exact)
+    assert [g["cross_split"] for g in record["exact_duplicates"]] == [True, False]  # leaks ranked first
+
+    (near,) = planted.near  # the resized, re-encoded copy: both near detectors, nothing else
+    assert _groups(record, "near_duplicates_hash") == [set(near)]
+    assert _groups(record, "near_duplicates_features") == [set(near)]
+
+    ranked = [("train", Path(r["name"]).name) for r in record["label_issues"]]
+    assert set(planted.flips) <= set(ranked[:6]) and len(ranked) <= 10  # every flip, near the top
+    flip = next(r for r in record["label_issues"] if Path(r["name"]).name.startswith("flip_"))
+    assert flip["suggested_label"] != flip["given_label"] and flip["confidence"] < 0.5
+
+    assert record["leaks"]["groups"] == 3 and record["leaks"]["by_detector"]["exact"] == 1
+    text = inspected["out"].stdout
+    assert "exact duplicates: 2 group(s), 1 across splits" in text and "LEAK: 3 group(s)" in text
+
+
+def test_the_page_shows_every_finding(inspected):
+    page = (inspected["base"] / "report" / "inspect.html").read_text()
+    for title in ("Class balance", "Exact duplicates", "Near duplicates: perceptual hash", "Likely label issues"):
+        assert f"<h2>{title}</h2>" in page
+    shown = 4 + 2 + 2 + len(inspected["record"]["label_issues"])  # thumbnails: groups' members and flags
+    assert page.count('src="data:image/png;base64,') >= shown
+
+
+def test_the_cleaned_csv_leaves_out_copies_and_flips_and_the_data_is_untouched(inspected):
+    base, planted = inspected["base"], inspected["planted"]
+    assert tree_hashes(inspected["data"]) == inspected["before"]
+    with open(base / "clean.csv") as f:
+        rows = list(csv.DictReader(f))
+    kept = {(r["split"], Path(r["path"]).name) for r in rows}
+    left_out = {pair[1] for pair in planted.exact + planted.near} | set(planted.flips)
+    assert not kept & left_out and all(pair[0] in kept for pair in planted.exact + planted.near)
+    assert len(rows) == inspected["record"]["clean_csv"]["rows"] == 43 - 3 - len(inspected["record"]["label_issues"])
+    assert all(Path(r["path"]).is_absolute() and r["label"] in ("ants", "bees") for r in rows)
+    assert f"dataset.root={inspected['data']}" in inspected["out"].stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["out=clean.csv"], "exists: inspect never overwrites"),
+        (["out={data}/train/clean.csv"], "is inside the data folder"),
+        (["report={data}/report"], "is inside the data folder"),
+        (["out=clean.txt"], "the cleaned label file is a CSV"),
+        (["near_cosine=2"], "near_cosine='2': use a similarity in (0, 1]"),
+    ],
+)
+def test_bad_outputs_are_refused_in_one_line_before_any_work(inspected, args, message):
+    args = [a.format(data=inspected["data"]) for a in args]
+    out = cli_in_process(
+        "inspect", "dataset=imagefolder", f"dataset.root={inspected['data']}", *args, cwd=inspected["base"]
+    )
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_training_and_advise_warn_about_the_leak_until_the_data_changes(inspected, monkeypatch, caplog):
+    from finetune.tasks.registry import get_task
+
+    from ..conftest import compose_config
+
+    monkeypatch.setenv(ENV, str(inspected["base"] / "store"))
+    cfg = compose_config("dataset=imagefolder", f"dataset.root={inspected['data']}")
+    data = get_task(cfg.task).data_module(cfg)
+    warning = leak_warning(data.splits)
+    assert warning.startswith("finetune inspect found 3 group(s) of duplicate images across the splits")
+    assert "out=clean.csv" in warning and str(inspected["base"] / "report" / "inspect.html") in warning
+
+    args = ["dataset=imagefolder", f"dataset.root={inspected['data']}", "backbone.name=resnet10t"]
+    args += ["backbone.pretrained=false", "dataset.image_size=32", "out=advice"]
+    with one_torch_thread(), caplog.at_level("WARNING"):
+        out = cli_in_process("advise", *args, cwd=inspected["base"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert warning in caplog.text  # logged by the training build advise shares
+
+    monkeypatch.setenv(ENV, str(inspected["base"] / "elsewhere"))  # never inspected: nothing said, nothing hashed
+    assert leak_warning(data.splits) is None
+
+
+def test_the_fingerprint_follows_the_files_and_splits(tmp_path):
+    from finetune.data.sources import Samples
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        path.write_bytes(bytes([i]))
+    targets = np.zeros(3, np.int64)
+    split = {"train": Samples(paths[:2], targets[:2]), "val": Samples(paths[2:], targets[2:])}
+    moved = {"train": Samples(paths[:1], targets[:1]), "val": Samples(paths[1:], targets[1:])}
+    first = fingerprint(split)
+    assert first == fingerprint({**split, "test": split["val"]})  # test = val is seen once
+    assert first != fingerprint(moved)
+    paths[0].write_bytes(b"edited")
+    assert first != fingerprint(split)
+
+
+def test_segmentation_pairs_and_arrays_get_the_data_checks(tmp_path, monkeypatch):
+    """Any kind: image/mask pairs (no per-image class: hashes only) and in-memory arrays (digits), whose
+    images are not files a cleaned CSV could name."""
+    monkeypatch.setenv(ENV, str(tmp_path / "store"))
+    squares(tmp_path / "seg", n=6, size=32)
+    copy = tmp_path / "seg" / "images" / "img00.png"
+    (tmp_path / "seg" / "images" / "img06.png").write_bytes(copy.read_bytes())
+    (tmp_path / "seg" / "masks" / "img06.png").write_bytes((tmp_path / "seg" / "masks" / "img00.png").read_bytes())
+    args = [
+        "task=segmentation",
+        "head=unet",
+        "dataset=seg_folder",
+        f"dataset.root={tmp_path / 'seg'}",
+        "report=seg-report",
+    ]
+    out = cli_in_process("inspect", *args, "dataset.mask_mode=binary", "dataset.val_fraction=0.3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "seg-report" / "inspect.json").read_text())
+    assert sum(record["splits"].values()) == 7 and record["backbone"] is None and record["label_issues"] == []
+    assert [sorted(Path(n).name for n in g["names"]) for g in record["exact_duplicates"]] == [
+        ["img00.png", "img06.png"]
+    ]
+    assert "no per-image class" in record["notes"][0]
+
+    out = cli_in_process("inspect", "dataset=digits", "features=false", "report=digits", "out=d.csv", cwd=tmp_path)
+    assert out.returncode == 2 and "keeps its images in arrays or a pack" in out.stderr
+    assert not (tmp_path / "d.csv").exists() and not (tmp_path / "digits").exists()  # refused before writing

@@ -1,0 +1,256 @@
+"""The documentation cannot drift from the code: every ``finetune …`` line of the fenced bash blocks in README.md,
+docs/**/*.md and recipes/**/README.md names a command that exists and composes (training command lines through
+Hydra's compose API, as ``finetune --cfg job`` composes them; the ``key=value`` options of the other commands
+against the command's ``OPTIONS``), and every Python block marked runnable (```` ```python title="runnable" ````)
+runs. Lines that cannot compose offline are skipped only through ``ALLOWED``, each with its reason."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from finetune.cli import COMMANDS
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "recipes").rglob("README.md"))]
+FENCE = re.compile(r"^([ \t]*)```(\w*)([^\n]*)\n(.*?)^[ \t]*```", re.M | re.S)
+STARTS = (("finetune",), (".venv/bin/finetune",), ("python", "-m", "finetune"), ("python3", "-m", "finetune"))
+SHELL_END = {">", ">>", "|", "&&", "||", ";", "&", "2>&1"}
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p"}
+# commands whose other arguments are training overrides (composed with Hydra); the rest take key=value only
+TRAINING_ARGS = {"train", "plan", "lr-find", "advise", "inspect", "pack", "summary"}
+
+# "<file>:<line text>" -> why it cannot be checked offline
+ALLOWED = {
+    'docs/guides/scale.md:if [ -d "$RUN" ]; then srun python -m finetune resume=$RUN; else srun python -m finetune '
+    "<overrides> hydra.run.dir=$RUN; fi": "a shell template: <overrides> stands for the user's own",
+}
+
+
+@dataclass(frozen=True)
+class Line:
+    page: str  # relative to the repository
+    number: int
+    text: str  # the command line as written (continuations joined)
+    args: tuple[str, ...]  # after `finetune`, up to the end of the command (a redirect, a pipe, a comment)
+
+
+def fenced_blocks(text: str) -> list[tuple[int, str, str, str]]:
+    """``(first line number, language, info after it, body)`` of every fenced block, indentation removed."""
+    blocks = []
+    for match in FENCE.finditer(text):
+        indent = len(match[1])
+        body = "\n".join(line[indent:] if line[:indent].isspace() else line for line in match[4].splitlines())
+        blocks.append((text.count("\n", 0, match.start(4)) + 1, match[2], match[3], body))
+    return blocks
+
+
+def shell_lines(first: int, body: str) -> list[tuple[int, str]]:
+    """A shell block's lines, each with the number of its first line, backslash continuations joined."""
+    lines, start, buffer = [], None, ""
+    for i, raw in enumerate(body.splitlines()):
+        start = first + i if start is None else start
+        if raw.rstrip().endswith("\\"):
+            buffer += raw.rstrip()[:-1] + " "
+            continue
+        lines.append((start, buffer + raw))
+        start, buffer = None, ""
+    return lines
+
+
+def command_args(text: str) -> tuple[str, ...] | None:
+    """The arguments of a shell line that runs finetune (after environment assignments), or None."""
+    try:
+        words = shlex.split(text, comments=True)
+    except ValueError:
+        return None
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        words.pop(0)
+    for start in STARTS:
+        if tuple(words[: len(start)]) == start:
+            rest = words[len(start) :]
+            end = next((i for i, w in enumerate(rest) if w in SHELL_END), len(rest))
+            return tuple(rest[:end])
+    return None
+
+
+def documented_lines() -> list[Line]:
+    lines = []
+    for page in PAGES:
+        relative = page.relative_to(REPO).as_posix()
+        for first, language, _, body in fenced_blocks(page.read_text()):
+            if language not in ("bash", "sh", "shell", "console"):
+                continue
+            variables: dict[str, str] = {}  # R=dataset.root=… earlier in the block, used as $R
+            for number, text in shell_lines(first, body):
+                text = text.strip().removeprefix("$ ")
+                assignment = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(\S+)", text)
+                if assignment:
+                    variables[assignment[1]] = assignment[2]
+                if text.startswith("#") or "finetune" not in text:
+                    continue
+                expanded = text
+                for name, value in variables.items():
+                    expanded = re.sub(rf"\${{?{name}\b}}?", value, expanded)
+                args = command_args(expanded)
+                if args is not None or f"{relative}:{text}" in ALLOWED:
+                    lines.append(Line(relative, number, text, args or ()))
+    return lines
+
+
+def runnable_blocks() -> list[tuple[str, int, str]]:
+    return [
+        (page.relative_to(REPO).as_posix(), first, body)
+        for page in PAGES
+        for first, language, info, body in fenced_blocks(page.read_text())
+        if language == "python" and re.search(r'title="runnable"', info)
+    ]
+
+
+LINES = documented_lines()
+
+
+def command_of(args: tuple[str, ...]) -> tuple[str, list[str]]:
+    """``finetune <command> …`` → the command and its arguments (none named: train)."""
+    if args and args[0] in COMMANDS:
+        return args[0], list(args[1:])
+    return "train", list(args)
+
+
+def options_of(command: str) -> dict[str, str | None] | None:
+    """The command's own key=value options (its module's ``OPTIONS``), or None when it declares none."""
+    module = importlib.import_module(COMMANDS[command][0].partition(":")[0])
+    return getattr(module, "OPTIONS", None)
+
+
+def without_flags(args: list[str]) -> tuple[list[str], set[str]]:
+    """Hydra's flags (``--cfg job``, ``--resolve``, ``-m``) removed: the overrides, and the flags seen."""
+    overrides, flags, skip = [], set(), False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            flags.add(arg)
+            skip = arg in FLAGS_WITH_VALUE
+        else:
+            overrides.append(arg)
+    return overrides, flags
+
+
+def one_job(overrides: list[str]) -> list[str]:
+    """A multirun's overrides with each sweep (``a,b``, ``choice(…)``, ``range(…)``) reduced to its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    out = []
+    for override, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
+        if isinstance(parsed.value(), IntervalSweep):  # a search's interval(lo, hi): its lower end
+            out.append(f"{parsed.get_key_element()}={parsed.value().start}")
+        elif parsed.is_sweep_override():
+            out.append(f"{parsed.get_key_element()}={next(iter(parsed.sweep_string_iterator()))}")
+        else:
+            out.append(override)
+    return out
+
+
+@pytest.fixture(scope="module")
+def compose():
+    """Hydra's compose API on finetune's config, initialised once for every line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import finetune.run.schema  # noqa: F401  (the schema every composition is checked against)
+    from finetune.resources import conf_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        yield lambda overrides: hydra_compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def test_the_docs_hold_the_command_lines_this_test_checks():
+    pages = {line.page for line in LINES}
+    assert len(LINES) >= 60, len(LINES)
+    assert {"README.md", "docs/getting-started.md", "recipes/medical/README.md", "docs/search.md"} <= pages, pages
+    assert RUNNABLE, "no Python block is marked runnable"
+    stale = set(ALLOWED) - {f"{line.page}:{line.text}" for line in LINES}
+    assert not stale, f"ALLOWED names lines no page holds any more: {stale}"
+
+
+def problem(line: Line, compose) -> str | None:
+    """What is wrong with a documented command line (None: it names a command, its options and a config that
+    exist)."""
+    where = f"{line.page}:{line.number}: {line.text}"
+    command, args = command_of(line.args)
+    overrides, flags = without_flags(args)
+    if flags & {"--help", "-h", "--version"}:
+        return None  # the command exists; the reference page prints its help
+    options = options_of(command) or {}
+    if unknown := [a for a in overrides if "=" not in a.lstrip("+~")]:
+        return f"{where}: not key=value: {unknown}"
+    own = [a for a in overrides if a.partition("=")[0] in options]
+    rest = [a for a in overrides if a not in own]
+    if command not in TRAINING_ARGS:
+        return f"{where}: finetune {command} has no option {rest}" if rest and options else None
+    try:
+        compose(one_job(rest))
+    except Exception as err:  # Hydra's and OmegaConf's errors: the line does not compose
+        return f"{where}: does not compose: {type(err).__name__}: {err}"
+    return None
+
+
+@pytest.mark.parametrize("line", LINES, ids=[f"{line.page}:{line.number}" for line in LINES])
+def test_a_documented_command_line_composes(line: Line, compose):
+    if f"{line.page}:{line.text}" in ALLOWED:
+        pytest.skip(ALLOWED[f"{line.page}:{line.text}"])
+    assert problem(line, compose) is None
+
+
+@pytest.mark.parametrize(
+    "text,wrong",
+    [
+        ("finetune export rn=runs/x format=onnx", "has no option ['rn=runs/x']"),
+        ("finetune datset=digits", "does not compose: ConfigCompositionException"),
+        ("finetune backbone=resnet19", "does not compose: MissingConfigException"),
+        ("finetune lr-find +classification=digits schedule.lr=abc", "does not compose: ConfigCompositionException"),
+        ("finetune -m schedule.lr=abc,1e-3", "does not compose"),
+        ("finetune summary backbone=resnet18 input_siz=224", "does not compose"),
+        ("finetune predict export=x inputs=y topk 3", "not key=value: ['topk', '3']"),
+    ],
+)
+def test_the_check_finds_a_misspelt_option_key_or_group_option(text: str, wrong: str, compose):
+    found = problem(Line("page.md", 1, text, command_args(text)), compose)
+    assert found and wrong in found, found
+
+
+def test_the_documented_lines_keep_their_options_and_overrides_apart():
+    """``lr-find``'s own ``phase=`` is not composed, ``out=`` of pack neither; a training line is all overrides."""
+    assert command_of(command_args("finetune lr-find +classification=digits phase=0") or ()) == (
+        "lr-find",
+        ["+classification=digits", "phase=0"],
+    )
+    assert "phase" in options_of("lr-find") and "out" in options_of("pack") and options_of("train") is None
+    assert one_job(["backbone=a,b", "schedule.lr=tag(log, interval(1e-5, 1e-1))"]) == [
+        "backbone=a",
+        "schedule.lr=1e-05",
+    ]
+
+
+RUNNABLE = runnable_blocks()
+
+
+@pytest.mark.parametrize("page,first,code", RUNNABLE, ids=[f"{page}:{first}" for page, first, _ in RUNNABLE])
+def test_a_runnable_python_block_runs(page: str, first: int, code: str, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"{page}:{first}: the runnable block failed:\n{done.stderr[-3000:]}"
