@@ -1,5 +1,7 @@
-"""benchmarks/results/README.md: a section per result file, ``run_all``'s benchmarks first, then the sections
-handed over by the benchmarks run on their own (the peers package's ``SECTIONS``)."""
+"""The benchmark tables: a section per result file, ``run_all``'s benchmarks first, then the sections handed over
+by the benchmarks run on their own (the peers package's ``SECTIONS``). ``make bench`` writes them to
+benchmarks/results/README.md; the documentation site renders them again from the same JSON files at every build
+(docs/hooks/reference.py: Results → Benchmark tables), so the site shows what the files hold."""
 
 from __future__ import annotations
 
