@@ -26,9 +26,19 @@ class DatasetKind(Entry):
     data_module: str = ""  # "module:class" of a data module of its own ("": the task's usual one)
     packable: bool = False  # whether `finetune pack` writes it as a pack (finetune.data.streaming)
     packer: str = ""  # "module:function" (dataset group, out) -> index of a pack that is not a classification Source
+    # Other tasks it feeds, each with the "module:class" of its data module for that task
+    other_tasks: tuple[tuple[str, str], ...] = ()
 
     def config_class(self) -> type:
         return resolve(self.config)
+
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks it feeds."""
+        return (self.task, *(name for name, _ in self.other_tasks))
+
+    def module_for(self, task: str) -> str:
+        """The "module:class" of its data module under ``task`` ("": the task's usual one)."""
+        return self.data_module if task == self.task else dict(self.other_tasks).get(task, "")
 
     def load(self, config: Any) -> Any:
         """Scan and check the data ``config`` (an instance of ``config_class()``) describes."""
@@ -103,6 +113,7 @@ DATASETS: Registry[DatasetKind] = Registry(
             "finetune.data.streaming:StreamingConfig",
             "finetune.data.streaming:load_streaming_source",
             "finetune.data.streaming_loader:StreamingDataModule",
+            other_tasks=(("segmentation", "finetune.data.seg_stream:StreamingSegmentationDataModule"),),
         ),
     ],
 )
@@ -115,4 +126,4 @@ def packable_kinds() -> tuple[str, ...]:
 
 def dataset_kinds(task: str) -> tuple[str, ...]:
     """The ``dataset.kind`` choices of the task called ``task``, in registration order."""
-    return tuple(name for name, kind in DATASETS.items() if kind.task == task)
+    return tuple(name for name, kind in DATASETS.items() if task in kind.tasks())

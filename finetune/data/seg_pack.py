@@ -7,13 +7,13 @@ image channels and, per split, the image count, the pixels per class and the ima
 as training checks them (sizes, mask values, decodable images) before anything is written.
 
 A pack reads back by index (``load_pairs``): the same images and class-index masks as the original data
-module's. Training on a segmentation pack is not supported yet (``load_streaming_source`` refuses it).
+module's; ``task=segmentation dataset=streaming`` trains on one (``finetune.data.seg_stream``).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +104,13 @@ def _split(pairs: list[Pair]) -> PackSplit:
 
 
 @dataclass(frozen=True)
+class PackedName:
+    """A packed pair's name where a file pair's paths are read (``pair.image.stem``)."""
+
+    image: Path
+
+
+@dataclass(frozen=True)
 class PackedPairs:
     """A split of a segmentation pack, read by index."""
 
@@ -114,9 +121,21 @@ class PackedPairs:
     def __len__(self) -> int:
         return self.size
 
+    def __getitem__(self, i: int) -> PackedName:
+        """How pair ``i`` is named in reports and predictions (a pack keeps no file names): ``<split>-<i>``."""
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        return PackedName(Path(f"{Path(self.stream.uri.rstrip('/')).name}-{i:05d}"))
+
+    def __iter__(self) -> Iterator[PackedName]:
+        return (self[i] for i in range(self.size))
+
     def pair(self, i: int, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
         """Image ``i`` (HWC uint8 with ``channels`` channels) and its class-index mask, decoded as from files."""
-        sample = opened(self.stream)[i]
+        return self.decoded(opened(self.stream)[i], channels)
+
+    def decoded(self, sample: dict, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """A packed sample's image (HWC uint8 with ``channels`` channels) and class-index mask."""
         name = f"{self.stream.uri}#{sample['index']}"
         fov = NamedBytes(sample["fov"], f"{name} fov{sample['fov_suffix']}") if "fov" in sample else None
         image = f"{name}{sample['suffix']}"
@@ -128,7 +147,11 @@ def load_pairs(uri: str, cache_dir: str | None = None, max_cache_size: str = "10
     """(index, {split: PackedPairs}) of the segmentation pack at ``uri``."""
     index = read_index(uri)
     if index.get("task_group") != TASK:
-        raise DatasetError(f"dataset.uri={uri} is not a segmentation pack: pack one with dataset=seg_folder|drive")
+        raise DatasetError(
+            f"dataset.uri={uri} is a classification pack (of dataset={index.get('kind')}); task=segmentation trains "
+            "segmentation packs: train it with task=classification, or pack a segmentation dataset "
+            "(finetune pack dataset=seg_folder|drive ...)"
+        )
     mask = index["mask"]
     config = SegDatasetConfig(
         index["kind"],

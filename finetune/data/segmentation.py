@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import albumentations as A
 import cv2
@@ -28,29 +29,48 @@ from finetune.run.errors import DatasetError
 log = logging.getLogger(__name__)
 
 
+class PairReader(Protocol):
+    """A split's pairs by position: (image HWC uint8, class-index mask)."""
+
+    def __len__(self) -> int: ...
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class FilePairs:
+    """Pairs read from their files (a PairReader)."""
+
+    pairs: list[Pair]
+    config: SegDatasetConfig
+    channels: int
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[i]
+        return read_image(pair.image, self.channels), read_mask(pair, self.config)
+
+
+def crop(transform: A.Compose, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``transform`` applied to an image and its mask together: (image [C, H, W] float, mask [H, W] int64)."""
+    out = transform(image=image, mask=mask)
+    return out["image"], torch.as_tensor(out["mask"]).long()
+
+
 class SegDataset(Dataset):
     """(image [C, H, W] float, mask [H, W] int64) pairs through an albumentations transform;
     ``repeats`` serves every pair that many times per epoch (one random crop each)."""
 
-    def __init__(
-        self,
-        pairs: list[Pair],
-        config: SegDatasetConfig,
-        channels: int,
-        transform: A.Compose,
-        repeats: int = 1,
-        seed: int = 0,
-    ) -> None:
-        self.pairs, self.config, self.channels = pairs, config, channels
-        self.transform, self.repeats, self.seed = transform, repeats, seed
+    def __init__(self, pairs: PairReader, transform: A.Compose, repeats: int = 1, seed: int = 0) -> None:
+        self.pairs, self.transform, self.repeats, self.seed = pairs, transform, repeats, seed
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeats
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = self.pairs[seed_draw(self.transform, key, self.seed) % len(self.pairs)]
-        out = self.transform(image=read_image(pair.image, self.channels), mask=read_mask(pair, self.config))
-        return out["image"], torch.as_tensor(out["mask"]).long()
+        return crop(self.transform, *self.pairs(seed_draw(self.transform, key, self.seed) % len(self.pairs)))
 
 
 @dataclass(frozen=True)
@@ -82,9 +102,9 @@ class SegmentationDataModule(FinetuneDataModule):
         seed: int,
         class_weights: bool = False,
     ) -> None:
-        config = SegDatasetConfig.from_mapping(plain_dict(dataset))
+        config, splits, info = self._scan(plain_dict(dataset))
         super().__init__(config.grayscale, batch_size, seed)
-        self.config = config
+        self.config, self.splits, self.info = config, splits, info
         self.augment = Augment.from_mapping(plain_dict(augment))
         if self.augment.crop_scale is not None:
             log.info(
@@ -93,12 +113,6 @@ class SegmentationDataModule(FinetuneDataModule):
                 self.config.crop_size,
             )
         self.weighted = class_weights
-        self.splits = DATASETS.get(self.config.kind).load(self.config)
-        counts = {name: check_pairs(pairs, self.config, name) for name, pairs in self.splits.items()}
-        every_image = list(dict.fromkeys(p.image for pairs in self.splits.values() for p in pairs))
-        self.info = SegmentationInfo(
-            self.config.names, _image_channels(every_image), counts["train"].tolist(), self.config.ignore_index
-        )
         if self.config.grayscale == "adapt" and self.info.image_channels == 3:
             raise DatasetError("dataset.grayscale=adapt needs grayscale images; these are RGB: use replicate")
         self._transforms: dict[str, A.Compose] = {}
@@ -108,6 +122,21 @@ class SegmentationDataModule(FinetuneDataModule):
             self.info.num_classes,
             "/".join(str(len(p)) for p in self.splits.values()),
         )
+
+    def _scan(self, dataset: dict) -> tuple[SegDatasetConfig, dict, SegmentationInfo]:
+        """The ``dataset`` group's config, its splits and what the model needs to know, every pair checked."""
+        config = SegDatasetConfig.from_mapping(dataset)
+        splits = DATASETS.get(config.kind).load(config)
+        counts = {name: check_pairs(pairs, config, name) for name, pairs in splits.items()}
+        every_image = list(dict.fromkeys(p.image for pairs in splits.values() for p in pairs))
+        info = SegmentationInfo(
+            config.names, _image_channels(every_image), counts["train"].tolist(), config.ignore_index
+        )
+        return config, splits, info
+
+    def reader(self, split: str, channels: int) -> PairReader:
+        """The pairs of ``split``, read with ``channels`` image channels."""
+        return FilePairs(self.splits[split], self.config, channels)
 
     @property
     def class_weights(self) -> torch.Tensor | None:
@@ -165,8 +194,7 @@ class SegmentationDataModule(FinetuneDataModule):
 
     def raw_pair(self, split: str, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``i`` of ``split`` (HWC uint8, as read) and its class-index mask."""
-        pair = self.splits[split][i]
-        return read_image(pair.image, 3), read_mask(pair, self.config)
+        return self.reader(split, 3)(i)
 
     def _loader(
         self, split: str, transform: str, batch_size: int, sampler, repeats: int = 1, drop_last: bool = False
@@ -175,7 +203,7 @@ class SegmentationDataModule(FinetuneDataModule):
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
         workers = self.config.num_workers
         dataset = SegDataset(
-            self.splits[split], self.config, self.info.image_channels, self._transforms[transform], repeats, self.seed
+            self.reader(split, self.info.image_channels), self._transforms[transform], repeats, self.seed
         )
         if drop_last and len(sampler) < batch_size:
             raise DatasetError(

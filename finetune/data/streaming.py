@@ -14,7 +14,7 @@ loop saves a stateful training loader's ``state_dict``), so a resumed run replay
 order. Validation and test read samples by index, in order.
 
 Segmentation kinds pack image/mask pairs (``finetune.data.seg_pack``, index version 3, ``task_group``
-``segmentation``); this module writes them (``write_pack``) but trains on classification packs only.
+``segmentation``); this module writes them (``write_pack``); they train through ``finetune.data.seg_stream``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ class StreamingConfig(DatasetConfig):
     uri: str | None = None  # the pack: a folder or s3://bucket/prefix (gs://, azure:// as LitData reads them)
     cache_dir: str | None = None  # local chunk cache; None: LitData's default
     max_cache_size: str = "10GB"  # the cache's bound (LitData evicts chunks beyond it)
+    # task=segmentation (a segmentation pack, finetune.data.seg_stream): as for dataset=seg_folder|drive
+    crop_size: int = 256
+    tile_overlap: float = 0.5
+    scale: float = 1.0
+    samples_per_image: int = 1
 
 
 def is_remote(uri: str) -> bool:
@@ -176,9 +181,9 @@ def load_streaming_source(config: StreamingConfig) -> Source:
     index = read_index(config.uri)
     if index.get("task_group", STREAMED) != STREAMED:
         raise DatasetError(
-            f"dataset.uri={config.uri} is a {index['task_group']} pack (of dataset={index['kind']}); training streams "
-            f"classification packs only for now: train with task={index['task_group']} dataset={index['kind']} "
-            "dataset.root=<the folder it was packed from>"
+            f"dataset.uri={config.uri} is a {index['task_group']} pack (of dataset={index['kind']}); "
+            "task=classification trains classification packs: train it with task=segmentation "
+            "head=unet|fpn|deeplabv3plus dataset=streaming"
         )
     splits = {
         name: PackedSamples(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from litdata import StreamingDataLoader, StreamingDataset
 from torch.utils.data import DataLoader, get_worker_info
 
 from finetune.data.datamodule import ClassificationDataModule
-from finetune.data.streaming import PackedSamples, allow_plain_http, decode
+from finetune.data.streaming import StreamSpec, allow_plain_http, decode
 from finetune.data.transforms import seed_transform
 from finetune.run.errors import DatasetError
 
@@ -32,10 +33,17 @@ class AugmentedStream(StreamingDataset):
     epoch the loader sets on the main process reaches the workers through shared memory instead, and a
     worker drops a restored position once the loader has moved past its epoch."""
 
-    def __init__(self, samples: PackedSamples, channels: int, transform: Callable[..., dict], seed: int) -> None:
+    def __init__(
+        self,
+        stream: StreamSpec,
+        channels: int,
+        transform: Callable[..., dict],
+        seed: int,
+        window: tuple[float, float] | None = None,
+    ) -> None:
         allow_plain_http()
-        super().__init__(samples.stream.uri, shuffle=True, seed=seed, drop_last=True, **samples.stream.options())
-        self.channels, self.augment, self.augment_seed, self.window = channels, transform, seed, samples.window
+        super().__init__(stream.uri, shuffle=True, seed=seed, drop_last=True, **stream.options())
+        self.channels, self.augment, self.augment_seed, self.window = channels, transform, seed, window
         self.record = os.environ.get(RECORD)
         self.shared_epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -51,7 +59,7 @@ class AugmentedStream(StreamingDataset):
             self.set_epoch(epoch)
         return super().__iter__()
 
-    def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index) -> Any:
         sample = super().__getitem__(index)
         i = int(getattr(index, "index", index))
         if self.record:
@@ -59,6 +67,10 @@ class AugmentedStream(StreamingDataset):
                 f.write(f"{self.distributed_env.global_rank} {self.current_epoch} {i}\n")
         draw = np.random.SeedSequence([self.augment_seed, self.current_epoch, i]).generate_state(1)[0]
         seed_transform(self.augment, int(draw))
+        return self.transformed(sample)
+
+    def transformed(self, sample: dict) -> Any:
+        """The training sample of a packed one, through the augmentation (seeded for this sample)."""
         image = self.augment(image=decode(sample["image"], sample["suffix"], self.channels, self.window))["image"]
         return image, torch.as_tensor(sample["target"])
 
@@ -100,7 +112,10 @@ class StreamingDataModule(ClassificationDataModule):
             return super()._loader(split, shuffle, transform, shard)
         if not self._transforms:
             raise RuntimeError("call set_preprocessing(...) before asking for dataloaders")
-        dataset = AugmentedStream(self.splits["train"], self.info.image_channels, self._transforms["train"], self.seed)
+        train = self.splits["train"]
+        dataset = AugmentedStream(
+            train.stream, self.info.image_channels, self._transforms["train"], self.seed, train.window
+        )
         return EpochAwareLoader(
             dataset,
             batch_size=self.batch_size,

@@ -82,6 +82,11 @@ class StreamingSchema(DatasetSchema):
     uri: str | None = None
     cache_dir: str | None = None
     max_cache_size: str = "10GB"
+    # a segmentation pack (task=segmentation): as for dataset=seg_folder|drive
+    crop_size: int = 256
+    tile_overlap: float = 0.5
+    scale: float = 1.0
+    samples_per_image: int = 1
 
 
 @dataclass

@@ -107,8 +107,8 @@ CASES = {
     "unknown-added": (["+schedule.lrr=0.1"], "+schedule.lrr=0.1: not a key of the config; did you mean schedule.lr?"),
     "unknown-kind": (
         ["dataset.crop_size=64"],
-        "dataset.crop_size=64: dataset.crop_size is a key of dataset=seg_folder|drive, and this run's dataset is "
-        "digits; remove it, or choose dataset=seg_folder",
+        "dataset.crop_size=64: dataset.crop_size is a key of dataset=seg_folder|drive|streaming, and this run's "
+        "dataset is digits; remove it, or choose dataset=seg_folder",
     ),
     # Lightning Trainer arguments finetune sets from its own keys
     "lightning-max_epochs": (

@@ -42,9 +42,11 @@ class Segmentation(Task):
             )
 
     def data_module(self, cfg):
-        from finetune.data.segmentation import SegmentationDataModule
+        from finetune.data import DATASETS
+        from finetune.run.registry import resolve
 
-        return SegmentationDataModule(
+        data_module = DATASETS.get(cfg.dataset.kind).module_for(self.name)
+        return resolve(data_module or "finetune.data.segmentation:SegmentationDataModule")(
             cfg.dataset, cfg.augment, cfg.schedule.batch_size, cfg.seed, class_weights=cfg.segmentation.class_weights
         )
 
