@@ -28,10 +28,7 @@ from finetune.commands.config_errors import config_access_error
 from finetune.commands.overrides import as_overrides
 from finetune.data import reference
 from finetune.data.images import check_image
-from finetune.export.bundle import ModelBundle, metadata
-from finetune.export.formats import torch_forward
-from finetune.export.loading import LoadedExport, load_export
-from finetune.export.predict_io import resolve_export
+from finetune.export.loading import LoadedExport, load_model
 from finetune.run.console import console
 from finetune.run.errors import ConfigError, FinetuneError
 from finetune.run.keys import override_key
@@ -111,11 +108,7 @@ def load(path: str | Path, weights: str | Path | None = None, allow_unverified: 
     predict; ``weights``: the pretrained backbone file a head export pins to, when not where it was;
     ``allow_unverified``: open an export that records no sha256 of its tensors or model file (refused
     otherwise; only for a file whose origin you know: a change made to it since export goes unnoticed)."""
-    path = Path(path).expanduser()
-    if (path / "config.yaml").is_file() or path.suffix == ".ckpt":
-        bundle = ModelBundle.from_run(path, get_task(run_config(path).task), None if weights is None else str(weights))
-        return Model(LoadedExport(path, metadata(bundle, "run"), torch_forward(bundle.model.eval()), bundle.task))
-    return Model(load_export(resolve_export(path), weights, tasks=TASKS, allow_unverified=allow_unverified))
+    return Model(load_model(path, weights, tasks=TASKS, allow_unverified=allow_unverified))
 
 
 # --- training: finetune.train, finetune.plan, finetune.advise -------------------------------------------------

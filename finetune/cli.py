@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -61,7 +62,19 @@ _WORD = re.compile(r"[A-Za-z][\w-]*")  # a bare word: neither key=value nor a fl
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch ``finetune <command> ...``; anything else is a training command line."""
+    """Dispatch ``finetune <command> ...``; anything else is a training command line. Output into a pipe
+    closed early (``finetune --help | head -1``) ends quietly with 141, as a shell's SIGPIPE would."""
+    try:
+        code = dispatch(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit writes nowhere
+        return 141
+
+
+def dispatch(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` names (``finetune --help``, ``--version``, a subcommand or training)."""
     quiet_library_chatter()
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help", "help"):

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
-from finetune.commands.args import compose_config, print_error, split_tool_args, tool_run_dir
+from finetune.commands.args import compose_config, print_error, tool_run_dir
+from finetune.commands.precheck import tool_main
 from finetune.run.errors import FinetuneError
 from finetune.run.schema import PhaseSchema
 
@@ -49,25 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     recommendation, command, timings) and advice.png (val accuracy and AUC by stage).
     Classification only.
     """
-    args = list(argv or [])
-    if {"-h", "--help"} & set(args):
-        print(main.__doc__)
-        return 0
-    from finetune.commands.precheck import precheck
-
-    try:
-        own, overrides = split_tool_args(
-            args,
-            OPTIONS,
-            "+classification=hymenoptera dataset.root=DIR",
-            "advise writes its own run directory; choose it with out=DIR",
-        )
-    except FinetuneError as err:
-        return print_error(err)
-    code = precheck(overrides)
-    if code:
-        return code
-    return run(overrides, own["out"])
+    return tool_main(
+        argv,
+        main.__doc__,
+        OPTIONS,
+        "+classification=hymenoptera dataset.root=DIR",
+        "advise writes its own run directory; choose it with out=DIR",
+        lambda own: own["out"],
+        lambda out, overrides: run(overrides, out),
+    )
 
 
 def run(overrides: list[str], out: str | None) -> int:

@@ -11,8 +11,11 @@ AlexNet baseline; needs severity=all).
 * ``corruptions=medmnistc``: the MedMNIST-C corruptions of the run's MedMNIST dataset (the ``medmnistc``
   package and ImageMagick's MagickWand library); ``corruptions=imagenet-c``: ImageNet-C-style corruptions
   from albumentations (any dataset).
-* A run directory: the numbers go into its metrics.json under ``robustness.<set>`` (other keys kept) and
-  its report.html gets a Robustness section (``report=false``: not rewritten); the run's lock is held.
+* A finished run directory (one without metrics.json yet is refused: resume it first): the numbers go
+  into its metrics.json under ``robustness.<set>`` (other keys kept; a ``resume_finished`` re-test keeps
+  them too) and its report.html gets a Robustness section (``report=false``: not rewritten); the run's
+  lock is held.
+* Without a test split the dataset's ``split=test`` is its val split (``test_is_val`` in the record).
 * An export (any format ``finetune predict`` opens): pass ``data=<run dir>`` whose dataset to use; the
   numbers go to ``out`` (default ``robustness.json``).
 """
@@ -78,6 +81,10 @@ def _evaluate_command(argv: list[str]) -> None:
         raise FinetuneError(
             f"run={path} is an export, which records no dataset: add data=<run dir> (the run whose dataset to use)"
         )
+    from finetune.run.records import find_checkpoint
+
+    if run and not (find_checkpoint(path)[0] / "metrics.json").is_file():  # no temperature, threshold, test yet
+        raise FinetuneError(f"run={path} has not finished (no metrics.json): resume it first, then evaluate")
     from finetune.data.corruptions import CORRUPTION_SETS
 
     CORRUPTION_SETS.get(args["corruptions"])  # a misspelt set: refused before torch is imported
@@ -87,12 +94,12 @@ def _evaluate_command(argv: list[str]) -> None:
     options = EvaluateOptions(args["corruptions"], severities, only, args["split"], seed)
     data_run = Path(args["data"]).expanduser() if args["data"] else path
     chosen_corruptions(options, run_config(data_run).dataset.get("name"))  # refused before any model
-    from finetune import load  # the package's facade: finetune.api imports the commands, not the reverse
+    from finetune.export.loading import load_model
     from finetune.run.lock import run_lock
-    from finetune.run.records import find_checkpoint
+    from finetune.tasks.registry import TASKS
 
     if not run:
-        record = _evaluate(load(path), data_run, options)
+        record = _evaluate(load_model(path, tasks=TASKS), data_run, options)
         out = Path(args["out"] or "robustness.json").expanduser()
         from finetune.run.artifacts import write_json
 
@@ -101,7 +108,7 @@ def _evaluate_command(argv: list[str]) -> None:
         return
     run_dir = find_checkpoint(path)[0]
     with run_lock([run_dir], "finetune evaluate"):
-        model = load(path)
+        model = load_model(path, tasks=TASKS)
         from finetune.training.robustness import write_robustness
 
         record = _evaluate(model, data_run, options)
@@ -110,11 +117,12 @@ def _evaluate_command(argv: list[str]) -> None:
         if report:
             from finetune.report.html import write_report
 
-            print(f"report written to {write_report(run_dir, model.exported.task)}")
+            print(f"report written to {write_report(run_dir, model.task)}")
 
 
 def _evaluate(model, data_run: Path, options) -> dict:
-    """Evaluate ``model`` (``finetune.api.Model``) on the split of ``data_run``'s dataset; print the table."""
+    """Evaluate ``model`` (an ``export.loading.LoadedExport``) on the split of ``data_run``'s dataset; print the
+    table. Without a test split the dataset's ``test`` is its val split: the record says so (``test_is_val``)."""
     from finetune.run.records import run_config
     from finetune.tasks.registry import get_task
     from finetune.training.robustness import evaluate_robustness
@@ -128,9 +136,8 @@ def _evaluate(model, data_run: Path, options) -> dict:
     if options.split not in data.splits:
         raise FinetuneError(f"split={options.split!r}: use one of {', '.join(data.splits)}")
     samples = data.splits[options.split]
-    record = evaluate_robustness(
-        model.exported, model.exported.task, samples, data.info.image_channels, cfg.dataset.get("name"), options
-    )
+    record = evaluate_robustness(model, model.task, samples, data.info.image_channels, cfg.dataset.get("name"), options)
+    record["test_is_val"] = options.split == "test" and data.test_is_val
     print_table(record)
     return record
 
@@ -139,10 +146,12 @@ def print_table(record: dict) -> None:
     """Accuracy per corruption and severity, the means, ECE, and the paper's summary where there is one."""
     from rich.table import Table
 
+    from finetune.report.page import split_name
     from finetune.run.console import console
 
     severities = record["severities"]
-    table = Table(title=f"{record['corruptions']} on {record['split']} ({record['images']} images): accuracy")
+    split = split_name(record.get("test_is_val", False)) if record["split"] == "test" else record["split"]
+    table = Table(title=f"{record['corruptions']} on {split} ({record['images']} images): accuracy")
     for column in ("corruption", *(f"s{s}" for s in severities), "mean", "ECE"):
         table.add_column(column, justify="left" if column == "corruption" else "right")
 
@@ -151,10 +160,10 @@ def print_table(record: dict) -> None:
 
     clean = record["clean"]
     table.add_row("clean", *(cell(clean["acc"]) for _ in severities), cell(clean["acc"]), cell(clean["ece"]))
-    for name, per in record["results"].items():
+    for name, per in record["results"].items():  # a severity not applicable to the images: "-"
         accs = [per[str(s)]["acc"] for s in severities]
         eces = [per[str(s)]["ece"] for s in severities]
-        table.add_row(name, *map(cell, accs), cell(sum(accs) / len(accs)), cell(sum(eces) / len(eces)))
+        table.add_row(name, *map(cell, accs), cell(_mean(accs)), cell(_mean(eces)))
     if record["results"]:
         means = [record["by_severity"][str(s)]["acc"] for s in severities]
         table.add_row("mean", *map(cell, means), cell(record["mean"]["acc"]), cell(record["mean"]["ece"]))
@@ -170,3 +179,8 @@ def print_table(record: dict) -> None:
         )
     elif paper:
         console.print(f"MedMNIST-C summary: {paper['note']}")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None

@@ -8,14 +8,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from finetune.commands.args import compose_config, parse_flag, positive_int, print_error, split_tool_args, tool_run_dir
+from finetune.commands.args import compose_config, parse_flag, positive_int, print_error, tool_run_dir
+from finetune.commands.precheck import tool_main
 from finetune.run.errors import FinetuneError
 
 JSON_NAME, HTML_NAME = "inspect.json", "inspect.html"
 OPTIONS = {
     "out": None,
     "report": None,
-    "keep_label_issues": "false",
+    "drop_label_issues": "false",
+    "keep_label_issues": None,
     "features": "true",
     "near_hash": "4",
     "near_cosine": "0.97",
@@ -26,7 +28,7 @@ OPTIONS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """finetune inspect: what is in your data before a model trains on it.
 
-    finetune inspect <dataset overrides> [out=clean.csv] [report=DIR] [keep_label_issues=false]
+    finetune inspect <dataset overrides> [out=clean.csv] [report=DIR] [drop_label_issues=false]
                      [features=true] [near_hash=4] [near_cosine=0.97] [show=30]
 
     Reads the dataset exactly as `finetune <same overrides>` trains on it (any dataset kind; the
@@ -39,9 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report=             folder for inspect.html and inspect.json (new or empty); default
                         runs/<time>_inspect_<dataset>_<backbone>
     out=clean.csv       also write a cleaned label file (path,label,split for dataset=csv): exact duplicates
-                        kept once, val/test copies of cross-split near duplicates and likely label issues left
-                        out. It must be a new file outside the data; your files are never touched.
-    keep_label_issues=  true: keep the flagged label issues in out=
+                        kept once, val/test copies of cross-split near duplicates left out; likely label issues
+                        kept (listed on the page). It must be a new file outside the data; your files are never
+                        touched.
+    drop_label_issues=  true: leave the likely label issues of the train split out of out= (val and test keep
+                        every image)
     features=false      hashes and data checks only (no backbone)
     near_hash=          perceptual-hash bits (of 64) two near duplicates may differ in
     near_cosine=        feature cosine similarity two near duplicates reach at least
@@ -50,24 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     What inspect found is also filed under a fingerprint of the splits ($FINETUNE_INSPECT_CACHE, by default
     ~/.cache/finetune/inspect): training and `finetune advise` on the same data warn when it leaks across splits.
     """
-    args = list(argv or [])
-    if {"-h", "--help"} & set(args):
-        print(main.__doc__)
-        return 0
-    from finetune.commands.precheck import precheck
-
-    try:
-        own, overrides = split_tool_args(
-            args,
-            OPTIONS,
-            "dataset=imagefolder dataset.root=DIR",
-            "inspect writes its own folder; choose it with report=DIR",
-        )
-        options = parse_options(own)
-    except FinetuneError as err:
-        return print_error(err)
-    code = precheck(overrides)
-    return code or run(overrides, own, options)
+    return tool_main(
+        argv,
+        main.__doc__,
+        OPTIONS,
+        "dataset=imagefolder dataset.root=DIR",
+        "inspect writes its own folder; choose it with report=DIR",
+        lambda own: (own, parse_options(own)),
+        lambda parsed, overrides: run(overrides, *parsed),
+    )
 
 
 def parse_options(own: dict) -> dict:
@@ -78,11 +73,16 @@ def parse_options(own: dict) -> dict:
         cosine = -1.0
     if not 0 < cosine <= 1:
         raise FinetuneError(f"near_cosine={own['near_cosine']!r}: use a similarity in (0, 1], e.g. 0.97")
+    if own["keep_label_issues"] is not None:
+        raise FinetuneError(
+            "keep_label_issues= was replaced by drop_label_issues= (label issues are now kept by default; "
+            "drop_label_issues=true leaves them out of the train split only)"
+        )
     bits = own["near_hash"]
     if not (bits or "").isdigit() or int(bits) > 64:
         raise FinetuneError(f"near_hash={bits!r}: use a number of bits from 0 to 64, e.g. 4")
     return {
-        "keep_label_issues": parse_flag(own["keep_label_issues"], "keep_label_issues"),
+        "drop_label_issues": parse_flag(own["drop_label_issues"], "drop_label_issues"),
         "features": parse_flag(own["features"], "features"),
         "near_hash": int(bits),
         "near_cosine": cosine,
@@ -144,7 +144,7 @@ def inspect_and_write(task, cfg, report_dir: Path, out: Path | None, options: di
     html_path = report_dir / HTML_NAME
     lines = console_lines(record)
     if out is not None:
-        issues = [] if options["keep_label_issues"] else [r["item"] for r in result.label_issues]
+        issues = [r["item"] for r in result.label_issues] if options["drop_label_issues"] else []
         reasons = dropped(view.items, result.exact, [*result.near_hash, *result.near_features], issues)
         rows = write_clean_csv(out, view.items, result.class_names, reasons)
         record["clean_csv"] = {
@@ -196,5 +196,13 @@ def console_lines(record: dict) -> list[str]:
         ]
     lines += [f"note: {n}" for n in record["notes"]]
     if leaks["groups"]:
-        lines.append(f"LEAK: {leaks['groups']} group(s) of copies across splits, e.g. {leaks['example']}")
+        lines.append(
+            f"LEAK: {leaks['groups']} group(s) of copies across splits (exact, or found by both near detectors), "
+            f"e.g. {leaks['example']}"
+        )
+    if leaks["possible"]:
+        lines.append(
+            f"possible leaks: {leaks['possible']} group(s) across splits found by one near detector only "
+            "(not warned about in training; judge them on the page)"
+        )
     return lines

@@ -7,7 +7,8 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from finetune.commands.args import compose_config, positive_int, print_error, split_tool_args, tool_run_dir
+from finetune.commands.args import compose_config, positive_int, print_error, tool_run_dir
+from finetune.commands.precheck import tool_main
 from finetune.run.errors import FinetuneError
 
 OPTIONS: dict[str, str | None] = {"phase": None, "min_lr": "1e-6", "max_lr": "1", "steps": "100"}
@@ -35,27 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     training command with the suggested lr. The suggestion is where the (smoothed) training loss falls
     fastest against log(lr); read the plot before you trust it. Nothing the scan trains is kept.
     """
-    args = list(argv or [])
-    if {"-h", "--help"} & set(args):
-        print(main.__doc__)
-        return 0
-    from finetune.commands.precheck import precheck
-
-    try:
-        own, overrides = split_tool_args(
-            args,
-            OPTIONS,
-            "+classification=digits phase=0",
-            "lr-find writes a new directory runs/<time>_lr-find_… under the current "
-            "directory; run it from where runs/ should be",
-        )
-        min_lr, max_lr, steps = scan_options(own)
-    except FinetuneError as err:
-        return print_error(err)
-    code = precheck(overrides)
-    if code:
-        return code
-    return run(own, overrides, min_lr, max_lr, steps)
+    return tool_main(
+        argv,
+        main.__doc__,
+        OPTIONS,
+        "+classification=digits phase=0",
+        "lr-find writes a new directory runs/<time>_lr-find_… under the current directory; run it from where "
+        "runs/ should be",
+        lambda own: (own, *scan_options(own)),
+        lambda parsed, overrides: run(parsed[0], overrides, *parsed[1:]),
+    )
 
 
 def scan_options(own: dict[str, str | None]) -> tuple[float, float, int]:

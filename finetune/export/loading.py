@@ -18,15 +18,19 @@ from finetune.data.transforms import Preprocessing
 from finetune.export.bundle import (
     EXPORT_VERSIONS,
     REEXPORT,
+    ModelBundle,
     check_metadata,
+    metadata,
     parse_metadata,
     task_of,
     unverified,
 )
-from finetune.export.formats import FORMATS, Forward, format_of
+from finetune.export.formats import FORMATS, Forward, format_of, torch_forward
+from finetune.export.predict_io import resolve_export
 from finetune.export.tensors import embedded_metadata
 from finetune.models.weights import sha256_file
-from finetune.run.errors import FinetuneError
+from finetune.run.errors import ConfigError, FinetuneError
+from finetune.run.records import run_config
 from finetune.run.task import Task
 from finetune.version import __version__
 
@@ -147,6 +151,22 @@ def load_export(
     forward = spec.load(path, metadata, task, None if weights is None else str(weights), allow_unverified)
     classes = len(metadata.get("class_names") or [])
     return LoadedExport(path, metadata, _checked_classes(forward, path, classes), task)
+
+
+def load_model(
+    path: str | Path, weights: str | Path | None = None, *, tasks: Mapping[str, Task], allow_unverified: bool = False
+) -> LoadedExport:
+    """A run directory (its best checkpoint), a checkpoint, an export file, export folder or folder of exports
+    (``resolve_export``), ready to predict (``finetune.load``, ``finetune evaluate``); ``weights`` and
+    ``allow_unverified`` as ``load_export``'s."""
+    path = Path(path).expanduser()
+    if not ((path / "config.yaml").is_file() or path.suffix == ".ckpt"):
+        return load_export(resolve_export(path), weights, tasks=tasks, allow_unverified=allow_unverified)
+    name = run_config(path).task
+    if name not in tasks:
+        raise ConfigError(f"{path}: task={name!r} is not known: choose one of {', '.join(tasks)}")
+    bundle = ModelBundle.from_run(path, tasks[name], None if weights is None else str(weights))
+    return LoadedExport(path, metadata(bundle, "run"), torch_forward(bundle.model.eval()), bundle.task)
 
 
 def _checked_classes(forward: Forward, path: Path, classes: int) -> Forward:

@@ -1,7 +1,8 @@
 """``inspect.html``: what ``finetune inspect`` found in a dataset, one self-contained page (thumbnails
-embedded as ``data:`` URIs, the report's style). Findings are ranked: duplicate groups that leak across
-splits first, then the rest; label issues by how little the probe believes the given label; outliers by
-how far they lie from their neighbours."""
+embedded as ``data:`` URIs, the report's style). The leaks across splits come first (confirmed, then
+possible: linked by one near detector only); within each detector, groups that leak across splits first;
+label issues by how little the probe believes the given label; outliers by how far they lie from their
+neighbours."""
 
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ def _groups(title: str, what: str, groups: Sequence[Mapping], read, names: Seque
         + ".</p>"
     ]
     for rank, group in enumerate(groups[:show], 1):
+        possible = group.get("confirmed") is False  # a leak group only one near detector links
         label = "across splits" if group["cross_split"] else "within " + group["splits"][0]
-        css = ' class="bad"' if group["cross_split"] else ""
+        label += ", possible: one near detector only" if possible else ""
+        css = ' class="bad"' if group["cross_split"] and not possible else ""
         cards = "".join(_card(read, k, f"{names[k][0]} · {_short(names[k][1])}") for k in group["members"][:8])
         more = f"<p class='note'>… and {len(group['members']) - 8} more</p>" if len(group["members"]) > 8 else ""
         parts.append(
@@ -65,9 +68,10 @@ def render_inspection(
             ("images per split", ", ".join(f"{s}: {n}" for s, n in record["splits"].items())),
             ("backbone (features)", record["backbone"] or "none: hashes only"),
             (
-                "duplicate groups across splits",
-                f"{leaks['groups']} ({', '.join(f'{k} {v}' for k, v in leaks['by_detector'].items())})",
+                "leaks across splits (exact, or both near detectors)",
+                f"{leaks['groups']}; by detector: {', '.join(f'{k} {v}' for k, v in leaks['by_detector'].items())}",
             ),
+            ("possible leaks (one near detector only)", leaks["possible"]),
             ("likely label issues", len(record["label_issues"])),
             ("outliers", len(record["outliers"])),
             ("fingerprint", record["fingerprint"]),
@@ -93,6 +97,14 @@ def render_inspection(
         "".join(f"<p class='note'>{escape(n)}</p>" for n in record["notes"]),
         f"<h2>Class balance</h2>{balance if classes else '<p class=note>no per-image classes</p>'}",
         f"<h2>Images</h2><div class='cols'>{facts}</div>",
+        _groups(
+            "Leaks across splits",
+            "every detector's cross-split pairs joined; possible: linked by one near detector only",
+            record["leak_groups"],
+            read,
+            names,
+            show,
+        ),
         _groups("Exact duplicates", "same decoded pixels", record["exact_duplicates"], read, names, show),
         _groups(
             "Near duplicates: perceptual hash",

@@ -113,19 +113,27 @@ class ThrottledRichProgressBar(RichProgressBar):
 
 def short_metrics(metrics: Mapping[str, object], monitor: str | None = None) -> dict[str, str]:
     """The bar's metrics: the training loss first (``loss``: the epoch's mean once there is one, else the last
-    step's), then ``monitor``, then the rest in order; ``train/`` dropped, long names shortened, 3 significant
-    digits."""
+    step's), then ``monitor``, then the rest in order; the other training metrics (the previous epoch's) as
+    ``train_acc``, never mistaken for the current validation's; long names shortened, 3 significant digits."""
     named: dict[str, object] = {}
     for key, value in metrics.items():
-        name = key.removeprefix("train/").removesuffix("_step").removesuffix("_epoch")
+        name = short_name(key)
         if key.endswith("_step") and name in named:
             continue  # the epoch's mean is there already
-        for long, short in SHORT_NAMES.items():
-            name = name.replace(long, short)
         named[name] = value
-    first = [n for n in ("loss", (monitor or "").removeprefix("train/")) if n in named]
+    first = [n for n in ("loss", short_name(monitor or "")) if n in named]
     ordered = {n: named[n] for n in first} | named
     return {name: f"{value:.3g}" if isinstance(value, float | int) else str(value) for name, value in ordered.items()}
+
+
+def short_name(key: str) -> str:
+    """``train/loss_epoch`` -> ``loss``, ``train/balanced_acc`` -> ``train_bal_acc``, ``val/f1_macro`` -> ``val/f1``."""
+    name = key.removesuffix("_step").removesuffix("_epoch")
+    if name.startswith("train/"):
+        name = "loss" if name == "train/loss" else "train_" + name.removeprefix("train/")
+    for long, short in SHORT_NAMES.items():
+        name = name.replace(long, short)
+    return name
 
 
 def fit_metrics(metrics: Mapping[str, str], width: int) -> dict[str, str]:

@@ -1,11 +1,13 @@
 """``finetune inspect``: what is in a dataset before a model trains on it.
 
 The data module is built exactly as training builds it (``training.train.build``: same config, loaders,
-splits, preprocessing and pretrained backbone). Every image of every split is decoded once as training
-reads it, for its size, channels and mode, an exact hash of its pixels and a perceptual hash
-(``finetune.data.inspection``). Where the task gives one class per image (``Task.check_probing``, as for
-``finetune advise``) the frozen pretrained backbone pools each image's features once (the feature cache's
-``extract_features``, evaluation transform), and from them:
+splits, preprocessing and pretrained backbone), after ``check`` has seen the list of images. Every image of
+every split is decoded once as training reads it, for its size, channels and mode, an exact hash of its
+pixels and a perceptual hash (``finetune.data.inspection``; none below ``PHASH_MIN_SIDE`` px, where it
+calls distinct images copies).
+Where the task gives one class per image (``Task.check_probing``, as for ``finetune advise``) the frozen
+pretrained backbone pools each image's features once (the feature cache's ``extract_features``, evaluation
+transform), and from them:
 
 - near duplicates: cosine similarity of the features at least ``near_cosine``;
 - likely label issues: cleanlab's ``find_label_issues`` on out-of-fold probabilities of a linear probe
@@ -14,7 +16,9 @@ reads it, for its size, channels and mode, an exact hash of its pixels and a per
 - outliers: cleanlab's ``OutOfDistribution`` kNN score on the features, flagged where its distance lies
   more than ``OUTLIER_Z`` robust z-scores (median / MAD) above the dataset's.
 
-Segmentation data (no per-image class) gets the data checks and both hashes only.
+Segmentation data (no per-image class) gets the data checks and both hashes only. A leak is a group of
+images across splits joined by an exact copy or by a pair both near detectors found; a group only one near
+detector links is a possible leak (shown, never warned about).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from finetune.data.inspection.duplicates import (
     exact_pairs,
     groups_of,
     hamming_pairs,
+    leak_groups,
     perceptual_hash,
     pixel_hash,
 )
@@ -45,6 +50,7 @@ from finetune.run.task import Task
 
 OUTLIER_Z = 3.5  # Iglewicz & Hoaglin's cut-off for the modified z-score
 FOLDS = 5
+PHASH_MIN_SIDE = 32  # smaller native images (digits' 8 px) get no perceptual hash: too few pixels for a DCT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,20 +77,23 @@ class Inspection:
     fingerprint: str
     backbone: str | None
     seconds: dict[str, float]
+    leaks_confirmed: list[Group] = dataclasses.field(default_factory=list)  # exact, or both near detectors
+    leaks_possible: list[Group] = dataclasses.field(default_factory=list)  # one near detector only
 
     def leaks(self) -> dict:
-        """Groups of copies shared across splits, per detector, and one example."""
+        """Leak groups (every detector's cross-split pairs joined once): confirmed, possible, the cross-split
+        groups of each detector, and one example (a confirmed one where there is one)."""
         by = {"exact": self.exact, "near_hash": self.near_hash, "near_features": self.near_features}
-        cross = {name: [g for g in groups if g.cross_split] for name, groups in by.items()}
-        first = next((g for groups in cross.values() for g in groups), None)
+        first = next(iter(self.leaks_confirmed + self.leaks_possible), None)
         example = None
         if first is not None:  # one member of each of the first two splits it spans
             items = [self.view.items[k] for k in first.members]
             shown = [next(i for i in items if i.split == split) for split in first.splits[:2]]
             example = " = ".join(f"{i.split}:{i.name}" for i in shown)
         return {
-            "groups": sum(len(g) for g in cross.values()),
-            "by_detector": {name: len(g) for name, g in cross.items()},
+            "groups": len(self.leaks_confirmed),
+            "possible": len(self.leaks_possible),
+            "by_detector": {name: sum(g.cross_split for g in groups) for name, groups in by.items()},
             "example": example,
         }
 
@@ -106,27 +115,39 @@ def inspect_data(
         except ConfigError:
             features = False
             notes.append(f"task={task.name} has no per-image class: no feature, label or outlier checks")
+    data, model = task.data_module(cfg), None
+    view = DatasetView(data.splits, cfg.dataset.kind)
+    if check is not None:
+        check(view)  # before the model is built
     if features:
         from finetune.training.train import build
 
         built = build(task, cfg)
         data, model = built.data, built.model
-    else:
-        data, model = task.data_module(cfg), None
-    view = DatasetView(data.splits, cfg.dataset.kind)
-    if check is not None:
-        check(view)
+        view = DatasetView(data.splits, cfg.dataset.kind)
     built_at = time.perf_counter()
     facts, hashes, phashes = scan(view)
     splits = [i.split for i in view.items]
-    exact = groups_of(exact_pairs(hashes), splits)
-    near_hash = groups_of(hamming_pairs(np.asarray(phashes, np.uint64), thresholds.near_hash), splits, exact)
+    same_pixels = exact_pairs(hashes)
+    exact = groups_of(same_pixels, splits)
+    hashed = [k for k, h in enumerate(phashes) if h is not None]
+    if len(hashed) < len(phashes):
+        notes.append(
+            f"perceptual hash skipped for {len(phashes) - len(hashed)} image(s) under {PHASH_MIN_SIDE} px "
+            "(native size): it calls distinct images that small copies"
+        )
+    hash_pairs = [
+        (hashed[i], hashed[j], d)
+        for i, j, d in hamming_pairs(np.asarray([phashes[k] for k in hashed], np.uint64), thresholds.near_hash)
+    ]
+    near_hash = groups_of(hash_pairs, splits, exact)
     scanned_at = extracted_at = time.perf_counter()
-    near_features, issues, outliers = [], [], []
+    near_features, feature_pairs, issues, outliers = [], [], [], []
     if model is not None:
         x = pooled_features(model, data, view.splits, cfg.trainer.accelerator)
         extracted_at = time.perf_counter()
-        near_features = groups_of(cosine_pairs(x, thresholds.near_cosine), splits, exact)
+        feature_pairs = cosine_pairs(x, thresholds.near_cosine)
+        near_features = groups_of(feature_pairs, splits, exact)
         targets = [i.target for i in view.items]
         if any(isinstance(t, tuple) for t in targets):
             notes.append("multi-label data: cleanlab's label check is for one class per image, skipped")
@@ -154,15 +175,18 @@ def inspect_data(
         fingerprint(data.splits),
         cfg.backbone.name if model is not None else None,
         {k: round(v, 1) for k, v in seconds.items()},
+        *leak_groups(same_pixels, hash_pairs, feature_pairs, splits),
     )
 
 
-def scan(view: DatasetView) -> tuple[list[Facts], list[str], list[int]]:
-    """Decode every image once: its facts, pixel hash and perceptual hash (files decoded on a few threads)."""
+def scan(view: DatasetView) -> tuple[list[Facts], list[str], list[int | None]]:
+    """Decode every image once: its facts, pixel hash and perceptual hash (None under ``PHASH_MIN_SIDE`` px);
+    files decoded on a few threads."""
 
-    def one(k: int) -> tuple[Facts, str, int]:
+    def one(k: int) -> tuple[Facts, str, int | None]:
         image = view.read(k)
-        return view.facts(k, image), pixel_hash(image), perceptual_hash(image)
+        small = min(image.shape[:2]) < PHASH_MIN_SIDE
+        return view.facts(k, image), pixel_hash(image), None if small else perceptual_hash(image)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(one, range(len(view.items))))
@@ -183,19 +207,16 @@ def label_issues(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int) -> t
     """Likely label issues (cleanlab) from out-of-fold linear-probe probabilities; a note when skipped."""
     from cleanlab.filter import find_label_issues
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from finetune.training.probing import PROBE_C, PROBE_MAX_ITER
+    from finetune.training.probing import probe_pipeline
 
     counts = np.bincount(y, minlength=num_classes)
     present = counts[counts > 0]
     if len(present) < 2 or present.min() < 2:
         return [], "label check skipped: it needs at least 2 images of each class (and 2 classes)"
     folds = StratifiedKFold(int(min(FOLDS, present.min())), shuffle=True, random_state=seed)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER))
+    probe = probe_pipeline()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         probs = cross_val_predict(probe, x, y, cv=folds, method="predict_proba")
@@ -237,12 +258,12 @@ def feature_outliers(x: np.ndarray) -> list[dict]:
 def summary(result: Inspection) -> dict:
     """inspect.json's content: counts per split and class, image facts, every finding (with names)."""
     view, names = result.view, result.class_names
-    balance: dict[str, dict[str, int]] = {}
+    counts: dict[str, Counter] = {}
     for item in view.items:
         classes = item.target if isinstance(item.target, tuple) else () if item.target is None else (item.target,)
-        for c in classes:
-            per = balance.setdefault(item.split, {})
-            per[names[c]] = per.get(names[c], 0) + 1
+        if classes:
+            counts.setdefault(item.split, Counter()).update(classes)
+    balance = {split: {names[c]: per[c] for c in sorted(per)} for split, per in counts.items()}
     facts = result.facts
 
     def counted(values) -> dict[str, int]:
@@ -278,6 +299,8 @@ def summary(result: Inspection) -> dict:
         "exact_duplicates": named(result.exact),
         "near_duplicates_hash": named(result.near_hash),
         "near_duplicates_features": named(result.near_features),
+        "leak_groups": [g | {"confirmed": True} for g in named(result.leaks_confirmed)]
+        + [g | {"confirmed": False} for g in named(result.leaks_possible)],
         "label_issues": issues,
         "outliers": with_names(result.outliers),
         "leaks": result.leaks(),

@@ -29,7 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.multiclass import OneVsRestClassifier
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
@@ -168,12 +168,18 @@ def stage_features(
     return {s: torch.cat(f) for s, f in features.items()}, torch.cat(targets)
 
 
+def probe_pipeline(multilabel: bool = False) -> Pipeline:
+    """The one linear probe of advise and inspect: standardised features, L2 logistic regression at ``PROBE_C``
+    (one-vs-rest for multi-label)."""
+    linear = LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER)
+    return make_pipeline(StandardScaler(), OneVsRestClassifier(linear) if multilabel else linear)
+
+
 def probe(
     train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, num_classes: int, multilabel: bool
 ) -> tuple[float, float | None]:
     """Fit one linear probe on train, score it on val: (accuracy, mean one-vs-rest AUC)."""
-    linear = LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER)
-    classifier = make_pipeline(StandardScaler(), OneVsRestClassifier(linear) if multilabel else linear)
+    classifier = probe_pipeline(multilabel)
     with warnings.catch_warnings():  # a probe that has not fully converged still ranks the stages
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier.fit(train_x, train_y)

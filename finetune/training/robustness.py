@@ -1,16 +1,19 @@
 """``finetune evaluate``: a trained model on corrupted copies of a split (``finetune.data.corruptions``).
 
 Each image of the split is decoded as training decoded it, corrupted at its stored size (HWC uint8), then
-preprocessed by the unchanged reference preprocessing; the task scores every corruption × severity as its
-test does (``Task.score_images``: classification's accuracy, balanced accuracy, F1, AUC, and the ECE of
-the probabilities the run decides with: after its temperature). The record (``robustness_record``) goes to
-the run's metrics.json under ``robustness.<set>``; the report's Robustness section reads it from there.
+preprocessed by the unchanged reference preprocessing, a batch at a time as the task's scorer reads them
+(``SplitImages``: no corrupted copy of the split is made); a severity a corruption cannot draw at the
+images' size (``NotApplicable``) is listed under ``skipped``, the others are kept. The task scores every
+corruption × severity as its test does (``Task.score_images``: classification's accuracy, balanced
+accuracy, F1, AUC, and the ECE of the probabilities the run decides with: after its temperature). The
+record (``evaluate_robustness``) goes to the run's metrics.json under ``robustness.<set>``; the report's
+Robustness section reads it from there.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import numpy as np
 from finetune.data.corruptions import (
     SEVERITIES,
     CorruptionSet,
+    NotApplicable,
     corrupt,
     corruption_set,
     restored_global_random,
@@ -50,12 +54,25 @@ def _mean(rows: Sequence[Mapping[str, float]]) -> dict[str, float | None]:
     return _rounded({k: float(np.mean([r[k] for r in rows])) for k in keys})
 
 
-def _corrupted(
-    corruptions: CorruptionSet, name: str, severity: int, images: Sequence[np.ndarray], seed: int
-) -> list[np.ndarray]:
-    return [
-        corrupt(corruptions, name, image, severity, seed_of(seed, name, severity, i)) for i, image in enumerate(images)
-    ]
+class SplitImages(Sequence[np.ndarray]):
+    """The split's images, decoded as in training (and corrupted by ``change(image, index)``) only when the
+    scorer reads them, a batch at a time: no copy of the split is held."""
+
+    def __init__(self, samples: Samples, channels: int, change: Callable[[np.ndarray, int], np.ndarray] | None = None):
+        self.samples, self.channels, self.change = samples, channels, change
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):  # an int, or a slice (a batch)
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        image = self.samples.image(index, self.channels)
+        return image if self.change is None else self.change(image, index)
+
+
+def _corruption(corruptions: CorruptionSet, name: str, severity: int, seed: int) -> Callable:
+    return lambda image, i: corrupt(corruptions, name, image, severity, seed_of(seed, name, severity, i))
 
 
 def chosen_corruptions(options: EvaluateOptions, dataset: str | None) -> tuple[CorruptionSet, list[str]]:
@@ -76,43 +93,58 @@ def evaluate_robustness(
 ) -> dict:
     """The robustness record of ``exported`` (an ``export.loading.LoadedExport``) on ``samples``."""
     corruptions, names = chosen_corruptions(options, dataset)
-    images = [samples.image(i, channels) for i in range(len(samples))]
+    first = samples.image(0, channels)
     targets = np.asarray(samples.targets)
-    clean = task.score_images(exported, images, targets)
+    clean = task.score_images(exported, SplitImages(samples, channels), targets)
     scores: dict[str, dict[int, Scores]] = {}
     skipped: dict[str, str] = {}
     with restored_global_random():
         for name in names:
             per: dict[int, Scores] = {}
+            refused: dict[int, NotApplicable] = {}
             for severity in options.severities:
+                images = SplitImages(samples, channels, _corruption(corruptions, name, severity, options.seed))
                 try:
-                    corrupted = _corrupted(corruptions, name, severity, images, options.seed)
-                except ValueError as err:  # e.g. a MedMNIST-C stain larger than a 28 px image
-                    skipped[name] = f"not applicable to {images[0].shape[1]}x{images[0].shape[0]} px images ({err})"
-                    break
-                per[severity] = task.score_images(exported, corrupted, targets)
-            if name not in skipped:
+                    per[severity] = task.score_images(exported, images, targets)
+                except NotApplicable as err:  # e.g. a MedMNIST-C stain larger than a 28 px image
+                    refused[severity] = err
+            if refused:
+                skipped[name] = (
+                    f"not applicable to {first.shape[1]}x{first.shape[0]} px images at severity "
+                    f"{', '.join(map(str, refused))} ({next(iter(refused.values()))})"
+                )
+            if per:
                 scores[name] = per
+    unscored = dict.fromkeys(clean.metrics)
     rows = [sc.metrics for per in scores.values() for sc in per.values()]
     record = {
         "corruptions": options.corruptions,
         "split": options.split,
-        "images": len(images),
-        "image_size": list(images[0].shape[:2]),
+        "images": len(samples),
+        "image_size": list(first.shape[:2]),
         "severities": list(options.severities),
         "seed": options.seed,
         "clean": _rounded(clean.metrics),
-        "results": {name: {str(s): _rounded(sc.metrics) for s, sc in per.items()} for name, per in scores.items()},
+        "results": {
+            name: {str(s): _rounded(per[s].metrics) if s in per else unscored for s in options.severities}
+            for name, per in scores.items()
+        },
         "mean": _mean(rows),
         "by_severity": {
-            str(s): _mean([per[s].metrics for per in scores.values()]) for s in options.severities if scores
+            str(s): _mean([per[s].metrics for per in scores.values() if s in per]) or unscored
+            for s in options.severities
+            if scores
         },
         "skipped": skipped,
         "notes": corruptions.notes,
     }
     if corruptions.summary is not None:
         if tuple(options.severities) == SEVERITIES:
-            outputs = {name: [per[s].outputs for s in SEVERITIES] for name, per in scores.items()}
+            outputs = {
+                name: [per[s].outputs for s in SEVERITIES]
+                for name, per in scores.items()
+                if len(per) == len(SEVERITIES)
+            }
             record["paper"] = corruptions.summary(clean.kind, targets, clean.outputs, outputs, clean.threshold)
         else:
             record["paper"] = {"note": "the paper's summary needs severity=all"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import time
 from functools import partial
@@ -277,9 +278,16 @@ def write_results(
         **(record or {}),
         "finetune_version": __version__,
         **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {}),
+        **_kept_robustness(run_dir / "metrics.json"),
     }
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _kept_robustness(metrics_file: Path) -> dict:
+    """A re-test's (``resume_finished``) copy of what ``finetune evaluate`` wrote into ``metrics_file``."""
+    previous = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return {"robustness": previous["robustness"]} if "robustness" in previous else {}
 
 
 def _phase_record(phase: Phase, attempts: list[Path]) -> dict:

@@ -29,7 +29,6 @@ def test_debug_preset_runs_every_phase_briefly_and_still_exports(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["wall_time_s"] < 60  # generous: the run itself (imports aside) takes seconds on one core
     assert metrics["debug"]["batches"] == {"train": 2, "val": 2, "test": 2}
     assert [(p["name"], p["epochs"], p["epochs_run"]) for p in metrics["phases"]] == [
         ("probe", 1, 1),

@@ -89,6 +89,97 @@ def test_refused_in_one_line(finished_run, tmp_path, args, message):
     assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_an_unfinished_run_is_refused_before_any_model(finished_run, tmp_path):
+    """Without metrics.json the run has no temperature or threshold yet, and a metrics.json written by evaluate
+    would make ``finetune resume`` refuse it as finished."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    (run / "metrics.json").unlink()
+    out = cli_in_process("evaluate", f"run={run}", "corruptions=imagenet-c", cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
+    assert "has not finished (no metrics.json): resume it first, then evaluate" in out.stderr
+    assert not (run / "metrics.json").exists()
+
+
+def test_a_re_test_keeps_the_robustness_record(evaluated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(evaluated[0], run, symlinks=True)
+    out = cli_in_process(f"resume={run}", "resume_finished=true", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["robustness"] == evaluated[2]["robustness"]
+
+
+def test_without_a_test_split_the_val_split_is_recorded_and_named(evaluated, tmp_path):
+    """A dataset without a test split tests on val: evaluate's split=test is val, and says so."""
+    run = evaluated[0]
+    data = tmp_path / "data_run"
+    shutil.copytree(run, data, symlinks=True)
+    config = data / "config.yaml"
+    config.write_text(config.read_text().replace("test_fraction: 0.15", "test_fraction: 0.0"))
+    out = cli_in_process(
+        "evaluate",
+        f"run={run / 'exports' / 'head.safetensors'}",
+        f"data={data}",
+        "corruptions=imagenet-c",
+        "severity=1",
+        "only=gaussian_noise",
+        f"out={tmp_path / 'r.json'}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["split"] == "test" and record["test_is_val"] is True and record["images"] == 270  # val: 15 %
+    assert "on val (no test split; also used to pick the checkpoint)" in " ".join(out.stdout.split())
+    assert evaluated[2]["robustness"]["imagenet-c"]["test_is_val"] is False
+
+
+def test_the_split_is_streamed_and_only_size_failures_are_skipped(evaluated, monkeypatch):
+    """Images are corrupted a batch at a time between forwards (no corrupted copy of the split); a severity
+    a corruption cannot place at 8 px is skipped with the scored severities kept; any other ValueError is a bug
+    and propagates."""
+    import dataclasses
+
+    import finetune
+    from finetune.data.corruptions import CorruptionSet, NotApplicable
+    from finetune.run.records import run_config
+    from finetune.tasks.registry import get_task
+    from finetune.training import robustness
+
+    calls = {"corrupt": 0, "most": 0}
+
+    def shrink(image, severity, rng):
+        if severity == 5:
+            raise NotApplicable("no room to place it")
+        calls["corrupt"] += 1
+        calls["most"] = max(calls["most"], calls["corrupt"])
+        return image // 2
+
+    def broken(image, severity, rng):
+        raise ValueError("a bug in the corruption")
+
+    fake = CorruptionSet("fake", {"shrink": shrink, "broken": broken})
+    monkeypatch.setattr(robustness, "corruption_set", lambda name, dataset: fake)
+    run = evaluated[0]
+    model, cfg = finetune.load(run).exported, run_config(run)
+    forward = model.forward
+
+    def counted(batch):
+        calls["corrupt"] = 0
+        return forward(batch)
+
+    model = dataclasses.replace(model, forward=counted)
+    samples = get_task(cfg.task).data_module(cfg).splits["test"]
+    options = robustness.EvaluateOptions("fake", severities=(1, 5), only=("shrink",))
+    record = robustness.evaluate_robustness(model, model.task, samples, 1, None, options)
+    assert 0 < calls["most"] <= 64  # the scorer's batch, not the 270 images of the split
+    assert record["results"]["shrink"]["1"]["acc"] is not None and record["results"]["shrink"]["5"]["acc"] is None
+    assert record["skipped"]["shrink"].startswith("not applicable to 8x8 px images at severity 5")
+    assert record["mean"]["acc"] == record["results"]["shrink"]["1"]["acc"]
+    options = dataclasses.replace(options, only=("broken",))
+    with pytest.raises(ValueError, match="a bug in the corruption"):
+        robustness.evaluate_robustness(model, model.task, samples, 1, None, options)
+
+
 # --- the corruption sets ------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks.inspect_validation import plant_folder
+from finetune.data.inspection.duplicates import leak_groups
 from finetune.data.inspection.store import ENV, fingerprint, leak_warning
 
 from ..helpers import cli_in_process, one_torch_thread, squares, tree_hashes
@@ -72,28 +73,34 @@ def test_each_detector_finds_what_was_planted(inspected):
     flip = next(r for r in record["label_issues"] if Path(r["name"]).name.startswith("flip_"))
     assert flip["suggested_label"] != flip["given_label"] and flip["confidence"] < 0.5
 
-    assert record["leaks"]["groups"] == 3 and record["leaks"]["by_detector"]["exact"] == 1
+    leaks = record["leaks"]  # the near copy found by both near detectors is one leak, not two
+    assert leaks["groups"] == 2 and leaks["possible"] == 0
+    assert leaks["by_detector"] == {"exact": 1, "near_hash": 1, "near_features": 1}
+    assert [g["confirmed"] for g in record["leak_groups"]] == [True, True]
     text = inspected["out"].stdout
-    assert "exact duplicates: 2 group(s), 1 across splits" in text and "LEAK: 3 group(s)" in text
+    assert "exact duplicates: 2 group(s), 1 across splits" in text and "LEAK: 2 group(s)" in text
 
 
 def test_the_page_shows_every_finding(inspected):
     page = (inspected["base"] / "report" / "inspect.html").read_text()
     for title in ("Class balance", "Exact duplicates", "Near duplicates: perceptual hash", "Likely label issues"):
         assert f"<h2>{title}</h2>" in page
-    shown = 4 + 2 + 2 + len(inspected["record"]["label_issues"])  # thumbnails: groups' members and flags
-    assert page.count('src="data:image/png;base64,') >= shown
+    record = inspected["record"]
+    groups = 4 + 2 + 2 + 4  # members of: 2 exact groups, 1 phash, 1 features, the 2 leaks
+    shown = groups + len(record["label_issues"]) + len(record["outliers"])  # every one below show=30
+    assert page.count('src="data:image/png;base64,') == shown
 
 
-def test_the_cleaned_csv_leaves_out_copies_and_flips_and_the_data_is_untouched(inspected):
+def test_the_cleaned_csv_leaves_out_copies_keeps_label_issues_and_the_data_is_untouched(inspected):
     base, planted = inspected["base"], inspected["planted"]
     assert tree_hashes(inspected["data"]) == inspected["before"]
     with open(base / "clean.csv") as f:
         rows = list(csv.DictReader(f))
     kept = {(r["split"], Path(r["path"]).name) for r in rows}
-    left_out = {pair[1] for pair in planted.exact + planted.near} | set(planted.flips)
+    left_out = {pair[1] for pair in planted.exact + planted.near}
     assert not kept & left_out and all(pair[0] in kept for pair in planted.exact + planted.near)
-    assert len(rows) == inspected["record"]["clean_csv"]["rows"] == 43 - 3 - len(inspected["record"]["label_issues"])
+    assert set(planted.flips) <= kept  # flagged label issues are listed, not removed, by default
+    assert len(rows) == inspected["record"]["clean_csv"]["rows"] == 43 - 3
     assert all(Path(r["path"]).is_absolute() and r["label"] in ("ants", "bees") for r in rows)
     assert f"dataset.root={inspected['data']}" in inspected["out"].stdout
 
@@ -106,6 +113,7 @@ def test_the_cleaned_csv_leaves_out_copies_and_flips_and_the_data_is_untouched(i
         (["report={data}/report"], "is inside the data folder"),
         (["out=clean.txt"], "the cleaned label file is a CSV"),
         (["near_cosine=2"], "near_cosine='2': use a similarity in (0, 1]"),
+        (["keep_label_issues=true"], "keep_label_issues= was replaced by drop_label_issues="),
     ],
 )
 def test_bad_outputs_are_refused_in_one_line_before_any_work(inspected, args, message):
@@ -125,7 +133,7 @@ def test_training_and_advise_warn_about_the_leak_until_the_data_changes(inspecte
     cfg = compose_config("dataset=imagefolder", f"dataset.root={inspected['data']}")
     data = get_task(cfg.task).data_module(cfg)
     warning = leak_warning(data.splits)
-    assert warning.startswith("finetune inspect found 3 group(s) of duplicate images across the splits")
+    assert warning.startswith("finetune inspect found 2 group(s) of duplicate images across the splits")
     assert "out=clean.csv" in warning and str(inspected["base"] / "report" / "inspect.html") in warning
 
     args = ["dataset=imagefolder", f"dataset.root={inspected['data']}", "backbone.name=resnet10t"]
@@ -137,6 +145,28 @@ def test_training_and_advise_warn_about_the_leak_until_the_data_changes(inspecte
 
     monkeypatch.setenv(ENV, str(inspected["base"] / "elsewhere"))  # never inspected: nothing said, nothing hashed
     assert leak_warning(data.splits) is None
+
+
+def test_drop_label_issues_leaves_them_out_of_train_only():
+    from finetune.data.inspection.clean import dropped
+    from finetune.data.inspection.items import Item
+
+    items = [Item(split, i, f"{split}/{i}.png", None, 0) for i, split in enumerate(["train", "train", "val", "test"])]
+    assert dropped(items, [], [], [1, 2, 3]) == {1: "likely label issue"}  # val/test flags stay: listed only
+
+
+def test_the_leak_warning_of_array_data_does_not_suggest_a_label_file(tmp_path, monkeypatch):
+    from finetune.data.inspection.store import save_findings
+    from finetune.data.sources import Samples
+
+    monkeypatch.setenv(ENV, str(tmp_path))
+    images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4, 1)
+    splits = {"train": Samples(images[:2], np.zeros(2, np.int64)), "val": Samples(images[2:], np.zeros(1, np.int64))}
+    leaks = {"groups": 1, "by_detector": {"exact": 1}, "example": "train #0 = val #0"}
+    save_findings(fingerprint(splits), {"leaks": leaks, "report": "r/inspect.html"})
+    warning = leak_warning(splits)
+    assert warning.startswith("finetune inspect found 1 group(s)") and "out=clean.csv" not in warning
+    assert "r/inspect.html" in warning and "remove the copies from the source arrays" in warning
 
 
 def test_the_fingerprint_follows_the_files_and_splits(tmp_path):
@@ -182,3 +212,74 @@ def test_segmentation_pairs_and_arrays_get_the_data_checks(tmp_path, monkeypatch
     out = cli_in_process("inspect", "dataset=digits", "features=false", "report=digits", "out=d.csv", cwd=tmp_path)
     assert out.returncode == 2 and "keeps its images in arrays or a pack" in out.stderr
     assert not (tmp_path / "d.csv").exists() and not (tmp_path / "digits").exists()  # refused before writing
+
+
+def test_leaks_join_every_detector_once_and_only_agreement_confirms_a_near_copy():
+    splits = ["train", "train", "val", "val", "test", "val", "test", "train"]
+    exact = [(0, 2, 0.0)]
+    near_hash = [(0, 2, 1.0), (1, 3, 2.0), (1, 4, 3.0), (0, 1, 2.0), (6, 7, 4.0)]  # (0, 1): within train
+    near_features = [(0, 2, 0.01), (1, 3, 0.02), (4, 5, 0.02)]
+    confirmed, possible = leak_groups(exact, near_hash, near_features, splits)
+    assert [g.members for g in confirmed] == [(1, 3, 4, 5), (0, 2)]  # (1, 3): both near detectors; (0, 2) exact
+    assert [g.members for g in possible] == [(6, 7)]  # the perceptual hash alone
+
+
+def test_tiny_images_get_no_perceptual_hash_and_no_leak_warning(tmp_path, monkeypatch):
+    """digits (8x8): the perceptual hash is skipped (it called 20 cross-split groups copies), so training on
+    the inspected digits warns of nothing."""
+    from finetune.tasks.registry import get_task
+
+    from ..conftest import compose_config
+
+    monkeypatch.setenv(ENV, str(tmp_path / "store"))
+    out = cli_in_process("inspect", "dataset=digits", "features=false", "report=r", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "r" / "inspect.json").read_text())
+    assert record["near_duplicates_hash"] == [] and record["leaks"]["groups"] == 0
+    assert any("perceptual hash skipped for 1797 image(s) under 32 px" in n for n in record["notes"])
+    assert list(record["class_balance"]["train"]) == [str(c) for c in range(10)]  # by class index
+    assert list((tmp_path / "store").glob("*.json"))  # filed, and nothing to warn about
+    data = get_task("classification").data_module(compose_config("dataset=digits"))
+    assert leak_warning(data.splits) is None
+
+
+def test_out_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    import finetune.training.train
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before out= was checked")
+
+    monkeypatch.setattr(finetune.training.train, "build", no_model)
+    monkeypatch.setenv(ENV, str(tmp_path / "store"))
+    out = cli_in_process("inspect", "dataset=digits", "report=digits", "out=d.csv", cwd=tmp_path)
+    assert out.returncode == 2 and "keeps its images in arrays or a pack" in out.stderr
+    assert not (tmp_path / "d.csv").exists()
+
+
+def test_summary_lists_classes_by_index_and_a_rewritten_pack_changes_the_fingerprint(tmp_path):
+    from finetune.data.inspection.items import DatasetView
+    from finetune.data.sources import Samples
+    from finetune.data.streaming import INDEX, PackedSamples, StreamSpec
+    from finetune.training.inspect_data import Inspection, summary
+
+    view = DatasetView({"train": Samples(np.zeros((3, 4, 4, 1), np.uint8), np.array([2, 0, 1]))}, "digits")
+    result = Inspection(view, ["a", "b", "c"], [], [], [], [], [], [], [], "", None, {})
+    assert list(summary(result)["class_balance"]["train"]) == ["a", "b", "c"]
+
+    (tmp_path / INDEX).write_text('{"version": 2, "splits": {"train": {"targets": [0, 1]}}}')
+    pack = {"train": PackedSamples(np.arange(2), np.array([0, 1]), None, StreamSpec(str(tmp_path / "train")))}
+    first = fingerprint(pack)
+    assert first == fingerprint(pack)
+    (tmp_path / INDEX).write_text('{"version": 2, "splits": {"train": {"targets": [1, 0]}}}')  # packed again
+    assert fingerprint(pack) != first
+
+
+def test_another_tasks_own_data_is_never_fingerprinted(tmp_path, monkeypatch):
+    """A task with its own split format (tests/regression_task: (path, value) tuples) trains as before when the
+    inspect store holds findings: no warning, no error (the warning used to read ``pair.image`` of a tuple)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "0123.json").write_text("{}")
+    monkeypatch.setenv(ENV, str(store))
+    splits = {"train": [(tmp_path / "a.png", 0.5)], "val": [(tmp_path / "b.png", 1.5)]}
+    assert leak_warning(splits) is None

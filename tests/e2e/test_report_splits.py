@@ -86,7 +86,7 @@ def test_segmentation_overlays_and_report_reuse_the_tests_masks(seg_no_test):
     assert len(scores) == 3 and all(0 <= float(r["score"]) <= 1 for r in scores)  # 3 val images tested
     assert len(list((run / "predictions").glob("*_overlay.png"))) == 2
     lowest = sorted(p.stem for p in (run / "plots" / "lowest").glob("*.png"))
-    assert lowest == sorted(r["image"] for r in scores)  # all three are among the report's 12 lowest
+    assert lowest == sorted(f"{r['index']}_{r['image']}" for r in scores)  # all three: among the report's 12 lowest
 
 
 def test_the_reports_confusion_matrix_is_row_normalised_with_counts_on_hover(seg_no_test):

@@ -4,6 +4,7 @@ the recipes in ``finetune train --help`` (all before torch is needed)."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 
@@ -101,3 +102,14 @@ def test_backbones_lists_matching_models_with_size_and_offline_weights(tmp_path,
 def test_backbones_filter_matching_nothing_gets_did_you_mean(tmp_path):
     out = cli_in_process("backbones", "resnt", cwd=tmp_path)
     assert_refused(out, "no pretrained timm model matches 'resnt'; did you mean resnet")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plan", "--help"]])
+def test_help_into_a_closed_pipe_exits_quietly(args):
+    """``finetune --help | head -1``: the reader is gone before the help is written; no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone: every write fails with EPIPE
+    code = f"import sys; from finetune.cli import main; sys.exit(main({args!r}))"
+    with os.fdopen(write, "wb") as stdout:
+        out = subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=99)
+    assert out.stderr == "" and out.returncode == 141

@@ -163,7 +163,8 @@ def one_job(overrides: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def compose():
-    """Hydra's compose API on finetune's config, initialised once for every line."""
+    """Hydra's compose API on finetune's config: each line in an initialisation of its own (GlobalHydra cleared
+    first), whatever Hydra state another test of this worker left."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -171,9 +172,25 @@ def compose():
     import finetune.run.schema  # noqa: F401  (the schema every composition is checked against)
     from finetune.resources import conf_dir
 
+    def composed(overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+
+    return composed
+
+
+def test_a_line_composes_whatever_hydra_state_another_test_left(compose, tmp_path):
+    """Another test module of this worker may leave GlobalHydra initialised (e.g. on another config folder)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        yield lambda overrides: hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    initialize_config_dir(config_dir=str(tmp_path), version_base=None)  # initialised, and never left
+    try:
+        assert compose(["dataset=digits"]).hydra.runtime.choices.dataset == "digits"
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def test_the_docs_hold_the_command_lines_this_test_checks():

@@ -26,6 +26,11 @@ SEVERITIES = (1, 2, 3, 4, 5)
 Corrupt = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 
+class NotApplicable(ValueError):
+    """A corruption that cannot be drawn on an image this small (e.g. a stain placed 10 px from the border
+    of a 224 px image, on a 28 px one): ``finetune evaluate`` lists it under ``skipped``."""
+
+
 @dataclass(frozen=True)
 class CorruptionSet:
     """The corruptions of one set, by name, and what the set's paper summarises (None: the mean only);

@@ -19,7 +19,7 @@ from io import BytesIO
 import numpy as np
 from PIL import Image
 
-from finetune.data.corruptions import SEVERITIES, CorruptionSet
+from finetune.data.corruptions import SEVERITIES, CorruptionSet, NotApplicable
 from finetune.run.errors import ConfigError
 
 INSTALL = (
@@ -72,7 +72,12 @@ def apply(corruptor, image: np.ndarray, severity: int, rng: np.random.Generator)
     corruptor.rng = rng  # impulse noise draws from it (DatasetManager sets it the same way)
     gray = image.shape[2] == 1
     rgb = Image.fromarray(image[..., 0] if gray else image).convert("RGB")
-    out = np.asarray(corruptor.apply(rgb, severity - 1)).astype(np.uint8)
+    try:
+        out = np.asarray(corruptor.apply(rgb, severity - 1)).astype(np.uint8)
+    except ValueError as err:  # random.randint's empty range: no room to place a stain or bubble
+        if "empty range" not in str(err):
+            raise
+        raise NotApplicable(f"no room to place it in {image.shape[1]}x{image.shape[0]} px ({err})") from None
     if gray:
         return np.asarray(Image.fromarray(out).convert("L"))[..., None]
     return out

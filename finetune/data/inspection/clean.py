@@ -1,7 +1,9 @@
 """The cleaned label file of ``finetune inspect … out=clean.csv``: ``path,label,split`` (a ``dataset=csv``
 file) without exact duplicates (one copy kept, the earliest split's), without the val/test members of
-near-duplicate groups that leak across splits, and without the images flagged as likely label issues unless
-they are kept on purpose. The user's files are never touched: the CSV must be new and outside the data."""
+near-duplicate groups that leak across splits. Images flagged as likely label issues stay (the detector is often
+wrong: they are listed in inspect.html/json) unless ``drop_label_issues=true``, which leaves out the train split's
+only: val and test keep every image, hard ones included. The user's files are never touched: the CSV must be new
+and outside the data."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def check_writable(items: Sequence[Item], out: str, kind: str) -> Path:
 def dropped(
     items: Sequence[Item], exact: Sequence[Group], near: Sequence[Group], issues: Iterable[int]
 ) -> dict[int, str]:
-    """Item index -> why it is left out of the cleaned file."""
+    """Item index -> why it is left out of the cleaned file; of the label ``issues``, those in train only."""
     reasons: dict[int, str] = {}
 
     def order(k: int) -> tuple[int, int]:
@@ -73,7 +75,8 @@ def dropped(
                 if SPLIT_ORDER.get(items[k].split, 3) > first:
                     reasons.setdefault(k, f"near duplicate (across splits) of {items[keep].name}")
     for k in issues:
-        reasons.setdefault(k, "likely label issue")
+        if items[k].split == "train":
+            reasons.setdefault(k, "likely label issue")
     return reasons
 
 

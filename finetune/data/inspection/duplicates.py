@@ -118,3 +118,24 @@ def groups_of(
         members = tuple(int(k) for k in np.flatnonzero(labels == label))
         found.append(Group(members, tuple(dict.fromkeys(splits[k] for k in members)), distance))
     return sorted(found, key=lambda g: (not g.cross_split, -len(g.members), g.distance, g.members))
+
+
+def leak_groups(
+    exact: Iterable[tuple[int, int, float]],
+    near_hash: Iterable[tuple[int, int, float]],
+    near_features: Iterable[tuple[int, int, float]],
+    splits: Sequence[str],
+) -> tuple[list[Group], list[Group]]:
+    """The cross-split pairs of every detector joined into groups once: (confirmed, possible). A group is
+    confirmed when an exact pair or a pair both near detectors found joins it; possible when only one near
+    detector links it (e.g. the perceptual hash on look-alike fundus frames)."""
+
+    def across(pairs: Iterable[tuple[int, int, float]]) -> dict[tuple[int, int], float]:
+        return {(i, j): d for i, j, d in pairs if splits[i] != splits[j]}
+
+    by_exact, by_hash, by_features = across(exact), across(near_hash), across(near_features)
+    sure = {k for pair in set(by_exact) | (set(by_hash) & set(by_features)) for k in pair}
+    joined = {**by_features, **by_hash, **by_exact}
+    groups = groups_of([(i, j, d) for (i, j), d in joined.items()], splits)
+    confirmed = [g for g in groups if sure.intersection(g.members)]
+    return confirmed, [g for g in groups if not sure.intersection(g.members)]

@@ -3,7 +3,8 @@ can warn (one line) when the data they are given leaks across its splits.
 
 The findings are filed under a fingerprint of the splits: per split, each file's resolved path, size and
 modification time (no image is read: cheap enough for every training start), the bytes of in-memory
-arrays (MedMNIST, digits), or a pack's stream and sample indices. A file renamed, edited or moved to
+arrays (MedMNIST, digits), or a pack's stream, sample indices and the content hash of its index file (a pack
+written again at the same uri is new data). A file renamed, edited or moved to
 another split changes the fingerprint, and the old findings no longer apply. The store is the folder
 ``$FINETUNE_INSPECT_CACHE``, by default ``~/.cache/finetune/inspect``: one ``<fingerprint>.json`` per
 inspected dataset. Training looks only when that folder holds a record, so it costs nothing otherwise.
@@ -22,6 +23,7 @@ import numpy as np
 from finetune.data.masks import Pair
 from finetune.data.sources import Samples
 from finetune.run.artifacts import write_json
+from finetune.run.errors import DatasetError
 
 ENV = "FINETUNE_INSPECT_CACHE"
 
@@ -53,11 +55,22 @@ def fingerprint(splits: Mapping[str, Samples | Sequence[Pair]]) -> str:
 def _update_samples(digest, samples: Samples) -> None:
     images = samples.images
     if isinstance(images, np.ndarray):
-        digest.update(repr((images.shape, str(images.dtype), getattr(samples, "stream", None))).encode())
+        stream = getattr(samples, "stream", None)
+        digest.update(repr((images.shape, str(images.dtype), stream)).encode())
         digest.update(np.ascontiguousarray(images).data)
+        if stream is not None:
+            _update_pack_index(digest, stream.uri)
     else:
         for path in images:
             _update_file(digest, Path(path))
+
+
+def _update_pack_index(digest, split_uri: str) -> None:
+    """The content hash of the index of the pack whose split lies at ``split_uri``."""
+    from finetune.data.streaming import read_index
+
+    index = read_index(split_uri.rstrip("/").rsplit("/", 1)[0])
+    digest.update(hashlib.sha256(json.dumps(index, sort_keys=True).encode()).digest())
 
 
 def _update_file(digest, path: Path) -> None:
@@ -80,14 +93,17 @@ def load_findings(key: str) -> dict | None:
 
 
 def leak_warning(splits: Mapping[str, Samples | Sequence[Pair]]) -> str | None:
-    """One line when ``finetune inspect`` found images shared across these splits; None when it found none,
-    never inspected them, or nothing was ever inspected (then nothing is hashed)."""
+    """One line when ``finetune inspect`` found images shared across these splits (exact copies, or near copies
+    both near detectors agree on); None when it found none, never inspected them, or nothing was ever
+    inspected (then nothing is hashed)."""
     folder = store_dir()
     if not folder.is_dir() or not any(folder.glob("*.json")):
         return None
+    if not all(inspectable(part) for part in splits.values()):  # another task's own data: inspect never read it
+        return None
     try:
         record = load_findings(fingerprint(splits))
-    except OSError:  # a file gone since the data was scanned: training reports it in its own words
+    except (OSError, DatasetError):  # a file or pack gone since the data was read: training says so itself
         return None
     leaks = (record or {}).get("leaks") or {}
     if not leaks.get("groups"):
@@ -95,6 +111,21 @@ def leak_warning(splits: Mapping[str, Samples | Sequence[Pair]]) -> str | None:
     kinds = ", ".join(f"{n} {kind}" for kind, n in leaks["by_detector"].items() if n)
     return (
         f"finetune inspect found {leaks['groups']} group(s) of duplicate images across the splits of this data "
-        f"({kinds}; e.g. {leaks['example']}): val/test scores will be optimistic; see {record.get('report')} and "
-        f"write a cleaned label file with finetune inspect <same dataset overrides> out=clean.csv"
+        f"(groups by detector: {kinds}; e.g. {leaks['example']}): val/test scores will be optimistic; "
+        f"see {record.get('report')} and {_leak_fix(splits)}"
     )
+
+
+def inspectable(part: object) -> bool:
+    """Whether ``finetune inspect`` reads a split of this form: the image kinds' samples or segmentation pairs."""
+    return isinstance(part, Samples) or (isinstance(part, Sequence) and all(isinstance(p, Pair) for p in part))
+
+
+def _leak_fix(splits: Mapping[str, Samples | Sequence[Pair]]) -> str:
+    """What to do about the leak: a cleaned label file for image files; arrays and packs cannot be named by one."""
+    if any(isinstance(part, Samples) and isinstance(part.images, np.ndarray) for part in splits.values()):
+        return (
+            "remove the copies from the source arrays or pack (inspect.json lists them by split and index), "
+            "or re-split the data"
+        )
+    return "write a cleaned label file with finetune inspect <same dataset overrides> out=clean.csv"

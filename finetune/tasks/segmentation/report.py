@@ -88,7 +88,7 @@ def lowest_scoring(
     if recorded is None or len(recorded) != tested:
         return score_every_image(model, data, tested)[: max(n, 0)], tested
     worst = sorted(recorded, key=lambda s: (s.score, s.index))[: max(n, 0)]
-    masks = [read_lowest(run.run_dir, s.stem) for s in worst]
+    masks = [read_lowest(run.run_dir, s) for s in worst]
     return [
         ScoredImage(s.index, s.stem, s.score, predict_mask(model, data, "test", s.index) if mask is None else mask)
         for s, mask in zip(worst, masks)

@@ -1,7 +1,8 @@
 """What a segmentation test keeps of the images it predicted, so that nothing after it runs the model
 again: each image's score, and the predicted masks of the first images (the overlays) and of the
 lowest-scoring ones (the report). Written to the run directory by ``save``: ``image_scores.csv``
-(every tested image) and ``plots/lowest/<stem>.png`` (palette PNGs of class indices)."""
+(every tested image) and ``plots/lowest/<index>_<stem>.png`` (palette PNGs of class indices; the index keeps two
+test images of the same name apart)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class TestedImages:
             writer.writerow(["index", "image", "score"])
             writer.writerows([i, stems[i], round(s, 6)] for i, s in enumerate(self.scores))
         for i in self.lowest():
-            with atomic_path(run_dir / LOWEST_DIR / f"{stems[i]}.png") as tmp:
+            with atomic_path(run_dir / lowest_path(i, stems[i])) as tmp:
                 Image.fromarray(self.masks[i]).save(tmp, format="PNG")
 
 
@@ -101,7 +102,12 @@ def read_scores(run_dir: Path) -> list[Scored] | None:
         return [Scored(int(r["index"]), r["image"], float(r["score"])) for r in csv.DictReader(f)]
 
 
-def read_lowest(run_dir: Path, stem: str) -> np.ndarray | None:
+def lowest_path(index: int, stem: str) -> Path:
+    """Where in the run directory the predicted mask of test image ``index`` (named ``stem``) is kept."""
+    return LOWEST_DIR / f"{index}_{stem}.png"
+
+
+def read_lowest(run_dir: Path, image: Scored) -> np.ndarray | None:
     """The predicted mask of a lowest-scoring image the run kept, else None."""
-    path = run_dir / LOWEST_DIR / f"{stem}.png"
+    path = run_dir / lowest_path(image.index, image.stem)
     return np.asarray(Image.open(path)) if path.is_file() else None
