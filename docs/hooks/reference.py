@@ -74,6 +74,7 @@ def commands_page() -> str:
     lines = ["# Commands", "", GENERATED, "", "```text", usage(), "```", ""]
     for name, (_, text) in COMMANDS.items():
         sentence = text[0].upper() + text[1:] + ("" if text.endswith((".", "…")) else ".")
+        sentence = sentence.replace("<", "&lt;")  # `<overrides>` is text, not an HTML tag
         lines += [f"## `finetune {name}`", "", sentence, ""]
         options = command_options(name)
         if options:
