@@ -29,7 +29,7 @@ from finetune.commands.overrides import as_overrides
 from finetune.data import reference
 from finetune.data.images import check_image
 from finetune.export.loading import LoadedExport, load_model
-from finetune.run.console import console
+from finetune.run.console import console, console_is_terminal
 from finetune.run.errors import ConfigError, FinetuneError
 from finetune.run.keys import override_key
 from finetune.run.records import run_config
@@ -161,14 +161,13 @@ class Run:
     ) -> Path:
         """``finetune export run=<dir> format=<format> …`` (one format: head, safetensors, onnx, pt2, timm,
         torchscript), through the parity gate; prints its table and returns the file (the folder for timm)."""
-        from rich.console import Console
 
         from finetune.commands.export import export
         from finetune.export.writing import print_results
 
         out, images, weights = (None if v is None else str(v) for v in (out, images, weights))
         results = export(self.dir, [format], out, overwrite, images, weights)
-        print_results(results, Console())
+        print_results(results, console)
         return results[0].path
 
     def report(self) -> Path:
@@ -225,7 +224,10 @@ def train(
         directory = _claim(full, run_dir)
         cfg = _without_hydra(full)
         _write_record(directory, cfg, args)
-        with _run_log(directory), plain_progress(progress == "lines" or (progress == "auto" and not _terminal())):
+        with (
+            _run_log(directory),
+            plain_progress(progress == "lines" or (progress == "auto" and not console_is_terminal())),
+        ):
             train_claimed(cfg, directory)
     finally:
         if directory is not None:
@@ -338,8 +340,3 @@ def _run_log(run_dir: Path) -> Iterator[None]:
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
-
-
-def _terminal() -> bool:
-    """True when the output is a terminal (not a notebook, a pipe or a file)."""
-    return console.is_terminal and not console.is_jupyter

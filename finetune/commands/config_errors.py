@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -131,7 +132,7 @@ def tool_option(arg: str, options: Sequence[str]) -> str | None:
     (``phase``); None otherwise (a key of the config, or nearer one: the config's checks word it)."""
     key, _, value = arg.partition("=")
     name = key.lstrip("+~")
-    top = {k for k in _known_keys(None) if "." not in k}
+    top = _top_level_keys()
     if name in top or "." in name or "/" in name:
         return None
     near = difflib.get_close_matches(name, [*options, *sorted(top)], n=1)
@@ -164,6 +165,12 @@ def nearest_key(key: str, cfg: DictConfig | None) -> str | None:
     found = ".".join(shown)
     found = bracketed(found) if "[" in key else found  # in the spelling the user typed: schedule.phases.0.lr
     return None if found == key else found
+
+
+@functools.cache
+def _top_level_keys() -> frozenset[str]:
+    """The config's top-level keys and groups (the same for every argument of a process: worked out once)."""
+    return frozenset(k for k in _known_keys(None) if "." not in k)
 
 
 def _known_keys(cfg: DictConfig | None) -> set[str]:

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from finetune.commands.args import parse_args, parse_flag, run_command
+from finetune.data.corruptions import SEVERITIES
 from finetune.run.errors import FinetuneError
+from finetune.run.rundir import is_run
 
 OPTIONS = {
     "run": None,
@@ -39,7 +41,6 @@ OPTIONS = {
     "report": "true",
     "out": None,
 }
-SEVERITIES = (1, 2, 3, 4, 5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,11 +59,6 @@ def parse_severities(value: str) -> tuple[int, ...]:
     if not chosen or not set(chosen) <= set(SEVERITIES):
         raise FinetuneError(f"severity={value!r}: use all, one of 1..5, or several such as 1,5")
     return tuple(chosen)
-
-
-def is_run(path: Path) -> bool:
-    """A run directory or a checkpoint in one (else an export)."""
-    return (path / "config.yaml").is_file() or path.suffix == ".ckpt"
 
 
 def _evaluate_command(argv: list[str]) -> None:

@@ -132,11 +132,10 @@ def inspect_and_write(task, cfg, report_dir: Path, out: Path | None, options: di
     thresholds = Thresholds(options["near_hash"], options["near_cosine"])
     roots = []
 
-    def check(view) -> None:  # before any image is decoded
-        if out is not None:
-            roots.append(check_writable(view.items, str(out), cfg.dataset.kind))
+    def check(view) -> None:  # before any image is decoded or the model built
+        roots.append(check_writable(view.items, str(out), cfg.dataset.kind))
 
-    result = inspect_data(task, cfg, thresholds, features=options["features"], check=check)
+    result = inspect_data(task, cfg, thresholds, features=options["features"], check=None if out is None else check)
     view = result.view
     record = summary(result) | {
         "thresholds": {"near_hash": thresholds.near_hash, "near_cosine": thresholds.near_cosine}

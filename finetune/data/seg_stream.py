@@ -103,9 +103,9 @@ class StreamingSegmentationDataModule(SegmentationDataModule):
         )
         if len(loader) == 0:
             raise DatasetError(
-                f"{len(self.splits['train']) * repeats} training crops per epoch (per device and loader worker) "
-                f"is less than one batch of {self.batch_size}: raise dataset.samples_per_image or lower "
-                "schedule.batch_size"
+                f"{stream.get_len(max(workers, 1), self.batch_size)} training crops per epoch per device and loader "
+                f"worker is less than one batch of {self.batch_size}: raise dataset.samples_per_image, lower "
+                "schedule.batch_size or lower dataset.num_workers"
             )
         return loader
 

@@ -31,6 +31,7 @@ from finetune.export.tensors import embedded_metadata
 from finetune.models.weights import sha256_file
 from finetune.run.errors import ConfigError, FinetuneError
 from finetune.run.records import run_config
+from finetune.run.rundir import is_run
 from finetune.run.task import Task
 from finetune.version import __version__
 
@@ -160,7 +161,7 @@ def load_model(
     (``resolve_export``), ready to predict (``finetune.load``, ``finetune evaluate``); ``weights`` and
     ``allow_unverified`` as ``load_export``'s."""
     path = Path(path).expanduser()
-    if not ((path / "config.yaml").is_file() or path.suffix == ".ckpt"):
+    if not is_run(path):
         return load_export(resolve_export(path), weights, tasks=tasks, allow_unverified=allow_unverified)
     name = run_config(path).task
     if name not in tasks:

@@ -40,7 +40,14 @@ class Console(rich.console.Console):
 
 
 console = Console(soft_wrap=True)
-if not console.is_terminal and not console.is_jupyter:
+
+
+def console_is_terminal() -> bool:
+    """Whether the console draws on a terminal (not a notebook, pipe or file): live bars, else plain lines."""
+    return console.is_terminal and not console.is_jupyter
+
+
+if not console_is_terminal():
     console.width = max(console.width, WIDE)
 
 

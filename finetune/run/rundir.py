@@ -166,3 +166,8 @@ def log_attempts(phase_logs: str | Path) -> list[Path]:
     ]
     first = [phase_logs / "metrics.csv"] if (phase_logs / "metrics.csv").exists() else []
     return first + [p for _, p in sorted(attempts)]
+
+
+def is_run(path: Path) -> bool:
+    """A run directory (its ``config.yaml``) or a checkpoint in one (else an export); no torch import."""
+    return (path / "config.yaml").is_file() or path.suffix == ".ckpt"

@@ -158,14 +158,14 @@ class EpochLog(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         shown = trainer.progress_bar_callback
         if trainer.is_global_zero and (shown is None or isinstance(shown, RichProgressBar)):
-            metrics = short_metrics({k: float(v) for k, v in trainer.progress_bar_metrics.items()})
-            RECORD.info(
-                "%s · epoch %d/%d: %s",
-                self.phase,
-                trainer.current_epoch + 1,
-                trainer.max_epochs,
-                " ".join(f"{name} {value}" for name, value in metrics.items()),
-            )
+            metrics = {k: float(v) for k, v in trainer.progress_bar_metrics.items()}
+            RECORD.info("%s", epoch_line(self.phase, trainer, metrics))
+
+
+def epoch_line(phase: str, trainer: L.Trainer, metrics: dict) -> str:
+    """``<phase> · epoch e/E: loss 0.2 val/acc 0.9 …``: an ended epoch in one line (the log's, a notebook's)."""
+    shown = " ".join(f"{name} {value}" for name, value in short_metrics(metrics).items())
+    return f"{phase} · epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}"
 
 
 def stage_table(model: FineTuneModel, counts: list[StageCount] | None, title: str) -> Table:

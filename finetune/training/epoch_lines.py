@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
 
 from finetune.run.console import console
-from finetune.training.display import short_metrics
+from finetune.training.display import epoch_line
 
 _PLAIN: ContextVar[bool] = ContextVar("plain_progress", default=False)
 
@@ -63,6 +63,4 @@ class EpochLines(ProgressBar):
         """The epoch's line (as it ends)."""
         metrics = self.get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the phase is named in full
-        shown = " ".join(f"{name} {value}" for name, value in short_metrics(metrics).items())
-        epochs = f"{trainer.current_epoch + 1}/{trainer.max_epochs}"
-        return f"{self.phase} · epoch {epochs}: {shown} ({time.perf_counter() - self.started:.1f} s)"
+        return f"{epoch_line(self.phase, trainer, metrics)} ({time.perf_counter() - self.started:.1f} s)"

@@ -115,10 +115,12 @@ def inspect_data(
         except ConfigError:
             features = False
             notes.append(f"task={task.name} has no per-image class: no feature, label or outlier checks")
-    data, model = task.data_module(cfg), None
-    view = DatasetView(data.splits, cfg.dataset.kind)
-    if check is not None:
-        check(view)  # before the model is built
+    model = None
+    if check is not None or not features:  # the data alone (with features it comes with the model, loaded once)
+        data = task.data_module(cfg)
+        view = DatasetView(data.splits, cfg.dataset.kind)
+        if check is not None:
+            check(view)  # before the model is built
     if features:
         from finetune.training.train import build
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,18 +59,7 @@ def test_report_has_the_robustness_section(evaluated):
 
 def test_an_export_is_evaluated_on_its_runs_data(evaluated, tmp_path):
     run = evaluated[0]
-    out = cli_in_process(
-        "evaluate",
-        f"run={run / 'exports' / 'head.safetensors'}",
-        f"data={run}",
-        "corruptions=imagenet-c",
-        "severity=5",
-        "only=gaussian_noise",
-        f"out={tmp_path / 'r.json'}",
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    record = json.loads((tmp_path / "r.json").read_text())
+    out, record = evaluate_export(run, run, 5, tmp_path)
     ours = evaluated[2]["robustness"]["imagenet-c"]
     assert record["clean"]["acc"] == pytest.approx(ours["clean"]["acc"], abs=1e-6)
     assert record["results"]["gaussian_noise"]["5"] == pytest.approx(ours["results"]["gaussian_noise"]["5"], abs=1e-5)
@@ -116,18 +106,7 @@ def test_without_a_test_split_the_val_split_is_recorded_and_named(evaluated, tmp
     shutil.copytree(run, data, symlinks=True)
     config = data / "config.yaml"
     config.write_text(config.read_text().replace("test_fraction: 0.15", "test_fraction: 0.0"))
-    out = cli_in_process(
-        "evaluate",
-        f"run={run / 'exports' / 'head.safetensors'}",
-        f"data={data}",
-        "corruptions=imagenet-c",
-        "severity=1",
-        "only=gaussian_noise",
-        f"out={tmp_path / 'r.json'}",
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    record = json.loads((tmp_path / "r.json").read_text())
+    out, record = evaluate_export(run, data, 1, tmp_path)
     assert record["split"] == "test" and record["test_is_val"] is True and record["images"] == 270  # val: 15 %
     assert "on val (no test split; also used to pick the checkpoint)" in " ".join(out.stdout.split())
     assert evaluated[2]["robustness"]["imagenet-c"]["test_is_val"] is False
@@ -269,3 +248,20 @@ def test_medmnistc_end_to_end_with_skipped_corruptions_and_the_papers_summary(ev
     error = np.mean([1 - record["results"]["pixelate"][str(s)]["balanced_acc"] for s in range(1, 6)])
     assert paper["balanced_error"]["pixelate"] == pytest.approx(error, abs=1e-5)
     assert paper["be"] == pytest.approx(error / paper["alexnet_balanced_error"]["pixelate"], abs=1e-5)
+
+
+def evaluate_export(run: Path, data: Path, severity: int, tmp_path: Path):
+    """``finetune evaluate`` of ``run``'s head export on ``data``'s split (gaussian noise at ``severity``): the
+    finished process and the record it wrote."""
+    out = cli_in_process(
+        "evaluate",
+        f"run={run / 'exports' / 'head.safetensors'}",
+        f"data={data}",
+        "corruptions=imagenet-c",
+        f"severity={severity}",
+        "only=gaussian_noise",
+        f"out={tmp_path / 'r.json'}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out, json.loads((tmp_path / "r.json").read_text())
