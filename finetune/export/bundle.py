@@ -58,9 +58,12 @@ class ModelBundle:
     task_record: dict = field(default_factory=dict)  # the task's own part of the run's data.json
 
     @classmethod
-    def from_run(cls, path: str | Path, task: Task, backbone_weights: str | None = None) -> ModelBundle:
-        """The best checkpoint of a run directory (or the given checkpoint) of ``task`` and its records."""
-        run = load_run(path, task)
+    def from_run(
+        cls, path: str | Path, task: Task, backbone_weights: str | None = None, model: FineTuneModel | None = None
+    ) -> ModelBundle:
+        """The best checkpoint of a run directory (or the given checkpoint) of ``task`` and its records;
+        ``model``: the run's trained model in memory instead of a checkpoint (``load_run``)."""
+        run = load_run(path, task, model)
         return cls(
             run.model,
             run.cfg,
@@ -70,7 +73,7 @@ class ModelBundle:
             run.image_channels,
             run.weights,
             training_summary(run.cfg, run.run_dir, task),
-            str(run.checkpoint),
+            str(run.checkpoint or run.run_dir),
             backbone_weights,
             run.task_record,
         )

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from finetune.data.transforms import Preprocessing
 from finetune.models.freezing import FineTuneModel
 from finetune.models.weights import resolve_weights
+from finetune.run.config import load_config
 from finetune.run.errors import FinetuneError
 from finetune.run.records import (
     RESUME_SAFE_KEYS,
@@ -46,7 +47,7 @@ class LoadedRun:
     class_names: list[str]
     preprocessing: Preprocessing
     weights: dict
-    checkpoint: Path
+    checkpoint: Path | None  # None: the model was handed over in memory (``load_run``)
     task: Task
     task_record: dict
     image_channels: int  # channels of the training images (1: grayscale data)
@@ -147,16 +148,23 @@ def prepare_resume(
     return run_dir, ckpt, cfg
 
 
-def load_run(path: str | Path, task: Task) -> LoadedRun:
+def load_run(path: str | Path, task: Task, model: FineTuneModel | None = None) -> LoadedRun:
     """Rebuild the model of a run of ``task`` and load its checkpoint (``weights_only``: no pickle is
-    executed). A data.json written before the task record existed is read by ``task.task_record``."""
-    cfg = run_config(path)
-    run_dir, ckpt = find_checkpoint(path)
+    executed). A data.json written before the task record existed is read by ``task.task_record``.
+    ``model``: the run's trained model in memory, taken as it is (a ``checkpoints.keep=none`` run, which
+    has no checkpoint, exports it as it ends); ``path`` is then the run directory."""
+    if model is None:
+        cfg = run_config(path)
+        run_dir, ckpt = find_checkpoint(path)
+    else:
+        run_dir, ckpt = Path(path), None
+        cfg = load_config(run_dir / "config.yaml")
     data = json.loads((run_dir / "data.json").read_text())
-    state = model_state(ckpt)
-    skeleton = resolve_weights(cfg.backbone.name, pretrained=False)  # the checkpoint holds every tensor
-    model = task.build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    if ckpt is not None:
+        state = model_state(ckpt)
+        skeleton = resolve_weights(cfg.backbone.name, pretrained=False)  # the checkpoint holds every tensor
+        model = task.build_model(cfg, skeleton, data["model_in_chans"], len(data["class_names"]))
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return LoadedRun(
         run_dir,
         cfg,

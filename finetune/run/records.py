@@ -144,8 +144,9 @@ def _other_checkpoints(ckpt: Path) -> list[Path]:
 
 def check_checkpoint(ckpt: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
     """Refuse a checkpoint that is truncated, foreign or holds pickled objects (``weights_only``
-    blocks them), or whose tensors do not fit the run's model (``shapes``, from ``model_shapes``),
-    before anything in its run directory is rewritten."""
+    blocks them), whose tensors do not fit the run's model (``shapes``, from ``model_shapes``), or that holds
+    weights only where training would continue from it (an unfinished run: no metrics.json), before anything
+    in its run directory is rewritten."""
     from finetune.run.schedule import PHASE_KEY
 
     others = _other_checkpoints(ckpt)
@@ -153,6 +154,13 @@ def check_checkpoint(ckpt: Path, shapes: dict[str, tuple[int, ...]] | None = Non
     state = read_checkpoint(ckpt, advice)
     if PHASE_KEY not in state or "state_dict" not in state:
         raise FinetuneError(f"{ckpt} was not written by finetune (no phase record); {advice}")
+    run_dir = run_dir_of(ckpt)
+    if "optimizer_states" not in state and not (run_dir / "metrics.json").is_file():  # training would continue
+        raise FinetuneError(
+            f"{ckpt} holds weights only (a checkpoints.keep=none run saves them when it fails after its test), so "
+            f"training cannot continue from it: `finetune export run={run_dir}` exports them; to train the run "
+            "again from its first phase, move the file away"
+        )
     for key, tensor in state["state_dict"].items():
         shape = tuple(getattr(tensor, "shape", ()))
         if shapes and key in shapes and shape != shapes[key]:
@@ -202,8 +210,9 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "l
             else f"it has no {exports} either"
         )
         raise FinetuneError(
-            f"{path} was trained with checkpoints.keep=none: its checkpoints were removed after it tested and "
-            f"exported; {where}; to export other formats, train it again with checkpoints.keep=best"
+            f"{path} was trained with checkpoints.keep=none: it wrote no checkpoint (it tested and exported the "
+            f"best epoch's weights held in memory); {where}; to export other formats, train it again with "
+            "checkpoints.keep=best"
         )
     raise FinetuneError(
         f"{path} is not a finetune run directory or checkpoint: expected "
@@ -213,7 +222,7 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "l
 
 def _kept_no_checkpoints(run_dir: Path) -> bool:
     """Whether ``run_dir`` is a finished run (it wrote metrics.json) whose saved config says ``checkpoints.keep=none``:
-    its checkpoints were removed at its end."""
+    it kept no checkpoint."""
     path = saved_config_path(run_dir) if (run_dir / "metrics.json").is_file() else None
     if path is None:
         return False

@@ -306,8 +306,9 @@ class LoggerSchema:
 
 @dataclass
 class CheckpointsSchema:
-    # best | last | both | none: which checkpoint the run tests and keeps; none tests the best epoch, exports, then
-    # removes checkpoints/ (a search's trials: the disk keeps their exports; the run cannot be resumed afterwards)
+    # best | last | both | none: which checkpoint the run tests and keeps; none writes no checkpoint and tests and
+    # exports the best epoch's weights held in memory (a search's trials: the disk keeps their exports; resume
+    # starts an interrupted run again; a finished run cannot be resumed)
     keep: str = "best"
 
 

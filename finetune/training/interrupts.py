@@ -2,7 +2,8 @@
 SIGUSR1 (SLURM's warning before the time limit, ``#SBATCH --signal=SIGUSR1@90``) stop training at the
 next batch boundary, print and log one line saying where the run stopped and how to continue, and exit
 130 (SIGINT) or 143 (SIGTERM; SIGUSR1 too). Checkpoints are written atomically at epoch ends, so nothing
-is half-written; ``finetune resume=<run>`` continues from the last one. Under SLURM, SIGUSR1 also
+is half-written; ``finetune resume=<run>`` continues from the last one (``checkpoints.keep=none`` writes none:
+the run starts again from its first phase). Under SLURM, SIGUSR1 also
 requeues the job (``scontrol requeue``), as Lightning's ``SLURMEnvironment(auto_requeue=True)`` does.
 
 Lightning's own requeue is switched off (``slurm_plugins``): it saves a mid-epoch ``hpc_ckpt_<n>.ckpt``
@@ -48,6 +49,7 @@ class Progress:
     phases: list[str] = field(default_factory=list)  # known once the config is validated
     where: str = "while preparing the run"
     in_loop: bool = False  # a Trainer's batch loop: it stops at the next batch end (StopOnSignal)
+    writes_checkpoints: bool = True  # False for checkpoints.keep=none: resume starts the run again
     signum: int | None = None
     pid: int = field(default_factory=os.getpid)  # the training process (DataLoader workers inherit the handler)
 
@@ -180,8 +182,13 @@ def interrupt_message(progress: Progress, signum: int) -> str:
     checkpoint = next(
         (run / "checkpoints" / n for n in RESUME_CHECKPOINTS if (run / "checkpoints" / n).is_file()), None
     )
+    first = f"phase {progress.phases[0]!r}" if progress.phases else "the first phase"
+    if checkpoint is None and not progress.writes_checkpoints:
+        return (
+            f"{stopped}; checkpoints.keep=none writes no checkpoint: `finetune resume={run}` starts the run again "
+            f"from {first}"
+        )
     if checkpoint is None:
-        first = f"phase {progress.phases[0]!r}" if progress.phases else "the first phase"
         return f"{stopped}; no checkpoint was written yet: `finetune resume={run}` starts {first} from the beginning"
     return f"{stopped}; `finetune resume={run}` continues from {checkpoint_epoch(checkpoint, progress.phases)}"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,12 @@ from finetune.models.freezing import FineTuneModel
 from finetune.models.summary import count_layers, roll_up
 from finetune.run.checkpointing import AtomicCheckpointIO
 from finetune.run.errors import FinetuneError
+from finetune.run.records import model_state
 from finetune.run.rundir import log_version
 from finetune.run.schedule import PHASE_KEY, Phase, PhaseOptim
 from finetune.run.strategies import is_fsdp
 from finetune.training.averaging import ema_callbacks
+from finetune.training.best_weights import BestWeights, monitor_mode
 from finetune.training.display import EpochLog, ThrottledRichProgressBar, console, stage_table
 from finetune.training.distributed import RankConsistency, TimmSyncBatchNorm, is_global_zero
 from finetune.training.divergence import StopOnDivergence
@@ -55,6 +56,8 @@ def resume_point(checkpoint: Path | None) -> int:
 
 
 TaskFactory = Callable[[PhaseOptim, int, bool], L.LightningModule]
+Best = ModelCheckpoint | BestWeights  # what picks the tested weights: a checkpoint, or a copy in memory (keep=none)
+IN_MEMORY = "best weights in memory"  # metrics.json's checkpoint.tested of a checkpoints.keep=none run
 
 
 def run_phases(
@@ -68,21 +71,23 @@ def run_phases(
     resume_from: Path | None = None,
     retest: bool = False,
     mixes_inputs: bool = False,
-) -> tuple[ModelCheckpoint, dict]:
+) -> tuple[Best, dict]:
     """Fit every phase in order (from the resumed one). ``make_task(optim, phase index, cached
     features)`` builds each phase's LightningModule (the task's); the best
-    checkpoint maximises ``monitor`` (minimises it for a loss). ``retest`` (a finished run resumed,
+    epoch maximises ``monitor`` (minimises it for a loss). ``retest`` (a finished run resumed,
     see ``finished_run``): nothing is fitted, the best record is read from ``resume_from``.
     ``mixes_inputs`` (``Task.mixes_inputs``): the task mixes training images, no phase caches features.
 
-    Returns the checkpoint callback (best/last) and, under DDP, the per-rank parameter checksums
-    taken at the end of each phase.
+    Returns the callback that picked the best epoch (checkpoints best/last; ``checkpoints.keep=none``: the
+    best weights in memory, no checkpoint written) and, under DDP, the per-rank parameter checksums taken
+    at the end of each phase.
     """
     consistency = RankConsistency()
-    checkpoint = best_checkpoint(run_dir, monitor)
     if retest and resume_from is not None:
+        checkpoint = best_checkpoint(run_dir, monitor)
         restore_best_record(checkpoint, resume_from, run_dir)
         return checkpoint, consistency.checksums
+    checkpoint = BestWeights(monitor) if checkpoints_keep(cfg) == "none" else best_checkpoint(run_dir, monitor)
     start = resume_point(resume_from)
     # Units and connections do not depend on freezing: one counting pass serves every phase table.
     input_shape = (data.in_chans, *data.preprocessing.size)
@@ -193,7 +198,7 @@ def best_checkpoint(run_dir: Path, monitor: str) -> ModelCheckpoint:
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=monitor,
-        mode="min" if monitor.endswith("loss") else "max",
+        mode=monitor_mode(monitor),
         save_last=True,
         enable_version_counter=False,
         auto_insert_metric_name=False,
@@ -211,9 +216,7 @@ class PhaseEarlyStopping(EarlyStopping):
     """
 
     def __init__(self, monitor: str, patience: int, min_delta: float, phase: str) -> None:
-        super().__init__(
-            monitor=monitor, patience=patience, min_delta=min_delta, mode="min" if monitor.endswith("loss") else "max"
-        )
+        super().__init__(monitor=monitor, patience=patience, min_delta=min_delta, mode=monitor_mode(monitor))
         self.phase = phase
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -253,29 +256,17 @@ class ClampLogInterval(L.Callback):
 
 
 class KeepCheckpoints(L.Callback):
-    """``checkpoints.keep``: once the test has run, ``best`` (the default) and ``none`` remove ``last.ckpt``,
-    which exists to resume an unfinished run; ``last`` removes ``best.ckpt`` (the run tested the final
-    weights); ``both`` keeps them. The checkpoint kept is the one exports, reports and ``explain`` read
-    (``none``: until ``drop_checkpoints``)."""
+    """``checkpoints.keep``: once the test has run, ``best`` (the default) removes ``last.ckpt``, which exists
+    to resume an unfinished run; ``last`` removes ``best.ckpt`` (the run tested the final weights); ``both``
+    keeps them. The checkpoint kept is the one exports, reports and ``explain`` read. ``none`` writes none."""
 
     def __init__(self, run_dir: Path, keep: str) -> None:
         self.run_dir, self.keep = run_dir, keep
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.keep != "both":
+        if trainer.is_global_zero and self.keep in ("best", "last"):
             dropped = "last.ckpt" if self.keep == "best" else "best.ckpt"
             (self.run_dir / "checkpoints" / dropped).unlink(missing_ok=True)
-
-
-def drop_checkpoints(run_dir: Path, keep: str) -> int:
-    """``checkpoints.keep=none``: remove the run's ``checkpoints/`` once it has tested, exported and reported;
-    the bytes freed (0 for any other ``keep``)."""
-    folder = run_dir / "checkpoints"
-    if keep != "none" or not folder.is_dir():
-        return 0
-    freed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    shutil.rmtree(folder)
-    return freed
 
 
 def tested_checkpoint(run_dir: Path, checkpoint: ModelCheckpoint, keep: str) -> Path:
@@ -284,6 +275,20 @@ def tested_checkpoint(run_dir: Path, checkpoint: ModelCheckpoint, keep: str) -> 
     if keep == "last":
         return run_dir / "checkpoints" / "last.ckpt"
     return Path(checkpoint.best_model_path or run_dir / "checkpoints" / "best.ckpt")
+
+
+def tested_state(run_dir: Path, best: Best, keep: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The LightningModule ``state_dict`` a finished run tests and the name metrics.json gives it:
+    ``tested_checkpoint``'s, or (``checkpoints.keep=none``) the best epoch's copy in memory."""
+    if isinstance(best, BestWeights):
+        if best.state is None:
+            raise FinetuneError(
+                f"checkpoints.keep=none: no validation logged {best.monitor}, so no epoch was picked to test; give "
+                "the run a val split (trainer.limit_val_batches > 0)"
+            )
+        return best.state, IN_MEMORY
+    tested = tested_checkpoint(run_dir, best, keep)
+    return model_state(tested), tested.name  # a tampered best.ckpt: one line, never the unsafe advice
 
 
 def checkpoints_keep(cfg: DictConfig) -> str:
@@ -340,6 +345,7 @@ def make_trainer(
             *progress,
         ],
         enable_progress_bar=t.progress_bar,
+        enable_checkpointing=checkpoints_keep(cfg) != "none",  # keep=none: not even Lightning's default callback
         enable_model_summary=False,
         num_sanity_val_steps=0,
         plugins=plugins,

@@ -11,6 +11,8 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +20,6 @@ import lightning as L
 import numpy as np
 import timm
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.data.transforms import Preprocessing, gray_preprocessing
@@ -28,30 +29,30 @@ from finetune.export.writing import ExportResult, export_run
 from finetune.export.writing import print_results as print_exports
 from finetune.models.freezing import FineTuneModel, FreezeError, frozen_stages
 from finetune.models.saved_runs import run_data_record
-from finetune.models.weights import WeightsRecord, resolve_weights
+from finetune.models.weights import WeightsRecord, forget_announced, resolve_weights
 from finetune.report.html import write_report
 from finetune.report.page import tested_split
 from finetune.report.plots import epoch_history, plot_confusion, plot_curves
 from finetune.run.artifacts import atomic_path, json_text, write_json, write_text
 from finetune.run.console import log_file_copy
-from finetune.run.errors import FinetuneError
-from finetune.run.records import model_state
+from finetune.run.errors import FinetuneError, RunInterrupted
 from finetune.run.rundir import log_attempts
 from finetune.run.schedule import Phase
 from finetune.run.task import Task
+from finetune.training.best_weights import BestWeights
 from finetune.training.debug import debug_line, debug_record
 from finetune.training.display import console, print_results
 from finetune.training.distributed import is_global_zero
 from finetune.training.input_warnings import advise
-from finetune.training.interrupts import Progress, interruptible
+from finetune.training.interrupts import Progress, interruptible, log_to_run_file
 from finetune.training.phases import (
+    Best,
     PlannedPhase,
     checkpoints_keep,
-    drop_checkpoints,
     finished_run,
     make_trainer,
     run_phases,
-    tested_checkpoint,
+    tested_state,
 )
 from finetune.training.plan import print_plan
 from finetune.training.tracking import Tracking, tracked
@@ -60,8 +61,8 @@ from finetune.version import __version__
 
 log = logging.getLogger(__name__)
 KEEP_NONE = (
-    "checkpoints.keep=none: checkpoints/ is removed once the run has tested, exported and reported; the "
-    "finished run cannot be resumed, re-tested or exported again (its exports stay)"
+    "checkpoints.keep=none: no checkpoint is written; the best epoch's weights are kept in memory for the test, "
+    "exports and report; the finished run cannot be resumed, re-tested or exported again (its exports stay)"
 )
 WHOLE_HEAD = "head = whole model"  # every tensor was trained: the head export holds them all
 TEST_IS_VAL = (
@@ -106,6 +107,7 @@ def build(task: Task, cfg: DictConfig) -> Built:
 def train(task: Task, cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune ``task`` as ``cfg`` says; write everything to ``run_dir``; return the metrics written.
     SIGINT, SIGTERM or SIGUSR1 end it with one line and exit code 130 / 143 (``training.interrupts``)."""
+    forget_announced()  # this run's log names its weights, as the process's first run's did
     with interruptible(run_dir) as progress, tracked(cfg, run_dir) as tracking, log_file_copy():
         return train_run(task, cfg, run_dir, resume_from, progress, tracking)
 
@@ -119,6 +121,7 @@ def train_run(
     built = build(task, cfg)
     phases, plan, record, data, model = built.phases, built.plan, built.record, built.data, built.model
     progress.phases = [p.name for p in phases]
+    progress.writes_checkpoints = checkpoints_keep(cfg) != "none"
     if is_global_zero() and cfg.trainer.debug:
         console.print(debug_line(cfg.trainer))
     if cfg.plan:
@@ -145,9 +148,10 @@ def train_run(
         retest=finished is not None,
         mixes_inputs=task.mixes_inputs(cfg),
     )
-    tested = tested_checkpoint(run_dir, checkpoint, checkpoints_keep(cfg))
+    keep = checkpoints_keep(cfg)
+    state, tested = tested_state(run_dir, checkpoint, keep)
     module = make_module()
-    module.load_state_dict(model_state(tested))  # a tampered best.ckpt: one line, never the unsafe advice
+    module.load_state_dict(state)
     tester = make_trainer(cfg, run_dir, "test", 1, [])
     module.to(tester.strategy.root_device)  # fit() hands the model back on the CPU
     task.before_test(cfg, module, data)
@@ -156,35 +160,60 @@ def train_run(
     tester.test(module, datamodule=data, verbose=False)
     if not is_global_zero():
         return {}
-    results = write_results(
-        run_dir,
-        module.test_results,
-        data.info.class_names,
-        phases,
-        finished["wall_time_s"] if finished else time.perf_counter() - started,
-        {"param_checksums_per_rank": rank_checksums},
-        checkpoint,
-        tested.name,
-        {"test_is_val": data.test_is_val, **task.test_record(cfg, module, data), **debug_record(cfg.trainer)},
-    )
-    print_results(results, run_dir)
-    # The small head export needs the pretrained backbone to pin against; random init exports all.
-    default_export = "head" if record.source != "random" else "safetensors"
-    exports = export_run(
-        run_dir,
-        task,
-        (default_export,),
-        overwrite=resume_from is not None,
-        parity_images=task.parity_images(data, PARITY_IMAGES),
-    )
-    print_exports([named_for_content(e) for e in exports], console)
-    task.after_test(cfg, module, data, run_dir)
-    console.print(f"report: {write_report(run_dir, task, data=data, model=module.model)}")
-    freed = drop_checkpoints(run_dir, checkpoints_keep(cfg))
-    if freed:
-        console.print(f"checkpoints.keep=none: removed checkpoints/ ({freed / 2**20:,.1f} MiB); the exports are kept")
-    tracking.finish(results)
+    with weights_kept_on_failure(checkpoint, run_dir):  # keep=none: the tested weights survive a failure
+        results = write_results(
+            run_dir,
+            module.test_results,
+            data.info.class_names,
+            phases,
+            finished["wall_time_s"] if finished else time.perf_counter() - started,
+            {"param_checksums_per_rank": rank_checksums},
+            checkpoint,
+            tested,
+            {"test_is_val": data.test_is_val, **task.test_record(cfg, module, data), **debug_record(cfg.trainer)},
+        )
+        print_results(results, run_dir)
+        # The small head export needs the pretrained backbone to pin against; random init exports all.
+        default_export = "head" if record.source != "random" else "safetensors"
+        exports = export_run(
+            run_dir,
+            task,
+            (default_export,),
+            overwrite=resume_from is not None,
+            parity_images=task.parity_images(data, PARITY_IMAGES),
+            model=module.model.cpu() if keep == "none" else None,  # no checkpoint: the tested weights, exported
+        )
+        module.to(tester.strategy.root_device)
+        print_exports([named_for_content(e) for e in exports], console)
+        task.after_test(cfg, module, data, run_dir)
+        console.print(f"report: {write_report(run_dir, task, data=data, model=module.model)}")
+        tracking.finish(results)
     return results
+
+
+@contextmanager
+def weights_kept_on_failure(best: Best, run_dir: Path) -> Iterator[None]:
+    """``checkpoints.keep=none`` holds the tested weights in memory only: when anything after the test fails
+    (an export's parity gate, a signal while exporting or reporting), they are written to
+    ``checkpoints/best.ckpt`` first (``BestWeights.save``), and the error or interrupt line says so."""
+    try:
+        yield
+    except BaseException as err:
+        if not isinstance(best, BestWeights):
+            raise
+        finished = (run_dir / "metrics.json").is_file()
+        path = best.save(run_dir / "checkpoints" / "best.ckpt")
+        saved = f"checkpoints.keep=none: the tested weights were saved to {path}"
+        if isinstance(err, RunInterrupted):  # its line already says how to go on
+            if err.message:
+                log_to_run_file(run_dir, saved)
+            raise RunInterrupted(err.message and f"{err.message}; {saved}", err.signum) from None
+        retest = f"; `finetune resume={run_dir} resume_finished=true` tests the run again"
+        note = f"{saved} (`finetune export run={run_dir}` exports them{retest if finished else ''})"
+        if isinstance(err, FinetuneError):
+            raise type(err)(f"{err}; {note}") from None
+        err.add_note(note)
+        raise
 
 
 def named_for_content(result: ExportResult) -> ExportResult:
@@ -245,12 +274,13 @@ def write_results(
     phases: list[Phase],
     seconds: float,
     ddp: dict,
-    checkpoint: ModelCheckpoint,
+    checkpoint: Best,
     tested: str,
     record: dict | None = None,
 ) -> dict:
     """metrics.json (test scalars, per-class values, phases, wall time, the validation score that
-    picked the best checkpoint, which one was tested), confusion CSV/plot, curves of the monitored metric.
+    picked the best epoch, what was tested: ``best.ckpt``, ``last.ckpt`` or ``IN_MEMORY``), confusion
+    CSV/plot, curves of the monitored metric.
 
     Each phase records its planned ``epochs``, the ``epochs_run`` its logs show (every attempt of a
     resumed phase) and ``stopped_epoch``: the last epoch (1-based) of a phase that early stopping

@@ -39,10 +39,15 @@ def validate(cfg: FinetuneSchema, task: Task) -> list[Phase]:
         cfg.checkpoints.keep,
         KEEP_CHOICES,
         "best: test the best validation epoch, then remove last.ckpt; last: test the final weights, then "
-        "remove best.ckpt; both: test best.ckpt and keep both (to continue training later); none: test best.ckpt, "
-        "export, then remove both (sweeps: the disk keeps the exports only)",
+        "remove best.ckpt; both: test best.ckpt and keep both (to continue training later); none: write no "
+        "checkpoint, test and export the best epoch's weights held in memory (sweeps: the disk keeps the exports only)",
     )
     _validate_trainer(cfg.trainer)
+    if cfg.checkpoints.keep == "none" and cfg.trainer.limit_val_batches == 0:
+        raise ConfigError(
+            "checkpoints.keep=none with trainer.limit_val_batches=0: no validation picks the best epoch whose "
+            "weights it keeps; use checkpoints.keep=last (tests the final weights), or let validation run"
+        )
     _validate_training_options(cfg)
     _validate_sharding(cfg)
     phases = phases_from(cfg)
@@ -199,6 +204,11 @@ def _validate_sharding(cfg: FinetuneSchema) -> None:
         raise ConfigError(
             f"trainer.gradient_clip_val={clip:g} with trainer=fsdp: Lightning cannot clip sharded gradients by norm "
             "(each rank holds a shard); use trainer.gradient_clip_val=null, or trainer=ddp to clip"
+        )
+    if cfg.checkpoints.keep == "none":  # each sharded phase hands its weights to the next through last.ckpt
+        raise ConfigError(
+            "checkpoints.keep=none with trainer=fsdp: sharded phases hand their weights on through last.ckpt; use "
+            "checkpoints.keep=best, or trainer=ddp to keep no checkpoint"
         )
     if cfg.ema.decay is not None:  # Lightning's weight averaging does not support sharded models
         raise ConfigError(

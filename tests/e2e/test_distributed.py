@@ -70,7 +70,8 @@ def test_rank_shards_rebuild_the_single_process_batches():
 @pytest.mark.slow
 def test_ddp_multirun_one_dir_per_job_identical_ranks_across_an_unfreezing_phase(tmp_path):
     """A multirun of two-process runs: one dir per job, one summary. Each job's phases unfreeze a stage; with
-    LoRA they change which adapter tensors train: DDP must follow as it does for stages, ranks stay identical."""
+    LoRA they change which adapter tensors train: DDP must follow as it does for stages, ranks stay identical.
+    ``checkpoints.keep=none``: the ranks keep the best epoch in memory, nothing hands weights on through a file."""
     out = finetune(
         "-m",
         "trainer=ddp",
@@ -80,17 +81,18 @@ def test_ddp_multirun_one_dir_per_job_identical_ranks_across_an_unfreezing_phase
         "schedule.phases.0.epochs=1",
         "schedule.epochs=1",
         "backbone.adapter=none,lora",
+        "checkpoints.keep=none",  # each rank holds the best epoch in memory; no checkpoint is written
         "hydra.sweep.dir=sweep",
         cwd=tmp_path,
     )
     sweep = tmp_path / "sweep"
+    assert not list(sweep.rglob("*.ckpt")) and all((sweep / job / "exports").is_dir() for job in ("0", "1"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
-    rows = [line for line in (sweep / "sweep_summary.md").read_text().splitlines() if "backbone.adapter=" in line]
-    assert sorted(row.split(" | ")[3] for row in rows) == [
-        "backbone.adapter=lora",
-        "backbone.adapter=none",
-    ]  # rank|run|status|swept
+    summary = (sweep / "sweep_summary.md").read_text()
+    assert "Swept keys: adapter = backbone.adapter." in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and " finished " in line]
+    assert sorted(row.split(" | ")[3] for row in rows) == ["lora", "none"]  # rank|run|status|adapter
     assert write_summary(sweep)  # re-runnable
     assert (sweep / "sweep_summary.csv").read_text().count("\n") == 3
     for job in ("0", "1"):

@@ -53,8 +53,12 @@ def test_fsdp_without_a_gpu_is_refused_in_one_line(tmp_path, monkeypatch, overri
             "trainer.gradient_clip_val=1 with trainer=fsdp: Lightning cannot clip sharded gradients by norm",
         ),
         (["trainer=fsdp", "ema.decay=0.99"], "ema.decay=0.99 with trainer=fsdp: Lightning cannot average sharded"),
+        (
+            ["trainer=fsdp", "checkpoints.keep=none"],
+            "checkpoints.keep=none with trainer=fsdp: sharded phases hand their weights on through last.ckpt",
+        ),
     ],
-    ids=["fsdp_cpu_offload", "ddp_spawn", "clip", "ema"],
+    ids=["fsdp_cpu_offload", "ddp_spawn", "clip", "ema", "keep_none"],
 )
 def test_what_finetune_does_not_shard_is_refused_in_one_line(tmp_path, overrides, message):
     """Strategies of Lightning's other than ours, and the options Lightning's FSDP breaks on mid-run: one line
