@@ -22,23 +22,11 @@ from finetune.run.warning_filters import quiet_library_chatter
 
 # name -> (module:function taking argv and returning an exit code, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": (
-        "finetune.commands.train:command",
-        "fine-tune a backbone (the default): finetune [train] dataset=... backbone=...",
-    ),
-    "plan": (
-        "finetune.commands.train:plan_command",
-        "print what each phase would train, without loading weights or images",
-    ),
-    "lr-find": (
-        "finetune.commands.lr_find:main",
-        "learning-rate range test on the phase that will train: finetune lr-find <overrides> [phase=…]",
-    ),
-    "advise": ("finetune.commands.advise:main", "linear probes by stage on your data -> freeze depth, schedule, lrs"),
-    "inspect": (
-        "finetune.commands.inspect:main",
-        "the data before the model: balance, duplicates, leaks, label issues",
-    ),
+    "train": ("finetune.commands.train:command", "fine-tune a backbone (the default): dataset=... backbone=..."),
+    "plan": ("finetune.commands.train:plan_command", "what each phase would train, loading no weights or images"),
+    "lr-find": ("finetune.commands.lr_find:main", "learning-rate range test of a phase: <overrides> [phase=…]"),
+    "advise": ("finetune.commands.advise:main", "linear probes by stage on your data -> freeze depth, lrs"),
+    "inspect": ("finetune.commands.inspect:main", "the data before the model: balance, duplicates, leaks, labels"),
     "predict": ("finetune.commands.predict:main", "predict images (or masks) with an export: export=... inputs=..."),
     "export": ("finetune.commands.export:main", "export a run: head, safetensors, onnx, pt2, timm folder"),
     "backbones": (
@@ -50,11 +38,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("finetune.commands.report:main", "(re)write a run's report.html"),
     "evaluate": (
         "finetune.commands.evaluate:main",
-        "robustness: a run on corrupted copies of its test split: run=... corruptions=medmnistc|imagenet-c",
+        "robustness on corrupted test images: run=... corruptions=...",
     ),
     "pack": (
         "finetune.commands.pack:main",
-        "pack a dataset into LitData chunks for dataset=streaming: dataset=... out=<folder or s3://…>",
+        "LitData chunks for dataset=streaming: dataset=... out=<dir|s3://…>",
     ),
 }
 LIBRARIES = ("torch", "torchvision", "timm", "lightning")  # the versions ``finetune --version`` names

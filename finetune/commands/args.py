@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import re
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune.resources import config_groups
@@ -13,13 +16,16 @@ from finetune.run.errors import ConfigError, FinetuneError, RunInterrupted, Trai
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+HELP_WIDTH = 80  # columns every --help fits in
+_HANGING = re.compile(r"\s*(\* |\S+ {2,}(?=\S))")  # a list item, a table row: continued under its text
+
 
 def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequence[str] | None) -> int:
     """Run ``body(argv)``: ``--help`` prints ``doc``; a FinetuneError (or a file the OS refused)
     prints one ``finetune: error:`` line and gives exit code 2."""
     args = sys.argv[1:] if argv is None else list(argv)
     if {"-h", "--help"} & set(args):
-        print(doc)
+        print_help(doc)
         return 0
     try:
         body(args)
@@ -28,6 +34,33 @@ def run_command(body: Callable[[list[str]], None], doc: str | None, argv: Sequen
     except (TrainingDiverged, RunInterrupted) as err:  # a DDP worker's run stopped
         return print_stopped(err)
     return 0
+
+
+def print_help(doc: str | None) -> None:
+    """``--help``: ``doc`` within ``HELP_WIDTH`` columns (``fit``)."""
+    print(fit(doc or ""))
+
+
+def fit(text: str, hang: int = 0) -> str:
+    """``text`` with each line longer than ``HELP_WIDTH`` refilled with the lines that continue it (the rest of its
+    paragraph, list item or table row), under its text (``* `` items and ``key=   text`` rows hang); ``hang``: how
+    far the continuation of any other line is indented beyond the line (e.g. 2 for ``group: a, b`` lines)."""
+    lines, out = text.splitlines(), []
+    while lines:
+        line = lines.pop(0)
+        if len(line) <= HELP_WIDTH:
+            out.append(line)
+            continue
+        hanging = _HANGING.match(line)
+        indent = len(hanging.group()) if hanging else len(line) - len(line.lstrip()) + hang
+        while lines and lines[0].strip() and len(lines[0]) - len(lines[0].lstrip()) == indent:
+            if _HANGING.match(lines[0]) and not hanging:  # the next item or row
+                break
+            line += " " + lines.pop(0).strip()
+        out += textwrap.wrap(
+            line, HELP_WIDTH, subsequent_indent=" " * indent, break_long_words=False, break_on_hyphens=False
+        )
+    return "\n".join(out)
 
 
 def parse_args(
@@ -54,6 +87,15 @@ def unexpected_argument(command: str, item: str, keys: Sequence[str]) -> str:
         guess = f"{near[0]}={value if sep else '…'}"
         return f"{command}: unexpected argument {item!r}; did you mean {guess}? keys: {', '.join(keys)}"
     return f"{command}: unexpected argument {item!r}; use key=value with keys {', '.join(keys)}"
+
+
+def existing_path(value: str, key: str, what: str) -> Path:
+    """``key=value`` as a path that exists (checked before anything heavy is imported), else a FinetuneError
+    saying there is no such ``what``."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise FinetuneError(f"{key}={value}: no such {what}")
+    return path
 
 
 def parse_flag(value: str | None, key: str) -> bool:

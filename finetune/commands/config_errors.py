@@ -105,21 +105,19 @@ def unknown_key(shown: str, key: str, cfg: DictConfig | None, task: str | None) 
         why, fix = LIGHTNING_ELSEWHERE[name]
         value = shown.split("=", 1)[1] if "=" in shown else "…"
         return f"{shown}: finetune sets Lightning's {name} itself ({why}); use {fix.format(value=value)}"
-    own = TASKS.get(task or "")
-    owner = next((t for t, schema in TASKS.items() if t != task and _declares(schema, key)), None)
-    if owner and not (own and _declares(own, key)):
+    kind = OmegaConf.select(cfg, f"{group}.kind", default=None) if cfg is not None and group in KINDS else None
+    owner = _owner(key, task, kind)
+    if owner and owner[0] == "task":
         instead = INSTEAD.get(task or "", {})
         hint = instead.get(key) or instead.get(group)
         return (
-            f"{shown}: {key} is a key of task={owner}, and this run is task={task}; remove it, or choose task={owner}"
-            + (f" ({hint})" if hint else "")
+            f"{shown}: {key} is a key of task={owner[1][0]}, and this run is task={task}; remove it, or choose "
+            f"task={owner[1][0]}" + (f" ({hint})" if hint else "")
         )
-    kind = cfg is not None and group in KINDS and OmegaConf.select(cfg, f"{group}.kind", default=None)
-    others = [k for k, schema in KINDS.get(group, {}).items() if k != kind and _declares(schema, name)]
-    if kind and others:
+    if owner and kind:
         return (
-            f"{shown}: {key} is a key of {group}={'|'.join(others)}, and this run's {group} is {kind}; "
-            f"remove it, or choose {group}={others[0]}"
+            f"{shown}: {key} is a key of {group}={'|'.join(owner[1])}, and this run's {group} is {kind}; "
+            f"remove it, or choose {group}={owner[1][0]}"
         )
     near = nearest_key(key, cfg)
     hint = f"did you mean {near}?{_owner_note(near, cfg, task)}" if near else "finetune train --cfg job lists every key"
@@ -206,12 +204,20 @@ def _owner_note(key: str, cfg: DictConfig | None, task: str | None) -> str:
         return ""
     if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT and declares(cfg, key):
         return ""
+    owner = _owner(key, task)
+    return f" (a key of {owner[0]}={'|'.join(owner[1])})" if owner else ""
+
+
+def _owner(key: str, task: str | None, kind: str | None = None) -> tuple[str, list[str]] | None:
+    """Who declares ``key`` where this run (``task``; ``kind``: its kind of the key's group) does not: another
+    task (``("task", ["segmentation"])``), else other kinds of its group (``("dataset", ["imagefolder", "csv"])``)."""
+    own = TASKS.get(task or "")
     owner = next((t for t, schema in TASKS.items() if t != task and _declares(schema, key)), None)
-    if owner:
-        return f" (a key of task={owner})"
+    if owner and not (own and _declares(own, key)):
+        return "task", [owner]
     group, _, name = key.partition(".")
-    kinds = [k for k, schema in KINDS.get(group, {}).items() if _declares(schema, name)]
-    return f" (a key of {group}={'|'.join(kinds)})" if kinds else ""
+    kinds = [k for k, schema in KINDS.get(group, {}).items() if k != kind and _declares(schema, name)]
+    return (group, kinds) if kinds else None
 
 
 def config_access_error(err: OmegaConfBaseException) -> str:

@@ -24,11 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune.commands.args import parse_args, parse_flag, run_command
 from finetune.data.corruptions import SEVERITIES
 from finetune.run.errors import FinetuneError
 from finetune.run.rundir import is_run
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from finetune.data.corruptions import CorruptionSet
+    from finetune.training.robustness import EvaluateOptions
 
 OPTIONS = {
     "run": None,
@@ -77,37 +84,37 @@ def _evaluate_command(argv: list[str]) -> None:
         raise FinetuneError(
             f"run={path} is an export, which records no dataset: add data=<run dir> (the run whose dataset to use)"
         )
-    from finetune.run.records import find_checkpoint
+    from finetune.run.records import find_checkpoint, run_config
 
-    if run and not (find_checkpoint(path)[0] / "metrics.json").is_file():  # no temperature, threshold, test yet
+    run_dir = find_checkpoint(path)[0] if run else None
+    if run_dir and not (run_dir / "metrics.json").is_file():  # no temperature, threshold, test yet
         raise FinetuneError(f"run={path} has not finished (no metrics.json): resume it first, then evaluate")
     from finetune.data.corruptions import CORRUPTION_SETS
 
     CORRUPTION_SETS.get(args["corruptions"])  # a misspelt set: refused before torch is imported
-    from finetune.run.records import run_config
     from finetune.training.robustness import EvaluateOptions, chosen_corruptions
 
     options = EvaluateOptions(args["corruptions"], severities, only, args["split"], seed)
     data_run = Path(args["data"]).expanduser() if args["data"] else path
-    chosen_corruptions(options, run_config(data_run).dataset.get("name"))  # refused before any model
+    cfg = run_config(data_run)
+    chosen = chosen_corruptions(options, cfg.dataset.get("name"))  # refused before any model
     from finetune.export.loading import load_model
     from finetune.run.lock import run_lock
     from finetune.tasks.registry import TASKS
 
-    if not run:
-        record = _evaluate(load_model(path, tasks=TASKS), data_run, options)
+    if run_dir is None:
+        record = _evaluate(load_model(path, tasks=TASKS), data_run, cfg, chosen, options)
         out = Path(args["out"] or "robustness.json").expanduser()
         from finetune.run.artifacts import write_json
 
         write_json(out, {"model": str(path), **record})
         print(f"robustness written to {out}")
         return
-    run_dir = find_checkpoint(path)[0]
     with run_lock([run_dir], "finetune evaluate"):
         model = load_model(path, tasks=TASKS)
         from finetune.training.robustness import write_robustness
 
-        record = _evaluate(model, data_run, options)
+        record = _evaluate(model, data_run, cfg, chosen, options)
         write_robustness(run_dir / "metrics.json", {"model": str(path), **record})
         print(f"robustness written to {run_dir / 'metrics.json'} (robustness.{options.corruptions})")
         if report:
@@ -116,14 +123,15 @@ def _evaluate_command(argv: list[str]) -> None:
             print(f"report written to {write_report(run_dir, model.task)}")
 
 
-def _evaluate(model, data_run: Path, options) -> dict:
-    """Evaluate ``model`` (an ``export.loading.LoadedExport``) on the split of ``data_run``'s dataset; print the
-    table. Without a test split the dataset's ``test`` is its val split: the record says so (``test_is_val``)."""
-    from finetune.run.records import run_config
+def _evaluate(
+    model, data_run: Path, cfg: DictConfig, chosen: tuple[CorruptionSet, list[str]], options: EvaluateOptions
+) -> dict:
+    """Evaluate ``model`` (an ``export.loading.LoadedExport``) on the split of ``data_run``'s dataset (its config
+    ``cfg``) with the ``chosen`` corruptions; print the table. Without a test split the dataset's ``test`` is its
+    val split: the record says so (``test_is_val``)."""
     from finetune.tasks.registry import get_task
     from finetune.training.robustness import evaluate_robustness
 
-    cfg = run_config(data_run)
     data = get_task(cfg.task).data_module(cfg)
     if list(data.info.class_names) != list(model.class_names):
         raise FinetuneError(
@@ -132,7 +140,7 @@ def _evaluate(model, data_run: Path, options) -> dict:
     if options.split not in data.splits:
         raise FinetuneError(f"split={options.split!r}: use one of {', '.join(data.splits)}")
     samples = data.splits[options.split]
-    record = evaluate_robustness(model, model.task, samples, data.info.image_channels, cfg.dataset.get("name"), options)
+    record = evaluate_robustness(model, model.task, samples, data.info.image_channels, *chosen, options)
     record["test_is_val"] = options.split == "test" and data.test_is_val
     print_table(record)
     return record

@@ -1,9 +1,11 @@
-"""``finetune explain run=<run dir> inputs=<image | folder | glob> [topk=5] [stage=stage3]
-[channels=16] [filters=true] [out=<dir>]`` writes, per image, ``<out>/<image stem>/``:
-``topk.json``, ``gradcam.png`` (image | Grad-CAM overlay) and ``activations_<stage>.png`` (the
-``channels`` strongest channels of that stage's output), plus ``<out>/filters.png``: the backbone's
-first-layer convolution filters before (the pretrained weights the run started from) and after
-fine-tuning, side by side. ``out`` defaults to ``<run dir>/explain``. How: ``finetune.report.explain``.
+"""``finetune explain run=<run dir> inputs=<image | folder | glob> [topk=5]
+[stage=stage3] [channels=16] [filters=true] [out=<dir>]`` writes, per image,
+``<out>/<image stem>/``: ``topk.json``, ``gradcam.png`` (image | Grad-CAM
+overlay) and ``activations_<stage>.png`` (the ``channels`` strongest channels of
+that stage's output), plus ``<out>/filters.png``: the backbone's first-layer
+convolution filters before (the pretrained weights the run started from) and
+after fine-tuning, side by side. ``out`` defaults to ``<run dir>/explain``. How:
+``finetune.report.explain``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from finetune.commands.args import parse_args, parse_flag, positive_int, run_command
+from finetune.commands.args import existing_path, parse_args, parse_flag, positive_int, run_command
 
 OPTIONS = {"run": None, "inputs": None, "out": None, "topk": "5", "stage": None, "channels": "16", "filters": "true"}
 
@@ -25,6 +27,7 @@ def _explain_command(argv: list[str]) -> None:
     args = parse_args(argv, OPTIONS, ["run", "inputs"], "finetune explain")
     topk, channels = positive_int(args["topk"], "topk"), positive_int(args["channels"], "channels")
     filters = parse_flag(args["filters"], "filters")
+    existing_path(args["run"], "run", "run directory or checkpoint")
     from finetune.report.explain import ExplainOptions, explain
     from finetune.run.lock import outside, run_lock
     from finetune.run.records import find_checkpoint, run_config  # torch only once the arguments are good

@@ -1,39 +1,49 @@
-"""Export a trained run; each export passes a parity check on real images before it is kept.
+"""Export a trained run; each export passes a parity check on real images before it
+is kept.
 
-    finetune export run=<run dir|checkpoint> [format=head,onnx] [out=<dir>] [overwrite=true]
-                    [images=<files, folder or glob>] [weights=<backbone weights file>]
+    finetune export run=<run dir|checkpoint> [format=head,onnx] [out=<dir>]
+                    [overwrite=true] [images=<files, folder or glob>]
+                    [weights=<backbone weights file>]
 
 Formats (``format=``, comma-separated for several):
 
-* ``head``: ``head.safetensors``, only the tensors that differ from the pretrained backbone (the new
-  head and every changed backbone tensor, BatchNorm buffers included) plus metadata. Loading it
-  rebuilds the backbone from its pretrained weights and refuses weights whose fingerprint (sha256
-  over the unchanged tensors) differs.
-* ``safetensors``: ``model.safetensors``, every tensor plus the same metadata (no pretrained weights
-  needed to load it).
-* ``onnx``: ``model.onnx`` (opset 17, dynamic batch axis) + ``model.onnx.json`` sidecar.
-* ``pt2``: ``model.pt2`` (``torch.export``, dynamic batch axis) + ``model.pt2.json``; load it with
-  ``torch.export.load(path).module()``.
-* ``timm``: a folder ``timm/`` that plain timm opens (``timm.create_model("local-dir:<folder>",
-  pretrained=True)``; segmentation: ``smp.from_pretrained(<folder>)``), ready to upload to the
-  Hugging Face Hub; classification needs head=linear.
-* ``torchscript`` (deprecated: torch deprecates torch.jit; use pt2): ``model.torchscript.pt``.
+* ``head``: ``head.safetensors``, only the tensors that differ from the
+  pretrained backbone (the new head and every changed backbone tensor, BatchNorm
+  buffers included) plus metadata. Loading it rebuilds the backbone from its
+  pretrained weights and refuses weights whose fingerprint (sha256 over the
+  unchanged tensors) differs.
+* ``safetensors``: ``model.safetensors``, every tensor plus the same metadata
+  (no pretrained weights needed to load it).
+* ``onnx``: ``model.onnx`` (opset 17, dynamic batch axis) + ``model.onnx.json``
+  sidecar.
+* ``pt2``: ``model.pt2`` (``torch.export``, dynamic batch axis) +
+  ``model.pt2.json``; load it with ``torch.export.load(path).module()``.
+* ``timm``: a folder ``timm/`` that plain timm opens
+  (``timm.create_model("local-dir:<folder>", pretrained=True)``; segmentation:
+  ``smp.from_pretrained(<folder>)``), ready to upload to the Hugging Face Hub;
+  classification needs head=linear.
+* ``torchscript`` (deprecated: torch deprecates torch.jit; use pt2):
+  ``model.torchscript.pt``.
 
-Every export folder also gets ``preprocess.py``: the reference preprocessing (numpy + Pillow) the
-metadata's ``input`` record describes step by step. Parity gate: "the export + that preprocess.py"
-must reproduce "the run's torch model + the run's own evaluation pipeline" on real validation
-images (max |Δlogit| within the format's tolerance, 100 % top-1 agreement: per image, or per pixel
-for segmentation); otherwise nothing is written and the command fails. Segmentation ONNX exports
-take any height and width that are multiples of 32; ``finetune predict`` slides the recorded tile
-over larger images. Nothing is unpickled from safetensors and ONNX exports; pt2 and TorchScript
-files use pickle: open them only from sources you trust.
+Every export folder also gets ``preprocess.py``: the reference preprocessing
+(numpy + Pillow) the metadata's ``input`` record describes step by step. Parity
+gate: "the export + that preprocess.py" must reproduce "the run's torch model +
+the run's own evaluation pipeline" on real validation images (max |Δlogit|
+within the format's tolerance, 100 % top-1 agreement: per image, or per pixel
+for segmentation); otherwise nothing is written and the command fails.
+Segmentation ONNX exports take any height and width that are multiples of 32;
+``finetune predict`` slides the recorded tile over larger images. Nothing is
+unpickled from safetensors and ONNX exports; pt2 and TorchScript files use
+pickle: open them only from sources you trust.
 
-``out`` defaults to ``<run dir>/exports``; ``images`` replaces the run's validation images for the
-parity check; ``weights`` is the pretrained backbone file when the recorded one is not found.
+``out`` defaults to ``<run dir>/exports``; ``images`` replaces the run's
+validation images for the parity check; ``weights`` is the pretrained backbone
+file when the recorded one is not found.
 
-An export holds the lock of the run directory (and of an ``out`` folder outside it) while it runs: a
-second export, a report or a resume of the run is refused, naming it. Temporaries an export killed
-midway left there (``.<name>.<random>.tmp``) are removed when the lock is taken.
+An export holds the lock of the run directory (and of an ``out`` folder outside
+it) while it runs: a second export, a report or a resume of the run is refused,
+naming it. Temporaries an export killed midway left there
+(``.<name>.<random>.tmp``) are removed when the lock is taken.
 """
 
 from __future__ import annotations
@@ -45,7 +55,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from finetune.commands.args import parse_args, parse_flag, run_command
+from finetune.commands.args import existing_path, parse_args, parse_flag, run_command
+from finetune.export.registry import FORMATS
 
 if TYPE_CHECKING:
     from finetune.export.writing import ExportResult
@@ -74,9 +85,11 @@ def _export_command(argv: list[str]) -> None:
         "finetune export",
     )
     overwrite = parse_flag(args["overwrite"], "overwrite")
+    formats = [FORMATS.get(name).name for name in args["format"].split(",")]
+    existing_path(args["run"], "run", "run directory or checkpoint")
     from finetune.export.writing import print_results  # torch only once the arguments are good
 
-    results = export(args["run"], args["format"].split(","), args["out"], overwrite, args["images"], args["weights"])
+    results = export(args["run"], formats, args["out"], overwrite, args["images"], args["weights"])
     print_results(results, Console())
 
 

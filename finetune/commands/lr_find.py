@@ -16,25 +16,31 @@ MIN_STEPS = 20  # Lightning's suggestion skips the first 10 points and the last 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """finetune lr-find: a learning-rate range test (Lightning's Tuner.lr_find) on one phase.
+    """finetune lr-find: a learning-rate range test of one phase (Tuner.lr_find).
 
-    finetune lr-find <training overrides> [phase=NAME|INDEX] [min_lr=1e-6] [max_lr=1] [steps=100]
+    finetune lr-find <training overrides> [phase=NAME|INDEX] [min_lr=1e-6]
+                     [max_lr=1] [steps=100]
 
-    Builds the run exactly as `finetune <training overrides>` would (same data, weights, head) and
-    trains `steps` batches of one phase, raising its learning rate exponentially from min_lr to max_lr,
-    on one device. The phase keeps its frozen stages, BatchNorm policy, optimizer and per-stage learning
-    rates: the scanned value is the head's lr (the phase's base lr) and every backbone stage runs at its
-    usual ratio to it (backbone_lr_mult, layer_decay).
+    Builds the run exactly as `finetune <training overrides>` would (same data,
+    weights, head) and trains `steps` batches of one phase, raising its learning
+    rate exponentially from min_lr to max_lr, on one device. The phase keeps its
+    frozen stages, BatchNorm policy, optimizer and per-stage learning rates: the
+    scanned value is the head's lr (the phase's base lr) and every backbone
+    stage runs at its usual ratio to it (backbone_lr_mult, layer_decay).
 
-    phase=   the phase to scan, by name or by index in schedule.phases (from 0); default: the first
-             phase that trains backbone stages (the first phase if every phase trains the head alone)
-    min_lr=, max_lr=, steps=   the scan (steps >= 20: the suggestion skips the first 10 points)
+    phase=   the phase to scan, by name or by index in schedule.phases (from 0);
+             default: the first phase that trains backbone stages (the first
+             phase if every phase trains the head alone)
+    min_lr=, max_lr=, steps=   the scan (steps >= 20: the suggestion skips the
+             first 10 points)
 
-    Writes a new run directory, runs/<time>_lr-find_<dataset>_<backbone> (never an existing one):
-    lr_find.png (loss against lr, suggested and configured lr marked) and lr_find.json (the
-    suggestion, the phase, the config key that sets its lr, every lr and loss scanned), and prints the
-    training command with the suggested lr. The suggestion is where the (smoothed) training loss falls
-    fastest against log(lr); read the plot before you trust it. Nothing the scan trains is kept.
+    Writes a new run directory, runs/<time>_lr-find_<dataset>_<backbone> (never
+    an existing one): lr_find.png (loss against lr, suggested and configured lr
+    marked) and lr_find.json (the suggestion, the phase, the config key that
+    sets its lr, every lr and loss scanned), and prints the training command
+    with the suggested lr. The suggestion is where the (smoothed) training loss
+    falls fastest against log(lr); read the plot before you trust it. Nothing
+    the scan trains is kept.
     """
     return tool_main(
         argv,

@@ -1,15 +1,19 @@
-"""``finetune pack dataset=<kind> [dataset.*=…] out=<folder or s3://bucket/prefix>``: a dataset packed into
-LitData chunks for ``dataset=streaming dataset.uri=<out>``.
+"""``finetune pack dataset=<kind> [dataset.*=…] out=<folder or
+s3://bucket/prefix>``: a dataset packed into LitData chunks for
+``dataset=streaming dataset.uri=<out>``.
 
-``out`` is checked first, before any image is read: a complete pack there, a local folder or an S3 prefix
-that holds anything but an unfinished pack of ours, or a store other than a folder or ``s3://`` is refused.
-The dataset is scanned and checked as training would (bad images are refused with the same lines, or
-skipped with ``dataset.on_error=skip``); val/test splits carved from train are fixed at pack time. Each
-sample keeps its image's encoded bytes (in-memory arrays: raw uint8 arrays), its target and its split; the
-index ``finetune-pack.json`` (classes, counts, targets, channels, image sizes) is written last, once each
-split holds all its samples. A local pack is written beside ``out`` and renamed into place.
-Segmentation kinds (``seg_folder``, ``drive``) pack their image/mask pairs (``finetune.data.seg_pack``);
-training on such a pack is not supported yet.
+``out`` is checked first, before any image is read: a complete pack there, a
+local folder or an S3 prefix that holds anything but an unfinished pack of ours,
+or a store other than a folder or ``s3://`` is refused. The dataset is scanned
+and checked as training would (bad images are refused with the same lines, or
+skipped with ``dataset.on_error=skip``); val/test splits carved from train are
+fixed at pack time. Each sample keeps its image's encoded bytes (in-memory
+arrays: raw uint8 arrays), its target and its split; the index
+``finetune-pack.json`` (classes, counts, targets, channels, image sizes) is
+written last, once each split holds all its samples. A local pack is written
+beside ``out`` and renamed into place. Segmentation kinds (``seg_folder``,
+``drive``) pack their image/mask pairs (``finetune.data.seg_pack``); training on
+such a pack is not supported yet.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def _pack(cfg, out: str) -> None:
     from finetune.data import DATASETS
     from finetune.data.configs import CsvConfig, dataset_config
     from finetune.data.datasets import load_source
+    from finetune.data.files import reading_training_data
     from finetune.data.options import plain_dict
     from finetune.data.streaming import pack
     from finetune.run.console import console
@@ -64,7 +69,8 @@ def _pack(cfg, out: str) -> None:
         _pack_with(packer, cfg, out)
         return
     config = dataset_config(plain_dict(cfg.dataset))
-    source = load_source(config)
+    with reading_training_data():  # what the pack leaves out is said
+        source = load_source(config)
     multilabel = source.task == "multi-label" or (isinstance(config, CsvConfig) and config.multilabel)
     index = pack(source, config, out, multilabel)
     console.print(

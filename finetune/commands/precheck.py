@@ -7,8 +7,9 @@ written.
 
 Returns an exit code (2 with one ``finetune: error:`` line) or 0 to go on. A ``-m`` sweep is checked
 on the overrides its jobs share, once per combination of the config groups it sweeps (each job's values
-are checked again when it starts); command lines this cannot judge alone (``--cfg``, ``--help``,
-``resume=``) are left to Hydra and to ``train``, which check them again.
+are checked again when it starts). A line that only prints (``--cfg``, ``--info``) is checked for its keys
+alone; command lines this cannot judge alone (``--help``, ``resume=``, a ``-m`` line that only prints) are left
+to Hydra and to ``train``, which check them again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from finetune.commands.args import (
     config_groups,
     override_value,
     print_error,
+    print_help,
     split_tool_args,
 )
 from finetune.commands.config_errors import bad_reference, config_access_error, declares, unknown_key
@@ -48,17 +50,37 @@ DEFAULT_RUNS = "runs"  # the folder conf/config.yaml's default hydra.run.dir / h
 MULTIRUN = ("-m", "--multirun")
 
 
+# Hydra's flags that print something and run no job -> the values their argument takes (None: any; (): none).
+_CFG = ("job", "hydra", "all")
+_INFO = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+PRINTING: dict[str, tuple[str, ...] | None] = {
+    "--cfg": _CFG,
+    "-c": _CFG,
+    "--package": None,
+    "-p": None,
+    "--resolve": (),
+    "--info": _INFO,
+    "-i": _INFO,
+}
+OPTIONAL_ARGUMENT = ("--info", "-i")
+
+
 def precheck(argv: Sequence[str]) -> int:
-    """0 when the command line composes and passes the config checks, else 2 (message printed)."""
+    """0 when the command line composes and passes the config checks, else 2 (message printed). A line that
+    only prints (``--cfg``, ``--info``) gets the checks of its keys alone (``check_keys``)."""
     multirun = bool(set(MULTIRUN) & set(argv))
     argv = [a for a in argv if a not in MULTIRUN]
-    if any(a.startswith(("-", "resume=")) for a in argv):
+    overrides = printed_overrides(argv)
+    printing = overrides != argv
+    if overrides is None or any(a.startswith("resume=") for a in argv) or (printing and multirun):
         return 0
-    run_dir = override_value(argv, "hydra.run.dir")
+    run_dir = override_value(overrides, "hydra.run.dir")
     # where Hydra writes is not what runs; where it finds configs (a user's recipes) is
-    argv = [a for a in argv if not override_key(a).startswith("hydra.") or override_key(a) == "hydra.searchpath"]
+    argv = [a for a in overrides if not override_key(a).startswith("hydra.") or override_key(a) == "hydra.searchpath"]
     try:
-        if multirun:
+        if printing:
+            check_keys(argv)
+        elif multirun:
             check_sweep(argv)
         else:
             check_job(argv, run_dir)
@@ -69,16 +91,67 @@ def precheck(argv: Sequence[str]) -> int:
     return 0
 
 
-def check_job(argv: Sequence[str], run_dir: str | None, multirun: bool = False) -> None:
-    """The checks of one job's command line ``argv``; a command line Hydra refuses in its own words (e.g. the
-    options of a group) is left to Hydra."""
+def printed_overrides(argv: Sequence[str]) -> list[str] | None:
+    """``argv`` without Hydra's flags that only print (``PRINTING``) and their arguments; None where it holds
+    another flag (``--help``, ``--config-name`` …) or an argument Hydra refuses: Hydra words those itself."""
+    overrides, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            continue
+        flag, given, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag not in PRINTING:
+            return None
+        choices = PRINTING[flag]
+        if choices == ():
+            if given:
+                return None
+            continue
+        if not given and rest and not rest[0].startswith("-"):
+            value = rest.pop(0)
+        elif not given and flag in OPTIONAL_ARGUMENT:
+            continue
+        elif not given:
+            return None
+        if choices is not None and value not in choices:
+            return None
+    return overrides
+
+
+def composed_job(argv: Sequence[str]) -> tuple[set[str], DictConfig] | None:
+    """The config groups one job's command line ``argv`` chooses and its config (the ``hydra`` node removed);
+    None where Hydra refuses the line in its own words (e.g. the options of a group)."""
     try:
         cfg = compose_config(argv, with_hydra=True)
     except HydraException:
-        return
+        return None
     groups = set(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
+    return groups, cfg
+
+
+def check_keys(argv: Sequence[str]) -> None:
+    """A command line that prints the config (``--cfg``, ``--info``): its keys and values against the schema,
+    ``+`` keys and ``_target_``; a required value may still be missing, and the data need not exist."""
+    composed = composed_job(argv)
+    if composed is not None:
+        check_overrides(argv, *composed)
+
+
+def check_job(argv: Sequence[str], run_dir: str | None, multirun: bool = False) -> None:
+    """The checks of one job's command line ``argv``; a command line Hydra refuses in its own words (e.g. the
+    options of a group) is left to Hydra."""
+    composed = composed_job(argv)
+    if composed is not None:
+        check_composed_job(argv, *composed, run_dir, multirun)
+
+
+def check_composed_job(
+    argv: Sequence[str], groups: set[str], cfg: DictConfig, run_dir: str | None, multirun: bool = False
+) -> None:
+    """``check_job``'s checks of ``cfg`` (without its ``hydra`` node), composed of ``argv`` choosing ``groups``."""
     check_composed(cfg)
     check_overrides(argv, groups, cfg)
     check_config(cfg)
@@ -249,11 +322,14 @@ def tool_main(
     ``finetune: error:`` line (exit code 2) before any heavy work; then ``run(parsed, overrides)``."""
     args = list(argv or [])
     if {"-h", "--help"} & set(args):
-        print(doc)
+        print_help(doc)
         return 0
     try:
         own, overrides = split_tool_args(args, options, example, hydra_hint)
         parsed = parse(own)
     except FinetuneError as err:
         return print_error(err)
-    return precheck(overrides) or run(parsed, overrides)
+    from finetune.data.files import reading_training_data
+
+    with reading_training_data():  # these tools read the training data: a dataset's listing says what it left out
+        return precheck(overrides) or run(parsed, overrides)

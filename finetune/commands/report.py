@@ -1,12 +1,12 @@
-"""``finetune report run=<run dir>``: (re)write the run's report.html (any task: classification,
-segmentation), holding the run directory's lock."""
+"""``finetune report run=<run dir>``: (re)write the run's report.html (any task:
+classification, segmentation), holding the run directory's lock."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from finetune.commands.args import parse_args, run_command
+from finetune.commands.args import existing_path, parse_args, run_command
 
 OPTIONS: dict[str, str | None] = {"run": None}  # finetune report's key=value options (run: required)
 
@@ -18,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_command(argv: list[str]) -> None:
     args = parse_args(argv, OPTIONS, ["run"], "finetune report")
+    existing_path(args["run"], "run", "run directory or checkpoint")
     print(f"report written to {report(args['run'])}")
 
 

@@ -27,24 +27,17 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from finetune.commands.args import compose_config
-from finetune.models.summary import (
-    LayerCount,
-    Rows,
-    StageCount,
-    count_layers,
-    render_table,
-    roll_up,
-    to_markdown,
-    totals,
-    write_csv,
-)
 from finetune.run.errors import FinetuneError
+
+if TYPE_CHECKING:  # torch and the counting code are imported once the arguments are good
+    from torch import nn
+
+    from finetune.models.summary import LayerCount, Rows, StageCount
+
+    Summary = tuple[str, list[LayerCount], list[StageCount]]
 
 OPTIONS: dict[str, str | None] = {
     "input_size": None,
@@ -61,18 +54,19 @@ _PERS = ("layer", "stage", "both")
 _OUTPUT_KEYS = ("format", "out", "per")  # how to show the table, not what is counted
 SOURCES = ("torchvision", "timm", "paper")
 
-Summary = tuple[str, list[LayerCount], list[StageCount]]
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """finetune summary: count units, weights and connections per layer and per stage.
 
-    finetune summary backbone=resnet18 [backbone.freeze=2] [input_size=224] [in_chans=3] [classes=1000]
+    finetune summary backbone=resnet18 [backbone.freeze=2] [input_size=224]
+                     [in_chans=3] [classes=1000]
     finetune summary run=<run dir>
-    finetune summary model=torchvision:alexnet | model=timm:vgg16 | model=paper:lenet5 [input_size=…] [classes=…]
+    finetune summary model=torchvision:alexnet | model=timm:vgg16
+                     | model=paper:lenet5 [input_size=…] [classes=…]
 
-    Output: [format=table|markdown|csv] [per=layer|stage|both] [out=FILE]. Any other key=value is a
-    config override (as for training) and goes with backbone=… only."""
+    Output: [format=table|markdown|csv] [per=layer|stage|both] [out=FILE]. Any
+    other key=value is a config override (as for training) and goes with
+    backbone=… only."""
     from finetune.commands.args import run_command
 
     return run_command(summary_command, main.__doc__, argv)
@@ -155,6 +149,8 @@ def _shape(shape: Sequence[int]) -> str:
 
 def _count(model: nn.Module, shape: tuple[int, int, int], what: str) -> list[LayerCount]:
     """``count_layers`` with a model that cannot take the input size reported in one line."""
+    from finetune.models.summary import count_layers
+
     try:
         return count_layers(model, shape)
     except NotImplementedError:
@@ -167,6 +163,8 @@ def _count(model: nn.Module, shape: tuple[int, int, int], what: str) -> list[Lay
 
 def _uncounted(model: nn.Module, rows: list[LayerCount]) -> str:
     """A note on parameters no row holds (modules eval mode never calls, position embeddings …)."""
+    from finetune.models.summary import totals
+
     left = sum(p.numel() for p in model.parameters()) - totals(rows)["weights_with_bias"]
     return f"; {left:,} parameters in no row (not used by the eval forward pass, or not a layer)" if left else ""
 
@@ -193,6 +191,7 @@ def summarize(
     from omegaconf import open_dict
 
     from finetune.models.freezing import frozen_stages
+    from finetune.models.summary import roll_up
     from finetune.models.weights import resolve_weights
     from finetune.tasks.registry import get_task
 
@@ -219,21 +218,25 @@ def summarize(
 
 def summarize_run(path: str) -> Summary:
     """The run's model (skeleton: counts need no trained weights), frozen as in its last phase."""
-    from finetune.models.freezing import frozen_stages
-    from finetune.models.weights import resolve_weights
-    from finetune.run.config import load_config
-    from finetune.run.records import find_checkpoint
-    from finetune.tasks.registry import get_task
-
     run_dir = Path(path).expanduser()
+    if not run_dir.exists():
+        raise FinetuneError(f"run={path}: no such run directory; run= takes the folder a finetune run wrote")
     if run_dir.is_file():  # a checkpoint inside the run
-        run_dir = find_checkpoint(run_dir)[0]
+        from finetune.run.records import run_dir_of
+
+        run_dir = run_dir_of(run_dir)
     for name in ("config.yaml", "data.json"):
         if not (run_dir / name).is_file():
             raise FinetuneError(
                 f"run={path}: {run_dir / name} is missing; run= takes a finetune run directory "
                 "(the folder with config.yaml and data.json)"
             )
+    from finetune.models.freezing import frozen_stages
+    from finetune.models.summary import roll_up
+    from finetune.models.weights import resolve_weights
+    from finetune.run.config import load_config
+    from finetune.tasks.registry import get_task
+
     cfg = load_config(run_dir / "config.yaml")
     data = json.loads((run_dir / "data.json").read_text())
     in_chans, names = data["model_in_chans"], data["class_names"]
@@ -331,6 +334,10 @@ def summarize_named(spec: str, input_size: int | None, in_chans: int | None, cla
         found = _sources_of(spec) if not sep else []
         hint = f"here: {' or '.join(found)}" if found else "e.g. model=torchvision:alexnet, model=timm:resnet18"
         raise FinetuneError(f"model={spec}: name the source as model=<{'|'.join(SOURCES)}>:<name>, {hint}")
+    import torch
+
+    from finetune.models.summary import roll_up
+
     build, default_size = _BUILDERS[source](name, in_chans, classes, input_size)
     size = input_size or default_size
     with warnings.catch_warnings():
@@ -355,6 +362,8 @@ def summarize_named(spec: str, input_size: int | None, in_chans: int | None, cla
 
 def _in_channels(model: nn.Module, asked: int | None) -> int:
     """Input channels: as asked, else those of the first convolution or linear layer."""
+    from torch import nn
+
     if asked is not None:
         return asked
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
@@ -373,6 +382,8 @@ def _render_text(fmt: str, title: str, tables: list[tuple[str, Rows]], width: in
     """Rich tables (plain text) or markdown sections for the chosen tables."""
     from rich.console import Console
 
+    from finetune.models.summary import render_table, to_markdown
+
     if fmt == "markdown":
         return f"# {title}\n\n" + "\n".join(f"## {name.capitalize()}\n\n{to_markdown(t)}" for name, t in tables)
     buffer = io.StringIO()
@@ -384,6 +395,7 @@ def _render_text(fmt: str, title: str, tables: list[tuple[str, Rows]], width: in
 
 def emit(fmt: str, per: str, title: str, rows: list[LayerCount], stages: list[StageCount], out: str | None) -> None:
     """Print the chosen tables, or write them atomically to ``out``."""
+    from finetune.models.summary import write_csv
     from finetune.run.artifacts import atomic_path, write_text
 
     tables = _tables(per, rows, stages)

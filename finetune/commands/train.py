@@ -51,7 +51,7 @@ from finetune.run.rundir import (
     release_if_unused,
     unique_run_dir,
 )
-from finetune.run.warning_filters import quiet_library_chatter
+from finetune.run.warning_filters import lightning_lines_dropped, quiet_library_chatter
 from finetune.training.search import PRUNED_REASON, TrialPruned, check_search, direction, is_search, objective
 
 # Command lines after which Hydra prints something and runs no job: nothing to claim.
@@ -70,10 +70,10 @@ def main(cfg: DictConfig) -> float | None:
     """Compose the config once, then train here or in launched workers; user errors exit 2 (a search
     stops there). Returns the validation score a search optimises, else None."""
     quiet_library_chatter()  # a launcher's job process (hydra/launcher=submitit_*) starts here, not in finetune.cli
-    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return _run(cfg)
+        with lightning_lines_dropped():
+            return _run(cfg)
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
         stop(print_error(err), err)
     except OmegaConfBaseException as err:  # a key of the config that cannot be read: one line, no traceback
@@ -185,10 +185,12 @@ def plan_command(argv: list[str]) -> int:
 
 def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Fine-tune as ``cfg`` says (its task from the registry), writing ``run_dir``; the metrics."""
+    from finetune.data.files import reading_training_data
     from finetune.tasks.registry import get_task
     from finetune.training.train import train as train_task
 
-    return train_task(get_task(cfg.task), cfg, run_dir, resume_from)
+    with reading_training_data():
+        return train_task(get_task(cfg.task), cfg, run_dir, resume_from)
 
 
 def _run(cfg: DictConfig) -> float | None:

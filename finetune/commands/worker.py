@@ -1,10 +1,13 @@
-"""One training process of a multi-process run: ``python -m finetune.commands.worker run_dir=DIR config=FILE``.
+"""One training process of a multi-process run:
+``python -m finetune.commands.worker run_dir=DIR config=FILE``.
 
-Started by ``python -m finetune trainer=ddp`` (see distributed.py), by ``torchrun`` or by SLURM's
-``srun`` (docs/multinode.md). Reads the resolved config file; never composes a config itself.
-``resume=<run dir>`` continues a run from its last checkpoint (a requeued SLURM job; the directory must hold
-the marker a finetune run's start wrote), ``resume=<file>`` from that checkpoint. The launcher holds the run
-directory's lock and names it (``lock=<token>``); without a launcher of ours, rank 0 takes the lock.
+Started by ``python -m finetune trainer=ddp`` (see distributed.py), by
+``torchrun`` or by SLURM's ``srun`` (docs/multinode.md). Reads the resolved
+config file; never composes a config itself. ``resume=<run dir>`` continues a
+run from its last checkpoint (a requeued SLURM job; the directory must hold the
+marker a finetune run's start wrote), ``resume=<file>`` from that checkpoint.
+The launcher holds the run directory's lock and names it (``lock=<token>``);
+without a launcher of ours, rank 0 takes the lock.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from finetune.run.config import load_config
 from finetune.run.errors import FinetuneError, TrainingDiverged
 from finetune.run.lock import check_holder, run_lock
 from finetune.run.rundir import RESUME_CHECKPOINTS, RUN_MARKER, claim_run_dir, marker_token
-from finetune.run.warning_filters import quiet_library_chatter
+from finetune.run.warning_filters import lightning_lines_dropped, quiet_library_chatter
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +49,7 @@ def _train_rank(argv: list[str]) -> None:
         _check_resumable(Path(args["resume"]))  # every rank: the same files, refused alike, none left waiting
     elif is_global_zero():
         _check_owner(run_dir, args["owner"])
-    with _rank_lock(run_dir, args["lock"], is_global_zero()):
+    with _rank_lock(run_dir, args["lock"], is_global_zero()), lightning_lines_dropped():
         try:
             train(cfg, run_dir, resume_from=_resume_checkpoint(args["resume"]))
         except TrainingDiverged as err:

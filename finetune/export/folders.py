@@ -47,13 +47,11 @@ import timm
 from torch import nn
 
 from finetune.export.bundle import ModelBundle, metadata
+from finetune.export.registry import FOLDER_WEIGHTS
 from finetune.models.factory import head_options
 from finetune.models.weights import sha256_file
 from finetune.run.errors import FinetuneError
 from finetune.run.registry import Entry, Registry
-
-FOLDER_WEIGHTS = "model.safetensors"  # the name timm and huggingface_hub write and look for
-FOLDER_METADATA = "finetune.json"  # finetune's metadata inside a folder export
 
 
 def _linear_layer(head: nn.Module) -> nn.Linear | None:

@@ -1,6 +1,6 @@
-"""The export formats: one registry entry per format, with its file name, parity tolerance, writer
-and loader. Adding a format is one writer, one loader and one entry in ``FORMATS`` (a
-``finetune.run.registry.Registry``; ``FORMATS.get(name)`` refuses an unknown name with the choices).
+"""The export formats' writers and loaders. Adding a format is one writer, one loader (here) and one entry in
+``FORMATS`` (``finetune.export.registry``, light: it names them as ``"module:function"``; ``FORMATS.get(name)``
+refuses an unknown name with the choices).
 
 * ``head``: ``head.safetensors``, only the tensors that differ from the pretrained backbone (the new
   head and every changed backbone tensor, BatchNorm buffers included; every LoRA / DoRA tensor) plus
@@ -36,7 +36,6 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +44,10 @@ from torch import nn
 from torch.export.pt2_archive import constants as pt2
 
 from finetune.export.bundle import REEXPORT, ModelBundle, metadata
-from finetune.export.folders import FOLDER_METADATA, FOLDER_WEIGHTS, check_folder, load_folder, write_folder
+from finetune.export.folders import load_folder
 from finetune.export.tensors import rebuild, write_safetensors
 from finetune.models.weights import sha256_file
 from finetune.run.errors import FinetuneError
-from finetune.run.registry import Entry, Registry
 from finetune.run.task import Task
 
 log = logging.getLogger(__name__)
@@ -76,7 +74,15 @@ def _example_input(bundle: ModelBundle) -> torch.Tensor:
 # --- writers -------------------------------------------------------------------------------------
 
 
-def _write_onnx(bundle: ModelBundle, path: Path) -> dict:
+def write_head(bundle: ModelBundle, path: Path) -> dict:
+    return write_safetensors(bundle, path, head_only=True)
+
+
+def write_model(bundle: ModelBundle, path: Path) -> dict:
+    return write_safetensors(bundle, path, head_only=False)
+
+
+def write_onnx(bundle: ModelBundle, path: Path) -> dict:
     """Dynamic batch; for dense tasks (segmentation) also dynamic height and width (multiples of 32)."""
     axes = {0: "batch", 2: "height", 3: "width"} if bundle.task.dense else {0: "batch"}
     with _quiet():
@@ -99,7 +105,7 @@ def _write_onnx(bundle: ModelBundle, path: Path) -> dict:
     }
 
 
-def _write_pt2(bundle: ModelBundle, path: Path) -> dict:
+def write_pt2(bundle: ModelBundle, path: Path) -> dict:
     """``torch.export`` with a dynamic batch axis; for dense tasks (segmentation) also dynamic height
     and width: multiples of 32 from 64 up (torch.export specializes a size-1 feature map at stride 32)."""
     example = _example_input(bundle)
@@ -113,7 +119,7 @@ def _write_pt2(bundle: ModelBundle, path: Path) -> dict:
     return metadata(bundle, "pt2") | {"sha256": sha256_file(path), "torch": torch.__version__}
 
 
-def _write_torchscript(bundle: ModelBundle, path: Path) -> dict:
+def write_torchscript(bundle: ModelBundle, path: Path) -> dict:
     log.warning("format=torchscript is deprecated (torch deprecates torch.jit.trace / save / load): use format=pt2")
     with _quiet():
         traced = torch.jit.trace(bundle.model.eval(), _example_input(bundle))
@@ -140,11 +146,11 @@ def torch_forward(model: nn.Module) -> Forward:
     return TorchForward(model)
 
 
-def _load_safetensors(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
+def load_safetensors(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     return torch_forward(rebuild(path, metadata, task, weights, allow_unverified))
 
 
-def _load_onnx(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
+def load_onnx(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     try:
         import onnxruntime  # optional: the "export" extra
     except ModuleNotFoundError:
@@ -154,24 +160,24 @@ def _load_onnx(path: Path, metadata: dict, task: Task, weights: str | None, allo
     return lambda batch: session.run(None, {name: batch})[0]
 
 
-def _load_torchscript(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
+def load_torchscript(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     check_torchscript_archive(path)
     with _quiet():
         return torch_forward(torch.jit.load(str(path), map_location="cpu").eval())
 
 
-def _load_pt2(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
+def load_pt2(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     check_pt2_archive(path)
-    with open(path, "rb") as f:  # as in _write_pt2
+    with open(path, "rb") as f:  # as in write_pt2
         program = torch.export.load(f)
     return torch_forward(program.module())  # eval mode was captured at export
 
 
-def _load_folder(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
+def load_folder_export(path: Path, metadata: dict, task: Task, weights: str | None, allow_unverified: bool) -> Forward:
     return torch_forward(load_folder(path, metadata))
 
 
-def _supported(bundle: ModelBundle) -> None:
+def supported(bundle: ModelBundle) -> None:
     """Every model can be written in the formats without a ``check``."""
 
 
@@ -278,122 +284,3 @@ def _check_sample_inputs(path: Path, archive: zipfile.ZipFile, member: str | Non
         torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
     except Exception:  # anything weights_only refuses, or no torch file at all
         raise _not_export(path, "pt2", "its sample inputs hold pickled objects other than tensors") from None
-
-
-# --- the registry --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Format(Entry):
-    """One export format: its file (or folder) name, parity tolerance, writer and loader."""
-
-    filename: str
-    tolerance: float  # max |Δlogit| allowed by the parity gate, relative to the largest logit (absolute below 1)
-    sidecar: bool  # metadata in a JSON sidecar (<file>.json; finetune.json inside a folder) else in the file
-    write: Callable[[ModelBundle, Path], dict]  # (bundle, temp file or empty temp folder) -> metadata
-    load: Callable[[Path, dict, Task, str | None, bool], Forward]  # (file, metadata, task, weights, allow_unverified)
-    folder: bool = False  # ``filename`` names a folder holding the model's files and its metadata
-    adapters: bool = False  # stores LoRA / DoRA adapters as they are (else merged into plain weights)
-    check: Callable[[ModelBundle], None] = _supported  # FinetuneError before anything is written
-    note: str = ""  # shown where the formats are listed, e.g. "deprecated: use pt2"
-
-    def outputs(self, path: Path) -> list[Path]:
-        """What the export at ``path`` consists of (each refused if it exists, unless overwrite)."""
-        return [path, sidecar_path(path)] if self.sidecar and not self.folder else [path]
-
-    def metadata_file(self, path: Path) -> Path | None:
-        """Where the metadata of the export at ``path`` lives (None: embedded in the file)."""
-        if self.folder:
-            return path / FOLDER_METADATA
-        return sidecar_path(path) if self.sidecar else None
-
-    def model_file(self, path: Path) -> Path:
-        """The file whose sha256 the metadata records (a folder export: its weights file)."""
-        return path / FOLDER_WEIGHTS if self.folder else path
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.note})" if self.note else self.name
-
-
-# Tolerances, measured with float32 on CPU: pt2 and timm/smp folders reproduce the torch model exactly
-# (max |Δlogit| 0 on resnet10t, efficientnet_lite0, vit_tiny at 32 px and a resnet10t U-Net), so
-# pt2 allows 1e-5 (room for kernels a newer torch picks for the exported graph), the folders 1e-6
-# (the same modules on the same tensors); ONNX runtime fuses and reorders: 1e-4.
-FORMATS: Registry[Format] = Registry(
-    "format",
-    [
-        Format(
-            "head",
-            "the trained tensors only (adapters kept); loading needs the pretrained backbone",
-            "head.safetensors",
-            1e-6,
-            False,
-            partial(write_safetensors, head_only=True),
-            _load_safetensors,
-            adapters=True,
-        ),
-        Format(
-            "safetensors",
-            "every tensor of the model",
-            "model.safetensors",
-            1e-6,
-            False,
-            partial(write_safetensors, head_only=False),
-            _load_safetensors,
-        ),
-        Format("onnx", "an ONNX graph (opset 17) for onnxruntime", "model.onnx", 1e-4, True, _write_onnx, _load_onnx),
-        Format(
-            "torchscript",
-            "a traced TorchScript module",
-            "model.torchscript.pt",
-            1e-4,
-            True,
-            _write_torchscript,
-            _load_torchscript,
-            note="deprecated: use pt2",
-        ),
-        Format("pt2", "a torch.export program", "model.pt2", 1e-5, True, _write_pt2, _load_pt2),
-        Format(
-            "timm",
-            "a folder plain timm or segmentation_models_pytorch opens",
-            "timm",
-            1e-6,
-            True,
-            write_folder,
-            _load_folder,
-            folder=True,
-            check=check_folder,
-        ),
-    ],
-    hint="several comma-separated, e.g. format=head,onnx",
-)
-_BY_SUFFIX = {
-    ".safetensors": FORMATS["head"],
-    ".onnx": FORMATS["onnx"],
-    ".pt": FORMATS["torchscript"],
-    ".pt2": FORMATS["pt2"],
-}
-
-
-def sidecar_path(path: Path) -> Path:
-    """``model.onnx`` → ``model.onnx.json``."""
-    return path.with_name(path.name + ".json")
-
-
-def format_of(path: Path) -> Format:
-    """The format of an export: a file's from its suffix, a folder's from the metadata file it holds."""
-    if path.is_dir():
-        for spec in FORMATS.values():
-            if spec.folder and spec.metadata_file(path).is_file():
-                return spec
-        raise FinetuneError(
-            f"{path} is a folder but not a finetune folder export (it has no {FOLDER_METADATA}): "
-            "give an export file, or the timm/ folder made by finetune export format=timm"
-        )
-    if path.suffix not in _BY_SUFFIX:
-        raise FinetuneError(
-            f"{path} is not a finetune export: expected a .safetensors, .onnx, .pt2 or "
-            "TorchScript .pt file, or a timm/ folder, made by finetune export"
-        )
-    return _BY_SUFFIX[path.suffix]

@@ -25,8 +25,9 @@ from finetune.export.bundle import (
     task_of,
     unverified,
 )
-from finetune.export.formats import FORMATS, Forward, format_of, torch_forward
+from finetune.export.formats import Forward, torch_forward
 from finetune.export.predict_io import resolve_export
+from finetune.export.registry import FORMATS, format_of
 from finetune.export.tensors import embedded_metadata
 from finetune.models.weights import sha256_file
 from finetune.run.errors import ConfigError, FinetuneError

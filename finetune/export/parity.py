@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 from finetune.data import reference
 from finetune.data.transforms import eval_transform
 from finetune.export.bundle import ModelBundle
-from finetune.export.formats import FORMATS, format_of, torch_forward
+from finetune.export.formats import torch_forward
 from finetune.export.loading import load_export
+from finetune.export.registry import FORMATS, format_of
 from finetune.run.errors import FinetuneError
 from finetune.run.task import Task
 

@@ -35,7 +35,7 @@ def resolve_export(path: str | Path) -> Path:
     """An export file or folder export (``timm/``) as given; in a folder of exports (or a run
     directory's exports/) the first of head.safetensors, model.safetensors, model.onnx,
     model.torchscript.pt, model.pt2, timm/."""
-    from finetune.export.formats import FORMATS
+    from finetune.export.registry import FORMATS
 
     path = Path(path).expanduser()
     if path.is_file() or any(spec.folder and spec.metadata_file(path).is_file() for spec in FORMATS.values()):

@@ -15,10 +15,11 @@ from rich.table import Table
 
 from finetune.data.images import check_image
 from finetune.export.bundle import ModelBundle
-from finetune.export.formats import FORMATS, sidecar_path
 from finetune.export.loading import find_images
 from finetune.export.merging import merged_bundle, needs_merge
 from finetune.export.parity import PARITY_IMAGES, REFERENCE, Parity, check_parity, run_pipeline, validation_images
+from finetune.export.registry import FORMATS, sidecar_path
+from finetune.models.freezing import FineTuneModel
 from finetune.run.artifacts import atomic_dir, atomic_path
 from finetune.run.errors import FinetuneError
 from finetune.run.records import find_checkpoint
@@ -98,16 +99,18 @@ def export_run(
     images: str | None = None,
     weights: str | None = None,
     parity_images: Sequence[np.ndarray] | None = None,
+    model: FineTuneModel | None = None,
 ) -> list[ExportResult]:
     """Export a run directory (or checkpoint) of ``task`` in each format; parity on its validation images
-    (``parity_images`` when the caller already holds them) unless ``images`` names other files."""
+    (``parity_images`` when the caller already holds them) unless ``images`` names other files. ``model``:
+    the run's trained model in memory (on the CPU), exported instead of its checkpoint (``checkpoints.keep=none``)."""
     specs = [FORMATS.get(name) for name in dict.fromkeys(formats)]
-    run_dir, _ = find_checkpoint(run)
+    run_dir = Path(run) if model is not None else find_checkpoint(run)[0]
     out_dir = Path(out).expanduser() if out else run_dir / "exports"
     for spec in specs:
         _refuse_overwrite(spec.outputs(out_dir / spec.filename), overwrite)
     _same_reference(out_dir / REFERENCE_NAME, overwrite)
-    bundle = ModelBundle.from_run(run, task, weights)
+    bundle = ModelBundle.from_run(run, task, weights, model)
     for spec in specs:  # e.g. format=timm of an MLP head: refused before any format is written
         spec.check(bundle)
     if images:
@@ -120,16 +123,28 @@ def export_run(
     return [export(bundle, spec.name, out_dir, parity_images, overwrite) for spec in specs]
 
 
+def _readable(size: int) -> str:
+    """``size`` bytes as ``12.3 KiB`` / ``45.6 MiB`` / ``1.2 GiB``."""
+    for unit in ("KiB", "MiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} GiB"
+
+
 def print_results(results: Sequence[ExportResult], console: Console) -> None:
     """The exports written, their size and parity."""
-    table = Table(title="exports (parity checked on real images)", title_justify="left")
-    for column in ("format", "file", "size", "max |Δlogit|", "top-1 same"):
-        table.add_column(column, justify="left" if column in ("format", "file") else "right", no_wrap=True)
+    table = Table(
+        title="exports (parity on real images: max |Δlogit|, top-1 agreement)", title_justify="left"
+    )  # within 80 columns: a long file name folds, nothing is cut
+    for column in ("format", "file", "size", "|Δlogit|", "top-1"):
+        right = column not in ("format", "file")
+        table.add_column(column, justify="right" if right else "left", no_wrap=column != "file", overflow="fold")
     for r in results:
         table.add_row(
             r.format,
             r.path.name,
-            f"{r.bytes / 1024:,.1f} KiB",
+            _readable(r.bytes),
             f"{r.parity.max_abs_diff:.2g}",
             f"{r.parity.top1_agreement:.0%} of {r.parity.images}",
         )

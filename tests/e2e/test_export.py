@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from finetune.commands import export as cli
 from finetune.commands.train import train
 from finetune.data.transforms import Preprocessing
-from finetune.export import bundle, formats, init_head, loading, parity, tensors, writing
+from finetune.export import bundle, formats, init_head, loading, parity, registry, tensors, writing
 from finetune.models.weights import resolve_weights, sha256_file
 from finetune.run.errors import FinetuneError
 from finetune.tasks.registry import TASKS, get_task
@@ -118,7 +118,7 @@ def test_onnx_export_passes_parity_and_a_tampered_sidecar_fails(tmp_path, traine
     [result] = writing.export_run(trained_run, CLASSIFICATION, ["onnx"], out=tmp_path)
     assert result.parity.passed and result.parity.images == parity.PARITY_IMAGES
     assert result.parity.max_abs_diff <= 1e-4
-    sidecar = formats.sidecar_path(result.path)
+    sidecar = registry.sidecar_path(result.path)
     meta = json.loads(sidecar.read_text())
     assert meta["opset"] >= 17 and meta["class_names"] == [str(d) for d in range(10)]
     assert loading.load_export(result.path, tasks=TASKS).logits(val_images[:3]).shape == (3, 10)  # dynamic batch axis
@@ -142,7 +142,7 @@ def test_failed_parity_keeps_no_export(tmp_path, run_bundle, val_images, monkeyp
 
 def test_torchscript_export_matches_torch(tmp_path, run_bundle, val_images):
     result = writing.export(run_bundle, "torchscript", tmp_path, val_images)
-    assert result.parity.passed and formats.sidecar_path(result.path).is_file()
+    assert result.parity.passed and registry.sidecar_path(result.path).is_file()
     expected = logits(run_bundle.model, val_images, run_bundle.preprocessing).numpy()
     actual = loading.load_export(result.path, tasks=TASKS).logits(val_images)
     assert np.abs(actual - expected).max() <= 1e-4

@@ -18,12 +18,14 @@ LIGHT_REGISTRIES = {
     "finetune.run": ("OPTIMIZERS", "SCHEDULERS"),
     "finetune.data": ("DATASETS",),
     "finetune.training.loggers": ("LOGGERS",),
+    "finetune.export.registry": ("FORMATS",),
 }
 _REFERENCE = re.compile(r"[\w.]+:\w+")  # a builder named as "package.module:attribute"
 
 
 def test_light_names_match_the_builders() -> None:
-    """Every entry of a light registry names builders (``"module:attribute"``) that exist."""
+    """Every entry of a light registry names builders (``"module:attribute"``) that exist and are public (a
+    name another module uses is no private one)."""
     import importlib
     from dataclasses import fields
 
@@ -38,6 +40,8 @@ def test_light_names_match_the_builders() -> None:
                 for field in fields(entry):
                     value = getattr(entry, field.name)
                     if isinstance(value, str) and _REFERENCE.fullmatch(value):
+                        if value.partition(":")[2].startswith("_"):
+                            missing.append(f"{name}[{entry.name!r}].{field.name}={value} (private)")
                         try:
                             resolve(value)
                         except (ImportError, AttributeError):

@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from finetune.data.transforms import Preprocessing
-from finetune.export import bundle, folders, formats, loading, writing
+from finetune.export import bundle, folders, loading, registry, writing
 from finetune.export.parity import logit_scale
 from finetune.export.predict_io import resolve_export
 from finetune.models.freezing import frozen_stages
@@ -44,7 +44,7 @@ def torch_logits(model: torch.nn.Module, batch: np.ndarray | torch.Tensor) -> np
 
 def allowed(fmt: str, expected: np.ndarray) -> float:
     """The parity gate's bound for ``fmt``: its measured tolerance x the largest logit (at least 1)."""
-    return formats.FORMATS[fmt].tolerance * logit_scale(expected)
+    return registry.FORMATS[fmt].tolerance * logit_scale(expected)
 
 
 def stepped(model, pre: Preprocessing, targets) -> None:
@@ -159,7 +159,7 @@ print(json.dumps({"config": {k: list(v) if isinstance(v, tuple) else v for k, v 
 def test_pt2_round_trip_dynamic_batch_and_quiet_load(tmp_path, probe, capfd):
     result = writing.export(probe, "pt2", tmp_path, real_images())
     assert result.path.name == "model.pt2" and result.parity.passed
-    meta = json.loads(formats.sidecar_path(result.path).read_text())
+    meta = json.loads(registry.sidecar_path(result.path).read_text())
     assert meta["format"] == "pt2" and meta["class_names"] == CLASSES and len(meta["sha256"]) == 64
     batch = loading.preprocess(real_images(), PRE)
     capfd.readouterr()
@@ -322,6 +322,6 @@ def test_segmentation_folder_opens_in_plain_smp(tmp_path, segmenter, weights_fil
 
 def test_format_help_marks_torchscript_deprecated():
     with pytest.raises(FinetuneError, match=r"torchscript \(deprecated: use pt2\), pt2, timm"):
-        formats.FORMATS.get("pb")
+        registry.FORMATS.get("pb")
     with pytest.raises(FinetuneError, match="timm/ folder"):
-        formats.format_of(Path("model.bin"))
+        registry.format_of(Path("model.bin"))

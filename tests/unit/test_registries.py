@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from finetune.data import DATASETS
-from finetune.export.formats import FORMATS
+from finetune.export.registry import FORMATS
 from finetune.models import ADAPTERS, DECODERS, HEADS
 from finetune.models.adapters import AdapterSpec
 from finetune.models.backbones import build_stage_map
