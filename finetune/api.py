@@ -35,7 +35,7 @@ from finetune.run.keys import override_key
 from finetune.run.records import run_config
 from finetune.run.rundir import claim_run_dir, forget_claims, release_if_unused
 from finetune.run.task import Predictions
-from finetune.run.warning_filters import quiet_library_chatter
+from finetune.run.warning_filters import lightning_lines_dropped, quiet_library_chatter
 from finetune.tasks.registry import TASKS, get_task
 
 if TYPE_CHECKING:
@@ -225,7 +225,8 @@ def train(
         cfg = _without_hydra(full)
         _write_record(directory, cfg, args)
         with (
-            _run_log(directory),
+            _run_log(directory, full.hydra.job_logging.formatters.simple.format),
+            lightning_lines_dropped(),
             plain_progress(progress == "lines" or (progress == "auto" and not console_is_terminal())),
         ):
             train_claimed(cfg, directory)
@@ -258,11 +259,13 @@ def advise(*overrides: str, recipe: str | None = None, out: str | Path | None = 
     learning rates; prints the report and returns it (``Advice.recommendation``; ``Advice.overrides`` train with
     it: ``finetune.train(*advice.overrides)``). Arguments as ``train``'s."""
     from finetune.commands.advise import advise as measure
+    from finetune.data.files import reading_training_data
 
     quiet_library_chatter()
     args = _overrides(overrides, recipe, params)
     _checked(args, None)
-    advice = measure(args, None if out is None else str(out))
+    with reading_training_data():
+        advice = measure(args, None if out is None else str(out))
     print(advice.text())
     return advice
 
@@ -278,17 +281,17 @@ def _overrides(positional: Sequence[str], recipe: str | None, params: Mapping[st
 
 
 def _checked(args: list[str], run_dir: str | None) -> DictConfig:
-    """The composed config (with its ``hydra`` node) after every check of ``finetune``'s command line: a refusal
-    is one FinetuneError line, raised before anything is made."""
+    """The config composed once (with its ``hydra`` node), after every check of ``finetune``'s command line: a
+    refusal is one FinetuneError line, raised before anything is made."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from finetune.commands.precheck import check_job, check_output_location
+    from finetune.commands.precheck import check_composed_job, check_output_location
 
     try:
         full = compose_config(args, with_hydra=True)  # Hydra's own refusals, as one line
         check_output_location([] if run_dir is None else [f"hydra.run.dir={run_dir}"])
-        check_job(args, run_dir)
+        check_composed_job(args, set(full.hydra.runtime.choices), _without_hydra(full), run_dir)
     except (HydraException, OmegaConfBaseException) as err:
         message = config_access_error(err) if isinstance(err, OmegaConfBaseException) else str(err)
         raise ConfigError(" ".join(message.split())) from None
@@ -320,15 +323,16 @@ def _write_record(run_dir: Path, cfg: DictConfig, args: list[str]) -> None:
 
 
 @contextmanager
-def _run_log(run_dir: Path) -> Iterator[None]:
-    """INFO and above to the run's ``finetune.log`` while it trains, as the command line logs (warnings still
-    reach the output where nothing else handles them)."""
+def _run_log(run_dir: Path, line: str) -> Iterator[None]:
+    """INFO and above to the run's ``finetune.log`` and to stdout while it trains, each record formatted ``line``
+    (``hydra.job_logging``'s), as the command logs; not to stdout where the root logger writes to the console
+    already (``logging.basicConfig``)."""
     root = logging.getLogger()
-    handlers = [logging.FileHandler(run_dir / "finetune.log")]
-    handlers[0].setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    if not root.handlers:
-        handlers.append(logging.StreamHandler())
-        handlers[-1].setLevel(logging.WARNING)
+    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "finetune.log")]
+    if not any(getattr(h, "stream", None) in (sys.stdout, sys.stderr) for h in root.handlers):
+        handlers.append(logging.StreamHandler(sys.stdout))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(line))
     level = root.level
     root.setLevel(min(level, logging.INFO))
     for handler in handlers:

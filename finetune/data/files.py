@@ -11,6 +11,8 @@ caller allows that); a link back into the tree would list images twice, under an
 loop forever (``ants/loop -> ..``). Links not followed are named in one warning line, and so are the
 files a folder holds that are not images (why, and how to include them); a CSV row naming one is
 refused, or left out with ``dataset.on_error=skip`` (``finetune.data.folders``), for the same reason.
+A dataset's lines are said by the commands that read the training data (``reading_training_data``), not again by
+those that re-read a finished run's (export, report, evaluate); the inputs a command was given, always.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import cache
 from pathlib import Path
 
-from finetune.run.errors import MAX_LISTED, FinetuneError
+from PIL import Image, ImageFile
+
+from finetune.run.errors import FinetuneError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,24 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 INPUT_EXTENSIONS = IMAGE_EXTENSIONS | DICOM_EXTENSIONS  # what a CSV row or a predict input may name
 MASK_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}  # segmentation masks (label maps)
+WIDTH = 80 - len("WARNING: ")  # a warning line of the command's log on an 80-column terminal
+_TRAINING_DATA = ContextVar("reading_training_data", default=False)
+
+
+@contextmanager
+def reading_training_data() -> Iterator[None]:
+    """Inside: a dataset's listing says what it left out (files that are not images, folder links not followed):
+    the commands that read the training data (train, inspect, advise, lr-find) run inside."""
+    token = _TRAINING_DATA.set(True)
+    try:
+        yield
+    finally:
+        _TRAINING_DATA.reset(token)
+
+
+def says_left_out() -> bool:
+    """Whether a dataset's listing says what it left out here (``reading_training_data``)."""
+    return _TRAINING_DATA.get()
 
 
 def is_image(path: Path, extensions: frozenset[str] = INPUT_EXTENSIONS) -> bool:
@@ -49,6 +74,42 @@ def suffixes(extensions: frozenset[str]) -> str:
     return ", ".join(sorted(extensions))
 
 
+def left_out_line(paths: list[Path], shown: Callable[[Path], str], wanted: frozenset[str]) -> str:
+    """``left out 1 GIF: train/ants/x.gif (convert to .png to use)``, ``left out 2 DB/TXT, e.g. ant/Thumbs.db (not an
+    image)``: how many files of which kinds, one of them (an image another format, where there is one; as ``shown``,
+    only its name where the line would pass ``WIDTH``) and what it takes to read it."""
+    kinds = sorted({p.suffix.lower().lstrip(".").upper() or "suffixless" for p in paths})
+    kind = "/".join(kinds) if len(kinds) <= 2 else "files"
+    count = f"1 {kind}:" if len(paths) == 1 else f"{len(paths)} {kind}, e.g."
+    convertible = convertible_suffixes() - wanted
+    example = next((p for p in paths if p.suffix.lower() in convertible), paths[0])
+    target = ".png" if ".png" in wanted else sorted(wanted)[0]
+    hint = f"convert to {target} to use" if example.suffix.lower() in convertible else "not an image"
+
+    def line(named: str) -> str:
+        return f"left out {count} {named} ({hint})"
+
+    return line(shown(example)) if len(line(shown(example))) <= WIDTH else line(f".../{example.name}")
+
+
+@cache
+def convertible_suffixes() -> frozenset[str]:
+    """The suffixes of the images Pillow reads (GIF, PSD, ICO, …; not its stubs, nor video) and of DICOM files: a
+    file left out with one of these is an image finetune reads once converted."""
+    registered = Image.registered_extensions()  # loads every plugin
+    readable = {
+        suffix
+        for suffix, kind in registered.items()
+        if kind in Image.OPEN and kind != "MPEG" and not _is_stub(Image.OPEN[kind][0])
+    }
+    return frozenset(readable) | DICOM_EXTENSIONS
+
+
+def _is_stub(factory: object) -> bool:
+    """Whether a Pillow format only identifies its files (a handler must be installed to read them)."""
+    return isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+
+
 def find_images(spec: str) -> list[Path]:
     """Image files (DICOM included) named by comma-separated files, folders (searched recursively;
     folder links followed unless they lead back into the folder) or globs (``**`` follows no link)."""
@@ -58,7 +119,7 @@ def find_images(spec: str) -> list[Path]:
         if path.is_file():
             candidates = [path]
         elif path.is_dir():
-            walker = FolderWalker(path, follow_outside=True)
+            walker = FolderWalker(path, follow_outside=True, inputs=True)
             candidates = sorted(walker.files(path, INPUT_EXTENSIONS))
             walker.warn_skipped()
         else:
@@ -86,13 +147,15 @@ def _glob(pattern: Path) -> list[Path]:
 class FolderWalker:
     """Lists image files and subfolders under ``root``: hidden entries skipped, sorted, and folder
     links followed only when they lead outside ``root`` and ``follow_outside`` is set (``hint``: how
-    to allow them, for the warning). Links left out are collected for one warning (``warn_skipped``)."""
+    to allow them, for the warning). Links left out are collected for one warning (``warn_skipped``), said
+    always for the ``inputs`` a command was given, else (a dataset) while ``reading_training_data``."""
 
-    def __init__(self, root: Path, follow_outside: bool = False, hint: str = "") -> None:
+    def __init__(self, root: Path, follow_outside: bool = False, hint: str = "", inputs: bool = False) -> None:
         self.top = Path(root)  # as given, for messages
         self.root = Path(os.path.realpath(root))
         self.follow_outside = follow_outside
         self.hint = hint
+        self.inputs = inputs
         self.skipped: dict[Path, str] = {}  # link → why it was not followed
         self.left_out: dict[Path, frozenset[str]] = {}  # file that is not an image → the extensions asked for
         self._entered: set[str] = set()  # real paths of the outside folders already walked
@@ -111,22 +174,17 @@ class FolderWalker:
         return [f for f in found if is_image(f, extensions)]
 
     def warn_skipped(self) -> None:
-        """One warning line naming the folder links that were not followed, one naming the files left
-        out as not images (why, and how to include them); nothing where there are none."""
+        """One warning line naming the folder links that were not followed, one (80 columns) counting the files
+        left out as not images, naming the first and how to include them; nothing where there are none, or
+        where no one reads the training data (a dataset listed again for a finished run)."""
+        if not (self.inputs or says_left_out()):
+            return
         if self.skipped:
             named = [f"{self._shown(link)} -> {os.readlink(link)} ({why})" for link, why in self.skipped.items()]
             log.warning("did not follow %d folder link(s) under %s: %s", len(named), self.top, one_line(named))
         if self.left_out:
-            named = [f"{self._shown(path)} ({why_not_read(path, ext)})" for path, ext in self.left_out.items()]
-            wanted = frozenset().union(*self.left_out.values())
-            log.warning(
-                "left out %d file(s) under %s that are not images finetune reads: %s; to include one, convert "
-                "it to one of %s",
-                len(named),
-                self.top,
-                one_line(named),
-                suffixes(wanted),
-            )
+            paths = list(self.left_out)
+            log.warning(left_out_line(paths, self._shown, frozenset().union(*self.left_out.values())))
 
     def _walk(self, folder: Path, recursive: bool) -> Iterator[Path]:
         entries = self._entries(folder)
@@ -173,9 +231,3 @@ class FolderWalker:
             return str(path.relative_to(self.top))
         except ValueError:
             return str(path)
-
-
-def one_line(named: list[str]) -> str:
-    """The first few of ``named`` on one line, and how many more there are."""
-    more = f"; ... and {len(named) - MAX_LISTED} more" if len(named) > MAX_LISTED else ""
-    return "; ".join(named[:MAX_LISTED]) + more

@@ -20,13 +20,13 @@ from finetune.data.files import (
     INPUT_EXTENSIONS,
     FolderWalker,
     is_image,
-    one_line,
+    says_left_out,
     suffixes,
     why_not_read,
 )
 from finetune.data.images import check_images
 from finetune.data.sources import Samples, Source, assemble_splits, class_counts
-from finetune.run.errors import DatasetError, listing
+from finetune.run.errors import DatasetError, listing, one_line
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _image_rows(csv_path: Path, rows: list, on_error: str) -> tuple[list, int]:
             f"to include one, convert it to one of {suffixes(INPUT_EXTENSIONS)} and point its row at the new file; "
             "or remove the rows, or set dataset.on_error=skip to leave them out (as an image folder does)"
         )
-    if others:
+    if others and says_left_out():
         log.warning(
             "%s: left out %d row(s) naming files that are not images finetune reads (dataset.on_error=skip): %s; "
             "to include one, convert it to one of %s",

@@ -16,7 +16,7 @@ from torch import nn
 
 from finetune.models.backbones import StageMap, build_stage_map
 from finetune.models.freezing import FineTuneModel
-from finetune.models.weights import WeightsRecord
+from finetune.models.weights import WeightsRecord, announce
 from finetune.run.errors import FinetuneError
 
 
@@ -39,6 +39,7 @@ def build_segmentation_model(
     architecture (the ``head`` keys; one left out takes smp's default)."""
     if drop_path_rate:
         decoder_options["drop_path_rate"] = drop_path_rate  # reaches timm.create_model through smp
+    announce(record)  # timm's own lines about the file are dropped
     try:
         net = smp.create_model(
             decoder,

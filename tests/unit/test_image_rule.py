@@ -1,5 +1,6 @@
 """One rule for what counts as an image (issue 29): class folders, CSV rows and predict inputs leave out
-the same files, and each says so in one line that names the file, why, and how to include it."""
+the same files, and each says so in one line that names the file and how to include it (a dataset's lines: where
+the training data is read, not again for a finished run)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from finetune.data.configs import CsvConfig, FolderConfig
-from finetune.data.files import find_images
+from finetune.data.files import WIDTH, find_images, left_out_line, reading_training_data
 from finetune.data.folders import load_csv, load_imagefolder
 from finetune.run.errors import DatasetError
 
@@ -18,6 +19,7 @@ from ..helpers import write_png
 
 WHY = "GIF: a 256-colour palette"
 HOW = "to include one, convert it to one of .bmp, "
+GIF_LINE = "left out 1 GIF: {} (convert to .png to use)"
 
 
 @pytest.fixture
@@ -47,13 +49,13 @@ def _warnings(caplog) -> list[str]:
 
 def test_folders_and_csv_count_the_same_images_and_name_the_gif(folder_with_gif, caplog):
     root = folder_with_gif
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), reading_training_data():
         from_folders = load_imagefolder(FolderConfig(kind="imagefolder", root=str(root), val_fraction=0.34))
     (line,) = [w for w in _warnings(caplog) if "left out" in w]
-    assert "ant/placeholder.gif" in line and WHY in line and HOW in line and "\n" not in line
+    assert line == GIF_LINE.format("ant/placeholder.gif") and len(line) <= WIDTH
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), reading_training_data():
         from_csv = load_csv(_csv(root, on_error="skip"))
     (row_line,) = [w for w in _warnings(caplog) if "left out" in w]
     assert "'ant/placeholder.gif'" in row_line and WHY in row_line and HOW in row_line and "\n" not in row_line
@@ -76,4 +78,47 @@ def test_predict_inputs_follow_the_same_rule(folder_with_gif, caplog):
         found = find_images(str(folder_with_gif / "ant"))
     assert [p.name for p in found] == ["ant0.png", "ant1.png", "ant2.png"]
     (line,) = [w for w in _warnings(caplog) if "left out" in w]
-    assert "placeholder.gif" in line and WHY in line and HOW in line
+    assert line == GIF_LINE.format("placeholder.gif")
+
+
+def test_a_listing_for_a_finished_run_says_nothing_left_out(folder_with_gif, caplog):
+    """export, report, evaluate list a run's dataset again, outside ``reading_training_data``: no line repeated."""
+    with caplog.at_level(logging.WARNING):
+        load_imagefolder(FolderConfig(kind="imagefolder", root=str(folder_with_gif), val_fraction=0.34))
+        load_csv(_csv(folder_with_gif, on_error="skip"))
+    assert _warnings(caplog) == []
+
+
+def test_many_left_out_files_are_counted_in_one_line_of_80_columns(folder_with_gif, caplog):
+    deep = folder_with_gif / "bee" / ("a_long_folder_name_" * 4) / "notes.txt"
+    deep.parent.mkdir()
+    deep.write_text("not an image")
+    Image.new("P", (8, 8)).save(folder_with_gif / "bee" / "placeholder.gif")
+    with caplog.at_level(logging.WARNING), reading_training_data():
+        load_imagefolder(FolderConfig(kind="imagefolder", root=str(folder_with_gif), val_fraction=0.34))
+    (line,) = [w for w in _warnings(caplog) if "left out" in w]
+    assert line == "left out 3 GIF/TXT, e.g. ant/placeholder.gif (convert to .png to use)"
+    assert len(f"WARNING: {line}") <= 80
+
+
+@pytest.fixture
+def folder_with_bare_files(tmp_path) -> Path:
+    """``ant`` and ``bee`` with three PNGs each, and files that are not images among them."""
+    root = tmp_path / "data"
+    for c, name in enumerate(("ant", "bee")):
+        for i in range(3):
+            write_png(root / name / f"{name}{i}.png", 10 * c + i)
+    (root / "ant" / "Thumbs.db").write_bytes(b"\0" * 8)
+    (root / "bee" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_only_images_pillow_reads_get_the_conversion_hint(folder_with_bare_files, caplog):
+    """Thumbs.db, notes.txt: "(not an image)"; among them an image of another format (.psd) is the one named."""
+    with caplog.at_level(logging.WARNING), reading_training_data():
+        load_imagefolder(FolderConfig(kind="imagefolder", root=str(folder_with_bare_files), val_fraction=0.34))
+    (line,) = [w for w in _warnings(caplog) if "left out" in w]
+    assert line == "left out 2 DB/TXT, e.g. ant/Thumbs.db (not an image)"
+    paths = [Path("ant/Thumbs.db"), Path("bee/cover.psd"), Path("bee/notes.txt")]
+    line = left_out_line(paths, str, frozenset({".png"}))
+    assert line == "left out 3 files, e.g. bee/cover.psd (convert to .png to use)"

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from torch import nn
 from torchmetrics import CatMetric, MetricCollection
 from torchmetrics.classification import (
@@ -389,7 +390,14 @@ class ClassificationTask(PhasedTask):
         loss, logits, targets = self._step(batch, batch_idx)
         self.train_metrics.update(logits, targets)  # training decisions: threshold 0.5 / argmax
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        if self._bar_shows_running_metrics():  # the bar's train/acc: this epoch's batches so far
+            self.log_dict(self.train_metrics.compute(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
+
+    def _bar_shows_running_metrics(self) -> bool:
+        """Whether each step computes the training metrics for the bar: a bar redrawn during the epoch (not the
+        one line per epoch a notebook prints), in one process (under DDP the computation syncs every rank)."""
+        return self.trainer.world_size == 1 and isinstance(self.trainer.progress_bar_callback, RichProgressBar)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute(), prog_bar=True)
