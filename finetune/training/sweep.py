@@ -21,10 +21,11 @@ from omegaconf import DictConfig
 
 from finetune.report.page import NO_TEST_SPLIT, no_test_split
 from finetune.run.artifacts import write_text
-from finetune.training.search import PRUNED_REASON, STUDY_RECORD, direction
+from finetune.training.search import PRUNED_REASON, STUDY_RECORD, best_text, direction, short_keys, shown_value
 
 FINISHED, PRUNED, NO_METRICS = "finished", "pruned", "no metrics.json"
 ROW_KEYS = ("rank", "run", "status", "state", "swept", "wall_time_s")  # every other: a val monitor or test/…
+HEADERS = {"wall_time_s": "time_s"}  # sweep_summary.md's shorter names of the CSV's columns
 HIDDEN = ("search.",)  # overrides a sweeper gives each job to identify it, not what was swept
 
 
@@ -124,8 +125,8 @@ def _job_order(name: str) -> tuple[int, str]:
 
 
 def write_summary(sweep_dir: Path) -> list[Path]:
-    """Write ``sweep_summary.csv`` (plain metric names, machine-readable) and ``sweep_summary.md``
-    (which column selects and which does not, said in the headers and above the table)."""
+    """Write ``sweep_summary.csv`` (every column, plain metric names, full values: machine-readable) and
+    ``sweep_summary.md`` (for people: see ``_markdown``)."""
     rows = sweep_rows(sweep_dir)
     if not rows:
         return []
@@ -134,22 +135,49 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    monitors = [c for c in columns if c not in ROW_KEYS and not c.startswith("test/")]
-    headers = [
-        f"{c} (selection)" if c in monitors else f"{c} (not for selection)" if c.startswith("test/") else c
-        for c in columns
-    ]
-    lines = [
-        *_notes(sweep_dir, monitors),
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-    ]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     return [
         write_text(sweep_dir / "sweep_summary.csv", buffer.getvalue()),
-        write_text(sweep_dir / "sweep_summary.md", "\n".join(lines) + "\n"),
+        write_text(sweep_dir / "sweep_summary.md", _markdown(sweep_dir, rows, columns)),
     ]
+
+
+def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """The notes (how to select, the study's best trial, the swept keys in full), then a table about 100
+    columns wide: one column per swept key (its short name), the validation score that selects, the test
+    score of the same metric (for reporting; the other test metrics are in the CSV), floats rounded."""
+    monitors = [c for c in columns if c not in ROW_KEYS and not c.startswith("test/")]
+    swept = [_overrides(row.get("swept") or "") for row in rows]
+    names = {k: k if short in ROW_KEYS else short for k, short in short_keys(k for o in swept for k in o).items()}
+    tests = [t for m in monitors if (t := f"test/{m.split('/', 1)[-1]}") in columns]
+    shown = [c for c in ("rank", "run", "status", "state") if c in columns]
+    shown += [*names.values(), *monitors, *tests, *(["wall_time_s"] if "wall_time_s" in columns else [])]
+    notes = _notes(sweep_dir, monitors)
+    full = [f"{short} = {key}" for key, short in names.items() if short != key]
+    if full:
+        notes.append(f"Swept keys: {', '.join(full)}.")
+    others = [c for c in columns if c.startswith("test/") and c not in tests]
+    if others:
+        notes.append(f"The other test metrics ({', '.join(others)}): sweep_summary.csv.")
+    cells = [
+        {**{c: _cell(row.get(c), c) for c in columns}, **{names[k]: shown_value(v) for k, v in overrides.items()}}
+        for row, overrides in zip(rows, swept)
+    ]
+    lines = ["| " + " | ".join(HEADERS.get(c, c) for c in shown) + " |", "|" + "|".join("---" for _ in shown) + "|"]
+    lines += ["| " + " | ".join(cell.get(c, "") for c in shown) + " |" for cell in cells]
+    return "\n".join([*notes, "", *lines]) + "\n"
+
+
+def _overrides(swept: str) -> dict[str, str]:
+    """``schedule.lr=0.001 +mix=x ~seed`` -> {``schedule.lr``: ``0.001``, ``mix``: ``x``, ``~seed``: ``deleted``}
+    (a value holding spaces stays whole)."""
+    items: list[str] = []
+    for token in swept.split(" "):
+        if items and "=" not in token and not token.startswith("~"):
+            items[-1] += " " + token
+        elif token:
+            items.append(token)
+    pairs = [item.split("=", 1) if "=" in item else [item, "deleted"] for item in items]
+    return {key.lstrip("+"): value for key, value in pairs}
 
 
 def _notes(sweep_dir: Path, monitors: list[str]) -> list[str]:
@@ -172,12 +200,13 @@ def _notes(sweep_dir: Path, monitors: list[str]) -> list[str]:
         notes.append(f"No test split: the test/ columns are scores on {NO_TEST_SPLIT}.")
     study = _study(sweep_dir)
     if study is not None:
-        notes.append(_study_note(study))
+        notes.append(_study_note(study, monitors[0] if len(monitors) == 1 else None))
     return notes
 
 
-def _study_note(study: dict[str, Any]) -> str:
-    """The study's best trial (its run is the job of the same number) and its trials by state."""
+def _study_note(study: dict[str, Any], monitor: str | None) -> str:
+    """The study's best trial (its run is the job of the same number; its score is ``monitor``'s) and its
+    trials by state."""
     counts: dict[str, int] = {}
     for trial in study.get("trials", []):
         state = trial["state"].lower() + (" and re-queued" if trial.get("requeued") else "")
@@ -187,12 +216,14 @@ def _study_note(study: dict[str, Any]) -> str:
     best = study.get("best")
     if not best:
         return head + "; no trial completed yet."
-    shown = " ".join(f"{k}={v}" for k, v in best["params"].items())
-    return f"{head}. The study's best trial: value {_cell(best['value'])} = run {best['trial']} ({shown})."
+    text = best_text(best["trial"], best["value"], monitor or "value", best["params"])
+    return f"{head}. The study's best {text}, run {best['trial']}."
 
 
-def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+def _cell(value: Any, column: str = "") -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}" if column == "wall_time_s" else f"{value:.4f}"
+    return "" if value is None else str(value)
 
 
 class SweepSummary(Callback):

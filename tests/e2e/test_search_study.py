@@ -290,7 +290,7 @@ def test_a_lagging_trial_is_pruned_and_a_diverging_one_too(tmp_path):
     assert rows["0"]["rank"] == "1" and rows["1"]["rank"] == rows["2"]["rank"] == ""
     assert rows["1"]["status"].startswith("pruned at epoch 1 (val/loss=") and rows["1"]["state"] == "PRUNED"
     assert rows["2"]["status"] == "pruned: diverged"
-    assert "The study's best trial: value" in (sweep / "sweep_summary.md").read_text()
+    assert "The study's best trial 0: val/loss=" in (sweep / "sweep_summary.md").read_text()
 
 
 def test_a_pruned_trial_travels_back_from_another_process_with_its_record():

@@ -77,10 +77,11 @@ def test_summary_ranks_by_validation_marks_test_columns_and_names_the_studys_bes
     notes, table = (tmp_path / "sweep_summary.md").read_text().split("\n\n")
     assert notes.startswith("Ranked by val/acc (higher is better)") and "test columns are for reporting" in notes
     assert "Study 's' (journal:study.log): 3 complete, 1 fail, 1 pruned." in notes
-    assert "The study's best trial: value 0.9000 = run 1 (schedule.lr=0.003)" in notes
+    assert "The study's best trial 1: val/acc=0.9000 (lr=0.003), run 1." in notes
+    assert "Swept keys: lr = schedule.lr." in notes and "The other test metrics (test/loss): sweep_summary.csv" in notes
     header = table.splitlines()[0]
-    assert "| val/acc (selection) |" in header and "| test/acc (not for selection) |" in header
-    assert "| test/loss (not for selection) |" in header
+    assert header == "| rank | run | status | state | lr | val/acc | test/acc | time_s |"
+    assert table.splitlines()[2] == "| 1 | 1 | finished | COMPLETE | 0.003 | 0.9000 | 0.7000 | 3.0 |"
 
 
 def test_a_loss_ranks_lowest_first_mixed_monitors_and_failed_sweeps_are_not_ranked(tmp_path):
@@ -211,7 +212,10 @@ def test_an_optuna_search_optimises_each_runs_validation_score(tmp_path, monkeyp
     assert [float(r["val/acc"]) for r in rows] == sorted(best.values(), reverse=True)
     assert all("schedule.lr=" in r["swept"] for r in rows)  # the trial's parameters, as its overrides
     summary = (sweep / "sweep_summary.md").read_text()
-    assert "(not for selection)" in summary and "The study's best trial: value" in summary
+    assert "| val/acc | test/acc |" in summary and "The study's best trial " in summary
+    number = results["best"]["trial"]
+    best = f"search: best trial {number}: val/acc={results['best']['value']:.4f} (lr="
+    assert best in out.stdout + out.stderr and f"run directory sweep/{number}\n" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ config checks: it imports neither Optuna nor torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hydra.types import RunMode
@@ -98,3 +99,35 @@ def objective(metrics: dict[str, Any]) -> float:
             "run (metrics.json checkpoint.best is null), so the trial has no score"
         )
     return float(record["best"])
+
+
+def shown_value(value: Any) -> str:
+    """A parameter's value as people read it: a float (or a float's text, as an override holds it) to 3
+    significant digits (``0.0012520653814999472`` -> ``0.00125``); anything else as it is. study.json, the
+    study and the overrides a trial runs with keep the full value."""
+    if isinstance(value, str):
+        try:
+            return value if value.lstrip("+-").isdigit() else shown_value(float(value))
+        except ValueError:
+            return value
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def short_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Each key's name in a narrow table or line: its last dotted part (``schedule.phases.1.layer_decay`` ->
+    ``layer_decay``) where no other key ends the same way, else the key in full."""
+    keys = list(dict.fromkeys(keys))
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
+
+
+def shown_params(params: Mapping[str, Any]) -> str:
+    """``lr=0.00125 layer_decay=0.8``: parameters by their short names, floats to 3 significant digits."""
+    names = short_keys(params)
+    return " ".join(f"{names[k]}={shown_value(v)}" for k, v in params.items())
+
+
+def best_text(trial: int, value: float, metric: str, params: Mapping[str, Any]) -> str:
+    """``trial 3: val/acc=0.9123 (lr=0.00125 label_smoothing=0.1)``: a study's best trial, as printed and in the
+    sweep summary."""
+    return f"trial {trial}: {metric}={value:.4f}" + (f" ({shown_params(params)})" if params else "")

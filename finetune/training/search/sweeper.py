@@ -39,7 +39,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.run.artifacts import write_json
 from finetune.run.errors import FinetuneError, RunInterrupted, TrainingDiverged
-from finetune.training.search import PRUNED_REASON, STUDY_RECORD, TrialPruned, TrialWithoutScore, objective
+from finetune.training.search import (
+    PRUNED_REASON,
+    STUDY_RECORD,
+    TrialPruned,
+    TrialWithoutScore,
+    best_text,
+    objective,
+)
 
 IDLE_POLL_S = 5  # a worker with no trial left looks this often whether the others' trials ended or went stale
 
@@ -134,6 +141,7 @@ class SearchSweeper(Sweeper):
                 )
                 raise failures[0]
         self._record()
+        log.info("%s", best_line(self.study, self.sweep_dir))
 
     def _take(self, space: Any) -> tuple[list[Trial], list[dict[str, Any]]]:
         """Under the lock: stale trials failed and re-queued, then up to ``n_jobs`` trials and their values."""
@@ -286,6 +294,22 @@ def study_record(study: Study, spec: str, n_trials: int) -> dict[str, Any]:
             for t in trials
         ],
     }
+
+
+def best_line(study: Study, sweep_dir: Path) -> str:
+    """The search's last line: its best trial (number, score by its metric's name, parameters rounded) and its
+    run directory (the job of the same number), or that none completed."""
+    from finetune.training.search.study import best_trial
+
+    best = best_trial(study)
+    if best is None:
+        return f"search: no trial of study {study.study_name!r} completed, so there is no best trial"
+    run_dir = sweep_dir / str(best.number)
+    try:
+        metric = json.loads((run_dir / "metrics.json").read_text())["checkpoint"]["monitor"]
+    except (OSError, ValueError, KeyError, TypeError):  # its run is another machine's (a shared storage)
+        metric = "value"
+    return f"search: best {best_text(best.number, best.value, metric, best.params)}, run directory {run_dir}"
 
 
 def claim_record(sweep_dir: Path, spec: str, name: str) -> None:
