@@ -58,6 +58,12 @@ def listing(problems: Sequence[str]) -> str:
     return "\n  ".join(problems[:MAX_LISTED]) + more
 
 
+def one_line(named: Sequence[str]) -> str:
+    """The first few of ``named`` on one line, and how many more there are."""
+    more = f"; ... and {len(named) - MAX_LISTED} more" if len(named) > MAX_LISTED else ""
+    return "; ".join(named[:MAX_LISTED]) + more
+
+
 def choice(key: str, value, allowed: Iterable, hint: str = "") -> None:
     """ConfigError naming ``key`` unless ``value`` is one of ``allowed``."""
     allowed = tuple(allowed)

@@ -89,10 +89,16 @@ def chosen_corruptions(options: EvaluateOptions, dataset: str | None) -> tuple[C
 
 
 def evaluate_robustness(
-    exported, task: Task, samples: Samples, channels: int, dataset: str | None, options: EvaluateOptions
+    exported,
+    task: Task,
+    samples: Samples,
+    channels: int,
+    corruptions: CorruptionSet,
+    names: Sequence[str],
+    options: EvaluateOptions,
 ) -> dict:
-    """The robustness record of ``exported`` (an ``export.loading.LoadedExport``) on ``samples``."""
-    corruptions, names = chosen_corruptions(options, dataset)
+    """The robustness record of ``exported`` (an ``export.loading.LoadedExport``) on ``samples``: the corruptions
+    ``names`` of the set (as ``chosen_corruptions`` gives them) at ``options.severities``."""
     first = samples.image(0, channels)
     targets = np.asarray(samples.targets)
     clean = task.score_images(exported, SplitImages(samples, channels), targets)

@@ -91,6 +91,23 @@ def test_an_unfinished_run_is_refused_before_any_model(finished_run, tmp_path):
     assert not (run / "metrics.json").exists()
 
 
+def test_the_corruption_set_is_built_and_the_runs_config_read_once(finished_run, tmp_path, monkeypatch):
+    from finetune.run import records
+    from finetune.training import robustness
+
+    built, read = [], []
+    build, read_config = robustness.corruption_set, records.run_config
+    monkeypatch.setattr(robustness, "corruption_set", lambda *args: built.append(args) or build(*args))
+    monkeypatch.setattr(records, "run_config", lambda path: read.append(path) or read_config(path))
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    args = ("corruptions=imagenet-c", "severity=1", "only=gaussian_noise", "report=false")
+    out = cli_in_process("evaluate", f"run={run}", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [name for name, _ in built] == ["imagenet-c"] and read == [run]
+    assert json.loads((run / "metrics.json").read_text())["robustness"]["imagenet-c"]["severities"] == [1]
+
+
 def test_a_re_test_keeps_the_robustness_record(evaluated, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(evaluated[0], run, symlinks=True)
@@ -149,14 +166,14 @@ def test_the_split_is_streamed_and_only_size_failures_are_skipped(evaluated, mon
     model = dataclasses.replace(model, forward=counted)
     samples = get_task(cfg.task).data_module(cfg).splits["test"]
     options = robustness.EvaluateOptions("fake", severities=(1, 5), only=("shrink",))
-    record = robustness.evaluate_robustness(model, model.task, samples, 1, None, options)
+    record = robustness.evaluate_robustness(model, model.task, samples, 1, fake, ["shrink"], options)
     assert 0 < calls["most"] <= 64  # the scorer's batch, not the 270 images of the split
     assert record["results"]["shrink"]["1"]["acc"] is not None and record["results"]["shrink"]["5"]["acc"] is None
     assert record["skipped"]["shrink"].startswith("not applicable to 8x8 px images at severity 5")
     assert record["mean"]["acc"] == record["results"]["shrink"]["1"]["acc"]
     options = dataclasses.replace(options, only=("broken",))
     with pytest.raises(ValueError, match="a bug in the corruption"):
-        robustness.evaluate_robustness(model, model.task, samples, 1, None, options)
+        robustness.evaluate_robustness(model, model.task, samples, 1, fake, ["broken"], options)
 
 
 # --- the corruption sets ------------------------------------------------------------------------
@@ -234,13 +251,14 @@ def test_medmnistc_end_to_end_with_skipped_corruptions_and_the_papers_summary(ev
     import finetune
     from finetune.run.records import run_config
     from finetune.tasks.registry import get_task
-    from finetune.training.robustness import EvaluateOptions, evaluate_robustness
+    from finetune.training.robustness import EvaluateOptions, chosen_corruptions, evaluate_robustness
 
     run = evaluated[0]
     model, cfg = finetune.load(run), run_config(run)
     data = get_task(cfg.task).data_module(cfg)
     options = EvaluateOptions("medmnistc", only=("pixelate", "stain_deposit"))
-    record = evaluate_robustness(model.exported, model.exported.task, data.splits["test"], 1, "bloodmnist", options)
+    chosen = chosen_corruptions(options, "bloodmnist")
+    record = evaluate_robustness(model.exported, model.exported.task, data.splits["test"], 1, *chosen, options)
     assert list(record["results"]) == ["pixelate"] and list(record["skipped"]) == ["stain_deposit"]
     assert "not applicable to 8x8 px images" in record["skipped"]["stain_deposit"]
     paper = record["paper"]

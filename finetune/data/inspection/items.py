@@ -21,6 +21,8 @@ from finetune.data.masks import Pair
 from finetune.data.sources import Samples
 from finetune.run.errors import FinetuneError
 
+Split = Samples | Sequence[Pair]  # a classification split, or a segmentation split's image/mask pairs
+
 
 @dataclass(frozen=True)
 class Item:
@@ -45,16 +47,29 @@ class Facts:
     mode: str
 
 
+def inspectable(part: object) -> bool:
+    """Whether ``finetune inspect`` reads a split of this form: the image kinds' samples or segmentation pairs."""
+    return isinstance(part, Samples) or (isinstance(part, Sequence) and all(isinstance(p, Pair) for p in part))
+
+
+def distinct_splits(splits: Mapping[str, Split]) -> dict[str, Split]:
+    """``splits`` in order, each split object once: a test split that is the val split (no test split given)
+    is left out."""
+    distinct: dict[str, Split] = {}
+    for split, part in splits.items():
+        if not any(part is seen for seen in distinct.values()):
+            distinct[split] = part
+    return distinct
+
+
 class DatasetView:
     """Every image of ``splits`` (train, val, test: a repeated split once) with random access to its pixels."""
 
-    def __init__(self, splits: Mapping[str, Samples | Sequence[Pair]], kind: str) -> None:
+    def __init__(self, splits: Mapping[str, Split], kind: str) -> None:
         self.items: list[Item] = []
-        self._parts: dict[str, Samples | Sequence[Pair]] = {}
-        for split, part in splits.items():
-            if any(part is seen for seen in self._parts.values()):
-                continue  # test = val: one copy
-            if not isinstance(part, Samples) and not all(isinstance(p, Pair) for p in part):
+        self._parts: dict[str, Split] = {}
+        for split, part in distinct_splits(splits).items():
+            if not inspectable(part):
                 raise FinetuneError(
                     f"finetune inspect reads splits of image samples or image/mask pairs; dataset.kind={kind} "
                     f"gives its {split} split as {type(part).__name__}: inspect another kind"
@@ -88,7 +103,7 @@ class DatasetView:
         return Facts(int(image.shape[1]), int(image.shape[0]), int(image.shape[2]), mode)
 
 
-def _item(split: str, i: int, part: Samples | Sequence[Pair]) -> Item:
+def _item(split: str, i: int, part: Split) -> Item:
     if not isinstance(part, Samples):
         path = part[i].image
         return Item(split, i, str(path), path, None)

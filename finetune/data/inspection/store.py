@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from finetune.data.masks import Pair
+from finetune.data.inspection.items import Split, distinct_splits, inspectable
 from finetune.data.sources import Samples
 from finetune.run.artifacts import write_json
 from finetune.run.errors import DatasetError
@@ -34,14 +34,10 @@ def store_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "finetune" / "inspect"
 
 
-def fingerprint(splits: Mapping[str, Samples | Sequence[Pair]]) -> str:
+def fingerprint(splits: Mapping[str, Split]) -> str:
     """A hash of which images each split holds (file identity by path, size and mtime; arrays by content)."""
     digest = hashlib.sha256()
-    seen: list[object] = []
-    for split, part in splits.items():
-        if any(part is other for other in seen):
-            continue  # test = val
-        seen.append(part)
+    for split, part in distinct_splits(splits).items():
         digest.update(f"\0split {split} {len(part)}\0".encode())
         if isinstance(part, Samples):
             _update_samples(digest, part)
@@ -92,7 +88,7 @@ def load_findings(key: str) -> dict | None:
         return None
 
 
-def leak_warning(splits: Mapping[str, Samples | Sequence[Pair]]) -> str | None:
+def leak_warning(splits: Mapping[str, Split]) -> str | None:
     """One line when ``finetune inspect`` found images shared across these splits (exact copies, or near copies
     both near detectors agree on); None when it found none, never inspected them, or nothing was ever
     inspected (then nothing is hashed)."""
@@ -116,12 +112,7 @@ def leak_warning(splits: Mapping[str, Samples | Sequence[Pair]]) -> str | None:
     )
 
 
-def inspectable(part: object) -> bool:
-    """Whether ``finetune inspect`` reads a split of this form: the image kinds' samples or segmentation pairs."""
-    return isinstance(part, Samples) or (isinstance(part, Sequence) and all(isinstance(p, Pair) for p in part))
-
-
-def _leak_fix(splits: Mapping[str, Samples | Sequence[Pair]]) -> str:
+def _leak_fix(splits: Mapping[str, Split]) -> str:
     """What to do about the leak: a cleaned label file for image files; arrays and packs cannot be named by one."""
     if any(isinstance(part, Samples) and isinstance(part.images, np.ndarray) for part in splits.values()):
         return (

@@ -37,8 +37,8 @@ from finetune.report.page import (
     tested_split_short,
 )
 from finetune.report.plots import class_colors, overlay_panel
-from finetune.tasks.segmentation.module import DIVISOR, full_image_logits
-from finetune.tasks.segmentation.overlays import predict_mask
+from finetune.tasks.segmentation.module import DIVISOR
+from finetune.tasks.segmentation.overlays import predicted_masks
 from finetune.tasks.segmentation.records import segmentation_record
 from finetune.tasks.segmentation.tested import image_score, read_lowest, read_scores
 
@@ -89,27 +89,22 @@ def lowest_scoring(
         return score_every_image(model, data, tested)[: max(n, 0)], tested
     worst = sorted(recorded, key=lambda s: (s.score, s.index))[: max(n, 0)]
     masks = [read_lowest(run.run_dir, s) for s in worst]
+    fresh = predicted_masks(model, data, "test", [s.index for s, mask in zip(worst, masks) if mask is None])
     return [
-        ScoredImage(s.index, s.stem, s.score, predict_mask(model, data, "test", s.index) if mask is None else mask)
-        for s, mask in zip(worst, masks)
+        ScoredImage(s.index, s.stem, s.score, next(fresh)[0] if mask is None else mask) for s, mask in zip(worst, masks)
     ], tested
 
 
-@torch.no_grad()
 def score_every_image(model: FineTuneModel, data: SegmentationDataModule, tested: int) -> list[ScoredImage]:
     """The first ``tested`` test images predicted as the test did (sliding windows at the training
     scale), with their scores; worst first."""
-    loader = data.eval_dataloader("test")
-    d, info = data.config, data.info
-    ref = next(model.parameters())
-    scored = []
-    for i, (image, truth) in enumerate(loader):
-        if i >= tested:
-            break
-        logits = full_image_logits(model, image.to(ref.device, ref.dtype), d.crop_size, d.tile_overlap, d.scale)
-        prediction = logits.argmax(dim=1)[0].cpu()
-        score = image_score(truth[0], prediction, info.num_classes, info.ignore_index)
-        scored.append(ScoredImage(i, data.splits["test"][i].image.stem, score, prediction.numpy().astype(np.uint8)))
+    info, test = data.info, data.splits["test"]
+    scored = [
+        ScoredImage(
+            i, test[i].image.stem, image_score(truth, torch.from_numpy(mask), info.num_classes, info.ignore_index), mask
+        )
+        for i, (mask, truth) in enumerate(predicted_masks(model, data, "test", range(tested)))
+    ]
     return sorted(scored, key=lambda s: s.score)
 
 
