@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-cpu lock demo lint format test test-fast test-unit test-e2e docs docs-serve bench bench-peers clean
+.PHONY: install install-cpu lock demo lint format test test-fast test-unit test-e2e docs docs-pages docs-serve bench bench-peers clean
 
 LOCK := requirements.lock
 PIP := $(BIN)/python -m pip
@@ -93,12 +93,16 @@ test-e2e: install
 	$(PYTEST) tests/e2e
 
 # The documentation site (mkdocs.yml) into site/; --strict: a broken link or a missing reference fails the build.
-# docs/hooks/reference.py generates the Reference pages (commands, config) and the benchmark tables from the code.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs
-docs: install
+# The pages generated from the code (docs/reference/commands.md, config.md, docs/results/benchmarks.md), written
+# into docs/ and committed: tests/unit/test_docs_drift.py fails when one is stale
+docs-pages: install
+	$(BIN)/python docs/gen_pages.py
+
+docs: docs-pages
 	$(MKDOCS) build --strict
 
-docs-serve: install
+docs-serve: docs-pages
 	$(MKDOCS) serve --strict --dev-addr 127.0.0.1:8000
 
 bench: install

@@ -1,7 +1,7 @@
 """The benchmark tables: a section per result file, ``run_all``'s benchmarks first, then the sections handed over
 by the benchmarks run on their own (the peers package's ``SECTIONS``). ``make bench`` writes them to
-benchmarks/results/README.md; the documentation site renders them again from the same JSON files at every build
-(docs/hooks/reference.py: Results → Benchmark tables), so the site shows what the files hold."""
+benchmarks/results/README.md; ``make docs-pages`` (docs/gen_pages.py) renders them again from the same JSON
+files into docs/results/benchmarks.md, and tests/unit/test_docs_drift.py fails while that page differs from them."""
 
 from __future__ import annotations
 

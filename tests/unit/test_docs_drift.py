@@ -7,6 +7,7 @@ runs. Lines that cannot compose offline are skipped only through ``ALLOWED``, ea
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -271,3 +272,65 @@ def test_a_runnable_python_block_runs(page: str, first: int, code: str, tmp_path
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, f"{page}:{first}: the runnable block failed:\n{done.stderr[-3000:]}"
+
+
+# --- the generated pages (docs/reference/commands.md, …) are committed and equal what the code generates ----------
+
+
+def reference_module():
+    """``docs/gen_pages.py``, the generator of the pages (a script next to the docs, not a package)."""
+    spec = importlib.util.spec_from_file_location("docs_reference", REPO / "docs" / "gen_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REFERENCE = reference_module()
+
+
+@pytest.mark.parametrize("path", sorted(REFERENCE.PAGES))
+def test_a_generated_page_is_committed_as_the_code_generates_it(path: str, monkeypatch):
+    """Rendered at another terminal width than ``make docs-pages`` had: the text must not depend on it."""
+    monkeypatch.setenv("COLUMNS", "200")
+    committed = REPO / "docs" / path
+    assert committed.is_file(), f"docs/{path} is missing: run `make docs-pages`"
+    text = committed.read_text()
+    assert text.splitlines()[0] == REFERENCE.header(path), f"docs/{path}: its first line must say it is generated"
+    assert text == REFERENCE.PAGES[path](), f"docs/{path} is stale: run `make docs-pages` and commit it"
+
+
+def test_the_generated_pages_hold_no_path_of_this_machine():
+    texts = [(REPO / "docs" / path).read_text() for path in REFERENCE.PAGES if path.endswith(".md")]
+    assert not [t for t in texts if str(REPO) in t or os.path.expanduser("~") in t]
+
+
+# --- every relative link of README.md and docs/**/*.md names a file of the repository --------------------------
+
+LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def relative_links(text: str) -> list[str]:
+    """The targets of the markdown links ``[text](target)`` outside code (fenced blocks, inline code), less the
+    external ones (``https:``, ``mailto:``) and the anchors within the page."""
+    text = re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+    targets = [match[1] for match in LINK.finditer(text)]
+    return [t for t in targets if not re.match(r"[a-zA-Z][\w+.-]*:|#", t)]
+
+
+def test_the_link_check_finds_relative_links_outside_code():
+    text = '[a](docs/x.md#y) [b](https://e.org) [c](#z) `[d](no.md)`\n```md\n[e](no.md)\n```\n![f](img.png "t")\n'
+    assert relative_links(text) == ["docs/x.md#y", "img.png"]
+
+
+def is_file_of_the_repository(path: Path) -> bool:
+    return path.resolve().is_relative_to(REPO) and path.exists()
+
+
+def test_every_relative_link_names_a_file_of_the_repository():
+    broken = [
+        f"{page.relative_to(REPO)}: ({target})"
+        for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+        for target in relative_links(page.read_text())
+        if not is_file_of_the_repository(page.parent / target.partition("#")[0])
+    ]
+    assert not broken, f"links to files the repository does not hold (GitHub shows a 404): {broken}"
