@@ -21,6 +21,7 @@ from finetune.models import adapters
 from finetune.models.freezing import FineTuneModel, frozen_stages, stage_status
 from finetune.models.weights import resolve_weights
 from finetune.run.config import typed_config
+from finetune.run.console import console
 from finetune.run.errors import ConfigError, FinetuneError
 from finetune.tasks.registry import TASKS, get_task
 from finetune.training.validate import validate
@@ -276,7 +277,7 @@ def test_the_cli_refuses_an_unknown_adapter_before_loading_anything(tmp_path):
 # --- a real run ----------------------------------------------------------------------------------
 
 
-def test_probe_then_lora_run_exports_a_matching_model(tmp_path, weights_file, capsys):
+def test_probe_then_lora_run_exports_a_matching_model(tmp_path, weights_file, capsys, monkeypatch):
     """Digits, resnet10t from a weights file: a probe on cached features, then LoRA in every stage.
     The pretrained tensors end as they began; the head export keeps the adapters and the ONNX export
     (merged) passes its parity gate."""
@@ -300,6 +301,7 @@ def test_probe_then_lora_run_exports_a_matching_model(tmp_path, weights_file, ca
         "checkpoints.keep=both",
         phases,
     )
+    monkeypatch.setattr(console, "width", 200)  # the stage table whole on one line per row (a pipe gets 80)
     train(cfg, tmp_path)
     printed = capsys.readouterr().out
     assert "lora params" in printed and "training the head on cached features" in printed

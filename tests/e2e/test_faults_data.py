@@ -21,7 +21,7 @@ from finetune.commands import explain as explain_command
 from finetune.commands import export as export_command
 from finetune.commands import predict as predict_command
 from finetune.data.configs import CsvConfig, FolderConfig, MedmnistConfig
-from finetune.data.files import find_images
+from finetune.data.files import find_images, reading_training_data
 from finetune.data.folders import load_csv, load_imagefolder
 from finetune.data.medmnist import load_medmnist_source
 from finetune.run.errors import DatasetError, FinetuneError
@@ -97,7 +97,7 @@ def test_a_link_looping_back_to_its_parent_is_not_followed(tmp_path, caplog):
     root = class_folders(tmp_path / "data")
     (root / "ant" / "loop").symlink_to("..")
     before = tree_hashes(tmp_path / "data" / "bee")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), reading_training_data():  # where a listing says what it left out
         source = load_imagefolder(folder_config(root))
     assert images_per_class(source) == {"ant": 3, "bee": 3}
     assert labelled_as(source, "ant") == {"ant0.png", "ant1.png", "ant2.png"}  # no bee trained as an ant
@@ -110,7 +110,7 @@ def test_a_link_looping_back_to_its_parent_is_not_followed(tmp_path, caplog):
 def test_a_link_to_another_class_is_not_followed(tmp_path, caplog):
     root = class_folders(tmp_path / "data")
     (root / "ant" / "more").symlink_to(root / "bee")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), reading_training_data():  # where a listing says what it left out
         source = load_imagefolder(folder_config(root))
     assert images_per_class(source) == {"ant": 3, "bee": 3}
     assert "ant/more -> " in caplog.text and "leads back into" in caplog.text
@@ -120,7 +120,7 @@ def test_a_class_folder_linked_to_another_class_is_left_out(tmp_path, caplog):
     root = class_folders(tmp_path / "data")
     write_png(root / "wasp" / "w0.png", 99)
     (root / "copy").symlink_to(root / "bee")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), reading_training_data():  # where a listing says what it left out
         source = load_imagefolder(folder_config(root))
     assert source.class_names == ["ant", "bee", "wasp"]  # not a fourth class holding the bees again
     assert "copy -> " in caplog.text
@@ -131,7 +131,7 @@ def test_a_link_outside_the_root_is_followed_only_when_allowed(tmp_path, caplog)
     for i in range(2):
         write_png(tmp_path / "elsewhere" / f"extra{i}.png", 50 + i)
     (root / "ant" / "extra").symlink_to(tmp_path / "elsewhere")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), reading_training_data():  # where a listing says what it left out
         source = load_imagefolder(folder_config(root))
     assert images_per_class(source) == {"ant": 3, "bee": 3}
     assert "ant/extra -> " in caplog.text and "dataset.allow_outside_root=true" in caplog.text
