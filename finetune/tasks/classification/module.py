@@ -3,7 +3,9 @@ LightningModule, with the MedMNIST benchmark's metrics.
 
 The task type decides the head activation (softmax; sigmoid for multi-label), the loss
 (cross-entropy; BCE for multi-label) and the metrics. Metrics are fed probabilities, never raw
-logits (torchmetrics would guess from the value range whether to apply softmax/sigmoid):
+logits (torchmetrics would guess from the value range whether to apply softmax/sigmoid), except
+the AUC, which ranks by the log-odds of those probabilities (``auc.py``: float32 probabilities
+saturate at 1 and would tie confident images, making the AUC depend on the logits' scale):
 - scores: ``auc`` (binary: AUC of the positive class, index 1; multi-class: one-vs-rest macro;
   multi-label: mean over labels — as MedMNIST's evaluator), ``acc_top5`` (> 5 classes, test);
 - decisions: ``acc``, ``balanced_acc`` (mean per-class recall; multi-label: mean over labels of
@@ -38,15 +40,12 @@ from lightning.pytorch.callbacks import RichProgressBar
 from torch import nn
 from torchmetrics import CatMetric, MetricCollection
 from torchmetrics.classification import (
-    BinaryAUROC,
     MulticlassAccuracy,
-    MulticlassAUROC,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
     MultilabelAccuracy,
-    MultilabelAUROC,
     MultilabelConfusionMatrix,
     MultilabelF1Score,
     MultilabelPrecision,
@@ -59,6 +58,7 @@ from finetune.data.transforms import FLIP_AXES
 from finetune.models.freezing import FineTuneModel
 from finetune.run.errors import FinetuneError
 from finetune.run.schedule import PhaseOptim
+from finetune.tasks.classification.auc import LogOddsAUROC, log_odds
 from finetune.tasks.classification.calibration import (
     calibration_errors,
     confidences,
@@ -118,7 +118,8 @@ class MultilabelBalancedAccuracy(MultilabelStatScores):
 
 
 class ClassificationMetrics(nn.Module):
-    """Score metrics (from probabilities) and decision metrics (from predicted labels) of one split."""
+    """Score metrics (the AUC from log-odds, the others from probabilities) and decision metrics (from
+    predicted labels) of one split."""
 
     def __init__(
         self, num_classes: int, task: str, full: bool, auc: bool = True, prefix: str = "", only_acc: bool = False
@@ -129,7 +130,7 @@ class ClassificationMetrics(nn.Module):
         if task == "multi-label":
             kw = {"num_labels": num_classes}
             if auc:
-                scores["auc"] = MultilabelAUROC(average="macro", **kw)
+                scores["auc"] = LogOddsAUROC()
             decisions = {
                 "acc": MultilabelAccuracy(**kw),
                 "balanced_acc": MultilabelBalancedAccuracy(**kw),
@@ -144,7 +145,7 @@ class ClassificationMetrics(nn.Module):
         else:
             kw = {"num_classes": num_classes}
             if auc:
-                scores["auc"] = BinaryAUROC() if task == "binary" else MulticlassAUROC(average="macro", **kw)
+                scores["auc"] = LogOddsAUROC()
             if full and num_classes > 5:
                 scores["acc_top5"] = MulticlassAccuracy(average="micro", top_k=5, **kw)
             decisions = {
@@ -170,7 +171,7 @@ class ClassificationMetrics(nn.Module):
         targets = targets.int() if self.task == "multi-label" else targets.long()
         if self.scores is not None:
             for name, metric in self.scores.items():
-                metric.update(probs[:, 1] if self.task == "binary" and name == "auc" else probs, targets)
+                metric.update(log_odds(logits.detach(), self.task) if name == "auc" else probs, targets)
         self.decisions.update(decide(probs, self.task, threshold), targets)
 
     def compute(self) -> dict[str, torch.Tensor]:
