@@ -59,19 +59,23 @@ def recipe_robustness(recipe: str, epochs: int, image_size: int, sets: list[str]
     out = {"recipe": recipe, "epochs": epochs, "image_size": image_size, "train_s": round(train_s, 1)}
     out["test"] = {k: metrics["test"][k] for k in ("acc", "balanced_acc", "auc", "ece") if k in metrics["test"]}
     for name in sets:
-        record = metrics["robustness"][name]
-        out[name] = {
-            "evaluate_s": round(evaluate_s[name], 1),
-            "clean": record["clean"],
-            "mean": record["mean"],
-            "by_severity": record["by_severity"],
-            "acc_per_corruption": {
-                c: round(sum(r["acc"] for r in per.values()) / len(per), 4) for c, per in record["results"].items()
-            },
-            "skipped": record["skipped"],
-            "paper": record.get("paper"),
-        }
+        out[name] = {"evaluate_s": round(evaluate_s[name], 1), **summary(metrics["robustness"][name])}
     return out
+
+
+def summary(record: dict) -> dict:
+    """The numbers of one ``robustness.<set>`` record of a metrics.json: clean, mean, per severity, mean accuracy
+    per corruption, what was skipped and the paper's normalised errors (``paper``: be, rbe, per corruption)."""
+    return {
+        "clean": record["clean"],
+        "mean": record["mean"],
+        "by_severity": record["by_severity"],
+        "acc_per_corruption": {
+            c: round(sum(r["acc"] for r in per.values()) / len(per), 4) for c, per in record["results"].items()
+        },
+        "skipped": record["skipped"],
+        "paper": record.get("paper"),
+    }
 
 
 def main() -> None:
