@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import rich.console
 from rich.control import Control
+from rich.table import Table
 
 # Long lines (paths above all) are never broken by rich: a terminal wraps them visually and a log
 # file or pipe keeps them whole. Tables are laid out for a wide page in the log file, and 80 columns wide
@@ -37,6 +38,10 @@ class Console(rich.console.Console):
     """A rich console whose printed lines are also recorded in the log file ``log_file_copy`` names."""
 
     def print(self, *objects, **kwargs) -> None:
+        for table in (o for o in objects if isinstance(o, Table)):
+            for column in table.columns:  # narrower than its table, a cell folds onto the next line: never "16,239,6…"
+                if column.overflow == "ellipsis":
+                    column.overflow = "fold"
         super().print(*objects, **kwargs)
         if RECORD.handlers and objects and not all(isinstance(o, Control) for o in objects):  # Control: a live redraw
             RECORD.info(plain_text(*objects, **kwargs))
