@@ -93,14 +93,7 @@ class StreamingSegmentationDataModule(SegmentationDataModule):
         stream = CropStream(
             self.splits["train"], self.info.image_channels, self._transforms["train"], self.seed, repeats
         )
-        loader = EpochAwareLoader(
-            stream,
-            batch_size=self.batch_size,
-            num_workers=workers,
-            drop_last=True,  # a last batch of one crop breaks BatchNorm in decoders
-            persistent_workers=workers > 0,
-            epoch=self._epoch,
-        )
+        loader = EpochAwareLoader.for_training(self, stream, workers)
         if len(loader) == 0:
             raise DatasetError(
                 f"{stream.get_len(max(workers, 1), self.batch_size)} training crops per epoch per device and loader "
@@ -108,7 +101,3 @@ class StreamingSegmentationDataModule(SegmentationDataModule):
                 "schedule.batch_size or lower dataset.num_workers"
             )
         return loader
-
-    def _epoch(self) -> int | None:
-        """The trainer's current epoch (from 0); None outside a trainer."""
-        return self.trainer.current_epoch if self.trainer is not None else None

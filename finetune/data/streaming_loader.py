@@ -95,6 +95,20 @@ class EpochAwareLoader(StreamingDataLoader):
             self.current_epoch = epoch  # LitData's __iter__ adds one: its epochs count from 1
         yield from super().__iter__()
 
+    @classmethod
+    def for_training(cls, module: Any, dataset: Any, workers: int) -> EpochAwareLoader:
+        """The training loader of ``module`` (a data module with ``batch_size``) over ``dataset``: full batches
+        only (a last batch of one breaks BatchNorm), workers kept across epochs as the other kinds keep them, and
+        the epoch of ``module``'s trainer (None outside one)."""
+        return cls(
+            dataset,
+            batch_size=module.batch_size,
+            num_workers=workers,
+            drop_last=True,
+            persistent_workers=workers > 0,
+            epoch=lambda: module.trainer.current_epoch if module.trainer is not None else None,
+        )
+
 
 class StreamingDataModule(ClassificationDataModule):
     """ClassificationDataModule over a pack: the index gives classes and counts; training streams."""
@@ -116,15 +130,4 @@ class StreamingDataModule(ClassificationDataModule):
         dataset = AugmentedStream(
             train.stream, self.info.image_channels, self._transforms["train"], self.seed, train.window
         )
-        return EpochAwareLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            drop_last=True,
-            persistent_workers=self.num_workers > 0,  # as the other kinds: no worker start per epoch
-            epoch=self._epoch,
-        )
-
-    def _epoch(self) -> int | None:
-        """The trainer's current epoch (from 0); None outside a trainer."""
-        return self.trainer.current_epoch if self.trainer is not None else None
+        return EpochAwareLoader.for_training(self, dataset, self.num_workers)

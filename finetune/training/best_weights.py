@@ -23,11 +23,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
 from finetune.run.checkpointing import AtomicCheckpointIO
 from finetune.run.schedule import PHASE_KEY
+from finetune.training.search import direction
 
 
 def monitor_mode(monitor: str) -> str:
-    """``min`` for a loss (``val/loss``), else ``max``: how every callback ranks ``monitor``."""
-    return "min" if monitor.endswith("loss") else "max"
+    """``min`` for a loss (``val/loss``), else ``max``: how every callback ranks ``monitor`` (the search's
+    ``direction``, in Lightning's words)."""
+    return "min" if direction(monitor) == "minimize" else "max"
 
 
 class BestWeights(L.Callback):

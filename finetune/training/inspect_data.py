@@ -115,8 +115,8 @@ def inspect_data(
         except ConfigError:
             features = False
             notes.append(f"task={task.name} has no per-image class: no feature, label or outlier checks")
-    model = None
-    if check is not None or not features:  # the data alone (with features it comes with the model, loaded once)
+    model = data = None
+    if check is not None or not features:  # the data alone first (listed once: the model build reuses it)
         data = task.data_module(cfg)
         view = DatasetView(data.splits, cfg.dataset.kind)
         if check is not None:
@@ -124,7 +124,7 @@ def inspect_data(
     if features:
         from finetune.training.train import build
 
-        built = build(task, cfg)
+        built = build(task, cfg, data)
         data, model = built.data, built.model
         view = DatasetView(data.splits, cfg.dataset.kind)
     built_at = time.perf_counter()

@@ -283,8 +283,9 @@ def tested_state(run_dir: Path, best: Best, keep: str) -> tuple[dict[str, torch.
     if isinstance(best, BestWeights):
         if best.state is None:
             raise FinetuneError(
-                f"checkpoints.keep=none: no validation logged {best.monitor}, so no epoch was picked to test; give "
-                "the run a val split (trainer.limit_val_batches > 0)"
+                f"checkpoints.keep=none: no validation epoch logged {best.monitor}, so no epoch was picked to test "
+                "(is it a metric the task logs? does trainer.check_val_every_n_epoch exceed the epochs run?); use "
+                "checkpoints.keep=last to test the final weights"
             )
         return best.state, IN_MEMORY
     tested = tested_checkpoint(run_dir, best, keep)

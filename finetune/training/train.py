@@ -82,15 +82,16 @@ class Built:
     model: FineTuneModel
 
 
-def build(task: Task, cfg: DictConfig) -> Built:
-    """Validate ``cfg``, resolve the weights, scan the data and build the model (on the meta device
-    for ``plan=true``: nothing is loaded), with the data's preprocessing set from the backbone."""
+def build(task: Task, cfg: DictConfig, data: L.LightningDataModule | None = None) -> Built:
+    """Validate ``cfg``, resolve the weights, scan the data (unless ``data`` is the module already built from
+    ``cfg``) and build the model (on the meta device for ``plan=true``: nothing is loaded), with the data's
+    preprocessing set from the backbone."""
     phases = validate(cfg, task)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     record = resolve_weights(
         cfg.backbone.name, cfg.backbone.weights, cfg.backbone.pretrained, preprocessing=preprocessing_overrides(cfg)
     )
-    data = task.data_module(cfg)
+    data = data if data is not None else task.data_module(cfg)
     num_classes = data.info.num_classes
     if cfg.plan:
         with torch.device("meta"):

@@ -83,8 +83,8 @@ class Classification(Task):
         from finetune.data import DATASETS
         from finetune.run.registry import resolve
 
-        data_module = DATASETS.get(cfg.dataset.kind).data_module or "finetune.data.datamodule:ClassificationDataModule"
-        data = resolve(data_module)(
+        data_module = DATASETS.get(cfg.dataset.kind).module_for(self.name)
+        data = resolve(data_module or "finetune.data.datamodule:ClassificationDataModule")(
             cfg.dataset,
             cfg.augment,
             cfg.schedule.batch_size,
