@@ -35,7 +35,7 @@ from finetune.run.keys import override_key
 from finetune.run.records import run_config
 from finetune.run.rundir import claim_run_dir, forget_claims, release_if_unused
 from finetune.run.task import Predictions
-from finetune.run.warning_filters import lightning_lines_dropped, quiet_library_chatter
+from finetune.run.warning_filters import quiet_library_chatter
 from finetune.tasks.registry import TASKS, get_task
 
 if TYPE_CHECKING:
@@ -226,7 +226,6 @@ def train(
         _write_record(directory, cfg, args)
         with (
             _run_log(directory, full.hydra.job_logging.formatters.simple.format),
-            lightning_lines_dropped(),
             plain_progress(progress == "lines" or (progress == "auto" and not console_is_terminal())),
         ):
             train_claimed(cfg, directory)

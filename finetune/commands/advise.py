@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from finetune.commands.args import compose_config, print_error, tool_run_dir
-from finetune.commands.precheck import tool_main
+from finetune.commands.tool import tool_main
 from finetune.run.errors import FinetuneError
 from finetune.run.schema import PhaseSchema
 

@@ -94,7 +94,7 @@ def existing_path(value: str, key: str, what: str) -> Path:
     saying there is no such ``what``."""
     path = Path(value).expanduser()
     if not path.exists():
-        raise FinetuneError(f"{key}={value}: no such {what}")
+        raise FinetuneError(f"{key}={value}: no such {what}; check the path ({key}= takes the {what} finetune wrote)")
     return path
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finetune.commands.args import parse_args, parse_flag, run_command
+from finetune.commands.args import existing_path, parse_args, parse_flag, run_command
 from finetune.data.corruptions import SEVERITIES
 from finetune.run.errors import FinetuneError
 from finetune.run.rundir import is_run
@@ -76,9 +76,7 @@ def _evaluate_command(argv: list[str]) -> None:
     except ValueError:
         raise FinetuneError(f"seed={args['seed']!r}: use a whole number") from None
     only = tuple(name.strip() for name in (args["only"] or "").split(",") if name.strip())
-    path = Path(args["run"]).expanduser()
-    if not path.exists():
-        raise FinetuneError(f"run={path}: no such run directory or export")
+    path = existing_path(args["run"], "run", "run directory, checkpoint or export")
     run = is_run(path)
     if not run and not args["data"]:
         raise FinetuneError(
@@ -150,12 +148,11 @@ def print_table(record: dict) -> None:
     """Accuracy per corruption and severity, the means, ECE, and the paper's summary where there is one."""
     from rich.table import Table
 
-    from finetune.report.page import split_name
+    from finetune.report.page import evaluated_split
     from finetune.run.console import console
 
     severities = record["severities"]
-    split = split_name(record.get("test_is_val", False)) if record["split"] == "test" else record["split"]
-    table = Table(title=f"{record['corruptions']} on {split} ({record['images']} images): accuracy")
+    table = Table(title=f"{record['corruptions']} on {evaluated_split(record)} ({record['images']} images): accuracy")
     for column in ("corruption", *(f"s{s}" for s in severities), "mean", "ECE"):
         table.add_column(column, justify="left" if column == "corruption" else "right")
 

@@ -53,8 +53,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 from finetune.commands.args import existing_path, parse_args, parse_flag, run_command
 from finetune.export.registry import FORMATS
 
@@ -88,9 +86,10 @@ def _export_command(argv: list[str]) -> None:
     formats = [FORMATS.get(name).name for name in args["format"].split(",")]
     existing_path(args["run"], "run", "run directory or checkpoint")
     from finetune.export.writing import print_results  # torch only once the arguments are good
+    from finetune.run.console import console
 
     results = export(args["run"], formats, args["out"], overwrite, args["images"], args["weights"])
-    print_results(results, Console())
+    print_results(results, console)
 
 
 def export(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from finetune.commands.args import compose_config, parse_flag, positive_int, print_error, tool_run_dir
-from finetune.commands.precheck import tool_main
+from finetune.commands.tool import tool_main
 from finetune.run.errors import FinetuneError
 
 JSON_NAME, HTML_NAME = "inspect.json", "inspect.html"

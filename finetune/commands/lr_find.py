@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from finetune.commands.args import compose_config, positive_int, print_error, tool_run_dir
-from finetune.commands.precheck import tool_main
+from finetune.commands.tool import tool_main
 from finetune.run.errors import FinetuneError
 
 OPTIONS: dict[str, str | None] = {"phase": None, "min_lr": "1e-6", "max_lr": "1", "steps": "100"}

@@ -17,9 +17,9 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -31,8 +31,6 @@ from finetune.commands.args import (
     config_groups,
     override_value,
     print_error,
-    print_help,
-    split_tool_args,
 )
 from finetune.commands.config_errors import bad_reference, config_access_error, declares, unknown_key
 from finetune.run.config import check_data_paths, check_task_schema, data_folders
@@ -303,33 +301,3 @@ def check_output_location(argv: Sequence[str]) -> None:
             f"cannot write the run directory {shown}: {display} is not writable"
             f"{' (a read-only file system)' if read_only else ''}; {how}"
         )
-
-
-Parsed = TypeVar("Parsed")
-
-
-def tool_main(
-    argv: Sequence[str] | None,
-    doc: str | None,
-    options: Mapping[str, str | None],
-    example: str,
-    hydra_hint: str,
-    parse: Callable[[dict[str, str | None]], Parsed],
-    run: Callable[[Parsed, list[str]], int],
-) -> int:
-    """``main`` of a tool that takes training overrides (``inspect``, ``advise``, ``lr-find``): ``--help`` prints
-    ``doc``; its own options (``split_tool_args``) read by ``parse`` and the overrides prechecked, each refusal one
-    ``finetune: error:`` line (exit code 2) before any heavy work; then ``run(parsed, overrides)``."""
-    args = list(argv or [])
-    if {"-h", "--help"} & set(args):
-        print_help(doc)
-        return 0
-    try:
-        own, overrides = split_tool_args(args, options, example, hydra_hint)
-        parsed = parse(own)
-    except FinetuneError as err:
-        return print_error(err)
-    from finetune.data.files import reading_training_data
-
-    with reading_training_data():  # these tools read the training data: a dataset's listing says what it left out
-        return precheck(overrides) or run(parsed, overrides)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune.commands.args import compose_config
+from finetune.commands.args import compose_config, existing_path
 from finetune.run.errors import FinetuneError
 
 if TYPE_CHECKING:  # torch and the counting code are imported once the arguments are good
@@ -218,9 +218,7 @@ def summarize(
 
 def summarize_run(path: str) -> Summary:
     """The run's model (skeleton: counts need no trained weights), frozen as in its last phase."""
-    run_dir = Path(path).expanduser()
-    if not run_dir.exists():
-        raise FinetuneError(f"run={path}: no such run directory; run= takes the folder a finetune run wrote")
+    run_dir = existing_path(path, "run", "run directory")
     if run_dir.is_file():  # a checkpoint inside the run
         from finetune.run.records import run_dir_of
 

@@ -72,8 +72,7 @@ def main(cfg: DictConfig) -> float | None:
     quiet_library_chatter()  # a launcher's job process (hydra/launcher=submitit_*) starts here, not in finetune.cli
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        with lightning_lines_dropped():
-            return _run(cfg)
+        return _run(cfg)
     except (FinetuneError, OSError) as err:  # bad input, or a file the OS refused: one line, no traceback
         stop(print_error(err), err)
     except OmegaConfBaseException as err:  # a key of the config that cannot be read: one line, no traceback
@@ -189,7 +188,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None) -> di
     from finetune.tasks.registry import get_task
     from finetune.training.train import train as train_task
 
-    with reading_training_data():
+    with reading_training_data(), lightning_lines_dropped():  # the command, finetune.train and DDP workers
         return train_task(get_task(cfg.task), cfg, run_dir, resume_from)
 
 

@@ -22,7 +22,7 @@ from finetune.run.config import load_config
 from finetune.run.errors import FinetuneError, TrainingDiverged
 from finetune.run.lock import check_holder, run_lock
 from finetune.run.rundir import RESUME_CHECKPOINTS, RUN_MARKER, claim_run_dir, marker_token
-from finetune.run.warning_filters import lightning_lines_dropped, quiet_library_chatter
+from finetune.run.warning_filters import quiet_library_chatter
 
 
 def main(argv: list[str]) -> int:
@@ -49,7 +49,7 @@ def _train_rank(argv: list[str]) -> None:
         _check_resumable(Path(args["resume"]))  # every rank: the same files, refused alike, none left waiting
     elif is_global_zero():
         _check_owner(run_dir, args["owner"])
-    with _rank_lock(run_dir, args["lock"], is_global_zero()), lightning_lines_dropped():
+    with _rank_lock(run_dir, args["lock"], is_global_zero()):
         try:
             train(cfg, run_dir, resume_from=_resume_checkpoint(args["resume"]))
         except TrainingDiverged as err:

@@ -97,6 +97,11 @@ def split_name(test_is_val: bool) -> str:
     return NO_TEST_SPLIT if test_is_val else "test"
 
 
+def evaluated_split(record: Mapping) -> str:
+    """The split a ``finetune evaluate`` record scored (``split``), named as ``split_name`` names a test split."""
+    return split_name(True) if record.get("test_is_val") else record["split"]
+
+
 def tested_split_short(metrics: Mapping) -> str:
     """``test`` or ``val``: the tested split in a column or a plot title."""
     return "val" if no_test_split(metrics) else "test"

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from finetune.report.page import img, number, png_data_uri, split_name, table  # noqa: E402
+from finetune.report.page import evaluated_split, img, number, png_data_uri, table  # noqa: E402
 
 
 def _png(fig) -> str:
@@ -63,7 +63,7 @@ def _set_section(record: Mapping) -> str:
     rows.append(("mean over corruptions × severities", *(number(record["mean"].get(m)) for m in metrics)))
     intro = (
         f"<h3>{escape(record['corruptions'])}</h3><p>{record['images']} images of the "
-        f"{escape(split_name(True) if record.get('test_is_val') else record['split'])} split "
+        f"{escape(evaluated_split(record))}{'' if record.get('test_is_val') else ' split'} "
         f"({'x'.join(map(str, record['image_size']))} px), corrupted before the unchanged preprocessing; "
         f"seed {record['seed']}. {escape(' '.join(record.get('notes', [])))}</p>"
     )

@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from finetune.commands import train as run_module
-from finetune.commands.precheck import tool_main
+from finetune.commands.tool import tool_main
 from finetune.data.files import reading_training_data, says_left_out
 from finetune.tasks.registry import get_task
 from finetune.training import train as train_module
 
-from ..helpers import TINY, compose_config, write_png
+from ..helpers import TINY, class_folders, compose_config
 
 
 def left_out(caplog) -> list[str]:
@@ -26,10 +26,7 @@ def left_out(caplog) -> list[str]:
 def test_the_training_data_names_the_gif_once_and_a_finished_runs_listing_does_not(tmp_path, caplog) -> None:
     """The data module train builds (``task.data_module``, as report and export rebuild it) says the line inside
     ``reading_training_data`` only."""
-    root = tmp_path / "data"
-    for c, name in enumerate(("ant", "bee")):
-        for i in range(6):
-            write_png(root / name / f"{name}{i}.png", 10 * c + i, (32, 32))
+    root = class_folders(tmp_path / "data", 6, (32, 32))
     Image.new("P", (8, 8)).save(root / "ant" / "placeholder.gif")
     cfg = compose_config(*TINY, "dataset=imagefolder", f"dataset.root={root}")
     task = get_task(cfg.task)

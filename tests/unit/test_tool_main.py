@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from finetune.commands.args import positive_int
-from finetune.commands.precheck import tool_main
+from finetune.commands.tool import tool_main
 
 OPTIONS = {"out": None, "steps": "3"}
 
