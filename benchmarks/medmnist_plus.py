@@ -24,17 +24,15 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing import Process
 from pathlib import Path
 
 from .common import MEDMNIST, RESULTS, write_result
-from .robustness import EXTRA, summary
+from .robustness import EXTRA, FINETUNE, summary
 
 RUNS = Path("/work/bench_runs")
-FINETUNE = [sys.executable, "-m", "finetune"]
 COMMON = ["trainer.progress_bar=false", "logger=csv", f"dataset.root={MEDMNIST}"]
 SEEDS = (0, 1, 2)
 
@@ -191,15 +189,24 @@ def ready(job: Job, runs: Path) -> bool:
 
 
 def _claim(job: Job, runs: Path) -> bool:
-    """Take ``job`` for this process (``<name>.claim`` holds its pid); False while a live process holds it."""
+    """Take ``job`` for this process (``<name>.claim`` holds its pid, created exclusively so two workers never
+    both take it); False while another live process holds it. A claim left by a dead process is taken over."""
     claim = runs / f"{job.name}.claim"
     try:
-        owner = int(claim.read_text())
-        os.kill(owner, 0)
-        return owner == os.getpid()
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        claim.write_text(str(os.getpid()))  # free, or left by a process that died
+        with claim.open("x") as file:
+            file.write(str(os.getpid()))
         return True
+    except FileExistsError:
+        try:
+            owner = int(claim.read_text())
+        except (FileNotFoundError, ValueError):  # being written (or just released) by another worker
+            return False
+        try:
+            os.kill(owner, 0)
+            return owner == os.getpid()
+        except ProcessLookupError:
+            claim.unlink(missing_ok=True)  # left by a process that died: claim it again, exclusively
+            return _claim(job, runs)
 
 
 def _next(jobs: list[Job], runs: Path, failed: set[str]) -> tuple[Job | None, bool]:
