@@ -22,9 +22,10 @@ import io
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -69,24 +70,11 @@ def command_help(name: str) -> str:
 
     module, _, function = COMMANDS[name][0].partition(":")
     out = io.StringIO()
-    with fixed_width(), contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+    width = mock.patch.dict(os.environ, {"COLUMNS": "80"})  # what argparse, rich and shutil read: same on any machine
+    with width, contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         getattr(importlib.import_module(module), function)(["--help"])
     GlobalHydra.instance().clear()
     return inspect.cleandoc(out.getvalue().split("== Config ==")[0])
-
-
-@contextlib.contextmanager
-def fixed_width(columns: int = 80) -> Iterator[None]:
-    """The terminal width that argparse, rich and shutil read (``COLUMNS``) set to ``columns``, then restored."""
-    saved = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = str(columns)
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = saved
 
 
 def command_options(name: str) -> dict[str, str | None]:
@@ -208,7 +196,7 @@ def config_page() -> str:
     from hydra.core.global_hydra import GlobalHydra
 
     import finetune.run.schema  # noqa: F401  (registers the schema Hydra checks every composition against)
-    from finetune.resources import conf_dir, recipes_dir
+    from finetune.resources import conf_dir
 
     conf, groups = conf_dir(), sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
     lines = ["# Configuration", "", GENERATED, ""]
@@ -226,7 +214,7 @@ def config_page() -> str:
         for group in groups:
             lines += group_section(conf, group, choices[group], compose)
         lines += sweeper_section(conf, compose)
-    lines += recipes_section(recipes_dir())
+    lines += recipes_section()
     return "\n".join(lines)
 
 
@@ -266,6 +254,9 @@ def top_level_section(conf: Path, compose) -> list[str]:
 def group_section(conf: Path, group: str, default: str, compose) -> list[str]:
     """A group: its options (the comment at the top of each file), then the keys of the default option, then
     the keys of each other option: all of them where its schema differs, else those whose value differs."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
     lines = [f"## `{group}`", "", "| option | description |", "|---|---|"]
     for option in options:
@@ -280,7 +271,7 @@ def group_section(conf: Path, group: str, default: str, compose) -> list[str]:
     for option in [default, *(o for o in options if o != default)]:
         try:
             cfg = compose("config", [f"{group}={option}"])
-        except Exception:  # a segmentation-only option (a decoder, a mask dataset) composes with its task
+        except (HydraException, OmegaConfBaseException):  # a segmentation-only option composes with its task
             cfg = compose("config", [f"{group}={option}", "task=segmentation"])
         comments = {**base_comments, **yaml_comments(conf / group / f"{option}.yaml")[1]}
         paths = [p for p, _ in leaves(cfg[group])]
@@ -314,12 +305,13 @@ def sweeper_section(conf: Path, compose) -> list[str]:
     ]
 
 
-def recipes_section(recipes: Path) -> list[str]:
-    """Every recipe (``+<group>=<name>``) with the first line of its comment."""
+def recipes_section() -> list[str]:
+    """Every recipe (``+<group>=<name>``) with its one-line summary, as ``finetune train --help`` lists them."""
+    from finetune.commands.train_help import recipe_summaries
+
     lines = ["## Recipes", "", "`recipes/<group>/<name>.yaml`, selected with `+<group>=<name>`:", ""]
     lines += ["| recipe | description |", "|---|---|"]
-    for path in sorted(recipes.glob("*/*.yaml")):
-        lines.append(f"| `+{path.parent.name}={path.stem}` | {(yaml_comments(path)[0] or [''])[0]} |")
+    lines += [f"| `{name}` | {summary} |" for name, summary in recipe_summaries()]
     return [*lines, ""]
 
 
