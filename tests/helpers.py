@@ -24,6 +24,8 @@ from PIL import Image
 from finetune.resources import conf_dir
 
 if TYPE_CHECKING:
+    import lightning as L
+    import pytest
     import torch
 
     from finetune.data.transforms import Preprocessing
@@ -330,6 +332,26 @@ def write_png(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> Path:
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
     return path
+
+
+def class_folders(root: Path, per_class: int = 3, size: tuple[int, int] = (12, 10)) -> Path:
+    """``root/ant`` and ``root/bee`` with ``per_class`` random PNGs of ``size`` each (seed ``10 * class + i``)."""
+    for c, name in enumerate(("ant", "bee")):
+        for i in range(per_class):
+            write_png(root / name / f"{name}{i}.png", 10 * c + i, size)
+    return root
+
+
+def with_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
+    """Every phase's Trainer (``finetune.training.phases.make_trainer``) gets ``callback`` too."""
+    from finetune.training import phases
+
+    make_trainer = phases.make_trainer
+
+    def patched(cfg, run_dir, name, epochs, callbacks, strategy=None):
+        return make_trainer(cfg, run_dir, name, epochs, [*callbacks, callback], strategy)
+
+    monkeypatch.setattr(phases, "make_trainer", patched)
 
 
 def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (48, 64)) -> bytes:

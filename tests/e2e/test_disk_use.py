@@ -4,7 +4,6 @@ tensor is named the whole model it is (issue #29)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -42,16 +41,14 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     return made
 
 
-def test_keep_none_leaves_no_checkpoint_and_tests_the_same_weights(runs):
+def test_keep_none_leaves_no_checkpoint_and_frees_its_size(runs):
     (kept, _), (lean, printed) = runs["best"], runs["none"]
     checkpoint = (kept / "checkpoints" / "best.ckpt").stat().st_size
     assert not list(lean.rglob("*.ckpt")) and not (lean / "checkpoints").exists()
     assert (lean / "exports" / "head.safetensors").is_file() and (lean / "report.html").is_file()
     # what the run directory loses is the checkpoint (efficientnet_lite0 with its optimizer state), nothing else
     assert run_size(kept) - run_size(lean) >= 0.95 * checkpoint and run_size(lean) < run_size(kept) / 2
-    tested = [json.loads((run / "metrics.json").read_text())["test"] for run in (kept, lean)]
-    assert tested[0].keys() == tested[1].keys() and tested[0]["acc"] is not None
-    assert all(tested[1][k] == pytest.approx(v, abs=1e-5) for k, v in tested[0].items() if v is not None)
+    # (that it tests the same weights as keep=best: tests/e2e/test_keep_none.py, over three phases and EMA)
     # said once before training (nothing to resume afterwards); nothing to remove at the end
     assert printed.count("checkpoints.keep=none: no checkpoint is written") == 1
     assert printed.index("checkpoints.keep=none") < printed.index("phase 1/1")

@@ -28,6 +28,7 @@ from finetune.run.errors import DatasetError, FinetuneError
 
 from ..helpers import (
     assert_refused,
+    class_folders,
     cli_in_process,
     export_tiny_resnet,
     jpeg_bytes,
@@ -48,14 +49,6 @@ def write_cut_jpeg(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
     return path
-
-
-def class_folders(root: Path, per_class: int = 3) -> Path:
-    """``root/ant`` and ``root/bee`` with ``per_class`` PNGs each."""
-    for c, name in enumerate(CLASSES):
-        for i in range(per_class):
-            write_png(root / name / f"{name}{i}.png", 10 * c + i)
-    return root
 
 
 def images_per_class(source) -> dict[str, int]:

@@ -23,7 +23,7 @@ from finetune.training import train as train_module
 from finetune.training.best_weights import BestWeights
 
 from ..conftest import compose_config
-from ..helpers import SMALL_RESNET, cli_in_process, one_torch_thread
+from ..helpers import SMALL_RESNET, cli_in_process, one_torch_thread, with_callback
 
 # Three phases (head on cached features for 3 epochs, last stage, all), EMA on, the best epoch by val loss.
 GRADUAL = [
@@ -63,16 +63,6 @@ class SignalAt(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, index: int) -> None:
         if trainer.current_epoch == self.epoch and index == 0:
             signal.raise_signal(signal.SIGTERM)
-
-
-def with_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
-    """Every phase's Trainer gets ``callback`` too."""
-    make_trainer = phases.make_trainer
-
-    def patched(cfg, run_dir, name, epochs, callbacks, strategy=None):
-        return make_trainer(cfg, run_dir, name, epochs, [*callbacks, callback], strategy)
-
-    monkeypatch.setattr(phases, "make_trainer", patched)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from finetune.commands import train as run_module
-from finetune.training import phases
 from finetune.training.epoch_lines import plain_progress
 
-from ..helpers import SMALL_RESNET, compose_config, one_torch_thread
+from ..helpers import SMALL_RESNET, compose_config, one_torch_thread, with_callback
 
 BATCHES = 3
 SHORT = [
@@ -71,13 +70,9 @@ class WatchTrainAcc(L.Callback):
 
 def train_watched(run_dir: Path, *overrides: str) -> WatchTrainAcc:
     """Train ``overrides`` in this process into ``run_dir``, each phase's Trainer watched."""
-    watch, make_trainer = WatchTrainAcc(), phases.make_trainer
-
-    def with_watch(cfg, run_dir, name, epochs, callbacks, strategy=None):
-        return make_trainer(cfg, run_dir, name, epochs, [*callbacks, watch], strategy)
-
+    watch = WatchTrainAcc()
     with pytest.MonkeyPatch.context() as patch, one_torch_thread():
-        patch.setattr(phases, "make_trainer", with_watch)
+        with_callback(patch, watch)
         run_module.train(compose_config(*overrides), run_dir)
     return watch
 

@@ -68,8 +68,8 @@ def test_streamed_training_crops_are_windows_of_the_packed_masks(packed):
         assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
         assert mask.shape == (4, 32, 32) and mask.dtype == torch.int64
     originals = [data.splits["train"].pair(i)[1] for i in range(8)]
+    windows = [o[t : t + 32, left : left + 32] for o in originals for t in range(9) for left in range(17)]
     for mask in masks:  # each crop is a 32 px window of a packed training mask
-        windows = [o[t : t + 32, left : left + 32] for o in originals for t in range(9) for left in range(17)]
         assert any(np.array_equal(mask.numpy(), w) for w in windows)
 
 

@@ -138,11 +138,12 @@ def test_tool_arguments_are_refused_before_torch(tool_refusals, case):
     assert not result["torch"]
 
 
-@pytest.mark.parametrize(("columns", "width"), [(None, "80"), ("132", "132")])
-def test_console_output_into_a_pipe_is_80_columns_unless_columns_says(columns, width):
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | ({"COLUMNS": columns} if columns else {})
+def test_the_project_console_is_80_columns_into_a_pipe():
+    """``fit_width`` itself (COLUMNS, notebooks): tests/unit/test_console_width.py; here, that the console everything
+    prints through is fitted when it is made."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     code = "from finetune.run.console import console; print(console.width)"
     out = subprocess.run(
         [sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60
     )
-    assert out.stdout.strip() == width, out.stderr
+    assert out.stdout.strip() == "80", out.stderr

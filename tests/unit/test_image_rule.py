@@ -15,7 +15,7 @@ from finetune.data.files import WIDTH, find_images, left_out_line, reading_train
 from finetune.data.folders import load_csv, load_imagefolder
 from finetune.run.errors import DatasetError
 
-from ..helpers import write_png
+from ..helpers import class_folders
 
 WHY = "GIF: a 256-colour palette"
 HOW = "to include one, convert it to one of .bmp, "
@@ -25,10 +25,7 @@ GIF_LINE = "left out 1 GIF: {} (convert to .png to use)"
 @pytest.fixture
 def folder_with_gif(tmp_path) -> Path:
     """``ant`` and ``bee`` with three PNGs each, and a GIF placeholder among the ants."""
-    root = tmp_path / "data"
-    for c, name in enumerate(("ant", "bee")):
-        for i in range(3):
-            write_png(root / name / f"{name}{i}.png", 10 * c + i)
+    root = class_folders(tmp_path / "data")
     Image.new("P", (8, 8)).save(root / "ant" / "placeholder.gif")
     return root
 
@@ -104,10 +101,7 @@ def test_many_left_out_files_are_counted_in_one_line_of_80_columns(folder_with_g
 @pytest.fixture
 def folder_with_bare_files(tmp_path) -> Path:
     """``ant`` and ``bee`` with three PNGs each, and files that are not images among them."""
-    root = tmp_path / "data"
-    for c, name in enumerate(("ant", "bee")):
-        for i in range(3):
-            write_png(root / name / f"{name}{i}.png", 10 * c + i)
+    root = class_folders(tmp_path / "data")
     (root / "ant" / "Thumbs.db").write_bytes(b"\0" * 8)
     (root / "bee" / "notes.txt").write_text("not an image")
     return root
