@@ -96,7 +96,7 @@ class Job:
 
 def queue() -> list[Job]:
     """The runs in priority order (issue #30 §1-2): pneumonia and breast recipes x 3 seeds, the pneumonia
-    ablation (seed 0, then seeds 1-2), robustness of its variants, BloodMNIST seed 0."""
+    ablation (seed 0, then seeds 1-2), robustness of its variants, BloodMNIST x 3 seeds."""
     jobs = [Job(f"pneumonia_s{s}", "recipe", "pneumonia", s) for s in SEEDS]
     jobs += [Job(f"breast_s{s}", "recipe", "breast", s) for s in SEEDS]
     # test-pass variants on copies: TTA averages the training flips, so only BreastMNIST (hflip) has one;
@@ -130,7 +130,7 @@ def queue() -> list[Job]:
     jobs += [
         Job(f"pneumonia_s{s}_{k}", "ablation", "pneumonia", s, o, None, k) for s in (1, 2) for k, o in knobs.items()
     ]
-    jobs.append(Job("blood_s0", "blood", "blood", 0))
+    jobs += [Job(f"blood_s{s}", "blood", "blood", s) for s in SEEDS]
     return jobs
 
 

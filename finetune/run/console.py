@@ -11,7 +11,8 @@ from contextlib import contextmanager
 
 import rich.console
 from rich.control import Control
-from rich.table import Table
+from rich.measure import Measurement
+from rich.table import Column, Table
 
 # Long lines (paths above all) are never broken by rich: a terminal wraps them visually and a log
 # file or pipe keeps them whole. Tables are laid out for a wide page in the log file, and 80 columns wide
@@ -34,14 +35,39 @@ def plain_text(*objects: object, **options) -> str:
     return out.getvalue().rstrip("\n")
 
 
+def fit_table(table: Table, screen: rich.console.Console) -> None:
+    """Lay ``table`` out for a screen narrower than it: first without its outer border and edge padding, then text
+    cells fold onto the next line while numbers (right-justified columns) stay whole; a cell never ends in "…"
+    (rich's default, which printed a stage's connections as 16,239,6…)."""
+    for column in table.columns:
+        if column.overflow == "ellipsis":
+            column.overflow = "fold"
+    if _natural_width(table, screen) <= screen.width:
+        return
+    table.show_edge = table.pad_edge = False
+    numbers = [column for column in table.columns if column.justify == "right"]
+    least = sum(_least_width(column, whole=column in numbers) for column in table.columns)
+    if least + 3 * (len(table.columns) - 1) <= screen.width:  # " │ " between columns
+        for column in numbers:
+            column.no_wrap = True
+
+
+def _natural_width(table: Table, screen: rich.console.Console) -> int:
+    return Measurement.get(screen, screen.options.update_width(10_000), table).maximum
+
+
+def _least_width(column: Column, whole: bool) -> int:
+    """The narrowest ``column`` can be: its widest cell kept ``whole``, else its longest word."""
+    cells = [str(cell) for cell in (column.header, *column.cells)]
+    return max(len(part) for cell in cells for part in ([cell] if whole else cell.split()) or [""])
+
+
 class Console(rich.console.Console):
     """A rich console whose printed lines are also recorded in the log file ``log_file_copy`` names."""
 
     def print(self, *objects, **kwargs) -> None:
         for table in (o for o in objects if isinstance(o, Table)):
-            for column in table.columns:  # narrower than its table, a cell folds onto the next line: never "16,239,6…"
-                if column.overflow == "ellipsis":
-                    column.overflow = "fold"
+            fit_table(table, self)
         super().print(*objects, **kwargs)
         if RECORD.handlers and objects and not all(isinstance(o, Control) for o in objects):  # Control: a live redraw
             RECORD.info(plain_text(*objects, **kwargs))

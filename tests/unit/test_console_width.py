@@ -23,19 +23,39 @@ def test_a_pipe_gets_80_columns_and_a_notebook_keeps_its_width(monkeypatch) -> N
     assert piped.width == 132
 
 
-def test_a_narrow_table_folds_a_value_and_never_cuts_it(monkeypatch) -> None:
-    """At 80 columns rich would end a long number with '…' (a stage table's connections read 16,239,6…):
-    our console folds it onto the next line, every digit kept."""
-    from rich.table import Table
-
+def _printed(table, width: int) -> str:
     from finetune.run.console import Console
 
     out = io.StringIO()
-    screen = Console(file=out, width=40, force_terminal=False, color_system=None)
-    table = Table("stage", "params", "connections")
-    table.add_row("stage7", "1,017,600", "16,239,616,000,123")
-    table.add_row("head", "2,562", "2,560")
-    screen.print(table)
-    printed = out.getvalue()
+    Console(file=out, width=width, force_terminal=False, color_system=None).print(table)
+    return out.getvalue()
+
+
+def _stage_table():
+    from rich.table import Table
+
+    table = Table(title="phase 1/2 'probe'")
+    for name in ("stage", "params", "trainable", "status", "BN mode", "units", "connections"):
+        table.add_column(name, justify="right" if name in ("params", "trainable", "units", "connections") else "left")
+    table.add_row("stage2", "13,968", "0", "frozen", "eval", "1,671,168", "18,776,064")
+    table.add_row("stage7", "1,017,600", "0", "frozen", "eval", "126,208", "16,239,616")
+    table.add_row("head", "10,248", "10,248", "trainable", "-", "8", "10,240")
+    return table
+
+
+def test_a_stage_table_two_columns_too_wide_keeps_every_number_on_one_line() -> None:
+    """The stage table at 128 px needs 82 columns: without its outer border it fits 80, no number or header split
+    (last round rich folded it into equal columns: '18,776,06' over '4')."""
+    printed = _printed(_stage_table(), 80)
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    for whole in ("18,776,064", "1,671,168", "connections", "trainable"):
+        assert whole in printed
+
+
+def test_a_much_narrower_screen_folds_a_value_and_never_cuts_it() -> None:
+    """Too narrow for whole numbers, cells fold onto the next line, every digit kept: never "16,239,6…"."""
+    printed = _printed(_stage_table(), 40)
     assert "…" not in printed
-    assert "16,239,616,000,123" in "".join(ch for ch in printed if ch not in " │\n")
+    assert max(len(line) for line in printed.splitlines()) <= 40
+    last_column = "".join(line.rsplit("│", 1)[1].strip() for line in printed.splitlines() if "│" in line)
+    assert "18,776,064" in last_column
