@@ -27,6 +27,7 @@ from finetune.data.samplers import ClassBalancedSampler
 from finetune.data.transforms import Augment, Preprocessing, augment_ops
 from finetune.run.errors import ConfigError, DatasetError
 from finetune.tasks.classification.module import (
+    MIN_PER_CLASS_TO_TUNE,
     ClassificationTask,
     balanced_accuracy_threshold,
     classification_metrics,
@@ -350,7 +351,7 @@ def test_threshold_tuned_on_val_is_applied_to_test():
     # val: positives score >= 0.2; test: same model, so the tuned threshold carries over
     val_p1 = torch.tensor([0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.6, 0.8])
     val_y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
-    threshold = tune_thresholds(torch.stack([1 - val_p1, val_p1], 1), val_y, "binary")
+    threshold = tune_thresholds(torch.stack([1 - val_p1, val_p1], 1), val_y, "binary", min_per_class=4)
     assert 0.15 < threshold <= 0.2
     test_p1 = torch.tensor([0.01, 0.12, 0.16, 0.22, 0.35, 0.45, 0.7, 0.9])
     test_y = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
@@ -363,7 +364,28 @@ def test_threshold_tuned_on_val_is_applied_to_test():
     assert float(tuned.compute()["auc"]) == float(default.compute()["auc"])  # AUC needs no threshold
 
 
-def test_tune_threshold_reads_only_the_batches_it_is_given():
+def test_a_threshold_is_tuned_only_on_enough_images_of_each_class(caplog):
+    """With fewer than MIN_PER_CLASS_TO_TUNE val images of a class (BreastMNIST has 21 malignant ones) the
+    tuned threshold would follow single images: 0.5 is kept and a warning says why; per label, multi-label."""
+    rng = np.random.default_rng(0)
+    few, many = MIN_PER_CLASS_TO_TUNE - 1, MIN_PER_CLASS_TO_TUNE
+    for positives, tuned in ((few, False), (many, True)):
+        targets = torch.tensor([1] * positives + [0] * 200)
+        p1 = torch.tensor(
+            np.where(targets.numpy() == 1, rng.uniform(0.1, 0.3, len(targets)), rng.uniform(0, 0.1, len(targets)))
+        )
+        caplog.clear()
+        threshold = tune_thresholds(torch.stack([1 - p1, p1], 1), targets, "binary")
+        assert threshold == (pytest.approx(0.1, abs=0.1) if tuned else 0.5)
+        assert ("kept the threshold at 0.5" in caplog.text) == (not tuned)
+    labels = torch.tensor([[1, 1]] * few + [[0, 1]] * (many - few) + [[0, 0]] * 200)
+    scores = torch.where(labels == 1, 0.2, 0.05).double()
+    assert tune_thresholds(scores, labels, "multi-label") == [0.5, pytest.approx(0.125)]
+    assert "kept the threshold of label 0 at 0.5" in caplog.text
+
+
+def test_tune_threshold_reads_only_the_batches_it_is_given(monkeypatch):
+    monkeypatch.setattr("finetune.tasks.classification.module.MIN_PER_CLASS_TO_TUNE", 1)  # 6 images of each class
     module = ClassificationTask(tiny_model(2), 2)
     images = torch.randn(12, 1, 32, 32)
     targets = torch.tensor([0, 1] * 6)
@@ -465,7 +487,7 @@ def test_recipes_compose_from_the_package(recipe):
     )
     assert cfg.augment.color_jitter <= 0.1
     if recipe in ("pneumonia", "breast"):  # X-ray / ultrasound: 1-channel stem, never flipped upside down
-        assert cfg.augment.vflip == 0 and cfg.dataset.grayscale == "adapt" and cfg.threshold == "tune"
+        assert cfg.augment.vflip == 0 and cfg.dataset.grayscale == "adapt" and cfg.monitor in ("auto", "auc")
     if recipe == "pneumonia":  # a mirrored chest X-ray puts the heart on the wrong side
         assert cfg.augment.hflip == 0
     override = compose_config(f"+medical={recipe}", "dataset.image_size=28")
@@ -539,6 +561,8 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
         return fit(self, batches, temperature, threshold)
 
     monkeypatch.setattr(ClassificationTask, "fit_on_validation", spy)
+    # 21 malignant val images are fewer than threshold=tune asks for: lowered, so the tuned path runs here
+    monkeypatch.setattr("finetune.tasks.classification.module.MIN_PER_CLASS_TO_TUNE", 10)
     cfg = compose_config(
         "dataset=medmnist",
         "dataset.name=breastmnist",
