@@ -63,6 +63,17 @@ PRINTING: dict[str, tuple[str, ...] | None] = {
 OPTIONAL_ARGUMENT = ("--info", "-i")
 
 
+def info_choice_given(argv: Sequence[str]) -> list[str]:
+    """``--info key=value …`` with ``--info``'s default (``all``) put in: Hydra would take the override for its
+    optional argument and refuse it as a choice."""
+    given = []
+    for arg, following in zip(argv, [*argv[1:], None]):
+        given.append(arg)
+        if arg in OPTIONAL_ARGUMENT and following is not None and "=" in following:
+            given.append("all")
+    return given
+
+
 def precheck(argv: Sequence[str]) -> int:
     """0 when the command line composes and passes the config checks, else 2 (message printed). A line that
     only prints (``--cfg``, ``--info``) gets the checks of its keys alone (``check_keys``)."""

@@ -160,8 +160,9 @@ def stop(code: int, error: object) -> NoReturn:
 
 def command(argv: list[str]) -> int:
     """``finetune [train] <overrides>``: check the config (no torch yet), then train under Hydra."""
-    from finetune.commands.precheck import precheck
+    from finetune.commands.precheck import info_choice_given, precheck
 
+    argv = info_choice_given(argv)
     code = precheck(argv)
     if code:
         return code

@@ -33,13 +33,22 @@ def test_a_printing_command_line_gets_did_you_mean(argv, capsys):
     assert err.startswith(line) and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("flag", ["--info", "-i"])
+def test_info_followed_by_an_override_prints_all_and_keeps_the_override(flag, capsys):
+    """Hydra would take ``datset.root=x`` for --info's optional argument and refuse it as a choice; the command
+    gives --info its default (all), so the override is checked as one."""
+    from finetune.commands.train import command
+
+    assert command([flag, "datset.root=x"]) == 2
+    assert "did you mean dataset.root?" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["--cfg", "job", "dataset=imagefolder"],  # dataset.root is required to train, not to print the config
         ["--cfg", "job", "dataset=imagefolder", "dataset.root=/no/such/folder"],
         ["--cfg", "jobs", "datset.root=x"],  # not a choice of --cfg: Hydra says so
-        ["--info", "datset.root=x"],  # Hydra takes it for --info's argument, and refuses it
         ["--help", "datset.root=x"],
         ["--hydra-help", "datset.root=x"],
         ["--config-name", "other", "datset.root=x"],
