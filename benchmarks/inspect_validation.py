@@ -2,7 +2,7 @@
 planted in copies of hymenoptera (files) and BreastMNIST (arrays), and each detector's precision and recall
 on them is reported; then inspect runs on every dataset in ../shared/data and what it finds is recorded.
 
-    python -m benchmarks.inspect_validation [--quick]     # -> benchmarks/results/inspect.json
+    python -m benchmarks.inspect_validation [--quick] [--only PIECE,...]   # -> benchmarks/results/inspect.json
 
 Planted, per dataset: exact copies inside train, exact copies of train images in val/test (leaks), near
 copies in val/test (resized to 80 % and re-encoded as JPEG quality 70; arrays: +-1 grey-level noise and a one
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .common import CAMVID, HYMENOPTERA, MEDMNIST, SHARED_DATA, write_result
+from .common import CAMVID, HYMENOPTERA, MEDMNIST, RESULTS, SHARED_DATA, write_result
 
 # features: efficientnet_lite0 (pip ImageNet weights) at 128 px for photos, 64 px for 28 px MedMNIST images
 PHOTO_SIZE, MEDMNIST_SIZE = 128, 64
@@ -234,44 +236,63 @@ ALL_DATASETS = {  # what inspect runs on in ../shared/data (name -> overrides)
 }
 
 
+# BreastMNIST's near copies at looser feature thresholds than inspect's default (0.97): scored on the same
+# planted copy (the features are cached, so each is seconds)
+NEAR_COSINE_SWEEP = (0.95, 0.9)
+PIECES = ("planted_hymenoptera", "planted_breastmnist", *ALL_DATASETS)
+
+
+def measure(piece: str, tmp: Path) -> dict:
+    """One piece of the result: a planted validation (``planted_<dataset>``) or the survey of one dataset."""
+    photo, small = [f"dataset.image_size={PHOTO_SIZE}"], [f"dataset.image_size={MEDMNIST_SIZE}"]
+    if piece == "planted_hymenoptera":
+        planted = plant_folder(HYMENOPTERA, tmp / "hymenoptera", None, COUNTS)
+        record = inspect_record(["dataset=imagefolder", f"dataset.root={tmp / 'hymenoptera'}", *photo], tmp / "r-hym")
+        return {"planted": COUNTS, "scores": score(record, planted, True, reader(None))}
+    if piece == "planted_breastmnist":
+        planted = plant_npz(MEDMNIST / "breastmnist.npz", tmp / "breastmnist.npz", COUNTS)
+        overrides = ["dataset=medmnist", "dataset.name=breastmnist", f"dataset.file={tmp / 'breastmnist.npz'}", *small]
+        read = reader(tmp / "breastmnist.npz")
+        result = {"planted": COUNTS, "scores": score(inspect_record(overrides, tmp / "r-breast"), planted, False, read)}
+        for cosine in NEAR_COSINE_SWEEP:
+            record = inspect_record([*overrides, f"near_cosine={cosine}"], tmp / f"r-breast-{cosine}")
+            result[f"near_features_at_cosine_{cosine}"] = score(record, planted, False, read)["near_features"]
+        return result
+    overrides = ALL_DATASETS[piece]
+    size = small if "dataset=medmnist" in overrides else [] if piece in SEGMENTATION else photo
+    return _findings(inspect_record([*overrides, *size], tmp / f"r-{piece}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 40-image hymenoptera subset only")
+    parser.add_argument("--only", default=",".join(PIECES), help=f"comma-separated pieces of {', '.join(PIECES)}")
     args = parser.parse_args()
-    photo, small = [f"dataset.image_size={PHOTO_SIZE}"], [f"dataset.image_size={MEDMNIST_SIZE}"]
-    validation, findings = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        per_class = {"train": 14, "val": 6} if args.quick else None
-        counts = {"exact_within": 1, "exact_cross": 1, "near_cross": 1, "flips": 3} if args.quick else COUNTS
-        planted = plant_folder(HYMENOPTERA, tmp / "hymenoptera", per_class, counts)
-        record = inspect_record(["dataset=imagefolder", f"dataset.root={tmp / 'hymenoptera'}", *photo], tmp / "r-hym")
-        validation["hymenoptera"] = {"planted": counts, "scores": score(record, planted, True, reader(None))}
-        if not args.quick:
-            planted = plant_npz(MEDMNIST / "breastmnist.npz", tmp / "breastmnist.npz", COUNTS)
-            overrides = ["dataset=medmnist", "dataset.name=breastmnist", f"dataset.file={tmp / 'breastmnist.npz'}"]
-            record = inspect_record([*overrides, *small], tmp / "r-breast")
-            scores = score(record, planted, False, reader(tmp / "breastmnist.npz"))
-            validation["breastmnist"] = {"planted": COUNTS, "scores": scores}
-            for name, overrides in ALL_DATASETS.items():
-                size = small if "dataset=medmnist" in overrides else [] if name in SEGMENTATION else photo
-                found = inspect_record([*overrides, *size], tmp / f"r-{name}")
-                findings[name] = _findings(found)
-    for name, result in validation.items():
-        print(name, json.dumps(result["scores"]))
-    for name, found in findings.items():
-        print(name, json.dumps(found["counts"]))
-    if not args.quick:
-        print(
-            write_result(
-                "inspect",
-                {
-                    "image_size": {"photos": PHOTO_SIZE, "medmnist": MEDMNIST_SIZE},
-                    "validation": validation,
-                    "datasets": findings,
-                },
-            )
+    if args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            counts = {"exact_within": 1, "exact_cross": 1, "near_cross": 1, "flips": 3}
+            planted = plant_folder(HYMENOPTERA, Path(tmp) / "hym", {"train": 14, "val": 6}, counts)
+            overrides = ["dataset=imagefolder", f"dataset.root={Path(tmp) / 'hym'}", f"dataset.image_size={PHOTO_SIZE}"]
+            print(json.dumps(score(inspect_record(overrides, Path(tmp) / "r"), planted, True, reader(None))))
+        return
+    pieces = args.only.split(",")
+    if unknown := set(pieces) - set(PIECES):
+        parser.error(f"--only: unknown piece(s) {sorted(unknown)}; choose from {', '.join(PIECES)}")
+    path = RESULTS / "inspect.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result = {key: result.get(key, {}) for key in ("validation", "datasets")}
+    for piece in pieces:  # each piece is written as soon as it is measured: a stopped run keeps the others
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            load = [round(x, 2) for x in os.getloadavg()]
+            measured = {**measure(piece, Path(tmp)), "measured": {"date": started, "load_average_at_start": load}}
+        section, name = (
+            ("validation", piece.removeprefix("planted_")) if piece.startswith("planted_") else ("datasets", piece)
         )
+        result[section][name] = measured
+        print(piece, json.dumps(measured.get("scores") or measured["counts"]), flush=True)
+        sizes = {"photos": PHOTO_SIZE, "medmnist": MEDMNIST_SIZE}
+        write_result("inspect", {"image_size": sizes, "near_cosine_sweep": NEAR_COSINE_SWEEP, **result})
 
 
 def _findings(record: dict) -> dict:

@@ -28,8 +28,9 @@ OPTIONS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """finetune inspect: what is in your data before a model trains on it.
 
-    finetune inspect <dataset overrides> [out=clean.csv] [report=DIR] [drop_label_issues=false]
-                     [features=true] [near_hash=4] [near_cosine=0.97] [show=30]
+    finetune inspect <dataset overrides> [out=clean.csv] [report=DIR]
+                     [drop_label_issues=false] [features=true] [near_hash=4]
+                     [near_cosine=0.97] [show=30]
 
     Reads the dataset exactly as `finetune <same overrides>` trains on it (any dataset kind; the
     backbone, image size and splits of the config) and reports, per split: class balance; image sizes,
