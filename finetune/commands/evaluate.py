@@ -13,8 +13,8 @@ AlexNet baseline; needs severity=all).
   from albumentations (any dataset).
 * A finished run directory (one without metrics.json yet is refused: resume it first): the numbers go
   into its metrics.json under ``robustness.<set>`` (other keys kept; a ``resume_finished`` re-test keeps
-  them too) and its report.html gets a Robustness section (``report=false``: not rewritten); the run's
-  lock is held.
+  them while it decides as before: one that changes the threshold, temperature or TTA drops them) and
+  its report.html gets a Robustness section (``report=false``: not rewritten); the run's lock is held.
 * Without a test split the dataset's ``split=test`` is its val split (``test_is_val`` in the record).
 * An export (any format ``finetune predict`` opens): pass ``data=<run dir>`` whose dataset to use; the
   numbers go to ``out`` (default ``robustness.json``).

@@ -309,16 +309,55 @@ def write_results(
         **(record or {}),
         "finetune_version": __version__,
         **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {}),
-        **_kept_robustness(run_dir / "metrics.json"),
     }
+    metrics.update(_kept_robustness(run_dir / "metrics.json", metrics))
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _kept_robustness(metrics_file: Path) -> dict:
-    """A re-test's (``resume_finished``) copy of what ``finetune evaluate`` wrote into ``metrics_file``."""
+def _kept_robustness(metrics_file: Path, metrics: dict) -> dict:
+    """A re-test's (``resume_finished``) copy of what ``finetune evaluate`` wrote into ``metrics_file``, kept
+    while the re-test decides as the test it was measured after did (checkpoint, threshold, temperature, TTA);
+    one that changes them (``threshold=0.5``, ``calibration=none``, ``tta=true``) drops it, with a warning."""
     previous = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return {"robustness": previous["robustness"]} if "robustness" in previous else {}
+    if "robustness" not in previous:
+        return {}
+    before, now = decisions(previous), decisions(metrics)
+    if all(_same(before[key], now[key]) for key in before):
+        return {"robustness": previous["robustness"]}
+    changed = ", ".join(f"{key} {before[key]} -> {now[key]}" for key in before if not _same(before[key], now[key]))
+    sets = ", ".join(previous["robustness"])
+    log.warning(
+        "metrics.json: the robustness record (%s) was measured with the decisions of the previous test; this "
+        "re-test changed them (%s), so it is dropped: run finetune evaluate run=%s corruptions=… again",
+        sets,
+        changed,
+        metrics_file.parent,
+    )
+    return {}
+
+
+def decisions(metrics: dict) -> dict:
+    """What a test decided with, from its metrics.json: the tested checkpoint, threshold(s), temperature, TTA."""
+    calibration = metrics.get("calibration") or {}
+    threshold = metrics["test"].get("threshold", (metrics.get("test_per_class") or {}).get("threshold"))
+    return {
+        "checkpoint": metrics["checkpoint"]["tested"],
+        "threshold": threshold,
+        "temperature": calibration.get("temperature"),
+        "tta": calibration.get("tta"),
+    }
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, floats to 1e-4 relative (a temperature fitted again in another process differs in its last bits)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4 * max(abs(a), abs(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _phase_record(phase: Phase, attempts: list[Path]) -> dict:

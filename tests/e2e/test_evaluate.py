@@ -116,6 +116,20 @@ def test_a_re_test_keeps_the_robustness_record(evaluated, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["robustness"] == evaluated[2]["robustness"]
 
 
+def test_a_re_test_that_changes_the_decisions_drops_the_robustness_record(evaluated, tmp_path):
+    """Robustness measured with the old decisions would no longer describe the model the run now tests."""
+    run = tmp_path / "run"
+    shutil.copytree(evaluated[0], run, symlinks=True)
+    assert evaluated[2]["calibration"]["temperature"] == 1.0
+    out = cli_in_process(f"resume={run}", "resume_finished=true", "calibration=temperature", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["calibration"]["temperature"] != 1.0 and "robustness" not in metrics
+    log = " ".join((out.stdout + out.stderr).split())
+    assert "robustness record (imagenet-c) was measured with the decisions of the previous test" in log
+    assert "temperature 1.0 ->" in log
+
+
 def test_without_a_test_split_the_val_split_is_recorded_and_named(evaluated, tmp_path):
     """A dataset without a test split tests on val: evaluate's split=test is val, and says so."""
     run = evaluated[0]
