@@ -86,7 +86,7 @@ class Job:
     """One queue entry: a training run, a re-test of a copy of ``source``, or an evaluate of ``source``."""
 
     name: str
-    group: str  # recipe | ablation | retest | robustness | blood
+    group: str  # recipe | ablation | retest | robustness | blood | log_odds
     recipe: str
     seed: int
     overrides: list[str] = field(default_factory=list)
@@ -131,7 +131,29 @@ def queue() -> list[Job]:
         Job(f"pneumonia_s{s}_{k}", "ablation", "pneumonia", s, o, None, k) for s in (1, 2) for k, o in knobs.items()
     ]
     jobs += [Job(f"blood_s{s}", "blood", "blood", s) for s in SEEDS]
+    # the breast recipe now decides at 0.5 (threshold=tune needs 50 val images of each class): its robustness again
+    jobs.append(
+        Job("breast_s0_threshold_half", "retest", "breast", 0, ["threshold=0.5"], "breast_s0", "threshold_half")
+    )
+    jobs.append(Job("robustness_breast_threshold_half", "robustness", "breast", 0, [], "breast_s0_threshold_half"))
+    jobs += [Job(f"{n}_log_odds_auc", "log_odds", n.split("_")[0], int(n.split("_")[1][1]), [], n) for n in BEFORE_FIX]
     return jobs
+
+
+# Finished before the AUC ranked by log-odds (commit 040fe65): each is re-tested in place (resume_finished; the same
+# checkpoint, temperature and threshold, so its robustness record stays) for a test AUC comparable with the later
+# runs. Its best val AUC (the checkpoint monitor) stays as training logged it, from float32 probabilities.
+BEFORE_FIX = (
+    "pneumonia_s0",
+    "pneumonia_s1",
+    "pneumonia_s2",
+    "pneumonia_s0_no_temperature",
+    "pneumonia_s1_no_temperature",
+    "pneumonia_s2_no_temperature",
+    "pneumonia_s0_augment_none",
+    "pneumonia_s0_no_layer_decay",
+)  # breast_s0 and its TTA copy had no saturated score: the same AUC either way
+LOG_ODDS_MARK = ".log_odds_auc"
 
 
 def _finetune(args: list[str], cwd: Path, log: Path) -> None:
@@ -166,6 +188,13 @@ def _retest(job: Job, runs: Path) -> None:
     (run / ".retested").write_text(" ".join(job.overrides) + "\n")
 
 
+def _retest_in_place(job: Job, runs: Path) -> None:
+    run = runs / job.source
+    args = [f"resume={run}", "resume_finished=true", "trainer.progress_bar=false", "logger=csv"]
+    _finetune(args, runs, runs / f"{job.name}.log")
+    (run / LOG_ODDS_MARK).write_text("re-tested with the log-odds AUC\n")
+
+
 def _evaluate(job: Job, runs: Path) -> None:
     args = ["evaluate", f"run={runs / job.source}", "corruptions=medmnistc", "report=false"]
     _finetune(args, runs, runs / f"{job.name}.log")
@@ -177,6 +206,8 @@ def done(job: Job, runs: Path) -> bool:
         return metrics.is_file() and "medmnistc" in json.loads(metrics.read_text()).get("robustness", {})
     if job.group == "retest":
         return (runs / job.name / ".retested").is_file()
+    if job.group == "log_odds":
+        return (runs / job.source / LOG_ODDS_MARK).is_file()
     return (runs / job.name / "metrics.json").is_file()
 
 
@@ -239,7 +270,7 @@ def run_queue(jobs: list[Job], runs: Path, stop_at: float | None) -> None:
         start = time.time()
         print(f"[run ] {job.name} ({time.strftime('%H:%M:%S')}, pid {os.getpid()})", flush=True)
         try:
-            {"retest": _retest, "robustness": _evaluate}.get(job.group, _train)(job, runs)
+            {"retest": _retest, "robustness": _evaluate, "log_odds": _retest_in_place}.get(job.group, _train)(job, runs)
             (runs / f"{job.name}.wall").write_text(f"{time.time() - start:.1f}\n")
             print(f"[done] {job.name} in {time.time() - start:.0f} s", flush=True)
         except RuntimeError as err:
@@ -251,7 +282,7 @@ def run_queue(jobs: list[Job], runs: Path, stop_at: float | None) -> None:
 
 def _summary(job: Job, runs: Path) -> dict | None:
     """The numbers of one finished job (None if it has not finished)."""
-    if not done(job, runs):
+    if not done(job, runs) or job.group == "log_odds":  # a re-test in place: its run's own row has the numbers
         return None
     run = runs / (job.source if job.group == "robustness" else job.name)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -263,6 +294,9 @@ def _summary(job: Job, runs: Path) -> dict | None:
         return {**row, "source": job.source, **summary(metrics["robustness"]["medmnistc"])}
     row["wall_s"] = row["wall_s"] or metrics.get("wall_time_s")
     row["test"] = metrics["test"]
+    row["auc"] = (
+        "log-odds" if job.name not in BEFORE_FIX or (run / LOG_ODDS_MARK).is_file() else "float32 probabilities"
+    )
     row["checkpoint"] = metrics["checkpoint"]  # the val monitor and its best value: what the selection rule reads
     return row
 
