@@ -35,6 +35,10 @@ from .robustness import EXTRA, FINETUNE, summary
 RUNS = Path("/work/bench_runs")
 COMMON = ["trainer.progress_bar=false", "logger=csv", f"dataset.root={MEDMNIST}"]
 SEEDS = (0, 1, 2)
+# The pneumonia recipe's runs were measured with layer decay 0.8; the rule then chose 1.0 (the no_layer_decay
+# variant, now the recipe): every other pneumonia run is reproduced as measured
+AS_MEASURED = {"pneumonia": ["schedule.phases.1.layer_decay=0.8"]}
+DECIDES_AT_HALF = ("breast",)  # measured with threshold=tune, which its 21 malignant val images are too few for
 
 # MedMNIST+ test-split results (%; mean of 3 seeds, ACC at threshold 0.5), transcribed from the paper's tables:
 # sdoerrich97/rethinking-model-prototyping-MedMNISTPlus @ PAPER_COMMIT, assets/benchmark_results_<dataset>.png.
@@ -125,6 +129,9 @@ def queue() -> list[Job]:
     robust = {v: f"pneumonia_s0_{v}" for v in ("augment_none", "ema", "no_temperature")}
     jobs.append(Job("robustness_pneumonia_recipe", "robustness", "pneumonia", 0, [], "pneumonia_s0"))
     jobs += [Job(f"robustness_pneumonia_{v}", "robustness", "pneumonia", 0, [], src, v) for v, src in robust.items()]
+    jobs.append(
+        Job("robustness_pneumonia_no_layer_decay", "robustness", "pneumonia", 0, [], "pneumonia_s0_no_layer_decay")
+    )
     jobs.append(Job("robustness_breast_recipe", "robustness", "breast", 0, [], "breast_s0"))
     jobs.append(Job("robustness_breast_tta", "robustness", "breast", 0, [], "breast_s0_tta", "tta"))
     jobs += [
@@ -174,7 +181,15 @@ def _train(job: Job, runs: Path) -> None:
         _finetune([f"resume={run}", "trainer.progress_bar=false", "logger=csv"], runs, log)
         return
     shutil.rmtree(run, ignore_errors=True)  # stopped before its first checkpoint: start again
-    args = [f"+medical={job.recipe}", f"seed={job.seed}", *EXTRA.get(job.recipe, []), *COMMON, *job.overrides]
+    measured = [] if any("layer_decay" in o for o in job.overrides) else AS_MEASURED.get(job.recipe, [])
+    args = [
+        f"+medical={job.recipe}",
+        f"seed={job.seed}",
+        *EXTRA.get(job.recipe, []),
+        *COMMON,
+        *measured,
+        *job.overrides,
+    ]
     _finetune([*args, f"hydra.run.dir={run}"], runs, log)
 
 
@@ -339,16 +354,27 @@ def recipe_table(result: dict) -> list[str]:
         "MedMNIST+ best overall: ACC / AUC | wall per run |",
         "|---|---|---|---|---|---|---|",
     ]
-    names = {"pneumonia": "PneumoniaMNIST (**reduced train**: not the paper's task)", "breast": "BreastMNIST"}
-    names["blood"] = "BloodMNIST"
-    for recipe in ("pneumonia", "breast", "blood"):
-        rows = [r for r in result["rows"] if r["recipe"] == recipe and r["group"] in ("recipe", "blood")]
+    reduced = "PneumoniaMNIST (**reduced train**: not the paper's task)"
+    tables = {  # (recipe, variant) -> the row's name
+        ("pneumonia", "no_layer_decay"): f"{reduced}, the recipe (layer decay 1.0)",
+        ("pneumonia", "recipe"): f"{reduced}, as first measured (layer decay 0.8)",
+        ("breast", "recipe"): "BreastMNIST",
+        ("blood", "recipe"): "BloodMNIST",
+    }
+    for (recipe, variant), name in tables.items():
+        rows = [
+            r
+            for r in result["rows"]
+            if r["recipe"] == recipe and r["variant"] == variant and r["group"] in ("recipe", "blood", "ablation")
+        ]
         tests = [r["test"] for r in rows]
         tuned = _pm([t["acc"] for t in tests if "acc_at_0.5" in t])
+        if recipe in DECIDES_AT_HALF and rows:
+            tuned += ": the recipe now decides at 0.5"
         wall = [r["wall_s"] / 60 for r in rows if r["wall_s"]]
         paper = result["paper"][recipe]
         lines.append(
-            f"| {names[recipe]} | {_pm([_acc_at_half(t) for t in tests])} | {_pm([t['auc'] for t in tests])} | "
+            f"| {name} | {_pm([_acc_at_half(t) for t in tests])} | {_pm([t['auc'] for t in tests])} | "
             f"{tuned if rows else 'not measured'} | {_paper_cell(paper['best_28'], False)} | "
             f"{_paper_cell(paper['best'], True)} | " + (f"{statistics.mean(wall):.0f} min" if wall else "—") + " |"
         )
@@ -366,7 +392,7 @@ def ablation_table(result: dict) -> list[str]:
         mine = [r for r in rows if r["variant"] == variant]
         val = [r["checkpoint"]["best"] for r in mine]
         tests = [r["test"] for r in mine]
-        change = " ".join(mine[0]["overrides"]) or "(the recipe)"
+        change = " ".join(mine[0]["overrides"]) or "(the base: layer decay 0.8)"
         lines.append(
             f"| {variant} | `{change}` | {_pm(val)} | {_pm([t['auc'] for t in tests])} | "
             f"{_pm([_acc_at_half(t) for t in tests])} | {_pm([t['acc'] for t in tests])} | "
