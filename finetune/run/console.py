@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import rich.console
+from rich.cells import cell_len
 from rich.control import Control
 from rich.measure import Measurement
 from rich.table import Column, Table
+from rich.text import Text
 
 # Long lines (paths above all) are never broken by rich: a terminal wraps them visually and a log
 # file or pipe keeps them whole. Tables are laid out for a wide page in the log file, and 80 columns wide
@@ -35,21 +37,27 @@ def plain_text(*objects: object, **options) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def fit_table(table: Table, screen: rich.console.Console) -> None:
-    """Lay ``table`` out for a screen narrower than it: first without its outer border and edge padding, then text
-    cells fold onto the next line while numbers (right-justified columns) stay whole; a cell never ends in "…"
-    (rich's default, which printed a stage's connections as 16,239,6…)."""
+def fit_table(table: Table, screen: rich.console.Console) -> list:
+    """``table`` laid out for ``screen``, as what to print: a title wider than the cells goes on a line of its own
+    above them (rich would wrap it to the cells' width); where the screen is narrower than the table, first
+    without its outer border and edge padding, then text cells fold onto the next line while numbers
+    (right-justified columns) stay whole; a cell never ends in "…" (rich's default, which printed a stage's
+    connections as 16,239,6…)."""
     for column in table.columns:
         if column.overflow == "ellipsis":
             column.overflow = "fold"
-    if _natural_width(table, screen) <= screen.width:
-        return
-    table.show_edge = table.pad_edge = False
-    numbers = [column for column in table.columns if column.justify == "right"]
-    least = sum(_least_width(column, whole=column in numbers) for column in table.columns)
-    if least + 3 * (len(table.columns) - 1) <= screen.width:  # " │ " between columns
-        for column in numbers:
-            column.no_wrap = True
+    natural = _natural_width(table, screen)
+    title = None
+    if isinstance(table.title, str) and cell_len(table.title) > natural:  # on a line of its own, not wrapped
+        title, table.title = Text(table.title, style=table.title_style or "table.title"), None
+    if natural > screen.width:
+        table.show_edge = table.pad_edge = False
+        numbers = [column for column in table.columns if column.justify == "right"]
+        least = sum(_least_width(column, whole=column in numbers) for column in table.columns)
+        if least + 3 * (len(table.columns) - 1) <= screen.width:  # " │ " between columns
+            for column in numbers:
+                column.no_wrap = True
+    return [title, table] if title else [table]
 
 
 def _natural_width(table: Table, screen: rich.console.Console) -> int:
@@ -66,8 +74,7 @@ class Console(rich.console.Console):
     """A rich console whose printed lines are also recorded in the log file ``log_file_copy`` names."""
 
     def print(self, *objects, **kwargs) -> None:
-        for table in (o for o in objects if isinstance(o, Table)):
-            fit_table(table, self)
+        objects = tuple(part for o in objects for part in (fit_table(o, self) if isinstance(o, Table) else [o]))
         super().print(*objects, **kwargs)
         if RECORD.handlers and objects and not all(isinstance(o, Control) for o in objects):  # Control: a live redraw
             RECORD.info(plain_text(*objects, **kwargs))

@@ -59,3 +59,12 @@ def test_a_much_narrower_screen_folds_a_value_and_never_cuts_it() -> None:
     assert max(len(line) for line in printed.splitlines()) <= 40
     last_column = "".join(line.rsplit("│", 1)[1].strip() for line in printed.splitlines() if "│" in line)
     assert "18,776,064" in last_column
+
+
+def test_a_title_wider_than_its_cells_stays_on_one_line() -> None:
+    from rich.table import Table
+
+    title = "exports (parity on real images: max |Δlogit|, top-1 agreement)"
+    table = Table("format", "file", title=title, title_justify="left")
+    table.add_row("head", "model.safetensors")
+    assert title in _printed(table, 80)
