@@ -138,11 +138,6 @@ def queue() -> list[Job]:
         Job(f"pneumonia_s{s}_{k}", "ablation", "pneumonia", s, o, None, k) for s in (1, 2) for k, o in knobs.items()
     ]
     jobs += [Job(f"blood_s{s}", "blood", "blood", s) for s in SEEDS]
-    # the breast recipe now decides at 0.5 (threshold=tune needs 50 val images of each class): its robustness again
-    jobs.append(
-        Job("breast_s0_threshold_half", "retest", "breast", 0, ["threshold=0.5"], "breast_s0", "threshold_half")
-    )
-    jobs.append(Job("robustness_breast_threshold_half", "robustness", "breast", 0, [], "breast_s0_threshold_half"))
     jobs += [Job(f"{n}_log_odds_auc", "log_odds", n.split("_")[0], int(n.split("_")[1][1]), [], n) for n in BEFORE_FIX]
     return jobs
 
