@@ -138,6 +138,7 @@ def queue() -> list[Job]:
         Job(f"pneumonia_s{s}_{k}", "ablation", "pneumonia", s, o, None, k) for s in (1, 2) for k, o in knobs.items()
     ]
     jobs += [Job(f"blood_s{s}", "blood", "blood", s) for s in SEEDS]
+    jobs.append(Job("robustness_blood_recipe", "robustness", "blood", 0, [], "blood_s0"))
     jobs += [Job(f"{n}_log_odds_auc", "log_odds", n.split("_")[0], int(n.split("_")[1][1]), [], n) for n in BEFORE_FIX]
     return jobs
 
