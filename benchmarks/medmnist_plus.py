@@ -426,13 +426,12 @@ def collect(runs: Path) -> Path:
     """Summarise every finished run into benchmarks/results/medmnist_plus.json; list what has not finished."""
     jobs = queue()
     rows = [r for r in (_summary(j, runs) for j in jobs) if r is not None]
-    finished = {r["name"] for r in rows}
     payload = {
         "command": "python -m benchmarks.medmnist_plus",
         "runs_dir": str(runs),
         "paper": {"source": "sdoerrich97/rethinking-model-prototyping-MedMNISTPlus", "commit": PAPER_COMMIT, **PAPER},
         "rows": rows,
-        "not_finished": [j.name for j in jobs if j.name not in finished],
+        "not_finished": [j.name for j in jobs if not done(j, runs)],
     }
     return write_result("medmnist_plus", payload)
 
