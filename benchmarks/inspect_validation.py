@@ -20,12 +20,15 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from finetune.data.inspection.store import ENV
 
 from .common import CAMVID, HYMENOPTERA, MEDMNIST, RESULTS, SHARED_DATA, write_result
 
@@ -263,6 +266,21 @@ def measure(piece: str, tmp: Path) -> dict:
     return _findings(inspect_record([*overrides, *size], tmp / f"r-{piece}"))
 
 
+@contextmanager
+def _own_inspect_cache(folder: Path) -> Iterator[None]:
+    """Inspect files its findings in ``folder``, not the user's ``~/.cache/finetune/inspect``: the benchmark's
+    temporary report pages would be what training on the same data points to."""
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = str(folder / "inspect-cache")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV)
+        else:
+            os.environ[ENV] = previous
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 40-image hymenoptera subset only")
@@ -282,7 +300,7 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.is_file() else {}
     result = {key: result.get(key, {}) for key in ("validation", "datasets")}
     for piece in pieces:  # each piece is written as soon as it is measured: a stopped run keeps the others
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _own_inspect_cache(Path(tmp)):
             started = time.strftime("%Y-%m-%d %H:%M:%S")
             load = [round(x, 2) for x in os.getloadavg()]
             measured = {**measure(piece, Path(tmp)), "measured": {"date": started, "load_average_at_start": load}}

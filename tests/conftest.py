@@ -19,6 +19,21 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_inspect_cache(tmp_path_factory):
+    """What ``finetune inspect`` filed on this machine (``~/.cache/finetune/inspect``) never reaches the suite: a
+    dataset inspected there would add its leak warning to every run on it. The session files into its own folder."""
+    from finetune.data.inspection.store import ENV
+
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = str(tmp_path_factory.mktemp("inspect-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = previous
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The read-only real data folder; tests that need it skip where it is absent."""

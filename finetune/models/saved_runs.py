@@ -20,6 +20,7 @@ from finetune.run.config import load_config
 from finetune.run.errors import FinetuneError
 from finetune.run.records import (
     RESUME_SAFE_KEYS,
+    RETEST_SAFE_KEYS,
     check_checkpoint,
     experiment_changes,
     find_checkpoint,
@@ -115,14 +116,15 @@ def check_resume(
             f"its metrics.json, exports and report: add resume_finished=true if that is what you "
             f"want, or start a new run"
         )
-    cfg = resume_config(run_dir, current, overrides)
-    changed = experiment_changes(cfg, current, overrides)
+    retest = (run_dir / "metrics.json").exists()  # a finished run, re-tested (resume_finished=true)
+    cfg = resume_config(run_dir, current, overrides, retest)
+    changed = experiment_changes(cfg, current, overrides, retest)
     if changed:
         raise FinetuneError(
             f"resume={current.resume} continues the run with its saved config; these overrides "
             f"would change the experiment: {' '.join(changed)} (allowed when resuming: "
-            f"{', '.join(k for k in RESUME_SAFE_KEYS if k != 'resume')}, hydra.*); start a new run "
-            "to change them"
+            f"{', '.join(k for k in RESUME_SAFE_KEYS if k != 'resume')}, hydra.*; when re-testing a finished "
+            f"run also {', '.join(RETEST_SAFE_KEYS)}); start a new run to change them"
         )
     if ckpt is not None:
         check_checkpoint(ckpt, model_shapes(cfg, run_dir, run_task(cfg, tasks)))

@@ -28,6 +28,9 @@ RESUME_SAFE_KEYS = (
     "calibration",
     "tta",
 )
+# Keys a re-test of a finished run (resume_finished=true) may change too: applied at the test only; the checkpoint
+# it tests stays the one its monitor picked in training (the re-test keeps that monitor)
+RETEST_SAFE_KEYS = ("threshold",)
 _ABSENT = object()
 RESOLVER_CALL = re.compile(r"\$\{\s*[\w.]+\s*:")  # a resolver, ${oc.env:HOME}; not a reference, ${a.b}
 
@@ -41,17 +44,18 @@ def saved_config_path(run_dir: Path) -> Path | None:
     return None
 
 
-def resume_config(run_dir: Path, current: DictConfig, overrides: list[str] = ()) -> DictConfig:
+def resume_config(run_dir: Path, current: DictConfig, overrides: list[str] = (), retest: bool = False) -> DictConfig:
     """The run's saved config on the schema (keys added since it was written take their defaults, so an
-    older run directory can still be resumed), with the resume-safe ``overrides`` (``trainer.devices=…``)
-    of the ``current`` config applied."""
+    older run directory can still be resumed), with the resume-safe ``overrides`` (``trainer.devices=…``;
+    ``threshold=`` too for a ``retest`` of a finished run) of the ``current`` config applied."""
+    safe = safe_keys(retest)
     path = saved_config_path(run_dir) or run_dir / "config.yaml"
     raw = OmegaConf.load(path)
     refuse_resolvers(raw, path)
     saved = typed_config(raw, str(path))
     for override in overrides:
         key = override_key(override)
-        if key in RESUME_SAFE_KEYS and not key.startswith("resume"):  # the record keeps resume: null
+        if key in safe and not key.startswith("resume"):  # the record keeps resume: null
             try:
                 OmegaConf.update(saved, key, OmegaConf.select(current, key))
             except OmegaConfBaseException:  # a key of another task than the run's
@@ -92,14 +96,20 @@ def _plain(value):
     return value
 
 
-def experiment_changes(saved: DictConfig, current: DictConfig, overrides: list[str]) -> list[str]:
+def safe_keys(retest: bool) -> tuple[str, ...]:
+    """The keys a resume may change: ``RESUME_SAFE_KEYS``, and for a re-test of a finished run the test's own."""
+    return RESUME_SAFE_KEYS + (RETEST_SAFE_KEYS if retest else ())
+
+
+def experiment_changes(saved: DictConfig, current: DictConfig, overrides: list[str], retest: bool = False) -> list[str]:
     """Overrides of a resume command line that would change the experiment (its data, model,
     schedule, seed, task …): every one whose value differs from the run's saved config, or that
-    names a key the saved config cannot answer for (a recipe group)."""
+    names a key the saved config cannot answer for (a recipe group). A ``retest`` of a finished run
+    may also change the decision threshold."""
     changed = []
     for override in overrides:
         key = override_key(override)
-        if key in RESUME_SAFE_KEYS or key == "hydra" or key.startswith("hydra."):
+        if key in safe_keys(retest) or key == "hydra" or key.startswith("hydra."):
             continue
         try:
             now = _plain(OmegaConf.select(current, key, default=_ABSENT))

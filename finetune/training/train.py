@@ -129,14 +129,15 @@ def train_run(
         print_plan(cfg, model, data, plan, record)
         return {}
 
-    monitor = task.monitor(cfg, data)
+    finished = finished_run(run_dir, plan) if resume_from is not None else None  # a re-test: nothing trains
+    # a re-test keeps the monitor that picked its checkpoint (threshold=, which monitor=auto follows, may change)
+    monitor = (finished or {}).get("checkpoint", {}).get("monitor") or task.monitor(cfg, data)
     if is_global_zero() and checkpoints_keep(cfg) == "none":
         console.print(KEEP_NONE)
     if is_global_zero():
         write_run_record(cfg, run_dir, record.to_dict(), run_data_record(task, cfg, data))
         tracking.start()
     make_module = partial(task.lightning_module, cfg, model, data)
-    finished = finished_run(run_dir, plan) if resume_from is not None else None  # a re-test: nothing trains
     checkpoint, rank_checksums = run_phases(
         cfg,
         run_dir,

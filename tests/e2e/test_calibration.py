@@ -116,3 +116,24 @@ def test_a_calibrated_tta_run_records_it_and_predict_applies_it(shared_data, tmp
     with torch.no_grad():
         expected = probabilities((net(x) + net(x.flip(-1))) / 2 / record["temperature"], "binary").double().numpy()
     np.testing.assert_allclose(model.predict(images).probabilities, expected, atol=1e-6)
+
+
+def test_a_finished_run_is_re_tested_at_another_threshold_with_the_checkpoint_it_had(shared_data, tmp_path):
+    """``resume=<run> resume_finished=true threshold=0.3``: the same checkpoint, picked by the monitor it was
+    picked by (monitor=auto follows threshold=tune: val/auc), decided at 0.3; training a run further with
+    another threshold stays refused."""
+    from ..helpers import cli_in_process
+
+    run = tmp_path / "run"
+    cfg = compose_config(*BREAST, f"dataset.root={shared_data / 'medmnist'}", "threshold=tune")
+    run_module.train(cfg, run)
+    before = json.loads((run / "metrics.json").read_text())
+    assert before["checkpoint"]["monitor"] == "val/auc"
+    out = cli_in_process(f"resume={run}", "resume_finished=true", "threshold=0.3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["test"]["threshold"] == 0.3 and after["checkpoint"] == before["checkpoint"]
+    assert after["test"]["auc"] == pytest.approx(before["test"]["auc"], abs=1e-6)  # the same checkpoint
+    (run / "metrics.json").unlink()  # as if it had not finished: a threshold would change what training picks
+    out = cli_in_process(f"resume={run}", "threshold=0.4", cwd=tmp_path)  # the re-test recorded 0.3
+    assert out.returncode == 2 and "would change the experiment: threshold=0.4" in out.stderr

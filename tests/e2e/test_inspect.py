@@ -163,10 +163,15 @@ def test_the_leak_warning_of_array_data_does_not_suggest_a_label_file(tmp_path, 
     images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4, 1)
     splits = {"train": Samples(images[:2], np.zeros(2, np.int64)), "val": Samples(images[2:], np.zeros(1, np.int64))}
     leaks = {"groups": 1, "by_detector": {"exact": 1}, "example": "train #0 = val #0"}
-    save_findings(fingerprint(splits), {"leaks": leaks, "report": "r/inspect.html"})
+    page = tmp_path / "r" / "inspect.html"
+    save_findings(fingerprint(splits), {"leaks": leaks, "report": str(page)})
+    gone = leak_warning(splits)  # the page was removed since (a temporary report folder)
+    assert "run finetune inspect on it again for the page" in gone and str(page) not in gone
+    page.parent.mkdir()
+    page.write_text("<html></html>")
     warning = leak_warning(splits)
     assert warning.startswith("finetune inspect found 1 group(s)") and "out=clean.csv" not in warning
-    assert "r/inspect.html" in warning and "remove the copies from the source arrays" in warning
+    assert f"see {page}" in warning and "remove the copies from the source arrays" in warning
 
 
 def test_the_fingerprint_follows_the_files_and_splits(tmp_path):

@@ -105,10 +105,12 @@ def leak_warning(splits: Mapping[str, Split]) -> str | None:
     if not leaks.get("groups"):
         return None
     kinds = ", ".join(f"{n} {kind}" for kind, n in leaks["by_detector"].items() if n)
+    page = record.get("report")
+    see = f"see {page}" if page and Path(page).exists() else "run finetune inspect on it again for the page"
     return (
         f"finetune inspect found {leaks['groups']} group(s) of duplicate images across the splits of this data "
         f"(groups by detector: {kinds}; e.g. {leaks['example']}): val/test scores will be optimistic; "
-        f"see {record.get('report')} and {_leak_fix(splits)}"
+        f"{see} and {_leak_fix(splits)}"
     )
 
 
