@@ -139,6 +139,9 @@ def queue() -> list[Job]:
     ]
     jobs += [Job(f"blood_s{s}", "blood", "blood", s) for s in SEEDS]
     jobs.append(Job("robustness_blood_recipe", "robustness", "blood", 0, [], "blood_s0"))
+    # the breast recipe now decides at 0.5 (threshold=tune needs 50 val images of each class): its robustness there
+    half = Job("breast_s0_threshold_half", "retest", "breast", 0, ["threshold=0.5"], "breast_s0", "threshold_half")
+    jobs += [half, Job("robustness_breast_threshold_half", "robustness", "breast", 0, [], half.name)]
     jobs += [Job(f"{n}_log_odds_auc", "log_odds", n.split("_")[0], int(n.split("_")[1][1]), [], n) for n in BEFORE_FIX]
     return jobs
 
