@@ -20,15 +20,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from finetune.data.inspection.store import ENV
+from finetune.data.inspection.store import own_store
 
 from .common import CAMVID, HYMENOPTERA, MEDMNIST, RESULTS, SHARED_DATA, write_result
 
@@ -245,40 +244,61 @@ NEAR_COSINE_SWEEP = (0.95, 0.9)
 PIECES = ("planted_hymenoptera", "planted_breastmnist", *ALL_DATASETS)
 
 
+def image_size(piece: str) -> int | None:
+    """The image size inspect's features see in ``piece``; None where the images are read whole."""
+    if piece in SEGMENTATION:
+        return None
+    medmnist = piece == "planted_breastmnist" or "dataset=medmnist" in ALL_DATASETS.get(piece, [])
+    return MEDMNIST_SIZE if medmnist else PHOTO_SIZE
+
+
 def measure(piece: str, tmp: Path) -> dict:
     """One piece of the result: a planted validation (``planted_<dataset>``) or the survey of one dataset."""
-    photo, small = [f"dataset.image_size={PHOTO_SIZE}"], [f"dataset.image_size={MEDMNIST_SIZE}"]
+    side = image_size(piece)
+    size = [] if side is None else [f"dataset.image_size={side}"]
     if piece == "planted_hymenoptera":
         planted = plant_folder(HYMENOPTERA, tmp / "hymenoptera", None, COUNTS)
-        record = inspect_record(["dataset=imagefolder", f"dataset.root={tmp / 'hymenoptera'}", *photo], tmp / "r-hym")
+        record = inspect_record(["dataset=imagefolder", f"dataset.root={tmp / 'hymenoptera'}", *size], tmp / "r-hym")
         return {"planted": COUNTS, "scores": score(record, planted, True, reader(None))}
     if piece == "planted_breastmnist":
         planted = plant_npz(MEDMNIST / "breastmnist.npz", tmp / "breastmnist.npz", COUNTS)
-        overrides = ["dataset=medmnist", "dataset.name=breastmnist", f"dataset.file={tmp / 'breastmnist.npz'}", *small]
+        overrides = ["dataset=medmnist", "dataset.name=breastmnist", f"dataset.file={tmp / 'breastmnist.npz'}", *size]
         read = reader(tmp / "breastmnist.npz")
         result = {"planted": COUNTS, "scores": score(inspect_record(overrides, tmp / "r-breast"), planted, False, read)}
         for cosine in NEAR_COSINE_SWEEP:
             record = inspect_record([*overrides, f"near_cosine={cosine}"], tmp / f"r-breast-{cosine}")
             result[f"near_features_at_cosine_{cosine}"] = score(record, planted, False, read)["near_features"]
         return result
-    overrides = ALL_DATASETS[piece]
-    size = small if "dataset=medmnist" in overrides else [] if piece in SEGMENTATION else photo
-    return _findings(inspect_record([*overrides, *size], tmp / f"r-{piece}"))
+    return _findings(inspect_record([*ALL_DATASETS[piece], *size], tmp / f"r-{piece}"))
 
 
-@contextmanager
-def _own_inspect_cache(folder: Path) -> Iterator[None]:
-    """Inspect files its findings in ``folder``, not the user's ``~/.cache/finetune/inspect``: the benchmark's
-    temporary report pages would be what training on the same data points to."""
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = str(folder / "inspect-cache")
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(ENV)
-        else:
-            os.environ[ENV] = previous
+def quick() -> dict:
+    """The scores on a 40-image hymenoptera subset with one copy of each kind and three flips."""
+    with tempfile.TemporaryDirectory() as tmp, own_store(Path(tmp) / "inspect-cache"):
+        counts = {"exact_within": 1, "exact_cross": 1, "near_cross": 1, "flips": 3}
+        planted = plant_folder(HYMENOPTERA, Path(tmp) / "hym", {"train": 14, "val": 6}, counts)
+        overrides = ["dataset=imagefolder", f"dataset.root={Path(tmp) / 'hym'}", f"dataset.image_size={PHOTO_SIZE}"]
+        return score(inspect_record(overrides, Path(tmp) / "r"), planted, True, reader(None))
+
+
+def measure_piece(piece: str) -> dict:
+    """``measure(piece)`` in a temporary folder, inspect filing its findings there (its pages are temporary:
+    the user's store must not point training at them), with when, under what load and at which image size."""
+    with tempfile.TemporaryDirectory() as tmp, own_store(Path(tmp) / "inspect-cache"):
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        when = {"date": started, "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+        return {**measure(piece, Path(tmp)), "measured": {**when, "image_size": image_size(piece)}}
+
+
+def save_piece(piece: str, measured: dict) -> None:
+    """Put one piece into benchmarks/results/inspect.json, read again just before: the pieces another run
+    (``--only``) wrote since this one started are kept."""
+    path = RESULTS / "inspect.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result = {key: result.get(key, {}) for key in ("validation", "datasets")}
+    planted = piece.startswith("planted_")
+    result["validation" if planted else "datasets"][piece.removeprefix("planted_")] = measured
+    write_result("inspect", {"near_cosine_sweep": NEAR_COSINE_SWEEP, **result}, path.parent)
 
 
 def main() -> None:
@@ -287,30 +307,15 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(PIECES), help=f"comma-separated pieces of {', '.join(PIECES)}")
     args = parser.parse_args()
     if args.quick:
-        with tempfile.TemporaryDirectory() as tmp:
-            counts = {"exact_within": 1, "exact_cross": 1, "near_cross": 1, "flips": 3}
-            planted = plant_folder(HYMENOPTERA, Path(tmp) / "hym", {"train": 14, "val": 6}, counts)
-            overrides = ["dataset=imagefolder", f"dataset.root={Path(tmp) / 'hym'}", f"dataset.image_size={PHOTO_SIZE}"]
-            print(json.dumps(score(inspect_record(overrides, Path(tmp) / "r"), planted, True, reader(None))))
+        print(json.dumps(quick()))
         return
-    pieces = args.only.split(",")
+    pieces = [p.strip() for p in args.only.split(",") if p.strip()]
     if unknown := set(pieces) - set(PIECES):
         parser.error(f"--only: unknown piece(s) {sorted(unknown)}; choose from {', '.join(PIECES)}")
-    path = RESULTS / "inspect.json"
-    result = json.loads(path.read_text()) if path.is_file() else {}
-    result = {key: result.get(key, {}) for key in ("validation", "datasets")}
     for piece in pieces:  # each piece is written as soon as it is measured: a stopped run keeps the others
-        with tempfile.TemporaryDirectory() as tmp, _own_inspect_cache(Path(tmp)):
-            started = time.strftime("%Y-%m-%d %H:%M:%S")
-            load = [round(x, 2) for x in os.getloadavg()]
-            measured = {**measure(piece, Path(tmp)), "measured": {"date": started, "load_average_at_start": load}}
-        section, name = (
-            ("validation", piece.removeprefix("planted_")) if piece.startswith("planted_") else ("datasets", piece)
-        )
-        result[section][name] = measured
+        measured = measure_piece(piece)
+        save_piece(piece, measured)
         print(piece, json.dumps(measured.get("scores") or measured["counts"]), flush=True)
-        sizes = {"photos": PHOTO_SIZE, "medmnist": MEDMNIST_SIZE}
-        write_result("inspect", {"image_size": sizes, "near_cosine_sweep": NEAR_COSINE_SWEEP, **result})
 
 
 def _findings(record: dict) -> dict:

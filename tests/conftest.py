@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
@@ -20,18 +21,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")
-def own_inspect_cache(tmp_path_factory):
+def own_inspect_store(tmp_path_factory):
     """What ``finetune inspect`` filed on this machine (``~/.cache/finetune/inspect``) never reaches the suite: a
-    dataset inspected there would add its leak warning to every run on it. The session files into its own folder."""
+    dataset inspected there would add its leak warning to every run on it, the runs session fixtures build too."""
+    from finetune.data.inspection.store import own_store
+
+    with own_store(tmp_path_factory.getbasetemp() / "inspect" / "session"):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def own_inspect_cache(monkeypatch, tmp_path_factory):
+    """Each test files inspect findings in its own folder (made only when inspect writes): what one test
+    inspects never adds a leak warning to another's runs."""
     from finetune.data.inspection.store import ENV
 
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = str(tmp_path_factory.mktemp("inspect-cache"))
-    yield
-    if previous is None:
-        os.environ.pop(ENV, None)
-    else:
-        os.environ[ENV] = previous
+    monkeypatch.setenv(ENV, str(tmp_path_factory.getbasetemp() / "inspect" / uuid4().hex))
 
 
 @pytest.fixture

@@ -64,14 +64,20 @@ OPTIONAL_ARGUMENT = ("--info", "-i")
 
 
 def info_choice_given(argv: Sequence[str]) -> list[str]:
-    """``--info key=value …`` with ``--info``'s default (``all``) put in: Hydra would take the override for its
-    optional argument and refuse it as a choice."""
+    """``--info key=value …`` (or ``--info ~key``: an override) with ``--info``'s default (``all``) put in: Hydra
+    would take the override for its optional argument and refuse it as a choice. A misspelt choice
+    (``--info confg``) is left for Hydra to name its choices."""
     given = []
     for arg, following in zip(argv, [*argv[1:], None]):
         given.append(arg)
-        if arg in OPTIONAL_ARGUMENT and following is not None and "=" in following:
+        if arg in OPTIONAL_ARGUMENT and following is not None and _takes_no_choice(following):
             given.append("all")
     return given
+
+
+def _takes_no_choice(following: str) -> bool:
+    """``following`` is an override (``key=value``, ``~key``), never an argument of ``--info``."""
+    return "=" in following or following.startswith("~")
 
 
 def precheck(argv: Sequence[str]) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,12 +167,51 @@ def test_the_leak_warning_of_array_data_does_not_suggest_a_label_file(tmp_path, 
     page = tmp_path / "r" / "inspect.html"
     save_findings(fingerprint(splits), {"leaks": leaks, "report": str(page)})
     gone = leak_warning(splits)  # the page was removed since (a temporary report folder)
-    assert "run finetune inspect on it again for the page" in gone and str(page) not in gone
+    assert gone.endswith("or re-split the data (its page is gone: run finetune inspect again to see it)")
+    assert str(page) not in gone
     page.parent.mkdir()
     page.write_text("<html></html>")
     warning = leak_warning(splits)
     assert warning.startswith("finetune inspect found 1 group(s)") and "out=clean.csv" not in warning
     assert f"see {page}" in warning and "remove the copies from the source arrays" in warning
+
+
+def test_own_store_files_findings_in_its_folder_and_puts_the_environment_back(tmp_path, monkeypatch):
+    from finetune.data.inspection.store import own_store, store_dir
+
+    for before in (None, str(tmp_path / "user")):
+        if before is None:
+            monkeypatch.delenv(ENV)
+        else:
+            monkeypatch.setenv(ENV, before)
+        with own_store(tmp_path / "own") as folder:
+            assert store_dir() == folder == tmp_path / "own"
+        assert os.environ.get(ENV) == before
+
+
+def test_the_validation_records_each_piece_s_image_size():
+    from benchmarks.inspect_validation import MEDMNIST_SIZE, PHOTO_SIZE, image_size
+
+    sizes = {p: image_size(p) for p in ("planted_hymenoptera", "planted_breastmnist", "bloodmnist", "drive")}
+    assert sizes == {
+        "planted_hymenoptera": PHOTO_SIZE,
+        "planted_breastmnist": MEDMNIST_SIZE,
+        "bloodmnist": MEDMNIST_SIZE,
+        "drive": None,  # read whole
+    }
+
+
+def test_the_validation_keeps_the_pieces_another_run_wrote_since_it_started(tmp_path, monkeypatch):
+    """Two ``--only`` runs side by side: each piece is put into the file as it is then, not as it was."""
+    from benchmarks import inspect_validation as validation
+
+    monkeypatch.setattr(validation, "RESULTS", tmp_path)
+    validation.save_piece("planted_breastmnist", {"scores": {"exact": 1}})
+    validation.save_piece("drive", {"counts": {"images": 2}})  # the other run's piece
+    validation.save_piece("planted_breastmnist", {"scores": {"exact": 2}})
+    result = json.loads((tmp_path / "inspect.json").read_text())
+    assert result["validation"] == {"breastmnist": {"scores": {"exact": 2}}}
+    assert result["datasets"] == {"drive": {"counts": {"images": 2}}}
 
 
 def test_the_fingerprint_follows_the_files_and_splits(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from finetune.cli import COMMANDS, usage
 from finetune.commands.args import fit
-from finetune.commands.precheck import precheck
+from finetune.commands.precheck import info_choice_given, precheck
 
 
 @pytest.mark.parametrize(
@@ -41,6 +41,35 @@ def test_info_followed_by_an_override_prints_all_and_keeps_the_override(flag, ca
 
     assert command([flag, "datset.root=x"]) == 2
     assert "did you mean dataset.root?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--info", "-i"])
+def test_info_followed_by_a_deletion_prints_all_and_keeps_the_deletion(flag, capsys):
+    """An override without "=" (``~key`` deletes a key) is no choice of --info either."""
+    from finetune.commands.train import command
+
+    assert command([flag, "~seed", "datset.root=x"]) == 2
+    assert "did you mean dataset.root?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "given"),
+    [
+        (["--info", "x=1"], ["--info", "all", "x=1"]),
+        (["-i", "~seed", "x=1"], ["-i", "all", "~seed", "x=1"]),
+        (["x=1", "--info", "+a.b=2"], ["x=1", "--info", "all", "+a.b=2"]),
+        (["--info", "config", "x=1"], None),
+        (["-i", "searchpath"], None),
+        (["x=1", "--info"], None),
+        (["--info=all", "x=1"], None),
+        (["--info", "--cfg", "job"], None),
+        (["--cfg", "job", "x=1"], None),
+        (["--info", "confg", "x=1"], None),  # a misspelt choice: Hydra names the choices
+    ],
+)
+def test_info_choice_given_puts_all_in_only_before_an_override(argv, given):
+    """None: the command line is left as it is."""
+    assert info_choice_given(argv) == (argv if given is None else given)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,22 @@ def store_dir() -> Path:
     """``$FINETUNE_INSPECT_CACHE`` if set, else ``~/.cache/finetune/inspect``."""
     env = os.environ.get(ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "finetune" / "inspect"
+
+
+@contextmanager
+def own_store(folder: Path) -> Iterator[Path]:
+    """Inspect files (and training looks for) findings in ``folder`` inside the block, not in the user's store:
+    what a benchmark or a test inspects (a temporary page) never reaches the user's training. ``$ENV`` is put
+    back after it."""
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = previous
 
 
 def fingerprint(splits: Mapping[str, Split]) -> str:
@@ -105,12 +122,14 @@ def leak_warning(splits: Mapping[str, Split]) -> str | None:
     if not leaks.get("groups"):
         return None
     kinds = ", ".join(f"{n} {kind}" for kind, n in leaks["by_detector"].items() if n)
-    page = record.get("report")
-    see = f"see {page}" if page and Path(page).exists() else "run finetune inspect on it again for the page"
+    page, fix = record.get("report"), _leak_fix(splits)
+    if page and Path(page).exists():
+        fix = f"see {page} and {fix}"
+    else:  # a temporary report folder removed since
+        fix += " (its page is gone: run finetune inspect again to see it)"
     return (
         f"finetune inspect found {leaks['groups']} group(s) of duplicate images across the splits of this data "
-        f"(groups by detector: {kinds}; e.g. {leaks['example']}): val/test scores will be optimistic; "
-        f"{see} and {_leak_fix(splits)}"
+        f"(groups by detector: {kinds}; e.g. {leaks['example']}): val/test scores will be optimistic; {fix}"
     )
 
 
