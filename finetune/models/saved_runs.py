@@ -110,25 +110,39 @@ def check_resume(
     config records) builds. Returns (run directory, checkpoint or None to start phase 1 from scratch,
     the config to continue with)."""
     run_dir, ckpt = locate_resume(current.resume, prefer)
-    if (run_dir / "metrics.json").exists() and not current.get("resume_finished", False):
+    finished = (run_dir / "metrics.json").exists()
+    if finished and not current.get("resume_finished", False):
         raise FinetuneError(
             f"{run_dir} has finished (metrics.json exists); resuming would re-test it and rewrite "
             f"its metrics.json, exports and report: add resume_finished=true if that is what you "
             f"want, or start a new run"
         )
-    retest = (run_dir / "metrics.json").exists()  # a finished run, re-tested (resume_finished=true)
+    # a re-test (resume_finished=true) tests the kept checkpoint; a finished run without one trains again
+    retest = finished and ckpt is not None
     cfg = resume_config(run_dir, current, overrides, retest)
     changed = experiment_changes(cfg, current, overrides, retest)
     if changed:
-        raise FinetuneError(
-            f"resume={current.resume} continues the run with its saved config; these overrides "
-            f"would change the experiment: {' '.join(changed)} (allowed when resuming: "
-            f"{', '.join(k for k in RESUME_SAFE_KEYS if k != 'resume')}, hydra.*; when re-testing a finished "
-            f"run also {', '.join(RETEST_SAFE_KEYS)}); start a new run to change them"
-        )
+        raise FinetuneError(_changes_refused(current.resume, changed, finished and ckpt is None))
     if ckpt is not None:
         check_checkpoint(ckpt, model_shapes(cfg, run_dir, run_task(cfg, tasks)))
     return run_dir, ckpt, cfg
+
+
+def _changes_refused(resume: str, changed: list[str], retrains: bool) -> str:
+    """The line refusing the ``changed`` overrides of ``resume=``; ``retrains``: the run finished but kept no
+    checkpoint (``checkpoints.keep=none``, or deleted), so resuming it trains it again, and no test-only key
+    (``RETEST_SAFE_KEYS``) may change either."""
+    retest = (
+        f"not {', '.join(RETEST_SAFE_KEYS)} either: this finished run kept no checkpoint to re-test, so resuming "
+        "trains it again from the beginning"
+        if retrains
+        else f"when re-testing a finished run also {', '.join(RETEST_SAFE_KEYS)}"
+    )
+    return (
+        f"resume={resume} continues the run with its saved config; these overrides "
+        f"would change the experiment: {' '.join(changed)} (allowed when resuming: "
+        f"{', '.join(k for k in RESUME_SAFE_KEYS if k != 'resume')}, hydra.*; {retest}); start a new run to change them"
+    )
 
 
 def prepare_resume(
@@ -141,10 +155,8 @@ def prepare_resume(
     its lock was taken.) Returns what ``check_resume`` returns."""
     run_dir, ckpt, cfg = check_resume(current, overrides, tasks, prefer)
     if ckpt is None:
-        print(
-            f"resuming {run_dir}: it stopped before its first checkpoint, so phase 1 starts from the beginning "
-            "with the run's saved config"
-        )
+        why = "kept no checkpoint" if (run_dir / "metrics.json").exists() else "stopped before its first checkpoint"
+        print(f"resuming {run_dir}: it {why}, so phase 1 starts from the beginning with the run's saved config")
     else:
         print(f"resuming {run_dir} from {ckpt.name} with the run's saved config")
     return run_dir, ckpt, cfg

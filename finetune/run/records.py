@@ -27,6 +27,7 @@ RESUME_SAFE_KEYS = (
     "logger",
     "calibration",
     "tta",
+    "threshold_tune_min",
 )
 # Keys a re-test of a finished run (resume_finished=true) may change too: applied at the test only; the checkpoint
 # it tests stays the one its monitor picked in training (the re-test keeps that monitor)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -132,6 +132,8 @@ def train_run(
     finished = finished_run(run_dir, plan) if resume_from is not None else None  # a re-test: nothing trains
     # a re-test keeps the monitor that picked its checkpoint (threshold=, which monitor=auto follows, may change)
     monitor = (finished or {}).get("checkpoint", {}).get("monitor") or task.monitor(cfg, data)
+    if finished is not None:  # config.yaml then says how the tested checkpoint was picked (not monitor=auto's pick)
+        cfg.monitor = monitor.removeprefix("val/")
     if is_global_zero() and checkpoints_keep(cfg) == "none":
         console.print(KEEP_NONE)
     if is_global_zero():
@@ -172,6 +174,7 @@ def train_run(
             {"param_checksums_per_rank": rank_checksums},
             checkpoint,
             tested,
+            task.test_decisions,
             {"test_is_val": data.test_is_val, **task.test_record(cfg, module, data), **debug_record(cfg.trainer)},
         )
         print_results(results, run_dir)
@@ -278,6 +281,7 @@ def write_results(
     ddp: dict,
     checkpoint: Best,
     tested: str,
+    test_decisions: Callable[[Mapping], dict],
     record: dict | None = None,
 ) -> dict:
     """metrics.json (test scalars, per-class values, phases, wall time, the validation score that
@@ -286,7 +290,8 @@ def write_results(
 
     Each phase records its planned ``epochs``, the ``epochs_run`` its logs show (every attempt of a
     resumed phase) and ``stopped_epoch``: the last epoch (1-based) of a phase that early stopping
-    ended before its planned epochs, else None. ``record``: the task's own entries (``Task.test_record``)."""
+    ended before its planned epochs, else None. ``test_decisions``: the task's ``Task.test_decisions`` (a re-test
+    keeps the robustness record while they hold); ``record``: the task's own entries (``Task.test_record``)."""
     scalars = {k: _json_number(v) for k, v in results.items() if v.ndim == 0}
     per_class = {k: dict(zip(class_names, (_json_number(x) for x in v))) for k, v in results.items() if v.ndim == 1}
     plots = run_dir / "plots"
@@ -311,43 +316,36 @@ def write_results(
         "finetune_version": __version__,
         **({"ddp": ddp} if ddp["param_checksums_per_rank"] else {}),
     }
-    metrics.update(_kept_robustness(run_dir / "metrics.json", metrics))
+    metrics.update(_kept_robustness(run_dir / "metrics.json", metrics, test_decisions))
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _kept_robustness(metrics_file: Path, metrics: dict) -> dict:
+def _kept_robustness(metrics_file: Path, metrics: dict, test_decisions: Callable[[Mapping], dict]) -> dict:
     """A re-test's (``resume_finished``) copy of what ``finetune evaluate`` wrote into ``metrics_file``, kept
-    while the re-test decides as the test it was measured after did (checkpoint, threshold, temperature, TTA);
-    one that changes them (``threshold=0.5``, ``calibration=none``, ``tta=true``) drops it, with a warning."""
+    while the re-test decides as the test it was measured after did (the tested checkpoint and the task's
+    ``test_decisions``: threshold, temperature, TTA); one that changes them (``threshold=0.5``,
+    ``calibration=none``, ``tta=true``) drops it, with a warning naming the command that measures it again."""
     previous = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     if "robustness" not in previous:
         return {}
-    before, now = decisions(previous), decisions(metrics)
+    before, now = _decided_with(previous, test_decisions), _decided_with(metrics, test_decisions)
     if all(_same(before[key], now[key]) for key in before):
         return {"robustness": previous["robustness"]}
     changed = ", ".join(f"{key} {before[key]} -> {now[key]}" for key in before if not _same(before[key], now[key]))
-    sets = ", ".join(previous["robustness"])
     log.warning(
         "metrics.json: the robustness record (%s) was measured with the decisions of the previous test; this "
-        "re-test changed them (%s), so it is dropped: run finetune evaluate run=%s corruptions=… again",
-        sets,
+        "re-test changed them (%s), so it is dropped: run %s again",
+        ", ".join(previous["robustness"]),
         changed,
-        metrics_file.parent,
+        "; ".join(f"finetune evaluate run={metrics_file.parent} corruptions={s}" for s in previous["robustness"]),
     )
     return {}
 
 
-def decisions(metrics: dict) -> dict:
-    """What a test decided with, from its metrics.json: the tested checkpoint, threshold(s), temperature, TTA."""
-    calibration = metrics.get("calibration") or {}
-    threshold = metrics["test"].get("threshold", (metrics.get("test_per_class") or {}).get("threshold"))
-    return {
-        "checkpoint": metrics["checkpoint"]["tested"],
-        "threshold": threshold,
-        "temperature": calibration.get("temperature"),
-        "tta": calibration.get("tta"),
-    }
+def _decided_with(metrics: Mapping, test_decisions: Callable[[Mapping], dict]) -> dict:
+    """What a test decided with, from its metrics.json: the tested checkpoint and the task's decisions."""
+    return {"checkpoint": metrics.get("checkpoint", {}).get("tested"), **test_decisions(metrics)}
 
 
 def _same(a: object, b: object) -> bool:

@@ -4,10 +4,12 @@ augmentation (the flips training used), from the formulas to a real run, its exp
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torchmetrics.classification import MulticlassCalibrationError
 
 import finetune
@@ -134,6 +136,22 @@ def test_a_finished_run_is_re_tested_at_another_threshold_with_the_checkpoint_it
     after = json.loads((run / "metrics.json").read_text())
     assert after["test"]["threshold"] == 0.3 and after["checkpoint"] == before["checkpoint"]
     assert after["test"]["auc"] == pytest.approx(before["test"]["auc"], abs=1e-6)  # the same checkpoint
+    saved = OmegaConf.load(run / "config.yaml")  # how the tested checkpoint was picked, not what auto now picks
+    assert saved.threshold == 0.3 and saved.monitor == "auc"
     (run / "metrics.json").unlink()  # as if it had not finished: a threshold would change what training picks
     out = cli_in_process(f"resume={run}", "threshold=0.4", cwd=tmp_path)  # the re-test recorded 0.3
     assert out.returncode == 2 and "would change the experiment: threshold=0.4" in out.stderr
+
+
+def test_a_finished_run_without_a_checkpoint_keeps_its_threshold(tiny_finished_run, tmp_path):
+    """A finished run that kept no checkpoint (``checkpoints.keep=none``, or deleted) has nothing to re-test:
+    ``resume_finished=true`` trains it again, so ``threshold=`` (which monitor=auto follows) stays refused."""
+    from ..helpers import assert_refused, cli_in_process
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_finished_run, run, symlinks=True, ignore=shutil.ignore_patterns("checkpoints"))
+    before = (run / "metrics.json").read_text()
+    out = cli_in_process(f"resume={run}", "resume_finished=true", "threshold=0.3", cwd=tmp_path)
+    line = assert_refused(out, "would change the experiment: threshold=0.3")
+    assert "kept no checkpoint to re-test" in line
+    assert (run / "metrics.json").read_text() == before

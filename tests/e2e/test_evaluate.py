@@ -128,6 +128,7 @@ def test_a_re_test_that_changes_the_decisions_drops_the_robustness_record(evalua
     log = " ".join((out.stdout + out.stderr).split())
     assert "robustness record (imagenet-c) was measured with the decisions of the previous test" in log
     assert "temperature 1.0 ->" in log
+    assert f"run finetune evaluate run={run} corruptions=imagenet-c again" in log  # the set measured before
 
 
 def test_without_a_test_split_the_val_split_is_recorded_and_named(evaluated, tmp_path):

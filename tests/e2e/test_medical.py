@@ -27,7 +27,6 @@ from finetune.data.samplers import ClassBalancedSampler
 from finetune.data.transforms import Augment, Preprocessing, augment_ops
 from finetune.run.errors import ConfigError, DatasetError
 from finetune.tasks.classification.module import (
-    MIN_PER_CLASS_TO_TUNE,
     ClassificationTask,
     balanced_accuracy_threshold,
     classification_metrics,
@@ -364,38 +363,56 @@ def test_threshold_tuned_on_val_is_applied_to_test():
     assert float(tuned.compute()["auc"]) == float(default.compute()["auc"])  # AUC needs no threshold
 
 
-def test_a_threshold_is_tuned_only_on_enough_images_of_each_class(caplog):
-    """With fewer than MIN_PER_CLASS_TO_TUNE val images of a class (BreastMNIST has 21 malignant ones) the
-    tuned threshold would follow single images: 0.5 is kept and a warning says why; per label, multi-label."""
+def test_a_threshold_is_tuned_only_on_enough_images_of_each_class(caplog, monkeypatch):
+    """With fewer than ``threshold_tune_min`` val images of a class (BreastMNIST has 21 malignant ones) the
+    tuned threshold would follow single images: 0.5 is kept and one warning (rank zero only) says why; per
+    label, multi-label."""
     rng = np.random.default_rng(0)
-    few, many = MIN_PER_CLASS_TO_TUNE - 1, MIN_PER_CLASS_TO_TUNE
-    for positives, tuned in ((few, False), (many, True)):
+    least = 50
+    for positives, tuned in ((least - 1, False), (least, True)):
         targets = torch.tensor([1] * positives + [0] * 200)
         p1 = torch.tensor(
             np.where(targets.numpy() == 1, rng.uniform(0.1, 0.3, len(targets)), rng.uniform(0, 0.1, len(targets)))
         )
         caplog.clear()
-        threshold = tune_thresholds(torch.stack([1 - p1, p1], 1), targets, "binary")
-        assert threshold == (pytest.approx(0.1, abs=0.1) if tuned else 0.5)
-        assert ("kept the threshold at 0.5" in caplog.text) == (not tuned)
+        threshold = tune_thresholds(torch.stack([1 - p1, p1], 1), targets, "binary", least)
+        midpoint = (float(p1[targets == 0].max()) + float(p1[targets == 1].min())) / 2  # the classes are separable
+        assert threshold == (pytest.approx(midpoint, abs=1e-12) if tuned else 0.5)
+        assert ("kept the threshold at 0.5: 49 val image(s) of class 1, fewer than" in caplog.text) == (not tuned)
+    few, many = least - 1, least
     labels = torch.tensor([[1, 1]] * few + [[0, 1]] * (many - few) + [[0, 0]] * 200)
-    scores = torch.where(labels == 1, 0.2, 0.05).double()
-    assert tune_thresholds(scores, labels, "multi-label") == [0.5, pytest.approx(0.125)]
-    assert "kept the threshold of label 0 at 0.5" in caplog.text
+    scores = torch.tensor(np.where(labels.numpy() == 1, 0.2, 0.05))  # float64: the midpoint is 0.125
+    caplog.clear()
+    assert tune_thresholds(scores, labels, "multi-label", least) == [0.5, pytest.approx(0.125, abs=1e-12)]
+    assert len(caplog.records) == 1 and "of 1 label(s) at 0.5: 49 positive val image(s) of label 0," in caplog.text
+    assert "label 1" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr("finetune.tasks.classification.module.rank_zero_only.rank", 1)
+    assert tune_thresholds(scores, labels, "multi-label", least)[0] == 0.5 and not caplog.records  # rank 0 says it
 
 
-def test_tune_threshold_reads_only_the_batches_it_is_given(monkeypatch):
-    monkeypatch.setattr("finetune.tasks.classification.module.MIN_PER_CLASS_TO_TUNE", 1)  # 6 images of each class
+def test_threshold_tune_min_is_a_count_of_at_least_one():
+    assert check_config(compose_config("threshold=tune", "threshold_tune_min=1"))
+    for value in (0, -3):
+        with pytest.raises(ConfigError, match=f"threshold_tune_min={value}: .*an integer >= 1"):
+            check_config(compose_config(f"threshold_tune_min={value}"))
+
+
+def test_tune_threshold_reads_only_the_batches_it_is_given():
     module = ClassificationTask(tiny_model(2), 2)
     images = torch.randn(12, 1, 32, 32)
     targets = torch.tensor([0, 1] * 6)
     val = [(images[:6], targets[:6]), (images[6:], targets[6:])]
-    module.fit_on_validation(val, temperature=False, threshold=True)
+    module.fit_on_validation(val, temperature=False, threshold=True, min_per_class=6)  # 6 images of each class
     logits, _ = module.predict_logits(val)
     assert module.threshold == tune_thresholds(probabilities(logits, "binary"), targets, "binary")
+    assert module.threshold_tuning == {"threshold_tuned": True}
+    module.fit_on_validation(val, temperature=False, threshold=True, min_per_class=7)
+    assert module.threshold == 0.5
+    assert module.threshold_tuning == {"threshold_tuned": False, "threshold_kept_at_0.5": ["6 val image(s) of class 1"]}
     argmax = ClassificationTask(tiny_model(3), 3)
     argmax.fit_on_validation(val, temperature=False, threshold=True)
-    assert argmax.threshold is None  # argmax tasks: no threshold
+    assert argmax.threshold is None and argmax.threshold_tuning == {}  # argmax tasks: no threshold
 
 
 # --- DICOM ------------------------------------------------------------------------------------
@@ -487,9 +504,11 @@ def test_recipes_compose_from_the_package(recipe):
     )
     assert cfg.augment.color_jitter <= 0.1
     if recipe in ("pneumonia", "breast"):  # X-ray / ultrasound: 1-channel stem, never flipped upside down
-        assert cfg.augment.vflip == 0 and cfg.dataset.grayscale == "adapt" and cfg.monitor in ("auto", "auc")
+        assert cfg.augment.vflip == 0 and cfg.dataset.grayscale == "adapt"
     if recipe == "pneumonia":  # a mirrored chest X-ray puts the heart on the wrong side
-        assert cfg.augment.hflip == 0
+        assert cfg.augment.hflip == 0 and cfg.threshold == "tune"
+    if recipe == "breast":  # 21 malignant val images: too few to tune on; the checkpoint picked by val AUC
+        assert cfg.threshold == 0.5 and cfg.monitor == "auc"
     override = compose_config(f"+medical={recipe}", "dataset.image_size=28")
     assert override.dataset.image_size == 28  # command-line overrides win over the recipe
 
@@ -556,13 +575,11 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
     seen = []
     fit = ClassificationTask.fit_on_validation
 
-    def spy(self, batches, temperature, threshold):
-        seen.append(len(batches.dataset))
-        return fit(self, batches, temperature, threshold)
+    def spy(self, batches, temperature, threshold, min_per_class):
+        seen.append((len(batches.dataset), min_per_class))
+        return fit(self, batches, temperature, threshold, min_per_class)
 
     monkeypatch.setattr(ClassificationTask, "fit_on_validation", spy)
-    # 21 malignant val images are fewer than threshold=tune asks for: lowered, so the tuned path runs here
-    monkeypatch.setattr("finetune.tasks.classification.module.MIN_PER_CLASS_TO_TUNE", 10)
     cfg = compose_config(
         "dataset=medmnist",
         "dataset.name=breastmnist",
@@ -576,13 +593,15 @@ def test_breastmnist_end_to_end_writes_auc(shared_data, tmp_path, monkeypatch):
         "trainer.progress_bar=false",
         "imbalance=weighted_loss",
         "threshold=tune",
+        "threshold_tune_min=10",  # 21 malignant val images are fewer than the default 50: the tuned path runs here
     )
     run_module.train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"acc", "auc", "balanced_acc", "threshold", "acc_at_0.5", "balanced_acc_at_0.5"} <= set(metrics["test"])
     assert 0 <= metrics["test"]["auc"] <= 1 and 0 < metrics["test"]["threshold"] < 1
     assert set(metrics["test_per_class"]["recall"]) == {"malignant", "normal, benign"}
-    assert seen == [78]  # tuned on the 78 val images, never on the 156 test images
+    assert seen == [(78, 10)]  # tuned on the 78 val images, never on the 156 test images
+    assert metrics["threshold_tuned"] is True and "threshold_kept_at_0.5" not in metrics
     val_auc = [
         float(row["val/auc"])
         for log in sorted((tmp_path / "logs").glob("*/metrics.csv"))

@@ -60,6 +60,12 @@ class Classification(Task):
             raise ConfigError(
                 f"threshold={t!r}: use a probability in (0, 1) or threshold=tune (tuned on the validation split)"
             )
+        m = cfg.threshold_tune_min
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ConfigError(
+                f"threshold_tune_min={m!r}: threshold=tune needs this many val images of each class (each label's, "
+                "multi-label), an integer >= 1, e.g. 50; with fewer a threshold keeps 0.5"
+            )
         if not 0 <= cfg.loss.label_smoothing < 1:
             raise ConfigError(
                 f"loss.label_smoothing={cfg.loss.label_smoothing:g}: a number in [0, 1), e.g. 0.1 (0: off)"
@@ -165,11 +171,17 @@ class Classification(Task):
     def before_test(self, cfg, module, data) -> None:
         calibrate, tune = cfg.calibration == "temperature", cfg.threshold == "tune"
         if calibrate or tune:
-            module.fit_on_validation(data.eval_dataloader("val"), temperature=calibrate, threshold=tune)
+            module.fit_on_validation(
+                data.eval_dataloader("val"), temperature=calibrate, threshold=tune, min_per_class=cfg.threshold_tune_min
+            )
 
     def test_record(self, cfg, module, data) -> dict:
         # Without a test split (metrics.json test_is_val) a temperature fitted on val is scored in-sample.
-        return {"calibration": {"method": cfg.calibration, "fitted_on": "val", **module.calibration}}
+        # threshold=tune: threshold_tuned, and threshold_kept_at_0.5 (why) for the labels too few images tuned
+        return {
+            "calibration": {"method": cfg.calibration, "fitted_on": "val", **module.calibration},
+            **module.threshold_tuning,
+        }
 
     def after_test(self, cfg, module, data, run_dir) -> None:
         from finetune.report.page import split_name

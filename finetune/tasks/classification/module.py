@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torchmetrics import CatMetric, MetricCollection
 from torchmetrics.classification import (
@@ -214,12 +215,6 @@ def monitor_metric(task: str, threshold_tuned: bool, choice: str = "auto") -> st
     return f"val/{choice}"
 
 
-# threshold=tune needs this many validation images of each class (of each label, multi-label): with fewer, the
-# balanced-accuracy optimum follows single images. Between BreastMNIST's 21 malignant val images (tuning cost
-# 9.6 points of test ACC, 78.6 ± 8.7 vs 88.2 ± 2.7 at 0.5) and PneumoniaMNIST's 135 normal ones (+2.0).
-MIN_PER_CLASS_TO_TUNE = 50
-
-
 def balanced_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The threshold t on ``scores`` (predict positive when score >= t) that maximises balanced
     accuracy on (scores, labels): midpoints between distinct scores are tried; ties go to the one
@@ -238,36 +233,53 @@ def balanced_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float
 
 
 def tune_thresholds(
-    probs: torch.Tensor, targets: torch.Tensor, task: str, min_per_class: int | None = None
+    probs: torch.Tensor, targets: torch.Tensor, task: str, min_per_class: int = 1
 ) -> float | list[float]:
     """Binary: one threshold on p(class 1); multi-label: one per label (each maximising balanced
     accuracy on the given split — pass the validation split, never the test split). A label with fewer
-    than ``min_per_class`` (default ``MIN_PER_CLASS_TO_TUNE``) images of either class keeps 0.5, and a
-    warning says so."""
-    min_per_class = MIN_PER_CLASS_TO_TUNE if min_per_class is None else min_per_class
+    than ``min_per_class`` (config ``threshold_tune_min``) images of either class keeps 0.5, and one
+    warning (global rank zero only) names every such label."""
     probs, targets = probs.detach().cpu().numpy(), targets.detach().cpu().numpy()
-    if task == "binary":
-        return _tuned_or_half(probs[:, 1], targets == 1, min_per_class, "")
-    if task == "multi-label":
-        return [
-            _tuned_or_half(probs[:, k], targets[:, k] > 0.5, min_per_class, f" of label {k}")
-            for k in range(probs.shape[1])
-        ]
-    raise ValueError(f"a {task} task decides by argmax; thresholds apply to binary / multi-label tasks")
-
-
-def _tuned_or_half(scores: np.ndarray, labels: np.ndarray, min_per_class: int, which: str) -> float:
-    fewest = int(min(labels.sum(), (~labels).sum()))
-    if fewest < min_per_class:
+    labels = _threshold_labels(targets, task)
+    scores = [probs[:, 1]] if task == "binary" else list(probs.T)
+    kept = kept_at_half(targets, task, min_per_class)
+    if kept and rank_zero_only.rank == 0:
         log.warning(
-            "threshold=tune kept the threshold%s at 0.5: the validation split has %d image(s) of one class, and a "
-            "threshold tuned on fewer than %d follows single images; set threshold=0.5 to silence this",
-            which,
-            fewest,
+            "threshold=tune kept the threshold%s at 0.5: %s, fewer than threshold_tune_min=%d (a threshold tuned "
+            "on fewer follows single images); set threshold=0.5 to silence this",
+            "" if task == "binary" else f"s of {len(kept)} label(s)",
+            ", ".join(kept.values()),
             min_per_class,
         )
-        return 0.5
-    return balanced_accuracy_threshold(scores, labels)
+    thresholds = [
+        0.5 if k in kept else balanced_accuracy_threshold(s, y) for k, (s, y) in enumerate(zip(scores, labels))
+    ]
+    return thresholds[0] if task == "binary" else thresholds
+
+
+def kept_at_half(targets: np.ndarray, task: str, min_per_class: int) -> dict[int, str]:
+    """The thresholds ``tune_thresholds`` keeps at 0.5 (index 0: binary; the label: multi-label), each with
+    why: its scarcer side, e.g. "21 val image(s) of class 0" (binary), "3 positive val image(s) of label 4"."""
+    kept = {}
+    for k, labels in enumerate(_threshold_labels(np.asarray(targets), task)):
+        positives, negatives = int(labels.sum()), int((~labels).sum())
+        if min(positives, negatives) < min_per_class:
+            positive = positives <= negatives
+            count = positives if positive else negatives
+            if task == "binary":
+                kept[k] = f"{count} val image(s) of class {int(positive)}"
+            else:
+                kept[k] = f"{count} {'positive' if positive else 'negative'} val image(s) of label {k}"
+    return kept
+
+
+def _threshold_labels(targets: np.ndarray, task: str) -> list[np.ndarray]:
+    """The boolean labels each threshold decides: class 1 (binary), each label (multi-label)."""
+    if task == "binary":
+        return [targets == 1]
+    if task == "multi-label":
+        return [targets[:, k] > 0.5 for k in range(targets.shape[1])]
+    raise ValueError(f"a {task} task decides by argmax; thresholds apply to binary / multi-label tasks")
 
 
 def flip_averaged(
@@ -351,6 +363,7 @@ class ClassificationTask(PhasedTask):
         self.test_logits, self.test_targets = CatMetric(), CatMetric()  # uncalibrated, for the calibration record
         self.test_results: dict[str, torch.Tensor] = {}
         self.calibration: dict = {}  # metrics.json "calibration": temperature, errors before / after, bins
+        self.threshold_tuning: dict = {}  # metrics.json: whether threshold=tune tuned, or why a label kept 0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -396,11 +409,14 @@ class ClassificationTask(PhasedTask):
             self.model.train(was_training)
         return torch.cat(logits), torch.cat(targets)
 
-    def fit_on_validation(self, val_batches: Iterable, temperature: bool, threshold: bool) -> None:
+    def fit_on_validation(
+        self, val_batches: Iterable, temperature: bool, threshold: bool, min_per_class: int = 1
+    ) -> None:
         """Fix, on the validation batches (e.g. ``data.eval_dataloader("val")``: every rank sees the whole
         split; never pass test data), what the test then applies: the temperature (``temperature``)
         and, on the calibrated probabilities, the decision threshold maximising balanced accuracy
-        (``threshold``; binary and multi-label tasks, argmax tasks keep None)."""
+        (``threshold``; binary and multi-label tasks, argmax tasks keep None; a label with fewer than
+        ``min_per_class`` images of a class keeps 0.5, and ``threshold_tuning`` records why)."""
         logits, targets = self.predict_logits(val_batches)
         if temperature:
             self.temperature = fit_temperature(logits, targets, self.multilabel)
@@ -416,7 +432,10 @@ class ClassificationTask(PhasedTask):
                 for when, t in (("before", 1.0), ("after", self.temperature))
             }
         if threshold and self.task in THRESHOLD_TASKS:
-            self.threshold = tune_thresholds(probabilities(logits / self.temperature, self.task), targets, self.task)
+            probs = probabilities(logits / self.temperature, self.task)
+            self.threshold = tune_thresholds(probs, targets, self.task, min_per_class)
+            kept = list(kept_at_half(targets.numpy(), self.task, min_per_class).values())
+            self.threshold_tuning = {"threshold_tuned": not kept, **({"threshold_kept_at_0.5": kept} if kept else {})}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, targets = self._step(batch, batch_idx)
