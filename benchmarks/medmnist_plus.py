@@ -392,6 +392,8 @@ def recipe_table(result: dict) -> list[str]:
         tuned = _pm([t["acc"] for t in tests if "acc_at_0.5" in t])
         if recipe in RECIPE_DECIDES_AT_HALF and rows:
             tuned += ": the recipe now decides at 0.5"
+        if rows and not any("acc_at_0.5" in t for t in tests):
+            tuned = "— (argmax: no threshold)"
         wall = [r["wall_s"] / 60 for r in rows if r["wall_s"]]
         paper = result["paper"][recipe]
         lines.append(
