@@ -96,7 +96,10 @@ def fake_batches(n: int, batch_size: int, image_size: int, num_classes: int = 10
 
 
 def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
+    """``<out_dir>/<name>.json``: the payload with the environment, written atomically (a reader or a second
+    writer never sees half a file)."""
+    from finetune.run.artifacts import write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "environment": environment(), **payload}, indent=2) + "\n")
-    return path
+    text = json.dumps({"benchmark": name, "environment": environment(), **payload}, indent=2) + "\n"
+    return write_text(out_dir / f"{name}.json", text)
