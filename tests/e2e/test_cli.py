@@ -1,5 +1,5 @@
-"""The command line as a user runs it: `python -m finetune …` in a subprocess, real configs (refusals that
-only need the command's output and exit code run it in this process: cli_in_process)."""
+"""The command line as a user runs it: `python -m finetune …` in a subprocess, real configs (refusals and runs
+that only need the command's output, exit code and files run it in this process: cli_in_process)."""
 
 from __future__ import annotations
 
@@ -105,14 +105,16 @@ def test_freeze_deeper_than_stages_is_an_error_before_training(tmp_path):
 
 @pytest.mark.slow
 def test_digits_end_to_end_reaches_high_accuracy_and_writes_the_run_dir(tmp_path):
-    out = run_cli(
-        "schedule.epochs=2",
-        "backbone.freeze=4",
-        "dataset.image_size=32",  # test acc 0.89 here (0.94 at the default 64 px), for 20 % less CPU
-        "trainer.progress_bar=false",
-        "hydra.run.dir=run",
-        cwd=tmp_path,
-    )
+    """The run in this process (what it writes and prints is checked, not the process)."""
+    with one_torch_thread():
+        out = cli_in_process(
+            "schedule.epochs=2",
+            "backbone.freeze=4",
+            "dataset.image_size=32",  # test acc 0.89 here (0.94 at the default 64 px), for 20 % less CPU
+            "trainer.progress_bar=false",
+            "hydra.run.dir=run",
+            cwd=tmp_path,
+        )
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())

@@ -4,9 +4,12 @@ before any work, and the files involved keep their sha256."""
 
 from __future__ import annotations
 
+import json
+import select
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +19,60 @@ from PIL import Image
 from finetune.commands.precheck import precheck
 
 from ..conftest import compose_config
-from ..helpers import TINY, assert_refused, cli_in_process, finetune_env, run_cli, tree_hashes
+from ..helpers import TINY, assert_refused, cli_in_process, finetune_env, tree_hashes
 
 HEAVY = ("torch", "lightning", "timm")
-# ``finetune`` in this process, then the heavy modules the command imported, on stdout's last line.
-PROBE = (
-    "import sys; from finetune.cli import main; code = main(sys.argv[1:]); "
-    f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(code)"
-)
+# ``finetune`` commands run one after another in one fresh process, each read from a line of stdin
+# (``[cwd, args]``) and answered on a line of stdout: exit code, its output, the heavy modules imported by then
+# (by it or a command before it). Its sys.stdout and sys.stderr are set before finetune is imported, so every
+# stream and logging handler writes into the command's own output (emptied before each command).
+PROBE = f"""
+import io, json, os, sys, traceback
+answers, sys.stdout, sys.stderr = sys.stdout, io.StringIO(), io.StringIO()
+from finetune.cli import main
+for request in sys.stdin:
+    cwd, args = json.loads(request)
+    os.chdir(cwd)
+    for stream in (sys.stdout, sys.stderr):
+        stream.seek(0)
+        stream.truncate()
+    try:
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
+    print(json.dumps([code, sys.stdout.getvalue(), sys.stderr.getvalue(), heavy]), file=answers, flush=True)
+"""
 
 
-def probe_finetune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``finetune <args>`` run by ``PROBE``: stdout ends with the heavy modules it imported."""
-    return subprocess.run(
-        [sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True, env=finetune_env(), timeout=120
+@pytest.fixture(scope="module")
+def probe_finetune() -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """``finetune <args>`` in ``cwd`` run by ``PROBE`` (one process for the module's commands, no start-up
+    each): stdout ends with the heavy modules imported by then."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROBE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=finetune_env()
     )
+
+    def probe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        proc.stdin.write(json.dumps([str(cwd), list(args)]) + "\n")
+        proc.stdin.flush()
+        if not select.select([proc.stdout], [], [], 120)[0]:
+            proc.kill()  # no later command gets its late answer
+            pytest.fail(f"finetune {args} did not end in 120 s")
+        answer = proc.stdout.readline()
+        assert answer, f"the probe process ended with exit code {proc.wait()}"
+        code, out, err, heavy = json.loads(answer)
+        return subprocess.CompletedProcess(["finetune", *args], code, f"{out}{heavy!r}\n", err)
+
+    yield probe
+    proc.stdin.close()
+    try:
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()  # one that did not end (nothing once it has)
 
 
 def image_folder(root: Path) -> Path:
@@ -127,7 +169,7 @@ def test_resume_refuses_an_environment_interpolation_in_the_stored_config(tmp_pa
         ("+foo=1", "+foo=1: not a key of the config; finetune train --cfg job lists every key"),
     ],
 )
-def test_unknown_keys_and_targets_on_the_command_line_are_refused(tmp_path, arg, message):
+def test_unknown_keys_and_targets_on_the_command_line_are_refused(tmp_path, arg, message, probe_finetune):
     out = probe_finetune(arg, "plan=true", cwd=tmp_path)
     assert_refused(out, message)
     assert out.stdout.splitlines()[-1] == "[]"  # refused before torch was imported
@@ -224,7 +266,7 @@ def test_a_read_only_output_location_is_refused_naming_the_folder(read_only, tmp
         ),
     ],
 )
-def test_a_value_of_the_wrong_type_names_its_key_before_torch_is_imported(tmp_path, args, message):
+def test_a_value_of_the_wrong_type_names_its_key_before_torch_is_imported(tmp_path, args, message, probe_finetune):
     out = probe_finetune(*args, cwd=tmp_path)
     assert_refused(out, message)
     assert out.stdout.splitlines()[-1] == "[]"
@@ -240,14 +282,14 @@ def test_a_value_of_the_wrong_type_names_its_key_before_torch_is_imported(tmp_pa
         (["dataset=csv"], "dataset.csv is not set: pass dataset.csv=/path/to/labels.csv"),
     ],
 )
-def test_a_missing_dataset_path_is_refused_before_torch_is_imported(tmp_path, args, message):
+def test_a_missing_dataset_path_is_refused_before_torch_is_imported(tmp_path, args, message, probe_finetune):
     out = probe_finetune(*args, cwd=tmp_path)
     assert_refused(out, message.format(cwd=tmp_path))
     assert out.stdout.splitlines()[-1] == "[]"
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_run_directory_in_the_data_is_refused_before_torch_is_imported(tmp_path):
+def test_a_run_directory_in_the_data_is_refused_before_torch_is_imported(tmp_path, probe_finetune):
     data = image_folder(tmp_path / "data")
     out = probe_finetune(*TINY, "dataset=imagefolder", f"dataset.root={data}", f"hydra.run.dir={data}/x", cwd=tmp_path)
     assert_refused(out, "is inside the data folder")
@@ -263,7 +305,7 @@ def test_hydra_keys_added_on_the_command_line_pass_the_precheck(tmp_path, monkey
 # --- a -m sweep over config groups: each combination is checked ---------------------------------------
 
 
-def test_a_sweep_over_dataset_kinds_is_checked_per_kind(tmp_path, monkeypatch, capsys):
+def test_a_sweep_over_dataset_kinds_is_checked_per_kind(tmp_path, monkeypatch, capsys, probe_finetune):
     """``dataset.root`` is a key of both swept kinds: it is judged against each, not against the default digits."""
     data = image_folder(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
@@ -323,7 +365,7 @@ def old_style_recipes(root: Path) -> Path:
         ),
     ],
 )
-def test_a_recipe_setting_task_as_a_value_is_told_to_select_the_task_group(tmp_path, recipe, message):
+def test_a_recipe_setting_task_as_a_value_is_told_to_select_the_task_group(tmp_path, recipe, message, probe_finetune):
     user = old_style_recipes(tmp_path / "user")
     out = probe_finetune(
         f"+mine={recipe}", f"hydra.searchpath=[file://{user}]", f"dataset.root={tmp_path}", "plan=true", cwd=tmp_path
@@ -347,11 +389,14 @@ def test_a_recipe_setting_task_as_a_value_under_hydras_own_command_line_is_one_l
 # --- a worker's config file without a required value ---------------------------------------------------
 
 
-def test_a_worker_config_without_a_required_value_names_the_key_and_the_file(tmp_path):
+def test_a_worker_config_without_a_required_value_names_the_key_and_the_file(tmp_path, capsys):
+    from finetune.commands import worker
+
     saved = OmegaConf.to_container(compose_config(*TINY), resolve=True)  # as a launcher writes it
     del saved["schedule"]["lr"]
     config = tmp_path / "config.yaml"
     config.write_text(OmegaConf.to_yaml(saved))
-    out = run_cli(f"run_dir={tmp_path / 'run'}", f"config={config}", module="finetune.commands.worker", cwd=tmp_path)
+    args = [f"run_dir={tmp_path / 'run'}", f"config={config}"]
+    out = subprocess.CompletedProcess(args, worker.main(args), *capsys.readouterr())  # the worker in this process
     message = f"{config}: schedule.lr=???: a required value is not set; set it to a number: schedule.lr=…"
     assert assert_refused(out, message) == f"finetune: error: {message}"

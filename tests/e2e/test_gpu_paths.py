@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ..helpers import run_finetune, step_losses, stopped_in_phase_2
+from ..helpers import cli_in_process, one_torch_thread, run_finetune, step_losses, stopped_in_phase_2
 
 # digits (in the package), resnet10t with stand-in weights, 32 px: a probe epoch, then the whole model trains (the
 # frozen set changes between phases: a compiled forward recompiles). The probe of random stand-in weights barely
@@ -45,15 +45,19 @@ def _assert_falls(losses: list[float]) -> None:
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < losses[0] - 0.4, losses
 
 
-def _stops_resumes_and_exports(tmp_path: Path, args: list[str], formats: tuple[str, ...]) -> None:
-    """Stopped in phase 2, resumed (the run exports ``head.safetensors`` through the parity gate), then exported in
-    ``formats`` through the parity gate."""
+def _stops_resumes_and_exports(tmp_path: Path, args: list[str], formats: tuple[str, ...], in_process: bool) -> None:
+    """Stopped in phase 2, resumed (the run exports ``head.safetensors`` through the parity gate; ``in_process``: the
+    resume in this process, else in a ``finetune`` process), then exported in ``formats`` through the parity gate."""
     run = stopped_in_phase_2(*TWO_PHASES, *args, cwd=tmp_path)
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not [k for k in state["state_dict"] if "_orig_mod" in k]  # the plain model's names, never the compiled
     assert all(v.dtype == torch.float32 for v in state["state_dict"].values() if v.is_floating_point())
 
-    resumed = run_finetune("resume=run", cwd=tmp_path, timeout=600)
+    if in_process:
+        with one_torch_thread():
+            resumed = cli_in_process("resume=run", cwd=tmp_path)
+    else:
+        resumed = run_finetune("resume=run", cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert [p["epochs_run"] for p in metrics["phases"]] == [1, 1]
@@ -70,15 +74,16 @@ def _stops_resumes_and_exports(tmp_path: Path, args: list[str], formats: tuple[s
 @pytest.mark.slow
 def test_bf16_channels_last_compiled_run_stops_resumes_and_exports(tmp_path, weights_file):
     """Every option at once, on the CPU (bf16 autocast runs there too). The run's own head export only: ONNX and
-    torch.export take 15 s and 10 s more here (the file's budget is 45 s); the gpu test exports both."""
-    _stops_resumes_and_exports(tmp_path, [f"backbone.weights={weights_file}", *CPU_OPTIONS], ())
+    torch.export take 15 s and 10 s more here (the file's budget is 45 s); the gpu test exports both. The resume runs
+    in this process (an interpreter start less; the gpu test resumes in a process of its own)."""
+    _stops_resumes_and_exports(tmp_path, [f"backbone.weights={weights_file}", *CPU_OPTIONS], (), in_process=True)
 
 
 @pytest.mark.gpu
 def test_on_cuda_with_inductor_stops_resumes_and_exports(tmp_path, weights_file):
     """The same run on a CUDA GPU with torch.compile's inductor (``pytest -m gpu``; benchmarks/gpu_check.py)."""
     args = [f"backbone.weights={weights_file}", *GPU_OPTIONS, "trainer.accelerator=gpu"]
-    _stops_resumes_and_exports(tmp_path, args, ("onnx", "pt2"))
+    _stops_resumes_and_exports(tmp_path, args, ("onnx", "pt2"), in_process=False)
 
 
 def test_device_options_keep_the_plain_module(weights_file):

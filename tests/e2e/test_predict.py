@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from finetune.tasks.registry import TASKS, get_task
 from finetune.training.train import model_preprocessing
 
 from ..conftest import compose_config
+from ..helpers import cli_in_process
 
 CATS = {f"class_{i}" for i in range(281, 286)}  # ImageNet tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -76,14 +74,7 @@ def read_csv(path: Path) -> list[dict]:
 def test_cli_predicts_a_cat_for_chelsea_into_the_working_directory(imagenet_exports, images, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "finetune", "predict", f"export={imagenet_exports}", f"inputs={images / 'chelsea.png'}"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = cli_in_process("predict", f"export={imagenet_exports}", f"inputs={images / 'chelsea.png'}", cwd=work)
     assert done.returncode == 0, done.stderr
     [row] = read_csv(work / "predictions.csv")
     assert row["prediction"] in CATS and row["label_1"] == row["prediction"]

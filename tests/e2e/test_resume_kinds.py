@@ -96,7 +96,7 @@ def _assert_resume_matches_uninterrupted(tmp_path: Path, args: list[str], signal
     if signal_name != "SIGKILL":  # the line the interrupt printed names the command run next
         assert "`finetune resume=" in interrupted_log and "continues from" in interrupted_log, interrupted_log[-3000:]
 
-    with one_torch_thread():  # the resume here too (resumes in a process: test_gpu_paths, test_faults_concurrency)
+    with one_torch_thread():  # the resume here too (resumes in a process: test_faults_concurrency)
         resumed = cli_in_process("resume=interrupted", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout, resumed.stdout[-3000:]

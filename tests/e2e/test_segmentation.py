@@ -20,7 +20,7 @@ from finetune.run.errors import DatasetError, FinetuneError
 from finetune.tasks.registry import TASKS, get_task
 from finetune.tasks.segmentation.module import SegmentationLoss, SegmentationMetrics, sliding_window_logits
 
-from ..helpers import cli_in_process, run_cli, squares, write_pair
+from ..helpers import cli_in_process, one_torch_thread, squares, write_pair
 
 NONE_AUGMENT = {}
 
@@ -263,28 +263,29 @@ def test_metrics_match_a_hand_count_and_skip_ignored_pixels():
 
 @pytest.fixture(scope="session")
 def seg_run(tmp_path_factory):
-    """A real segmentation run (pip ImageNet encoder, U-Net) on learnable squares, made once."""
+    """A real segmentation run (pip ImageNet encoder, U-Net) on learnable squares, made once, in this process."""
     base = tmp_path_factory.mktemp("seg_run")
     squares(base / "data", n=16)
-    out = run_cli(
-        "task=segmentation",
-        "dataset=seg_folder",
-        f"dataset.root={base / 'data'}",
-        "dataset.mask_mode=binary",
-        "dataset.crop_size=64",
-        "dataset.num_workers=0",
-        "dataset.samples_per_image=4",
-        "head=unet",
-        "head.decoder_channels=[32,16,16,16,16]",
-        "backbone.freeze=2",
-        "schedule.batch_size=8",
-        "schedule.epochs=3",
-        "schedule.lr=3e-3",
-        "trainer.progress_bar=false",
-        "segmentation.overlays=2",
-        "hydra.run.dir=run",
-        cwd=base,
-    )
+    with one_torch_thread():
+        out = cli_in_process(
+            "task=segmentation",
+            "dataset=seg_folder",
+            f"dataset.root={base / 'data'}",
+            "dataset.mask_mode=binary",
+            "dataset.crop_size=64",
+            "dataset.num_workers=0",
+            "dataset.samples_per_image=4",
+            "head=unet",
+            "head.decoder_channels=[32,16,16,16,16]",
+            "backbone.freeze=2",
+            "schedule.batch_size=8",
+            "schedule.epochs=3",
+            "schedule.lr=3e-3",
+            "trainer.progress_bar=false",
+            "segmentation.overlays=2",
+            "hydra.run.dir=run",
+            cwd=base,
+        )
     assert out.returncode == 0, out.stderr[-3000:]
     return base / "run"
 
