@@ -123,3 +123,19 @@ def test_the_readme_tables_render_from_a_result_file(result) -> None:
         "0.90 |",
     ]
     assert text.endswith("not finished: blood_s2_log_odds_auc")
+
+
+def test_the_robustness_summary_averages_only_the_scored_severities() -> None:
+    """A severity not applicable to the images' size (BloodMNIST's bubble at severity 5 on 28 px) is recorded
+    unscored (None): the corruption's mean accuracy is over the severities that were scored."""
+    from benchmarks.robustness import summary
+
+    unscored = {"acc": None, "ece": None}
+    record = {
+        "clean": {"acc": 0.97},
+        "mean": {"acc": 0.5},
+        "by_severity": {},
+        "results": {"bubble": {"1": {"acc": 0.3, "ece": 0.4}, "2": {"acc": 0.5, "ece": 0.4}, "3": unscored}},
+        "skipped": {"bubble": "not applicable to 28x28 px images at severity 3"},
+    }
+    assert summary(record)["acc_per_corruption"] == {"bubble": 0.4}
