@@ -147,6 +147,12 @@ def queue() -> list[Job]:
     ]
     jobs += [Job(f"blood_s{s}", "blood", "blood", s) for s in SEEDS]
     jobs.append(Job("robustness_blood_recipe", "robustness", "blood", 0, [], "blood_s0"))
+    # 128 px beat the base on val too (the rule picked layer decay 1.0 first): the recipe as it is now, at 128 px
+    now_at_128 = ["schedule.phases.1.layer_decay=1.0", "dataset.image_size=128"]
+    jobs += [
+        Job(f"pneumonia_s{s}_recipe_res128", "ablation", "pneumonia", s, now_at_128, None, "recipe_res128")
+        for s in SEEDS
+    ]
     # the breast recipe now decides at 0.5 (threshold=tune needs 50 val images of each class): its robustness there
     half = Job("breast_s0_threshold_half", "retest", "breast", 0, ["threshold=0.5"], "breast_s0", "threshold_half")
     jobs += [half, Job("robustness_breast_threshold_half", "robustness", "breast", 0, [], half.name)]
