@@ -395,11 +395,12 @@ def recipe_table(result: dict) -> list[str]:
             if r["recipe"] == recipe and r["variant"] == variant and r["group"] in ("recipe", "blood", "ablation")
         ]
         tests = [r["test"] for r in rows]
-        tuned = _pm([t["acc"] for t in tests if "acc_at_0.5" in t])
-        if recipe in RECIPE_DECIDES_AT_HALF and rows:
-            tuned += ": the recipe now decides at 0.5"
-        if rows and not any("acc_at_0.5" in t for t in tests):
+        thresholded = [t["acc"] for t in tests if "acc_at_0.5" in t]  # argmax tasks record no ACC@0.5
+        tuned = _pm(thresholded)
+        if rows and not thresholded:
             tuned = "— (argmax: no threshold)"
+        elif recipe in RECIPE_DECIDES_AT_HALF and rows:
+            tuned += ": the recipe now decides at 0.5"
         wall = [r["wall_s"] / 60 for r in rows if r["wall_s"]]
         paper = result["paper"][recipe]
         lines.append(

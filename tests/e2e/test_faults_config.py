@@ -38,8 +38,10 @@ for request in sys.stdin:
         stream.truncate()
     try:
         code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code
+    except SystemExit as exit_:  # as the interpreter ends: None is 0, a message is printed with 1
+        code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        if not isinstance(exit_.code, (int, type(None))):
+            print(exit_.code, file=sys.stderr)
     except BaseException:
         traceback.print_exc()
         code = 1
